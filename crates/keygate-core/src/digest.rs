@@ -1,0 +1,117 @@
+//! The digest a key is stored and looked up by.
+//!
+//! Keys carry at least 128 bits of entropy, so a single fast SHA-256 is the right tool (as GitHub,
+//! Stripe and Unkey do): guessing is hopeless without a slow hash, and the hot path stays in the
+//! sub-microsecond range. A deployment may add a server secret, turning the digest into
+//! HMAC-SHA-256, so a stolen database alone cannot even confirm a leaked key.
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 or HMAC-SHA-256 of a plaintext key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Rebuilds a digest read from the store.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(KeyDigest)
+    }
+
+    /// Lowercase hex, for diagnostics.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Eight bytes identify a digest in logs without printing the whole thing.
+        write!(f, "KeyDigest({}…)", &self.to_hex()[..16])
+    }
+}
+
+/// Computes key digests; clone it freely (the keyed state is prepared once).
+#[derive(Clone)]
+pub struct Digester {
+    keyed: Option<Hmac<Sha256>>,
+}
+
+impl fmt::Debug for Digester {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Digester")
+            .field("keyed", &self.keyed.is_some())
+            .finish()
+    }
+}
+
+impl Digester {
+    /// Plain SHA-256.
+    pub fn plain() -> Self {
+        Digester { keyed: None }
+    }
+
+    /// HMAC-SHA-256 with a server secret. Every node and the CLI must use the same secret.
+    pub fn keyed(secret: &[u8]) -> Self {
+        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+        Digester { keyed: Some(mac) }
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.keyed.is_some()
+    }
+
+    pub fn digest(&self, key: &str) -> KeyDigest {
+        match &self.keyed {
+            None => KeyDigest(Sha256::digest(key.as_bytes()).into()),
+            Some(mac) => {
+                let mut mac = mac.clone();
+                mac.update(key.as_bytes());
+                KeyDigest(mac.finalize().into_bytes().into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_digest_is_sha256() {
+        // SHA-256("abc") from FIPS 180-2.
+        assert_eq!(
+            Digester::plain().digest("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn keyed_digest_is_hmac_and_depends_on_the_secret() {
+        // RFC 4231 test case 2.
+        let d = Digester::keyed(b"Jefe").digest("what do ya want for nothing?");
+        assert_eq!(
+            d.to_hex(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_ne!(Digester::keyed(b"other").digest("k"), Digester::keyed(b"Jefe").digest("k"));
+    }
+
+    #[test]
+    fn debug_is_short() {
+        let d = Digester::plain().digest("abc");
+        assert_eq!(format!("{d:?}"), "KeyDigest(ba7816bf8f01cfea…)");
+        assert_eq!(KeyDigest::from_slice(d.as_bytes()), Some(d));
+        assert_eq!(KeyDigest::from_slice(&[1, 2]), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! keygate's pure core: everything the gateway decides without touching a socket or a disk.
+//!
+//! Key format and checksum, the digest stored at rest, the model of clients and keys, scope
+//! tokens, time and durations. The store, the limiters and the server build on these types; this
+//! crate performs no I/O (its one system call is the OS CSPRNG when a key is generated).
+
+pub mod digest;
+pub mod duration;
+pub mod key_format;
+pub mod model;
+pub mod names;
+pub mod scope;
+pub mod time;
+
+pub use digest::{Digester, KeyDigest};
+pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
+pub use key_format::SecretKey;
+pub use model::{ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable};
+pub use names::{NameError, Slug};
+pub use scope::{Scope, ScopeError};
+pub use time::{Clock, SystemClock, Timestamp};

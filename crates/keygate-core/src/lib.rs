@@ -18,4 +18,4 @@ pub use key_format::SecretKey;
 pub use model::{ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable};
 pub use names::{NameError, Slug};
 pub use scope::{Scope, ScopeError};
-pub use time::{Clock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -130,3 +130,28 @@ mod tests {
         assert_eq!(Timestamp::from_millis(-1).as_secs(), -1);
     }
 }
+
+/// A clock that only moves when told to; for tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn new(at: Timestamp) -> Self {
+        ManualClock(std::sync::atomic::AtomicI64::new(at.as_millis()))
+    }
+
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.as_millis(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}

@@ -1,0 +1,304 @@
+//! Client (tenant) operations.
+
+use std::num::NonZeroU64;
+
+use keygate_core::names::{check_client_name, check_plan};
+use keygate_core::{Client, ClientId, LimitOverrides, Scope, Slug};
+use serde_json::json;
+
+use crate::rows::{self, client_columns, to_json};
+use crate::{Actor, Store, StoreError, WriteTx};
+
+/// A client to create.
+#[derive(Clone, Debug, Default)]
+pub struct NewClient {
+    pub name: String,
+    pub plan: String,
+    pub scopes: Vec<Scope>,
+    pub sports: Vec<Slug>,
+    pub bookmakers: Vec<Slug>,
+    pub limits: LimitOverrides,
+}
+
+/// A change to one per-contract limit: `None` leaves it, `Some(None)` returns to the plan's
+/// value, `Some(Some(n))` sets it.
+pub type LimitChange = Option<Option<NonZeroU64>>;
+
+/// Changes to the per-contract limit overrides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitPatch {
+    pub rps: LimitChange,
+    pub per_minute: LimitChange,
+    pub per_hour: LimitChange,
+    pub per_day: LimitChange,
+    pub per_month: LimitChange,
+    pub ws_connections: LimitChange,
+}
+
+impl LimitPatch {
+    fn apply(&self, limits: &mut LimitOverrides) {
+        let pairs = [
+            (&self.rps, &mut limits.rps),
+            (&self.per_minute, &mut limits.per_minute),
+            (&self.per_hour, &mut limits.per_hour),
+            (&self.per_day, &mut limits.per_day),
+            (&self.per_month, &mut limits.per_month),
+            (&self.ws_connections, &mut limits.ws_connections),
+        ];
+        for (change, slot) in pairs {
+            if let Some(value) = change {
+                *slot = *value;
+            }
+        }
+    }
+}
+
+/// Changes to a client; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct ClientUpdate {
+    pub name: Option<String>,
+    pub plan: Option<String>,
+    pub scopes: Option<Vec<Scope>>,
+    pub sports: Option<Vec<Slug>>,
+    pub bookmakers: Option<Vec<Slug>>,
+    pub limits: LimitPatch,
+}
+
+/// Which clients to list, ordered by name, one page at a time.
+#[derive(Clone, Debug)]
+pub struct ClientFilter {
+    pub plan: Option<String>,
+    pub active: Option<bool>,
+    /// Only names after this one (the cursor of the previous page).
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+impl Default for ClientFilter {
+    fn default() -> Self {
+        ClientFilter {
+            plan: None,
+            active: None,
+            after: None,
+            limit: 1000,
+        }
+    }
+}
+
+fn sorted_dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+impl Store {
+    /// Creates a client.
+    ///
+    /// # Errors
+    /// [`StoreError::DuplicateClient`], [`StoreError::Invalid`] for a bad name or plan.
+    pub async fn create_client(&self, actor: &Actor, new: NewClient) -> Result<Client, StoreError> {
+        check_client_name(&new.name)?;
+        check_plan(&new.plan)?;
+        let mut tx = self.begin_write().await?;
+        if find(&mut tx, &new.name).await?.is_some() {
+            return Err(StoreError::DuplicateClient(new.name));
+        }
+        let client = Client {
+            id: ClientId::generate(),
+            name: new.name,
+            plan: new.plan,
+            scopes: sorted_dedup(new.scopes),
+            sports: sorted_dedup(new.sports),
+            bookmakers: sorted_dedup(new.bookmakers),
+            limits: new.limits,
+            active: true,
+            created_at: tx.now,
+            updated_at: tx.now,
+        };
+        sqlx::query(concat!(
+            "INSERT INTO clients (",
+            client_columns!(),
+            ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(client.id.as_str())
+        .bind(client.name.as_str())
+        .bind(client.plan.as_str())
+        .bind(to_json(&client.scopes))
+        .bind(to_json(&client.sports))
+        .bind(to_json(&client.bookmakers))
+        .bind(to_json(&client.limits))
+        .bind(1_i64)
+        .bind(client.created_at.as_millis())
+        .bind(client.updated_at.as_millis())
+        .bind(tx.version)
+        .execute(&mut *tx.tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::DuplicateClient(client.name.clone()),
+            other => other,
+        })?;
+        tx.change("client", client.id.as_str(), "create").await?;
+        tx.audit(actor, "client.create", client.id.as_str(), json!(client))
+            .await?;
+        tx.commit().await?;
+        Ok(client)
+    }
+
+    /// Finds a client by name or id.
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`].
+    pub async fn client(&self, name_or_id: &str) -> Result<Client, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            client_columns!(),
+            " FROM clients WHERE id = $1 OR name = $1"
+        ))
+        .bind(name_or_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => rows::client(&row),
+            None => Err(StoreError::ClientNotFound(name_or_id.to_owned())),
+        }
+    }
+
+    /// Lists clients ordered by name.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn list_clients(&self, filter: &ClientFilter) -> Result<Vec<Client>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            client_columns!(),
+            " FROM clients WHERE ($1 IS NULL OR plan = $1) AND ($2 IS NULL OR active = $2)",
+            " AND ($3 IS NULL OR name > $3) ORDER BY name LIMIT $4"
+        ))
+        .bind(filter.plan.as_deref())
+        .bind(filter.active.map(i64::from))
+        .bind(filter.after.as_deref())
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::client).collect()
+    }
+
+    /// Changes a client's settings.
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`], [`StoreError::DuplicateClient`] on a rename to a taken
+    /// name, [`StoreError::Invalid`].
+    pub async fn update_client(
+        &self,
+        actor: &Actor,
+        name_or_id: &str,
+        update: ClientUpdate,
+    ) -> Result<Client, StoreError> {
+        if let Some(name) = &update.name {
+            check_client_name(name)?;
+        }
+        if let Some(plan) = &update.plan {
+            check_plan(plan)?;
+        }
+        let mut tx = self.begin_write().await?;
+        let mut client = find(&mut tx, name_or_id)
+            .await?
+            .ok_or_else(|| StoreError::ClientNotFound(name_or_id.to_owned()))?;
+        if let Some(name) = update.name.clone() {
+            if name != client.name && find(&mut tx, &name).await?.is_some() {
+                return Err(StoreError::DuplicateClient(name));
+            }
+            client.name = name;
+        }
+        if let Some(plan) = update.plan.clone() {
+            client.plan = plan;
+        }
+        if let Some(scopes) = update.scopes.clone() {
+            client.scopes = sorted_dedup(scopes);
+        }
+        if let Some(sports) = update.sports.clone() {
+            client.sports = sorted_dedup(sports);
+        }
+        if let Some(bookmakers) = update.bookmakers.clone() {
+            client.bookmakers = sorted_dedup(bookmakers);
+        }
+        update.limits.apply(&mut client.limits);
+        client.updated_at = tx.now;
+        save(&mut tx, &client).await?;
+        tx.change("client", client.id.as_str(), "update").await?;
+        tx.audit(actor, "client.update", client.id.as_str(), json!(client))
+            .await?;
+        tx.commit().await?;
+        Ok(client)
+    }
+
+    /// Enables or disables a client; a disabled client's keys all fail authentication.
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`].
+    pub async fn set_client_active(
+        &self,
+        actor: &Actor,
+        name_or_id: &str,
+        active: bool,
+    ) -> Result<Client, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut client = find(&mut tx, name_or_id)
+            .await?
+            .ok_or_else(|| StoreError::ClientNotFound(name_or_id.to_owned()))?;
+        if client.active == active {
+            return Ok(client); // dropping the transaction rolls back the version bump
+        }
+        client.active = active;
+        client.updated_at = tx.now;
+        save(&mut tx, &client).await?;
+        let action = if active { "enable" } else { "disable" };
+        tx.change("client", client.id.as_str(), action).await?;
+        tx.audit(
+            actor,
+            &format!("client.{action}"),
+            client.id.as_str(),
+            json!({ "name": client.name }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(client)
+    }
+}
+
+/// Reads a client inside a write transaction.
+pub(crate) async fn find(tx: &mut WriteTx, name_or_id: &str) -> Result<Option<Client>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients WHERE id = $1 OR name = $1"
+    ))
+    .bind(name_or_id)
+    .fetch_optional(&mut *tx.tx)
+    .await?;
+    row.as_ref().map(rows::client).transpose()
+}
+
+async fn save(tx: &mut WriteTx, client: &Client) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE clients SET name = $2, plan = $3, scopes = $4, sports = $5, bookmakers = $6, \
+         limits = $7, active = $8, updated_at = $9, version = $10 WHERE id = $1",
+    )
+    .bind(client.id.as_str())
+    .bind(client.name.as_str())
+    .bind(client.plan.as_str())
+    .bind(to_json(&client.scopes))
+    .bind(to_json(&client.sports))
+    .bind(to_json(&client.bookmakers))
+    .bind(to_json(&client.limits))
+    .bind(i64::from(client.active))
+    .bind(client.updated_at.as_millis())
+    .bind(tx.version)
+    .execute(&mut *tx.tx)
+    .await
+    .map_err(|e| match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::DuplicateClient(client.name.clone()),
+        other => other,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! What can go wrong at the store boundary, each variant one sentence an operator can act on.
+
+use keygate_core::{KeyId, Timestamp};
+
+/// A failed store operation. "Not found" and "not allowed" are variants, not panics or strings,
+/// so the CLI and the admin API can map each to an exit code or a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database `{target}`: {reason}")]
+    Open { target: String, reason: String },
+    #[error("database `{target}` has schema version {found}, newer than the {supported} this keygate understands; upgrade keygate")]
+    SchemaTooNew {
+        target: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("database `{target}` has schema version {found}, older than the {expected} this keygate needs; run `keygate migrate`")]
+    SchemaTooOld {
+        target: String,
+        found: i64,
+        expected: i64,
+    },
+    #[error("database `{target}` is not a keygate database (it has tables of its own and no keygate schema)")]
+    NotKeygate { target: String },
+    #[error("migrating `{target}` failed: {reason}")]
+    Migrate { target: String, reason: String },
+    #[error("no client named or numbered `{0}`")]
+    ClientNotFound(String),
+    #[error("a client named `{0}` already exists")]
+    DuplicateClient(String),
+    #[error("no key `{0}`")]
+    KeyNotFound(String),
+    #[error("key {0} is revoked; a revoked key can never be used or changed again")]
+    KeyRevoked(KeyId),
+    #[error("key {0} expired at {1}; give it a future expiry first (`key expire`) or create a new key")]
+    KeyExpired(KeyId, Timestamp),
+    #[error("expiry {0} is in the past; give a future instant, or revoke or disable the key instead")]
+    ExpiryInPast(Timestamp),
+    #[error(transparent)]
+    Invalid(#[from] keygate_core::NameError),
+    #[error("the database refused the change: {0}")]
+    Conflict(String),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("stored row is unreadable ({0}); the database was changed outside keygate")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Stable machine-readable code, shared by the CLI's JSON errors and the admin API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "store_open_failed",
+            StoreError::SchemaTooNew { .. } => "schema_too_new",
+            StoreError::SchemaTooOld { .. } => "schema_too_old",
+            StoreError::NotKeygate { .. } => "not_a_keygate_database",
+            StoreError::Migrate { .. } => "migration_failed",
+            StoreError::ClientNotFound(_) => "client_not_found",
+            StoreError::DuplicateClient(_) => "duplicate_client",
+            StoreError::KeyNotFound(_) => "key_not_found",
+            StoreError::KeyRevoked(_) => "key_revoked",
+            StoreError::KeyExpired(..) => "key_expired",
+            StoreError::ExpiryInPast(_) => "expiry_in_past",
+            StoreError::Invalid(_) => "invalid_input",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Corrupt(_) => "store_corrupt",
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() || db.is_foreign_key_violation() => {
+                StoreError::Conflict(db.message().to_owned())
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Unavailable(e),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Key lifecycle: create, rotate (with optional grace), revoke, disable/enable, expiry.
+//!
+//! Each operation is one transaction, so a crash never leaves a key half-created, nor an old and
+//! a new key both valid where rotation promised one.
+
+use std::time::Duration;
+
+use keygate_core::names::check_label;
+use keygate_core::{ApiKey, KeyDigest, KeyId, KeyState, Timestamp};
+use serde_json::json;
+
+use crate::rows::{self, key_columns};
+use crate::{clients, Actor, Store, StoreError, WriteTx};
+
+/// The parts of a freshly generated key the store keeps: never the plaintext.
+#[derive(Clone, Debug)]
+pub struct KeyMaterial {
+    pub digest: KeyDigest,
+    pub hint: String,
+}
+
+/// A key to create.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    pub material: KeyMaterial,
+    pub label: String,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The outcome of a rotation: the new key and the old one as it now stands.
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    pub new: ApiKey,
+    pub old: ApiKey,
+}
+
+/// Which keys to list, ordered by creation, one page at a time.
+#[derive(Clone, Debug)]
+pub struct KeyFilter {
+    /// A client name or id.
+    pub client: Option<String>,
+    pub state: Option<KeyState>,
+    /// Only keys after this id in the listing order (the previous page's last id).
+    pub after: Option<KeyId>,
+    pub limit: u32,
+}
+
+impl Default for KeyFilter {
+    fn default() -> Self {
+        KeyFilter {
+            client: None,
+            state: None,
+            after: None,
+            limit: 1000,
+        }
+    }
+}
+
+impl Store {
+    /// Creates a key for a client.
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`], [`StoreError::ExpiryInPast`], [`StoreError::Invalid`].
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        client: &str,
+        new: NewKey,
+    ) -> Result<ApiKey, StoreError> {
+        check_label(&new.label)?;
+        let mut tx = self.begin_write().await?;
+        if let Some(at) = new.expires_at.filter(|&at| at <= tx.now) {
+            return Err(StoreError::ExpiryInPast(at));
+        }
+        let owner = clients::find(&mut tx, client)
+            .await?
+            .ok_or_else(|| StoreError::ClientNotFound(client.to_owned()))?;
+        let key = ApiKey {
+            id: KeyId::generate(),
+            client_id: owner.id,
+            digest: new.material.digest,
+            hint: new.material.hint,
+            label: new.label,
+            state: KeyState::Active,
+            expires_at: new.expires_at,
+            created_at: tx.now,
+            rotated_at: None,
+            replaced_by: None,
+        };
+        insert(&mut tx, &key).await?;
+        tx.change("key", key.id.as_str(), "create").await?;
+        tx.audit(actor, "key.create", key.id.as_str(), json!(key)).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Reads one key.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`].
+    pub async fn key(&self, id: &KeyId) -> Result<ApiKey, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => rows::key(&row),
+            None => Err(StoreError::KeyNotFound(id.to_string())),
+        }
+    }
+
+    /// Lists keys (masked: the store has nothing else) ordered by creation time.
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`] when filtering by an unknown client.
+    pub async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<ApiKey>, StoreError> {
+        let client_id = match &filter.client {
+            Some(c) => Some(self.client(c).await?.id),
+            None => None,
+        };
+        let (after_created, after_id) = match &filter.after {
+            Some(id) => {
+                let k = self.key(id).await?;
+                (Some(k.created_at.as_millis()), Some(k.id.to_string()))
+            }
+            None => (None, None),
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keys WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR state = $2)",
+            " AND ($3 IS NULL OR created_at > $3 OR (created_at = $3 AND id > $4))",
+            " ORDER BY created_at, id LIMIT $5"
+        ))
+        .bind(client_id.as_ref().map(|c| c.as_str()))
+        .bind(filter.state.map(KeyState::as_str))
+        .bind(after_created)
+        .bind(after_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::key).collect()
+    }
+
+    /// Replaces a key's secret. The new key keeps the client, label, state and expiry. The old
+    /// key is revoked at once, or with `grace` keeps working until then (never past its own
+    /// expiry).
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`], [`StoreError::KeyRevoked`], [`StoreError::KeyExpired`].
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        material: KeyMaterial,
+        grace: Option<Duration>,
+    ) -> Result<Rotation, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut old = find(&mut tx, id).await?;
+        if old.state == KeyState::Revoked {
+            return Err(StoreError::KeyRevoked(old.id));
+        }
+        if let Some(at) = old.expires_at.filter(|&at| at <= tx.now) {
+            return Err(StoreError::KeyExpired(old.id, at));
+        }
+        let new = ApiKey {
+            id: KeyId::generate(),
+            client_id: old.client_id.clone(),
+            digest: material.digest,
+            hint: material.hint,
+            label: old.label.clone(),
+            state: old.state,
+            expires_at: old.expires_at,
+            created_at: tx.now,
+            rotated_at: None,
+            replaced_by: None,
+        };
+        insert(&mut tx, &new).await?;
+        old.rotated_at = Some(tx.now);
+        old.replaced_by = Some(new.id.clone());
+        match grace.filter(|g| !g.is_zero()) {
+            None => old.state = KeyState::Revoked,
+            Some(g) => {
+                let end = tx.now.plus(g);
+                old.expires_at = Some(old.expires_at.map_or(end, |at| at.min(end)));
+            }
+        }
+        save(&mut tx, &old).await?;
+        tx.change("key", new.id.as_str(), "create").await?;
+        tx.change("key", old.id.as_str(), "rotate").await?;
+        tx.audit(
+            actor,
+            "key.rotate",
+            old.id.as_str(),
+            json!({
+                "new_key": new.id,
+                "new_hint": new.hint,
+                "grace_seconds": grace.map(|g| g.as_secs()),
+                "old_valid_until": if old.state == KeyState::Revoked { Some(tx.now) } else { old.expires_at },
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Rotation { new, old })
+    }
+
+    /// Revokes, disables or re-enables a key. Setting the state a key already has changes
+    /// nothing; a revoked key cannot be changed.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`], [`StoreError::KeyRevoked`].
+    pub async fn set_key_state(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        state: KeyState,
+    ) -> Result<ApiKey, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut key = find(&mut tx, id).await?;
+        if key.state == KeyState::Revoked {
+            return Err(StoreError::KeyRevoked(key.id));
+        }
+        if key.state == state {
+            return Ok(key);
+        }
+        key.state = state;
+        save(&mut tx, &key).await?;
+        let action = match state {
+            KeyState::Active => "enable",
+            KeyState::Disabled => "disable",
+            KeyState::Revoked => "revoke",
+        };
+        tx.change("key", key.id.as_str(), action).await?;
+        tx.audit(actor, &format!("key.{action}"), key.id.as_str(), json!({ "hint": key.hint }))
+            .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Sets (or with `None` clears) a key's expiry.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`], [`StoreError::KeyRevoked`], [`StoreError::ExpiryInPast`].
+    pub async fn set_key_expiry(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        expires_at: Option<Timestamp>,
+    ) -> Result<ApiKey, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(at) = expires_at.filter(|&at| at <= tx.now) {
+            return Err(StoreError::ExpiryInPast(at));
+        }
+        let mut key = find(&mut tx, id).await?;
+        if key.state == KeyState::Revoked {
+            return Err(StoreError::KeyRevoked(key.id));
+        }
+        key.expires_at = expires_at;
+        save(&mut tx, &key).await?;
+        tx.change("key", key.id.as_str(), "expire").await?;
+        tx.audit(actor, "key.expire", key.id.as_str(), json!({ "expires_at": expires_at }))
+            .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+}
+
+async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {
+    let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+    match row {
+        Some(row) => rows::key(&row),
+        None => Err(StoreError::KeyNotFound(id.to_string())),
+    }
+}
+
+async fn insert(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+        "INSERT INTO keys (",
+        key_columns!(),
+        ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(key.id.as_str())
+    .bind(key.client_id.as_str())
+    .bind(key.digest.as_bytes().to_vec())
+    .bind(key.hint.as_str())
+    .bind(key.label.as_str())
+    .bind(key.state.as_str())
+    .bind(key.expires_at.map(Timestamp::as_millis))
+    .bind(key.created_at.as_millis())
+    .bind(key.rotated_at.map(Timestamp::as_millis))
+    .bind(key.replaced_by.as_ref().map(|k| k.as_str()))
+    .bind(tx.version)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}
+
+async fn save(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE keys SET state = $2, expires_at = $3, rotated_at = $4, replaced_by = $5, \
+         label = $6, version = $7 WHERE id = $1",
+    )
+    .bind(key.id.as_str())
+    .bind(key.state.as_str())
+    .bind(key.expires_at.map(Timestamp::as_millis))
+    .bind(key.rotated_at.map(Timestamp::as_millis))
+    .bind(key.replaced_by.as_ref().map(|k| k.as_str()))
+    .bind(key.label.as_str())
+    .bind(tx.version)
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(())
+}

@@ -104,7 +104,10 @@ mod tests {
             d.to_hex(),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
-        assert_ne!(Digester::keyed(b"other").digest("k"), Digester::keyed(b"Jefe").digest("k"));
+        assert_ne!(
+            Digester::keyed(b"other").digest("k"),
+            Digester::keyed(b"Jefe").digest("k")
+        );
     }
 
     #[test]

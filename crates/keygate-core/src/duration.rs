@@ -45,7 +45,10 @@ mod tests {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration(" 2d ").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(
+            parse_duration(" 2d ").unwrap(),
+            Duration::from_secs(172_800)
+        );
     }
 
     #[test]

@@ -105,10 +105,16 @@ impl KeyFormatError {
 /// A format that cannot produce safe, parseable keys.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum FormatConfigError {
-    #[error("key prefix `{0}` must be at most {MAX_PREFIX_LEN} characters of A-Z, a-z, 0-9, `_` or `-`")]
+    #[error(
+        "key prefix `{0}` must be at most {MAX_PREFIX_LEN} characters of A-Z, a-z, 0-9, `_` or `-`"
+    )]
     BadPrefix(String),
     #[error("a body of {len} {alphabet} characters carries {bits:.0} bits of entropy; at least {MIN_ENTROPY_BITS} are required")]
-    TooLittleEntropy { len: usize, alphabet: Alphabet, bits: f64 },
+    TooLittleEntropy {
+        len: usize,
+        alphabet: Alphabet,
+        bits: f64,
+    },
     #[error("a key body may have at most {MAX_BODY_LEN} characters, not {0}")]
     BodyTooLong(usize),
 }

@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod duration;
+pub mod issuer;
 pub mod key_format;
 pub mod model;
 pub mod names;
@@ -13,8 +14,9 @@ pub mod scope;
 pub mod time;
 
 pub use digest::{Digester, KeyDigest};
-pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
+pub use issuer::{Issuer, KeyMaterial};
 pub use key_format::SecretKey;
+pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
 pub use model::{ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable};
 pub use names::{NameError, Slug};
 pub use scope::{Scope, ScopeError};

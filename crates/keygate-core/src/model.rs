@@ -96,7 +96,9 @@ macro_rules! id_type {
 
 /// A string that is not an id of the expected kind.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a {what} id (expected `{prefix}` followed by 16 characters of 0-9 and a-z)")]
+#[error(
+    "`{input}` is not a {what} id (expected `{prefix}` followed by 16 characters of 0-9 and a-z)"
+)]
 pub struct IdError {
     pub input: String,
     pub what: &'static str,
@@ -227,7 +229,9 @@ impl ApiKey {
         match self.state {
             KeyState::Revoked => Err(Unusable::Revoked),
             KeyState::Disabled => Err(Unusable::Disabled),
-            KeyState::Active if self.expires_at.is_some_and(|at| at <= now) => Err(Unusable::Expired),
+            KeyState::Active if self.expires_at.is_some_and(|at| at <= now) => {
+                Err(Unusable::Expired)
+            }
             KeyState::Active if !client_active => Err(Unusable::ClientInactive),
             KeyState::Active => Ok(()),
         }
@@ -258,11 +262,26 @@ mod tests {
     fn usability() {
         let now = Timestamp::from_millis(1_000);
         assert_eq!(key(KeyState::Active, None).usable_at(now, true), Ok(()));
-        assert_eq!(key(KeyState::Active, Some(1_001)).usable_at(now, true), Ok(()));
-        assert_eq!(key(KeyState::Active, Some(1_000)).usable_at(now, true), Err(Unusable::Expired));
-        assert_eq!(key(KeyState::Disabled, None).usable_at(now, true), Err(Unusable::Disabled));
-        assert_eq!(key(KeyState::Revoked, None).usable_at(now, true), Err(Unusable::Revoked));
-        assert_eq!(key(KeyState::Active, None).usable_at(now, false), Err(Unusable::ClientInactive));
+        assert_eq!(
+            key(KeyState::Active, Some(1_001)).usable_at(now, true),
+            Ok(())
+        );
+        assert_eq!(
+            key(KeyState::Active, Some(1_000)).usable_at(now, true),
+            Err(Unusable::Expired)
+        );
+        assert_eq!(
+            key(KeyState::Disabled, None).usable_at(now, true),
+            Err(Unusable::Disabled)
+        );
+        assert_eq!(
+            key(KeyState::Revoked, None).usable_at(now, true),
+            Err(Unusable::Revoked)
+        );
+        assert_eq!(
+            key(KeyState::Active, None).usable_at(now, false),
+            Err(Unusable::ClientInactive)
+        );
     }
 
     #[test]
@@ -274,12 +293,18 @@ mod tests {
         assert!(KeyId::parse("key_0123456789ABCDEF").is_err());
         assert!(KeyId::parse("key_'; drop table keys").is_err());
         let e = ClientId::parse("nope").unwrap_err();
-        assert_eq!(e.to_string(), "`nope` is not a client id (expected `cli_` followed by 16 characters of 0-9 and a-z)");
+        assert_eq!(
+            e.to_string(),
+            "`nope` is not a client id (expected `cli_` followed by 16 characters of 0-9 and a-z)"
+        );
     }
 
     #[test]
     fn overrides_serialize_compactly() {
-        let o = LimitOverrides { rps: NonZeroU64::new(250), ..Default::default() };
+        let o = LimitOverrides {
+            rps: NonZeroU64::new(250),
+            ..Default::default()
+        };
         assert_eq!(serde_json::to_string(&o).unwrap(), r#"{"rps":250}"#);
         assert!(serde_json::from_str::<LimitOverrides>(r#"{"rps":0}"#).is_err());
         assert!(serde_json::from_str::<LimitOverrides>(r#"{"rpm":1}"#).is_err());

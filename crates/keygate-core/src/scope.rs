@@ -40,7 +40,9 @@ impl Scope {
             && input.split(':').all(|seg| {
                 !seg.is_empty()
                     && seg.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'_' | b'-' | b'.')
                     })
             });
         if ok {
@@ -112,7 +114,18 @@ mod tests {
 
     #[test]
     fn malformed_scopes_are_refused() {
-        for s in ["", ":", "cs2:", ":cs2", "cs2::read", "Live", "a b", "a,b", "ü", &"a".repeat(129)] {
+        for s in [
+            "",
+            ":",
+            "cs2:",
+            ":cs2",
+            "cs2::read",
+            "Live",
+            "a b",
+            "a,b",
+            "ü",
+            &"a".repeat(129),
+        ] {
             assert!(Scope::new(s).is_err(), "{s:?} accepted");
         }
     }

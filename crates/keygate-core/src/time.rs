@@ -126,7 +126,10 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = Timestamp::from_millis(i64::MAX - 5);
-        assert_eq!(t.plus(Duration::from_secs(1)), Timestamp::from_millis(i64::MAX));
+        assert_eq!(
+            t.plus(Duration::from_secs(1)),
+            Timestamp::from_millis(i64::MAX)
+        );
         assert_eq!(Timestamp::from_millis(-1).as_secs(), -1);
     }
 }
@@ -141,7 +144,8 @@ impl ManualClock {
     }
 
     pub fn set(&self, at: Timestamp) {
-        self.0.store(at.as_millis(), std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .store(at.as_millis(), std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn advance(&self, d: Duration) {

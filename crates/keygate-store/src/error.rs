@@ -32,9 +32,13 @@ pub enum StoreError {
     KeyNotFound(String),
     #[error("key {0} is revoked; a revoked key can never be used or changed again")]
     KeyRevoked(KeyId),
-    #[error("key {0} expired at {1}; give it a future expiry first (`key expire`) or create a new key")]
+    #[error(
+        "key {0} expired at {1}; give it a future expiry first (`key expire`) or create a new key"
+    )]
     KeyExpired(KeyId, Timestamp),
-    #[error("expiry {0} is in the past; give a future instant, or revoke or disable the key instead")]
+    #[error(
+        "expiry {0} is in the past; give a future instant, or revoke or disable the key instead"
+    )]
     ExpiryInPast(Timestamp),
     #[error(transparent)]
     Invalid(#[from] keygate_core::NameError),
@@ -72,12 +76,14 @@ impl StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::Database(db) if db.is_unique_violation() || db.is_foreign_key_violation() => {
+            sqlx::Error::Database(db)
+                if db.is_unique_violation() || db.is_foreign_key_violation() =>
+            {
                 StoreError::Conflict(db.message().to_owned())
             }
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
-                StoreError::Corrupt(e.to_string())
-            }
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Unavailable(e),
         }
     }

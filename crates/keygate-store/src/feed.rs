@@ -93,10 +93,14 @@ impl Store {
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        let keys = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys WHERE version > $1"))
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let keys = sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keys WHERE version > $1"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(Delta {
             version,
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,

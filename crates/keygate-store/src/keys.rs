@@ -6,18 +6,11 @@
 use std::time::Duration;
 
 use keygate_core::names::check_label;
-use keygate_core::{ApiKey, KeyDigest, KeyId, KeyState, Timestamp};
+use keygate_core::{ApiKey, KeyId, KeyMaterial, KeyState, Timestamp};
 use serde_json::json;
 
 use crate::rows::{self, key_columns};
 use crate::{clients, Actor, Store, StoreError, WriteTx};
-
-/// The parts of a freshly generated key the store keeps: never the plaintext.
-#[derive(Clone, Debug)]
-pub struct KeyMaterial {
-    pub digest: KeyDigest,
-    pub hint: String,
-}
 
 /// A key to create.
 #[derive(Clone, Debug)]
@@ -89,7 +82,8 @@ impl Store {
         };
         insert(&mut tx, &key).await?;
         tx.change("key", key.id.as_str(), "create").await?;
-        tx.audit(actor, "key.create", key.id.as_str(), json!(key)).await?;
+        tx.audit(actor, "key.create", key.id.as_str(), json!(key))
+            .await?;
         tx.commit().await?;
         Ok(key)
     }
@@ -99,10 +93,14 @@ impl Store {
     /// # Errors
     /// [`StoreError::KeyNotFound`].
     pub async fn key(&self, id: &KeyId) -> Result<ApiKey, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys WHERE id = $1"))
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keys WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             Some(row) => rows::key(&row),
             None => Err(StoreError::KeyNotFound(id.to_string())),
@@ -231,8 +229,13 @@ impl Store {
             KeyState::Revoked => "revoke",
         };
         tx.change("key", key.id.as_str(), action).await?;
-        tx.audit(actor, &format!("key.{action}"), key.id.as_str(), json!({ "hint": key.hint }))
-            .await?;
+        tx.audit(
+            actor,
+            &format!("key.{action}"),
+            key.id.as_str(),
+            json!({ "hint": key.hint }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(key)
     }
@@ -258,18 +261,27 @@ impl Store {
         key.expires_at = expires_at;
         save(&mut tx, &key).await?;
         tx.change("key", key.id.as_str(), "expire").await?;
-        tx.audit(actor, "key.expire", key.id.as_str(), json!({ "expires_at": expires_at }))
-            .await?;
+        tx.audit(
+            actor,
+            "key.expire",
+            key.id.as_str(),
+            json!({ "expires_at": expires_at }),
+        )
+        .await?;
         tx.commit().await?;
         Ok(key)
     }
 }
 
 async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {
-    let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys WHERE id = $1"))
-        .bind(id.as_str())
-        .fetch_optional(&mut *tx.tx)
-        .await?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut *tx.tx)
+    .await?;
     match row {
         Some(row) => rows::key(&row),
         None => Err(StoreError::KeyNotFound(id.to_string())),

@@ -28,7 +28,8 @@ pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;
 pub use feed::{Delta, Snapshot};
-pub use keys::{KeyFilter, KeyMaterial, NewKey, Rotation};
+pub use keygate_core::KeyMaterial;
+pub use keys::{KeyFilter, NewKey, Rotation};
 pub use migrate::{latest_version, MigrateMode};
 
 /// Which database engine a store runs on.
@@ -104,15 +105,17 @@ fn resolve(target: &str) -> Result<(Backend, String, String), StoreError> {
         let shown = redact_password(target);
         return Ok((Backend::Postgres, target.to_owned(), shown));
     }
-    let path = match target.strip_prefix("sqlite://").or_else(|| target.strip_prefix("sqlite:")) {
-        Some(rest) => rest.split('?').next().unwrap_or(rest),
-        None if target.contains("://") => {
-            return Err(open_err(
+    let path =
+        match target
+            .strip_prefix("sqlite://")
+            .or_else(|| target.strip_prefix("sqlite:"))
+        {
+            Some(rest) => rest.split('?').next().unwrap_or(rest),
+            None if target.contains("://") => return Err(open_err(
                 "unknown database URL scheme (use a file path, sqlite://PATH or postgres://...)",
-            ))
-        }
-        None => target,
-    };
+            )),
+            None => target,
+        };
     let path = Path::new(path);
     let absolute = std::path::absolute(path).map_err(|e| open_err(&e.to_string()))?;
     if let Some(parent) = absolute.parent() {
@@ -126,8 +129,8 @@ fn resolve(target: &str) -> Result<(Backend, String, String), StoreError> {
     if absolute.is_dir() {
         return Err(open_err("it is a directory, not a database file"));
     }
-    let encoded =
-        percent_encoding::utf8_percent_encode(&absolute.to_string_lossy(), PATH_ESCAPES).to_string();
+    let encoded = percent_encoding::utf8_percent_encode(&absolute.to_string_lossy(), PATH_ESCAPES)
+        .to_string();
     Ok((
         Backend::Sqlite,
         format!("sqlite://{encoded}?mode=rwc"),
@@ -174,10 +177,11 @@ impl Store {
     ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (backend, url, shown) = resolve(target)?;
-        let connect: AnyConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Open {
-            target: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let connect: AnyConnectOptions =
+            url.parse().map_err(|e: sqlx::Error| StoreError::Open {
+                target: shown.clone(),
+                reason: e.to_string(),
+            })?;
         // One direct connection first: a wrong host, bad credentials or a file that is not a
         // database fail here at once with the driver's reason, instead of a pool that keeps
         // retrying until its timeout.
@@ -322,7 +326,10 @@ mod tests {
             redact_password("postgres://kg:s3cret@db:5432/keygate"),
             "postgres://kg:***@db:5432/keygate"
         );
-        assert_eq!(redact_password("postgres://db/keygate"), "postgres://db/keygate");
+        assert_eq!(
+            redact_password("postgres://db/keygate"),
+            "postgres://db/keygate"
+        );
     }
 
     #[test]
@@ -334,6 +341,9 @@ mod tests {
         assert_eq!(shown, "weird #name%.db");
         assert!(matches!(resolve("mysql://x"), Err(StoreError::Open { .. })));
         assert!(matches!(resolve(""), Err(StoreError::Open { .. })));
-        assert!(matches!(resolve("/no/such/dir/k.db"), Err(StoreError::Open { .. })));
+        assert!(matches!(
+            resolve("/no/such/dir/k.db"),
+            Err(StoreError::Open { .. })
+        ));
     }
 }

@@ -9,33 +9,64 @@ async fn a_newer_schema_is_refused_and_left_alone() {
     let path = path.to_str().unwrap();
     let store = Store::open(path, OpenOptions::default()).await.unwrap();
     store.close().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}")).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'future', TRUE, x'00', 0)")
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
     let err = Store::open(path, OpenOptions::default()).await.unwrap_err();
-    assert!(matches!(err, StoreError::SchemaTooNew { found: 99, supported: 1, .. }), "{err}");
-    assert!(err.to_string().contains("newer than the 1 this keygate understands"), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("newer than the 1 this keygate understands"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn foreign_and_broken_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let foreign = dir.path().join("other.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", foreign.display())).await.unwrap();
-    sqlx::query("CREATE TABLE invoices (id INTEGER)").execute(&pool).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", foreign.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE invoices (id INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
-    let err = Store::open(foreign.to_str().unwrap(), OpenOptions::default()).await.unwrap_err();
+    let err = Store::open(foreign.to_str().unwrap(), OpenOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotKeygate { .. }), "{err}");
 
     let text = dir.path().join("notes.txt");
-    std::fs::write(&text, "this is not a database, it is a text file of some length....").unwrap();
-    let err = Store::open(text.to_str().unwrap(), OpenOptions::default()).await.unwrap_err();
+    std::fs::write(
+        &text,
+        "this is not a database, it is a text file of some length....",
+    )
+    .unwrap();
+    let err = Store::open(text.to_str().unwrap(), OpenOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
     assert!(err.to_string().contains("notes.txt"), "{err}");
 
-    let err = Store::open(dir.path().to_str().unwrap(), OpenOptions::default()).await.unwrap_err();
+    let err = Store::open(dir.path().to_str().unwrap(), OpenOptions::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("directory"), "{err}");
 }

@@ -5,9 +5,7 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::{
-    Digester, KeyFormat, KeyId, KeyState, ManualClock, Scope, Slug, Timestamp,
-};
+use keygate_core::{Digester, KeyFormat, KeyId, KeyState, ManualClock, Scope, Slug, Timestamp};
 use keygate_store::{
     Actor, AuditFilter, Backend, ClientFilter, ClientUpdate, KeyFilter, KeyMaterial, LimitPatch,
     NewClient, NewKey, OpenOptions, Store, StoreError,
@@ -25,10 +23,18 @@ async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.db");
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(path.to_str().unwrap(), OpenOptions::default(), clock.clone())
-        .await
-        .unwrap();
-    Some(Fixture { store, clock, _dir: Some(dir) })
+    let store = Store::open_with_clock(
+        path.to_str().unwrap(),
+        OpenOptions::default(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    Some(Fixture {
+        store,
+        clock,
+        _dir: Some(dir),
+    })
 }
 
 /// A fresh schema in the test PostgreSQL, or `None` when none is configured outside CI.
@@ -46,14 +52,23 @@ async fn postgres() -> Option<Fixture> {
         }
     };
     let schema = format!("kg_test_{}", &KeyId::generate().as_str()[4..]);
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options[search_path]={schema}");
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(&url, OpenOptions::default(), clock.clone()).await.unwrap();
+    let store = Store::open_with_clock(&url, OpenOptions::default(), clock.clone())
+        .await
+        .unwrap();
     assert_eq!(store.backend(), Backend::Postgres);
-    Some(Fixture { store, clock, _dir: None })
+    Some(Fixture {
+        store,
+        clock,
+        _dir: None,
+    })
 }
 
 fn actor() -> Actor {
@@ -62,7 +77,10 @@ fn actor() -> Actor {
 
 fn material(format: &KeyFormat) -> (String, KeyMaterial) {
     let key = format.generate();
-    let m = KeyMaterial { digest: Digester::plain().digest(key.expose()), hint: format.hint(&key) };
+    let m = KeyMaterial {
+        digest: Digester::plain().digest(key.expose()),
+        hint: format.hint(&key),
+    };
     (key.expose().to_owned(), m)
 }
 
@@ -89,20 +107,39 @@ async fn acme(store: &Store) -> keygate_core::Client {
 async fn new_key(store: &Store, client: &str) -> (String, keygate_core::ApiKey) {
     let (plain, m) = material(&KeyFormat::default());
     let key = store
-        .create_key(&actor(), client, NewKey { material: m, label: "prod".into(), expires_at: None })
+        .create_key(
+            &actor(),
+            client,
+            NewKey {
+                material: m,
+                label: "prod".into(),
+                expires_at: None,
+            },
+        )
         .await
         .unwrap();
     (plain, key)
 }
 
 async fn audit_len(store: &Store) -> usize {
-    store.audit(&AuditFilter { limit: 10_000, ..AuditFilter::default() }).await.unwrap().len()
+    store
+        .audit(&AuditFilter {
+            limit: 10_000,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .len()
 }
 
 async fn clients_are_created_listed_and_unique(f: Fixture) {
     let s = &f.store;
     let c = acme(s).await;
-    assert_eq!(c.scopes, scopes(&["cs2:matches:list", "cs2:matches:read"]), "sorted, deduplicated");
+    assert_eq!(
+        c.scopes,
+        scopes(&["cs2:matches:list", "cs2:matches:read"]),
+        "sorted, deduplicated"
+    );
     assert!(c.active);
     assert_eq!(s.client("Acme Sportsbook").await.unwrap(), c);
     assert_eq!(s.client(c.id.as_str()).await.unwrap(), c);
@@ -110,38 +147,100 @@ async fn clients_are_created_listed_and_unique(f: Fixture) {
     let version = s.version().await.unwrap();
     let audits = audit_len(s).await;
     let dup = s
-        .create_client(&actor(), NewClient { name: "Acme Sportsbook".into(), plan: "free".into(), ..NewClient::default() })
+        .create_client(
+            &actor(),
+            NewClient {
+                name: "Acme Sportsbook".into(),
+                plan: "free".into(),
+                ..NewClient::default()
+            },
+        )
         .await;
-    assert!(matches!(dup, Err(StoreError::DuplicateClient(ref n)) if n == "Acme Sportsbook"), "{dup:?}");
-    assert_eq!(s.version().await.unwrap(), version, "a refused write leaves no trace");
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateClient(ref n)) if n == "Acme Sportsbook"),
+        "{dup:?}"
+    );
+    assert_eq!(
+        s.version().await.unwrap(),
+        version,
+        "a refused write leaves no trace"
+    );
     assert_eq!(audit_len(s).await, audits);
 
-    let bad = s.create_client(&actor(), NewClient { name: " x".into(), plan: "pro".into(), ..NewClient::default() }).await;
+    let bad = s
+        .create_client(
+            &actor(),
+            NewClient {
+                name: " x".into(),
+                plan: "pro".into(),
+                ..NewClient::default()
+            },
+        )
+        .await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))));
 
     for name in ["b", "c", "d"] {
-        s.create_client(&actor(), NewClient { name: name.into(), plan: "free".into(), ..NewClient::default() })
-            .await
-            .unwrap();
-    }
-    let page = s.list_clients(&ClientFilter { limit: 2, ..ClientFilter::default() }).await.unwrap();
-    assert_eq!(page.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["Acme Sportsbook", "b"]);
-    let next = s
-        .list_clients(&ClientFilter { after: Some("b".into()), limit: 2, ..ClientFilter::default() })
+        s.create_client(
+            &actor(),
+            NewClient {
+                name: name.into(),
+                plan: "free".into(),
+                ..NewClient::default()
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(next.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["c", "d"]);
-    let free = s.list_clients(&ClientFilter { plan: Some("free".into()), ..ClientFilter::default() }).await.unwrap();
+    }
+    let page = s
+        .list_clients(&ClientFilter {
+            limit: 2,
+            ..ClientFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["Acme Sportsbook", "b"]
+    );
+    let next = s
+        .list_clients(&ClientFilter {
+            after: Some("b".into()),
+            limit: 2,
+            ..ClientFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["c", "d"]
+    );
+    let free = s
+        .list_clients(&ClientFilter {
+            plan: Some("free".into()),
+            ..ClientFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(free.len(), 3);
-    assert!(matches!(s.client("nobody").await, Err(StoreError::ClientNotFound(_))));
+    assert!(matches!(
+        s.client("nobody").await,
+        Err(StoreError::ClientNotFound(_))
+    ));
 }
 
 async fn clients_are_updated_and_disabled(f: Fixture) {
     let s = &f.store;
     let c = acme(s).await;
-    s.create_client(&actor(), NewClient { name: "taken".into(), plan: "free".into(), ..NewClient::default() })
-        .await
-        .unwrap();
+    s.create_client(
+        &actor(),
+        NewClient {
+            name: "taken".into(),
+            plan: "free".into(),
+            ..NewClient::default()
+        },
+    )
+    .await
+    .unwrap();
     f.clock.advance(Duration::from_secs(5));
     let updated = s
         .update_client(
@@ -149,36 +248,84 @@ async fn clients_are_updated_and_disabled(f: Fixture) {
             "Acme Sportsbook",
             ClientUpdate {
                 plan: Some("pro_plus".into()),
-                bookmakers: Some(vec![Slug::new("pinnacle").unwrap(), Slug::new("bet365").unwrap()]),
-                limits: LimitPatch { rps: Some(NonZeroU64::new(250)), per_day: Some(NonZeroU64::new(10_000)), ..LimitPatch::default() },
+                bookmakers: Some(vec![
+                    Slug::new("pinnacle").unwrap(),
+                    Slug::new("bet365").unwrap(),
+                ]),
+                limits: LimitPatch {
+                    rps: Some(NonZeroU64::new(250)),
+                    per_day: Some(NonZeroU64::new(10_000)),
+                    ..LimitPatch::default()
+                },
                 ..ClientUpdate::default()
             },
         )
         .await
         .unwrap();
     assert_eq!(updated.plan, "pro_plus");
-    assert_eq!(updated.bookmakers.iter().map(Slug::as_str).collect::<Vec<_>>(), ["bet365", "pinnacle"]);
+    assert_eq!(
+        updated
+            .bookmakers
+            .iter()
+            .map(Slug::as_str)
+            .collect::<Vec<_>>(),
+        ["bet365", "pinnacle"]
+    );
     assert_eq!(updated.limits.rps, NonZeroU64::new(250));
     assert_eq!(updated.updated_at, Timestamp::from_millis(T0 + 5_000));
     assert_eq!(updated.scopes, c.scopes, "untouched fields stay");
 
     let cleared = s
-        .update_client(&actor(), c.id.as_str(), ClientUpdate { limits: LimitPatch { rps: Some(None), ..LimitPatch::default() }, ..ClientUpdate::default() })
+        .update_client(
+            &actor(),
+            c.id.as_str(),
+            ClientUpdate {
+                limits: LimitPatch {
+                    rps: Some(None),
+                    ..LimitPatch::default()
+                },
+                ..ClientUpdate::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(cleared.limits.rps, None);
     assert_eq!(cleared.limits.per_day, NonZeroU64::new(10_000));
 
-    let rename = s.update_client(&actor(), c.id.as_str(), ClientUpdate { name: Some("taken".into()), ..ClientUpdate::default() }).await;
+    let rename = s
+        .update_client(
+            &actor(),
+            c.id.as_str(),
+            ClientUpdate {
+                name: Some("taken".into()),
+                ..ClientUpdate::default()
+            },
+        )
+        .await;
     assert!(matches!(rename, Err(StoreError::DuplicateClient(_))));
-    assert_eq!(s.client(c.id.as_str()).await.unwrap().name, "Acme Sportsbook");
+    assert_eq!(
+        s.client(c.id.as_str()).await.unwrap().name,
+        "Acme Sportsbook"
+    );
 
-    let off = s.set_client_active(&actor(), "Acme Sportsbook", false).await.unwrap();
+    let off = s
+        .set_client_active(&actor(), "Acme Sportsbook", false)
+        .await
+        .unwrap();
     assert!(!off.active);
     let v = s.version().await.unwrap();
-    s.set_client_active(&actor(), "Acme Sportsbook", false).await.unwrap();
-    assert_eq!(s.version().await.unwrap(), v, "setting the same state writes nothing");
-    assert!(matches!(s.set_client_active(&actor(), "ghost", true).await, Err(StoreError::ClientNotFound(_))));
+    s.set_client_active(&actor(), "Acme Sportsbook", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.version().await.unwrap(),
+        v,
+        "setting the same state writes nothing"
+    );
+    assert!(matches!(
+        s.set_client_active(&actor(), "ghost", true).await,
+        Err(StoreError::ClientNotFound(_))
+    ));
 }
 
 async fn keys_are_created_and_listed_masked(f: Fixture) {
@@ -193,22 +340,60 @@ async fn keys_are_created_and_listed_masked(f: Fixture) {
 
     f.clock.advance(Duration::from_millis(1));
     let (_, k2) = new_key(s, c.id.as_str()).await;
-    let all = s.list_keys(&KeyFilter { client: Some("Acme Sportsbook".into()), ..KeyFilter::default() }).await.unwrap();
-    assert_eq!(all.iter().map(|k| &k.id).collect::<Vec<_>>(), [&k.id, &k2.id]);
-    let page = s.list_keys(&KeyFilter { after: Some(k.id.clone()), ..KeyFilter::default() }).await.unwrap();
+    let all = s
+        .list_keys(&KeyFilter {
+            client: Some("Acme Sportsbook".into()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|k| &k.id).collect::<Vec<_>>(),
+        [&k.id, &k2.id]
+    );
+    let page = s
+        .list_keys(&KeyFilter {
+            after: Some(k.id.clone()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.len(), 1);
 
     let missing = s
-        .create_key(&actor(), "ghost", NewKey { material: material(&KeyFormat::default()).1, label: String::new(), expires_at: None })
+        .create_key(
+            &actor(),
+            "ghost",
+            NewKey {
+                material: material(&KeyFormat::default()).1,
+                label: String::new(),
+                expires_at: None,
+            },
+        )
         .await;
     assert!(matches!(missing, Err(StoreError::ClientNotFound(_))));
     let past = s
-        .create_key(&actor(), "Acme Sportsbook", NewKey { material: material(&KeyFormat::default()).1, label: String::new(), expires_at: Some(Timestamp::from_millis(T0 - 1)) })
+        .create_key(
+            &actor(),
+            "Acme Sportsbook",
+            NewKey {
+                material: material(&KeyFormat::default()).1,
+                label: String::new(),
+                expires_at: Some(Timestamp::from_millis(T0 - 1)),
+            },
+        )
         .await;
     assert!(matches!(past, Err(StoreError::ExpiryInPast(_))));
-    assert!(matches!(s.key(&KeyId::generate()).await, Err(StoreError::KeyNotFound(_))));
     assert!(matches!(
-        s.list_keys(&KeyFilter { client: Some("ghost".into()), ..KeyFilter::default() }).await,
+        s.key(&KeyId::generate()).await,
+        Err(StoreError::KeyNotFound(_))
+    ));
+    assert!(matches!(
+        s.list_keys(&KeyFilter {
+            client: Some("ghost".into()),
+            ..KeyFilter::default()
+        })
+        .await,
         Err(StoreError::ClientNotFound(_))
     ));
 }
@@ -217,23 +402,47 @@ async fn rotation_revokes_at_once_or_after_grace(f: Fixture) {
     let s = &f.store;
     acme(s).await;
     let (_, k) = new_key(s, "Acme Sportsbook").await;
-    let r = s.rotate_key(&actor(), &k.id, material(&KeyFormat::default()).1, None).await.unwrap();
+    let r = s
+        .rotate_key(&actor(), &k.id, material(&KeyFormat::default()).1, None)
+        .await
+        .unwrap();
     assert_eq!(r.old.state, KeyState::Revoked);
     assert_eq!(r.old.replaced_by.as_ref(), Some(&r.new.id));
     assert_eq!(r.new.label, "prod");
     assert_eq!(r.new.client_id, k.client_id);
     assert_eq!(r.new.state, KeyState::Active);
-    let again = s.rotate_key(&actor(), &k.id, material(&KeyFormat::default()).1, None).await;
+    let again = s
+        .rotate_key(&actor(), &k.id, material(&KeyFormat::default()).1, None)
+        .await;
     assert!(matches!(again, Err(StoreError::KeyRevoked(_))));
 
     let r2 = s
-        .rotate_key(&actor(), &r.new.id, material(&KeyFormat::default()).1, Some(Duration::from_secs(3600)))
+        .rotate_key(
+            &actor(),
+            &r.new.id,
+            material(&KeyFormat::default()).1,
+            Some(Duration::from_secs(3600)),
+        )
         .await
         .unwrap();
-    assert_eq!(r2.old.state, KeyState::Active, "grace keeps the old key working");
-    assert_eq!(r2.old.expires_at, Some(Timestamp::from_millis(T0 + 3_600_000)));
-    assert_eq!(r2.old.usable_at(Timestamp::from_millis(T0 + 3_599_999), true), Ok(()));
-    assert!(r2.old.usable_at(Timestamp::from_millis(T0 + 3_600_000), true).is_err());
+    assert_eq!(
+        r2.old.state,
+        KeyState::Active,
+        "grace keeps the old key working"
+    );
+    assert_eq!(
+        r2.old.expires_at,
+        Some(Timestamp::from_millis(T0 + 3_600_000))
+    );
+    assert_eq!(
+        r2.old
+            .usable_at(Timestamp::from_millis(T0 + 3_599_999), true),
+        Ok(())
+    );
+    assert!(r2
+        .old
+        .usable_at(Timestamp::from_millis(T0 + 3_600_000), true)
+        .is_err());
 
     let snap = s.snapshot().await.unwrap();
     let ids: Vec<_> = snap.keys.iter().map(|k| k.id.clone()).collect();
@@ -242,9 +451,25 @@ async fn rotation_revokes_at_once_or_after_grace(f: Fixture) {
 
     // Rotating an expired key is refused: the new key would be dead on arrival.
     f.clock.advance(Duration::from_secs(7200));
-    let expired = s.rotate_key(&actor(), &r2.old.id, material(&KeyFormat::default()).1, None).await;
-    assert!(matches!(expired, Err(StoreError::KeyExpired(..))), "{expired:?}");
-    let audit = s.audit(&AuditFilter { action: Some("key.rotate".into()), ..AuditFilter::default() }).await.unwrap();
+    let expired = s
+        .rotate_key(
+            &actor(),
+            &r2.old.id,
+            material(&KeyFormat::default()).1,
+            None,
+        )
+        .await;
+    assert!(
+        matches!(expired, Err(StoreError::KeyExpired(..))),
+        "{expired:?}"
+    );
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("key.rotate".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(audit.len(), 2);
     assert_eq!(audit[0].actor, "test:suite");
     assert_eq!(audit[0].detail["grace_seconds"], 3600);
@@ -254,21 +479,78 @@ async fn states_and_expiry(f: Fixture) {
     let s = &f.store;
     acme(s).await;
     let (_, k) = new_key(s, "Acme Sportsbook").await;
-    assert_eq!(s.set_key_state(&actor(), &k.id, KeyState::Disabled).await.unwrap().state, KeyState::Disabled);
-    assert_eq!(s.set_key_state(&actor(), &k.id, KeyState::Active).await.unwrap().state, KeyState::Active);
+    assert_eq!(
+        s.set_key_state(&actor(), &k.id, KeyState::Disabled)
+            .await
+            .unwrap()
+            .state,
+        KeyState::Disabled
+    );
+    assert_eq!(
+        s.set_key_state(&actor(), &k.id, KeyState::Active)
+            .await
+            .unwrap()
+            .state,
+        KeyState::Active
+    );
     let at = Timestamp::from_millis(T0 + 86_400_000);
-    assert_eq!(s.set_key_expiry(&actor(), &k.id, Some(at)).await.unwrap().expires_at, Some(at));
-    let past = s.set_key_expiry(&actor(), &k.id, Some(Timestamp::from_millis(T0))).await;
+    assert_eq!(
+        s.set_key_expiry(&actor(), &k.id, Some(at))
+            .await
+            .unwrap()
+            .expires_at,
+        Some(at)
+    );
+    let past = s
+        .set_key_expiry(&actor(), &k.id, Some(Timestamp::from_millis(T0)))
+        .await;
     assert!(matches!(past, Err(StoreError::ExpiryInPast(_))));
-    assert_eq!(s.key(&k.id).await.unwrap().expires_at, Some(at), "a refused change leaves the key as it was");
-    assert_eq!(s.set_key_expiry(&actor(), &k.id, None).await.unwrap().expires_at, None);
-    s.set_key_state(&actor(), &k.id, KeyState::Revoked).await.unwrap();
+    assert_eq!(
+        s.key(&k.id).await.unwrap().expires_at,
+        Some(at),
+        "a refused change leaves the key as it was"
+    );
+    assert_eq!(
+        s.set_key_expiry(&actor(), &k.id, None)
+            .await
+            .unwrap()
+            .expires_at,
+        None
+    );
+    s.set_key_state(&actor(), &k.id, KeyState::Revoked)
+        .await
+        .unwrap();
     for state in [KeyState::Active, KeyState::Disabled] {
-        assert!(matches!(s.set_key_state(&actor(), &k.id, state).await, Err(StoreError::KeyRevoked(_))));
+        assert!(matches!(
+            s.set_key_state(&actor(), &k.id, state).await,
+            Err(StoreError::KeyRevoked(_))
+        ));
     }
-    assert!(matches!(s.set_key_expiry(&actor(), &k.id, None).await, Err(StoreError::KeyRevoked(_))));
-    let actions: Vec<_> = s.audit(&AuditFilter { action: Some("key.".into()), ..AuditFilter::default() }).await.unwrap().into_iter().map(|e| e.action).collect();
-    assert_eq!(actions, ["key.revoke", "key.expire", "key.expire", "key.enable", "key.disable", "key.create"]);
+    assert!(matches!(
+        s.set_key_expiry(&actor(), &k.id, None).await,
+        Err(StoreError::KeyRevoked(_))
+    ));
+    let actions: Vec<_> = s
+        .audit(&AuditFilter {
+            action: Some("key.".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "key.revoke",
+            "key.expire",
+            "key.expire",
+            "key.enable",
+            "key.disable",
+            "key.create"
+        ]
+    );
 }
 
 async fn the_feed_reports_every_change_in_order(f: Fixture) {
@@ -282,14 +564,22 @@ async fn the_feed_reports_every_change_in_order(f: Fixture) {
     assert_eq!(snap.keys.len(), 1);
     assert!(s.delta_since(2).await.unwrap().is_empty());
 
-    s.set_key_state(&actor(), &k.id, KeyState::Revoked).await.unwrap();
+    s.set_key_state(&actor(), &k.id, KeyState::Revoked)
+        .await
+        .unwrap();
     let d = s.delta_since(2).await.unwrap();
     assert_eq!(d.version, 3);
     assert!(d.clients.is_empty());
     assert_eq!(d.keys.len(), 1);
-    assert_eq!(d.keys[0].state, KeyState::Revoked, "revocations reach replicas");
+    assert_eq!(
+        d.keys[0].state,
+        KeyState::Revoked,
+        "revocations reach replicas"
+    );
 
-    s.set_client_active(&actor(), c.id.as_str(), false).await.unwrap();
+    s.set_client_active(&actor(), c.id.as_str(), false)
+        .await
+        .unwrap();
     let d = s.delta_since(3).await.unwrap();
     assert_eq!((d.version, d.clients.len(), d.keys.len()), (4, 1, 0));
     assert_eq!(s.delta_since(0).await.unwrap().keys.len(), 1);
@@ -301,7 +591,9 @@ async fn concurrent_writers_get_distinct_versions(f: Fixture) {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let s = s.clone();
-        tasks.push(tokio::spawn(async move { new_key(&s, "Acme Sportsbook").await.1 }));
+        tasks.push(tokio::spawn(async move {
+            new_key(&s, "Acme Sportsbook").await.1
+        }));
     }
     for t in tasks {
         t.await.unwrap();

@@ -75,7 +75,11 @@ fn checksum_catches_every_position_exhaustively() {
             let mut bytes = original.clone();
             bytes[i] = c;
             let s = String::from_utf8(bytes).unwrap();
-            assert!(format.check(&s).is_err(), "corruption at {i} to {} accepted", c as char);
+            assert!(
+                format.check(&s).is_err(),
+                "corruption at {i} to {} accepted",
+                c as char
+            );
         }
     }
 }
@@ -85,15 +89,23 @@ fn rejections_name_the_problem() {
     let f = KeyFormat::new("os_live_", Alphabet::Hex, 32, false).unwrap();
     assert_eq!(
         f.check("sk_a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4"),
-        Err(KeyFormatError::WrongPrefix { expected: "os_live_".into() })
+        Err(KeyFormatError::WrongPrefix {
+            expected: "os_live_".into()
+        })
     );
     assert_eq!(
         f.check("os_live_a1b2"),
-        Err(KeyFormatError::WrongLength { expected: 40, actual: 12 })
+        Err(KeyFormatError::WrongLength {
+            expected: 40,
+            actual: 12
+        })
     );
     assert_eq!(
         f.check("os_live_A1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4"),
-        Err(KeyFormatError::BadCharacter { alphabet: Alphabet::Hex, position: 8 })
+        Err(KeyFormatError::BadCharacter {
+            alphabet: Alphabet::Hex,
+            position: 8
+        })
     );
     // The seed document's own example key is well-formed.
     assert_eq!(f.check("os_live_a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4"), Ok(()));
@@ -105,7 +117,10 @@ fn non_ascii_and_whitespace_are_rejected() {
     let f = KeyFormat::default();
     let key = f.generate_with(seeded(3));
     let with_space = format!("{} ", &key.expose()[..key.expose().len() - 1]);
-    assert!(matches!(f.check(&with_space), Err(KeyFormatError::BadCharacter { .. })));
+    assert!(matches!(
+        f.check(&with_space),
+        Err(KeyFormatError::BadCharacter { .. })
+    ));
     let with_umlaut = format!("{}ü", &key.expose()[..key.expose().len() - 2]);
     assert!(f.check(&with_umlaut).is_err());
 }

@@ -1,0 +1,335 @@
+//! Command-line grammar. Operators and scripts depend on these names: change them only with care.
+
+use std::num::NonZeroU64;
+
+use clap::{Args, Parser, Subcommand};
+use keygate_core::{KeyId, Scope, Slug, Timestamp};
+
+/// keygate: API keys, scopes, plans and rate limits in front of your REST and WebSocket APIs.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Database: a SQLite file path, sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, global = true, env = "KEYGATE_DB", default_value = "keygate.db")]
+    pub(crate) db: String,
+
+    /// Print one JSON document instead of a table.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage clients (tenants): their plan, scopes, allowlists and limits.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage API keys: create, rotate, revoke, disable, expire.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Show the audit log, newest first.
+    Audit(AuditArgs),
+    /// Apply pending schema migrations to the database.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Create a client.
+    Create(ClientCreate),
+    /// List clients, ordered by name.
+    List(ClientList),
+    /// Show one client.
+    Show { name: String },
+    /// Change a client's plan, scopes, allowlists or limits.
+    Update(ClientUpdateArgs),
+    /// Disable a client: all its keys stop working.
+    Disable { name: String },
+    /// Enable a disabled client.
+    Enable { name: String },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_slug(s: &str) -> Result<Slug, String> {
+    Slug::new(s).map_err(|e| e.to_string())
+}
+
+/// A positive limit.
+fn parse_limit(s: &str) -> Result<NonZeroU64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("a limit of 0 would refuse every request; give a positive number".into()),
+        Ok(n) => Ok(NonZeroU64::new(n).expect("checked non-zero")),
+        Err(_) => Err(format!("`{s}` is not a positive whole number")),
+    }
+}
+
+/// A new value for a per-contract limit: a number, or `None` for the plan's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LimitChange(pub(crate) Option<NonZeroU64>);
+
+/// A positive limit, or `default` to return to the plan's value.
+fn parse_limit_change(s: &str) -> Result<LimitChange, String> {
+    if s == "default" {
+        return Ok(LimitChange(None));
+    }
+    parse_limit(s)
+        .map(|n| LimitChange(Some(n)))
+        .map_err(|e| format!("{e}, or `default` for the plan's value"))
+}
+
+/// A comma-separated replacement list; empty means none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct List<T>(pub(crate) Vec<T>);
+
+fn parse_list<T>(s: &str, item: fn(&str) -> Result<T, String>) -> Result<List<T>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(item)
+        .collect::<Result<Vec<_>, _>>()
+        .map(List)
+}
+
+fn parse_scope_list(s: &str) -> Result<List<Scope>, String> {
+    parse_list(s, parse_scope)
+}
+
+fn parse_slug_list(s: &str) -> Result<List<Slug>, String> {
+    parse_list(s, parse_slug)
+}
+
+fn parse_id(s: &str) -> Result<KeyId, String> {
+    KeyId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_instant(s: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    keygate_core::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Per-contract limits that override the plan's.
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// Requests per second.
+    #[arg(long, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) rps: Option<NonZeroU64>,
+    /// Requests per minute.
+    #[arg(long, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) per_minute: Option<NonZeroU64>,
+    /// Requests per UTC hour.
+    #[arg(long, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) per_hour: Option<NonZeroU64>,
+    /// Requests per UTC day.
+    #[arg(long, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) per_day: Option<NonZeroU64>,
+    /// Requests per UTC calendar month.
+    #[arg(long, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) per_month: Option<NonZeroU64>,
+    /// Concurrent WebSocket connections.
+    #[arg(long, value_parser = parse_limit, allow_negative_numbers = true)]
+    pub(crate) ws_connections: Option<NonZeroU64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientCreate {
+    pub(crate) name: String,
+    /// Plan name.
+    #[arg(long, default_value = "default")]
+    pub(crate) plan: String,
+    /// Scopes, comma-separated (`cs2:matches:read,live_scores`).
+    #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
+    pub(crate) scopes: Vec<Scope>,
+    /// Sport namespaces the client may reach, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_slug)]
+    pub(crate) sports: Vec<Slug>,
+    /// Bookmakers the client may ask for (none given = all bookmakers).
+    #[arg(long, value_delimiter = ',', value_parser = parse_slug)]
+    pub(crate) bookmakers: Vec<Slug>,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientList {
+    /// Only clients on this plan.
+    #[arg(long)]
+    pub(crate) plan: Option<String>,
+    /// Only disabled clients.
+    #[arg(long, conflicts_with = "active")]
+    pub(crate) inactive: bool,
+    /// Only enabled clients.
+    #[arg(long)]
+    pub(crate) active: bool,
+    /// Only names after this one (paging).
+    #[arg(long)]
+    pub(crate) after: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientUpdateArgs {
+    pub(crate) name: String,
+    /// New name.
+    #[arg(long = "name", value_name = "NEW_NAME")]
+    pub(crate) rename: Option<String>,
+    #[arg(long)]
+    pub(crate) plan: Option<String>,
+    /// Replace the scopes (comma-separated; `--scopes ''` removes all).
+    #[arg(long, value_parser = parse_scope_list)]
+    pub(crate) scopes: Option<List<Scope>>,
+    /// Replace the sport allowlist.
+    #[arg(long, value_parser = parse_slug_list)]
+    pub(crate) sports: Option<List<Slug>>,
+    /// Replace the bookmaker allowlist (`''` = all bookmakers).
+    #[arg(long, value_parser = parse_slug_list)]
+    pub(crate) bookmakers: Option<List<Slug>>,
+    /// Requests per second, or `default`.
+    #[arg(long, value_parser = parse_limit_change, allow_negative_numbers = true)]
+    pub(crate) rps: Option<LimitChange>,
+    /// Requests per minute, or `default`.
+    #[arg(long, value_parser = parse_limit_change, allow_negative_numbers = true)]
+    pub(crate) per_minute: Option<LimitChange>,
+    /// Requests per UTC hour, or `default`.
+    #[arg(long, value_parser = parse_limit_change, allow_negative_numbers = true)]
+    pub(crate) per_hour: Option<LimitChange>,
+    /// Requests per UTC day, or `default`.
+    #[arg(long, value_parser = parse_limit_change, allow_negative_numbers = true)]
+    pub(crate) per_day: Option<LimitChange>,
+    /// Requests per UTC month, or `default`.
+    #[arg(long, value_parser = parse_limit_change, allow_negative_numbers = true)]
+    pub(crate) per_month: Option<LimitChange>,
+    /// Concurrent WebSocket connections, or `default`.
+    #[arg(long, value_parser = parse_limit_change, allow_negative_numbers = true)]
+    pub(crate) ws_connections: Option<LimitChange>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a key; the plaintext is printed once and never again.
+    Create(KeyCreate),
+    /// List keys, masked.
+    List(KeyList),
+    /// Show one key, masked.
+    Show {
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+    },
+    /// Replace a key's secret; the old key stops now, or after --grace.
+    Rotate {
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+        /// Keep the old key working this long (`1h`, `30m`).
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+    },
+    /// Disable a key (it can be enabled again).
+    Disable {
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+    },
+    /// Enable a disabled key.
+    Enable {
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+    },
+    /// Set or clear a key's expiry.
+    Expire {
+        #[arg(value_parser = parse_id)]
+        id: KeyId,
+        /// The instant the key stops working (RFC 3339).
+        #[arg(long, value_parser = parse_instant, required_unless_present_any = ["in_", "never"])]
+        at: Option<Timestamp>,
+        /// Expire this long from now (`30d`).
+        #[arg(long = "in", id = "in_", value_parser = parse_duration, conflicts_with = "at")]
+        in_: Option<std::time::Duration>,
+        /// Remove the expiry.
+        #[arg(long, conflicts_with_all = ["at", "in_"])]
+        never: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyCreate {
+    /// The client (name or id) the key belongs to.
+    #[arg(long)]
+    pub(crate) client: String,
+    /// What the key is for (`production`, `staging`, `team-odds`).
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+    /// The instant the key stops working (RFC 3339).
+    #[arg(long, value_parser = parse_instant, conflicts_with = "expires_in")]
+    pub(crate) expires_at: Option<Timestamp>,
+    /// Expire this long from now (`30d`).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) expires_in: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyList {
+    /// Only keys of this client.
+    #[arg(long)]
+    pub(crate) client: Option<String>,
+    /// Only keys in this state (active, disabled, revoked).
+    #[arg(long, value_parser = ["active", "disabled", "revoked"])]
+    pub(crate) state: Option<String>,
+    /// Only keys after this id (paging).
+    #[arg(long, value_parser = parse_id)]
+    pub(crate) after: Option<KeyId>,
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: u32,
+    /// Only entries older than this id (paging).
+    #[arg(long)]
+    pub(crate) before: Option<i64>,
+    #[arg(long)]
+    pub(crate) actor: Option<String>,
+    /// An action (`key.rotate`) or a family (`key.`).
+    #[arg(long)]
+    pub(crate) action: Option<String>,
+    /// A client or key id.
+    #[arg(long)]
+    pub(crate) target: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(parse_limit("0").unwrap_err().contains("positive"));
+        assert!(parse_limit("-5").unwrap_err().contains("`-5`"));
+        assert!(parse_limit("ten").is_err());
+        assert_eq!(parse_limit_change("default"), Ok(LimitChange(None)));
+        assert_eq!(parse_limit_change("250").unwrap().0.unwrap().get(), 250);
+        assert_eq!(parse_scope_list(""), Ok(List(vec![])));
+        assert_eq!(parse_scope_list("a,b:c").unwrap().0.len(), 2);
+        assert!(parse_slug_list("cs2,Bad").is_err());
+    }
+}

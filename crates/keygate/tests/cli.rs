@@ -1,0 +1,389 @@
+//! End-to-end CLI tests: the real binary against a real SQLite file in a temp dir.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Db {
+    dir: tempfile::TempDir,
+}
+
+impl Db {
+    fn new() -> Self {
+        Db {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("keygate.db")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(args)
+            .env("KEYGATE_DB", self.path())
+            .env("USER", "ops-alice")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs with `--json`, expects success, returns the document.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} printed no single JSON document ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs, expects failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "{args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        err
+    }
+
+    /// Everything the store holds, as the CLI sees it.
+    fn state(&self) -> Value {
+        serde_json::json!({
+            "clients": self.json(&["client", "list"]),
+            "keys": self.json(&["key", "list"]),
+            "audit": self.json(&["audit", "--limit", "100000"]),
+        })
+    }
+}
+
+fn seed(db: &Db) -> (String, String) {
+    db.json(&[
+        "client",
+        "create",
+        "Acme Sportsbook",
+        "--plan",
+        "pro",
+        "--scopes",
+        "cs2:matches:read,cs2:matches:list",
+        "--sports",
+        "cs2",
+        "--rps",
+        "100",
+    ]);
+    let k = db.json(&[
+        "key",
+        "create",
+        "--client",
+        "Acme Sportsbook",
+        "--label",
+        "production",
+        "--expires-in",
+        "30d",
+    ]);
+    (
+        k["id"].as_str().unwrap().to_owned(),
+        k["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn create_show_list_and_the_plaintext_appears_once() {
+    let db = Db::new();
+    let (id, plain) = seed(&db);
+    assert!(plain.starts_with("kg_") && plain.len() == 39, "{plain}");
+
+    let created = db.json(&["key", "show", &id]);
+    for field in [
+        "id",
+        "hint",
+        "client",
+        "label",
+        "state",
+        "expires_at",
+        "created_at",
+    ] {
+        assert!(
+            created.get(field).is_some(),
+            "key show lacks {field}: {created}"
+        );
+    }
+    assert_eq!(created["client"], "Acme Sportsbook");
+    assert_eq!(created["state"], "active");
+    assert!(created["hint"]
+        .as_str()
+        .unwrap()
+        .ends_with(&plain[plain.len() - 4..]));
+
+    // Nowhere but the create output: not in listings, not in the audit log, not in the file.
+    let everything = db.state().to_string();
+    assert!(!everything.contains(&plain));
+    assert!(!everything.contains(&plain[3..20]));
+    let human = db.run(&["key", "list"]);
+    assert!(!String::from_utf8_lossy(&human.stdout).contains(&plain));
+    let bytes = std::fs::read(db.path()).unwrap();
+    let wal = std::fs::read(db.dir.path().join("keygate.db-wal")).unwrap_or_default();
+    for file in [&bytes, &wal] {
+        assert!(
+            !file.windows(plain.len()).any(|w| w == plain.as_bytes()),
+            "plaintext key stored at rest"
+        );
+    }
+
+    let client = db.json(&["client", "show", "Acme Sportsbook"]);
+    assert_eq!(client["plan"], "pro");
+    assert_eq!(client["limits"]["rps"], 100);
+    assert_eq!(client["sports"], serde_json::json!(["cs2"]));
+    assert_eq!(client["bookmakers"], serde_json::json!([]));
+
+    let human = String::from_utf8(db.run(&["client", "list"]).stdout).unwrap();
+    assert!(human.starts_with("NAME"), "{human}");
+    assert!(human.contains("Acme Sportsbook"));
+}
+
+#[test]
+fn rotation_revocation_and_states() {
+    let db = Db::new();
+    let (id, plain) = seed(&db);
+    let r = db.json(&["key", "rotate", &id]);
+    for field in ["id", "key", "hint", "client", "expires_at"] {
+        assert!(r.get(field).is_some(), "rotate --json lacks {field}: {r}");
+    }
+    assert_ne!(r["key"], plain);
+    assert_eq!(r["replaces"], id.as_str());
+    assert_eq!(db.json(&["key", "show", &id])["state"], "revoked");
+    let new_id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(db.json(&["key", "show", &new_id])["label"], "production");
+
+    let graced = db.json(&["key", "rotate", &new_id, "--grace", "1h"]);
+    let old = db.json(&["key", "show", &new_id]);
+    assert_eq!(old["state"], "active");
+    assert_eq!(old["expires_at"], graced["old_key_valid_until"]);
+
+    let newest = graced["id"].as_str().unwrap().to_owned();
+    assert_eq!(db.json(&["key", "disable", &newest])["state"], "disabled");
+    assert_eq!(db.json(&["key", "enable", &newest])["state"], "active");
+    assert_eq!(
+        db.json(&["key", "expire", &newest, "--at", "2099-01-01T00:00:00Z"])["expires_at"],
+        "2099-01-01T00:00:00Z"
+    );
+    assert_eq!(
+        db.json(&["key", "expire", &newest, "--never"])["expires_at"],
+        Value::Null
+    );
+    assert_eq!(db.json(&["key", "revoke", &newest])["state"], "revoked");
+    let err = db.fails(&["key", "enable", &newest]);
+    assert!(err.contains("revoked"), "{err}");
+
+    let audit = db.json(&["audit", "--limit", "3"]);
+    let actions: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["key.revoke", "key.expire", "key.expire"]);
+    assert_eq!(audit[0]["actor"], "cli:ops-alice");
+    // The first key (rotated without grace) and the last one; the graced key is still active.
+    assert_eq!(
+        db.json(&["key", "list", "--state", "revoked"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn bad_input_gets_one_sentence_and_changes_nothing() {
+    let db = Db::new();
+    let (id, _) = seed(&db);
+    db.json(&["client", "create", "Other"]);
+    let before = db.state();
+    let cases: &[(&[&str], &str)] = &[
+        (&["client", "create", "Acme Sportsbook"], "already exists"),
+        (
+            &["client", "create", "x", "--scopes", "cs2::read"],
+            "is not a scope",
+        ),
+        (
+            &["client", "create", "x", "--scopes", "Live Scores"],
+            "is not a scope",
+        ),
+        (
+            &["client", "create", "x", "--sports", "CS2"],
+            "is not a slug",
+        ),
+        (&["client", "create", "x", "--rps", "0"], "limit of 0"),
+        (
+            &["client", "update", "Acme Sportsbook", "--per-day", "-5"],
+            "not a positive whole number",
+        ),
+        (
+            &["client", "update", "Acme Sportsbook", "--rps", "lots"],
+            "not a positive whole number",
+        ),
+        (
+            &["client", "create", "x", "--per-minute", "-1"],
+            "not a positive whole number",
+        ),
+        (
+            &["client", "update", "Acme Sportsbook", "--name", "Other"],
+            "already exists",
+        ),
+        (
+            &["client", "update", "Nobody", "--plan", "pro"],
+            "no client named",
+        ),
+        (&["client", "show", "Nobody"], "no client named"),
+        (&["client", "disable", "Nobody"], "no client named"),
+        (&["key", "create", "--client", "Nobody"], "no client named"),
+        (
+            &[
+                "key",
+                "create",
+                "--client",
+                "Acme Sportsbook",
+                "--expires-at",
+                "2001-01-01T00:00:00Z",
+            ],
+            "in the past",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--client",
+                "Acme Sportsbook",
+                "--expires-at",
+                "next week",
+            ],
+            "not an RFC 3339 instant",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--client",
+                "Acme Sportsbook",
+                "--expires-in",
+                "30",
+            ],
+            "not a duration",
+        ),
+        (
+            &[
+                "key",
+                "create",
+                "--client",
+                "Acme Sportsbook",
+                "--label",
+                "bad\nlabel",
+            ],
+            "label",
+        ),
+        (&["key", "rotate", &id, "--grace", "soon"], "not a duration"),
+        (&["key", "show", "key_0000000000000000"], "no key"),
+        (&["key", "show", "12345"], "is not a key id"),
+        (&["key", "revoke", "key_0000000000000000"], "no key"),
+        (
+            &["key", "expire", &id, "--at", "2001-01-01T00:00:00Z"],
+            "in the past",
+        ),
+        (&["key", "list", "--client", "Nobody"], "no client named"),
+        (&["key", "frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expected) in cases {
+        let err = db.fails(args);
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected `{expected}` in: {err}"
+        );
+        assert!(
+            err.lines().next().unwrap().starts_with("error: "),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        db.state(),
+        before,
+        "a refused command must leave the store as it was"
+    );
+
+    let json_err = db.run(&["--json", "client", "show", "Nobody"]);
+    let doc: Value = serde_json::from_slice(&json_err.stderr).unwrap();
+    assert_eq!(doc["error"]["code"], "client_not_found");
+}
+
+#[test]
+fn unusable_databases_are_named() {
+    let db = Db::new();
+    let missing_dir = db.dir.path().join("no/such/dir/k.db");
+    let err = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--db", missing_dir.to_str().unwrap(), "client", "list"])
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .unwrap();
+    assert!(
+        err.contains("cannot open database") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    seed(&db);
+    bump_schema(&db.path());
+    let err = db.fails(&["client", "list"]);
+    assert!(err.contains("schema version 42, newer than"), "{err}");
+
+    let garbage = db.dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![7u8; 4096]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--db", garbage.to_str().unwrap(), "key", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("garbage.db"), "{err}");
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        vec![7u8; 4096],
+        "a foreign file is left untouched"
+    );
+}
+
+/// Pretends a newer keygate migrated this file.
+fn bump_schema(path: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (42, 'future', TRUE, x'00', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+}
+
+#[test]
+fn migrate_reports_the_schema() {
+    let db = Db::new();
+    let doc = db.json(&["migrate"]);
+    assert_eq!(doc["schema_version"], 1);
+}

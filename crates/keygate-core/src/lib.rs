@@ -4,12 +4,15 @@
 //! tokens, time and durations. The store, the limiters and the server build on these types; this
 //! crate performs no I/O (its one system call is the OS CSPRNG when a key is generated).
 
+pub mod decision;
 pub mod digest;
 pub mod duration;
 pub mod issuer;
 pub mod key_format;
 pub mod model;
 pub mod names;
+pub mod policy;
+pub mod render;
 pub mod scope;
 pub mod time;
 

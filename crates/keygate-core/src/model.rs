@@ -226,15 +226,26 @@ impl ApiKey {
     /// # Errors
     /// The first reason it does not, in the order revoked, disabled, expired, client inactive.
     pub fn usable_at(&self, now: Timestamp, client_active: bool) -> Result<(), Unusable> {
-        match self.state {
-            KeyState::Revoked => Err(Unusable::Revoked),
-            KeyState::Disabled => Err(Unusable::Disabled),
-            KeyState::Active if self.expires_at.is_some_and(|at| at <= now) => {
-                Err(Unusable::Expired)
-            }
-            KeyState::Active if !client_active => Err(Unusable::ClientInactive),
-            KeyState::Active => Ok(()),
-        }
+        key_usable(self.state, self.expires_at, now, client_active)
+    }
+}
+
+/// The one rule for whether a key authenticates; shared by the store's model and the replica.
+///
+/// # Errors
+/// The first reason it does not, in the order revoked, disabled, expired, client inactive.
+pub fn key_usable(
+    state: KeyState,
+    expires_at: Option<Timestamp>,
+    now: Timestamp,
+    client_active: bool,
+) -> Result<(), Unusable> {
+    match state {
+        KeyState::Revoked => Err(Unusable::Revoked),
+        KeyState::Disabled => Err(Unusable::Disabled),
+        KeyState::Active if expires_at.is_some_and(|at| at <= now) => Err(Unusable::Expired),
+        KeyState::Active if !client_active => Err(Unusable::ClientInactive),
+        KeyState::Active => Ok(()),
     }
 }
 

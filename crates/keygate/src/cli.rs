@@ -9,9 +9,14 @@ use keygate_core::{KeyId, Scope, Slug, Timestamp};
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about, propagate_version = true)]
 pub(crate) struct Cli {
-    /// Database: a SQLite file path, sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, global = true, env = "KEYGATE_DB", default_value = "keygate.db")]
-    pub(crate) db: String,
+    /// Database: a SQLite file path, sqlite://PATH or postgres://USER@HOST/DB
+    /// [default: the config's server.db, else keygate.db].
+    #[arg(long, global = true, env = "KEYGATE_DB")]
+    pub(crate) db: Option<String>,
+
+    /// Configuration file (profile, routes, upstreams, key format).
+    #[arg(long, global = true, env = "KEYGATE_CONFIG")]
+    pub(crate) config: Option<std::path::PathBuf>,
 
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
@@ -33,6 +38,35 @@ pub(crate) enum Command {
     Audit(AuditArgs),
     /// Apply pending schema migrations to the database.
     Migrate,
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run a demo: a sample upstream, a demo client and key, and the gateway in front.
+    Demo(ServeArgs),
+    /// Check a configuration file and report every problem with its line.
+    CheckConfig {
+        /// The file to check.
+        file: std::path::PathBuf,
+    },
+}
+
+/// Options of `serve` and `demo`; each overrides the configuration file.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Public listener address.
+    #[arg(long)]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Admin listener address (keep it on loopback).
+    #[arg(long)]
+    pub(crate) admin_listen: Option<std::net::SocketAddr>,
+    /// URL of the `default` upstream, used by routes that name none.
+    #[arg(long)]
+    pub(crate) upstream: Option<String>,
+    /// Worker threads serving the public listener [default: one per core].
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub(crate) log_format: String,
 }
 
 #[derive(Debug, Subcommand)]

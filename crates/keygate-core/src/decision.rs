@@ -1,0 +1,233 @@
+//! The closed set of reasons a request is refused, each with a stable code.
+//!
+//! The gateway decides with these; a profile maps each code to the status and body its
+//! provider publishes. Logs and metrics carry the code, never the key.
+
+use std::fmt;
+
+/// Why a request was not let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No credential in any accepted place.
+    MissingKey,
+    /// A credential that fails the offline format check (never looked up).
+    MalformedKey,
+    /// Two credentials in one request that disagree.
+    ConflictingCredentials,
+    /// Well-formed but not a live key (never issued, revoked, or rotated away).
+    UnknownKey,
+    KeyDisabled,
+    KeyExpired,
+    ClientInactive,
+    /// The route needs a scope the client lacks.
+    ScopeMissing,
+    /// The sport namespace is not in the client's allowlist.
+    SportNotAllowed,
+    /// The bookmaker is not in the client's allowlist.
+    BookmakerNotAllowed,
+    /// The route needs a bookmaker and the client's plan requires one to be selected.
+    BookmakerNotConfigured,
+    /// The route needs a plan feature (live, websocket, ...) the client's plan lacks.
+    FeatureNotOnPlan,
+    RateLimited,
+    /// The gateway is in emergency mode.
+    Emergency,
+    NotFound,
+    MethodNotAllowed,
+    NotAcceptable,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    /// The request itself is malformed (bad body on a verify endpoint, etc).
+    BadRequest,
+}
+
+impl Reason {
+    /// Every reason, for profiles that must configure each one.
+    pub const ALL: [Reason; 20] = [
+        Reason::MissingKey,
+        Reason::MalformedKey,
+        Reason::ConflictingCredentials,
+        Reason::UnknownKey,
+        Reason::KeyDisabled,
+        Reason::KeyExpired,
+        Reason::ClientInactive,
+        Reason::ScopeMissing,
+        Reason::SportNotAllowed,
+        Reason::BookmakerNotAllowed,
+        Reason::BookmakerNotConfigured,
+        Reason::FeatureNotOnPlan,
+        Reason::RateLimited,
+        Reason::Emergency,
+        Reason::NotFound,
+        Reason::MethodNotAllowed,
+        Reason::NotAcceptable,
+        Reason::UpstreamUnavailable,
+        Reason::UpstreamTimeout,
+        Reason::BadRequest,
+    ];
+
+    /// Position in [`Reason::ALL`], for tables indexed by reason.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable machine-readable code.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Reason::MissingKey => "missing_key",
+            Reason::MalformedKey => "malformed_key",
+            Reason::ConflictingCredentials => "conflicting_credentials",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyDisabled => "key_disabled",
+            Reason::KeyExpired => "key_expired",
+            Reason::ClientInactive => "client_inactive",
+            Reason::ScopeMissing => "scope_missing",
+            Reason::SportNotAllowed => "sport_not_allowed",
+            Reason::BookmakerNotAllowed => "bookmaker_not_allowed",
+            Reason::BookmakerNotConfigured => "bookmaker_not_configured",
+            Reason::FeatureNotOnPlan => "feature_not_on_plan",
+            Reason::RateLimited => "rate_limited",
+            Reason::Emergency => "emergency",
+            Reason::NotFound => "not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::NotAcceptable => "not_acceptable",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::BadRequest => "bad_request",
+        }
+    }
+
+    /// Parses a code (profile configuration keys).
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The status of the default profile.
+    pub const fn default_status(self) -> u16 {
+        match self {
+            Reason::MissingKey
+            | Reason::MalformedKey
+            | Reason::UnknownKey
+            | Reason::KeyDisabled
+            | Reason::KeyExpired
+            | Reason::ClientInactive => 401,
+            Reason::ConflictingCredentials | Reason::BadRequest => 400,
+            Reason::ScopeMissing
+            | Reason::SportNotAllowed
+            | Reason::BookmakerNotAllowed
+            | Reason::BookmakerNotConfigured
+            | Reason::FeatureNotOnPlan => 403,
+            Reason::RateLimited => 429,
+            Reason::Emergency => 503,
+            Reason::NotFound => 404,
+            Reason::MethodNotAllowed => 405,
+            Reason::NotAcceptable => 406,
+            Reason::UpstreamUnavailable => 502,
+            Reason::UpstreamTimeout => 504,
+        }
+    }
+
+    /// One sentence for the default profile's `detail`. `{subject}` is the scope, sport,
+    /// bookmaker or feature concerned.
+    pub const fn default_detail(self) -> &'static str {
+        match self {
+            Reason::MissingKey => {
+                "No API key was sent; send it in the X-API-Key header or as a Bearer token."
+            }
+            Reason::MalformedKey => "The API key is not in the expected format.",
+            Reason::ConflictingCredentials => {
+                "The request carries more than one API key and they differ."
+            }
+            Reason::UnknownKey => "The API key is not valid.",
+            Reason::KeyDisabled => "The API key is disabled.",
+            Reason::KeyExpired => "The API key has expired.",
+            Reason::ClientInactive => "The account this API key belongs to is disabled.",
+            Reason::ScopeMissing => {
+                "The API key lacks the scope '{subject}' this endpoint requires."
+            }
+            Reason::SportNotAllowed => {
+                "The sport '{subject}' is not in this API key's sport allowlist."
+            }
+            Reason::BookmakerNotAllowed => {
+                "The bookmaker '{subject}' is not in this API key's bookmaker allowlist."
+            }
+            Reason::BookmakerNotConfigured => "No bookmaker is selected for this account.",
+            Reason::FeatureNotOnPlan => "The plan of this API key does not include '{subject}'.",
+            Reason::RateLimited => "Rate limit exceeded; retry after {retry_after} seconds.",
+            Reason::Emergency => "The service is temporarily unavailable.",
+            Reason::NotFound => "No such endpoint.",
+            Reason::MethodNotAllowed => "This endpoint does not accept this method.",
+            Reason::NotAcceptable => "The Accept header admits neither JSON nor XML.",
+            Reason::UpstreamUnavailable => "The upstream service is unavailable.",
+            Reason::UpstreamTimeout => "The upstream service did not answer in time.",
+            Reason::BadRequest => "The request is malformed: {subject}",
+        }
+    }
+
+    /// True for reasons that say "who are you" (401-class), counted as failed authentications.
+    pub const fn is_authentication_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::MissingKey
+                | Reason::MalformedKey
+                | Reason::ConflictingCredentials
+                | Reason::UnknownKey
+                | Reason::KeyDisabled
+                | Reason::KeyExpired
+                | Reason::ClientInactive
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal: the reason and, where it has one, the scope, sport, bookmaker or feature concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub subject: Option<Box<str>>,
+}
+
+impl Denial {
+    pub fn new(reason: Reason) -> Self {
+        Denial {
+            reason,
+            subject: None,
+        }
+    }
+
+    pub fn about(reason: Reason, subject: &str) -> Self {
+        Denial {
+            reason,
+            subject: Some(subject.into()),
+        }
+    }
+}
+
+impl From<Reason> for Denial {
+    fn from(reason: Reason) -> Self {
+        Denial::new(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_parse_back() {
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(Reason::from_code("nope"), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! Compiled policy: what a client may do (with its plan's features folded in), what a route
+//! requires, and the pure check between the two.
+//!
+//! Compiled once when a client changes or the configuration loads, so the per-request check is a
+//! few binary searches over short sorted lists, with no allocation on the allow path.
+
+use crate::decision::{Denial, Reason};
+use crate::model::{
+    key_usable, ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable,
+};
+use crate::time::Timestamp;
+
+/// A client as the hot path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientPolicy {
+    pub id: ClientId,
+    pub name: Box<str>,
+    pub plan: Box<str>,
+    /// Sorted.
+    pub scopes: Vec<Box<str>>,
+    /// Sorted; empty = no sport restriction.
+    pub sports: Vec<Box<str>>,
+    /// Sorted; empty = all bookmakers.
+    pub bookmakers: Vec<Box<str>>,
+    /// Sorted features of the client's plan.
+    pub features: Vec<Box<str>>,
+    pub limits: LimitOverrides,
+    pub active: bool,
+}
+
+fn sorted<T: AsRef<str>>(items: &[T]) -> Vec<Box<str>> {
+    let mut v: Vec<Box<str>> = items.iter().map(|s| s.as_ref().into()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn contains(sorted: &[Box<str>], item: &str) -> bool {
+    sorted.binary_search_by(|s| (**s).cmp(item)).is_ok()
+}
+
+impl ClientPolicy {
+    /// Folds a stored client and its plan's features into the hot-path form.
+    pub fn compile(client: &Client, plan_features: &[impl AsRef<str>]) -> Self {
+        ClientPolicy {
+            id: client.id.clone(),
+            name: client.name.as_str().into(),
+            plan: client.plan.as_str().into(),
+            scopes: sorted(&client.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+            sports: sorted(&client.sports.iter().map(|s| s.as_str()).collect::<Vec<_>>()),
+            bookmakers: sorted(
+                &client
+                    .bookmakers
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>(),
+            ),
+            features: sorted(plan_features),
+            limits: client.limits.clone(),
+            active: client.active,
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        contains(&self.scopes, scope)
+    }
+
+    pub fn has_feature(&self, feature: &str) -> bool {
+        contains(&self.features, feature)
+    }
+
+    pub fn allows_sport(&self, sport: &str) -> bool {
+        contains(&self.sports, sport)
+    }
+
+    pub fn allows_bookmaker(&self, bookmaker: &str) -> bool {
+        self.bookmakers.is_empty() || contains(&self.bookmakers, bookmaker)
+    }
+}
+
+/// What a route requires of the caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub scopes: Vec<Box<str>>,
+    pub features: Vec<Box<str>>,
+    /// Whether the route names a sport namespace that must be in the allowlist.
+    pub sport_gated: bool,
+    /// Whether a bookmaker must be present (and allowed) on this route.
+    pub bookmaker_required: bool,
+}
+
+/// The request facts authorization looks at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestFacts<'a> {
+    pub sport: Option<&'a str>,
+    pub bookmaker: Option<&'a str>,
+}
+
+/// Checks a client against a route, in the order scope, sport, bookmaker, plan feature.
+///
+/// # Errors
+/// The first [`Denial`] found.
+pub fn authorize(
+    client: &ClientPolicy,
+    needs: &Requirements,
+    facts: RequestFacts<'_>,
+) -> Result<(), Denial> {
+    if let Some(missing) = needs.scopes.iter().find(|s| !client.has_scope(s)) {
+        return Err(Denial::about(Reason::ScopeMissing, missing));
+    }
+    if needs.sport_gated {
+        match facts.sport {
+            Some(sport) if client.allows_sport(sport) => {}
+            Some(sport) => return Err(Denial::about(Reason::SportNotAllowed, sport)),
+            None => return Err(Denial::new(Reason::SportNotAllowed)),
+        }
+    }
+    match facts.bookmaker {
+        Some(b) if !client.allows_bookmaker(b) => {
+            return Err(Denial::about(Reason::BookmakerNotAllowed, b))
+        }
+        None if needs.bookmaker_required && !client.bookmakers.is_empty() => {
+            // A restricted client must say which of its bookmakers it wants.
+            return Err(Denial::new(Reason::BookmakerNotConfigured));
+        }
+        _ => {}
+    }
+    if let Some(missing) = needs.features.iter().find(|f| !client.has_feature(f)) {
+        return Err(Denial::about(Reason::FeatureNotOnPlan, missing));
+    }
+    Ok(())
+}
+
+/// A key as the hot path needs it: no hint, no label, no timestamps but the expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub id: KeyId,
+    pub client_id: ClientId,
+    pub state: KeyState,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl KeyPolicy {
+    pub fn from_key(key: &ApiKey) -> Self {
+        KeyPolicy {
+            id: key.id.clone(),
+            client_id: key.client_id.clone(),
+            state: key.state,
+            expires_at: key.expires_at,
+        }
+    }
+
+    /// Authentication of a found key at `now`.
+    ///
+    /// # Errors
+    /// `KeyDisabled`, `KeyExpired`, `ClientInactive`, or `UnknownKey` for a revoked key.
+    pub fn check(&self, now: Timestamp, client_active: bool) -> Result<(), Reason> {
+        key_usable(self.state, self.expires_at, now, client_active).map_err(Reason::from)
+    }
+}
+
+impl From<Unusable> for Reason {
+    fn from(u: Unusable) -> Self {
+        match u {
+            // A revoked key is indistinguishable from one never issued.
+            Unusable::Revoked => Reason::UnknownKey,
+            Unusable::Disabled => Reason::KeyDisabled,
+            Unusable::Expired => Reason::KeyExpired,
+            Unusable::ClientInactive => Reason::ClientInactive,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> ClientPolicy {
+        ClientPolicy {
+            id: ClientId::generate(),
+            name: "Acme".into(),
+            plan: "pro".into(),
+            scopes: sorted(&["cs2:matches:read", "cs2:matches:list"]),
+            sports: sorted(&["cs2"]),
+            bookmakers: vec![],
+            features: sorted(&["live"]),
+            limits: LimitOverrides::default(),
+            active: true,
+        }
+    }
+
+    fn needs(scopes: &[&str], features: &[&str], sport_gated: bool) -> Requirements {
+        Requirements {
+            scopes: sorted(scopes),
+            features: sorted(features),
+            sport_gated,
+            bookmaker_required: false,
+        }
+    }
+
+    #[test]
+    fn scope_sport_bookmaker_feature_in_order() {
+        let p = policy();
+        let ok = RequestFacts {
+            sport: Some("cs2"),
+            bookmaker: None,
+        };
+        assert_eq!(
+            authorize(&p, &needs(&["cs2:matches:read"], &["live"], true), ok),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&p, &needs(&["cs2:markets:settlements"], &[], true), ok),
+            Err(Denial::about(
+                Reason::ScopeMissing,
+                "cs2:markets:settlements"
+            ))
+        );
+        let dota = RequestFacts {
+            sport: Some("dota2"),
+            bookmaker: None,
+        };
+        assert_eq!(
+            authorize(&p, &needs(&[], &[], true), dota),
+            Err(Denial::about(Reason::SportNotAllowed, "dota2"))
+        );
+        assert_eq!(
+            authorize(&p, &needs(&[], &["websocket"], false), ok),
+            Err(Denial::about(Reason::FeatureNotOnPlan, "websocket"))
+        );
+    }
+
+    #[test]
+    fn empty_bookmaker_allowlist_means_all() {
+        let mut p = policy();
+        let facts = RequestFacts {
+            sport: None,
+            bookmaker: Some("bet365"),
+        };
+        assert_eq!(authorize(&p, &Requirements::default(), facts), Ok(()));
+        p.bookmakers = sorted(&["pinnacle"]);
+        assert_eq!(
+            authorize(&p, &Requirements::default(), facts),
+            Err(Denial::about(Reason::BookmakerNotAllowed, "bet365"))
+        );
+        let needs = Requirements {
+            bookmaker_required: true,
+            ..Requirements::default()
+        };
+        assert_eq!(
+            authorize(&p, &needs, RequestFacts::default()),
+            Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The per-request decision, shared by the proxy path and the forward-auth contracts:
+//! path safety → route → public? → credential → authenticate → authorize.
+
+use std::time::Instant;
+
+use http::{HeaderMap, Method};
+use keygate_core::decision::{Denial, Reason};
+
+use crate::credential;
+use crate::gateway::{Admitted, Gateway};
+use crate::routes::{Route, RouteMatch};
+
+/// A request that may pass.
+#[derive(Debug)]
+pub struct Passed<'t> {
+    pub route_index: usize,
+    pub route: &'t Route,
+    /// `None` on public routes.
+    pub who: Option<Admitted>,
+    pub credential_source: Option<usize>,
+}
+
+/// A refused request and the route it matched, if any (for metrics).
+#[derive(Debug)]
+pub struct Refused {
+    pub route_index: Option<usize>,
+    pub denial: Denial,
+}
+
+/// True for paths an upstream might normalize into somewhere else (`..`, `.`, encoded slashes
+/// or dots): authorizing `/cs2/..` and letting the upstream serve `/dota2` must be impossible.
+pub fn is_ambiguous_path(path: &str) -> bool {
+    path.split('/').any(|seg| seg == "." || seg == "..")
+        || path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && (w[1..].eq_ignore_ascii_case(b"2f")
+                    || w[1..].eq_ignore_ascii_case(b"2e")
+                    || w[1..].eq_ignore_ascii_case(b"5c"))
+        })
+        || path.contains('\\')
+}
+
+/// Authenticates the credential in `headers`/`query` (for whoami and verify, which have no route).
+///
+/// # Errors
+/// A 401-class reason and the profile source the key came from.
+pub fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(Admitted, usize), Reason> {
+    let cred = credential::extract(&gw.config.profile.credentials, headers, query)?;
+    let who = gw.authenticate(cred.key)?;
+    Ok((who, cred.source))
+}
+
+/// Decides a request.
+///
+/// # Errors
+/// [`Refused`] with the profile reason.
+pub fn decide<'t>(
+    gw: &'t Gateway,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Passed<'t>, Refused> {
+    if is_ambiguous_path(path) {
+        return Err(Refused {
+            route_index: None,
+            denial: Denial::about(
+                Reason::BadRequest,
+                "the path contains dot segments or encoded separators",
+            ),
+        });
+    }
+    let (route, index, params) = match gw.config.routes.find(method, path) {
+        RouteMatch::Found {
+            route,
+            index,
+            params,
+        } => (route, index, params),
+        RouteMatch::MethodNotAllowed => {
+            return Err(Refused {
+                route_index: None,
+                denial: Denial::new(Reason::MethodNotAllowed),
+            })
+        }
+        RouteMatch::NotFound => {
+            return Err(Refused {
+                route_index: None,
+                denial: Denial::new(Reason::NotFound),
+            })
+        }
+    };
+    if route.public {
+        return Ok(Passed {
+            route_index: index,
+            route,
+            who: None,
+            credential_source: None,
+        });
+    }
+    let started = Instant::now();
+    let refused = |denial: Denial| Refused {
+        route_index: Some(index),
+        denial,
+    };
+    let (who, source) = authenticate(gw, headers, query).map_err(|r| refused(Denial::new(r)))?;
+    gw.authorize(&who, route, &params, query).map_err(refused)?;
+    gw.metrics
+        .observe_decision(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    Ok(Passed {
+        route_index: index,
+        route,
+        who: Some(who),
+        credential_source: Some(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_paths() {
+        for p in [
+            "/cs2/../dota2/v1",
+            "/./x",
+            "/a/%2e%2e/b",
+            "/a%2Fb",
+            "/a\\b",
+            "/a/%5C",
+        ] {
+            assert!(is_ambiguous_path(p), "{p}");
+        }
+        for p in ["/cs2/v1/matches", "/a..b/c", "/", "/v1/whoami", "/x%20y"] {
+            assert!(!is_ambiguous_path(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! Raw configuration → validated [`Config`], collecting every error with its line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use keygate_core::decision::Reason;
+use keygate_core::duration::parse_duration;
+use keygate_core::key_format::{Alphabet, KeyFormat};
+use keygate_core::policy::Requirements;
+use keygate_core::render::BodyTemplate;
+use keygate_core::{Digester, Issuer, Scope};
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawError, RawProfile, RawRoute};
+use super::{Config, ConfigError, ConfigErrors, Overrides, Plan};
+use crate::profile::{CredentialSource, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS};
+use crate::routes::{BookmakerSource, Route, RouteTable};
+use crate::upstream::UpstreamSpec;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
+const DEFAULT_FEED_POLL: Duration = Duration::from_millis(100);
+const DEFAULT_UPSTREAM: &str = "default";
+
+/// Collects errors while compiling.
+struct Errors<'a> {
+    file: &'a str,
+    text: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn line_of(&self, span: &Range<usize>) -> Option<usize> {
+        let end = span.start.min(self.text.len());
+        Some(self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1)
+    }
+
+    fn at(&mut self, span: Option<&Range<usize>>, message: impl Into<String>) {
+        let line = span.and_then(|s| self.line_of(s));
+        self.list.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// The configuration `serve` uses without `--config`: the default profile and one catch-all
+/// route that needs any valid key and forwards to the `default` upstream.
+///
+/// # Errors
+/// [`ConfigErrors`] when an override is invalid (a bad `--upstream` URL).
+pub fn default_config(overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    load("", "<default>", overrides)
+}
+
+/// Parses and validates a configuration file's text.
+///
+/// # Errors
+/// [`ConfigErrors`] listing every problem with its file and line.
+pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    let mut errors = Errors {
+        file,
+        text,
+        list: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span();
+            errors.at(span.as_ref(), e.message().to_owned());
+            return Err(ConfigErrors(errors.list));
+        }
+    };
+    let config = compile(raw, overrides, &mut errors);
+    if errors.list.is_empty() {
+        Ok(config.expect("no errors means a config"))
+    } else {
+        Err(ConfigErrors(errors.list))
+    }
+}
+
+fn addr(
+    raw: Option<&Spanned<String>>,
+    overridden: Option<SocketAddr>,
+    default: &str,
+    what: &str,
+    errors: &mut Errors<'_>,
+) -> SocketAddr {
+    if let Some(a) = overridden {
+        return a;
+    }
+    let fallback = default.parse().expect("default addresses parse");
+    match raw {
+        None => fallback,
+        Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
+            errors.at(
+                Some(&s.span()),
+                format!(
+                    "{what} `{}` is not an address like 127.0.0.1:8080",
+                    s.get_ref()
+                ),
+            );
+            fallback
+        }),
+    }
+}
+
+fn duration(
+    raw: Option<&str>,
+    default: Duration,
+    span: Option<&Range<usize>>,
+    errors: &mut Errors<'_>,
+) -> Duration {
+    match raw {
+        None => default,
+        Some(s) => parse_duration(s).unwrap_or_else(|e| {
+            errors.at(span, e.to_string());
+            default
+        }),
+    }
+}
+
+fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Option<Config> {
+    let listen = addr(
+        raw.server.listen.as_ref(),
+        overrides.listen,
+        DEFAULT_LISTEN,
+        "listen",
+        errors,
+    );
+    let admin_listen = addr(
+        raw.server.admin_listen.as_ref(),
+        overrides.admin_listen,
+        DEFAULT_ADMIN_LISTEN,
+        "admin_listen",
+        errors,
+    );
+    let feed_poll = duration(
+        raw.server.feed_poll.as_ref().map(|s| s.get_ref().as_str()),
+        DEFAULT_FEED_POLL,
+        raw.server.feed_poll.as_ref().map(Spanned::span).as_ref(),
+        errors,
+    );
+    let workers = overrides
+        .workers
+        .or(raw.server.workers)
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let db = overrides
+        .db
+        .clone()
+        .or_else(|| raw.server.db.clone())
+        .unwrap_or_else(|| "keygate.db".to_owned());
+
+    let issuer = compile_keys(&raw, errors);
+
+    // Upstreams: the file's, plus or replaced by `--upstream` as `default`.
+    let mut upstreams = Vec::new();
+    let mut upstream_index = BTreeMap::new();
+    for (name, spanned) in &raw.upstreams {
+        let span = spanned.span();
+        let u = spanned.get_ref();
+        let url = match (name.as_str(), &overrides.upstream) {
+            (DEFAULT_UPSTREAM, Some(url)) => url.as_str(),
+            _ => u.url.as_str(),
+        };
+        match UpstreamSpec::parse(name, url) {
+            Ok(mut spec) => {
+                spec.connect_timeout = duration(
+                    u.connect_timeout.as_deref(),
+                    spec.connect_timeout,
+                    Some(&span),
+                    errors,
+                );
+                spec.timeout = duration(u.timeout.as_deref(), spec.timeout, Some(&span), errors);
+                upstream_index.insert(name.clone(), upstreams.len());
+                upstreams.push(spec);
+            }
+            Err(e) => errors.at(Some(&span), format!("upstream `{name}`: {e}")),
+        }
+    }
+    if !upstream_index.contains_key(DEFAULT_UPSTREAM) {
+        if let Some(url) = &overrides.upstream {
+            match UpstreamSpec::parse(DEFAULT_UPSTREAM, url) {
+                Ok(spec) => {
+                    upstream_index.insert(DEFAULT_UPSTREAM.to_owned(), upstreams.len());
+                    upstreams.push(spec);
+                }
+                Err(e) => errors.at(None, format!("--upstream: {e}")),
+            }
+        }
+    }
+
+    let mut plans = BTreeMap::new();
+    for (name, spanned) in &raw.plans {
+        if let Err(e) = keygate_core::names::check_plan(name) {
+            errors.at(Some(&spanned.span()), e.to_string());
+        }
+        plans.insert(
+            name.clone(),
+            Plan {
+                features: spanned.get_ref().features.clone(),
+            },
+        );
+    }
+
+    if overrides.tooling && !upstream_index.contains_key(DEFAULT_UPSTREAM) {
+        // Tools never forward; a placeholder keeps route references valid.
+        upstream_index.insert(DEFAULT_UPSTREAM.to_owned(), upstreams.len());
+        upstreams.push(
+            UpstreamSpec::parse(DEFAULT_UPSTREAM, "http://127.0.0.1:9")
+                .expect("placeholder URL parses"),
+        );
+    }
+    let mut routes = RouteTable::default();
+    if raw.routes.is_empty() {
+        // No routes: one catch-all that needs any valid key.
+        let catch_all = RawRoute {
+            name: Some("default".to_owned()),
+            path: "/{*path}".to_owned(),
+            ..RawRoute::default()
+        };
+        add_route(&catch_all, None, &upstream_index, &mut routes, errors);
+    }
+    for spanned in &raw.routes {
+        add_route(
+            spanned.get_ref(),
+            Some(&spanned.span()),
+            &upstream_index,
+            &mut routes,
+            errors,
+        );
+    }
+
+    let profile = compile_profile(&raw.profile, errors);
+    if !errors.list.is_empty() {
+        return None;
+    }
+    Some(Config {
+        source: errors.file.to_owned(),
+        listen,
+        admin_listen,
+        workers,
+        db,
+        feed_poll,
+        issuer,
+        upstreams,
+        routes,
+        plans,
+        profile,
+    })
+}
+
+fn compile_keys(raw: &RawConfig, errors: &mut Errors<'_>) -> Issuer {
+    let Some(spanned) = &raw.keys else {
+        return Issuer::default();
+    };
+    let span = spanned.span();
+    let k = spanned.get_ref();
+    let alphabet = match k.alphabet.as_str() {
+        "base62" => Alphabet::Base62,
+        "hex" => Alphabet::Hex,
+        other => {
+            errors.at(
+                Some(&span),
+                format!("keys.alphabet `{other}` is not `base62` or `hex`"),
+            );
+            Alphabet::Base62
+        }
+    };
+    let format = KeyFormat::new(&k.prefix, alphabet, k.length, k.checksum).unwrap_or_else(|e| {
+        errors.at(Some(&span), format!("keys: {e}"));
+        KeyFormat::default()
+    });
+    let digester = match &k.digest_secret_env {
+        None => Digester::plain(),
+        Some(var) => {
+            match std::env::var(var) {
+                Ok(secret) if secret.len() >= 16 => Digester::keyed(secret.as_bytes()),
+                Ok(_) => {
+                    errors.at(Some(&span), format!("keys.digest_secret_env: the secret in `{var}` must be at least 16 bytes"));
+                    Digester::plain()
+                }
+                Err(_) => {
+                    errors.at(
+                        Some(&span),
+                        format!("keys.digest_secret_env: environment variable `{var}` is not set"),
+                    );
+                    Digester::plain()
+                }
+            }
+        }
+    };
+    Issuer::new(format, digester)
+}
+
+fn add_route(
+    r: &RawRoute,
+    span: Option<&Range<usize>>,
+    upstreams: &BTreeMap<String, usize>,
+    routes: &mut RouteTable,
+    errors: &mut Errors<'_>,
+) {
+    let name = r.name.clone().unwrap_or_else(|| r.path.clone());
+    let before = errors.list.len();
+    let mut err = |m: String| errors.at(span, format!("route `{name}`: {m}"));
+    if !r.path.starts_with('/') {
+        err(format!("path `{}` must start with `/`", r.path));
+    }
+    let methods = if r.methods.is_empty() {
+        None
+    } else {
+        let mut list = Vec::new();
+        for m in &r.methods {
+            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) => list.push(method),
+                Err(_) => err(format!("`{m}` is not an HTTP method")),
+            }
+        }
+        Some(list)
+    };
+    let upstream_name = r.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM);
+    let upstream = match upstreams.get(upstream_name) {
+        Some(&i) => i,
+        None if r.upstream.is_none() => {
+            err(format!(
+                "no upstream `{DEFAULT_UPSTREAM}` is configured (add [upstreams.{DEFAULT_UPSTREAM}] or pass --upstream URL)"
+            ));
+            0
+        }
+        None => {
+            err(format!("unknown upstream `{upstream_name}`"));
+            0
+        }
+    };
+    let mut scopes = Vec::new();
+    for s in &r.scopes {
+        match Scope::new(s) {
+            Ok(s) => scopes.push(Box::<str>::from(s.as_str())),
+            Err(e) => err(e.to_string()),
+        }
+    }
+    let params: HashSet<&str> = r
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|s| s.trim_start_matches('*'))
+        .collect();
+    if let Some(p) = &r.sport_param {
+        if !params.contains(p.as_str()) {
+            err(format!(
+                "sport_param `{p}` is not a parameter of path `{}`",
+                r.path
+            ));
+        }
+    }
+    let bookmaker = match r.bookmaker.as_deref().map(|b| b.split_once(':')) {
+        None => None,
+        Some(Some(("query", name))) if !name.is_empty() => {
+            Some(BookmakerSource::Query(name.into()))
+        }
+        Some(Some(("path", name))) if params.contains(name) => {
+            Some(BookmakerSource::Path(name.into()))
+        }
+        Some(Some(("path", name))) => {
+            err(format!(
+                "bookmaker path parameter `{name}` is not in path `{}`",
+                r.path
+            ));
+            None
+        }
+        Some(_) => {
+            err(format!(
+                "bookmaker `{}` must be `query:NAME` or `path:NAME`",
+                r.bookmaker.as_deref().unwrap_or_default()
+            ));
+            None
+        }
+    };
+    if r.public && (!r.scopes.is_empty() || !r.features.is_empty()) {
+        err("a public route cannot require scopes or features".to_owned());
+    }
+    if errors.list.len() > before {
+        return;
+    }
+    let route = Route {
+        name: name.as_str().into(),
+        pattern: r.path.as_str().into(),
+        methods,
+        upstream,
+        needs: Requirements {
+            scopes,
+            features: r.features.iter().map(|f| f.as_str().into()).collect(),
+            sport_gated: r.sport_param.is_some(),
+            bookmaker_required: r.bookmaker_required,
+        },
+        sport_param: r.sport_param.as_deref().map(Into::into),
+        bookmaker,
+        public: r.public,
+    };
+    if let Err(e) = routes.insert(route) {
+        errors.at(span, format!("route `{name}`: {e}"));
+    }
+}
+
+fn header_name(
+    s: &str,
+    what: &str,
+    span: Option<&Range<usize>>,
+    errors: &mut Errors<'_>,
+) -> Option<HeaderName> {
+    HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| errors.at(span, format!("{what}: `{s}` is not a valid header name")))
+        .ok()
+}
+
+fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
+    let mut profile = Profile::default();
+    if let Some(name) = &raw.name {
+        profile.name = name.as_str().into();
+    }
+    if let Some(list) = &raw.credentials {
+        let span = list.span();
+        profile.credentials.clear();
+        for entry in list.get_ref() {
+            let source = match entry.split_once(':') {
+                None if entry == "bearer" => Some(CredentialSource::Bearer),
+                Some(("header", h)) => header_name(h, "profile.credentials", Some(&span), errors)
+                    .map(CredentialSource::Header),
+                Some(("query", q)) if !q.is_empty() => Some(CredentialSource::Query(q.into())),
+                _ => {
+                    errors.at(Some(&span), format!("profile.credentials: `{entry}` must be `header:NAME`, `bearer` or `query:NAME`"));
+                    None
+                }
+            };
+            profile.credentials.extend(source);
+        }
+        if profile.credentials.is_empty() {
+            errors.at(
+                Some(&span),
+                "profile.credentials must name at least one source",
+            );
+        }
+    }
+    profile.forward_credential = raw.forward_credential;
+    if let Some(list) = &raw.public {
+        let span = list.span();
+        profile.public = PublicInfra::default();
+        for p in list.get_ref() {
+            match p.as_str() {
+                "/health" => profile.public.health = true,
+                "/ready" => profile.public.ready = true,
+                "/status" => profile.public.status = true,
+                "/metrics" => profile.public.metrics = true,
+                other => errors.at(Some(&span), format!("profile.public: `{other}` is not one of /health, /ready, /status, /metrics")),
+            }
+        }
+    }
+    if let Some(w) = &raw.whoami {
+        profile.whoami = if w.is_empty() {
+            None
+        } else {
+            Some(w.as_str().into())
+        };
+        if !w.is_empty() && !w.starts_with('/') {
+            errors.at(None, format!("profile.whoami `{w}` must start with `/`"));
+        }
+    }
+    if let Some(v) = raw.verify {
+        profile.verify = v;
+    }
+    if let Some(e) = raw.enforce_accept {
+        profile.enforce_accept = e;
+    }
+    let ids = &raw.identity_headers;
+    let identity = &mut profile.identity;
+    for (value, slot) in [
+        (&ids.client_id, &mut identity.client_id),
+        (&ids.client_name, &mut identity.client_name),
+        (&ids.key_id, &mut identity.key_id),
+        (&ids.scopes, &mut identity.scopes),
+        (&ids.plan, &mut identity.plan),
+    ] {
+        if let Some(name) = value {
+            if let Some(h) = header_name(name, "profile.identity_headers", None, errors) {
+                *slot = h;
+            }
+        }
+    }
+    let xml_root = raw.xml_root.clone().unwrap_or_else(|| "error".to_owned());
+    for (code, spanned) in &raw.errors {
+        let span = spanned.span();
+        let Some(reason) = Reason::from_code(code) else {
+            let known: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+            errors.at(
+                Some(&span),
+                format!(
+                    "profile.errors: unknown reason `{code}` (known: {})",
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        if let Some(spec) = compile_error(reason, spanned.get_ref(), &xml_root, &span, errors) {
+            profile.errors[reason.index()] = spec;
+        }
+    }
+    profile
+}
+
+fn compile_error(
+    reason: Reason,
+    e: &RawError,
+    xml_root: &str,
+    span: &Range<usize>,
+    errors: &mut Errors<'_>,
+) -> Option<ErrorSpec> {
+    let code = reason.code();
+    let mut spec = ErrorSpec::problem(reason);
+    if let Some(status) = e.status {
+        match StatusCode::from_u16(status) {
+            Ok(s) if (400..600).contains(&status) => spec.status = s,
+            _ => errors.at(
+                Some(span),
+                format!("profile.errors.{code}: status {status} is not a 4xx or 5xx status"),
+            ),
+        }
+    }
+    if let Some(body) = &e.body {
+        let tree = serde_json::to_value(body).ok()?;
+        match BodyTemplate::compile(&tree, TEMPLATE_VARS) {
+            Ok(t) => spec.template = t,
+            Err(err) => errors.at(Some(span), format!("profile.errors.{code}.body: {err}")),
+        }
+        spec.json_type = HeaderValue::from_static("application/json");
+        spec.xml_type = HeaderValue::from_static("application/xml");
+        spec.xml_root = xml_root.into();
+        spec.xml_namespace = None;
+    }
+    if let Some(ct) = &e.content_type {
+        match HeaderValue::from_str(ct) {
+            Ok(v) => spec.json_type = v,
+            Err(_) => errors.at(
+                Some(span),
+                format!("profile.errors.{code}.content_type `{ct}` is not a valid header value"),
+            ),
+        }
+    }
+    for (name, value) in &e.headers {
+        let n = header_name(
+            name,
+            &format!("profile.errors.{code}.headers"),
+            Some(span),
+            errors,
+        );
+        match (n, HeaderValue::from_str(value)) {
+            (Some(n), Ok(v)) => spec.headers.push((n, v)),
+            (_, Err(_)) => errors.at(
+                Some(span),
+                format!("profile.errors.{code}.headers: `{value}` is not a valid header value"),
+            ),
+            _ => {}
+        }
+    }
+    Some(spec)
+}

@@ -1,0 +1,104 @@
+//! Configuration: a TOML file, compiled before any socket is bound.
+//!
+//! `load` parses the file (serde, unknown keys refused), then `compile` checks every reference
+//! and value and returns a validated [`Config`] or *every* error with its file and line, so an
+//! operator fixes a bad file in one pass. `keygate check-config FILE` runs the same code.
+
+mod compile;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keygate_core::Issuer;
+
+use crate::profile::Profile;
+use crate::routes::RouteTable;
+use crate::upstream::UpstreamSpec;
+
+pub use compile::{default_config, load};
+
+/// Values given on the command line, which win over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub db: Option<String>,
+    /// URL of the `default` upstream (used by routes that name none).
+    pub upstream: Option<String>,
+    pub workers: Option<usize>,
+    /// Loading for operator tools (CLI key commands): routes may lack upstreams, which are
+    /// given at serve time.
+    pub tooling: bool,
+}
+
+/// A plan as configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub features: Vec<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, for messages (`<default>` without one).
+    pub source: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Worker threads serving the public listener.
+    pub workers: usize,
+    pub db: String,
+    pub feed_poll: Duration,
+    pub issuer: Issuer,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: RouteTable,
+    pub plans: BTreeMap<String, Plan>,
+    pub profile: Profile,
+}
+
+impl Config {
+    /// The features of a plan (none for a plan the configuration does not name).
+    pub fn plan_features(&self, plan: &str) -> &[String] {
+        self.plans.get(plan).map_or(&[], |p| &p.features)
+    }
+}
+
+/// One problem in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests;

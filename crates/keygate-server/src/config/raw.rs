@@ -1,0 +1,134 @@
+//! The configuration file as written: serde structs that accept exactly the documented keys.
+//! Nothing here is validated beyond types; `compile` turns it into a [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
+    pub(crate) keys: Option<Spanned<RawKeys>>,
+    #[serde(default)]
+    pub(crate) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    #[serde(default)]
+    pub(crate) plans: BTreeMap<String, Spanned<RawPlan>>,
+    #[serde(default)]
+    pub(crate) routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub(crate) profile: RawProfile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) admin_listen: Option<Spanned<String>>,
+    /// Worker threads; 0 or absent = one per core.
+    pub(crate) workers: Option<usize>,
+    pub(crate) db: Option<String>,
+    /// How often to poll the store's change feed (`100ms`).
+    pub(crate) feed_poll: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKeys {
+    pub(crate) prefix: String,
+    #[serde(default = "default_alphabet")]
+    pub(crate) alphabet: String,
+    pub(crate) length: usize,
+    #[serde(default)]
+    pub(crate) checksum: bool,
+    /// Name of an environment variable holding the digest secret (HMAC).
+    pub(crate) digest_secret_env: Option<String>,
+}
+
+fn default_alphabet() -> String {
+    "base62".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) url: String,
+    pub(crate) connect_timeout: Option<String>,
+    pub(crate) timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlan {
+    #[serde(default)]
+    pub(crate) features: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) name: Option<String>,
+    pub(crate) path: String,
+    #[serde(default)]
+    pub(crate) methods: Vec<String>,
+    pub(crate) upstream: Option<String>,
+    #[serde(default)]
+    pub(crate) scopes: Vec<String>,
+    /// Path parameter naming the sport namespace, gated by the client's sport allowlist.
+    pub(crate) sport_param: Option<String>,
+    /// Where the bookmaker comes from: `query:NAME` or `path:NAME`.
+    pub(crate) bookmaker: Option<String>,
+    #[serde(default)]
+    pub(crate) bookmaker_required: bool,
+    #[serde(default)]
+    pub(crate) features: Vec<String>,
+    #[serde(default)]
+    pub(crate) public: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProfile {
+    pub(crate) name: Option<String>,
+    /// `header:NAME`, `bearer`, `query:NAME`, in the order they are tried.
+    pub(crate) credentials: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub(crate) forward_credential: bool,
+    /// Infra endpoints answered without a key on the public listener.
+    pub(crate) public: Option<Spanned<Vec<String>>>,
+    /// Path of the whoami endpoint; `""` turns it off.
+    pub(crate) whoami: Option<String>,
+    /// Serve the verify and forward-auth endpoints on the public listener.
+    pub(crate) verify: Option<bool>,
+    pub(crate) xml_root: Option<String>,
+    /// Answer 406 when a request's Accept admits neither JSON nor XML.
+    pub(crate) enforce_accept: Option<bool>,
+    #[serde(default)]
+    pub(crate) identity_headers: RawIdentityHeaders,
+    #[serde(default)]
+    pub(crate) errors: BTreeMap<String, Spanned<RawError>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentityHeaders {
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_name: Option<String>,
+    pub(crate) key_id: Option<String>,
+    pub(crate) scopes: Option<String>,
+    pub(crate) plan: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawError {
+    pub(crate) status: Option<u16>,
+    pub(crate) body: Option<toml::Value>,
+    /// Content type of JSON bodies (default `application/json`).
+    pub(crate) content_type: Option<String>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, String>,
+}

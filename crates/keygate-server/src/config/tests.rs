@@ -1,0 +1,166 @@
+use super::*;
+
+fn over(upstream: &str) -> Overrides {
+    Overrides {
+        upstream: Some(upstream.to_owned()),
+        ..Overrides::default()
+    }
+}
+
+#[test]
+fn the_default_config_is_one_catch_all_route() {
+    let c = default_config(&over("http://127.0.0.1:9000")).unwrap();
+    assert_eq!(c.routes.routes().len(), 1);
+    assert_eq!(&*c.routes.routes()[0].pattern, "/{*path}");
+    assert_eq!(c.upstreams[0].authority.as_str(), "127.0.0.1:9000");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    let err = default_config(&Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no upstream `default` is configured"),
+        "{err}"
+    );
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+
+[keys]
+prefix = "os_live_"
+alphabet = "hex"
+length = 32
+
+[upstreams.odds]
+url = "http://127.0.0.1:7000/api"
+timeout = "5s"
+
+[plans.free]
+features = []
+[plans.pro_plus_live]
+features = ["live", "websocket"]
+
+[[routes]]
+name = "matches"
+path = "/{sport}/v1/matches/{id}"
+methods = ["get"]
+upstream = "odds"
+scopes = ["cs2:matches:read"]
+sport_param = "sport"
+bookmaker = "query:bookmaker"
+features = ["live"]
+
+[[routes]]
+path = "/health-upstream"
+upstream = "odds"
+public = true
+
+[profile]
+credentials = ["header:X-Api-Key", "query:api_key"]
+public = ["/health"]
+
+[profile.errors.scope_missing]
+status = 403
+body = { detail = "Required scope '{subject}' is not granted to this API key." }
+"#;
+
+#[test]
+fn a_full_config_compiles() {
+    let c = load(GOOD, "good.toml", &Overrides::default()).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.issuer.format.prefix(), "os_live_");
+    assert_eq!(c.upstreams[0].timeout, Duration::from_secs(5));
+    assert_eq!(&*c.upstreams[0].base_path, "/api");
+    assert_eq!(c.plan_features("pro_plus_live"), ["live", "websocket"]);
+    assert!(c.plan_features("unknown").is_empty());
+    let r = &c.routes.routes()[0];
+    assert_eq!(r.methods.as_deref(), Some(&[http::Method::GET][..]));
+    assert!(r.needs.sport_gated);
+    assert_eq!(c.profile.credentials.len(), 2);
+    assert!(c.profile.public.health && !c.profile.public.ready);
+    assert_eq!(
+        c.profile
+            .error(keygate_core::decision::Reason::ScopeMissing)
+            .json_type,
+        "application/json"
+    );
+}
+
+#[test]
+fn every_error_is_reported_with_its_line() {
+    let bad = r#"
+[server]
+listen = "nowhere"
+
+[upstreams.odds]
+url = "https://secure.example"
+
+[[routes]]
+path = "/{sport}/v1/matches"
+upstream = "nope"
+scopes = ["Bad Scope"]
+sport_param = "league"
+
+[profile]
+credentials = ["cookie:session"]
+
+[profile.errors.made_up]
+status = 403
+"#;
+    let errs = load(bad, "bad.toml", &Overrides::default()).unwrap_err();
+    let text = errs.to_string();
+    for (line, fragment) in [
+        (3, "listen `nowhere` is not an address"),
+        (5, "uses a scheme other than http://"),
+        (8, "unknown upstream `nope`"),
+        (8, "`Bad Scope` is not a scope"),
+        (8, "sport_param `league` is not a parameter"),
+        (15, "`cookie:session` must be"),
+        (17, "unknown reason `made_up`"),
+    ] {
+        let expected = format!("bad.toml:{line}: ");
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.to_string().starts_with(&expected) && e.message.contains(fragment)),
+            "missing `{fragment}` at line {line} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn syntax_and_unknown_keys_name_the_line() {
+    let errs = load(
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
+        "typo.toml",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert_eq!(errs.0.len(), 1);
+    assert_eq!(errs.0[0].line, Some(3), "{errs}");
+    assert!(
+        errs.0[0].message.contains("unknown field `lisen`"),
+        "{errs}"
+    );
+    let errs = load("[server\n", "broken.toml", &Overrides::default()).unwrap_err();
+    assert_eq!(errs.0[0].line, Some(1), "{errs}");
+    let errs = load(
+        "[profile.errors.unknown_key]\nbody = { detail = \"{nope}\" }\n",
+        "t.toml",
+        &over("http://h"),
+    )
+    .unwrap_err();
+    assert!(errs.to_string().contains("nope"), "{errs}");
+}
+
+#[test]
+fn weak_key_formats_are_refused() {
+    let errs = load(
+        "[keys]\nprefix = \"x_\"\nalphabet = \"hex\"\nlength = 16\n",
+        "k.toml",
+        &over("http://h"),
+    )
+    .unwrap_err();
+    assert!(errs.to_string().contains("k.toml:1: keys:"), "{errs}");
+    assert!(errs.to_string().contains("128"), "{errs}");
+}

@@ -1,0 +1,87 @@
+//! Keeps the replica current from the store's change feed by polling the feed version (one
+//! indexed single-row read per interval), so a CLI or another node writing the same database is
+//! seen within one poll. Store outages are logged once per incident; the replica keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_store::Store;
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+
+/// The plan → features lookup the replica uses when compiling clients.
+pub fn plan_features(gw: &Gateway) -> impl Fn(&str) -> Vec<String> + Send + Sync + '_ {
+    move |plan: &str| gw.config.plan_features(plan).to_vec()
+}
+
+/// Loads the initial snapshot, retrying until the store answers.
+pub async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.snapshot().await {
+            Ok(snapshot) => {
+                gw.replica.load(&snapshot, &plan_features(gw));
+                gw.store.mark_ok(gw.clock.now());
+                tracing::info!(
+                    keys = snapshot.keys.len(),
+                    clients = snapshot.clients.len(),
+                    version = snapshot.version,
+                    "Replica loaded."
+                );
+                return;
+            }
+            Err(e) => {
+                if gw.store.mark_down(gw.clock.now()) {
+                    tracing::error!(error = %e, "Cannot load keys from the store; retrying.");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Polls for changes until shutdown.
+pub async fn follow(
+    gw: Arc<Gateway>,
+    store: Store,
+    poll: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = gw.clock.now();
+        match store.delta_since(gw.replica.version()).await {
+            Ok(delta) => {
+                if let Some(since) = gw.store.down_since() {
+                    tracing::warn!(
+                        down_seconds = (now.as_millis() - since.as_millis()) / 1000,
+                        "Store reachable again; catching up."
+                    );
+                }
+                gw.store.mark_ok(now);
+                if !delta.is_empty() {
+                    gw.replica.apply(&delta, &plan_features(&gw));
+                    tracing::debug!(
+                        version = delta.version,
+                        keys = delta.keys.len(),
+                        clients = delta.clients.len(),
+                        "Applied changes."
+                    );
+                }
+            }
+            Err(e) => {
+                if gw.store.mark_down(now) {
+                    tracing::error!(error = %e, "Store unreachable; serving from the replica.");
+                }
+            }
+        }
+    }
+}

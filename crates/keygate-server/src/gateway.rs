@@ -1,0 +1,187 @@
+//! The gateway's shared state and its decision: who is calling, and may they do this.
+//!
+//! Everything here runs per request without store I/O: the route table and profile were
+//! compiled at start, keys come from the replica, time from the clock.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use keygate_core::decision::{Denial, Reason};
+use keygate_core::policy::{authorize, RequestFacts};
+use keygate_core::{Clock, Timestamp};
+
+use crate::config::Config;
+use crate::metrics::{Gauges, Metrics};
+use crate::replica::{ClientEntry, KeyEntry, Replica};
+use crate::routes::{BookmakerSource, Route};
+
+/// Whether the store answered lately (the data plane keeps serving either way).
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    up: AtomicBool,
+    /// Last successful read, ms since the epoch.
+    last_ok: AtomicI64,
+    /// Start of the current outage, ms since the epoch (0 = none).
+    down_since: AtomicI64,
+}
+
+impl StoreHealth {
+    pub fn mark_ok(&self, now: Timestamp) {
+        self.up.store(true, Ordering::Release);
+        self.last_ok.store(now.as_millis(), Ordering::Release);
+        self.down_since.store(0, Ordering::Release);
+    }
+
+    /// Marks an outage; returns true when this starts a new one (log once per incident).
+    pub fn mark_down(&self, now: Timestamp) -> bool {
+        self.up.store(false, Ordering::Release);
+        self.down_since
+            .compare_exchange(0, now.as_millis(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn last_ok(&self) -> Option<Timestamp> {
+        match self.last_ok.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(Timestamp::from_millis(ms)),
+        }
+    }
+
+    pub fn down_since(&self) -> Option<Timestamp> {
+        match self.down_since.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(Timestamp::from_millis(ms)),
+        }
+    }
+}
+
+/// A caller that authenticated.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub key: Arc<KeyEntry>,
+    pub client: Arc<ClientEntry>,
+}
+
+/// State shared by every worker.
+pub struct Gateway {
+    pub config: Config,
+    pub replica: Arc<Replica>,
+    pub metrics: Metrics,
+    pub store: StoreHealth,
+    pub started: Instant,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("source", &self.config.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(config: Config, replica: Arc<Replica>, clock: Arc<dyn Clock>) -> Gateway {
+        let names = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        Gateway {
+            config,
+            replica,
+            metrics: Metrics::new(names),
+            store: StoreHealth::default(),
+            started: Instant::now(),
+            clock,
+        }
+    }
+
+    /// Authenticates a presented key: format, digest, lookup, state, expiry, client.
+    ///
+    /// # Errors
+    /// A 401-class [`Reason`].
+    pub fn authenticate(&self, key: &str) -> Result<Admitted, Reason> {
+        let issuer = &self.config.issuer;
+        issuer.format.check(key).map_err(|_| Reason::MalformedKey)?;
+        let entry = self
+            .replica
+            .get(&issuer.digester.digest(key))
+            .ok_or(Reason::UnknownKey)?;
+        let client = entry.client.load();
+        entry.policy.check(self.clock.now(), client.policy.active)?;
+        Ok(Admitted { key: entry, client })
+    }
+
+    /// Authorizes an admitted caller for a route: scopes, sport, bookmaker, plan features.
+    ///
+    /// # Errors
+    /// A 403-class [`Denial`].
+    pub fn authorize(
+        &self,
+        who: &Admitted,
+        route: &Route,
+        params: &crate::routes::Params<'_, '_>,
+        query: Option<&str>,
+    ) -> Result<(), Denial> {
+        let sport = route.sport_param.as_deref().and_then(|p| params.get(p));
+        let bookmaker = match &route.bookmaker {
+            None => None,
+            Some(BookmakerSource::Path(p)) => params.get(p),
+            Some(BookmakerSource::Query(q)) => query_param(query, q),
+        };
+        authorize(
+            &who.client.policy,
+            &route.needs,
+            RequestFacts { sport, bookmaker },
+        )
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let now = self.clock.now();
+        let secs_since = |t: Option<Timestamp>| {
+            t.map_or(0.0, |t| {
+                (now.as_millis() - t.as_millis()).max(0) as f64 / 1000.0
+            })
+        };
+        Gauges {
+            replica_keys: self.replica.key_count(),
+            replica_clients: self.replica.client_count(),
+            feed_version: self.replica.version(),
+            feed_lag_seconds: secs_since(self.store.last_ok()),
+            store_up: self.store.is_up(),
+            store_down_seconds: secs_since(self.store.down_since()),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The first value of a query parameter (empty values count as absent).
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(Some("a=1&bookmaker=bet365"), "bookmaker"),
+            Some("bet365")
+        );
+        assert_eq!(query_param(Some("bookmaker="), "bookmaker"), None);
+        assert_eq!(query_param(None, "bookmaker"), None);
+    }
+}

@@ -1,0 +1,25 @@
+//! keygate's data plane: route match, credential extraction, authentication against the
+//! in-memory replica, authorization, proxying with identity headers, the verify and
+//! forward-auth APIs, and the infra endpoints.
+
+pub mod body;
+pub mod check;
+pub mod config;
+pub mod credential;
+pub mod feed;
+pub mod gateway;
+pub mod infra;
+pub mod metrics;
+pub mod profile;
+pub mod proxy;
+pub mod replica;
+pub mod respond;
+pub mod routes;
+pub mod server;
+pub mod service;
+pub mod upstream;
+pub mod verify;
+pub mod whoami;
+
+pub use config::{Config, ConfigErrors, Overrides};
+pub use server::{start, start_with_clock, Running, ServeError};

@@ -1,0 +1,230 @@
+//! The contract a provider's customers see: where the key is read from, the status, headers and
+//! body of every refusal, which infra endpoints are public, and the identity headers upstreams get.
+//!
+//! Compiled from configuration once; rendering a refusal fills a precompiled template.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::StatusCode;
+use keygate_core::decision::{Denial, Reason};
+use keygate_core::render::{BodyFormat, BodyTemplate, Value, Vars};
+
+/// A place a credential may be read from, in profile order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    Header(HeaderName),
+    Bearer,
+    Query(Box<str>),
+}
+
+/// Header names keygate sets on forwarded requests (and strips from callers).
+#[derive(Clone, Debug)]
+pub struct IdentityHeaders {
+    pub client_id: HeaderName,
+    pub client_name: HeaderName,
+    pub key_id: HeaderName,
+    pub scopes: HeaderName,
+    pub plan: HeaderName,
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&HeaderName; 5] {
+        [
+            &self.client_id,
+            &self.client_name,
+            &self.key_id,
+            &self.scopes,
+            &self.plan,
+        ]
+    }
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            client_id: HeaderName::from_static("x-keygate-client-id"),
+            client_name: HeaderName::from_static("x-keygate-client-name"),
+            key_id: HeaderName::from_static("x-keygate-key-id"),
+            scopes: HeaderName::from_static("x-keygate-scopes"),
+            plan: HeaderName::from_static("x-keygate-plan"),
+        }
+    }
+}
+
+/// Which infra endpoints answer without a key on the public listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublicInfra {
+    pub health: bool,
+    pub ready: bool,
+    pub status: bool,
+    pub metrics: bool,
+}
+
+/// The answer to one refusal reason.
+#[derive(Clone, Debug)]
+pub struct ErrorSpec {
+    pub status: StatusCode,
+    pub template: BodyTemplate,
+    pub json_type: HeaderValue,
+    pub xml_type: HeaderValue,
+    pub xml_root: Box<str>,
+    pub xml_namespace: Option<Box<str>>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Variables a body template may use.
+pub const TEMPLATE_VARS: &[&str] = &[
+    "code",
+    "status",
+    "title",
+    "detail",
+    "subject",
+    "limit",
+    "remaining",
+    "reset",
+    "retry_after",
+];
+
+/// The RFC 9457 problem document of the default profile.
+pub const PROBLEM_BODY: &str = r#"{"type":"about:blank","title":"{title}","status":{"var":"status"},"detail":"{detail}","code":"{code}"}"#;
+
+impl ErrorSpec {
+    /// The default profile's answer: RFC 9457 problem details with a stable `code`.
+    pub fn problem(reason: Reason) -> ErrorSpec {
+        let tree: serde_json::Value =
+            serde_json::from_str(PROBLEM_BODY).expect("the built-in problem template is JSON");
+        ErrorSpec {
+            status: StatusCode::from_u16(reason.default_status())
+                .expect("default statuses are valid"),
+            template: BodyTemplate::compile(&tree, TEMPLATE_VARS)
+                .expect("the built-in problem template compiles"),
+            json_type: HeaderValue::from_static("application/problem+json"),
+            xml_type: HeaderValue::from_static("application/problem+xml"),
+            xml_root: "problem".into(),
+            xml_namespace: Some("urn:ietf:rfc:7807".into()),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Rate-limit facts a refusal may quote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LimitFacts {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: u64,
+    pub retry_after: u64,
+}
+
+/// A compiled profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: Box<str>,
+    pub credentials: Vec<CredentialSource>,
+    /// Forward the caller's key to the upstream (off: the key stops at the gateway).
+    pub forward_credential: bool,
+    pub public: PublicInfra,
+    pub whoami: Option<Box<str>>,
+    pub verify: bool,
+    pub enforce_accept: bool,
+    pub identity: IdentityHeaders,
+    /// One per [`Reason`], indexed by [`Reason::index`].
+    pub errors: Vec<ErrorSpec>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            name: "default".into(),
+            credentials: vec![
+                CredentialSource::Header(HeaderName::from_static("x-api-key")),
+                CredentialSource::Bearer,
+            ],
+            forward_credential: false,
+            public: PublicInfra {
+                health: true,
+                ready: true,
+                status: false,
+                metrics: false,
+            },
+            whoami: Some("/v1/whoami".into()),
+            verify: true,
+            enforce_accept: true,
+            identity: IdentityHeaders::default(),
+            errors: Reason::ALL.into_iter().map(ErrorSpec::problem).collect(),
+        }
+    }
+}
+
+/// Template variables of one refusal.
+struct DenialVars<'a> {
+    denial: &'a Denial,
+    status: StatusCode,
+    limits: LimitFacts,
+}
+
+fn int(v: u64) -> Value {
+    Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl Vars for DenialVars<'_> {
+    fn get(&self, name: &str) -> Option<Value> {
+        let r = self.denial.reason;
+        let subject = self.denial.subject.as_deref().unwrap_or("");
+        Some(match name {
+            "code" => Value::Str(r.code().to_owned()),
+            "status" => Value::Int(i64::from(self.status.as_u16())),
+            "title" => Value::Str(self.status.canonical_reason().unwrap_or("Error").to_owned()),
+            "detail" => Value::Str(
+                r.default_detail()
+                    .replace("{subject}", subject)
+                    .replace("{retry_after}", &self.limits.retry_after.to_string()),
+            ),
+            "subject" => Value::Str(subject.to_owned()),
+            "limit" => int(self.limits.limit),
+            "remaining" => int(self.limits.remaining),
+            "reset" => int(self.limits.reset),
+            "retry_after" => int(self.limits.retry_after),
+            _ => return None,
+        })
+    }
+}
+
+/// A rendered refusal, ready to become a response.
+#[derive(Debug)]
+pub struct Rendered {
+    pub status: StatusCode,
+    pub content_type: HeaderValue,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Profile {
+    pub fn error(&self, reason: Reason) -> &ErrorSpec {
+        &self.errors[reason.index()]
+    }
+
+    /// Renders a refusal in the format the caller accepts.
+    pub fn render(&self, denial: &Denial, format: BodyFormat, limits: LimitFacts) -> Rendered {
+        let spec = self.error(denial.reason);
+        let vars = DenialVars {
+            denial,
+            status: spec.status,
+            limits,
+        };
+        let (body, content_type) = match format {
+            BodyFormat::Json => (spec.template.render_json(&vars), spec.json_type.clone()),
+            BodyFormat::Xml => (
+                spec.template
+                    .render_xml(&vars, &spec.xml_root, spec.xml_namespace.as_deref()),
+                spec.xml_type.clone(),
+            ),
+        };
+        Rendered {
+            status: spec.status,
+            content_type,
+            headers: spec.headers.clone(),
+            body: Bytes::from(body),
+        }
+    }
+}

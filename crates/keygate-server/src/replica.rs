@@ -1,0 +1,320 @@
+//! The in-memory replica: every live key, by digest, pointing at its client's shared policy.
+//!
+//! Readers take one shard read lock (dashmap) to clone an `Arc`, then one atomic load for the
+//! client policy; no store I/O, no allocation. A client change swaps one `ArcSwap` that all of
+//! its keys point at, so narrowing scopes or disabling a client reaches every key at once.
+//! Writers are the change-feed task and the initial load.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use http::HeaderValue;
+use keygate_core::policy::{ClientPolicy, KeyPolicy};
+use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyState, LimitOverrides};
+use keygate_store::{Delta, Snapshot};
+
+/// A client's policy plus the identity header values forwarded for it, built once per change.
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub policy: ClientPolicy,
+    pub id_header: HeaderValue,
+    pub name_header: HeaderValue,
+    pub scopes_header: HeaderValue,
+    pub plan_header: HeaderValue,
+}
+
+impl ClientEntry {
+    fn build(client: &Client, features: &[String]) -> ClientEntry {
+        let policy = ClientPolicy::compile(client, features);
+        let value = |s: &str| {
+            // Names are validated printable text; bytes outside visible ASCII stay opaque.
+            HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        let scopes = policy.scopes.join(" ");
+        ClientEntry {
+            id_header: value(policy.id.as_str()),
+            name_header: value(&policy.name),
+            scopes_header: value(&scopes),
+            plan_header: value(&policy.plan),
+            policy,
+        }
+    }
+
+    /// A stand-in for a client not (yet) known: inactive, so its keys do not authenticate.
+    fn unknown(id: &ClientId) -> ClientEntry {
+        ClientEntry {
+            policy: ClientPolicy {
+                id: id.clone(),
+                name: "".into(),
+                plan: "".into(),
+                scopes: Vec::new(),
+                sports: Vec::new(),
+                bookmakers: Vec::new(),
+                features: Vec::new(),
+                limits: LimitOverrides::default(),
+                active: false,
+            },
+            id_header: HeaderValue::from_static(""),
+            name_header: HeaderValue::from_static(""),
+            scopes_header: HeaderValue::from_static(""),
+            plan_header: HeaderValue::from_static(""),
+        }
+    }
+}
+
+/// The shared, swappable policy of one client.
+#[derive(Debug)]
+pub struct ClientSlot(ArcSwap<ClientEntry>);
+
+impl ClientSlot {
+    pub fn load(&self) -> Arc<ClientEntry> {
+        self.0.load_full()
+    }
+}
+
+/// One live key.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub policy: KeyPolicy,
+    pub id_header: HeaderValue,
+    pub client: Arc<ClientSlot>,
+}
+
+/// All live keys and clients of the deployment.
+#[derive(Debug, Default)]
+pub struct Replica {
+    keys: DashMap<KeyDigest, Arc<KeyEntry>>,
+    clients: DashMap<ClientId, Arc<ClientSlot>>,
+    version: AtomicI64,
+    loaded: AtomicBool,
+}
+
+/// How the replica resolves a client's plan into features.
+pub trait PlanFeatures: Send + Sync {
+    fn features(&self, plan: &str) -> Vec<String>;
+}
+
+impl<F: Fn(&str) -> Vec<String> + Send + Sync> PlanFeatures for F {
+    fn features(&self, plan: &str) -> Vec<String> {
+        self(plan)
+    }
+}
+
+impl Replica {
+    pub fn new() -> Self {
+        Replica::default()
+    }
+
+    /// Looks a key up by digest.
+    pub fn get(&self, digest: &KeyDigest) -> Option<Arc<KeyEntry>> {
+        self.keys.get(digest).map(|e| Arc::clone(e.value()))
+    }
+
+    pub fn client(&self, id: &ClientId) -> Option<Arc<ClientEntry>> {
+        self.clients.get(id).map(|slot| slot.load())
+    }
+
+    /// Version of the last change applied.
+    pub fn version(&self) -> i64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Whether the initial snapshot is in.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Loads the initial snapshot and marks the replica ready.
+    pub fn load(&self, snapshot: &Snapshot, plans: &dyn PlanFeatures) {
+        for c in &snapshot.clients {
+            self.upsert_client(c, plans);
+        }
+        for k in &snapshot.keys {
+            self.upsert_key(k);
+        }
+        self.version.store(snapshot.version, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Applies a delta; returns the ids of keys that stopped being usable in it (for closing
+    /// their open sessions).
+    pub fn apply(&self, delta: &Delta, plans: &dyn PlanFeatures) {
+        for c in &delta.clients {
+            self.upsert_client(c, plans);
+        }
+        for k in &delta.keys {
+            if k.state == KeyState::Revoked {
+                self.keys.remove(&k.digest);
+            } else {
+                self.upsert_key(k);
+            }
+        }
+        self.version.fetch_max(delta.version, Ordering::AcqRel);
+    }
+
+    /// Recompiles every client's policy (after a configuration reload changed plans).
+    pub fn recompile(&self, clients: &[Client], plans: &dyn PlanFeatures) {
+        for c in clients {
+            self.upsert_client(c, plans);
+        }
+    }
+
+    fn upsert_client(&self, client: &Client, plans: &dyn PlanFeatures) {
+        let entry = Arc::new(ClientEntry::build(client, &plans.features(&client.plan)));
+        match self.clients.get(&client.id) {
+            Some(slot) => slot.0.store(entry),
+            None => {
+                self.clients
+                    .entry(client.id.clone())
+                    .and_modify(|slot| slot.0.store(Arc::clone(&entry)))
+                    .or_insert_with(|| Arc::new(ClientSlot(ArcSwap::new(entry))));
+            }
+        }
+    }
+
+    fn slot(&self, id: &ClientId) -> Arc<ClientSlot> {
+        Arc::clone(
+            self.clients
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    Arc::new(ClientSlot(ArcSwap::from_pointee(ClientEntry::unknown(id))))
+                })
+                .value(),
+        )
+    }
+
+    fn upsert_key(&self, key: &ApiKey) {
+        let entry = KeyEntry {
+            policy: KeyPolicy::from_key(key),
+            id_header: HeaderValue::from_str(key.id.as_str()).expect("key ids are ASCII"),
+            client: self.slot(&key.client_id),
+        };
+        self.keys.insert(key.digest, Arc::new(entry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_core::{Digester, KeyId, Scope, Timestamp};
+
+    use super::*;
+
+    fn client(active: bool, scopes: &[&str]) -> Client {
+        Client {
+            id: ClientId::parse("cli_0000000000000001").unwrap(),
+            name: "Acme".into(),
+            plan: "pro".into(),
+            scopes: scopes.iter().map(|s| Scope::new(s).unwrap()).collect(),
+            sports: vec![],
+            bookmakers: vec![],
+            limits: LimitOverrides::default(),
+            active,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    fn key(secret: &str, state: KeyState) -> ApiKey {
+        ApiKey {
+            id: KeyId::generate(),
+            client_id: ClientId::parse("cli_0000000000000001").unwrap(),
+            digest: Digester::plain().digest(secret),
+            hint: String::new(),
+            label: String::new(),
+            state,
+            expires_at: None,
+            created_at: Timestamp::from_millis(0),
+            rotated_at: None,
+            replaced_by: None,
+        }
+    }
+
+    fn plans(plan: &str) -> Vec<String> {
+        if plan == "pro" {
+            vec!["live".into()]
+        } else {
+            vec![]
+        }
+    }
+
+    #[test]
+    fn load_lookup_update_and_revoke() {
+        let r = Replica::new();
+        assert!(!r.is_loaded());
+        let k = key("secret-a", KeyState::Active);
+        r.load(
+            &Snapshot {
+                version: 2,
+                clients: vec![client(true, &["a"])],
+                keys: vec![k.clone()],
+            },
+            &plans,
+        );
+        assert!(r.is_loaded());
+        let d = Digester::plain().digest("secret-a");
+        let entry = r.get(&d).unwrap();
+        let c = entry.client.load();
+        assert!(c.policy.has_scope("a") && c.policy.has_feature("live"));
+        assert_eq!(c.scopes_header, "a");
+
+        // A client change reaches the key without touching it.
+        r.apply(
+            &Delta {
+                version: 3,
+                clients: vec![client(false, &["b"])],
+                keys: vec![],
+            },
+            &plans,
+        );
+        let c = entry.client.load();
+        assert!(!c.policy.active && c.policy.has_scope("b"));
+        assert_eq!(r.version(), 3);
+
+        let mut revoked = k;
+        revoked.state = KeyState::Revoked;
+        r.apply(
+            &Delta {
+                version: 4,
+                clients: vec![],
+                keys: vec![revoked],
+            },
+            &plans,
+        );
+        assert!(r.get(&d).is_none());
+        assert_eq!(r.key_count(), 0);
+    }
+
+    #[test]
+    fn a_key_before_its_client_is_inactive_until_the_client_arrives() {
+        let r = Replica::new();
+        r.apply(
+            &Delta {
+                version: 1,
+                clients: vec![],
+                keys: vec![key("s", KeyState::Active)],
+            },
+            &plans,
+        );
+        let e = r.get(&Digester::plain().digest("s")).unwrap();
+        assert!(!e.client.load().policy.active);
+        r.apply(
+            &Delta {
+                version: 2,
+                clients: vec![client(true, &[])],
+                keys: vec![],
+            },
+            &plans,
+        );
+        assert!(e.client.load().policy.active);
+    }
+}

@@ -1,0 +1,47 @@
+//! Building responses: profile refusals and small JSON/text answers. The one place a
+//! [`Denial`] becomes HTTP.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use keygate_core::decision::Denial;
+use keygate_core::render::BodyFormat;
+
+use crate::body::Body;
+use crate::profile::{LimitFacts, Profile};
+
+/// The profile's answer to a refusal.
+pub fn denial(
+    profile: &Profile,
+    denial: &Denial,
+    format: BodyFormat,
+    limits: LimitFacts,
+) -> Response<Body> {
+    let r = profile.render(denial, format, limits);
+    let mut resp = Response::new(Body::from(r.body));
+    *resp.status_mut() = r.status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, r.content_type);
+    for (k, v) in r.headers {
+        headers.append(k, v);
+    }
+    resp
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Body::from(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A plain-text answer.
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

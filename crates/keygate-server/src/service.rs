@@ -1,0 +1,188 @@
+//! One request through the gateway: infra, content negotiation, whoami and verify endpoints,
+//! then the decision and the proxy. Every path ends in one response and one access-log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::ACCEPT;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use keygate_core::decision::{Denial, Reason};
+use keygate_core::render::{negotiate, BodyFormat};
+use serde_json::json;
+
+use crate::body::Body;
+use crate::check::{self, Refused};
+use crate::gateway::Gateway;
+use crate::infra::{self, Infra};
+use crate::metrics::Outcome;
+use crate::profile::LimitFacts;
+use crate::proxy::{self, Forward, Upstreams};
+use crate::verify::{self, Contract};
+use crate::{respond, whoami};
+
+/// What one worker thread owns: the shared gateway and its own upstream connection pools.
+#[derive(Debug)]
+pub struct Worker {
+    pub gw: Arc<Gateway>,
+    pub upstreams: Upstreams,
+}
+
+fn refuse(
+    gw: &Gateway,
+    route: Option<usize>,
+    denial: &Denial,
+    format: BodyFormat,
+) -> Response<Body> {
+    let resp = respond::denial(&gw.config.profile, denial, format, LimitFacts::default());
+    gw.metrics.record(
+        route,
+        Outcome::Denied(denial.reason),
+        resp.status().as_u16(),
+    );
+    resp
+}
+
+/// Handles one request.
+pub async fn handle(
+    w: Arc<Worker>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let gw = &*w.gw;
+    let profile = &gw.config.profile;
+    let method = req.method().clone();
+
+    if let Some(which) = Infra::from_path(req.uri().path()) {
+        if which.is_public(gw) {
+            gw.metrics.record(None, Outcome::Local, 200);
+            return infra::answer(gw, which);
+        }
+    }
+    if !gw.replica.is_loaded() {
+        return respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "loading", "detail": "keygate is loading its keys; retry shortly." }),
+        );
+    }
+    let format = match negotiate(req.headers().get(ACCEPT).map(|v| v.as_bytes())) {
+        Some(f) => f,
+        None if profile.enforce_accept => {
+            return refuse(
+                gw,
+                None,
+                &Denial::new(Reason::NotAcceptable),
+                BodyFormat::Json,
+            )
+        }
+        None => BodyFormat::Json,
+    };
+
+    let path = req.uri().path();
+    if method == Method::GET && profile.whoami.as_deref() == Some(path) {
+        return match check::authenticate(gw, req.headers(), req.uri().query()) {
+            Ok((who, _)) => {
+                gw.metrics.record(None, Outcome::Local, 200);
+                whoami::answer(&who)
+            }
+            Err(reason) => refuse(gw, None, &Denial::new(reason), format),
+        };
+    }
+    if profile.verify {
+        if path == verify::VERIFY_PATH {
+            return verify::verify(gw, req, format).await;
+        }
+        if let Some(contract) = Contract::from_path(path) {
+            return verify::forward_auth(gw, contract, &req, format);
+        }
+    }
+
+    let decided = check::decide(gw, &method, path, req.uri().query(), req.headers());
+    let passed = match decided {
+        Ok(p) => p,
+        Err(Refused {
+            route_index,
+            denial,
+        }) => {
+            let resp = refuse(gw, route_index, &denial, format);
+            access_log(
+                gw,
+                &method,
+                route_index,
+                resp.status(),
+                Some(denial.reason),
+                None,
+                started,
+            );
+            return resp;
+        }
+    };
+    let forward = Forward {
+        upstream: passed.route.upstream,
+        spec: &gw.config.upstreams[passed.route.upstream],
+        who: passed.who.as_ref(),
+        credential_source: passed.credential_source,
+        remote,
+    };
+    let outcome = if passed.who.is_some() {
+        Outcome::Forwarded
+    } else {
+        Outcome::Public
+    };
+    let result = match proxy::prepare(&mut req, profile, &forward) {
+        Ok(()) => proxy::send(&w.upstreams, &forward, req).await,
+        Err(reason) => Err(reason),
+    };
+    let (resp, reason) = match result {
+        Ok(resp) => {
+            gw.metrics
+                .record(Some(passed.route_index), outcome, resp.status().as_u16());
+            (resp.map(Body::Upstream), None)
+        }
+        Err(reason) => (
+            refuse(gw, Some(passed.route_index), &Denial::new(reason), format),
+            Some(reason),
+        ),
+    };
+    access_log(
+        gw,
+        &method,
+        Some(passed.route_index),
+        resp.status(),
+        reason,
+        passed.who.as_ref(),
+        started,
+    );
+    resp
+}
+
+/// One line per proxied or refused request. Never the key, never the query string.
+fn access_log(
+    gw: &Gateway,
+    method: &Method,
+    route: Option<usize>,
+    status: StatusCode,
+    reason: Option<Reason>,
+    who: Option<&crate::gateway::Admitted>,
+    started: Instant,
+) {
+    if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
+        return;
+    }
+    let route_name = route
+        .and_then(|i| gw.config.routes.routes().get(i))
+        .map_or("-", |r| &*r.name);
+    tracing::info!(
+        target: "keygate::access",
+        method = %method,
+        route = route_name,
+        status = status.as_u16(),
+        reason = reason.map_or("-", Reason::code),
+        client = who.map_or("-", |w| w.client.policy.id.as_str()),
+        key_id = who.map_or("-", |w| w.key.policy.id.as_str()),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "Request."
+    );
+}

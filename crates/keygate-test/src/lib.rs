@@ -1,0 +1,28 @@
+//! keygate's dev-only test harness.
+//!
+//! - [`upstream`]: a real HTTP/1.1 upstream server ([`Upstream`]) that records
+//!   every request it receives and serves a few routes useful for proxy tests
+//!   (echo, fixed status, slow, server-sent events, large streamed bodies).
+//! - [`process`]: helpers to run the `keygate` binary as a child process
+//!   ([`Proc`]), pick free ports and wait for an HTTP endpoint to come up.
+//!
+//! [`reqwest`] is re-exported so tests use the same HTTP client version as the
+//! harness; [`http_client`] builds one that ignores proxy environment variables.
+
+pub mod process;
+pub mod upstream;
+
+pub use process::{free_port, wait_for_status, Proc};
+pub use reqwest;
+pub use upstream::{Recorded, Upstream};
+
+/// Builds a [`reqwest::Client`] suited to talking to servers on loopback:
+/// proxy environment variables (`HTTP_PROXY`, ...) are ignored.
+///
+/// Panics if the client cannot be built, which fails the calling test.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("build reqwest client for tests")
+}

@@ -1,0 +1,152 @@
+//! Helpers for tests that run the `keygate` binary as a child process.
+//!
+//! The binary's path comes from the caller (e.g.
+//! `env!("CARGO_BIN_EXE_keygate")`), because only the binary's own crate
+//! knows it. The child's stdout and stderr go to files so a failing test can
+//! print them; the child is killed when its [`Proc`] is dropped.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Distinguishes the log files of processes spawned into the same directory.
+static NEXT_PROC: AtomicUsize = AtomicUsize::new(0);
+
+/// A keygate process started by a test (the binary path comes from the
+/// caller, e.g. `env!("CARGO_BIN_EXE_keygate")`, because only the binary's
+/// own crate knows it). Killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// File receiving the child's stdout.
+    pub stdout_log: PathBuf,
+    /// File receiving the child's stderr.
+    pub stderr_log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `bin args...` with extra env vars (added to the inherited
+    /// environment), stdin closed, stdout/stderr redirected to files in
+    /// `log_dir`.
+    ///
+    /// Panics if the log files cannot be created or the binary cannot be
+    /// started, which fails the calling test.
+    pub fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Proc {
+        let n = NEXT_PROC.fetch_add(1, Ordering::Relaxed);
+        let stem = Path::new(bin)
+            .file_stem()
+            .map_or_else(|| "proc".into(), |s| s.to_string_lossy().into_owned());
+        let stdout_log = log_dir.join(format!("{stem}-{n}.stdout.log"));
+        let stderr_log = log_dir.join(format!("{stem}-{n}.stderr.log"));
+        let stdout = File::create(&stdout_log).expect("create stdout log file for child process");
+        let stderr = File::create(&stderr_log).expect("create stderr log file for child process");
+        let child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        Proc {
+            child,
+            stdout_log,
+            stderr_log,
+        }
+    }
+
+    /// The child's OS process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the child wrote to stderr so far (lossy UTF-8; empty if the
+    /// log cannot be read).
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr_log)
+    }
+
+    /// Everything the child wrote to stdout so far (lossy UTF-8; empty if the
+    /// log cannot be read).
+    pub fn stdout(&self) -> String {
+        read_lossy(&self.stdout_log)
+    }
+
+    /// The exit status if the child has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself (polling every
+    /// 20 ms, blocking the calling thread); returns its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the child (if still running) and reaps it.
+    pub fn kill(&mut self) {
+        // Errors mean the child already exited, which is what we want.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
+/// Finds a free TCP port on 127.0.0.1 (bind :0, read port, drop).
+///
+/// Another process may take the port before the caller binds it; tests that
+/// can have the server report its own address should prefer that.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
+/// Polls `GET http://{addr}{path}` every 20 ms until it answers `status` or
+/// `timeout` passes; returns whether it did. Each attempt is itself bounded by
+/// the time left, so a server that accepts but never answers cannot hang it.
+pub async fn wait_for_status(addr: SocketAddr, path: &str, status: u16, timeout: Duration) -> bool {
+    let client = crate::http_client();
+    let url = format!("http://{addr}{path}");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if let Ok(resp) = client.get(&url).timeout(left).send().await {
+            if resp.status().as_u16() == status {
+                return true;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(20))).await;
+    }
+}

@@ -1,0 +1,48 @@
+//! Self-tests of the process helpers, using `sh` as the child.
+#![cfg(unix)]
+
+use std::time::Duration;
+
+use keygate_test::{free_port, wait_for_status, Proc, Upstream};
+
+#[test]
+fn proc_captures_output_and_env() {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let mut proc = Proc::spawn(
+        "sh",
+        &["-c", "echo out $KG_TEST_VAR; echo err >&2"],
+        &[("KG_TEST_VAR", "42")],
+        dir.path(),
+    );
+    let status = proc.wait_exit(Duration::from_secs(5)).expect("sh exits");
+    assert!(status.success());
+    assert_eq!(proc.stdout(), "out 42\n");
+    assert_eq!(proc.stderr(), "err\n");
+    assert!(proc.stdout_log.starts_with(dir.path()));
+}
+
+#[test]
+fn kill_stops_a_running_child() {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let mut proc = Proc::spawn("sh", &["-c", "sleep 30"], &[], dir.path());
+    assert!(proc.try_wait().is_none(), "child still running");
+    proc.kill();
+    assert!(proc.try_wait().is_some(), "child reaped after kill");
+}
+
+#[test]
+fn free_port_is_bindable() {
+    let port = free_port();
+    assert_ne!(port, 0);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("free port can be bound");
+}
+
+#[tokio::test]
+async fn wait_for_status_sees_up_and_down_servers() {
+    let up = Upstream::start().await;
+    assert!(wait_for_status(up.addr(), "/status/204", 204, Duration::from_secs(2)).await);
+    assert!(!wait_for_status(up.addr(), "/status/500", 200, Duration::from_millis(100)).await);
+    let addr = up.addr();
+    drop(up);
+    assert!(!wait_for_status(addr, "/", 200, Duration::from_millis(100)).await);
+}

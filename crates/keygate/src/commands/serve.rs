@@ -1,0 +1,101 @@
+//! `keygate serve`: the gateway, until SIGINT or SIGTERM.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use keygate_server::{Config, Overrides};
+use keygate_store::{MigrateMode, OpenOptions, Store};
+
+use crate::cli::ServeArgs;
+
+/// Logs go to stderr, so stdout stays for what commands print.
+pub(crate) fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(crate) fn overrides(db: Option<String>, args: &ServeArgs) -> Overrides {
+    Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        db,
+        upstream: args.upstream.clone(),
+        workers: args.workers,
+        tooling: false,
+    }
+}
+
+/// The configuration to serve: the file's, or the built-in default.
+pub(crate) fn config(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => super::load_config(p, overrides),
+        None => Ok(keygate_server::config::default_config(overrides)?),
+    }
+}
+
+/// Opens the store for serving: SQLite files are migrated in place; a shared PostgreSQL must
+/// already be at this build's schema (`keygate migrate`).
+pub(crate) async fn open_store(db: &str) -> anyhow::Result<Store> {
+    let migrate = if db.starts_with("postgres") {
+        MigrateMode::Require
+    } else {
+        MigrateMode::Apply
+    };
+    Ok(Store::open(
+        db,
+        OpenOptions {
+            migrate,
+            ..OpenOptions::default()
+        },
+    )
+    .await?)
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
+    // Validate everything before binding a socket.
+    let config = config(path, &overrides(db, &args))?;
+    init_logging(&args.log_format);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let store = open_store(&config.db).await?;
+        let running = keygate_server::start(config, store).await?;
+        stop_signal().await;
+        tracing::info!("Stopping.");
+        running.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,171 @@
+//! A real gateway on 127.0.0.1:0 in front of a real upstream, on a real SQLite file.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_core::{
+    ApiKey, Client, Clock, KeyState, ManualClock, Scope, Slug, SystemClock, Timestamp,
+};
+use keygate_server::{config, Overrides, Running};
+use keygate_store::{Actor, NewClient, NewKey, OpenOptions, Store};
+use keygate_test::{reqwest, Upstream};
+
+pub struct Harness {
+    pub gateway: Running,
+    pub upstream: Upstream,
+    pub store: Store,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub issuer: keygate_core::Issuer,
+}
+
+pub fn actor() -> Actor {
+    Actor("test:harness".into())
+}
+
+impl Harness {
+    /// Starts a gateway with `config_text` (`{upstream}` is replaced by the test upstream's URL).
+    pub async fn start(config_text: &str) -> Harness {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keygate.db");
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            db: Some(db.display().to_string()),
+            upstream: Some(upstream.url()),
+            workers: Some(2),
+            tooling: false,
+        };
+        let text = config_text.replace("{upstream}", &upstream.url());
+        let cfg = config::load(&text, "test.toml", &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let issuer = cfg.issuer.clone();
+        let store = Store::open_with_clock(&cfg.db, OpenOptions::default(), clock.clone())
+            .await
+            .unwrap();
+        let gateway = keygate_server::start_with_clock(cfg, store.clone(), clock.clone())
+            .await
+            .unwrap();
+        let h = Harness {
+            gateway,
+            upstream,
+            store,
+            clock,
+            http: keygate_test::http_client(),
+            dir,
+            issuer,
+        };
+        assert!(
+            keygate_test::wait_for_status(
+                h.gateway.admin_addr,
+                "/ready",
+                200,
+                Duration::from_secs(5)
+            )
+            .await,
+            "gateway never became ready"
+        );
+        h
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.admin_addr, path)
+    }
+
+    pub async fn client(
+        &self,
+        name: &str,
+        scopes: &[&str],
+        sports: &[&str],
+        bookmakers: &[&str],
+        plan: &str,
+    ) -> Client {
+        self.store
+            .create_client(
+                &actor(),
+                NewClient {
+                    name: name.into(),
+                    plan: plan.into(),
+                    scopes: scopes.iter().map(|s| Scope::new(s).unwrap()).collect(),
+                    sports: sports.iter().map(|s| Slug::new(s).unwrap()).collect(),
+                    bookmakers: bookmakers.iter().map(|s| Slug::new(s).unwrap()).collect(),
+                    ..NewClient::default()
+                },
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Issues a key and waits until the gateway's replica has it.
+    pub async fn key(&self, client: &str, expires_at: Option<Timestamp>) -> (String, ApiKey) {
+        let (secret, material) = self.issuer.issue();
+        let key = self
+            .store
+            .create_key(
+                &actor(),
+                client,
+                NewKey {
+                    material,
+                    label: "test".into(),
+                    expires_at,
+                },
+            )
+            .await
+            .unwrap();
+        self.sync().await;
+        (secret.expose().to_owned(), key)
+    }
+
+    /// Waits until the replica has caught up with the store.
+    pub async fn sync(&self) {
+        let target = self.store.version().await.unwrap();
+        for _ in 0..200 {
+            if self.gateway.gateway.replica.version() >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("replica stuck below version {target}");
+    }
+
+    pub async fn set_state(&self, key: &ApiKey, state: KeyState) {
+        self.store
+            .set_key_state(&actor(), &key.id, state)
+            .await
+            .unwrap();
+        self.sync().await;
+    }
+}
+
+/// Status and parsed JSON body of a response.
+pub async fn status_json(resp: reqwest::Response) -> (u16, String, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, ct, json)
+}
+
+/// Sends bytes as they are and returns the whole response text (for requests HTTP clients
+/// would normalize or refuse to send).
+pub async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -683,3 +683,93 @@ async fn verify_api_and_forward_auth_contracts() {
         "auth contracts never forward"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_precise_answers() {
+    let (h, key) = setup().await;
+
+    // Proof that a malformed key is never looked up: plant a replica entry under the digest of
+    // a malformed string. Were it looked up, it would authenticate.
+    let acme = h.store.client("Acme").await.unwrap();
+    let planted = "kg_malformed-but-planted";
+    let fake = keygate_core::ApiKey {
+        id: keygate_core::KeyId::generate(),
+        client_id: acme.id.clone(),
+        digest: h.issuer.digester.digest(planted),
+        hint: String::new(),
+        label: String::new(),
+        state: KeyState::Active,
+        expires_at: None,
+        created_at: Timestamp::from_millis(0),
+        rotated_at: None,
+        replaced_by: None,
+    };
+    h.gateway.gateway.replica.apply(
+        &keygate_store::Delta {
+            version: 0,
+            clients: vec![],
+            keys: vec![fake],
+        },
+        &|_: &str| Vec::new(),
+    );
+    let (status, _, body) = status_json(
+        h.http
+            .get(h.url("/cs2/v1/matches"))
+            .header("X-API-Key", planted)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("malformed_key"))
+    );
+
+    let addr = h.gateway.addr;
+    let raw = |req: String| async move { common::raw_request(addr, &req).await };
+    // Non-ASCII and control bytes in the key header.
+    let r = raw(format!("GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: kg_\u{00fc}ber\r\nConnection: close\r\n\r\n")).await;
+    assert!(
+        r.starts_with("HTTP/1.1 401") && r.contains("malformed_key"),
+        "{r}"
+    );
+    let r = raw(format!("GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: kg_a\tb\r\nConnection: close\r\n\r\n")).await;
+    assert!(
+        r.starts_with("HTTP/1.1 401") && r.contains("malformed_key"),
+        "{r}"
+    );
+    // An oversized credential is malformed without further work (or refused by the HTTP layer).
+    let big = "k".repeat(200_000);
+    let r = raw(format!(
+        "GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: {big}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(
+        r.contains("malformed_key")
+            || r.starts_with("HTTP/1.1 431")
+            || r.starts_with("HTTP/1.1 400"),
+        "{}",
+        &r[..r.len().min(200)]
+    );
+    // Absurd methods and paths.
+    let r = raw(format!("FROBNICATE /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    let long_path = format!("/{}", "a/".repeat(4000));
+    let r = raw(format!(
+        "GET {long_path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{}", &r[..r.len().min(200)]);
+    let r = raw("GET nonsense HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned()).await;
+    assert!(r.starts_with("HTTP/1.1 4"), "{r}");
+    // Still serving.
+    let ok = h
+        .http
+        .get(h.url("/cs2/v1/matches"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}

@@ -30,6 +30,8 @@ pub enum Reason {
     /// The route needs a plan feature (live, websocket, ...) the client's plan lacks.
     FeatureNotOnPlan,
     RateLimited,
+    /// The shared limiter is unreachable and the policy is to refuse rather than guess.
+    LimiterUnavailable,
     /// The gateway is in emergency mode.
     Emergency,
     NotFound,
@@ -43,7 +45,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -57,6 +59,7 @@ impl Reason {
         Reason::BookmakerNotConfigured,
         Reason::FeatureNotOnPlan,
         Reason::RateLimited,
+        Reason::LimiterUnavailable,
         Reason::Emergency,
         Reason::NotFound,
         Reason::MethodNotAllowed,
@@ -87,6 +90,7 @@ impl Reason {
             Reason::BookmakerNotConfigured => "bookmaker_not_configured",
             Reason::FeatureNotOnPlan => "feature_not_on_plan",
             Reason::RateLimited => "rate_limited",
+            Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::Emergency => "emergency",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
@@ -118,7 +122,7 @@ impl Reason {
             | Reason::BookmakerNotConfigured
             | Reason::FeatureNotOnPlan => 403,
             Reason::RateLimited => 429,
-            Reason::Emergency => 503,
+            Reason::Emergency | Reason::LimiterUnavailable => 503,
             Reason::NotFound => 404,
             Reason::MethodNotAllowed => 405,
             Reason::NotAcceptable => 406,
@@ -154,6 +158,7 @@ impl Reason {
             Reason::BookmakerNotConfigured => "No bookmaker is selected for this account.",
             Reason::FeatureNotOnPlan => "The plan of this API key does not include '{subject}'.",
             Reason::RateLimited => "Rate limit exceeded; retry after {retry_after} seconds.",
+            Reason::LimiterUnavailable => "Rate limits cannot be checked right now; retry shortly.",
             Reason::Emergency => "The service is temporarily unavailable.",
             Reason::NotFound => "No such endpoint.",
             Reason::MethodNotAllowed => "This endpoint does not accept this method.",

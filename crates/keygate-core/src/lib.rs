@@ -9,6 +9,7 @@ pub mod digest;
 pub mod duration;
 pub mod issuer;
 pub mod key_format;
+pub mod limit;
 pub mod model;
 pub mod names;
 pub mod policy;

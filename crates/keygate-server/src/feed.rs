@@ -10,9 +10,17 @@ use tokio::sync::watch;
 
 use crate::gateway::Gateway;
 
-/// The plan → features lookup the replica uses when compiling clients.
-pub fn plan_features(gw: &Gateway) -> impl Fn(&str) -> Vec<String> + Send + Sync + '_ {
-    move |plan: &str| gw.config.plan_features(plan).to_vec()
+/// The configuration's plans, as the replica sees them when compiling clients.
+pub struct Plans<'a>(pub &'a crate::config::Config);
+
+impl crate::replica::PlanCatalog for Plans<'_> {
+    fn features(&self, plan: &str) -> Vec<String> {
+        self.0.plan_features(plan).to_vec()
+    }
+
+    fn limits(&self, plan: &str) -> crate::ratelimit::LimitSet {
+        self.0.plan_limits(plan)
+    }
 }
 
 /// Loads the initial snapshot, retrying until the store answers.
@@ -21,7 +29,7 @@ pub async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<boo
     loop {
         match store.snapshot().await {
             Ok(snapshot) => {
-                gw.replica.load(&snapshot, &plan_features(gw));
+                gw.replica.load(&snapshot, &Plans(&gw.config));
                 gw.store.mark_ok(gw.clock.now());
                 tracing::info!(
                     keys = snapshot.keys.len(),
@@ -68,7 +76,7 @@ pub async fn follow(
                 }
                 gw.store.mark_ok(now);
                 if !delta.is_empty() {
-                    gw.replica.apply(&delta, &plan_features(&gw));
+                    gw.replica.apply(&delta, &Plans(&gw.config));
                     tracing::debug!(
                         version = delta.version,
                         keys = delta.keys.len(),

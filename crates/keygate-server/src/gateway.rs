@@ -13,8 +13,10 @@ use keygate_core::{Clock, Timestamp};
 
 use crate::config::Config;
 use crate::metrics::{Gauges, Metrics};
+use crate::ratelimit;
 use crate::replica::{ClientEntry, KeyEntry, Replica};
 use crate::routes::{BookmakerSource, Route};
+use keygate_core::limit::{Limit, LimitState};
 
 /// Whether the store answered lately (the data plane keeps serving either way).
 #[derive(Debug, Default)]
@@ -71,6 +73,7 @@ pub struct Admitted {
 pub struct Gateway {
     pub config: Config,
     pub replica: Arc<Replica>,
+    pub limits: keygate_limits::Limits,
     pub metrics: Metrics,
     pub store: StoreHealth,
     pub started: Instant,
@@ -86,7 +89,12 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, replica: Arc<Replica>, clock: Arc<dyn Clock>) -> Gateway {
+    pub fn new(
+        config: Config,
+        replica: Arc<Replica>,
+        limits: keygate_limits::Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Gateway {
         let names = config
             .routes
             .routes()
@@ -97,6 +105,7 @@ impl Gateway {
             config,
             replica,
             metrics: Metrics::new(names),
+            limits,
             store: StoreHealth::default(),
             started: Instant::now(),
             clock,
@@ -143,6 +152,46 @@ impl Gateway {
         )
     }
 
+    /// Checks the limits that apply to an admitted caller on a route. `Ok(None)` when none
+    /// apply; `Ok(Some)` with the deciding limit and its state otherwise.
+    ///
+    /// # Errors
+    /// `LimiterUnavailable` when the shared limiter failed and the policy is fail-closed.
+    pub async fn check_limits(
+        &self,
+        who: &Admitted,
+        route: &Route,
+        now: Timestamp,
+    ) -> Result<Option<(Limit, LimitState)>, Reason> {
+        let client_limits = &who.client.limits;
+        if client_limits.limits.is_empty() && route.compiled_limits.is_empty() {
+            return Ok(None);
+        }
+        let mut checks =
+            Vec::with_capacity(client_limits.limits.len() + route.compiled_limits.len());
+        let subjects = (&who.client.limit_subject, &who.key.limit_subject);
+        ratelimit::checks(
+            &mut checks,
+            &client_limits.limits,
+            client_limits.by,
+            subjects.0,
+            subjects.1,
+        );
+        ratelimit::checks(
+            &mut checks,
+            &route.compiled_limits,
+            route.limits.by,
+            subjects.0,
+            subjects.1,
+        );
+        let verdict = self
+            .limits
+            .check(&checks, now)
+            .await
+            .map_err(|_| Reason::LimiterUnavailable)?;
+        Ok(verdict.binding.map(|(i, state)| (checks[i].limit, state)))
+    }
+
     pub fn gauges(&self) -> Gauges {
         let now = self.clock.now();
         let secs_since = |t: Option<Timestamp>| {
@@ -158,6 +207,7 @@ impl Gateway {
             store_up: self.store.is_up(),
             store_down_seconds: secs_since(self.store.down_since()),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            limiter: Some(self.limits.stats()),
         }
     }
 }

@@ -70,6 +70,11 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
                         "clients": g.replica_clients,
                         "version": g.feed_version,
                     },
+                    "limiter": g.limiter.map(|l| json!({
+                        "backend": l.backend,
+                        "degraded": l.degraded,
+                        "fallbacks": l.fallbacks,
+                    })),
                     "store": {
                         "state": if g.store_up { "up" } else { "unreachable" },
                         "down_seconds": g.store_down_seconds,

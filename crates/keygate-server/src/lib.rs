@@ -12,6 +12,7 @@ pub mod infra;
 pub mod metrics;
 pub mod profile;
 pub mod proxy;
+pub mod ratelimit;
 pub mod replica;
 pub mod respond;
 pub mod routes;

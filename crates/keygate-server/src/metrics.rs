@@ -82,8 +82,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Gauges read at exposition time.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Gauges {
+    pub limiter: Option<keygate_limits::LimitStats>,
     pub replica_keys: usize,
     pub replica_clients: usize,
     pub feed_version: i64,
@@ -234,6 +235,16 @@ impl Metrics {
                 "Seconds since the process started.",
                 gauges.uptime_seconds,
             ),
+            (
+                "keygate_limiter_fallbacks_total",
+                "Limit checks answered locally because the shared limiter failed.",
+                gauges.limiter.map_or(0.0, |l| l.fallbacks as f64),
+            ),
+            (
+                "keygate_limiter_degraded",
+                "1 while the shared limiter is unreachable.",
+                f64::from(u8::from(gauges.limiter.is_some_and(|l| l.degraded))),
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -277,6 +288,7 @@ mod tests {
         assert!(text.contains("keygate_responses_total{route=\"(none)\",status=\"404\"} 1"));
         assert!(text.contains("keygate_decision_seconds_bucket{le=\"0.000001\"} 1"));
         assert!(text.contains("keygate_replica_keys 3"));
+        assert!(text.contains("keygate_limiter_fallbacks_total 0"), "{text}");
         assert!(text.contains("keygate_store_up 1"));
         assert_eq!(m.count(Outcome::Forwarded), 1);
     }

@@ -130,6 +130,7 @@ pub struct Profile {
     pub identity: IdentityHeaders,
     /// One per [`Reason`], indexed by [`Reason::index`].
     pub errors: Vec<ErrorSpec>,
+    pub rate_limit_headers: crate::ratelimit::HeaderStyle,
 }
 
 impl Default for Profile {
@@ -152,6 +153,7 @@ impl Default for Profile {
             enforce_accept: true,
             identity: IdentityHeaders::default(),
             errors: Reason::ALL.into_iter().map(ErrorSpec::problem).collect(),
+            rate_limit_headers: crate::ratelimit::HeaderStyle::default(),
         }
     }
 }

@@ -15,10 +15,16 @@ use keygate_core::policy::{ClientPolicy, KeyPolicy};
 use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyState, LimitOverrides};
 use keygate_store::{Delta, Snapshot};
 
-/// A client's policy plus the identity header values forwarded for it, built once per change.
+use crate::ratelimit::{ClientLimits, LimitSet};
+
+/// A client's policy plus the identity header values forwarded for it and its compiled limits,
+/// built once per change.
 #[derive(Debug)]
 pub struct ClientEntry {
     pub policy: ClientPolicy,
+    pub limits: ClientLimits,
+    /// Subject of this client's limit counters (`c:cli_…`).
+    pub limit_subject: Arc<str>,
     pub id_header: HeaderValue,
     pub name_header: HeaderValue,
     pub scopes_header: HeaderValue,
@@ -26,14 +32,17 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
-    fn build(client: &Client, features: &[String]) -> ClientEntry {
-        let policy = ClientPolicy::compile(client, features);
+    fn build(client: &Client, plans: &dyn PlanCatalog) -> ClientEntry {
+        let policy = ClientPolicy::compile(client, &plans.features(&client.plan));
+        let limits = ClientLimits::build(&plans.limits(&client.plan), &client.limits);
         let value = |s: &str| {
             // Names are validated printable text; bytes outside visible ASCII stay opaque.
             HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
         };
         let scopes = policy.scopes.join(" ");
         ClientEntry {
+            limits,
+            limit_subject: format!("c:{}", policy.id).into(),
             id_header: value(policy.id.as_str()),
             name_header: value(&policy.name),
             scopes_header: value(&scopes),
@@ -45,6 +54,8 @@ impl ClientEntry {
     /// A stand-in for a client not (yet) known: inactive, so its keys do not authenticate.
     fn unknown(id: &ClientId) -> ClientEntry {
         ClientEntry {
+            limits: ClientLimits::default(),
+            limit_subject: format!("c:{id}").into(),
             policy: ClientPolicy {
                 id: id.clone(),
                 name: "".into(),
@@ -78,6 +89,8 @@ impl ClientSlot {
 #[derive(Debug)]
 pub struct KeyEntry {
     pub policy: KeyPolicy,
+    /// Subject of this key's limit counters (`k:key_…`).
+    pub limit_subject: Arc<str>,
     pub id_header: HeaderValue,
     pub client: Arc<ClientSlot>,
 }
@@ -91,14 +104,20 @@ pub struct Replica {
     loaded: AtomicBool,
 }
 
-/// How the replica resolves a client's plan into features.
-pub trait PlanFeatures: Send + Sync {
+/// How the replica resolves a client's plan into features and limits.
+pub trait PlanCatalog: Send + Sync {
     fn features(&self, plan: &str) -> Vec<String>;
+    fn limits(&self, plan: &str) -> LimitSet;
 }
 
-impl<F: Fn(&str) -> Vec<String> + Send + Sync> PlanFeatures for F {
+/// Plans with features and no limits (tests).
+impl<F: Fn(&str) -> Vec<String> + Send + Sync> PlanCatalog for F {
     fn features(&self, plan: &str) -> Vec<String> {
         self(plan)
+    }
+
+    fn limits(&self, _plan: &str) -> LimitSet {
+        LimitSet::default()
     }
 }
 
@@ -135,7 +154,7 @@ impl Replica {
     }
 
     /// Loads the initial snapshot and marks the replica ready.
-    pub fn load(&self, snapshot: &Snapshot, plans: &dyn PlanFeatures) {
+    pub fn load(&self, snapshot: &Snapshot, plans: &dyn PlanCatalog) {
         for c in &snapshot.clients {
             self.upsert_client(c, plans);
         }
@@ -146,9 +165,8 @@ impl Replica {
         self.loaded.store(true, Ordering::Release);
     }
 
-    /// Applies a delta; returns the ids of keys that stopped being usable in it (for closing
-    /// their open sessions).
-    pub fn apply(&self, delta: &Delta, plans: &dyn PlanFeatures) {
+    /// Applies a delta.
+    pub fn apply(&self, delta: &Delta, plans: &dyn PlanCatalog) {
         for c in &delta.clients {
             self.upsert_client(c, plans);
         }
@@ -163,14 +181,14 @@ impl Replica {
     }
 
     /// Recompiles every client's policy (after a configuration reload changed plans).
-    pub fn recompile(&self, clients: &[Client], plans: &dyn PlanFeatures) {
+    pub fn recompile(&self, clients: &[Client], plans: &dyn PlanCatalog) {
         for c in clients {
             self.upsert_client(c, plans);
         }
     }
 
-    fn upsert_client(&self, client: &Client, plans: &dyn PlanFeatures) {
-        let entry = Arc::new(ClientEntry::build(client, &plans.features(&client.plan)));
+    fn upsert_client(&self, client: &Client, plans: &dyn PlanCatalog) {
+        let entry = Arc::new(ClientEntry::build(client, plans));
         match self.clients.get(&client.id) {
             Some(slot) => slot.0.store(entry),
             None => {
@@ -195,6 +213,7 @@ impl Replica {
 
     fn upsert_key(&self, key: &ApiKey) {
         let entry = KeyEntry {
+            limit_subject: format!("k:{}", key.id).into(),
             policy: KeyPolicy::from_key(key),
             id_header: HeaderValue::from_str(key.id.as_str()).expect("key ids are ASCII"),
             client: self.slot(&key.client_id),

@@ -35,6 +35,10 @@ pub struct Route {
     pub sport_param: Option<Box<str>>,
     pub bookmaker: Option<BookmakerSource>,
     pub public: bool,
+    /// Limits of this route on top of the client's plan limits.
+    pub limits: crate::ratelimit::LimitSet,
+    /// `limits` compiled with this route's counter slots (set by [`RouteTable::insert`]).
+    pub compiled_limits: Vec<(u16, keygate_core::limit::Limit)>,
 }
 
 impl Route {
@@ -141,8 +145,17 @@ impl RouteTable {
     ///
     /// # Errors
     /// [`RouteConflict`] when the pattern is invalid.
-    pub fn insert(&mut self, route: Route) -> Result<(), RouteConflict> {
+    pub fn insert(&mut self, mut route: Route) -> Result<(), RouteConflict> {
         let index = self.routes.len();
+        let base = u16::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_mul(8))
+            .and_then(|i| i.checked_add(crate::ratelimit::ROUTE_SLOTS))
+            .ok_or_else(|| RouteConflict {
+                pattern: route.pattern.to_string(),
+                reason: "too many routes".to_owned(),
+            })?;
+        route.compiled_limits = route.limits.compile(base);
         if let Some(&group) = self.by_pattern.get(&route.pattern) {
             self.groups[group].routes.push(index);
             self.routes.push(route);
@@ -281,6 +294,8 @@ mod tests {
             sport_param: None,
             bookmaker: None,
             public: false,
+            limits: crate::ratelimit::LimitSet::default(),
+            compiled_limits: Vec::new(),
         }
     }
 

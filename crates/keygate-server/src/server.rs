@@ -20,13 +20,14 @@ use keygate_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, LimiterBackend};
 use crate::gateway::Gateway;
 use crate::infra::{self, Infra};
 use crate::proxy::Upstreams;
 use crate::replica::Replica;
 use crate::service::{self, Worker};
 use crate::{feed, respond};
+use keygate_limits::Limits;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum ServeError {
     },
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("cannot set up rate limits: {0}")]
+    Limiter(#[source] keygate_limits::LimiterError),
 }
 
 /// A running gateway.
@@ -131,7 +134,20 @@ pub async fn start_with_clock(
         source,
     })?;
     let poll = config.feed_poll;
-    let gw = Arc::new(Gateway::new(config, Arc::new(Replica::new()), clock));
+    let limits = match &config.limiter.backend {
+        LimiterBackend::Local => Limits::local(),
+        LimiterBackend::Redis { url } => {
+            Limits::with_redis(url, config.limiter.timeout, config.limiter.fail_closed)
+                .await
+                .map_err(ServeError::Limiter)?
+        }
+    };
+    let gw = Arc::new(Gateway::new(
+        config,
+        Arc::new(Replica::new()),
+        limits,
+        clock,
+    ));
     let (shutdown, stop) = watch::channel(false);
 
     let mut workers = Vec::new();

@@ -19,6 +19,7 @@ use crate::infra::{self, Infra};
 use crate::metrics::Outcome;
 use crate::profile::LimitFacts;
 use crate::proxy::{self, Forward, Upstreams};
+use crate::ratelimit;
 use crate::verify::{self, Contract};
 use crate::{respond, whoami};
 
@@ -45,11 +46,21 @@ fn refuse(
 }
 
 /// Handles one request.
-pub async fn handle(
-    w: Arc<Worker>,
-    mut req: Request<Incoming>,
-    remote: SocketAddr,
-) -> Response<Body> {
+pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    // A request answered here without reading its body leaves unread bytes on the connection;
+    // closing it is the only safe end (a client reusing it would read garbage or fail).
+    let has_body = !hyper::body::Body::is_end_stream(req.body());
+    let mut resp = route(w, req, remote).await;
+    if has_body && matches!(resp.body(), Body::Full(_)) && !resp.status().is_success() {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let gw = &*w.gw;
     let profile = &gw.config.profile;
@@ -126,6 +137,54 @@ pub async fn handle(
         credential_source: passed.credential_source,
         remote,
     };
+    let now = gw.clock.now();
+    let mut limited = None;
+    if let Some(who) = &passed.who {
+        match gw.check_limits(who, passed.route, now).await {
+            Ok(Some((limit, state))) if !state.allowed => {
+                let style = profile.rate_limit_headers;
+                let facts = LimitFacts {
+                    limit: state.limit,
+                    remaining: state.remaining,
+                    reset: u64::try_from(state.reset.as_secs()).unwrap_or(0),
+                    retry_after: state.retry_after.as_secs()
+                        + u64::from(state.retry_after.subsec_nanos() > 0),
+                };
+                let mut resp =
+                    respond::denial(profile, &Denial::new(Reason::RateLimited), format, facts);
+                ratelimit::write_headers(resp.headers_mut(), style, &limit, &state, now);
+                gw.metrics.record(
+                    Some(passed.route_index),
+                    Outcome::Denied(Reason::RateLimited),
+                    resp.status().as_u16(),
+                );
+                access_log(
+                    gw,
+                    &method,
+                    Some(passed.route_index),
+                    resp.status(),
+                    Some(Reason::RateLimited),
+                    Some(who),
+                    started,
+                );
+                return resp;
+            }
+            Ok(decided) => limited = decided,
+            Err(reason) => {
+                let resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
+                access_log(
+                    gw,
+                    &method,
+                    Some(passed.route_index),
+                    resp.status(),
+                    Some(reason),
+                    Some(who),
+                    started,
+                );
+                return resp;
+            }
+        }
+    }
     let outcome = if passed.who.is_some() {
         Outcome::Forwarded
     } else {
@@ -136,9 +195,18 @@ pub async fn handle(
         Err(reason) => Err(reason),
     };
     let (resp, reason) = match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
             gw.metrics
                 .record(Some(passed.route_index), outcome, resp.status().as_u16());
+            if let Some((limit, state)) = &limited {
+                ratelimit::write_headers(
+                    resp.headers_mut(),
+                    profile.rate_limit_headers,
+                    limit,
+                    state,
+                    now,
+                );
+            }
             (resp.map(Body::Upstream), None)
         }
         Err(reason) => (

@@ -11,11 +11,7 @@ use crate::respond;
 /// The whoami document.
 pub fn answer(who: &Admitted) -> Response<Body> {
     let c = &who.client.policy;
-    let rpm = c
-        .limits
-        .per_minute
-        .map(|n| n.get())
-        .or_else(|| c.limits.rps.map(|n| n.get().saturating_mul(60)));
+    let rpm = who.client.limits.rpm;
     respond::json(
         StatusCode::OK,
         &json!({

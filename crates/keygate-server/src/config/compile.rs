@@ -15,9 +15,10 @@ use keygate_core::render::BodyTemplate;
 use keygate_core::{Digester, Issuer, Scope};
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawError, RawProfile, RawRoute};
-use super::{Config, ConfigError, ConfigErrors, Overrides, Plan};
+use super::raw::{RawConfig, RawError, RawLimits, RawProfile, RawRoute};
+use super::{Config, ConfigError, ConfigErrors, LimiterBackend, LimiterConfig, Overrides, Plan};
 use crate::profile::{CredentialSource, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS};
+use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
 use crate::routes::{BookmakerSource, Route, RouteTable};
 use crate::upstream::UpstreamSpec;
 
@@ -201,10 +202,17 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         if let Err(e) = keygate_core::names::check_plan(name) {
             errors.at(Some(&spanned.span()), e.to_string());
         }
+        let limits = compile_limits(
+            &spanned.get_ref().limits,
+            &format!("plans.{name}.limits"),
+            Some(&spanned.span()),
+            errors,
+        );
         plans.insert(
             name.clone(),
             Plan {
                 features: spanned.get_ref().features.clone(),
+                limits,
             },
         );
     }
@@ -238,6 +246,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     }
 
     let profile = compile_profile(&raw.profile, errors);
+    let limiter = compile_limiter(&raw, errors);
     if !errors.list.is_empty() {
         return None;
     }
@@ -253,7 +262,89 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         routes,
         plans,
         profile,
+        limiter,
     })
+}
+
+fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
+    let mut config = LimiterConfig::default();
+    let Some(spanned) = &raw.limits else {
+        return config;
+    };
+    let span = spanned.span();
+    let l = spanned.get_ref();
+    config.fail_closed = l.fail_closed;
+    config.timeout = duration(l.timeout.as_deref(), config.timeout, Some(&span), errors);
+    match (l.backend.as_deref().unwrap_or("local"), &l.redis_url) {
+        ("local", None) => {}
+        ("local", Some(_)) => errors.at(
+            Some(&span),
+            "limits.redis_url is set but limits.backend is `local`; set backend = \"redis\"",
+        ),
+        ("redis", None) => errors.at(
+            Some(&span),
+            "limits.backend = \"redis\" needs limits.redis_url",
+        ),
+        ("redis", Some(url)) => match redis::Client::open(url.as_str()) {
+            Ok(_) => config.backend = LimiterBackend::Redis { url: url.clone() },
+            Err(e) => errors.at(
+                Some(&span),
+                format!("limits.redis_url `{url}` does not parse: {e}"),
+            ),
+        },
+        (other, _) => errors.at(
+            Some(&span),
+            format!("limits.backend `{other}` is not `local` or `redis`"),
+        ),
+    }
+    config
+}
+
+/// Validates the numbers of a plan's or route's limits.
+fn compile_limits(
+    raw: &RawLimits,
+    what: &str,
+    span: Option<&Range<usize>>,
+    errors: &mut Errors<'_>,
+) -> LimitSet {
+    let mut number = |name: &str, v: Option<i64>| -> Option<std::num::NonZeroU64> {
+        let v = v?;
+        match u64::try_from(v).ok().and_then(std::num::NonZeroU64::new) {
+            Some(n) => Some(n),
+            None if v == 0 => {
+                errors.at(span, format!("{what}.{name}: a limit of 0 would refuse every request; remove it or give a positive number"));
+                None
+            }
+            None => {
+                errors.at(
+                    span,
+                    format!("{what}.{name}: {v} is not a positive whole number"),
+                );
+                None
+            }
+        }
+    };
+    let set = LimitSet {
+        rps: number("rps", raw.rps),
+        per_minute: number("per_minute", raw.per_minute),
+        per_hour: number("per_hour", raw.per_hour),
+        per_day: number("per_day", raw.per_day),
+        per_month: number("per_month", raw.per_month),
+        burst: number("burst", raw.burst).map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+        by: LimitBy::Client,
+    };
+    let by = match raw.by.as_deref() {
+        None | Some("client") => LimitBy::Client,
+        Some("key") => LimitBy::Key,
+        Some(other) => {
+            errors.at(
+                span,
+                format!("{what}.by `{other}` is not `client` or `key`"),
+            );
+            LimitBy::Client
+        }
+    };
+    LimitSet { by, ..set }
 }
 
 fn compile_keys(raw: &RawConfig, errors: &mut Errors<'_>) -> Issuer {
@@ -382,9 +473,17 @@ fn add_route(
             None
         }
     };
-    if r.public && (!r.scopes.is_empty() || !r.features.is_empty()) {
-        err("a public route cannot require scopes or features".to_owned());
+    if r.public && (!r.scopes.is_empty() || !r.features.is_empty() || r.limits.is_some()) {
+        err(
+            "a public route cannot require scopes, features or limits (it has no caller to count)"
+                .to_owned(),
+        );
     }
+    let limits = r
+        .limits
+        .as_ref()
+        .map(|l| compile_limits(l, &format!("route `{name}` limits"), span, errors))
+        .unwrap_or_default();
     if errors.list.len() > before {
         return;
     }
@@ -402,6 +501,8 @@ fn add_route(
         sport_param: r.sport_param.as_deref().map(Into::into),
         bookmaker,
         public: r.public,
+        limits,
+        compiled_limits: Vec::new(),
     };
     if let Err(e) = routes.insert(route) {
         errors.at(span, format!("route `{name}`: {e}"));
@@ -491,6 +592,21 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
                 *slot = h;
             }
         }
+    }
+    if let Some(h) = &raw.rate_limit_headers {
+        let mut style = HeaderStyle::default();
+        style.x_ratelimit = h.x_ratelimit.unwrap_or(style.x_ratelimit);
+        style.ietf = h.ietf.unwrap_or(style.ietf);
+        style.retry_after = h.retry_after.unwrap_or(style.retry_after);
+        match h.reset.as_deref() {
+            None | Some("epoch") => style.reset_epoch = true,
+            Some("delta") => style.reset_epoch = false,
+            Some(other) => errors.at(
+                None,
+                format!("profile.rate_limit_headers.reset `{other}` is not `epoch` or `delta`"),
+            ),
+        }
+        profile.rate_limit_headers = style;
     }
     let xml_root = raw.xml_root.clone().unwrap_or_else(|| "error".to_owned());
     for (code, spanned) in &raw.errors {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use keygate_core::Issuer;
 
 use crate::profile::Profile;
+use crate::ratelimit::LimitSet;
 use crate::routes::RouteTable;
 use crate::upstream::UpstreamSpec;
 
@@ -38,6 +39,33 @@ pub struct Overrides {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub features: Vec<String>,
+    pub limits: LimitSet,
+}
+
+/// Where rate-limit counters live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimiterBackend {
+    Local,
+    Redis { url: String },
+}
+
+/// The limiter's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimiterConfig {
+    pub backend: LimiterBackend,
+    /// Budget for one Redis answer before falling back.
+    pub timeout: Duration,
+    pub fail_closed: bool,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        LimiterConfig {
+            backend: LimiterBackend::Local,
+            timeout: Duration::from_millis(5),
+            fail_closed: false,
+        }
+    }
 }
 
 /// A validated configuration.
@@ -56,12 +84,21 @@ pub struct Config {
     pub routes: RouteTable,
     pub plans: BTreeMap<String, Plan>,
     pub profile: Profile,
+    pub limiter: LimiterConfig,
 }
 
 impl Config {
     /// The features of a plan (none for a plan the configuration does not name).
     pub fn plan_features(&self, plan: &str) -> &[String] {
         self.plans.get(plan).map_or(&[], |p| &p.features)
+    }
+
+    /// The limits of a plan (none for a plan the configuration does not name).
+    pub fn plan_limits(&self, plan: &str) -> LimitSet {
+        self.plans
+            .get(plan)
+            .map(|p| p.limits.clone())
+            .unwrap_or_default()
     }
 }
 

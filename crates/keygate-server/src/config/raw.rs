@@ -21,6 +21,36 @@ pub(crate) struct RawConfig {
     pub(crate) routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     pub(crate) profile: RawProfile,
+    #[serde(default)]
+    pub(crate) limits: Option<Spanned<RawLimiter>>,
+}
+
+/// Where rate-limit counters live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimiter {
+    /// `local` (one node) or `redis` (shared by every node).
+    pub(crate) backend: Option<String>,
+    pub(crate) redis_url: Option<String>,
+    /// Longest wait for Redis before falling back (`5ms`).
+    pub(crate) timeout: Option<String>,
+    /// Refuse requests instead of falling back to local limits when Redis fails.
+    #[serde(default)]
+    pub(crate) fail_closed: bool,
+}
+
+/// Limits of a plan or a route. Signed so a negative number gets a clear message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub(crate) rps: Option<i64>,
+    pub(crate) per_minute: Option<i64>,
+    pub(crate) per_hour: Option<i64>,
+    pub(crate) per_day: Option<i64>,
+    pub(crate) per_month: Option<i64>,
+    pub(crate) burst: Option<i64>,
+    /// `client` (default) or `key`.
+    pub(crate) by: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +95,8 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawPlan {
     #[serde(default)]
     pub(crate) features: Vec<String>,
+    #[serde(default)]
+    pub(crate) limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +119,8 @@ pub(crate) struct RawRoute {
     pub(crate) features: Vec<String>,
     #[serde(default)]
     pub(crate) public: bool,
+    #[serde(default)]
+    pub(crate) limits: Option<RawLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +144,17 @@ pub(crate) struct RawProfile {
     pub(crate) identity_headers: RawIdentityHeaders,
     #[serde(default)]
     pub(crate) errors: BTreeMap<String, Spanned<RawError>>,
+    pub(crate) rate_limit_headers: Option<RawHeaderStyle>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderStyle {
+    pub(crate) x_ratelimit: Option<bool>,
+    /// `epoch` (default) or `delta`.
+    pub(crate) reset: Option<String>,
+    pub(crate) ietf: Option<bool>,
+    pub(crate) retry_after: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,84 @@
+//! Calendar-window quotas: a counter per UTC hour, day or month.
+//!
+//! Quotas are sold as "10,000 requests a day", so they count per calendar window in UTC and a
+//! new window starts from zero; `reset` is then the window's end, a time a customer can read.
+//! The counter itself lives in a limiter (a map entry or a Redis key named after the window's
+//! start); this module only decides.
+
+use std::time::Duration;
+
+use super::{LimitState, Window};
+use crate::time::Timestamp;
+
+/// Checks one request against `max` per `window`, given the requests already counted in the
+/// window holding `now`.
+///
+/// Allowed iff `count_before < max`; an allowed request is to be counted by the caller.
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate_core::limit::{window, Window};
+/// use keygate_core::Timestamp;
+///
+/// let now = Timestamp::parse_rfc3339("2026-09-21T23:59:00Z").unwrap();
+/// let last = window::check(Window::Day, 100, 99, now);
+/// assert!(last.allowed && last.remaining == 0);
+/// let over = window::check(Window::Day, 100, 100, now);
+/// assert!(!over.allowed);
+/// assert_eq!(over.retry_after, Duration::from_secs(60));
+/// assert_eq!(over.reset.to_rfc3339(), "2026-09-22T00:00:00Z");
+/// ```
+pub fn check(window: Window, max: u64, count_before: u64, now: Timestamp) -> LimitState {
+    let (_, end) = window.bounds(now);
+    if count_before < max {
+        LimitState {
+            allowed: true,
+            limit: max,
+            remaining: max - count_before - 1,
+            reset: end,
+            retry_after: Duration::ZERO,
+        }
+    } else {
+        let wait = end.as_millis().saturating_sub(now.as_millis()).max(1);
+        LimitState {
+            allowed: false,
+            limit: max,
+            remaining: 0,
+            reset: end,
+            retry_after: Duration::from_millis(u64::try_from(wait).unwrap_or(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn allowed_iff_under_max(
+            w in prop::sample::select(Window::ALL.to_vec()),
+            ms in 0i64..10_000_000_000_000,
+            max in 0u64..1_000,
+            count in 0u64..1_100,
+        ) {
+            let now = Timestamp::from_millis(ms);
+            let s = check(w, max, count, now);
+            prop_assert_eq!(s.allowed, count < max);
+            prop_assert_eq!(s.limit, max);
+            prop_assert_eq!(s.reset, w.bounds(now).1);
+            prop_assert!(s.remaining < max.max(1));
+            if s.allowed {
+                prop_assert_eq!(s.remaining, max - count - 1);
+                prop_assert_eq!(s.retry_after, Duration::ZERO);
+            } else {
+                prop_assert_eq!(s.remaining, 0);
+                // Retrying after `retry_after` lands in the next window, which starts at zero.
+                let retry = now.plus(s.retry_after);
+                prop_assert_eq!(retry, s.reset);
+                prop_assert_eq!(w.bounds(retry).0, s.reset);
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! [`Limits`]: the limiter the gateway holds, with the policy for when Redis fails.
+//!
+//! With Redis configured, a Redis error or timeout makes a call fall back to this node's own
+//! [`LocalLimiter`] (fail-open to local limits) or, when configured fail-closed, answer
+//! [`Unavailable`]. Either way it is counted and said once: one warning when an incident starts
+//! and one info line when Redis answers again. While degraded, Redis is probed by at most one
+//! call per [`PROBE_INTERVAL`] (of the callers' `now`), so an outage does not add a timeout to
+//! every request.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use keygate_core::limit::LimitState;
+use keygate_core::Timestamp;
+
+use crate::{Check, LimitKey, LimiterError, LocalLimiter, RedisLimiter, Verdict};
+
+/// While Redis is failing, how often one call tries it again.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Limits could not be applied (Redis failed and the policy is fail-closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rate limits are unavailable")]
+pub struct Unavailable;
+
+/// How the limiter is doing, for `/status` and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitStats {
+    /// The configured backend: `"local"` or `"redis"`.
+    pub backend: &'static str,
+    /// Calls Redis did not answer, each answered locally (or refused when fail-closed).
+    pub fallbacks: u64,
+    /// Whether Redis is failing right now.
+    pub degraded: bool,
+}
+
+/// The gateway's limiter: a backend and its failure policy.
+#[derive(Debug)]
+pub struct Limits {
+    local: LocalLimiter,
+    redis: Option<Remote>,
+}
+
+#[derive(Debug)]
+struct Remote {
+    limiter: RedisLimiter,
+    fail_closed: bool,
+    fallbacks: AtomicU64,
+    degraded: AtomicBool,
+    /// While degraded: the `now` (ms) from which the next call may probe Redis.
+    next_probe: AtomicI64,
+}
+
+impl Remote {
+    /// Whether this call should ask Redis: always when healthy; while degraded, one call per
+    /// probe interval.
+    fn should_try(&self, now: Timestamp) -> bool {
+        if !self.degraded.load(Ordering::Acquire) {
+            return true;
+        }
+        let due = self.next_probe.load(Ordering::Acquire);
+        now.as_millis() >= due
+            && self
+                .next_probe
+                .compare_exchange(
+                    due,
+                    now.plus(PROBE_INTERVAL).as_millis(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    fn succeeded(&self) {
+        if self.degraded.swap(false, Ordering::AcqRel) {
+            tracing::info!("Redis reachable again.");
+        }
+    }
+
+    /// Records a call Redis did not answer; `error` is `None` when Redis was not asked.
+    fn failed(&self, error: Option<&LimiterError>, now: Timestamp) -> Result<(), Unavailable> {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if let Some(error) = error {
+            self.next_probe
+                .store(now.plus(PROBE_INTERVAL).as_millis(), Ordering::Release);
+            if !self.degraded.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    error = %error,
+                    fail_closed = self.fail_closed,
+                    "Redis failed; rate limits are {} until it answers again.",
+                    if self.fail_closed { "refused" } else { "local to this node" }
+                );
+            }
+        }
+        if self.fail_closed {
+            Err(Unavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `call` on Redis when it should be tried; `Ok(None)` means "answer locally".
+    async fn run<T, F>(&self, now: Timestamp, call: F) -> Result<Option<T>, Unavailable>
+    where
+        F: std::future::Future<Output = Result<T, LimiterError>>,
+    {
+        if !self.should_try(now) {
+            self.failed(None, now)?;
+            return Ok(None);
+        }
+        match call.await {
+            Ok(value) => {
+                self.succeeded();
+                Ok(Some(value))
+            }
+            Err(e) => {
+                self.failed(Some(&e), now)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Limits {
+    /// Limits kept in this process only.
+    pub fn local() -> Limits {
+        Limits {
+            local: LocalLimiter::new(),
+            redis: None,
+        }
+    }
+
+    /// Limits kept in Redis at `url`, each call bounded by `timeout`; when Redis fails, calls
+    /// fall back to this node's local limits, or are refused if `fail_closed`.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::connect`]: a bad URL, or Redis unreachable at start.
+    pub async fn with_redis(
+        url: &str,
+        timeout: Duration,
+        fail_closed: bool,
+    ) -> Result<Limits, LimiterError> {
+        let limiter = RedisLimiter::connect(url, timeout).await?;
+        Ok(Limits {
+            local: LocalLimiter::new(),
+            redis: Some(Remote {
+                limiter,
+                fail_closed,
+                fallbacks: AtomicU64::new(0),
+                degraded: AtomicBool::new(false),
+                next_probe: AtomicI64::new(i64::MIN),
+            }),
+        })
+    }
+
+    /// Checks one request against all its limits at `now` (all-or-nothing).
+    ///
+    /// # Errors
+    /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
+    pub async fn check(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, Unavailable> {
+        if let Some(remote) = &self.redis {
+            if let Some(verdict) = remote.run(now, remote.limiter.check(checks, now)).await? {
+                return Ok(verdict);
+            }
+        }
+        Ok(self.local.check(checks, now))
+    }
+
+    /// Takes a connection lease; see [`LocalLimiter::acquire_lease`].
+    ///
+    /// # Errors
+    /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
+    pub async fn acquire_lease(
+        &self,
+        key: &LimitKey,
+        max: u64,
+        lease_id: u64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<LimitState, Unavailable> {
+        if let Some(remote) = &self.redis {
+            let call = remote.limiter.acquire_lease(key, max, lease_id, ttl, now);
+            if let Some(state) = remote.run(now, call).await? {
+                return Ok(state);
+            }
+        }
+        Ok(self.local.acquire_lease(key, max, lease_id, ttl, now))
+    }
+
+    /// Renews a connection lease; `false` when it is not held and the connection should close.
+    ///
+    /// While Redis fails open, a lease that Redis cannot confirm is renewed locally, or kept
+    /// (`true`) if it was taken on Redis: an outage does not close live connections.
+    ///
+    /// # Errors
+    /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
+    pub async fn renew_lease(
+        &self,
+        key: &LimitKey,
+        lease_id: u64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, Unavailable> {
+        if let Some(remote) = &self.redis {
+            let call = remote.limiter.renew_lease(key, lease_id, ttl, now);
+            return match remote.run(now, call).await? {
+                Some(held) => Ok(held),
+                None => {
+                    self.local.renew_lease(key, lease_id, ttl, now);
+                    Ok(true)
+                }
+            };
+        }
+        Ok(self.local.renew_lease(key, lease_id, ttl, now))
+    }
+
+    /// Gives a connection lease back, on Redis and locally (it may have been taken during a
+    /// fallback). Best effort: a lease Redis cannot release now expires by itself.
+    pub async fn release_lease(&self, key: &LimitKey, lease_id: u64) {
+        self.local.release_lease(key, lease_id);
+        if let Some(remote) = &self.redis {
+            if let Err(e) = remote.limiter.release_lease(key, lease_id).await {
+                tracing::debug!(error = %e, "Lease not released on Redis; it will expire.");
+            }
+        }
+    }
+
+    /// Live leases on `key` at `now`.
+    ///
+    /// # Errors
+    /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
+    pub async fn lease_count(&self, key: &LimitKey, now: Timestamp) -> Result<usize, Unavailable> {
+        if let Some(remote) = &self.redis {
+            if let Some(n) = remote
+                .run(now, remote.limiter.lease_count(key, now))
+                .await?
+            {
+                return Ok(n);
+            }
+        }
+        Ok(self.local.lease_count(key, now))
+    }
+
+    /// Drops local state that no longer matters; see [`LocalLimiter::sweep`].
+    pub fn sweep(&self, now: Timestamp) -> usize {
+        self.local.sweep(now)
+    }
+
+    /// The backend, fallbacks so far and whether Redis is failing now.
+    pub fn stats(&self) -> LimitStats {
+        match &self.redis {
+            None => LimitStats {
+                backend: "local",
+                fallbacks: 0,
+                degraded: false,
+            },
+            Some(remote) => LimitStats {
+                backend: "redis",
+                fallbacks: remote.fallbacks.load(Ordering::Relaxed),
+                degraded: remote.degraded.load(Ordering::Acquire),
+            },
+        }
+    }
+
+    /// The Redis limiter, when configured (for its round-trip count).
+    pub fn redis(&self) -> Option<&RedisLimiter> {
+        self.redis.as_ref().map(|r| &r.limiter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::limit::Limit;
+    use std::num::NonZeroU64;
+
+    #[tokio::test]
+    async fn local_limits_never_fail() {
+        let limits = Limits::local();
+        let check = Check::new(
+            LimitKey::new("k:a", 0),
+            Limit::per_second(NonZeroU64::new(1).unwrap()),
+        );
+        let now = Timestamp::from_millis(0);
+        assert!(
+            limits
+                .check(std::slice::from_ref(&check), now)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(!limits.check(&[check], now).await.unwrap().allowed);
+        assert_eq!(
+            limits.stats(),
+            LimitStats {
+                backend: "local",
+                fallbacks: 0,
+                degraded: false
+            }
+        );
+        assert!(limits.redis().is_none());
+        assert_eq!(Unavailable.to_string(), "rate limits are unavailable");
+    }
+}

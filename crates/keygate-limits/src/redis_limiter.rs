@@ -1,0 +1,360 @@
+//! The Redis limiter: counters shared by every gateway node, one round trip per request.
+//!
+//! All the limits of a request go to Redis in one `EVALSHA` of `check.lua`, which reads every
+//! counter, decides with the same comparisons as keygate-core, and writes only if all allow.
+//! The script returns the counters it read and this side builds each answer with the core's
+//! functions, so the local and Redis backends cannot drift apart. Every key carries a TTL, so
+//! nothing needs cleaning up: a rate key lives until its bucket is full again and a quota key
+//! (named after its window's start) until its window ends, each plus [`GRACE`] for clock skew
+//! between nodes. Time is the caller's `now`; TTLs are relative to it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keygate_core::limit::{gcra, lease, window, LimitKind, LimitState};
+use keygate_core::Timestamp;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind};
+use smallvec::SmallVec;
+
+use crate::error::redact;
+use crate::{Check, LimitKey, LimiterError, Verdict};
+
+/// Added to every key's TTL, so a node whose clock lags a little still finds the state.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+const CHECK_LUA: &str = include_str!("check.lua");
+const LEASE_LUA: &str = include_str!("lease.lua");
+
+/// The limiter on Redis.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    timeout: Duration,
+    check_sha: String,
+    lease_sha: String,
+    round_trips: AtomicU64,
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("timeout", &self.timeout)
+            .field("round_trips", &self.round_trips())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Redis key of one check's counter at `now`.
+fn counter_key(check: &Check, now: Timestamp) -> String {
+    let LimitKey { subject, slot } = &check.key;
+    match check.limit.kind {
+        LimitKind::Rate { .. } => format!("kg:l:{subject}:{slot}"),
+        LimitKind::Quota { window } => {
+            let (start, _) = window.bounds(now);
+            format!("kg:l:{subject}:{slot}:{}", start.as_millis())
+        }
+    }
+}
+
+fn lease_key(key: &LimitKey) -> String {
+    format!("kg:lease:{}:{}", key.subject, key.slot)
+}
+
+fn unavailable(e: &RedisError) -> LimiterError {
+    LimiterError::Unavailable(e.to_string())
+}
+
+#[derive(Clone, Copy)]
+enum LeaseOp {
+    Acquire { max: u64, expires: Timestamp },
+    Renew { expires: Timestamp },
+    Release,
+    Count,
+}
+
+impl RedisLimiter {
+    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`) and loads the
+    /// scripts. The connection reconnects by itself after a failure; every call, this one
+    /// included, is bounded by `timeout`.
+    ///
+    /// # Errors
+    /// [`LimiterError::BadUrl`] when `url` does not parse, [`LimiterError::Unavailable`] when
+    /// Redis cannot be reached, [`LimiterError::Timeout`] when it does not answer in time.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisLimiter, LimiterError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| LimiterError::BadUrl(format!("`{}` ({e})", redact(url))))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let conn =
+            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| LimiterError::Timeout(timeout))?
+                .map_err(|e| unavailable(&e))?;
+        let limiter = RedisLimiter {
+            conn,
+            timeout,
+            check_sha: Script::new(CHECK_LUA).get_hash().to_owned(),
+            lease_sha: Script::new(LEASE_LUA).get_hash().to_owned(),
+            round_trips: AtomicU64::new(0),
+        };
+        for source in [CHECK_LUA, LEASE_LUA] {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(source);
+            limiter.send::<String>(&load).await?;
+        }
+        Ok(limiter)
+    }
+
+    /// Network calls made so far (one per `check` once the scripts are loaded).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The bound on each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Checks one request against all its limits at `now`, in one round trip: if every limit
+    /// allows, each counter is consumed once; if any denies, none is.
+    ///
+    /// # Errors
+    /// [`LimiterError::Unavailable`] when Redis or the script fails, [`LimiterError::Timeout`]
+    /// when it does not answer within the limiter's timeout.
+    pub async fn check(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, LimiterError> {
+        if checks.is_empty() {
+            return Ok(Verdict::UNLIMITED);
+        }
+        let now_us = gcra::now_micros(now);
+        let grace_ms = GRACE.as_millis() as i64;
+        let build = |cmd: &mut Cmd| {
+            cmd.arg(checks.len());
+            for check in checks {
+                cmd.arg(counter_key(check, now));
+            }
+            cmd.arg(now_us).arg(grace_ms);
+            for check in checks {
+                match check.limit.kind {
+                    LimitKind::Rate { period, burst } => {
+                        let p = gcra::Params::new(check.limit.max.get(), period, burst);
+                        cmd.arg("r").arg(p.interval_us).arg(p.tolerance_us);
+                    }
+                    LimitKind::Quota { window } => {
+                        let (_, end) = window.bounds(now);
+                        let ttl = end.as_millis().saturating_sub(now.as_millis()) + grace_ms;
+                        cmd.arg("q").arg(check.limit.max.get()).arg(ttl);
+                    }
+                }
+            }
+        };
+        let reply: Vec<i64> = self.eval(&self.check_sha, CHECK_LUA, build).await?;
+        if reply.len() != checks.len() + 1 {
+            return Err(LimiterError::Unavailable(format!(
+                "the check script answered {} values for {} checks",
+                reply.len(),
+                checks.len()
+            )));
+        }
+        let states: SmallVec<[LimitState; 4]> = checks
+            .iter()
+            .zip(&reply[1..])
+            .map(|(check, &seen)| match check.limit.kind {
+                LimitKind::Rate { period, burst } => {
+                    let p = gcra::Params::new(check.limit.max.get(), period, burst);
+                    gcra::check_with(&p, Some(seen), now).0
+                }
+                LimitKind::Quota { window } => {
+                    let count = u64::try_from(seen).unwrap_or(0);
+                    window::check(window, check.limit.max.get(), count, now)
+                }
+            })
+            .collect();
+        let verdict = Verdict::from_states(states);
+        if verdict.allowed != (reply[0] == 1) {
+            return Err(LimiterError::Unavailable(
+                "the check script and keygate-core disagree".to_owned(),
+            ));
+        }
+        Ok(verdict)
+    }
+
+    /// Takes lease `lease_id` on `key` (at most `max` live at once) until `now + ttl`; taking a
+    /// lease already held renews it. One round trip.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::check`].
+    pub async fn acquire_lease(
+        &self,
+        key: &LimitKey,
+        max: u64,
+        lease_id: u64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<LimitState, LimiterError> {
+        let expires = now.plus(ttl);
+        let (allowed, others) = self
+            .lease(key, LeaseOp::Acquire { max, expires }, lease_id, now)
+            .await?;
+        let others = usize::try_from(others).unwrap_or(usize::MAX);
+        let state = lease::acquire(max, others, now, ttl);
+        if state.allowed != (allowed == 1) {
+            return Err(LimiterError::Unavailable(
+                "the lease script and keygate-core disagree".to_owned(),
+            ));
+        }
+        Ok(state)
+    }
+
+    /// Extends a live lease to `now + ttl`; `false` if it is not held.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::check`].
+    pub async fn renew_lease(
+        &self,
+        key: &LimitKey,
+        lease_id: u64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, LimiterError> {
+        let expires = now.plus(ttl);
+        let (held, _) = self
+            .lease(key, LeaseOp::Renew { expires }, lease_id, now)
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives lease `lease_id` back (a no-op if it is not held).
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::check`].
+    pub async fn release_lease(&self, key: &LimitKey, lease_id: u64) -> Result<(), LimiterError> {
+        // Expired leases are pruned against the epoch: nothing is older than that.
+        self.lease(key, LeaseOp::Release, lease_id, Timestamp::from_millis(0))
+            .await?;
+        Ok(())
+    }
+
+    /// Live leases on `key` at `now`.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::check`].
+    pub async fn lease_count(&self, key: &LimitKey, now: Timestamp) -> Result<usize, LimiterError> {
+        let (live, _) = self.lease(key, LeaseOp::Count, 0, now).await?;
+        Ok(usize::try_from(live).unwrap_or(0))
+    }
+
+    async fn lease(
+        &self,
+        key: &LimitKey,
+        op: LeaseOp,
+        lease_id: u64,
+        now: Timestamp,
+    ) -> Result<(i64, i64), LimiterError> {
+        let (name, max, expires) = match op {
+            LeaseOp::Acquire { max, expires } => ("acquire", max, expires.as_millis()),
+            LeaseOp::Renew { expires } => ("renew", 0, expires.as_millis()),
+            LeaseOp::Release => ("release", 0, 0),
+            LeaseOp::Count => ("count", 0, 0),
+        };
+        let redis_key = lease_key(key);
+        let build = |cmd: &mut Cmd| {
+            cmd.arg(1)
+                .arg(&redis_key)
+                .arg(name)
+                .arg(now.as_millis())
+                .arg(lease_id)
+                .arg(expires)
+                .arg(max)
+                .arg(GRACE.as_millis() as u64);
+        };
+        let reply: Vec<i64> = self.eval(&self.lease_sha, LEASE_LUA, build).await?;
+        match reply[..] {
+            [result, live] => Ok((result, live)),
+            _ => Err(LimiterError::Unavailable(
+                "the lease script answered an unexpected reply".to_owned(),
+            )),
+        }
+    }
+
+    /// `EVALSHA sha …`, falling back to `EVAL source …` if Redis lost the script (a restart or
+    /// `SCRIPT FLUSH`); one round trip unless that happens. Bounded by the timeout as a whole.
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        sha: &str,
+        source: &str,
+        build: impl Fn(&mut Cmd),
+    ) -> Result<T, LimiterError> {
+        let call = async {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha);
+            build(&mut cmd);
+            match self.send_raw(&cmd).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(source);
+                    build(&mut cmd);
+                    self.send_raw(&cmd).await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))?
+            .map_err(|e| unavailable(&e))
+    }
+
+    async fn send<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, LimiterError> {
+        tokio::time::timeout(self.timeout, self.send_raw(cmd))
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout))?
+            .map_err(|e| unavailable(&e))
+    }
+
+    async fn send_raw<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::limit::{Limit, Window};
+    use std::num::NonZeroU64;
+
+    #[test]
+    fn key_names() {
+        let now = Timestamp::parse_rfc3339("2026-09-21T13:45:00Z").unwrap();
+        let max = NonZeroU64::new(5).unwrap();
+        let key = LimitKey::new("k:key_abc", 3);
+        let rate = Check::new(key.clone(), Limit::per_second(max));
+        assert_eq!(counter_key(&rate, now), "kg:l:k:key_abc:3");
+        let day = Check::new(key.clone(), Limit::quota(Window::Day, max));
+        let midnight = Timestamp::parse_rfc3339("2026-09-21T00:00:00Z").unwrap();
+        assert_eq!(
+            counter_key(&day, now),
+            format!("kg:l:k:key_abc:3:{}", midnight.as_millis())
+        );
+        assert_eq!(lease_key(&key), "kg:lease:k:key_abc:3");
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_named() {
+        for url in ["http://127.0.0.1:6379", "not a url", "redis://:s3cret@[::1"] {
+            match RedisLimiter::connect(url, Duration::from_millis(200)).await {
+                Err(LimiterError::BadUrl(msg)) => {
+                    assert!(!msg.contains("s3cret"), "{msg}");
+                    assert!(msg.contains(&redact(url)), "{msg}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+}

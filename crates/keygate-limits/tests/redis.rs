@@ -1,0 +1,357 @@
+//! What only the Redis backend has: one round trip per request, keys that expire by
+//! themselves, and `Limits` falling back to local limits while Redis is cut off (through a
+//! relay in this test that can drop every connection and refuse new ones).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{redis_url, subject, under_ci};
+use keygate_core::limit::{Limit, Window};
+use keygate_core::Timestamp;
+use keygate_limits::{Check, LimitKey, LimiterError, Limits, RedisLimiter, Unavailable};
+use redis::AsyncCommands;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn nz(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap()
+}
+
+fn t0() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-09-21T10:00:00Z").unwrap()
+}
+
+/// The test Redis, or `None` (with a note) when it is unreachable outside CI.
+async fn limiter() -> Option<RedisLimiter> {
+    let url = redis_url();
+    match RedisLimiter::connect(&url, TIMEOUT).await {
+        Ok(r) => Some(r),
+        Err(e) if under_ci() => panic!("Redis at {url} is unreachable under CI: {e}"),
+        Err(e) => {
+            eprintln!("skipping Redis test: {url} unreachable ({e})");
+            None
+        }
+    }
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn checks(n: u16) -> Vec<Check> {
+    let s = subject("rt");
+    (0..n)
+        .map(|slot| {
+            let limit = match slot % 3 {
+                0 => Limit::per_second(nz(1000)),
+                1 => Limit::quota(Window::Day, nz(1000)),
+                _ => Limit::per_minute(nz(1000)),
+            };
+            Check::new(LimitKey::new(s.clone(), slot), limit)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_round_trip_per_check_whatever_the_number_of_limits() {
+    let Some(r) = limiter().await else { return };
+    for n in [1, 2, 3, 8, 20] {
+        let checks = checks(n);
+        let before = r.round_trips();
+        assert!(r.check(&checks, t0()).await.unwrap().allowed);
+        assert_eq!(r.round_trips() - before, 1, "{n} limits");
+    }
+    let key = LimitKey::new(subject("rt-lease"), 0);
+    let before = r.round_trips();
+    r.acquire_lease(&key, 1, 1, TIMEOUT, t0()).await.unwrap();
+    assert_eq!(r.round_trips() - before, 1);
+}
+
+#[tokio::test]
+async fn every_key_carries_a_ttl() {
+    let Some(r) = limiter().await else { return };
+    let s = subject("ttl");
+    let now = t0();
+    let checks = [
+        Check::new(LimitKey::new(s.clone(), 0), Limit::per_second(nz(10))),
+        Check::new(
+            LimitKey::new(s.clone(), 1),
+            Limit::quota(Window::Hour, nz(10)),
+        ),
+    ];
+    assert!(r.check(&checks, now).await.unwrap().allowed);
+    let lease = LimitKey::new(s.clone(), 2);
+    assert!(
+        r.acquire_lease(&lease, 3, 1, Duration::from_secs(30), now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let mut conn = raw().await;
+    let hour_start = Window::Hour.bounds(now).0.as_millis();
+    // Rate: until the bucket is full (100 ms) plus grace; quota: until the hour ends plus
+    // grace; lease: until it expires plus grace.
+    for (key, max_ms) in [
+        (format!("kg:l:{s}:0"), 1_100),
+        (format!("kg:l:{s}:1:{hour_start}"), 3_601_000),
+        (format!("kg:lease:{s}:2"), 31_000),
+    ] {
+        let ttl: i64 = conn.pttl(&key).await.unwrap();
+        assert!(ttl > 0 && ttl <= max_ms, "{key}: PTTL {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn rate_keys_disappear_by_themselves() {
+    // The one test that waits on real time: a rate key outlives its bucket by the grace only.
+    let Some(r) = limiter().await else { return };
+    let s = subject("vanish");
+    let check = [Check::new(
+        LimitKey::new(s.clone(), 0),
+        Limit::per_second(nz(10)).with_burst(1),
+    )];
+    assert!(r.check(&check, t0()).await.unwrap().allowed);
+    let mut conn = raw().await;
+    let key = format!("kg:l:{s}:0");
+    assert!(conn.exists::<_, bool>(&key).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(!conn.exists::<_, bool>(&key).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_bad_url_is_named_in_the_error() {
+    for url in ["http://127.0.0.1:6379", "redis//127.0.0.1", ""] {
+        match Limits::with_redis(url, TIMEOUT, false).await {
+            Err(LimiterError::BadUrl(msg)) => {
+                assert!(msg.contains(url), "{msg}");
+                let shown = LimiterError::BadUrl(msg).to_string();
+                assert!(shown.starts_with("bad Redis URL"), "{shown}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_to_connect() {
+    // A port nothing listens on (bound, then released).
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = RedisLimiter::connect(&format!("redis://{addr}"), Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LimiterError::Unavailable(_) | LimiterError::Timeout(_)),
+        "{err:?}"
+    );
+}
+
+/// A TCP relay to Redis that can be cut (every connection dropped, new ones refused) and
+/// restored on the same address.
+struct Relay {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    accept: Mutex<Option<AbortHandle>>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            addr: listener.local_addr().unwrap(),
+            upstream,
+            accept: Mutex::new(None),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (upstream, conns) = (self.upstream, self.conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        *self.accept.lock().unwrap() = Some(task.abort_handle());
+    }
+
+    /// Drops every connection and stops listening (new connections are refused).
+    fn cut(&self) {
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+        }
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        // The aborted accept task drops its listener when it is next polled; retry briefly.
+        for _ in 0..100 {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => return self.serve(listener),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        panic!("could not listen on {} again", self.addr);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+/// The test Redis's address, or `None` when it is unreachable outside CI.
+async fn redis_addr() -> Option<SocketAddr> {
+    limiter().await?;
+    let info = redis::Client::open(redis_url()).unwrap();
+    let host = info.get_connection_info().addr().to_string();
+    tokio::net::lookup_host(host).await.unwrap().next()
+}
+
+/// Log lines written while the returned guard lives (on this thread: use a current-thread
+/// runtime).
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || LogWriter(writer.clone()))
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn limits_fall_back_to_local_while_redis_is_cut_and_return_after() {
+    let Some(upstream) = redis_addr().await else {
+        return;
+    };
+    let (logs, _guard) = capture_logs();
+    let relay = Relay::start(upstream).await;
+    let limits = Limits::with_redis(&relay.url(), Duration::from_millis(300), false)
+        .await
+        .unwrap();
+    let s = subject("fallback");
+    let c = [Check::new(
+        LimitKey::new(s, 0),
+        Limit::quota(Window::Day, nz(1000)),
+    )];
+    let mut now = t0();
+    let rt = |l: &Limits| l.redis().unwrap().round_trips();
+
+    let before = rt(&limits);
+    assert!(limits.check(&c, now).await.unwrap().allowed);
+    assert_eq!(rt(&limits), before + 1);
+    assert_eq!(limits.stats().fallbacks, 0);
+    assert_eq!(limits.stats().backend, "redis");
+
+    relay.cut();
+    for i in 1..=5 {
+        now = now.plus(Duration::from_millis(10));
+        let v = limits.check(&c, now).await.unwrap();
+        assert!(v.allowed, "answered locally");
+        let stats = limits.stats();
+        assert!(stats.degraded);
+        assert_eq!(stats.fallbacks, i);
+    }
+    // Within the probe interval Redis is not even asked.
+    let asked = rt(&limits);
+    assert!(limits.check(&c, now).await.unwrap().allowed);
+    assert_eq!(rt(&limits), asked);
+
+    relay.restore().await;
+    let mut back = false;
+    for _ in 0..20 {
+        now = now.plus(keygate_limits::PROBE_INTERVAL);
+        let v = limits.check(&c, now).await.unwrap();
+        assert!(v.allowed);
+        if !limits.stats().degraded {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "never returned to Redis: {:?}", limits.stats());
+    // Back on Redis: its counter has only the requests made while it was reachable.
+    let v = limits.check(&c, now).await.unwrap();
+    assert!(!limits.stats().degraded);
+    let remaining = v.binding.unwrap().1.remaining;
+    assert!(remaining >= 1000 - 3, "remaining {remaining}");
+
+    // One incident: one warning when it started, one info line when it ended.
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("keygate_limits"))
+        .collect();
+    let warns = lines.iter().filter(|l| l.contains("WARN")).count();
+    let again = lines
+        .iter()
+        .filter(|l| l.contains("Redis reachable again."))
+        .count();
+    assert_eq!((warns, again), (1, 1), "{logs}");
+    relay.cut();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_while_redis_is_cut() {
+    let Some(upstream) = redis_addr().await else {
+        return;
+    };
+    let relay = Relay::start(upstream).await;
+    let limits = Limits::with_redis(&relay.url(), Duration::from_millis(300), true)
+        .await
+        .unwrap();
+    let c = [Check::new(
+        LimitKey::new(subject("closed"), 0),
+        Limit::per_second(nz(10)),
+    )];
+    assert!(limits.check(&c, t0()).await.unwrap().allowed);
+    relay.cut();
+    assert_eq!(limits.check(&c, t0()).await, Err(Unavailable));
+    assert_eq!(limits.check(&c, t0()).await, Err(Unavailable));
+    let stats = limits.stats();
+    assert!(stats.degraded);
+    assert_eq!(stats.fallbacks, 2);
+    let key = LimitKey::new(subject("closed-ws"), 0);
+    assert_eq!(
+        limits
+            .acquire_lease(&key, 1, 1, Duration::from_secs(1), t0())
+            .await,
+        Err(Unavailable)
+    );
+}

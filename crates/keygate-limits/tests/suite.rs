@@ -1,0 +1,420 @@
+//! The limiter suite, written once and run on both backends: the in-process `LocalLimiter`
+//! and `RedisLimiter` against `KEYGATE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+//!
+//! Time is virtual: every call passes its `now`. Each test uses subjects with a random suffix,
+//! so Redis tests run in parallel and leave nothing behind but keys that expire. Outside CI an
+//! unreachable Redis skips its half with a note; under `CI=true` it fails.
+
+mod common;
+
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{redis_url, subject, under_ci};
+use keygate_core::limit::{Limit, LimitState, Window};
+use keygate_core::Timestamp;
+use keygate_limits::{Check, LimitKey, LocalLimiter, RedisLimiter, Verdict};
+
+/// The two backends behind one async interface.
+enum Backend {
+    Local(LocalLimiter),
+    Redis(RedisLimiter),
+}
+
+impl Backend {
+    async fn check(&self, checks: &[Check], now: Timestamp) -> Verdict {
+        match self {
+            Backend::Local(l) => l.check(checks, now),
+            Backend::Redis(r) => r.check(checks, now).await.expect("Redis check"),
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &LimitKey,
+        max: u64,
+        id: u64,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> LimitState {
+        match self {
+            Backend::Local(l) => l.acquire_lease(key, max, id, ttl, now),
+            Backend::Redis(r) => r
+                .acquire_lease(key, max, id, ttl, now)
+                .await
+                .expect("Redis acquire"),
+        }
+    }
+
+    async fn renew_lease(&self, key: &LimitKey, id: u64, ttl: Duration, now: Timestamp) -> bool {
+        match self {
+            Backend::Local(l) => l.renew_lease(key, id, ttl, now),
+            Backend::Redis(r) => r.renew_lease(key, id, ttl, now).await.expect("Redis renew"),
+        }
+    }
+
+    async fn release_lease(&self, key: &LimitKey, id: u64) {
+        match self {
+            Backend::Local(l) => l.release_lease(key, id),
+            Backend::Redis(r) => r.release_lease(key, id).await.expect("Redis release"),
+        }
+    }
+
+    async fn lease_count(&self, key: &LimitKey, now: Timestamp) -> usize {
+        match self {
+            Backend::Local(l) => l.lease_count(key, now),
+            Backend::Redis(r) => r.lease_count(key, now).await.expect("Redis count"),
+        }
+    }
+}
+
+async fn local() -> Option<Backend> {
+    Some(Backend::Local(LocalLimiter::new()))
+}
+
+async fn redis() -> Option<Backend> {
+    let url = redis_url();
+    match RedisLimiter::connect(&url, Duration::from_secs(5)).await {
+        Ok(r) => Some(Backend::Redis(r)),
+        Err(e) if under_ci() => panic!("Redis at {url} is unreachable under CI: {e}"),
+        Err(e) => {
+            eprintln!("skipping Redis limiter test: {url} unreachable ({e})");
+            None
+        }
+    }
+}
+
+/// Instantiates every case for one backend.
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = super::$backend().await else { return };
+                    super::cases::$case(std::sync::Arc::new(backend)).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_cases {
+    ($backend:ident) => {
+        suite!($backend:
+            rate_admits_the_burst_then_one_per_interval,
+            rate_is_accurate_with_burst_one,
+            rate_is_accurate_with_default_burst,
+            daily_quota_is_exact_under_load_and_a_new_day_starts_at_zero,
+            a_denying_quota_consumes_no_rate,
+            a_denying_rate_consumes_no_quota,
+            binding_is_the_denial_or_the_fewest_remaining,
+            hour_windows,
+            month_windows_across_leap_february,
+            repeated_keys_share_one_counter,
+            no_checks_is_unlimited,
+            leases_cap_concurrency,
+            leases_expire_without_release,
+        );
+    };
+}
+
+all_cases!(local);
+all_cases!(redis);
+
+fn nz(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap()
+}
+
+fn at(rfc3339: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(rfc3339).unwrap()
+}
+
+fn ms(t: Timestamp, plus: u64) -> Timestamp {
+    t.plus(Duration::from_millis(plus))
+}
+
+fn check(subject: &Arc<str>, slot: u16, limit: Limit) -> Check {
+    Check::new(LimitKey::new(subject.clone(), slot), limit)
+}
+
+/// Runs `total` requests for `checks` from `tasks` concurrent tasks; request `n` happens at
+/// `start + n / per_ms` ms (a shared virtual clock). Returns how many were admitted.
+async fn load(
+    backend: &Arc<Backend>,
+    checks: Vec<Check>,
+    start: Timestamp,
+    tasks: usize,
+    total: u64,
+    per_ms: u64,
+) -> u64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let checks = Arc::new(checks);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (backend, next, admitted, checks) = (
+            backend.clone(),
+            next.clone(),
+            admitted.clone(),
+            checks.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let now = ms(start, n / per_ms);
+                if backend.check(&checks, now).await.allowed {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    admitted.load(Ordering::Relaxed)
+}
+
+mod cases {
+    use super::*;
+
+    pub(super) async fn rate_admits_the_burst_then_one_per_interval(b: Arc<Backend>) {
+        let s = subject("burst");
+        let c = [check(&s, 0, Limit::per_second(nz(5)))];
+        let t0 = at("2026-09-21T10:00:00Z");
+        for remaining in (0..5).rev() {
+            let v = b.check(&c, t0).await;
+            assert!(v.allowed);
+            assert_eq!(v.binding.unwrap().1.remaining, remaining);
+        }
+        let v = b.check(&c, t0).await;
+        assert!(!v.allowed);
+        let (i, state) = v.binding.unwrap();
+        assert_eq!(i, 0);
+        assert_eq!(state.retry_after, Duration::from_millis(200));
+        assert_eq!(state.reset, ms(t0, 1000));
+        assert!(!b.check(&c, ms(t0, 199)).await.allowed);
+        // Then exactly one per 200 ms interval.
+        for k in 1..=5 {
+            let now = ms(t0, 200 * k);
+            assert!(b.check(&c, now).await.allowed, "interval {k}");
+            assert!(!b.check(&c, now).await.allowed, "interval {k}");
+        }
+    }
+
+    pub(super) async fn rate_is_accurate_with_burst_one(b: Arc<Backend>) {
+        let s = subject("acc1");
+        let c = vec![check(&s, 0, Limit::per_second(nz(100)).with_burst(1))];
+        // Every 1 ms for 10 s, from 4 tasks: 40,000 requests.
+        let admitted = load(&b, c, at("2026-09-21T10:00:00Z"), 4, 40_000, 4).await;
+        assert!((980..=1020).contains(&admitted), "admitted {admitted}");
+    }
+
+    pub(super) async fn rate_is_accurate_with_default_burst(b: Arc<Backend>) {
+        let s = subject("acc100");
+        let c = vec![check(&s, 0, Limit::per_second(nz(100)))];
+        let admitted = load(&b, c, at("2026-09-21T10:00:00Z"), 4, 40_000, 4).await;
+        assert!((1078..=1122).contains(&admitted), "admitted {admitted}");
+    }
+
+    pub(super) async fn daily_quota_is_exact_under_load_and_a_new_day_starts_at_zero(
+        b: Arc<Backend>,
+    ) {
+        let s = subject("day");
+        let c = vec![check(&s, 0, Limit::quota(Window::Day, nz(300)))];
+        let morning = at("2026-09-21T08:00:00Z");
+        // 20 tasks × 50 requests, all within the day.
+        let admitted = load(&b, c.clone(), morning, 20, 1000, 1).await;
+        assert_eq!(admitted, 300);
+        let v = b.check(&c, at("2026-09-21T23:59:59.999Z")).await;
+        assert!(!v.allowed);
+        let state = v.binding.unwrap().1;
+        assert_eq!(state.reset, at("2026-09-22T00:00:00Z"));
+        assert_eq!(state.retry_after, Duration::from_millis(1));
+        // The next UTC day counts from zero.
+        let v = b.check(&c, at("2026-09-22T00:00:00Z")).await;
+        assert!(v.allowed);
+        assert_eq!(v.binding.unwrap().1.remaining, 299);
+        let admitted = load(&b, c, at("2026-09-22T12:00:00Z"), 20, 1000, 1).await;
+        assert_eq!(admitted, 299);
+    }
+
+    pub(super) async fn a_denying_quota_consumes_no_rate(b: Arc<Backend>) {
+        let s = subject("aon1");
+        let rate = check(&s, 0, Limit::per_second(nz(3)));
+        let quota = check(&s, 1, Limit::quota(Window::Hour, nz(1)));
+        let t0 = at("2026-09-21T10:00:00Z");
+        assert!(b.check(&[rate.clone(), quota.clone()], t0).await.allowed);
+        for _ in 0..5 {
+            let v = b.check(&[rate.clone(), quota.clone()], t0).await;
+            assert!(!v.allowed);
+            assert_eq!(v.binding.unwrap().0, 1);
+        }
+        // The rate was consumed once: two of its three remain.
+        let v = b.check(std::slice::from_ref(&rate), t0).await;
+        assert!(v.allowed);
+        assert_eq!(v.binding.unwrap().1.remaining, 1);
+        assert!(b.check(std::slice::from_ref(&rate), t0).await.allowed);
+        assert!(!b.check(&[rate], t0).await.allowed);
+    }
+
+    pub(super) async fn a_denying_rate_consumes_no_quota(b: Arc<Backend>) {
+        let s = subject("aon2");
+        let quota = check(&s, 0, Limit::quota(Window::Day, nz(5)));
+        let rate = check(&s, 1, Limit::per_second(nz(1)).with_burst(1));
+        let t0 = at("2026-09-21T10:00:00Z");
+        assert!(b.check(&[quota.clone(), rate.clone()], t0).await.allowed);
+        for _ in 0..10 {
+            let v = b.check(&[quota.clone(), rate.clone()], t0).await;
+            assert!(!v.allowed);
+            assert_eq!(v.binding.unwrap().0, 1);
+        }
+        let v = b.check(&[quota], t0).await;
+        assert!(v.allowed);
+        assert_eq!(v.binding.unwrap().1.remaining, 3);
+    }
+
+    pub(super) async fn binding_is_the_denial_or_the_fewest_remaining(b: Arc<Backend>) {
+        let s = subject("bind");
+        let t0 = at("2026-09-21T10:00:00Z");
+        let checks = [
+            check(&s, 0, Limit::per_second(nz(10))),
+            check(&s, 1, Limit::quota(Window::Day, nz(3))),
+            check(&s, 2, Limit::per_minute(nz(100))),
+        ];
+        let v = b.check(&checks, t0).await;
+        assert!(v.allowed);
+        let (i, state) = v.binding.unwrap();
+        assert_eq!((i, state.remaining, state.limit), (1, 2, 3));
+        assert!(b.check(&checks, t0).await.allowed);
+        assert!(b.check(&checks, t0).await.allowed);
+        let v = b.check(&checks, ms(t0, 500)).await;
+        assert!(!v.allowed);
+        let (i, state) = v.binding.unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(state.reset, at("2026-09-22T00:00:00Z"));
+        assert_eq!(
+            state.retry_after,
+            Duration::from_millis(14 * 3_600_000 - 500)
+        );
+        // Ties go to the first.
+        let s = subject("tie");
+        let checks = [
+            check(&s, 0, Limit::per_second(nz(4))),
+            check(&s, 1, Limit::quota(Window::Hour, nz(4))),
+        ];
+        let v = b.check(&checks, t0).await;
+        assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((0, 3)));
+    }
+
+    pub(super) async fn hour_windows(b: Arc<Backend>) {
+        let s = subject("hour");
+        let c = [check(&s, 0, Limit::quota(Window::Hour, nz(2)))];
+        let t = at("2026-09-21T10:59:00Z");
+        assert!(b.check(&c, t).await.allowed);
+        assert!(b.check(&c, ms(t, 1)).await.allowed);
+        let v = b.check(&c, ms(t, 2)).await;
+        assert!(!v.allowed);
+        let state = v.binding.unwrap().1;
+        assert_eq!(state.reset, at("2026-09-21T11:00:00Z"));
+        assert_eq!(state.retry_after, Duration::from_millis(59_998));
+        assert!(b.check(&c, at("2026-09-21T11:00:00Z")).await.allowed);
+        assert!(b.check(&c, at("2026-09-21T11:59:59Z")).await.allowed);
+        assert!(!b.check(&c, at("2026-09-21T11:59:59.999Z")).await.allowed);
+    }
+
+    pub(super) async fn month_windows_across_leap_february(b: Arc<Backend>) {
+        let s = subject("month");
+        let c = [check(&s, 0, Limit::quota(Window::Month, nz(1)))];
+        assert!(b.check(&c, at("2028-02-01T00:00:00Z")).await.allowed);
+        let v = b.check(&c, at("2028-02-29T23:59:59Z")).await;
+        assert!(!v.allowed);
+        assert_eq!(v.binding.unwrap().1.reset, at("2028-03-01T00:00:00Z"));
+        assert!(b.check(&c, at("2028-03-01T00:00:00Z")).await.allowed);
+        // December to January.
+        assert!(b.check(&c, at("2028-12-31T23:59:59Z")).await.allowed);
+        let v = b.check(&c, at("2028-12-31T23:59:59.500Z")).await;
+        assert_eq!(v.binding.unwrap().1.reset, at("2029-01-01T00:00:00Z"));
+        assert!(b.check(&c, at("2029-01-01T00:00:00Z")).await.allowed);
+    }
+
+    pub(super) async fn repeated_keys_share_one_counter(b: Arc<Backend>) {
+        let s = subject("dup");
+        let q = check(&s, 0, Limit::quota(Window::Hour, nz(3)));
+        let t0 = at("2026-09-21T10:00:00Z");
+        let v = b.check(&[q.clone(), q.clone()], t0).await;
+        assert!(v.allowed);
+        assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((1, 1)));
+        // Two more would make four: denied as a whole.
+        let v = b.check(&[q.clone(), q.clone()], t0).await;
+        assert!(!v.allowed);
+        assert_eq!(v.binding.unwrap().0, 1);
+        assert!(b.check(std::slice::from_ref(&q), t0).await.allowed);
+        assert!(!b.check(&[q], t0).await.allowed);
+    }
+
+    pub(super) async fn no_checks_is_unlimited(b: Arc<Backend>) {
+        let v = b.check(&[], at("2026-09-21T10:00:00Z")).await;
+        assert_eq!(v, Verdict::UNLIMITED);
+    }
+
+    pub(super) async fn leases_cap_concurrency(b: Arc<Backend>) {
+        let key = LimitKey::new(subject("ws"), 0);
+        let ttl = Duration::from_secs(30);
+        let t0 = at("2026-09-21T10:00:00Z");
+        for id in 1..=5 {
+            let state = b.acquire_lease(&key, 5, id, ttl, t0).await;
+            assert!(state.allowed, "lease {id}");
+            assert_eq!(state.remaining, 5 - id);
+            assert_eq!(state.reset, ms(t0, 30_000));
+        }
+        let denied = b.acquire_lease(&key, 5, 6, ttl, t0).await;
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after, ttl);
+        assert_eq!(b.lease_count(&key, t0).await, 5);
+        // Taking a held lease again renews it rather than taking a second slot.
+        assert!(b.acquire_lease(&key, 5, 3, ttl, ms(t0, 10)).await.allowed);
+        // Releasing one frees a slot.
+        b.release_lease(&key, 2).await;
+        assert_eq!(b.lease_count(&key, t0).await, 4);
+        assert!(b.acquire_lease(&key, 5, 6, ttl, ms(t0, 20)).await.allowed);
+        assert!(!b.acquire_lease(&key, 5, 7, ttl, ms(t0, 20)).await.allowed);
+        b.release_lease(&key, 99).await;
+        assert_eq!(b.lease_count(&key, ms(t0, 20)).await, 5);
+    }
+
+    pub(super) async fn leases_expire_without_release(b: Arc<Backend>) {
+        let key = LimitKey::new(subject("ws-exp"), 0);
+        let ttl = Duration::from_secs(10);
+        let t0 = at("2026-09-21T10:00:00Z");
+        assert!(b.acquire_lease(&key, 2, 1, ttl, t0).await.allowed);
+        assert!(
+            b.acquire_lease(&key, 2, 2, ttl, ms(t0, 5_000))
+                .await
+                .allowed
+        );
+        assert!(
+            !b.acquire_lease(&key, 2, 3, ttl, ms(t0, 9_999))
+                .await
+                .allowed
+        );
+        // Lease 1 ends at 10 s without a release (its node died): a slot frees up.
+        assert_eq!(b.lease_count(&key, ms(t0, 10_000)).await, 1);
+        assert!(
+            b.acquire_lease(&key, 2, 3, ttl, ms(t0, 10_000))
+                .await
+                .allowed
+        );
+        // Lease 2 is kept alive by renewals; an expired one cannot be renewed.
+        assert!(b.renew_lease(&key, 2, ttl, ms(t0, 14_000)).await);
+        assert!(!b.renew_lease(&key, 1, ttl, ms(t0, 14_000)).await);
+        assert_eq!(b.lease_count(&key, ms(t0, 19_999)).await, 2);
+        assert_eq!(b.lease_count(&key, ms(t0, 24_000)).await, 0);
+        assert!(!b.renew_lease(&key, 2, ttl, ms(t0, 24_000)).await);
+    }
+}

@@ -1,0 +1,317 @@
+//! Limits end to end: headers on every authenticated response, 429 bodies per profile, client
+//! overrides, route limits, calendar quotas. The gateway's clock is a test clock, so outcomes
+//! are counted, never timed.
+
+mod common;
+
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use common::{status_json, Harness};
+use keygate_core::Clock;
+use keygate_store::{ClientUpdate, LimitPatch};
+
+const CONFIG: &str = r#"
+[plans.pro]
+limits = { per_minute = 600, by = "key" }
+
+[plans.burst]
+limits = { rps = 100 }
+
+[plans.free]
+limits = { per_day = 5 }
+
+[[routes]]
+name = "regenerate"
+path = "/api/me/regenerate-key"
+methods = ["POST"]
+limits = { per_minute = 5, by = "key" }
+
+[[routes]]
+name = "everything"
+path = "/{*rest}"
+"#;
+
+fn header(resp: &keygate_test::reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no {name} header in {:?}", resp.headers()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authenticated_response_reports_its_limit() {
+    let h = Harness::start(CONFIG).await;
+    h.client("Acme", &[], &[], &[], "pro").await;
+    let (key, _) = h.key("Acme", None).await;
+    let now = h.clock.now().as_secs();
+    let resp = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-ratelimit-limit"), "600");
+    assert_eq!(header(&resp, "x-ratelimit-remaining"), "599");
+    let reset: i64 = header(&resp, "x-ratelimit-reset").parse().unwrap();
+    assert!(
+        (now..=now + 60).contains(&reset),
+        "reset {reset} vs now {now}"
+    );
+    assert_eq!(header(&resp, "ratelimit-policy"), "\"default\";q=600;w=60");
+    assert!(
+        header(&resp, "ratelimit").starts_with("\"default\";r=599;t="),
+        "{}",
+        header(&resp, "ratelimit")
+    );
+    assert!(resp.headers().get("retry-after").is_none());
+    // Unauthenticated refusals carry no limit headers: nothing was counted.
+    let anon = h.http.get(h.url("/data")).send().await.unwrap();
+    assert!(anon.headers().get("x-ratelimit-limit").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_429_body_is_the_profiles_to_the_byte() {
+    // Seed 000: {"detail": "Rate limit exceeded", "limit": "100", "retry_after": 1}
+    let config = format!(
+        "{CONFIG}\n[profile.errors.rate_limited]\nstatus = 429\nbody = {{ detail = \"Rate limit exceeded\", limit = \"{{limit}}\", retry_after = {{ var = \"retry_after\" }} }}\n"
+    );
+    let h = Harness::start(&config).await;
+    h.client("Bursty", &[], &[], &[], "burst").await;
+    let (key, _) = h.key("Bursty", None).await;
+    for i in 0..100 {
+        let resp = h
+            .http
+            .get(h.url("/data"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i} of the burst");
+    }
+    let resp = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), "1");
+    assert_eq!(header(&resp, "x-ratelimit-remaining"), "0");
+    assert_eq!(header(&resp, "content-type"), "application/json");
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body,
+        r#"{"detail":"Rate limit exceeded","limit":"100","retry_after":1}"#
+    );
+    assert_eq!(
+        h.upstream.request_count(),
+        100,
+        "refused requests never reach the upstream"
+    );
+
+    // Time moves on: one emission interval (10 ms) later one more request fits.
+    h.clock.advance(Duration::from_millis(10));
+    let resp = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_overrides_and_route_limits() {
+    let h = Harness::start(CONFIG).await;
+    h.client("Acme", &[], &[], &[], "pro").await;
+    let (key, _) = h.key("Acme", None).await;
+    // Route limit: 5/minute per key on regenerate, on top of the plan's 600/minute.
+    for _ in 0..5 {
+        let r = h
+            .http
+            .post(h.url("/api/me/regenerate-key"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = h
+        .http
+        .post(h.url("/api/me/regenerate-key"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "x-ratelimit-limit"), "5");
+    let (_, ct, body) = status_json(r).await;
+    assert_eq!(
+        (ct.as_str(), body["code"].as_str()),
+        ("application/problem+json", Some("rate_limited"))
+    );
+    let other = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "other routes are not affected");
+
+    // A per-contract override replaces the plan's value for this client only.
+    h.store
+        .update_client(
+            &common::actor(),
+            "Acme",
+            ClientUpdate {
+                limits: LimitPatch {
+                    per_minute: Some(NonZeroU64::new(2)),
+                    ..LimitPatch::default()
+                },
+                ..ClientUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    h.sync().await;
+    let (fresh, _) = h.key("Acme", None).await;
+    let first = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&first, "x-ratelimit-limit"), "2");
+    let _ = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &fresh)
+        .send()
+        .await
+        .unwrap();
+    let third = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_quota_admits_exactly_its_number_and_resets_at_utc_midnight() {
+    let h = Harness::start(CONFIG).await;
+    h.client("Free", &[], &[], &[], "free").await;
+    let (key, _) = h.key("Free", None).await;
+    let mut admitted = 0;
+    for _ in 0..8 {
+        if h.http
+            .get(h.url("/data"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+    let r = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let now_ms = h.clock.now().as_millis();
+    let midnight = (now_ms / 86_400_000 + 1) * 86_400;
+    assert_eq!(header(&r, "x-ratelimit-reset"), midnight.to_string());
+    let retry: i64 = header(&r, "retry-after").parse().unwrap();
+    assert!((1..=86_400).contains(&retry));
+    // The next UTC day starts from zero.
+    h.clock
+        .advance(Duration::from_secs(u64::try_from(retry).unwrap()));
+    let r = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_styles_follow_the_profile() {
+    let config =
+        format!("{CONFIG}\n[profile.rate_limit_headers]\nreset = \"delta\"\nietf = false\n");
+    let h = Harness::start(&config).await;
+    h.client("Free", &[], &[], &[], "free").await;
+    let (key, _) = h.key("Free", None).await;
+    let r = h
+        .http
+        .get(h.url("/data"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    let delta: u64 = header(&r, "x-ratelimit-reset").parse().unwrap();
+    assert!(delta <= 86_400, "a delta, not an epoch: {delta}");
+    assert!(
+        r.headers().get("ratelimit").is_none() && r.headers().get("ratelimit-policy").is_none()
+    );
+}
+
+#[tokio::test]
+async fn bad_limits_are_refused_at_load() {
+    let overrides = keygate_server::Overrides {
+        upstream: Some("http://127.0.0.1:1".into()),
+        ..Default::default()
+    };
+    for (text, expected) in [
+        (
+            "[plans.x]\nlimits = { rps = 0 }\n",
+            "plans.x.limits.rps: a limit of 0",
+        ),
+        (
+            "[plans.x]\nlimits = { per_day = -3 }\n",
+            "plans.x.limits.per_day: -3 is not a positive whole number",
+        ),
+        (
+            "[plans.x]\nlimits = { per_fortnight = 3 }\n",
+            "unknown field `per_fortnight`",
+        ),
+        ("[plans.x]\nlimits = { rps = \"ten\" }\n", "invalid type"),
+        (
+            "[plans.x]\nlimits = { rps = 5, by = \"ip\" }\n",
+            "`ip` is not `client` or `key`",
+        ),
+        (
+            "[limits]\nbackend = \"redis\"\nredis_url = \"not a url\"\n",
+            "limits.redis_url `not a url` does not parse",
+        ),
+        ("[limits]\nbackend = \"redis\"\n", "needs limits.redis_url"),
+        (
+            "[limits]\nbackend = \"memcached\"\n",
+            "`memcached` is not `local` or `redis`",
+        ),
+    ] {
+        let err = keygate_server::config::load(text, "l.toml", &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{text:?}: {err}");
+        assert!(err.starts_with("l.toml:"), "{err}");
+    }
+}

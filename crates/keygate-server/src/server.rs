@@ -167,6 +167,7 @@ pub async fn start_with_clock(
         feed::load(&feed_gw, &store, feed_stop.clone()).await;
         feed::follow(feed_gw, store, poll, feed_stop).await;
     });
+    tokio::spawn(sweep_limits(Arc::clone(&gw), stop.clone()));
     tracing::info!(%addr, %admin_addr, workers = workers.len(), "keygate is listening.");
     Ok(Running {
         addr,
@@ -175,6 +176,21 @@ pub async fn start_with_clock(
         shutdown,
         workers,
     })
+}
+
+/// Drops local limiter state that no longer matters (full buckets, ended windows), so memory
+/// follows the number of active callers rather than every caller ever seen.
+async fn sweep_limits(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+            _ = stop.changed() => return,
+        }
+        let removed = gw.limits.sweep(gw.clock.now());
+        if removed > 0 {
+            tracing::debug!(removed, "Swept idle limiter state.");
+        }
+    }
 }
 
 fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {

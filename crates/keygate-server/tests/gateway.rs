@@ -729,12 +729,12 @@ async fn hostile_requests_get_precise_answers() {
     let addr = h.gateway.addr;
     let raw = |req: String| async move { common::raw_request(addr, &req).await };
     // Non-ASCII and control bytes in the key header.
-    let r = raw(("GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: kg_\u{00fc}ber\r\nConnection: close\r\n\r\n".to_owned())).await;
+    let r = raw("GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: kg_\u{00fc}ber\r\nConnection: close\r\n\r\n".to_owned()).await;
     assert!(
         r.starts_with("HTTP/1.1 401") && r.contains("malformed_key"),
         "{r}"
     );
-    let r = raw(("GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: kg_a\tb\r\nConnection: close\r\n\r\n".to_owned())).await;
+    let r = raw("GET /cs2/v1/matches HTTP/1.1\r\nHost: x\r\nX-API-Key: kg_a\tb\r\nConnection: close\r\n\r\n".to_owned()).await;
     assert!(
         r.starts_with("HTTP/1.1 401") && r.contains("malformed_key"),
         "{r}"

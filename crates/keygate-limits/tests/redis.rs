@@ -13,9 +13,9 @@ use common::{redis_url, subject, under_ci};
 use keygate_core::limit::{Limit, Window};
 use keygate_core::Timestamp;
 use keygate_limits::{Check, LimitKey, LimiterError, Limits, RedisLimiter, Unavailable};
+use keygate_test::Relay;
 use redis::AsyncCommands;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::TcpListener;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -159,67 +159,8 @@ async fn an_unreachable_redis_fails_to_connect() {
     );
 }
 
-/// A TCP relay to Redis that can be cut (every connection dropped, new ones refused) and
-/// restored on the same address.
-struct Relay {
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    accept: Mutex<Option<AbortHandle>>,
-    conns: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Relay {
-    async fn start(upstream: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = Relay {
-            addr: listener.local_addr().unwrap(),
-            upstream,
-            accept: Mutex::new(None),
-            conns: Arc::new(Mutex::new(Vec::new())),
-        };
-        relay.serve(listener);
-        relay
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (upstream, conns) = (self.upstream, self.conns.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                conns.lock().unwrap().push(conn.abort_handle());
-            }
-        });
-        *self.accept.lock().unwrap() = Some(task.abort_handle());
-    }
-
-    /// Drops every connection and stops listening (new connections are refused).
-    fn cut(&self) {
-        if let Some(accept) = self.accept.lock().unwrap().take() {
-            accept.abort();
-        }
-        for conn in self.conns.lock().unwrap().drain(..) {
-            conn.abort();
-        }
-    }
-
-    async fn restore(&self) {
-        // The aborted accept task drops its listener when it is next polled; retry briefly.
-        for _ in 0..100 {
-            match TcpListener::bind(self.addr).await {
-                Ok(listener) => return self.serve(listener),
-                Err(_) => tokio::task::yield_now().await,
-            }
-        }
-        panic!("could not listen on {} again", self.addr);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
+fn relay_url(relay: &Relay) -> String {
+    format!("redis://{}", relay.addr())
 }
 
 /// The test Redis's address, or `None` when it is unreachable outside CI.
@@ -263,7 +204,7 @@ async fn limits_fall_back_to_local_while_redis_is_cut_and_return_after() {
     };
     let (logs, _guard) = capture_logs();
     let relay = Relay::start(upstream).await;
-    let limits = Limits::with_redis(&relay.url(), Duration::from_millis(300), false)
+    let limits = Limits::with_redis(&relay_url(&relay), Duration::from_millis(300), false)
         .await
         .unwrap();
     let s = subject("fallback");
@@ -333,7 +274,7 @@ async fn fail_closed_refuses_while_redis_is_cut() {
         return;
     };
     let relay = Relay::start(upstream).await;
-    let limits = Limits::with_redis(&relay.url(), Duration::from_millis(300), true)
+    let limits = Limits::with_redis(&relay_url(&relay), Duration::from_millis(300), true)
         .await
         .unwrap();
     let c = [Check::new(

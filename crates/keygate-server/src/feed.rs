@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_store::Store;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::gateway::Gateway;
 
@@ -53,20 +53,65 @@ pub async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Polls for changes until shutdown.
+/// Longest wait for one read of the feed before the store counts as unreachable.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Wakes the poller whenever the store announces a change (PostgreSQL LISTEN), reconnecting
+/// after failures. Returns at once on SQLite, which has no announcements.
+async fn listen(store: Store, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match store.listen().await {
+            Ok(None) => return,
+            Ok(Some(mut listener)) => loop {
+                tokio::select! {
+                    next = listener.next() => match next {
+                        // A version, or a reconnect after which anything may have been missed:
+                        // either way, read the feed now.
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Change listener lost its connection.");
+                            break;
+                        }
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "Cannot open the change listener; polling only."),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Follows the change feed until shutdown: reads it when the store announces a change, and
+/// every `poll` regardless (a lost announcement costs at most one interval).
 pub async fn follow(
     gw: Arc<Gateway>,
     store: Store,
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let wake = Arc::new(Notify::new());
+    tokio::spawn(listen(store.clone(), Arc::clone(&wake), shutdown.clone()));
     loop {
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
+            () = wake.notified() => {}
             _ = shutdown.changed() => return,
         }
         let now = gw.clock.now();
-        match store.delta_since(gw.replica.version()).await {
+        // Bounded, so an outage is noticed within a second rather than a pool timeout.
+        let read = tokio::time::timeout(
+            READ_TIMEOUT.max(poll),
+            store.delta_since(gw.replica.version()),
+        );
+        let result = match read.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the store did not answer in time".to_owned()),
+        };
+        match result {
             Ok(delta) => {
                 if let Some(since) = gw.store.down_since() {
                     tracing::warn!(

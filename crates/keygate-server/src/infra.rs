@@ -47,13 +47,21 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
         Infra::Ready => {
             // Ready once the replica is loaded; a store outage afterwards keeps us serving
             // from the replica (fail static), so it does not make us unready.
-            if gw.replica.is_loaded() {
+            let store_ok = !gw.config.ready_requires_store || gw.store.is_up();
+            if gw.replica.is_loaded() && store_ok {
                 respond::json(StatusCode::OK, &json!({ "status": "ready" }))
             } else {
-                respond::json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({ "status": "loading", "detail": "The key replica is still loading." }),
-                )
+                {
+                    let detail = if gw.replica.is_loaded() {
+                        "The store is unreachable and this node is configured to leave the pool."
+                    } else {
+                        "The key replica is still loading."
+                    };
+                    respond::json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({ "status": "not ready", "detail": detail }),
+                    )
+                }
             }
         }
         Infra::Status => {

@@ -6,10 +6,42 @@
 //! repeats are harmless and nothing is ever missed.
 
 use keygate_core::{ApiKey, Client};
+use sqlx::postgres::PgListener;
 use sqlx::Acquire;
 
 use crate::rows::{self, client_columns, key_columns};
 use crate::{Store, StoreError};
+
+/// The PostgreSQL channel every write announces its version on.
+pub(crate) const CHANNEL: &str = "keygate_changes";
+
+/// Announcements of new versions (PostgreSQL LISTEN). A hint to read the feed now; the feed
+/// itself is still read by version, so a lost notification costs one poll interval, not a
+/// change.
+pub struct ChangeListener {
+    inner: PgListener,
+}
+
+impl std::fmt::Debug for ChangeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeListener")
+    }
+}
+
+impl ChangeListener {
+    /// Waits for the next announced version. After a dropped connection the listener
+    /// reconnects by itself and answers `Ok(None)` once, so the caller reads the feed to catch
+    /// up on anything announced meanwhile.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the connection cannot be re-established.
+    pub async fn next(&mut self) -> Result<Option<i64>, StoreError> {
+        match self.inner.try_recv().await? {
+            Some(n) => Ok(n.payload().parse().ok()),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Every client and every key that is not revoked, as of `version`.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +66,19 @@ impl Delta {
 }
 
 impl Store {
+    /// A listener for change announcements, on PostgreSQL; `None` on SQLite (polled instead).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the listening connection cannot be opened.
+    pub async fn listen(&self) -> Result<Option<ChangeListener>, StoreError> {
+        if self.backend != crate::Backend::Postgres {
+            return Ok(None);
+        }
+        let mut inner = PgListener::connect(&self.url).await?;
+        inner.listen(CHANNEL).await?;
+        Ok(Some(ChangeListener { inner }))
+    }
+
     /// The version of the last committed change.
     ///
     /// # Errors

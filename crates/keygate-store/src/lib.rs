@@ -27,7 +27,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;
-pub use feed::{Delta, Snapshot};
+pub use feed::{ChangeListener, Delta, Snapshot};
 pub use keygate_core::KeyMaterial;
 pub use keys::{KeyFilter, NewKey, Rotation};
 pub use migrate::{latest_version, MigrateMode};
@@ -49,6 +49,8 @@ pub struct OpenOptions {
     pub migrate: MigrateMode,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// How long an operation waits for a connection before failing.
+    pub acquire_timeout: Duration,
 }
 
 impl Default for OpenOptions {
@@ -56,6 +58,7 @@ impl Default for OpenOptions {
         OpenOptions {
             migrate: MigrateMode::Apply,
             max_connections: 4,
+            acquire_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     target: Arc<str>,
+    /// The connection URL (with credentials), for the change listener; never shown.
+    url: Arc<str>,
     clock: Arc<dyn Clock>,
 }
 
@@ -200,7 +205,7 @@ impl Store {
         let _ = probe.close().await;
         let mut pool = AnyPoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(options.acquire_timeout);
         if backend == Backend::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -221,6 +226,7 @@ impl Store {
             pool,
             backend,
             target: shown.into(),
+            url: url.into(),
             clock,
         })
     }
@@ -257,6 +263,7 @@ impl Store {
             tx,
             version,
             now: self.clock.now(),
+            backend: self.backend,
         })
     }
 }
@@ -266,6 +273,7 @@ pub(crate) struct WriteTx {
     pub(crate) tx: sqlx::Transaction<'static, sqlx::Any>,
     pub(crate) version: i64,
     pub(crate) now: Timestamp,
+    backend: Backend,
 }
 
 impl WriteTx {
@@ -310,7 +318,16 @@ impl WriteTx {
         Ok(())
     }
 
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+    /// Commits; on PostgreSQL the change is announced to every listening node (a NOTIFY is
+    /// delivered only when, and if, the transaction commits).
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(feed::CHANNEL)
+                .bind(self.version.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }

@@ -5,14 +5,18 @@
 //!   (echo, fixed status, slow, server-sent events, large streamed bodies).
 //! - [`process`]: helpers to run the `keygate` binary as a child process
 //!   ([`Proc`]), pick free ports and wait for an HTTP endpoint to come up.
+//! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
+//!   Redis away from a running node.
 //!
 //! [`reqwest`] is re-exported so tests use the same HTTP client version as the
 //! harness; [`http_client`] builds one that ignores proxy environment variables.
 
 pub mod process;
+pub mod relay;
 pub mod upstream;
 
 pub use process::{free_port, wait_for_status, Proc};
+pub use relay::Relay;
 pub use reqwest;
 pub use upstream::{Recorded, Upstream};
 

@@ -25,6 +25,7 @@ use crate::upstream::UpstreamSpec;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 const DEFAULT_FEED_POLL: Duration = Duration::from_millis(100);
+const DEFAULT_FEED_POLL_LISTENING: Duration = Duration::from_millis(500);
 const DEFAULT_UPSTREAM: &str = "default";
 
 /// Collects errors while compiling.
@@ -141,9 +142,19 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         "admin_listen",
         errors,
     );
+    let db = overrides
+        .db
+        .clone()
+        .or_else(|| raw.server.db.clone())
+        .unwrap_or_else(|| "keygate.db".to_owned());
+    let default_poll = if db.starts_with("postgres") {
+        DEFAULT_FEED_POLL_LISTENING
+    } else {
+        DEFAULT_FEED_POLL
+    };
     let feed_poll = duration(
         raw.server.feed_poll.as_ref().map(|s| s.get_ref().as_str()),
-        DEFAULT_FEED_POLL,
+        default_poll,
         raw.server.feed_poll.as_ref().map(Spanned::span).as_ref(),
         errors,
     );
@@ -152,12 +163,6 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         .or(raw.server.workers)
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let db = overrides
-        .db
-        .clone()
-        .or_else(|| raw.server.db.clone())
-        .unwrap_or_else(|| "keygate.db".to_owned());
-
     let issuer = compile_keys(&raw, errors);
 
     // Upstreams: the file's, plus or replaced by `--upstream` as `default`.
@@ -257,6 +262,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         workers,
         db,
         feed_poll,
+        ready_requires_store: raw.server.ready_requires_store,
         issuer,
         upstreams,
         routes,

@@ -79,6 +79,7 @@ pub struct Config {
     pub workers: usize,
     pub db: String,
     pub feed_poll: Duration,
+    pub ready_requires_store: bool,
     pub issuer: Issuer,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: RouteTable,

@@ -61,8 +61,13 @@ pub(crate) struct RawServer {
     /// Worker threads; 0 or absent = one per core.
     pub(crate) workers: Option<usize>,
     pub(crate) db: Option<String>,
-    /// How often to poll the store's change feed (`100ms`).
+    /// How often to poll the store's change feed (default 100ms on SQLite, 500ms on
+    /// PostgreSQL, where LISTEN/NOTIFY wakes the poller at once).
     pub(crate) feed_poll: Option<Spanned<String>>,
+    /// Answer `/ready` 503 while the store is unreachable (default: keep serving from the
+    /// replica and stay ready).
+    #[serde(default)]
+    pub(crate) ready_requires_store: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,14 +29,19 @@ pub fn actor() -> Actor {
 impl Harness {
     /// Starts a gateway with `config_text` (`{upstream}` is replaced by the test upstream's URL).
     pub async fn start(config_text: &str) -> Harness {
+        Harness::start_on(config_text, None).await
+    }
+
+    /// Starts a gateway on the given database URL (a fresh SQLite file when `None`).
+    pub async fn start_on(config_text: &str, db_url: Option<String>) -> Harness {
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("keygate.db");
+        let db = db_url.unwrap_or_else(|| dir.path().join("keygate.db").display().to_string());
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-            db: Some(db.display().to_string()),
+            db: Some(db),
             upstream: Some(upstream.url()),
             workers: Some(2),
             tooling: false,
@@ -157,6 +162,31 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, String, serde_json::V
     let text = resp.text().await.unwrap();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, ct, json)
+}
+
+/// A fresh schema in the test PostgreSQL and a URL whose connections use it, or `None` outside
+/// CI when no PostgreSQL answers.
+pub async fn postgres_schema() -> Option<(String, String)> {
+    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin = match sqlx::PgPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {base} is unreachable under CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: PostgreSQL at {base} unreachable ({e})");
+            return None;
+        }
+    };
+    let schema = format!("kg_gw_{}", &keygate_core::KeyId::generate().as_str()[4..]);
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some((format!("{base}{sep}options[search_path]={schema}"), schema))
 }
 
 /// Sends bytes as they are and returns the whole response text (for requests HTTP clients

@@ -28,7 +28,7 @@ fn redis_url() -> Option<String> {
     }
 }
 
-fn cli(db: &Path, config: &Path, args: &[&str]) -> Value {
+fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["--json", "--config", config.to_str().unwrap()])
         .args(args)
@@ -43,7 +43,7 @@ fn cli(db: &Path, config: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-async fn cluster(dir: &Path, db: &Path, config: &Path, upstream: &str) -> Vec<(Proc, String)> {
+async fn cluster(dir: &Path, db: &str, config: &Path, upstream: &str) -> Vec<(Proc, String)> {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let (port, admin) = (free_port(), free_port());
@@ -55,7 +55,7 @@ async fn cluster(dir: &Path, db: &Path, config: &Path, upstream: &str) -> Vec<(P
             env!("CARGO_BIN_EXE_keygate"),
             &[
                 "--db",
-                db.to_str().unwrap(),
+                db,
                 "--config",
                 config.to_str().unwrap(),
                 "serve",
@@ -92,7 +92,8 @@ async fn three_nodes_share_quotas_and_rates_through_redis() {
     let Some(redis) = redis_url() else { return };
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("keygate.db");
+    let db_path = dir.path().join("keygate.db");
+    let db = db_path.to_str().unwrap();
     let config = dir.path().join("keygate.toml");
     std::fs::write(
         &config,
@@ -103,24 +104,20 @@ async fn three_nodes_share_quotas_and_rates_through_redis() {
     )
     .unwrap();
     cli(
-        &db,
+        db,
         &config,
         &["client", "create", "Daily", "--plan", "daily"],
     );
-    cli(
-        &db,
-        &config,
-        &["client", "create", "Rate", "--plan", "rate"],
-    );
-    let daily = cli(&db, &config, &["key", "create", "--client", "Daily"])["key"]
+    cli(db, &config, &["client", "create", "Rate", "--plan", "rate"]);
+    let daily = cli(db, &config, &["key", "create", "--client", "Daily"])["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let rate = cli(&db, &config, &["key", "create", "--client", "Rate"])["key"]
+    let rate = cli(db, &config, &["key", "create", "--client", "Rate"])["key"]
         .as_str()
         .unwrap()
         .to_owned();
-    let nodes = cluster(dir.path(), &db, &config, &upstream.url()).await;
+    let nodes = cluster(dir.path(), db, &config, &upstream.url()).await;
     let bases: Vec<String> = nodes.iter().map(|(_, b)| b.clone()).collect();
 
     // A daily quota of 300, 600 requests spread over three nodes by 12 concurrent callers:
@@ -202,4 +199,114 @@ async fn three_nodes_share_quotas_and_rates_through_redis() {
             proc.stderr()
         );
     }
+}
+
+/// A fresh schema in the test PostgreSQL, as a URL, or `None` outside CI without PostgreSQL.
+async fn postgres_url() -> Option<String> {
+    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin = match sqlx::PgPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {base} is unreachable under CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: PostgreSQL at {base} unreachable ({e})");
+            return None;
+        }
+    };
+    let schema = format!("kg_cluster_{}", std::process::id());
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options[search_path]={schema}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_postgres_refuse_a_revoked_key_within_a_second() {
+    let (Some(redis), Some(db)) = (redis_url(), postgres_url().await) else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\n"),
+    )
+    .unwrap();
+
+    // A shared database is migrated explicitly; serve refuses an unmigrated one.
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--db",
+            &db,
+            "--config",
+            config.to_str().unwrap(),
+            "serve",
+            "--upstream",
+            &upstream.url(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("run `keygate migrate`"),
+        "{err}"
+    );
+    cli(&db, &config, &["migrate"]);
+
+    cli(&db, &config, &["client", "create", "Acme"]);
+    let issued = cli(&db, &config, &["key", "create", "--client", "Acme"]);
+    let key = issued["key"].as_str().unwrap().to_owned();
+    let nodes = cluster(dir.path(), &db, &config, &upstream.url()).await;
+    let http = http_client();
+    for (_, base) in &nodes {
+        let s = http
+            .get(format!("{base}/x"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 200);
+    }
+
+    cli(
+        &db,
+        &config,
+        &["key", "revoke", issued["id"].as_str().unwrap()],
+    );
+    let revoked_at = Instant::now();
+    let mut pending: Vec<usize> = (0..nodes.len()).collect();
+    let mut took = Vec::new();
+    while !pending.is_empty() {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "nodes {pending:?} still accept the key after 1 s"
+        );
+        let mut still = Vec::new();
+        for i in pending {
+            let s = http
+                .get(format!("{}/x", nodes[i].1))
+                .header("X-API-Key", &key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if s == 401 {
+                took.push(revoked_at.elapsed());
+            } else {
+                still.push(i);
+            }
+        }
+        pending = still;
+    }
+    eprintln!("revocation reached all three nodes: {took:?}");
 }

@@ -185,6 +185,17 @@ impl KeyFormat {
         })
     }
 
+    /// The format of admin tokens: `kgadm_` + 32 base62 characters + checksum. Fixed, so the
+    /// admin plane never depends on a profile's key format.
+    pub fn admin_token() -> KeyFormat {
+        KeyFormat {
+            prefix: "kgadm_".to_owned(),
+            alphabet: Alphabet::Base62,
+            body_len: 32,
+            checksum: true,
+        }
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -117,6 +117,12 @@ id_type!(
     "key_",
     "key"
 );
+id_type!(
+    /// Identifies an admin token.
+    AdminTokenId,
+    "adm_",
+    "admin token"
+);
 
 /// Per-contract limits stored with a client; each overrides its plan's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

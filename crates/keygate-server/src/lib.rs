@@ -2,6 +2,7 @@
 //! in-memory replica, authorization, proxying with identity headers, the verify and
 //! forward-auth APIs, and the infra endpoints.
 
+pub mod admin;
 pub mod body;
 pub mod check;
 pub mod config;

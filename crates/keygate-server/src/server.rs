@@ -20,13 +20,14 @@ use keygate_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::{self, AdminState};
 use crate::config::{Config, LimiterBackend};
+use crate::feed;
 use crate::gateway::Gateway;
 use crate::infra::{self, Infra};
 use crate::proxy::Upstreams;
 use crate::replica::Replica;
 use crate::service::{self, Worker};
-use crate::{feed, respond};
 use keygate_limits::Limits;
 
 /// Why the gateway could not start.
@@ -161,7 +162,12 @@ pub async fn start_with_clock(
         workers.push(handle);
     }
 
-    tokio::spawn(serve_admin(Arc::clone(&gw), admin, stop.clone()));
+    tokio::spawn(serve_admin(
+        Arc::clone(&gw),
+        store.clone(),
+        admin,
+        stop.clone(),
+    ));
     let (feed_gw, feed_stop) = (Arc::clone(&gw), stop.clone());
     tokio::spawn(async move {
         feed::load(&feed_gw, &store, feed_stop.clone()).await;
@@ -247,36 +253,35 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
     });
 }
 
-/// The admin listener: infra endpoints, always (the admin API joins them later).
-async fn serve_admin(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(_) => continue,
-            },
-            _ = stop.changed() => return,
-        };
+/// The admin listener: the admin API (admin tokens) and the infra endpoints (always here,
+/// whatever the profile makes public).
+async fn serve_admin(
+    gw: Arc<Gateway>,
+    store: Store,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let infra_route = |which: Infra| {
         let gw = Arc::clone(&gw);
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let gw = Arc::clone(&gw);
-                async move {
-                    let resp = match Infra::from_path(req.uri().path()) {
-                        Some(which) => infra::answer(&gw, which),
-                        None => respond::json(
-                            http::StatusCode::NOT_FOUND,
-                            &serde_json::json!({ "detail": "No such admin endpoint." }),
-                        ),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        axum::routing::get(move || {
+            let gw = Arc::clone(&gw);
+            async move { infra::answer(&gw, which).map(axum::body::Body::new) }
+        })
+    };
+    let infra_routes = axum::Router::new()
+        .route("/health", infra_route(Infra::Health))
+        .route("/ready", infra_route(Infra::Ready))
+        .route("/status", infra_route(Infra::Status))
+        .route("/metrics", infra_route(Infra::Metrics));
+    let app = admin::router(AdminState {
+        gateway: Arc::clone(&gw),
+        store,
+    })
+    .merge(infra_routes);
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.changed().await;
+    });
+    if let Err(e) = served.await {
+        tracing::error!(error = %e, "The admin listener stopped.");
     }
 }

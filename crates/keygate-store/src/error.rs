@@ -28,6 +28,10 @@ pub enum StoreError {
     ClientNotFound(String),
     #[error("a client named `{0}` already exists")]
     DuplicateClient(String),
+    #[error("an admin token named `{0}` already exists")]
+    DuplicateAdminToken(String),
+    #[error("no admin token named `{0}`")]
+    AdminTokenNotFound(String),
     #[error("no key `{0}`")]
     KeyNotFound(String),
     #[error("key {0} is revoked; a revoked key can never be used or changed again")]
@@ -61,6 +65,8 @@ impl StoreError {
             StoreError::Migrate { .. } => "migration_failed",
             StoreError::ClientNotFound(_) => "client_not_found",
             StoreError::DuplicateClient(_) => "duplicate_client",
+            StoreError::DuplicateAdminToken(_) => "duplicate_admin_token",
+            StoreError::AdminTokenNotFound(_) => "admin_token_not_found",
             StoreError::KeyNotFound(_) => "key_not_found",
             StoreError::KeyRevoked(_) => "key_revoked",
             StoreError::KeyExpired(..) => "key_expired",

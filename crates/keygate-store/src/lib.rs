@@ -8,6 +8,7 @@
 //! The store never sees a plaintext key: callers generate the key, digest it, and pass the digest
 //! and hint in.
 
+mod admin_tokens;
 mod audit;
 mod clients;
 mod error;
@@ -24,6 +25,7 @@ use keygate_core::{Clock, SystemClock, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
+pub use admin_tokens::AdminToken;
 pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;

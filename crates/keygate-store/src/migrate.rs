@@ -11,16 +11,30 @@ use sqlx::AnyPool;
 
 use crate::{Backend, StoreError};
 
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "admin tokens",
+        include_str!("../migrations/sqlite/0002_admin_tokens.sql"),
+    ),
+];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "admin tokens",
+        include_str!("../migrations/postgres/0002_admin_tokens.sql"),
+    ),
+];
 
 /// What to do when the database's schema is older than this build's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -602,6 +602,63 @@ async fn concurrent_writers_get_distinct_versions(f: Fixture) {
     assert_eq!(s.snapshot().await.unwrap().keys.len(), 20);
 }
 
+async fn admin_tokens_are_digests_and_can_be_revoked(f: Fixture) {
+    let s = &f.store;
+    let format = KeyFormat::admin_token();
+    let (plain, m) = material(&format);
+    let t = s
+        .create_admin_token(&actor(), "billing", false, m)
+        .await
+        .unwrap();
+    assert!(t.id.starts_with("adm_") && !t.read_only && t.revoked_at.is_none());
+    let digest = Digester::plain().digest(&plain);
+    assert_eq!(
+        s.admin_token_by_digest(&digest).await.unwrap(),
+        Some(t.clone())
+    );
+    let dup = s
+        .create_admin_token(&actor(), "billing", true, material(&format).1)
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateAdminToken(_))),
+        "{dup:?}"
+    );
+    let (_, m) = material(&format);
+    let ro = s
+        .create_admin_token(&actor(), "dashboard", true, m)
+        .await
+        .unwrap();
+    assert!(ro.read_only);
+    let names: Vec<_> = s
+        .list_admin_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["billing", "dashboard"]);
+    let revoked = s.revoke_admin_token(&actor(), "billing").await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(
+        s.admin_token_by_digest(&digest).await.unwrap(),
+        None,
+        "revoked tokens stop at once"
+    );
+    assert!(matches!(
+        s.revoke_admin_token(&actor(), "nobody").await,
+        Err(StoreError::AdminTokenNotFound(_))
+    ));
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("admin_token.".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 3);
+    assert!(!format!("{audit:?}").contains(&plain));
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -621,4 +678,5 @@ suite!(
     states_and_expiry,
     the_feed_reports_every_change_in_order,
     concurrent_writers_get_distinct_versions,
+    admin_tokens_are_digests_and_can_be_revoked,
 );

@@ -36,6 +36,9 @@ pub(crate) enum Command {
     Key(KeyCommand),
     /// Show the audit log, newest first.
     Audit(AuditArgs),
+    /// Manage admin tokens for the admin API.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(AdminTokenCommand),
     /// Apply pending schema migrations to the database.
     Migrate,
     /// Run the gateway.
@@ -67,6 +70,23 @@ pub(crate) struct ServeArgs {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     pub(crate) log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminTokenCommand {
+    /// Create a token; it is printed once and never again.
+    Create {
+        /// A unique name; it appears as the actor of every change made with the token.
+        #[arg(long)]
+        name: String,
+        /// The token may list and show, but not change anything.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List tokens (never the secrets).
+    List,
+    /// Revoke a token by name; it stops working at once.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

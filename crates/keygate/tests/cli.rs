@@ -385,5 +385,45 @@ fn bump_schema(path: &Path) {
 fn migrate_reports_the_schema() {
     let db = Db::new();
     let doc = db.json(&["migrate"]);
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
+}
+
+#[test]
+fn admin_tokens_are_shown_once_and_can_be_revoked() {
+    let db = Db::new();
+    let created = db.json(&["admin-token", "create", "--name", "billing"]);
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(
+        token.starts_with("kgadm_") && token.len() == 6 + 32 + 6,
+        "{token}"
+    );
+    assert_eq!(created["read_only"], false);
+    let ro = db.json(&[
+        "admin-token",
+        "create",
+        "--name",
+        "dashboard",
+        "--read-only",
+    ]);
+    assert_eq!(ro["read_only"], true);
+
+    let listed = db.json(&["admin-token", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(
+        !listed.to_string().contains(&token),
+        "the list never shows a token"
+    );
+    assert!(
+        !db.state().to_string().contains(&token),
+        "nor the audit log"
+    );
+
+    let err = db.fails(&["admin-token", "create", "--name", "billing"]);
+    assert!(err.contains("already exists"), "{err}");
+    let revoked = db.json(&["admin-token", "revoke", "billing"]);
+    assert!(revoked["revoked_at"].is_string());
+    let err = db.fails(&["admin-token", "revoke", "nobody"]);
+    assert!(err.contains("no admin token named `nobody`"), "{err}");
+    let audit = db.json(&["audit", "--action", "admin_token."]);
+    assert_eq!(audit.as_array().unwrap().len(), 3);
 }

@@ -1,5 +1,6 @@
 //! One function per command. Each opens what it needs, does one thing, prints one result.
 
+mod admin_token;
 mod audit;
 mod client;
 mod demo;
@@ -110,6 +111,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Client(cmd) => client::run(&ctx, cmd).await,
         Command::Key(cmd) => key::run(&ctx, cmd).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
+        Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } => {
             unreachable!("handled before the store opens")

@@ -1,0 +1,230 @@
+//! Every way an admin request can fail, and the one place each becomes an RFC 9457 problem.
+//!
+//! Handlers and extractors return [`AdminError`]; its `code()` is the stable, machine-readable
+//! name clients match on, its `Display` the `detail` people read. Store errors and axum's
+//! rejections are mapped here and nowhere else, so a new failure cannot leak as a bare 500.
+
+use axum::extract::rejection::{
+    BytesRejection, FailedToBufferBody, JsonRejection, PathRejection, QueryRejection,
+};
+use axum::response::{IntoResponse, Response};
+use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::StatusCode;
+use keygate_core::{KeyId, NameError, Timestamp};
+use keygate_store::StoreError;
+use serde_json::json;
+
+/// What `detail` says when the store cannot be reached.
+pub const STORE_UNAVAILABLE_DETAIL: &str =
+    "The store is unreachable; changes cannot be made right now. The gateway keeps serving.";
+
+/// A refused or failed admin request.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("This endpoint needs an admin token: `Authorization: Bearer kgadm_...`.")]
+    MissingToken,
+    #[error("The Authorization header does not hold an admin token (`Bearer kgadm_...`).")]
+    MalformedToken,
+    #[error("The admin token is unknown or revoked.")]
+    UnknownToken,
+    #[error("This admin token is read-only; it cannot make changes.")]
+    ReadOnlyToken,
+    #[error("{0}.")]
+    MalformedJson(String),
+    #[error("{0}.")]
+    InvalidBody(String),
+    #[error("The body must be JSON, sent with `Content-Type: application/json`.")]
+    UnsupportedMediaType,
+    #[error("The body is larger than the 64 KiB limit.")]
+    BodyTooLarge,
+    #[error("{0}.")]
+    UnreadableBody(String),
+    #[error("{0}.")]
+    InvalidId(String),
+    #[error("{0}.")]
+    InvalidQuery(String),
+    #[error("Field `{field}`: {reason}.")]
+    InvalidValue { field: String, reason: String },
+    #[error("No client named or numbered `{0}`.")]
+    ClientNotFound(String),
+    #[error("No key `{0}`.")]
+    KeyNotFound(String),
+    #[error("A client named `{0}` already exists.")]
+    DuplicateClient(String),
+    #[error("Key {0} is revoked; a revoked key can never be used or changed again.")]
+    KeyRevoked(KeyId),
+    #[error("Key {0} expired at {1}; give it a future expiry first or create a new key.")]
+    KeyExpired(KeyId, Timestamp),
+    #[error(
+        "Expiry {0} is in the past; give a future instant, or revoke or disable the key instead."
+    )]
+    ExpiryInPast(Timestamp),
+    #[error("The store refused the change: {0}.")]
+    Conflict(String),
+    #[error("{STORE_UNAVAILABLE_DETAIL}")]
+    StoreUnavailable,
+    #[error("No such admin endpoint.")]
+    NotFound,
+    #[error("This endpoint does not accept that method.")]
+    MethodNotAllowed,
+    /// A store failure no request can cause (corrupt row, schema); logged where it is made.
+    #[error("The store failed unexpectedly ({0}); see the gateway log.")]
+    Internal(&'static str),
+}
+
+impl AdminError {
+    /// A value that is well-formed JSON but not acceptable.
+    pub fn invalid_value(field: impl Into<String>, reason: impl Into<String>) -> AdminError {
+        AdminError::InvalidValue {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use AdminError as E;
+        match self {
+            E::MissingToken | E::MalformedToken | E::UnknownToken => StatusCode::UNAUTHORIZED,
+            E::ReadOnlyToken => StatusCode::FORBIDDEN,
+            E::MalformedJson(_) | E::UnreadableBody(_) | E::InvalidId(_) | E::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            E::InvalidBody(_) | E::InvalidValue { .. } | E::ExpiryInPast(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            E::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            E::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            E::ClientNotFound(_) | E::KeyNotFound(_) | E::NotFound => StatusCode::NOT_FOUND,
+            E::DuplicateClient(_) | E::KeyRevoked(_) | E::KeyExpired(..) | E::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
+            E::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        use AdminError as E;
+        match self {
+            E::MissingToken => "missing_token",
+            E::MalformedToken => "malformed_token",
+            E::UnknownToken => "unknown_token",
+            E::ReadOnlyToken => "read_only_token",
+            E::MalformedJson(_) => "malformed_json",
+            E::InvalidBody(_) => "invalid_body",
+            E::UnsupportedMediaType => "unsupported_media_type",
+            E::BodyTooLarge => "body_too_large",
+            E::UnreadableBody(_) => "unreadable_body",
+            E::InvalidId(_) => "invalid_id",
+            E::InvalidQuery(_) => "invalid_query",
+            E::InvalidValue { .. } => "invalid_value",
+            E::ClientNotFound(_) => "client_not_found",
+            E::KeyNotFound(_) => "key_not_found",
+            E::DuplicateClient(_) => "duplicate_client",
+            E::KeyRevoked(_) => "key_revoked",
+            E::KeyExpired(..) => "key_expired",
+            E::ExpiryInPast(_) => "expiry_in_past",
+            E::Conflict(_) => "conflict",
+            E::StoreUnavailable => "store_unavailable",
+            E::NotFound => "not_found",
+            E::MethodNotAllowed => "method_not_allowed",
+            E::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+            "code": self.code(),
+        });
+        if let AdminError::InvalidValue { field, .. } = &self {
+            body["field"] = json!(field);
+        }
+        tracing::debug!(
+            status = status.as_u16(),
+            code = self.code(),
+            "Admin request refused."
+        );
+        let mut resp = (status, body.to_string()).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keygate-admin\""),
+            );
+        }
+        resp
+    }
+}
+
+/// The field a name error is about.
+fn name_field(e: &NameError) -> &'static str {
+    match e {
+        NameError::ClientName(_) => "name",
+        NameError::Label(_) => "label",
+        NameError::Plan(_) => "plan",
+        NameError::Slug(_) => "slug",
+    }
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ClientNotFound(c) => AdminError::ClientNotFound(c),
+            StoreError::KeyNotFound(k) => AdminError::KeyNotFound(k),
+            StoreError::DuplicateClient(c) => AdminError::DuplicateClient(c),
+            StoreError::KeyRevoked(id) => AdminError::KeyRevoked(id),
+            StoreError::KeyExpired(id, at) => AdminError::KeyExpired(id, at),
+            StoreError::ExpiryInPast(at) => AdminError::ExpiryInPast(at),
+            StoreError::Invalid(n) => AdminError::invalid_value(name_field(&n), n.to_string()),
+            StoreError::Conflict(m) => AdminError::Conflict(m),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "The admin API cannot reach the store.");
+                AdminError::StoreUnavailable
+            }
+            other => {
+                tracing::error!(error = %other, code = other.code(), "An admin store call failed.");
+                AdminError::Internal(other.code())
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for AdminError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => AdminError::MalformedJson(e.body_text()),
+            JsonRejection::JsonDataError(e) => AdminError::InvalidBody(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => AdminError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(
+                FailedToBufferBody::LengthLimitError(_),
+            )) => AdminError::BodyTooLarge,
+            JsonRejection::BytesRejection(e) => AdminError::UnreadableBody(e.body_text()),
+            other => AdminError::UnreadableBody(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for AdminError {
+    fn from(r: QueryRejection) -> Self {
+        AdminError::InvalidQuery(r.body_text())
+    }
+}
+
+impl From<PathRejection> for AdminError {
+    fn from(r: PathRejection) -> Self {
+        AdminError::InvalidId(r.body_text())
+    }
+}

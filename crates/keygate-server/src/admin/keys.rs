@@ -1,0 +1,226 @@
+//! `/v1/keys`: issue, list, show, rotate, revoke, disable, enable and set expiry.
+//!
+//! Keys are issued with the gateway's own issuer, so they match the deployment's key format and
+//! digest. The plaintext is in the create and rotate responses only; it is never logged, and
+//! every other answer shows the masked hint.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use http::StatusCode;
+use keygate_core::duration::parse_duration;
+use keygate_core::names::check_label;
+use keygate_core::{ApiKey, KeyId, KeyState, SecretKey, Timestamp};
+use keygate_store::{KeyFilter, NewKey};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::error::AdminError;
+use super::extract::{JsonBody, KeyPath, Params};
+use super::{page, page_limit, store_call, AdminState};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBody {
+    client: String,
+    #[serde(default)]
+    label: String,
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateBody {
+    grace: Option<String>,
+}
+
+/// `expires_at` must be present: an instant, or `null` for none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExpiryBody {
+    #[serde(deserialize_with = "required")]
+    expires_at: Option<String>,
+}
+
+fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    client: Option<String>,
+    state: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+fn instant(field: &str, raw: Option<String>) -> Result<Option<Timestamp>, AdminError> {
+    raw.map(|s| {
+        Timestamp::parse_rfc3339(&s).map_err(|e| AdminError::invalid_value(field, e.to_string()))
+    })
+    .transpose()
+}
+
+/// A freshly issued key as answered once: the plaintext with everything about it.
+fn issued(key: &ApiKey, secret: &SecretKey, client_name: &str) -> Value {
+    json!({
+        "id": key.id,
+        "key": secret.expose(),
+        "hint": key.hint,
+        "client": client_name,
+        "client_id": key.client_id,
+        "label": key.label,
+        "state": key.state,
+        "expires_at": key.expires_at,
+        "created_at": key.created_at,
+    })
+}
+
+/// `POST /v1/keys` → 201 with the plaintext key, shown this once.
+pub(crate) async fn create(
+    State(state): State<AdminState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    check_label(&body.label).map_err(|e| AdminError::invalid_value("label", e.to_string()))?;
+    let expires_at = instant("expires_at", body.expires_at)?;
+    let owner = store_call(state.store.client(&body.client)).await?;
+    let (secret, material) = state.gateway.config.issuer.issue();
+    let new = NewKey {
+        material,
+        label: body.label,
+        expires_at,
+    };
+    let key = store_call(
+        state
+            .store
+            .create_key(&caller.actor, owner.id.as_str(), new),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(issued(&key, &secret, &owner.name)),
+    ))
+}
+
+/// `GET /v1/keys?client=&state=&after=&limit=` → a page of masked keys in creation order.
+pub(crate) async fn list(
+    State(state): State<AdminState>,
+    Params(q): Params<ListQuery>,
+) -> Result<Json<Value>, AdminError> {
+    let limit = page_limit(q.limit.as_deref())?;
+    let key_state = q
+        .state
+        .map(|s| {
+            KeyState::parse(&s).ok_or_else(|| {
+                AdminError::invalid_value(
+                    "state",
+                    format!("`{s}` is not one of active, disabled, revoked"),
+                )
+            })
+        })
+        .transpose()?;
+    let after = q
+        .after
+        .map(|a| KeyId::parse(&a).map_err(|e| AdminError::InvalidId(e.to_string())))
+        .transpose()?;
+    let filter = KeyFilter {
+        client: q.client,
+        state: key_state,
+        after,
+        limit: limit + 1,
+    };
+    let rows = store_call(state.store.list_keys(&filter)).await?;
+    let (items, next) = page(rows, limit, |k| k.id.clone());
+    Ok(Json(json!({ "items": items, "next_after": next })))
+}
+
+/// `GET /v1/keys/{id}` (masked).
+pub(crate) async fn show(
+    State(state): State<AdminState>,
+    KeyPath(id): KeyPath,
+) -> Result<Json<ApiKey>, AdminError> {
+    Ok(Json(store_call(state.store.key(&id)).await?))
+}
+
+/// `POST /v1/keys/{id}/rotate` with an optional `{"grace": "1h"}`: a new key replaces this one,
+/// which is revoked at once or keeps working for the grace period.
+pub(crate) async fn rotate(
+    State(state): State<AdminState>,
+    caller: Caller,
+    KeyPath(id): KeyPath,
+    body: Option<JsonBody<RotateBody>>,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let body = body.map(|JsonBody(b)| b).unwrap_or_default();
+    let grace: Option<Duration> = body
+        .grace
+        .map(|g| parse_duration(&g).map_err(|e| AdminError::invalid_value("grace", e.to_string())))
+        .transpose()?;
+    // Everything the answer needs is read first: once the rotation commits, the plaintext must
+    // reach the caller whatever else happens.
+    let old = store_call(state.store.key(&id)).await?;
+    let owner = store_call(state.store.client(old.client_id.as_str())).await?;
+    let (secret, material) = state.gateway.config.issuer.issue();
+    let rotation = store_call(state.store.rotate_key(&caller.actor, &id, material, grace)).await?;
+    let old_valid_until = if rotation.old.state == KeyState::Revoked {
+        Some(rotation.new.created_at)
+    } else {
+        rotation.old.expires_at
+    };
+    let mut answer = issued(&rotation.new, &secret, &owner.name);
+    answer["replaces"] = json!(rotation.old.id);
+    answer["old_key_valid_until"] = json!(old_valid_until);
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+async fn set_state(
+    state: &AdminState,
+    caller: &Caller,
+    id: &KeyId,
+    to: KeyState,
+) -> Result<Json<ApiKey>, AdminError> {
+    let key = store_call(state.store.set_key_state(&caller.actor, id, to)).await?;
+    Ok(Json(key))
+}
+
+/// `POST /v1/keys/{id}/revoke`: final.
+pub(crate) async fn revoke(
+    State(state): State<AdminState>,
+    caller: Caller,
+    KeyPath(id): KeyPath,
+) -> Result<Json<ApiKey>, AdminError> {
+    set_state(&state, &caller, &id, KeyState::Revoked).await
+}
+
+/// `POST /v1/keys/{id}/disable`: refused until enabled again.
+pub(crate) async fn disable(
+    State(state): State<AdminState>,
+    caller: Caller,
+    KeyPath(id): KeyPath,
+) -> Result<Json<ApiKey>, AdminError> {
+    set_state(&state, &caller, &id, KeyState::Disabled).await
+}
+
+/// `POST /v1/keys/{id}/enable`.
+pub(crate) async fn enable(
+    State(state): State<AdminState>,
+    caller: Caller,
+    KeyPath(id): KeyPath,
+) -> Result<Json<ApiKey>, AdminError> {
+    set_state(&state, &caller, &id, KeyState::Active).await
+}
+
+/// `PUT /v1/keys/{id}/expiry` with `{"expires_at": "2026-12-31T23:59:59Z"}` or `null`.
+pub(crate) async fn set_expiry(
+    State(state): State<AdminState>,
+    caller: Caller,
+    KeyPath(id): KeyPath,
+    JsonBody(body): JsonBody<ExpiryBody>,
+) -> Result<Json<ApiKey>, AdminError> {
+    let at = instant("expires_at", body.expires_at)?;
+    let key = store_call(state.store.set_key_expiry(&caller.actor, &id, at)).await?;
+    Ok(Json(key))
+}

@@ -1,0 +1,167 @@
+//! The admin API: clients, keys and the audit log as JSON under `/v1/`, for operators' tools.
+//!
+//! It runs on the admin listener beside the infra endpoints (`crate::infra`), which it does not
+//! serve itself. Every route needs an admin token ([`auth`]); read-only tokens may only read.
+//! Each write is one store transaction with an audit entry naming the token, and reaches the
+//! gateways through the change feed like a CLI write. Requests are validated completely before
+//! the store is asked, so a refused request changes nothing. Failures are RFC 9457 problems,
+//! mapped in one place ([`AdminError`]).
+
+mod audit;
+mod auth;
+mod clients;
+mod error;
+mod extract;
+mod keys;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::{middleware, Router};
+use keygate_store::{Store, StoreError};
+
+use crate::gateway::Gateway;
+
+pub use error::{AdminError, STORE_UNAVAILABLE_DETAIL};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a store call may take before the request is answered 503.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Page sizes for listings.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The running gateway (its key issuer, so admin-issued keys match the deployment's format).
+    pub gateway: Arc<Gateway>,
+    pub store: Store,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admin API's routes, with a 404 problem for unknown paths and a 405 problem for a wrong
+/// method. Merge the infra routes into this router (it carries the fallback, so the other
+/// router must not have one).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v1/clients", post(clients::create).get(clients::list))
+        .route(
+            "/v1/clients/{client}",
+            get(clients::show).patch(clients::update),
+        )
+        .route("/v1/clients/{client}/disable", post(clients::disable))
+        .route("/v1/clients/{client}/enable", post(clients::enable))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", get(keys::show))
+        .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/keys/{id}/revoke", post(keys::revoke))
+        .route("/v1/keys/{id}/disable", post(keys::disable))
+        .route("/v1/keys/{id}/enable", post(keys::enable))
+        .route("/v1/keys/{id}/expiry", put(keys::set_expiry))
+        .route("/v1/audit", get(audit::list))
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> AdminError {
+    AdminError::NotFound
+}
+
+async fn method_not_allowed() -> AdminError {
+    AdminError::MethodNotAllowed
+}
+
+/// Runs a store call with the [`STORE_TIMEOUT`] budget. A call cut short is rolled back by the
+/// store (its transaction is dropped uncommitted).
+///
+/// # Errors
+/// The store's error mapped to an [`AdminError`]; `StoreUnavailable` on timeout.
+pub(crate) async fn store_call<T>(
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, AdminError> {
+    match tokio::time::timeout(STORE_TIMEOUT, call).await {
+        Ok(result) => result.map_err(AdminError::from),
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = STORE_TIMEOUT.as_millis() as u64,
+                "An admin store call timed out."
+            );
+            Err(AdminError::StoreUnavailable)
+        }
+    }
+}
+
+/// A `limit` query parameter: 1 to 1000, 100 when absent.
+///
+/// # Errors
+/// `invalid_value` naming `limit`.
+pub(crate) fn page_limit(raw: Option<&str>) -> Result<u32, AdminError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_PAGE);
+    };
+    raw.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE).contains(n))
+        .ok_or_else(|| {
+            AdminError::invalid_value(
+                "limit",
+                format!("`{raw}` is not a page size from 1 to {MAX_PAGE}"),
+            )
+        })
+}
+
+/// Cuts a listing fetched with one extra row down to `limit`, and names the cursor of the next
+/// page when that extra row shows there is one.
+pub(crate) fn page<T, C>(
+    mut rows: Vec<T>,
+    limit: u32,
+    cursor: impl Fn(&T) -> C,
+) -> (Vec<T>, Option<C>) {
+    let limit = limit as usize;
+    if rows.len() <= limit {
+        return (rows, None);
+    }
+    rows.truncate(limit);
+    let next = rows.last().map(cursor);
+    (rows, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_limits() {
+        assert_eq!(page_limit(None).unwrap(), 100);
+        assert_eq!(page_limit(Some("1000")).unwrap(), 1000);
+        for bad in ["0", "-1", "1001", "ten", ""] {
+            assert_eq!(page_limit(Some(bad)).unwrap_err().code(), "invalid_value");
+        }
+    }
+
+    #[test]
+    fn pages() {
+        assert_eq!(page(vec![1, 2, 3], 2, |n| *n), (vec![1, 2], Some(2)));
+        assert_eq!(page(vec![1, 2], 2, |n| *n), (vec![1, 2], None));
+    }
+}

@@ -1,0 +1,537 @@
+//! The admin API end to end: the real router on 127.0.0.1:0, a real SQLite store, real HTTP.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::status_json;
+use keygate_core::{Digester, Issuer, KeyFormat, KeyId, KeyMaterial, SystemClock, Timestamp};
+use keygate_server::admin::{router, AdminState, STORE_UNAVAILABLE_DETAIL};
+use keygate_server::config::default_config;
+use keygate_server::gateway::Gateway;
+use keygate_server::replica::Replica;
+use keygate_server::Overrides;
+use keygate_store::{Actor, OpenOptions, Store};
+use keygate_test::reqwest::{self, Method};
+use serde_json::{json, Value};
+
+const FUTURE: &str = "2999-01-01T00:00:00Z";
+/// No body.
+const NO: Value = Value::Null;
+
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+    store: Store,
+    issuer: Issuer,
+    /// A full token named `ops`, and a read-only one named `viewer`.
+    ops: String,
+    viewer: String,
+    _dir: tempfile::TempDir,
+}
+
+/// What a request may carry as its body.
+enum Body {
+    None,
+    Json(Value),
+    Raw(Option<&'static str>, Vec<u8>),
+}
+
+async fn admin_token(store: &Store, name: &str, read_only: bool) -> String {
+    let format = KeyFormat::admin_token();
+    let secret = format.generate();
+    let material = KeyMaterial {
+        digest: Digester::plain().digest(secret.expose()),
+        hint: format.hint(&secret),
+    };
+    let actor = Actor("test:setup".into());
+    store
+        .create_admin_token(&actor, name, read_only, material)
+        .await
+        .unwrap();
+    secret.expose().to_owned()
+}
+
+impl Admin {
+    async fn start() -> Admin {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("keygate.db").display().to_string();
+        let store = Store::open(&db, OpenOptions::default()).await.unwrap();
+        let overrides = Overrides {
+            upstream: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let config = default_config(&overrides).unwrap();
+        let issuer = config.issuer.clone();
+        let gateway = Arc::new(Gateway::new(
+            config,
+            Arc::new(Replica::new()),
+            keygate_limits::Limits::local(),
+            Arc::new(SystemClock),
+        ));
+        let app = router(AdminState {
+            gateway,
+            store: store.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Admin {
+            base: format!("http://{addr}"),
+            http: keygate_test::http_client(),
+            ops: admin_token(&store, "ops", false).await,
+            viewer: admin_token(&store, "viewer", true).await,
+            store,
+            issuer,
+            _dir: dir,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+    ) -> (u16, String, Value) {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(v) => req.json(&v),
+            Body::Raw(Some(ct), bytes) => req.header("content-type", ct).body(bytes),
+            Body::Raw(None, bytes) => req.body(bytes),
+        };
+        status_json(req.send().await.unwrap()).await
+    }
+
+    /// A request with the `ops` token (`"METHOD PATH"`, body [`NO`] for none), asserting its
+    /// status.
+    async fn ops(&self, want: u16, request: &str, body: Value) -> Value {
+        let (method, path) = request.split_once(' ').unwrap();
+        let body = if body.is_null() {
+            Body::None
+        } else {
+            Body::Json(body)
+        };
+        let (status, _, json) = self.send(method, path, Some(&self.ops), body).await;
+        assert_eq!(status, want, "{request}: {json}");
+        json
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.ops(200, &format!("GET {path}"), NO).await
+    }
+
+    async fn client(&self, name: &str) -> Value {
+        self.ops(201, "POST /v1/clients", json!({ "name": name }))
+            .await
+    }
+
+    /// Issues a key for `client`; returns the answer with the plaintext.
+    async fn key(&self, client: &str) -> Value {
+        self.ops(201, "POST /v1/keys", json!({ "client": client }))
+            .await
+    }
+
+    async fn version(&self) -> i64 {
+        self.store.version().await.unwrap()
+    }
+}
+
+/// Checks a problem document and returns it.
+#[track_caller]
+fn problem((status, content_type, body): (u16, String, Value), want: u16, code: &str) -> Value {
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (want, Some(code)),
+        "{body}"
+    );
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(body["type"], "about:blank");
+    assert_eq!(body["status"], want);
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|d| d.ends_with('.')));
+    body
+}
+
+fn names(page: &Value) -> Vec<&str> {
+    let items = page["items"].as_array().unwrap();
+    items.iter().map(|c| c["name"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn clients_can_be_created_listed_changed_and_disabled() {
+    let a = Admin::start().await;
+    let body = json!({
+        "name": "Acme Sportsbook", "plan": "pro", "scopes": ["cs2:matches:read"],
+        "sports": ["cs2"], "limits": { "rps": 100, "per_day": 10000 },
+    });
+    let created = a.ops(201, "POST /v1/clients", body).await;
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("cli_"));
+    let expected = json!({
+        "id": id, "name": "Acme Sportsbook", "plan": "pro", "scopes": ["cs2:matches:read"],
+        "sports": ["cs2"], "bookmakers": [], "limits": { "rps": 100, "per_day": 10000 },
+        "active": true, "created_at": created["created_at"], "updated_at": created["updated_at"],
+    });
+    assert_eq!(created, expected);
+    assert_eq!(a.get("/v1/clients/Acme%20Sportsbook").await, created);
+    assert_eq!(a.get(&format!("/v1/clients/{id}")).await, created);
+
+    // null returns a limit to the plan's value; absent fields stay as they are.
+    let patch = json!({ "limits": { "rps": null, "per_hour": 500 }, "bookmakers": ["bet365"] });
+    let updated = a.ops(200, &format!("PATCH /v1/clients/{id}"), patch).await;
+    let limits = json!({ "per_hour": 500, "per_day": 10000 });
+    assert_eq!(updated["limits"], limits);
+    assert_eq!(updated["bookmakers"], json!(["bet365"]));
+    assert_eq!(updated["sports"], json!(["cs2"]));
+    assert_eq!(updated["plan"], "pro");
+
+    let path = "/v1/clients/Acme%20Sportsbook";
+    let disabled = a.ops(200, &format!("POST {path}/disable"), NO).await;
+    assert_eq!(disabled["active"], false);
+    a.client("Other").await;
+    let inactive = a.get("/v1/clients?active=false").await;
+    assert_eq!(names(&inactive), ["Acme Sportsbook"]);
+    assert_eq!(
+        names(&a.get("/v1/clients?plan=pro").await),
+        ["Acme Sportsbook"]
+    );
+    let enabled = a.ops(200, &format!("POST {path}/enable"), NO).await;
+    assert_eq!(enabled["active"], true);
+
+    let audit = a.get("/v1/audit?actor=admin:ops").await;
+    let items = audit["items"].as_array().unwrap();
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    let newest_first = ["enable", "create", "disable", "update", "create"];
+    assert_eq!(actions, newest_first.map(|a| format!("client.{a}")));
+    assert!(items.iter().all(|e| e["actor"] == "admin:ops"));
+    assert_eq!(audit["next_before"], NO);
+}
+
+fn ids(page: &Value) -> Vec<Value> {
+    let items = page["items"].as_array().unwrap();
+    items.iter().map(|k| k["id"].clone()).collect()
+}
+
+#[tokio::test]
+async fn listings_page_with_cursors() {
+    let a = Admin::start().await;
+    for name in ["c1", "c2", "c3"] {
+        a.client(name).await;
+    }
+    let first = a.get("/v1/clients?limit=2").await;
+    assert_eq!(
+        (names(&first), &first["next_after"]),
+        (vec!["c1", "c2"], &json!("c2"))
+    );
+    let last = a.get("/v1/clients?limit=2&after=c2").await;
+    assert_eq!((names(&last), &last["next_after"]), (vec!["c3"], &NO));
+
+    let made = [a.key("c1").await, a.key("c1").await, a.key("c2").await];
+    // Keys list by creation time, then id: keys made in one millisecond sort by id.
+    let mut keys: Vec<(Value, Value)> = made
+        .iter()
+        .map(|k| (k["created_at"].clone(), k["id"].clone()))
+        .collect();
+    keys.sort_by_key(|(at, id)| (instant(at), id.as_str().unwrap().to_owned()));
+    let keys: Vec<Value> = keys.into_iter().map(|(_, id)| id).collect();
+    let first = a.get("/v1/keys?limit=2").await;
+    assert_eq!(
+        (ids(&first), &first["next_after"]),
+        (keys[..2].to_vec(), &keys[1])
+    );
+    let cursor = keys[1].as_str().unwrap();
+    let rest = a.get(&format!("/v1/keys?limit=2&after={cursor}")).await;
+    assert_eq!((ids(&rest), &rest["next_after"]), (keys[2..].to_vec(), &NO));
+    let c1 = ids(&a.get("/v1/keys?client=c1").await);
+    assert!(c1.len() == 2 && c1.iter().all(|id| made[..2].iter().any(|k| &k["id"] == id)));
+
+    let audit = a.get("/v1/audit?limit=2").await;
+    let cursor = audit["next_before"].as_i64().unwrap();
+    assert_eq!(audit["items"][1]["id"], cursor);
+    let older = a.get(&format!("/v1/audit?limit=2&before={cursor}")).await;
+    assert!(older["items"][0]["id"].as_i64().unwrap() < cursor);
+}
+
+fn instant(v: &Value) -> i64 {
+    Timestamp::parse_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .as_millis()
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_and_follow_their_lifecycle() {
+    let a = Admin::start().await;
+    let client = a.client("Acme").await;
+    let body = json!({ "client": "Acme", "label": "prod", "expires_at": FUTURE });
+    let created = a.ops(201, "POST /v1/keys", body).await;
+    let plaintext = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(a.issuer.format.check(&plaintext), Ok(()));
+    let id = KeyId::parse(created["id"].as_str().unwrap()).unwrap();
+    let stored = a.store.key(&id).await.unwrap();
+    assert_eq!(stored.digest, a.issuer.digester.digest(&plaintext));
+    let expected = json!({
+        "id": id, "key": plaintext, "hint": stored.hint, "client": "Acme",
+        "client_id": client["id"], "label": "prod", "state": "active",
+        "expires_at": FUTURE, "created_at": stored.created_at,
+    });
+    assert_eq!(created, expected);
+    // Never again: not in show, list or audit.
+    let path = format!("/v1/keys/{id}");
+    for page in [&path, "/v1/keys", "/v1/audit"] {
+        let body = a.get(page).await.to_string();
+        assert!(!body.contains(&plaintext), "{page} leaks the key");
+    }
+    let shown = a.get(&path).await;
+    assert_eq!((shown.get("key"), &shown["hint"]), (None, &created["hint"]));
+
+    let k = a.ops(200, &format!("POST {path}/disable"), NO).await;
+    assert_eq!(k["state"], "disabled");
+    let k = a.ops(200, &format!("POST {path}/enable"), NO).await;
+    assert_eq!(k["state"], "active");
+    let expiry = format!("PUT {path}/expiry");
+    let k = a.ops(200, &expiry, json!({ "expires_at": null })).await;
+    assert_eq!(k["expires_at"], NO);
+    let k = a.ops(200, &expiry, json!({ "expires_at": FUTURE })).await;
+    assert_eq!(k["expires_at"], FUTURE);
+
+    // Rotation with grace: the old key keeps working for an hour.
+    let grace = json!({ "grace": "1h" });
+    let rotated = a.ops(201, &format!("POST {path}/rotate"), grace).await;
+    assert_eq!(
+        (&rotated["replaces"], &rotated["client"]),
+        (&json!(id), &json!("Acme"))
+    );
+    assert!(a
+        .issuer
+        .format
+        .check(rotated["key"].as_str().unwrap())
+        .is_ok());
+    assert_ne!(rotated["key"], created["key"]);
+    let granted = instant(&rotated["old_key_valid_until"]) - instant(&rotated["created_at"]);
+    assert_eq!(granted, 3_600_000);
+    let old = a.get(&path).await;
+    assert_eq!(
+        (&old["state"], &old["replaced_by"]),
+        (&json!("active"), &rotated["id"])
+    );
+
+    // Without a body the old key is revoked at once.
+    let new_path = format!("/v1/keys/{}", rotated["id"].as_str().unwrap());
+    let again = a.ops(201, &format!("POST {new_path}/rotate"), NO).await;
+    assert_eq!(again["old_key_valid_until"], again["created_at"]);
+    assert_eq!(a.get(&new_path).await["state"], "revoked");
+
+    let k = a.ops(200, &format!("POST {path}/revoke"), NO).await;
+    assert_eq!(k["state"], "revoked");
+    let revoked = a.get("/v1/keys?state=revoked").await;
+    let mut revoked = ids(&revoked);
+    revoked.sort_by_key(|v| v.to_string());
+    let mut want = [json!(id), rotated["id"].clone()];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(revoked, want);
+    let audit = a.get("/v1/audit?action=key.").await;
+    let entries = audit["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 8); // create, disable, enable, 2 expiry, 2 rotate, revoke
+    assert!(entries.iter().all(|e| e["actor"] == "admin:ops"));
+}
+
+/// Requests a read-only token may not make: `METHOD PATH | BODY` per line.
+const WRITES: &str = r#"
+POST /v1/clients | {"name": "New"}
+PATCH /v1/clients/Acme | {"plan": "gold"}
+POST /v1/clients/Acme/disable | -
+POST /v1/clients/Acme/enable | -
+POST /v1/keys | {"client": "Acme"}
+POST /v1/keys/{key}/rotate | -
+POST /v1/keys/{key}/revoke | -
+POST /v1/keys/{key}/disable | -
+POST /v1/keys/{key}/enable | -
+PUT /v1/keys/{key}/expiry | {"expires_at": null}
+"#;
+
+/// Refused requests: `METHOD PATH | BODY | STATUS CODE [FIELD]`. A body is `-` (none), JSON
+/// (sent as `application/json`), or `raw:`, `noct:` or `text:` followed by bytes sent with
+/// `application/json`, no content type or `text/plain`.
+const REFUSED: &str = r#"
+POST /v1/clients | raw:{"name": | 400 malformed_json
+POST /v1/clients | raw:{"name": "x"} trailing | 400 malformed_json
+POST /v1/clients | {"name": "x", "colour": "red"} | 422 invalid_body
+POST /v1/clients | {"name": 5} | 422 invalid_body
+POST /v1/clients | {"name": "x", "limits": {"rpm": 1}} | 422 invalid_body
+PUT /v1/keys/{key}/expiry | {} | 422 invalid_body
+POST /v1/clients | noct:{"name": "x"} | 415 unsupported_media_type
+POST /v1/clients | text:{"name": "x"} | 415 unsupported_media_type
+GET /v1/keys/nope | - | 400 invalid_id
+POST /v1/keys/key_0123456789ABCDEF/revoke | - | 400 invalid_id
+GET /v1/keys?after=cli_0123456789abcdef | - | 400 invalid_id
+GET /v1/clients?colour=red | - | 400 invalid_query
+POST /v1/clients | {"name": " x"} | 422 invalid_value name
+POST /v1/clients | {"name": "x", "plan": "pro plan"} | 422 invalid_value plan
+POST /v1/clients | {"name": "x", "scopes": ["cs2 matches"]} | 422 invalid_value scopes
+POST /v1/clients | {"name": "x", "sports": ["CS2"]} | 422 invalid_value sports
+POST /v1/clients | {"name": "x", "bookmakers": [""]} | 422 invalid_value bookmakers
+POST /v1/clients | {"name": "x", "limits": {"rps": 0}} | 422 invalid_value limits.rps
+PATCH /v1/clients/Acme | {"limits": {"per_day": -5}} | 422 invalid_value limits.per_day
+PATCH /v1/clients/Acme | {"limits": {"per_hour": 1.5}} | 422 invalid_value limits.per_hour
+POST /v1/keys | {"client": "Acme", "label": "a\nb"} | 422 invalid_value label
+PUT /v1/keys/{key}/expiry | {"expires_at": "tomorrow"} | 422 invalid_value expires_at
+POST /v1/keys/{key}/rotate | {"grace": "30"} | 422 invalid_value grace
+GET /v1/clients?limit=0 | - | 422 invalid_value limit
+GET /v1/keys?limit=1001 | - | 422 invalid_value limit
+GET /v1/keys?state=lost | - | 422 invalid_value state
+GET /v1/clients?active=yes | - | 422 invalid_value active
+GET /v1/audit?before=-1 | - | 422 invalid_value before
+GET /v1/clients/nobody | - | 404 client_not_found
+PATCH /v1/clients/nobody | {"plan": "gold"} | 404 client_not_found
+POST /v1/clients/nobody/disable | - | 404 client_not_found
+POST /v1/keys | {"client": "nobody"} | 404 client_not_found
+GET /v1/keys?client=nobody | - | 404 client_not_found
+GET /v1/keys/key_0000000000000000 | - | 404 key_not_found
+POST /v1/keys/key_0000000000000000/rotate | - | 404 key_not_found
+POST /v1/clients | {"name": "Acme"} | 409 duplicate_client
+PATCH /v1/clients/Other | {"name": "Acme"} | 409 duplicate_client
+POST /v1/keys/{gone}/rotate | - | 409 key_revoked
+POST /v1/keys/{gone}/enable | - | 409 key_revoked
+PUT /v1/keys/{gone}/expiry | {"expires_at": "2999-01-01T00:00:00Z"} | 409 key_revoked
+PUT /v1/keys/{key}/expiry | {"expires_at": "2000-01-01T00:00:00Z"} | 422 expiry_in_past
+POST /v1/keys | {"client": "Acme", "expires_at": "2000-01-01T00:00:00Z"} | 422 expiry_in_past
+GET /v1/nothing | - | 404 not_found
+GET / | - | 404 not_found
+DELETE /v1/clients/Acme | - | 405 method_not_allowed
+GET /v1/keys/{key}/revoke | - | 405 method_not_allowed
+"#;
+
+/// Parses one table line into its method, path (placeholders filled in) and body, and the rest.
+fn request<'l>(line: &'l str, fill: &[(&str, &str)]) -> (&'l str, String, Body, Option<&'l str>) {
+    let mut parts = line.split(" | ");
+    let (method, path) = parts.next().unwrap().split_once(' ').unwrap();
+    let mut path = path.to_owned();
+    for (from, to) in fill {
+        path = path.replace(from, to);
+    }
+    let body = match parts.next().unwrap() {
+        "-" => Body::None,
+        b if b.starts_with("raw:") => Body::Raw(Some("application/json"), b[4..].into()),
+        b if b.starts_with("noct:") => Body::Raw(None, b[5..].into()),
+        b if b.starts_with("text:") => Body::Raw(Some("text/plain"), b[5..].into()),
+        b => Body::Json(serde_json::from_str(b).unwrap()),
+    };
+    (method, path, body, parts.next())
+}
+
+#[tokio::test]
+async fn a_read_only_token_reads_but_never_writes() {
+    let a = Admin::start().await;
+    a.client("Acme").await;
+    let key = a.key("Acme").await["id"].as_str().unwrap().to_owned();
+    let show = format!("/v1/keys/{key}");
+    for path in [
+        "/v1/clients",
+        "/v1/clients/Acme",
+        "/v1/keys",
+        &show,
+        "/v1/audit",
+    ] {
+        let (status, _, body) = a.send("GET", path, Some(&a.viewer), Body::None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let before = a.version().await;
+    for line in WRITES.trim().lines() {
+        let (method, path, body, _) = request(line, &[("{key}", &key)]);
+        let resp = a.send(method, &path, Some(&a.viewer), body).await;
+        problem(resp, 403, "read_only_token");
+    }
+    assert_eq!(a.version().await, before);
+}
+
+#[tokio::test]
+async fn requests_without_a_live_token_are_refused() {
+    let a = Admin::start().await;
+    let revoked = admin_token(&a.store, "former", false).await;
+    let setup = Actor("test:setup".into());
+    a.store.revoke_admin_token(&setup, "former").await.unwrap();
+    let unknown = KeyFormat::admin_token().generate().expose().to_owned();
+    let before = a.version().await;
+    for method in ["GET", "POST"] {
+        let resp = a.send(method, "/v1/clients", None, Body::None).await;
+        problem(resp, 401, "missing_token");
+        for (token, code) in [
+            ("kg_notanadmintoken", "malformed_token"),
+            (unknown.as_str(), "unknown_token"),
+            (revoked.as_str(), "unknown_token"),
+        ] {
+            let body = Body::Json(json!({ "name": "Sneaky" }));
+            let resp = a.send(method, "/v1/clients", Some(token), body).await;
+            assert!(!resp.2.to_string().contains(token), "the token is echoed");
+            problem(resp, 401, code);
+        }
+    }
+    let url = format!("{}/v1/clients", a.base);
+    let resp = a.http.get(url).basic_auth("ops", Some(&a.ops)).send().await;
+    let resp = resp.unwrap();
+    let challenge = &resp.headers()["www-authenticate"];
+    assert_eq!(challenge, "Bearer realm=\"keygate-admin\"");
+    problem(status_json(resp).await, 401, "malformed_token");
+    assert_eq!(a.version().await, before);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_precisely_and_changes_nothing() {
+    let a = Admin::start().await;
+    a.client("Acme").await;
+    a.client("Other").await;
+    let key = a.key("Acme").await["id"].as_str().unwrap().to_owned();
+    let gone = a.key("Acme").await["id"].as_str().unwrap().to_owned();
+    a.ops(200, &format!("POST /v1/keys/{gone}/revoke"), NO)
+        .await;
+    let client_before = a.get("/v1/clients/Acme").await;
+    let key_before = a.get(&format!("/v1/keys/{key}")).await;
+    let before = a.version().await;
+
+    let fill = [("{key}", key.as_str()), ("{gone}", gone.as_str())];
+    for line in REFUSED.trim().lines() {
+        let (method, path, body, expect) = request(line, &fill);
+        let mut expect = expect.unwrap().split(' ');
+        let status: u16 = expect.next().unwrap().parse().unwrap();
+        let (code, field) = (expect.next().unwrap(), expect.next());
+        let p = problem(
+            a.send(method, &path, Some(&a.ops), body).await,
+            status,
+            code,
+        );
+        assert_eq!(p["field"].as_str(), field, "{line}: {p}");
+    }
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(70 * 1024));
+    let body = Body::Raw(Some("application/json"), huge.into_bytes());
+    let resp = a.send("POST", "/v1/clients", Some(&a.ops), body).await;
+    problem(resp, 413, "body_too_large");
+
+    assert_eq!(a.version().await, before);
+    assert_eq!(a.get("/v1/clients/Acme").await, client_before);
+    assert_eq!(a.get(&format!("/v1/keys/{key}")).await, key_before);
+    assert_eq!(names(&a.get("/v1/clients").await), ["Acme", "Other"]);
+}
+
+#[tokio::test]
+async fn a_store_outage_is_a_503_not_a_500() {
+    let a = Admin::start().await;
+    a.client("Acme").await;
+    a.store.close().await;
+    for (method, path, body) in [
+        ("GET", "/v1/clients", Body::None),
+        ("POST", "/v1/clients", Body::Json(json!({ "name": "New" }))),
+    ] {
+        let resp = a.send(method, path, Some(&a.ops), body).await;
+        let p = problem(resp, 503, "store_unavailable");
+        assert_eq!(p["detail"], STORE_UNAVAILABLE_DETAIL);
+    }
+}

@@ -93,6 +93,15 @@ async fn fail_static_serves_through_a_store_outage_and_catches_up() {
         .unwrap();
     let secret = secret.expose().to_owned();
     until_status(&h, &secret, 200, Duration::from_secs(3)).await;
+    let admin_issuer = keygate_core::Issuer::new(
+        keygate_core::key_format::KeyFormat::admin_token(),
+        keygate_core::Digester::plain(),
+    );
+    let (admin_token, material) = admin_issuer.issue();
+    direct
+        .create_admin_token(&actor, "ops", false, material)
+        .await
+        .unwrap();
 
     relay.cut();
     // Revoked while the gateway cannot see the store.
@@ -144,6 +153,25 @@ async fn fail_static_serves_through_a_store_outage_and_catches_up() {
         .await
         .unwrap();
     assert!(metrics.contains("keygate_store_up 0"), "{metrics}");
+    // Admin writes cannot reach the store: a clear 503, while the data plane keeps serving.
+    let write = h
+        .http
+        .post(h.admin_url("/v1/clients"))
+        .bearer_auth(admin_token.expose())
+        .json(&serde_json::json!({ "name": "During outage" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = status_json(write).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("keeps serving"),
+        "{body}"
+    );
 
     relay.restore().await;
     let took = until_status(&h, &secret, 401, Duration::from_secs(5)).await;

@@ -37,28 +37,9 @@ async fn sqlite() -> Option<Fixture> {
     })
 }
 
-/// A fresh schema in the test PostgreSQL, or `None` when none is configured outside CI.
+/// A fresh schema in the test PostgreSQL, or `None` when none answers outside CI.
 async fn postgres() -> Option<Fixture> {
-    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let admin = match sqlx::PgPool::connect(&base).await {
-        Ok(pool) => pool,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {base} is unreachable under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping PostgreSQL store test: {base} unreachable ({e})");
-            return None;
-        }
-    };
-    let schema = format!("kg_test_{}", &KeyId::generate().as_str()[4..]);
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options[search_path]={schema}");
+    let url = keygate_test::postgres_schema("kg_test").await?;
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
     let store = Store::open_with_clock(&url, OpenOptions::default(), clock.clone())
         .await

@@ -13,11 +13,13 @@
 
 pub mod process;
 pub mod relay;
+pub mod services;
 pub mod upstream;
 
 pub use process::{free_port, wait_for_status, Proc};
 pub use relay::Relay;
 pub use reqwest;
+pub use services::{postgres_schema, redis_url};
 pub use upstream::{Recorded, Upstream};
 
 /// Builds a [`reqwest::Client`] suited to talking to servers on loopback:

@@ -4,29 +4,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream};
+use keygate_test::{
+    free_port, http_client, postgres_schema, redis_url, wait_for_status, Proc, Upstream,
+};
 use serde_json::Value;
-
-fn redis_url() -> Option<String> {
-    let url = std::env::var("KEYGATE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let hostport = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    match std::net::TcpStream::connect_timeout(&hostport.parse().ok()?, Duration::from_secs(1)) {
-        Ok(_) => Some(url),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("Redis at {url} is unreachable under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: Redis at {url} unreachable ({e})");
-            None
-        }
-    }
-}
 
 fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -201,36 +182,9 @@ async fn three_nodes_share_quotas_and_rates_through_redis() {
     }
 }
 
-/// A fresh schema in the test PostgreSQL, as a URL, or `None` outside CI without PostgreSQL.
-async fn postgres_url() -> Option<String> {
-    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let admin = match sqlx::PgPool::connect(&base).await {
-        Ok(pool) => pool,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {base} is unreachable under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: PostgreSQL at {base} unreachable ({e})");
-            return None;
-        }
-    };
-    let schema = format!("kg_cluster_{}", std::process::id());
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options[search_path]={schema}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_postgres_refuse_a_revoked_key_within_a_second() {
-    let (Some(redis), Some(db)) = (redis_url(), postgres_url().await) else {
+    let (Some(redis), Some(db)) = (redis_url(), postgres_schema("kg_cluster").await) else {
         return;
     };
     let upstream = Upstream::start().await;

@@ -164,29 +164,9 @@ pub async fn status_json(resp: reqwest::Response) -> (u16, String, serde_json::V
     (status, ct, json)
 }
 
-/// A fresh schema in the test PostgreSQL and a URL whose connections use it, or `None` outside
-/// CI when no PostgreSQL answers.
-pub async fn postgres_schema() -> Option<(String, String)> {
-    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let admin = match sqlx::PgPool::connect(&base).await {
-        Ok(pool) => pool,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL at {base} is unreachable under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: PostgreSQL at {base} unreachable ({e})");
-            return None;
-        }
-    };
-    let schema = format!("kg_gw_{}", &keygate_core::KeyId::generate().as_str()[4..]);
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some((format!("{base}{sep}options[search_path]={schema}"), schema))
+/// A fresh schema in the test PostgreSQL, or `None` outside CI when none answers.
+pub async fn postgres_schema() -> Option<String> {
+    keygate_test::postgres_schema("kg_gw").await
 }
 
 /// Sends bytes as they are and returns the whole response text (for requests HTTP clients

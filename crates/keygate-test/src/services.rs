@@ -1,0 +1,64 @@
+//! The PostgreSQL and Redis that tests use, read from `KEYGATE_TEST_DATABASE_URL` and
+//! `KEYGATE_TEST_REDIS_URL` (which `.ci/run` sets). Under `CI=true` an unreachable service fails
+//! the test; elsewhere the test is skipped with a note.
+
+use std::time::Duration;
+
+fn unreachable(what: &str, url: &str, e: &dyn std::fmt::Display) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} at {url} is unreachable under CI: {e}"
+    );
+    eprintln!("skipping: {what} at {url} unreachable ({e})");
+}
+
+/// A fresh schema (named `{prefix}_{random}`) in the test PostgreSQL, as a URL whose
+/// connections use it, or `None` outside CI when PostgreSQL does not answer.
+pub async fn postgres_schema(prefix: &str) -> Option<String> {
+    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let admin = match sqlx::PgPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            unreachable("PostgreSQL", &base, &e);
+            return None;
+        }
+    };
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).expect("OS randomness");
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let schema = format!("{prefix}_{suffix}");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .expect("create a test schema");
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options[search_path]={schema}"))
+}
+
+/// The test Redis's URL, or `None` outside CI when it does not answer.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hostport = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let addr = match hostport.parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            unreachable("Redis", &url, &e);
+            return None;
+        }
+    };
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(_) => Some(url),
+        Err(e) => {
+            unreachable("Redis", &url, &e);
+            None
+        }
+    }
+}

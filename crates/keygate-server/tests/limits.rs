@@ -315,3 +315,76 @@ async fn bad_limits_are_refused_at_load() {
         assert!(err.starts_with("l.toml:"), "{err}");
     }
 }
+
+/// Redis is cut mid-run: fail-open nodes keep limiting locally and say so in /metrics and
+/// /status; fail-closed nodes refuse with the profile's 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_redis_falls_back_or_fails_closed() {
+    let Some(redis) = keygate_test::redis_url() else {
+        return;
+    };
+    let target: std::net::SocketAddr = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for fail_closed in [false, true] {
+        let relay = keygate_test::Relay::start(target).await;
+        let config = format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis://{}\"\ntimeout = \"200ms\"\nfail_closed = {fail_closed}\n\n{CONFIG}",
+            relay.addr()
+        );
+        let h = Harness::start(&config).await;
+        h.client("Acme", &[], &[], &[], "pro").await;
+        let (key, _) = h.key("Acme", None).await;
+        let ok = h
+            .http
+            .get(h.url("/data"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(header(&ok, "x-ratelimit-remaining"), "599");
+
+        relay.cut();
+        let resp = h
+            .http
+            .get(h.url("/data"))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        let (_, _, status) =
+            status_json(h.http.get(h.admin_url("/status")).send().await.unwrap()).await;
+        assert_eq!(status["limiter"]["degraded"], true, "{status}");
+        let metrics = h
+            .http
+            .get(h.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("keygate_limiter_degraded 1"), "{metrics}");
+        if fail_closed {
+            let (code, _, body) = status_json(resp).await;
+            assert_eq!(
+                (code, body["code"].as_str()),
+                (503, Some("limiter_unavailable")),
+                "{body}"
+            );
+        } else {
+            assert_eq!(resp.status(), 200, "fail-open: local limits answer");
+            assert!(resp.headers().contains_key("x-ratelimit-remaining"));
+            assert!(
+                !metrics.contains("keygate_limiter_fallbacks_total 0\n"),
+                "{metrics}"
+            );
+        }
+        relay.restore().await;
+    }
+}

@@ -535,3 +535,191 @@ async fn a_store_outage_is_a_503_not_a_500() {
         assert_eq!(p["detail"], STORE_UNAVAILABLE_DETAIL);
     }
 }
+
+/// Every admin route, as registered in `admin::router` (`crates/keygate-server/src/admin/mod.rs`).
+const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/clients"),
+    ("get", "/v1/clients"),
+    ("get", "/v1/clients/{client}"),
+    ("patch", "/v1/clients/{client}"),
+    ("post", "/v1/clients/{client}/disable"),
+    ("post", "/v1/clients/{client}/enable"),
+    ("post", "/v1/keys"),
+    ("get", "/v1/keys"),
+    ("get", "/v1/keys/{id}"),
+    ("post", "/v1/keys/{id}/rotate"),
+    ("post", "/v1/keys/{id}/revoke"),
+    ("post", "/v1/keys/{id}/disable"),
+    ("post", "/v1/keys/{id}/enable"),
+    ("put", "/v1/keys/{id}/expiry"),
+    ("get", "/v1/audit"),
+];
+
+/// The (method, path) pairs of the `.route(...)` calls in the router's source, so [`ROUTES`]
+/// cannot silently fall behind a new route.
+fn registered_routes() -> Vec<(String, String)> {
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+    let source = include_str!("../src/admin/mod.rs");
+    let body = source
+        .split_once("pub fn router(")
+        .unwrap()
+        .1
+        .split_once(".method_not_allowed_fallback")
+        .unwrap()
+        .0;
+    let mut found = Vec::new();
+    for call in body.split(".route(").skip(1) {
+        let path = call.split('"').nth(1).unwrap();
+        let rest = &call[call.find(',').unwrap()..];
+        for method in METHODS {
+            let mut from = 0;
+            while let Some(at) = rest[from..].find(&format!("{method}(")) {
+                let at = from + at;
+                let before = rest[..at].chars().last().unwrap();
+                if matches!(before, ' ' | '.' | '(' | ',' | '\n') {
+                    found.push((method.to_owned(), path.to_owned()));
+                }
+                from = at + method.len();
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_route_list_mirrors_the_router() {
+    let mut registered = registered_routes();
+    let mut listed: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    registered.sort();
+    listed.sort();
+    assert_eq!(registered, listed);
+}
+
+/// The property names of a schema in the document's components.
+fn properties<'d>(doc: &'d Value, schema: &str) -> Vec<&'d str> {
+    let mut names: Vec<&str> = doc["components"]["schemas"][schema]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("schema {schema} has no properties"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// The field names of a JSON object the API answered.
+fn fields(v: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_without_a_token() {
+    let a = Admin::start().await;
+    let (status, content_type, doc) = a.send("GET", "/openapi.json", None, Body::None).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(content_type, "application/json");
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "keygate admin API");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+
+    let bearer = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(bearer["type"], "http", "{bearer}");
+    assert_eq!(bearer["scheme"], "bearer", "{bearer}");
+
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if op.get("responses").is_some() {
+                documented.push((method.as_str(), path.as_str()));
+            }
+        }
+    }
+    for &(method, path) in ROUTES {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not in the document");
+        assert_eq!(op["security"], json!([{ "bearer": [] }]), "{method} {path}");
+        assert!(
+            op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .any(|s| s.starts_with('2')),
+            "{method} {path} has no success response"
+        );
+        for status in ["401", "503"] {
+            assert_eq!(
+                op["responses"][status]["content"]["application/problem+json"]["schema"]["$ref"],
+                "#/components/schemas/Problem",
+                "{method} {path} {status}"
+            );
+        }
+        for param in path
+            .split('{')
+            .skip(1)
+            .map(|p| p.split('}').next().unwrap())
+        {
+            let params = op["parameters"].as_array().unwrap();
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["name"] == param && p["in"] == "path"),
+                "{method} {path} does not describe `{param}`"
+            );
+        }
+    }
+    documented.sort_unstable();
+    let mut routes = ROUTES.iter().map(|&(m, p)| (m, p)).collect::<Vec<_>>();
+    routes.sort_unstable();
+    assert_eq!(
+        documented, routes,
+        "the document has operations the router lacks"
+    );
+
+    // The schemas name exactly the fields the API answers with.
+    a.client("Acme").await;
+    let client = a.get("/v1/clients/Acme").await;
+    assert_eq!(fields(&client), properties(&doc, "Client"));
+    let issued = a.key("Acme").await;
+    assert_eq!(fields(&issued), properties(&doc, "IssuedKey"));
+    let id = issued["id"].as_str().unwrap();
+    assert_eq!(
+        fields(&a.get(&format!("/v1/keys/{id}")).await),
+        properties(&doc, "ApiKey")
+    );
+    let rotated = a
+        .ops(
+            201,
+            &format!("POST /v1/keys/{id}/rotate"),
+            json!({ "grace": "1h" }),
+        )
+        .await;
+    assert_eq!(fields(&rotated), properties(&doc, "RotatedKey"));
+    let audit = a.get("/v1/audit").await;
+    assert_eq!(fields(&audit), properties(&doc, "AuditPage"));
+    assert_eq!(fields(&audit["items"][0]), properties(&doc, "AuditEntry"));
+    assert_eq!(
+        fields(&a.get("/v1/clients").await),
+        properties(&doc, "ClientPage")
+    );
+    assert_eq!(
+        fields(&a.get("/v1/keys").await),
+        properties(&doc, "KeyPage")
+    );
+    let missing = a
+        .send("GET", "/v1/clients/Nobody", Some(&a.ops), Body::None)
+        .await;
+    let mut problem_fields = fields(&missing.2);
+    problem_fields.push("field");
+    problem_fields.sort_unstable();
+    assert_eq!(problem_fields, properties(&doc, "Problem"));
+}

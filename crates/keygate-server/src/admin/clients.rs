@@ -13,10 +13,12 @@ use keygate_core::{Client, LimitOverrides, Scope, Slug};
 use keygate_store::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::AdminError;
 use super::extract::{ClientPath, JsonBody, Params};
+use super::openapi as doc;
 use super::{page, page_limit, store_call, AdminState};
 
 /// `Some(value)` when the field is present, even as `null`; `None` (by `default`) when absent.
@@ -26,21 +28,29 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// Per-contract limits as sent: a positive integer, or `null`.
-#[derive(Debug, Default, Deserialize)]
+/// Per-contract limits as sent: a positive integer, or `null` for the plan's value. On update,
+/// an absent limit is left as it is.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = LimitsInput)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsBody {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     rps: Option<Option<serde_json::Number>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     per_minute: Option<Option<serde_json::Number>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     per_hour: Option<Option<serde_json::Number>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     per_day: Option<Option<serde_json::Number>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     per_month: Option<Option<serde_json::Number>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     ws_connections: Option<Option<serde_json::Number>>,
 }
 
@@ -90,34 +100,59 @@ impl LimitsBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A new client; only `name` is required.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = ClientCreate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateBody {
     name: String,
+    /// `default` when absent.
+    #[schema(nullable = false)]
     plan: Option<String>,
+    #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
+    /// Sport namespaces the client may reach; empty or absent means none is restricted.
+    #[schema(nullable = false)]
     sports: Option<Vec<String>>,
+    /// Bookmakers the client may ask for; empty or absent means all.
+    #[schema(nullable = false)]
     bookmakers: Option<Vec<String>>,
+    #[schema(nullable = false)]
     limits: Option<LimitsBody>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A change to a client: only the fields sent change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = ClientUpdate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateBody {
+    #[schema(nullable = false)]
     name: Option<String>,
+    #[schema(nullable = false)]
     plan: Option<String>,
+    #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
+    #[schema(nullable = false)]
     sports: Option<Vec<String>>,
+    #[schema(nullable = false)]
     bookmakers: Option<Vec<String>>,
+    #[schema(nullable = false)]
     limits: Option<LimitsBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
+    /// Only clients on this plan.
     plan: Option<String>,
+    /// Only active (`true`) or disabled (`false`) clients.
+    #[param(value_type = Option<bool>)]
     active: Option<String>,
+    /// The previous page's `next_after`: clients named after it.
     after: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
@@ -144,6 +179,23 @@ fn slugs(field: &'static str, raw: Vec<String>) -> Result<Vec<Slug>, AdminError>
 }
 
 /// `POST /v1/clients` → 201 with the client.
+#[utoipa::path(
+    post,
+    path = "/v1/clients",
+    operation_id = "create_client",
+    tag = "clients",
+    summary = "Create a client",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The client.", body = doc::Client),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A client with that name exists (`duplicate_client`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
@@ -162,6 +214,20 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/clients?plan=&active=&after=&limit=` → a page ordered by name.
+#[utoipa::path(
+    get,
+    path = "/v1/clients",
+    operation_id = "list_clients",
+    tag = "clients",
+    summary = "List clients by name",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of clients.", body = doc::ClientPage),
+        (status = 400, description = "An unknown query parameter (`invalid_query`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A query parameter is out of range (`invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<AdminState>,
     Params(q): Params<ListQuery>,
@@ -190,6 +256,19 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/clients/{name_or_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/clients/{client}",
+    operation_id = "show_client",
+    tag = "clients",
+    summary = "Show a client",
+    params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
+    responses(
+        (status = 200, description = "The client.", body = doc::Client),
+        (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn show(
     State(state): State<AdminState>,
     ClientPath(client): ClientPath,
@@ -198,6 +277,25 @@ pub(crate) async fn show(
 }
 
 /// `PATCH /v1/clients/{name_or_id}`: only the fields sent change.
+#[utoipa::path(
+    patch,
+    path = "/v1/clients/{client}",
+    operation_id = "update_client",
+    tag = "clients",
+    summary = "Change a client",
+    params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The changed client.", body = doc::Client),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A client with that name exists (`duplicate_client`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn update(
     State(state): State<AdminState>,
     caller: Caller,
@@ -224,6 +322,19 @@ pub(crate) async fn update(
 }
 
 /// `POST /v1/clients/{name_or_id}/disable`: every key of the client stops working.
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{client}/disable",
+    operation_id = "disable_client",
+    tag = "clients",
+    summary = "Disable a client and so all its keys",
+    params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
+    responses(
+        (status = 200, description = "The client.", body = doc::Client),
+        (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn disable(
     State(state): State<AdminState>,
     caller: Caller,
@@ -234,6 +345,19 @@ pub(crate) async fn disable(
 }
 
 /// `POST /v1/clients/{name_or_id}/enable`.
+#[utoipa::path(
+    post,
+    path = "/v1/clients/{client}/enable",
+    operation_id = "enable_client",
+    tag = "clients",
+    summary = "Enable a client",
+    params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
+    responses(
+        (status = 200, description = "The client.", body = doc::Client),
+        (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn enable(
     State(state): State<AdminState>,
     caller: Caller,

@@ -15,32 +15,47 @@ use keygate_core::{ApiKey, KeyId, KeyState, SecretKey, Timestamp};
 use keygate_store::{KeyFilter, NewKey};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::AdminError;
 use super::extract::{JsonBody, KeyPath, Params};
+use super::openapi as doc;
 use super::{page, page_limit, store_call, AdminState};
 
-#[derive(Debug, Deserialize)]
+/// A new key for a client.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = KeyCreate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateBody {
+    /// The owning client's name or id.
     client: String,
+    /// Empty when absent.
     #[serde(default)]
     label: String,
+    /// When the key stops working (RFC 3339); never when absent or `null`.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// How a rotation treats the old key.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = KeyRotate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotateBody {
+    /// How long the old key keeps working, e.g. `1h`; revoked at once when absent.
+    #[schema(example = "1h")]
     grace: Option<String>,
 }
 
 /// `expires_at` must be present: an instant, or `null` for none.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = KeyExpiry)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExpiryBody {
+    /// A future instant (RFC 3339), or `null` for no expiry.
     #[serde(deserialize_with = "required")]
+    #[schema(required = true, format = DateTime)]
     expires_at: Option<String>,
 }
 
@@ -48,12 +63,20 @@ fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
     Option::<String>::deserialize(d)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
+    /// Only keys of this client (name or id).
     client: Option<String>,
+    /// Only keys in this state.
+    #[param(value_type = Option<doc::KeyState>)]
     state: Option<String>,
+    /// The previous page's `next_after` (a key id).
+    #[param(pattern = "^key_[0-9a-z]{16}$")]
     after: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
@@ -80,6 +103,24 @@ fn issued(key: &ApiKey, secret: &SecretKey, client_name: &str) -> Value {
 }
 
 /// `POST /v1/keys` → 201 with the plaintext key, shown this once.
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    operation_id = "create_key",
+    tag = "keys",
+    summary = "Issue a key",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new key, with its plaintext shown this once.", body = doc::IssuedKey),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
@@ -107,6 +148,20 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/keys?client=&state=&after=&limit=` → a page of masked keys in creation order.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    operation_id = "list_keys",
+    tag = "keys",
+    summary = "List keys in creation order",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of masked keys.", body = doc::KeyPage),
+        (status = 400, description = "An unknown query parameter (`invalid_query`), or `after` is not a key id (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A query parameter is out of range (`invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<AdminState>,
     Params(q): Params<ListQuery>,
@@ -139,6 +194,20 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/keys/{id}` (masked).
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{id}",
+    operation_id = "show_key",
+    tag = "keys",
+    summary = "Show a key (masked)",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    responses(
+        (status = 200, description = "The key, masked.", body = doc::ApiKey),
+        (status = 400, description = "The key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn show(
     State(state): State<AdminState>,
     KeyPath(id): KeyPath,
@@ -148,6 +217,25 @@ pub(crate) async fn show(
 
 /// `POST /v1/keys/{id}/rotate` with an optional `{"grace": "1h"}`: a new key replaces this one,
 /// which is revoked at once or keeps working for the grace period.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{id}/rotate",
+    operation_id = "rotate_key",
+    tag = "keys",
+    summary = "Replace a key with a new one",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    request_body(content = Option<RotateBody>, description = "Optional; without it the old key is revoked at once."),
+    responses(
+        (status = 201, description = "The new key, with its plaintext shown this once.", body = doc::RotatedKey),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`), or the key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`) or expired (`key_expired`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn rotate(
     State(state): State<AdminState>,
     caller: Caller,
@@ -187,6 +275,21 @@ async fn set_state(
 }
 
 /// `POST /v1/keys/{id}/revoke`: final.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{id}/revoke",
+    operation_id = "revoke_key",
+    tag = "keys",
+    summary = "Revoke a key (final)",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    responses(
+        (status = 200, description = "The key, masked.", body = doc::ApiKey),
+        (status = 400, description = "The key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`) or expired (`key_expired`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn revoke(
     State(state): State<AdminState>,
     caller: Caller,
@@ -196,6 +299,21 @@ pub(crate) async fn revoke(
 }
 
 /// `POST /v1/keys/{id}/disable`: refused until enabled again.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{id}/disable",
+    operation_id = "disable_key",
+    tag = "keys",
+    summary = "Disable a key",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    responses(
+        (status = 200, description = "The key, masked.", body = doc::ApiKey),
+        (status = 400, description = "The key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`) or expired (`key_expired`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn disable(
     State(state): State<AdminState>,
     caller: Caller,
@@ -205,6 +323,21 @@ pub(crate) async fn disable(
 }
 
 /// `POST /v1/keys/{id}/enable`.
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{id}/enable",
+    operation_id = "enable_key",
+    tag = "keys",
+    summary = "Enable a key",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    responses(
+        (status = 200, description = "The key, masked.", body = doc::ApiKey),
+        (status = 400, description = "The key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`) or expired (`key_expired`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn enable(
     State(state): State<AdminState>,
     caller: Caller,
@@ -214,6 +347,25 @@ pub(crate) async fn enable(
 }
 
 /// `PUT /v1/keys/{id}/expiry` with `{"expires_at": "2026-12-31T23:59:59Z"}` or `null`.
+#[utoipa::path(
+    put,
+    path = "/v1/keys/{id}/expiry",
+    operation_id = "set_key_expiry",
+    tag = "keys",
+    summary = "Set or clear a key's expiry",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    request_body = ExpiryBody,
+    responses(
+        (status = 200, description = "The key, masked.", body = doc::ApiKey),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`), or the key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`) or expired (`key_expired`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn set_expiry(
     State(state): State<AdminState>,
     caller: Caller,

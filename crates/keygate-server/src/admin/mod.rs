@@ -2,6 +2,7 @@
 //!
 //! It runs on the admin listener beside the infra endpoints (`crate::infra`), which it does not
 //! serve itself. Every route needs an admin token ([`auth`]); read-only tokens may only read.
+//! The exception is `GET /openapi.json`, the API's OpenAPI 3.1 document ([`openapi`]).
 //! Each write is one store transaction with an audit entry naming the token, and reaches the
 //! gateways through the change feed like a CLI write. Requests are validated completely before
 //! the store is asked, so a refused request changes nothing. Failures are RFC 9457 problems,
@@ -13,6 +14,7 @@ mod clients;
 mod error;
 mod extract;
 mod keys;
+mod openapi;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,6 +80,8 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        // After `route_layer`, so not behind the token check.
+        .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(not_found)
         .with_state(state)

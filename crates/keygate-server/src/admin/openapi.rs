@@ -1,0 +1,400 @@
+//! The admin API's OpenAPI 3.1 document, served at `GET /openapi.json` without a token.
+//!
+//! Paths come from the `#[utoipa::path]` annotations on the handlers. The response types that
+//! live in `keygate-core` and `keygate-store` (which do not depend on utoipa) are described here
+//! by mirror structs that follow their serde output field for field, as are the JSON answers the
+//! handlers build by hand (issued keys, pages).
+//!
+//! Failures common to every operation (401, 500, 503, and 403 for writes) are added by
+//! [`CommonProblems`] rather than repeated on each handler.
+
+use std::sync::LazyLock;
+
+use axum::response::IntoResponse;
+use http::header::CONTENT_TYPE;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::request_body::RequestBody;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use super::{audit, clients, keys};
+
+/// The name of the admin token security scheme.
+pub(crate) const BEARER: &str = "bearer";
+
+/// An RFC 9457 problem, sent as `application/problem+json`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Problem {
+    /// Always `about:blank`.
+    #[schema(example = "about:blank")]
+    r#type: String,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Not Found")]
+    title: String,
+    /// The HTTP status code.
+    #[schema(example = 404)]
+    status: u16,
+    /// What went wrong, for people.
+    detail: String,
+    /// The stable, machine-readable failure code clients match on.
+    #[schema(example = "client_not_found")]
+    code: String,
+    /// The offending field; only with `invalid_value`.
+    #[schema(nullable = false)]
+    field: Option<String>,
+}
+
+/// Per-contract limits; each overrides the plan's value. Unset limits are omitted.
+#[derive(ToSchema)]
+#[schema(as = LimitOverrides)]
+#[allow(dead_code)]
+pub(crate) struct LimitOverrides {
+    #[schema(nullable = false, minimum = 1)]
+    rps: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_minute: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_hour: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_day: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_month: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    ws_connections: Option<u64>,
+}
+
+/// A client (tenant): what every one of its keys may do.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Client {
+    /// Stable id: `cli_` and 16 characters of `0-9a-z`.
+    #[schema(pattern = "^cli_[0-9a-z]{16}$", example = "cli_0123456789abcdef")]
+    id: String,
+    name: String,
+    plan: String,
+    scopes: Vec<String>,
+    /// Sport namespaces the client may reach; empty means none is restricted by sport.
+    sports: Vec<String>,
+    /// Bookmakers the client may ask for; empty means all bookmakers.
+    bookmakers: Vec<String>,
+    limits: LimitOverrides,
+    active: bool,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+/// Where a key is in its life; `revoked` is final.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum KeyState {
+    Active,
+    Disabled,
+    Revoked,
+}
+
+/// A key as stored and shown: masked, never the plaintext.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ApiKey {
+    /// `key_` and 16 characters of `0-9a-z`; not a secret.
+    #[schema(pattern = "^key_[0-9a-z]{16}$", example = "key_0123456789abcdef")]
+    id: String,
+    #[schema(pattern = "^cli_[0-9a-z]{16}$")]
+    client_id: String,
+    /// The masked key.
+    hint: String,
+    label: String,
+    state: KeyState,
+    #[schema(required = true, format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(required = true, format = DateTime)]
+    rotated_at: Option<String>,
+    /// The key that replaced this one at rotation.
+    #[schema(required = true, pattern = "^key_[0-9a-z]{16}$")]
+    replaced_by: Option<String>,
+}
+
+/// A freshly issued key: the plaintext `key` is in this answer only.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct IssuedKey {
+    #[schema(pattern = "^key_[0-9a-z]{16}$")]
+    id: String,
+    /// The plaintext key; shown this once, never again.
+    key: String,
+    hint: String,
+    /// The owning client's name.
+    client: String,
+    #[schema(pattern = "^cli_[0-9a-z]{16}$")]
+    client_id: String,
+    label: String,
+    state: KeyState,
+    #[schema(required = true, format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+/// The key that replaces a rotated one (plaintext shown this once), and what became of the old.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct RotatedKey {
+    #[schema(pattern = "^key_[0-9a-z]{16}$")]
+    id: String,
+    /// The plaintext key; shown this once, never again.
+    key: String,
+    hint: String,
+    client: String,
+    #[schema(pattern = "^cli_[0-9a-z]{16}$")]
+    client_id: String,
+    label: String,
+    state: KeyState,
+    #[schema(required = true, format = DateTime)]
+    expires_at: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// The rotated key's id.
+    #[schema(pattern = "^key_[0-9a-z]{16}$")]
+    replaces: String,
+    /// When the old key stops working (now, without a grace period).
+    #[schema(required = true, format = DateTime)]
+    old_key_valid_until: Option<String>,
+}
+
+/// One operator action.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AuditEntry {
+    /// Increasing; page with `before`.
+    id: i64,
+    #[schema(format = DateTime)]
+    at: String,
+    /// Who acted, e.g. `admin:ops`.
+    actor: String,
+    /// What was done, e.g. `key.rotate`.
+    action: String,
+    /// What it was done to.
+    target: String,
+    /// Action-specific details.
+    #[schema(value_type = Object)]
+    detail: serde_json::Value,
+}
+
+/// A page of clients by name; `next_after` is the cursor of the next page, `null` on the last.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ClientPage {
+    items: Vec<Client>,
+    #[schema(required = true)]
+    next_after: Option<String>,
+}
+
+/// A page of masked keys in creation order; `next_after` is the next page's cursor, or `null`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct KeyPage {
+    items: Vec<ApiKey>,
+    #[schema(required = true, pattern = "^key_[0-9a-z]{16}$")]
+    next_after: Option<String>,
+}
+
+/// A page of audit entries, newest first; `next_before` is the next page's cursor, or `null`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AuditPage {
+    items: Vec<AuditEntry>,
+    #[schema(required = true)]
+    next_before: Option<i64>,
+}
+
+/// The admin API document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keygate admin API",
+        description = "Clients, keys and the audit log of a keygate deployment. Every operation \
+                       needs an admin token (`Authorization: Bearer kgadm_...`); read-only tokens \
+                       may only read. Failures are RFC 9457 problems (`application/problem+json`).",
+    ),
+    paths(
+        clients::create,
+        clients::list,
+        clients::show,
+        clients::update,
+        clients::disable,
+        clients::enable,
+        keys::create,
+        keys::list,
+        keys::show,
+        keys::rotate,
+        keys::revoke,
+        keys::disable,
+        keys::enable,
+        keys::set_expiry,
+        audit::list,
+    ),
+    components(schemas(
+        Problem,
+        LimitOverrides,
+        Client,
+        ClientPage,
+        KeyState,
+        ApiKey,
+        IssuedKey,
+        RotatedKey,
+        KeyPage,
+        AuditEntry,
+        AuditPage,
+        clients::CreateBody,
+        clients::UpdateBody,
+        clients::LimitsBody,
+        keys::CreateBody,
+        keys::RotateBody,
+        keys::ExpiryBody,
+    )),
+    modifiers(&CommonProblems),
+    tags(
+        (name = "clients", description = "Clients (tenants) and what their keys may do."),
+        (name = "keys", description = "Issuing keys and managing their lifecycle."),
+        (name = "audit", description = "The audit log of operator actions."),
+    ),
+)]
+pub(crate) struct ApiDoc;
+
+/// Adds the bearer scheme, and the failures every operation shares.
+struct CommonProblems;
+
+impl Modify for CommonProblems {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                BEARER,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("kgadm_...")
+                        .description(Some(
+                            "An admin token: `Authorization: Bearer kgadm_...`.".to_owned(),
+                        ))
+                        .build(),
+                ),
+            );
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/problem+json",
+                        Content::new(Some(RefOr::Ref(Ref::from_schema_name("Problem")))),
+                    )
+                    .build(),
+            )
+        };
+        for item in doc.paths.paths.values_mut() {
+            // (operation, whether it reads)
+            let operations: [(Option<&mut Operation>, bool); 5] = [
+                (item.get.as_mut(), true),
+                (item.post.as_mut(), false),
+                (item.put.as_mut(), false),
+                (item.patch.as_mut(), false),
+                (item.delete.as_mut(), false),
+            ];
+            for (op, read) in operations {
+                let Some(op) = op else { continue };
+                if let Some(body) = op.request_body.as_mut() {
+                    optional_body_is_not_null(body);
+                }
+                let responses = &mut op.responses.responses;
+                responses.insert(
+                    "401".into(),
+                    problem("No admin token, or it is malformed, unknown or revoked (`missing_token`, `malformed_token`, `unknown_token`)."),
+                );
+                if !read {
+                    responses.insert(
+                        "403".into(),
+                        problem("The admin token is read-only (`read_only_token`)."),
+                    );
+                }
+                responses.insert(
+                    "500".into(),
+                    problem("The store failed unexpectedly (`internal_error`)."),
+                );
+                responses.insert(
+                    "503".into(),
+                    problem("The store is unreachable (`store_unavailable`); nothing changed."),
+                );
+            }
+        }
+    }
+}
+
+/// An optional body (`Option<T>` in `request_body`) comes out as `oneOf: [null, T]`; but the
+/// body is either absent or a `T`, never JSON `null`, which `required: false` already says.
+fn optional_body_is_not_null(body: &mut RequestBody) {
+    if body.required == Some(Required::True) {
+        return;
+    }
+    for content in body.content.values_mut() {
+        if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
+            if let [RefOr::Ref(r), RefOr::T(_)] | [RefOr::T(_), RefOr::Ref(r)] =
+                one_of.items.as_slice()
+            {
+                content.schema = Some(RefOr::Ref(r.clone()));
+            }
+        }
+    }
+}
+
+/// The document, built once.
+pub(crate) static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_json()
+        .expect("the OpenAPI document serializes")
+});
+
+/// `GET /openapi.json`: the document; needs no token.
+pub(crate) async fn serve() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], DOCUMENT.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_unique_operation_ids() {
+        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "duplicate operationId");
+    }
+
+    #[test]
+    fn an_optional_body_is_absent_rather_than_null() {
+        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        let body = &doc["paths"]["/v1/keys/{id}/rotate"]["post"]["requestBody"];
+        assert_ne!(body["required"], true);
+        assert_eq!(
+            body["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/KeyRotate"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use keygate_core::{Clock, Timestamp};
 
 use crate::config::Config;
 use crate::metrics::{Gauges, Metrics};
+use crate::profile::IdentityHeaders;
 use crate::ratelimit;
 use crate::replica::{ClientEntry, KeyEntry, Replica};
 use crate::routes::{BookmakerSource, Route};
@@ -67,6 +68,19 @@ impl StoreHealth {
 pub struct Admitted {
     pub key: Arc<KeyEntry>,
     pub client: Arc<ClientEntry>,
+}
+
+impl Admitted {
+    /// Sets the identity headers (client id, name, key id, scopes, plan) under the profile's
+    /// names: on requests forwarded upstream and on forward-auth answers alike.
+    pub fn write_identity(&self, headers: &mut http::HeaderMap, names: &IdentityHeaders) {
+        let c = &self.client;
+        headers.insert(names.client_id.clone(), c.id_header.clone());
+        headers.insert(names.client_name.clone(), c.name_header.clone());
+        headers.insert(names.key_id.clone(), self.key.id_header.clone());
+        headers.insert(names.scopes.clone(), c.scopes_header.clone());
+        headers.insert(names.plan.clone(), c.plan_header.clone());
+    }
 }
 
 /// State shared by every worker.

@@ -142,12 +142,7 @@ pub fn prepare(
         headers.remove(name);
     }
     if let Some(who) = f.who {
-        let c = &who.client;
-        headers.insert(ids.client_id.clone(), c.id_header.clone());
-        headers.insert(ids.client_name.clone(), c.name_header.clone());
-        headers.insert(ids.key_id.clone(), who.key.id_header.clone());
-        headers.insert(ids.scopes.clone(), c.scopes_header.clone());
-        headers.insert(ids.plan.clone(), c.plan_header.clone());
+        who.write_identity(headers, ids);
     }
     let ip = f.remote.ip().to_string();
     let xff = HeaderName::from_static("x-forwarded-for");

@@ -217,13 +217,7 @@ pub fn forward_auth(
                 .record(Some(passed.route_index), Outcome::Local, 200);
             let mut resp = Response::new(Body::empty());
             if let Some(who) = &passed.who {
-                let ids = &gw.config.profile.identity;
-                let h = resp.headers_mut();
-                h.insert(ids.client_id.clone(), who.client.id_header.clone());
-                h.insert(ids.client_name.clone(), who.client.name_header.clone());
-                h.insert(ids.key_id.clone(), who.key.id_header.clone());
-                h.insert(ids.scopes.clone(), who.client.scopes_header.clone());
-                h.insert(ids.plan.clone(), who.client.plan_header.clone());
+                who.write_identity(resp.headers_mut(), &gw.config.profile.identity);
             }
             resp
         }

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use keygate_core::names::check_label;
-use keygate_core::{ApiKey, KeyId, KeyMaterial, KeyState, Timestamp};
+use keygate_core::{ApiKey, KeyId, KeyMaterial, KeyState, SecretKey, Timestamp};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::rows::{self, key_columns};
@@ -25,6 +26,66 @@ pub struct NewKey {
 pub struct Rotation {
     pub new: ApiKey,
     pub old: ApiKey,
+}
+
+impl Rotation {
+    /// Until when the replaced key keeps working: the rotation instant when it was revoked at
+    /// once, else the end of its grace period.
+    pub fn old_valid_until(&self) -> Option<Timestamp> {
+        if self.old.state == KeyState::Revoked {
+            self.old.rotated_at
+        } else {
+            self.old.expires_at
+        }
+    }
+}
+
+/// The one document that carries a plaintext key: the answer to a create or a rotation, shown
+/// once by the CLI and the admin API alike.
+#[derive(Clone, Debug, Serialize)]
+pub struct IssuedKey<'a> {
+    pub id: &'a str,
+    pub key: &'a str,
+    pub hint: &'a str,
+    pub client: &'a str,
+    pub client_id: &'a str,
+    pub label: &'a str,
+    pub state: KeyState,
+    pub expires_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    /// The key a rotation replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_key_valid_until: Option<Timestamp>,
+}
+
+impl<'a> IssuedKey<'a> {
+    /// A created key.
+    pub fn created(key: &'a ApiKey, secret: &'a SecretKey, client_name: &'a str) -> Self {
+        IssuedKey {
+            id: key.id.as_str(),
+            key: secret.expose(),
+            hint: &key.hint,
+            client: client_name,
+            client_id: key.client_id.as_str(),
+            label: &key.label,
+            state: key.state,
+            expires_at: key.expires_at,
+            created_at: key.created_at,
+            replaces: None,
+            old_key_valid_until: None,
+        }
+    }
+
+    /// The new key of a rotation, naming the key it replaced.
+    pub fn rotated(rotation: &'a Rotation, secret: &'a SecretKey, client_name: &'a str) -> Self {
+        IssuedKey {
+            replaces: Some(rotation.old.id.as_str()),
+            old_key_valid_until: rotation.old_valid_until(),
+            ..IssuedKey::created(&rotation.new, secret, client_name)
+        }
+    }
 }
 
 /// Which keys to list, ordered by creation, one page at a time.

@@ -31,7 +31,7 @@ pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient
 pub use error::StoreError;
 pub use feed::{ChangeListener, Delta, Snapshot};
 pub use keygate_core::KeyMaterial;
-pub use keys::{KeyFilter, NewKey, Rotation};
+pub use keys::{IssuedKey, KeyFilter, NewKey, Rotation};
 pub use migrate::{latest_version, MigrateMode};
 
 /// Which database engine a store runs on.

@@ -11,8 +11,8 @@ use axum::Json;
 use http::StatusCode;
 use keygate_core::duration::parse_duration;
 use keygate_core::names::check_label;
-use keygate_core::{ApiKey, KeyId, KeyState, SecretKey, Timestamp};
-use keygate_store::{KeyFilter, NewKey};
+use keygate_core::{ApiKey, KeyId, KeyState, Timestamp};
+use keygate_store::{IssuedKey, KeyFilter, NewKey};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -87,19 +87,9 @@ fn instant(field: &str, raw: Option<String>) -> Result<Option<Timestamp>, AdminE
     .transpose()
 }
 
-/// A freshly issued key as answered once: the plaintext with everything about it.
-fn issued(key: &ApiKey, secret: &SecretKey, client_name: &str) -> Value {
-    json!({
-        "id": key.id,
-        "key": secret.expose(),
-        "hint": key.hint,
-        "client": client_name,
-        "client_id": key.client_id,
-        "label": key.label,
-        "state": key.state,
-        "expires_at": key.expires_at,
-        "created_at": key.created_at,
-    })
+/// The issued-key document as JSON (it borrows from values local to the handler).
+fn issued(doc: &IssuedKey<'_>) -> Value {
+    serde_json::to_value(doc).expect("the issued-key document serializes")
 }
 
 /// `POST /v1/keys` → 201 with the plaintext key, shown this once.
@@ -143,7 +133,7 @@ pub(crate) async fn create(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(issued(&key, &secret, &owner.name)),
+        Json(issued(&IssuedKey::created(&key, &secret, &owner.name))),
     ))
 }
 
@@ -253,15 +243,10 @@ pub(crate) async fn rotate(
     let owner = store_call(state.store.client(old.client_id.as_str())).await?;
     let (secret, material) = state.gateway.config.issuer.issue();
     let rotation = store_call(state.store.rotate_key(&caller.actor, &id, material, grace)).await?;
-    let old_valid_until = if rotation.old.state == KeyState::Revoked {
-        Some(rotation.new.created_at)
-    } else {
-        rotation.old.expires_at
-    };
-    let mut answer = issued(&rotation.new, &secret, &owner.name);
-    answer["replaces"] = json!(rotation.old.id);
-    answer["old_key_valid_until"] = json!(old_valid_until);
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((
+        StatusCode::CREATED,
+        Json(issued(&IssuedKey::rotated(&rotation, &secret, &owner.name))),
+    ))
 }
 
 async fn set_state(

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use keygate_core::{ApiKey, ClientId, KeyState, SecretKey, Timestamp};
-use keygate_store::{KeyFilter, NewKey};
+use keygate_store::{IssuedKey, KeyFilter, NewKey, Rotation};
 use serde::Serialize;
 
 use super::Context;
@@ -18,24 +18,6 @@ struct KeyView<'a> {
     client: &'a str,
 }
 
-/// The one document that carries a plaintext key.
-#[derive(Serialize)]
-struct Issued<'a> {
-    id: &'a str,
-    key: &'a str,
-    hint: &'a str,
-    client: &'a str,
-    client_id: &'a str,
-    label: &'a str,
-    state: KeyState,
-    expires_at: Option<Timestamp>,
-    created_at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replaces: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old_key_valid_until: Option<Timestamp>,
-}
-
 pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Create(args) => create(ctx, args).await,
@@ -47,12 +29,7 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
                 .store
                 .rotate_key(&ctx.actor, &id, material, grace)
                 .await?;
-            let valid_until = if r.old.state == KeyState::Revoked {
-                r.old.rotated_at
-            } else {
-                r.old.expires_at
-            };
-            print_issued(ctx, &r.new, &secret, Some((&r.old, valid_until))).await
+            print_issued(ctx, &r.new, &secret, Some(&r)).await
         }
         KeyCommand::Revoke { id } => {
             let key = ctx
@@ -117,33 +94,25 @@ async fn print_issued(
     ctx: &Context,
     key: &ApiKey,
     secret: &SecretKey,
-    rotated: Option<(&ApiKey, Option<Timestamp>)>,
+    rotated: Option<&Rotation>,
 ) -> anyhow::Result<()> {
     let client = ctx.store.client(key.client_id.as_str()).await?;
     if ctx.json {
-        output::json(&Issued {
-            id: key.id.as_str(),
-            key: secret.expose(),
-            hint: &key.hint,
-            client: &client.name,
-            client_id: client.id.as_str(),
-            label: &key.label,
-            state: key.state,
-            expires_at: key.expires_at,
-            created_at: key.created_at,
-            replaces: rotated.map(|(old, _)| old.id.as_str()),
-            old_key_valid_until: rotated.and_then(|(_, until)| until),
-        });
+        match rotated {
+            Some(r) => output::json(&IssuedKey::rotated(r, secret, &client.name)),
+            None => output::json(&IssuedKey::created(key, secret, &client.name)),
+        }
         return Ok(());
     }
     match rotated {
         None => println!("Created key {} for client {}.", key.id, client.name),
-        Some((old, until)) => println!(
+        Some(r) => println!(
             "Rotated key {} into {} for client {}; the old key works until {}.",
-            old.id,
+            r.old.id,
             key.id,
             client.name,
-            until.map_or("now".to_owned(), |t| t.to_string())
+            r.old_valid_until()
+                .map_or("now".to_owned(), |t| t.to_string())
         ),
     }
     println!(

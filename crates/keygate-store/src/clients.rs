@@ -133,10 +133,7 @@ impl Store {
         .bind(tx.version)
         .execute(&mut *tx.tx)
         .await
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::DuplicateClient(client.name.clone()),
-            other => other,
-        })?;
+        .map_err(|e| duplicate_name(e, &client.name))?;
         tx.change("client", client.id.as_str(), "create").await?;
         tx.audit(actor, "client.create", client.id.as_str(), json!(client))
             .await?;
@@ -279,6 +276,14 @@ pub(crate) async fn find(tx: &mut WriteTx, name_or_id: &str) -> Result<Option<Cl
     row.as_ref().map(rows::client).transpose()
 }
 
+/// A unique-name violation (a concurrent writer took the name) is a duplicate client.
+fn duplicate_name(e: sqlx::Error, name: &str) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Conflict(_) => StoreError::DuplicateClient(name.to_owned()),
+        other => other,
+    }
+}
+
 async fn save(tx: &mut WriteTx, client: &Client) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE clients SET name = $2, plan = $3, scopes = $4, sports = $5, bookmakers = $6, \
@@ -296,9 +301,6 @@ async fn save(tx: &mut WriteTx, client: &Client) -> Result<(), StoreError> {
     .bind(tx.version)
     .execute(&mut *tx.tx)
     .await
-    .map_err(|e| match StoreError::from(e) {
-        StoreError::Conflict(_) => StoreError::DuplicateClient(client.name.clone()),
-        other => other,
-    })?;
+    .map_err(|e| duplicate_name(e, &client.name))?;
     Ok(())
 }

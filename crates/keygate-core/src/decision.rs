@@ -159,7 +159,7 @@ impl Reason {
             Reason::FeatureNotOnPlan => "The plan of this API key does not include '{subject}'.",
             Reason::RateLimited => "Rate limit exceeded; retry after {retry_after} seconds.",
             Reason::LimiterUnavailable => "Rate limits cannot be checked right now; retry shortly.",
-            Reason::Emergency => "The service is temporarily unavailable.",
+            Reason::Emergency => "{subject}",
             Reason::NotFound => "No such endpoint.",
             Reason::MethodNotAllowed => "This endpoint does not accept this method.",
             Reason::NotAcceptable => "The Accept header admits neither JSON nor XML.",

@@ -200,8 +200,9 @@ impl fmt::Display for KeyState {
     }
 }
 
-/// A key as stored: never the plaintext, only its digest and a masked hint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A key as stored: never the plaintext, only its digest and a masked hint. Its JSON form has
+/// no digest (read back, e.g. from the admin API, the digest is zero).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: KeyId,
     pub client_id: ClientId,

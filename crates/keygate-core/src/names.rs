@@ -16,10 +16,26 @@ pub enum NameError {
     Plan(String),
     #[error("`{0}` is not a slug; sports and bookmakers are lowercase letters, digits, `_` or `-` (1 to 64 characters)")]
     Slug(String),
+    #[error("an emergency message must be 1 to 500 printable characters")]
+    Notice,
 }
 
 fn printable(s: &str) -> bool {
     s.chars().all(|c| !c.is_control())
+}
+
+/// Checks an operator's notice (the emergency-mode message callers read): short, one line of
+/// printable text, since it is echoed in every refusal.
+///
+/// # Errors
+/// [`NameError::Notice`].
+pub fn check_notice(text: &str) -> Result<(), NameError> {
+    let n = text.chars().count();
+    if (1..=500).contains(&n) && printable(text) && !text.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(NameError::Notice)
+    }
 }
 
 /// Checks a client name: what operators type to address a client.

@@ -54,6 +54,14 @@ impl Timestamp {
         }
     }
 
+    /// The UTC calendar day, `YYYY-MM-DD` (usage is counted per day).
+    pub fn utc_day(self) -> String {
+        match DateTime::<Utc>::from_timestamp_millis(self.0) {
+            Some(dt) => dt.format("%Y-%m-%d").to_string(),
+            None => "0000-00-00".to_owned(),
+        }
+    }
+
     /// `self + d`, saturating.
     pub fn plus(self, d: Duration) -> Self {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -112,6 +120,13 @@ impl Clock for SystemClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_days() {
+        let t = Timestamp::parse_rfc3339("2026-12-31T23:59:59.999Z").unwrap();
+        assert_eq!(t.utc_day(), "2026-12-31");
+        assert_eq!(t.plus(Duration::from_millis(1)).utc_day(), "2027-01-01");
+    }
 
     #[test]
     fn rfc3339_round_trip() {

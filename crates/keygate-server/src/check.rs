@@ -25,6 +25,8 @@ pub struct Passed<'t> {
 pub struct Refused {
     pub route_index: Option<usize>,
     pub denial: Denial,
+    /// The caller, when it authenticated and was then refused (its usage counts the refusal).
+    pub who: Option<Admitted>,
 }
 
 /// True for paths an upstream might normalize into somewhere else (`..`, `.`, encoded slashes
@@ -72,6 +74,7 @@ pub fn decide<'t>(
                 Reason::BadRequest,
                 "the path contains dot segments or encoded separators",
             ),
+            who: None,
         });
     }
     let (route, index, params) = match gw.config.routes.find(method, path) {
@@ -84,12 +87,14 @@ pub fn decide<'t>(
             return Err(Refused {
                 route_index: None,
                 denial: Denial::new(Reason::MethodNotAllowed),
+                who: None,
             })
         }
         RouteMatch::NotFound => {
             return Err(Refused {
                 route_index: None,
                 denial: Denial::new(Reason::NotFound),
+                who: None,
             })
         }
     };
@@ -102,12 +107,18 @@ pub fn decide<'t>(
         });
     }
     let started = Instant::now();
-    let refused = |denial: Denial| Refused {
+    let (who, source) = authenticate(gw, headers, query).map_err(|r| Refused {
         route_index: Some(index),
-        denial,
-    };
-    let (who, source) = authenticate(gw, headers, query).map_err(|r| refused(Denial::new(r)))?;
-    gw.authorize(&who, route, &params, query).map_err(refused)?;
+        denial: Denial::new(r),
+        who: None,
+    })?;
+    if let Err(denial) = gw.authorize(&who, route, &params, query) {
+        return Err(Refused {
+            route_index: Some(index),
+            denial,
+            who: Some(who),
+        });
+    }
     gw.metrics
         .observe_decision(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
     Ok(Passed {

@@ -29,6 +29,7 @@ pub async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<boo
     loop {
         match store.snapshot().await {
             Ok(snapshot) => {
+                gw.emergency.set(&snapshot.emergency);
                 gw.replica.load(&snapshot, &Plans(&gw.config));
                 gw.store.mark_ok(gw.clock.now());
                 tracing::info!(
@@ -120,8 +121,11 @@ pub async fn follow(
                     );
                 }
                 gw.store.mark_ok(now);
+                if let Some(emergency) = &delta.emergency {
+                    gw.emergency.set(emergency);
+                }
+                gw.replica.apply(&delta, &Plans(&gw.config));
                 if !delta.is_empty() {
-                    gw.replica.apply(&delta, &Plans(&gw.config));
                     tracing::debug!(
                         version = delta.version,
                         keys = delta.keys.len(),

@@ -90,6 +90,10 @@ pub struct Gateway {
     pub limits: keygate_limits::Limits,
     pub metrics: Metrics,
     pub store: StoreHealth,
+    /// Emergency mode, followed from the store.
+    pub emergency: crate::emergency::EmergencySwitch,
+    /// Requests per client, day and status, until the next flush to the store.
+    pub usage: crate::usage::UsageCounter,
     pub started: Instant,
     pub clock: Arc<dyn Clock>,
 }
@@ -121,6 +125,8 @@ impl Gateway {
             metrics: Metrics::new(names),
             limits,
             store: StoreHealth::default(),
+            emergency: crate::emergency::EmergencySwitch::default(),
+            usage: crate::usage::UsageCounter::default(),
             started: Instant::now(),
             clock,
         }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod check;
 pub mod config;
 pub mod credential;
+pub mod emergency;
 pub mod feed;
 pub mod gateway;
 pub mod infra;
@@ -20,6 +21,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod upstream;
+pub mod usage;
 pub mod verify;
 pub mod whoami;
 

@@ -276,6 +276,7 @@ mod tests {
                 version: 2,
                 clients: vec![client(true, &["a"])],
                 keys: vec![k.clone()],
+                ..Default::default()
             },
             &plans,
         );
@@ -292,6 +293,7 @@ mod tests {
                 version: 3,
                 clients: vec![client(false, &["b"])],
                 keys: vec![],
+                ..Default::default()
             },
             &plans,
         );
@@ -306,6 +308,7 @@ mod tests {
                 version: 4,
                 clients: vec![],
                 keys: vec![revoked],
+                ..Default::default()
             },
             &plans,
         );
@@ -321,6 +324,7 @@ mod tests {
                 version: 1,
                 clients: vec![],
                 keys: vec![key("s", KeyState::Active)],
+                ..Default::default()
             },
             &plans,
         );
@@ -331,6 +335,7 @@ mod tests {
                 version: 2,
                 clients: vec![client(true, &[])],
                 keys: vec![],
+                ..Default::default()
             },
             &plans,
         );

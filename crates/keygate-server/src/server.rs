@@ -53,6 +53,9 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// The usage flusher, awaited at shutdown.
+    usage: tokio::task::JoinHandle<()>,
+    store: Store,
 }
 
 impl Running {
@@ -66,6 +69,11 @@ impl Running {
             }
         })
         .await;
+        let _ = self.usage.await;
+        // After the workers have stopped: this flush holds every request they answered.
+        if let Err(e) = crate::usage::flush(&self.gateway, &self.store).await {
+            tracing::warn!(error = %e, "Cannot write the last usage counts at shutdown.");
+        }
     }
 
     /// Resolves when the gateway is asked to stop.
@@ -168,6 +176,13 @@ pub async fn start_with_clock(
         admin,
         stop.clone(),
     ));
+    let usage_store = store.clone();
+    let usage = tokio::spawn(crate::usage::run(
+        Arc::clone(&gw),
+        store.clone(),
+        gw.config.usage_flush,
+        stop.clone(),
+    ));
     let (feed_gw, feed_stop) = (Arc::clone(&gw), stop.clone());
     tokio::spawn(async move {
         feed::load(&feed_gw, &store, feed_stop.clone()).await;
@@ -181,6 +196,8 @@ pub async fn start_with_clock(
         gateway: gw,
         shutdown,
         workers,
+        usage,
+        store: usage_store,
     })
 }
 

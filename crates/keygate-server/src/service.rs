@@ -72,6 +72,21 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             return infra::answer(gw, which);
         }
     }
+    if let Some(denial) = gw.emergency.denial() {
+        let format =
+            negotiate(req.headers().get(ACCEPT).map(|v| v.as_bytes())).unwrap_or(BodyFormat::Json);
+        let resp = refuse(gw, None, &denial, format);
+        access_log(
+            gw,
+            &method,
+            None,
+            resp.status(),
+            Some(denial.reason),
+            None,
+            started,
+        );
+        return resp;
+    }
     if !gw.replica.is_loaded() {
         return respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +111,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         return match check::authenticate(gw, req.headers(), req.uri().query()) {
             Ok((who, _)) => {
                 gw.metrics.record(None, Outcome::Local, 200);
+                gw.usage.record(&who.client, gw.clock.now(), 200);
                 whoami::answer(&who)
             }
             Err(reason) => refuse(gw, None, &Denial::new(reason), format),
@@ -116,6 +132,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         Err(Refused {
             route_index,
             denial,
+            who,
         }) => {
             let resp = refuse(gw, route_index, &denial, format);
             access_log(
@@ -124,7 +141,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
                 route_index,
                 resp.status(),
                 Some(denial.reason),
-                None,
+                who.as_ref(),
                 started,
             );
             return resp;
@@ -226,7 +243,8 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     resp
 }
 
-/// One line per proxied or refused request. Never the key, never the query string.
+/// Counts the request in its client's usage, and writes one access-log line per proxied or
+/// refused request. Never the key, never the query string.
 fn access_log(
     gw: &Gateway,
     method: &Method,
@@ -236,6 +254,9 @@ fn access_log(
     who: Option<&crate::gateway::Admitted>,
     started: Instant,
 ) {
+    if let Some(w) = who {
+        gw.usage.record(&w.client, gw.clock.now(), status.as_u16());
+    }
     if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
         return;
     }

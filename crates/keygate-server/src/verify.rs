@@ -218,12 +218,14 @@ pub fn forward_auth(
             let mut resp = Response::new(Body::empty());
             if let Some(who) = &passed.who {
                 who.write_identity(resp.headers_mut(), &gw.config.profile.identity);
+                gw.usage.record(&who.client, gw.clock.now(), 200);
             }
             resp
         }
         Err(Refused {
             route_index,
             denial,
+            ..
         }) => {
             let mut resp =
                 respond::denial(&gw.config.profile, &denial, format, LimitFacts::default());

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use common::status_json;
 use keygate_core::{Digester, Issuer, KeyFormat, KeyId, KeyMaterial, SystemClock, Timestamp};
 use keygate_server::admin::{router, AdminState, STORE_UNAVAILABLE_DETAIL};
-use keygate_server::config::default_config;
 use keygate_server::gateway::Gateway;
 use keygate_server::replica::Replica;
 use keygate_server::Overrides;
@@ -16,6 +15,16 @@ use keygate_test::reqwest::{self, Method};
 use serde_json::{json, Value};
 
 const FUTURE: &str = "2999-01-01T00:00:00Z";
+/// The plans of the test deployment.
+const PLANS: &str = r#"
+[plans.free]
+features = []
+limits = { per_day = 200 }
+
+[plans.pro]
+features = ["live", "websocket"]
+limits = { per_hour = 5500, burst = 50, by = "key" }
+"#;
 /// No body.
 const NO: Value = Value::Null;
 
@@ -61,7 +70,7 @@ impl Admin {
             upstream: Some("http://127.0.0.1:9".into()),
             ..Default::default()
         };
-        let config = default_config(&overrides).unwrap();
+        let config = keygate_server::config::load(PLANS, "admin-test.toml", &overrides).unwrap();
         let issuer = config.issuer.clone();
         let gateway = Arc::new(Gateway::new(
             config,
@@ -356,6 +365,7 @@ POST /v1/keys/{key}/revoke | -
 POST /v1/keys/{key}/disable | -
 POST /v1/keys/{key}/enable | -
 PUT /v1/keys/{key}/expiry | {"expires_at": null}
+PUT /v1/emergency | {"on": true}
 "#;
 
 /// Refused requests: `METHOD PATH | BODY | STATUS CODE [FIELD]`. A body is `-` (none), JSON
@@ -390,6 +400,18 @@ GET /v1/keys?limit=1001 | - | 422 invalid_value limit
 GET /v1/keys?state=lost | - | 422 invalid_value state
 GET /v1/clients?active=yes | - | 422 invalid_value active
 GET /v1/audit?before=-1 | - | 422 invalid_value before
+PUT /v1/emergency | {} | 422 invalid_body
+PUT /v1/emergency | {"on": "yes"} | 422 invalid_body
+PUT /v1/emergency | {"on": true, "why": "x"} | 422 invalid_body
+PUT /v1/emergency | {"on": true, "message": ""} | 422 invalid_value message
+PUT /v1/emergency | {"on": true, "message": "a\u0000b"} | 422 invalid_value message
+GET /v1/plans/gold | - | 404 plan_not_found
+GET /v1/clients/nobody/usage | - | 404 client_not_found
+GET /v1/clients/Acme/usage?from=2026-13-01 | - | 422 invalid_value from
+GET /v1/clients/Acme/usage?to=yesterday | - | 422 invalid_value to
+GET /v1/clients/Acme/usage?from=2026-11-02&to=2026-11-01 | - | 422 invalid_value from
+GET /v1/clients/Acme/usage?from=2020-01-01&to=2026-01-01 | - | 422 invalid_value from
+GET /v1/clients/Acme/usage?days=3 | - | 400 invalid_query
 GET /v1/clients/nobody | - | 404 client_not_found
 PATCH /v1/clients/nobody | {"plan": "gold"} | 404 client_not_found
 POST /v1/clients/nobody/disable | - | 404 client_not_found
@@ -552,6 +574,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/{id}/disable"),
     ("post", "/v1/keys/{id}/enable"),
     ("put", "/v1/keys/{id}/expiry"),
+    ("get", "/v1/clients/{client}/usage"),
+    ("get", "/v1/plans"),
+    ("get", "/v1/plans/{name}"),
+    ("get", "/v1/emergency"),
+    ("put", "/v1/emergency"),
     ("get", "/v1/audit"),
 ];
 
@@ -715,6 +742,15 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
         fields(&a.get("/v1/keys").await),
         properties(&doc, "KeyPage")
     );
+    let plans = a.get("/v1/plans").await;
+    assert_eq!(fields(&plans), properties(&doc, "PlanList"));
+    assert_eq!(fields(&plans["items"][0]), properties(&doc, "Plan"));
+    let usage = a.get("/v1/clients/Acme/usage").await;
+    assert_eq!(fields(&usage), properties(&doc, "Usage"));
+    assert_eq!(
+        fields(&a.get("/v1/emergency").await),
+        properties(&doc, "EmergencyState")
+    );
     let missing = a
         .send("GET", "/v1/clients/Nobody", Some(&a.ops), Body::None)
         .await;
@@ -722,4 +758,219 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
     problem_fields.push("field");
     problem_fields.sort_unstable();
     assert_eq!(problem_fields, properties(&doc, "Problem"));
+}
+
+/// A create or rotate with an `Idempotency-Key`, as the given token.
+async fn issue_once(
+    a: &Admin,
+    token: &str,
+    path: &str,
+    idempotency: &str,
+    body: Value,
+) -> (u16, Option<String>, Value) {
+    let resp = a
+        .http
+        .post(format!("{}{path}", a.base))
+        .bearer_auth(token)
+        .header("idempotency-key", idempotency)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let replayed = resp
+        .headers()
+        .get("idempotent-replayed")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let (status, _, json) = status_json(resp).await;
+    (status, replayed, json)
+}
+
+#[tokio::test]
+async fn a_retry_under_an_idempotency_key_gets_the_first_answer_and_issues_nothing() {
+    let a = Admin::start().await;
+    a.client("Acme").await;
+    let second_writer = admin_token(&a.store, "billing", false).await;
+    let body = json!({ "client": "Acme", "label": "prod" });
+
+    let (status, replayed, first) =
+        issue_once(&a, &a.ops, "/v1/keys", "order-4711", body.clone()).await;
+    assert_eq!((status, replayed), (201, None), "{first}");
+    let plaintext = first["key"].as_str().unwrap().to_owned();
+    let v1 = a.version().await;
+    for _ in 0..3 {
+        let (status, replayed, again) =
+            issue_once(&a, &a.ops, "/v1/keys", "order-4711", body.clone()).await;
+        assert_eq!((status, replayed.as_deref()), (201, Some("true")));
+        assert_eq!(again, first, "the same key, shown again to the same caller");
+    }
+    assert_eq!(a.version().await, v1, "a replay changes nothing");
+    let keys = a.get("/v1/keys").await;
+    assert_eq!(keys["items"].as_array().unwrap().len(), 1);
+
+    // The same idempotency key with another request is refused, and issues nothing.
+    let other = json!({ "client": "Acme", "label": "staging" });
+    let (status, _, p) = issue_once(&a, &a.ops, "/v1/keys", "order-4711", other).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // Records are per admin token: another token's identical key is a new request.
+    let (status, replayed, theirs) =
+        issue_once(&a, &second_writer, "/v1/keys", "order-4711", body.clone()).await;
+    assert_eq!((status, replayed), (201, None));
+    assert_ne!(theirs["key"], first["key"]);
+
+    // Malformed keys are refused before anything happens.
+    let before = a.version().await;
+    for bad in ["", &"x".repeat(256), "two words", "caf\u{e9}"] {
+        let resp = a
+            .http
+            .post(format!("{}/v1/keys", a.base))
+            .bearer_auth(&a.ops)
+            .header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        problem(status_json(resp).await, 400, "invalid_idempotency_key");
+    }
+    assert_eq!(a.version().await, before);
+
+    // Rotation: a retry returns the first rotation's new key and rotates nothing more.
+    let id = first["id"].as_str().unwrap();
+    let path = format!("/v1/keys/{id}/rotate");
+    let (status, _, rotated) =
+        issue_once(&a, &a.ops, &path, "rotate-1", json!({ "grace": "1h" })).await;
+    assert_eq!(status, 201, "{rotated}");
+    let (status, replayed, again) =
+        issue_once(&a, &a.ops, &path, "rotate-1", json!({ "grace": "1h" })).await;
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")));
+    assert_eq!(again, rotated);
+    let rotations = a.get("/v1/audit?action=key.rotate").await;
+    assert_eq!(rotations["items"].as_array().unwrap().len(), 1);
+
+    // The store holds the first answers sealed: no plaintext key in the database file.
+    let db = std::fs::read(a._dir.path().join("keygate.db")).unwrap();
+    let wal = std::fs::read(a._dir.path().join("keygate.db-wal")).unwrap_or_default();
+    for secret in [&plaintext, rotated["key"].as_str().unwrap()] {
+        for bytes in [&db, &wal] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a plaintext key is stored"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn plans_usage_and_emergency_mode() {
+    let a = Admin::start().await;
+    let acme = a.client("Acme").await;
+
+    let plans = a.get("/v1/plans").await;
+    assert_eq!(
+        plans,
+        json!({ "items": [
+            { "name": "free", "features": [], "limits": { "per_day": 200 }, "limits_by": "client" },
+            { "name": "pro", "features": ["live", "websocket"],
+              "limits": { "per_hour": 5500, "burst": 50 }, "limits_by": "key" },
+        ]})
+    );
+    assert_eq!(a.get("/v1/plans/pro").await, plans["items"][1]);
+
+    // Usage, as the gateways flush it.
+    let id = acme["id"].as_str().unwrap().to_owned();
+    let row = |day: &str, status: u16, requests: u64| keygate_store::UsageRow {
+        client_id: id.clone(),
+        day: day.into(),
+        status,
+        requests,
+    };
+    a.store
+        .add_usage(&[
+            row("2026-11-20", 200, 7),
+            row("2026-11-20", 429, 2),
+            row("2026-11-21", 403, 1),
+            row("2026-10-01", 200, 50),
+        ])
+        .await
+        .unwrap();
+    let usage = a
+        .get("/v1/clients/Acme/usage?from=2026-11-01&to=2026-11-30")
+        .await;
+    assert_eq!(
+        usage,
+        json!({
+            "client_id": id,
+            "client": "Acme",
+            "from": "2026-11-01",
+            "to": "2026-11-30",
+            "requests": 10,
+            "days": [
+                { "day": "2026-11-20", "requests": 9, "by_status": { "200": 7, "429": 2 } },
+                { "day": "2026-11-21", "requests": 1, "by_status": { "403": 1 } },
+            ],
+        })
+    );
+    let (status, _, by_id) = a
+        .send(
+            "GET",
+            &format!("/v1/clients/{id}/usage?from=2026-10-01&to=2026-10-01"),
+            Some(&a.viewer),
+            Body::None,
+        )
+        .await;
+    assert_eq!((status, &by_id["requests"]), (200, &json!(50)));
+    let recent = a.get("/v1/clients/Acme/usage").await;
+    assert_eq!(
+        recent["to"],
+        keygate_core::Clock::now(&SystemClock).utc_day()
+    );
+
+    // Emergency mode: read-only tokens read it, writers switch it, the audit names the token.
+    let off = a.get("/v1/emergency").await;
+    assert_eq!(
+        off,
+        json!({ "on": false, "message": null, "changed_at": null, "changed_by": null })
+    );
+    let (status, _, _) = a
+        .send("GET", "/v1/emergency", Some(&a.viewer), Body::None)
+        .await;
+    assert_eq!(status, 200);
+    let on = a
+        .ops(
+            200,
+            "PUT /v1/emergency",
+            json!({ "on": true, "message": "Feed maintenance until 14:00 UTC." }),
+        )
+        .await;
+    assert_eq!(on["on"], true);
+    assert_eq!(on["message"], "Feed maintenance until 14:00 UTC.");
+    assert_eq!(on["changed_by"], "admin:ops");
+    assert_eq!(a.get("/v1/emergency").await, on);
+    assert!(a.store.emergency().await.unwrap().on);
+    let off = a
+        .ops(200, "PUT /v1/emergency", json!({ "on": false }))
+        .await;
+    assert_eq!(
+        (off["on"].clone(), off["message"].clone()),
+        (json!(false), Value::Null)
+    );
+    let audit = a.get("/v1/audit?action=emergency.").await;
+    let entries: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("emergency.off", "admin:ops"),
+            ("emergency.on", "admin:ops")
+        ]
+    );
 }

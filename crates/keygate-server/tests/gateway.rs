@@ -709,6 +709,7 @@ async fn hostile_requests_get_precise_answers() {
             version: 0,
             clients: vec![],
             keys: vec![fake],
+            ..Default::default()
         },
         &|_: &str| Vec::new(),
     );

@@ -1,13 +1,13 @@
 //! Reading the audit log (entries are written by each operation's transaction).
 
 use keygate_core::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::{Store, StoreError};
 
 /// One operator action.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: Timestamp,

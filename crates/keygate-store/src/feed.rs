@@ -10,6 +10,7 @@ use sqlx::postgres::PgListener;
 use sqlx::Acquire;
 
 use crate::rows::{self, client_columns, key_columns};
+use crate::settings::{read_emergency, Emergency};
 use crate::{Store, StoreError};
 
 /// The PostgreSQL channel every write announces its version on.
@@ -49,6 +50,7 @@ pub struct Snapshot {
     pub version: i64,
     pub clients: Vec<Client>,
     pub keys: Vec<ApiKey>,
+    pub emergency: Emergency,
 }
 
 /// Clients and keys changed after some version (revoked keys included, so replicas drop them).
@@ -57,6 +59,9 @@ pub struct Delta {
     pub version: i64,
     pub clients: Vec<Client>,
     pub keys: Vec<ApiKey>,
+    /// Emergency mode as of `version`; read whenever the version moved (one row), `None` when
+    /// nothing changed.
+    pub emergency: Option<Emergency>,
 }
 
 impl Delta {
@@ -110,9 +115,11 @@ impl Store {
         ))
         .fetch_all(&mut *tx)
         .await?;
+        let emergency = read_emergency(&mut *tx).await?;
         tx.commit().await?;
         Ok(Snapshot {
             version,
+            emergency,
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,
             keys: keys.iter().map(rows::key).collect::<Result<_, _>>()?,
         })
@@ -148,6 +155,7 @@ impl Store {
         .await?;
         Ok(Delta {
             version,
+            emergency: Some(read_emergency(&self.pool).await?),
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,
             keys: keys.iter().map(rows::key).collect::<Result<_, _>>()?,
         })

@@ -10,6 +10,7 @@ use keygate_core::{ApiKey, KeyId, KeyMaterial, KeyState, SecretKey, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::idempotency::{IdempotencyClaim, Once, SealedAnswer};
 use crate::rows::{self, key_columns};
 use crate::{clients, Actor, Store, StoreError, WriteTx};
 
@@ -123,30 +124,34 @@ impl Store {
     ) -> Result<ApiKey, StoreError> {
         check_label(&new.label)?;
         let mut tx = self.begin_write().await?;
-        if let Some(at) = new.expires_at.filter(|&at| at <= tx.now) {
-            return Err(StoreError::ExpiryInPast(at));
-        }
-        let owner = clients::find(&mut tx, client)
-            .await?
-            .ok_or_else(|| StoreError::ClientNotFound(client.to_owned()))?;
-        let key = ApiKey {
-            id: KeyId::generate(),
-            client_id: owner.id,
-            digest: new.material.digest,
-            hint: new.material.hint,
-            label: new.label,
-            state: KeyState::Active,
-            expires_at: new.expires_at,
-            created_at: tx.now,
-            rotated_at: None,
-            replaced_by: None,
-        };
-        insert(&mut tx, &key).await?;
-        tx.change("key", key.id.as_str(), "create").await?;
-        tx.audit(actor, "key.create", key.id.as_str(), json!(key))
-            .await?;
+        let key = create_in(&mut tx, actor, client, new).await?;
         tx.commit().await?;
         Ok(key)
+    }
+
+    /// [`Store::create_key`] under an idempotency claim: the first request creates the key and
+    /// keeps `seal`'s answer in the same transaction; a retry gets that answer back and creates
+    /// nothing.
+    ///
+    /// # Errors
+    /// As [`Store::create_key`].
+    pub async fn create_key_once(
+        &self,
+        actor: &Actor,
+        client: &str,
+        new: NewKey,
+        claim: &IdempotencyClaim,
+        seal: impl FnOnce(&ApiKey) -> SealedAnswer,
+    ) -> Result<Once<ApiKey>, StoreError> {
+        check_label(&new.label)?;
+        let mut tx = self.begin_write().await?;
+        if let Some(replay) = tx.replay(claim).await? {
+            return Ok(Once::Replayed(replay));
+        }
+        let key = create_in(&mut tx, actor, client, new).await?;
+        tx.remember(claim, &seal(&key)).await?;
+        tx.commit().await?;
+        Ok(Once::Done(key))
     }
 
     /// Reads one key.
@@ -215,52 +220,33 @@ impl Store {
         grace: Option<Duration>,
     ) -> Result<Rotation, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut old = find(&mut tx, id).await?;
-        if old.state == KeyState::Revoked {
-            return Err(StoreError::KeyRevoked(old.id));
-        }
-        if let Some(at) = old.expires_at.filter(|&at| at <= tx.now) {
-            return Err(StoreError::KeyExpired(old.id, at));
-        }
-        let new = ApiKey {
-            id: KeyId::generate(),
-            client_id: old.client_id.clone(),
-            digest: material.digest,
-            hint: material.hint,
-            label: old.label.clone(),
-            state: old.state,
-            expires_at: old.expires_at,
-            created_at: tx.now,
-            rotated_at: None,
-            replaced_by: None,
-        };
-        insert(&mut tx, &new).await?;
-        old.rotated_at = Some(tx.now);
-        old.replaced_by = Some(new.id.clone());
-        match grace.filter(|g| !g.is_zero()) {
-            None => old.state = KeyState::Revoked,
-            Some(g) => {
-                let end = tx.now.plus(g);
-                old.expires_at = Some(old.expires_at.map_or(end, |at| at.min(end)));
-            }
-        }
-        save(&mut tx, &old).await?;
-        tx.change("key", new.id.as_str(), "create").await?;
-        tx.change("key", old.id.as_str(), "rotate").await?;
-        tx.audit(
-            actor,
-            "key.rotate",
-            old.id.as_str(),
-            json!({
-                "new_key": new.id,
-                "new_hint": new.hint,
-                "grace_seconds": grace.map(|g| g.as_secs()),
-                "old_valid_until": if old.state == KeyState::Revoked { Some(tx.now) } else { old.expires_at },
-            }),
-        )
-        .await?;
+        let rotation = rotate_in(&mut tx, actor, id, material, grace).await?;
         tx.commit().await?;
-        Ok(Rotation { new, old })
+        Ok(rotation)
+    }
+
+    /// [`Store::rotate_key`] under an idempotency claim: a retry gets the first rotation's
+    /// answer back and rotates nothing (the new key is not rotated again).
+    ///
+    /// # Errors
+    /// As [`Store::rotate_key`].
+    pub async fn rotate_key_once(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        material: KeyMaterial,
+        grace: Option<Duration>,
+        claim: &IdempotencyClaim,
+        seal: impl FnOnce(&Rotation) -> SealedAnswer,
+    ) -> Result<Once<Rotation>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(replay) = tx.replay(claim).await? {
+            return Ok(Once::Replayed(replay));
+        }
+        let rotation = rotate_in(&mut tx, actor, id, material, grace).await?;
+        tx.remember(claim, &seal(&rotation)).await?;
+        tx.commit().await?;
+        Ok(Once::Done(rotation))
     }
 
     /// Revokes, disables or re-enables a key. Setting the state a key already has changes
@@ -386,4 +372,91 @@ async fn save(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     .execute(&mut *tx.tx)
     .await?;
     Ok(())
+}
+
+/// Creates a key inside an open write.
+async fn create_in(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    client: &str,
+    new: NewKey,
+) -> Result<ApiKey, StoreError> {
+    if let Some(at) = new.expires_at.filter(|&at| at <= tx.now) {
+        return Err(StoreError::ExpiryInPast(at));
+    }
+    let owner = clients::find(tx, client)
+        .await?
+        .ok_or_else(|| StoreError::ClientNotFound(client.to_owned()))?;
+    let key = ApiKey {
+        id: KeyId::generate(),
+        client_id: owner.id,
+        digest: new.material.digest,
+        hint: new.material.hint,
+        label: new.label,
+        state: KeyState::Active,
+        expires_at: new.expires_at,
+        created_at: tx.now,
+        rotated_at: None,
+        replaced_by: None,
+    };
+    insert(tx, &key).await?;
+    tx.change("key", key.id.as_str(), "create").await?;
+    tx.audit(actor, "key.create", key.id.as_str(), json!(key))
+        .await?;
+    Ok(key)
+}
+
+/// Rotates a key inside an open write.
+async fn rotate_in(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    id: &KeyId,
+    material: KeyMaterial,
+    grace: Option<Duration>,
+) -> Result<Rotation, StoreError> {
+    let mut old = find(tx, id).await?;
+    if old.state == KeyState::Revoked {
+        return Err(StoreError::KeyRevoked(old.id));
+    }
+    if let Some(at) = old.expires_at.filter(|&at| at <= tx.now) {
+        return Err(StoreError::KeyExpired(old.id, at));
+    }
+    let new = ApiKey {
+        id: KeyId::generate(),
+        client_id: old.client_id.clone(),
+        digest: material.digest,
+        hint: material.hint,
+        label: old.label.clone(),
+        state: old.state,
+        expires_at: old.expires_at,
+        created_at: tx.now,
+        rotated_at: None,
+        replaced_by: None,
+    };
+    insert(tx, &new).await?;
+    old.rotated_at = Some(tx.now);
+    old.replaced_by = Some(new.id.clone());
+    match grace.filter(|g| !g.is_zero()) {
+        None => old.state = KeyState::Revoked,
+        Some(g) => {
+            let end = tx.now.plus(g);
+            old.expires_at = Some(old.expires_at.map_or(end, |at| at.min(end)));
+        }
+    }
+    save(tx, &old).await?;
+    tx.change("key", new.id.as_str(), "create").await?;
+    tx.change("key", old.id.as_str(), "rotate").await?;
+    tx.audit(
+        actor,
+        "key.rotate",
+        old.id.as_str(),
+        json!({
+            "new_key": new.id,
+            "new_hint": new.hint,
+            "grace_seconds": grace.map(|g| g.as_secs()),
+            "old_valid_until": if old.state == KeyState::Revoked { Some(tx.now) } else { old.expires_at },
+        }),
+    )
+    .await?;
+    Ok(Rotation { new, old })
 }

@@ -13,9 +13,12 @@ mod audit;
 mod clients;
 mod error;
 mod feed;
+mod idempotency;
 mod keys;
 mod migrate;
 mod rows;
+mod settings;
+mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,9 +33,12 @@ pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;
 pub use feed::{ChangeListener, Delta, Snapshot};
+pub use idempotency::{IdempotencyClaim, Once, Replay, SealedAnswer};
 pub use keygate_core::KeyMaterial;
 pub use keys::{IssuedKey, KeyFilter, NewKey, Rotation};
 pub use migrate::{latest_version, MigrateMode};
+pub use settings::Emergency;
+pub use usage::UsageRow;
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,6 +22,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "admin tokens",
         include_str!("../migrations/sqlite/0002_admin_tokens.sql"),
     ),
+    (
+        3,
+        "operations",
+        include_str!("../migrations/sqlite/0003_operations.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -33,6 +38,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         2,
         "admin tokens",
         include_str!("../migrations/postgres/0002_admin_tokens.sql"),
+    ),
+    (
+        3,
+        "operations",
+        include_str!("../migrations/postgres/0003_operations.sql"),
     ),
 ];
 

@@ -23,7 +23,7 @@ async fn a_newer_schema_is_refused_and_left_alone() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
@@ -31,7 +31,7 @@ async fn a_newer_schema_is_refused_and_left_alone() {
     );
     assert!(
         err.to_string()
-            .contains("newer than the 2 this keygate understands"),
+            .contains("newer than the 3 this keygate understands"),
         "{err}"
     );
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use keygate_core::{Digester, KeyFormat, KeyId, KeyState, ManualClock, Scope, Slug, Timestamp};
 use keygate_store::{
-    Actor, AuditFilter, Backend, ClientFilter, ClientUpdate, KeyFilter, KeyMaterial, LimitPatch,
-    NewClient, NewKey, OpenOptions, Store, StoreError,
+    Actor, AuditFilter, Backend, ClientFilter, ClientUpdate, IdempotencyClaim, KeyFilter,
+    KeyMaterial, LimitPatch, NewClient, NewKey, Once, OpenOptions, SealedAnswer, Store, StoreError,
+    UsageRow,
 };
 
 const T0: i64 = 1_790_000_000_000; // 2026-09-21
@@ -640,6 +641,207 @@ async fn admin_tokens_are_digests_and_can_be_revoked(f: Fixture) {
     assert!(!format!("{audit:?}").contains(&plain));
 }
 
+async fn emergency_mode_is_stored_replicated_and_audited(f: Fixture) {
+    let s = &f.store;
+    let off = s.emergency().await.unwrap();
+    assert!(!off.on && off.changed_at.is_none() && off.changed_by.is_none());
+    assert!(s.snapshot().await.unwrap().emergency == off);
+    let v0 = s.version().await.unwrap();
+
+    let on = s
+        .set_emergency(
+            &actor(),
+            true,
+            Some("Upstream maintenance until 14:00 UTC."),
+        )
+        .await
+        .unwrap();
+    assert!(on.on);
+    assert_eq!(on.changed_by.as_deref(), Some("test:suite"));
+    assert_eq!(s.emergency().await.unwrap(), on);
+    // Every node learns of it through the feed.
+    let d = s.delta_since(v0).await.unwrap();
+    assert_eq!(d.emergency.as_ref(), Some(&on));
+    assert!(d.is_empty(), "no client or key changed");
+    assert_eq!(s.snapshot().await.unwrap().emergency, on);
+    assert!(s.delta_since(d.version).await.unwrap().emergency.is_none());
+
+    // Switching off drops the message.
+    let off = s
+        .set_emergency(&actor(), false, Some("ignored"))
+        .await
+        .unwrap();
+    assert!(!off.on && off.message.is_none());
+    for bad in ["", "   ", "line\nbreak"] {
+        let e = s.set_emergency(&actor(), true, Some(bad)).await;
+        assert!(matches!(e, Err(StoreError::Invalid(_))), "{bad:?}: {e:?}");
+    }
+    let long = "x".repeat(501);
+    assert!(s.set_emergency(&actor(), true, Some(&long)).await.is_err());
+    assert_eq!(
+        s.emergency().await.unwrap(),
+        off,
+        "refused switches change nothing"
+    );
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("emergency.".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["emergency.off", "emergency.on"]);
+}
+
+async fn usage_adds_up_per_day_and_status(f: Fixture) {
+    let s = &f.store;
+    let c = acme(s).await;
+    let row = |day: &str, status: u16, requests: u64| UsageRow {
+        client_id: c.id.to_string(),
+        day: day.into(),
+        status,
+        requests,
+    };
+    let v0 = s.version().await.unwrap();
+    s.add_usage(&[row("2026-11-22", 200, 5), row("2026-11-23", 200, 2)])
+        .await
+        .unwrap();
+    s.add_usage(&[row("2026-11-23", 200, 3), row("2026-11-23", 429, 1)])
+        .await
+        .unwrap();
+    s.add_usage(&[]).await.unwrap();
+    assert_eq!(
+        s.usage(&c.id, "2026-11-01", "2026-11-30").await.unwrap(),
+        [
+            row("2026-11-22", 200, 5),
+            row("2026-11-23", 200, 5),
+            row("2026-11-23", 429, 1)
+        ]
+    );
+    assert_eq!(
+        s.usage(&c.id, "2026-11-23", "2026-11-23")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.version().await.unwrap(),
+        v0,
+        "usage is telemetry, not a change every node must replay"
+    );
+}
+
+fn claim(id: u8, body: &str) -> IdempotencyClaim {
+    IdempotencyClaim {
+        id: vec![id; 32],
+        fingerprint: body.as_bytes().to_vec(),
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+async fn an_idempotent_create_or_rotate_happens_once(f: Fixture) {
+    let s = &f.store;
+    acme(s).await;
+    let new = || NewKey {
+        material: material(&KeyFormat::default()).1,
+        label: "prod".into(),
+        expires_at: None,
+    };
+    let seal = |k: &keygate_core::ApiKey| SealedAnswer {
+        status: 201,
+        sealed: k.id.as_str().as_bytes().to_vec(),
+    };
+    let first = s
+        .create_key_once(&actor(), "Acme Sportsbook", new(), &claim(1, "a"), seal)
+        .await
+        .unwrap();
+    let Once::Done(key) = first else {
+        panic!("the first request creates")
+    };
+    let v1 = s.version().await.unwrap();
+    let again = s
+        .create_key_once(&actor(), "Acme Sportsbook", new(), &claim(1, "a"), seal)
+        .await
+        .unwrap();
+    let Once::Replayed(replay) = again else {
+        panic!("a retry replays")
+    };
+    assert_eq!(replay.fingerprint, b"a");
+    assert_eq!(replay.answer.status, 201);
+    assert_eq!(replay.answer.sealed, key.id.as_str().as_bytes());
+    assert_eq!(s.version().await.unwrap(), v1, "a replay writes nothing");
+    assert_eq!(s.snapshot().await.unwrap().keys.len(), 1);
+
+    // Concurrent retries under one claim: one key.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let new = NewKey {
+                material: material(&KeyFormat::default()).1,
+                label: String::new(),
+                expires_at: None,
+            };
+            s.create_key_once(&actor(), "Acme Sportsbook", new, &claim(2, "b"), |k| {
+                SealedAnswer {
+                    status: 201,
+                    sealed: k.id.as_str().as_bytes().to_vec(),
+                }
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Once::Done(_)) {
+            done += 1;
+        }
+    }
+    assert_eq!(done, 1);
+    assert_eq!(s.snapshot().await.unwrap().keys.len(), 2);
+
+    // Rotation: the retry finds the record before it would find the old key revoked.
+    let rotate = |c: IdempotencyClaim| {
+        let id = key.id.clone();
+        async move {
+            s.rotate_key_once(
+                &actor(),
+                &id,
+                material(&KeyFormat::default()).1,
+                None,
+                &c,
+                |r| SealedAnswer {
+                    status: 201,
+                    sealed: r.new.id.as_str().as_bytes().to_vec(),
+                },
+            )
+            .await
+        }
+    };
+    let Once::Done(r) = rotate(claim(3, "r")).await.unwrap() else {
+        panic!("rotates")
+    };
+    let Once::Replayed(again) = rotate(claim(3, "r")).await.unwrap() else {
+        panic!("replays")
+    };
+    assert_eq!(again.answer.sealed, r.new.id.as_str().as_bytes());
+    assert!(matches!(
+        rotate(claim(4, "r")).await,
+        Err(StoreError::KeyRevoked(_))
+    ));
+
+    // Expired records are dropped: the claim is free again.
+    f.clock.advance(Duration::from_secs(3601));
+    let fresh = s
+        .create_key_once(&actor(), "Acme Sportsbook", new(), &claim(1, "a"), seal)
+        .await
+        .unwrap();
+    assert!(matches!(fresh, Once::Done(_)));
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -660,4 +862,7 @@ suite!(
     the_feed_reports_every_change_in_order,
     concurrent_writers_get_distinct_versions,
     admin_tokens_are_digests_and_can_be_revoked,
+    emergency_mode_is_stored_replicated_and_audited,
+    usage_adds_up_per_day_and_status,
+    an_idempotent_create_or_rotate_happens_once,
 );

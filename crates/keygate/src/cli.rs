@@ -18,6 +18,11 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "KEYGATE_CONFIG")]
     pub(crate) config: Option<std::path::PathBuf>,
 
+    /// Work through a node's admin API instead of a database (`http://127.0.0.1:8081`); the
+    /// admin token is read from KEYGATE_ADMIN_TOKEN.
+    #[arg(long, global = true, env = "KEYGATE_ADMIN_URL", value_name = "URL")]
+    pub(crate) admin_url: Option<String>,
+
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -36,6 +41,12 @@ pub(crate) enum Command {
     Key(KeyCommand),
     /// Show the audit log, newest first.
     Audit(AuditArgs),
+    /// Show the plans (of the configuration, or of the node behind --admin-url).
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Emergency mode: every node answers every non-infra request with 503.
+    #[command(subcommand)]
+    Emergency(EmergencyCommand),
     /// Manage admin tokens for the admin API.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCommand),
@@ -103,6 +114,50 @@ pub(crate) enum ClientCommand {
     Disable { name: String },
     /// Enable a disabled client.
     Enable { name: String },
+    /// Requests per UTC day and status.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    pub(crate) name: String,
+    /// First day (YYYY-MM-DD, UTC) [default: 29 days before --to].
+    #[arg(long, value_parser = parse_day)]
+    pub(crate) from: Option<String>,
+    /// Last day (YYYY-MM-DD, UTC) [default: today].
+    #[arg(long, value_parser = parse_day)]
+    pub(crate) to: Option<String>,
+}
+
+/// A UTC day, `YYYY-MM-DD`.
+fn parse_day(s: &str) -> Result<String, String> {
+    Timestamp::parse_rfc3339(&format!("{s}T00:00:00Z"))
+        .ok()
+        .filter(|t| t.utc_day() == s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| format!("`{s}` is not a day (YYYY-MM-DD)"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PlanCommand {
+    /// List the plans.
+    List,
+    /// Show one plan.
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EmergencyCommand {
+    /// Refuse every non-infra request with 503 on every node.
+    On {
+        /// What callers read (1 to 500 printable characters).
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Serve again.
+    Off,
+    /// Show whether emergency mode is on.
+    Status,
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {

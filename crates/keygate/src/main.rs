@@ -1,5 +1,6 @@
 //! The `keygate` binary: argument parsing and wiring only; the work lives in the library crates.
 
+mod backend;
 mod cli;
 mod commands;
 mod output;

@@ -44,9 +44,14 @@ pub(crate) fn fields(pairs: &[(&str, String)]) {
 
 /// Prints an error: one sentence for people, `{"error": {code, message}}` for scripts.
 pub(crate) fn print_error(e: &anyhow::Error, json: bool) {
-    let code = e
-        .downcast_ref::<StoreError>()
-        .map_or("error", StoreError::code);
+    let code = match (
+        e.downcast_ref::<StoreError>(),
+        e.downcast_ref::<crate::backend::RemoteError>(),
+    ) {
+        (Some(store), _) => store.code(),
+        (None, Some(remote)) => remote.code.as_str(),
+        (None, None) => "error",
+    };
     let message = format!("{e:#}");
     if json {
         let doc = serde_json::json!({ "error": { "code": code, "message": message } });

@@ -385,7 +385,7 @@ fn bump_schema(path: &Path) {
 fn migrate_reports_the_schema() {
     let db = Db::new();
     let doc = db.json(&["migrate"]);
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
 }
 
 #[test]

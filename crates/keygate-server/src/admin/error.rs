@@ -63,6 +63,14 @@ pub enum AdminError {
     Conflict(String),
     #[error("{STORE_UNAVAILABLE_DETAIL}")]
     StoreUnavailable,
+    #[error("No plan named `{0}` in this deployment's configuration.")]
+    PlanNotFound(String),
+    #[error("Invalid Idempotency-Key: {0}.")]
+    InvalidIdempotencyKey(&'static str),
+    #[error(
+        "This Idempotency-Key was used with a different request; use a new key for a new request."
+    )]
+    IdempotencyKeyReused,
     #[error("No such admin endpoint.")]
     NotFound,
     #[error("This endpoint does not accept that method.")]
@@ -86,15 +94,20 @@ impl AdminError {
         match self {
             E::MissingToken | E::MalformedToken | E::UnknownToken => StatusCode::UNAUTHORIZED,
             E::ReadOnlyToken => StatusCode::FORBIDDEN,
-            E::MalformedJson(_) | E::UnreadableBody(_) | E::InvalidId(_) | E::InvalidQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            E::InvalidBody(_) | E::InvalidValue { .. } | E::ExpiryInPast(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            E::MalformedJson(_)
+            | E::UnreadableBody(_)
+            | E::InvalidId(_)
+            | E::InvalidQuery(_)
+            | E::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            E::InvalidBody(_)
+            | E::InvalidValue { .. }
+            | E::ExpiryInPast(_)
+            | E::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             E::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            E::ClientNotFound(_) | E::KeyNotFound(_) | E::NotFound => StatusCode::NOT_FOUND,
+            E::ClientNotFound(_) | E::KeyNotFound(_) | E::PlanNotFound(_) | E::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             E::DuplicateClient(_) | E::KeyRevoked(_) | E::KeyExpired(..) | E::Conflict(_) => {
                 StatusCode::CONFLICT
             }
@@ -128,6 +141,9 @@ impl AdminError {
             E::ExpiryInPast(_) => "expiry_in_past",
             E::Conflict(_) => "conflict",
             E::StoreUnavailable => "store_unavailable",
+            E::PlanNotFound(_) => "plan_not_found",
+            E::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            E::IdempotencyKeyReused => "idempotency_key_reused",
             E::NotFound => "not_found",
             E::MethodNotAllowed => "method_not_allowed",
             E::Internal(_) => "internal_error",
@@ -176,6 +192,7 @@ fn name_field(e: &NameError) -> &'static str {
         NameError::Label(_) => "label",
         NameError::Plan(_) => "plan",
         NameError::Slug(_) => "slug",
+        NameError::Notice => "message",
     }
 }
 

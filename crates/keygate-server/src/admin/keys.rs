@@ -7,24 +7,26 @@
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
 use keygate_core::duration::parse_duration;
 use keygate_core::names::check_label;
 use keygate_core::{ApiKey, KeyId, KeyState, Timestamp};
-use keygate_store::{IssuedKey, KeyFilter, NewKey};
-use serde::{Deserialize, Deserializer};
+use keygate_store::{IssuedKey, KeyFilter, NewKey, Once};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::AdminError;
 use super::extract::{JsonBody, KeyPath, Params};
+use super::idempotency::IdempotencyKey;
 use super::openapi as doc;
 use super::{page, page_limit, store_call, AdminState};
 
 /// A new key for a client.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[schema(as = KeyCreate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateBody {
@@ -39,7 +41,7 @@ pub(crate) struct CreateBody {
 }
 
 /// How a rotation treats the old key.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[schema(as = KeyRotate)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotateBody {
@@ -99,13 +101,14 @@ fn issued(doc: &IssuedKey<'_>) -> Value {
     operation_id = "create_key",
     tag = "keys",
     summary = "Issue a key",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a retried request with the same key returns the first answer (with `Idempotent-Replayed: true`) and issues no second key. 1 to 255 visible ASCII characters, e.g. a UUID; kept 24 hours per admin token.", max_length = 255, min_length = 1)),
     request_body = CreateBody,
     responses(
         (status = 201, description = "The new key, with its plaintext shown this once.", body = doc::IssuedKey),
-        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`), or the Idempotency-Key is malformed (`invalid_idempotency_key`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`), or the Idempotency-Key was used with another request (`idempotency_key_reused`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
     ),
@@ -114,9 +117,16 @@ fn issued(doc: &IssuedKey<'_>) -> Value {
 pub(crate) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
+    idempotency: IdempotencyKey,
     JsonBody(body): JsonBody<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), AdminError> {
+) -> Result<Response, AdminError> {
     check_label(&body.label).map_err(|e| AdminError::invalid_value("label", e.to_string()))?;
+    let guard = idempotency.guard(
+        &state.gateway.config.issuer.digester,
+        &caller.actor,
+        "create_key",
+        &body,
+    );
     let expires_at = instant("expires_at", body.expires_at)?;
     let owner = store_call(state.store.client(&body.client)).await?;
     let (secret, material) = state.gateway.config.issuer.issue();
@@ -125,16 +135,36 @@ pub(crate) async fn create(
         label: body.label,
         expires_at,
     };
-    let key = store_call(
-        state
-            .store
-            .create_key(&caller.actor, owner.id.as_str(), new),
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(issued(&IssuedKey::created(&key, &secret, &owner.name))),
+    let answer =
+        |key: &keygate_core::ApiKey| issued(&IssuedKey::created(key, &secret, &owner.name));
+    let Some(guard) = guard else {
+        let key = store_call(
+            state
+                .store
+                .create_key(&caller.actor, owner.id.as_str(), new),
+        )
+        .await?;
+        return Ok((StatusCode::CREATED, Json(answer(&key))).into_response());
+    };
+    let mut first = None;
+    let once = store_call(state.store.create_key_once(
+        &caller.actor,
+        owner.id.as_str(),
+        new,
+        &guard.claim,
+        |key| {
+            let body = answer(key);
+            let sealed = guard.seal(StatusCode::CREATED, body.to_string().as_bytes());
+            first = Some(body);
+            sealed
+        },
     ))
+    .await?;
+    match (once, first) {
+        (Once::Done(_), Some(body)) => Ok((StatusCode::CREATED, Json(body)).into_response()),
+        (Once::Replayed(replay), _) => guard.replay(&replay),
+        (Once::Done(_), None) => Err(AdminError::Internal("idempotency_seal_missing")),
+    }
 }
 
 /// `GET /v1/keys?client=&state=&after=&limit=` → a page of masked keys in creation order.
@@ -213,14 +243,14 @@ pub(crate) async fn show(
     operation_id = "rotate_key",
     tag = "keys",
     summary = "Replace a key with a new one",
-    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: a retried request with the same key returns the first answer (with `Idempotent-Replayed: true`) and issues no second key. 1 to 255 visible ASCII characters, e.g. a UUID; kept 24 hours per admin token.", max_length = 255, min_length = 1)),
     request_body(content = Option<RotateBody>, description = "Optional; without it the old key is revoked at once."),
     responses(
         (status = 201, description = "The new key, with its plaintext shown this once.", body = doc::RotatedKey),
-        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`), or the key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`), the key id is malformed (`invalid_id`), or the Idempotency-Key is malformed (`invalid_idempotency_key`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is missing, unknown or invalid (`invalid_body`, `invalid_value`, `expiry_in_past`), or the Idempotency-Key was used with another request (`idempotency_key_reused`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The key is revoked (`key_revoked`) or expired (`key_expired`), or the store refused the change (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
     ),
@@ -230,9 +260,16 @@ pub(crate) async fn rotate(
     State(state): State<AdminState>,
     caller: Caller,
     KeyPath(id): KeyPath,
+    idempotency: IdempotencyKey,
     body: Option<JsonBody<RotateBody>>,
-) -> Result<(StatusCode, Json<Value>), AdminError> {
+) -> Result<Response, AdminError> {
     let body = body.map(|JsonBody(b)| b).unwrap_or_default();
+    let guard = idempotency.guard(
+        &state.gateway.config.issuer.digester,
+        &caller.actor,
+        &format!("rotate_key {id}"),
+        &body,
+    );
     let grace: Option<Duration> = body
         .grace
         .map(|g| parse_duration(&g).map_err(|e| AdminError::invalid_value("grace", e.to_string())))
@@ -242,11 +279,34 @@ pub(crate) async fn rotate(
     let old = store_call(state.store.key(&id)).await?;
     let owner = store_call(state.store.client(old.client_id.as_str())).await?;
     let (secret, material) = state.gateway.config.issuer.issue();
-    let rotation = store_call(state.store.rotate_key(&caller.actor, &id, material, grace)).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(issued(&IssuedKey::rotated(&rotation, &secret, &owner.name))),
+    let answer = |r: &keygate_store::Rotation| issued(&IssuedKey::rotated(r, &secret, &owner.name));
+    let Some(guard) = guard else {
+        let rotation =
+            store_call(state.store.rotate_key(&caller.actor, &id, material, grace)).await?;
+        return Ok((StatusCode::CREATED, Json(answer(&rotation))).into_response());
+    };
+    // A retry finds the old key already rotated: its record is looked up before the key's
+    // state is checked, inside the same transaction.
+    let mut first = None;
+    let once = store_call(state.store.rotate_key_once(
+        &caller.actor,
+        &id,
+        material,
+        grace,
+        &guard.claim,
+        |rotation| {
+            let body = answer(rotation);
+            let sealed = guard.seal(StatusCode::CREATED, body.to_string().as_bytes());
+            first = Some(body);
+            sealed
+        },
     ))
+    .await?;
+    match (once, first) {
+        (Once::Done(_), Some(body)) => Ok((StatusCode::CREATED, Json(body)).into_response()),
+        (Once::Replayed(replay), _) => guard.replay(&replay),
+        (Once::Done(_), None) => Err(AdminError::Internal("idempotency_seal_missing")),
+    }
 }
 
 async fn set_state(

@@ -1,4 +1,5 @@
-//! The admin API: clients, keys and the audit log as JSON under `/v1/`, for operators' tools.
+//! The admin API: clients, keys, usage, plans, emergency mode and the audit log as JSON under
+//! `/v1/`, for operators' tools.
 //!
 //! It runs on the admin listener beside the infra endpoints (`crate::infra`), which it does not
 //! serve itself. Every route needs an admin token ([`auth`]); read-only tokens may only read.
@@ -11,10 +12,14 @@
 mod audit;
 mod auth;
 mod clients;
+mod emergency;
 mod error;
 mod extract;
+mod idempotency;
 mod keys;
 mod openapi;
+mod plans;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use keygate_store::{Store, StoreError};
 use crate::gateway::Gateway;
 
 pub use error::{AdminError, STORE_UNAVAILABLE_DETAIL};
+pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, REPLAYED as IDEMPOTENT_REPLAYED};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -74,6 +80,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys/{id}/disable", post(keys::disable))
         .route("/v1/keys/{id}/enable", post(keys::enable))
         .route("/v1/keys/{id}/expiry", put(keys::set_expiry))
+        .route("/v1/clients/{client}/usage", get(usage::show))
+        .route("/v1/plans", get(plans::list))
+        .route("/v1/plans/{name}", get(plans::show))
+        .route("/v1/emergency", get(emergency::show).put(emergency::set))
         .route("/v1/audit", get(audit::list))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(

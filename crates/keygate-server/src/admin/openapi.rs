@@ -18,7 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{audit, clients, keys};
+use super::{audit, clients, emergency, keys, plans, usage};
 
 /// The name of the admin token security scheme.
 pub(crate) const BEARER: &str = "bearer";
@@ -214,12 +214,100 @@ pub(crate) struct AuditPage {
     next_before: Option<i64>,
 }
 
+/// A plan's limits; unset limits are omitted.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PlanLimits {
+    #[schema(nullable = false, minimum = 1)]
+    rps: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_minute: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_hour: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_day: Option<u64>,
+    #[schema(nullable = false, minimum = 1)]
+    per_month: Option<u64>,
+    /// Burst of the rate limits (the limit itself when absent).
+    #[schema(nullable = false)]
+    burst: Option<u32>,
+}
+
+/// Whom a plan's limits count: each client, or each key.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum LimitsBy {
+    Client,
+    Key,
+}
+
+/// A plan of the configuration: the features it includes and its limits.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Plan {
+    name: String,
+    features: Vec<String>,
+    limits: PlanLimits,
+    limits_by: LimitsBy,
+}
+
+/// Every configured plan.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PlanList {
+    items: Vec<Plan>,
+}
+
+/// Emergency mode as stored.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct EmergencyState {
+    on: bool,
+    /// What callers read; the default sentence when `null`.
+    #[schema(required = true)]
+    message: Option<String>,
+    /// When it was last switched; `null` when never.
+    #[schema(required = true, format = DateTime)]
+    changed_at: Option<String>,
+    /// Who last switched it; `null` when never.
+    #[schema(required = true)]
+    changed_by: Option<String>,
+}
+
+/// One UTC day of a client's usage.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct UsageDay {
+    #[schema(format = Date)]
+    day: String,
+    requests: u64,
+    /// Requests per HTTP status, keyed by the status code.
+    by_status: std::collections::BTreeMap<String, u64>,
+}
+
+/// A client's requests per day and status over a range of days.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Usage {
+    #[schema(pattern = "^cli_[0-9a-z]{16}$")]
+    client_id: String,
+    client: String,
+    #[schema(format = Date)]
+    from: String,
+    #[schema(format = Date)]
+    to: String,
+    /// All requests in the range.
+    requests: u64,
+    days: Vec<UsageDay>,
+}
+
 /// The admin API document.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "keygate admin API",
-        description = "Clients, keys and the audit log of a keygate deployment. Every operation \
+        description = "Clients, keys, usage, plans, emergency mode and the audit log of a keygate deployment. Every operation \
                        needs an admin token (`Authorization: Bearer kgadm_...`); read-only tokens \
                        may only read. Failures are RFC 9457 problems (`application/problem+json`).",
     ),
@@ -238,6 +326,11 @@ pub(crate) struct AuditPage {
         keys::disable,
         keys::enable,
         keys::set_expiry,
+        usage::show,
+        plans::list,
+        plans::show,
+        emergency::show,
+        emergency::set,
         audit::list,
     ),
     components(schemas(
@@ -258,11 +351,21 @@ pub(crate) struct AuditPage {
         keys::CreateBody,
         keys::RotateBody,
         keys::ExpiryBody,
+        PlanLimits,
+        LimitsBy,
+        Plan,
+        PlanList,
+        EmergencyState,
+        UsageDay,
+        Usage,
+        emergency::SwitchBody,
     )),
     modifiers(&CommonProblems),
     tags(
         (name = "clients", description = "Clients (tenants) and what their keys may do."),
         (name = "keys", description = "Issuing keys and managing their lifecycle."),
+        (name = "plans", description = "The plans of the deployment's configuration (read-only)."),
+        (name = "emergency", description = "Emergency mode: every node refuses non-infra requests with 503."),
         (name = "audit", description = "The audit log of operator actions."),
     ),
 )]

@@ -26,6 +26,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 const DEFAULT_FEED_POLL: Duration = Duration::from_millis(100);
 const DEFAULT_FEED_POLL_LISTENING: Duration = Duration::from_millis(500);
+const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(10);
 const DEFAULT_UPSTREAM: &str = "default";
 
 /// Collects errors while compiling.
@@ -158,6 +159,21 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         raw.server.feed_poll.as_ref().map(Spanned::span).as_ref(),
         errors,
     );
+    let usage_flush = duration(
+        raw.server
+            .usage_flush
+            .as_ref()
+            .map(|s| s.get_ref().as_str()),
+        DEFAULT_USAGE_FLUSH,
+        raw.server.usage_flush.as_ref().map(Spanned::span).as_ref(),
+        errors,
+    );
+    if usage_flush.is_zero() {
+        errors.at(
+            raw.server.usage_flush.as_ref().map(Spanned::span).as_ref(),
+            "usage_flush must be longer than zero".to_owned(),
+        );
+    }
     let workers = overrides
         .workers
         .or(raw.server.workers)
@@ -262,6 +278,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         workers,
         db,
         feed_poll,
+        usage_flush,
         ready_requires_store: raw.server.ready_requires_store,
         issuer,
         upstreams,

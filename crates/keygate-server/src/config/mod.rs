@@ -42,6 +42,38 @@ pub struct Plan {
     pub limits: LimitSet,
 }
 
+impl Plan {
+    /// One plan as JSON: its features and the limits that are set.
+    pub fn to_json(&self, name: &str) -> serde_json::Value {
+        let l = &self.limits;
+        let mut limits = serde_json::Map::new();
+        for (field, value) in [
+            ("rps", l.rps),
+            ("per_minute", l.per_minute),
+            ("per_hour", l.per_hour),
+            ("per_day", l.per_day),
+            ("per_month", l.per_month),
+        ] {
+            if let Some(v) = value {
+                limits.insert(field.to_owned(), serde_json::json!(v.get()));
+            }
+        }
+        if let Some(burst) = l.burst {
+            limits.insert("burst".to_owned(), serde_json::json!(burst));
+        }
+        let by = match l.by {
+            crate::ratelimit::LimitBy::Client => "client",
+            crate::ratelimit::LimitBy::Key => "key",
+        };
+        serde_json::json!({
+            "name": name,
+            "features": self.features,
+            "limits": limits,
+            "limits_by": by,
+        })
+    }
+}
+
 /// Where rate-limit counters live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LimiterBackend {
@@ -79,6 +111,8 @@ pub struct Config {
     pub workers: usize,
     pub db: String,
     pub feed_poll: Duration,
+    /// How often usage counts are added to the store.
+    pub usage_flush: Duration,
     pub ready_requires_store: bool,
     pub issuer: Issuer,
     pub upstreams: Vec<UpstreamSpec>,

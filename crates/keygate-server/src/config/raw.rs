@@ -64,6 +64,8 @@ pub(crate) struct RawServer {
     /// How often to poll the store's change feed (default 100ms on SQLite, 500ms on
     /// PostgreSQL, where LISTEN/NOTIFY wakes the poller at once).
     pub(crate) feed_poll: Option<Spanned<String>>,
+    /// How often usage counts are added to the store (default 10s).
+    pub(crate) usage_flush: Option<Spanned<String>>,
     /// Answer `/ready` 503 while the store is unreachable (default: keep serving from the
     /// replica and stay ready).
     #[serde(default)]

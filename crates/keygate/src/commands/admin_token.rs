@@ -36,14 +36,14 @@ fn access(t: &AdminToken) -> &'static str {
 }
 
 pub(crate) async fn run(ctx: &Context, cmd: AdminTokenCommand) -> anyhow::Result<()> {
+    let store = ctx.backend.local("admin-token")?;
     match cmd {
         AdminTokenCommand::Create { name, read_only } => {
             // Admin tokens have their own fixed format and a plain SHA-256 digest, so the admin
             // plane never depends on a profile's key settings.
             let issuer = Issuer::new(KeyFormat::admin_token(), Digester::plain());
             let (secret, material) = issuer.issue();
-            let t = ctx
-                .store
+            let t = store
                 .create_admin_token(&ctx.actor, &name, read_only, material)
                 .await?;
             if ctx.json {
@@ -65,7 +65,7 @@ pub(crate) async fn run(ctx: &Context, cmd: AdminTokenCommand) -> anyhow::Result
             Ok(())
         }
         AdminTokenCommand::List => {
-            let tokens = ctx.store.list_admin_tokens().await?;
+            let tokens = store.list_admin_tokens().await?;
             if ctx.json {
                 output::json(&tokens);
                 return Ok(());
@@ -92,7 +92,7 @@ pub(crate) async fn run(ctx: &Context, cmd: AdminTokenCommand) -> anyhow::Result
             Ok(())
         }
         AdminTokenCommand::Revoke { name } => {
-            let t = ctx.store.revoke_admin_token(&ctx.actor, &name).await?;
+            let t = store.revoke_admin_token(&ctx.actor, &name).await?;
             show(ctx, &t);
             Ok(())
         }

@@ -8,7 +8,7 @@ use crate::output;
 
 pub(crate) async fn run(ctx: &Context, args: AuditArgs) -> anyhow::Result<()> {
     let entries = ctx
-        .store
+        .backend
         .audit(&AuditFilter {
             limit: args.limit,
             before: args.before,

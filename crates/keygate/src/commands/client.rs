@@ -4,24 +4,27 @@ use keygate_core::{Client, LimitOverrides};
 use keygate_store::{ClientFilter, ClientUpdate, LimitPatch, NewClient};
 
 use super::Context;
-use crate::cli::{ClientCommand, ClientCreate, ClientList, ClientUpdateArgs};
+use crate::cli::{ClientCommand, ClientCreate, ClientList, ClientUpdateArgs, UsageArgs};
 use crate::output;
 
 pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()> {
     match cmd {
         ClientCommand::Create(args) => create(ctx, args).await,
         ClientCommand::List(args) => list(ctx, args).await,
-        ClientCommand::Show { name } => show_one(ctx, &ctx.store.client(&name).await?),
+        ClientCommand::Show { name } => show_one(ctx, &ctx.backend.client(&name).await?),
         ClientCommand::Update(args) => update(ctx, args).await,
         ClientCommand::Disable { name } => show_one(
             ctx,
-            &ctx.store
+            &ctx.backend
                 .set_client_active(&ctx.actor, &name, false)
                 .await?,
         ),
+        ClientCommand::Usage(args) => usage(ctx, args).await,
         ClientCommand::Enable { name } => show_one(
             ctx,
-            &ctx.store.set_client_active(&ctx.actor, &name, true).await?,
+            &ctx.backend
+                .set_client_active(&ctx.actor, &name, true)
+                .await?,
         ),
     }
 }
@@ -43,7 +46,7 @@ async fn create(ctx: &Context, args: ClientCreate) -> anyhow::Result<()> {
             ws_connections: l.ws_connections,
         },
     };
-    let client = ctx.store.create_client(&ctx.actor, new).await?;
+    let client = ctx.backend.create_client(&ctx.actor, new).await?;
     show_one(ctx, &client)
 }
 
@@ -59,7 +62,7 @@ async fn list(ctx: &Context, args: ClientList) -> anyhow::Result<()> {
         after: args.after,
         limit: args.limit,
     };
-    let clients = ctx.store.list_clients(&filter).await?;
+    let clients = ctx.backend.list_clients(&filter).await?;
     if ctx.json {
         output::json(&clients);
         return Ok(());
@@ -110,7 +113,7 @@ async fn update(ctx: &Context, args: ClientUpdateArgs) -> anyhow::Result<()> {
         },
     };
     let client = ctx
-        .store
+        .backend
         .update_client(&ctx.actor, &args.name, update)
         .await?;
     show_one(ctx, &client)
@@ -161,5 +164,57 @@ fn show_one(ctx: &Context, c: &Client) -> anyhow::Result<()> {
         ("created", c.created_at.to_string()),
         ("updated", c.updated_at.to_string()),
     ]);
+    Ok(())
+}
+
+/// Days shown when `--from` is absent.
+const USAGE_DAYS: i64 = 30;
+
+async fn usage(ctx: &Context, args: UsageArgs) -> anyhow::Result<()> {
+    let to = args.to.unwrap_or_else(|| ctx.backend.now().utc_day());
+    let from = match args.from {
+        Some(from) => from,
+        None => {
+            let end = keygate_core::Timestamp::parse_rfc3339(&format!("{to}T00:00:00Z"))?;
+            keygate_core::Timestamp::from_millis(end.as_millis() - (USAGE_DAYS - 1) * 86_400_000)
+                .utc_day()
+        }
+    };
+    if from > to {
+        anyhow::bail!("--from {from} is after --to {to}");
+    }
+    let report = ctx.backend.usage(&args.name, &from, &to).await?;
+    if ctx.json {
+        output::json(&report);
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = report["days"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|d| {
+            let statuses = d["by_status"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(status, n)| format!("{status}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            vec![
+                d["day"].as_str().unwrap_or("-").to_owned(),
+                d["requests"].to_string(),
+                statuses,
+            ]
+        })
+        .collect();
+    println!(
+        "Client {}: {} requests from {from} to {to}.",
+        report["client"].as_str().unwrap_or(&args.name),
+        report["requests"]
+    );
+    output::table(&["DAY", "REQUESTS", "BY STATUS"], &rows);
     Ok(())
 }

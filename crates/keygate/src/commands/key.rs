@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 
-use keygate_core::{ApiKey, ClientId, KeyState, SecretKey, Timestamp};
-use keygate_store::{IssuedKey, KeyFilter, NewKey, Rotation};
+use keygate_core::{ApiKey, ClientId, KeyState, Timestamp};
+use keygate_store::KeyFilter;
 use serde::Serialize;
 
 use super::Context;
+use crate::backend::Issued;
 use crate::cli::{KeyCommand, KeyCreate, KeyList};
 use crate::output;
 
@@ -22,32 +23,31 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Create(args) => create(ctx, args).await,
         KeyCommand::List(args) => list(ctx, args).await,
-        KeyCommand::Show { id } => show_one(ctx, &ctx.store.key(&id).await?).await,
+        KeyCommand::Show { id } => show_one(ctx, &ctx.backend.key(&id).await?).await,
         KeyCommand::Rotate { id, grace } => {
-            let (secret, material) = ctx.issuer.issue();
-            let r = ctx
-                .store
-                .rotate_key(&ctx.actor, &id, material, grace)
+            let issued = ctx
+                .backend
+                .rotate_key(&ctx.actor, &ctx.issuer, &id, grace)
                 .await?;
-            print_issued(ctx, &r.new, &secret, Some(&r)).await
+            print_issued(ctx, &issued)
         }
         KeyCommand::Revoke { id } => {
             let key = ctx
-                .store
+                .backend
                 .set_key_state(&ctx.actor, &id, KeyState::Revoked)
                 .await?;
             show_one(ctx, &key).await
         }
         KeyCommand::Disable { id } => {
             let key = ctx
-                .store
+                .backend
                 .set_key_state(&ctx.actor, &id, KeyState::Disabled)
                 .await?;
             show_one(ctx, &key).await
         }
         KeyCommand::Enable { id } => {
             let key = ctx
-                .store
+                .backend
                 .set_key_state(&ctx.actor, &id, KeyState::Active)
                 .await?;
             show_one(ctx, &key).await
@@ -56,11 +56,11 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
             let expires_at = match (at, in_, never) {
                 (_, _, true) => None,
                 (Some(at), _, _) => Some(at),
-                (None, Some(d), _) => Some(ctx.store.now().plus(d)),
+                (None, Some(d), _) => Some(ctx.backend.now().plus(d)),
                 (None, None, false) => unreachable!("clap requires --at, --in or --never"),
             };
             let key = ctx
-                .store
+                .backend
                 .set_key_expiry(&ctx.actor, &id, expires_at)
                 .await?;
             show_one(ctx, &key).await
@@ -71,58 +71,46 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
 async fn create(ctx: &Context, args: KeyCreate) -> anyhow::Result<()> {
     let expires_at = match (args.expires_at, args.expires_in) {
         (Some(at), _) => Some(at),
-        (None, Some(d)) => Some(ctx.store.now().plus(d)),
+        (None, Some(d)) => Some(ctx.backend.now().plus(d)),
         (None, None) => None,
     };
-    let (secret, material) = ctx.issuer.issue();
-    let key = ctx
-        .store
+    let issued = ctx
+        .backend
         .create_key(
             &ctx.actor,
+            &ctx.issuer,
             &args.client,
-            NewKey {
-                material,
-                label: args.label,
-                expires_at,
-            },
+            args.label,
+            expires_at,
         )
         .await?;
-    print_issued(ctx, &key, &secret, None).await
+    print_issued(ctx, &issued)
 }
 
-async fn print_issued(
-    ctx: &Context,
-    key: &ApiKey,
-    secret: &SecretKey,
-    rotated: Option<&Rotation>,
-) -> anyhow::Result<()> {
-    let client = ctx.store.client(key.client_id.as_str()).await?;
+fn print_issued(ctx: &Context, issued: &Issued) -> anyhow::Result<()> {
     if ctx.json {
-        match rotated {
-            Some(r) => output::json(&IssuedKey::rotated(r, secret, &client.name)),
-            None => output::json(&IssuedKey::created(key, secret, &client.name)),
-        }
+        output::json(issued);
         return Ok(());
     }
-    match rotated {
-        None => println!("Created key {} for client {}.", key.id, client.name),
-        Some(r) => println!(
-            "Rotated key {} into {} for client {}; the old key works until {}.",
-            r.old.id,
-            key.id,
-            client.name,
-            r.old_valid_until()
+    match &issued.replaces {
+        None => println!("Created key {} for client {}.", issued.id, issued.client),
+        Some(old) => println!(
+            "Rotated key {old} into {} for client {}; the old key works until {}.",
+            issued.id,
+            issued.client,
+            issued
+                .old_key_valid_until
                 .map_or("now".to_owned(), |t| t.to_string())
         ),
     }
     println!(
         "Store this key now; it is shown only once:\n\n    {}\n",
-        secret.expose()
+        issued.key
     );
     output::fields(&[
-        ("hint", key.hint.clone()),
-        ("label", label_text(&key.label)),
-        ("expires", expiry_text(key.expires_at)),
+        ("hint", issued.hint.clone()),
+        ("label", label_text(&issued.label)),
+        ("expires", expiry_text(issued.expires_at)),
     ]);
     Ok(())
 }
@@ -146,11 +134,11 @@ async fn list(ctx: &Context, args: KeyList) -> anyhow::Result<()> {
         after: args.after,
         limit: args.limit,
     };
-    let keys = ctx.store.list_keys(&filter).await?;
+    let keys = ctx.backend.list_keys(&filter).await?;
     let mut names: HashMap<ClientId, String> = HashMap::new();
     for k in &keys {
         if !names.contains_key(&k.client_id) {
-            let c = ctx.store.client(k.client_id.as_str()).await?;
+            let c = ctx.backend.client(k.client_id.as_str()).await?;
             names.insert(c.id, c.name);
         }
     }
@@ -190,7 +178,7 @@ async fn list(ctx: &Context, args: KeyList) -> anyhow::Result<()> {
 }
 
 async fn show_one(ctx: &Context, key: &ApiKey) -> anyhow::Result<()> {
-    let client = ctx.store.client(key.client_id.as_str()).await?;
+    let client = ctx.backend.client(key.client_id.as_str()).await?;
     if ctx.json {
         output::json(&KeyView {
             key,

@@ -4,7 +4,9 @@ mod admin_token;
 mod audit;
 mod client;
 mod demo;
+mod emergency;
 mod key;
+mod plan;
 mod serve;
 
 use std::path::Path;
@@ -14,14 +16,17 @@ use keygate_core::Issuer;
 use keygate_server::{Config, Overrides};
 use keygate_store::{Actor, OpenOptions, Store};
 
+use crate::backend::{Backend, Remote};
+
 use crate::cli::{Cli, Command};
 
-/// What every store command gets: the store, the key issuer, the acting operator, the output
-/// mode.
+/// What every store command gets: where it takes effect, the key issuer, the acting operator,
+/// the configuration (plans), the output mode.
 pub(crate) struct Context {
-    pub(crate) store: Store,
+    pub(crate) backend: Backend,
     pub(crate) issuer: Issuer,
     pub(crate) actor: Actor,
+    pub(crate) config: Config,
     pub(crate) json: bool,
 }
 
@@ -82,56 +87,77 @@ fn check_config(file: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let tooling = Overrides {
+        tooling: true,
+        ..Overrides::default()
+    };
     let config = match &cli.config {
-        Some(path) => Some(load_config(
-            path,
-            &Overrides {
-                tooling: true,
-                ..Overrides::default()
-            },
-        )?),
+        Some(path) => Some(load_config(path, &tooling)?),
         None => None,
     };
-    let db = cli
-        .db
-        .clone()
-        .or_else(|| config.as_ref().map(|c| c.db.clone()))
-        .unwrap_or_else(|| "keygate.db".to_owned());
-    let store = Store::open(&db, OpenOptions::default()).await?;
+    let backend = match &cli.admin_url {
+        Some(url) => {
+            if cli.db.is_some() {
+                anyhow::bail!(
+                    "give --db (a database) or --admin-url (a node's admin API), not both"
+                );
+            }
+            let token = std::env::var("KEYGATE_ADMIN_TOKEN").map_err(|_| {
+                anyhow::anyhow!("--admin-url needs an admin token in KEYGATE_ADMIN_TOKEN (`keygate admin-token create` makes one)")
+            })?;
+            Backend::Remote(Remote::new(url, &token)?)
+        }
+        None => {
+            let db = cli
+                .db
+                .clone()
+                .or_else(|| config.as_ref().map(|c| c.db.clone()))
+                .unwrap_or_else(|| "keygate.db".to_owned());
+            Backend::Local(Store::open(&db, OpenOptions::default()).await?)
+        }
+    };
+    let config = match config {
+        Some(c) => c,
+        None => keygate_server::config::default_config(&tooling)?,
+    };
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned());
     let ctx = Context {
-        store,
-        issuer: config.map(|c| c.issuer).unwrap_or_default(),
+        backend,
+        issuer: config.issuer.clone(),
         actor: Actor(format!("cli:{user}")),
+        config,
         json: cli.json,
     };
     let result = match cli.command {
         Command::Client(cmd) => client::run(&ctx, cmd).await,
         Command::Key(cmd) => key::run(&ctx, cmd).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
+        Command::Plan(cmd) => plan::run(&ctx, cmd).await,
+        Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } => {
             unreachable!("handled before the store opens")
         }
     };
-    ctx.store.close().await;
+    ctx.backend.close().await;
     result
 }
 
 async fn migrate(ctx: &Context) -> anyhow::Result<()> {
+    let store = ctx.backend.local("migrate")?;
     // Opening already applied pending migrations (or refused a newer schema).
-    let version = keygate_store::latest_version(ctx.store.backend());
+    let version = keygate_store::latest_version(store.backend());
     if ctx.json {
         crate::output::json(
-            &serde_json::json!({ "database": ctx.store.target(), "schema_version": version }),
+            &serde_json::json!({ "database": store.target(), "schema_version": version }),
         );
     } else {
         println!(
             "Database {} is at schema version {version}.",
-            ctx.store.target()
+            store.target()
         );
     }
     Ok(())

@@ -1,0 +1,263 @@
+//! Where CLI commands take effect: a local store (`--db`), or a remote node's admin API
+//! (`--admin-url` with `KEYGATE_ADMIN_TOKEN`). Both answer with the same model types, so every
+//! command prints the same output either way.
+
+mod remote;
+
+use std::time::Duration;
+
+use anyhow::bail;
+use keygate_core::Clock as _;
+use keygate_core::{ApiKey, Client, Issuer, KeyId, KeyState, SystemClock, Timestamp};
+use keygate_store::{
+    Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, IssuedKey, KeyFilter,
+    NewClient, NewKey, Store,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub(crate) use remote::{Remote, RemoteError};
+
+/// An issued key as printed: the plaintext is here and nowhere else. Field for field the
+/// store's [`IssuedKey`] document, owned so a remote answer can be read into it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Issued {
+    pub(crate) id: String,
+    pub(crate) key: String,
+    pub(crate) hint: String,
+    pub(crate) client: String,
+    pub(crate) client_id: String,
+    pub(crate) label: String,
+    pub(crate) state: KeyState,
+    pub(crate) expires_at: Option<Timestamp>,
+    pub(crate) created_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) replaces: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) old_key_valid_until: Option<Timestamp>,
+}
+
+impl Issued {
+    fn from_doc(doc: &IssuedKey<'_>) -> anyhow::Result<Issued> {
+        Ok(serde_json::from_value(serde_json::to_value(doc)?)?)
+    }
+}
+
+/// The target of the CLI's commands.
+pub(crate) enum Backend {
+    Local(Store),
+    Remote(Remote),
+}
+
+impl Backend {
+    /// The local store, for commands the admin API does not offer.
+    ///
+    /// # Errors
+    /// When the CLI talks to a remote node.
+    pub(crate) fn local(&self, command: &str) -> anyhow::Result<&Store> {
+        match self {
+            Backend::Local(store) => Ok(store),
+            Backend::Remote(_) => bail!(
+                "`keygate {command}` works on a database (--db or KEYGATE_DB), not through the admin API (--admin-url)"
+            ),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        match self {
+            Backend::Local(store) => store.now(),
+            Backend::Remote(_) => SystemClock.now(),
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        if let Backend::Local(store) = self {
+            store.close().await;
+        }
+    }
+
+    pub(crate) async fn create_client(
+        &self,
+        actor: &Actor,
+        new: NewClient,
+    ) -> anyhow::Result<Client> {
+        match self {
+            Backend::Local(s) => Ok(s.create_client(actor, new).await?),
+            Backend::Remote(r) => r.create_client(&new).await,
+        }
+    }
+
+    pub(crate) async fn list_clients(&self, filter: &ClientFilter) -> anyhow::Result<Vec<Client>> {
+        match self {
+            Backend::Local(s) => Ok(s.list_clients(filter).await?),
+            Backend::Remote(r) => r.list_clients(filter).await,
+        }
+    }
+
+    pub(crate) async fn client(&self, name: &str) -> anyhow::Result<Client> {
+        match self {
+            Backend::Local(s) => Ok(s.client(name).await?),
+            Backend::Remote(r) => r.client(name).await,
+        }
+    }
+
+    pub(crate) async fn update_client(
+        &self,
+        actor: &Actor,
+        name: &str,
+        update: ClientUpdate,
+    ) -> anyhow::Result<Client> {
+        match self {
+            Backend::Local(s) => Ok(s.update_client(actor, name, update).await?),
+            Backend::Remote(r) => r.update_client(name, &update).await,
+        }
+    }
+
+    pub(crate) async fn set_client_active(
+        &self,
+        actor: &Actor,
+        name: &str,
+        active: bool,
+    ) -> anyhow::Result<Client> {
+        match self {
+            Backend::Local(s) => Ok(s.set_client_active(actor, name, active).await?),
+            Backend::Remote(r) => r.set_client_active(name, active).await,
+        }
+    }
+
+    /// Issues a key: locally with the configured key format, remotely with the node's.
+    pub(crate) async fn create_key(
+        &self,
+        actor: &Actor,
+        issuer: &Issuer,
+        client: &str,
+        label: String,
+        expires_at: Option<Timestamp>,
+    ) -> anyhow::Result<Issued> {
+        match self {
+            Backend::Local(s) => {
+                let (secret, material) = issuer.issue();
+                let new = NewKey {
+                    material,
+                    label,
+                    expires_at,
+                };
+                let key = s.create_key(actor, client, new).await?;
+                let owner = s.client(key.client_id.as_str()).await?;
+                Issued::from_doc(&IssuedKey::created(&key, &secret, &owner.name))
+            }
+            Backend::Remote(r) => r.create_key(client, &label, expires_at).await,
+        }
+    }
+
+    pub(crate) async fn rotate_key(
+        &self,
+        actor: &Actor,
+        issuer: &Issuer,
+        id: &KeyId,
+        grace: Option<Duration>,
+    ) -> anyhow::Result<Issued> {
+        match self {
+            Backend::Local(s) => {
+                let (secret, material) = issuer.issue();
+                let rotation = s.rotate_key(actor, id, material, grace).await?;
+                let owner = s.client(rotation.new.client_id.as_str()).await?;
+                Issued::from_doc(&IssuedKey::rotated(&rotation, &secret, &owner.name))
+            }
+            Backend::Remote(r) => r.rotate_key(id, grace).await,
+        }
+    }
+
+    pub(crate) async fn list_keys(&self, filter: &KeyFilter) -> anyhow::Result<Vec<ApiKey>> {
+        match self {
+            Backend::Local(s) => Ok(s.list_keys(filter).await?),
+            Backend::Remote(r) => r.list_keys(filter).await,
+        }
+    }
+
+    pub(crate) async fn key(&self, id: &KeyId) -> anyhow::Result<ApiKey> {
+        match self {
+            Backend::Local(s) => Ok(s.key(id).await?),
+            Backend::Remote(r) => r.key(id).await,
+        }
+    }
+
+    pub(crate) async fn set_key_state(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        state: KeyState,
+    ) -> anyhow::Result<ApiKey> {
+        match self {
+            Backend::Local(s) => Ok(s.set_key_state(actor, id, state).await?),
+            Backend::Remote(r) => r.set_key_state(id, state).await,
+        }
+    }
+
+    pub(crate) async fn set_key_expiry(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        at: Option<Timestamp>,
+    ) -> anyhow::Result<ApiKey> {
+        match self {
+            Backend::Local(s) => Ok(s.set_key_expiry(actor, id, at).await?),
+            Backend::Remote(r) => r.set_key_expiry(id, at).await,
+        }
+    }
+
+    pub(crate) async fn audit(&self, filter: &AuditFilter) -> anyhow::Result<Vec<AuditEntry>> {
+        match self {
+            Backend::Local(s) => Ok(s.audit(filter).await?),
+            Backend::Remote(r) => r.audit(filter).await,
+        }
+    }
+
+    pub(crate) async fn emergency(&self) -> anyhow::Result<Emergency> {
+        match self {
+            Backend::Local(s) => Ok(s.emergency().await?),
+            Backend::Remote(r) => r.emergency().await,
+        }
+    }
+
+    pub(crate) async fn set_emergency(
+        &self,
+        actor: &Actor,
+        on: bool,
+        message: Option<&str>,
+    ) -> anyhow::Result<Emergency> {
+        match self {
+            Backend::Local(s) => Ok(s.set_emergency(actor, on, message).await?),
+            Backend::Remote(r) => r.set_emergency(on, message).await,
+        }
+    }
+
+    /// A client's usage report over `from..=to` (`YYYY-MM-DD`, UTC).
+    pub(crate) async fn usage(&self, client: &str, from: &str, to: &str) -> anyhow::Result<Value> {
+        match self {
+            Backend::Local(s) => {
+                let owner = s.client(client).await?;
+                let rows = s.usage(&owner.id, from, to).await?;
+                Ok(keygate_server::usage::report(&owner, from, to, &rows))
+            }
+            Backend::Remote(r) => r.usage(client, from, to).await,
+        }
+    }
+}
+
+impl Backend {
+    /// The plans: this CLI's configuration locally, the node's remotely.
+    pub(crate) async fn plans(
+        &self,
+        config: &keygate_server::Config,
+    ) -> anyhow::Result<Vec<Value>> {
+        match self {
+            Backend::Local(_) => Ok(config
+                .plans
+                .iter()
+                .map(|(name, plan)| plan.to_json(name))
+                .collect()),
+            Backend::Remote(r) => r.plans().await,
+        }
+    }
+}

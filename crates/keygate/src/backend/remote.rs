@@ -1,0 +1,400 @@
+//! The admin API as the CLI's backend: one HTTP call per operation, answers read into the same
+//! model types the store returns, problems turned into errors with their stable codes.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
+use keygate_store::{
+    AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, KeyFilter, NewClient,
+};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::Issued;
+
+/// Characters left as they are in a path segment (RFC 3986 unreserved).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// How long one admin call may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Attempts of a create or rotate when the connection fails: safe, because each carries an
+/// `Idempotency-Key`, so a retry of a request that did arrive returns its first answer.
+const ISSUE_ATTEMPTS: usize = 3;
+
+/// A problem the admin API answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub(crate) struct RemoteError {
+    pub(crate) status: u16,
+    pub(crate) code: String,
+    pub(crate) detail: String,
+}
+
+#[derive(Deserialize)]
+struct Problem {
+    code: Option<String>,
+    detail: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    items: Vec<T>,
+}
+
+/// A remote node's admin API.
+pub(crate) struct Remote {
+    base: String,
+    /// The admin token; never printed.
+    token: String,
+    http: reqwest::Client,
+}
+
+fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+impl Remote {
+    /// # Errors
+    /// A URL that is not `http://`, or a token that is not a well-formed admin token.
+    pub(crate) fn new(url: &str, token: &str) -> anyhow::Result<Remote> {
+        let base = url.trim_end_matches('/');
+        let parsed = reqwest::Url::parse(base)
+            .with_context(|| format!("--admin-url `{url}` is not a URL"))?;
+        if parsed.scheme() != "http" {
+            anyhow::bail!(
+                "--admin-url `{url}` must be http:// (the admin listener serves plain HTTP; reach a remote one through a tunnel or a TLS-terminating proxy on loopback)"
+            );
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            anyhow::bail!("--admin-url `{url}` must not have a query or a fragment");
+        }
+        keygate_core::KeyFormat::admin_token()
+            .check(token.trim())
+            .map_err(|_| {
+                anyhow::anyhow!("KEYGATE_ADMIN_TOKEN does not hold an admin token (kgadm_...)")
+            })?;
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Remote {
+            base: base.to_owned(),
+            token: token.trim().to_owned(),
+            http,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        idempotency: Option<&str>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token)
+            .query(query);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(key) = idempotency {
+            req = req.header("idempotency-key", key);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("the admin API at {} broke off its answer", self.base))?;
+        if !status.is_success() {
+            return Err(problem(status, &bytes).into());
+        }
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!("the admin API answered {method} {path} with an unexpected document")
+        })
+    }
+
+    /// A create or rotate, retried on connection failures under one idempotency key.
+    async fn issue(&self, path: &str, body: &Value) -> anyhow::Result<Issued> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw)
+            .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let mut attempt = 1;
+        loop {
+            match self
+                .call(Method::POST, path, &[], Some(body), Some(&key))
+                .await
+            {
+                Err(e) if attempt < ISSUE_ATTEMPTS && e.downcast_ref::<RemoteError>().is_none() => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) async fn create_client(&self, new: &NewClient) -> anyhow::Result<Client> {
+        let l = &new.limits;
+        let mut limits = Map::new();
+        for (k, v) in [
+            ("rps", l.rps),
+            ("per_minute", l.per_minute),
+            ("per_hour", l.per_hour),
+            ("per_day", l.per_day),
+            ("per_month", l.per_month),
+            ("ws_connections", l.ws_connections),
+        ] {
+            if let Some(v) = v {
+                limits.insert(k.to_owned(), json!(v.get()));
+            }
+        }
+        let body = json!({
+            "name": new.name,
+            "plan": new.plan,
+            "scopes": new.scopes,
+            "sports": new.sports,
+            "bookmakers": new.bookmakers,
+            "limits": limits,
+        });
+        self.call(Method::POST, "/v1/clients", &[], Some(&body), None)
+            .await
+    }
+
+    pub(crate) async fn list_clients(&self, f: &ClientFilter) -> anyhow::Result<Vec<Client>> {
+        let mut q = vec![("limit", f.limit.to_string())];
+        if let Some(p) = &f.plan {
+            q.push(("plan", p.clone()));
+        }
+        if let Some(a) = f.active {
+            q.push(("active", a.to_string()));
+        }
+        if let Some(a) = &f.after {
+            q.push(("after", a.clone()));
+        }
+        let page: Page<Client> = self
+            .call(Method::GET, "/v1/clients", &q, None, None)
+            .await?;
+        Ok(page.items)
+    }
+
+    pub(crate) async fn client(&self, name: &str) -> anyhow::Result<Client> {
+        let path = format!("/v1/clients/{}", segment(name));
+        self.call(Method::GET, &path, &[], None, None).await
+    }
+
+    pub(crate) async fn update_client(
+        &self,
+        name: &str,
+        u: &ClientUpdate,
+    ) -> anyhow::Result<Client> {
+        let mut body = Map::new();
+        if let Some(n) = &u.name {
+            body.insert("name".into(), json!(n));
+        }
+        if let Some(p) = &u.plan {
+            body.insert("plan".into(), json!(p));
+        }
+        if let Some(s) = &u.scopes {
+            body.insert("scopes".into(), json!(s));
+        }
+        if let Some(s) = &u.sports {
+            body.insert("sports".into(), json!(s));
+        }
+        if let Some(b) = &u.bookmakers {
+            body.insert("bookmakers".into(), json!(b));
+        }
+        let l = &u.limits;
+        let mut limits = Map::new();
+        for (k, change) in [
+            ("rps", l.rps),
+            ("per_minute", l.per_minute),
+            ("per_hour", l.per_hour),
+            ("per_day", l.per_day),
+            ("per_month", l.per_month),
+            ("ws_connections", l.ws_connections),
+        ] {
+            if let Some(value) = change {
+                limits.insert(k.to_owned(), json!(value.map(std::num::NonZeroU64::get)));
+            }
+        }
+        if !limits.is_empty() {
+            body.insert("limits".into(), Value::Object(limits));
+        }
+        let path = format!("/v1/clients/{}", segment(name));
+        self.call(Method::PATCH, &path, &[], Some(&Value::Object(body)), None)
+            .await
+    }
+
+    pub(crate) async fn set_client_active(
+        &self,
+        name: &str,
+        active: bool,
+    ) -> anyhow::Result<Client> {
+        let verb = if active { "enable" } else { "disable" };
+        let path = format!("/v1/clients/{}/{verb}", segment(name));
+        self.call(Method::POST, &path, &[], None, None).await
+    }
+
+    pub(crate) async fn create_key(
+        &self,
+        client: &str,
+        label: &str,
+        expires_at: Option<Timestamp>,
+    ) -> anyhow::Result<Issued> {
+        let body = json!({ "client": client, "label": label, "expires_at": expires_at });
+        self.issue("/v1/keys", &body).await
+    }
+
+    pub(crate) async fn rotate_key(
+        &self,
+        id: &KeyId,
+        grace: Option<Duration>,
+    ) -> anyhow::Result<Issued> {
+        let mut body = Map::new();
+        if let Some(g) = grace {
+            body.insert("grace".into(), json!(format!("{}ms", g.as_millis())));
+        }
+        self.issue(&format!("/v1/keys/{id}/rotate"), &Value::Object(body))
+            .await
+    }
+
+    pub(crate) async fn list_keys(&self, f: &KeyFilter) -> anyhow::Result<Vec<ApiKey>> {
+        let mut q = vec![("limit", f.limit.to_string())];
+        if let Some(c) = &f.client {
+            q.push(("client", c.clone()));
+        }
+        if let Some(s) = f.state {
+            q.push(("state", s.as_str().to_owned()));
+        }
+        if let Some(a) = &f.after {
+            q.push(("after", a.to_string()));
+        }
+        let page: Page<ApiKey> = self.call(Method::GET, "/v1/keys", &q, None, None).await?;
+        Ok(page.items)
+    }
+
+    pub(crate) async fn key(&self, id: &KeyId) -> anyhow::Result<ApiKey> {
+        self.call(Method::GET, &format!("/v1/keys/{id}"), &[], None, None)
+            .await
+    }
+
+    pub(crate) async fn set_key_state(
+        &self,
+        id: &KeyId,
+        state: KeyState,
+    ) -> anyhow::Result<ApiKey> {
+        let verb = match state {
+            KeyState::Active => "enable",
+            KeyState::Disabled => "disable",
+            KeyState::Revoked => "revoke",
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/keys/{id}/{verb}"),
+            &[],
+            None,
+            None,
+        )
+        .await
+    }
+
+    pub(crate) async fn set_key_expiry(
+        &self,
+        id: &KeyId,
+        at: Option<Timestamp>,
+    ) -> anyhow::Result<ApiKey> {
+        let body = json!({ "expires_at": at });
+        self.call(
+            Method::PUT,
+            &format!("/v1/keys/{id}/expiry"),
+            &[],
+            Some(&body),
+            None,
+        )
+        .await
+    }
+
+    pub(crate) async fn audit(&self, f: &AuditFilter) -> anyhow::Result<Vec<AuditEntry>> {
+        let mut q = vec![("limit", f.limit.to_string())];
+        if let Some(b) = f.before {
+            q.push(("before", b.to_string()));
+        }
+        for (k, v) in [
+            ("actor", &f.actor),
+            ("action", &f.action),
+            ("target", &f.target),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        }
+        let page: Page<AuditEntry> = self.call(Method::GET, "/v1/audit", &q, None, None).await?;
+        Ok(page.items)
+    }
+
+    pub(crate) async fn emergency(&self) -> anyhow::Result<Emergency> {
+        self.call(Method::GET, "/v1/emergency", &[], None, None)
+            .await
+    }
+
+    pub(crate) async fn set_emergency(
+        &self,
+        on: bool,
+        message: Option<&str>,
+    ) -> anyhow::Result<Emergency> {
+        let body = json!({ "on": on, "message": message });
+        self.call(Method::PUT, "/v1/emergency", &[], Some(&body), None)
+            .await
+    }
+
+    pub(crate) async fn usage(&self, client: &str, from: &str, to: &str) -> anyhow::Result<Value> {
+        let path = format!("/v1/clients/{}/usage", segment(client));
+        let q = [("from", from.to_owned()), ("to", to.to_owned())];
+        self.call(Method::GET, &path, &q, None, None).await
+    }
+
+    pub(crate) async fn plans(&self) -> anyhow::Result<Vec<Value>> {
+        let page: Page<Value> = self.call(Method::GET, "/v1/plans", &[], None, None).await?;
+        Ok(page.items)
+    }
+}
+
+/// The error of a non-2xx answer: its problem document, or the status when there is none.
+fn problem(status: StatusCode, body: &[u8]) -> RemoteError {
+    let parsed: Option<Problem> = serde_json::from_slice(body).ok();
+    let (code, detail) = match parsed {
+        Some(Problem {
+            code: Some(code),
+            detail,
+        }) => (code, detail.unwrap_or_default()),
+        _ => ("http_error".to_owned(), String::new()),
+    };
+    let detail = if detail.is_empty() {
+        format!("the admin API answered {status}")
+    } else {
+        detail.trim_end_matches('.').to_owned()
+    };
+    RemoteError {
+        status: status.as_u16(),
+        code,
+        detail,
+    }
+}

@@ -71,7 +71,7 @@ impl StoreError {
             StoreError::KeyRevoked(_) => "key_revoked",
             StoreError::KeyExpired(..) => "key_expired",
             StoreError::ExpiryInPast(_) => "expiry_in_past",
-            StoreError::Invalid(_) => "invalid_input",
+            StoreError::Invalid(_) => "invalid_value",
             StoreError::Conflict(_) => "conflict",
             StoreError::Unavailable(_) => "store_unavailable",
             StoreError::Corrupt(_) => "store_corrupt",

@@ -532,6 +532,24 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         );
         assert_eq!(p["field"].as_str(), field, "{line}: {p}");
     }
+    // Every refusal above is one the OpenAPI document lists for its operation.
+    let (_, _, doc) = a.send("GET", "/openapi.json", None, Body::None).await;
+    for line in REFUSED.trim().lines() {
+        let (method, path, _, expect) = request(line, &fill);
+        let status = expect.unwrap().split(' ').next().unwrap();
+        let path = path.split('?').next().unwrap();
+        let Some(template) = template_of(path) else {
+            continue; // no such route: the router's 404
+        };
+        let op = &doc["paths"][template][method.to_lowercase()];
+        if op.is_null() {
+            continue; // the router's 405
+        }
+        assert!(
+            op["responses"][status].is_object(),
+            "{method} {template} answers {status}, which the document does not list"
+        );
+    }
     let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(70 * 1024));
     let body = Body::Raw(Some("application/json"), huge.into_bytes());
     let resp = a.send("POST", "/v1/clients", Some(&a.ops), body).await;
@@ -581,6 +599,19 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/emergency"),
     ("get", "/v1/audit"),
 ];
+
+/// The route template a concrete path falls under (`/v1/keys/key_…` → `/v1/keys/{id}`).
+fn template_of(path: &str) -> Option<&'static str> {
+    let want: Vec<&str> = path.split('/').collect();
+    ROUTES.iter().map(|(_, t)| *t).find(|t| {
+        let have: Vec<&str> = t.split('/').collect();
+        have.len() == want.len()
+            && have
+                .iter()
+                .zip(&want)
+                .all(|(h, w)| h.starts_with('{') || h == w)
+    })
+}
 
 /// The (method, path) pairs of the `.route(...)` calls in the router's source, so [`ROUTES`]
 /// cannot silently fall behind a new route.

@@ -177,6 +177,7 @@ pub(crate) async fn create(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of masked keys.", body = doc::KeyPage),
+        (status = 404, description = "`client` names no client (`client_not_found`), or `after` names no key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 400, description = "An unknown query parameter (`invalid_query`), or `after` is not a key id (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A query parameter is out of range (`invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
     ),

@@ -462,6 +462,10 @@ async fn a_read_only_token_reads_but_never_writes() {
         "/v1/keys",
         &show,
         "/v1/audit",
+        "/v1/plans",
+        "/v1/plans/pro",
+        "/v1/emergency",
+        "/v1/clients/Acme/usage",
     ] {
         let (status, _, body) = a.send("GET", path, Some(&a.viewer), Body::None).await;
         assert_eq!(status, 200, "{path}: {body}");

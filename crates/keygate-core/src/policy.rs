@@ -5,9 +5,7 @@
 //! few binary searches over short sorted lists, with no allocation on the allow path.
 
 use crate::decision::{Denial, Reason};
-use crate::model::{
-    key_usable, ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable,
-};
+use crate::model::{key_usable, ApiKey, Client, ClientId, KeyState, LimitOverrides, Unusable};
 use crate::time::Timestamp;
 
 /// A client as the hot path needs it.
@@ -131,11 +129,10 @@ pub fn authorize(
     Ok(())
 }
 
-/// A key as the hot path needs it: no hint, no label, no timestamps but the expiry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A key as the hot path decides on it: its state and expiry. Nothing else, because a replica
+/// holds a million of these (the id and the client live beside it, once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyPolicy {
-    pub id: KeyId,
-    pub client_id: ClientId,
     pub state: KeyState,
     pub expires_at: Option<Timestamp>,
 }
@@ -143,8 +140,6 @@ pub struct KeyPolicy {
 impl KeyPolicy {
     pub fn from_key(key: &ApiKey) -> Self {
         KeyPolicy {
-            id: key.id.clone(),
-            client_id: key.client_id.clone(),
             state: key.state,
             expires_at: key.expires_at,
         }

@@ -119,11 +119,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Leases = SmallVec<[(u64, Timestamp); INLINE]>;
 
+/// The maps' hasher: foldhash, seeded per map. Subjects are ids keygate generated, not
+/// caller input, and SipHash (the default) was a sixth of a one-limit check.
+type Hasher = foldhash::fast::RandomState;
+
 /// The in-process limiter.
 #[derive(Debug, Default)]
 pub struct LocalLimiter {
-    cells: DashMap<CellKey, Arc<Mutex<Cell>>>,
-    leases: DashMap<LimitKey, Leases>,
+    cells: DashMap<CellKey, Arc<Mutex<Cell>>, Hasher>,
+    leases: DashMap<LimitKey, Leases, Hasher>,
 }
 
 impl LocalLimiter {

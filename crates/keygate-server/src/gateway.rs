@@ -18,6 +18,8 @@ use crate::ratelimit;
 use crate::replica::{ClientEntry, KeyEntry, Replica};
 use crate::routes::{BookmakerSource, Route};
 use keygate_core::limit::{Limit, LimitState};
+use keygate_limits::Check;
+use smallvec::SmallVec;
 
 /// Whether the store answered lately (the data plane keeps serving either way).
 #[derive(Debug, Default)]
@@ -187,8 +189,8 @@ impl Gateway {
         if client_limits.limits.is_empty() && route.compiled_limits.is_empty() {
             return Ok(None);
         }
-        let mut checks =
-            Vec::with_capacity(client_limits.limits.len() + route.compiled_limits.len());
+        // Inline for the usual handful of limits: no allocation per request.
+        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
         let subjects = (&who.client.limit_subject, &who.key.limit_subject);
         ratelimit::checks(
             &mut checks,

@@ -104,7 +104,7 @@ impl ClientLimits {
 
 /// Appends the checks for one request.
 pub fn checks(
-    out: &mut Vec<Check>,
+    out: &mut impl Extend<Check>,
     limits: &[(u16, Limit)],
     by: LimitBy,
     client_subject: &Arc<str>,

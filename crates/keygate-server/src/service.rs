@@ -270,7 +270,7 @@ fn access_log(
         status = status.as_u16(),
         reason = reason.map_or("-", Reason::code),
         client = who.map_or("-", |w| w.client.policy.id.as_str()),
-        key_id = who.map_or("-", |w| w.key.policy.id.as_str()),
+        key_id = who.map_or("-", |w| w.key.id()),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "Request."
     );

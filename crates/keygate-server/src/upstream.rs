@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
+use http::HeaderValue;
 
 /// One upstream service.
 #[derive(Clone, Debug)]
@@ -10,6 +11,8 @@ pub struct UpstreamSpec {
     pub name: Box<str>,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `Host` of forwarded requests (the authority), built once.
+    pub host: HeaderValue,
     /// A path prefix prepended to forwarded paths (`/api` in `http://host/api`); empty for none.
     pub base_path: Box<str>,
     pub connect_timeout: Duration,
@@ -49,8 +52,11 @@ impl UpstreamSpec {
         if uri.query().is_some() || url.contains('#') {
             return Err(UpstreamUrlError::Query(url.to_owned()));
         }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| UpstreamUrlError::Unparsable(url.to_owned()))?;
         Ok(UpstreamSpec {
             name: name.into(),
+            host,
             scheme: scheme.clone(),
             authority: authority.clone(),
             base_path: uri.path().trim_end_matches('/').into(),

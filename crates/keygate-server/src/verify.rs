@@ -96,7 +96,7 @@ pub async fn verify(gw: &Gateway, req: Request<Incoming>, format: BodyFormat) ->
                 "valid": true,
                 "reason": null,
                 "status": 200,
-                "key_id": who.key.policy.id.as_str(),
+                "key_id": who.key.id(),
                 "client": { "id": c.id.as_str(), "name": &*c.name, "plan": &*c.plan },
                 "scopes": c.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "sports": c.sports.iter().map(|s| &**s).collect::<Vec<_>>(),

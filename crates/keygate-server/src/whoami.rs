@@ -23,7 +23,7 @@ pub fn answer(who: &Admitted) -> Response<Body> {
                 "bookmaker_allowlist": c.bookmakers.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "rate_limit_rpm": rpm,
                 "plan": &*c.plan,
-                "key_id": who.key.policy.id.as_str(),
+                "key_id": who.key.id(),
             }
         }),
     )

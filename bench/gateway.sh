@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# bench/gateway.sh — keygate beside nginx, HAProxy and Envoy on loopback (127.0.0.1 only).
+#
+# Reuses bench/peers.sh (a copy of the shared peer benchmark) for everything the peers need:
+# installing them (Debian packages, PyPI venv for Envoy), the 10,000-key tables, their configs,
+# the one `return 200` nginx upstream, the wrk script (a random key of 10,000 per request) and
+# start/stop by PID. Adds keygate (release build, the same 10,000 keys in a SQLite store, a
+# per-key rate limit configured but never triggered), keygate with authentication off, keygate's
+# verify API, and nginx using keygate as its auth_request service. Cases run round-robin for
+# REPS repetitions per worker count; one table per worker count with medians, CPU per request,
+# RSS, and the ratios keygate / peer against the targets in BENCHMARKS.md.
+#
+#   bench/gateway.sh                          # W=1 and W=2, 3 reps, 10 s per case (~20 min)
+#   WORKERS_LIST=1 REPS=1 DUR=5s bench/gateway.sh
+#   CASES="nginx-gate keygate-gate" bench/gateway.sh
+#
+# Knobs: WORKERS_LIST ("1 2"), REPS (3), DUR (10s), WARMUP (2s), THREADS (2), CONNS (64),
+# CASES (below), INSTALL (1), BUILD (1: cargo build --release first), RUN (/tmp/kg-gateway),
+# CARGO_TARGET_DIR (where the release build lives; default <repo>/target).
+#
+# Cases (ports):
+#   nginx-proxy nginx-gate nginx-authreq haproxy-proxy haproxy-gate envoy-proxy envoy-gate
+#                  as in peers.sh (18081-18091)
+#   keygate-gate   keygate serve, bench/keygate-gate.toml                    (18094)
+#   keygate-proxy  keygate serve, bench/keygate-proxy.toml (public route)    (18095)
+#   keygate-verify POST /v1/keys/verify {"key": ...} on keygate-gate         (18094)
+#   nginx-keygate  nginx auth_request -> keygate /v1/auth/nginx -> upstream  (18096)
+#   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list
+#
+# "Workers" is nginx worker_processes, HAProxy nbthread, Envoy --concurrency and keygate
+# --workers (its per-core runtimes). Every process started here is stopped by PID, also on exit.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+PEERS=${PEERS:-$HERE/peers.sh}
+RUN=${RUN:-${TMPDIR:-/tmp}/kg-gateway}
+WORKERS_LIST=${WORKERS_LIST:-"1 2"}
+REPS=${REPS:-3}
+BUILD=${BUILD:-1}
+CASES=${CASES:-"nginx-proxy nginx-gate haproxy-proxy haproxy-gate envoy-gate nginx-authreq keygate-gate keygate-proxy keygate-verify nginx-keygate"}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+KG=${KG:-$TARGET_DIR/release/keygate}
+SEED=${SEED:-$TARGET_DIR/release/examples/bench_keys}
+export RUN REPS
+
+# peers.sh's functions and settings, without running its main.
+# shellcheck source=/dev/null
+source <(sed 's/^main "\$@"$//' "$PEERS")
+ROWS="$RUN/gateway.tsv"
+
+kg_log() { printf '[gateway] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- keygate
+build_keygate() {
+  if [ "$BUILD" = 1 ]; then
+    kg_log "cargo build --release (keygate, bench_keys)"
+    (cd "$ROOT" && cargo build --release --locked -q -p keygate --bin keygate --example bench_keys) || exit 1
+  fi
+  [ -x "$KG" ] && [ -x "$SEED" ] || { kg_log "missing $KG or $SEED (BUILD=1 builds them)"; exit 1; }
+}
+
+seed_store() {
+  rm -f "$RUN"/kg.db "$RUN"/kg.db-*
+  "$SEED" --db "$RUN/kg.db" --keys "$RUN/keys.txt" --clients 100 --plan bench || exit 1
+}
+
+# start_kg NAME CONFIG PORT [BINARY] -> STARTED_PID
+start_kg() {
+  local name=$1 config=$2 port=$3 bin=${4:-$KG}
+  # RUST_LOG=warn: no per-request access log line, as the peers run with access_log off.
+  start "$name" "$port" env RUST_LOG=warn "$bin" --db "$RUN/kg.db" serve --config "$config" \
+    --workers "$WORKERS"
+}
+
+write_kg_files() {
+  python3 - "$RUN" <<'PY'
+import sys
+run = sys.argv[1]
+src = open(f"{run}/keys.lua").read()
+old = 'return wrk.format("GET", "/", { ["X-API-Key"] = keys[math.random(n)] })'
+new = ('return wrk.format("POST", "/v1/keys/verify", { ["Content-Type"] = "application/json" }, '
+       '\'{"key":"\' .. keys[math.random(n)] .. \'"}\')')
+assert old in src, "peers.sh's wrk script changed"
+open(f"{run}/verify.lua", "w").write(src.replace(old, new))
+PY
+  # nginx with keygate as its auth_request service (the peers' nginx-authreq, with keygate in
+  # place of the static map): the sub-request goes to keygate over kept-alive connections.
+  { nginx_common kgauth "$WORKERS"
+    cat <<EOF
+  upstream kgauth {
+    server 127.0.0.1:18094;
+    keepalive 256;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:18096 backlog=4096;
+    location = /_auth {
+      internal;
+      proxy_pass http://kgauth/v1/auth/nginx;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI \$request_uri;
+      proxy_set_header X-Original-Method \$request_method;
+    }
+    location / {
+      auth_request /_auth;
+      auth_request_set \$client \$upstream_http_x_keygate_client_id;
+      proxy_set_header X-Client-Id \$client;
+      $NGINX_PROXY
+    }
+  }
+}
+EOF
+  } >"$RUN/nginx-kgauth.conf"
+}
+
+# ---------------------------------------------------------------- measuring
+rss_kib() {   # VmRSS of pids and their direct children, KiB
+  local total=0 p v
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q" 2>/dev/null; done); do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+    total=$(( total + ${v:-0} ))
+  done
+  echo "$total"
+}
+
+cpu_all() { local t=0 p; for p in "$@"; do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
+
+# measure CASE PORT LUA SANITY PIDS... : one bounded wrk run, one row in $ROWS
+measure() {
+  local c=$1 port=$2 lua=$3 sanity=$4; shift 4
+  local pids=("$@") out line hz c0 c1 rss
+  wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "http://127.0.0.1:$port/" >/dev/null 2>&1
+  c0=$(cpu_all "${pids[@]}")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$lua" "http://127.0.0.1:$port/" 2>&1)
+  c1=$(cpu_all "${pids[@]}")
+  rss=$(rss_kib "${pids[@]}")
+  echo "$out" >"$RUN/wrk-$c-w$WORKERS.txt"
+  line=$(echo "$out" | grep '^RESULT') || { kg_log "$c: no RESULT line"; echo "$out" >&2; return; }
+  hz=$(getconf CLK_TCK)
+  local kv R_requests R_rps R_p50_us R_p99_us R_non2xx R_sockerr
+  for kv in ${line#RESULT }; do
+    case $kv in requests=*|rps=*|p50_us=*|p99_us=*|non2xx=*|sockerr=*) eval "R_$kv";; esac
+  done
+  awk -v c="$c" -v w="$WORKERS" -v rps="$R_rps" -v p50="$R_p50_us" -v p99="$R_p99_us" \
+      -v n="$R_requests" -v t=$((c1 - c0)) -v hz="$hz" -v rss="$rss" -v bad="$R_non2xx" \
+      -v err="$R_sockerr" -v s="$sanity" 'BEGIN {
+    printf "%s\t%s\t%.0f\t%.3f\t%.3f\t%.2f\t%.1f\t%s\t%s\t%s\n", c, w, rps, p50/1000, p99/1000,
+      (n > 0 ? t / hz * 1e6 / n : 0), rss / 1024, bad, err, s }' >>"$ROWS"
+}
+
+codes() {  # valid / missing / bogus on GET /
+  local port=$1 key; key=$(head -1 "$RUN/keys.txt")
+  echo "$(http_code -H "X-API-Key: $key" "http://127.0.0.1:$port/")/$(http_code "http://127.0.0.1:$port/")/$(http_code -H "X-API-Key: nope" "http://127.0.0.1:$port/")"
+}
+
+run_one() {
+  local c=$1 port pid kgpid
+  case $c in
+    keygate-gate)
+      start_kg "$c" "$HERE/keygate-gate.toml" 18094 || return
+      measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    keygate-gate-base)   # another keygate build (KG_BASE), to compare two builds in one run
+      [ -x "${KG_BASE:-}" ] || { kg_log "keygate-gate-base needs KG_BASE=path/to/keygate"; return; }
+      start_kg "$c" "$HERE/keygate-gate.toml" 18094 "$KG_BASE" || return
+      measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    keygate-proxy)
+      start_kg "$c" "$HERE/keygate-proxy.toml" 18095 || return
+      measure "$c" 18095 "$RUN/keys.lua" "$(codes 18095)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    keygate-verify)
+      start_kg "$c" "$HERE/keygate-gate.toml" 18094 || return
+      local key sanity; key=$(head -1 "$RUN/keys.txt")
+      sanity=$(curl -s --max-time 2 -H 'content-type: application/json' \
+        -d "{\"key\":\"$key\"}" http://127.0.0.1:18094/v1/keys/verify | grep -o '"valid":[a-z]*')
+      measure "$c" 18094 "$RUN/verify.lua" "$sanity" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    nginx-keygate)
+      start_kg keygate-auth "$HERE/keygate-gate.toml" 18094 || return
+      kgpid=$STARTED_PID
+      start "$c" 18096 nginx -c "$RUN/nginx-kgauth.conf" -g 'daemon off;' || { stop_pid "$kgpid"; return; }
+      pid=$STARTED_PID
+      measure "$c" 18096 "$RUN/keys.lua" "$(codes 18096)" "$pid" "$kgpid"
+      stop_pid "$pid"; stop_pid "$kgpid";;
+    *)
+      port=$(case_port "$c") || { kg_log "unknown case $c"; return; }
+      start_case "$c" || return
+      measure "$c" "$port" "$RUN/keys.lua" "$(codes "$port")" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+  esac
+}
+
+print_tables() {
+  python3 - "$ROWS" "$THREADS" "$CONNS" "$DUR" "$WARMUP" "$NKEYS" "$(nproc)" <<'PY'
+import sys, statistics as st
+rows_file, threads, conns, dur, warm, nkeys, cores = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(rows_file) if l.strip()]
+by_w = {}
+for r in rows:
+    by_w.setdefault(r[1], {}).setdefault(r[0], []).append(r)
+TARGETS = [  # (keygate case, peer case, what, target, higher is better)
+    ("keygate-gate", "nginx-gate", "req/s", 1.1, True),
+    ("keygate-gate", "nginx-proxy", "req/s", 1.0, True),
+    ("keygate-gate", "haproxy-gate", "req/s", 1.2, True),
+    ("keygate-gate", "envoy-gate", "req/s", 3.0, True),
+    ("keygate-gate", "nginx-gate", "p99", 1.0, False),
+    ("nginx-keygate", "nginx-authreq", "req/s", 1.0, True),
+]
+for w in sorted(by_w):
+    cases = by_w[w]
+    med = {c: {k: st.median(float(r[i]) for r in rs)
+               for k, i in (("rps", 2), ("p50", 3), ("p99", 4), ("cpu", 5), ("rss", 6))}
+           for c, rs in cases.items()}
+    reps = max(len(rs) for rs in cases.values())
+    print(f"\n### workers={w}: wrk -t{threads} -c{conns} -d{dur} (+{warm} warm-up), random key of "
+          f"{nkeys} per request, {cores} cores, medians of {reps}\n")
+    kg = med.get("keygate-gate")
+    print("| case | req/s | (min-max) | p50 ms | p99 ms | CPU us/req | RSS MiB | keygate-gate req/s / this | sanity | non2xx/sockerr |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|---|")
+    for c, rs in cases.items():
+        m = med[c]
+        rps = [float(r[2]) for r in rs]
+        ratio = f"{kg['rps'] / m['rps']:.2f}" if kg and m["rps"] else "-"
+        bad = f"{sum(int(r[7]) for r in rs)}/{sum(int(r[8]) for r in rs)}"
+        print(f"| {c} | {m['rps']:,.0f} | {min(rps):,.0f}-{max(rps):,.0f} | {m['p50']:.2f} | "
+              f"{m['p99']:.2f} | {m['cpu']:.1f} | {m['rss']:.1f} | {ratio} | {rs[0][9]} | {bad} |")
+    print("\n| target | measured | target | met |")
+    print("|---|---:|---:|---|")
+    for mine, peer, what, target, higher in TARGETS:
+        if mine not in med or peer not in med:
+            continue
+        if what == "req/s":
+            v = med[mine]["rps"] / med[peer]["rps"]
+            label = f"{mine} / {peer} req/s"
+            ok = v >= target
+        else:
+            v = med[mine]["p99"] / med[peer]["p99"]
+            label = f"{mine} / {peer} p99 latency"
+            ok = v <= target
+        print(f"| {label} | {v:.2f}x | {'>=' if higher else '<='} {target:.1f}x | {'yes' if ok else 'NO'} |")
+PY
+}
+
+main_gateway() {
+  [ "$INSTALL" = 1 ] && install_tools
+  for t in nginx wrk curl python3; do command -v $t >/dev/null || { kg_log "missing $t"; exit 1; }; done
+  build_keygate
+  gen_keys
+  write_wrk_lua
+  seed_store
+  : >"$ROWS"
+  for WORKERS in $WORKERS_LIST; do
+    write_configs
+    write_kg_files
+    start upstream $UP_PORT nginx -c "$RUN/nginx-upstream.conf" -g 'daemon off;' || exit 1
+    UP_PID=$STARTED_PID
+    for rep in $(seq 1 "$REPS"); do
+      for c in $CASES; do kg_log "workers $WORKERS, rep $rep/$REPS: $c"; run_one "$c"; done
+    done
+    stop_pid "$UP_PID"
+  done
+  print_tables
+  echo
+  echo "keygate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null), $(nginx -v 2>&1), $(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3), envoy $("$VENV/bin/envoy" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*/' | head -1 | tr -d /), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), kernel $(uname -r), $(nproc) cores"
+}
+
+main_gateway

@@ -4,11 +4,13 @@
 
 pub mod admin;
 pub mod body;
+pub mod bounds;
 pub mod check;
 pub mod config;
 pub mod credential;
 pub mod feed;
 pub mod gateway;
+pub mod guard;
 pub mod infra;
 pub mod metrics;
 pub mod profile;
@@ -19,6 +21,7 @@ pub mod respond;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod upstream;
 pub mod verify;
 pub mod whoami;

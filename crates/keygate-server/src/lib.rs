@@ -11,6 +11,7 @@ pub mod credential;
 pub mod feed;
 pub mod gateway;
 pub mod guard;
+pub mod hostile;
 pub mod infra;
 pub mod metrics;
 pub mod profile;

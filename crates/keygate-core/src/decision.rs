@@ -41,11 +41,13 @@ pub enum Reason {
     UpstreamTimeout,
     /// The request itself is malformed (bad body on a verify endpoint, etc).
     BadRequest,
+    /// The request body is larger than the gateway forwards.
+    PayloadTooLarge,
 }
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -67,6 +69,7 @@ impl Reason {
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
         Reason::BadRequest,
+        Reason::PayloadTooLarge,
     ];
 
     /// Position in [`Reason::ALL`], for tables indexed by reason.
@@ -98,6 +101,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::BadRequest => "bad_request",
+            Reason::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -128,6 +132,7 @@ impl Reason {
             Reason::NotAcceptable => 406,
             Reason::UpstreamUnavailable => 502,
             Reason::UpstreamTimeout => 504,
+            Reason::PayloadTooLarge => 413,
         }
     }
 
@@ -166,6 +171,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "The upstream service is unavailable.",
             Reason::UpstreamTimeout => "The upstream service did not answer in time.",
             Reason::BadRequest => "The request is malformed: {subject}",
+            Reason::PayloadTooLarge => "The request body is larger than {subject} bytes.",
         }
     }
 

@@ -86,8 +86,15 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));
-            let passed = check::decide(&gw, &method, path, query, black_box(&headers[i]))
-                .expect("an allowed request");
+            let passed = check::decide(
+                &gw,
+                &method,
+                path,
+                query,
+                black_box(&headers[i]),
+                std::net::IpAddr::from([127, 0, 0, 1]),
+            )
+            .expect("an allowed request");
             let who = passed.who.as_ref().expect("an authenticated caller");
             let now = gw.clock.now();
             let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");

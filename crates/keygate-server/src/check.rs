@@ -1,6 +1,7 @@
 //! The per-request decision, shared by the proxy path and the forward-auth contracts:
 //! path safety → route → public? → credential → authenticate → authorize.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{HeaderMap, Method};
@@ -8,6 +9,8 @@ use keygate_core::decision::{Denial, Reason};
 
 use crate::credential;
 use crate::gateway::{Admitted, Gateway};
+use crate::guard::Caller;
+use crate::profile::LimitFacts;
 use crate::routes::{Route, RouteMatch};
 
 /// A request that may pass.
@@ -45,15 +48,46 @@ pub fn is_ambiguous_path(path: &str) -> bool {
 /// Authenticates the credential in `headers`/`query` (for whoami and verify, which have no route).
 ///
 /// # Errors
-/// A 401-class reason and the profile source the key came from.
+/// A 401-class reason and the profile source the key came from; `RateLimited` while the
+/// caller's source or key prefix is in a brute-force cool-down.
 pub fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
     query: Option<&str>,
+    peer: IpAddr,
 ) -> Result<(Admitted, usize), Reason> {
-    let cred = credential::extract(&gw.config.profile.credentials, headers, query)?;
-    let who = gw.authenticate(cred.key)?;
-    Ok((who, cred.source))
+    let cred = credential::extract(&gw.config.profile.credentials, headers, query);
+    let key = cred.as_ref().ok().map(|c| c.key);
+    let caller = Caller { peer, headers };
+    guarded(gw, caller, key, || {
+        let cred = cred?;
+        Ok((gw.authenticate(cred.key)?, cred.source))
+    })
+}
+
+/// Runs an authentication under the brute-force guard (`crate::guard`): a caller in a
+/// cool-down is refused before `auth` runs (before any lookup), and a failure is counted.
+///
+/// # Errors
+/// `RateLimited` during a cool-down, else the error of `auth`.
+pub fn guarded<T>(
+    gw: &Gateway,
+    caller: Caller<'_>,
+    key: Option<&str>,
+    auth: impl FnOnce() -> Result<T, Reason>,
+) -> Result<T, Reason> {
+    gw.guard.check(caller, key, || gw.clock.now())?;
+    auth().inspect_err(|&reason| gw.guard.failed(caller, key, reason, gw.clock.now()))
+}
+
+/// What a refusal quotes: a brute-force cool-down's `Retry-After`; nothing for other reasons
+/// (the limiter's own 429s carry their limit's state).
+pub fn refusal_facts(gw: &Gateway, reason: Reason) -> LimitFacts {
+    if reason == Reason::RateLimited {
+        gw.guard.facts(gw.clock.now())
+    } else {
+        LimitFacts::default()
+    }
 }
 
 /// Decides a request.
@@ -66,6 +100,7 @@ pub fn decide<'t>(
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
+    peer: IpAddr,
 ) -> Result<Passed<'t>, Refused> {
     if is_ambiguous_path(path) {
         return Err(Refused {
@@ -107,7 +142,7 @@ pub fn decide<'t>(
         });
     }
     let started = Instant::now();
-    let (who, source) = authenticate(gw, headers, query).map_err(|r| Refused {
+    let (who, source) = authenticate(gw, headers, query, peer).map_err(|r| Refused {
         route_index: Some(index),
         denial: Denial::new(r),
         who: None,

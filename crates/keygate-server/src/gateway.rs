@@ -12,11 +12,13 @@ use keygate_core::policy::{authorize, RequestFacts};
 use keygate_core::{Clock, Timestamp};
 
 use crate::config::Config;
+use crate::guard::Guard;
 use crate::metrics::{Gauges, Metrics};
 use crate::profile::IdentityHeaders;
 use crate::ratelimit;
 use crate::replica::{ClientEntry, KeyEntry, Replica};
 use crate::routes::{BookmakerSource, Route};
+use crate::shutdown::Drain;
 use keygate_core::limit::{Limit, LimitState};
 use keygate_limits::Check;
 use smallvec::SmallVec;
@@ -91,6 +93,10 @@ pub struct Gateway {
     pub replica: Arc<Replica>,
     pub limits: keygate_limits::Limits,
     pub metrics: Metrics,
+    /// Brute-force throttling, consulted before any key lookup.
+    pub guard: Guard,
+    /// The shutdown signal long-lived sessions watch, and the count of those still open.
+    pub drain: Drain,
     pub store: StoreHealth,
     /// Emergency mode, followed from the store.
     pub emergency: crate::emergency::EmergencySwitch,
@@ -121,10 +127,13 @@ impl Gateway {
             .iter()
             .map(|r| r.name.to_string())
             .collect();
+        let guard = Guard::new(config.guard.clone(), config.issuer.format.prefix());
         Gateway {
             config,
             replica,
             metrics: Metrics::new(names),
+            guard,
+            drain: Drain::new(),
             limits,
             store: StoreHealth::default(),
             emergency: crate::emergency::EmergencySwitch::default(),

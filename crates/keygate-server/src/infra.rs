@@ -48,7 +48,12 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
             // Ready once the replica is loaded; a store outage afterwards keeps us serving
             // from the replica (fail static), so it does not make us unready.
             let store_ok = !gw.config.ready_requires_store || gw.store.is_up();
-            if gw.replica.is_loaded() && store_ok {
+            if gw.drain.is_stopping() {
+                respond::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "status": "stopping", "detail": "keygate is shutting down." }),
+                )
+            } else if gw.replica.is_loaded() && store_ok {
                 respond::json(StatusCode::OK, &json!({ "status": "ready" }))
             } else {
                 {
@@ -91,10 +96,14 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
                 }),
             )
         }
-        Infra::Metrics => respond::text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            gw.metrics.render(&gw.gauges()),
-        ),
+        Infra::Metrics => {
+            let mut text = gw.metrics.render(&gw.gauges());
+            gw.guard.render(&mut text);
+            respond::text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            )
+        }
     }
 }

@@ -4,12 +4,15 @@
 
 pub mod admin;
 pub mod body;
+pub mod bounds;
 pub mod check;
 pub mod config;
 pub mod credential;
 pub mod emergency;
 pub mod feed;
 pub mod gateway;
+pub mod guard;
+pub mod hostile;
 pub mod infra;
 pub mod metrics;
 pub mod profile;
@@ -20,6 +23,7 @@ pub mod respond;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod upstream;
 pub mod usage;
 pub mod verify;

@@ -2,9 +2,9 @@
 //! [`Denial`] becomes HTTP.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
-use keygate_core::decision::Denial;
+use keygate_core::decision::{Denial, Reason};
 use keygate_core::render::BodyFormat;
 
 use crate::body::Body;
@@ -24,6 +24,12 @@ pub fn denial(
     headers.insert(CONTENT_TYPE, r.content_type);
     for (k, v) in r.headers {
         headers.append(k, v);
+    }
+    if denial.reason == Reason::RateLimited
+        && profile.rate_limit_headers.retry_after
+        && limits.retry_after > 0
+    {
+        headers.insert(RETRY_AFTER, HeaderValue::from(limits.retry_after));
     }
     resp
 }

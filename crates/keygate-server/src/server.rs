@@ -13,14 +13,15 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use keygate_core::{Clock, SystemClock};
 use keygate_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::bounds;
 use crate::config::{Config, LimiterBackend};
 use crate::feed;
 use crate::gateway::Gateway;
@@ -59,16 +60,27 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, ends background tasks and joins the worker threads.
+    /// Graceful shutdown: stops accepting, lets in-flight requests and held sessions
+    /// (`crate::shutdown`) finish within `[server] shutdown_grace`, ends background tasks and
+    /// joins the worker threads.
     pub async fn shutdown(self) {
+        let grace = self.gateway.config.shutdown_grace;
+        self.gateway.drain.begin();
         let _ = self.shutdown.send(true);
         let workers = self.workers;
-        let _ = tokio::task::spawn_blocking(move || {
+        let joined = tokio::task::spawn_blocking(move || {
             for w in workers {
                 let _ = w.join();
             }
-        })
-        .await;
+        });
+        let left = self.gateway.drain.wait(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                sessions = left,
+                "Sessions still open at the end of the shutdown grace; closing them."
+            );
+        }
+        let _ = joined.await;
         let _ = self.usage.await;
         // After the workers have stopped: this flush holds every request they answered.
         if let Err(e) = crate::usage::flush(&self.gateway, &self.store).await {
@@ -209,6 +221,7 @@ async fn sweep_limits(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
             _ = stop.changed() => return,
         }
+        gw.guard.sweep(gw.clock.now());
         let removed = gw.limits.sweep(gw.clock.now());
         if removed > 0 {
             tracing::debug!(removed, "Swept idle limiter state.");
@@ -239,7 +252,10 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
             upstreams: Upstreams::new(&gw.config.upstreams),
             gw,
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let limits = worker.gw.config.http.clone();
+        let grace = worker.gw.config.shutdown_grace;
+        let builder = bounds::connection_builder(&limits);
+        let connections = GracefulShutdown::new();
         loop {
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -254,18 +270,36 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
             let _ = stream.set_nodelay(true);
             let worker = Arc::clone(&worker);
             let builder = builder.clone();
+            let watcher = connections.watcher();
+            let first_bytes = limits.header_read_timeout;
             tokio::spawn(async move {
+                if !bounds::first_bytes(&stream, first_bytes).await {
+                    return; // Silent past the header timeout: closed.
+                }
                 let service = service_fn(move |req: Request<Incoming>| {
                     let worker = Arc::clone(&worker);
                     async move { Ok::<_, Infallible>(service::handle(worker, req, remote).await) }
                 });
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "Connection ended with an error.");
                 }
             });
+        }
+        // Stop accepting (the socket closes: new connections are refused), then let every
+        // connection finish its in-flight request, within the grace period.
+        drop(listener);
+        let open = connections.count();
+        if tokio::time::timeout(grace, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                "Connections still open at the end of the shutdown grace; closing them."
+            );
+        } else if open > 0 {
+            tracing::debug!(connections = open, "Connections drained.");
         }
     });
 }

@@ -13,6 +13,7 @@ use keygate_core::render::{negotiate, BodyFormat};
 use serde_json::json;
 
 use crate::body::Body;
+use crate::bounds;
 use crate::check::{self, Refused};
 use crate::gateway::Gateway;
 use crate::infra::{self, Infra};
@@ -36,7 +37,8 @@ fn refuse(
     denial: &Denial,
     format: BodyFormat,
 ) -> Response<Body> {
-    let resp = respond::denial(&gw.config.profile, denial, format, LimitFacts::default());
+    let facts = check::refusal_facts(gw, denial.reason);
+    let resp = respond::denial(&gw.config.profile, denial, format, facts);
     gw.metrics.record(
         route,
         Outcome::Denied(denial.reason),
@@ -108,7 +110,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
 
     let path = req.uri().path();
     if method == Method::GET && profile.whoami.as_deref() == Some(path) {
-        return match check::authenticate(gw, req.headers(), req.uri().query()) {
+        return match check::authenticate(gw, req.headers(), req.uri().query(), remote.ip()) {
             Ok((who, _)) => {
                 gw.metrics.record(None, Outcome::Local, 200);
                 gw.usage.record(&who.client, gw.clock.now(), 200);
@@ -119,14 +121,21 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     }
     if profile.verify {
         if path == verify::VERIFY_PATH {
-            return verify::verify(gw, req, format).await;
+            return verify::verify(gw, req, format, remote.ip()).await;
         }
         if let Some(contract) = Contract::from_path(path) {
-            return verify::forward_auth(gw, contract, &req, format);
+            return verify::forward_auth(gw, contract, &req, format, remote.ip());
         }
     }
 
-    let decided = check::decide(gw, &method, path, req.uri().query(), req.headers());
+    let decided = check::decide(
+        gw,
+        &method,
+        path,
+        req.uri().query(),
+        req.headers(),
+        remote.ip(),
+    );
     let passed = match decided {
         Ok(p) => p,
         Err(Refused {
@@ -147,6 +156,23 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             return resp;
         }
     };
+    // A declared body past the bound is never forwarded (crate::bounds); checked before the
+    // limits so a refused request consumes nothing.
+    let max_body = gw.config.http.max_body_bytes;
+    if bounds::body_too_large(req.headers(), max_body) {
+        let denial = Denial::about(Reason::PayloadTooLarge, &max_body.to_string());
+        let resp = refuse(gw, Some(passed.route_index), &denial, format);
+        access_log(
+            gw,
+            &method,
+            Some(passed.route_index),
+            resp.status(),
+            Some(denial.reason),
+            passed.who.as_ref(),
+            started,
+        );
+        return resp;
+    }
     let forward = Forward {
         upstream: passed.route.upstream,
         spec: &gw.config.upstreams[passed.route.upstream],

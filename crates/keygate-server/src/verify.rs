@@ -10,6 +10,8 @@
 //!
 //! Each answers 200 with the identity headers, or the profile's refusal.
 
+use std::net::IpAddr;
+
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -23,6 +25,7 @@ use serde_json::json;
 use crate::body::Body;
 use crate::check::{self, Refused};
 use crate::gateway::{Admitted, Gateway};
+use crate::guard::Caller;
 use crate::metrics::Outcome;
 use crate::profile::LimitFacts;
 use crate::respond;
@@ -57,7 +60,12 @@ fn bad_request(gw: &Gateway, why: &str, format: BodyFormat) -> Response<Body> {
 }
 
 /// `POST /v1/keys/verify`.
-pub async fn verify(gw: &Gateway, req: Request<Incoming>, format: BodyFormat) -> Response<Body> {
+pub async fn verify(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    format: BodyFormat,
+    peer: IpAddr,
+) -> Response<Body> {
     if req.method() != Method::POST {
         return respond::denial(
             &gw.config.profile,
@@ -66,10 +74,12 @@ pub async fn verify(gw: &Gateway, req: Request<Incoming>, format: BodyFormat) ->
             LimitFacts::default(),
         );
     }
-    let body: Bytes = match Limited::new(req.into_body(), MAX_VERIFY_BODY)
-        .collect()
-        .await
-    {
+    let (parts, body) = req.into_parts();
+    let caller = Caller {
+        peer,
+        headers: &parts.headers,
+    };
+    let body: Bytes = match Limited::new(body, MAX_VERIFY_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return bad_request(gw, "the body is larger than 16 KiB or was cut off", format),
     };
@@ -83,7 +93,7 @@ pub async fn verify(gw: &Gateway, req: Request<Incoming>, format: BodyFormat) ->
             )
         }
     };
-    let outcome = answer_verify(gw, &ask);
+    let outcome = answer_verify(gw, &ask, caller);
     let status = match &outcome {
         Ok(_) => 200,
         Err(d) => gw.config.profile.error(d.reason).status.as_u16(),
@@ -114,11 +124,16 @@ pub async fn verify(gw: &Gateway, req: Request<Incoming>, format: BodyFormat) ->
     respond::json(StatusCode::OK, &doc)
 }
 
-fn answer_verify(gw: &Gateway, ask: &VerifyRequest) -> Result<Admitted, Denial> {
-    if ask.key.is_empty() {
-        return Err(Denial::new(Reason::MissingKey));
-    }
-    let who = gw.authenticate(&ask.key)?;
+fn answer_verify(
+    gw: &Gateway,
+    ask: &VerifyRequest,
+    caller: Caller<'_>,
+) -> Result<Admitted, Denial> {
+    let key = Some(ask.key.as_str()).filter(|k| !k.is_empty());
+    let who = check::guarded(gw, caller, key, || match key {
+        Some(key) => gw.authenticate(key),
+        None => Err(Reason::MissingKey),
+    })?;
     if let Some(scopes) = &ask.scopes {
         if let Some(missing) = scopes.iter().find(|s| !who.client.policy.has_scope(s)) {
             return Err(Denial::about(Reason::ScopeMissing, missing));
@@ -179,6 +194,7 @@ pub fn forward_auth(
     contract: Contract,
     req: &Request<Incoming>,
     format: BodyFormat,
+    peer: IpAddr,
 ) -> Response<Body> {
     let headers = req.headers();
     let (method, uri): (Method, String) = match contract {
@@ -211,7 +227,7 @@ pub fn forward_auth(
     let (path, query) = uri
         .split_once('?')
         .map_or((uri.as_str(), None), |(p, q)| (p, Some(q)));
-    match check::decide(gw, &method, path, query, headers) {
+    match check::decide(gw, &method, path, query, headers, peer) {
         Ok(passed) => {
             gw.metrics
                 .record(Some(passed.route_index), Outcome::Local, 200);
@@ -227,8 +243,8 @@ pub fn forward_auth(
             denial,
             ..
         }) => {
-            let mut resp =
-                respond::denial(&gw.config.profile, &denial, format, LimitFacts::default());
+            let facts = check::refusal_facts(gw, denial.reason);
+            let mut resp = respond::denial(&gw.config.profile, &denial, format, facts);
             if contract == Contract::Nginx {
                 // nginx treats anything but 2xx, 401 and 403 from auth_request as an error (500).
                 let status = if denial.reason.is_authentication_failure() {

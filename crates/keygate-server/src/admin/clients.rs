@@ -140,6 +140,41 @@ pub(crate) struct UpdateBody {
     limits: Option<LimitsBody>,
 }
 
+impl CreateBody {
+    /// Every field checked, before the store is asked.
+    pub(crate) fn validate(self) -> Result<NewClient, AdminError> {
+        Ok(NewClient {
+            name: name(self.name)?,
+            plan: plan(self.plan.unwrap_or_else(|| "default".to_owned()))?,
+            scopes: scopes(self.scopes.unwrap_or_default())?,
+            sports: slugs("sports", self.sports.unwrap_or_default())?,
+            bookmakers: slugs("bookmakers", self.bookmakers.unwrap_or_default())?,
+            limits: self.limits.unwrap_or_default().overrides()?,
+        })
+    }
+}
+
+impl UpdateBody {
+    /// Every field sent checked, before the store is asked.
+    pub(crate) fn validate(self) -> Result<ClientUpdate, AdminError> {
+        Ok(ClientUpdate {
+            name: self.name.map(name).transpose()?,
+            plan: self.plan.map(plan).transpose()?,
+            scopes: self.scopes.map(scopes).transpose()?,
+            sports: self.sports.map(|s| slugs("sports", s)).transpose()?,
+            bookmakers: self
+                .bookmakers
+                .map(|s| slugs("bookmakers", s))
+                .transpose()?,
+            limits: self
+                .limits
+                .map(LimitsBody::patch)
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -201,14 +236,7 @@ pub(crate) async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Client>), AdminError> {
-    let new = NewClient {
-        name: name(body.name)?,
-        plan: plan(body.plan.unwrap_or_else(|| "default".to_owned()))?,
-        scopes: scopes(body.scopes.unwrap_or_default())?,
-        sports: slugs("sports", body.sports.unwrap_or_default())?,
-        bookmakers: slugs("bookmakers", body.bookmakers.unwrap_or_default())?,
-        limits: body.limits.unwrap_or_default().overrides()?,
-    };
+    let new = body.validate()?;
     let client = store_call(state.store.create_client(&caller.actor, new)).await?;
     Ok((StatusCode::CREATED, Json(client)))
 }
@@ -302,21 +330,7 @@ pub(crate) async fn update(
     ClientPath(client): ClientPath,
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> Result<Json<Client>, AdminError> {
-    let update = ClientUpdate {
-        name: body.name.map(name).transpose()?,
-        plan: body.plan.map(plan).transpose()?,
-        scopes: body.scopes.map(scopes).transpose()?,
-        sports: body.sports.map(|s| slugs("sports", s)).transpose()?,
-        bookmakers: body
-            .bookmakers
-            .map(|s| slugs("bookmakers", s))
-            .transpose()?,
-        limits: body
-            .limits
-            .map(LimitsBody::patch)
-            .transpose()?
-            .unwrap_or_default(),
-    };
+    let update = body.validate()?;
     let updated = store_call(state.store.update_client(&caller.actor, &client, update)).await?;
     Ok(Json(updated))
 }

@@ -82,6 +82,32 @@ pub(crate) struct ListQuery {
     limit: Option<String>,
 }
 
+impl CreateBody {
+    /// Checks the label; the expiry it asks for.
+    pub(crate) fn validate(&self) -> Result<Option<Timestamp>, AdminError> {
+        check_label(&self.label).map_err(|e| AdminError::invalid_value("label", e.to_string()))?;
+        instant("expires_at", self.expires_at.clone())
+    }
+}
+
+impl RotateBody {
+    /// How long the old key keeps working (`None`: revoked at once).
+    pub(crate) fn grace(self) -> Result<Option<Duration>, AdminError> {
+        self.grace
+            .map(|g| {
+                parse_duration(&g).map_err(|e| AdminError::invalid_value("grace", e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+impl ExpiryBody {
+    /// The new expiry (`None`: never).
+    pub(crate) fn validate(self) -> Result<Option<Timestamp>, AdminError> {
+        instant("expires_at", self.expires_at)
+    }
+}
+
 fn instant(field: &str, raw: Option<String>) -> Result<Option<Timestamp>, AdminError> {
     raw.map(|s| {
         Timestamp::parse_rfc3339(&s).map_err(|e| AdminError::invalid_value(field, e.to_string()))
@@ -120,14 +146,13 @@ pub(crate) async fn create(
     idempotency: IdempotencyKey,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, AdminError> {
-    check_label(&body.label).map_err(|e| AdminError::invalid_value("label", e.to_string()))?;
+    let expires_at = body.validate()?;
     let guard = idempotency.guard(
         &state.gateway.config.issuer.digester,
         &caller.actor,
         "create_key",
         &body,
     );
-    let expires_at = instant("expires_at", body.expires_at)?;
     let owner = store_call(state.store.client(&body.client)).await?;
     let (secret, material) = state.gateway.config.issuer.issue();
     let new = NewKey {
@@ -271,10 +296,7 @@ pub(crate) async fn rotate(
         &format!("rotate_key {id}"),
         &body,
     );
-    let grace: Option<Duration> = body
-        .grace
-        .map(|g| parse_duration(&g).map_err(|e| AdminError::invalid_value("grace", e.to_string())))
-        .transpose()?;
+    let grace = body.grace()?;
     // Everything the answer needs is read first: once the rotation commits, the plaintext must
     // reach the caller whatever else happens.
     let old = store_call(state.store.key(&id)).await?;
@@ -418,7 +440,7 @@ pub(crate) async fn set_expiry(
     KeyPath(id): KeyPath,
     JsonBody(body): JsonBody<ExpiryBody>,
 ) -> Result<Json<ApiKey>, AdminError> {
-    let at = instant("expires_at", body.expires_at)?;
+    let at = body.validate()?;
     let key = store_call(state.store.set_key_expiry(&caller.actor, &id, at)).await?;
     Ok(Json(key))
 }

@@ -105,6 +105,39 @@ async fn method_not_allowed() -> AdminError {
     AdminError::MethodNotAllowed
 }
 
+/// Feeds untrusted bytes to every admin request body as the handlers read them: strict JSON
+/// deserialization, then field validation, and for a refusal its problem document (always a
+/// 4xx). For the fuzz targets and hostile-input tests; returns how many body types accepted
+/// the bytes. Never panics on any input: that is the property under test.
+pub fn check_bodies(data: &[u8]) -> usize {
+    fn run<T: serde::de::DeserializeOwned, U>(
+        data: &[u8],
+        validate: impl FnOnce(T) -> Result<U, AdminError>,
+    ) -> bool {
+        let Ok(body) = serde_json::from_slice::<T>(data) else {
+            return false;
+        };
+        match validate(body) {
+            Ok(_) => true,
+            Err(e) => {
+                let status = axum::response::IntoResponse::into_response(e).status();
+                assert!(status.is_client_error(), "a body refusal answered {status}");
+                false
+            }
+        }
+    }
+    [
+        run(data, clients::CreateBody::validate),
+        run(data, clients::UpdateBody::validate),
+        run(data, |b: keys::CreateBody| b.validate()),
+        run(data, keys::RotateBody::grace),
+        run(data, keys::ExpiryBody::validate),
+    ]
+    .into_iter()
+    .filter(|&accepted| accepted)
+    .count()
+}
+
 /// Runs a store call with the [`STORE_TIMEOUT`] budget. A call cut short is rolled back by the
 /// store (its transaction is dropped uncommitted).
 ///

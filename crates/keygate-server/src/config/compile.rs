@@ -16,7 +16,10 @@ use keygate_core::{Digester, Issuer, Scope};
 use toml::Spanned;
 
 use super::raw::{RawConfig, RawError, RawLimits, RawProfile, RawRoute};
-use super::{Config, ConfigError, ConfigErrors, LimiterBackend, LimiterConfig, Overrides, Plan};
+use super::{
+    Config, ConfigError, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan,
+};
+use crate::guard::GuardConfig;
 use crate::profile::{CredentialSource, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS};
 use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
 use crate::routes::{BookmakerSource, Route, RouteTable};
@@ -28,6 +31,7 @@ const DEFAULT_FEED_POLL: Duration = Duration::from_millis(100);
 const DEFAULT_FEED_POLL_LISTENING: Duration = Duration::from_millis(500);
 const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(10);
 const DEFAULT_UPSTREAM: &str = "default";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Collects errors while compiling.
 struct Errors<'a> {
@@ -268,6 +272,14 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
 
     let profile = compile_profile(&raw.profile, errors);
     let limiter = compile_limiter(&raw, errors);
+    let guard = compile_guard(&raw, errors);
+    let http = compile_http_limits(&raw, errors);
+    let shutdown_grace = duration(
+        raw.server.shutdown_grace.as_deref(),
+        DEFAULT_SHUTDOWN_GRACE,
+        None,
+        errors,
+    );
     if !errors.list.is_empty() {
         return None;
     }
@@ -286,7 +298,104 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         plans,
         profile,
         limiter,
+        guard,
+        http,
+        shutdown_grace,
     })
+}
+
+fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {
+    let s = &raw.server;
+    let mut limits = HttpLimits::default();
+    if let Some(n) = s.max_header_bytes {
+        if n < HttpLimits::MIN_HEADER_BYTES {
+            errors.at(
+                None,
+                format!(
+                    "server.max_header_bytes: {n} is below the smallest supported head size ({} bytes)",
+                    HttpLimits::MIN_HEADER_BYTES
+                ),
+            );
+        } else {
+            limits.max_header_bytes = n;
+        }
+    }
+    match s.max_headers {
+        Some(0) => errors.at(None, "server.max_headers must be at least 1"),
+        Some(n) => limits.max_headers = n,
+        None => {}
+    }
+    match s.max_body_bytes {
+        Some(0) => errors.at(
+            None,
+            "server.max_body_bytes: 0 would refuse every body; give a positive number of bytes",
+        ),
+        Some(n) => limits.max_body_bytes = n,
+        None => {}
+    }
+    limits.header_read_timeout = duration(
+        s.header_read_timeout.as_deref(),
+        limits.header_read_timeout,
+        None,
+        errors,
+    );
+    if limits.header_read_timeout.is_zero() {
+        errors.at(None, "server.header_read_timeout must be longer than 0s");
+    }
+    limits
+}
+
+fn compile_guard(raw: &RawConfig, errors: &mut Errors<'_>) -> GuardConfig {
+    let mut config = GuardConfig::default();
+    let Some(spanned) = &raw.guard else {
+        return config;
+    };
+    let span = spanned.span();
+    let g = spanned.get_ref();
+    config.enabled = g.enabled.unwrap_or(config.enabled);
+    match g.threshold {
+        Some(0) => errors.at(
+            Some(&span),
+            "guard.threshold must be at least 1 (set guard.enabled = false to turn the guard off)",
+        ),
+        Some(n) => config.threshold = n,
+        None => {}
+    }
+    config.prefix_threshold = g.prefix_threshold.unwrap_or(config.threshold);
+    match g.prefix_length {
+        Some(n) if !(4..=64).contains(&n) => errors.at(
+            Some(&span),
+            format!("guard.prefix_length: {n} is not between 4 and 64 characters"),
+        ),
+        Some(n) => config.prefix_length = n,
+        None => {}
+    }
+    config.window = duration(g.window.as_deref(), config.window, Some(&span), errors);
+    config.cooldown = duration(g.cooldown.as_deref(), config.cooldown, Some(&span), errors);
+    if config.window.is_zero() || config.cooldown.is_zero() {
+        errors.at(
+            Some(&span),
+            "guard.window and guard.cooldown must be longer than 0s",
+        );
+    }
+    match g.max_tracked {
+        Some(0) => errors.at(Some(&span), "guard.max_tracked must be at least 1"),
+        Some(n) => config.max_tracked = n,
+        None => {}
+    }
+    for p in &g.trusted_proxies {
+        let net = p
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(net) => config.trusted_proxies.push(net),
+            Err(_) => errors.at(
+                Some(&span),
+                format!("guard.trusted_proxies: `{p}` is not an address or CIDR range"),
+            ),
+        }
+    }
+    config
 }
 
 fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {

@@ -100,6 +100,39 @@ impl Default for LimiterConfig {
     }
 }
 
+/// Bounds on what one client may make the gateway hold: a request head, a body, a slow
+/// connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request head (request line and headers); past it, 431 and the connection closes.
+    pub max_header_bytes: usize,
+    /// Most request headers; past it, 431.
+    pub max_headers: usize,
+    /// Time a client has to send a request head; the connection is closed after it. Also how
+    /// long an idle keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+    /// Largest request body forwarded upstream (by its `Content-Length`); past it, 413.
+    pub max_body_bytes: u64,
+}
+
+impl HttpLimits {
+    /// hyper's own floor for its read buffer, which bounds the request head.
+    pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+    /// hyper's default header count; another value costs a heap allocation per request.
+    pub const DEFAULT_MAX_HEADERS: usize = 100;
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_header_bytes: 32 * 1024,
+            max_headers: HttpLimits::DEFAULT_MAX_HEADERS,
+            header_read_timeout: Duration::from_secs(30),
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -120,6 +153,10 @@ pub struct Config {
     pub plans: BTreeMap<String, Plan>,
     pub profile: Profile,
     pub limiter: LimiterConfig,
+    pub guard: crate::guard::GuardConfig,
+    pub http: HttpLimits,
+    /// On SIGTERM, how long in-flight requests and sessions get to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {

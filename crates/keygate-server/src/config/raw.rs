@@ -23,6 +23,26 @@ pub(crate) struct RawConfig {
     pub(crate) profile: RawProfile,
     #[serde(default)]
     pub(crate) limits: Option<Spanned<RawLimiter>>,
+    #[serde(default)]
+    pub(crate) guard: Option<Spanned<RawGuard>>,
+}
+
+/// Brute-force throttling (`crate::guard`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGuard {
+    pub(crate) enabled: Option<bool>,
+    /// Failed authentications per source within `window` that start a cool-down.
+    pub(crate) threshold: Option<u32>,
+    /// The same per key prefix; 0 turns prefix counting off.
+    pub(crate) prefix_threshold: Option<u32>,
+    pub(crate) prefix_length: Option<usize>,
+    pub(crate) window: Option<String>,
+    pub(crate) cooldown: Option<String>,
+    pub(crate) max_tracked: Option<usize>,
+    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 /// Where rate-limit counters live.
@@ -70,6 +90,16 @@ pub(crate) struct RawServer {
     /// replica and stay ready).
     #[serde(default)]
     pub(crate) ready_requires_store: bool,
+    /// Largest request head (request line and headers) in bytes; past it, 431.
+    pub(crate) max_header_bytes: Option<usize>,
+    /// Most request headers; past it, 431.
+    pub(crate) max_headers: Option<usize>,
+    /// Time a client has to send a request head (and that an idle connection is kept).
+    pub(crate) header_read_timeout: Option<String>,
+    /// Largest request body forwarded upstream, in bytes; past it, 413.
+    pub(crate) max_body_bytes: Option<u64>,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub(crate) shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

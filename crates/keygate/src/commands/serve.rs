@@ -94,8 +94,15 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
         let store = open_store(&config.db).await?;
         let running = keygate_server::start(config, store).await?;
         stop_signal().await;
-        tracing::info!("Stopping.");
-        running.shutdown().await;
+        let grace = running.gateway.config.shutdown_grace;
+        tracing::info!(
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            "Stopping: no new connections; in-flight requests may finish."
+        );
+        tokio::select! {
+            () = running.shutdown() => tracing::info!("Stopped."),
+            () = stop_signal() => tracing::warn!("A second stop signal; exiting without draining."),
+        }
         Ok(())
     })
 }

@@ -1,0 +1,593 @@
+//! Brute-force throttling: failed authentications are counted per source address and per key
+//! prefix, and a source or prefix past its threshold is refused (the profile's 429) for a
+//! cool-down, before its key is looked up.
+//!
+//! Keys are high-entropy, so guessing one is hopeless; what this stops is the load and noise of
+//! a credential-stuffing or key-guessing run, and targeted guessing around a leaked key prefix
+//! spread over many addresses. Memory is bounded: entries expire after their window or
+//! cool-down, and at most `max_tracked` sources and as many prefixes are held. The fast path of
+//! an admitted request is one atomic load while no cool-down is running anywhere.
+//!
+//! A source is the peer address, or, when the peer is a configured trusted proxy, the
+//! right-most untrusted address of `X-Forwarded-For`. IPv6 sources count per /64, the unit one
+//! subscriber usually holds. Prefixes are held as salted 64-bit hashes, never as key text, and
+//! logs name a prefix only by that hash.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::HeaderMap;
+use ipnet::IpNet;
+use keygate_core::decision::Reason;
+use keygate_core::Timestamp;
+
+use crate::profile::LimitFacts;
+
+/// How the guard is configured (`[guard]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardConfig {
+    pub enabled: bool,
+    /// Failed authentications from one source within `window` that start a cool-down.
+    pub threshold: u32,
+    /// Failed authentications with one key prefix within `window` that start a cool-down
+    /// for that prefix; 0 turns prefix counting off.
+    pub prefix_threshold: u32,
+    /// Characters of the key body, after the deployment's key prefix, that make a key prefix.
+    pub prefix_length: usize,
+    pub window: Duration,
+    pub cooldown: Duration,
+    /// Most sources (and, separately, prefixes) tracked at once.
+    pub max_tracked: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            enabled: true,
+            threshold: 30,
+            prefix_threshold: 30,
+            prefix_length: 8,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(300),
+            max_tracked: 100_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// What a cool-down applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    Source,
+    KeyPrefix,
+}
+
+impl By {
+    fn label(self) -> &'static str {
+        match self {
+            By::Source => "source",
+            By::KeyPrefix => "key_prefix",
+        }
+    }
+}
+
+/// The request's origin as the guard sees it: the peer and the headers a trusted proxy may
+/// have added. Resolved to a source address only when needed (a failure or a running
+/// cool-down), so an admitted request pays nothing for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller<'a> {
+    pub peer: IpAddr,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Counter {
+    window_start: i64,
+    failures: u32,
+    /// End of the cool-down, ms since the epoch (0 = none).
+    blocked_until: i64,
+}
+
+/// Failure counters and cool-downs of one gateway process.
+pub struct Guard {
+    config: GuardConfig,
+    /// Length of the deployment's key prefix (`sk_`), skipped when taking a key's prefix.
+    key_prefix_len: usize,
+    sources: DashMap<IpAddr, Counter>,
+    prefixes: DashMap<u64, Counter>,
+    salt: RandomState,
+    /// Latest end of any cool-down (ms); 0 once every cool-down has ended and been swept.
+    horizon: AtomicI64,
+    last_sweep: AtomicI64,
+    incidents: [AtomicU64; 2],
+    refused: [AtomicU64; 2],
+    /// Failures not counted because the table was full of live entries.
+    untracked: AtomicU64,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("config", &self.config)
+            .field("sources", &self.sources.len())
+            .field("prefixes", &self.prefixes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// IPv4-mapped IPv6 as IPv4; other IPv6 addresses as their /64.
+fn normalize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl Guard {
+    /// A guard for keys whose deployment prefix is `key_prefix` (skipped when taking a key's
+    /// prefix, since every key shares it).
+    pub fn new(config: GuardConfig, key_prefix: &str) -> Guard {
+        Guard {
+            config,
+            key_prefix_len: key_prefix.len(),
+            sources: DashMap::new(),
+            prefixes: DashMap::new(),
+            salt: RandomState::new(),
+            horizon: AtomicI64::new(0),
+            last_sweep: AtomicI64::new(0),
+            incidents: Default::default(),
+            refused: Default::default(),
+            untracked: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    /// The address failures are counted against.
+    pub fn source(&self, caller: Caller<'_>) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&caller.peer) {
+            return normalize(caller.peer);
+        }
+        // Right to left: each trusted hop vouches for the address before it; the first
+        // address no trusted proxy added is the client. Unparsable entries end the walk.
+        let mut source = caller.peer;
+        let hops = caller
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>();
+        for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
+            source = ip;
+            if !trusted(&ip) {
+                break;
+            }
+        }
+        normalize(source)
+    }
+
+    /// Hash of a key's prefix, if the key is long enough to have one and prefixes count.
+    fn prefix_of(&self, key: &str) -> Option<u64> {
+        if self.config.prefix_threshold == 0 {
+            return None;
+        }
+        let end = self.key_prefix_len + self.config.prefix_length;
+        key.get(..end)
+            .filter(|_| key.len() > end)
+            .map(|p| self.salt.hash_one(p))
+    }
+
+    /// Refuses a caller whose source, or whose key's prefix, is in a cool-down. Runs before
+    /// the key is looked up.
+    ///
+    /// # Errors
+    /// `RateLimited` during a cool-down.
+    pub fn check(
+        &self,
+        caller: Caller<'_>,
+        key: Option<&str>,
+        now: impl FnOnce() -> Timestamp,
+    ) -> Result<(), Reason> {
+        let horizon = self.horizon.load(Ordering::Acquire);
+        if horizon == 0 || !self.config.enabled {
+            return Ok(());
+        }
+        let now = now().as_millis();
+        if now >= horizon {
+            return Ok(());
+        }
+        let blocked = |c: &Counter| c.blocked_until > now;
+        if self
+            .sources
+            .get(&self.source(caller))
+            .is_some_and(|c| blocked(&c))
+        {
+            self.refused[0].fetch_add(1, Ordering::Relaxed);
+            return Err(Reason::RateLimited);
+        }
+        if let Some(p) = key.and_then(|k| self.prefix_of(k)) {
+            if self.prefixes.get(&p).is_some_and(|c| blocked(&c)) {
+                self.refused[1].fetch_add(1, Ordering::Relaxed);
+                return Err(Reason::RateLimited);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failed authentication. Only guess-like failures count: a malformed,
+    /// conflicting or unknown key (a real key that is disabled or expired is not a guess).
+    /// Prefixes count only well-formed unknown keys, so garbage cannot lock a prefix out.
+    pub fn failed(&self, caller: Caller<'_>, key: Option<&str>, reason: Reason, now: Timestamp) {
+        if !self.config.enabled
+            || !matches!(
+                reason,
+                Reason::MalformedKey | Reason::UnknownKey | Reason::ConflictingCredentials
+            )
+        {
+            return;
+        }
+        let now = now.as_millis();
+        self.sweep_if_due(now);
+        let source = self.source(caller);
+        if let Some(failures) = self.bump(&self.sources, source, self.config.threshold, now) {
+            self.incident(By::Source, now);
+            tracing::warn!(
+                target: "keygate::guard",
+                by = "source",
+                source = %source,
+                failures,
+                cooldown_seconds = self.config.cooldown.as_secs(),
+                "Too many failed authentications; refusing this source for the cool-down."
+            );
+        }
+        let prefix = key
+            .filter(|_| reason == Reason::UnknownKey)
+            .and_then(|k| self.prefix_of(k));
+        if let Some(p) = prefix {
+            if let Some(failures) = self.bump(&self.prefixes, p, self.config.prefix_threshold, now)
+            {
+                self.incident(By::KeyPrefix, now);
+                tracing::warn!(
+                    target: "keygate::guard",
+                    by = "key_prefix",
+                    prefix_hash = %format_args!("{p:016x}"),
+                    last_source = %source,
+                    failures,
+                    cooldown_seconds = self.config.cooldown.as_secs(),
+                    "Too many failed authentications with one key prefix; refusing keys with it for the cool-down."
+                );
+            }
+        }
+    }
+
+    fn incident(&self, by: By, now: i64) {
+        let index = by as usize;
+        self.incidents[index].fetch_add(1, Ordering::Relaxed);
+        self.horizon.fetch_max(
+            now.saturating_add(millis(self.config.cooldown)),
+            Ordering::AcqRel,
+        );
+    }
+
+    /// Adds one failure; returns the count when it starts a cool-down (one incident).
+    fn bump<K: Eq + std::hash::Hash + Copy>(
+        &self,
+        map: &DashMap<K, Counter>,
+        id: K,
+        threshold: u32,
+        now: i64,
+    ) -> Option<u32> {
+        // `len` and `entry` lock shards; never hold an entry while asking for the length.
+        if !map.contains_key(&id) && map.len() >= self.config.max_tracked {
+            self.sweep_at(now);
+            if map.len() >= self.config.max_tracked {
+                self.untracked.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let window = millis(self.config.window);
+        let mut c = map.entry(id).or_insert(Counter {
+            window_start: now,
+            failures: 0,
+            blocked_until: 0,
+        });
+        if c.blocked_until > now {
+            return None; // Already refused; a cool-down is one incident.
+        }
+        if now - c.window_start >= window || c.blocked_until != 0 {
+            *c = Counter {
+                window_start: now,
+                failures: 0,
+                blocked_until: 0,
+            };
+        }
+        c.failures += 1;
+        if c.failures < threshold.max(1) {
+            return None;
+        }
+        let failures = c.failures;
+        c.blocked_until = now.saturating_add(millis(self.config.cooldown));
+        Some(failures)
+    }
+
+    fn sweep_if_due(&self, now: i64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now - last >= millis(self.config.window)
+            && self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sweep_at(now);
+        }
+    }
+
+    /// Drops entries whose window and cool-down have both ended, and clears the horizon once
+    /// no cool-down is left, so admitted requests skip the guard again.
+    pub fn sweep(&self, now: Timestamp) {
+        self.sweep_at(now.as_millis());
+    }
+
+    fn sweep_at(&self, now: i64) {
+        let window = millis(self.config.window);
+        let seen = self.horizon.load(Ordering::Acquire);
+        let mut latest = 0;
+        let mut keep = |c: &Counter| {
+            latest = latest.max(c.blocked_until);
+            c.blocked_until > now || now - c.window_start < window
+        };
+        self.sources.retain(|_, c| keep(c));
+        self.prefixes.retain(|_, c| keep(c));
+        let latest = if latest > now { latest } else { 0 };
+        // A cool-down that started during the sweep raised the horizon; keep that value.
+        let _ = self
+            .horizon
+            .compare_exchange(seen, latest, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// What a guard refusal quotes: the cool-down as `Retry-After`, the threshold as `limit`.
+    pub fn facts(&self, now: Timestamp) -> LimitFacts {
+        let cooldown = self.config.cooldown.as_secs().max(1);
+        LimitFacts {
+            limit: u64::from(self.config.threshold),
+            remaining: 0,
+            reset: u64::try_from(now.as_secs()).unwrap_or(0) + cooldown,
+            retry_after: cooldown,
+        }
+    }
+
+    /// Prometheus text for the guard's counters and table sizes.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP keygate_guard_incidents_total Cool-downs started after too many failed authentications.\n# TYPE keygate_guard_incidents_total counter\n");
+        for by in [By::Source, By::KeyPrefix] {
+            let _ = writeln!(
+                out,
+                "keygate_guard_incidents_total{{by=\"{}\"}} {}",
+                by.label(),
+                self.incidents[by as usize].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP keygate_guard_refused_total Requests refused during a cool-down, before any key lookup.\n# TYPE keygate_guard_refused_total counter\n");
+        for by in [By::Source, By::KeyPrefix] {
+            let _ = writeln!(
+                out,
+                "keygate_guard_refused_total{{by=\"{}\"}} {}",
+                by.label(),
+                self.refused[by as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_guard_tracked Sources and key prefixes with recent failures held in memory.\n# TYPE keygate_guard_tracked gauge\nkeygate_guard_tracked{{by=\"source\"}} {}\nkeygate_guard_tracked{{by=\"key_prefix\"}} {}",
+            self.sources.len(),
+            self.prefixes.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keygate_guard_untracked_total Failures not counted because the table was full.\n# TYPE keygate_guard_untracked_total counter\nkeygate_guard_untracked_total {}",
+            self.untracked.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "kg_AAAAAAAAbbbbbbbbccccccccdddddddd";
+
+    fn guard(config: GuardConfig) -> Guard {
+        Guard::new(config, "kg_")
+    }
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn from<'h>(ip: &str, headers: &'h HeaderMap) -> Caller<'h> {
+        Caller {
+            peer: ip.parse().unwrap(),
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_source_past_the_threshold_cools_down_then_recovers() {
+        let g = guard(GuardConfig {
+            threshold: 3,
+            prefix_threshold: 0,
+            ..GuardConfig::default()
+        });
+        let h = HeaderMap::new();
+        let bad = from("192.0.2.1", &h);
+        let good = from("192.0.2.2", &h);
+        for i in 0..2 {
+            g.failed(bad, Some(KEY), Reason::UnknownKey, at(1000 + i));
+            assert_eq!(g.check(bad, Some(KEY), || at(1000 + i)), Ok(()));
+        }
+        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1002));
+        assert_eq!(
+            g.check(bad, Some(KEY), || at(1003)),
+            Err(Reason::RateLimited)
+        );
+        assert_eq!(g.check(bad, None, || at(1003)), Err(Reason::RateLimited));
+        assert_eq!(g.check(good, Some(KEY), || at(1003)), Ok(()));
+        // Failures during the cool-down do not start another incident.
+        g.failed(bad, Some(KEY), Reason::UnknownKey, at(2000));
+        assert_eq!(g.incidents[0].load(Ordering::Relaxed), 1);
+        let end = 1002 + 300_000;
+        assert_eq!(g.check(bad, None, || at(end - 1)), Err(Reason::RateLimited));
+        assert_eq!(g.check(bad, None, || at(end)), Ok(()));
+        // The sweep forgets it and turns the fast path back on.
+        g.sweep(at(end + 60_000));
+        assert_eq!(g.sources.len(), 0);
+        assert_eq!(g.horizon.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn only_guess_like_failures_count_and_windows_reset() {
+        let g = guard(GuardConfig {
+            threshold: 2,
+            ..GuardConfig::default()
+        });
+        let h = HeaderMap::new();
+        let c = from("192.0.2.1", &h);
+        for reason in [
+            Reason::MissingKey,
+            Reason::KeyExpired,
+            Reason::KeyDisabled,
+            Reason::ClientInactive,
+            Reason::ScopeMissing,
+        ] {
+            g.failed(c, Some(KEY), reason, at(0));
+            g.failed(c, Some(KEY), reason, at(0));
+        }
+        assert_eq!(g.check(c, None, || at(1)), Ok(()));
+        assert!(g.sources.is_empty());
+        g.failed(c, None, Reason::MalformedKey, at(0));
+        g.failed(c, None, Reason::MalformedKey, at(60_000)); // a new window
+        assert_eq!(g.check(c, None, || at(60_001)), Ok(()));
+        g.failed(c, None, Reason::ConflictingCredentials, at(60_002));
+        assert_eq!(g.check(c, None, || at(60_003)), Err(Reason::RateLimited));
+    }
+
+    #[test]
+    fn a_key_prefix_guessed_from_many_sources_cools_down_for_everyone() {
+        let g = guard(GuardConfig {
+            threshold: 1000,
+            prefix_threshold: 3,
+            ..GuardConfig::default()
+        });
+        let h = HeaderMap::new();
+        for i in 0..3 {
+            let ip = format!("198.51.100.{i}");
+            let guess = format!("kg_AAAAAAAA{i:0>24}");
+            g.failed(from(&ip, &h), Some(&guess), Reason::UnknownKey, at(0));
+        }
+        let anyone = from("203.0.113.7", &h);
+        assert_eq!(
+            g.check(anyone, Some(KEY), || at(1)),
+            Err(Reason::RateLimited)
+        );
+        assert_eq!(
+            g.check(anyone, Some("kg_BBBBBBBBbbbbbbbbccccccccdddddddd"), || at(
+                1
+            )),
+            Ok(())
+        );
+        // Malformed keys never count against a prefix.
+        let g = guard(GuardConfig {
+            threshold: 1000,
+            prefix_threshold: 1,
+            ..GuardConfig::default()
+        });
+        g.failed(anyone, Some(KEY), Reason::MalformedKey, at(0));
+        assert_eq!(g.check(anyone, Some(KEY), || at(1)), Ok(()));
+        assert!(g.prefixes.is_empty());
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let g = guard(GuardConfig {
+            max_tracked: 10,
+            ..GuardConfig::default()
+        });
+        let h = HeaderMap::new();
+        for i in 0..100u8 {
+            let ip = format!("192.0.2.{i}");
+            g.failed(from(&ip, &h), None, Reason::UnknownKey, at(0));
+        }
+        assert_eq!(g.sources.len(), 10);
+        assert_eq!(g.untracked.load(Ordering::Relaxed), 90);
+        // Once their windows end, room is made again.
+        g.failed(
+            from("192.0.2.200", &h),
+            None,
+            Reason::UnknownKey,
+            at(60_000),
+        );
+        assert_eq!(g.sources.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let g = guard(GuardConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..GuardConfig::default()
+        });
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.1".parse().unwrap(),
+        );
+        h.append("x-forwarded-for", "10.1.1.1".parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(g.source(from("10.0.0.1", &h)), ip("198.51.100.1"));
+        assert_eq!(g.source(from("192.0.2.1", &h)), ip("192.0.2.1"));
+        let mut junk = HeaderMap::new();
+        junk.insert("x-forwarded-for", "nonsense".parse().unwrap());
+        assert_eq!(g.source(from("10.0.0.1", &junk)), ip("10.0.0.1"));
+        let none = HeaderMap::new();
+        assert_eq!(
+            g.source(from("2001:db8:1:2:3:4:5:6", &none)),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(g.source(from("::ffff:192.0.2.5", &none)), ip("192.0.2.5"));
+    }
+
+    #[test]
+    fn disabled_counts_nothing() {
+        let g = guard(GuardConfig {
+            enabled: false,
+            threshold: 1,
+            ..GuardConfig::default()
+        });
+        let h = HeaderMap::new();
+        let c = from("192.0.2.1", &h);
+        g.failed(c, Some(KEY), Reason::UnknownKey, at(0));
+        assert_eq!(g.check(c, Some(KEY), || at(1)), Ok(()));
+    }
+}

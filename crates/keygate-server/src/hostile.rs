@@ -1,0 +1,192 @@
+//! Entry points that feed untrusted bytes to each parser keygate exposes and check its
+//! invariants: credential extraction and key parsing, route matching, configuration parsing
+//! and the admin API's JSON bodies.
+//!
+//! One function per property, called by the cargo-fuzz targets (`fuzz/`) and by the proptest
+//! suite (`tests/hostile.rs`), so both check the same thing. Each panics only when an
+//! invariant breaks; bad input itself must never panic.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use keygate_core::decision::Reason;
+use keygate_core::key_format::{Alphabet, KeyFormat};
+use keygate_core::policy::Requirements;
+
+use crate::check::is_ambiguous_path;
+use crate::config::{self, Overrides};
+use crate::credential::{self, MAX_CREDENTIAL_LEN};
+use crate::profile::CredentialSource;
+use crate::routes::{Route, RouteMatch, RouteTable};
+
+/// Splits fuzz input into lines, as text where it is UTF-8 (lossy otherwise).
+fn lines(data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data)
+        .split('\n')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Headers from `name: value` lines (lines HTTP could not carry are skipped, as hyper would
+/// refuse them), and a query string from a line starting with `?`. Then the credential is
+/// extracted with every kind of source, and any key found is checked by three key formats.
+///
+/// Invariants: an extracted key is non-empty visible ASCII within the length bound and was
+/// present in the input; a key that passes a format check has that format's prefix and
+/// length; stripping the query parameter removes every occurrence of it.
+pub fn credential(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    let mut query: Option<String> = None;
+    for line in data.split(|&b| b == b'\n') {
+        if let Some(q) = line.strip_prefix(b"?") {
+            query = Some(String::from_utf8_lossy(q).into_owned());
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(n, v);
+        }
+    }
+    let sources = [
+        CredentialSource::Header(HeaderName::from_static("x-api-key")),
+        CredentialSource::Bearer,
+        CredentialSource::Query("api_key".into()),
+    ];
+    match credential::extract(&sources, &headers, query.as_deref()) {
+        Ok(cred) => {
+            let key = cred.key;
+            assert!(!key.is_empty() && key.len() <= MAX_CREDENTIAL_LEN);
+            assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{key:?}");
+            assert!(cred.source < sources.len());
+            assert!(
+                data.windows(key.len()).any(|w| w == key.as_bytes()),
+                "an extracted key must come from the input"
+            );
+            key_formats(key);
+        }
+        Err(reason) => assert!(matches!(
+            reason,
+            Reason::MissingKey | Reason::MalformedKey | Reason::ConflictingCredentials
+        )),
+    }
+    if let Some(q) = &query {
+        let stripped = credential::strip_query_param(q, "api_key");
+        assert!(
+            stripped
+                .split('&')
+                .all(|p| p.split_once('=').map_or(p, |(k, _)| k) != "api_key"),
+            "{q:?} -> {stripped:?}"
+        );
+    }
+    key_formats(&String::from_utf8_lossy(data));
+}
+
+/// Key parsing alone: the offline format check of three formats, and the masked hint.
+pub fn key_formats(candidate: &str) {
+    let formats = [
+        KeyFormat::default(),
+        KeyFormat::new("os_live_", Alphabet::Hex, 32, false).expect("a valid format"),
+        KeyFormat::admin_token(),
+    ];
+    for f in &formats {
+        if f.check(candidate).is_ok() {
+            assert!(candidate.starts_with(f.prefix()));
+            assert_eq!(candidate.len(), f.key_len());
+        }
+    }
+    let hint = keygate_core::key_format::hint_of("kg_", candidate);
+    assert!(hint.len() <= "kg_...".len() + 4, "{hint:?}");
+}
+
+/// Route patterns from the first lines (at most 8), then one request per remaining line
+/// (`METHOD path`). Invalid patterns must be refused, never panic; every match must be
+/// consistent: its parameters are pieces of the path, its route accepts the method.
+pub fn routes(data: &[u8]) {
+    let lines = lines(data);
+    let split = lines
+        .len()
+        .min(8)
+        .min(usize::from(data.first().copied().unwrap_or(0) % 9));
+    let mut table = RouteTable::default();
+    let mut names = Vec::new();
+    for (i, pattern) in lines[..split].iter().enumerate() {
+        let route = Route {
+            name: Arc::from(format!("r{i}")),
+            pattern: pattern.as_str().into(),
+            methods: (i % 2 == 1).then(|| vec![Method::GET]),
+            upstream: 0,
+            needs: Requirements::default(),
+            sport_param: None,
+            bookmaker: None,
+            public: false,
+            limits: crate::ratelimit::LimitSet::default(),
+            compiled_limits: Vec::new(),
+        };
+        if table.insert(route).is_ok() {
+            names.push(
+                pattern
+                    .split('/')
+                    .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .map(|s| s.trim_start_matches('*').to_owned())
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    for line in &lines[split..] {
+        let (method, path) = line.split_once(' ').unwrap_or(("GET", line));
+        let _ = is_ambiguous_path(path);
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            continue;
+        };
+        if let RouteMatch::Found {
+            route,
+            index,
+            params,
+        } = table.find(&method, path)
+        {
+            assert!(route.methods.as_ref().is_none_or(|m| m.contains(&method)));
+            for name in &names[index] {
+                if let Some(value) = params.get(name) {
+                    assert!(path.contains(value), "{name}={value:?} not in {path:?}");
+                }
+            }
+        }
+    }
+}
+
+/// A configuration file: parsed and compiled, or refused with errors that each name a line
+/// inside the file.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let overrides = Overrides {
+        listen: Some(([127, 0, 0, 1], 0).into()),
+        admin_listen: Some(([127, 0, 0, 1], 0).into()),
+        db: Some(":memory:".to_owned()),
+        upstream: Some("http://127.0.0.1:9".to_owned()),
+        workers: Some(1),
+        tooling: false,
+    };
+    if let Err(errors) = config::load(text, "fuzz.toml", &overrides) {
+        assert!(!errors.0.is_empty());
+        let last_line = text.split('\n').count();
+        for e in &errors.0 {
+            assert!(!e.message.is_empty());
+            if let Some(line) = e.line {
+                assert!(
+                    (1..=last_line).contains(&line),
+                    "line {line} of {last_line}"
+                );
+            }
+        }
+    }
+}
+
+/// The admin API's JSON bodies (see [`crate::admin::check_bodies`]).
+pub fn admin_bodies(data: &[u8]) {
+    let _ = crate::admin::check_bodies(data);
+}

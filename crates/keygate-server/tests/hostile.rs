@@ -1,0 +1,176 @@
+//! Hostile input as properties: the same entry points the cargo-fuzz targets drive
+//! (`keygate_server::hostile`), fed by proptest with structured and raw inputs, in `cargo test`.
+//! Each must return without panicking on anything; invariants are asserted inside.
+
+use keygate_server::hostile;
+use proptest::prelude::*;
+
+/// Printable ASCII with the separators the parsers care about over-represented.
+fn texty() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("[ -~\t\n]{0,200}|[a-zA-Z0-9_/{}*:=&?.%\\-\n ]{0,200}").unwrap()
+}
+
+fn header_lines() -> impl Strategy<Value = Vec<u8>> {
+    let name = prop_oneof![
+        Just("X-API-Key".to_owned()),
+        Just("Authorization".to_owned()),
+        Just("authorization".to_owned()),
+        "[a-zA-Z-]{1,12}",
+    ];
+    let value = prop_oneof![
+        "kg_[a-zA-Z0-9]{30,40}",
+        "Bearer +[ -~]{0,40}",
+        "bearer\t?kg_[a-zA-Z0-9]{36}",
+        "[ -~]{0,60}",
+    ];
+    let line = prop_oneof![
+        (name, value).prop_map(|(n, v)| format!("{n}: {v}")),
+        "\\?([a-z_]{1,8}=[ -~&&[^&]]{0,40}&?){0,4}",
+    ];
+    proptest::collection::vec(line, 0..6).prop_map(|l| l.join("\n").into_bytes())
+}
+
+fn config_text() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        Just("\"1s\"".to_owned()),
+        Just("\"0ms\"".to_owned()),
+        Just("-1".to_owned()),
+        Just("0".to_owned()),
+        Just("99999999999999999999".to_owned()),
+        Just("[\"x\", 1]".to_owned()),
+        Just("\"/{a}/{*b}\"".to_owned()),
+        Just("true".to_owned()),
+        "\"[ -~&&[^\"\\\\]]{0,20}\"",
+    ];
+    let key = prop_oneof![
+        Just("threshold"),
+        Just("window"),
+        Just("cooldown"),
+        Just("prefix_length"),
+        Just("max_tracked"),
+        Just("trusted_proxies"),
+        Just("max_header_bytes"),
+        Just("max_headers"),
+        Just("header_read_timeout"),
+        Just("max_body_bytes"),
+        Just("shutdown_grace"),
+        Just("path"),
+        Just("prefix"),
+        Just("length"),
+        Just("url"),
+        Just("rps"),
+        Just("credentials"),
+        Just("status"),
+    ];
+    let table = prop_oneof![
+        Just("[server]"),
+        Just("[guard]"),
+        Just("[keys]"),
+        Just("[[routes]]"),
+        Just("[upstreams.u]"),
+        Just("[plans.p.limits]"),
+        Just("[profile]"),
+        Just("[profile.errors.rate_limited]"),
+        Just("[limits]"),
+    ];
+    let line = prop_oneof![
+        table.prop_map(str::to_owned),
+        (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+    ];
+    proptest::collection::vec(line, 0..16).prop_map(|l| l.join("\n"))
+}
+
+fn admin_json() -> impl Strategy<Value = Vec<u8>> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        "[ -~]{0,12}".prop_map(serde_json::Value::from),
+        Just(serde_json::Value::from("2099-01-01T00:00:00Z")),
+        Just(serde_json::Value::from("1h")),
+    ];
+    let value = leaf.prop_recursive(2, 8, 4, |inner| {
+        proptest::collection::vec(inner, 0..4).prop_map(serde_json::Value::from)
+    });
+    let field = prop_oneof![
+        Just("name"),
+        Just("plan"),
+        Just("scopes"),
+        Just("sports"),
+        Just("bookmakers"),
+        Just("limits"),
+        Just("rps"),
+        Just("per_day"),
+        Just("client"),
+        Just("label"),
+        Just("expires_at"),
+        Just("grace"),
+        Just("other"),
+    ];
+    proptest::collection::btree_map(field.prop_map(str::to_owned), value, 0..5)
+        .prop_map(|m| serde_json::to_vec(&m).unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn credentials_and_keys(data in header_lines()) {
+        hostile::credential(&data);
+    }
+
+    #[test]
+    fn credentials_from_raw_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        hostile::credential(&data);
+    }
+
+    #[test]
+    fn route_matching(head in 0u8..9, data in texty()) {
+        let mut bytes = vec![head];
+        bytes.extend_from_slice(data.as_bytes());
+        hostile::routes(&bytes);
+    }
+
+    #[test]
+    fn configuration(text in config_text()) {
+        hostile::config(text.as_bytes());
+    }
+
+    #[test]
+    fn configuration_from_raw_text(text in texty()) {
+        hostile::config(text.as_bytes());
+    }
+
+    #[test]
+    fn admin_bodies(data in admin_json()) {
+        hostile::admin_bodies(&data);
+    }
+
+    #[test]
+    fn admin_bodies_from_raw_bytes(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+        hostile::admin_bodies(&data);
+    }
+}
+
+/// Structured seeds that must pass through the parsers' accepting paths, so the properties
+/// above are not only exercising refusals.
+#[test]
+fn accepting_paths_are_reached() {
+    hostile::credential(b"X-API-Key: kg_abc\n?api_key=kg_abc&x=1");
+    hostile::routes(
+        b"\x02/{sport}/v1/matches/{id}\n/files/{*rest}\nGET /cs2/v1/matches/7\nGET /files/a/b",
+    );
+    hostile::config(b"[guard]\nthreshold = 5\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+    assert_eq!(
+        keygate_server::admin::check_bodies(
+            br#"{"name": "Acme", "plan": "pro", "scopes": ["a:b"]}"#
+        ),
+        2,
+        "a client create is also a valid update"
+    );
+    assert_eq!(
+        keygate_server::admin::check_bodies(br#"{"grace": "1h"}"#),
+        1
+    );
+}

@@ -1,0 +1,155 @@
+//! Graceful shutdown of the real binary: on SIGTERM it stops accepting at once, lets an
+//! in-flight request finish within `shutdown_grace`, and exits cleanly; past the grace the
+//! request is cut and the process still exits.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream};
+
+struct Gateway {
+    proc: Proc,
+    listen: String,
+}
+
+async fn serve(dir: &Path, upstream: &str, grace: &str) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let config = dir.join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshutdown_grace = \"{grace}\"\n\n[upstreams.default]\nurl = \"{upstream}\"\n\n\
+             [[routes]]\nname = \"slow\"\npath = \"/slow/{{ms}}\"\npublic = true\n"
+        ),
+    )
+    .unwrap();
+    let db = dir.join("keygate.db");
+    let proc = Proc::spawn(
+        env!("CARGO_BIN_EXE_keygate"),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin_listen,
+        ],
+        &[("RUST_LOG", "info")],
+        dir,
+    );
+    let ready = wait_for_status(
+        admin_listen.parse().unwrap(),
+        "/ready",
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(ready, "gateway did not become ready: {}", proc.stderr());
+    Gateway { proc, listen }
+}
+
+fn sigterm(proc: &Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Starts `GET /slow/{ms}` and waits until the upstream has it (the request is in flight).
+async fn in_flight(
+    g: &Gateway,
+    upstream: &Upstream,
+    ms: u64,
+) -> tokio::task::JoinHandle<Result<(u16, String), String>> {
+    let url = format!("http://{}/slow/{ms}", g.listen);
+    let slow = tokio::spawn(async move {
+        let resp = http_client()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
+    });
+    let started = Instant::now();
+    while upstream.request_count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    slow
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let mut g = serve(dir.path(), &upstream.url(), "10s").await;
+    let slow = in_flight(&g, &upstream, 1500).await;
+
+    let signalled = Instant::now();
+    sigterm(&g.proc);
+    // New connections are refused once the listeners close, well before the request ends.
+    let mut refused = false;
+    while signalled.elapsed() < Duration::from_secs(1) {
+        if tokio::net::TcpStream::connect(&g.listen).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "still accepting after SIGTERM");
+
+    // The in-flight request completes normally.
+    let (status, body) = slow.await.unwrap().expect("the in-flight request finishes");
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    let status = g
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("the gateway exits after draining");
+    assert!(status.success(), "{status:?}: {}", g.proc.stderr());
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1000),
+        "exited before the request finished"
+    );
+    let log = g.proc.stderr();
+    assert!(
+        log.contains("Stopping") && log.contains("Stopped."),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_grace_the_gateway_exits_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let mut g = serve(dir.path(), &upstream.url(), "300ms").await;
+    let slow = in_flight(&g, &upstream, 10_000).await;
+    let signalled = Instant::now();
+    sigterm(&g.proc);
+    let status = g
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("the gateway exits at the end of the grace");
+    assert!(status.success(), "{status:?}: {}", g.proc.stderr());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        slow.await.unwrap().is_err(),
+        "a request past the grace is cut"
+    );
+    assert!(g.proc.stderr().contains("shutdown grace"));
+}

@@ -126,6 +126,8 @@ pub async fn follow(
                 }
                 gw.replica.apply(&delta, &Plans(&gw.config));
                 if !delta.is_empty() {
+                    // Sessions of keys this change made invalid close now, not at the sweep.
+                    gw.ws_sessions.revalidate(&gw);
                     tracing::debug!(
                         version = delta.version,
                         keys = delta.keys.len(),

@@ -104,6 +104,8 @@ pub struct Gateway {
     pub usage: crate::usage::UsageCounter,
     pub started: Instant,
     pub clock: Arc<dyn Clock>,
+    /// Open WebSocket sessions, so key and client changes close them.
+    pub ws_sessions: crate::ws::Sessions,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -140,6 +142,7 @@ impl Gateway {
             usage: crate::usage::UsageCounter::default(),
             started: Instant::now(),
             clock,
+            ws_sessions: crate::ws::Sessions::default(),
         }
     }
 

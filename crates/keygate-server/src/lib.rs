@@ -28,6 +28,7 @@ pub mod upstream;
 pub mod usage;
 pub mod verify;
 pub mod whoami;
+pub mod ws;
 
 pub use config::{Config, ConfigErrors, Overrides};
 pub use server::{start, start_with_clock, Running, ServeError};

@@ -201,6 +201,7 @@ pub async fn start_with_clock(
         feed::follow(feed_gw, store, poll, feed_stop).await;
     });
     tokio::spawn(sweep_limits(Arc::clone(&gw), stop.clone()));
+    tokio::spawn(crate::ws::session::sweep(Arc::clone(&gw), stop.clone()));
     tracing::info!(%addr, %admin_addr, workers = workers.len(), "keygate is listening.");
     Ok(Running {
         addr,
@@ -280,7 +281,7 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
                     let worker = Arc::clone(&worker);
                     async move { Ok::<_, Infallible>(service::handle(worker, req, remote).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "Connection ended with an error.");
                 }

@@ -108,7 +108,19 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         None => BodyFormat::Json,
     };
 
+    if let Some(resp) = crate::ws::serve(&w, &mut req, remote, format).await {
+        return resp;
+    }
     let path = req.uri().path();
+    if crate::ws::token_endpoint::is_token_path(gw, path) {
+        return crate::ws::token_endpoint::answer(
+            gw,
+            &method,
+            req.headers(),
+            req.uri().query(),
+            format,
+        );
+    }
     if method == Method::GET && profile.whoami.as_deref() == Some(path) {
         return match check::authenticate(gw, req.headers(), req.uri().query(), remote.ip()) {
             Ok((who, _)) => {

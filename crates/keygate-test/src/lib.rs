@@ -5,6 +5,8 @@
 //!   (echo, fixed status, slow, server-sent events, large streamed bodies).
 //! - [`process`]: helpers to run the `keygate` binary as a child process
 //!   ([`Proc`]), pick free ports and wait for an HTTP endpoint to come up.
+//! - [`ws_upstream`]: a real WebSocket upstream ([`WsUpstream`]) that echoes, records every
+//!   frame per connection, floods on request and lets a test push messages to clients.
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -15,12 +17,15 @@ pub mod process;
 pub mod relay;
 pub mod services;
 pub mod upstream;
+pub mod ws_upstream;
 
 pub use process::{free_port, wait_for_status, Proc};
 pub use relay::Relay;
 pub use reqwest;
 pub use services::{postgres_schema, redis_url};
+pub use tokio_tungstenite;
 pub use upstream::{Recorded, Upstream};
+pub use ws_upstream::{Received, WsUpstream};
 
 /// Builds a [`reqwest::Client`] suited to talking to servers on loopback:
 /// proxy environment variables (`HTTP_PROXY`, ...) are ignored.

@@ -34,7 +34,7 @@ const DEFAULT_UPSTREAM: &str = "default";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// Collects errors while compiling.
-struct Errors<'a> {
+pub(super) struct Errors<'a> {
     file: &'a str,
     text: &'a str,
     list: Vec<ConfigError>,
@@ -46,7 +46,7 @@ impl Errors<'_> {
         Some(self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1)
     }
 
-    fn at(&mut self, span: Option<&Range<usize>>, message: impl Into<String>) {
+    pub(super) fn at(&mut self, span: Option<&Range<usize>>, message: impl Into<String>) {
         let line = span.and_then(|s| self.line_of(s));
         self.list.push(ConfigError {
             file: self.file.to_owned(),
@@ -117,7 +117,7 @@ fn addr(
     }
 }
 
-fn duration(
+pub(super) fn duration(
     raw: Option<&str>,
     default: Duration,
     span: Option<&Range<usize>>,
@@ -280,6 +280,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         None,
         errors,
     );
+    let ws = super::compile_ws::compile(raw.profile.ws.as_ref(), &raw.plans, &raw.routes, errors);
     if !errors.list.is_empty() {
         return None;
     }
@@ -301,6 +302,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         guard,
         http,
         shutdown_grace,
+        ws,
     })
 }
 

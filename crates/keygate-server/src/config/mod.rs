@@ -5,7 +5,9 @@
 //! operator fixes a bad file in one pass. `keygate check-config FILE` runs the same code.
 
 mod compile;
+mod compile_ws;
 mod raw;
+mod raw_ws;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -157,6 +159,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// On SIGTERM, how long in-flight requests and sessions get to finish.
     pub shutdown_grace: Duration,
+    /// WebSocket routes, the profile's WebSocket contract and plans' WebSocket limits.
+    pub ws: crate::ws::config::WsConfig,
 }
 
 impl Config {

@@ -134,6 +134,8 @@ pub(crate) struct RawPlan {
     pub(crate) features: Vec<String>,
     #[serde(default)]
     pub(crate) limits: RawLimits,
+    /// WebSocket connection and message limits of this plan.
+    pub(crate) ws: Option<super::raw_ws::RawWsLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +160,8 @@ pub(crate) struct RawRoute {
     pub(crate) public: bool,
     #[serde(default)]
     pub(crate) limits: Option<RawLimits>,
+    /// Makes this a WebSocket route.
+    pub(crate) ws: Option<super::raw_ws::RawWsRoute>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +186,7 @@ pub(crate) struct RawProfile {
     #[serde(default)]
     pub(crate) errors: BTreeMap<String, Spanned<RawError>>,
     pub(crate) rate_limit_headers: Option<RawHeaderStyle>,
+    pub(crate) ws: Option<Spanned<super::raw_ws::RawWsProfile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,113 @@
+//! The WebSocket parts of the configuration file as written: a route's `ws` table, a plan's
+//! `ws` limits and `[profile.ws]`. Compiled by `compile_ws`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `ws = { mode = "handshake", credentials = ["header:X-API-Key", "query:key"] }` on a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsRoute {
+    /// `handshake`, `login_message` or `close_code`.
+    pub(crate) mode: String,
+    /// Credential sources for the upgrade request (default: the profile's).
+    pub(crate) credentials: Option<Vec<String>>,
+}
+
+/// WebSocket limits of the profile (defaults) or a plan (overrides, field by field).
+/// Signed so a negative number gets a clear message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsLimits {
+    pub(crate) connections_per_key: Option<i64>,
+    pub(crate) connections_per_client: Option<i64>,
+    pub(crate) connections_per_day: Option<i64>,
+    /// `client` (default) or `key`: whose counter `connections_per_day` uses.
+    pub(crate) connections_per_day_by: Option<String>,
+    pub(crate) messages_per_second: Option<i64>,
+    pub(crate) message_burst: Option<i64>,
+}
+
+/// The login message's shape (`{"type":"login","apiKey":"…","channels":[…]}` by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsLogin {
+    #[serde(rename = "type")]
+    pub(crate) kind: Option<String>,
+    pub(crate) key_field: Option<String>,
+    pub(crate) channels_field: Option<String>,
+}
+
+/// The subscribe messages' shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsSubscribe {
+    pub(crate) types: Option<Vec<String>>,
+    pub(crate) unsubscribe_types: Option<Vec<String>>,
+    pub(crate) channels_field: Option<String>,
+}
+
+/// Short-lived WebSocket tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsToken {
+    /// Path of the exchange endpoint (`POST`); `""` turns it off.
+    pub(crate) path: Option<String>,
+    pub(crate) ttl: Option<String>,
+    /// Query parameter carrying a token on the upgrade request.
+    pub(crate) param: Option<String>,
+    /// Plan features a key needs to get a token.
+    pub(crate) features: Option<Vec<String>>,
+    /// Environment variable holding the signing secret shared by every node (otherwise each
+    /// process draws its own, and a token works only on the node that issued it).
+    pub(crate) secret_env: Option<String>,
+}
+
+/// A close frame: code and reason.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsClose {
+    pub(crate) code: Option<u16>,
+    pub(crate) reason: Option<String>,
+}
+
+/// `[profile.ws]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWsProfile {
+    pub(crate) login_deadline: Option<String>,
+    pub(crate) max_message_bytes: Option<i64>,
+    pub(crate) max_login_bytes: Option<i64>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) send_timeout: Option<String>,
+    pub(crate) lease_ttl: Option<String>,
+    /// `json` (client messages are JSON objects the gateway reads) or `any` (relayed as is).
+    pub(crate) client_messages: Option<String>,
+    /// `error` (answer and keep the session) or `close`.
+    pub(crate) on_bad_message: Option<String>,
+    /// `error` (answer, drop the message) or `close`.
+    pub(crate) on_message_limit: Option<String>,
+    pub(crate) type_field: Option<String>,
+    /// Client message types let through after login; empty = any.
+    pub(crate) message_types: Option<Vec<String>>,
+    /// Channels the map does not name: `refuse` (default) or `allow`.
+    pub(crate) unknown_channels: Option<String>,
+    #[serde(default)]
+    pub(crate) login: RawWsLogin,
+    #[serde(default)]
+    pub(crate) subscribe: RawWsSubscribe,
+    #[serde(default)]
+    pub(crate) token: RawWsToken,
+    #[serde(default)]
+    pub(crate) limits: RawWsLimits,
+    /// Channel (or `prefix*`) → required scope.
+    #[serde(default)]
+    pub(crate) channels: BTreeMap<String, String>,
+    /// Close event → code and reason.
+    #[serde(default)]
+    pub(crate) close: BTreeMap<String, RawWsClose>,
+    /// Message kind → JSON template.
+    #[serde(default)]
+    pub(crate) messages: BTreeMap<String, toml::Value>,
+}

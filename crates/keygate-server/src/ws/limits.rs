@@ -1,0 +1,172 @@
+//! Connection limits of a session: leased counters for open connections per key and per
+//! client (released on close, expiring if this node dies), and the daily connection quota.
+
+use std::time::Duration;
+
+use keygate_core::limit::{Limit, LimitState, Window};
+use keygate_limits::{Check, LimitKey};
+
+use super::config::WsLimits;
+use crate::gateway::{Admitted, Gateway};
+use crate::ratelimit::LimitBy;
+
+/// Counter slots of WebSocket limits, far above the plan and route slots.
+const SLOT_PER_KEY: u16 = 65_000;
+const SLOT_PER_CLIENT: u16 = 65_001;
+const SLOT_PER_DAY: u16 = 65_002;
+
+/// A connection refused by a limit, with the limit's state for the answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Refused {
+    pub state: LimitState,
+    /// The shared limiter failed and the policy is fail-closed.
+    pub unavailable: bool,
+}
+
+/// The leases one session holds.
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: Vec<LimitKey>,
+    id: u64,
+}
+
+fn lease_id() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS provides randomness");
+    u64::from_le_bytes(b)
+}
+
+fn unavailable() -> Refused {
+    Refused {
+        state: LimitState {
+            allowed: false,
+            limit: 0,
+            remaining: 0,
+            reset: keygate_core::Timestamp::from_millis(0),
+            retry_after: Duration::from_secs(1),
+        },
+        unavailable: true,
+    }
+}
+
+impl Leases {
+    /// Takes the connection leases and counts the connection against the daily quota; on any
+    /// refusal, gives back what was taken and consumes nothing.
+    ///
+    /// # Errors
+    /// [`Refused`] with the deciding limit's state.
+    pub async fn acquire(
+        gw: &Gateway,
+        who: &Admitted,
+        limits: &WsLimits,
+    ) -> Result<Leases, Refused> {
+        let ttl = gw.config.ws.profile.lease_ttl;
+        let mut leases = Leases {
+            held: Vec::with_capacity(2),
+            id: lease_id(),
+        };
+        let wanted = [
+            (
+                limits.connections_per_key,
+                &who.key.limit_subject,
+                SLOT_PER_KEY,
+            ),
+            (
+                limits.connections_per_client,
+                &who.client.limit_subject,
+                SLOT_PER_CLIENT,
+            ),
+        ];
+        for (max, subject, slot) in wanted {
+            let Some(max) = max else { continue };
+            let key = LimitKey::new(std::sync::Arc::clone(subject), slot);
+            let now = gw.clock.now();
+            match gw
+                .limits
+                .acquire_lease(&key, max.get(), leases.id, ttl, now)
+                .await
+            {
+                Ok(state) if state.allowed => leases.held.push(key),
+                Ok(state) => {
+                    leases.release(gw).await;
+                    return Err(Refused {
+                        state,
+                        unavailable: false,
+                    });
+                }
+                Err(_) => {
+                    leases.release(gw).await;
+                    return Err(unavailable());
+                }
+            }
+        }
+        if let Some(per_day) = limits.connections_per_day {
+            let subject = match limits.connections_per_day_by {
+                LimitBy::Client => &who.client.limit_subject,
+                LimitBy::Key => &who.key.limit_subject,
+            };
+            let check = Check::new(
+                LimitKey::new(std::sync::Arc::clone(subject), SLOT_PER_DAY),
+                Limit::quota(Window::Day, per_day),
+            );
+            match gw.limits.check(&[check], gw.clock.now()).await {
+                Ok(v) if v.allowed => {}
+                Ok(v) => {
+                    leases.release(gw).await;
+                    let (_, state) = v.binding.expect("a denial names its limit");
+                    return Err(Refused {
+                        state,
+                        unavailable: false,
+                    });
+                }
+                Err(_) => {
+                    leases.release(gw).await;
+                    return Err(unavailable());
+                }
+            }
+        }
+        Ok(leases)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Renews every lease; false when one is lost and cannot be taken again (the session must
+    /// end: someone else holds the place it had).
+    pub async fn renew(&self, gw: &Gateway, limits: &WsLimits) -> bool {
+        let ttl = gw.config.ws.profile.lease_ttl;
+        for key in &self.held {
+            let now = gw.clock.now();
+            match gw.limits.renew_lease(key, self.id, ttl, now).await {
+                Ok(true) => {}
+                // Fail-closed with Redis down: keep what is open rather than cut live sessions.
+                Err(_) => {}
+                Ok(false) => {
+                    let max = if key.slot == SLOT_PER_KEY {
+                        limits.connections_per_key
+                    } else {
+                        limits.connections_per_client
+                    };
+                    let Some(max) = max else { continue };
+                    match gw
+                        .limits
+                        .acquire_lease(key, max.get(), self.id, ttl, now)
+                        .await
+                    {
+                        Ok(state) if !state.allowed => return false,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Gives every lease back.
+    pub async fn release(&mut self, gw: &Gateway) {
+        for key in self.held.drain(..) {
+            gw.limits.release_lease(&key, self.id).await;
+        }
+    }
+}

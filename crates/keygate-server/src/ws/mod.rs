@@ -1,0 +1,83 @@
+//! WebSocket sessions: every auth mode of the profiles (`handshake`, `login_message`,
+//! `close_code`), channel scopes, connection and message limits, live revocation, and
+//! short-lived tokens for browsers.
+//!
+//! A request reaches this module when it asks for a WebSocket upgrade on a route with a `ws`
+//! table. [`open`] authenticates and admits it per the route's mode, [`relay`] carries frames
+//! between client and upstream, and [`session`] keeps every open session findable so a key or
+//! client change closes it within the second.
+
+pub mod channels;
+pub mod config;
+pub mod handshake;
+pub mod inbound;
+pub mod limits;
+pub mod login;
+pub mod open;
+pub mod relay;
+pub mod session;
+pub mod token;
+pub mod token_endpoint;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use keygate_core::render::BodyFormat;
+
+pub use session::Sessions;
+
+use crate::body::Body;
+use crate::check;
+use crate::routes::RouteMatch;
+use crate::service::Worker;
+use config::AuthMode;
+
+/// Serves an upgrade request if its route is a WebSocket route; `None` otherwise (the request
+/// then goes the usual way).
+pub async fn serve(
+    w: &Arc<Worker>,
+    req: &mut Request<Incoming>,
+    remote: SocketAddr,
+    format: BodyFormat,
+) -> Option<Response<Body>> {
+    if !handshake::is_upgrade(req) {
+        return None;
+    }
+    let gw = &w.gw;
+    let path = req.uri().path();
+    if check::is_ambiguous_path(path) {
+        return None;
+    }
+    let RouteMatch::Found { index, .. } = gw.config.routes.find(req.method(), path) else {
+        return None;
+    };
+    let ws_route = gw.config.ws.route(index)?;
+    let opening = match handshake::validate(req) {
+        Ok(o) => o,
+        Err(e) => return Some(e.response()),
+    };
+    let pending = open::Pending {
+        route_index: index,
+        mode: ws_route.mode,
+        credentials: ws_route
+            .credentials
+            .clone()
+            .unwrap_or_else(|| gw.config.profile.credentials.clone()),
+        path: path.to_owned(),
+        query: req.uri().query().map(str::to_owned),
+        headers: req.headers().clone(),
+        remote,
+        opening,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut *req);
+    let gw = Arc::clone(gw);
+    Some(match ws_route.mode {
+        AuthMode::Handshake => open::handshake(gw, pending, on_upgrade, format).await,
+        AuthMode::LoginMessage | AuthMode::CloseCode => {
+            open::after_upgrade(gw, pending, on_upgrade)
+        }
+    })
+}

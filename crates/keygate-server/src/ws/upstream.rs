@@ -1,0 +1,155 @@
+//! Opening the upstream WebSocket: the caller's request less its credentials and handshake
+//! headers, plus identity and forwarding headers, over a fresh TCP connection.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Request;
+use keygate_core::decision::Reason;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::gateway::Admitted;
+use crate::profile::{CredentialSource, Profile};
+use crate::proxy::strip_hop_by_hop;
+use crate::upstream::UpstreamSpec;
+
+/// The upstream side of a session.
+pub type UpstreamSocket = WebSocketStream<TcpStream>;
+
+/// Largest message accepted from an upstream (trusted, but not without bound).
+const UPSTREAM_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Socket settings for one side: small eager buffers, so an idle session costs little, and a
+/// bounded write buffer, so a slow reader cannot make it grow.
+pub fn socket_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message.saturating_mul(2).max(64 * 1024))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// What the upstream request carries.
+pub struct Target<'a> {
+    pub spec: &'a UpstreamSpec,
+    /// Path and query as the upstream should see them (credentials removed).
+    pub path_and_query: String,
+    /// The client's upgrade request headers.
+    pub headers: &'a HeaderMap,
+    pub who: &'a Admitted,
+    /// The source the key came from on the upgrade request, if it did.
+    pub credential: Option<&'a CredentialSource>,
+    pub remote: SocketAddr,
+}
+
+/// Headers a WebSocket handshake sets itself; never copied from the client.
+const HANDSHAKE: [HeaderName; 5] = [
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_ACCEPT,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+    header::HOST,
+];
+
+fn upstream_headers(profile: &Profile, t: &Target<'_>) -> HeaderMap {
+    let mut headers = t.headers.clone();
+    let original_host = headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut headers);
+    for name in &HANDSHAKE {
+        headers.remove(name);
+    }
+    if !profile.forward_credential {
+        match t.credential {
+            Some(CredentialSource::Header(name)) => {
+                headers.remove(name);
+            }
+            Some(CredentialSource::Bearer) => {
+                headers.remove(header::AUTHORIZATION);
+            }
+            _ => {}
+        }
+    }
+    for name in profile.identity.all() {
+        headers.remove(name);
+    }
+    t.who.write_identity(&mut headers, &profile.identity);
+    let ip = t.remote.ip().to_string();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = original_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    headers
+}
+
+/// Connects and completes the handshake; returns the socket and the subprotocol it chose.
+///
+/// # Errors
+/// `UpstreamTimeout` when the upstream is too slow, `UpstreamUnavailable` otherwise.
+pub async fn connect(
+    profile: &Profile,
+    t: Target<'_>,
+) -> Result<(UpstreamSocket, Option<HeaderValue>), Reason> {
+    let spec = t.spec;
+    let authority = spec.authority.as_str();
+    let addr = if spec.authority.port().is_some() {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let uri = format!("ws://{authority}{}{}", spec.base_path, t.path_and_query);
+    let mut req = Request::get(uri).body(()).map_err(|_| Reason::BadRequest)?;
+    let headers = req.headers_mut();
+    *headers = upstream_headers(profile, &t);
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(authority).map_err(|_| Reason::BadRequest)?,
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&generate_key()).expect("base64 is a valid header value"),
+    );
+
+    let stream = match tokio::time::timeout(spec.connect_timeout, TcpStream::connect(&addr)).await {
+        Err(_) => return Err(Reason::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %spec.name, error = %e, "Upstream WebSocket connect failed.");
+            return Err(Reason::UpstreamUnavailable);
+        }
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let config = socket_config(UPSTREAM_MAX_MESSAGE);
+    let handshake = tokio_tungstenite::client_async_with_config(req, stream, Some(config));
+    match tokio::time::timeout(spec.timeout, handshake).await {
+        Err(_) => Err(Reason::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %spec.name, error = %e, "Upstream WebSocket handshake failed.");
+            Err(Reason::UpstreamUnavailable)
+        }
+        Ok(Ok((socket, resp))) => {
+            let protocol = resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+            Ok((socket, protocol))
+        }
+    }
+}

@@ -302,6 +302,9 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
         } else if open > 0 {
             tracing::debug!(connections = open, "Connections drained.");
         }
+        // Upgraded connections (WebSocket sessions) left hyper's count at the upgrade; they
+        // run on this runtime, so it lives until they have sent their close frames.
+        worker.gw.drain.wait(grace).await;
     });
 }
 

@@ -1,12 +1,17 @@
 //! Graceful shutdown of the real binary: on SIGTERM it stops accepting at once, lets an
-//! in-flight request finish within `shutdown_grace`, and exits cleanly; past the grace the
-//! request is cut and the process still exits.
+//! in-flight request finish within `shutdown_grace`, closes WebSocket sessions with a close
+//! frame that says why, and exits cleanly; past the grace the request is cut and the process
+//! still exits.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream};
+use futures_util::{SinkExt, StreamExt};
+use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use keygate_test::tokio_tungstenite::tungstenite::Message;
+use keygate_test::tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream, WsUpstream};
 
 struct Gateway {
     proc: Proc,
@@ -14,18 +19,19 @@ struct Gateway {
 }
 
 async fn serve(dir: &Path, upstream: &str, grace: &str) -> Gateway {
+    let config = format!(
+        "[server]\nshutdown_grace = \"{grace}\"\n\n[upstreams.default]\nurl = \"{upstream}\"\n\n\
+         [[routes]]\nname = \"slow\"\npath = \"/slow/{{ms}}\"\npublic = true\n"
+    );
+    serve_with(dir, &config).await
+}
+
+async fn serve_with(dir: &Path, config_text: &str) -> Gateway {
     let (port, admin) = (free_port(), free_port());
     let listen = format!("127.0.0.1:{port}");
     let admin_listen = format!("127.0.0.1:{admin}");
     let config = dir.join("keygate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nshutdown_grace = \"{grace}\"\n\n[upstreams.default]\nurl = \"{upstream}\"\n\n\
-             [[routes]]\nname = \"slow\"\npath = \"/slow/{{ms}}\"\npublic = true\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let db = dir.join("keygate.db");
     let proc = Proc::spawn(
         env!("CARGO_BIN_EXE_keygate"),
@@ -152,4 +158,110 @@ async fn past_the_grace_the_gateway_exits_anyway() {
         "a request past the grace is cut"
     );
     assert!(g.proc.stderr().contains("shutdown grace"));
+}
+
+/// The close frame a client receives, or what came instead.
+async fn close_frame(c: &mut WsClient) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (u16::from(f.code), f.reason.to_string())
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+type WsClient = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websocket_sessions_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = WsUpstream::start().await;
+    let config = format!(
+        r#"
+[server]
+shutdown_grace = "5s"
+
+[upstreams.live]
+url = "{ws}"
+
+[[routes]]
+path = "/v1/stream"
+upstream = "live"
+ws = {{ mode = "handshake" }}
+
+[[routes]]
+path = "/ws"
+upstream = "live"
+ws = {{ mode = "login_message" }}
+
+[profile.ws.close.going_away]
+code = 1001
+reason = "Server restarting, reconnect shortly"
+"#,
+        ws = up.url()
+    );
+    let db = dir.path().join("keygate.db");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--json", "--db", db.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    cli(&["client", "create", "Acme"]);
+    let key = cli(&["key", "create", "--client", "Acme"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut g = serve_with(dir.path(), &config).await;
+
+    // One session relaying to the upstream, one still waiting for its login message.
+    let mut req = format!("ws://{}/v1/stream", g.listen)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let (mut live, _) = connect_async(req).await.expect("the session opens");
+    live.send(Message::text("hello")).await.unwrap();
+    up.connections()[0]
+        .wait_received(1, Duration::from_secs(5))
+        .await;
+    let (mut waiting, _) = connect_async(format!("ws://{}/ws", g.listen))
+        .await
+        .expect("the login-message upgrade needs no key");
+
+    let signalled = Instant::now();
+    sigterm(&g.proc);
+    for c in [&mut live, &mut waiting] {
+        assert_eq!(
+            close_frame(c).await,
+            (1001, "Server restarting, reconnect shortly".to_owned())
+        );
+    }
+    // The upstream side is closed too, not left dangling.
+    assert!(
+        up.connections()[0]
+            .wait_closed(Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the upstream WebSocket is closed"
+    );
+    let status = g
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("the gateway exits once its sessions are closed");
+    assert!(status.success(), "{status:?}: {}", g.proc.stderr());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "waited for the grace instead of closing the sessions: {:?}",
+        signalled.elapsed()
+    );
 }

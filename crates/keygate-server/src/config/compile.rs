@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
+use super::spanned::Spanned;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use keygate_core::decision::Reason;
@@ -13,7 +14,6 @@ use keygate_core::key_format::{Alphabet, KeyFormat};
 use keygate_core::policy::Requirements;
 use keygate_core::render::BodyTemplate;
 use keygate_core::{Digester, Issuer, Scope};
-use toml::Spanned;
 
 use super::raw::{RawConfig, RawError, RawLimits, RawProfile, RawRoute};
 use super::{
@@ -42,6 +42,9 @@ pub(super) struct Errors<'a> {
 
 impl Errors<'_> {
     fn line_of(&self, span: &Range<usize>) -> Option<usize> {
+        if span.is_empty() {
+            return None; // A table the file only implies has no line of its own.
+        }
         let end = span.start.min(self.text.len());
         Some(self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1)
     }

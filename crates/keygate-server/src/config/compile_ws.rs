@@ -5,11 +5,11 @@ use std::num::NonZeroU64;
 use std::ops::Range;
 use std::time::Duration;
 
+use super::spanned::Spanned;
 use http::header::HeaderName;
 use keygate_core::limit::Limit;
 use keygate_core::render::BodyTemplate;
 use keygate_core::Scope;
-use toml::Spanned;
 
 use super::compile::{duration, Errors};
 use super::raw::{RawPlan, RawRoute};

@@ -8,6 +8,7 @@ mod compile;
 mod compile_ws;
 mod raw;
 mod raw_ws;
+mod spanned;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::spanned::Spanned;
 use serde::Deserialize;
-use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

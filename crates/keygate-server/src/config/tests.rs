@@ -164,3 +164,32 @@ fn weak_key_formats_are_refused() {
     assert!(errs.to_string().contains("k.toml:1: keys:"), "{errs}");
     assert!(errs.to_string().contains("128"), "{errs}");
 }
+
+/// Tables a file only implies (a sub-table header with no header for its parent) are read like
+/// explicit ones.
+#[test]
+fn implied_tables_compile() {
+    let text = r#"
+[plans.pro.limits]
+rps = 5
+
+[profile.errors.scope_missing.body]
+detail = "Missing required scope: {subject}"
+
+[profile.ws.close.going_away]
+code = 1012
+reason = "Restarting"
+"#;
+    let c = load(text, "implied.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.plan_features("pro").is_empty());
+    let close = c.ws.profile.close(crate::ws::config::CloseEvent::GoingAway);
+    assert_eq!((close.code, &*close.reason), (1012, "Restarting"));
+    let e = load(
+        "[profile.ws.close.going_away]\ncode = \"x\"\n",
+        "bad.toml",
+        &over("http://127.0.0.1:9000"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("bad.toml"), "{e}");
+}

@@ -279,7 +279,9 @@ pub async fn handshake(
     record(&gw, &p, Outcome::Forwarded, 101);
     let resp = handshake::switching(&p.opening, protocol);
     let reg = Sessions::register(&gw, admitted.admission);
+    let hold = gw.drain.hold();
     tokio::spawn(async move {
+        let _hold = hold;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let client = client_socket(upgraded, &gw).await;
@@ -306,7 +308,9 @@ pub async fn handshake(
 /// `login_message` and `close_code` modes: upgrade now, decide on the socket.
 pub fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Response<Body> {
     let resp = handshake::switching(&p.opening, None);
+    let hold = gw.drain.hold();
     tokio::spawn(async move {
+        let _hold = hold;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -388,7 +392,14 @@ async fn first_message(
 ) -> Result<String, Option<(LoginError, CloseEvent)>> {
     let deadline = tokio::time::Instant::now() + gw.config.ws.profile.login_deadline;
     loop {
-        match tokio::time::timeout_at(deadline, client.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, client.next()) => next,
+            // Shutting down: a session that has not logged in yet is told so and closed.
+            () = gw.drain.stopping() => {
+                return Err(Some((LoginError::NotLogin, CloseEvent::GoingAway)));
+            }
+        };
+        match next {
             Err(_) => return Err(None),
             Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
             Ok(Some(Ok(Message::Binary(_)))) => {
@@ -418,6 +429,9 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
                 "No login message arrived within the deadline.",
             );
             return refuse_on_socket(&gw, &mut client, Some(m), CloseEvent::LoginTimeout).await;
+        }
+        Err(Some((_, CloseEvent::GoingAway))) if gw.drain.is_stopping() => {
+            return refuse_on_socket(&gw, &mut client, None, CloseEvent::GoingAway).await;
         }
         Err(Some((_, CloseEvent::GoingAway))) => {
             let _ =

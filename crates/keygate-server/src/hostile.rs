@@ -1,6 +1,6 @@
 //! Entry points that feed untrusted bytes to each parser keygate exposes and check its
-//! invariants: credential extraction and key parsing, route matching, configuration parsing
-//! and the admin API's JSON bodies.
+//! invariants: credential extraction and key parsing, route matching, configuration parsing,
+//! WebSocket login and client messages and tokens, and the admin API's JSON bodies.
 //!
 //! One function per property, called by the cargo-fuzz targets (`fuzz/`) and by the proptest
 //! suite (`tests/hostile.rs`), so both check the same thing. Each panics only when an
@@ -189,4 +189,110 @@ pub fn config(data: &[u8]) {
 /// The admin API's JSON bodies (see [`crate::admin::check_bodies`]).
 pub fn admin_bodies(data: &[u8]) {
     let _ = crate::admin::check_bodies(data);
+}
+
+/// WebSocket messages from a client: each line is tried as a login message (seed 000's shape),
+/// as a client message after login (subscribe filtering by channel scope), and as a WebSocket
+/// token.
+///
+/// Invariants: a parsed login has a non-empty key and its `Debug` never shows it; a subscribe
+/// grants only channels the client's scopes allow, refuses only channels they do not, and the
+/// message relayed upstream carries exactly the granted channels; no line is accepted as a
+/// token unless it is one that was issued, unaltered, and unexpired.
+pub fn ws_messages(data: &[u8]) {
+    use keygate_core::{ClientId, KeyDigest, LimitOverrides, Timestamp};
+
+    use crate::ws::config::{AuthMode, ChannelMap, LoginShape, TokenSecret, WsProfile};
+    use crate::ws::inbound::{classify, Inbound};
+    use crate::ws::{channels, login, token};
+
+    let mut profile = WsProfile::new(TokenSecret([7; 32]));
+    let map: std::collections::BTreeMap<String, String> = [
+        ("markets", "cs2:stream:markets"),
+        ("matches.*", "cs2:stream:matches"),
+        ("odds", "odds:read"),
+    ]
+    .into_iter()
+    .map(|(c, s)| (c.to_owned(), s.to_owned()))
+    .collect();
+    profile.channels = ChannelMap::new(&map, false);
+    profile.message_types = vec!["ping".into(), "bet".into()];
+    let client = keygate_core::policy::ClientPolicy {
+        id: ClientId::generate(),
+        name: "Acme".into(),
+        plan: "pro".into(),
+        scopes: vec!["cs2:stream:matches".into()],
+        sports: vec![],
+        bookmakers: vec![],
+        features: vec![],
+        limits: LimitOverrides::default(),
+        active: true,
+    };
+    let shape = LoginShape {
+        kind: "login".into(),
+        key_field: "apiKey".into(),
+        channels_field: "channels".into(),
+    };
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let issued = token::issue(
+        &profile.token.secret,
+        &KeyDigest([9; 32]),
+        now,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(token::check(&profile.token.secret, &issued, now).is_ok());
+
+    for line in lines(data) {
+        if let Ok(l) = login::parse(&shape, "type", &line, 4096) {
+            assert!(!l.key.is_empty());
+            if l.key.len() >= 4 && !l.channels.iter().any(|c| c.contains(&l.key)) {
+                assert!(
+                    !format!("{l:?}").contains(&l.key),
+                    "a login's Debug shows its key"
+                );
+            }
+        }
+        for mode in [AuthMode::LoginMessage, AuthMode::Handshake] {
+            if let Inbound::Subscribe {
+                forward,
+                granted,
+                refused,
+            } = classify(&profile, mode, &client, &line)
+            {
+                for c in &granted {
+                    assert!(
+                        channels::allowed(&profile.channels, &client, c).is_ok(),
+                        "{c}"
+                    );
+                }
+                for r in &refused {
+                    assert!(channels::allowed(&profile.channels, &client, &r.channel).is_err());
+                }
+                match forward {
+                    Some(f) if !f.is_empty() => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&f).expect("a relayed subscribe is JSON");
+                        let sent: Vec<&str> = v["channels"]
+                            .as_array()
+                            .expect("a relayed subscribe lists its channels")
+                            .iter()
+                            .filter_map(|c| c.as_str())
+                            .collect();
+                        assert_eq!(sent, granted, "only granted channels go upstream");
+                    }
+                    Some(_) => assert!(granted.is_empty()),
+                    None => assert!(refused.is_empty()),
+                }
+            }
+        }
+        let accepted = token::check(&profile.token.secret, &line, now).is_ok();
+        assert!(
+            !accepted || line == issued,
+            "a token nobody issued was accepted"
+        );
+        if line == issued {
+            let later = now.plus(std::time::Duration::from_secs(31));
+            assert!(token::check(&profile.token.secret, &line, later).is_err());
+        }
+    }
 }

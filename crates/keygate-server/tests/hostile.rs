@@ -112,8 +112,57 @@ fn admin_json() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|m| serde_json::to_vec(&m).unwrap())
 }
 
+/// Client WebSocket messages: logins and subscribes built from the profile's fields, with
+/// channel names that the scope map grants, refuses or does not know.
+fn ws_lines() -> impl Strategy<Value = Vec<u8>> {
+    let channel = prop_oneof![
+        Just("markets".to_owned()),
+        Just("matches.live".to_owned()),
+        Just("odds".to_owned()),
+        "[a-z.*]{0,10}",
+    ];
+    let channels = prop_oneof![
+        proptest::collection::vec(channel, 0..5).prop_map(|c| serde_json::to_string(&c).unwrap()),
+        Just("null".to_owned()),
+        Just("[1, {}]".to_owned()),
+        Just("\"markets\"".to_owned()),
+    ];
+    let kind = prop_oneof![
+        Just("login"),
+        Just("subscribe"),
+        Just("unsubscribe"),
+        Just("ping"),
+        Just("bet"),
+        Just("other"),
+    ];
+    let key = prop_oneof![
+        "kg_[a-zA-Z0-9]{36}".prop_map(|k| format!("\"{k}\"")),
+        Just("\"\"".to_owned()),
+        Just("7".to_owned()),
+        Just("null".to_owned()),
+    ];
+    let message = (kind, key, channels)
+        .prop_map(|(t, k, c)| format!("{{\"type\":\"{t}\",\"apiKey\":{k},\"channels\":{c}}}"));
+    let line = prop_oneof![
+        4 => message,
+        1 => "[ -~]{0,80}",
+        1 => "wst_[A-Za-z0-9_.-]{0,80}",
+    ];
+    proptest::collection::vec(line, 0..6).prop_map(|l| l.join("\n").into_bytes())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn websocket_messages(data in ws_lines()) {
+        hostile::ws_messages(&data);
+    }
+
+    #[test]
+    fn websocket_messages_from_raw_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        hostile::ws_messages(&data);
+    }
 
     #[test]
     fn credentials_and_keys(data in header_lines()) {
@@ -162,6 +211,11 @@ fn accepting_paths_are_reached() {
         b"\x02/{sport}/v1/matches/{id}\n/files/{*rest}\nGET /cs2/v1/matches/7\nGET /files/a/b",
     );
     hostile::config(b"[guard]\nthreshold = 5\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+    hostile::ws_messages(
+        b"{\"type\":\"login\",\"apiKey\":\"kg_0123456789abcdefghijklmnopqrstuvwxyz\",\"channels\":[\"markets\"]}\n\
+          {\"type\":\"subscribe\",\"channels\":[\"markets\",\"matches.7\"]}\n\
+          {\"type\":\"subscribe\",\"channels\":[\"matches.7\"]}",
+    );
     assert_eq!(
         keygate_server::admin::check_bodies(
             br#"{"name": "Acme", "plan": "pro", "scopes": ["a:b"]}"#

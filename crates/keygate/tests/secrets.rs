@@ -1,6 +1,7 @@
 //! No secret in any output: the real binary with debug logging is driven through success, every
-//! kind of refusal, keys in the query string, forward-auth and verify, a brute-force
-//! cool-down, and admin key creation and rotation; then its logs (stdout and stderr),
+//! kind of refusal, keys in the query string, forward-auth and verify, WebSocket sessions (a
+//! key in the upgrade's query, login messages with a good and a wrong key, a close-code refusal,
+//! a single-use token), a brute-force cool-down, and admin key creation and rotation; then its logs (stdout and stderr),
 //! `/metrics`, `/status` and every response body other than the two that issue a key are
 //! scanned for each plaintext key and the admin token. None may appear.
 
@@ -8,7 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use keygate_test::{free_port, reqwest, wait_for_status, Proc, Upstream};
+use futures_util::{SinkExt, StreamExt};
+use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use keygate_test::tokio_tungstenite::tungstenite::Message;
+use keygate_test::tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use keygate_test::{free_port, reqwest, wait_for_status, Proc, Upstream, WsUpstream};
 use serde_json::{json, Value};
 
 fn cli(db: &Path, args: &[&str], seen: &mut Vec<String>) -> Value {
@@ -64,9 +69,60 @@ upstream = "dead"
 name = "echo"
 path = "/echo/{*rest}"
 
+[upstreams.live]
+url = "{ws_upstream}"
+
+[[routes]]
+name = "stream"
+path = "/v1/stream"
+upstream = "live"
+ws = { mode = "handshake", credentials = ["header:X-API-Key", "query:api_key"] }
+
+[[routes]]
+name = "login"
+path = "/ws"
+upstream = "live"
+ws = { mode = "login_message" }
+
+[[routes]]
+name = "game"
+path = "/game"
+upstream = "live"
+ws = { mode = "close_code", credentials = ["bearer"] }
+
 [profile]
 credentials = ["header:X-API-Key", "bearer", "query:api_key"]
+
+[profile.ws]
+token = { path = "/v1/ws-token", ttl = "30s", param = "token" }
 "#;
+
+/// Every text frame and the close frame's reason until the session ends; `logged_in` waits for
+/// the login answer and then closes from this side.
+async fn ws_until_close(s: &mut WsClient, logged_in: bool) -> String {
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                seen.push_str(&t);
+                if logged_in {
+                    let _ = s.close(None).await;
+                }
+            }
+            Ok(Some(Ok(Message::Close(f)))) => {
+                if let Some(f) = f {
+                    seen.push_str(&f.reason);
+                }
+                return seen;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return seen,
+            Err(_) => panic!("the session neither answered nor closed: {seen}"),
+        }
+    }
+}
+
+type WsClient = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
@@ -98,7 +154,14 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
         .to_owned();
 
     let config = dir.path().join("keygate.toml");
-    std::fs::write(&config, CONFIG.replace("{upstream}", &upstream.url())).unwrap();
+    let ws_upstream = WsUpstream::start().await;
+    std::fs::write(
+        &config,
+        CONFIG
+            .replace("{upstream}", &upstream.url())
+            .replace("{ws_upstream}", &ws_upstream.url()),
+    )
+    .unwrap();
     let (port, admin) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{port}");
     let admin_base = format!("http://127.0.0.1:{admin}");
@@ -202,11 +265,67 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
         200,
     )
     .await;
-    // A brute-force cool-down: with the three failures above, six; then 429 even for the
-    // valid key.
-    for _ in 0..3 {
-        send(get("/cs2/v1/matches").header("X-API-Key", &typo), 401).await;
+    // WebSocket: a key in the upgrade's query string, a login message, a login with a wrong
+    // key, a close-code session with a wrong key, and a single-use token.
+    let ws_base = format!("ws://127.0.0.1:{port}");
+    let mut extra: Vec<String> = Vec::new();
+    let (mut s, _) = connect_async(format!("{ws_base}/v1/stream?api_key={key}"))
+        .await
+        .expect("handshake session");
+    s.send(Message::text("hi")).await.unwrap();
+    let _ = s.close(None).await;
+    let (mut s, _) = connect_async(format!("{ws_base}/ws")).await.unwrap();
+    s.send(Message::text(
+        json!({"type": "login", "apiKey": key, "channels": []}).to_string(),
+    ))
+    .await
+    .unwrap();
+    extra.push(ws_until_close(&mut s, true).await);
+    let (mut s, _) = connect_async(format!("{ws_base}/ws")).await.unwrap();
+    s.send(Message::text(
+        json!({"type": "login", "apiKey": typo, "channels": []}).to_string(),
+    ))
+    .await
+    .unwrap();
+    extra.push(ws_until_close(&mut s, false).await);
+    let mut req = format!("{ws_base}/game").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {typo}").parse().unwrap());
+    let (mut s, _) = connect_async(req).await.unwrap();
+    extra.push(ws_until_close(&mut s, false).await);
+    let issued: Value = http
+        .post(format!("{base}/v1/ws-token"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ws_token = issued["token"].as_str().expect("a ws token").to_owned();
+    let (mut s, _) = connect_async(format!("{ws_base}/v1/stream?token={ws_token}"))
+        .await
+        .expect("a token opens one session");
+    let _ = s.close(None).await;
+
+    // A brute-force cool-down: failures from this source until it starts (the threshold
+    // counts the failures above too), then 429 even for the valid key.
+    let mut cooled = false;
+    for _ in 0..6 {
+        let resp = get("/cs2/v1/matches")
+            .header("X-API-Key", &typo)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        extra.push(resp.text().await.unwrap());
+        if status == 429 {
+            cooled = true;
+            break;
+        }
+        assert_eq!(status, 401);
     }
+    assert!(cooled, "the guard never started a cool-down");
     send(get("/cs2/v1/matches").header("X-API-Key", &key), 429).await;
 
     // The admin API: a wrong token, a bad body, then keys issued and rotated (their two
@@ -274,7 +393,9 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
     );
     seen.push(logs);
     seen.extend(bodies);
-    for secret in [&key, &second, &third, &token] {
+    seen.extend(extra);
+    // The WebSocket token is a bearer secret too (its body was the one place it may appear).
+    for secret in [&key, &second, &third, &token, &ws_token] {
         for (i, text) in seen.iter().enumerate() {
             assert!(
                 !text.contains(secret.as_str()),
@@ -283,5 +404,9 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
         }
     }
     // Positive control: the scanned text does include the listings, where keys appear masked.
+    assert!(
+        ws_upstream.connections().len() >= 3,
+        "the WebSocket sessions reached the upstream"
+    );
     assert!(seen.iter().any(|t| t.contains(&second_hint)));
 }

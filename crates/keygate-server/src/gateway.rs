@@ -106,6 +106,8 @@ pub struct Gateway {
     pub clock: Arc<dyn Clock>,
     /// Open WebSocket sessions, so key and client changes close them.
     pub ws_sessions: crate::ws::Sessions,
+    /// One circuit breaker per upstream, shared by every worker.
+    pub breakers: crate::breaker::Breakers,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -130,7 +132,9 @@ impl Gateway {
             .map(|r| r.name.to_string())
             .collect();
         let guard = Guard::new(config.guard.clone(), config.issuer.format.prefix());
+        let breakers = crate::breaker::Breakers::new(&config.upstreams);
         Gateway {
+            breakers,
             config,
             replica,
             metrics: Metrics::new(names),

@@ -88,6 +88,7 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
                         "degraded": l.degraded,
                         "fallbacks": l.fallbacks,
                     })),
+                    "upstreams": gw.breakers.status(&gw.config.upstreams, gw.clock.now()),
                     "store": {
                         "state": if g.store_up { "up" } else { "unreachable" },
                         "down_seconds": g.store_down_seconds,
@@ -99,6 +100,8 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
         Infra::Metrics => {
             let mut text = gw.metrics.render(&gw.gauges());
             gw.guard.render(&mut text);
+            gw.breakers
+                .render(&gw.config.upstreams, gw.clock.now(), &mut text);
             respond::text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod body;
 pub mod bounds;
+pub mod breaker;
 pub mod check;
 pub mod config;
 pub mod credential;

@@ -255,7 +255,8 @@ impl Metrics {
     }
 }
 
-fn escape(label: &str) -> String {
+/// Escapes a Prometheus label value.
+pub(crate) fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

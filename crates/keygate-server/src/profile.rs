@@ -131,6 +131,9 @@ pub struct Profile {
     /// One per [`Reason`], indexed by [`Reason::index`].
     pub errors: Vec<ErrorSpec>,
     pub rate_limit_headers: crate::ratelimit::HeaderStyle,
+    /// Status of the `upstream_unavailable` answer while a circuit breaker is open: 503 (the
+    /// upstream is known to be down, retry later), unless the profile set that reason's status.
+    pub circuit_open_status: StatusCode,
 }
 
 impl Default for Profile {
@@ -154,6 +157,7 @@ impl Default for Profile {
             identity: IdentityHeaders::default(),
             errors: Reason::ALL.into_iter().map(ErrorSpec::problem).collect(),
             rate_limit_headers: crate::ratelimit::HeaderStyle::default(),
+            circuit_open_status: StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -208,10 +212,21 @@ impl Profile {
 
     /// Renders a refusal in the format the caller accepts.
     pub fn render(&self, denial: &Denial, format: BodyFormat, limits: LimitFacts) -> Rendered {
+        self.render_as(denial, format, limits, self.error(denial.reason).status)
+    }
+
+    /// Renders a refusal with another status than its reason's (an open circuit breaker).
+    pub fn render_as(
+        &self,
+        denial: &Denial,
+        format: BodyFormat,
+        limits: LimitFacts,
+        status: StatusCode,
+    ) -> Rendered {
         let spec = self.error(denial.reason);
         let vars = DenialVars {
             denial,
-            status: spec.status,
+            status,
             limits,
         };
         let (body, content_type) = match format {
@@ -223,7 +238,7 @@ impl Profile {
             ),
         };
         Rendered {
-            status: spec.status,
+            status,
             content_type,
             headers: spec.headers.clone(),
             body: Bytes::from(body),

@@ -34,6 +34,27 @@ pub fn denial(
     resp
 }
 
+/// The answer while an upstream's circuit breaker is open: the profile's
+/// `upstream_unavailable` body at [`Profile::circuit_open_status`], with `Retry-After` saying
+/// when the breaker next lets a probe through.
+pub fn circuit_open(profile: &Profile, format: BodyFormat, retry_after: u64) -> Response<Body> {
+    let denial = Denial::new(Reason::UpstreamUnavailable);
+    let limits = LimitFacts {
+        retry_after,
+        ..LimitFacts::default()
+    };
+    let r = profile.render_as(&denial, format, limits, profile.circuit_open_status);
+    let mut resp = Response::new(Body::from(r.body));
+    *resp.status_mut() = r.status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, r.content_type);
+    for (k, v) in r.headers {
+        headers.append(k, v);
+    }
+    headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
 /// A JSON answer.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::from(Bytes::from(value.to_string())));

@@ -193,6 +193,30 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         remote,
     };
     let now = gw.clock.now();
+    // An open breaker answers before the limits, so a request that cannot be served
+    // consumes nothing.
+    let ticket = match gw.breakers.admit(forward.upstream, now) {
+        Ok(ticket) => ticket,
+        Err(open) => {
+            let resp = respond::circuit_open(profile, format, open.retry_after);
+            let reason = Reason::UpstreamUnavailable;
+            gw.metrics.record(
+                Some(passed.route_index),
+                Outcome::Denied(reason),
+                resp.status().as_u16(),
+            );
+            access_log(
+                gw,
+                &method,
+                Some(passed.route_index),
+                resp.status(),
+                Some(reason),
+                passed.who.as_ref(),
+                started,
+            );
+            return resp;
+        }
+    };
     let mut limited = None;
     if let Some(who) = &passed.who {
         match gw.check_limits(who, passed.route, now).await {
@@ -246,7 +270,17 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         Outcome::Public
     };
     let result = match proxy::prepare(&mut req, profile, &forward) {
-        Ok(()) => proxy::send(&w.upstreams, &forward, req).await,
+        Ok(()) => {
+            let result = proxy::send(&w.upstreams, &forward, req).await;
+            if let Some(ticket) = ticket {
+                let failed = match &result {
+                    Ok(resp) => ticket.count_5xx() && resp.status().is_server_error(),
+                    Err(r) => matches!(r, Reason::UpstreamUnavailable | Reason::UpstreamTimeout),
+                };
+                ticket.record(failed, || gw.clock.now());
+            }
+            result
+        }
         Err(reason) => Err(reason),
     };
     let (resp, reason) = match result {

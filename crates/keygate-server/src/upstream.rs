@@ -18,6 +18,8 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers arrive.
     pub timeout: Duration,
+    /// Its circuit breaker; `None` when turned off.
+    pub breaker: Option<crate::breaker::BreakerConfig>,
 }
 
 /// A URL that cannot be an upstream.
@@ -62,6 +64,7 @@ impl UpstreamSpec {
             base_path: uri.path().trim_end_matches('/').into(),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             timeout: Self::DEFAULT_TIMEOUT,
+            breaker: Some(crate::breaker::BreakerConfig::default()),
         })
     }
 }

@@ -50,6 +50,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("the store is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database cannot grow: the disk, a quota, or SQLite's `max_page_count` is reached.
+    /// Reads still work; writes fail until space is freed.
+    #[error("the store is full ({0}); free disk space or raise the database's size limit")]
+    Full(String),
     #[error("stored row is unreadable ({0}); the database was changed outside keygate")]
     Corrupt(String),
 }
@@ -74,6 +78,7 @@ impl StoreError {
             StoreError::Invalid(_) => "invalid_value",
             StoreError::Conflict(_) => "conflict",
             StoreError::Unavailable(_) => "store_unavailable",
+            StoreError::Full(_) => "store_full",
             StoreError::Corrupt(_) => "store_corrupt",
         }
     }
@@ -87,10 +92,34 @@ impl From<sqlx::Error> for StoreError {
             {
                 StoreError::Conflict(db.message().to_owned())
             }
+            sqlx::Error::Database(db) if is_full(db.code().as_deref()) => {
+                StoreError::Full(db.message().to_owned())
+            }
             sqlx::Error::ColumnDecode { .. }
             | sqlx::Error::Decode(_)
             | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Unavailable(e),
         }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13, in the low byte of extended codes) or PostgreSQL's
+/// `disk_full` (53100).
+fn is_full(code: Option<&str>) -> bool {
+    match code {
+        Some("53100") => true,
+        Some(c) => c.parse::<i32>().is_ok_and(|n| n & 0xff == 13),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn full_codes() {
+        assert!(super::is_full(Some("13")));
+        assert!(super::is_full(Some("53100")));
+        assert!(!super::is_full(Some("2067")));
+        assert!(!super::is_full(None));
     }
 }

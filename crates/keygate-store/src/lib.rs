@@ -59,6 +59,11 @@ pub struct OpenOptions {
     pub max_connections: u32,
     /// How long an operation waits for a connection before failing.
     pub acquire_timeout: Duration,
+    /// SQLite only: `PRAGMA max_page_count` on every connection, so the file cannot grow past
+    /// this many pages (SQLite never lowers it below the file's size when the connection
+    /// opens, so a small number freezes the file). A hard size ceiling for operators, and how
+    /// tests fill the "disk" without root; writes past it fail with [`StoreError::Full`].
+    pub max_pages: Option<u32>,
 }
 
 impl Default for OpenOptions {
@@ -67,6 +72,7 @@ impl Default for OpenOptions {
             migrate: MigrateMode::Apply,
             max_connections: 4,
             acquire_timeout: Duration::from_secs(3),
+            max_pages: None,
         }
     }
 }
@@ -215,8 +221,13 @@ impl Store {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout);
         if backend == Backend::Sqlite {
-            pool = pool.after_connect(|conn, _meta| {
+            let max_pages = options.max_pages;
+            pool = pool.after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    if let Some(pages) = max_pages {
+                        conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
+                            .await?;
+                    }
                     // Wait for another process's write instead of failing at once.
                     conn.execute("PRAGMA busy_timeout = 5000").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;

@@ -18,6 +18,10 @@ use serde_json::json;
 pub const STORE_UNAVAILABLE_DETAIL: &str =
     "The store is unreachable; changes cannot be made right now. The gateway keeps serving.";
 
+/// What `detail` says when the store cannot grow.
+pub const STORE_FULL_DETAIL: &str =
+    "The store is full (its disk or size limit is reached); changes cannot be made until space is freed. The gateway keeps serving.";
+
 /// A refused or failed admin request.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -63,6 +67,8 @@ pub enum AdminError {
     Conflict(String),
     #[error("{STORE_UNAVAILABLE_DETAIL}")]
     StoreUnavailable,
+    #[error("{STORE_FULL_DETAIL}")]
+    StoreFull,
     #[error("No plan named `{0}` in this deployment's configuration.")]
     PlanNotFound(String),
     #[error("Invalid Idempotency-Key: {0}.")]
@@ -111,7 +117,7 @@ impl AdminError {
             E::DuplicateClient(_) | E::KeyRevoked(_) | E::KeyExpired(..) | E::Conflict(_) => {
                 StatusCode::CONFLICT
             }
-            E::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            E::StoreUnavailable | E::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
             E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,6 +147,7 @@ impl AdminError {
             E::ExpiryInPast(_) => "expiry_in_past",
             E::Conflict(_) => "conflict",
             E::StoreUnavailable => "store_unavailable",
+            E::StoreFull => "store_full",
             E::PlanNotFound(_) => "plan_not_found",
             E::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             E::IdempotencyKeyReused => "idempotency_key_reused",
@@ -210,6 +217,10 @@ impl From<StoreError> for AdminError {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "The admin API cannot reach the store.");
                 AdminError::StoreUnavailable
+            }
+            StoreError::Full(cause) => {
+                tracing::error!(error = %cause, "The store is full; admin writes fail.");
+                AdminError::StoreFull
             }
             other => {
                 tracing::error!(error = %other, code = other.code(), "An admin store call failed.");

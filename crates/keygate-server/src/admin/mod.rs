@@ -32,7 +32,7 @@ use keygate_store::{Store, StoreError};
 
 use crate::gateway::Gateway;
 
-pub use error::{AdminError, STORE_UNAVAILABLE_DETAIL};
+pub use error::{AdminError, STORE_FULL_DETAIL, STORE_UNAVAILABLE_DETAIL};
 pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, REPLAYED as IDEMPOTENT_REPLAYED};
 
 /// Largest accepted request body.

@@ -433,7 +433,7 @@ impl Modify for CommonProblems {
                 );
                 responses.insert(
                     "503".into(),
-                    problem("The store is unreachable (`store_unavailable`); nothing changed."),
+                    problem("The store is unreachable (`store_unavailable`) or full (`store_full`); nothing changed."),
                 );
             }
         }

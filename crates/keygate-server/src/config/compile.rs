@@ -15,10 +15,11 @@ use keygate_core::policy::Requirements;
 use keygate_core::render::BodyTemplate;
 use keygate_core::{Digester, Issuer, Scope};
 
-use super::raw::{RawConfig, RawError, RawLimits, RawProfile, RawRoute};
+use super::raw::{RawBreaker, RawConfig, RawError, RawLimits, RawProfile, RawRoute};
 use super::{
     Config, ConfigError, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan,
 };
+use crate::breaker::BreakerConfig;
 use crate::guard::GuardConfig;
 use crate::profile::{CredentialSource, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS};
 use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
@@ -207,6 +208,9 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                     errors,
                 );
                 spec.timeout = duration(u.timeout.as_deref(), spec.timeout, Some(&span), errors);
+                if let Some(b) = &u.breaker {
+                    spec.breaker = compile_breaker(name, b, errors);
+                }
                 upstream_index.insert(name.clone(), upstreams.len());
                 upstreams.push(spec);
             }
@@ -657,6 +661,53 @@ fn header_name(
         .ok()
 }
 
+/// An upstream's `breaker` table; every field is optional and falls back to the default.
+fn compile_breaker(
+    upstream: &str,
+    raw: &Spanned<RawBreaker>,
+    errors: &mut Errors<'_>,
+) -> Option<BreakerConfig> {
+    let span = raw.span();
+    let b = raw.get_ref();
+    let mut config = BreakerConfig::default();
+    let at = format!("upstreams.{upstream}.breaker");
+    let count = |value: Option<i64>, field: &str, default: u32, errors: &mut Errors<'_>| match value
+        .map(u32::try_from)
+    {
+        None => default,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            errors.at(
+                Some(&span),
+                format!("{at}.{field} must be a whole number from 1 to {}", u32::MAX),
+            );
+            default
+        }
+    };
+    config.failures = count(b.failures, "failures", config.failures, errors);
+    config.half_open_probes = count(
+        b.half_open_probes,
+        "half_open_probes",
+        config.half_open_probes,
+        errors,
+    );
+    for (value, field, slot) in [
+        (&b.window, "window", &mut config.window),
+        (&b.open_for, "open_for", &mut config.open_for),
+    ] {
+        let d = duration(value.as_deref(), *slot, Some(&span), errors);
+        if d.is_zero() {
+            errors.at(
+                Some(&span),
+                format!("{at}.{field} must be longer than zero"),
+            );
+        }
+        *slot = d;
+    }
+    config.count_5xx = b.count_5xx.unwrap_or(config.count_5xx);
+    b.enabled.unwrap_or(true).then_some(config)
+}
+
 fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
     let mut profile = Profile::default();
     if let Some(name) = &raw.name {
@@ -760,6 +811,9 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
             continue;
         };
         if let Some(spec) = compile_error(reason, spanned.get_ref(), &xml_root, &span, errors) {
+            if reason == Reason::UpstreamUnavailable && spanned.get_ref().status.is_some() {
+                profile.circuit_open_status = spec.status;
+            }
             profile.errors[reason.index()] = spec;
         }
     }

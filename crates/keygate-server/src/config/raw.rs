@@ -125,6 +125,22 @@ pub(crate) struct RawUpstream {
     pub(crate) url: String,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) timeout: Option<String>,
+    /// The circuit breaker (`crate::breaker`); on with its defaults when absent.
+    pub(crate) breaker: Option<Spanned<RawBreaker>>,
+}
+
+/// `breaker = { failures = 5, window = "10s", open_for = "5s", half_open_probes = 1 }`.
+/// Signed so a negative number gets a clear message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) failures: Option<i64>,
+    pub(crate) window: Option<String>,
+    pub(crate) open_for: Option<String>,
+    pub(crate) half_open_probes: Option<i64>,
+    /// Count upstream 5xx answers as failures.
+    pub(crate) count_5xx: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -193,3 +193,58 @@ reason = "Restarting"
     .unwrap_err();
     assert!(e.to_string().contains("bad.toml"), "{e}");
 }
+
+#[test]
+fn breakers_default_on_and_validate_with_lines() {
+    let c = load(
+        "[upstreams.a]\nurl = \"http://h:1\"\n\n[upstreams.b]\nurl = \"http://h:2\"\nbreaker = { failures = 2, window = \"1s\", open_for = \"250ms\", half_open_probes = 3, count_5xx = true }\n\n[upstreams.c]\nurl = \"http://h:3\"\nbreaker = { enabled = false }\n[[routes]]\npath = \"/\"\nupstream = \"a\"\n",
+        "b.toml",
+        &Overrides::default(),
+    )
+    .unwrap();
+    let by_name = |n: &str| c.upstreams.iter().find(|u| &*u.name == n).unwrap().breaker;
+    assert_eq!(by_name("a"), Some(crate::breaker::BreakerConfig::default()));
+    let b = by_name("b").unwrap();
+    assert_eq!((b.failures, b.half_open_probes, b.count_5xx), (2, 3, true));
+    assert_eq!(b.open_for, std::time::Duration::from_millis(250));
+    assert_eq!(by_name("c"), None);
+
+    let errs = load(
+        "[upstreams.default]\nurl = \"http://h:1\"\nbreaker = { failures = 0, open_for = \"soon\" }\n\n[upstreams.x]\nurl = \"http://h:2\"\nbreaker = { window = \"0s\", half_open_probes = -1, retries = 3 }\n",
+        "bad.toml",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    let text = errs.to_string();
+    assert!(
+        text.contains("bad.toml:7: ") && text.contains("unknown field `retries`"),
+        "{text}"
+    );
+    let errs = load(
+        "[upstreams.default]\nurl = \"http://h:1\"\nbreaker = { failures = 0, open_for = \"soon\" }\n\n[upstreams.x]\nurl = \"http://h:2\"\nbreaker = { window = \"0s\", half_open_probes = -1 }\n",
+        "bad.toml",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    let text = errs.to_string();
+    for (line, fragment) in [
+        (
+            3,
+            "upstreams.default.breaker.failures must be a whole number",
+        ),
+        (3, "soon"),
+        (7, "upstreams.x.breaker.window must be longer than zero"),
+        (
+            7,
+            "upstreams.x.breaker.half_open_probes must be a whole number",
+        ),
+    ] {
+        let expected = format!("bad.toml:{line}: ");
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.to_string().starts_with(&expected) && e.to_string().contains(fragment)),
+            "missing `{fragment}` at line {line} in:\n{text}"
+        );
+    }
+}

@@ -207,7 +207,13 @@ async fn connect(
         path_and_query.push_str(&query);
     }
     let route = &gw.config.routes.routes()[p.route_index];
-    upstream::connect(
+    // The upstream's circuit breaker counts WebSocket connects too; while it is open the
+    // session gets the upstream_unavailable answer without a connect attempt.
+    let ticket = gw
+        .breakers
+        .admit(route.upstream, gw.clock.now())
+        .map_err(|_| Reason::UpstreamUnavailable)?;
+    let result = upstream::connect(
         profile,
         Target {
             spec: &gw.config.upstreams[route.upstream],
@@ -218,7 +224,15 @@ async fn connect(
             remote: p.remote,
         },
     )
-    .await
+    .await;
+    if let Some(ticket) = ticket {
+        let failed = matches!(
+            result,
+            Err(Reason::UpstreamUnavailable | Reason::UpstreamTimeout)
+        );
+        ticket.record(failed, || gw.clock.now());
+    }
+    result
 }
 
 async fn client_socket(upgraded: hyper::upgrade::Upgraded, gw: &Gateway) -> ClientSocket {

@@ -34,6 +34,16 @@ impl Harness {
 
     /// Starts a gateway on the given database URL (a fresh SQLite file when `None`).
     pub async fn start_on(config_text: &str, db_url: Option<String>) -> Harness {
+        Harness::start_with(config_text, db_url, None).await
+    }
+
+    /// Starts a gateway whose own store handle is opened with `gateway_store` (e.g. a page
+    /// ceiling), while the harness's setup handle keeps the defaults.
+    pub async fn start_with(
+        config_text: &str,
+        db_url: Option<String>,
+        gateway_store: Option<OpenOptions>,
+    ) -> Harness {
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let db = db_url.unwrap_or_else(|| dir.path().join("keygate.db").display().to_string());
@@ -52,7 +62,13 @@ impl Harness {
         let store = Store::open_with_clock(&cfg.db, OpenOptions::default(), clock.clone())
             .await
             .unwrap();
-        let gateway = keygate_server::start_with_clock(cfg, store.clone(), clock.clone())
+        let gateway_store = match gateway_store {
+            None => store.clone(),
+            Some(options) => Store::open_with_clock(&cfg.db, options, clock.clone())
+                .await
+                .unwrap(),
+        };
+        let gateway = keygate_server::start_with_clock(cfg, gateway_store, clock.clone())
             .await
             .unwrap();
         let h = Harness {

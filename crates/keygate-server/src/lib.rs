@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod bounded_body;
 pub mod bounds;
 pub mod breaker;
 pub mod check;

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use keygate_core::decision::Reason;
 use tokio::net::TcpStream;
 
+use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
 use crate::profile::{CredentialSource, Profile};
 use crate::upstream::UpstreamSpec;
@@ -42,7 +43,7 @@ enum SendError {
 struct Pool {
     /// Connections between requests, and connections whose last response body is still
     /// streaming (not ready yet); the most recently used last.
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<BoundedBody>>>,
 }
 
 /// Recovers a poisoned lock: the list is valid whatever a panicking holder did.
@@ -52,7 +53,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Pool {
     /// A connection ready for a request, dropping those the upstream closed.
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<BoundedBody>> {
         let mut idle = lock(&self.idle);
         let mut i = idle.len();
         while i > 0 {
@@ -66,7 +67,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, conn: SendRequest<Incoming>) {
+    fn put(&self, conn: SendRequest<BoundedBody>) {
         let mut idle = lock(&self.idle);
         if idle.len() < MAX_IDLE && !conn.is_closed() {
             idle.push(conn);
@@ -74,7 +75,7 @@ impl Pool {
     }
 }
 
-async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<Incoming>, SendError> {
+async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<BoundedBody>, SendError> {
     let addr = spec.authority.as_str();
     let addr = if spec.authority.port().is_some() {
         addr.to_owned()
@@ -115,7 +116,7 @@ impl Upstreams {
         &self,
         upstream: usize,
         spec: &UpstreamSpec,
-        req: Request<Incoming>,
+        req: Request<BoundedBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let pool = &self.pools[upstream];
         let req = match pool.take() {
@@ -176,6 +177,8 @@ pub struct Forward<'a> {
     /// The profile source the key came from (stripped unless the profile forwards keys).
     pub credential_source: Option<usize>,
     pub remote: SocketAddr,
+    /// `[server] max_body_bytes`: a body that streams past it is cut and answered 413.
+    pub max_body: u64,
 }
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the base path
@@ -295,15 +298,18 @@ pub fn prepare(
 /// Sends the prepared request; the response streams back as it arrives.
 ///
 /// # Errors
-/// `UpstreamTimeout` when headers do not arrive in time, `UpstreamUnavailable` otherwise.
+/// `UpstreamTimeout` when headers do not arrive in time, `PayloadTooLarge` when the body
+/// streams past `max_body`, `UpstreamUnavailable` otherwise.
 pub async fn send(
     upstreams: &Upstreams,
     f: &Forward<'_>,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Reason> {
+    let req = req.map(|body| BoundedBody::new(body, f.max_body));
     let sent = upstreams.request(f.upstream, f.spec, req);
     match tokio::time::timeout(f.spec.timeout, sent).await {
         Err(_) => Err(Reason::UpstreamTimeout),
+        Ok(Err(e)) if bounded_body::is_too_large(&e) => Err(Reason::PayloadTooLarge),
         Ok(Err(e)) => {
             tracing::warn!(upstream = %f.spec.name, error = %e, "Upstream request failed.");
             Err(Reason::UpstreamUnavailable)

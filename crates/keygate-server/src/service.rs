@@ -186,6 +186,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         return resp;
     }
     let forward = Forward {
+        max_body,
         upstream: passed.route.upstream,
         spec: &gw.config.upstreams[passed.route.upstream],
         who: passed.who.as_ref(),

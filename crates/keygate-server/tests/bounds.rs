@@ -1,5 +1,6 @@
 //! Bounds on hostile clients, over raw TCP: oversized heads and too many headers (431), slow
-//! or silent clients (closed after the header timeout), oversized bodies (413, never forwarded).
+//! or silent clients (closed after the header timeout), oversized bodies, declared or chunked
+//! (413, never forwarded whole).
 
 mod common;
 
@@ -154,4 +155,32 @@ async fn oversized_bodies_get_413_and_are_never_forwarded() {
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert_eq!(h.upstream.last_request().unwrap().body.len(), 1000);
+
+    // A chunked body declares no length: it is counted as it streams and cut past the bound.
+    let chunk = |n: usize, b: u8| format!("{n:x}\r\n{}\r\n", String::from(b as char).repeat(n));
+    let chunked = |body: &str| {
+        format!(
+            "POST /echo/x HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}"
+        )
+    };
+    let over = format!(
+        "{}{}{}0\r\n\r\n",
+        chunk(600, b'a'),
+        chunk(600, b'b'),
+        chunk(600, b'c')
+    );
+    let (r, _) = exchange(&h, &chunked(&over), b"").await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    assert!(r.contains("payload_too_large"), "{r}");
+    // The upstream saw the request start, then its body break off: it never read a whole one.
+    if h.upstream.request_count() == 2 {
+        assert!(
+            h.upstream.last_request().unwrap().body.is_empty(),
+            "the upstream read a complete oversized body"
+        );
+    }
+    let within = format!("{}{}0\r\n\r\n", chunk(400, b'a'), chunk(400, b'b'));
+    let (r, _) = exchange(&h, &chunked(&within), b"").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(h.upstream.last_request().unwrap().body.len(), 800);
 }

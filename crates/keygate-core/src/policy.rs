@@ -24,6 +24,9 @@ pub struct ClientPolicy {
     pub features: Vec<Box<str>>,
     pub limits: LimitOverrides,
     pub active: bool,
+    /// The plan has the client pick its bookmakers (`bookmakers` above): with none picked,
+    /// bookmaker routes answer `BookmakerNotConfigured` instead of allowing every bookmaker.
+    pub selects_bookmakers: bool,
 }
 
 fn sorted<T: AsRef<str>>(items: &[T]) -> Vec<Box<str>> {
@@ -56,6 +59,7 @@ impl ClientPolicy {
             features: sorted(plan_features),
             limits: client.limits.clone(),
             active: client.active,
+            selects_bookmakers: false,
         }
     }
 
@@ -85,6 +89,8 @@ pub struct Requirements {
     pub sport_gated: bool,
     /// Whether a bookmaker must be present (and allowed) on this route.
     pub bookmaker_required: bool,
+    /// Whether the route reads a bookmaker from the request (and so serves one bookmaker's data).
+    pub bookmaker_gated: bool,
 }
 
 /// The request facts authorization looks at.
@@ -112,6 +118,10 @@ pub fn authorize(
             Some(sport) => return Err(Denial::about(Reason::SportNotAllowed, sport)),
             None => return Err(Denial::new(Reason::SportNotAllowed)),
         }
+    }
+    if needs.bookmaker_gated && client.selects_bookmakers && client.bookmakers.is_empty() {
+        // The plan serves only picked bookmakers and this client has picked none.
+        return Err(Denial::new(Reason::BookmakerNotConfigured));
     }
     match facts.bookmaker {
         Some(b) if !client.allows_bookmaker(b) => {
@@ -181,6 +191,7 @@ mod tests {
             features: sorted(&["live"]),
             limits: LimitOverrides::default(),
             active: true,
+            selects_bookmakers: false,
         }
     }
 
@@ -190,6 +201,7 @@ mod tests {
             features: sorted(features),
             sport_gated,
             bookmaker_required: false,
+            bookmaker_gated: false,
         }
     }
 
@@ -245,6 +257,37 @@ mod tests {
         assert_eq!(
             authorize(&p, &needs, RequestFacts::default()),
             Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+    }
+
+    #[test]
+    fn a_selecting_plan_needs_a_pick() {
+        let mut p = policy();
+        p.selects_bookmakers = true;
+        let gated = Requirements {
+            bookmaker_gated: true,
+            ..Requirements::default()
+        };
+        let asks = |b| RequestFacts {
+            sport: None,
+            bookmaker: b,
+        };
+        assert_eq!(
+            authorize(&p, &gated, asks(Some("bet365"))),
+            Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+        assert_eq!(
+            authorize(&p, &gated, asks(None)),
+            Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+        // Routes that serve no bookmaker's data do not care.
+        assert_eq!(authorize(&p, &Requirements::default(), asks(None)), Ok(()));
+        p.bookmakers = sorted(&["pinnacle"]);
+        assert_eq!(authorize(&p, &gated, asks(Some("pinnacle"))), Ok(()));
+        assert_eq!(authorize(&p, &gated, asks(None)), Ok(()));
+        assert_eq!(
+            authorize(&p, &gated, asks(Some("bet365"))),
+            Err(Denial::about(Reason::BookmakerNotAllowed, "bet365"))
         );
     }
 }

@@ -84,6 +84,9 @@ impl ClientPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Requirements {
     pub scopes: Vec<Box<str>>,
+    /// At least one of these scopes (a provider whose scopes overlap: two scopes that each
+    /// grant the same endpoint). Refused naming the first.
+    pub any_scope: Vec<Box<str>>,
     pub features: Vec<Box<str>>,
     /// Whether the route names a sport namespace that must be in the allowlist.
     pub sport_gated: bool,
@@ -111,6 +114,11 @@ pub fn authorize(
 ) -> Result<(), Denial> {
     if let Some(missing) = needs.scopes.iter().find(|s| !client.has_scope(s)) {
         return Err(Denial::about(Reason::ScopeMissing, missing));
+    }
+    if let Some(first) = needs.any_scope.first() {
+        if !needs.any_scope.iter().any(|s| client.has_scope(s)) {
+            return Err(Denial::about(Reason::ScopeMissing, first));
+        }
     }
     if needs.sport_gated {
         match facts.sport {
@@ -202,6 +210,7 @@ mod tests {
             sport_gated,
             bookmaker_required: false,
             bookmaker_gated: false,
+            any_scope: Vec::new(),
         }
     }
 
@@ -257,6 +266,19 @@ mod tests {
         assert_eq!(
             authorize(&p, &needs, RequestFacts::default()),
             Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+    }
+
+    #[test]
+    fn any_of_several_scopes() {
+        let p = policy();
+        let mut n = needs(&[], &[], false);
+        n.any_scope = vec!["live_scores".into(), "cs2:matches:read".into()];
+        assert_eq!(authorize(&p, &n, RequestFacts::default()), Ok(()));
+        n.any_scope = vec!["live_scores".into(), "live_scores_statistics".into()];
+        assert_eq!(
+            authorize(&p, &n, RequestFacts::default()),
+            Err(Denial::about(Reason::ScopeMissing, "live_scores"))
         );
     }
 

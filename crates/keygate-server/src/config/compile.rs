@@ -589,10 +589,13 @@ fn add_route(
         }
     };
     let mut scopes = Vec::new();
-    for s in &r.scopes {
-        match Scope::new(s) {
-            Ok(s) => scopes.push(Box::<str>::from(s.as_str())),
-            Err(e) => err(e.to_string()),
+    let mut any_scope = Vec::new();
+    for (list, into) in [(&r.scopes, &mut scopes), (&r.scopes_any, &mut any_scope)] {
+        for s in list {
+            match Scope::new(s) {
+                Ok(s) => into.push(Box::<str>::from(s.as_str())),
+                Err(e) => err(e.to_string()),
+            }
         }
     }
     let params: HashSet<&str> = r
@@ -632,7 +635,12 @@ fn add_route(
             None
         }
     };
-    if r.public && (!r.scopes.is_empty() || !r.features.is_empty() || r.limits.is_some()) {
+    if r.public
+        && (!r.scopes.is_empty()
+            || !r.scopes_any.is_empty()
+            || !r.features.is_empty()
+            || r.limits.is_some())
+    {
         err(
             "a public route cannot require scopes, features or limits (it has no caller to count)"
                 .to_owned(),
@@ -654,6 +662,7 @@ fn add_route(
         upstream,
         needs: Requirements {
             scopes,
+            any_scope,
             features: r.features.iter().map(|f| f.as_str().into()).collect(),
             sport_gated: r.sport_param.is_some(),
             bookmaker_required: r.bookmaker_required,

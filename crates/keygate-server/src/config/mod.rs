@@ -197,18 +197,31 @@ pub enum PlanChoiceError {
     },
 }
 
+impl PlanChoiceError {
+    /// Stable code for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlanChoiceError::UnknownPlan { .. } => "unknown_plan",
+            PlanChoiceError::TooManyBookmakers { .. } => "too_many_bookmakers",
+        }
+    }
+}
+
 impl Config {
-    /// Checks a client's plan (and bookmaker picks) against the configured plans. A
-    /// configuration without plans accepts any plan name: its clients carry no plan limits.
+    /// Checks a client's plan (and bookmaker picks) against the configured plans, so a typo
+    /// cannot leave a client on a plan without limits. `default`, the plan of clients created
+    /// without one, needs no definition; a configuration without plans accepts any name.
     ///
     /// # Errors
     /// [`PlanChoiceError`] for a plan the file does not define, or more bookmakers than the
     /// plan lets a client pick.
     pub fn check_plan_choice(&self, plan: &str, bookmakers: usize) -> Result<(), PlanChoiceError> {
-        if self.plans.is_empty() {
-            return Ok(());
-        }
         let Some(p) = self.plans.get(plan) else {
+            // A malformed name is left to the store, which says what is wrong with it.
+            let malformed = keygate_core::names::check_plan(plan).is_err();
+            if self.plans.is_empty() || plan == "default" || malformed {
+                return Ok(());
+            }
             return Err(PlanChoiceError::UnknownPlan {
                 plan: plan.to_owned(),
                 known: self.plans.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -152,6 +152,9 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: Option<String>,
     #[serde(default)]
     pub(crate) scopes: Vec<String>,
+    /// At least one of these scopes is needed (besides all of `scopes`).
+    #[serde(default)]
+    pub(crate) scopes_any: Vec<String>,
     /// Path parameter naming the sport namespace, gated by the client's sport allowlist.
     pub(crate) sport_param: Option<String>,
     /// Where the bookmaker comes from: `query:NAME` or `path:NAME`.

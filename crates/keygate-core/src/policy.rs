@@ -24,6 +24,9 @@ pub struct ClientPolicy {
     pub features: Vec<Box<str>>,
     pub limits: LimitOverrides,
     pub active: bool,
+    /// The plan has the client pick its bookmakers (`bookmakers` above): with none picked,
+    /// bookmaker routes answer `BookmakerNotConfigured` instead of allowing every bookmaker.
+    pub selects_bookmakers: bool,
 }
 
 fn sorted<T: AsRef<str>>(items: &[T]) -> Vec<Box<str>> {
@@ -56,6 +59,7 @@ impl ClientPolicy {
             features: sorted(plan_features),
             limits: client.limits.clone(),
             active: client.active,
+            selects_bookmakers: false,
         }
     }
 
@@ -80,11 +84,16 @@ impl ClientPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Requirements {
     pub scopes: Vec<Box<str>>,
+    /// At least one of these scopes (a provider whose scopes overlap: two scopes that each
+    /// grant the same endpoint). Refused naming the first.
+    pub any_scope: Vec<Box<str>>,
     pub features: Vec<Box<str>>,
     /// Whether the route names a sport namespace that must be in the allowlist.
     pub sport_gated: bool,
     /// Whether a bookmaker must be present (and allowed) on this route.
     pub bookmaker_required: bool,
+    /// Whether the route reads a bookmaker from the request (and so serves one bookmaker's data).
+    pub bookmaker_gated: bool,
 }
 
 /// The request facts authorization looks at.
@@ -106,12 +115,21 @@ pub fn authorize(
     if let Some(missing) = needs.scopes.iter().find(|s| !client.has_scope(s)) {
         return Err(Denial::about(Reason::ScopeMissing, missing));
     }
+    if let Some(first) = needs.any_scope.first() {
+        if !needs.any_scope.iter().any(|s| client.has_scope(s)) {
+            return Err(Denial::about(Reason::ScopeMissing, first));
+        }
+    }
     if needs.sport_gated {
         match facts.sport {
             Some(sport) if client.allows_sport(sport) => {}
             Some(sport) => return Err(Denial::about(Reason::SportNotAllowed, sport)),
             None => return Err(Denial::new(Reason::SportNotAllowed)),
         }
+    }
+    if needs.bookmaker_gated && client.selects_bookmakers && client.bookmakers.is_empty() {
+        // The plan serves only picked bookmakers and this client has picked none.
+        return Err(Denial::new(Reason::BookmakerNotConfigured));
     }
     match facts.bookmaker {
         Some(b) if !client.allows_bookmaker(b) => {
@@ -181,6 +199,7 @@ mod tests {
             features: sorted(&["live"]),
             limits: LimitOverrides::default(),
             active: true,
+            selects_bookmakers: false,
         }
     }
 
@@ -190,6 +209,8 @@ mod tests {
             features: sorted(features),
             sport_gated,
             bookmaker_required: false,
+            bookmaker_gated: false,
+            any_scope: Vec::new(),
         }
     }
 
@@ -245,6 +266,50 @@ mod tests {
         assert_eq!(
             authorize(&p, &needs, RequestFacts::default()),
             Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+    }
+
+    #[test]
+    fn any_of_several_scopes() {
+        let p = policy();
+        let mut n = needs(&[], &[], false);
+        n.any_scope = vec!["live_scores".into(), "cs2:matches:read".into()];
+        assert_eq!(authorize(&p, &n, RequestFacts::default()), Ok(()));
+        n.any_scope = vec!["live_scores".into(), "live_scores_statistics".into()];
+        assert_eq!(
+            authorize(&p, &n, RequestFacts::default()),
+            Err(Denial::about(Reason::ScopeMissing, "live_scores"))
+        );
+    }
+
+    #[test]
+    fn a_selecting_plan_needs_a_pick() {
+        let mut p = policy();
+        p.selects_bookmakers = true;
+        let gated = Requirements {
+            bookmaker_gated: true,
+            ..Requirements::default()
+        };
+        let asks = |b| RequestFacts {
+            sport: None,
+            bookmaker: b,
+        };
+        assert_eq!(
+            authorize(&p, &gated, asks(Some("bet365"))),
+            Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+        assert_eq!(
+            authorize(&p, &gated, asks(None)),
+            Err(Denial::new(Reason::BookmakerNotConfigured))
+        );
+        // Routes that serve no bookmaker's data do not care.
+        assert_eq!(authorize(&p, &Requirements::default(), asks(None)), Ok(()));
+        p.bookmakers = sorted(&["pinnacle"]);
+        assert_eq!(authorize(&p, &gated, asks(Some("pinnacle"))), Ok(()));
+        assert_eq!(authorize(&p, &gated, asks(None)), Ok(()));
+        assert_eq!(
+            authorize(&p, &gated, asks(Some("bet365"))),
+            Err(Denial::about(Reason::BookmakerNotAllowed, "bet365"))
         );
     }
 }

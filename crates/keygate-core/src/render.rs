@@ -691,8 +691,9 @@ fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..='\u{10ffff}')
 }
 
-/// XML 1.0 (fifth edition) `Name`, without `:` (a prefix would need a namespace declaration).
-fn is_xml_name(s: &str) -> bool {
+/// Whether `s` can be an XML element name: XML 1.0 (fifth edition) `Name`, without `:` (a
+/// prefix would need a namespace declaration). Public so configured roots are checked alike.
+pub fn is_xml_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
 }

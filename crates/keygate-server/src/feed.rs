@@ -21,6 +21,10 @@ impl crate::replica::PlanCatalog for Plans<'_> {
     fn limits(&self, plan: &str) -> crate::ratelimit::LimitSet {
         self.0.plan_limits(plan)
     }
+
+    fn bookmaker_selection(&self, plan: &str) -> Option<u32> {
+        self.0.plans.get(plan).and_then(|p| p.bookmaker_selection)
+    }
 }
 
 /// Loads the initial snapshot, retrying until the store answers.

@@ -124,6 +124,7 @@ pub fn routes(data: &[u8]) {
             public: false,
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
+            errors: crate::profile::ErrorOverrides::default(),
         };
         if table.insert(route).is_ok() {
             names.push(
@@ -225,6 +226,7 @@ pub fn ws_messages(data: &[u8]) {
         sports: vec![],
         bookmakers: vec![],
         features: vec![],
+        selects_bookmakers: false,
         limits: LimitOverrides::default(),
         active: true,
     };

@@ -116,6 +116,72 @@ pub struct LimitFacts {
     pub retry_after: u64,
 }
 
+/// Answers that replace the profile's for one reason (`scope_missing`) or one subject of a
+/// reason (`feature_not_on_plan:live`): a route's own, or the profile's per-subject ones.
+#[derive(Clone, Debug, Default)]
+pub struct ErrorOverrides {
+    pub by_subject: Vec<(Reason, Box<str>, ErrorSpec)>,
+    pub by_reason: Vec<(Reason, ErrorSpec)>,
+}
+
+impl ErrorOverrides {
+    pub fn is_empty(&self) -> bool {
+        self.by_subject.is_empty() && self.by_reason.is_empty()
+    }
+
+    /// The override for a refusal, the subject's before the reason's.
+    pub fn find(&self, denial: &Denial) -> Option<&ErrorSpec> {
+        let subject = denial.subject.as_deref();
+        self.by_subject
+            .iter()
+            .find(|(r, s, _)| *r == denial.reason && Some(&**s) == subject)
+            .map(|(_, _, spec)| spec)
+            .or_else(|| {
+                self.by_reason
+                    .iter()
+                    .find(|(r, _)| *r == denial.reason)
+                    .map(|(_, spec)| spec)
+            })
+    }
+}
+
+/// Variables a whoami template may use.
+pub const WHOAMI_VARS: &[&str] = &[
+    "tenant_id",
+    "client_id",
+    "name",
+    "plan",
+    "key_id",
+    "scopes",
+    "sport_allowlist",
+    "bookmaker_allowlist",
+    "features",
+    "rate_limit_rpm",
+];
+
+/// Today's whoami document, the default profile's.
+pub const DEFAULT_WHOAMI_BODY: &str = r#"{"data":{"tenant_id":{"var":"tenant_id"},"name":{"var":"name"},"scopes":{"var":"scopes"},"sport_allowlist":{"var":"sport_allowlist"},"bookmaker_allowlist":{"var":"bookmaker_allowlist"},"rate_limit_rpm":{"var":"rate_limit_rpm"},"plan":{"var":"plan"},"key_id":{"var":"key_id"}}}"#;
+
+/// The whoami document: a template over [`WHOAMI_VARS`], rendered as JSON or XML by `Accept`.
+#[derive(Clone, Debug)]
+pub struct WhoamiBody {
+    pub template: BodyTemplate,
+    /// Root element of the XML form.
+    pub xml_root: Box<str>,
+}
+
+impl Default for WhoamiBody {
+    fn default() -> Self {
+        let tree: serde_json::Value = serde_json::from_str(DEFAULT_WHOAMI_BODY)
+            .expect("the built-in whoami template is JSON");
+        WhoamiBody {
+            template: BodyTemplate::compile(&tree, WHOAMI_VARS)
+                .expect("the built-in whoami template compiles"),
+            xml_root: "whoami".into(),
+        }
+    }
+}
+
 /// A compiled profile.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -130,6 +196,13 @@ pub struct Profile {
     pub identity: IdentityHeaders,
     /// One per [`Reason`], indexed by [`Reason::index`].
     pub errors: Vec<ErrorSpec>,
+    /// Answers for one subject of a reason (`feature_not_on_plan:live`), tried first: a
+    /// provider may publish a different code per missing feature or scope.
+    pub subject_errors: ErrorOverrides,
+    /// The whoami document's shape.
+    pub whoami_body: WhoamiBody,
+    /// Root element of XML refusals with a configured body.
+    pub xml_root: Box<str>,
     pub rate_limit_headers: crate::ratelimit::HeaderStyle,
     /// Status of the `upstream_unavailable` answer while a circuit breaker is open: 503 (the
     /// upstream is known to be down, retry later), unless the profile set that reason's status.
@@ -156,6 +229,9 @@ impl Default for Profile {
             enforce_accept: true,
             identity: IdentityHeaders::default(),
             errors: Reason::ALL.into_iter().map(ErrorSpec::problem).collect(),
+            subject_errors: ErrorOverrides::default(),
+            whoami_body: WhoamiBody::default(),
+            xml_root: "error".into(),
             rate_limit_headers: crate::ratelimit::HeaderStyle::default(),
             circuit_open_status: StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -210,20 +286,40 @@ impl Profile {
         &self.errors[reason.index()]
     }
 
-    /// Renders a refusal in the format the caller accepts.
-    pub fn render(&self, denial: &Denial, format: BodyFormat, limits: LimitFacts) -> Rendered {
-        self.render_as(denial, format, limits, self.error(denial.reason).status)
+    /// The answer to a refusal: the route's override, then the subject's, then the reason's.
+    pub fn spec_for<'a>(
+        &'a self,
+        denial: &Denial,
+        route: Option<&'a ErrorOverrides>,
+    ) -> &'a ErrorSpec {
+        route
+            .and_then(|o| o.find(denial))
+            .or_else(|| self.subject_errors.find(denial))
+            .unwrap_or_else(|| self.error(denial.reason))
     }
 
-    /// Renders a refusal with another status than its reason's (an open circuit breaker).
+    /// Renders a refusal in the format the caller accepts (with a route's overrides, if any).
+    pub fn render(
+        &self,
+        denial: &Denial,
+        format: BodyFormat,
+        limits: LimitFacts,
+        route: Option<&ErrorOverrides>,
+    ) -> Rendered {
+        let status = self.spec_for(denial, route).status;
+        self.render_as(denial, format, limits, route, status)
+    }
+
+    /// Renders a refusal with another status than its answer's (an open circuit breaker).
     pub fn render_as(
         &self,
         denial: &Denial,
         format: BodyFormat,
         limits: LimitFacts,
+        route: Option<&ErrorOverrides>,
         status: StatusCode,
     ) -> Rendered {
-        let spec = self.error(denial.reason);
+        let spec = self.spec_for(denial, route);
         let vars = DenialVars {
             denial,
             status,

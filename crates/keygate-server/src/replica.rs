@@ -33,7 +33,8 @@ pub struct ClientEntry {
 
 impl ClientEntry {
     fn build(client: &Client, plans: &dyn PlanCatalog) -> ClientEntry {
-        let policy = ClientPolicy::compile(client, &plans.features(&client.plan));
+        let mut policy = ClientPolicy::compile(client, &plans.features(&client.plan));
+        policy.selects_bookmakers = plans.bookmaker_selection(&client.plan).is_some();
         let limits = ClientLimits::build(&plans.limits(&client.plan), &client.limits);
         let value = |s: &str| {
             // Names are validated printable text; bytes outside visible ASCII stay opaque.
@@ -66,6 +67,7 @@ impl ClientEntry {
                 features: Vec::new(),
                 limits: LimitOverrides::default(),
                 active: false,
+                selects_bookmakers: false,
             },
             id_header: HeaderValue::from_static(""),
             name_header: HeaderValue::from_static(""),
@@ -153,6 +155,10 @@ pub struct Replica {
 pub trait PlanCatalog: Send + Sync {
     fn features(&self, plan: &str) -> Vec<String>;
     fn limits(&self, plan: &str) -> LimitSet;
+    /// How many bookmakers clients on the plan pick (`None`: the plan serves every one).
+    fn bookmaker_selection(&self, _plan: &str) -> Option<u32> {
+        None
+    }
 }
 
 /// Plans with features and no limits (tests).

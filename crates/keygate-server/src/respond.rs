@@ -8,7 +8,7 @@ use keygate_core::decision::{Denial, Reason};
 use keygate_core::render::BodyFormat;
 
 use crate::body::Body;
-use crate::profile::{LimitFacts, Profile};
+use crate::profile::{ErrorOverrides, LimitFacts, Profile};
 
 /// The profile's answer to a refusal.
 pub fn denial(
@@ -17,7 +17,18 @@ pub fn denial(
     format: BodyFormat,
     limits: LimitFacts,
 ) -> Response<Body> {
-    let r = profile.render(denial, format, limits);
+    denial_on(profile, None, denial, format, limits)
+}
+
+/// The answer to a refusal on a route with its own error overrides.
+pub fn denial_on(
+    profile: &Profile,
+    route: Option<&ErrorOverrides>,
+    denial: &Denial,
+    format: BodyFormat,
+    limits: LimitFacts,
+) -> Response<Body> {
+    let r = profile.render(denial, format, limits, route);
     let mut resp = Response::new(Body::from(r.body));
     *resp.status_mut() = r.status;
     let headers = resp.headers_mut();
@@ -43,7 +54,7 @@ pub fn circuit_open(profile: &Profile, format: BodyFormat, retry_after: u64) -> 
         retry_after,
         ..LimitFacts::default()
     };
-    let r = profile.render_as(&denial, format, limits, profile.circuit_open_status);
+    let r = profile.render_as(&denial, format, limits, None, profile.circuit_open_status);
     let mut resp = Response::new(Body::from(r.body));
     *resp.status_mut() = r.status;
     let headers = resp.headers_mut();

@@ -38,7 +38,10 @@ fn refuse(
     format: BodyFormat,
 ) -> Response<Body> {
     let facts = check::refusal_facts(gw, denial.reason);
-    let resp = respond::denial(&gw.config.profile, denial, format, facts);
+    let overrides = route
+        .and_then(|i| gw.config.routes.routes().get(i))
+        .map(|r| &r.errors);
+    let resp = respond::denial_on(&gw.config.profile, overrides, denial, format, facts);
     gw.metrics.record(
         route,
         Outcome::Denied(denial.reason),
@@ -126,7 +129,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             Ok((who, _)) => {
                 gw.metrics.record(None, Outcome::Local, 200);
                 gw.usage.record(&who.client, gw.clock.now(), 200);
-                whoami::answer(&who)
+                whoami::answer(&profile.whoami_body, &who, format)
             }
             Err(reason) => refuse(gw, None, &Denial::new(reason), format),
         };
@@ -230,8 +233,13 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
                     retry_after: state.retry_after.as_secs()
                         + u64::from(state.retry_after.subsec_nanos() > 0),
                 };
-                let mut resp =
-                    respond::denial(profile, &Denial::new(Reason::RateLimited), format, facts);
+                let mut resp = respond::denial_on(
+                    profile,
+                    Some(&passed.route.errors),
+                    &Denial::new(Reason::RateLimited),
+                    format,
+                    facts,
+                );
                 ratelimit::write_headers(resp.headers_mut(), style, &limit, &state, now);
                 gw.metrics.record(
                     Some(passed.route_index),

@@ -47,10 +47,12 @@ pub(crate) fn print_error(e: &anyhow::Error, json: bool) {
     let code = match (
         e.downcast_ref::<StoreError>(),
         e.downcast_ref::<crate::backend::RemoteError>(),
+        e.downcast_ref::<keygate_server::config::PlanChoiceError>(),
     ) {
-        (Some(store), _) => store.code(),
-        (None, Some(remote)) => remote.code.as_str(),
-        (None, None) => "error",
+        (Some(store), _, _) => store.code(),
+        (None, Some(remote), _) => remote.code.as_str(),
+        (None, None, Some(plan)) => plan.code(),
+        (None, None, None) => "error",
     };
     let message = format!("{e:#}");
     if json {

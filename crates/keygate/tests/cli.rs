@@ -427,3 +427,79 @@ fn admin_tokens_are_shown_once_and_can_be_revoked() {
     let audit = db.json(&["audit", "--action", "admin_token."]);
     assert_eq!(audit.as_array().unwrap().len(), 3);
 }
+
+/// `--config` makes the CLI speak a deployment's contract: its key format and its plans.
+#[test]
+fn a_profile_gives_the_key_format_and_the_plans() {
+    let db = Db::new();
+    let profile = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../profiles/oddsstream.toml"
+    );
+    db.json(&[
+        "--config", profile, "client", "create", "acme", "--plan", "pro",
+    ]);
+    let key = db.json(&["--config", profile, "key", "create", "--client", "acme"]);
+    let key = key["key"].as_str().unwrap();
+    let body = key
+        .strip_prefix("os_live_")
+        .unwrap_or_else(|| panic!("{key}"));
+    assert_eq!(body.len(), 32, "{key}");
+    assert!(body
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+
+    let err = db.fails(&[
+        "--config", profile, "client", "create", "beta", "--plan", "nosuch",
+    ]);
+    assert!(
+        err.contains("plan `nosuch` is not one of this configuration's plans (free, pro, pro_plus_live, pro_plus_rt)"),
+        "{err}"
+    );
+    let err = db.fails(&[
+        "--config", profile, "client", "update", "acme", "--plan", "nosuch",
+    ]);
+    assert!(err.contains("plan `nosuch`"), "{err}");
+    // Free: "one selected bookmaker".
+    let err = db.fails(&[
+        "--config",
+        profile,
+        "client",
+        "create",
+        "gamma",
+        "--plan",
+        "free",
+        "--bookmakers",
+        "bet365,pinnacle",
+    ]);
+    assert!(
+        err.contains("lets a client pick 1 bookmaker(s); 2 were given"),
+        "{err}"
+    );
+    db.json(&[
+        "--config",
+        profile,
+        "client",
+        "create",
+        "gamma",
+        "--plan",
+        "free",
+        "--bookmakers",
+        "bet365",
+    ]);
+    let err = db.fails(&[
+        "--config",
+        profile,
+        "client",
+        "update",
+        "acme",
+        "--plan",
+        "free",
+        "--bookmakers",
+        "a,b",
+    ]);
+    assert!(err.contains("2 were given"), "{err}");
+    // Nothing was written by the refusals.
+    let clients = db.json(&["client", "list"]);
+    assert_eq!(clients.as_array().unwrap().len(), 2);
+}

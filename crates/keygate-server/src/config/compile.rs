@@ -21,7 +21,9 @@ use super::{
 };
 use crate::breaker::BreakerConfig;
 use crate::guard::GuardConfig;
-use crate::profile::{CredentialSource, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS};
+use crate::profile::{
+    CredentialSource, ErrorOverrides, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS, WHOAMI_VARS,
+};
 use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
 use crate::routes::{BookmakerSource, Route, RouteTable};
 use crate::upstream::UpstreamSpec;
@@ -240,11 +242,25 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             Some(&spanned.span()),
             errors,
         );
+        let bookmaker_selection = match spanned.get_ref().bookmaker_selection {
+            None => None,
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    errors.at(
+                        Some(&spanned.span()),
+                        format!("plans.{name}.bookmaker_selection: {n} is not a positive whole number of bookmakers"),
+                    );
+                    None
+                }
+            },
+        };
         plans.insert(
             name.clone(),
             Plan {
                 features: spanned.get_ref().features.clone(),
                 limits,
+                bookmaker_selection,
             },
         );
     }
@@ -257,6 +273,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 .expect("placeholder URL parses"),
         );
     }
+    let profile = compile_profile(&raw.profile, errors);
     let mut routes = RouteTable::default();
     if raw.routes.is_empty() {
         // No routes: one catch-all that needs any valid key.
@@ -265,19 +282,26 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             path: "/{*path}".to_owned(),
             ..RawRoute::default()
         };
-        add_route(&catch_all, None, &upstream_index, &mut routes, errors);
+        add_route(
+            &catch_all,
+            None,
+            &upstream_index,
+            &profile,
+            &mut routes,
+            errors,
+        );
     }
     for spanned in &raw.routes {
         add_route(
             spanned.get_ref(),
             Some(&spanned.span()),
             &upstream_index,
+            &profile,
             &mut routes,
             errors,
         );
     }
 
-    let profile = compile_profile(&raw.profile, errors);
     let limiter = compile_limiter(&raw, errors);
     let guard = compile_guard(&raw, errors);
     let http = compile_http_limits(&raw, errors);
@@ -535,6 +559,7 @@ fn add_route(
     r: &RawRoute,
     span: Option<&Range<usize>>,
     upstreams: &BTreeMap<String, usize>,
+    profile: &Profile,
     routes: &mut RouteTable,
     errors: &mut Errors<'_>,
 ) {
@@ -571,10 +596,13 @@ fn add_route(
         }
     };
     let mut scopes = Vec::new();
-    for s in &r.scopes {
-        match Scope::new(s) {
-            Ok(s) => scopes.push(Box::<str>::from(s.as_str())),
-            Err(e) => err(e.to_string()),
+    let mut any_scope = Vec::new();
+    for (list, into) in [(&r.scopes, &mut scopes), (&r.scopes_any, &mut any_scope)] {
+        for s in list {
+            match Scope::new(s) {
+                Ok(s) => into.push(Box::<str>::from(s.as_str())),
+                Err(e) => err(e.to_string()),
+            }
         }
     }
     let params: HashSet<&str> = r
@@ -614,7 +642,12 @@ fn add_route(
             None
         }
     };
-    if r.public && (!r.scopes.is_empty() || !r.features.is_empty() || r.limits.is_some()) {
+    if r.public
+        && (!r.scopes.is_empty()
+            || !r.scopes_any.is_empty()
+            || !r.features.is_empty()
+            || r.limits.is_some())
+    {
         err(
             "a public route cannot require scopes, features or limits (it has no caller to count)"
                 .to_owned(),
@@ -625,6 +658,7 @@ fn add_route(
         .as_ref()
         .map(|l| compile_limits(l, &format!("route `{name}` limits"), span, errors))
         .unwrap_or_default();
+    let error_overrides = compile_route_errors(&r.errors, &name, profile, span, errors);
     if errors.list.len() > before {
         return;
     }
@@ -635,15 +669,18 @@ fn add_route(
         upstream,
         needs: Requirements {
             scopes,
+            any_scope,
             features: r.features.iter().map(|f| f.as_str().into()).collect(),
             sport_gated: r.sport_param.is_some(),
             bookmaker_required: r.bookmaker_required,
+            bookmaker_gated: bookmaker.is_some(),
         },
         sport_param: r.sport_param.as_deref().map(Into::into),
         bookmaker,
         public: r.public,
         limits,
         compiled_limits: Vec::new(),
+        errors: error_overrides,
     };
     if let Err(e) = routes.insert(route) {
         errors.at(span, format!("route `{name}`: {e}"));
@@ -797,44 +834,139 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
         profile.rate_limit_headers = style;
     }
     let xml_root = raw.xml_root.clone().unwrap_or_else(|| "error".to_owned());
-    for (code, spanned) in &raw.errors {
+    // Reasons first, so a subject's answer starts from its reason's.
+    let mut by_subject = Vec::new();
+    for (key, spanned) in &raw.errors {
         let span = spanned.span();
-        let Some(reason) = Reason::from_code(code) else {
-            let known: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
-            errors.at(
-                Some(&span),
-                format!(
-                    "profile.errors: unknown reason `{code}` (known: {})",
-                    known.join(", ")
-                ),
-            );
-            continue;
-        };
-        if let Some(spec) = compile_error(reason, spanned.get_ref(), &xml_root, &span, errors) {
-            if reason == Reason::UpstreamUnavailable && spanned.get_ref().status.is_some() {
-                profile.circuit_open_status = spec.status;
+        match error_key(key) {
+            Err(m) => errors.at(Some(&span), format!("profile.errors: {m}")),
+            Ok((reason, None)) => {
+                let base = ErrorSpec::problem(reason);
+                if let Some(spec) = compile_error(
+                    &format!("profile.errors.{key}"),
+                    base,
+                    spanned.get_ref(),
+                    &xml_root,
+                    Some(&span),
+                    errors,
+                ) {
+                    if reason == Reason::UpstreamUnavailable && spanned.get_ref().status.is_some() {
+                        profile.circuit_open_status = spec.status;
+                    }
+                    profile.errors[reason.index()] = spec;
+                }
             }
-            profile.errors[reason.index()] = spec;
+            Ok((reason, Some(subject))) => by_subject.push((key, reason, subject, spanned)),
+        }
+    }
+    for (key, reason, subject, spanned) in by_subject {
+        let base = profile.error(reason).clone();
+        let span = spanned.span();
+        if let Some(spec) = compile_error(
+            &format!("profile.errors.{key}"),
+            base,
+            spanned.get_ref(),
+            &xml_root,
+            Some(&span),
+            errors,
+        ) {
+            profile
+                .subject_errors
+                .by_subject
+                .push((reason, subject.into(), spec));
+        }
+    }
+    profile.xml_root = xml_root.into();
+    if let Some(body) = &raw.whoami_body {
+        let span = body.span();
+        match serde_json::to_value(body.get_ref()) {
+            Ok(tree) => match BodyTemplate::compile(&tree, WHOAMI_VARS) {
+                Ok(t) => profile.whoami_body.template = t,
+                Err(e) => errors.at(Some(&span), format!("profile.whoami_body: {e}")),
+            },
+            Err(e) => errors.at(Some(&span), format!("profile.whoami_body: {e}")),
+        }
+    }
+    if let Some(root) = &raw.whoami_xml_root {
+        if keygate_core::render::is_xml_name(root) {
+            profile.whoami_body.xml_root = root.as_str().into();
+        } else {
+            errors.at(
+                None,
+                format!("profile.whoami_xml_root `{root}` is not an XML element name"),
+            );
         }
     }
     profile
 }
 
+/// An error table's key: `REASON` (`scope_missing`) or `REASON:SUBJECT`
+/// (`feature_not_on_plan:live`, the answer for one scope, sport, bookmaker or feature).
+fn error_key(key: &str) -> Result<(Reason, Option<&str>), String> {
+    let (code, subject) = match key.split_once(':') {
+        Some((code, subject)) => (code, Some(subject)),
+        None => (key, None),
+    };
+    let Some(reason) = Reason::from_code(code) else {
+        let known: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        return Err(format!(
+            "unknown reason `{code}` (known: {})",
+            known.join(", ")
+        ));
+    };
+    if subject == Some("") {
+        return Err(format!("`{key}` names no subject after `:`"));
+    }
+    Ok((reason, subject))
+}
+
+/// A route's own answers, each starting from the profile's answer it replaces.
+fn compile_route_errors(
+    raw: &BTreeMap<String, RawError>,
+    route: &str,
+    profile: &Profile,
+    span: Option<&Range<usize>>,
+    errors: &mut Errors<'_>,
+) -> ErrorOverrides {
+    let mut out = ErrorOverrides::default();
+    for (key, e) in raw {
+        match error_key(key) {
+            Err(m) => errors.at(span, format!("route `{route}` errors: {m}")),
+            Ok((reason, subject)) => {
+                let denial = keygate_core::decision::Denial {
+                    reason,
+                    subject: subject.map(Into::into),
+                };
+                let base = profile.spec_for(&denial, None).clone();
+                let what = format!("route `{route}` errors.{key}");
+                let Some(spec) = compile_error(&what, base, e, &profile.xml_root, span, errors)
+                else {
+                    continue;
+                };
+                match subject {
+                    Some(s) => out.by_subject.push((reason, s.into(), spec)),
+                    None => out.by_reason.push((reason, spec)),
+                }
+            }
+        }
+    }
+    out
+}
+
 fn compile_error(
-    reason: Reason,
+    what: &str,
+    mut spec: ErrorSpec,
     e: &RawError,
     xml_root: &str,
-    span: &Range<usize>,
+    span: Option<&Range<usize>>,
     errors: &mut Errors<'_>,
 ) -> Option<ErrorSpec> {
-    let code = reason.code();
-    let mut spec = ErrorSpec::problem(reason);
     if let Some(status) = e.status {
         match StatusCode::from_u16(status) {
             Ok(s) if (400..600).contains(&status) => spec.status = s,
             _ => errors.at(
-                Some(span),
-                format!("profile.errors.{code}: status {status} is not a 4xx or 5xx status"),
+                span,
+                format!("{what}: status {status} is not a 4xx or 5xx status"),
             ),
         }
     }
@@ -842,7 +974,7 @@ fn compile_error(
         let tree = serde_json::to_value(body).ok()?;
         match BodyTemplate::compile(&tree, TEMPLATE_VARS) {
             Ok(t) => spec.template = t,
-            Err(err) => errors.at(Some(span), format!("profile.errors.{code}.body: {err}")),
+            Err(err) => errors.at(span, format!("{what}.body: {err}")),
         }
         spec.json_type = HeaderValue::from_static("application/json");
         spec.xml_type = HeaderValue::from_static("application/xml");
@@ -853,23 +985,18 @@ fn compile_error(
         match HeaderValue::from_str(ct) {
             Ok(v) => spec.json_type = v,
             Err(_) => errors.at(
-                Some(span),
-                format!("profile.errors.{code}.content_type `{ct}` is not a valid header value"),
+                span,
+                format!("{what}.content_type `{ct}` is not a valid header value"),
             ),
         }
     }
     for (name, value) in &e.headers {
-        let n = header_name(
-            name,
-            &format!("profile.errors.{code}.headers"),
-            Some(span),
-            errors,
-        );
+        let n = header_name(name, &format!("{what}.headers"), span, errors);
         match (n, HeaderValue::from_str(value)) {
             (Some(n), Ok(v)) => spec.headers.push((n, v)),
             (_, Err(_)) => errors.at(
-                Some(span),
-                format!("profile.errors.{code}.headers: `{value}` is not a valid header value"),
+                span,
+                format!("{what}.headers: `{value}` is not a valid header value"),
             ),
             _ => {}
         }

@@ -43,6 +43,8 @@ pub struct Overrides {
 pub struct Plan {
     pub features: Vec<String>,
     pub limits: LimitSet,
+    /// Clients on this plan pick at most this many bookmakers; `None`: every bookmaker.
+    pub bookmaker_selection: Option<u32>,
 }
 
 impl Plan {
@@ -68,12 +70,16 @@ impl Plan {
             crate::ratelimit::LimitBy::Client => "client",
             crate::ratelimit::LimitBy::Key => "key",
         };
-        serde_json::json!({
+        let mut plan = serde_json::json!({
             "name": name,
             "features": self.features,
             "limits": limits,
             "limits_by": by,
-        })
+        });
+        if let Some(n) = self.bookmaker_selection {
+            plan["bookmaker_selection"] = serde_json::json!(n);
+        }
+        plan
     }
 }
 
@@ -176,6 +182,60 @@ impl Config {
             .get(plan)
             .map(|p| p.limits.clone())
             .unwrap_or_default()
+    }
+}
+
+/// Why a client cannot have a plan this configuration offers.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanChoiceError {
+    #[error("plan `{plan}` is not one of this configuration's plans ({known})")]
+    UnknownPlan { plan: String, known: String },
+    #[error("plan `{plan}` lets a client pick {max} bookmaker(s); {picked} were given")]
+    TooManyBookmakers {
+        plan: String,
+        max: u32,
+        picked: usize,
+    },
+}
+
+impl PlanChoiceError {
+    /// Stable code for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlanChoiceError::UnknownPlan { .. } => "unknown_plan",
+            PlanChoiceError::TooManyBookmakers { .. } => "too_many_bookmakers",
+        }
+    }
+}
+
+impl Config {
+    /// Checks a client's plan (and bookmaker picks) against the configured plans, so a typo
+    /// cannot leave a client on a plan without limits. `default`, the plan of clients created
+    /// without one, needs no definition; a configuration without plans accepts any name.
+    ///
+    /// # Errors
+    /// [`PlanChoiceError`] for a plan the file does not define, or more bookmakers than the
+    /// plan lets a client pick.
+    pub fn check_plan_choice(&self, plan: &str, bookmakers: usize) -> Result<(), PlanChoiceError> {
+        let Some(p) = self.plans.get(plan) else {
+            // A malformed name is left to the store, which says what is wrong with it.
+            let malformed = keygate_core::names::check_plan(plan).is_err();
+            if self.plans.is_empty() || plan == "default" || malformed {
+                return Ok(());
+            }
+            return Err(PlanChoiceError::UnknownPlan {
+                plan: plan.to_owned(),
+                known: self.plans.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        match p.bookmaker_selection {
+            Some(max) if bookmakers > max as usize => Err(PlanChoiceError::TooManyBookmakers {
+                plan: plan.to_owned(),
+                max,
+                picked: bookmakers,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -152,6 +152,10 @@ pub(crate) struct RawPlan {
     pub(crate) limits: RawLimits,
     /// WebSocket connection and message limits of this plan.
     pub(crate) ws: Option<super::raw_ws::RawWsLimits>,
+    /// Clients on this plan pick at most this many bookmakers (their bookmaker allowlist);
+    /// until they pick one, routes that read a bookmaker answer `bookmaker_not_configured`.
+    /// Absent: every bookmaker, unless the client's allowlist narrows it.
+    pub(crate) bookmaker_selection: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +168,9 @@ pub(crate) struct RawRoute {
     pub(crate) upstream: Option<String>,
     #[serde(default)]
     pub(crate) scopes: Vec<String>,
+    /// At least one of these scopes is needed (besides all of `scopes`).
+    #[serde(default)]
+    pub(crate) scopes_any: Vec<String>,
     /// Path parameter naming the sport namespace, gated by the client's sport allowlist.
     pub(crate) sport_param: Option<String>,
     /// Where the bookmaker comes from: `query:NAME` or `path:NAME`.
@@ -178,6 +185,9 @@ pub(crate) struct RawRoute {
     pub(crate) limits: Option<RawLimits>,
     /// Makes this a WebSocket route.
     pub(crate) ws: Option<super::raw_ws::RawWsRoute>,
+    /// This route's answers to some refusals (`REASON` or `REASON:SUBJECT`), over the profile's.
+    #[serde(default)]
+    pub(crate) errors: BTreeMap<String, RawError>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +202,10 @@ pub(crate) struct RawProfile {
     pub(crate) public: Option<Spanned<Vec<String>>>,
     /// Path of the whoami endpoint; `""` turns it off.
     pub(crate) whoami: Option<String>,
+    /// The whoami document as a template over the whoami variables (`profile::WHOAMI_VARS`).
+    pub(crate) whoami_body: Option<Spanned<toml::Value>>,
+    /// Root element of the whoami document's XML form (default `whoami`).
+    pub(crate) whoami_xml_root: Option<String>,
     /// Serve the verify and forward-auth endpoints on the public listener.
     pub(crate) verify: Option<bool>,
     pub(crate) xml_root: Option<String>,

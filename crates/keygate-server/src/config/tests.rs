@@ -247,4 +247,67 @@ fn breakers_default_on_and_validate_with_lines() {
             "missing `{fragment}` at line {line} in:\n{text}"
         );
     }
+
+#[test]
+fn subject_route_and_whoami_overrides_compile_with_line_numbered_errors() {
+    let text = r#"
+[plans.free]
+bookmaker_selection = 1
+
+[[routes]]
+path = "/v1/stream"
+scopes = ["live_scores"]
+errors = { scope_missing = { status = 401 } }
+
+[profile]
+whoami_body = { data = { name = { var = "name" }, id = "{tenant_id}" } }
+
+[profile.errors.feature_not_on_plan]
+body = { code = "{subject}_not_on_plan" }
+[profile.errors."feature_not_on_plan:live"]
+body = { code = "live_not_on_plan", message = "Upgrade to Pro+ Live" }
+"#;
+    let c = load(text, "p.toml", &over("http://127.0.0.1:9000")).unwrap();
+    assert_eq!(c.plans["free"].bookmaker_selection, Some(1));
+    let route = &c.routes.routes()[0];
+    let denial = keygate_core::decision::Denial::about(
+        keygate_core::decision::Reason::ScopeMissing,
+        "live_scores",
+    );
+    assert_eq!(c.profile.spec_for(&denial, Some(&route.errors)).status, 401);
+    assert_eq!(c.profile.spec_for(&denial, None).status, 403);
+    assert_eq!(c.profile.subject_errors.by_subject.len(), 1);
+
+    let bad = r#"
+[plans.free]
+bookmaker_selection = 0
+
+[[routes]]
+path = "/x"
+errors = { nosuch = { status = 401 } }
+
+[profile]
+whoami_body = { id = "{secret}" }
+
+[profile.errors."scope_missing:"]
+status = 403
+"#;
+    let err = load(bad, "p.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("p.toml:2: plans.free.bookmaker_selection: 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("p.toml:5: route `/x` errors: unknown reason `nosuch`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "p.toml:10: profile.whoami_body: the template uses the unknown variable `secret`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("names no subject"), "{err}");
 }

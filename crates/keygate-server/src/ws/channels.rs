@@ -107,6 +107,7 @@ mod tests {
             features: vec![],
             limits: LimitOverrides::default(),
             active: true,
+            selects_bookmakers: false,
         }
     }
 

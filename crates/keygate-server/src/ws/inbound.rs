@@ -141,6 +141,7 @@ mod tests {
             features: vec![],
             limits: LimitOverrides::default(),
             active: true,
+            selects_bookmakers: false,
         };
         (p, c)
     }

@@ -252,10 +252,18 @@ pub async fn handshake(
     format: BodyFormat,
 ) -> Response<Body> {
     let profile = &gw.config.profile;
+    let overrides = gw
+        .config
+        .routes
+        .routes()
+        .get(p.route_index)
+        .map(|r| &r.errors);
     let refuse = |failure: Failure| {
         let reason = failure.reason();
         let resp = match &failure {
-            Failure::Denied(d) => respond::denial(profile, d, format, LimitFacts::default()),
+            Failure::Denied(d) => {
+                respond::denial_on(profile, overrides, d, format, LimitFacts::default())
+            }
             Failure::Limited(l) => {
                 let facts = LimitFacts {
                     limit: l.state.limit,
@@ -263,8 +271,9 @@ pub async fn handshake(
                     reset: u64::try_from(l.state.reset.as_secs()).unwrap_or(0),
                     retry_after: l.state.retry_after.as_secs().max(1),
                 };
-                respond::denial(
+                respond::denial_on(
                     profile,
+                    overrides,
                     &Denial::about(reason, "connections"),
                     format,
                     facts,

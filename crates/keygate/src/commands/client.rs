@@ -30,6 +30,8 @@ pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()>
 }
 
 async fn create(ctx: &Context, args: ClientCreate) -> anyhow::Result<()> {
+    ctx.config
+        .check_plan_choice(&args.plan, args.bookmakers.len())?;
     let l = args.limits;
     let new = NewClient {
         name: args.name,
@@ -97,6 +99,22 @@ async fn list(ctx: &Context, args: ClientList) -> anyhow::Result<()> {
 }
 
 async fn update(ctx: &Context, args: ClientUpdateArgs) -> anyhow::Result<()> {
+    if args.plan.is_some() || args.bookmakers.is_some() {
+        // The plan and picks the client will have after this update.
+        let (plan, picked) = match (&args.plan, &args.bookmakers) {
+            (Some(plan), Some(b)) => (plan.clone(), b.0.len()),
+            (plan, bookmakers) => {
+                let current = ctx.backend.client(&args.name).await?;
+                (
+                    plan.clone().unwrap_or(current.plan),
+                    bookmakers
+                        .as_ref()
+                        .map_or(current.bookmakers.len(), |b| b.0.len()),
+                )
+            }
+        };
+        ctx.config.check_plan_choice(&plan, picked)?;
+    }
     let update = ClientUpdate {
         name: args.rename,
         plan: args.plan,

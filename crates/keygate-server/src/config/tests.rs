@@ -247,6 +247,7 @@ fn breakers_default_on_and_validate_with_lines() {
             "missing `{fragment}` at line {line} in:\n{text}"
         );
     }
+}
 
 #[test]
 fn subject_route_and_whoami_overrides_compile_with_line_numbered_errors() {

@@ -124,6 +124,7 @@ pub fn routes(data: &[u8]) {
             public: false,
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
+            selfservice: None,
         };
         if table.insert(route).is_ok() {
             names.push(

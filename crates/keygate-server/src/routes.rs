@@ -39,6 +39,8 @@ pub struct Route {
     pub limits: crate::ratelimit::LimitSet,
     /// `limits` compiled with this route's counter slots (set by [`RouteTable::insert`]).
     pub compiled_limits: Vec<(u16, keygate_core::limit::Limit)>,
+    /// A self-service endpoint the gateway answers itself instead of forwarding.
+    pub selfservice: Option<crate::selfservice::Action>,
 }
 
 impl Route {
@@ -296,6 +298,7 @@ mod tests {
             public: false,
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
+            selfservice: None,
         }
     }
 

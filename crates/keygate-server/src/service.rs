@@ -169,8 +169,11 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         }
     };
     // A declared body past the bound is never forwarded (crate::bounds); checked before the
-    // limits so a refused request consumes nothing.
-    let max_body = gw.config.http.max_body_bytes;
+    // limits so a refused request consumes nothing. Self-service reads its own smaller bodies.
+    let max_body = match (&passed.route.selfservice, &gw.config.selfservice) {
+        (Some(_), Some(s)) => u64::try_from(s.max_body_bytes).unwrap_or(u64::MAX),
+        _ => gw.config.http.max_body_bytes,
+    };
     if bounds::body_too_large(req.headers(), max_body) {
         let denial = Denial::about(Reason::PayloadTooLarge, &max_body.to_string());
         let resp = refuse(gw, Some(passed.route_index), &denial, format);
@@ -185,6 +188,101 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         );
         return resp;
     }
+    let now = gw.clock.now();
+    let verdict = match &passed.who {
+        Some(who) => gw.check_limits(who, passed.route, now).await,
+        None => {
+            let source = gw.guard.source(crate::guard::Caller {
+                peer: remote.ip(),
+                headers: req.headers(),
+            });
+            gw.check_source_limits(passed.route, source, now).await
+        }
+    };
+    let limited = match verdict {
+        Ok(Some((limit, state))) if !state.allowed => {
+            let style = profile.rate_limit_headers;
+            let facts = LimitFacts {
+                limit: state.limit,
+                remaining: state.remaining,
+                reset: u64::try_from(state.reset.as_secs()).unwrap_or(0),
+                retry_after: state.retry_after.as_secs()
+                    + u64::from(state.retry_after.subsec_nanos() > 0),
+            };
+            let mut resp =
+                respond::denial(profile, &Denial::new(Reason::RateLimited), format, facts);
+            ratelimit::write_headers(resp.headers_mut(), style, &limit, &state, now);
+            gw.metrics.record(
+                Some(passed.route_index),
+                Outcome::Denied(Reason::RateLimited),
+                resp.status().as_u16(),
+            );
+            access_log(
+                gw,
+                &method,
+                Some(passed.route_index),
+                resp.status(),
+                Some(Reason::RateLimited),
+                passed.who.as_ref(),
+                started,
+            );
+            return resp;
+        }
+        Ok(decided) => decided,
+        Err(reason) => {
+            let resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
+            access_log(
+                gw,
+                &method,
+                Some(passed.route_index),
+                resp.status(),
+                Some(reason),
+                passed.who.as_ref(),
+                started,
+            );
+            return resp;
+        }
+    };
+    if let Some(action) = &passed.route.selfservice {
+        let answered =
+            crate::selfservice::answer(gw, action, req, passed.who.as_ref(), remote).await;
+        let (mut resp, reason) = match answered {
+            Ok(resp) => {
+                gw.metrics.record(
+                    Some(passed.route_index),
+                    Outcome::Local,
+                    resp.status().as_u16(),
+                );
+                (resp, None)
+            }
+            Err(e) => {
+                let denial = e.denial();
+                (
+                    refuse(gw, Some(passed.route_index), &denial, format),
+                    Some(denial.reason),
+                )
+            }
+        };
+        if let Some((limit, state)) = &limited {
+            ratelimit::write_headers(
+                resp.headers_mut(),
+                profile.rate_limit_headers,
+                limit,
+                state,
+                now,
+            );
+        }
+        access_log(
+            gw,
+            &method,
+            Some(passed.route_index),
+            resp.status(),
+            reason,
+            passed.who.as_ref(),
+            started,
+        );
+        return resp;
+    }
     let forward = Forward {
         upstream: passed.route.upstream,
         spec: &gw.config.upstreams[passed.route.upstream],
@@ -192,54 +290,6 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         credential_source: passed.credential_source,
         remote,
     };
-    let now = gw.clock.now();
-    let mut limited = None;
-    if let Some(who) = &passed.who {
-        match gw.check_limits(who, passed.route, now).await {
-            Ok(Some((limit, state))) if !state.allowed => {
-                let style = profile.rate_limit_headers;
-                let facts = LimitFacts {
-                    limit: state.limit,
-                    remaining: state.remaining,
-                    reset: u64::try_from(state.reset.as_secs()).unwrap_or(0),
-                    retry_after: state.retry_after.as_secs()
-                        + u64::from(state.retry_after.subsec_nanos() > 0),
-                };
-                let mut resp =
-                    respond::denial(profile, &Denial::new(Reason::RateLimited), format, facts);
-                ratelimit::write_headers(resp.headers_mut(), style, &limit, &state, now);
-                gw.metrics.record(
-                    Some(passed.route_index),
-                    Outcome::Denied(Reason::RateLimited),
-                    resp.status().as_u16(),
-                );
-                access_log(
-                    gw,
-                    &method,
-                    Some(passed.route_index),
-                    resp.status(),
-                    Some(Reason::RateLimited),
-                    Some(who),
-                    started,
-                );
-                return resp;
-            }
-            Ok(decided) => limited = decided,
-            Err(reason) => {
-                let resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
-                access_log(
-                    gw,
-                    &method,
-                    Some(passed.route_index),
-                    resp.status(),
-                    Some(reason),
-                    Some(who),
-                    started,
-                );
-                return resp;
-            }
-        }
-    }
     let outcome = if passed.who.is_some() {
         Outcome::Forwarded
     } else {

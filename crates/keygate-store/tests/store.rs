@@ -920,8 +920,14 @@ async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
         )
         .await
         .unwrap();
-    assert_eq!(updated.metadata, [("wallet_address".to_owned(), "0xabc".to_owned())].into());
-    assert_eq!(s.client(id.as_str()).await.unwrap().metadata, updated.metadata);
+    assert_eq!(
+        updated.metadata,
+        [("wallet_address".to_owned(), "0xabc".to_owned())].into()
+    );
+    assert_eq!(
+        s.client(id.as_str()).await.unwrap().metadata,
+        updated.metadata
+    );
 
     // Children: one level only, and the parent must exist.
     let child = s

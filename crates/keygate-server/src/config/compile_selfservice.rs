@@ -13,7 +13,14 @@ use crate::selfservice::{Action, SelfService};
 
 /// Field names the answers already use for the account itself.
 const RESERVED: &[&str] = &[
-    "id", "name", "plan", "scopes", "parent", "key_id", "api_key", "created_at",
+    "id",
+    "name",
+    "plan",
+    "scopes",
+    "parent",
+    "key_id",
+    "api_key",
+    "created_at",
 ];
 
 /// Compiles `[selfservice]`; `None` when the table is absent (self-service off).
@@ -39,7 +46,10 @@ pub(super) fn compile(
             Err(e) => err(format!("scopes: {e}")),
         }
     }
-    let key_label = r.key_label.clone().unwrap_or_else(|| "self-service".to_owned());
+    let key_label = r
+        .key_label
+        .clone()
+        .unwrap_or_else(|| "self-service".to_owned());
     if let Err(e) = keygate_core::names::check_label(&key_label) {
         err(format!("key_label: {e}"));
     }
@@ -159,7 +169,10 @@ pub(super) fn route_action(
         }
     };
     if selfservice.is_none() {
-        err("selfservice routes need a [selfservice] table (plan and fields of accounts)".to_owned());
+        err(
+            "selfservice routes need a [selfservice] table (plan and fields of accounts)"
+                .to_owned(),
+        );
     }
     if r.ws.is_some() || r.upstream.is_some() {
         err("a selfservice route is answered by keygate; it takes no upstream or ws".to_owned());

@@ -167,8 +167,8 @@ pub(super) fn registration(
             )));
         }
     }
-    let name = name_value
-        .ok_or_else(|| SelfServiceError::Invalid("`name` is required".to_owned()))?;
+    let name =
+        name_value.ok_or_else(|| SelfServiceError::Invalid("`name` is required".to_owned()))?;
     Ok(Registration { name, metadata })
 }
 
@@ -235,9 +235,15 @@ mod tests {
     #[test]
     fn bodies_are_json_objects() {
         assert!(matches!(object(b""), Err(SelfServiceError::Malformed(_))));
-        assert!(matches!(object(b"{\"name\":"), Err(SelfServiceError::Malformed(_))));
+        assert!(matches!(
+            object(b"{\"name\":"),
+            Err(SelfServiceError::Malformed(_))
+        ));
         assert!(matches!(object(b"[1]"), Err(SelfServiceError::Invalid(_))));
-        assert!(matches!(object(b"\xff"), Err(SelfServiceError::Malformed(_))));
+        assert!(matches!(
+            object(b"\xff"),
+            Err(SelfServiceError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -257,7 +263,10 @@ mod tests {
             (r#"{"name":"cli_0123456789abcdef"}"#, "account id"),
             (r#"{"name":"Bot","wallet_address":"0x123456"}"#, "at most 6"),
         ] {
-            let c = SelfService { name_max_length: if needle == "account id" { 64 } else { 8 }, ..config() };
+            let c = SelfService {
+                name_max_length: if needle == "account id" { 64 } else { 8 },
+                ..config()
+            };
             let err = registration(&c, map(body)).unwrap_err();
             assert!(matches!(err, SelfServiceError::Invalid(_)), "{body}");
             assert!(err.to_string().contains(needle), "{body}: {err}");

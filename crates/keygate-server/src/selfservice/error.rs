@@ -35,9 +35,7 @@ impl SelfServiceError {
     pub fn denial(&self) -> Denial {
         match self {
             SelfServiceError::Malformed(m) => Denial::about(Reason::BadRequest, m),
-            SelfServiceError::TooLarge(n) => {
-                Denial::about(Reason::PayloadTooLarge, &n.to_string())
-            }
+            SelfServiceError::TooLarge(n) => Denial::about(Reason::PayloadTooLarge, &n.to_string()),
             SelfServiceError::Invalid(m) => Denial::about(Reason::InvalidBody, m),
             SelfServiceError::NameTaken(_) => Denial::about(Reason::Conflict, &self.to_string()),
             SelfServiceError::NotFound => Denial::new(Reason::NotFound),

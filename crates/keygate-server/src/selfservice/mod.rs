@@ -186,13 +186,8 @@ async fn regenerate(
 ) -> Result<Response<Body>, SelfServiceError> {
     let key_id = KeyId::parse(who.key.id()).map_err(|_| SelfServiceError::NotFound)?;
     let (secret, material) = gw.config.issuer.issue();
-    let rotation = call(store.rotate_key(
-        &actor(&who.client.policy.id),
-        &key_id,
-        material,
-        None,
-    ))
-    .await?;
+    let rotation =
+        call(store.rotate_key(&actor(&who.client.policy.id), &key_id, material, None)).await?;
     tracing::info!(old = %rotation.old.id, new = %rotation.new.id, "Self-service key regeneration.");
     caught_up(gw, store).await;
     Ok(account::issued_key(secret.expose()))
@@ -257,7 +252,10 @@ async fn caught_up(gw: &Gateway, store: &Store) {
     let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
     while gw.replica.version() < target {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(target, "The replica did not apply a self-service change in time.");
+            tracing::warn!(
+                target,
+                "The replica did not apply a self-service change in time."
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

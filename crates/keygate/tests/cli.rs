@@ -427,3 +427,43 @@ fn admin_tokens_are_shown_once_and_can_be_revoked() {
     let audit = db.json(&["audit", "--action", "admin_token."]);
     assert_eq!(audit.as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn the_openpoker_profile_issues_op_live_keys_and_child_accounts() {
+    // Seed 002: keys look like `op_live_…`; portfolio bots are child accounts of a parent.
+    let db = Db::new();
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/openpoker.toml");
+    db.json(&["client", "create", "Pro Player", "--plan", "free"]);
+    let child = db.json(&[
+        "client",
+        "create",
+        "Pro Player bot 1",
+        "--plan",
+        "free",
+        "--parent",
+        "Pro Player",
+    ]);
+    let parent = db.json(&["client", "show", "Pro Player"]);
+    assert_eq!(child["parent"], parent["id"]);
+    let issued = db.json(&[
+        "--config",
+        profile,
+        "key",
+        "create",
+        "--client",
+        "Pro Player",
+    ]);
+    let key = issued["key"].as_str().unwrap();
+    assert!(key.starts_with("op_live_") && key.len() > 40, "{key}");
+    assert!(issued["hint"].as_str().unwrap().starts_with("op_live_"));
+    let err = db.fails(&[
+        "client",
+        "create",
+        "Grandchild",
+        "--plan",
+        "free",
+        "--parent",
+        "Pro Player bot 1",
+    ]);
+    assert!(err.contains("is itself a child account"), "{err}");
+}

@@ -43,11 +43,17 @@ pub enum Reason {
     BadRequest,
     /// The request body is larger than the gateway forwards.
     PayloadTooLarge,
+    /// A well-formed body whose content is refused (unknown field, wrong type, too long).
+    InvalidBody,
+    /// The change conflicts with existing state (a name already taken).
+    Conflict,
+    /// A self-service write cannot reach the store right now (the data plane keeps serving).
+    StoreUnavailable,
 }
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 25] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -70,6 +76,9 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::BadRequest,
         Reason::PayloadTooLarge,
+        Reason::InvalidBody,
+        Reason::Conflict,
+        Reason::StoreUnavailable,
     ];
 
     /// Position in [`Reason::ALL`], for tables indexed by reason.
@@ -102,6 +111,9 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::BadRequest => "bad_request",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::InvalidBody => "invalid_body",
+            Reason::Conflict => "conflict",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -133,6 +145,9 @@ impl Reason {
             Reason::UpstreamUnavailable => 502,
             Reason::UpstreamTimeout => 504,
             Reason::PayloadTooLarge => 413,
+            Reason::InvalidBody => 422,
+            Reason::Conflict => 409,
+            Reason::StoreUnavailable => 503,
         }
     }
 
@@ -172,6 +187,9 @@ impl Reason {
             Reason::UpstreamTimeout => "The upstream service did not answer in time.",
             Reason::BadRequest => "The request is malformed: {subject}",
             Reason::PayloadTooLarge => "The request body is larger than {subject} bytes.",
+            Reason::InvalidBody => "The request body is invalid: {subject}",
+            Reason::Conflict => "{subject}",
+            Reason::StoreUnavailable => "This change cannot be made right now; retry shortly.",
         }
     }
 

@@ -5,6 +5,7 @@
 //! a state, an optional expiry and a label. So disabling a client or narrowing its scopes reaches
 //! every key at once, which is what the providers' contracts promise.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU64;
 
@@ -163,6 +164,14 @@ pub struct Client {
     pub active: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The account this client belongs to (a "portfolio bot" of a parent account): the
+    /// parent's keys may regenerate this client's keys. One level only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ClientId>,
+    /// Profile fields the customer keeps through self-service (wallet address, email, ...);
+    /// plain text, never a secret, never used for authorization.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Where a key is in its life. `Revoked` is final.

@@ -98,7 +98,7 @@ pub async fn follow(
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::clone(&gw.feed_wake);
     tokio::spawn(listen(store.clone(), Arc::clone(&wake), shutdown.clone()));
     loop {
         tokio::select! {

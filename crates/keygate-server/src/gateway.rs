@@ -108,6 +108,11 @@ pub struct Gateway {
     pub ws_sessions: crate::ws::Sessions,
     /// One circuit breaker per upstream, shared by every worker.
     pub breakers: crate::breaker::Breakers,
+    /// The store, for self-service writes (set when the gateway starts; the data plane
+    /// itself never reads it).
+    pub writer: std::sync::OnceLock<keygate_store::Store>,
+    /// Wakes the change-feed follower at once (after a self-service write, or a NOTIFY).
+    pub feed_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -147,6 +152,8 @@ impl Gateway {
             started: Instant::now(),
             clock,
             ws_sessions: crate::ws::Sessions::default(),
+            writer: std::sync::OnceLock::new(),
+            feed_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -221,6 +228,36 @@ impl Gateway {
             route.limits.by,
             subjects.0,
             subjects.1,
+        );
+        let verdict = self
+            .limits
+            .check(&checks, now)
+            .await
+            .map_err(|_| Reason::LimiterUnavailable)?;
+        Ok(verdict.binding.map(|(i, state)| (checks[i].limit, state)))
+    }
+
+    /// Checks a public route's limits, counted per source address (`by = "source"`).
+    ///
+    /// # Errors
+    /// `LimiterUnavailable` when the shared limiter failed and the policy is fail-closed.
+    pub async fn check_source_limits(
+        &self,
+        route: &Route,
+        source: std::net::IpAddr,
+        now: Timestamp,
+    ) -> Result<Option<(Limit, LimitState)>, Reason> {
+        if route.compiled_limits.is_empty() {
+            return Ok(None);
+        }
+        let subject: Arc<str> = format!("s:{source}").into();
+        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
+        ratelimit::checks(
+            &mut checks,
+            &route.compiled_limits,
+            route.limits.by,
+            &subject,
+            &subject,
         );
         let verdict = self
             .limits

@@ -125,6 +125,7 @@ pub fn routes(data: &[u8]) {
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
             errors: crate::profile::ErrorOverrides::default(),
+            selfservice: None,
         };
         if table.insert(route).is_ok() {
             names.push(

@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod replica;
 pub mod respond;
 pub mod routes;
+pub mod selfservice;
 pub mod server;
 pub mod service;
 pub mod shutdown;

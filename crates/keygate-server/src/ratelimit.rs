@@ -19,6 +19,9 @@ pub enum LimitBy {
     #[default]
     Client,
     Key,
+    /// The caller's address (as the guard sees it, through trusted proxies): for public
+    /// routes such as self-service registration, where there is no key yet.
+    Source,
 }
 
 /// Limits as configured on a plan or a route.
@@ -111,7 +114,7 @@ pub fn checks(
     key_subject: &Arc<str>,
 ) {
     let subject = match by {
-        LimitBy::Client => client_subject,
+        LimitBy::Client | LimitBy::Source => client_subject,
         LimitBy::Key => key_subject,
     };
     out.extend(limits.iter().map(|&(slot, limit)| Check {

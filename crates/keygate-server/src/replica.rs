@@ -294,6 +294,8 @@ mod tests {
             active,
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
+            parent: None,
+            metadata: Default::default(),
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Route {
     pub compiled_limits: Vec<(u16, keygate_core::limit::Limit)>,
     /// This route's own answers to some refusals (`[[routes]] errors`), over the profile's.
     pub errors: crate::profile::ErrorOverrides,
+    /// A self-service endpoint the gateway answers itself instead of forwarding.
+    pub selfservice: Option<crate::selfservice::Action>,
 }
 
 impl Route {
@@ -299,6 +301,7 @@ mod tests {
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
             errors: crate::profile::ErrorOverrides::default(),
+            selfservice: None,
         }
     }
 

@@ -169,6 +169,7 @@ pub async fn start_with_clock(
         limits,
         clock,
     ));
+    let _ = gw.writer.set(store.clone());
     let (shutdown, stop) = watch::channel(false);
 
     let mut workers = Vec::new();

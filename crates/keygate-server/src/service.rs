@@ -172,8 +172,11 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         }
     };
     // A declared body past the bound is never forwarded (crate::bounds); checked before the
-    // limits so a refused request consumes nothing.
-    let max_body = gw.config.http.max_body_bytes;
+    // limits so a refused request consumes nothing. Self-service reads its own smaller bodies.
+    let max_body = match (&passed.route.selfservice, &gw.config.selfservice) {
+        (Some(_), Some(s)) => u64::try_from(s.max_body_bytes).unwrap_or(u64::MAX),
+        _ => gw.config.http.max_body_bytes,
+    };
     if bounds::body_too_large(req.headers(), max_body) {
         let denial = Denial::about(Reason::PayloadTooLarge, &max_body.to_string());
         let resp = refuse(gw, Some(passed.route_index), &denial, format);
@@ -188,27 +191,82 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         );
         return resp;
     }
-    let forward = Forward {
-        max_body,
-        upstream: passed.route.upstream,
-        spec: &gw.config.upstreams[passed.route.upstream],
-        who: passed.who.as_ref(),
-        credential_source: passed.credential_source,
-        remote,
-    };
     let now = gw.clock.now();
     // An open breaker answers before the limits, so a request that cannot be served
-    // consumes nothing.
-    let ticket = match gw.breakers.admit(forward.upstream, now) {
-        Ok(ticket) => ticket,
-        Err(open) => {
-            let resp = respond::circuit_open(profile, format, open.retry_after);
-            let reason = Reason::UpstreamUnavailable;
+    // consumes nothing. Self-service is answered here, not upstream: no breaker.
+    let ticket = if passed.route.selfservice.is_some() {
+        None
+    } else {
+        match gw.breakers.admit(passed.route.upstream, now) {
+            Ok(ticket) => ticket,
+            Err(open) => {
+                let resp = respond::circuit_open(profile, format, open.retry_after);
+                let reason = Reason::UpstreamUnavailable;
+                gw.metrics.record(
+                    Some(passed.route_index),
+                    Outcome::Denied(reason),
+                    resp.status().as_u16(),
+                );
+                access_log(
+                    gw,
+                    &method,
+                    Some(passed.route_index),
+                    resp.status(),
+                    Some(reason),
+                    passed.who.as_ref(),
+                    started,
+                );
+                return resp;
+            }
+        }
+    };
+    let verdict = match &passed.who {
+        Some(who) => gw.check_limits(who, passed.route, now).await,
+        None => {
+            let source = gw.guard.source(crate::guard::Caller {
+                peer: remote.ip(),
+                headers: req.headers(),
+            });
+            gw.check_source_limits(passed.route, source, now).await
+        }
+    };
+    let limited = match verdict {
+        Ok(Some((limit, state))) if !state.allowed => {
+            let style = profile.rate_limit_headers;
+            let facts = LimitFacts {
+                limit: state.limit,
+                remaining: state.remaining,
+                reset: u64::try_from(state.reset.as_secs()).unwrap_or(0),
+                retry_after: state.retry_after.as_secs()
+                    + u64::from(state.retry_after.subsec_nanos() > 0),
+            };
+            let mut resp = respond::denial_on(
+                profile,
+                Some(&passed.route.errors),
+                &Denial::new(Reason::RateLimited),
+                format,
+                facts,
+            );
+            ratelimit::write_headers(resp.headers_mut(), style, &limit, &state, now);
             gw.metrics.record(
                 Some(passed.route_index),
-                Outcome::Denied(reason),
+                Outcome::Denied(Reason::RateLimited),
                 resp.status().as_u16(),
             );
+            access_log(
+                gw,
+                &method,
+                Some(passed.route_index),
+                resp.status(),
+                Some(Reason::RateLimited),
+                passed.who.as_ref(),
+                started,
+            );
+            return resp;
+        }
+        Ok(decided) => decided,
+        Err(reason) => {
+            let resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
             access_log(
                 gw,
                 &method,
@@ -221,58 +279,54 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             return resp;
         }
     };
-    let mut limited = None;
-    if let Some(who) = &passed.who {
-        match gw.check_limits(who, passed.route, now).await {
-            Ok(Some((limit, state))) if !state.allowed => {
-                let style = profile.rate_limit_headers;
-                let facts = LimitFacts {
-                    limit: state.limit,
-                    remaining: state.remaining,
-                    reset: u64::try_from(state.reset.as_secs()).unwrap_or(0),
-                    retry_after: state.retry_after.as_secs()
-                        + u64::from(state.retry_after.subsec_nanos() > 0),
-                };
-                let mut resp = respond::denial_on(
-                    profile,
-                    Some(&passed.route.errors),
-                    &Denial::new(Reason::RateLimited),
-                    format,
-                    facts,
-                );
-                ratelimit::write_headers(resp.headers_mut(), style, &limit, &state, now);
+    if let Some(action) = &passed.route.selfservice {
+        let answered =
+            crate::selfservice::answer(gw, action, req, passed.who.as_ref(), remote).await;
+        let (mut resp, reason) = match answered {
+            Ok(resp) => {
                 gw.metrics.record(
                     Some(passed.route_index),
-                    Outcome::Denied(Reason::RateLimited),
+                    Outcome::Local,
                     resp.status().as_u16(),
                 );
-                access_log(
-                    gw,
-                    &method,
-                    Some(passed.route_index),
-                    resp.status(),
-                    Some(Reason::RateLimited),
-                    Some(who),
-                    started,
-                );
-                return resp;
+                (resp, None)
             }
-            Ok(decided) => limited = decided,
-            Err(reason) => {
-                let resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
-                access_log(
-                    gw,
-                    &method,
-                    Some(passed.route_index),
-                    resp.status(),
-                    Some(reason),
-                    Some(who),
-                    started,
-                );
-                return resp;
+            Err(e) => {
+                let denial = e.denial();
+                (
+                    refuse(gw, Some(passed.route_index), &denial, format),
+                    Some(denial.reason),
+                )
             }
+        };
+        if let Some((limit, state)) = &limited {
+            ratelimit::write_headers(
+                resp.headers_mut(),
+                profile.rate_limit_headers,
+                limit,
+                state,
+                now,
+            );
         }
+        access_log(
+            gw,
+            &method,
+            Some(passed.route_index),
+            resp.status(),
+            reason,
+            passed.who.as_ref(),
+            started,
+        );
+        return resp;
     }
+    let forward = Forward {
+        max_body,
+        upstream: passed.route.upstream,
+        spec: &gw.config.upstreams[passed.route.upstream],
+        who: passed.who.as_ref(),
+        credential_source: passed.credential_source,
+        remote,
+    };
     let outcome = if passed.who.is_some() {
         Outcome::Forwarded
     } else {

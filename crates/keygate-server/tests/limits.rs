@@ -296,7 +296,7 @@ async fn bad_limits_are_refused_at_load() {
         ("[plans.x]\nlimits = { rps = \"ten\" }\n", "invalid type"),
         (
             "[plans.x]\nlimits = { rps = 5, by = \"ip\" }\n",
-            "`ip` is not `client` or `key`",
+            "`ip` is not `client`, `key` or `source`",
         ),
         (
             "[limits]\nbackend = \"redis\"\nredis_url = \"not a url\"\n",

@@ -1,5 +1,6 @@
 //! Client (tenant) operations.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 
 use keygate_core::names::{check_client_name, check_plan};
@@ -12,12 +13,18 @@ use crate::{Actor, Store, StoreError, WriteTx};
 /// A client to create.
 #[derive(Clone, Debug, Default)]
 pub struct NewClient {
+    /// The id to give the client (`None`: a fresh one). Self-service names its audit actor
+    /// after the client it is creating, so it chooses the id first.
+    pub id: Option<ClientId>,
     pub name: String,
     pub plan: String,
     pub scopes: Vec<Scope>,
     pub sports: Vec<Slug>,
     pub bookmakers: Vec<Slug>,
     pub limits: LimitOverrides,
+    /// Name or id of the parent account; a child cannot itself have children.
+    pub parent: Option<String>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A change to one per-contract limit: `None` leaves it, `Some(None)` returns to the plan's
@@ -62,6 +69,8 @@ pub struct ClientUpdate {
     pub sports: Option<Vec<Slug>>,
     pub bookmakers: Option<Vec<Slug>>,
     pub limits: LimitPatch,
+    /// Metadata fields to set (`Some`) or remove (`None`); others stay.
+    pub metadata: BTreeMap<String, Option<String>>,
 }
 
 /// Which clients to list, ordered by name, one page at a time.
@@ -97,48 +106,29 @@ impl Store {
     /// # Errors
     /// [`StoreError::DuplicateClient`], [`StoreError::Invalid`] for a bad name or plan.
     pub async fn create_client(&self, actor: &Actor, new: NewClient) -> Result<Client, StoreError> {
-        check_client_name(&new.name)?;
-        check_plan(&new.plan)?;
         let mut tx = self.begin_write().await?;
-        if find(&mut tx, &new.name).await?.is_some() {
-            return Err(StoreError::DuplicateClient(new.name));
-        }
-        let client = Client {
-            id: ClientId::generate(),
-            name: new.name,
-            plan: new.plan,
-            scopes: sorted_dedup(new.scopes),
-            sports: sorted_dedup(new.sports),
-            bookmakers: sorted_dedup(new.bookmakers),
-            limits: new.limits,
-            active: true,
-            created_at: tx.now,
-            updated_at: tx.now,
-        };
-        sqlx::query(concat!(
-            "INSERT INTO clients (",
-            client_columns!(),
-            ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(client.id.as_str())
-        .bind(client.name.as_str())
-        .bind(client.plan.as_str())
-        .bind(to_json(&client.scopes))
-        .bind(to_json(&client.sports))
-        .bind(to_json(&client.bookmakers))
-        .bind(to_json(&client.limits))
-        .bind(1_i64)
-        .bind(client.created_at.as_millis())
-        .bind(client.updated_at.as_millis())
-        .bind(tx.version)
-        .execute(&mut *tx.tx)
-        .await
-        .map_err(|e| duplicate_name(e, &client.name))?;
-        tx.change("client", client.id.as_str(), "create").await?;
-        tx.audit(actor, "client.create", client.id.as_str(), json!(client))
-            .await?;
+        let client = create_in(&mut tx, actor, new).await?;
         tx.commit().await?;
         Ok(client)
+    }
+
+    /// Creates a client and its first key in one transaction (self-service registration: there
+    /// is never an account without its key, nor a key shown for an account that failed).
+    ///
+    /// # Errors
+    /// As [`Store::create_client`] and [`Store::create_key`].
+    pub async fn create_client_with_key(
+        &self,
+        actor: &Actor,
+        new: NewClient,
+        key: crate::NewKey,
+    ) -> Result<(Client, keygate_core::ApiKey), StoreError> {
+        keygate_core::names::check_label(&key.label)?;
+        let mut tx = self.begin_write().await?;
+        let client = create_in(&mut tx, actor, new).await?;
+        let key = crate::keys::create_in(&mut tx, actor, client.id.as_str(), key).await?;
+        tx.commit().await?;
+        Ok((client, key))
     }
 
     /// Finds a client by name or id.
@@ -220,6 +210,12 @@ impl Store {
             client.bookmakers = sorted_dedup(bookmakers);
         }
         update.limits.apply(&mut client.limits);
+        for (field, value) in &update.metadata {
+            match value {
+                Some(v) => client.metadata.insert(field.clone(), v.clone()),
+                None => client.metadata.remove(field),
+            };
+        }
         client.updated_at = tx.now;
         save(&mut tx, &client).await?;
         tx.change("client", client.id.as_str(), "update").await?;
@@ -263,6 +259,69 @@ impl Store {
     }
 }
 
+/// Creates a client inside an open write.
+async fn create_in(tx: &mut WriteTx, actor: &Actor, new: NewClient) -> Result<Client, StoreError> {
+    check_client_name(&new.name)?;
+    check_plan(&new.plan)?;
+    if find(tx, &new.name).await?.is_some() {
+        return Err(StoreError::DuplicateClient(new.name));
+    }
+    let parent = match &new.parent {
+        None => None,
+        Some(p) => {
+            let parent = find(tx, p)
+                .await?
+                .ok_or_else(|| StoreError::InvalidParent(format!("no client `{p}`")))?;
+            if parent.parent.is_some() {
+                return Err(StoreError::InvalidParent(format!(
+                    "`{}` is itself a child account",
+                    parent.name
+                )));
+            }
+            Some(parent.id)
+        }
+    };
+    let client = Client {
+        id: new.id.unwrap_or_else(ClientId::generate),
+        name: new.name,
+        plan: new.plan,
+        scopes: sorted_dedup(new.scopes),
+        sports: sorted_dedup(new.sports),
+        bookmakers: sorted_dedup(new.bookmakers),
+        limits: new.limits,
+        active: true,
+        created_at: tx.now,
+        updated_at: tx.now,
+        parent,
+        metadata: new.metadata,
+    };
+    sqlx::query(concat!(
+        "INSERT INTO clients (",
+        client_columns!(),
+        ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    ))
+    .bind(client.id.as_str())
+    .bind(client.name.as_str())
+    .bind(client.plan.as_str())
+    .bind(to_json(&client.scopes))
+    .bind(to_json(&client.sports))
+    .bind(to_json(&client.bookmakers))
+    .bind(to_json(&client.limits))
+    .bind(1_i64)
+    .bind(client.created_at.as_millis())
+    .bind(client.updated_at.as_millis())
+    .bind(client.parent.as_ref().map(ClientId::as_str))
+    .bind(to_json(&client.metadata))
+    .bind(tx.version)
+    .execute(&mut *tx.tx)
+    .await
+    .map_err(|e| duplicate_name(e, &client.name))?;
+    tx.change("client", client.id.as_str(), "create").await?;
+    tx.audit(actor, "client.create", client.id.as_str(), json!(client))
+        .await?;
+    Ok(client)
+}
+
 /// Reads a client inside a write transaction.
 pub(crate) async fn find(tx: &mut WriteTx, name_or_id: &str) -> Result<Option<Client>, StoreError> {
     let row = sqlx::query(concat!(
@@ -287,7 +346,7 @@ fn duplicate_name(e: sqlx::Error, name: &str) -> StoreError {
 async fn save(tx: &mut WriteTx, client: &Client) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE clients SET name = $2, plan = $3, scopes = $4, sports = $5, bookmakers = $6, \
-         limits = $7, active = $8, updated_at = $9, version = $10 WHERE id = $1",
+         limits = $7, active = $8, updated_at = $9, version = $10, metadata = $11 WHERE id = $1",
     )
     .bind(client.id.as_str())
     .bind(client.name.as_str())
@@ -299,6 +358,7 @@ async fn save(tx: &mut WriteTx, client: &Client) -> Result<(), StoreError> {
     .bind(i64::from(client.active))
     .bind(client.updated_at.as_millis())
     .bind(tx.version)
+    .bind(to_json(&client.metadata))
     .execute(&mut *tx.tx)
     .await
     .map_err(|e| duplicate_name(e, &client.name))?;

@@ -32,6 +32,8 @@ pub enum StoreError {
     DuplicateAdminToken(String),
     #[error("no admin token named `{0}`")]
     AdminTokenNotFound(String),
+    #[error("invalid parent account: {0}")]
+    InvalidParent(String),
     #[error("no key `{0}`")]
     KeyNotFound(String),
     #[error("key {0} is revoked; a revoked key can never be used or changed again")]
@@ -71,6 +73,7 @@ impl StoreError {
             StoreError::DuplicateClient(_) => "duplicate_client",
             StoreError::DuplicateAdminToken(_) => "duplicate_admin_token",
             StoreError::AdminTokenNotFound(_) => "admin_token_not_found",
+            StoreError::InvalidParent(_) => "invalid_parent",
             StoreError::KeyNotFound(_) => "key_not_found",
             StoreError::KeyRevoked(_) => "key_revoked",
             StoreError::KeyExpired(..) => "key_expired",

@@ -89,6 +89,13 @@ impl<'a> IssuedKey<'a> {
     }
 }
 
+/// The outcome of replacing every key of a client: the one new key, and the keys it revoked.
+#[derive(Clone, Debug)]
+pub struct Replacement {
+    pub new: ApiKey,
+    pub revoked: Vec<KeyId>,
+}
+
 /// Which keys to list, ordered by creation, one page at a time.
 #[derive(Clone, Debug)]
 pub struct KeyFilter {
@@ -249,6 +256,66 @@ impl Store {
         Ok(Once::Done(rotation))
     }
 
+    /// Replaces every key of a client with one new key, in one transaction: the old keys are
+    /// revoked at once (no grace). With `parent`, the client must be that account's child, else
+    /// it is reported as not found, so a caller learns nothing about other accounts.
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`], [`StoreError::Invalid`] for a bad label.
+    pub async fn replace_keys(
+        &self,
+        actor: &Actor,
+        client: &keygate_core::ClientId,
+        parent: Option<&keygate_core::ClientId>,
+        material: KeyMaterial,
+        label: &str,
+    ) -> Result<Replacement, StoreError> {
+        check_label(label)?;
+        let mut tx = self.begin_write().await?;
+        let owner = clients::find(&mut tx, client.as_str())
+            .await?
+            .filter(|c| c.id == *client && parent.is_none_or(|p| c.parent.as_ref() == Some(p)))
+            .ok_or_else(|| StoreError::ClientNotFound(client.to_string()))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keys WHERE client_id = $1 AND state <> 'revoked' ORDER BY created_at, id"
+        ))
+        .bind(owner.id.as_str())
+        .fetch_all(&mut *tx.tx)
+        .await?;
+        let old: Vec<ApiKey> = rows.iter().map(rows::key).collect::<Result<_, _>>()?;
+        let new = create_in(
+            &mut tx,
+            actor,
+            owner.id.as_str(),
+            NewKey {
+                material,
+                label: label.to_owned(),
+                expires_at: None,
+            },
+        )
+        .await?;
+        let mut revoked = Vec::with_capacity(old.len());
+        for mut key in old {
+            key.state = KeyState::Revoked;
+            key.rotated_at = Some(tx.now);
+            key.replaced_by = Some(new.id.clone());
+            save(&mut tx, &key).await?;
+            tx.change("key", key.id.as_str(), "rotate").await?;
+            revoked.push(key.id);
+        }
+        tx.audit(
+            actor,
+            "key.replace",
+            owner.id.as_str(),
+            json!({ "new_key": new.id, "new_hint": new.hint, "revoked": revoked }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Replacement { new, revoked })
+    }
+
     /// Revokes, disables or re-enables a key. Setting the state a key already has changes
     /// nothing; a revoked key cannot be changed.
     ///
@@ -375,7 +442,7 @@ async fn save(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
 }
 
 /// Creates a key inside an open write.
-async fn create_in(
+pub(crate) async fn create_in(
     tx: &mut WriteTx,
     actor: &Actor,
     client: &str,

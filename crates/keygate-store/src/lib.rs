@@ -35,7 +35,7 @@ pub use error::StoreError;
 pub use feed::{ChangeListener, Delta, Snapshot};
 pub use idempotency::{IdempotencyClaim, Once, Replay, SealedAnswer};
 pub use keygate_core::KeyMaterial;
-pub use keys::{IssuedKey, KeyFilter, NewKey, Rotation};
+pub use keys::{IssuedKey, KeyFilter, NewKey, Replacement, Rotation};
 pub use migrate::{latest_version, MigrateMode};
 pub use settings::Emergency;
 pub use usage::UsageRow;

@@ -27,6 +27,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "operations",
         include_str!("../migrations/sqlite/0003_operations.sql"),
     ),
+    (
+        4,
+        "self-service",
+        include_str!("../migrations/sqlite/0004_selfservice.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -43,6 +48,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "operations",
         include_str!("../migrations/postgres/0003_operations.sql"),
+    ),
+    (
+        4,
+        "self-service",
+        include_str!("../migrations/postgres/0004_selfservice.sql"),
     ),
 ];
 

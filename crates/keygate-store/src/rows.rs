@@ -11,7 +11,7 @@ use crate::StoreError;
 /// Columns of `clients`, in the order [`client`] reads them.
 macro_rules! client_columns {
     () => {
-        "id, name, plan, scopes, sports, bookmakers, limits, active, created_at, updated_at"
+        "id, name, plan, scopes, sports, bookmakers, limits, active, created_at, updated_at, parent_id, metadata"
     };
 }
 /// Columns of `keys`, in the order [`key`] reads them.
@@ -44,6 +44,11 @@ pub(crate) fn client(row: &AnyRow) -> Result<Client, StoreError> {
         active: row.try_get::<i64, _>("active")? != 0,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+        parent: row
+            .try_get::<Option<String>, _>("parent_id")?
+            .map(|p| ClientId::parse(&p).map_err(|e| corrupt("parent id", e)))
+            .transpose()?,
+        metadata: json(row, "metadata")?,
     })
 }
 

@@ -842,6 +842,172 @@ async fn an_idempotent_create_or_rotate_happens_once(f: Fixture) {
     assert!(matches!(fresh, Once::Done(_)));
 }
 
+/// Self-service: registration makes an account and its key in one write; a child account
+/// ("portfolio bot") belongs to one parent, whose key may replace the child's keys; metadata
+/// is set, replaced and removed field by field.
+async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
+    let s = &f.store;
+    let id = keygate_core::ClientId::generate();
+    let (plain, m) = material(&KeyFormat::default());
+    let (parent, first) = s
+        .create_client_with_key(
+            &Actor(format!("self:{id}")),
+            NewClient {
+                id: Some(id.clone()),
+                name: "RiverRat".into(),
+                plan: "free".into(),
+                metadata: [("email".to_owned(), "rr@example.com".to_owned())].into(),
+                ..NewClient::default()
+            },
+            NewKey {
+                material: m,
+                label: "primary".into(),
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(parent.id, id);
+    assert_eq!(first.client_id, id);
+    assert!(!plain.is_empty());
+    let read = s.client(id.as_str()).await.unwrap();
+    assert_eq!(read.metadata["email"], "rr@example.com");
+    assert_eq!(read.parent, None);
+    let audit = s
+        .audit(&AuditFilter {
+            actor: Some(format!("self:{id}")),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["key.create", "client.create"]);
+
+    // A failed registration (taken name) leaves nothing behind.
+    let before = audit_len(s).await;
+    let (_, m) = material(&KeyFormat::default());
+    let taken = s
+        .create_client_with_key(
+            &actor(),
+            NewClient {
+                name: "RiverRat".into(),
+                plan: "free".into(),
+                ..NewClient::default()
+            },
+            NewKey {
+                material: m,
+                label: String::new(),
+                expires_at: None,
+            },
+        )
+        .await;
+    assert!(matches!(taken, Err(StoreError::DuplicateClient(_))));
+    assert_eq!(audit_len(s).await, before);
+
+    // Metadata patch: set one field, remove another.
+    let updated = s
+        .update_client(
+            &actor(),
+            id.as_str(),
+            ClientUpdate {
+                metadata: [
+                    ("wallet_address".to_owned(), Some("0xabc".to_owned())),
+                    ("email".to_owned(), None),
+                ]
+                .into(),
+                ..ClientUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.metadata,
+        [("wallet_address".to_owned(), "0xabc".to_owned())].into()
+    );
+    assert_eq!(
+        s.client(id.as_str()).await.unwrap().metadata,
+        updated.metadata
+    );
+
+    // Children: one level only, and the parent must exist.
+    let child = s
+        .create_client(
+            &actor(),
+            NewClient {
+                name: "RiverRat bot 1".into(),
+                plan: "free".into(),
+                parent: Some("RiverRat".into()),
+                ..NewClient::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(child.parent.as_ref(), Some(&id));
+    for parent in ["RiverRat bot 1", "nobody"] {
+        let err = s
+            .create_client(
+                &actor(),
+                NewClient {
+                    name: format!("grandchild of {parent}"),
+                    plan: "free".into(),
+                    parent: Some(parent.into()),
+                    ..NewClient::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidParent(_)), "{err}");
+    }
+    let (_, k1) = new_key(s, "RiverRat bot 1").await;
+    let (_, k2) = new_key(s, "RiverRat bot 1").await;
+    let other = acme(s).await;
+    let (_, m) = material(&KeyFormat::default());
+
+    // Someone else's account is "not found", and nothing changes.
+    let before = s.version().await.unwrap();
+    let err = s
+        .replace_keys(&actor(), &child.id, Some(&other.id), m.clone(), "bot")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::ClientNotFound(_)), "{err}");
+    assert_eq!(s.version().await.unwrap(), before);
+
+    let r = s
+        .replace_keys(&Actor(format!("self:{id}")), &child.id, Some(&id), m, "bot")
+        .await
+        .unwrap();
+    let mut expected = vec![k1.id.clone(), k2.id.clone()];
+    expected.sort();
+    let mut got = r.revoked.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    assert_eq!(r.new.client_id, child.id);
+    assert_eq!(r.new.state, KeyState::Active);
+    for old in [&k1, &k2] {
+        let k = s.key(&old.id).await.unwrap();
+        assert_eq!(k.state, KeyState::Revoked);
+        assert_eq!(k.replaced_by.as_ref(), Some(&r.new.id));
+    }
+    let delta = s.delta_since(before).await.unwrap();
+    let revoked: Vec<_> = delta
+        .keys
+        .iter()
+        .filter(|k| k.state == KeyState::Revoked)
+        .map(|k| k.id.clone())
+        .collect();
+    assert_eq!(revoked.len(), 2, "the feed carries both revocations");
+    let replaced = s
+        .audit(&AuditFilter {
+            action: Some("key.replace".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0].actor, format!("self:{id}"));
+    assert_eq!(replaced[0].target, child.id.as_str());
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -865,4 +1031,5 @@ suite!(
     emergency_mode_is_stored_replicated_and_audited,
     usage_adds_up_per_day_and_status,
     an_idempotent_create_or_rotate_happens_once,
+    accounts_children_metadata_and_key_replacement,
 );

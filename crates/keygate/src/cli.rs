@@ -264,6 +264,10 @@ pub(crate) struct ClientCreate {
     pub(crate) bookmakers: Vec<Slug>,
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+    /// Parent account (name or id): the client becomes its child, whose keys the parent's
+    /// keys may regenerate through self-service.
+    #[arg(long)]
+    pub(crate) parent: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -385,7 +385,10 @@ fn bump_schema(path: &Path) {
 fn migrate_reports_the_schema() {
     let db = Db::new();
     let doc = db.json(&["migrate"]);
-    assert_eq!(doc["schema_version"], 3);
+    assert_eq!(
+        doc["schema_version"],
+        keygate_store::latest_version(keygate_store::Backend::Sqlite)
+    );
 }
 
 #[test]
@@ -502,4 +505,44 @@ fn a_profile_gives_the_key_format_and_the_plans() {
     // Nothing was written by the refusals.
     let clients = db.json(&["client", "list"]);
     assert_eq!(clients.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_openpoker_profile_issues_op_live_keys_and_child_accounts() {
+    // Seed 002: keys look like `op_live_…`; portfolio bots are child accounts of a parent.
+    let db = Db::new();
+    let profile = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/openpoker.toml");
+    db.json(&["client", "create", "Pro Player", "--plan", "free"]);
+    let child = db.json(&[
+        "client",
+        "create",
+        "Pro Player bot 1",
+        "--plan",
+        "free",
+        "--parent",
+        "Pro Player",
+    ]);
+    let parent = db.json(&["client", "show", "Pro Player"]);
+    assert_eq!(child["parent"], parent["id"]);
+    let issued = db.json(&[
+        "--config",
+        profile,
+        "key",
+        "create",
+        "--client",
+        "Pro Player",
+    ]);
+    let key = issued["key"].as_str().unwrap();
+    assert!(key.starts_with("op_live_") && key.len() > 40, "{key}");
+    assert!(issued["hint"].as_str().unwrap().starts_with("op_live_"));
+    let err = db.fails(&[
+        "client",
+        "create",
+        "Grandchild",
+        "--plan",
+        "free",
+        "--parent",
+        "Pro Player bot 1",
+    ]);
+    assert!(err.contains("is itself a child account"), "{err}");
 }

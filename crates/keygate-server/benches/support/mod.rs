@@ -78,6 +78,8 @@ fn client(i: usize, fill: &mut impl FnMut(&mut [u8])) -> Client {
         active: true,
         created_at: Timestamp::from_millis(T0),
         updated_at: Timestamp::from_millis(T0),
+        parent: None,
+        metadata: Default::default(),
     }
 }
 

@@ -119,6 +119,10 @@ pub(crate) struct CreateBody {
     bookmakers: Option<Vec<String>>,
     #[schema(nullable = false)]
     limits: Option<LimitsBody>,
+    /// Name or id of the parent account: the new client becomes its child ("portfolio bot"),
+    /// whose keys the parent's keys may regenerate through self-service. One level only.
+    #[schema(nullable = false)]
+    parent: Option<String>,
 }
 
 /// A change to a client: only the fields sent change.
@@ -150,6 +154,8 @@ impl CreateBody {
             sports: slugs("sports", self.sports.unwrap_or_default())?,
             bookmakers: slugs("bookmakers", self.bookmakers.unwrap_or_default())?,
             limits: self.limits.unwrap_or_default().overrides()?,
+            parent: self.parent,
+            ..NewClient::default()
         })
     }
 }
@@ -171,6 +177,7 @@ impl UpdateBody {
                 .map(LimitsBody::patch)
                 .transpose()?
                 .unwrap_or_default(),
+            ..ClientUpdate::default()
         })
     }
 }

@@ -214,6 +214,7 @@ impl From<StoreError> for AdminError {
             StoreError::ExpiryInPast(at) => AdminError::ExpiryInPast(at),
             StoreError::Invalid(n) => AdminError::invalid_value(name_field(&n), n.to_string()),
             StoreError::Conflict(m) => AdminError::Conflict(m),
+            StoreError::InvalidParent(m) => AdminError::invalid_value("parent", m),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "The admin API cannot reach the store.");
                 AdminError::StoreUnavailable

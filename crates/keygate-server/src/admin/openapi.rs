@@ -85,6 +85,12 @@ pub(crate) struct Client {
     created_at: String,
     #[schema(format = DateTime)]
     updated_at: String,
+    /// The parent account of a child account; absent otherwise.
+    #[schema(pattern = "^cli_[0-9a-z]{16}$", nullable = false)]
+    parent: Option<String>,
+    /// Profile fields the account keeps through self-service; absent when none.
+    #[schema(nullable = false)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Where a key is in its life; `revoked` is final.

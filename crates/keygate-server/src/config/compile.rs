@@ -255,6 +255,12 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 }
             },
         };
+        if limits.by == LimitBy::Source {
+            errors.at(
+                Some(&spanned.span()),
+                format!("plans.{name}.limits.by: `source` is for public routes; a plan counts by `client` or `key`"),
+            );
+        }
         plans.insert(
             name.clone(),
             Plan {
@@ -274,6 +280,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         );
     }
     let profile = compile_profile(&raw.profile, errors);
+    let selfservice = super::compile_selfservice::compile(raw.selfservice.as_ref(), &plans, errors);
     let mut routes = RouteTable::default();
     if raw.routes.is_empty() {
         // No routes: one catch-all that needs any valid key.
@@ -288,6 +295,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             &upstream_index,
             &profile,
             &mut routes,
+            None,
             errors,
         );
     }
@@ -298,6 +306,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             &upstream_index,
             &profile,
             &mut routes,
+            selfservice.as_ref(),
             errors,
         );
     }
@@ -334,6 +343,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         http,
         shutdown_grace,
         ws,
+        selfservice,
     })
 }
 
@@ -501,10 +511,11 @@ fn compile_limits(
     let by = match raw.by.as_deref() {
         None | Some("client") => LimitBy::Client,
         Some("key") => LimitBy::Key,
+        Some("source") => LimitBy::Source,
         Some(other) => {
             errors.at(
                 span,
-                format!("{what}.by `{other}` is not `client` or `key`"),
+                format!("{what}.by `{other}` is not `client`, `key` or `source`"),
             );
             LimitBy::Client
         }
@@ -561,16 +572,20 @@ fn add_route(
     upstreams: &BTreeMap<String, usize>,
     profile: &Profile,
     routes: &mut RouteTable,
+    selfservice: Option<&crate::selfservice::SelfService>,
     errors: &mut Errors<'_>,
 ) {
     let name = r.name.clone().unwrap_or_else(|| r.path.clone());
     let before = errors.list.len();
+    let action = super::compile_selfservice::route_action(r, &name, span, selfservice, errors);
+    // Registration has no key yet: its route is public (limited by source address).
+    let public = r.public || matches!(action, Some(crate::selfservice::Action::Register));
     let mut err = |m: String| errors.at(span, format!("route `{name}`: {m}"));
     if !r.path.starts_with('/') {
         err(format!("path `{}` must start with `/`", r.path));
     }
     let methods = if r.methods.is_empty() {
-        None
+        action.as_ref().map(crate::selfservice::Action::methods)
     } else {
         let mut list = Vec::new();
         for m in &r.methods {
@@ -583,6 +598,8 @@ fn add_route(
     };
     let upstream_name = r.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM);
     let upstream = match upstreams.get(upstream_name) {
+        // Answered by keygate: the index is never used.
+        _ if action.is_some() => 0,
         Some(&i) => i,
         None if r.upstream.is_none() => {
             err(format!(
@@ -642,16 +659,8 @@ fn add_route(
             None
         }
     };
-    if r.public
-        && (!r.scopes.is_empty()
-            || !r.scopes_any.is_empty()
-            || !r.features.is_empty()
-            || r.limits.is_some())
-    {
-        err(
-            "a public route cannot require scopes, features or limits (it has no caller to count)"
-                .to_owned(),
-        );
+    if public && (!r.scopes.is_empty() || !r.scopes_any.is_empty() || !r.features.is_empty()) {
+        err("a public route cannot require scopes or features (it has no caller)".to_owned());
     }
     let limits = r
         .limits
@@ -659,6 +668,18 @@ fn add_route(
         .map(|l| compile_limits(l, &format!("route `{name}` limits"), span, errors))
         .unwrap_or_default();
     let error_overrides = compile_route_errors(&r.errors, &name, profile, span, errors);
+    match (public, limits.by) {
+        (true, LimitBy::Source) | (false, LimitBy::Client | LimitBy::Key) => {}
+        _ if limits.is_empty() => {}
+        (true, _) => errors.at(
+            span,
+            format!("route `{name}`: a public route has no client or key to count; its limits need by = \"source\""),
+        ),
+        (false, LimitBy::Source) => errors.at(
+            span,
+            format!("route `{name}`: by = \"source\" is for public routes; count callers with a key by \"client\" or \"key\""),
+        ),
+    }
     if errors.list.len() > before {
         return;
     }
@@ -677,10 +698,11 @@ fn add_route(
         },
         sport_param: r.sport_param.as_deref().map(Into::into),
         bookmaker,
-        public: r.public,
+        public,
         limits,
         compiled_limits: Vec::new(),
         errors: error_overrides,
+        selfservice: action,
     };
     if let Err(e) = routes.insert(route) {
         errors.at(span, format!("route `{name}`: {e}"));

@@ -5,6 +5,7 @@
 //! operator fixes a bad file in one pass. `keygate check-config FILE` runs the same code.
 
 mod compile;
+mod compile_selfservice;
 mod compile_ws;
 mod raw;
 mod raw_ws;
@@ -69,6 +70,7 @@ impl Plan {
         let by = match l.by {
             crate::ratelimit::LimitBy::Client => "client",
             crate::ratelimit::LimitBy::Key => "key",
+            crate::ratelimit::LimitBy::Source => "source",
         };
         let mut plan = serde_json::json!({
             "name": name,
@@ -168,6 +170,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// WebSocket routes, the profile's WebSocket contract and plans' WebSocket limits.
     pub ws: crate::ws::config::WsConfig,
+    /// Self-service accounts; `None` (the default) turns every self-service route off.
+    pub selfservice: Option<crate::selfservice::SelfService>,
 }
 
 impl Config {

@@ -25,6 +25,31 @@ pub(crate) struct RawConfig {
     pub(crate) limits: Option<Spanned<RawLimiter>>,
     #[serde(default)]
     pub(crate) guard: Option<Spanned<RawGuard>>,
+    /// Self-service accounts (`crate::selfservice`); off when absent.
+    #[serde(default)]
+    pub(crate) selfservice: Option<Spanned<RawSelfService>>,
+}
+
+/// What self-service registration creates and which profile fields callers may keep.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSelfService {
+    /// Plan of registered accounts (must be a configured plan).
+    pub(crate) plan: String,
+    /// Scopes of registered accounts.
+    #[serde(default)]
+    pub(crate) scopes: Vec<String>,
+    /// Label of the keys self-service issues.
+    pub(crate) key_label: Option<String>,
+    /// Largest register / update body, in bytes (default 4096).
+    pub(crate) max_body_bytes: Option<u64>,
+    /// Longest account name, in characters (default 64, at most 100).
+    pub(crate) name_max_length: Option<usize>,
+    /// Profile fields besides `name`: field → longest value in characters.
+    #[serde(default)]
+    pub(crate) fields: BTreeMap<String, i64>,
+    /// What an update may change: `name` and any of `fields` (default: all of them).
+    pub(crate) patchable: Option<Vec<String>>,
 }
 
 /// Brute-force throttling (`crate::guard`).
@@ -69,7 +94,7 @@ pub(crate) struct RawLimits {
     pub(crate) per_day: Option<i64>,
     pub(crate) per_month: Option<i64>,
     pub(crate) burst: Option<i64>,
-    /// `client` (default) or `key`.
+    /// `client` (default), `key`, or `source` (the caller's address; public routes only).
     pub(crate) by: Option<String>,
 }
 
@@ -188,6 +213,11 @@ pub(crate) struct RawRoute {
     /// This route's answers to some refusals (`REASON` or `REASON:SUBJECT`), over the profile's.
     #[serde(default)]
     pub(crate) errors: BTreeMap<String, RawError>,
+    /// Answered by the gateway itself: `register`, `me`, `regenerate_key` or
+    /// `regenerate_child_key` (needs `[selfservice]`).
+    pub(crate) selfservice: Option<String>,
+    /// For `regenerate_child_key`: the path parameter naming the child account.
+    pub(crate) child_param: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

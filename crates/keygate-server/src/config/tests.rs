@@ -312,3 +312,97 @@ status = 403
     );
     assert!(err.contains("names no subject"), "{err}");
 }
+
+#[test]
+fn selfservice_is_checked_with_lines_and_off_by_default() {
+    let c = default_config(&over("http://127.0.0.1:9000")).unwrap();
+    assert!(c.selfservice.is_none());
+    assert!(c.routes.routes().iter().all(|r| r.selfservice.is_none()));
+
+    let text = r#"[plans.free]
+features = []
+
+[selfservice]
+plan = "gold"
+scopes = ["Bad Scope"]
+fields = { id = 10, "Wallet" = 5, email = 0 }
+patchable = ["name", "phone"]
+
+[[routes]]
+path = "/api/register"
+selfservice = "register"
+limits = { per_minute = 5 }
+
+[[routes]]
+path = "/api/me"
+methods = ["DELETE"]
+selfservice = "me"
+upstream = "default"
+
+[[routes]]
+path = "/bots/{agent}/regenerate-key"
+selfservice = "regenerate_child_key"
+child_param = "bot"
+
+[[routes]]
+path = "/x"
+selfservice = "teleport"
+
+[[routes]]
+path = "/y"
+limits = { per_minute = 5, by = "source" }
+
+[unknown]
+"#;
+    let err = load(text, "op.toml", &over("http://127.0.0.1:9000")).unwrap_err();
+    assert_eq!(err.0.len(), 1, "unknown tables fail first: {err}");
+    assert!(err.to_string().starts_with("op.toml:34:"), "{err}");
+
+    let text = text.replace("[unknown]\n", "");
+    let err = load(&text, "op.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "op.toml:4: selfservice: plan `gold` is not configured",
+        "op.toml:4: selfservice: scopes:",
+        "op.toml:4: selfservice: fields: `id` is reserved",
+        "op.toml:4: selfservice: fields: `Wallet` is not a field name",
+        "op.toml:4: selfservice: fields.email: 0 is not a length",
+        "op.toml:4: selfservice: patchable: `phone` is neither `name` nor one of fields",
+        "op.toml:10: route `/api/register`: a public route has no client or key to count; its limits need by = \"source\"",
+        "op.toml:15: route `/api/me`: a selfservice route is answered by keygate",
+        "op.toml:15: route `/api/me`: selfservice `me` answers GET and PATCH only, not `DELETE`",
+        "op.toml:21: route `/bots/{agent}/regenerate-key`: child_param `bot` is not a parameter",
+        "op.toml:26: route `/x`: selfservice `teleport` is not",
+        "op.toml:30: route `/y`: by = \"source\" is for public routes",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+
+    let missing = "[[routes]]\npath = \"/api/me\"\nselfservice = \"me\"\n";
+    let err = load(missing, "op.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("op.toml:1: route `/api/me`: selfservice routes need a [selfservice] table"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_openpoker_profile_compiles_with_its_selfservice_routes() {
+    let text = include_str!("../../../../profiles/openpoker.toml");
+    let c = load(text, "openpoker.toml", &over("http://127.0.0.1:9000")).unwrap();
+    let s = c.selfservice.as_ref().unwrap();
+    assert_eq!((s.plan.as_str(), s.key_label.as_str()), ("free", "primary"));
+    assert_eq!(s.patchable, ["name", "wallet_address"]);
+    let register = c
+        .routes
+        .routes()
+        .iter()
+        .find(|r| &*r.name == "register")
+        .unwrap();
+    assert!(register.public);
+    assert_eq!(register.limits.by, crate::ratelimit::LimitBy::Source);
+    assert_eq!(c.issuer.format.prefix(), "op_live_");
+}

@@ -102,7 +102,8 @@ impl Leases {
         }
         if let Some(per_day) = limits.connections_per_day {
             let subject = match limits.connections_per_day_by {
-                LimitBy::Client => &who.client.limit_subject,
+                // compile_ws accepts only `client` and `key` here.
+                LimitBy::Client | LimitBy::Source => &who.client.limit_subject,
                 LimitBy::Key => &who.key.limit_subject,
             };
             let check = Check::new(

@@ -166,7 +166,7 @@ impl Remote {
                 limits.insert(k.to_owned(), json!(v.get()));
             }
         }
-        let body = json!({
+        let mut body = json!({
             "name": new.name,
             "plan": new.plan,
             "scopes": new.scopes,
@@ -174,6 +174,9 @@ impl Remote {
             "bookmakers": new.bookmakers,
             "limits": limits,
         });
+        if let Some(parent) = &new.parent {
+            body["parent"] = json!(parent);
+        }
         self.call(Method::POST, "/v1/clients", &[], Some(&body), None)
             .await
     }

@@ -47,6 +47,8 @@ async fn create(ctx: &Context, args: ClientCreate) -> anyhow::Result<()> {
             per_month: l.per_month,
             ws_connections: l.ws_connections,
         },
+        parent: args.parent,
+        ..NewClient::default()
     };
     let client = ctx.backend.create_client(&ctx.actor, new).await?;
     show_one(ctx, &client)
@@ -129,6 +131,7 @@ async fn update(ctx: &Context, args: ClientUpdateArgs) -> anyhow::Result<()> {
             per_month: args.per_month.map(|c| c.0),
             ws_connections: args.ws_connections.map(|c| c.0),
         },
+        ..ClientUpdate::default()
     };
     let client = ctx
         .backend

@@ -132,6 +132,7 @@ mod tests {
         let ws = o.profile.ws.unwrap();
         assert!(ws.has_span());
         assert_eq!(ws.get_ref().close["a"].code, 1);
+        assert_eq!(ws.get_ref().deadline.as_deref(), Some("1s"));
         let name = o.name.unwrap();
         assert_eq!(&text[name.span()], "\"x\"");
     }

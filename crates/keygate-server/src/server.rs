@@ -280,7 +280,9 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
                 }
                 let service = service_fn(move |req: Request<Incoming>| {
                     let worker = Arc::clone(&worker);
-                    async move { Ok::<_, Infallible>(service::handle(worker, req, remote).await) }
+                    async move {
+                        Ok::<_, Infallible>(service::handle_guarded(worker, req, remote).await)
+                    }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {

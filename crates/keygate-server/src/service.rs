@@ -51,6 +51,49 @@ fn refuse(
 }
 
 /// Handles one request.
+/// [`handle`], with a panic turned into a 500 instead of a dropped connection: one request's bug
+/// must not take other requests on the connection with it. The panic itself is logged by the
+/// process's panic hook (the binary's logs its location through `tracing`).
+pub async fn handle_guarded(
+    w: Arc<Worker>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    guard_panics(handle(w, req, remote)).await
+}
+
+/// Runs `answer`; if it panics, the answer is a 500 `internal_error` problem document.
+pub async fn guard_panics(
+    answer: impl std::future::Future<Output = Response<Body>>,
+) -> Response<Body> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!("A request handler panicked; answered 500.");
+            let mut resp = respond::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({
+                    "type": "about:blank",
+                    "title": "Internal Server Error",
+                    "status": 500,
+                    "code": "internal_error",
+                    "detail": "The gateway failed to answer this request.",
+                }),
+            );
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/problem+json"),
+            );
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            resp
+        }
+    }
+}
+
 pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     // A request answered here without reading its body leaves unread bytes on the connection;
     // closing it is the only safe end (a client reusing it would read garbage or fail).
@@ -409,4 +452,28 @@ fn access_log(
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "Request."
     );
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_next_request_is_served() {
+        let panicking = async {
+            if std::hint::black_box(true) {
+                panic!("handler bug");
+            }
+            respond::json(StatusCode::OK, &json!({}))
+        };
+        let resp = guard_panics(panicking).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.headers()[http::header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(resp.headers()[http::header::CONNECTION], "close");
+        let ok = guard_panics(async { respond::json(StatusCode::OK, &json!({"ok": true})) }).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
 }

@@ -20,6 +20,27 @@ pub(crate) fn init_logging(format: &str) {
     } else {
         builder.init();
     }
+    // Panics go to the log like everything else (JSON when asked), with where they happened.
+    // The payload is kept to its first line and 200 bytes: enough to find the bug, and no room
+    // for a request dump.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let first = payload.lines().next().unwrap_or("");
+        let cut = first
+            .char_indices()
+            .nth(200)
+            .map_or(first, |(i, _)| &first[..i]);
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, message = cut, "Panicked.");
+    }));
 }
 
 pub(crate) fn overrides(db: Option<String>, args: &ServeArgs) -> Overrides {

@@ -202,6 +202,27 @@ proptest! {
     }
 }
 
+/// Regression inputs found by the fuzz targets (see SECURITY.md).
+#[test]
+fn fuzz_findings_stay_fixed() {
+    // ws_messages, 2026-12-01: a duplicate `apiKey` leaves the last one, `ogin`, which the
+    // `Debug` text `Login { .. }` contains: the invariant, not the masking, was wrong.
+    hostile::ws_messages(
+        br#"{"type":"login","apiKey":"kg_!123456789abcdefghyjklmnopqts}vrwx","type":"login","apiKey":"ogin","api":"kg_!123456789abcdefghyjklmnopu"}"#,
+    );
+}
+
+/// A line toml reports with an empty message (config, 2026-12-01) gets one of ours.
+#[test]
+fn every_config_error_has_words() {
+    let text = include_str!("../../../fuzz/seeds/config/regression-empty-toml-message");
+    hostile::config(text.as_bytes());
+    let err = keygate_server::config::load(text, "t.toml", &keygate_server::Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("t.toml:33: not valid TOML here"), "{err}");
+}
+
 /// Structured seeds that must pass through the parsers' accepting paths, so the properties
 /// above are not only exercising refusals.
 #[test]

@@ -85,7 +85,12 @@ pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, Con
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span();
-            errors.at(span.as_ref(), e.message().to_owned());
+            // toml has no words for some lines (`profile]` after a table): say what it wanted.
+            let message = match e.message().trim() {
+                "" => "not valid TOML here: expected `key = value`, a `[table]` or a `[[table]]` header",
+                m => m,
+            };
+            errors.at(span.as_ref(), message.to_owned());
             return Err(ConfigErrors(errors.list));
         }
     };

@@ -175,6 +175,9 @@ limits = {{ rps = 20, burst = 20 }}
 [guard]
 threshold = 20
 trusted_proxies = ["127.0.0.1/32"]
+# Unknown keys come from ever new sources and prefixes: the guard tracks at most this many of
+# each, so its memory reaches its bound within the first minute and must then stay flat.
+max_tracked = 10000
 
 [[routes]]
 path = "/stream"

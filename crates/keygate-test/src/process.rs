@@ -150,3 +150,23 @@ pub async fn wait_for_status(addr: SocketAddr, path: &str, status: u16, timeout:
         tokio::time::sleep(left.min(Duration::from_millis(20))).await;
     }
 }
+
+/// The value after `--name` on this process's command line, or `default`: the bench drivers'
+/// whole argument parsing.
+pub fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`), 0 if it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -7,14 +7,7 @@ use std::time::Instant;
 use keygate_core::key_format::hint_of;
 use keygate_core::{Digester, KeyMaterial};
 use keygate_store::{Actor, NewClient, NewKey, OpenOptions, Store};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
+use keygate_test::process::arg;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

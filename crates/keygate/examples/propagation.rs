@@ -6,15 +6,8 @@ use std::time::{Duration, Instant};
 
 use keygate_core::{Issuer, KeyState};
 use keygate_store::{Actor, NewClient, NewKey, OpenOptions, Store};
+use keygate_test::process::arg;
 use keygate_test::{free_port, http_client, wait_for_status, Proc};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;

@@ -15,27 +15,11 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use keygate_core::Issuer;
 use keygate_store::{Actor, NewClient, NewKey, OpenOptions, Store};
+use keygate_test::process::{arg, rss_kib};
 use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::tokio_tungstenite::{accept_async, connect_async};
 use keygate_test::{free_port, http_client, wait_for_status, Proc};
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// A plain HTTP upstream (200, a small JSON body) that keeps nothing per request, and a
 /// WebSocket echo upstream; both on loopback, in this process.

@@ -225,6 +225,10 @@ pub struct ApiKey {
     pub rotated_at: Option<Timestamp>,
     /// The key that replaced this one at rotation.
     pub replaced_by: Option<KeyId>,
+    /// When the key last authenticated, to about a minute plus the usage flush interval; `None`
+    /// when never (or not since this was recorded).
+    #[serde(default)]
+    pub last_used_at: Option<Timestamp>,
 }
 
 /// Why a known key may not be used right now (all 401-class).
@@ -282,6 +286,7 @@ mod tests {
             created_at: Timestamp::from_millis(0),
             rotated_at: None,
             replaced_by: None,
+            last_used_at: None,
         }
     }
 

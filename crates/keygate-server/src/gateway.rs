@@ -102,6 +102,8 @@ pub struct Gateway {
     pub emergency: crate::emergency::EmergencySwitch,
     /// Requests per client, day and status, until the next flush to the store.
     pub usage: crate::usage::UsageCounter,
+    /// Keys' last uses, until the next flush to the store.
+    pub last_used: crate::last_used::LastUsed,
     pub started: Instant,
     pub clock: Arc<dyn Clock>,
     /// Open WebSocket sessions, so key and client changes close them.
@@ -149,6 +151,7 @@ impl Gateway {
             store: StoreHealth::default(),
             emergency: crate::emergency::EmergencySwitch::default(),
             usage: crate::usage::UsageCounter::default(),
+            last_used: crate::last_used::LastUsed::default(),
             started: Instant::now(),
             clock,
             ws_sessions: crate::ws::Sessions::default(),
@@ -169,7 +172,9 @@ impl Gateway {
             .get(&issuer.digester.digest(key))
             .ok_or(Reason::UnknownKey)?;
         let client = entry.client.load();
-        entry.policy.check(self.clock.now(), client.policy.active)?;
+        let now = self.clock.now();
+        entry.policy.check(now, client.policy.active)?;
+        self.last_used.touch(&entry, now);
         Ok(Admitted { key: entry, client })
     }
 

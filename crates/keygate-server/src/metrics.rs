@@ -71,6 +71,8 @@ pub struct Metrics {
     decision_buckets: [AtomicU64; BUCKETS_NS.len() + 1],
     decision_sum_ns: AtomicU64,
     decision_count: AtomicU64,
+    /// Request handlers that panicked and were answered 500 (`crate::service::guard_panics`).
+    panics: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +107,7 @@ impl Metrics {
             decision_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             decision_sum_ns: AtomicU64::new(0),
             decision_count: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         }
     }
 
@@ -117,6 +120,11 @@ impl Metrics {
         if let Some(slot) = counters.statuses.get(usize::from(status)) {
             slot.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a request whose handler panicked.
+    pub fn record_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long the authentication and authorization decision took.
@@ -171,6 +179,15 @@ impl Metrics {
                 }
             }
         }
+        out.push_str(
+            "# HELP keygate_handler_panics_total Requests whose handler panicked (answered 500).\n",
+        );
+        out.push_str("# TYPE keygate_handler_panics_total counter\n");
+        let _ = writeln!(
+            out,
+            "keygate_handler_panics_total {}",
+            self.panics.load(Ordering::Relaxed)
+        );
         out.push_str(
             "# HELP keygate_decision_seconds Time to authenticate and authorize a request.\n",
         );

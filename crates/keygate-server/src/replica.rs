@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use http::HeaderValue;
 use keygate_core::policy::{ClientPolicy, KeyPolicy};
-use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyState, LimitOverrides};
+use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyState, LimitOverrides, Timestamp};
 use keygate_store::{Delta, Snapshot};
 
 use crate::ratelimit::{ClientLimits, LimitSet};
@@ -96,10 +96,13 @@ pub struct KeyEntry {
     pub limit_subject: Arc<str>,
     pub id_header: HeaderValue,
     pub client: Arc<ClientSlot>,
+    /// When this key last authenticated here or as stored (ms; `i64::MIN` when never), kept
+    /// by [`crate::last_used`] to a minute's precision.
+    pub last_used: AtomicI64,
 }
 
 /// What precedes the key id in a key's limit subject.
-const KEY_SUBJECT_PREFIX: &str = "k:";
+pub(crate) const KEY_SUBJECT_PREFIX: &str = "k:";
 
 impl KeyEntry {
     /// The key's id (`key_…`).
@@ -271,6 +274,7 @@ impl Replica {
             policy: KeyPolicy::from_key(key),
             id_header: HeaderValue::from_str(key.id.as_str()).expect("key ids are ASCII"),
             client: self.slot(&key.client_id),
+            last_used: AtomicI64::new(key.last_used_at.map_or(i64::MIN, Timestamp::as_millis)),
         };
         self.keys.insert(key.digest, Arc::new(entry));
     }
@@ -311,6 +315,7 @@ mod tests {
             created_at: Timestamp::from_millis(0),
             rotated_at: None,
             replaced_by: None,
+            last_used_at: None,
         }
     }
 

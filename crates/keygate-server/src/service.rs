@@ -59,8 +59,17 @@ pub async fn handle_guarded(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Body> {
-    guard_panics(handle(w, req, remote)).await
+    let gw = Arc::clone(&w.gw);
+    let resp = guard_panics(handle(w, req, remote)).await;
+    if resp.extensions().get::<Panicked>().is_some() {
+        gw.metrics.record_panic();
+    }
+    resp
 }
+
+/// Marks the answer [`guard_panics`] gave in place of a panicked handler's.
+#[derive(Clone, Copy, Debug)]
+pub struct Panicked;
 
 /// Runs `answer`; if it panics, the answer is a 500 `internal_error` problem document.
 pub async fn guard_panics(
@@ -89,6 +98,7 @@ pub async fn guard_panics(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
+            resp.extensions_mut().insert(Panicked);
             resp
         }
     }
@@ -322,6 +332,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             return resp;
         }
     };
+    crate::fault::panic_if_injected(&passed.route.name);
     if let Some(action) = &passed.route.selfservice {
         let answered =
             crate::selfservice::answer(gw, action, req, passed.who.as_ref(), remote).await;

@@ -1,6 +1,7 @@
 //! Usage counting: requests per client, UTC day and status, counted in memory on the hot path
-//! and added to the store by a periodic flush (and a last one at shutdown). A flush that fails
-//! puts its counts back, so a store outage delays usage figures but loses none.
+//! and added to the store by a periodic flush (and a last one at shutdown), which also writes
+//! keys' last uses. A flush that fails puts its counts back, so a store outage delays usage
+//! figures but loses none.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,15 +95,18 @@ impl UsageCounter {
     }
 }
 
-/// Adds what was counted to the store; on failure keeps the counts for the next flush.
+/// Adds what was counted to the store, and keys' last uses ([`crate::last_used`]); on failure
+/// keeps what was not written for the next flush. Returns how many rows were written (usage
+/// rows plus keys whose last use moved).
 ///
 /// # Errors
 /// The store's error (already logged by the caller's policy).
 pub async fn flush(gw: &Gateway, store: &Store) -> Result<usize, keygate_store::StoreError> {
+    let uses = gw.last_used.flush(store).await;
     let rows = gw.usage.drain(gw.clock.now());
     let n = rows.len();
     match store.add_usage(&rows).await {
-        Ok(()) => Ok(n),
+        Ok(()) => Ok(n + uses?),
         Err(e) => {
             gw.usage.restore(rows);
             Err(e)
@@ -123,7 +127,7 @@ pub async fn run(
             _ = shutdown.changed() => true,
         };
         if let Err(e) = flush(&gw, &store).await {
-            tracing::warn!(error = %e, "Cannot write usage counts; keeping them for the next flush.");
+            tracing::warn!(error = %e, "Cannot write usage counts or last uses; keeping them for the next flush.");
         }
         if stop {
             return;

@@ -703,6 +703,7 @@ async fn hostile_requests_get_precise_answers() {
         created_at: Timestamp::from_millis(0),
         rotated_at: None,
         replaced_by: None,
+        last_used_at: None,
     };
     h.gateway.gateway.replica.apply(
         &keygate_store::Delta {

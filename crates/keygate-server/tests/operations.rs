@@ -1,5 +1,6 @@
 //! Operations on a live gateway: emergency mode switched in the store and followed by the data
-//! plane, and usage counted per client, day and status, then flushed to the store.
+//! plane, usage counted per client, day and status, and keys' last uses, then flushed to the
+//! store.
 
 mod common;
 
@@ -138,4 +139,71 @@ async fn usage_is_counted_per_client_day_and_status_and_flushed_at_shutdown() {
     gateway.shutdown().await;
     let rows = store.usage(&acme.id, &today, &today).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.requests).sum::<u64>(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_last_use_is_recorded_once_a_minute_and_survives_a_store_outage() {
+    let h = Harness::start(CONFIG).await;
+    h.client("Acme", &[], &[], &[], "default").await;
+    let (key, issued) = h.key("Acme", None).await;
+    let (_, idle) = h.key("Acme", None).await;
+    let get = || {
+        h.http
+            .get(h.url("/echo/x"))
+            .header("x-api-key", &key)
+            .send()
+    };
+    let gw = &h.gateway.gateway;
+    let stored = |id: keygate_core::KeyId| {
+        let store = h.store.clone();
+        async move { store.key(&id).await.unwrap().last_used_at }
+    };
+
+    let first = h.clock.now();
+    assert_eq!(get().await.unwrap().status(), 200);
+    // A refusal after authentication is still a use of the key.
+    let refused = h.http.get(h.url("/v1/matches")).header("x-api-key", &key);
+    assert_eq!(refused.send().await.unwrap().status(), 403);
+    keygate_server::usage::flush(gw, &h.store).await.unwrap();
+    assert_eq!(stored(issued.id.clone()).await, Some(first));
+    assert_eq!(stored(idle.id.clone()).await, None, "never used");
+
+    // Within the minute, uses change nothing and queue nothing.
+    h.clock.advance(Duration::from_secs(59));
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(gw.last_used.pending(), 0);
+    assert_eq!(stored(issued.id.clone()).await, Some(first));
+
+    // Past it, the next use moves the time.
+    h.clock.advance(Duration::from_secs(2));
+    let later = h.clock.now();
+    assert_eq!(get().await.unwrap().status(), 200);
+    assert_eq!(gw.last_used.pending(), 1);
+    keygate_server::usage::flush(gw, &h.store).await.unwrap();
+    assert_eq!(stored(issued.id.clone()).await, Some(later));
+    // An unknown key names no key: nothing queued.
+    let unknown = h
+        .http
+        .get(h.url("/echo/x"))
+        .header("x-api-key", "kg_unknownunknownunknownunknown0");
+    assert_eq!(unknown.send().await.unwrap().status(), 401);
+    assert_eq!(gw.last_used.pending(), 0);
+
+    // A flush into a closed store fails and keeps the use for the next one.
+    h.clock.advance(Duration::from_secs(61));
+    let latest = h.clock.now();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let closed = keygate_store::Store::open_with_clock(
+        &h.dir.path().join("keygate.db").display().to_string(),
+        keygate_store::OpenOptions::default(),
+        h.clock.clone(),
+    )
+    .await
+    .unwrap();
+    closed.close().await;
+    assert!(keygate_server::usage::flush(gw, &closed).await.is_err());
+    assert_eq!(gw.last_used.pending(), 1, "kept for the next flush");
+    keygate_server::usage::flush(gw, &h.store).await.unwrap();
+    assert_eq!(stored(issued.id).await, Some(latest));
+    assert_eq!(gw.last_used.pending(), 0);
 }

@@ -385,6 +385,31 @@ impl Store {
         tx.commit().await?;
         Ok(key)
     }
+
+    /// Records when keys were last used, keeping the later of the stored and the given time
+    /// (several nodes flush independently). Telemetry like usage: one transaction for the
+    /// batch, no feed version, no audit entry; a key that no longer exists is skipped.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; the caller keeps the times and retries.
+    pub async fn record_key_use(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE keys SET last_used_at = $2 \
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(id.as_str())
+            .bind(at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {
@@ -406,7 +431,7 @@ async fn insert(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     sqlx::query(concat!(
         "INSERT INTO keys (",
         key_columns!(),
-        ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     ))
     .bind(key.id.as_str())
     .bind(key.client_id.as_str())
@@ -418,6 +443,7 @@ async fn insert(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     .bind(key.created_at.as_millis())
     .bind(key.rotated_at.map(Timestamp::as_millis))
     .bind(key.replaced_by.as_ref().map(|k| k.as_str()))
+    .bind(key.last_used_at.map(Timestamp::as_millis))
     .bind(tx.version)
     .execute(&mut *tx.tx)
     .await?;
@@ -465,6 +491,7 @@ pub(crate) async fn create_in(
         created_at: tx.now,
         rotated_at: None,
         replaced_by: None,
+        last_used_at: None,
     };
     insert(tx, &key).await?;
     tx.change("key", key.id.as_str(), "create").await?;
@@ -499,6 +526,7 @@ async fn rotate_in(
         created_at: tx.now,
         rotated_at: None,
         replaced_by: None,
+        last_used_at: None,
     };
     insert(tx, &new).await?;
     old.rotated_at = Some(tx.now);

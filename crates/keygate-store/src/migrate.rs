@@ -32,6 +32,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "self-service",
         include_str!("../migrations/sqlite/0004_selfservice.sql"),
     ),
+    (
+        5,
+        "last used",
+        include_str!("../migrations/sqlite/0005_last_used.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -53,6 +58,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         4,
         "self-service",
         include_str!("../migrations/postgres/0004_selfservice.sql"),
+    ),
+    (
+        5,
+        "last used",
+        include_str!("../migrations/postgres/0005_last_used.sql"),
     ),
 ];
 

@@ -17,7 +17,7 @@ macro_rules! client_columns {
 /// Columns of `keys`, in the order [`key`] reads them.
 macro_rules! key_columns {
     () => {
-        "id, client_id, digest, hint, label, state, expires_at, created_at, rotated_at, replaced_by"
+        "id, client_id, digest, hint, label, state, expires_at, created_at, rotated_at, replaced_by, last_used_at"
     };
 }
 pub(crate) use {client_columns, key_columns};
@@ -76,6 +76,9 @@ pub(crate) fn key(row: &AnyRow) -> Result<ApiKey, StoreError> {
         replaced_by: replaced_by
             .map(|s| KeyId::parse(&s).map_err(|e| corrupt("replaced_by", e)))
             .transpose()?,
+        last_used_at: row
+            .try_get::<Option<i64>, _>("last_used_at")?
+            .map(Timestamp::from_millis),
     })
 }
 

@@ -733,6 +733,40 @@ async fn usage_adds_up_per_day_and_status(f: Fixture) {
     );
 }
 
+async fn last_use_keeps_the_latest_time_without_a_feed_version(f: Fixture) {
+    let s = &f.store;
+    let c = acme(s).await;
+    let (_, a) = new_key(s, c.name.as_str()).await;
+    let (_, b) = new_key(s, c.name.as_str()).await;
+    assert_eq!(a.last_used_at, None, "a new key was never used");
+    let v0 = s.version().await.unwrap();
+    let at = |ms: i64| Timestamp::from_millis(1_780_000_000_000 + ms);
+    s.record_key_use(&[(a.id.clone(), at(5_000)), (b.id.clone(), at(1_000))])
+        .await
+        .unwrap();
+    // Another node flushes an older time for `a` and a newer one for `b`: the later one stays.
+    s.record_key_use(&[(a.id.clone(), at(2_000)), (b.id.clone(), at(9_000))])
+        .await
+        .unwrap();
+    s.record_key_use(&[]).await.unwrap();
+    // A key that is gone by the time of the flush is skipped, not an error.
+    s.record_key_use(&[(KeyId::generate(), at(1))])
+        .await
+        .unwrap();
+    assert_eq!(s.key(&a.id).await.unwrap().last_used_at, Some(at(5_000)));
+    assert_eq!(s.key(&b.id).await.unwrap().last_used_at, Some(at(9_000)));
+    let listed = s.list_keys(&KeyFilter::default()).await.unwrap();
+    assert!(listed.iter().any(|k| k.last_used_at == Some(at(9_000))));
+    assert_eq!(
+        s.version().await.unwrap(),
+        v0,
+        "last use is telemetry, not a change every node must replay"
+    );
+    // The replica's snapshot carries it, so a restarted node does not rewrite it at once.
+    let snap = s.snapshot().await.unwrap();
+    assert!(snap.keys.iter().any(|k| k.last_used_at == Some(at(5_000))));
+}
+
 fn claim(id: u8, body: &str) -> IdempotencyClaim {
     IdempotencyClaim {
         id: vec![id; 32],
@@ -1030,6 +1064,7 @@ suite!(
     admin_tokens_are_digests_and_can_be_revoked,
     emergency_mode_is_stored_replicated_and_audited,
     usage_adds_up_per_day_and_status,
+    last_use_keeps_the_latest_time_without_a_feed_version,
     an_idempotent_create_or_rotate_happens_once,
     accounts_children_metadata_and_key_replacement,
 );

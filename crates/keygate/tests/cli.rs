@@ -133,7 +133,19 @@ fn create_show_list_and_the_plaintext_appears_once() {
     assert!(!everything.contains(&plain));
     assert!(!everything.contains(&plain[3..20]));
     let human = db.run(&["key", "list"]);
-    assert!(!String::from_utf8_lossy(&human.stdout).contains(&plain));
+    let listing = String::from_utf8_lossy(&human.stdout);
+    assert!(!listing.contains(&plain));
+    // A key no gateway has seen yet: its last use says so.
+    assert!(created["last_used_at"].is_null(), "{created}");
+    assert!(
+        listing.contains("LAST USED") && listing.contains("never"),
+        "{listing}"
+    );
+    let shown = String::from_utf8_lossy(&db.run(&["key", "show", &id]).stdout).into_owned();
+    assert!(
+        shown.contains("last used") && shown.contains("never"),
+        "{shown}"
+    );
     let bytes = std::fs::read(db.path()).unwrap();
     let wal = std::fs::read(db.dir.path().join("keygate.db-wal")).unwrap_or_default();
     for file in [&bytes, &wal] {

@@ -1,7 +1,8 @@
 //! No secret in any output: the real binary with debug logging is driven through success, every
 //! kind of refusal, keys in the query string, forward-auth and verify, WebSocket sessions (a
 //! key in the upgrade's query, login messages with a good and a wrong key, a close-code refusal,
-//! a single-use token), a brute-force cool-down, and admin key creation and rotation; then its logs (stdout and stderr),
+//! a single-use token), a brute-force cool-down, a handler that panics (injected in debug
+//! builds), and admin key creation and rotation; then its logs (stdout and stderr),
 //! `/metrics`, `/status` and every response body other than the two that issue a key are
 //! scanned for each plaintext key and the admin token. None may appear.
 
@@ -68,6 +69,11 @@ upstream = "dead"
 [[routes]]
 name = "echo"
 path = "/echo/{*rest}"
+
+# The test runs the binary with KEYGATE_DEBUG_PANIC_ROUTE=boom: this route's handler panics.
+[[routes]]
+name = "boom"
+path = "/boom"
 
 [upstreams.live]
 url = "{ws_upstream}"
@@ -178,7 +184,7 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
             "--admin-listen",
             &format!("127.0.0.1:{admin}"),
         ],
-        &[("RUST_LOG", "debug")],
+        &[("RUST_LOG", "debug"), ("KEYGATE_DEBUG_PANIC_ROUTE", "boom")],
         dir.path(),
     );
     assert!(
@@ -251,6 +257,10 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
         413,
     )
     .await;
+    // A handler that panics with the key in scope, presented in a header and in the query:
+    // 500 for each, and the connection's next request is served.
+    send(get("/boom").header("X-API-Key", &key), 500).await;
+    send(get(&format!("/boom?api_key={key}")), 500).await;
     send(get("/v1/whoami").header("X-API-Key", &key), 200).await;
     send(
         http.post(format!("{base}/v1/keys/verify"))
@@ -390,6 +400,19 @@ async fn no_plaintext_key_or_admin_token_in_logs_metrics_or_error_bodies() {
         logs.matches("Too many failed authentications").count(),
         1,
         "one log line per incident"
+    );
+    assert_eq!(
+        logs.matches("injected fault: the handler of route boom panicked")
+            .count(),
+        2,
+        "the panic hook logged both panics"
+    );
+    assert!(bodies.iter().any(|b| b.contains("internal_error")));
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("keygate_handler_panics_total 2")),
+        "/metrics counts the panics"
     );
     seen.push(logs);
     seen.extend(bodies);

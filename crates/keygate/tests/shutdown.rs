@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use keygate_core::{Clock, SystemClock, Timestamp};
 use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
@@ -264,4 +265,65 @@ reason = "Server restarting, reconnect shortly"
         "waited for the grace instead of closing the sessions: {:?}",
         signalled.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_usage_and_last_use_that_no_periodic_flush_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    // An hour between flushes: only the one at shutdown can write what this test sends.
+    let config = format!(
+        "[server]\nusage_flush = \"1h\"\n\n[upstreams.default]\nurl = \"{}\"\n\n\
+         [[routes]]\nname = \"echo\"\npath = \"/echo/{{*rest}}\"\n",
+        upstream.url()
+    );
+    let db = dir.path().join("keygate.db");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--json", "--db", db.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    cli(&["client", "create", "Acme"]);
+    let used = cli(&["key", "create", "--client", "Acme"]);
+    let idle = cli(&["key", "create", "--client", "Acme"]);
+    let key = used["key"].as_str().unwrap();
+    let mut g = serve_with(dir.path(), &config).await;
+
+    let before = SystemClock.now();
+    for _ in 0..5 {
+        let resp = http_client()
+            .get(format!("http://{}/echo/x", g.listen))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let after = SystemClock.now();
+    sigterm(&g.proc);
+    let status = g.proc.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}: {}", g.proc.stderr());
+
+    let (from, to) = (before.utc_day(), after.utc_day());
+    let usage = cli(&["client", "usage", "Acme", "--from", &from, "--to", &to]);
+    assert_eq!(usage["requests"], 5, "{usage}");
+    let shown = cli(&["key", "show", used["id"].as_str().unwrap()]);
+    let last = shown["last_used_at"].as_str().expect("a last use");
+    let last = Timestamp::parse_rfc3339(last).unwrap().as_millis();
+    // Shown to the second or finer; it lies within the requests' window.
+    let (before, after) = (before.as_millis(), after.as_millis());
+    assert!(
+        (before / 1000 * 1000..=after).contains(&last),
+        "{before} <= {last} <= {after}"
+    );
+    let shown = cli(&["key", "show", idle["id"].as_str().unwrap()]);
+    assert!(shown["last_used_at"].is_null(), "{shown}");
 }

@@ -103,6 +103,7 @@ pub(crate) fn snapshot(format: &KeyFormat, n: usize) -> (Snapshot, Vec<String>) 
                 created_at: Timestamp::from_millis(T0),
                 rotated_at: None,
                 replaced_by: None,
+                last_used_at: None,
             };
             plaintexts.push(secret.expose().to_owned());
             key

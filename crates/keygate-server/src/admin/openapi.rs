@@ -125,6 +125,10 @@ pub(crate) struct ApiKey {
     /// The key that replaced this one at rotation.
     #[schema(required = true, pattern = "^key_[0-9a-z]{16}$")]
     replaced_by: Option<String>,
+    /// When the key last authenticated, to about a minute plus the gateways' usage flush
+    /// interval; null when never.
+    #[schema(required = true, format = DateTime)]
+    last_used_at: Option<String>,
 }
 
 /// A freshly issued key: the plaintext `key` is in this answer only.

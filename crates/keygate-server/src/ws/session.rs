@@ -164,7 +164,9 @@ impl Sessions {
 pub fn authenticate_digest(gw: &Gateway, digest: &KeyDigest) -> Result<Admitted, Reason> {
     let entry = gw.replica.get(digest).ok_or(Reason::UnknownKey)?;
     let client = entry.client.load();
-    entry.policy.check(gw.clock.now(), client.policy.active)?;
+    let now = gw.clock.now();
+    entry.policy.check(now, client.policy.active)?;
+    gw.last_used.touch(&entry, now);
     Ok(Admitted { key: entry, client })
 }
 

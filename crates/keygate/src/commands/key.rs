@@ -127,6 +127,11 @@ fn expiry_text(at: Option<Timestamp>) -> String {
     at.map_or("never".to_owned(), |t| t.to_string())
 }
 
+/// A key's last use as recorded (to about a minute plus the usage flush), or `never`.
+fn last_used_text(at: Option<Timestamp>) -> String {
+    at.map_or("never".to_owned(), |t| t.to_string())
+}
+
 async fn list(ctx: &Context, args: KeyList) -> anyhow::Result<()> {
     let filter = KeyFilter {
         client: args.client,
@@ -165,12 +170,20 @@ async fn list(ctx: &Context, args: KeyList) -> anyhow::Result<()> {
                 k.state.to_string(),
                 expiry_text(k.expires_at),
                 k.created_at.to_string(),
+                last_used_text(k.last_used_at),
             ]
         })
         .collect();
     output::table(
         &[
-            "ID", "CLIENT", "LABEL", "HINT", "STATE", "EXPIRES", "CREATED",
+            "ID",
+            "CLIENT",
+            "LABEL",
+            "HINT",
+            "STATE",
+            "EXPIRES",
+            "CREATED",
+            "LAST USED",
         ],
         &rows,
     );
@@ -198,6 +211,7 @@ async fn show_one(ctx: &Context, key: &ApiKey) -> anyhow::Result<()> {
             "rotated",
             key.rotated_at.map_or("-".to_owned(), |t| t.to_string()),
         ),
+        ("last used", last_used_text(key.last_used_at)),
         (
             "replaced by",
             key.replaced_by

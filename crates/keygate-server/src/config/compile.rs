@@ -858,6 +858,14 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
                 format!("profile.rate_limit_headers.reset `{other}` is not `epoch` or `delta`"),
             ),
         }
+        match h.when.as_deref() {
+            None | Some("limited") => style.always = false,
+            Some("always") => style.always = true,
+            Some(other) => errors.at(
+                None,
+                format!("profile.rate_limit_headers.when `{other}` is not `limited` or `always`"),
+            ),
+        }
         profile.rate_limit_headers = style;
     }
     let xml_root = raw.xml_root.clone().unwrap_or_else(|| "error".to_owned());

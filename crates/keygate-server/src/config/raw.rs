@@ -257,6 +257,9 @@ pub(crate) struct RawHeaderStyle {
     pub(crate) reset: Option<String>,
     pub(crate) ietf: Option<bool>,
     pub(crate) retry_after: Option<bool>,
+    /// `limited` (default): on answers the limiter counted (forwarded responses, its 429s);
+    /// `always`: on every answer of the API, refusals included (`ratelimit::HeaderStyle`).
+    pub(crate) when: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

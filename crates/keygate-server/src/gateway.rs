@@ -193,7 +193,11 @@ impl Gateway {
         authorize(
             &who.client.policy,
             &route.needs,
-            RequestFacts { sport, bookmaker },
+            RequestFacts {
+                sport,
+                bookmaker,
+                params: params.values(),
+            },
         )
     }
 

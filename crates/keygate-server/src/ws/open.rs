@@ -165,11 +165,17 @@ fn authorize(
         Some(BookmakerSource::Path(n)) => params.get(n),
         Some(BookmakerSource::Query(q)) => query_param(p.query.as_deref(), q),
     };
+    let params = if route.needs.has_templates() {
+        params.values().iter().map(|&v| v.into()).collect()
+    } else {
+        Box::default()
+    };
     Ok(Admission {
         digest,
         route_index: p.route_index,
         sport: sport.map(Into::into),
         bookmaker: bookmaker.map(Into::into),
+        params,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod names;
 pub mod policy;
 pub mod render;
 pub mod scope;
+pub mod scope_need;
 pub mod time;
 
 pub use digest::{Digester, KeyDigest};
@@ -24,4 +25,5 @@ pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
 pub use model::{ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable};
 pub use names::{NameError, Slug};
 pub use scope::{Scope, ScopeError};
+pub use scope_need::{ScopeNeed, ScopeNeedError};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -6,6 +6,7 @@
 
 use crate::decision::{Denial, Reason};
 use crate::model::{key_usable, ApiKey, Client, ClientId, KeyState, LimitOverrides, Unusable};
+use crate::scope_need::ScopeNeed;
 use crate::time::Timestamp;
 
 /// A client as the hot path needs it.
@@ -83,10 +84,12 @@ impl ClientPolicy {
 /// What a route requires of the caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Requirements {
-    pub scopes: Vec<Box<str>>,
+    /// Every one of these scopes, fixed or templated by the path (`{sport}:matches:list`).
+    /// Refused naming the first missing, resolved for the request.
+    pub scopes: Vec<ScopeNeed>,
     /// At least one of these scopes (a provider whose scopes overlap: two scopes that each
     /// grant the same endpoint). Refused naming the first.
-    pub any_scope: Vec<Box<str>>,
+    pub any_scope: Vec<ScopeNeed>,
     pub features: Vec<Box<str>>,
     /// Whether the route names a sport namespace that must be in the allowlist.
     pub sport_gated: bool,
@@ -96,11 +99,23 @@ pub struct Requirements {
     pub bookmaker_gated: bool,
 }
 
+impl Requirements {
+    /// Whether a scope depends on the request's path parameters.
+    pub fn has_templates(&self) -> bool {
+        self.scopes
+            .iter()
+            .chain(&self.any_scope)
+            .any(ScopeNeed::is_template)
+    }
+}
+
 /// The request facts authorization looks at.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestFacts<'a> {
     pub sport: Option<&'a str>,
     pub bookmaker: Option<&'a str>,
+    /// The matched route's path parameter values, in pattern order (for scope templates).
+    pub params: &'a [&'a str],
 }
 
 /// Checks a client against a route, in the order scope, sport, bookmaker, plan feature.
@@ -112,12 +127,15 @@ pub fn authorize(
     needs: &Requirements,
     facts: RequestFacts<'_>,
 ) -> Result<(), Denial> {
-    if let Some(missing) = needs.scopes.iter().find(|s| !client.has_scope(s)) {
-        return Err(Denial::about(Reason::ScopeMissing, missing));
+    let granted = |s: &ScopeNeed| s.is_granted(&client.scopes, facts.params);
+    if let Some(missing) = needs.scopes.iter().find(|s| !granted(s)) {
+        let scope = missing.resolve(facts.params);
+        return Err(Denial::about(Reason::ScopeMissing, &scope));
     }
     if let Some(first) = needs.any_scope.first() {
-        if !needs.any_scope.iter().any(|s| client.has_scope(s)) {
-            return Err(Denial::about(Reason::ScopeMissing, first));
+        if !needs.any_scope.iter().any(granted) {
+            let scope = first.resolve(facts.params);
+            return Err(Denial::about(Reason::ScopeMissing, &scope));
         }
     }
     if needs.sport_gated {
@@ -205,7 +223,7 @@ mod tests {
 
     fn needs(scopes: &[&str], features: &[&str], sport_gated: bool) -> Requirements {
         Requirements {
-            scopes: sorted(scopes),
+            scopes: scopes.iter().map(|&s| ScopeNeed::from(s)).collect(),
             features: sorted(features),
             sport_gated,
             bookmaker_required: false,
@@ -220,6 +238,7 @@ mod tests {
         let ok = RequestFacts {
             sport: Some("cs2"),
             bookmaker: None,
+            params: &[],
         };
         assert_eq!(
             authorize(&p, &needs(&["cs2:matches:read"], &["live"], true), ok),
@@ -235,6 +254,7 @@ mod tests {
         let dota = RequestFacts {
             sport: Some("dota2"),
             bookmaker: None,
+            params: &[],
         };
         assert_eq!(
             authorize(&p, &needs(&[], &[], true), dota),
@@ -247,11 +267,54 @@ mod tests {
     }
 
     #[test]
+    fn templated_scopes_follow_the_path() {
+        use crate::scope_need::PathParam;
+        let sport = [PathParam {
+            name: "sport",
+            catch_all: false,
+        }];
+        let mut p = policy();
+        p.scopes = sorted(&["dota2:matches:list"]);
+        p.sports = sorted(&["cs2", "dota2"]);
+        let needs = Requirements {
+            scopes: vec![ScopeNeed::parse("{sport}:matches:list", &sport).unwrap()],
+            sport_gated: true,
+            ..Requirements::default()
+        };
+        assert!(needs.has_templates());
+        let on = |params: &'static [&'static str; 1]| RequestFacts {
+            sport: Some(params[0]),
+            bookmaker: None,
+            params,
+        };
+        assert_eq!(authorize(&p, &needs, on(&["dota2"])), Ok(()));
+        assert_eq!(
+            authorize(&p, &needs, on(&["cs2"])),
+            Err(Denial::about(Reason::ScopeMissing, "cs2:matches:list"))
+        );
+        let any = Requirements {
+            any_scope: vec![
+                ScopeNeed::parse("{sport}:live", &sport).unwrap(),
+                "dota2:matches:list".into(),
+            ],
+            ..Requirements::default()
+        };
+        assert_eq!(authorize(&p, &any, on(&["cs2"])), Ok(()));
+        p.scopes.clear();
+        assert_eq!(
+            authorize(&p, &any, on(&["cs2"])),
+            Err(Denial::about(Reason::ScopeMissing, "cs2:live"))
+        );
+        assert!(!Requirements::default().has_templates());
+    }
+
+    #[test]
     fn empty_bookmaker_allowlist_means_all() {
         let mut p = policy();
         let facts = RequestFacts {
             sport: None,
             bookmaker: Some("bet365"),
+            params: &[],
         };
         assert_eq!(authorize(&p, &Requirements::default(), facts), Ok(()));
         p.bookmakers = sorted(&["pinnacle"]);
@@ -293,6 +356,7 @@ mod tests {
         let asks = |b| RequestFacts {
             sport: None,
             bookmaker: b,
+            params: &[],
         };
         assert_eq!(
             authorize(&p, &gated, asks(Some("bet365"))),

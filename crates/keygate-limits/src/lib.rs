@@ -4,8 +4,9 @@
 //! holds them in a sharded map for a single node; [`RedisLimiter`] keeps them in Redis for
 //! several nodes, one round trip and one atomic script per request. Both give the same answers
 //! (one shared test suite proves it): a request is checked against all its limits at once, and
-//! either every counter is consumed exactly once or none is. [`Limits`] is what the gateway
-//! holds: a backend plus the fallback policy for when Redis fails.
+//! either every counter is consumed exactly once or none is. A peek reads the same counters
+//! without consuming (for answers that report limits without counting). [`Limits`] is what the
+//! gateway holds: a backend plus the fallback policy for when Redis fails.
 
 mod error;
 mod local;

@@ -91,6 +91,17 @@ impl Plan {
         }
     }
 
+    /// What a request would be told on `cell`, nothing consumed.
+    fn peek(&self, cell: Option<Cell>, now: Timestamp) -> LimitState {
+        match (*self, cell) {
+            (Plan::Rate(p), Some(Cell::Rate { tat })) => gcra::peek_with(&p, tat, now),
+            (Plan::Quota { window, max, .. }, Some(Cell::Quota { count, .. })) => {
+                window::peek(window, max, count, now)
+            }
+            (plan, _) => plan.peek(Some(plan.fresh()), now),
+        }
+    }
+
     /// Decides on `cell` and returns the state and, when allowed, the cell's new value.
     fn apply(&self, cell: Cell, now: Timestamp) -> (LimitState, Option<Cell>) {
         match (*self, cell) {
@@ -182,6 +193,27 @@ impl LocalLimiter {
             }
         }
         drop(guards);
+        Verdict::from_states(states)
+    }
+
+    /// What [`LocalLimiter::check`] would report for `checks` at `now`, consuming nothing: each
+    /// limit's state as a request would see it (`remaining` counts what is still admitted).
+    ///
+    /// Reads only: a counter that does not exist is not created, so peeking at subjects that
+    /// never made a request (any number of them) holds no memory. Each limit reads its own
+    /// counter; repeated keys are not applied one after the other as in a check.
+    pub fn peek(&self, checks: &[Check], now: Timestamp) -> Verdict {
+        if checks.is_empty() {
+            return Verdict::UNLIMITED;
+        }
+        let states: SmallVec<[LimitState; INLINE]> = checks
+            .iter()
+            .map(|c| {
+                let (key, plan) = Plan::of(c, now);
+                let cell = self.cells.get(&key).map(|cell| *lock(cell.value()));
+                plan.peek(cell, now)
+            })
+            .collect();
         Verdict::from_states(states)
     }
 
@@ -338,6 +370,24 @@ mod tests {
         let (_, end) = Window::Day.bounds(at(0));
         assert_eq!(l.sweep(end), 1);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn peek_reads_without_creating_or_consuming() {
+        let l = LocalLimiter::new();
+        let rate = check("k:p", 0, Limit::per_second(nz(3)));
+        let day = check("k:p", 1, Limit::quota(Window::Day, nz(5)));
+        let both = [rate.clone(), day.clone()];
+        let v = l.peek(&both, at(0));
+        assert!(v.allowed);
+        assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((0, 3)));
+        assert!(l.is_empty(), "a peek creates no counter");
+        assert!(l.check(&both, at(0)).allowed);
+        for _ in 0..10 {
+            let v = l.peek(&both, at(0));
+            assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((0, 2)));
+        }
+        assert_eq!(l.check(&both, at(0)).binding.unwrap().1.remaining, 1);
     }
 
     #[test]

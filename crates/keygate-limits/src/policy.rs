@@ -166,6 +166,21 @@ impl Limits {
         Ok(self.local.check(checks, now))
     }
 
+    /// What [`Limits::check`] would report for `checks` at `now`, consuming nothing (for
+    /// answers that are not counted but still report the caller's limits). Same backend and
+    /// failure policy as a check; see [`LocalLimiter::peek`] and [`RedisLimiter::peek`].
+    ///
+    /// # Errors
+    /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
+    pub async fn peek(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, Unavailable> {
+        if let Some(remote) = &self.redis {
+            if let Some(verdict) = remote.run(now, remote.limiter.peek(checks, now)).await? {
+                return Ok(verdict);
+            }
+        }
+        Ok(self.local.peek(checks, now))
+    }
+
     /// Takes a connection lease; see [`LocalLimiter::acquire_lease`].
     ///
     /// # Errors
@@ -289,7 +304,16 @@ mod tests {
                 .unwrap()
                 .allowed
         );
-        assert!(!limits.check(&[check], now).await.unwrap().allowed);
+        assert!(
+            !limits
+                .check(std::slice::from_ref(&check), now)
+                .await
+                .unwrap()
+                .allowed
+        );
+        let peeked = limits.peek(&[check], now).await.unwrap();
+        assert!(!peeked.allowed);
+        assert_eq!(peeked.binding.unwrap().1.remaining, 0);
         assert_eq!(
             limits.stats(),
             LimitStats {

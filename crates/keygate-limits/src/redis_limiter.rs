@@ -6,7 +6,8 @@
 //! functions, so the local and Redis backends cannot drift apart. Every key carries a TTL, so
 //! nothing needs cleaning up: a rate key lives until its bucket is full again and a quota key
 //! (named after its window's start) until its window ends, each plus [`GRACE`] for clock skew
-//! between nodes. Time is the caller's `now`; TTLs are relative to it.
+//! between nodes. Time is the caller's `now`; TTLs are relative to it. A peek (the state an
+//! answer reports without counting as a request) is one `MGET` of the same keys.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +182,45 @@ impl RedisLimiter {
             ));
         }
         Ok(verdict)
+    }
+
+    /// What [`RedisLimiter::check`] would report for `checks` at `now`, consuming nothing: one
+    /// `MGET` of the counters (a read, so no script and nothing written), each answered with
+    /// keygate-core's math as [`LocalLimiter::peek`](crate::LocalLimiter::peek) does.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::check`].
+    pub async fn peek(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, LimiterError> {
+        if checks.is_empty() {
+            return Ok(Verdict::UNLIMITED);
+        }
+        let mut cmd = redis::cmd("MGET");
+        for check in checks {
+            cmd.arg(counter_key(check, now));
+        }
+        let reply: Vec<Option<i64>> = self.send(&cmd).await?;
+        if reply.len() != checks.len() {
+            return Err(LimiterError::Unavailable(format!(
+                "MGET answered {} values for {} keys",
+                reply.len(),
+                checks.len()
+            )));
+        }
+        let states: SmallVec<[LimitState; 4]> = checks
+            .iter()
+            .zip(reply)
+            .map(|(check, seen)| match check.limit.kind {
+                LimitKind::Rate { period, burst } => {
+                    let p = gcra::Params::new(check.limit.max.get(), period, burst);
+                    gcra::peek_with(&p, seen, now)
+                }
+                LimitKind::Quota { window } => {
+                    let count = seen.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+                    window::peek(window, check.limit.max.get(), count, now)
+                }
+            })
+            .collect();
+        Ok(Verdict::from_states(states))
     }
 
     /// Takes lease `lease_id` on `key` (at most `max` live at once) until `now + ttl`; taking a

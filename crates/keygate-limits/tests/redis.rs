@@ -78,6 +78,22 @@ async fn one_round_trip_per_check_whatever_the_number_of_limits() {
 }
 
 #[tokio::test]
+async fn a_peek_is_one_read_and_writes_nothing() {
+    let Some(r) = limiter().await else { return };
+    for n in [1, 3, 20] {
+        let checks = checks(n);
+        let before = r.round_trips();
+        assert!(r.peek(&checks, t0()).await.unwrap().allowed);
+        assert_eq!(r.round_trips() - before, 1, "{n} limits");
+        // Nothing was created: the counters a check would write do not exist.
+        let mut conn = raw().await;
+        let rate = format!("kg:l:{}:0", checks[0].key.subject);
+        let exists: bool = conn.exists(&rate).await.unwrap();
+        assert!(!exists, "{rate}");
+    }
+}
+
+#[tokio::test]
 async fn every_key_carries_a_ttl() {
     let Some(r) = limiter().await else { return };
     let s = subject("ttl");

@@ -31,6 +31,13 @@ impl Backend {
         }
     }
 
+    async fn peek(&self, checks: &[Check], now: Timestamp) -> Verdict {
+        match self {
+            Backend::Local(l) => l.peek(checks, now),
+            Backend::Redis(r) => r.peek(checks, now).await.expect("Redis peek"),
+        }
+    }
+
     async fn acquire_lease(
         &self,
         key: &LimitKey,
@@ -117,6 +124,9 @@ macro_rules! all_cases {
             no_checks_is_unlimited,
             leases_cap_concurrency,
             leases_expire_without_release,
+            peek_reports_a_rate_without_consuming_it,
+            peek_reports_quotas_and_the_binding_limit,
+            peek_of_a_subject_never_seen_is_a_full_budget,
         );
     };
 }
@@ -134,6 +144,17 @@ fn at(rfc3339: &str) -> Timestamp {
 
 fn ms(t: Timestamp, plus: u64) -> Timestamp {
     t.plus(Duration::from_millis(plus))
+}
+
+/// The state of an untouched rate of `max` at `now`: `max` requests would pass, full now.
+fn full(max: u64, now: Timestamp) -> LimitState {
+    LimitState {
+        allowed: true,
+        limit: max,
+        remaining: max,
+        reset: now,
+        retry_after: Duration::ZERO,
+    }
 }
 
 fn check(subject: &Arc<str>, slot: u16, limit: Limit) -> Check {
@@ -416,5 +437,104 @@ mod cases {
         assert_eq!(b.lease_count(&key, ms(t0, 19_999)).await, 2);
         assert_eq!(b.lease_count(&key, ms(t0, 24_000)).await, 0);
         assert!(!b.renew_lease(&key, 2, ttl, ms(t0, 24_000)).await);
+    }
+
+    pub(super) async fn peek_reports_a_rate_without_consuming_it(b: Arc<Backend>) {
+        let s = subject("peek-rate");
+        let c = [check(&s, 0, Limit::per_second(nz(5)))];
+        let t0 = at("2026-09-21T10:00:00Z");
+        // Full bucket: five requests would pass, and it is full already.
+        let v = b.peek(&c, t0).await;
+        assert!(v.allowed);
+        assert_eq!(v.binding, Some((0, full(5, t0))));
+        for _ in 0..2 {
+            assert!(b.check(&c, t0).await.allowed);
+        }
+        // Peeking any number of times consumes nothing: it says what the last check said.
+        for _ in 0..20 {
+            let state = b.peek(&c, t0).await.binding.unwrap().1;
+            assert_eq!((state.remaining, state.reset), (3, ms(t0, 400)));
+        }
+        assert_eq!(b.check(&c, t0).await.binding.unwrap().1.remaining, 2);
+        // Half an interval later nothing has refilled yet; a whole one refills one request.
+        assert_eq!(
+            b.peek(&c, ms(t0, 100)).await.binding.unwrap().1.remaining,
+            2
+        );
+        assert_eq!(
+            b.peek(&c, ms(t0, 200)).await.binding.unwrap().1.remaining,
+            3
+        );
+        // Empty: the peek is the denial a request would get, Retry-After included.
+        assert!(b.check(&c, t0).await.allowed);
+        assert!(b.check(&c, t0).await.allowed);
+        let denied = b.check(&c, t0).await;
+        let peeked = b.peek(&c, t0).await;
+        assert_eq!(peeked, denied);
+        assert_eq!(
+            peeked.binding.unwrap().1.retry_after,
+            Duration::from_millis(200)
+        );
+        assert!(b.check(&c, ms(t0, 200)).await.allowed);
+    }
+
+    pub(super) async fn peek_reports_quotas_and_the_binding_limit(b: Arc<Backend>) {
+        let s = subject("peek-quota");
+        let checks = [
+            check(&s, 0, Limit::per_minute(nz(600))),
+            check(&s, 1, Limit::quota(Window::Day, nz(200))),
+        ];
+        let t0 = at("2026-09-21T10:00:00Z");
+        let midnight = at("2026-09-22T00:00:00Z");
+        for n in 0..13 {
+            assert!(b.check(&checks, ms(t0, 1000 * n)).await.allowed);
+        }
+        // "X-RateLimit-Remaining: 187": the day's quota binds, the rate has refilled.
+        let later = ms(t0, 60_000);
+        let v = b.peek(&checks, later).await;
+        assert!(v.allowed);
+        let (i, state) = v.binding.unwrap();
+        assert_eq!(
+            (i, state.limit, state.remaining, state.reset),
+            (1, 200, 187, midnight)
+        );
+        assert_eq!(b.peek(&checks, later).await, v);
+        let after = b.check(&checks, later).await.binding.unwrap();
+        assert_eq!((after.0, after.1.remaining), (1, 186));
+        // The next window starts full, without a request.
+        let v = b.peek(&checks, midnight).await;
+        assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((1, 200)));
+        let day = b.peek(&checks[1..], midnight).await.binding.unwrap().1;
+        assert_eq!(
+            (day.remaining, day.reset),
+            (200, at("2026-09-23T00:00:00Z"))
+        );
+        // An exhausted quota peeks as its denial; the rate beside it is untouched.
+        let q = check(&subject("peek-q1"), 0, Limit::quota(Window::Hour, nz(1)));
+        assert!(b.check(std::slice::from_ref(&q), t0).await.allowed);
+        let denied = b.check(std::slice::from_ref(&q), t0).await;
+        assert!(!denied.allowed);
+        assert_eq!(b.peek(std::slice::from_ref(&q), t0).await, denied);
+        assert_eq!(b.peek(&[], t0).await, Verdict::UNLIMITED);
+    }
+
+    pub(super) async fn peek_of_a_subject_never_seen_is_a_full_budget(b: Arc<Backend>) {
+        let t0 = at("2026-09-21T10:00:00Z");
+        for n in 0..50 {
+            let s = subject(&format!("peek-new{n}"));
+            let checks = [
+                check(&s, 0, Limit::per_minute(nz(600))),
+                check(&s, 1, Limit::quota(Window::Month, nz(5))),
+            ];
+            let v = b.peek(&checks, t0).await;
+            assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((1, 5)));
+            assert_eq!(
+                b.peek(&checks[..1], t0).await.binding,
+                Some((0, full(600, t0)))
+            );
+        }
+        if let Backend::Local(l) = &*b {
+            assert!(l.is_empty(), "peeks hold no state");
+        }
     }
 }

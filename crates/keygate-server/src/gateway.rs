@@ -12,7 +12,7 @@ use keygate_core::policy::{authorize, RequestFacts};
 use keygate_core::{Clock, Timestamp};
 
 use crate::config::Config;
-use crate::guard::Guard;
+use crate::guard::{Caller, Guard};
 use crate::metrics::{Gauges, Metrics};
 use crate::profile::IdentityHeaders;
 use crate::ratelimit;
@@ -198,7 +198,11 @@ impl Gateway {
         authorize(
             &who.client.policy,
             &route.needs,
-            RequestFacts { sport, bookmaker },
+            RequestFacts {
+                sport,
+                bookmaker,
+                params: params.values(),
+            },
         )
     }
 
@@ -270,6 +274,114 @@ impl Gateway {
             .await
             .map_err(|_| Reason::LimiterUnavailable)?;
         Ok(verdict.binding.map(|(i, state)| (checks[i].limit, state)))
+    }
+
+    /// What [`Gateway::check_limits`] would report for an admitted caller, consuming nothing:
+    /// the client's limits and, with a route, the route's. `None` when none apply or the
+    /// limiter cannot answer (a peek never refuses anything).
+    pub async fn peek_limits(
+        &self,
+        who: &Admitted,
+        route: Option<&Route>,
+        now: Timestamp,
+    ) -> Option<(Limit, LimitState)> {
+        let client_limits = &who.client.limits;
+        let route_limits = route.map_or(&[][..], |r| &r.compiled_limits);
+        if client_limits.limits.is_empty() && route_limits.is_empty() {
+            return None;
+        }
+        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
+        let subjects = (&who.client.limit_subject, &who.key.limit_subject);
+        ratelimit::checks(
+            &mut checks,
+            &client_limits.limits,
+            client_limits.by,
+            subjects.0,
+            subjects.1,
+        );
+        if let Some(route) = route {
+            ratelimit::checks(
+                &mut checks,
+                route_limits,
+                route.limits.by,
+                subjects.0,
+                subjects.1,
+            );
+        }
+        let verdict = self.limits.peek(&checks, now).await.ok()?;
+        verdict.binding.map(|(i, state)| (checks[i].limit, state))
+    }
+
+    /// The budget an answer that consumed nothing reports under `when = "always"`
+    /// (`ratelimit::HeaderStyle::always`), as the window of the IETF policy and the state:
+    ///
+    /// - an admitted caller: its limits for the route, peeked;
+    /// - a caller without a key on a public route with `by = "source"` limits: those, peeked;
+    /// - any other caller without a valid key (401s, and refusals before a route is known):
+    ///   the brute-force guard's budget of failed authentications for its address, the only
+    ///   budget such a caller spends; during a cool-down (the guard's 429) the cool-down the
+    ///   answer quotes.
+    ///
+    /// `None` when nothing applies (no limits, the guard off, the limiter unavailable).
+    pub async fn budget(
+        &self,
+        who: Option<&Admitted>,
+        route: Option<&Route>,
+        caller: Caller<'_>,
+        reason: Option<Reason>,
+        now: Timestamp,
+    ) -> Option<(u64, LimitState)> {
+        let guard_window = || self.guard.config().window.as_secs().max(1);
+        if let Some(who) = who {
+            return self
+                .peek_limits(who, route, now)
+                .await
+                .map(|(limit, state)| (limit.window_seconds(), state));
+        }
+        if reason == Some(Reason::RateLimited) {
+            // The guard's cool-down: what its refusal quotes (`Guard::facts`).
+            let facts = self.guard.facts(now);
+            let state = LimitState {
+                allowed: false,
+                limit: facts.limit,
+                remaining: 0,
+                reset: Timestamp::from_millis(
+                    i64::try_from(facts.reset.saturating_mul(1000)).unwrap_or(i64::MAX),
+                ),
+                retry_after: std::time::Duration::from_secs(facts.retry_after),
+            };
+            return Some((guard_window(), state));
+        }
+        if let Some(route) = route.filter(|r| r.public && !r.compiled_limits.is_empty()) {
+            let source = self.guard.source(caller);
+            return self
+                .peek_source_limits(route, source, now)
+                .await
+                .map(|(limit, state)| (limit.window_seconds(), state));
+        }
+        self.guard
+            .budget(caller, now)
+            .map(|state| (guard_window(), state))
+    }
+
+    /// What [`Gateway::check_source_limits`] would report, consuming nothing.
+    async fn peek_source_limits(
+        &self,
+        route: &Route,
+        source: std::net::IpAddr,
+        now: Timestamp,
+    ) -> Option<(Limit, LimitState)> {
+        let subject: Arc<str> = format!("s:{source}").into();
+        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
+        ratelimit::checks(
+            &mut checks,
+            &route.compiled_limits,
+            route.limits.by,
+            &subject,
+            &subject,
+        );
+        let verdict = self.limits.peek(&checks, now).await.ok()?;
+        verdict.binding.map(|(i, state)| (checks[i].limit, state))
     }
 
     pub fn gauges(&self) -> Gauges {

@@ -23,6 +23,7 @@ use dashmap::DashMap;
 use http::HeaderMap;
 use ipnet::IpNet;
 use keygate_core::decision::Reason;
+use keygate_core::limit::LimitState;
 use keygate_core::Timestamp;
 
 use crate::profile::LimitFacts;
@@ -367,6 +368,55 @@ impl Guard {
             .compare_exchange(seen, latest, Ordering::AcqRel, Ordering::Relaxed);
     }
 
+    /// The budget of failed authentications `caller`'s source has left at `now`, as a limit
+    /// state: `limit` is the threshold, `remaining` how many more guess-like failures are
+    /// answered before the cool-down (0 during it), `reset` when the count starts over (the
+    /// window's end, the cool-down's end, or now when nothing is counted). `None` when the
+    /// guard is off. Reads only: no entry is created.
+    ///
+    /// This is the budget a caller without a valid key spends (`when = "always"` reports it
+    /// on such refusals). It is this node's count, as the guard itself is.
+    pub fn budget(&self, caller: Caller<'_>, now: Timestamp) -> Option<LimitState> {
+        if !self.config.enabled {
+            return None;
+        }
+        let threshold = u64::from(self.config.threshold.max(1));
+        let ms = now.as_millis();
+        let window = millis(self.config.window);
+        let counted = self
+            .sources
+            .get(&self.source(caller))
+            .map(|c| *c)
+            .filter(|c| {
+                c.blocked_until > ms || (c.blocked_until == 0 && ms - c.window_start < window)
+            });
+        Some(match counted {
+            None => LimitState {
+                allowed: true,
+                limit: threshold,
+                remaining: threshold,
+                reset: now,
+                retry_after: Duration::ZERO,
+            },
+            Some(c) if c.blocked_until > ms => LimitState {
+                allowed: false,
+                limit: threshold,
+                remaining: 0,
+                reset: Timestamp::from_millis(c.blocked_until),
+                retry_after: Duration::from_millis(
+                    u64::try_from(c.blocked_until - ms).unwrap_or(0),
+                ),
+            },
+            Some(c) => LimitState {
+                allowed: true,
+                limit: threshold,
+                remaining: threshold.saturating_sub(u64::from(c.failures)),
+                reset: Timestamp::from_millis(c.window_start.saturating_add(window)),
+                retry_after: Duration::ZERO,
+            },
+        })
+    }
+
     /// What a guard refusal quotes: the cool-down as `Retry-After`, the threshold as `limit`.
     pub fn facts(&self, now: Timestamp) -> LimitFacts {
         let cooldown = self.config.cooldown.as_secs().max(1);
@@ -465,6 +515,46 @@ mod tests {
         g.sweep(at(end + 60_000));
         assert_eq!(g.sources.len(), 0);
         assert_eq!(g.horizon.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_budget_counts_down_to_the_cool_down_and_starts_over() {
+        let g = guard(GuardConfig {
+            threshold: 3,
+            prefix_threshold: 0,
+            ..GuardConfig::default()
+        });
+        let h = HeaderMap::new();
+        let bad = from("192.0.2.1", &h);
+        let summary = |s: LimitState| (s.allowed, s.limit, s.remaining, s.reset.as_millis());
+        assert_eq!(summary(g.budget(bad, at(500)).unwrap()), (true, 3, 3, 500));
+        assert_eq!(g.sources.len(), 0, "reading the budget tracks nothing");
+        // Not guess-like: nothing counted.
+        g.failed(bad, Some(KEY), Reason::MissingKey, at(900));
+        assert_eq!(g.budget(bad, at(900)).unwrap().remaining, 3);
+        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1000));
+        assert_eq!(
+            summary(g.budget(bad, at(1000)).unwrap()),
+            (true, 3, 2, 61_000)
+        );
+        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1001));
+        assert_eq!(g.budget(bad, at(1001)).unwrap().remaining, 1);
+        // The third failure is still answered as a failure; it starts the cool-down.
+        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1002));
+        let cooling = g.budget(bad, at(2002)).unwrap();
+        assert_eq!(summary(cooling), (false, 3, 0, 301_002));
+        assert_eq!(cooling.retry_after, Duration::from_secs(299));
+        // After it, and after a quiet window, the budget is whole again.
+        assert_eq!(g.budget(bad, at(301_002)).unwrap().remaining, 3);
+        let other = from("192.0.2.9", &h);
+        g.failed(other, None, Reason::MalformedKey, at(0));
+        assert_eq!(g.budget(other, at(59_999)).unwrap().remaining, 2);
+        assert_eq!(g.budget(other, at(60_000)).unwrap().remaining, 3);
+        let off = guard(GuardConfig {
+            enabled: false,
+            ..GuardConfig::default()
+        });
+        assert!(off.budget(bad, at(0)).is_none());
     }
 
     #[test]

@@ -137,6 +137,13 @@ pub struct HeaderStyle {
     pub ietf: bool,
     /// `Retry-After` on 429.
     pub retry_after: bool,
+    /// Report on every answer (`when = "always"`), not only on those the limiter counted
+    /// (forwarded responses and its 429s). A refusal that consumes nothing then reports the
+    /// caller's budget as it stands, read without consuming (`keygate_limits::Limits::peek`):
+    /// an admitted caller's limits for the route; for a caller without a key, the route's
+    /// `by = "source"` limits, or else the brute-force guard's budget of failed
+    /// authentications for its address (`Guard::budget`).
+    pub always: bool,
 }
 
 impl Default for HeaderStyle {
@@ -146,6 +153,7 @@ impl Default for HeaderStyle {
             reset_epoch: true,
             ietf: true,
             retry_after: true,
+            always: false,
         }
     }
 }
@@ -163,6 +171,18 @@ pub fn write_headers(
     headers: &mut HeaderMap,
     style: HeaderStyle,
     limit: &Limit,
+    state: &LimitState,
+    now: Timestamp,
+) {
+    write_state(headers, style, limit.window_seconds(), state, now);
+}
+
+/// Writes the headers for a budget of `state.limit` per `window_seconds` (the IETF policy's
+/// `w`) in `state`; `Retry-After` only when the state is a denial and the style wants it.
+pub fn write_state(
+    headers: &mut HeaderMap,
+    style: HeaderStyle,
+    window_seconds: u64,
     state: &LimitState,
     now: Timestamp,
 ) {
@@ -186,7 +206,7 @@ pub fn write_headers(
         headers.insert(HeaderName::from_static("x-ratelimit-reset"), number(reset));
     }
     if style.ietf {
-        let policy = format!("\"default\";q={};w={}", state.limit, limit.window_seconds());
+        let policy = format!("\"default\";q={};w={}", state.limit, window_seconds);
         let current = format!("\"default\";r={};t={}", state.remaining, reset_in);
         if let (Ok(p), Ok(c)) = (
             HeaderValue::from_str(&policy),

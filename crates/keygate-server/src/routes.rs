@@ -74,6 +74,11 @@ impl<'t, 'p> Params<'t, 'p> {
             .position(|n| &**n == name)
             .map(|i| self.values[i])
     }
+
+    /// Every parameter's value, in the order of the pattern's parameters.
+    pub fn values(&self) -> &[&'p str] {
+        &self.values[..self.names.len().min(MAX_PARAMS)]
+    }
 }
 
 /// The outcome of matching a request.
@@ -350,6 +355,7 @@ mod tests {
         if let RouteMatch::Found { params, .. } = t.find(&Method::GET, "/soccer/v1/a/b") {
             assert_eq!(params.get("sport"), Some("soccer"));
             assert_eq!(params.get("rest"), Some("a/b"));
+            assert_eq!(params.values(), ["soccer", "a/b"]);
         } else {
             panic!("no match");
         }

@@ -15,12 +15,14 @@ use serde_json::json;
 use crate::body::Body;
 use crate::bounds;
 use crate::check::{self, Refused};
-use crate::gateway::Gateway;
+use crate::gateway::{Admitted, Gateway};
+use crate::guard::Caller;
 use crate::infra::{self, Infra};
 use crate::metrics::Outcome;
 use crate::profile::LimitFacts;
 use crate::proxy::{self, Forward, Upstreams};
 use crate::ratelimit;
+use crate::routes::Route;
 use crate::verify::{self, Contract};
 use crate::{respond, whoami};
 
@@ -50,7 +52,34 @@ fn refuse(
     resp
 }
 
-/// Handles one request.
+/// Under `when = "always"`, writes the caller's budget on an answer the limiter did not count
+/// (`Gateway::budget`: peeked, nothing consumed). `Retry-After` stays the answer's own.
+pub async fn report_budget(
+    gw: &Gateway,
+    resp: &mut Response<Body>,
+    who: Option<&Admitted>,
+    route: Option<&Route>,
+    caller: Caller<'_>,
+    reason: Option<Reason>,
+) {
+    let style = gw.config.profile.rate_limit_headers;
+    if !style.always {
+        return;
+    }
+    let now = gw.clock.now();
+    if let Some((window, state)) = gw.budget(who, route, caller, reason, now).await {
+        let style = ratelimit::HeaderStyle {
+            retry_after: false,
+            ..style
+        };
+        ratelimit::write_state(resp.headers_mut(), style, window, &state, now);
+    }
+}
+
+fn route_at(gw: &Gateway, index: Option<usize>) -> Option<&Route> {
+    index.and_then(|i| gw.config.routes.routes().get(i))
+}
+
 /// [`handle`], with a panic turned into a 500 instead of a dropped connection: one request's bug
 /// must not take other requests on the connection with it. The panic itself is logged by the
 /// process's panic hook (the binary's logs its location through `tracing`).
@@ -133,7 +162,12 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     if let Some(denial) = gw.emergency.denial() {
         let format =
             negotiate(req.headers().get(ACCEPT).map(|v| v.as_bytes())).unwrap_or(BodyFormat::Json);
-        let resp = refuse(gw, None, &denial, format);
+        let mut resp = refuse(gw, None, &denial, format);
+        let caller = Caller {
+            peer: remote.ip(),
+            headers: req.headers(),
+        };
+        report_budget(gw, &mut resp, None, None, caller, Some(denial.reason)).await;
         access_log(
             gw,
             &method,
@@ -154,12 +188,14 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     let format = match negotiate(req.headers().get(ACCEPT).map(|v| v.as_bytes())) {
         Some(f) => f,
         None if profile.enforce_accept => {
-            return refuse(
-                gw,
-                None,
-                &Denial::new(Reason::NotAcceptable),
-                BodyFormat::Json,
-            )
+            let reason = Reason::NotAcceptable;
+            let mut resp = refuse(gw, None, &Denial::new(reason), BodyFormat::Json);
+            let caller = Caller {
+                peer: remote.ip(),
+                headers: req.headers(),
+            };
+            report_budget(gw, &mut resp, None, None, caller, Some(reason)).await;
+            return resp;
         }
         None => BodyFormat::Json,
     };
@@ -168,23 +204,35 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         return resp;
     }
     let path = req.uri().path();
+    let caller = Caller {
+        peer: remote.ip(),
+        headers: req.headers(),
+    };
     if crate::ws::token_endpoint::is_token_path(gw, path) {
-        return crate::ws::token_endpoint::answer(
+        let (mut resp, who, reason) = crate::ws::token_endpoint::answer(
             gw,
             &method,
             req.headers(),
             req.uri().query(),
             format,
         );
+        report_budget(gw, &mut resp, who.as_ref(), None, caller, reason).await;
+        return resp;
     }
     if method == Method::GET && profile.whoami.as_deref() == Some(path) {
         return match check::authenticate(gw, req.headers(), req.uri().query(), remote.ip()) {
             Ok((who, _)) => {
                 gw.metrics.record(None, Outcome::Local, 200);
                 gw.usage.record(&who.client, gw.clock.now(), 200);
-                whoami::answer(&profile.whoami_body, &who, format)
+                let mut resp = whoami::answer(&profile.whoami_body, &who, format);
+                report_budget(gw, &mut resp, Some(&who), None, caller, None).await;
+                resp
             }
-            Err(reason) => refuse(gw, None, &Denial::new(reason), format),
+            Err(reason) => {
+                let mut resp = refuse(gw, None, &Denial::new(reason), format);
+                report_budget(gw, &mut resp, None, None, caller, Some(reason)).await;
+                resp
+            }
         };
     }
     if profile.verify {
@@ -211,7 +259,10 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             denial,
             who,
         }) => {
-            let resp = refuse(gw, route_index, &denial, format);
+            let mut resp = refuse(gw, route_index, &denial, format);
+            let route = route_at(gw, route_index);
+            let reason = Some(denial.reason);
+            report_budget(gw, &mut resp, who.as_ref(), route, caller, reason).await;
             access_log(
                 gw,
                 &method,
@@ -232,7 +283,9 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     };
     if bounds::body_too_large(req.headers(), max_body) {
         let denial = Denial::about(Reason::PayloadTooLarge, &max_body.to_string());
-        let resp = refuse(gw, Some(passed.route_index), &denial, format);
+        let mut resp = refuse(gw, Some(passed.route_index), &denial, format);
+        let (who, route, reason) = (passed.who.as_ref(), Some(passed.route), Some(denial.reason));
+        report_budget(gw, &mut resp, who, route, caller, reason).await;
         access_log(
             gw,
             &method,
@@ -253,8 +306,10 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         match gw.breakers.admit(passed.route.upstream, now) {
             Ok(ticket) => ticket,
             Err(open) => {
-                let resp = respond::circuit_open(profile, format, open.retry_after);
+                let mut resp = respond::circuit_open(profile, format, open.retry_after);
                 let reason = Reason::UpstreamUnavailable;
+                let (who, route) = (passed.who.as_ref(), Some(passed.route));
+                report_budget(gw, &mut resp, who, route, caller, Some(reason)).await;
                 gw.metrics.record(
                     Some(passed.route_index),
                     Outcome::Denied(reason),
@@ -319,7 +374,9 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         }
         Ok(decided) => decided,
         Err(reason) => {
-            let resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
+            let mut resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
+            let (who, route) = (passed.who.as_ref(), Some(passed.route));
+            report_budget(gw, &mut resp, who, route, caller, Some(reason)).await;
             access_log(
                 gw,
                 &method,
@@ -415,10 +472,20 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             }
             (resp.map(Body::Upstream), None)
         }
-        Err(reason) => (
-            refuse(gw, Some(passed.route_index), &Denial::new(reason), format),
-            Some(reason),
-        ),
+        Err(reason) => {
+            let mut resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
+            // The request was counted: report what the limiter said when it was.
+            if let (Some((limit, state)), true) = (&limited, profile.rate_limit_headers.always) {
+                ratelimit::write_headers(
+                    resp.headers_mut(),
+                    profile.rate_limit_headers,
+                    limit,
+                    state,
+                    now,
+                );
+            }
+            (resp, Some(reason))
+        }
     };
     access_log(
         gw,

@@ -274,6 +274,111 @@ async fn header_styles_follow_the_profile() {
     );
 }
 
+/// `when = "always"`: refusals report a budget too, read without consuming: an admitted
+/// caller's own; a public route's `by = "source"` limits; else the guard's per-source budget
+/// of failed authentications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_always_refusals_report_the_budget_without_consuming_it() {
+    let config = r#"
+[server]
+max_body_bytes = 100
+
+[plans.pro]
+limits = { per_minute = 600, by = "key" }
+
+[[routes]]
+name = "admin"
+path = "/admin"
+scopes = ["admin"]
+
+[[routes]]
+name = "signup"
+path = "/signup"
+methods = ["POST"]
+public = true
+limits = { per_minute = 3, by = "source" }
+
+[[routes]]
+name = "everything"
+path = "/{*rest}"
+
+[profile.rate_limit_headers]
+when = "always"
+"#;
+    let h = Harness::start(config).await;
+    h.client("Acme", &[], &[], &[], "pro").await;
+    let (key, _) = h.key("Acme", None).await;
+    let now = h.clock.now().as_secs();
+    let get = |path: &str, key: Option<&str>| {
+        let mut req = h.http.get(h.url(path));
+        if let Some(k) = key {
+            req = req.header("X-API-Key", k);
+        }
+        req.send()
+    };
+    let ok = get("/data", Some(&key)).await.unwrap();
+    assert_eq!(header(&ok, "x-ratelimit-remaining"), "599");
+    let reset = header(&ok, "x-ratelimit-reset");
+    // A 403 reports the key's budget as it stands, in every style, and consumes nothing.
+    for _ in 0..3 {
+        let r = get("/admin", Some(&key)).await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "600");
+        assert_eq!(header(&r, "x-ratelimit-remaining"), "599");
+        assert_eq!(header(&r, "x-ratelimit-reset"), reset);
+        assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=600;w=60");
+        assert!(header(&r, "ratelimit").starts_with("\"default\";r=599;t="));
+        assert!(
+            r.headers().get("retry-after").is_none(),
+            "a 403 is not a 429"
+        );
+    }
+    let ok = get("/data", Some(&key)).await.unwrap();
+    assert_eq!(header(&ok, "x-ratelimit-remaining"), "598");
+
+    // A public route counted per source: a refused body is not counted against it.
+    let post = |len: usize| h.http.post(h.url("/signup")).body(vec![b'x'; len]).send();
+    let r = post(101).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        (
+            header(&r, "x-ratelimit-limit"),
+            header(&r, "x-ratelimit-remaining")
+        ),
+        ("3".to_owned(), "3".to_owned())
+    );
+    let r = post(10).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "2");
+    assert_eq!(
+        header(&post(101).await.unwrap(), "x-ratelimit-remaining"),
+        "2"
+    );
+
+    // No key: the guard's budget for this address (30 failures a minute by default). A
+    // missing key is not a guess; an unknown one is, and is counted.
+    let r = get("/data", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        (
+            header(&r, "x-ratelimit-limit"),
+            header(&r, "x-ratelimit-remaining")
+        ),
+        ("30".to_owned(), "30".to_owned())
+    );
+    assert_eq!(header(&r, "x-ratelimit-reset"), now.to_string());
+    assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=30;w=60");
+    let (unknown, _) = h.issuer.issue();
+    let r = get("/data", Some(unknown.expose())).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "29");
+    assert_eq!(header(&r, "x-ratelimit-reset"), (now + 60).to_string());
+    // Before any route: the same budget.
+    let r = h.http.delete(h.url("/signup")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "29");
+}
+
 #[tokio::test]
 async fn bad_limits_are_refused_at_load() {
     let overrides = keygate_server::Overrides {

@@ -256,6 +256,123 @@ async fn rate_limit_headers_free_daily_quota_and_pro_hourly() {
     assert_eq!(a.header("x-ratelimit-reset"), Some(hour_end.as_str()));
 }
 
+/// `(status, X-RateLimit-Remaining, X-RateLimit-Reset)`; both headers must be there.
+fn budget(a: &profiles::Answer) -> (u16, u64, i64) {
+    let number = |name: &str| {
+        a.header(name)
+            .unwrap_or_else(|| panic!("{} without {name}: {a:?}", a.status))
+            .to_owned()
+    };
+    (
+        a.status,
+        number("x-ratelimit-remaining").parse().unwrap(),
+        number("x-ratelimit-reset").parse().unwrap(),
+    )
+}
+
+/// "Every response includes: X-RateLimit-Remaining: 187 / X-RateLimit-Reset: 1745160060":
+/// answers that are refused report the budget as it stands, and cost nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_includes_the_rate_limit_headers() {
+    let (h, _up) = start().await;
+    let free = customer(&h, "Hobbyist", "free", &["bet365"]).await;
+    let unpicked = customer(&h, "Newcomer", "free", &[]).await;
+    let pro = customer(&h, "Tipster", "pro", &[]).await;
+    let rt = customer(&h, "Ticker", "pro_plus_rt", &[]).await;
+    let day_end = next_boundary(&h, 86_400);
+    let hour_end = next_boundary(&h, 3_600);
+    let now = h.clock.now().as_secs();
+
+    // 200: Free's 200 a day, the 13th request leaves "X-RateLimit-Remaining: 187".
+    for _ in 0..12 {
+        get(&h, "/api/sports", &[("X-Api-Key", &free)]).await;
+    }
+    let a = get(&h, "/api/events", &[("X-Api-Key", &free)]).await;
+    assert_eq!(budget(&a), (200, 187, day_end));
+    // Each 403 of the table, for a caller it knows: the same budget, nothing taken from it.
+    let free_403s = [
+        ("/api/odds?bookmaker=pinnacle", "bookmaker_forbidden"),
+        ("/api/value-bets", "value_bets_not_on_plan"),
+        ("/api/odds/live", "live_not_on_plan"),
+    ];
+    for (path, expected) in free_403s {
+        let a = get(&h, path, &[("X-Api-Key", &free)]).await;
+        assert_eq!(code(&a).1, expected);
+        assert_eq!(budget(&a), (403, 187, day_end), "{path}");
+        assert_eq!(a.header("x-ratelimit-limit"), Some("200"));
+        assert_eq!(a.header("retry-after"), None);
+    }
+    let a = get(&h, "/api/sports", &[("X-Api-Key", &free)]).await;
+    assert_eq!(budget(&a), (200, 186, day_end), "the 403s cost nothing");
+    // 403 bookmaker_not_configured: a Free client yet to make a request has all 200.
+    let a = get(&h, "/api/odds", &[("X-Api-Key", &unpicked)]).await;
+    assert_eq!(code(&a).1, "bookmaker_not_configured");
+    assert_eq!(budget(&a), (403, 200, day_end));
+    // 403 websocket_not_on_plan, from the token endpoint and from the stream: Pro's 5,500 an
+    // hour.
+    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &pro)]).await;
+    assert_eq!(budget(&a), (200, 5499, hour_end));
+    let a = call(&h, "POST", "/v1/ws-token", &[("X-Api-Key", &pro)]).await;
+    assert_eq!(code(&a).1, "websocket_not_on_plan");
+    assert_eq!(budget(&a), (403, 5499, hour_end));
+    let a = ws(&h, "/ws", &[("X-Api-Key", &pro)]).await.unwrap_err();
+    assert_eq!(code(&a).1, "websocket_not_on_plan");
+    assert_eq!(budget(&a), (403, 5499, hour_end));
+    // A token bought (200) reports too; it is not a request against the plan.
+    let a = call(&h, "POST", "/v1/ws-token", &[("X-Api-Key", &rt)]).await;
+    assert_eq!(budget(&a), (200, 5500, hour_end));
+
+    // 401 unauthorized: no plan to report. The budget such a caller spends is the guard's
+    // per address: failed authentications before a cool-down, 30 a minute ([guard] defaults).
+    // A missing key is not a guess and costs nothing; Reset is now while nothing is counted.
+    let a = get(&h, "/api/odds", &[]).await;
+    assert_eq!(code(&a).0, 401);
+    assert_eq!(budget(&a), (401, 30, now));
+    assert_eq!(a.header("x-ratelimit-limit"), Some("30"));
+    let a = get(&h, "/api/odds", &[("X-Api-Key", EXAMPLE)]).await;
+    assert_eq!(budget(&a), (401, 29, now + 60));
+    let a = get(&h, "/api/odds", &[("X-Api-Key", "os_live_YOUR_KEY")]).await;
+    assert_eq!(budget(&a), (401, 28, now + 60));
+    let a = ws(&h, "/ws", &[("X-Api-Key", EXAMPLE)]).await.unwrap_err();
+    assert_eq!(code(&a).0, 401);
+    assert_eq!(a.header("x-ratelimit-limit"), Some("30"));
+    let a = call(&h, "POST", "/v1/ws-token", &[]).await;
+    assert_eq!(budget(&a).0, 401);
+
+    // 429 rate_limit_exceeded, the plan's: Free's day is used up.
+    for _ in 0..186 {
+        get(&h, "/api/sports", &[("X-Api-Key", &free)]).await;
+    }
+    let a = get(&h, "/api/sports", &[("X-Api-Key", &free)]).await;
+    assert_eq!(code(&a), (429, "rate_limit_exceeded".into()));
+    assert_eq!(budget(&a), (429, 0, day_end));
+    assert!(a.header("retry-after").is_some());
+    // A 403 now says so too (and is still a 403, without Retry-After).
+    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &free)]).await;
+    assert_eq!(budget(&a), (403, 0, day_end));
+    assert_eq!(a.header("retry-after"), None);
+
+    // 429 rate_limit_exceeded, the guard's: the 30th guess starts a five-minute cool-down.
+    let (unknown, _) = h.issuer.issue();
+    let mut last = None;
+    for _ in 0..30 {
+        let a = get(&h, "/api/odds", &[("X-Api-Key", unknown.expose())]).await;
+        if a.status != 401 {
+            break;
+        }
+        last = Some(budget(&a));
+    }
+    assert_eq!(last, Some((401, 0, now + 300)), "the guess that started it");
+    let a = get(&h, "/api/odds", &[("X-Api-Key", unknown.expose())]).await;
+    assert_eq!(code(&a), (429, "rate_limit_exceeded".into()));
+    assert_eq!(budget(&a), (429, 0, now + 300));
+    assert_eq!(a.header("retry-after"), Some("300"));
+    // The cool-down is the address's, decided before any key is looked up: a good key from
+    // it is told the same.
+    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &pro)]).await;
+    assert_eq!(budget(&a), (429, 0, now + 300));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_websocket_is_30_connections_a_day_pro_rt_unlimited() {
     let (h, up) = start().await;

@@ -167,8 +167,28 @@ async fn every_row_of_the_error_table() {
         a.body,
         r#"<?xml version="1.0" encoding="UTF-8"?><error><detail>Required scope &apos;cs2:markets:settlements&apos; is not granted to this API key. Contact your account manager to extend the key&apos;s scopes.</detail></error>"#
     );
-    // "only keys with that sport in their sport_allowlist reach those endpoints"
+    // Scopes are per namespace: a cs2 bundle does not reach dota2, and the refusal names the
+    // scope the dota2 endpoint needs.
     let a = get(&h, "/dota2/v1/matches", &[("X-API-Key", &key)]).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (
+            403,
+            r#"{"detail":"Required scope 'dota2:matches:list' is not granted to this API key. Contact your account manager to extend the key's scopes."}"#
+        )
+    );
+    // "only keys with that sport in their sport_allowlist reach those endpoints": dota2
+    // scopes without dota2 in the allowlist.
+    h.client(
+        "Scoped Elsewhere",
+        &["dota2:matches:list"],
+        &["cs2"],
+        &[],
+        "default",
+    )
+    .await;
+    let (elsewhere, _) = h.key("Scoped Elsewhere", None).await;
+    let a = get(&h, "/dota2/v1/matches", &[("X-API-Key", &elsewhere)]).await;
     assert_eq!(
         (a.status, a.body.as_str()),
         (
@@ -226,6 +246,67 @@ async fn every_row_of_the_error_table() {
         (a.status, a.body.as_str()),
         (403, r#"{"detail":"This API key is deactivated."}"#)
     );
+}
+
+/// "When future sports launch (Dota 2, soccer, …) at /{sport}/v1/*": the profile's scopes are
+/// `{sport}:…`, so each namespace has its own bundle, resolved from the path per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_follow_the_sport_namespace() {
+    let (h, _up) = start().await;
+    h.client(
+        "Dota Books",
+        &["dota2:matches:list", "dota2:matches:read"],
+        &["dota2"],
+        &[],
+        "default",
+    )
+    .await;
+    let (dota, _) = h.key("Dota Books", None).await;
+    let headers = [("X-API-Key", dota.as_str())];
+
+    let a = get(&h, "/dota2/v1/matches", &headers).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(h.upstream.last_request().unwrap().uri, "/dota2/v1/matches");
+    assert_eq!(get(&h, "/dota2/v1/matches/m7", &headers).await.status, 200);
+
+    // The same endpoint in another namespace asks for that namespace's scope, and says so.
+    let a = get(&h, "/cs2/v1/matches", &headers).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (
+            403,
+            r#"{"detail":"Required scope 'cs2:matches:list' is not granted to this API key. Contact your account manager to extend the key's scopes."}"#
+        )
+    );
+    // Within dota2, an endpoint outside the bundle.
+    let a = get(&h, "/dota2/v1/matches/m7/settlements", &headers).await;
+    assert_eq!(a.status, 403);
+    assert!(a.body.contains("'dota2:markets:settlements'"), "{}", a.body);
+    // A namespace that is not one scope segment is never granted: not `DOTA2`, and not
+    // `dota2:matches`, which would splice segments into the scope.
+    for path in ["/DOTA2/v1/matches", "/dota2:matches/v1/matches"] {
+        let a = get(&h, path, &headers).await;
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
+        assert!(a.body.contains("Required scope"), "{path}: {}", a.body);
+    }
+
+    // A key holding both bundles reaches both.
+    h.client(
+        "Both Books",
+        &["cs2:matches:list", "dota2:matches:list"],
+        &["cs2", "dota2"],
+        &[],
+        "default",
+    )
+    .await;
+    let (both, _) = h.key("Both Books", None).await;
+    for path in ["/cs2/v1/matches", "/dota2/v1/matches"] {
+        assert_eq!(
+            get(&h, path, &[("X-API-Key", &both)]).await.status,
+            200,
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

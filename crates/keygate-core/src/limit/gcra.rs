@@ -131,6 +131,47 @@ pub fn check_with(p: &Params, tat: Option<i64>, now: Timestamp) -> (LimitState, 
     }
 }
 
+/// What a request at `now` would be told, without being one: the state of a rate whose stored
+/// TAT is `tat` (`None` for a full bucket), nothing consumed.
+///
+/// `remaining` is how many requests would be admitted right now (so one more than an
+/// admitted [`check_with`] at the same instant reports, which counts itself); `reset` is when
+/// the bucket is full (now, for a full one). When a request would be denied the state is the
+/// one [`check_with`] gives that request, `retry_after` included.
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate_core::limit::gcra;
+/// use keygate_core::Timestamp;
+///
+/// let p = gcra::Params::new(2, Duration::from_secs(1), 2);
+/// let now = Timestamp::from_millis(1_000);
+/// assert_eq!(gcra::peek_with(&p, None, now).remaining, 2);
+/// let (first, tat) = gcra::check_with(&p, None, now);
+/// assert_eq!(first.remaining, 1);
+/// assert_eq!(gcra::peek_with(&p, tat, now).remaining, 1);
+/// assert_eq!(gcra::peek_with(&p, tat, now).reset, Timestamp::from_millis(1_500));
+/// ```
+pub fn peek_with(p: &Params, tat: Option<i64>, now: Timestamp) -> LimitState {
+    let now_us = now_micros(now);
+    let t = p.interval_us;
+    let tau = p.tolerance_us;
+    let tat = tat.map_or(now_us, |tat| tat.max(now_us));
+    let ahead = tat.saturating_sub(now_us);
+    if ahead <= tau {
+        let remaining = ((tau - ahead).div_euclid(t) + 1).clamp(0, i64::from(p.burst));
+        LimitState {
+            allowed: true,
+            limit: p.max,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset: Timestamp::from_millis(div_ceil_i64(tat, 1000)),
+            retry_after: Duration::ZERO,
+        }
+    } else {
+        check_with(p, Some(tat), now).0
+    }
+}
+
 /// Whether a stored TAT still says anything at `now` (a TAT at or before `now` is a full
 /// bucket, the same as no state).
 pub fn is_live(tat: i64, now: Timestamp) -> bool {
@@ -407,6 +448,28 @@ mod tests {
                     + elapsed_us * max as f64 / period.as_micros() as f64;
                 prop_assert!((admitted - nominal).abs() <= 1.0 + nominal * 0.01,
                     "admitted {admitted} vs nominal {nominal}");
+            }
+        }
+
+        #[test]
+        fn peek_is_the_next_check_without_its_cost(p in params(), times in times()) {
+            let mut tat = None;
+            for &t in &times {
+                let peeked = peek_with(&p, tat, ms(t));
+                // Asking twice changes nothing: a peek holds no state.
+                prop_assert_eq!(peek_with(&p, tat, ms(t)), peeked);
+                let (s, next) = check_with(&p, tat, ms(t));
+                prop_assert_eq!(peeked.allowed, s.allowed);
+                if s.allowed {
+                    // The peek counts the request the check then admitted.
+                    prop_assert_eq!(peeked.remaining, s.remaining + 1);
+                    prop_assert!(peeked.reset <= s.reset);
+                    tat = next;
+                    // After it, the peek says what the check said.
+                    prop_assert_eq!(peek_with(&p, tat, ms(t)).remaining, s.remaining);
+                } else {
+                    prop_assert_eq!(peeked, s);
+                }
             }
         }
 

@@ -50,6 +50,31 @@ pub fn check(window: Window, max: u64, count_before: u64, now: Timestamp) -> Lim
     }
 }
 
+/// What a request at `now` would be told, without being one: `remaining` is how many requests
+/// the window still admits (`max - count`), nothing is counted. When a request would be denied
+/// the state is the one [`check`] gives it.
+///
+/// ```
+/// use keygate_core::limit::{window, Window};
+/// use keygate_core::Timestamp;
+///
+/// let now = Timestamp::parse_rfc3339("2026-09-21T23:59:00Z").unwrap();
+/// assert_eq!(window::peek(Window::Day, 200, 13, now).remaining, 187);
+/// assert_eq!(window::check(Window::Day, 200, 13, now).remaining, 186);
+/// assert!(!window::peek(Window::Day, 200, 200, now).allowed);
+/// ```
+pub fn peek(window: Window, max: u64, count: u64, now: Timestamp) -> LimitState {
+    let state = check(window, max, count, now);
+    if state.allowed {
+        LimitState {
+            remaining: max - count,
+            ..state
+        }
+    } else {
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +94,14 @@ mod tests {
             prop_assert_eq!(s.limit, max);
             prop_assert_eq!(s.reset, w.bounds(now).1);
             prop_assert!(s.remaining < max.max(1));
+            let peeked = peek(w, max, count, now);
+            prop_assert_eq!(peeked.allowed, s.allowed);
+            prop_assert_eq!(peeked.reset, s.reset);
+            if s.allowed {
+                prop_assert_eq!(peeked.remaining, s.remaining + 1);
+            } else {
+                prop_assert_eq!(peeked, s);
+            }
             if s.allowed {
                 prop_assert_eq!(s.remaining, max - count - 1);
                 prop_assert_eq!(s.retry_after, Duration::ZERO);

@@ -13,7 +13,8 @@ use keygate_core::duration::parse_duration;
 use keygate_core::key_format::{Alphabet, KeyFormat};
 use keygate_core::policy::Requirements;
 use keygate_core::render::BodyTemplate;
-use keygate_core::{Digester, Issuer, Scope};
+use keygate_core::scope_need::{PathParam, ScopeNeed};
+use keygate_core::{Digester, Issuer};
 
 use super::raw::{RawBreaker, RawConfig, RawError, RawLimits, RawProfile, RawRoute};
 use super::{
@@ -617,16 +618,6 @@ fn add_route(
             0
         }
     };
-    let mut scopes = Vec::new();
-    let mut any_scope = Vec::new();
-    for (list, into) in [(&r.scopes, &mut scopes), (&r.scopes_any, &mut any_scope)] {
-        for s in list {
-            match Scope::new(s) {
-                Ok(s) => into.push(Box::<str>::from(s.as_str())),
-                Err(e) => err(e.to_string()),
-            }
-        }
-    }
     let params: HashSet<&str> = r
         .path
         .split('/')
@@ -664,8 +655,44 @@ fn add_route(
             None
         }
     };
-    if public && (!r.scopes.is_empty() || !r.scopes_any.is_empty() || !r.features.is_empty()) {
+    let listed =
+        |l: &Option<Spanned<Vec<String>>>| l.as_ref().is_some_and(|l| !l.get_ref().is_empty());
+    if public && (listed(&r.scopes) || listed(&r.scopes_any) || !r.features.is_empty()) {
         err("a public route cannot require scopes or features (it has no caller)".to_owned());
+    }
+    // The path's parameters in pattern order, as the router numbers them, for templates.
+    let path_params: Vec<PathParam<'_>> = r
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|s| match s.strip_prefix('*') {
+            Some(name) => PathParam {
+                name,
+                catch_all: true,
+            },
+            None => PathParam {
+                name: s,
+                catch_all: false,
+            },
+        })
+        .collect();
+    let mut scopes = Vec::new();
+    let mut any_scope = Vec::new();
+    for (field, list, into) in [
+        ("scopes", &r.scopes, &mut scopes),
+        ("scopes_any", &r.scopes_any, &mut any_scope),
+    ] {
+        let Some(list) = list else { continue };
+        // The line of the list itself, else the route's.
+        let at = Some(list.span())
+            .filter(|s| !s.is_empty())
+            .or_else(|| span.cloned());
+        for s in list.get_ref() {
+            match ScopeNeed::parse(s, &path_params) {
+                Ok(need) => into.push(need),
+                Err(e) => errors.at(at.as_ref(), format!("route `{name}`: {field}: {e}")),
+            }
+        }
     }
     let limits = r
         .limits
@@ -856,6 +883,14 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
             Some(other) => errors.at(
                 None,
                 format!("profile.rate_limit_headers.reset `{other}` is not `epoch` or `delta`"),
+            ),
+        }
+        match h.when.as_deref() {
+            None | Some("limited") => style.always = false,
+            Some("always") => style.always = true,
+            Some(other) => errors.at(
+                None,
+                format!("profile.rate_limit_headers.when `{other}` is not `limited` or `always`"),
             ),
         }
         profile.rate_limit_headers = style;

@@ -191,11 +191,11 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) methods: Vec<String>,
     pub(crate) upstream: Option<String>,
-    #[serde(default)]
-    pub(crate) scopes: Vec<String>,
-    /// At least one of these scopes is needed (besides all of `scopes`).
-    #[serde(default)]
-    pub(crate) scopes_any: Vec<String>,
+    /// Every one of these; `{param}` in a scope is the matched path parameter
+    /// (`{sport}:matches:list`).
+    pub(crate) scopes: Option<Spanned<Vec<String>>>,
+    /// At least one of these scopes is needed (besides all of `scopes`); templates as there.
+    pub(crate) scopes_any: Option<Spanned<Vec<String>>>,
     /// Path parameter naming the sport namespace, gated by the client's sport allowlist.
     pub(crate) sport_param: Option<String>,
     /// Where the bookmaker comes from: `query:NAME` or `path:NAME`.
@@ -257,6 +257,9 @@ pub(crate) struct RawHeaderStyle {
     pub(crate) reset: Option<String>,
     pub(crate) ietf: Option<bool>,
     pub(crate) retry_after: Option<bool>,
+    /// `limited` (default): on answers the limiter counted (forwarded responses, its 429s);
+    /// `always`: on every answer of the API, refusals included (`ratelimit::HeaderStyle`).
+    pub(crate) when: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -113,7 +113,7 @@ status = 403
         (3, "listen `nowhere` is not an address"),
         (5, "uses a scheme other than http://"),
         (8, "unknown upstream `nope`"),
-        (8, "`Bad Scope` is not a scope"),
+        (11, "scopes: `Bad Scope` is not a scope"),
         (8, "sport_param `league` is not a parameter"),
         (15, "`cookie:session` must be"),
         (17, "unknown reason `made_up`"),
@@ -405,4 +405,77 @@ fn the_openpoker_profile_compiles_with_its_selfservice_routes() {
     assert!(register.public);
     assert_eq!(register.limits.by, crate::ratelimit::LimitBy::Source);
     assert_eq!(c.issuer.format.prefix(), "op_live_");
+}
+
+#[test]
+fn scope_templates_name_path_parameters_and_errors_name_the_line() {
+    let good = r#"
+[upstreams.default]
+url = "http://127.0.0.1:9000"
+
+[[routes]]
+name = "matches"
+path = "/{sport}/v1/matches/{id}"
+scopes = ["{sport}:matches:read", "base"]
+scopes_any = ["{sport}:live", "all:live"]
+sport_param = "sport"
+"#;
+    let c = load(good, "t.toml", &Overrides::default()).unwrap();
+    let needs = &c.routes.routes()[0].needs;
+    assert!(needs.has_templates());
+    let written: Vec<&str> = needs.scopes.iter().map(|s| s.as_written()).collect();
+    assert_eq!(written, ["{sport}:matches:read", "base"]);
+    assert_eq!(needs.any_scope[0].resolve(&["dota2", "7"]), "dota2:live");
+
+    let bad = r#"
+[upstreams.default]
+url = "http://127.0.0.1:9000"
+
+[[routes]]
+name = "matches"
+path = "/{sport}/v1/matches"
+sport_param = "sport"
+scopes = ["{league}:matches:list"]
+
+[[routes]]
+name = "files"
+path = "/files/{*rest}"
+scopes_any = [
+  "{rest}:read",
+  "{sport:read",
+]
+
+[[routes]]
+name = "plain"
+path = "/plain"
+scopes = ["{sport}::list"]
+"#;
+    let errs = load(bad, "bad.toml", &Overrides::default()).unwrap_err();
+    let lines: Vec<(Option<usize>, &str)> = errs
+        .0
+        .iter()
+        .map(|e| (e.line, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                Some(9),
+                "route `matches`: scopes: scope `{league}:matches:list` names `{league}`, which is not a parameter of the path (its parameters: `{sport}`)"
+            ),
+            (
+                Some(14),
+                "route `files`: scopes_any: scope `{rest}:read` names the catch-all `{*rest}`; a scope can take only a one-segment parameter like `{rest}`"
+            ),
+            (
+                Some(14),
+                "route `files`: scopes_any: scope `{sport:read` has a `{` or `}` that does not enclose a parameter name"
+            ),
+            (
+                Some(22),
+                "route `plain`: scopes: scope `{sport}::list` names `{sport}`, which is not a parameter of the path (the path has no parameters)"
+            ),
+        ],
+        "{errs}"
+    );
 }

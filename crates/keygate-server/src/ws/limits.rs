@@ -19,6 +19,9 @@ const SLOT_PER_DAY: u16 = 65_002;
 #[derive(Clone, Copy, Debug)]
 pub struct Refused {
     pub state: LimitState,
+    /// The limit's window for the IETF `RateLimit-Policy` (`w`): a day for the daily quota,
+    /// the lease's lifetime for a connection cap.
+    pub window_seconds: u64,
     /// The shared limiter failed and the policy is fail-closed.
     pub unavailable: bool,
 }
@@ -45,6 +48,7 @@ fn unavailable() -> Refused {
             reset: keygate_core::Timestamp::from_millis(0),
             retry_after: Duration::from_secs(1),
         },
+        window_seconds: 0,
         unavailable: true,
     }
 }
@@ -91,6 +95,7 @@ impl Leases {
                     leases.release(gw).await;
                     return Err(Refused {
                         state,
+                        window_seconds: ttl.as_secs().max(1),
                         unavailable: false,
                     });
                 }
@@ -117,6 +122,7 @@ impl Leases {
                     let (_, state) = v.binding.expect("a denial names its limit");
                     return Err(Refused {
                         state,
+                        window_seconds: Window::Day.seconds_hint(),
                         unavailable: false,
                     });
                 }

@@ -33,6 +33,7 @@ use super::upstream::{self, socket_config, Target, UpstreamSocket};
 use crate::body::Body;
 use crate::credential;
 use crate::gateway::{query_param, Admitted, Gateway};
+use crate::guard::Caller;
 use crate::metrics::Outcome;
 use crate::profile::{CredentialSource, LimitFacts};
 use crate::respond;
@@ -55,26 +56,27 @@ pub struct Pending {
 /// Why a session is not opened.
 #[derive(Debug)]
 enum Failure {
-    Denied(Denial),
+    /// Refused, with the caller when it had authenticated (its budget is then reported).
+    Denied(Denial, Option<Admitted>),
     Limited(limits::Refused),
 }
 
 impl From<Denial> for Failure {
     fn from(d: Denial) -> Self {
-        Failure::Denied(d)
+        Failure::Denied(d, None)
     }
 }
 
 impl From<Reason> for Failure {
     fn from(r: Reason) -> Self {
-        Failure::Denied(Denial::new(r))
+        Failure::Denied(Denial::new(r), None)
     }
 }
 
 impl Failure {
     fn reason(&self) -> Reason {
         match self {
-            Failure::Denied(d) => d.reason,
+            Failure::Denied(d, _) => d.reason,
             Failure::Limited(l) if l.unavailable => Reason::LimiterUnavailable,
             Failure::Limited(_) => Reason::RateLimited,
         }
@@ -95,7 +97,7 @@ impl Failure {
     /// `(code, detail)` of the error message.
     fn message(&self) -> (&'static str, String) {
         match self {
-            Failure::Denied(d) => (d.reason.code(), detail(d)),
+            Failure::Denied(d, _) => (d.reason.code(), detail(d)),
             Failure::Limited(l) if l.unavailable => (
                 Reason::LimiterUnavailable.code(),
                 Reason::LimiterUnavailable.default_detail().to_owned(),
@@ -163,18 +165,25 @@ fn authorize(
         Some(BookmakerSource::Path(n)) => params.get(n),
         Some(BookmakerSource::Query(q)) => query_param(p.query.as_deref(), q),
     };
+    let params = if route.needs.has_templates() {
+        params.values().iter().map(|&v| v.into()).collect()
+    } else {
+        Box::default()
+    };
     Ok(Admission {
         digest,
         route_index: p.route_index,
         sport: sport.map(Into::into),
         bookmaker: bookmaker.map(Into::into),
+        params,
     })
 }
 
 /// Authentication, authorization and connection limits.
 async fn admit(gw: &Gateway, p: &Pending, presented: &str) -> Result<Accepted, Failure> {
     let (who, digest) = authenticate(gw, presented).await?;
-    let admission = authorize(gw, &who, p, digest)?;
+    let admission =
+        authorize(gw, &who, p, digest).map_err(|d| Failure::Denied(d, Some(who.clone())))?;
     let limits = gw.config.ws.limits_for(&who.client.policy.plan).clone();
     let leases = Leases::acquire(gw, &who, &limits)
         .await
@@ -244,11 +253,13 @@ fn record(gw: &Gateway, p: &Pending, outcome: Outcome, status: u16) {
     gw.metrics.record(Some(p.route_index), outcome, status);
 }
 
-/// `handshake` mode: every decision before the upgrade; refusals are HTTP.
-pub async fn handshake(
-    gw: Arc<Gateway>,
-    p: Pending,
-    on_upgrade: OnUpgrade,
+/// An upgrade refused before it happened: the profile's HTTP answer. Under
+/// `when = "always"` it reports a budget like any answer: a connection limit's own state on its
+/// 429, else the caller's request budget as it stands (`crate::service::report_budget`).
+async fn refuse_upgrade(
+    gw: &Gateway,
+    p: &Pending,
+    failure: Failure,
     format: BodyFormat,
 ) -> Response<Body> {
     let profile = &gw.config.profile;
@@ -258,45 +269,71 @@ pub async fn handshake(
         .routes()
         .get(p.route_index)
         .map(|r| &r.errors);
-    let refuse = |failure: Failure| {
-        let reason = failure.reason();
-        let resp = match &failure {
-            Failure::Denied(d) => {
-                respond::denial_on(profile, overrides, d, format, LimitFacts::default())
-            }
-            Failure::Limited(l) => {
-                let facts = LimitFacts {
-                    limit: l.state.limit,
-                    remaining: l.state.remaining,
-                    reset: u64::try_from(l.state.reset.as_secs()).unwrap_or(0),
-                    retry_after: l.state.retry_after.as_secs().max(1),
+    let reason = failure.reason();
+    let resp = match &failure {
+        Failure::Denied(d, who) => {
+            let mut resp = respond::denial_on(profile, overrides, d, format, LimitFacts::default());
+            let caller = Caller {
+                peer: p.remote.ip(),
+                headers: &p.headers,
+            };
+            let who = who.as_ref();
+            crate::service::report_budget(gw, &mut resp, who, None, caller, Some(reason)).await;
+            resp
+        }
+        Failure::Limited(l) => {
+            let facts = LimitFacts {
+                limit: l.state.limit,
+                remaining: l.state.remaining,
+                reset: u64::try_from(l.state.reset.as_secs()).unwrap_or(0),
+                retry_after: l.state.retry_after.as_secs().max(1),
+            };
+            let mut resp = respond::denial_on(
+                profile,
+                overrides,
+                &Denial::about(reason, "connections"),
+                format,
+                facts,
+            );
+            let style = profile.rate_limit_headers;
+            if style.always && !l.unavailable {
+                let style = crate::ratelimit::HeaderStyle {
+                    retry_after: false,
+                    ..style
                 };
-                respond::denial_on(
-                    profile,
-                    overrides,
-                    &Denial::about(reason, "connections"),
-                    format,
-                    facts,
-                )
+                let now = gw.clock.now();
+                let headers = resp.headers_mut();
+                crate::ratelimit::write_state(headers, style, l.window_seconds, &l.state, now);
             }
-        };
-        record(&gw, &p, Outcome::Denied(reason), resp.status().as_u16());
-        resp
+            resp
+        }
     };
+    record(gw, p, Outcome::Denied(reason), resp.status().as_u16());
+    resp
+}
+
+/// `handshake` mode: every decision before the upgrade; refusals are HTTP.
+pub async fn handshake(
+    gw: Arc<Gateway>,
+    p: Pending,
+    on_upgrade: OnUpgrade,
+    format: BodyFormat,
+) -> Response<Body> {
     let (presented, source) = match credential_of(&gw, &p) {
         Ok(c) => c,
-        Err(r) => return refuse(r.into()),
+        Err(r) => return refuse_upgrade(&gw, &p, r.into(), format).await,
     };
     let mut admitted = match admit(&gw, &p, &presented).await {
         Ok(a) => a,
-        Err(f) => return refuse(f),
+        Err(f) => return refuse_upgrade(&gw, &p, f, format).await,
     };
     drop(presented);
     let (upstream, protocol) = match connect(&gw, &p, &admitted.who, source).await {
         Ok(c) => c,
         Err(r) => {
             admitted.leases.release(&gw).await;
-            return refuse(r.into());
+            let failure = Failure::Denied(Denial::new(r), Some(admitted.who.clone()));
+            return refuse_upgrade(&gw, &p, failure, format).await;
         }
     };
     record(&gw, &p, Outcome::Forwarded, 101);

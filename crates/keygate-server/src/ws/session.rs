@@ -16,11 +16,13 @@ use dashmap::DashMap;
 use keygate_core::decision::{Denial, Reason};
 use keygate_core::policy::{authorize, RequestFacts};
 use keygate_core::KeyDigest;
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use super::channels;
 use super::config::CloseEvent;
 use crate::gateway::{Admitted, Gateway};
+use crate::routes::MAX_PARAMS;
 
 /// How often open sessions are checked against the clock (expiry) besides every change.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -39,6 +41,8 @@ pub struct Admission {
     pub route_index: usize,
     pub sport: Option<Box<str>>,
     pub bookmaker: Option<Box<str>>,
+    /// The path parameters, when the route's scopes are templated by them (else empty).
+    pub params: Box<[Box<str>]>,
 }
 
 #[derive(Debug)]
@@ -179,12 +183,14 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
         .routes()
         .get(a.route_index)
         .ok_or(Reason::NotFound)?;
+    let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
     authorize(
         &who.client.policy,
         &route.needs,
         RequestFacts {
             sport: a.sport.as_deref(),
             bookmaker: a.bookmaker.as_deref(),
+            params: &params,
         },
     )?;
     let map = &gw.config.ws.profile.channels;

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::token;
 use crate::body::Body;
 use crate::credential;
-use crate::gateway::Gateway;
+use crate::gateway::{Admitted, Gateway};
 use crate::metrics::Outcome;
 use crate::profile::LimitFacts;
 use crate::respond;
@@ -28,36 +28,41 @@ fn refuse(gw: &Gateway, denial: &Denial, format: BodyFormat) -> Response<Body> {
     resp
 }
 
-/// Answers the token endpoint.
+/// Answers the token endpoint; with the caller when it authenticated, and the reason of a
+/// refusal (so the answer can report the caller's budget).
 pub fn answer(
     gw: &Gateway,
     method: &Method,
     headers: &HeaderMap,
     query: Option<&str>,
     format: BodyFormat,
-) -> Response<Body> {
+) -> (Response<Body>, Option<Admitted>, Option<Reason>) {
+    let refused = |denial: Denial, who: Option<Admitted>| {
+        let reason = Some(denial.reason);
+        (refuse(gw, &denial, format), who, reason)
+    };
     if method != Method::POST {
-        return refuse(gw, &Denial::new(Reason::MethodNotAllowed), format);
+        return refused(Denial::new(Reason::MethodNotAllowed), None);
     }
     let settings = &gw.config.ws.profile.token;
     let key = match credential::extract(&gw.config.profile.credentials, headers, query) {
         Ok(c) => c.key,
-        Err(r) => return refuse(gw, &Denial::new(r), format),
+        Err(r) => return refused(Denial::new(r), None),
     };
     if key.starts_with(token::PREFIX) {
         // A token does not buy another token.
-        return refuse(gw, &Denial::new(Reason::MalformedKey), format);
+        return refused(Denial::new(Reason::MalformedKey), None);
     }
     let who = match gw.authenticate(key) {
         Ok(w) => w,
-        Err(r) => return refuse(gw, &Denial::new(r), format),
+        Err(r) => return refused(Denial::new(r), None),
     };
     if let Some(f) = settings
         .features
         .iter()
         .find(|f| !who.client.policy.has_feature(f))
     {
-        return refuse(gw, &Denial::about(Reason::FeatureNotOnPlan, f), format);
+        return refused(Denial::about(Reason::FeatureNotOnPlan, f), Some(who));
     }
     let now = gw.clock.now();
     let digest = gw.config.issuer.digester.digest(key);
@@ -75,5 +80,5 @@ pub fn answer(
     );
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    (resp, Some(who), None)
 }

@@ -9,6 +9,10 @@
 
 mod support;
 
+/// The allocator the `keygate` binary ships with, so the figures are those of the binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;

@@ -7,6 +7,10 @@
 
 mod support;
 
+/// The allocator the `keygate` binary ships with, so the figures are those of the binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use keygate_server::feed::Plans;

@@ -214,6 +214,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             &method,
             req.headers(),
             req.uri().query(),
+            remote.ip(),
             format,
         );
         report_budget(gw, &mut resp, who.as_ref(), None, caller, reason).await;

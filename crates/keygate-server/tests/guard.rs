@@ -255,3 +255,100 @@ async fn guessing_around_one_key_prefix_from_many_sources_locks_that_prefix() {
         "{m}"
     );
 }
+
+/// The REST gate plus a handshake-mode WebSocket route and the WebSocket token endpoint: keys
+/// guessed through either count toward the same cool-down as REST guesses.
+const WS_CONFIG: &str = r#"
+[keys]
+prefix = "kg_"
+length = 32
+checksum = false
+
+[upstreams.default]
+url = "{upstream}"
+
+[[routes]]
+name = "matches"
+path = "/matches"
+
+[[routes]]
+name = "stream"
+path = "/v1/stream"
+ws = { mode = "handshake" }
+
+[profile.ws]
+token = { path = "/v1/ws-token", ttl = "30s", param = "token" }
+
+[guard]
+threshold = 5
+prefix_threshold = 100
+window = "1m"
+cooldown = "5m"
+"#;
+
+/// A WebSocket upgrade request sent as plain HTTP (the refusal comes before any upgrade).
+async fn upgrade(h: &Harness, client: &reqwest::Client, key: &str) -> u16 {
+    client
+        .get(h.url("/v1/stream"))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_and_token_requests_count_as_guesses_too() {
+    let h = Harness::start(WS_CONFIG).await;
+    h.client("Acme", &[], &[], &[], "free").await;
+    let (key, _) = h.key("Acme", None).await;
+
+    // Guesses through the WebSocket handshake...
+    let upgrader = from("127.0.0.11");
+    for n in 0..5 {
+        assert_eq!(upgrade(&h, &upgrader, &unknown("kg_", n)).await, 401);
+    }
+    assert_eq!(upgrade(&h, &upgrader, &unknown("kg_", 9)).await, 429);
+    // ...cool the source down for REST as well, valid key or not.
+    assert_eq!(get(&h, &upgrader, &key).await.0, 429);
+
+    // Guesses at the token endpoint likewise.
+    let tokens = from("127.0.0.12");
+    let token_request = |k: String| {
+        tokens
+            .post(h.url("/v1/ws-token"))
+            .header("X-API-Key", k)
+            .send()
+    };
+    for n in 0..5 {
+        let status = token_request(unknown("kg_", 20 + n))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    let status = token_request(key.clone()).await.unwrap().status();
+    assert_eq!(status, 429, "a valid key from a cooled-down source");
+    assert_eq!(get(&h, &tokens, &key).await.0, 429);
+
+    // Another source is unaffected on every path.
+    let customer = from("127.0.0.13");
+    assert_eq!(get(&h, &customer, &key).await.0, 200);
+    let issued = customer
+        .post(h.url("/v1/ws-token"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 200);
+    let m = metrics(&h).await;
+    assert!(
+        m.contains("keygate_guard_incidents_total{by=\"source\"} 2"),
+        "{m}"
+    );
+}

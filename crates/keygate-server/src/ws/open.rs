@@ -181,7 +181,21 @@ fn authorize(
 
 /// Authentication, authorization and connection limits.
 async fn admit(gw: &Gateway, p: &Pending, presented: &str) -> Result<Accepted, Failure> {
-    let (who, digest) = authenticate(gw, presented).await?;
+    // The brute-force guard sees WebSocket guesses as it sees REST ones: a source in its
+    // cool-down is refused before any lookup, and each failure here counts toward one.
+    let caller = Caller {
+        peer: p.remote.ip(),
+        headers: &p.headers,
+    };
+    gw.guard.check(caller, Some(presented), || gw.clock.now())?;
+    let (who, digest) = match authenticate(gw, presented).await {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            gw.guard
+                .failed(caller, Some(presented), reason, gw.clock.now());
+            return Err(reason.into());
+        }
+    };
     let admission =
         authorize(gw, &who, p, digest).map_err(|d| Failure::Denied(d, Some(who.clone())))?;
     let limits = gw.config.ws.limits_for(&who.client.policy.plan).clone();

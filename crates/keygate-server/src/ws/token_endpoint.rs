@@ -12,6 +12,7 @@ use super::token;
 use crate::body::Body;
 use crate::credential;
 use crate::gateway::{Admitted, Gateway};
+use crate::guard::Caller;
 use crate::metrics::Outcome;
 use crate::profile::LimitFacts;
 use crate::respond;
@@ -35,6 +36,7 @@ pub fn answer(
     method: &Method,
     headers: &HeaderMap,
     query: Option<&str>,
+    peer: std::net::IpAddr,
     format: BodyFormat,
 ) -> (Response<Body>, Option<Admitted>, Option<Reason>) {
     let refused = |denial: Denial, who: Option<Admitted>| {
@@ -53,7 +55,9 @@ pub fn answer(
         // A token does not buy another token.
         return refused(Denial::new(Reason::MalformedKey), None);
     }
-    let who = match gw.authenticate(key) {
+    // Guessing keys here is guessing keys: the brute-force guard counts it and cools it down.
+    let caller = Caller { peer, headers };
+    let who = match crate::check::guarded(gw, caller, Some(key), || gw.authenticate(key)) {
         Ok(w) => w,
         Err(r) => return refused(Denial::new(r), None),
     };

@@ -4,7 +4,7 @@
 #
 #   bench/callgrind.sh [KEYGATE_BINARY...]     (default: the release build)
 #
-# For each binary: starts `keygate serve` (bench/keygate-gate.toml, 1 worker) under callgrind
+# For each binary: starts `keygate serve` (bench/keygate-gate.toml or CONFIG, 1 worker) under callgrind
 # on the store bench/gateway.sh seeds, warms up, zeroes the counters, drives REQUESTS-ish
 # requests with wrk (a random key of 10,000 per request, CONNS connections), dumps, and prints
 # instructions per request and the top functions (inclusive). Needs the upstream and key files
@@ -17,6 +17,7 @@ RUN=${RUN:-${TMPDIR:-/tmp}/kg-gateway}
 DUR=${DUR:-10s}
 CONNS=${CONNS:-8}
 TOP=${TOP:-25}
+CONFIG=${CONFIG:-$HERE/keygate-gate.toml}   # another gate configuration on the same port
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BINS=("$@")
 [ ${#BINS[@]} -gt 0 ] || BINS=("$TARGET_DIR/release/keygate")
@@ -37,7 +38,7 @@ sleep 0.5
 for bin in "${BINS[@]}"; do
   out="$RUN/callgrind.$(basename "$bin").$$"
   env RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
-    "$bin" --db "$RUN/kg.db" serve --config "$HERE/keygate-gate.toml" --workers 1 \
+    "$bin" --db "$RUN/kg.db" serve --config "$CONFIG" --workers 1 \
     >"$RUN/cg-keygate.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   for _ in $(seq 1 300); do

@@ -217,33 +217,16 @@ impl Gateway {
         route: &Route,
         now: Timestamp,
     ) -> Result<Option<(Limit, LimitState)>, Reason> {
-        let client_limits = &who.client.limits;
-        if client_limits.limits.is_empty() && route.compiled_limits.is_empty() {
+        let checks = caller_checks(who, Some(route));
+        if checks.is_empty() {
             return Ok(None);
         }
-        // Inline for the usual handful of limits: no allocation per request.
-        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
-        let subjects = (&who.client.limit_subject, &who.key.limit_subject);
-        ratelimit::checks(
-            &mut checks,
-            &client_limits.limits,
-            client_limits.by,
-            subjects.0,
-            subjects.1,
-        );
-        ratelimit::checks(
-            &mut checks,
-            &route.compiled_limits,
-            route.limits.by,
-            subjects.0,
-            subjects.1,
-        );
         let verdict = self
             .limits
             .check(&checks, now)
             .await
             .map_err(|_| Reason::LimiterUnavailable)?;
-        Ok(verdict.binding.map(|(i, state)| (checks[i].limit, state)))
+        Ok(deciding(&checks, verdict))
     }
 
     /// Checks a public route's limits, counted per source address (`by = "source"`).
@@ -259,21 +242,13 @@ impl Gateway {
         if route.compiled_limits.is_empty() {
             return Ok(None);
         }
-        let subject: Arc<str> = format!("s:{source}").into();
-        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
-        ratelimit::checks(
-            &mut checks,
-            &route.compiled_limits,
-            route.limits.by,
-            &subject,
-            &subject,
-        );
+        let checks = source_checks(route, source);
         let verdict = self
             .limits
             .check(&checks, now)
             .await
             .map_err(|_| Reason::LimiterUnavailable)?;
-        Ok(verdict.binding.map(|(i, state)| (checks[i].limit, state)))
+        Ok(deciding(&checks, verdict))
     }
 
     /// What [`Gateway::check_limits`] would report for an admitted caller, consuming nothing:
@@ -285,31 +260,11 @@ impl Gateway {
         route: Option<&Route>,
         now: Timestamp,
     ) -> Option<(Limit, LimitState)> {
-        let client_limits = &who.client.limits;
-        let route_limits = route.map_or(&[][..], |r| &r.compiled_limits);
-        if client_limits.limits.is_empty() && route_limits.is_empty() {
+        let checks = caller_checks(who, route);
+        if checks.is_empty() {
             return None;
         }
-        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
-        let subjects = (&who.client.limit_subject, &who.key.limit_subject);
-        ratelimit::checks(
-            &mut checks,
-            &client_limits.limits,
-            client_limits.by,
-            subjects.0,
-            subjects.1,
-        );
-        if let Some(route) = route {
-            ratelimit::checks(
-                &mut checks,
-                route_limits,
-                route.limits.by,
-                subjects.0,
-                subjects.1,
-            );
-        }
-        let verdict = self.limits.peek(&checks, now).await.ok()?;
-        verdict.binding.map(|(i, state)| (checks[i].limit, state))
+        deciding(&checks, self.limits.peek(&checks, now).await.ok()?)
     }
 
     /// The budget an answer that consumed nothing reports under `when = "always"`
@@ -371,17 +326,8 @@ impl Gateway {
         source: std::net::IpAddr,
         now: Timestamp,
     ) -> Option<(Limit, LimitState)> {
-        let subject: Arc<str> = format!("s:{source}").into();
-        let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
-        ratelimit::checks(
-            &mut checks,
-            &route.compiled_limits,
-            route.limits.by,
-            &subject,
-            &subject,
-        );
-        let verdict = self.limits.peek(&checks, now).await.ok()?;
-        verdict.binding.map(|(i, state)| (checks[i].limit, state))
+        let checks = source_checks(route, source);
+        deciding(&checks, self.limits.peek(&checks, now).await.ok()?)
     }
 
     pub fn gauges(&self) -> Gauges {
@@ -402,6 +348,39 @@ impl Gateway {
             limiter: Some(self.limits.stats()),
         }
     }
+}
+
+/// The checks of an admitted caller: its client's limits, then the route's (if any). Inline
+/// for the usual handful of limits: no allocation per request.
+fn caller_checks(who: &Admitted, route: Option<&Route>) -> SmallVec<[Check; 4]> {
+    let mut checks = SmallVec::new();
+    let (client, key) = (&who.client.limit_subject, &who.key.limit_subject);
+    let limits = &who.client.limits;
+    ratelimit::checks(&mut checks, &limits.limits, limits.by, client, key);
+    if let Some(route) = route {
+        ratelimit::checks(
+            &mut checks,
+            &route.compiled_limits,
+            route.limits.by,
+            client,
+            key,
+        );
+    }
+    checks
+}
+
+/// The checks of a public route's limits for a source address.
+fn source_checks(route: &Route, source: std::net::IpAddr) -> SmallVec<[Check; 4]> {
+    let subject: Arc<str> = format!("s:{source}").into();
+    let mut checks = SmallVec::new();
+    let by = route.limits.by;
+    ratelimit::checks(&mut checks, &route.compiled_limits, by, &subject, &subject);
+    checks
+}
+
+/// The limit that decided a verdict over `checks`, with its state.
+fn deciding(checks: &[Check], verdict: keygate_limits::Verdict) -> Option<(Limit, LimitState)> {
+    verdict.binding.map(|(i, state)| (checks[i].limit, state))
 }
 
 /// The first value of a query parameter (empty values count as absent).

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod profile;
 pub mod proxy;
 pub mod ratelimit;
+pub mod repeat;
 pub mod replica;
 pub mod respond;
 pub mod routes;

@@ -6,7 +6,6 @@
 //! host, no channel hand-off, no shared state between workers. Measured on the gateway bench
 //! (BENCHMARKS.md), the pooled client cost about 1 µs of CPU per request.
 
-use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,6 +21,7 @@ use tokio::net::TcpStream;
 use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
 use crate::profile::{CredentialSource, Profile};
+use crate::repeat::{repeated, Repeat};
 use crate::upstream::UpstreamSpec;
 
 /// Idle connections kept per upstream and worker; more are closed when they finish.
@@ -239,22 +239,14 @@ fn upstream_uri(
 }
 
 thread_local! {
-    /// The last caller address and its `X-Forwarded-For` value, per worker thread: callers
-    /// keep their connections, so most requests reuse it instead of formatting an address.
-    static FORWARDED_FOR: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    /// The last caller address's `X-Forwarded-For` value: callers keep their connections, so
+    /// most requests reuse it instead of formatting an address.
+    static FORWARDED_FOR: Repeat<IpAddr> = const { Repeat::new() };
 }
 
-fn forwarded_for(ip: IpAddr) -> Option<HeaderValue> {
-    FORWARDED_FOR.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if let Some((last, value)) = &*cached {
-            if *last == ip {
-                return Some(value.clone());
-            }
-        }
-        let value = HeaderValue::from_str(&ip.to_string()).ok()?;
-        *cached = Some((ip, value.clone()));
-        Some(value)
+fn forwarded_for(ip: IpAddr) -> HeaderValue {
+    repeated(&FORWARDED_FOR, ip, |ip| {
+        HeaderValue::from_str(&ip.to_string()).expect("an address is ASCII")
     })
 }
 
@@ -313,7 +305,7 @@ pub fn prepare(
     let ip = f.remote.ip();
     let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
-        None => forwarded_for(ip),
+        None => Some(forwarded_for(ip)),
     };
     if let Some(v) = forwarded_for {
         headers.insert(xff, v);

@@ -13,6 +13,8 @@ use keygate_core::limit::{Limit, LimitState, Window};
 use keygate_core::{LimitOverrides, Timestamp};
 use keygate_limits::{Check, LimitKey};
 
+use crate::repeat::{repeated, Repeat};
+
 /// Whose counter a limit uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LimitBy {
@@ -187,42 +189,10 @@ fn ietf_field(a_key: u8, a: u64, b_key: u8, b: u64) -> HeaderValue {
     HeaderValue::from_bytes(&out[..len]).expect("ASCII digits and punctuation")
 }
 
-/// The last value of one header that repeats between responses (a limit's size, its policy,
-/// the reset second), per worker thread: cloning it is a reference count, formatting it anew
-/// an allocation.
-struct Repeat<K> {
-    last: Option<(K, HeaderValue)>,
-}
-
-impl<K: PartialEq + Copy> Repeat<K> {
-    const fn new() -> Self {
-        Repeat { last: None }
-    }
-
-    fn get(&mut self, key: K, make: impl FnOnce(K) -> HeaderValue) -> HeaderValue {
-        match &self.last {
-            Some((k, v)) if *k == key => v.clone(),
-            _ => {
-                let v = make(key);
-                self.last = Some((key, v.clone()));
-                v
-            }
-        }
-    }
-}
-
 thread_local! {
-    static LIMIT: std::cell::RefCell<Repeat<u64>> = const { std::cell::RefCell::new(Repeat::new()) };
-    static RESET: std::cell::RefCell<Repeat<u64>> = const { std::cell::RefCell::new(Repeat::new()) };
-    static POLICY: std::cell::RefCell<Repeat<(u64, u64)>> = const { std::cell::RefCell::new(Repeat::new()) };
-}
-
-fn repeated<K: PartialEq + Copy + 'static>(
-    cache: &'static std::thread::LocalKey<std::cell::RefCell<Repeat<K>>>,
-    key: K,
-    make: impl FnOnce(K) -> HeaderValue,
-) -> HeaderValue {
-    cache.with(|c| c.borrow_mut().get(key, make))
+    static LIMIT: Repeat<u64> = const { Repeat::new() };
+    static RESET: Repeat<u64> = const { Repeat::new() };
+    static POLICY: Repeat<(u64, u64)> = const { Repeat::new() };
 }
 
 /// Writes the headers for the limit that decided.

@@ -88,10 +88,11 @@ pub async fn handle_guarded(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Body> {
-    let gw = Arc::clone(&w.gw);
+    // The worker's own handle, not the gateway's: that count is shared by every worker.
+    let worker = Arc::clone(&w);
     let resp = guard_panics(handle(w, req, remote)).await;
     if resp.extensions().get::<Panicked>().is_some() {
-        gw.metrics.record_panic();
+        worker.gw.metrics.record_panic();
     }
     resp
 }
@@ -390,6 +391,13 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
             return resp;
         }
     };
+    // What the limiter said of this request, on whatever answers it.
+    let report_limited = |headers: &mut http::HeaderMap| {
+        if let Some((limit, state)) = &limited {
+            let style = profile.rate_limit_headers;
+            ratelimit::write_headers(headers, style, limit, state, now);
+        }
+    };
     crate::fault::panic_if_injected(&passed.route.name);
     if let Some(action) = &passed.route.selfservice {
         let answered =
@@ -411,15 +419,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
                 )
             }
         };
-        if let Some((limit, state)) = &limited {
-            ratelimit::write_headers(
-                resp.headers_mut(),
-                profile.rate_limit_headers,
-                limit,
-                state,
-                now,
-            );
-        }
+        report_limited(resp.headers_mut());
         access_log(
             gw,
             &method,
@@ -462,28 +462,14 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         Ok(mut resp) => {
             gw.metrics
                 .record(Some(passed.route_index), outcome, resp.status().as_u16());
-            if let Some((limit, state)) = &limited {
-                ratelimit::write_headers(
-                    resp.headers_mut(),
-                    profile.rate_limit_headers,
-                    limit,
-                    state,
-                    now,
-                );
-            }
+            report_limited(resp.headers_mut());
             (resp.map(Body::Upstream), None)
         }
         Err(reason) => {
             let mut resp = refuse(gw, Some(passed.route_index), &Denial::new(reason), format);
             // The request was counted: report what the limiter said when it was.
-            if let (Some((limit, state)), true) = (&limited, profile.rate_limit_headers.always) {
-                ratelimit::write_headers(
-                    resp.headers_mut(),
-                    profile.rate_limit_headers,
-                    limit,
-                    state,
-                    now,
-                );
+            if profile.rate_limit_headers.always {
+                report_limited(resp.headers_mut());
             }
             (resp, Some(reason))
         }

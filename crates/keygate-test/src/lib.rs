@@ -19,7 +19,7 @@ pub mod services;
 pub mod upstream;
 pub mod ws_upstream;
 
-pub use process::{free_port, wait_for_status, Proc};
+pub use process::{free_port, json_output, wait_for_status, Proc};
 pub use relay::Relay;
 pub use reqwest;
 pub use services::{postgres_schema, redis_url};

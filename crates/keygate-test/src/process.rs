@@ -119,6 +119,18 @@ fn read_lossy(path: &Path) -> String {
 ///
 /// Another process may take the port before the caller binds it; tests that
 /// can have the server report its own address should prefer that.
+/// Runs a CLI command to completion and returns the JSON document it printed; a failure
+/// fails the test with the command's stderr.
+pub fn json_output(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -10,18 +10,12 @@ use keygate_test::{
 use serde_json::Value;
 
 fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap()])
-        .args(args)
-        .env("KEYGATE_DB", db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    keygate_test::json_output(
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--json", "--config", config.to_str().unwrap()])
+            .args(args)
+            .env("KEYGATE_DB", db),
+    )
 }
 
 async fn cluster(dir: &Path, db: &str, config: &Path, upstream: &str) -> Vec<(Proc, String)> {

@@ -9,18 +9,12 @@ use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream};
 use serde_json::Value;
 
 fn cli(db: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("--json")
-        .args(args)
-        .env("KEYGATE_DB", db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    keygate_test::json_output(
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("--json")
+            .args(args)
+            .env("KEYGATE_DB", db),
+    )
 }
 
 struct Gateway {

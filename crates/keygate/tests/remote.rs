@@ -88,18 +88,12 @@ async fn start() -> (Node, Upstream) {
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .arg("--db")
-            .arg(&db)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        keygate_test::json_output(
+            Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .arg("--db")
+                .arg(&db)
+                .args(args),
+        )
     };
     let token = cli(&["--json", "admin-token", "create", "--name", "ops"])["token"]
         .as_str()

@@ -12,7 +12,9 @@ use keygate_core::{Clock, SystemClock, Timestamp};
 use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream, WsUpstream};
+use keygate_test::{
+    free_port, http_client, json_output, wait_for_status, Proc, Upstream, WsUpstream,
+};
 
 struct Gateway {
     proc: Proc,
@@ -59,6 +61,15 @@ async fn serve_with(dir: &Path, config_text: &str) -> Gateway {
     .await;
     assert!(ready, "gateway did not become ready: {}", proc.stderr());
     Gateway { proc, listen }
+}
+
+/// Runs the CLI on the store at `db` and returns its JSON answer.
+fn cli(db: &Path, args: &[&str]) -> serde_json::Value {
+    json_output(
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--json", "--db", db.to_str().unwrap()])
+            .args(args),
+    )
 }
 
 fn sigterm(proc: &Proc) {
@@ -205,19 +216,7 @@ reason = "Server restarting, reconnect shortly"
         ws = up.url()
     );
     let db = dir.path().join("keygate.db");
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args(["--json", "--db", db.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| cli(&db, args);
     cli(&["client", "create", "Acme"]);
     let key = cli(&["key", "create", "--client", "Acme"])["key"]
         .as_str()
@@ -278,19 +277,7 @@ async fn sigterm_writes_usage_and_last_use_that_no_periodic_flush_wrote() {
         upstream.url()
     );
     let db = dir.path().join("keygate.db");
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args(["--json", "--db", db.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| cli(&db, args);
     cli(&["client", "create", "Acme"]);
     let used = cli(&["key", "create", "--client", "Acme"]);
     let idle = cli(&["key", "create", "--client", "Acme"]);

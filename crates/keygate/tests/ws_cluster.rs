@@ -15,18 +15,12 @@ use serde_json::Value;
 type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap()])
-        .args(args)
-        .env("KEYGATE_DB", db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    keygate_test::json_output(
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["--json", "--config", config.to_str().unwrap()])
+            .args(args)
+            .env("KEYGATE_DB", db),
+    )
 }
 
 async fn node(dir: &Path, db: &str, config: &Path, i: usize) -> (Proc, String) {

@@ -153,22 +153,17 @@ pub fn check_with(p: &Params, tat: Option<i64>, now: Timestamp) -> (LimitState, 
 /// assert_eq!(gcra::peek_with(&p, tat, now).reset, Timestamp::from_millis(1_500));
 /// ```
 pub fn peek_with(p: &Params, tat: Option<i64>, now: Timestamp) -> LimitState {
+    let (state, _) = check_with(p, tat, now);
+    if !state.allowed {
+        return state;
+    }
+    // The check counted itself (one fewer remaining, its own TAT as reset); undo both.
     let now_us = now_micros(now);
-    let t = p.interval_us;
-    let tau = p.tolerance_us;
     let tat = tat.map_or(now_us, |tat| tat.max(now_us));
-    let ahead = tat.saturating_sub(now_us);
-    if ahead <= tau {
-        let remaining = ((tau - ahead).div_euclid(t) + 1).clamp(0, i64::from(p.burst));
-        LimitState {
-            allowed: true,
-            limit: p.max,
-            remaining: u64::try_from(remaining).unwrap_or(0),
-            reset: Timestamp::from_millis(div_ceil_i64(tat, 1000)),
-            retry_after: Duration::ZERO,
-        }
-    } else {
-        check_with(p, Some(tat), now).0
+    LimitState {
+        remaining: (state.remaining + 1).min(u64::from(p.burst)),
+        reset: Timestamp::from_millis(div_ceil_i64(tat, 1000)),
+        ..state
     }
 }
 

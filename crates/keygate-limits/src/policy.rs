@@ -159,7 +159,10 @@ impl Limits {
     /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
     pub async fn check(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, Unavailable> {
         if let Some(remote) = &self.redis {
-            if let Some(verdict) = remote.run(now, remote.limiter.check(checks, now)).await? {
+            // Boxed: the Redis call's state would otherwise size every local check's future,
+            // which the gateway initialises and moves on each request.
+            let call = Box::pin(remote.run(now, remote.limiter.check(checks, now)));
+            if let Some(verdict) = call.await? {
                 return Ok(verdict);
             }
         }
@@ -174,7 +177,10 @@ impl Limits {
     /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
     pub async fn peek(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, Unavailable> {
         if let Some(remote) = &self.redis {
-            if let Some(verdict) = remote.run(now, remote.limiter.peek(checks, now)).await? {
+            // Boxed: the Redis call's state would otherwise size every local check's future,
+            // which the gateway initialises and moves on each request.
+            let call = Box::pin(remote.run(now, remote.limiter.peek(checks, now)));
+            if let Some(verdict) = call.await? {
                 return Ok(verdict);
             }
         }

@@ -136,7 +136,9 @@ impl Upstreams {
             },
             None => req,
         };
-        let mut conn = connect(spec).await?;
+        // Boxed: a new connection is the rare case, and its handshake's state would otherwise
+        // size every request's future.
+        let mut conn = Box::pin(connect(spec)).await?;
         let resp = conn.send_request(req).await?;
         pool.put(conn);
         Ok(resp)

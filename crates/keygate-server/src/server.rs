@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -278,11 +279,11 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
                 if !bounds::first_bytes(&stream, first_bytes).await {
                     return; // Silent past the header timeout: closed.
                 }
+                // A combinator rather than an `async` block: the block would hold the
+                // handler's future beside its own state (see `service::handle_guarded`).
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let worker = Arc::clone(&worker);
-                    async move {
-                        Ok::<_, Infallible>(service::handle_guarded(worker, req, remote).await)
-                    }
+                    service::handle_guarded(Arc::clone(&worker), req, remote)
+                        .map(Ok::<_, Infallible>)
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {

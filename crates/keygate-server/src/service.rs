@@ -67,7 +67,8 @@ pub async fn report_budget(
         return;
     }
     let now = gw.clock.now();
-    if let Some((window, state)) = gw.budget(who, route, caller, reason, now).await {
+    // Boxed: it may wait on Redis, and only refusals come here.
+    if let Some((window, state)) = Box::pin(gw.budget(who, route, caller, reason, now)).await {
         let style = ratelimit::HeaderStyle {
             retry_after: false,
             ..style
@@ -83,18 +84,24 @@ fn route_at(gw: &Gateway, index: Option<usize>) -> Option<&Route> {
 /// [`handle`], with a panic turned into a 500 instead of a dropped connection: one request's bug
 /// must not take other requests on the connection with it. The panic itself is logged by the
 /// process's panic hook (the binary's logs its location through `tracing`).
-pub async fn handle_guarded(
+///
+/// Not an `async fn`, nor is [`guard_panics`]: an async wrapper keeps its argument future and
+/// the future it awaits side by side in its state, so each layer doubled the size that every
+/// request initialises and moves (15 KiB before, BENCHMARKS.md). Combinators hold one.
+pub fn handle_guarded(
     w: Arc<Worker>,
     req: Request<Incoming>,
     remote: SocketAddr,
-) -> Response<Body> {
+) -> impl std::future::Future<Output = Response<Body>> + Send {
+    use futures_util::FutureExt as _;
     // The worker's own handle, not the gateway's: that count is shared by every worker.
     let worker = Arc::clone(&w);
-    let resp = guard_panics(handle(w, req, remote)).await;
-    if resp.extensions().get::<Panicked>().is_some() {
-        worker.gw.metrics.record_panic();
-    }
-    resp
+    guard_panics(handle(w, req, remote)).map(move |resp| {
+        if resp.extensions().get::<Panicked>().is_some() {
+            worker.gw.metrics.record_panic();
+        }
+        resp
+    })
 }
 
 /// Marks the answer [`guard_panics`] gave in place of a panicked handler's.
@@ -102,36 +109,39 @@ pub async fn handle_guarded(
 pub struct Panicked;
 
 /// Runs `answer`; if it panics, the answer is a 500 `internal_error` problem document.
-pub async fn guard_panics(
-    answer: impl std::future::Future<Output = Response<Body>>,
-) -> Response<Body> {
+pub fn guard_panics<F>(answer: F) -> impl std::future::Future<Output = Response<Body>>
+where
+    F: std::future::Future<Output = Response<Body>>,
+{
     use futures_util::FutureExt as _;
-    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
-        Ok(resp) => resp,
-        Err(_) => {
-            tracing::error!("A request handler panicked; answered 500.");
-            let mut resp = respond::json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &serde_json::json!({
-                    "type": "about:blank",
-                    "title": "Internal Server Error",
-                    "status": 500,
-                    "code": "internal_error",
-                    "detail": "The gateway failed to answer this request.",
-                }),
-            );
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/problem+json"),
-            );
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            resp.extensions_mut().insert(Panicked);
-            resp
-        }
-    }
+    std::panic::AssertUnwindSafe(answer)
+        .catch_unwind()
+        .map(|answered| answered.unwrap_or_else(|_| panicked()))
+}
+
+/// The answer in place of a panicked handler's.
+fn panicked() -> Response<Body> {
+    tracing::error!("A request handler panicked; answered 500.");
+    let mut resp = respond::json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &serde_json::json!({
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "code": "internal_error",
+            "detail": "The gateway failed to answer this request.",
+        }),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp.extensions_mut().insert(Panicked);
+    resp
 }
 
 pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
@@ -201,8 +211,12 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         None => BodyFormat::Json,
     };
 
-    if let Some(resp) = crate::ws::serve(&w, &mut req, remote, format).await {
-        return resp;
+    // Cold paths are boxed: an awaited future is part of this one's state, which every
+    // request initialises and moves whatever path it takes.
+    if crate::ws::handshake::is_upgrade(&req) {
+        if let Some(resp) = Box::pin(crate::ws::serve(&w, &mut req, remote, format)).await {
+            return resp;
+        }
     }
     let path = req.uri().path();
     let caller = Caller {
@@ -239,7 +253,7 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     }
     if profile.verify {
         if path == verify::VERIFY_PATH {
-            return verify::verify(gw, req, format, remote.ip()).await;
+            return Box::pin(verify::verify(gw, req, format, remote.ip())).await;
         }
         if let Some(contract) = Contract::from_path(path) {
             return verify::forward_auth(gw, contract, &req, format, remote.ip());
@@ -401,7 +415,8 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     crate::fault::panic_if_injected(&passed.route.name);
     if let Some(action) = &passed.route.selfservice {
         let answered =
-            crate::selfservice::answer(gw, action, req, passed.who.as_ref(), remote).await;
+            Box::pin(crate::selfservice::answer(gw, action, req, passed.who.as_ref(), remote))
+                .await;
         let (mut resp, reason) = match answered {
             Ok(resp) => {
                 gw.metrics.record(

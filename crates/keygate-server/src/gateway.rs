@@ -140,17 +140,19 @@ impl Gateway {
             .collect();
         let guard = Guard::new(config.guard.clone(), config.issuer.format.prefix());
         let breakers = crate::breaker::Breakers::new(&config.upstreams);
+        let metrics = Metrics::new(names, config.workers);
+        let usage = crate::usage::UsageCounter::new(config.workers);
         Gateway {
             breakers,
             config,
             replica,
-            metrics: Metrics::new(names),
+            metrics,
             guard,
             drain: Drain::new(),
             limits,
             store: StoreHealth::default(),
             emergency: crate::emergency::EmergencySwitch::default(),
-            usage: crate::usage::UsageCounter::default(),
+            usage,
             last_used: crate::last_used::LastUsed::default(),
             started: Instant::now(),
             clock,

@@ -19,6 +19,7 @@ pub mod hostile;
 pub mod infra;
 pub mod last_used;
 pub mod metrics;
+pub mod per_worker;
 pub mod profile;
 pub mod proxy;
 pub mod ratelimit;

@@ -2,12 +2,15 @@
 //!
 //! Written here rather than through a metrics facade because every request touches it: a
 //! per-route array of atomics indexed by outcome costs one relaxed add, with no label hashing
-//! or allocation on the hot path. The exposition format is a few lines of text.
+//! or allocation on the hot path, and each worker thread adds to its own copy
+//! (`crate::per_worker`), summed when read. The exposition format is a few lines of text.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keygate_core::decision::Reason;
+
+use crate::per_worker::PerWorker;
 
 /// What happened to a request, for counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,14 +66,30 @@ impl RouteCounters {
     }
 }
 
-/// All counters of one gateway process.
-pub struct Metrics {
-    route_names: Vec<String>,
+/// The counters one worker thread writes.
+struct Shard {
     /// One per route, plus one for requests that matched no route.
     routes: Vec<RouteCounters>,
     decision_buckets: [AtomicU64; BUCKETS_NS.len() + 1],
     decision_sum_ns: AtomicU64,
     decision_count: AtomicU64,
+}
+
+impl Shard {
+    fn new(routes: usize) -> Self {
+        Shard {
+            routes: (0..=routes).map(|_| RouteCounters::new()).collect(),
+            decision_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            decision_sum_ns: AtomicU64::new(0),
+            decision_count: AtomicU64::new(0),
+        }
+    }
+}
+
+/// All counters of one gateway process.
+pub struct Metrics {
+    route_names: Vec<String>,
+    shards: PerWorker<Shard>,
     /// Request handlers that panicked and were answered 500 (`crate::service::guard_panics`).
     panics: AtomicU64,
 }
@@ -97,23 +116,20 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    pub fn new(route_names: Vec<String>) -> Self {
-        let routes = (0..=route_names.len())
-            .map(|_| RouteCounters::new())
-            .collect();
+    /// Counters for `route_names` written by `workers` worker threads (and any other).
+    pub fn new(route_names: Vec<String>, workers: usize) -> Self {
+        let routes = route_names.len();
         Metrics {
             route_names,
-            routes,
-            decision_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            decision_sum_ns: AtomicU64::new(0),
-            decision_count: AtomicU64::new(0),
+            shards: PerWorker::new(workers, || Shard::new(routes)),
             panics: AtomicU64::new(0),
         }
     }
 
     /// Counts one request; `route` is `None` when no route matched.
     pub fn record(&self, route: Option<usize>, outcome: Outcome, status: u16) {
-        let counters = &self.routes[route
+        let routes = &self.shards.local().routes;
+        let counters = &routes[route
             .unwrap_or(self.route_names.len())
             .min(self.route_names.len())];
         counters.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
@@ -133,16 +149,26 @@ impl Metrics {
             .iter()
             .position(|&b| nanos <= b)
             .unwrap_or(BUCKETS_NS.len());
-        self.decision_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.decision_sum_ns.fetch_add(nanos, Ordering::Relaxed);
-        self.decision_count.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shards.local();
+        shard.decision_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.decision_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+        shard.decision_count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Total requests counted with an outcome, over all routes.
     pub fn count(&self, outcome: Outcome) -> u64 {
-        self.routes
+        self.shards
             .iter()
+            .flat_map(|s| &s.routes)
             .map(|r| r.outcomes[outcome.index()].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// One counter summed over the workers' copies.
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| counter(s).load(Ordering::Relaxed))
             .sum()
     }
 
@@ -152,9 +178,9 @@ impl Metrics {
         let name_of = |i: usize| self.route_names.get(i).map_or("(none)", String::as_str);
         out.push_str("# HELP keygate_requests_total Requests by route and outcome (forwarded, public, local, or a refusal reason).\n");
         out.push_str("# TYPE keygate_requests_total counter\n");
-        for (i, r) in self.routes.iter().enumerate() {
-            for (o, c) in r.outcomes.iter().enumerate() {
-                let v = c.load(Ordering::Relaxed);
+        for i in 0..=self.route_names.len() {
+            for o in 0..OUTCOMES {
+                let v = self.sum(|s| &s.routes[i].outcomes[o]);
                 if v > 0 {
                     let _ = writeln!(
                         out,
@@ -167,9 +193,9 @@ impl Metrics {
         }
         out.push_str("# HELP keygate_responses_total Responses by route and status code.\n");
         out.push_str("# TYPE keygate_responses_total counter\n");
-        for (i, r) in self.routes.iter().enumerate() {
-            for (status, c) in r.statuses.iter().enumerate() {
-                let v = c.load(Ordering::Relaxed);
+        for i in 0..=self.route_names.len() {
+            for status in 0..STATUS_SLOTS {
+                let v = self.sum(|s| &s.routes[i].statuses[status]);
                 if v > 0 {
                     let _ = writeln!(
                         out,
@@ -194,14 +220,14 @@ impl Metrics {
         out.push_str("# TYPE keygate_decision_seconds histogram\n");
         let mut cumulative = 0;
         for (i, bound) in BUCKETS_NS.iter().enumerate() {
-            cumulative += self.decision_buckets[i].load(Ordering::Relaxed);
+            cumulative += self.sum(|s| &s.decision_buckets[i]);
             let _ = writeln!(
                 out,
                 "keygate_decision_seconds_bucket{{le=\"{}\"}} {cumulative}",
                 *bound as f64 / 1e9
             );
         }
-        cumulative += self.decision_buckets[BUCKETS_NS.len()].load(Ordering::Relaxed);
+        cumulative += self.sum(|s| &s.decision_buckets[BUCKETS_NS.len()]);
         let _ = writeln!(
             out,
             "keygate_decision_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
@@ -209,12 +235,12 @@ impl Metrics {
         let _ = writeln!(
             out,
             "keygate_decision_seconds_sum {}",
-            self.decision_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+            self.sum(|s| &s.decision_sum_ns) as f64 / 1e9
         );
         let _ = writeln!(
             out,
             "keygate_decision_seconds_count {}",
-            self.decision_count.load(Ordering::Relaxed)
+            self.sum(|s| &s.decision_count)
         );
         for (name, help, value) in [
             (
@@ -286,7 +312,7 @@ mod tests {
 
     #[test]
     fn exposition() {
-        let m = Metrics::new(vec!["matches".into()]);
+        let m = Metrics::new(vec!["matches".into()], 1);
         m.record(Some(0), Outcome::Forwarded, 200);
         m.record(Some(0), Outcome::Denied(Reason::UnknownKey), 401);
         m.record(None, Outcome::Denied(Reason::NotFound), 404);

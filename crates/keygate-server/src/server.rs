@@ -179,7 +179,10 @@ pub async fn start_with_clock(
         let stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name(format!("keygate-worker-{i}"))
-            .spawn(move || run_worker(gw, listener, stop))
+            .spawn(move || {
+                crate::per_worker::enter(i);
+                run_worker(gw, listener, stop)
+            })
             .map_err(ServeError::Thread)?;
         workers.push(handle);
     }

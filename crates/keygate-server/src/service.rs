@@ -414,9 +414,14 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     };
     crate::fault::panic_if_injected(&passed.route.name);
     if let Some(action) = &passed.route.selfservice {
-        let answered =
-            Box::pin(crate::selfservice::answer(gw, action, req, passed.who.as_ref(), remote))
-                .await;
+        let answered = Box::pin(crate::selfservice::answer(
+            gw,
+            action,
+            req,
+            passed.who.as_ref(),
+            remote,
+        ))
+        .await;
         let (mut resp, reason) = match answered {
             Ok(resp) => {
                 gw.metrics.record(

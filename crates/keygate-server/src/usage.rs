@@ -3,94 +3,114 @@
 //! keys' last uses. A flush that fails puts its counts back, so a store outage delays usage
 //! figures but loses none.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use dashmap::DashMap;
 use keygate_core::{Client, Timestamp};
 use keygate_store::{Store, UsageRow};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
+use crate::per_worker::PerWorker;
 use crate::replica::ClientEntry;
 
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct UsageKey {
-    /// The client's limit subject (`c:cli_…`): already shared, so counting allocates nothing.
+/// What one count is of: a client's limit subject by address, the UTC day (days since the
+/// epoch) and the status. The map holds the subject (`Counted::subject`), so its address names
+/// it for as long as the entry lives, and a hit costs neither a string hash nor a reference
+/// count on the client's shared subject.
+type UsageKey = (usize, i64, u16);
+
+#[derive(Debug)]
+struct Counted {
+    /// The client's limit subject (`c:cli_…`).
     subject: Arc<str>,
-    /// Days since the epoch, UTC.
-    day: i64,
-    status: u16,
+    requests: u64,
 }
 
-/// Counts not yet flushed. Entries of past days are dropped once flushed, so memory is bounded
-/// by clients × statuses in use × days since the last flush.
-#[derive(Debug, Default)]
+/// Counts of one worker thread. The lock is the worker's own but for the flush's moment.
+type Counts = Mutex<HashMap<UsageKey, Counted, foldhash::fast::RandomState>>;
+
+/// Counts not yet flushed, one map per worker thread (`crate::per_worker`): a shared map's
+/// locks and counters bounced between the cores on every request. A flush empties the maps, so
+/// memory is bounded by clients × statuses in use between two flushes.
+#[derive(Debug)]
 pub struct UsageCounter {
-    counts: DashMap<UsageKey, AtomicU64>,
+    counts: PerWorker<Counts>,
+}
+
+impl Default for UsageCounter {
+    fn default() -> Self {
+        UsageCounter::new(1)
+    }
+}
+
+fn lock(
+    counts: &Counts,
+) -> MutexGuard<'_, HashMap<UsageKey, Counted, foldhash::fast::RandomState>> {
+    counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn count(counts: &Counts, subject: &Arc<str>, day: i64, status: u16, n: u64) {
+    let key = (Arc::as_ptr(subject).cast::<u8>() as usize, day, status);
+    lock(counts)
+        .entry(key)
+        .or_insert_with(|| Counted {
+            subject: Arc::clone(subject),
+            requests: 0,
+        })
+        .requests += n;
 }
 
 impl UsageCounter {
-    /// Counts one answered request of `client`.
-    pub fn record(&self, client: &ClientEntry, now: Timestamp, status: u16) {
-        let key = UsageKey {
-            subject: Arc::clone(&client.limit_subject),
-            day: now.as_millis().div_euclid(DAY_MS),
-            status,
-        };
-        if let Some(n) = self.counts.get(&key) {
-            n.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// Counters for `workers` worker threads (and any other).
+    pub fn new(workers: usize) -> Self {
+        UsageCounter {
+            counts: PerWorker::new(workers, Counts::default),
         }
-        self.counts
-            .entry(key)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes every count so far, leaving zeros (entries of days before `now`'s are removed).
-    pub fn drain(&self, now: Timestamp) -> Vec<UsageRow> {
-        let today = now.as_millis().div_euclid(DAY_MS);
-        let mut rows = Vec::new();
-        self.counts.retain(|key, n| {
-            let requests = n.swap(0, Ordering::AcqRel);
-            if requests > 0 {
-                rows.push(UsageRow {
-                    client_id: key
-                        .subject
-                        .strip_prefix("c:")
-                        .unwrap_or(&key.subject)
-                        .to_owned(),
-                    day: Timestamp::from_millis(key.day * DAY_MS).utc_day(),
-                    status: key.status,
-                    requests,
-                });
+    /// Counts one answered request of `client`.
+    pub fn record(&self, client: &ClientEntry, now: Timestamp, status: u16) {
+        let day = now.as_millis().div_euclid(DAY_MS);
+        count(self.counts.local(), &client.limit_subject, day, status, 1);
+    }
+
+    /// Takes every count so far, summed over the workers.
+    pub fn drain(&self) -> Vec<UsageRow> {
+        let mut summed: HashMap<(Arc<str>, i64, u16), u64> = HashMap::new();
+        for counts in self.counts.iter() {
+            for ((_, day, status), c) in lock(counts).drain() {
+                *summed.entry((c.subject, day, status)).or_default() += c.requests;
             }
-            key.day >= today
-        });
-        rows
+        }
+        summed
+            .into_iter()
+            .filter(|&(_, requests)| requests > 0)
+            .map(|((subject, day, status), requests)| UsageRow {
+                client_id: subject.strip_prefix("c:").unwrap_or(&subject).to_owned(),
+                day: Timestamp::from_millis(day * DAY_MS).utc_day(),
+                status,
+                requests,
+            })
+            .collect()
     }
 
     /// Puts back counts whose flush failed.
     fn restore(&self, rows: Vec<UsageRow>) {
+        let shared = self.counts.local();
         for r in rows {
             let day = Timestamp::parse_rfc3339(&format!("{}T00:00:00Z", r.day))
                 .map_or(0, |t| t.as_millis().div_euclid(DAY_MS));
-            let key = UsageKey {
-                subject: format!("c:{}", r.client_id).into(),
-                day,
-                status: r.status,
-            };
-            self.counts
-                .entry(key)
-                .or_default()
-                .fetch_add(r.requests, Ordering::Relaxed);
+            let subject: Arc<str> = format!("c:{}", r.client_id).into();
+            count(shared, &subject, day, r.status, r.requests);
         }
     }
 }
@@ -103,7 +123,7 @@ impl UsageCounter {
 /// The store's error (already logged by the caller's policy).
 pub async fn flush(gw: &Gateway, store: &Store) -> Result<usize, keygate_store::StoreError> {
     let uses = gw.last_used.flush(store).await;
-    let rows = gw.usage.drain(gw.clock.now());
+    let rows = gw.usage.drain();
     let n = rows.len();
     match store.add_usage(&rows).await {
         Ok(()) => Ok(n + uses?),
@@ -163,4 +183,91 @@ pub fn report(client: &Client, from: &str, to: &str, rows: &[UsageRow]) -> Value
         "requests": total,
         "days": days,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use keygate_core::{ClientId, LimitOverrides};
+    use keygate_store::Snapshot;
+
+    use super::*;
+    use crate::replica::Replica;
+
+    fn entry(id: &str) -> Arc<ClientEntry> {
+        let replica = Replica::new();
+        let id = ClientId::parse(id).unwrap();
+        let client = Client {
+            id: id.clone(),
+            name: "Acme".into(),
+            plan: "pro".into(),
+            scopes: vec![],
+            sports: vec![],
+            bookmakers: vec![],
+            limits: LimitOverrides::default(),
+            active: true,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+            parent: None,
+            metadata: Default::default(),
+        };
+        let snapshot = Snapshot {
+            version: 1,
+            clients: vec![client],
+            ..Default::default()
+        };
+        replica.load(&snapshot, &|_: &str| Vec::new());
+        replica.client(&id).unwrap()
+    }
+
+    fn sorted(mut rows: Vec<UsageRow>) -> Vec<(String, String, u16, u64)> {
+        rows.sort_by(|a, b| {
+            (&a.client_id, &a.day, a.status).cmp(&(&b.client_id, &b.day, b.status))
+        });
+        rows.into_iter()
+            .map(|r| (r.client_id, r.day, r.status, r.requests))
+            .collect()
+    }
+
+    #[test]
+    fn workers_counts_are_summed_by_client_day_and_status_and_restored_after_a_failed_flush() {
+        let usage = Arc::new(UsageCounter::new(2));
+        let a = entry("cli_000000000000000a");
+        // The same client after a change: a new entry, a new subject allocation, the same text.
+        let a_changed = entry("cli_000000000000000a");
+        let b = entry("cli_000000000000000b");
+        let day1 = Timestamp::from_millis(DAY_MS * 20_000 + 5);
+        let day2 = Timestamp::from_millis(DAY_MS * 20_001 + 5);
+        usage.record(&a, day1, 200);
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let (usage, a, a_changed, b) =
+                    (Arc::clone(&usage), a.clone(), a_changed.clone(), b.clone());
+                std::thread::spawn(move || {
+                    crate::per_worker::enter(w);
+                    for _ in 0..10 {
+                        usage.record(&a, day1, 200);
+                        usage.record(&a_changed, day1, 200);
+                    }
+                    usage.record(&a, day2, 429);
+                    usage.record(&b, day1, 200);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let expected = vec![
+            ("cli_000000000000000a".to_owned(), day1.utc_day(), 200, 41),
+            ("cli_000000000000000a".to_owned(), day2.utc_day(), 429, 2),
+            ("cli_000000000000000b".to_owned(), day1.utc_day(), 200, 2),
+        ];
+        let rows = usage.drain();
+        assert_eq!(sorted(rows.clone()), expected);
+        assert!(usage.drain().is_empty(), "a drain takes everything");
+        usage.restore(rows);
+        usage.record(&b, day1, 200);
+        let mut again = expected;
+        again[2].3 += 1;
+        assert_eq!(sorted(usage.drain()), again);
+    }
 }

@@ -7,7 +7,7 @@
 # start/stop by PID. Adds keygate (release build, the same 10,000 keys in a SQLite store, a
 # per-key rate limit configured but never triggered), keygate with authentication off, keygate's
 # verify API, and nginx using keygate as its auth_request service. Cases run round-robin for
-# REPS repetitions per worker count; one table per worker count with medians, CPU per request,
+# REPS repetitions per worker count; one table per worker count with medians, CPU per request (user and kernel),
 # RSS, and the ratios keygate / peer against the targets in BENCHMARKS.md.
 #
 #   bench/gateway.sh                          # W=1 and W=2, 3 reps, 10 s per case (~20 min)
@@ -129,14 +129,25 @@ rss_kib() {   # VmRSS of pids and their direct children, KiB
 
 cpu_all() { local t=0 p; for p in "$@"; do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
 
+# user-space CPU ticks (utime) of pids and their direct children: with cpu_all, the split
+# between the process's own code and the kernel's work on its behalf (sockets, scheduling)
+user_all() {
+  local t=0 p
+  for p in "$@" $(for q in "$@"; do pgrep -P "$q" 2>/dev/null; done); do
+    [ -r "/proc/$p/stat" ] || continue
+    t=$(( t + $(awk '{sub(/^.*\) /,""); print $12}' "/proc/$p/stat") ))
+  done
+  echo "$t"
+}
+
 # measure CASE PORT LUA SANITY PIDS... : one bounded wrk run, one row in $ROWS
 measure() {
   local c=$1 port=$2 lua=$3 sanity=$4; shift 4
-  local pids=("$@") out line hz c0 c1 rss
+  local pids=("$@") out line hz c0 c1 u0 u1 rss
   wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "http://127.0.0.1:$port/" >/dev/null 2>&1
-  c0=$(cpu_all "${pids[@]}")
+  c0=$(cpu_all "${pids[@]}"); u0=$(user_all "${pids[@]}")
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$lua" "http://127.0.0.1:$port/" 2>&1)
-  c1=$(cpu_all "${pids[@]}")
+  c1=$(cpu_all "${pids[@]}"); u1=$(user_all "${pids[@]}")
   rss=$(rss_kib "${pids[@]}")
   echo "$out" >"$RUN/wrk-$c-w$WORKERS.txt"
   line=$(echo "$out" | grep '^RESULT') || { kg_log "$c: no RESULT line"; echo "$out" >&2; return; }
@@ -147,9 +158,9 @@ measure() {
   done
   awk -v c="$c" -v w="$WORKERS" -v rps="$R_rps" -v p50="$R_p50_us" -v p99="$R_p99_us" \
       -v n="$R_requests" -v t=$((c1 - c0)) -v hz="$hz" -v rss="$rss" -v bad="$R_non2xx" \
-      -v err="$R_sockerr" -v s="$sanity" 'BEGIN {
-    printf "%s\t%s\t%.0f\t%.3f\t%.3f\t%.2f\t%.1f\t%s\t%s\t%s\n", c, w, rps, p50/1000, p99/1000,
-      (n > 0 ? t / hz * 1e6 / n : 0), rss / 1024, bad, err, s }' >>"$ROWS"
+      -v err="$R_sockerr" -v s="$sanity" -v u=$((u1 - u0)) 'BEGIN {
+    printf "%s\t%s\t%.0f\t%.3f\t%.3f\t%.2f\t%.1f\t%s\t%s\t%s\t%.2f\n", c, w, rps, p50/1000, p99/1000,
+      (n > 0 ? t / hz * 1e6 / n : 0), rss / 1024, bad, err, s, (n > 0 ? u / hz * 1e6 / n : 0) }' >>"$ROWS"
 }
 
 codes() {  # valid / missing / bogus on GET /
@@ -214,21 +225,22 @@ TARGETS = [  # (keygate case, peer case, what, target, higher is better)
 for w in sorted(by_w):
     cases = by_w[w]
     med = {c: {k: st.median(float(r[i]) for r in rs)
-               for k, i in (("rps", 2), ("p50", 3), ("p99", 4), ("cpu", 5), ("rss", 6))}
+               for k, i in (("rps", 2), ("p50", 3), ("p99", 4), ("cpu", 5), ("rss", 6), ("usr", 10))}
            for c, rs in cases.items()}
     reps = max(len(rs) for rs in cases.values())
     print(f"\n### workers={w}: wrk -t{threads} -c{conns} -d{dur} (+{warm} warm-up), random key of "
           f"{nkeys} per request, {cores} cores, medians of {reps}\n")
     kg = med.get("keygate-gate")
-    print("| case | req/s | (min-max) | p50 ms | p99 ms | CPU us/req | RSS MiB | keygate-gate req/s / this | sanity | non2xx/sockerr |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---|---|")
+    print("| case | req/s | (min-max) | p50 ms | p99 ms | CPU us/req | user | kernel | RSS MiB | keygate-gate req/s / this | sanity | non2xx/sockerr |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for c, rs in cases.items():
         m = med[c]
         rps = [float(r[2]) for r in rs]
         ratio = f"{kg['rps'] / m['rps']:.2f}" if kg and m["rps"] else "-"
         bad = f"{sum(int(r[7]) for r in rs)}/{sum(int(r[8]) for r in rs)}"
         print(f"| {c} | {m['rps']:,.0f} | {min(rps):,.0f}-{max(rps):,.0f} | {m['p50']:.2f} | "
-              f"{m['p99']:.2f} | {m['cpu']:.1f} | {m['rss']:.1f} | {ratio} | {rs[0][9]} | {bad} |")
+              f"{m['p99']:.2f} | {m['cpu']:.1f} | {m['usr']:.1f} | {m['cpu'] - m['usr']:.1f} | "
+              f"{m['rss']:.1f} | {ratio} | {rs[0][9]} | {bad} |")
     print("\n| target | measured | target | met |")
     print("|---|---:|---:|---|")
     for mine, peer, what, target, higher in TARGETS:

@@ -28,6 +28,22 @@ pub struct IdentityHeaders {
 }
 
 impl IdentityHeaders {
+    /// A copy that shares no allocation with `self`: each worker sends its own, since a name
+    /// cloned from one shared copy bumps a reference count every worker writes to
+    /// (`crate::per_worker`).
+    pub fn copied(&self) -> Self {
+        let copy = |n: &HeaderName| {
+            HeaderName::from_bytes(n.as_str().as_bytes()).unwrap_or_else(|_| n.clone())
+        };
+        IdentityHeaders {
+            client_id: copy(&self.client_id),
+            client_name: copy(&self.client_name),
+            key_id: copy(&self.key_id),
+            scopes: copy(&self.scopes),
+            plan: copy(&self.plan),
+        }
+    }
+
     pub fn all(&self) -> [&HeaderName; 5] {
         [
             &self.client_id,

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
-use crate::profile::{CredentialSource, Profile};
+use crate::profile::{CredentialSource, IdentityHeaders, Profile};
 use crate::repeat::{repeated, Repeat};
 use crate::upstream::UpstreamSpec;
 
@@ -104,13 +104,28 @@ async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<BoundedBody>, SendEr
 #[derive(Debug)]
 pub struct Upstreams {
     pools: Vec<Pool>,
+    /// Each upstream's `Host` value, copied for this worker: a header value cloned from the
+    /// shared configuration bumps one reference count from every worker, a cache line the
+    /// cores then pass back and forth on each request (`crate::per_worker`).
+    hosts: Vec<HeaderValue>,
 }
 
 impl Upstreams {
     pub fn new(specs: &[UpstreamSpec]) -> Self {
         Upstreams {
             pools: specs.iter().map(|_| Pool::default()).collect(),
+            hosts: specs
+                .iter()
+                .map(|s| {
+                    HeaderValue::from_bytes(s.host.as_bytes()).unwrap_or_else(|_| s.host.clone())
+                })
+                .collect(),
         }
+    }
+
+    /// This worker's copy of upstream `i`'s `Host` value.
+    pub fn host(&self, i: usize) -> &HeaderValue {
+        &self.hosts[i]
     }
 
     /// Sends `req` on a kept-alive connection, or a new one. A request that a reused
@@ -198,6 +213,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Forward<'a> {
     pub upstream: usize,
     pub spec: &'a UpstreamSpec,
+    /// The `Host` sent upstream ([`Upstreams::host`]).
+    pub host: &'a HeaderValue,
+    /// The identity header names, this worker's copy.
+    pub identity: &'a IdentityHeaders,
     pub who: Option<&'a Admitted>,
     /// The profile source the key came from (stripped unless the profile forwards keys).
     pub credential_source: Option<usize>,
@@ -287,7 +306,7 @@ pub fn prepare(
     }
     // Room for what is added below (identity, X-Forwarded-*): one growth of the map at most.
     headers.reserve(8);
-    let ids = &profile.identity;
+    let ids = f.identity;
     match f.who {
         // Each insert replaces every value a caller sent under that name.
         Some(who) => who.write_identity(headers, ids),
@@ -319,7 +338,7 @@ pub fn prepare(
     if let Some(host) = original_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    headers.insert(header::HOST, f.spec.host.clone());
+    headers.insert(header::HOST, f.host.clone());
     Ok(())
 }
 
@@ -370,6 +389,24 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn each_worker_sends_its_own_copies_of_configured_header_values() {
+        let spec = UpstreamSpec::parse("u", "http://10.0.0.1:9000/api").unwrap();
+        let upstreams = Upstreams::new(std::slice::from_ref(&spec));
+        assert_eq!(upstreams.host(0), &spec.host);
+        assert_ne!(upstreams.host(0).as_bytes().as_ptr(), spec.host.as_bytes().as_ptr());
+        let configured = IdentityHeaders {
+            client_id: HeaderName::from_static("x-tt-client"),
+            ..IdentityHeaders::default()
+        };
+        let copy = configured.copied();
+        assert_eq!(copy.all(), configured.all());
+        assert_ne!(
+            copy.client_id.as_str().as_ptr(),
+            configured.client_id.as_str().as_ptr()
+        );
     }
 
     #[test]

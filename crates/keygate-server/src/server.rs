@@ -256,6 +256,7 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
         };
         let worker = Arc::new(Worker {
             upstreams: Upstreams::new(&gw.config.upstreams),
+            identity: gw.config.profile.identity.copied(),
             gw,
         });
         let limits = worker.gw.config.http.clone();

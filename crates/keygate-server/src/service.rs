@@ -19,7 +19,7 @@ use crate::gateway::{Admitted, Gateway};
 use crate::guard::Caller;
 use crate::infra::{self, Infra};
 use crate::metrics::Outcome;
-use crate::profile::LimitFacts;
+use crate::profile::{IdentityHeaders, LimitFacts};
 use crate::proxy::{self, Forward, Upstreams};
 use crate::ratelimit;
 use crate::routes::Route;
@@ -31,6 +31,8 @@ use crate::{respond, whoami};
 pub struct Worker {
     pub gw: Arc<Gateway>,
     pub upstreams: Upstreams,
+    /// This worker's copy of the profile's identity header names ([`IdentityHeaders::copied`]).
+    pub identity: IdentityHeaders,
 }
 
 fn refuse(
@@ -455,6 +457,8 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         max_body,
         upstream: passed.route.upstream,
         spec: &gw.config.upstreams[passed.route.upstream],
+        host: w.upstreams.host(passed.route.upstream),
+        identity: &w.identity,
         who: passed.who.as_ref(),
         credential_source: passed.credential_source,
         remote,

@@ -396,7 +396,10 @@ mod tests {
         let spec = UpstreamSpec::parse("u", "http://10.0.0.1:9000/api").unwrap();
         let upstreams = Upstreams::new(std::slice::from_ref(&spec));
         assert_eq!(upstreams.host(0), &spec.host);
-        assert_ne!(upstreams.host(0).as_bytes().as_ptr(), spec.host.as_bytes().as_ptr());
+        assert_ne!(
+            upstreams.host(0).as_bytes().as_ptr(),
+            spec.host.as_bytes().as_ptr()
+        );
         let configured = IdentityHeaders {
             client_id: HeaderName::from_static("x-tt-client"),
             ..IdentityHeaders::default()

@@ -161,7 +161,8 @@ pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, remote: SocketAddr) 
 }
 
 async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
+    // The clock is read for the access log's latency only when that log is on.
+    let started = access_logged().then(Instant::now);
     let gw = &*w.gw;
     let profile = &gw.config.profile;
     let method = req.method().clone();
@@ -510,6 +511,10 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
     resp
 }
 
+fn access_logged() -> bool {
+    tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
+}
+
 /// Counts the request in its client's usage, and writes one access-log line per proxied or
 /// refused request. Never the key, never the query string.
 fn access_log(
@@ -519,12 +524,12 @@ fn access_log(
     status: StatusCode,
     reason: Option<Reason>,
     who: Option<&crate::gateway::Admitted>,
-    started: Instant,
+    started: Option<Instant>,
 ) {
     if let Some(w) = who {
         gw.usage.record(&w.client, gw.clock.now(), status.as_u16());
     }
-    if !tracing::enabled!(target: "keygate::access", tracing::Level::INFO) {
+    if !access_logged() {
         return;
     }
     let route_name = route
@@ -538,7 +543,7 @@ fn access_log(
         reason = reason.map_or("-", Reason::code),
         client = who.map_or("-", |w| w.client.policy.id.as_str()),
         key_id = who.map_or("-", |w| w.key.id()),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        latency_us = started.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
         "Request."
     );
 }

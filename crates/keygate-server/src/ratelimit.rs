@@ -5,13 +5,13 @@
 //! 5/minute on key regeneration). Per request the gateway only lists precompiled checks.
 
 use std::num::NonZeroU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use keygate_core::limit::{Limit, LimitState, Window};
 use keygate_core::{LimitOverrides, Timestamp};
 use keygate_limits::{Check, LimitKey};
+use smol_str::SmolStr;
 
 use crate::repeat::{repeated, Repeat};
 
@@ -112,8 +112,8 @@ pub fn checks(
     out: &mut impl Extend<Check>,
     limits: &[(u16, Limit)],
     by: LimitBy,
-    client_subject: &Arc<str>,
-    key_subject: &Arc<str>,
+    client_subject: &SmolStr,
+    key_subject: &SmolStr,
 ) {
     let subject = match by {
         LimitBy::Client | LimitBy::Source => client_subject,
@@ -121,7 +121,7 @@ pub fn checks(
     };
     out.extend(limits.iter().map(|&(slot, limit)| Check {
         key: LimitKey {
-            subject: Arc::clone(subject),
+            subject: subject.clone(),
             slot,
         },
         limit,

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use keygate_core::{Client, Timestamp};
 use keygate_store::{Store, UsageRow};
 use serde_json::{json, Value};
+use smol_str::SmolStr;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
@@ -22,8 +23,8 @@ const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct UsageKey {
-    /// The client's limit subject (`c:cli_…`): already shared, so counting allocates nothing.
-    subject: Arc<str>,
+    /// The client's limit subject (`c:cli_…`): inline, so counting allocates nothing.
+    subject: SmolStr,
     /// Days since the epoch, UTC.
     day: i64,
     status: u16,
@@ -40,7 +41,7 @@ impl UsageCounter {
     /// Counts one answered request of `client`.
     pub fn record(&self, client: &ClientEntry, now: Timestamp, status: u16) {
         let key = UsageKey {
-            subject: Arc::clone(&client.limit_subject),
+            subject: client.limit_subject.clone(),
             day: now.as_millis().div_euclid(DAY_MS),
             status,
         };

@@ -13,9 +13,8 @@ mod local;
 mod policy;
 mod redis_limiter;
 
-use std::sync::Arc;
-
 use keygate_core::limit::{Limit, LimitState};
+use smol_str::SmolStr;
 
 pub use error::LimiterError;
 pub use local::LocalLimiter;
@@ -23,15 +22,19 @@ pub use policy::{LimitStats, Limits, Unavailable, PROBE_INTERVAL};
 pub use redis_limiter::{RedisLimiter, GRACE};
 
 /// Identifies one counter: a subject (e.g. "c:cli_abc…" for a client, "k:key_…" for a key, "r3:k:key_…" for route 3 per key) and which of its limits (slot).
+///
+/// The subject is a [`SmolStr`]: client and key subjects (22 bytes) are held inline, so a
+/// request lists its checks without touching, let alone counting references on, a shared
+/// string elsewhere in memory.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LimitKey {
-    pub subject: Arc<str>,
+    pub subject: SmolStr,
     pub slot: u16,
 }
 
 impl LimitKey {
     /// The counter `slot` of `subject`.
-    pub fn new(subject: impl Into<Arc<str>>, slot: u16) -> LimitKey {
+    pub fn new(subject: impl Into<SmolStr>, slot: u16) -> LimitKey {
         LimitKey {
             subject: subject.into(),
             slot,

@@ -1,11 +1,13 @@
 //! The in-process limiter: counters in a sharded map, for a single node (and as the fallback
 //! when Redis fails).
 //!
-//! Each counter is an `Arc<Mutex<Cell>>` in a `DashMap`, so requests for different subjects
-//! never wait on each other and there is no global lock. A request locks the cells of all its
-//! limits in one consistent order (sorted by key), which keeps it deadlock-free and makes the
-//! check all-or-nothing: every limit is decided on the locked values and the new values are
-//! written only if all of them allow.
+//! The counters of one subject (a key, a client, a source address) sit together behind one
+//! `Arc<Mutex<_>>` in a `DashMap` keyed by the subject: a request's limits nearly always share
+//! their subject, so it finds and locks one entry however many limits it carries, and requests
+//! for different subjects never wait on each other. A request locks the subjects it names in
+//! one consistent order (sorted), which keeps it deadlock-free and makes the check
+//! all-or-nothing: every limit is decided on the locked values and the new values are written
+//! only if all of them allow.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,17 +16,17 @@ use dashmap::DashMap;
 use keygate_core::limit::{gcra, lease, window, LimitKind, LimitState, Window};
 use keygate_core::Timestamp;
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use crate::{Check, LimitKey, Verdict};
 
 /// Most requests carry a handful of limits; more spill to the heap.
 const INLINE: usize = 4;
 
-/// The map key of one counter; mirrors the Redis key names (`kg:l:{subject}:{slot}` for a
+/// Which counter of a subject; mirrors the Redis key names (`kg:l:{subject}:{slot}` for a
 /// rate, `…:{window_start_ms}` for a quota), so a new quota window is a new counter.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct CellKey {
-    subject: Arc<str>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CellId {
     slot: u16,
     window_start: Option<i64>,
 }
@@ -46,6 +48,30 @@ impl Cell {
     }
 }
 
+/// The counters of one subject.
+#[derive(Debug, Default)]
+struct Cells(SmallVec<[(CellId, Cell); INLINE]>);
+
+impl Cells {
+    fn find(&self, id: CellId) -> Option<usize> {
+        self.0.iter().position(|(c, _)| *c == id)
+    }
+
+    fn get(&self, id: CellId) -> Option<Cell> {
+        self.find(id).map(|i| self.0[i].1)
+    }
+
+    /// The index of counter `id`, created as `fresh` if missing.
+    fn index_or_insert(&mut self, id: CellId, fresh: Cell) -> usize {
+        self.find(id).unwrap_or_else(|| {
+            self.0.push((id, fresh));
+            self.0.len() - 1
+        })
+    }
+}
+
+type Shared = Arc<Mutex<Cells>>;
+
 /// What one check computes with.
 #[derive(Clone, Copy)]
 enum Plan {
@@ -58,7 +84,7 @@ enum Plan {
 }
 
 impl Plan {
-    fn of(check: &Check, now: Timestamp) -> (CellKey, Plan) {
+    fn of(check: &Check, now: Timestamp) -> (CellId, Plan) {
         let (window_start, plan) = match check.limit.kind {
             LimitKind::Rate { period, burst } => (
                 None,
@@ -76,12 +102,11 @@ impl Plan {
                 )
             }
         };
-        let key = CellKey {
-            subject: check.key.subject.clone(),
+        let id = CellId {
             slot: check.key.slot,
             window_start,
         };
-        (key, plan)
+        (id, plan)
     }
 
     fn fresh(&self) -> Cell {
@@ -117,7 +142,7 @@ impl Plan {
                 });
                 (state, next)
             }
-            // A key's kind is part of its `CellKey`, so kinds cannot meet; be total anyway.
+            // A counter's kind is part of its `CellId`, so kinds cannot meet; be total anyway.
             (plan, _) => plan.apply(plan.fresh(), now),
         }
     }
@@ -130,14 +155,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type Leases = SmallVec<[(u64, Timestamp); INLINE]>;
 
-/// The maps' hasher: foldhash, seeded per map. Subjects are ids keygate generated, not
-/// caller input, and SipHash (the default) was a sixth of a one-limit check.
+/// The maps' hasher: foldhash, seeded at random per map (SipHash, the default, was a sixth of
+/// a one-limit check). Subjects are ids keygate generated, except a public route's source
+/// address (`s:…`), which is the connection's peer (or a trusted proxy's word for it), reduced
+/// to a /64 for IPv6: a caller picks only among addresses it really holds, and cannot aim
+/// them at colliding buckets without the process's random seed (foldhash is built to be
+/// minimally DoS-resistant in just that sense).
 type Hasher = foldhash::fast::RandomState;
+
+/// Decides `checks` on the locked counters of their subjects (`guards[group_of(i)]` for check
+/// `i`), on copies and in the checks' order (a repeated counter applies one request after the
+/// other), and writes the copies back only if every limit allows.
+fn decide(
+    checks: &[Check],
+    now: Timestamp,
+    group_of: impl Fn(usize) -> usize,
+    guards: &mut [MutexGuard<'_, Cells>],
+) -> Verdict {
+    // (group, index in its cells, value so far) of each counter the checks touch.
+    let mut touched: SmallVec<[(usize, usize, Cell); INLINE]> = SmallVec::new();
+    let verdict = Verdict::from_states(checks.iter().enumerate().map(|(i, check)| {
+        let (id, plan) = Plan::of(check, now);
+        let group = group_of(i);
+        let index = guards[group].index_or_insert(id, plan.fresh());
+        let at = touched
+            .iter()
+            .position(|&(g, x, _)| g == group && x == index)
+            .unwrap_or_else(|| {
+                touched.push((group, index, guards[group].0[index].1));
+                touched.len() - 1
+            });
+        let (state, next) = plan.apply(touched[at].2, now);
+        if let Some(cell) = next {
+            touched[at].2 = cell;
+        }
+        state
+    }));
+    // `from_states` stops at the first denial, which binds and consumes nothing.
+    if verdict.allowed {
+        for (group, index, value) in touched {
+            guards[group].0[index].1 = value;
+        }
+    }
+    verdict
+}
 
 /// The in-process limiter.
 #[derive(Debug, Default)]
 pub struct LocalLimiter {
-    cells: DashMap<CellKey, Arc<Mutex<Cell>>, Hasher>,
+    cells: DashMap<SmolStr, Shared, Hasher>,
     leases: DashMap<LimitKey, Leases, Hasher>,
 }
 
@@ -150,50 +216,33 @@ impl LocalLimiter {
     /// Checks one request against all its limits at `now`: if every limit allows, each counter
     /// is consumed once; if any denies, none is.
     pub fn check(&self, checks: &[Check], now: Timestamp) -> Verdict {
-        if checks.is_empty() {
+        let Some(first) = checks.first() else {
             return Verdict::UNLIMITED;
+        };
+        // Usually every check names the same subject: one lookup, one lock, no sort.
+        if checks.iter().all(|c| c.key.subject == first.key.subject) {
+            let cells = self.cells_of(&first.key.subject);
+            let mut guard = lock(&cells);
+            return decide(checks, now, |_| 0, std::slice::from_mut(&mut guard));
         }
-        let planned: SmallVec<[(CellKey, Plan); INLINE]> =
-            checks.iter().map(|c| Plan::of(c, now)).collect();
-
-        // Unique cells in key order; `slot_of[i]` is the cell of check `i`.
+        // Unique subjects in sorted order; `group_of[i]` is the subject of check `i`.
+        let subject = |i: usize| &checks[i].key.subject;
         let mut order: SmallVec<[usize; INLINE]> = (0..checks.len()).collect();
-        order.sort_unstable_by(|&a, &b| planned[a].0.cmp(&planned[b].0));
-        let mut slot_of: SmallVec<[usize; INLINE]> = SmallVec::from_elem(0, checks.len());
-        let mut cells: SmallVec<[Arc<Mutex<Cell>>; INLINE]> = SmallVec::new();
+        order.sort_unstable_by(|&a, &b| subject(a).cmp(subject(b)));
+        let mut groups: SmallVec<[Shared; INLINE]> = SmallVec::new();
+        let mut group_of: SmallVec<[usize; INLINE]> = SmallVec::from_elem(0, checks.len());
         let mut last: Option<usize> = None;
         for &i in &order {
-            let same = last.is_some_and(|l| planned[l].0 == planned[i].0);
-            if !same {
-                let (key, plan) = &planned[i];
-                cells.push(self.cell(key, plan));
+            if last.is_none_or(|l| subject(l) != subject(i)) {
+                groups.push(self.cells_of(subject(i)));
             }
-            slot_of[i] = cells.len() - 1;
+            group_of[i] = groups.len() - 1;
             last = Some(i);
         }
-
-        // Lock in key order; decide on copies; write back only if all allow.
-        let mut guards: SmallVec<[MutexGuard<'_, Cell>; INLINE]> =
-            cells.iter().map(|c| lock(c)).collect();
-        let mut values: SmallVec<[Cell; INLINE]> = guards.iter().map(|g| **g).collect();
-        let mut allowed = true;
-        let mut states: SmallVec<[LimitState; INLINE]> = SmallVec::new();
-        for (i, (_, plan)) in planned.iter().enumerate() {
-            let slot = slot_of[i];
-            let (state, next) = plan.apply(values[slot], now);
-            match next {
-                Some(cell) => values[slot] = cell,
-                None => allowed = false,
-            }
-            states.push(state);
-        }
-        if allowed {
-            for (guard, value) in guards.iter_mut().zip(values) {
-                **guard = value;
-            }
-        }
-        drop(guards);
-        Verdict::from_states(states)
+        // Locked in subject order.
+        let mut guards: SmallVec<[MutexGuard<'_, Cells>; INLINE]> =
+            groups.iter().map(|g| lock(g)).collect();
+        decide(checks, now, |i| group_of[i], &mut guards)
     }
 
     /// What [`LocalLimiter::check`] would report for `checks` at `now`, consuming nothing: each
@@ -209,46 +258,57 @@ impl LocalLimiter {
         let states: SmallVec<[LimitState; INLINE]> = checks
             .iter()
             .map(|c| {
-                let (key, plan) = Plan::of(c, now);
-                let cell = self.cells.get(&key).map(|cell| *lock(cell.value()));
+                let (id, plan) = Plan::of(c, now);
+                let cell = self
+                    .cells
+                    .get(&c.key.subject)
+                    .and_then(|cells| lock(cells.value()).get(id));
                 plan.peek(cell, now)
             })
             .collect();
         Verdict::from_states(states)
     }
 
-    fn cell(&self, key: &CellKey, plan: &Plan) -> Arc<Mutex<Cell>> {
-        if let Some(cell) = self.cells.get(key) {
-            return Arc::clone(cell.value());
+    /// The counters of `subject`, created empty if missing.
+    fn cells_of(&self, subject: &SmolStr) -> Shared {
+        if let Some(cells) = self.cells.get(subject) {
+            return Arc::clone(cells.value());
         }
-        let entry = self
-            .cells
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(plan.fresh())));
+        let entry = self.cells.entry(subject.clone()).or_default();
         Arc::clone(entry.value())
     }
 
     /// Removes the state that no longer matters at `now` (rates whose bucket is full again,
     /// quota windows that ended, expired leases) and returns how many entries went.
     ///
-    /// A cell in use by a request at that moment is kept, so a sweep never loses a count.
+    /// A subject in use by a request at that moment is kept whole, so a sweep never loses a
+    /// count.
     pub fn sweep(&self, now: Timestamp) -> usize {
-        let before = self.len();
-        self.cells.retain(|_, cell| {
-            // The shard is write-locked here, so no request can pick up this cell meanwhile;
-            // a count of 1 means no request holds it.
-            Arc::strong_count(cell) > 1 || !lock(cell).is_stale(now)
+        let mut removed = 0;
+        self.cells.retain(|_, cells| {
+            // The shard is write-locked here, so no request can pick up these cells meanwhile;
+            // a count of 1 means no request holds them, so the lock below never waits.
+            if Arc::strong_count(cells) > 1 {
+                return true;
+            }
+            let mut cells = lock(cells);
+            let before = cells.0.len();
+            cells.0.retain(|(_, cell)| !cell.is_stale(now));
+            removed += before - cells.0.len();
+            !cells.0.is_empty()
         });
+        let leases = self.leases.len();
         self.leases.retain(|_, leases| {
             leases.retain(|(_, expires)| *expires > now);
             !leases.is_empty()
         });
-        before.saturating_sub(self.len())
+        removed + leases.saturating_sub(self.leases.len())
     }
 
     /// Counters and lease sets held.
     pub fn len(&self) -> usize {
-        self.cells.len() + self.leases.len()
+        let counters: usize = self.cells.iter().map(|e| lock(e.value()).0.len()).sum();
+        counters + self.leases.len()
     }
 
     /// Whether nothing is held.

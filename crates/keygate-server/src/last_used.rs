@@ -7,43 +7,43 @@
 //! down. What the store shows is therefore at most a minute plus the flush interval old.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use keygate_core::{KeyId, Timestamp};
 use keygate_store::{Store, StoreError};
+use smol_str::SmolStr;
 
 use crate::replica::KeyEntry;
 
 /// How far apart two recorded uses of one key are at least.
 pub const GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Uses not yet written to the store: key subject (`k:key_…`, shared with the replica, so
-/// queuing allocates only the map slot) to milliseconds.
+/// Uses not yet written to the store: key subject (`k:key_…`, inline, so queuing allocates
+/// only the map slot) to milliseconds.
 #[derive(Debug, Default)]
 pub struct LastUsed {
-    pending: Mutex<HashMap<Arc<str>, i64>>,
+    pending: Mutex<HashMap<SmolStr, i64>>,
 }
 
 impl LastUsed {
-    /// Notes that `key` authenticated at `now`.
-    pub fn touch(&self, key: &KeyEntry, now: Timestamp) {
+    /// Notes that `key`, whose last use the replica keeps in `last_used`, authenticated at `now`.
+    pub fn touch(&self, key: &KeyEntry, last_used: &AtomicI64, now: Timestamp) {
         let now = now.as_millis();
-        let seen = key.last_used.load(Ordering::Relaxed);
+        let seen = last_used.load(Ordering::Relaxed);
         if now.saturating_sub(seen) < GRANULARITY.as_millis() as i64 {
             return;
         }
         // Of concurrent uses only one wins the swap; the others are within the same minute.
-        if key
-            .last_used
+        if last_used
             .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            self.queue(Arc::clone(&key.limit_subject), now);
+            self.queue(key.limit_subject.clone(), now);
         }
     }
 
-    fn queue(&self, subject: Arc<str>, at: i64) {
+    fn queue(&self, subject: SmolStr, at: i64) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = pending.entry(subject).or_insert(at);
         *slot = (*slot).max(at);

@@ -5,13 +5,14 @@
 //! 5/minute on key regeneration). Per request the gateway only lists precompiled checks.
 
 use std::num::NonZeroU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use keygate_core::limit::{Limit, LimitState, Window};
 use keygate_core::{LimitOverrides, Timestamp};
 use keygate_limits::{Check, LimitKey};
+use smallvec::SmallVec;
+use smol_str::SmolStr;
 
 use crate::repeat::{repeated, Repeat};
 
@@ -84,10 +85,11 @@ impl LimitSet {
 /// Slots of a route's limits start here: `ROUTE_SLOTS + route_index * 8`.
 pub const ROUTE_SLOTS: u16 = 16;
 
-/// A client's compiled limits, stored in its replica entry.
+/// A client's compiled limits, stored in its replica entry: inline (at most five), so listing a
+/// request's checks reads the entry's own memory, not a buffer elsewhere.
 #[derive(Clone, Debug, Default)]
 pub struct ClientLimits {
-    pub limits: Vec<(u16, Limit)>,
+    pub limits: SmallVec<[(u16, Limit); 5]>,
     pub by: LimitBy,
     /// Requests per minute for whoami's `rate_limit_rpm` (per-minute limit, else rps × 60).
     pub rpm: Option<u64>,
@@ -97,7 +99,7 @@ impl ClientLimits {
     pub fn build(plan: &LimitSet, overrides: &LimitOverrides) -> ClientLimits {
         let set = plan.overridden(overrides);
         ClientLimits {
-            limits: set.compile(0),
+            limits: set.compile(0).into_iter().collect(),
             by: set.by,
             rpm: set
                 .per_minute
@@ -112,8 +114,8 @@ pub fn checks(
     out: &mut impl Extend<Check>,
     limits: &[(u16, Limit)],
     by: LimitBy,
-    client_subject: &Arc<str>,
-    key_subject: &Arc<str>,
+    client_subject: &SmolStr,
+    key_subject: &SmolStr,
 ) {
     let subject = match by {
         LimitBy::Client | LimitBy::Source => client_subject,
@@ -121,7 +123,7 @@ pub fn checks(
     };
     out.extend(limits.iter().map(|&(slot, limit)| Check {
         key: LimitKey {
-            subject: Arc::clone(subject),
+            subject: subject.clone(),
             slot,
         },
         limit,

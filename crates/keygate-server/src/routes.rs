@@ -93,9 +93,13 @@ pub enum RouteMatch<'t, 'p> {
     NotFound,
 }
 
+/// Hashes path segments with foldhash: SipHash was most of a route match. The table's keys
+/// are the configuration's own segments, so a request's segments cannot lengthen its probes.
+type SegmentHasher = foldhash::fast::RandomState;
+
 #[derive(Clone, Debug, Default)]
 struct Node {
-    statics: HashMap<Box<str>, Node>,
+    statics: HashMap<Box<str>, Node, SegmentHasher>,
     param: Option<Box<Node>>,
     /// Group of a catch-all ending here.
     catch_all: Option<usize>,

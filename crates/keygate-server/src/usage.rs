@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use keygate_core::{Client, Timestamp};
 use keygate_store::{Store, UsageRow};
 use serde_json::{json, Value};
+use smol_str::SmolStr;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
@@ -20,21 +21,12 @@ use crate::replica::ClientEntry;
 
 const DAY_MS: i64 = 86_400_000;
 
-/// What one count is of: a client's limit subject by address, the UTC day (days since the
-/// epoch) and the status. The map holds the subject (`Counted::subject`), so its address names
-/// it for as long as the entry lives, and a hit costs neither a string hash nor a reference
-/// count on the client's shared subject.
-type UsageKey = (usize, i64, u16);
-
-#[derive(Debug)]
-struct Counted {
-    /// The client's limit subject (`c:cli_…`).
-    subject: Arc<str>,
-    requests: u64,
-}
+/// What one count is of: a client's limit subject (`c:cli_…`, inline, so a key costs no
+/// allocation and no shared reference count), the UTC day (days since the epoch), the status.
+type UsageKey = (SmolStr, i64, u16);
 
 /// Counts of one worker thread. The lock is the worker's own but for the flush's moment.
-type Counts = Mutex<HashMap<UsageKey, Counted, foldhash::fast::RandomState>>;
+type Counts = Mutex<HashMap<UsageKey, u64, foldhash::fast::RandomState>>;
 
 /// Counts not yet flushed, one map per worker thread (`crate::per_worker`): a shared map's
 /// locks and counters bounced between the cores on every request. A flush empties the maps, so
@@ -50,23 +42,16 @@ impl Default for UsageCounter {
     }
 }
 
-fn lock(
-    counts: &Counts,
-) -> MutexGuard<'_, HashMap<UsageKey, Counted, foldhash::fast::RandomState>> {
+fn lock(counts: &Counts) -> MutexGuard<'_, HashMap<UsageKey, u64, foldhash::fast::RandomState>> {
     counts
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn count(counts: &Counts, subject: &Arc<str>, day: i64, status: u16, n: u64) {
-    let key = (Arc::as_ptr(subject).cast::<u8>() as usize, day, status);
-    lock(counts)
-        .entry(key)
-        .or_insert_with(|| Counted {
-            subject: Arc::clone(subject),
-            requests: 0,
-        })
-        .requests += n;
+fn count(counts: &Counts, subject: &SmolStr, day: i64, status: u16, n: u64) {
+    *lock(counts)
+        .entry((subject.clone(), day, status))
+        .or_default() += n;
 }
 
 impl UsageCounter {
@@ -85,10 +70,10 @@ impl UsageCounter {
 
     /// Takes every count so far, summed over the workers.
     pub fn drain(&self) -> Vec<UsageRow> {
-        let mut summed: HashMap<(Arc<str>, i64, u16), u64> = HashMap::new();
+        let mut summed: HashMap<UsageKey, u64> = HashMap::new();
         for counts in self.counts.iter() {
-            for ((_, day, status), c) in lock(counts).drain() {
-                *summed.entry((c.subject, day, status)).or_default() += c.requests;
+            for (key, n) in lock(counts).drain() {
+                *summed.entry(key).or_default() += n;
             }
         }
         summed
@@ -109,7 +94,7 @@ impl UsageCounter {
         for r in rows {
             let day = Timestamp::parse_rfc3339(&format!("{}T00:00:00Z", r.day))
                 .map_or(0, |t| t.as_millis().div_euclid(DAY_MS));
-            let subject: Arc<str> = format!("c:{}", r.client_id).into();
+            let subject = smol_str::format_smolstr!("c:{}", r.client_id);
             count(shared, &subject, day, r.status, r.requests);
         }
     }
@@ -232,7 +217,7 @@ mod tests {
     fn workers_counts_are_summed_by_client_day_and_status_and_restored_after_a_failed_flush() {
         let usage = Arc::new(UsageCounter::new(2));
         let a = entry("cli_000000000000000a");
-        // The same client after a change: a new entry, a new subject allocation, the same text.
+        // The same client after a change: a new entry, the same subject.
         let a_changed = entry("cli_000000000000000a");
         let b = entry("cli_000000000000000b");
         let day1 = Timestamp::from_millis(DAY_MS * 20_000 + 5);

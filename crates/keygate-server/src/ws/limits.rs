@@ -83,7 +83,7 @@ impl Leases {
         ];
         for (max, subject, slot) in wanted {
             let Some(max) = max else { continue };
-            let key = LimitKey::new(std::sync::Arc::clone(subject), slot);
+            let key = LimitKey::new(subject.clone(), slot);
             let now = gw.clock.now();
             match gw
                 .limits
@@ -112,7 +112,7 @@ impl Leases {
                 LimitBy::Key => &who.key.limit_subject,
             };
             let check = Check::new(
-                LimitKey::new(std::sync::Arc::clone(subject), SLOT_PER_DAY),
+                LimitKey::new(subject.clone(), SLOT_PER_DAY),
                 Limit::quota(Window::Day, per_day),
             );
             match gw.limits.check(&[check], gw.clock.now()).await {

@@ -166,12 +166,7 @@ impl Sessions {
 /// # Errors
 /// A 401-class reason.
 pub fn authenticate_digest(gw: &Gateway, digest: &KeyDigest) -> Result<Admitted, Reason> {
-    let entry = gw.replica.get(digest).ok_or(Reason::UnknownKey)?;
-    let client = entry.client.load();
-    let now = gw.clock.now();
-    entry.policy.check(now, client.policy.active)?;
-    gw.last_used.touch(&entry, now);
-    Ok(Admitted { key: entry, client })
+    gw.authenticate_digest(digest)
 }
 
 /// Authentication, the route's requirements and every held channel, as of now.

@@ -79,15 +79,15 @@ impl Admitted {
     /// Sets the identity headers (client id, name, key id, scopes, plan) under the profile's
     /// names: on requests forwarded upstream and on forward-auth answers alike.
     pub fn write_identity(&self, headers: &mut http::HeaderMap, names: &IdentityHeaders) {
-        let c = &self.client;
-        headers.insert(names.client_id.clone(), c.id_header.clone());
-        headers.insert(names.client_name.clone(), c.name_header.clone());
+        let c = self.client.identity();
+        headers.insert(names.client_id.clone(), c.id.clone());
+        headers.insert(names.client_name.clone(), c.name.clone());
         // Built per answer (a 20-byte copy) rather than kept per key: a million keys' header
         // values cost more memory than the copy costs time.
         let key_id = HeaderValue::from_str(self.key.id()).unwrap_or(HeaderValue::from_static(""));
         headers.insert(names.key_id.clone(), key_id);
-        headers.insert(names.scopes.clone(), c.scopes_header.clone());
-        headers.insert(names.plan.clone(), c.plan_header.clone());
+        headers.insert(names.scopes.clone(), c.scopes.clone());
+        headers.insert(names.plan.clone(), c.plan.clone());
     }
 }
 

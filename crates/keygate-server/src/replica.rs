@@ -19,6 +19,7 @@ use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyState, LimitOverrides
 use keygate_store::{Delta, Snapshot};
 use smol_str::{format_smolstr, SmolStr};
 
+use crate::per_worker::PerWorker;
 use crate::ratelimit::{ClientLimits, LimitSet};
 
 /// A client's policy plus the identity header values forwarded for it and its compiled limits,
@@ -29,14 +30,39 @@ pub struct ClientEntry {
     pub limits: ClientLimits,
     /// Subject of this client's limit counters (`c:cli_…`, inline).
     pub limit_subject: SmolStr,
-    pub id_header: HeaderValue,
-    pub name_header: HeaderValue,
-    pub scopes_header: HeaderValue,
-    pub plan_header: HeaderValue,
+    /// The identity header values, one copy per worker thread: a value cloned onto a request
+    /// bumps its buffer's reference count, and one shared copy had both cores writing that
+    /// count for every request of the client (`crate::per_worker`).
+    headers: PerWorker<IdentityValues>,
+}
+
+/// A client's identity header values (the key id's is built per answer).
+#[derive(Debug)]
+pub struct IdentityValues {
+    pub id: HeaderValue,
+    pub name: HeaderValue,
+    pub scopes: HeaderValue,
+    pub plan: HeaderValue,
+}
+
+impl IdentityValues {
+    fn empty() -> IdentityValues {
+        IdentityValues {
+            id: HeaderValue::from_static(""),
+            name: HeaderValue::from_static(""),
+            scopes: HeaderValue::from_static(""),
+            plan: HeaderValue::from_static(""),
+        }
+    }
 }
 
 impl ClientEntry {
-    fn build(client: &Client, plans: &dyn PlanCatalog) -> ClientEntry {
+    /// The calling worker's copy of the identity header values.
+    pub fn identity(&self) -> &IdentityValues {
+        self.headers.local()
+    }
+
+    fn build(client: &Client, plans: &dyn PlanCatalog, workers: usize) -> ClientEntry {
         let mut policy = ClientPolicy::compile(client, &plans.features(&client.plan));
         policy.selects_bookmakers = plans.bookmaker_selection(&client.plan).is_some();
         let limits = ClientLimits::build(&plans.limits(&client.plan), &client.limits);
@@ -45,13 +71,17 @@ impl ClientEntry {
             HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
         };
         let scopes = policy.scopes.join(" ");
+        // `value` copies its text: each worker's copy is a buffer of its own.
+        let headers = PerWorker::new(workers, || IdentityValues {
+            id: value(policy.id.as_str()),
+            name: value(&policy.name),
+            scopes: value(&scopes),
+            plan: value(&policy.plan),
+        });
         ClientEntry {
             limits,
             limit_subject: format_smolstr!("c:{}", policy.id),
-            id_header: value(policy.id.as_str()),
-            name_header: value(&policy.name),
-            scopes_header: value(&scopes),
-            plan_header: value(&policy.plan),
+            headers,
             policy,
         }
     }
@@ -73,10 +103,7 @@ impl ClientEntry {
                 active: false,
                 selects_bookmakers: false,
             },
-            id_header: HeaderValue::from_static(""),
-            name_header: HeaderValue::from_static(""),
-            scopes_header: HeaderValue::from_static(""),
-            plan_header: HeaderValue::from_static(""),
+            headers: PerWorker::new(0, IdentityValues::empty),
         }
     }
 }
@@ -161,6 +188,8 @@ pub struct Replica {
     clients: DashMap<ClientId, Arc<ClientSlot>>,
     version: AtomicI64,
     loaded: AtomicBool,
+    /// Worker threads that read it (each client's header values are copied per worker).
+    workers: usize,
 }
 
 /// How the replica resolves a client's plan into features and limits.
@@ -185,8 +214,17 @@ impl<F: Fn(&str) -> Vec<String> + Send + Sync> PlanCatalog for F {
 }
 
 impl Replica {
+    /// A replica read by one worker thread (and others: tests, the admin API).
     pub fn new() -> Self {
-        Replica::default()
+        Replica::for_workers(1)
+    }
+
+    /// A replica read by `workers` worker threads.
+    pub fn for_workers(workers: usize) -> Self {
+        Replica {
+            workers,
+            ..Replica::default()
+        }
     }
 
     /// Looks a key up by digest.
@@ -263,7 +301,7 @@ impl Replica {
     }
 
     fn upsert_client(&self, client: &Client, plans: &dyn PlanCatalog) {
-        let entry = Arc::new(ClientEntry::build(client, plans));
+        let entry = Arc::new(ClientEntry::build(client, plans, self.workers));
         match self.clients.get(&client.id) {
             Some(slot) => slot.0.store(entry),
             None => {
@@ -366,7 +404,7 @@ mod tests {
         let entry = r.get(&d).unwrap();
         let c = entry.client.load();
         assert!(c.policy.has_scope("a") && c.policy.has_feature("live"));
-        assert_eq!(c.scopes_header, "a");
+        assert_eq!(c.identity().scopes, "a");
 
         // A client change reaches the key without touching it.
         r.apply(
@@ -395,6 +433,36 @@ mod tests {
         );
         assert!(r.get(&d).is_none());
         assert_eq!(r.key_count(), 0);
+    }
+
+    #[test]
+    fn each_worker_reads_its_own_copy_of_a_clients_header_values() {
+        let r = Replica::for_workers(2);
+        r.load(
+            &Snapshot {
+                version: 1,
+                clients: vec![client(true, &["a", "b"])],
+                ..Default::default()
+            },
+            &plans,
+        );
+        let id = ClientId::parse("cli_0000000000000001").unwrap();
+        let entry = r.client(&id).unwrap();
+        let on_worker = |w: usize| {
+            let entry = Arc::clone(&entry);
+            std::thread::spawn(move || {
+                crate::per_worker::enter(w);
+                let v = entry.identity();
+                (v.scopes.clone(), v.scopes.as_bytes().as_ptr() as usize)
+            })
+            .join()
+            .unwrap()
+        };
+        let (first, second) = (on_worker(0), on_worker(1));
+        assert_eq!(first.0, "a b");
+        assert_eq!(second.0, "a b");
+        assert_eq!(entry.identity().plan, "pro");
+        assert_ne!(first.1, second.1, "one buffer per worker");
     }
 
     #[test]

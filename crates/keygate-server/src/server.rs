@@ -164,12 +164,8 @@ pub async fn start_with_clock(
                 .map_err(ServeError::Limiter)?
         }
     };
-    let gw = Arc::new(Gateway::new(
-        config,
-        Arc::new(Replica::new()),
-        limits,
-        clock,
-    ));
+    let replica = Arc::new(Replica::for_workers(config.workers));
+    let gw = Arc::new(Gateway::new(config, replica, limits, clock));
     let _ = gw.writer.set(store.clone());
     let (shutdown, stop) = watch::channel(false);
 

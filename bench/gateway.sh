@@ -7,8 +7,8 @@
 # start/stop by PID. Adds keygate (release build, the same 10,000 keys in a SQLite store, a
 # per-key rate limit configured but never triggered), keygate with authentication off, keygate's
 # verify API, and nginx using keygate as its auth_request service. Cases run round-robin for
-# REPS repetitions per worker count; one table per worker count with medians, CPU per request (user and kernel),
-# RSS, and the ratios keygate / peer against the targets in BENCHMARKS.md.
+# REPS repetitions per worker count; one table per worker count with medians, CPU per request
+# (user and kernel), RSS, and the ratios keygate / peer against the targets in BENCHMARKS.md.
 #
 #   bench/gateway.sh                          # W=1 and W=2, 3 reps, 10 s per case (~20 min)
 #   WORKERS_LIST=1 REPS=1 DUR=5s bench/gateway.sh
@@ -128,18 +128,21 @@ rss_kib() {   # VmRSS of pids and their direct children, KiB
   echo "$total"
 }
 
-cpu_all() { local t=0 p; for p in "$@"; do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
-
-# user-space CPU ticks (utime) of pids and their direct children: with cpu_all, the split
-# between the process's own code and the kernel's work on its behalf (sockets, scheduling)
-user_all() {
-  local t=0 p
+# stat_ticks AWK-EXPR PIDS... : an expression of /proc/PID/stat's fields (counted from the
+# state, after the command name), summed over pids and their direct children
+stat_ticks() {
+  local expr=$1 t=0 p; shift
   for p in "$@" $(for q in "$@"; do pgrep -P "$q" 2>/dev/null; done); do
     [ -r "/proc/$p/stat" ] || continue
-    t=$(( t + $(awk '{sub(/^.*\) /,""); print $12}' "/proc/$p/stat") ))
+    t=$(( t + $(awk "{sub(/^.*\\) /,\"\"); print $expr}" "/proc/$p/stat") ))
   done
   echo "$t"
 }
+
+# CPU ticks (user and kernel) and user-space ticks alone: the split between the process's own
+# code and the kernel's work on its behalf (sockets, scheduling)
+cpu_all() { stat_ticks '$12 + $13' "$@"; }
+user_all() { stat_ticks '$12' "$@"; }
 
 # busy and total CPU ticks of the whole machine (/proc/stat), to tell whether a run used all
 # cores: only then is req/s bounded by CPU per request, as the targets' ceilings assume

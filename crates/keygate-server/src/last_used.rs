@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use keygate_core::{KeyId, Timestamp};
 use keygate_store::{Store, StoreError};
 use smol_str::SmolStr;
 
+use crate::locks::lock;
 use crate::replica::KeyEntry;
 
 /// How far apart two recorded uses of one key are at least.
@@ -44,17 +45,14 @@ impl LastUsed {
     }
 
     fn queue(&self, subject: SmolStr, at: i64) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = lock(&self.pending);
         let slot = pending.entry(subject).or_insert(at);
         *slot = (*slot).max(at);
     }
 
     /// How many keys have a use not yet written.
     pub fn pending(&self) -> usize {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.pending).len()
     }
 
     /// Writes the pending uses; on failure keeps them for the next flush.
@@ -62,8 +60,7 @@ impl LastUsed {
     /// # Errors
     /// The store's error.
     pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
-        let taken =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let taken = std::mem::take(&mut *lock(&self.pending));
         if taken.is_empty() {
             return Ok(0);
         }

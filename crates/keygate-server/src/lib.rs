@@ -18,6 +18,7 @@ pub mod guard;
 pub mod hostile;
 pub mod infra;
 pub mod last_used;
+mod locks;
 pub mod metrics;
 pub mod per_worker;
 pub mod profile;

@@ -7,7 +7,7 @@
 //! (BENCHMARKS.md), the pooled client cost about 1 µs of CPU per request.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
+use crate::locks::lock;
 use crate::profile::{CredentialSource, IdentityHeaders, Profile};
 use crate::repeat::{repeated, Repeat};
 use crate::upstream::UpstreamSpec;
@@ -44,11 +45,6 @@ struct Pool {
     /// Connections between requests, and connections whose last response body is still
     /// streaming (not ready yet); the most recently used last.
     idle: Mutex<Vec<SendRequest<BoundedBody>>>,
-}
-
-/// Recovers a poisoned lock: the list is valid whatever a panicking holder did.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Pool {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt as _;
 use http::header::ACCEPT;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -95,7 +96,6 @@ pub fn handle_guarded(
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> impl std::future::Future<Output = Response<Body>> + Send {
-    use futures_util::FutureExt as _;
     // The worker's own handle, not the gateway's: that count is shared by every worker.
     let worker = Arc::clone(&w);
     guard_panics(handle(w, req, remote)).map(move |resp| {
@@ -115,7 +115,6 @@ pub fn guard_panics<F>(answer: F) -> impl std::future::Future<Output = Response<
 where
     F: std::future::Future<Output = Response<Body>>,
 {
-    use futures_util::FutureExt as _;
     std::panic::AssertUnwindSafe(answer)
         .catch_unwind()
         .map(|answered| answered.unwrap_or_else(|_| panicked()))

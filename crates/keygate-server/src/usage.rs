@@ -4,7 +4,7 @@
 //! figures but loses none.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use smol_str::SmolStr;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
+use crate::locks::lock;
 use crate::per_worker::PerWorker;
 use crate::replica::ClientEntry;
 
@@ -34,18 +35,6 @@ type Counts = Mutex<HashMap<UsageKey, u64, foldhash::fast::RandomState>>;
 #[derive(Debug)]
 pub struct UsageCounter {
     counts: PerWorker<Counts>,
-}
-
-impl Default for UsageCounter {
-    fn default() -> Self {
-        UsageCounter::new(1)
-    }
-}
-
-fn lock(counts: &Counts) -> MutexGuard<'_, HashMap<UsageKey, u64, foldhash::fast::RandomState>> {
-    counts
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn count(counts: &Counts, subject: &SmolStr, day: i64, status: u16, n: u64) {

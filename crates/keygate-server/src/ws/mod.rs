@@ -36,16 +36,14 @@ use crate::service::Worker;
 use config::AuthMode;
 
 /// Serves an upgrade request if its route is a WebSocket route; `None` otherwise (the request
-/// then goes the usual way).
+/// then goes the usual way). Only for requests that ask for an upgrade
+/// ([`handshake::is_upgrade`]): the caller checks, so that no other request builds this future.
 pub async fn serve(
     w: &Arc<Worker>,
     req: &mut Request<Incoming>,
     remote: SocketAddr,
     format: BodyFormat,
 ) -> Option<Response<Body>> {
-    if !handshake::is_upgrade(req) {
-        return None;
-    }
     let gw = &w.gw;
     let path = req.uri().path();
     if check::is_ambiguous_path(path) {

@@ -27,7 +27,7 @@ use super::handshake::{self, Opening};
 use super::limits::{self, Leases};
 use super::login::{self, LoginError};
 use super::relay::{close_frame, error_message, ClientSocket, Relay};
-use super::session::{self, Admission, Sessions};
+use super::session::{Admission, Sessions};
 use super::token;
 use super::upstream::{self, socket_config, Target, UpstreamSocket};
 use crate::body::Body;
@@ -141,7 +141,7 @@ fn credential_of(gw: &Gateway, p: &Pending) -> Result<(String, Option<usize>), R
 async fn authenticate(gw: &Gateway, presented: &str) -> Result<(Admitted, KeyDigest), Reason> {
     if presented.starts_with(token::PREFIX) {
         let digest = token::redeem(gw, presented).await.map_err(Reason::from)?;
-        return session::authenticate_digest(gw, &digest).map(|who| (who, digest));
+        return gw.authenticate_digest(&digest).map(|who| (who, digest));
     }
     let who = gw.authenticate(presented)?;
     Ok((who, gw.config.issuer.digester.digest(presented)))

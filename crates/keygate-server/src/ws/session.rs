@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -21,7 +21,8 @@ use tokio::sync::watch;
 
 use super::channels;
 use super::config::CloseEvent;
-use crate::gateway::{Admitted, Gateway};
+use crate::gateway::Gateway;
+use crate::locks::lock;
 use crate::routes::MAX_PARAMS;
 
 /// How often open sessions are checked against the clock (expiry) besides every change.
@@ -77,7 +78,7 @@ impl Drop for Registration {
 impl Registration {
     /// Adds channels the session now holds; false (and nothing added) past the session cap.
     pub fn add_channels(&self, new: &[String]) -> bool {
-        let mut set = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = lock(&self.channels);
         let added = new.iter().filter(|c| !set.contains(*c)).count();
         if set.len() + added > channels::MAX_CHANNELS_PER_SESSION {
             return false;
@@ -87,7 +88,7 @@ impl Registration {
     }
 
     pub fn remove_channels(&self, gone: &[String]) {
-        let mut set = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut set = lock(&self.channels);
         for c in gone {
             set.remove(c);
         }
@@ -161,17 +162,9 @@ impl Sessions {
     }
 }
 
-/// Authenticates a digest against the replica now (the key was format-checked when presented).
-///
-/// # Errors
-/// A 401-class reason.
-pub fn authenticate_digest(gw: &Gateway, digest: &KeyDigest) -> Result<Admitted, Reason> {
-    gw.authenticate_digest(digest)
-}
-
 /// Authentication, the route's requirements and every held channel, as of now.
 fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<(), Denial> {
-    let who = authenticate_digest(gw, &a.digest)?;
+    let who = gw.authenticate_digest(&a.digest)?;
     let route = gw
         .config
         .routes
@@ -189,7 +182,7 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
         },
     )?;
     let map = &gw.config.ws.profile.channels;
-    let held = held.lock().unwrap_or_else(PoisonError::into_inner);
+    let held = lock(held);
     for c in held.iter() {
         channels::allowed(map, &who.client.policy, c)
             .map_err(|r| Denial::about(Reason::ScopeMissing, r.scope.as_deref().unwrap_or(c)))?;

@@ -30,6 +30,10 @@ pub enum Reason {
     /// The route needs a plan feature (live, websocket, ...) the client's plan lacks.
     FeatureNotOnPlan,
     RateLimited,
+    /// A connection limit (open WebSocket sessions per key or client, or per day) is reached.
+    TooManyConnections,
+    /// A WebSocket session sent no login message within the profile's deadline.
+    LoginTimeout,
     /// The shared limiter is unreachable and the policy is to refuse rather than guess.
     LimiterUnavailable,
     /// The gateway is in emergency mode.
@@ -39,6 +43,11 @@ pub enum Reason {
     NotAcceptable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// A WebSocket upgrade in a protocol version the gateway does not speak (RFC 6455 §4.2.2).
+    UpgradeRequired,
+    /// A gated query parameter (a bookmaker, a sport) appears more than once, under any
+    /// spelling of its name: upstreams disagree on which copy counts.
+    DuplicateParameter,
     /// The request itself is malformed (bad body on a verify endpoint, etc).
     BadRequest,
     /// The request body is larger than the gateway forwards.
@@ -53,7 +62,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 29] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -67,6 +76,8 @@ impl Reason {
         Reason::BookmakerNotConfigured,
         Reason::FeatureNotOnPlan,
         Reason::RateLimited,
+        Reason::TooManyConnections,
+        Reason::LoginTimeout,
         Reason::LimiterUnavailable,
         Reason::Emergency,
         Reason::NotFound,
@@ -74,6 +85,8 @@ impl Reason {
         Reason::NotAcceptable,
         Reason::UpstreamUnavailable,
         Reason::UpstreamTimeout,
+        Reason::UpgradeRequired,
+        Reason::DuplicateParameter,
         Reason::BadRequest,
         Reason::PayloadTooLarge,
         Reason::InvalidBody,
@@ -102,6 +115,8 @@ impl Reason {
             Reason::BookmakerNotConfigured => "bookmaker_not_configured",
             Reason::FeatureNotOnPlan => "feature_not_on_plan",
             Reason::RateLimited => "rate_limited",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::LoginTimeout => "login_timeout",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::Emergency => "emergency",
             Reason::NotFound => "not_found",
@@ -109,6 +124,8 @@ impl Reason {
             Reason::NotAcceptable => "not_acceptable",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpgradeRequired => "upgrade_required",
+            Reason::DuplicateParameter => "duplicate_parameter",
             Reason::BadRequest => "bad_request",
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::InvalidBody => "invalid_body",
@@ -131,19 +148,21 @@ impl Reason {
             | Reason::KeyDisabled
             | Reason::KeyExpired
             | Reason::ClientInactive => 401,
-            Reason::ConflictingCredentials | Reason::BadRequest => 400,
+            Reason::ConflictingCredentials | Reason::BadRequest | Reason::DuplicateParameter => 400,
             Reason::ScopeMissing
             | Reason::SportNotAllowed
             | Reason::BookmakerNotAllowed
             | Reason::BookmakerNotConfigured
             | Reason::FeatureNotOnPlan => 403,
-            Reason::RateLimited => 429,
+            Reason::RateLimited | Reason::TooManyConnections => 429,
+            Reason::LoginTimeout => 408,
             Reason::Emergency | Reason::LimiterUnavailable => 503,
             Reason::NotFound => 404,
             Reason::MethodNotAllowed => 405,
             Reason::NotAcceptable => 406,
             Reason::UpstreamUnavailable => 502,
             Reason::UpstreamTimeout => 504,
+            Reason::UpgradeRequired => 426,
             Reason::PayloadTooLarge => 413,
             Reason::InvalidBody => 422,
             Reason::Conflict => 409,
@@ -178,6 +197,10 @@ impl Reason {
             Reason::BookmakerNotConfigured => "No bookmaker is selected for this account.",
             Reason::FeatureNotOnPlan => "The plan of this API key does not include '{subject}'.",
             Reason::RateLimited => "Rate limit exceeded; retry after {retry_after} seconds.",
+            Reason::TooManyConnections => {
+                "Connection limit reached; retry after {retry_after} seconds."
+            }
+            Reason::LoginTimeout => "No login message arrived within the deadline.",
             Reason::LimiterUnavailable => "Rate limits cannot be checked right now; retry shortly.",
             Reason::Emergency => "{subject}",
             Reason::NotFound => "No such endpoint.",
@@ -185,6 +208,10 @@ impl Reason {
             Reason::NotAcceptable => "The Accept header admits neither JSON nor XML.",
             Reason::UpstreamUnavailable => "The upstream service is unavailable.",
             Reason::UpstreamTimeout => "The upstream service did not answer in time.",
+            Reason::UpgradeRequired => "{subject}",
+            Reason::DuplicateParameter => {
+                "The query parameter '{subject}' appears more than once; send it once."
+            }
             Reason::BadRequest => "The request is malformed: {subject}",
             Reason::PayloadTooLarge => "The request body is larger than {subject} bytes.",
             Reason::InvalidBody => "The request body is invalid: {subject}",

@@ -1,16 +1,18 @@
 //! The per-request decision, shared by the proxy path and the forward-auth contracts:
-//! path safety → route → public? → credential → authenticate → authorize.
+//! path safety → route → public? → credential → authenticate → authorize, then the limits.
+//! Each step refuses with a [`Refusal`]; the request's exit renders it (`crate::exit`).
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use http::{HeaderMap, Method};
 use keygate_core::decision::{Denial, Reason};
+use keygate_core::Timestamp;
 
 use crate::credential;
+use crate::exit::{Budget, Quote, Refusal, Trail};
 use crate::gateway::{Admitted, Gateway};
 use crate::guard::Caller;
-use crate::profile::LimitFacts;
 use crate::routes::{Route, RouteMatch};
 
 /// A request that may pass.
@@ -21,15 +23,6 @@ pub struct Passed<'t> {
     /// `None` on public routes.
     pub who: Option<Admitted>,
     pub credential_source: Option<usize>,
-}
-
-/// A refused request and the route it matched, if any (for metrics).
-#[derive(Debug)]
-pub struct Refused {
-    pub route_index: Option<usize>,
-    pub denial: Denial,
-    /// The caller, when it authenticated and was then refused (its usage counts the refusal).
-    pub who: Option<Admitted>,
 }
 
 /// True for paths an upstream might normalize into somewhere else (`..`, `.`, encoded slashes
@@ -85,20 +78,11 @@ pub fn guarded<T>(
     auth().inspect_err(|&reason| gw.guard.failed(caller, key, reason, gw.clock.now()))
 }
 
-/// What a refusal quotes: a brute-force cool-down's `Retry-After`; nothing for other reasons
-/// (the limiter's own 429s carry their limit's state).
-pub fn refusal_facts(gw: &Gateway, reason: Reason) -> LimitFacts {
-    if reason == Reason::RateLimited {
-        gw.guard.facts(gw.clock.now())
-    } else {
-        LimitFacts::default()
-    }
-}
-
 /// Decides a request.
 ///
 /// # Errors
-/// [`Refused`] with the profile reason.
+/// A [`Refusal`] with the profile reason, the route it matched and, when it authenticated,
+/// the caller.
 pub fn decide<'t>(
     gw: &'t Gateway,
     method: &Method,
@@ -106,16 +90,13 @@ pub fn decide<'t>(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: IpAddr,
-) -> Result<Passed<'t>, Refused> {
+) -> Result<Passed<'t>, Refusal> {
     if is_ambiguous_path(path) {
-        return Err(Refused {
-            route_index: None,
-            denial: Denial::about(
-                Reason::BadRequest,
-                "the path contains dot segments or encoded separators",
-            ),
-            who: None,
-        });
+        return Err(Denial::about(
+            Reason::BadRequest,
+            "the path contains dot segments or encoded separators",
+        )
+        .into());
     }
     let (route, index, params) = match gw.config.routes.find(method, path) {
         RouteMatch::Found {
@@ -123,20 +104,8 @@ pub fn decide<'t>(
             index,
             params,
         } => (route, index, params),
-        RouteMatch::MethodNotAllowed => {
-            return Err(Refused {
-                route_index: None,
-                denial: Denial::new(Reason::MethodNotAllowed),
-                who: None,
-            })
-        }
-        RouteMatch::NotFound => {
-            return Err(Refused {
-                route_index: None,
-                denial: Denial::new(Reason::NotFound),
-                who: None,
-            })
-        }
+        RouteMatch::MethodNotAllowed => return Err(Reason::MethodNotAllowed.into()),
+        RouteMatch::NotFound => return Err(Reason::NotFound.into()),
     };
     if route.public {
         return Ok(Passed {
@@ -147,17 +116,10 @@ pub fn decide<'t>(
         });
     }
     let started = Instant::now();
-    let (who, source) = authenticate(gw, headers, query, peer).map_err(|r| Refused {
-        route_index: Some(index),
-        denial: Denial::new(r),
-        who: None,
-    })?;
+    let (who, source) =
+        authenticate(gw, headers, query, peer).map_err(|r| Refusal::from(r).on(index))?;
     if let Err(denial) = gw.authorize(&who, route, &params, query) {
-        return Err(Refused {
-            route_index: Some(index),
-            denial,
-            who: Some(who),
-        });
+        return Err(Refusal::from(denial).on(index).by(Some(who)));
     }
     gw.metrics
         .observe_decision(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -167,6 +129,41 @@ pub fn decide<'t>(
         who: Some(who),
         credential_source: Some(source),
     })
+}
+
+/// Checks and counts the limits of a request let through: the caller's (client, key, route),
+/// or a public route's per source address. A refused request consumes nothing; what was
+/// counted goes on the trail, for the answer's headers.
+///
+/// # Errors
+/// A [`Refusal`]: `RateLimited` quoting the deciding limit, or `LimiterUnavailable` when the
+/// shared limiter failed and the policy is fail-closed.
+pub async fn limit(
+    gw: &Gateway,
+    passed: &Passed<'_>,
+    caller: Caller<'_>,
+    now: Timestamp,
+    trail: &mut Trail,
+) -> Result<(), Refusal> {
+    let verdict = match &passed.who {
+        Some(who) => gw.check_limits(who, passed.route, now).await,
+        None => {
+            let source = gw.guard.source(caller);
+            gw.check_source_limits(passed.route, source, now).await
+        }
+    };
+    let refused = |r: Refusal| r.on(passed.route_index).by(passed.who.clone());
+    match verdict {
+        Ok(Some((limit, state))) if !state.allowed => {
+            let quote = Quote::Limit(Budget::of(&limit, state));
+            Err(refused(Refusal::from(Reason::RateLimited).quoting(quote)))
+        }
+        Ok(decided) => {
+            trail.counted = Some(decided.map(|(limit, state)| Budget::of(&limit, state)));
+            Ok(())
+        }
+        Err(reason) => Err(refused(reason.into())),
+    }
 }
 
 #[cfg(test)]

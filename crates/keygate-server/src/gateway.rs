@@ -3,6 +3,7 @@
 //! Everything here runs per request without store I/O: the route table and profile were
 //! compiled at start, keys come from the replica, time from the clock.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -198,7 +199,7 @@ impl Gateway {
     /// Authorizes an admitted caller for a route: scopes, sport, bookmaker, plan features.
     ///
     /// # Errors
-    /// A 403-class [`Denial`].
+    /// A 403-class [`Denial`], or `duplicate_parameter` for a gated query parameter sent twice.
     pub fn authorize(
         &self,
         who: &Admitted,
@@ -206,18 +207,13 @@ impl Gateway {
         params: &crate::routes::Params<'_, '_>,
         query: Option<&str>,
     ) -> Result<(), Denial> {
-        let sport = route.sport_param.as_deref().and_then(|p| params.get(p));
-        let bookmaker = match &route.bookmaker {
-            None => None,
-            Some(BookmakerSource::Path(p)) => params.get(p),
-            Some(BookmakerSource::Query(q)) => query_param(query, q),
-        };
+        let named = Named::read(route, params, query)?;
         authorize(
             &who.client.policy,
             &route.needs,
             RequestFacts {
-                sport,
-                bookmaker,
+                sport: named.sport,
+                bookmaker: named.bookmaker.as_deref(),
                 params: params.values(),
             },
         )
@@ -400,13 +396,79 @@ fn deciding(checks: &[Check], verdict: keygate_limits::Verdict) -> Option<(Limit
     verdict.binding.map(|(i, state)| (checks[i].limit, state))
 }
 
-/// The first value of a query parameter (empty values count as absent).
-pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v)
+/// The sport and bookmaker a request names, read as its route says: the one reading for HTTP,
+/// forward-auth and WebSocket alike.
+#[derive(Debug)]
+pub struct Named<'a> {
+    pub sport: Option<&'a str>,
+    pub bookmaker: Option<Cow<'a, str>>,
+}
+
+impl<'a> Named<'a> {
+    /// # Errors
+    /// `duplicate_parameter` (about the parameter's name) when a gated query parameter
+    /// appears more than once.
+    pub fn read(
+        route: &Route,
+        params: &crate::routes::Params<'_, 'a>,
+        query: Option<&'a str>,
+    ) -> Result<Named<'a>, Denial> {
+        let sport = route.sport_param.as_deref().and_then(|p| params.get(p));
+        let bookmaker = match &route.bookmaker {
+            None => None,
+            Some(BookmakerSource::Path(p)) => params.get(p).map(Cow::Borrowed),
+            Some(BookmakerSource::Query(q)) => {
+                query_param(query, q).map_err(|_| Denial::about(Reason::DuplicateParameter, q))?
+            }
+        };
+        Ok(Named { sport, bookmaker })
+    }
+}
+
+/// A gated query parameter that appears more than once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the query parameter appears more than once")]
+pub struct Repeated;
+
+/// The value of a gated query parameter, percent-decoded (empty counts as absent).
+///
+/// Upstreams disagree on a repeated parameter (first wins, last wins, a list) and on how they
+/// read its name, so a gated parameter must have one reading: its name is matched after
+/// percent-decoding and without regard to ASCII case (`Bookm%61ker`), pairs are split at `;`
+/// as well as `&` (as some frameworks do), and a name seen twice is refused, never guessed.
+///
+/// # Errors
+/// [`Repeated`] when the parameter appears more than once, even with an empty value.
+pub fn query_param<'q>(
+    query: Option<&'q str>,
+    name: &str,
+) -> Result<Option<Cow<'q, str>>, Repeated> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut found: Option<&'q str> = None;
+    let mut seen = false;
+    for pair in query.split(['&', ';']) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let matches = if k.contains('%') {
+            percent_encoding::percent_decode_str(k)
+                .decode_utf8_lossy()
+                .eq_ignore_ascii_case(name)
+        } else {
+            k.eq_ignore_ascii_case(name)
+        };
+        if !matches {
+            continue;
+        }
+        if seen {
+            return Err(Repeated);
+        }
+        seen = true;
+        found = Some(v);
+    }
+    Ok(found
+        .filter(|v| !v.is_empty())
+        .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy()))
 }
 
 #[cfg(test)]
@@ -415,11 +477,24 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(
-            query_param(Some("a=1&bookmaker=bet365"), "bookmaker"),
-            Some("bet365")
-        );
-        assert_eq!(query_param(Some("bookmaker="), "bookmaker"), None);
-        assert_eq!(query_param(None, "bookmaker"), None);
+        fn q(query: &str) -> Result<Option<Cow<'_, str>>, Repeated> {
+            query_param(Some(query), "bookmaker")
+        }
+        assert_eq!(q("a=1&bookmaker=bet365"), Ok(Some("bet365".into())));
+        assert_eq!(q("bookmaker="), Ok(None));
+        assert_eq!(query_param(None, "bookmaker"), Ok(None));
+        assert_eq!(q("bookmaker=bet%33%365"), Ok(Some("bet365".into())));
+        // Every spelling of a second copy is refused.
+        for polluted in [
+            "bookmaker=bet365&bookmaker=pinnacle",
+            "bookm%61ker=pinnacle&bookmaker=bet365",
+            "bookmaker=bet365&BOOKMAKER=pinnacle",
+            "x=1;bookmaker=pinnacle&bookmaker=bet365",
+            "bookmaker=&bookmaker=pinnacle",
+            "bookmaker&bookmaker=pinnacle",
+        ] {
+            assert_eq!(q(polluted), Err(Repeated), "{polluted}");
+        }
+        assert_eq!(q("bookmakers=a&bookmaker=b"), Ok(Some("b".into())));
     }
 }

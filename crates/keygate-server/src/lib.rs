@@ -11,6 +11,7 @@ pub mod check;
 pub mod config;
 pub mod credential;
 pub mod emergency;
+pub mod exit;
 pub mod fault;
 pub mod feed;
 pub mod gateway;

@@ -8,26 +8,28 @@
 //! - Traefik ForwardAuth (`/v1/auth/traefik`, `X-Forwarded-Uri` / `X-Forwarded-Method`).
 //! - Envoy `ext_authz` over HTTP (`/v1/auth/envoy{original path}`, original method).
 //!
-//! Each answers 200 with the identity headers, or the profile's refusal.
+//! Each answers 200 with the identity headers, or the profile's refusal. Forward-auth runs the
+//! gateway's own steps (decision, limits, the route's error answers, the access log), so a
+//! proxy in front gets what keygate's own listener would answer.
 
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use keygate_core::decision::{Denial, Reason};
-use keygate_core::render::BodyFormat;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::body::Body;
-use crate::check::{self, Refused};
+use crate::check;
+use crate::exit::{Refusal, Served, Trail};
 use crate::gateway::{Admitted, Gateway};
 use crate::guard::Caller;
 use crate::metrics::Outcome;
-use crate::profile::LimitFacts;
+use crate::profile::CredentialSource;
 use crate::respond;
 use crate::routes::RouteMatch;
 
@@ -48,59 +50,37 @@ struct VerifyRequest {
     scopes: Option<Vec<String>>,
 }
 
-fn bad_request(gw: &Gateway, why: &str, format: BodyFormat) -> Response<Body> {
-    gw.metrics
-        .record(None, Outcome::Denied(Reason::BadRequest), 400);
-    respond::denial(
-        &gw.config.profile,
-        &Denial::about(Reason::BadRequest, why),
-        format,
-        LimitFacts::default(),
-    )
+fn bad_request(why: &str) -> Refusal {
+    Denial::about(Reason::BadRequest, why).into()
 }
 
-/// `POST /v1/keys/verify`.
+/// `POST /v1/keys/verify`: a well-formed question is answered 200 whatever the verdict; the
+/// caller counts in its client's usage when the key authenticated.
+///
+/// # Errors
+/// A [`Refusal`] for a question that is not one (method, body).
 pub async fn verify(
     gw: &Gateway,
-    req: Request<Incoming>,
-    format: BodyFormat,
+    req: &mut Request<Incoming>,
     peer: IpAddr,
-) -> Response<Body> {
+) -> Result<Served, Refusal> {
     if req.method() != Method::POST {
-        return respond::denial(
-            &gw.config.profile,
-            &Denial::new(Reason::MethodNotAllowed),
-            format,
-            LimitFacts::default(),
-        );
+        return Err(Reason::MethodNotAllowed.into());
     }
-    let (parts, body) = req.into_parts();
+    let body: Bytes = Limited::new(req.body_mut(), MAX_VERIFY_BODY)
+        .collect()
+        .await
+        .map_err(|_| bad_request("the body is larger than 16 KiB or was cut off"))?
+        .to_bytes();
+    let ask: VerifyRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(&format!("the body is not a verify request ({e})")))?;
     let caller = Caller {
         peer,
-        headers: &parts.headers,
+        headers: req.headers(),
     };
-    let body: Bytes = match Limited::new(body, MAX_VERIFY_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return bad_request(gw, "the body is larger than 16 KiB or was cut off", format),
-    };
-    let ask: VerifyRequest = match serde_json::from_slice(&body) {
-        Ok(ask) => ask,
-        Err(e) => {
-            return bad_request(
-                gw,
-                &format!("the body is not a verify request ({e})"),
-                format,
-            )
-        }
-    };
-    let outcome = answer_verify(gw, &ask, caller);
-    let status = match &outcome {
-        Ok(_) => 200,
-        Err(d) => gw.config.profile.error(d.reason).status.as_u16(),
-    };
-    gw.metrics.record(None, Outcome::Local, 200);
-    let doc = match outcome {
-        Ok(who) => {
+    let (who, verdict) = answer_verify(gw, &ask, caller);
+    let doc = match (&who, verdict) {
+        (Some(who), None) => {
             let c = &who.client.policy;
             json!({
                 "valid": true,
@@ -114,26 +94,42 @@ pub async fn verify(
                 "expires_at": who.key.policy.expires_at,
             })
         }
-        Err(d) => json!({
-            "valid": false,
-            "reason": d.reason.code(),
-            "status": status,
-            "subject": d.subject.as_deref(),
-        }),
+        (_, d) => {
+            let d = d.unwrap_or_else(|| Denial::new(Reason::UnknownKey));
+            json!({
+                "valid": false,
+                "reason": d.reason.code(),
+                "status": gw.config.profile.error(d.reason).status.as_u16(),
+                "subject": d.subject.as_deref(),
+            })
+        }
     };
-    respond::json(StatusCode::OK, &doc)
+    Ok(Served::local(respond::json(StatusCode::OK, &doc), who))
 }
 
+/// The verdict on a verify question, with the caller when its key authenticated (a refusal
+/// after that counts in its usage too).
 fn answer_verify(
     gw: &Gateway,
     ask: &VerifyRequest,
     caller: Caller<'_>,
-) -> Result<Admitted, Denial> {
+) -> (Option<Admitted>, Option<Denial>) {
     let key = Some(ask.key.as_str()).filter(|k| !k.is_empty());
     let who = check::guarded(gw, caller, key, || match key {
         Some(key) => gw.authenticate(key),
         None => Err(Reason::MissingKey),
-    })?;
+    });
+    match who {
+        Ok(who) => {
+            let verdict = authorize_verify(gw, &who, ask).err();
+            (Some(who), verdict)
+        }
+        Err(reason) => (None, Some(Denial::new(reason))),
+    }
+}
+
+/// The scopes or the route a verify question asks about.
+fn authorize_verify(gw: &Gateway, who: &Admitted, ask: &VerifyRequest) -> Result<(), Denial> {
     if let Some(scopes) = &ask.scopes {
         if let Some(missing) = scopes.iter().find(|s| !who.client.policy.has_scope(s)) {
             return Err(Denial::about(Reason::ScopeMissing, missing));
@@ -153,14 +149,14 @@ fn answer_verify(
         }
         match gw.config.routes.find(&method, path) {
             RouteMatch::Found { route, params, .. } if !route.public => {
-                gw.authorize(&who, route, &params, query)?
+                gw.authorize(who, route, &params, query)?
             }
             RouteMatch::Found { .. } => {}
             RouteMatch::MethodNotAllowed => return Err(Denial::new(Reason::MethodNotAllowed)),
             RouteMatch::NotFound => return Err(Denial::new(Reason::NotFound)),
         }
     }
-    Ok(who)
+    Ok(())
 }
 
 /// Which forward-auth contract a request speaks.
@@ -188,14 +184,20 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a str> {
         .and_then(|v| v.to_str().ok())
 }
 
-/// A forward-auth sub-request.
-pub fn forward_auth(
+/// A forward-auth sub-request: the gateway's decision and limits for the original request,
+/// answered 200 with the identity and rate-limit headers or refused with the route's answer.
+///
+/// # Errors
+/// The [`Refusal`] keygate's own listener would give the original request.
+pub async fn forward_auth(
     gw: &Gateway,
     contract: Contract,
     req: &Request<Incoming>,
-    format: BodyFormat,
     peer: IpAddr,
-) -> Response<Body> {
+    trail: &mut Trail,
+) -> Result<Served, Refusal> {
+    // nginx treats anything but 2xx, 401 and 403 from auth_request as an error (500).
+    trail.auth_statuses_only = contract == Contract::Nginx;
     let headers = req.headers();
     let (method, uri): (Method, String) = match contract {
         Contract::Nginx | Contract::Traefik => {
@@ -204,14 +206,11 @@ pub fn forward_auth(
             } else {
                 ("x-forwarded-method", "x-forwarded-uri")
             };
-            let Some(uri) = header(headers, u) else {
-                return bad_request(gw, &format!("the {u} header is missing"), format);
-            };
-            let method =
-                header(headers, m).map_or(Ok(Method::GET), |m| Method::from_bytes(m.as_bytes()));
-            let Ok(method) = method else {
-                return bad_request(gw, &format!("the {m} header is not an HTTP method"), format);
-            };
+            let uri = header(headers, u)
+                .ok_or_else(|| bad_request(&format!("the {u} header is missing")))?;
+            let method = header(headers, m)
+                .map_or(Ok(Method::GET), |m| Method::from_bytes(m.as_bytes()))
+                .map_err(|_| bad_request(&format!("the {m} header is not an HTTP method")))?;
             (method, uri.to_owned())
         }
         Contract::Envoy => {
@@ -227,39 +226,62 @@ pub fn forward_auth(
     let (path, query) = uri
         .split_once('?')
         .map_or((uri.as_str(), None), |(p, q)| (p, Some(q)));
-    match check::decide(gw, &method, path, query, headers, peer) {
-        Ok(passed) => {
-            gw.metrics
-                .record(Some(passed.route_index), Outcome::Local, 200);
-            let mut resp = Response::new(Body::empty());
-            if let Some(who) = &passed.who {
-                who.write_identity(resp.headers_mut(), &gw.config.profile.identity);
-                gw.usage.record(&who.client, gw.clock.now(), 200);
-            }
-            resp
+    let passed = check::decide(gw, &method, path, query, headers, peer)?;
+    let caller = Caller { peer, headers };
+    check::limit(gw, &passed, caller, gw.clock.now(), trail).await?;
+    let profile = &gw.config.profile;
+    let mut resp = Response::new(Body::empty());
+    match &passed.who {
+        Some(who) => who.write_identity(resp.headers_mut(), &profile.identity),
+        // A pass with no identity (a public route): Envoy would forward the caller's own
+        // identity headers, so it is asked to remove them (Traefik's `authResponseHeaders`
+        // replaces them itself).
+        None if contract == Contract::Envoy => {
+            let names = &profile.identity;
+            let list = [
+                &names.client_id,
+                &names.client_name,
+                &names.key_id,
+                &names.scopes,
+                &names.plan,
+            ];
+            append_removals(resp.headers_mut(), list.into_iter().map(HeaderName::as_str));
         }
-        Err(Refused {
-            route_index,
-            denial,
-            ..
-        }) => {
-            let facts = check::refusal_facts(gw, denial.reason);
-            let mut resp = respond::denial(&gw.config.profile, &denial, format, facts);
-            if contract == Contract::Nginx {
-                // nginx treats anything but 2xx, 401 and 403 from auth_request as an error (500).
-                let status = if denial.reason.is_authentication_failure() {
-                    StatusCode::UNAUTHORIZED
-                } else {
-                    StatusCode::FORBIDDEN
-                };
-                *resp.status_mut() = status;
-            }
-            gw.metrics.record(
-                route_index,
-                Outcome::Denied(denial.reason),
-                resp.status().as_u16(),
-            );
-            resp
+        None => {}
+    }
+    if contract == Contract::Envoy && !profile.forward_credential {
+        // The key stops at the gateway: Envoy removes the credential headers before it
+        // forwards (a query-parameter key cannot be removed this way).
+        let credentials = profile.credentials.iter().filter_map(|c| match c {
+            CredentialSource::Header(name) => Some(name.as_str()),
+            CredentialSource::Bearer => Some("authorization"),
+            _ => None,
+        });
+        append_removals(resp.headers_mut(), credentials);
+    }
+    Ok(Served {
+        resp,
+        outcome: Some(Outcome::Local),
+        route: Some(passed.route_index),
+        who: passed.who,
+    })
+}
+
+/// Adds header names to Envoy's `x-envoy-auth-headers-to-remove` list.
+fn append_removals<'a>(headers: &mut HeaderMap, names: impl Iterator<Item = &'a str>) {
+    let name = HeaderName::from_static("x-envoy-auth-headers-to-remove");
+    let mut list = headers
+        .get(&name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    for n in names {
+        if !list.is_empty() {
+            list.push(',');
         }
+        list.push_str(n);
+    }
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        headers.insert(name, v);
     }
 }

@@ -921,6 +921,14 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
             Ok((reason, Some(subject))) => by_subject.push((key, reason, subject, spanned)),
         }
     }
+    // A provider's 429 is one answer unless it publishes another for connections: a
+    // connection limit answers as the profile's rate limit until `too_many_connections` is set.
+    if !raw.errors.contains_key(Reason::TooManyConnections.code())
+        && raw.errors.contains_key(Reason::RateLimited.code())
+    {
+        profile.errors[Reason::TooManyConnections.index()] =
+            profile.error(Reason::RateLimited).clone();
+    }
     for (key, reason, subject, spanned) in by_subject {
         let base = profile.error(reason).clone();
         let span = spanned.span();

@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use keygate_core::decision::{Denial, Reason};
 
 use crate::body::Body;
 
@@ -43,27 +44,15 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// The answer: 426 with the version this server speaks, 400 otherwise.
-    pub fn response(self) -> Response<Body> {
-        let mut resp = Response::new(Body::from(self.to_string()));
-        *resp.status_mut() = if self == HandshakeError::Version {
-            StatusCode::UPGRADE_REQUIRED
+    /// The refusal: `upgrade_required` (426, with the version this server speaks) for a
+    /// version it does not, `bad_request` otherwise; rendered through the profile like any.
+    pub fn denial(self) -> Denial {
+        let reason = if self == HandshakeError::Version {
+            Reason::UpgradeRequired
         } else {
-            StatusCode::BAD_REQUEST
+            Reason::BadRequest
         };
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if self == HandshakeError::Version {
-            headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        resp
+        Denial::about(reason, &self.to_string())
     }
 }
 
@@ -161,7 +150,10 @@ mod tests {
         let mut bad = GOOD;
         bad[2] = ("sec-websocket-version", "8");
         assert_eq!(validate(&req(&bad)).unwrap_err(), HandshakeError::Version);
-        assert_eq!(HandshakeError::Version.response().status(), 426);
+        assert_eq!(
+            HandshakeError::Version.denial().reason,
+            Reason::UpgradeRequired
+        );
         for key in [
             "",
             "short",

@@ -1,6 +1,7 @@
 //! Connection limits of a session: leased counters for open connections per key and per
 //! client (released on close, expiring if this node dies), and the daily connection quota.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::limit::{Limit, LimitState, Window};
@@ -26,11 +27,32 @@ pub struct Refused {
     pub unavailable: bool,
 }
 
-/// The leases one session holds.
-#[derive(Debug, Default)]
+/// The leases one session holds: given back by [`Leases::release`] when the session ends, or
+/// on drop by any path that forgot to (a task then releases them), so no error path has to
+/// remember and no place stays taken until its lease expires.
+#[derive(Debug)]
 pub struct Leases {
     held: Vec<LimitKey>,
     id: u64,
+    gw: Arc<Gateway>,
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        // Outside a runtime (the process is ending) the leases expire at their TTL instead.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rest = Leases {
+            held: std::mem::take(&mut self.held),
+            id: self.id,
+            gw: Arc::clone(&self.gw),
+        };
+        runtime.spawn(async move { rest.release().await });
+    }
 }
 
 fn lease_id() -> u64 {
@@ -60,7 +82,7 @@ impl Leases {
     /// # Errors
     /// [`Refused`] with the deciding limit's state.
     pub async fn acquire(
-        gw: &Gateway,
+        gw: &Arc<Gateway>,
         who: &Admitted,
         limits: &WsLimits,
     ) -> Result<Leases, Refused> {
@@ -68,6 +90,7 @@ impl Leases {
         let mut leases = Leases {
             held: Vec::with_capacity(2),
             id: lease_id(),
+            gw: Arc::clone(gw),
         };
         let wanted = [
             (
@@ -92,7 +115,7 @@ impl Leases {
             {
                 Ok(state) if state.allowed => leases.held.push(key),
                 Ok(state) => {
-                    leases.release(gw).await;
+                    leases.release().await;
                     return Err(Refused {
                         state,
                         window_seconds: ttl.as_secs().max(1),
@@ -100,7 +123,7 @@ impl Leases {
                     });
                 }
                 Err(_) => {
-                    leases.release(gw).await;
+                    leases.release().await;
                     return Err(unavailable());
                 }
             }
@@ -118,7 +141,7 @@ impl Leases {
             match gw.limits.check(&[check], gw.clock.now()).await {
                 Ok(v) if v.allowed => {}
                 Ok(v) => {
-                    leases.release(gw).await;
+                    leases.release().await;
                     let (_, state) = v.binding.expect("a denial names its limit");
                     return Err(Refused {
                         state,
@@ -127,7 +150,7 @@ impl Leases {
                     });
                 }
                 Err(_) => {
-                    leases.release(gw).await;
+                    leases.release().await;
                     return Err(unavailable());
                 }
             }
@@ -170,10 +193,11 @@ impl Leases {
         true
     }
 
-    /// Gives every lease back.
-    pub async fn release(&mut self, gw: &Gateway) {
-        for key in self.held.drain(..) {
-            gw.limits.release_lease(&key, self.id).await;
+    /// Gives every lease back now (a session's end awaits it, so its place is free when the
+    /// close completes).
+    pub async fn release(&mut self) {
+        for key in std::mem::take(&mut self.held) {
+            self.gw.limits.release_lease(&key, self.id).await;
         }
     }
 }

@@ -23,14 +23,13 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
-use keygate_core::render::BodyFormat;
 
 pub use session::Sessions;
 
-use crate::body::Body;
 use crate::check;
+use crate::exit::{Refusal, Served};
 use crate::routes::RouteMatch;
 use crate::service::Worker;
 use config::AuthMode;
@@ -38,12 +37,13 @@ use config::AuthMode;
 /// Serves an upgrade request if its route is a WebSocket route; `None` otherwise (the request
 /// then goes the usual way). Only for requests that ask for an upgrade
 /// ([`handshake::is_upgrade`]): the caller checks, so that no other request builds this future.
+/// The caller's exit ends it (`crate::exit`), a refusal included.
 pub async fn serve(
     w: &Arc<Worker>,
     req: &mut Request<Incoming>,
     remote: SocketAddr,
-    format: BodyFormat,
-) -> Option<Response<Body>> {
+    started: Option<std::time::Instant>,
+) -> Option<Result<Served, Refusal>> {
     let gw = &w.gw;
     let path = req.uri().path();
     if check::is_ambiguous_path(path) {
@@ -55,7 +55,7 @@ pub async fn serve(
     let ws_route = gw.config.ws.route(index)?;
     let opening = match handshake::validate(req) {
         Ok(o) => o,
-        Err(e) => return Some(e.response()),
+        Err(e) => return Some(Err(Refusal::from(e.denial()).on(index))),
     };
     let pending = open::Pending {
         route_index: index,
@@ -69,13 +69,14 @@ pub async fn serve(
         headers: req.headers().clone(),
         remote,
         opening,
+        started,
     };
     let on_upgrade = hyper::upgrade::on(&mut *req);
     let gw = Arc::clone(gw);
     Some(match ws_route.mode {
-        AuthMode::Handshake => open::handshake(gw, pending, on_upgrade, format).await,
+        AuthMode::Handshake => open::handshake(gw, pending, on_upgrade).await,
         AuthMode::LoginMessage | AuthMode::CloseCode => {
-            open::after_upgrade(gw, pending, on_upgrade)
+            Ok(open::after_upgrade(gw, pending, on_upgrade))
         }
     })
 }

@@ -8,13 +8,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use keygate_core::decision::{Denial, Reason};
-use keygate_core::render::{BodyFormat, Value};
+use keygate_core::render::Value;
 use keygate_core::KeyDigest;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -24,20 +25,20 @@ use tokio_tungstenite::WebSocketStream;
 use super::channels;
 use super::config::{AuthMode, CloseEvent, MessageKind, WsLimits};
 use super::handshake::{self, Opening};
-use super::limits::{self, Leases};
+use super::limits::Leases;
 use super::login::{self, LoginError};
 use super::relay::{close_frame, error_message, ClientSocket, Relay};
 use super::session::{Admission, Sessions};
 use super::token;
 use super::upstream::{self, socket_config, Target, UpstreamSocket};
-use crate::body::Body;
+use crate::check;
 use crate::credential;
-use crate::gateway::{query_param, Admitted, Gateway};
+use crate::exit::{self, Budget, Exit, Quote, Refusal, Served};
+use crate::gateway::{query_param, Admitted, Gateway, Named};
 use crate::guard::Caller;
 use crate::metrics::Outcome;
-use crate::profile::{CredentialSource, LimitFacts};
-use crate::respond;
-use crate::routes::{BookmakerSource, RouteMatch};
+use crate::profile::CredentialSource;
+use crate::routes::RouteMatch;
 
 /// An upgrade request on a WebSocket route, owned so it can outlive the HTTP exchange.
 #[derive(Debug)]
@@ -51,70 +52,8 @@ pub struct Pending {
     pub headers: HeaderMap,
     pub remote: SocketAddr,
     pub opening: Opening,
-}
-
-/// Why a session is not opened.
-#[derive(Debug)]
-enum Failure {
-    /// Refused, with the caller when it had authenticated (its budget is then reported).
-    Denied(Denial, Option<Admitted>),
-    Limited(limits::Refused),
-}
-
-impl From<Denial> for Failure {
-    fn from(d: Denial) -> Self {
-        Failure::Denied(d, None)
-    }
-}
-
-impl From<Reason> for Failure {
-    fn from(r: Reason) -> Self {
-        Failure::Denied(Denial::new(r), None)
-    }
-}
-
-impl Failure {
-    fn reason(&self) -> Reason {
-        match self {
-            Failure::Denied(d, _) => d.reason,
-            Failure::Limited(l) if l.unavailable => Reason::LimiterUnavailable,
-            Failure::Limited(_) => Reason::RateLimited,
-        }
-    }
-
-    /// The profile's close event for this failure.
-    fn event(&self) -> CloseEvent {
-        match self.reason() {
-            r if r.is_authentication_failure() => CloseEvent::Unauthorized,
-            Reason::RateLimited | Reason::LimiterUnavailable => CloseEvent::TooManyConnections,
-            Reason::UpstreamUnavailable | Reason::UpstreamTimeout => {
-                CloseEvent::UpstreamUnavailable
-            }
-            _ => CloseEvent::Forbidden,
-        }
-    }
-
-    /// `(code, detail)` of the error message.
-    fn message(&self) -> (&'static str, String) {
-        match self {
-            Failure::Denied(d, _) => (d.reason.code(), detail(d)),
-            Failure::Limited(l) if l.unavailable => (
-                Reason::LimiterUnavailable.code(),
-                Reason::LimiterUnavailable.default_detail().to_owned(),
-            ),
-            Failure::Limited(l) => (
-                "too_many_connections",
-                format!("Connection limit reached ({} allowed).", l.state.limit),
-            ),
-        }
-    }
-}
-
-fn detail(d: &Denial) -> String {
-    d.reason
-        .default_detail()
-        .replace("{subject}", d.subject.as_deref().unwrap_or(""))
-        .replace("{retry_after}", "1")
+    /// When the request arrived, for the access log's latency (when that log is on).
+    pub started: Option<Instant>,
 }
 
 /// What an admitted caller brings to the relay.
@@ -129,22 +68,43 @@ struct Accepted {
 fn credential_of(gw: &Gateway, p: &Pending) -> Result<(String, Option<usize>), Reason> {
     let tokens = &gw.config.ws.profile.token;
     if tokens.path.is_some() {
-        if let Some(t) = query_param(p.query.as_deref(), &tokens.param) {
-            return Ok((t.to_owned(), None));
+        let token = query_param(p.query.as_deref(), &tokens.param)
+            .map_err(|_| Reason::DuplicateParameter)?;
+        if let Some(t) = token {
+            return Ok((t.into_owned(), None));
         }
     }
     let cred = credential::extract(&p.credentials, &p.headers, p.query.as_deref())?;
     Ok((cred.key.to_owned(), Some(cred.source)))
 }
 
-/// Authenticates a key or a token (redeeming it).
-async fn authenticate(gw: &Gateway, presented: &str) -> Result<(Admitted, KeyDigest), Reason> {
-    if presented.starts_with(token::PREFIX) {
-        let digest = token::redeem(gw, presented).await.map_err(Reason::from)?;
-        return gw.authenticate_digest(&digest).map(|who| (who, digest));
-    }
-    let who = gw.authenticate(presented)?;
-    Ok((who, gw.config.issuer.digester.digest(presented)))
+/// Authenticates a key or a token (redeeming it) under the brute-force guard, as every
+/// other authentication is (`check::guarded`): WebSocket guesses count as REST ones do.
+async fn authenticate(
+    gw: &Gateway,
+    p: &Pending,
+    presented: &str,
+) -> Result<(Admitted, KeyDigest), Reason> {
+    let caller = Caller {
+        peer: p.remote.ip(),
+        headers: &p.headers,
+    };
+    // A token is redeemed (single use) before the guard looks: what it stands for is a
+    // digest, then checked like a key's.
+    let redeemed = match presented.starts_with(token::PREFIX) {
+        true => Some(token::redeem(gw, presented).await.map_err(Reason::from)),
+        false => None,
+    };
+    check::guarded(gw, caller, Some(presented), || match redeemed {
+        Some(digest) => {
+            let digest = digest?;
+            gw.authenticate_digest(&digest).map(|who| (who, digest))
+        }
+        None => {
+            let who = gw.authenticate(presented)?;
+            Ok((who, gw.config.issuer.digester.digest(presented)))
+        }
+    })
 }
 
 /// The route's requirements, and the facts to check them again later.
@@ -159,12 +119,7 @@ fn authorize(
         return Err(Denial::new(Reason::NotFound));
     };
     gw.authorize(who, route, &params, p.query.as_deref())?;
-    let sport = route.sport_param.as_deref().and_then(|n| params.get(n));
-    let bookmaker = match &route.bookmaker {
-        None => None,
-        Some(BookmakerSource::Path(n)) => params.get(n),
-        Some(BookmakerSource::Query(q)) => query_param(p.query.as_deref(), q),
-    };
+    let Named { sport, bookmaker } = Named::read(route, &params, p.query.as_deref())?;
     let params = if route.needs.has_templates() {
         params.values().iter().map(|&v| v.into()).collect()
     } else {
@@ -180,28 +135,32 @@ fn authorize(
 }
 
 /// Authentication, authorization and connection limits.
-async fn admit(gw: &Gateway, p: &Pending, presented: &str) -> Result<Accepted, Failure> {
-    // The brute-force guard sees WebSocket guesses as it sees REST ones: a source in its
-    // cool-down is refused before any lookup, and each failure here counts toward one.
-    let caller = Caller {
-        peer: p.remote.ip(),
-        headers: &p.headers,
+async fn admit(gw: &Arc<Gateway>, p: &Pending, presented: &str) -> Result<Accepted, Refusal> {
+    let refused = |r: Refusal| r.on(p.route_index);
+    let (who, digest) = authenticate(gw, p, presented)
+        .await
+        .map_err(|r| refused(r.into()))?;
+    let admission = match authorize(gw, &who, p, digest) {
+        Ok(a) => a,
+        Err(d) => return Err(refused(d.into()).by(Some(who))),
     };
-    gw.guard.check(caller, Some(presented), || gw.clock.now())?;
-    let (who, digest) = match authenticate(gw, presented).await {
-        Ok(admitted) => admitted,
-        Err(reason) => {
-            gw.guard
-                .failed(caller, Some(presented), reason, gw.clock.now());
-            return Err(reason.into());
+    let limits = gw.config.ws.limits_for(&who.client.policy.plan).clone();
+    let leases = match Leases::acquire(gw, &who, &limits).await {
+        Ok(l) => l,
+        Err(l) => {
+            let refusal = if l.unavailable {
+                Refusal::from(Reason::LimiterUnavailable)
+            } else {
+                let budget = Budget {
+                    window: l.window_seconds,
+                    state: l.state,
+                };
+                Refusal::from(Denial::about(Reason::TooManyConnections, "connections"))
+                    .quoting(Quote::Limit(budget))
+            };
+            return Err(refused(refusal).by(Some(who)));
         }
     };
-    let admission =
-        authorize(gw, &who, p, digest).map_err(|d| Failure::Denied(d, Some(who.clone())))?;
-    let limits = gw.config.ws.limits_for(&who.client.policy.plan).clone();
-    let leases = Leases::acquire(gw, &who, &limits)
-        .await
-        .map_err(Failure::Limited)?;
     Ok(Accepted {
         who,
         admission,
@@ -216,7 +175,7 @@ async fn connect(
     p: &Pending,
     who: &Admitted,
     source: Option<usize>,
-) -> Result<(UpstreamSocket, Option<http::HeaderValue>), Reason> {
+) -> Result<(UpstreamSocket, Option<http::HeaderValue>), Refusal> {
     let profile = &gw.config.profile;
     let credential = source.and_then(|i| p.credentials.get(i));
     let mut query = p.query.clone().unwrap_or_default();
@@ -232,10 +191,16 @@ async fn connect(
     let route = &gw.config.routes.routes()[p.route_index];
     // The upstream's circuit breaker counts WebSocket connects too; while it is open the
     // session gets the upstream_unavailable answer without a connect attempt.
+    // An open breaker answers as on HTTP: the profile's upstream_unavailable, 503 and
+    // `Retry-After` on a handshake.
     let ticket = gw
         .breakers
         .admit(route.upstream, gw.clock.now())
-        .map_err(|_| Reason::UpstreamUnavailable)?;
+        .map_err(|open| {
+            Refusal::from(Reason::UpstreamUnavailable).quoting(Quote::BreakerOpen {
+                retry_after: open.retry_after,
+            })
+        })?;
     let result = upstream::connect(
         profile,
         Target {
@@ -255,7 +220,7 @@ async fn connect(
         );
         ticket.record(failed, || gw.clock.now());
     }
-    result
+    result.map_err(Refusal::from)
 }
 
 async fn client_socket(upgraded: hyper::upgrade::Upgraded, gw: &Gateway) -> ClientSocket {
@@ -263,95 +228,54 @@ async fn client_socket(upgraded: hyper::upgrade::Upgraded, gw: &Gateway) -> Clie
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await
 }
 
-fn record(gw: &Gateway, p: &Pending, outcome: Outcome, status: u16) {
-    gw.metrics.record(Some(p.route_index), outcome, status);
-}
-
-/// An upgrade refused before it happened: the profile's HTTP answer. Under
-/// `when = "always"` it reports a budget like any answer: a connection limit's own state on its
-/// 429, else the caller's request budget as it stands (`crate::service::report_budget`).
-async fn refuse_upgrade(
-    gw: &Gateway,
-    p: &Pending,
-    failure: Failure,
-    format: BodyFormat,
-) -> Response<Body> {
-    let profile = &gw.config.profile;
-    let overrides = gw
-        .config
-        .routes
-        .routes()
-        .get(p.route_index)
-        .map(|r| &r.errors);
-    let reason = failure.reason();
-    let resp = match &failure {
-        Failure::Denied(d, who) => {
-            let mut resp = respond::denial_on(profile, overrides, d, format, LimitFacts::default());
-            let caller = Caller {
-                peer: p.remote.ip(),
-                headers: &p.headers,
-            };
-            let who = who.as_ref();
-            crate::service::report_budget(gw, &mut resp, who, None, caller, Some(reason)).await;
-            resp
-        }
-        Failure::Limited(l) => {
-            let facts = LimitFacts {
-                limit: l.state.limit,
-                remaining: l.state.remaining,
-                reset: u64::try_from(l.state.reset.as_secs()).unwrap_or(0),
-                retry_after: l.state.retry_after.as_secs().max(1),
-            };
-            let mut resp = respond::denial_on(
-                profile,
-                overrides,
-                &Denial::about(reason, "connections"),
-                format,
-                facts,
-            );
-            let style = profile.rate_limit_headers;
-            if style.always && !l.unavailable {
-                let style = crate::ratelimit::HeaderStyle {
-                    retry_after: false,
-                    ..style
-                };
-                let now = gw.clock.now();
-                let headers = resp.headers_mut();
-                crate::ratelimit::write_state(headers, style, l.window_seconds, &l.state, now);
-            }
-            resp
-        }
+/// Records the end of a session's opening that was decided on the socket (the HTTP exchange
+/// ended with its `101`): once, through the one exit.
+fn record(gw: &Gateway, p: &Pending, who: Option<&Admitted>, answer: Result<(), &Refusal>) {
+    let exit = Exit {
+        method: &Method::GET,
+        route: Some(p.route_index),
+        who,
+        started: p.started,
     };
-    record(gw, p, Outcome::Denied(reason), resp.status().as_u16());
-    resp
+    let status = StatusCode::SWITCHING_PROTOCOLS;
+    match answer {
+        Ok(()) => exit::record(gw, &exit, Outcome::Forwarded, status, None),
+        Err(r) => {
+            let who = r.who.as_deref().or(who);
+            let exit = Exit { who, ..exit };
+            exit::record(
+                gw,
+                &exit,
+                Outcome::Denied(r.reason()),
+                status,
+                Some(r.reason()),
+            );
+        }
+    }
 }
 
-/// `handshake` mode: every decision before the upgrade; refusals are HTTP.
+/// `handshake` mode: every decision before the upgrade; a refusal is the profile's HTTP
+/// answer (the caller's exit renders it).
 pub async fn handshake(
     gw: Arc<Gateway>,
     p: Pending,
     on_upgrade: OnUpgrade,
-    format: BodyFormat,
-) -> Response<Body> {
-    let (presented, source) = match credential_of(&gw, &p) {
-        Ok(c) => c,
-        Err(r) => return refuse_upgrade(&gw, &p, r.into(), format).await,
-    };
-    let mut admitted = match admit(&gw, &p, &presented).await {
-        Ok(a) => a,
-        Err(f) => return refuse_upgrade(&gw, &p, f, format).await,
-    };
+) -> Result<Served, Refusal> {
+    let (presented, source) =
+        credential_of(&gw, &p).map_err(|r| Refusal::from(r).on(p.route_index))?;
+    let admitted = admit(&gw, &p, &presented).await?;
     drop(presented);
     let (upstream, protocol) = match connect(&gw, &p, &admitted.who, source).await {
         Ok(c) => c,
-        Err(r) => {
-            admitted.leases.release(&gw).await;
-            let failure = Failure::Denied(Denial::new(r), Some(admitted.who.clone()));
-            return refuse_upgrade(&gw, &p, failure, format).await;
-        }
+        Err(r) => return Err(r.on(p.route_index).by(Some(admitted.who))),
     };
-    record(&gw, &p, Outcome::Forwarded, 101);
     let resp = handshake::switching(&p.opening, protocol);
+    let served = Served {
+        resp,
+        outcome: Some(Outcome::Forwarded),
+        route: Some(p.route_index),
+        who: Some(admitted.who.clone()),
+    };
     let reg = Sessions::register(&gw, admitted.admission);
     let hold = gw.drain.hold();
     tokio::spawn(async move {
@@ -370,18 +294,17 @@ pub async fn handshake(
                 .run(client, upstream)
                 .await;
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade failed.");
-                admitted.leases.release(&gw).await;
-            }
+            // The leases go back as `admitted` drops.
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed."),
         }
     });
-    resp
+    Ok(served)
 }
 
 /// `login_message` and `close_code` modes: upgrade now, decide on the socket.
-pub fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Response<Body> {
+pub fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Served {
     let resp = handshake::switching(&p.opening, None);
+    let p_route = p.route_index;
     let hold = gw.drain.hold();
     tokio::spawn(async move {
         let _hold = hold;
@@ -398,7 +321,13 @@ pub fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Res
             _ => close_code_session(gw, p, client).await,
         }
     });
-    resp
+    // The session records its exit when it has decided.
+    Served {
+        resp,
+        outcome: None,
+        route: Some(p_route),
+        who: None,
+    }
 }
 
 /// Sends an optional message, then the profile's close frame, and waits for the client's
@@ -420,32 +349,36 @@ async fn refuse_on_socket(
     .await;
 }
 
+/// Refuses a session on its socket: records its exit once, then sends the profile's error
+/// message (login mode) and close frame.
+async fn refuse_session(
+    gw: &Gateway,
+    p: &Pending,
+    client: &mut ClientSocket,
+    refusal: &Refusal,
+    with_message: bool,
+) {
+    record(gw, p, None, Err(refusal));
+    let (event, code, detail) = exit::on_socket(refusal);
+    let message = with_message.then(|| error_message(gw, code, &detail));
+    refuse_on_socket(gw, client, message, event).await;
+}
+
 async fn close_code_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
-    let (presented, source) = match credential_of(&gw, &p) {
-        Ok(c) => c,
-        Err(r) => {
-            record(&gw, &p, Outcome::Denied(r), 101);
-            let f = Failure::from(r);
-            return refuse_on_socket(&gw, &mut client, None, f.event()).await;
+    let admitted = async {
+        let (presented, source) = credential_of(&gw, &p).map_err(Refusal::from)?;
+        let admitted = admit(&gw, &p, &presented).await?;
+        drop(presented);
+        match connect(&gw, &p, &admitted.who, source).await {
+            Ok((upstream, _)) => Ok((admitted, upstream)),
+            Err(r) => Err(r.by(Some(admitted.who))),
         }
     };
-    let mut admitted = match admit(&gw, &p, &presented).await {
+    let (admitted, upstream) = match admitted.await {
         Ok(a) => a,
-        Err(f) => {
-            record(&gw, &p, Outcome::Denied(f.reason()), 101);
-            return refuse_on_socket(&gw, &mut client, None, f.event()).await;
-        }
+        Err(refusal) => return refuse_session(&gw, &p, &mut client, &refusal, false).await,
     };
-    drop(presented);
-    let upstream = match connect(&gw, &p, &admitted.who, source).await {
-        Ok((u, _)) => u,
-        Err(r) => {
-            admitted.leases.release(&gw).await;
-            record(&gw, &p, Outcome::Denied(r), 101);
-            return refuse_on_socket(&gw, &mut client, None, CloseEvent::UpstreamUnavailable).await;
-        }
-    };
-    record(&gw, &p, Outcome::Forwarded, 101);
+    record(&gw, &p, Some(&admitted.who), Ok(()));
     let reg = Sessions::register(&gw, admitted.admission);
     Relay {
         gw,
@@ -496,13 +429,8 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     let text = match first_message(&gw, &mut client).await {
         Ok(t) => t,
         Err(None) => {
-            record(&gw, &p, Outcome::Denied(Reason::MissingKey), 101);
-            let m = error_message(
-                &gw,
-                "login_timeout",
-                "No login message arrived within the deadline.",
-            );
-            return refuse_on_socket(&gw, &mut client, Some(m), CloseEvent::LoginTimeout).await;
+            let refusal = Refusal::from(Reason::LoginTimeout).on(p.route_index);
+            return refuse_session(&gw, &p, &mut client, &refusal, true).await;
         }
         Err(Some((_, CloseEvent::GoingAway))) if gw.drain.is_stopping() => {
             return refuse_on_socket(&gw, &mut client, None, CloseEvent::GoingAway).await;
@@ -512,11 +440,7 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
                 tokio::time::timeout(std::time::Duration::from_secs(1), client.close(None)).await;
             return;
         }
-        Err(Some((e, event))) => {
-            record(&gw, &p, Outcome::Denied(Reason::BadRequest), 101);
-            let m = error_message(&gw, e.code(), &e.to_string());
-            return refuse_on_socket(&gw, &mut client, Some(m), event).await;
-        }
+        Err(Some((e, event))) => return refuse_login(&gw, &p, &mut client, e, event).await,
     };
     let login = match login::parse(
         &profile.login,
@@ -526,25 +450,18 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     ) {
         Ok(l) => l,
         Err(e) => {
-            let (reason, event) = match e {
-                LoginError::MissingKey => (Reason::MissingKey, CloseEvent::Unauthorized),
-                LoginError::TooBig => (Reason::BadRequest, CloseEvent::TooBig),
-                _ => (Reason::BadRequest, CloseEvent::BadMessage),
+            let event = match e {
+                LoginError::MissingKey => CloseEvent::Unauthorized,
+                LoginError::TooBig => CloseEvent::TooBig,
+                _ => CloseEvent::BadMessage,
             };
-            record(&gw, &p, Outcome::Denied(reason), 101);
-            let m = error_message(&gw, e.code(), &e.to_string());
-            return refuse_on_socket(&gw, &mut client, Some(m), event).await;
+            return refuse_login(&gw, &p, &mut client, e, event).await;
         }
     };
     drop(text);
-    let mut admitted = match admit(&gw, &p, &login.key).await {
+    let admitted = match admit(&gw, &p, &login.key).await {
         Ok(a) => a,
-        Err(f) => {
-            record(&gw, &p, Outcome::Denied(f.reason()), 101);
-            let (code, detail) = f.message();
-            let m = error_message(&gw, code, &detail);
-            return refuse_on_socket(&gw, &mut client, Some(m), f.event()).await;
-        }
+        Err(refusal) => return refuse_session(&gw, &p, &mut client, &refusal, true).await,
     };
     let grant = channels::grant(
         &profile.channels,
@@ -553,15 +470,12 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     );
     let mut upstream = match connect(&gw, &p, &admitted.who, None).await {
         Ok((u, _)) => u,
-        Err(r) => {
-            admitted.leases.release(&gw).await;
-            record(&gw, &p, Outcome::Denied(r), 101);
-            let m = error_message(&gw, r.code(), r.default_detail());
-            return refuse_on_socket(&gw, &mut client, Some(m), CloseEvent::UpstreamUnavailable)
-                .await;
+        Err(refusal) => {
+            let refusal = refusal.on(p.route_index).by(Some(admitted.who));
+            return refuse_session(&gw, &p, &mut client, &refusal, true).await;
         }
     };
-    record(&gw, &p, Outcome::Forwarded, 101);
+    record(&gw, &p, Some(&admitted.who), Ok(()));
     let reg = Sessions::register(&gw, admitted.admission);
     reg.add_channels(&grant.granted);
     let timeout = profile.send_timeout;
@@ -577,7 +491,6 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
             tokio::time::timeout(timeout, upstream.send(m)).await,
             Ok(Ok(()))
         ) {
-            admitted.leases.release(&gw).await;
             return refuse_on_socket(&gw, &mut client, None, CloseEvent::UpstreamUnavailable).await;
         }
     }
@@ -592,7 +505,6 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
         tokio::time::timeout(timeout, client.send(ok)).await,
         Ok(Ok(()))
     ) {
-        admitted.leases.release(&gw).await;
         return;
     }
     Relay {
@@ -605,4 +517,23 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     }
     .run(client, upstream)
     .await;
+}
+
+/// A login message that is not one: recorded as a bad request, answered with the login
+/// error's own code (the login protocol's, not a profile reason's) and close event.
+async fn refuse_login(
+    gw: &Gateway,
+    p: &Pending,
+    client: &mut ClientSocket,
+    error: LoginError,
+    event: CloseEvent,
+) {
+    let reason = match error {
+        LoginError::MissingKey => Reason::MissingKey,
+        _ => Reason::BadRequest,
+    };
+    let refusal = Refusal::from(Denial::about(reason, error.code())).on(p.route_index);
+    record(gw, p, None, Err(&refusal));
+    let message = error_message(gw, error.code(), &error.to_string());
+    refuse_on_socket(gw, client, Some(message), event).await;
 }

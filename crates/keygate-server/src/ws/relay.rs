@@ -375,6 +375,6 @@ impl Relay {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, upstream.close(to_upstream)).await;
         };
         tokio::join!(client_side, upstream_side);
-        self.leases.release(&gw).await;
+        self.leases.release().await;
     }
 }

@@ -3,18 +3,15 @@
 //! profile's `feature_not_on_plan` answer when the plan lacks WebSocket).
 
 use http::header::{HeaderValue, CACHE_CONTROL};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use keygate_core::decision::{Denial, Reason};
-use keygate_core::render::BodyFormat;
 use serde_json::json;
 
 use super::token;
-use crate::body::Body;
 use crate::credential;
-use crate::gateway::{Admitted, Gateway};
+use crate::exit::{Refusal, Served};
+use crate::gateway::Gateway;
 use crate::guard::Caller;
-use crate::metrics::Outcome;
-use crate::profile::LimitFacts;
 use crate::respond;
 
 /// Whether `path` is the token endpoint.
@@ -22,57 +19,40 @@ pub fn is_token_path(gw: &Gateway, path: &str) -> bool {
     gw.config.ws.profile.token.path.as_deref() == Some(path) && gw.config.ws.has_routes()
 }
 
-fn refuse(gw: &Gateway, denial: &Denial, format: BodyFormat) -> Response<Body> {
-    let resp = respond::denial(&gw.config.profile, denial, format, LimitFacts::default());
-    gw.metrics
-        .record(None, Outcome::Denied(denial.reason), resp.status().as_u16());
-    resp
-}
-
-/// Answers the token endpoint; with the caller when it authenticated, and the reason of a
-/// refusal (so the answer can report the caller's budget).
+/// Answers the token endpoint.
+///
+/// # Errors
+/// A [`Refusal`], with the caller when it authenticated (its budget is then reported).
 pub fn answer(
     gw: &Gateway,
     method: &Method,
     headers: &HeaderMap,
     query: Option<&str>,
     peer: std::net::IpAddr,
-    format: BodyFormat,
-) -> (Response<Body>, Option<Admitted>, Option<Reason>) {
-    let refused = |denial: Denial, who: Option<Admitted>| {
-        let reason = Some(denial.reason);
-        (refuse(gw, &denial, format), who, reason)
-    };
+) -> Result<Served, Refusal> {
     if method != Method::POST {
-        return refused(Denial::new(Reason::MethodNotAllowed), None);
+        return Err(Reason::MethodNotAllowed.into());
     }
     let settings = &gw.config.ws.profile.token;
-    let key = match credential::extract(&gw.config.profile.credentials, headers, query) {
-        Ok(c) => c.key,
-        Err(r) => return refused(Denial::new(r), None),
-    };
+    let key = credential::extract(&gw.config.profile.credentials, headers, query)?.key;
     if key.starts_with(token::PREFIX) {
         // A token does not buy another token.
-        return refused(Denial::new(Reason::MalformedKey), None);
+        return Err(Reason::MalformedKey.into());
     }
     // Guessing keys here is guessing keys: the brute-force guard counts it and cools it down.
     let caller = Caller { peer, headers };
-    let who = match crate::check::guarded(gw, caller, Some(key), || gw.authenticate(key)) {
-        Ok(w) => w,
-        Err(r) => return refused(Denial::new(r), None),
-    };
+    let who = crate::check::guarded(gw, caller, Some(key), || gw.authenticate(key))?;
     if let Some(f) = settings
         .features
         .iter()
         .find(|f| !who.client.policy.has_feature(f))
     {
-        return refused(Denial::about(Reason::FeatureNotOnPlan, f), Some(who));
+        return Err(Refusal::from(Denial::about(Reason::FeatureNotOnPlan, f)).by(Some(who)));
     }
     let now = gw.clock.now();
     let digest = gw.config.issuer.digester.digest(key);
     let token = token::issue(&settings.secret, &digest, now, settings.ttl);
     let expires = now.plus(settings.ttl);
-    gw.metrics.record(None, Outcome::Local, 200);
     let mut resp = respond::json(
         StatusCode::OK,
         &json!({
@@ -84,5 +64,5 @@ pub fn answer(
     );
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    (resp, Some(who), None)
+    Ok(Served::local(resp, Some(who)))
 }

@@ -117,7 +117,7 @@ pub fn routes(data: &[u8]) {
             name: Arc::from(format!("r{i}")),
             pattern: pattern.as_str().into(),
             methods: (i % 2 == 1).then(|| vec![Method::GET]),
-            upstream: 0,
+            target: crate::routes::Target::Upstream(0),
             needs: Requirements::default(),
             sport_param: None,
             bookmaker: None,
@@ -125,7 +125,6 @@ pub fn routes(data: &[u8]) {
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
             errors: crate::profile::ErrorOverrides::default(),
-            selfservice: None,
         };
         if table.insert(route).is_ok() {
             names.push(

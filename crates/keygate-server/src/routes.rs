@@ -29,8 +29,8 @@ pub struct Route {
     pub pattern: Box<str>,
     /// `None` = every method.
     pub methods: Option<Vec<Method>>,
-    /// Index into the configuration's upstreams.
-    pub upstream: usize,
+    /// Where its requests go.
+    pub target: Target,
     pub needs: Requirements,
     pub sport_param: Option<Box<str>>,
     pub bookmaker: Option<BookmakerSource>,
@@ -41,8 +41,16 @@ pub struct Route {
     pub compiled_limits: Vec<(u16, keygate_core::limit::Limit)>,
     /// This route's own answers to some refusals (`[[routes]] errors`), over the profile's.
     pub errors: crate::profile::ErrorOverrides,
+}
+
+/// Where a route's requests go: one field, so an upstream and a self-service action cannot
+/// both be set.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Index into the configuration's upstreams.
+    Upstream(usize),
     /// A self-service endpoint the gateway answers itself instead of forwarding.
-    pub selfservice: Option<crate::selfservice::Action>,
+    SelfService(crate::selfservice::Action),
 }
 
 impl Route {
@@ -302,7 +310,7 @@ mod tests {
             name: name.into(),
             pattern: pattern.into(),
             methods,
-            upstream: 0,
+            target: Target::Upstream(0),
             needs: Requirements::default(),
             sport_param: None,
             bookmaker: None,
@@ -310,7 +318,6 @@ mod tests {
             limits: crate::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
             errors: crate::profile::ErrorOverrides::default(),
-            selfservice: None,
         }
     }
 

@@ -26,6 +26,7 @@ use crate::infra::{self, Infra};
 use crate::metrics::Outcome;
 use crate::profile::IdentityHeaders;
 use crate::proxy::{self, Forward, Upstreams};
+use crate::routes::Target;
 use crate::verify::{self, Contract};
 use crate::{respond, whoami};
 
@@ -217,8 +218,8 @@ async fn gate<'g>(
     let passed = check::decide(gw, method, path, query, headers, remote.ip())?;
     // A declared body past the bound is never forwarded (crate::bounds); checked before the
     // limits so a refused request consumes nothing. Self-service reads its own smaller bodies.
-    let max_body = match (&passed.route.selfservice, &gw.config.selfservice) {
-        (Some(_), Some(s)) => u64::try_from(s.max_body_bytes).unwrap_or(u64::MAX),
+    let max_body = match (&passed.route.target, &gw.config.selfservice) {
+        (Target::SelfService(_), Some(s)) => u64::try_from(s.max_body_bytes).unwrap_or(u64::MAX),
         _ => gw.config.http.max_body_bytes,
     };
     if bounds::body_too_large(headers, max_body) {
@@ -228,9 +229,9 @@ async fn gate<'g>(
     let now = gw.clock.now();
     // An open breaker answers before the limits, so a request that cannot be served
     // consumes nothing. Self-service is answered here, not upstream: no breaker.
-    let ticket = match &passed.route.selfservice {
-        Some(_) => None,
-        None => match gw.breakers.admit(passed.route.upstream, now) {
+    let ticket = match passed.route.target {
+        Target::SelfService(_) => None,
+        Target::Upstream(upstream) => match gw.breakers.admit(upstream, now) {
             Ok(ticket) => ticket,
             Err(open) => {
                 let quote = Quote::BreakerOpen {
@@ -272,64 +273,67 @@ async fn forward(
     } = pass;
     let index = passed.route_index;
     crate::fault::panic_if_injected(&passed.route.name);
-    let answer = if let Some(action) = &passed.route.selfservice {
-        let answered = Box::pin(crate::selfservice::answer(
-            gw,
-            action,
-            req,
-            passed.who.as_ref(),
-            remote,
-        ))
-        .await;
-        match answered {
-            Ok(resp) => Ok(Served {
-                resp,
-                outcome: Some(Outcome::Local),
-                route: Some(index),
-                who: passed.who,
-            }),
-            Err(e) => Err(Refusal::from(e.denial()).on(index).by(passed.who)),
-        }
-    } else {
-        let forward = Forward {
-            max_body,
-            upstream: passed.route.upstream,
-            spec: &gw.config.upstreams[passed.route.upstream],
-            host: w.upstreams.host(passed.route.upstream),
-            identity: &w.identity,
-            who: passed.who.as_ref(),
-            credential_source: passed.credential_source,
-            remote,
-        };
-        let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
-            Ok(()) => {
-                let sent = proxy::send(&w.upstreams, &forward, req).await;
-                if let Some(ticket) = ticket {
-                    let failed = match &sent {
-                        Ok(resp) => ticket.count_5xx() && resp.status().is_server_error(),
-                        Err(r) => {
-                            matches!(r, Reason::UpstreamUnavailable | Reason::UpstreamTimeout)
-                        }
-                    };
-                    ticket.record(failed, || gw.clock.now());
-                }
-                sent
+    let answer = match &passed.route.target {
+        Target::SelfService(action) => {
+            let answered = Box::pin(crate::selfservice::answer(
+                gw,
+                action,
+                req,
+                passed.who.as_ref(),
+                remote,
+            ))
+            .await;
+            match answered {
+                Ok(resp) => Ok(Served {
+                    resp,
+                    outcome: Some(Outcome::Local),
+                    route: Some(index),
+                    who: passed.who,
+                }),
+                Err(e) => Err(Refusal::from(e.denial()).on(index).by(passed.who)),
             }
-            Err(reason) => Err(reason),
-        };
-        let outcome = if passed.who.is_some() {
-            Outcome::Forwarded
-        } else {
-            Outcome::Public
-        };
-        match sent {
-            Ok(resp) => Ok(Served {
-                resp: resp.map(Body::Upstream),
-                outcome: Some(outcome),
-                route: Some(index),
-                who: passed.who,
-            }),
-            Err(reason) => Err(Refusal::from(reason).on(index).by(passed.who)),
+        }
+        &Target::Upstream(upstream) => {
+            let forward = Forward {
+                max_body,
+                upstream,
+                spec: &gw.config.upstreams[upstream],
+                host: w.upstreams.host(upstream),
+                identity: &w.identity,
+                who: passed.who.as_ref(),
+                credential_source: passed.credential_source,
+                remote,
+            };
+            let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
+                Ok(()) => {
+                    let sent = proxy::send(&w.upstreams, &forward, req).await;
+                    if let Some(ticket) = ticket {
+                        let failed = match &sent {
+                            Ok(resp) => ticket.count_5xx() && resp.status().is_server_error(),
+                            Err(r) => {
+                                matches!(r, Reason::UpstreamUnavailable | Reason::UpstreamTimeout)
+                            }
+                        };
+                        ticket.record(failed, || gw.clock.now());
+                    }
+                    sent
+                }
+                Err(reason) => Err(reason),
+            };
+            let outcome = if passed.who.is_some() {
+                Outcome::Forwarded
+            } else {
+                Outcome::Public
+            };
+            match sent {
+                Ok(resp) => Ok(Served {
+                    resp: resp.map(Body::Upstream),
+                    outcome: Some(outcome),
+                    route: Some(index),
+                    who: passed.who,
+                }),
+                Err(reason) => Err(Refusal::from(reason).on(index).by(passed.who)),
+            }
         }
     };
     trail.finish(gw, answer, None).await

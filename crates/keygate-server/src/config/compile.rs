@@ -26,7 +26,7 @@ use crate::profile::{
     CredentialSource, ErrorOverrides, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS, WHOAMI_VARS,
 };
 use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
-use crate::routes::{BookmakerSource, Route, RouteTable};
+use crate::routes::{BookmakerSource, Route, RouteTable, Target};
 use crate::upstream::UpstreamSpec;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -603,19 +603,18 @@ fn add_route(
         Some(list)
     };
     let upstream_name = r.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM);
-    let upstream = match upstreams.get(upstream_name) {
-        // Answered by keygate: the index is never used.
-        _ if action.is_some() => 0,
-        Some(&i) => i,
-        None if r.upstream.is_none() => {
+    let target = match (action, upstreams.get(upstream_name)) {
+        (Some(action), _) => Target::SelfService(action),
+        (None, Some(&i)) => Target::Upstream(i),
+        (None, None) if r.upstream.is_none() => {
             err(format!(
                 "no upstream `{DEFAULT_UPSTREAM}` is configured (add [upstreams.{DEFAULT_UPSTREAM}] or pass --upstream URL)"
             ));
-            0
+            Target::Upstream(0)
         }
-        None => {
+        (None, None) => {
             err(format!("unknown upstream `{upstream_name}`"));
-            0
+            Target::Upstream(0)
         }
     };
     let params: HashSet<&str> = r
@@ -719,7 +718,7 @@ fn add_route(
         name: name.as_str().into(),
         pattern: r.path.as_str().into(),
         methods,
-        upstream,
+        target,
         needs: Requirements {
             scopes,
             any_scope,
@@ -734,7 +733,6 @@ fn add_route(
         limits,
         compiled_limits: Vec::new(),
         errors: error_overrides,
-        selfservice: action,
     };
     if let Err(e) = routes.insert(route) {
         errors.at(span, format!("route `{name}`: {e}"));

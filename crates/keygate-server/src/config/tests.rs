@@ -317,7 +317,11 @@ status = 403
 fn selfservice_is_checked_with_lines_and_off_by_default() {
     let c = default_config(&over("http://127.0.0.1:9000")).unwrap();
     assert!(c.selfservice.is_none());
-    assert!(c.routes.routes().iter().all(|r| r.selfservice.is_none()));
+    assert!(c
+        .routes
+        .routes()
+        .iter()
+        .all(|r| matches!(r.target, crate::routes::Target::Upstream(_))));
 
     let text = r#"[plans.free]
 features = []

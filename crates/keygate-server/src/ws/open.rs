@@ -38,7 +38,7 @@ use crate::gateway::{query_param, Admitted, Gateway, Named};
 use crate::guard::Caller;
 use crate::metrics::Outcome;
 use crate::profile::CredentialSource;
-use crate::routes::RouteMatch;
+use crate::routes::{self, RouteMatch};
 
 /// An upgrade request on a WebSocket route, owned so it can outlive the HTTP exchange.
 #[derive(Debug)]
@@ -188,14 +188,17 @@ async fn connect(
         path_and_query.push('?');
         path_and_query.push_str(&query);
     }
-    let route = &gw.config.routes.routes()[p.route_index];
+    // WebSocket routes always forward (the config refuses `ws` beside `selfservice`).
+    let routes::Target::Upstream(upstream) = gw.config.routes.routes()[p.route_index].target else {
+        return Err(Reason::NotFound.into());
+    };
     // The upstream's circuit breaker counts WebSocket connects too; while it is open the
     // session gets the upstream_unavailable answer without a connect attempt.
     // An open breaker answers as on HTTP: the profile's upstream_unavailable, 503 and
     // `Retry-After` on a handshake.
     let ticket = gw
         .breakers
-        .admit(route.upstream, gw.clock.now())
+        .admit(upstream, gw.clock.now())
         .map_err(|open| {
             Refusal::from(Reason::UpstreamUnavailable).quoting(Quote::BreakerOpen {
                 retry_after: open.retry_after,
@@ -204,7 +207,7 @@ async fn connect(
     let result = upstream::connect(
         profile,
         Target {
-            spec: &gw.config.upstreams[route.upstream],
+            spec: &gw.config.upstreams[upstream],
             path_and_query,
             headers: &p.headers,
             who,

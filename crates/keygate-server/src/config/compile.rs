@@ -552,22 +552,13 @@ fn compile_keys(raw: &RawConfig, errors: &mut Errors<'_>) -> Issuer {
     });
     let digester = match &k.digest_secret_env {
         None => Digester::plain(),
-        Some(var) => {
-            match std::env::var(var) {
-                Ok(secret) if secret.len() >= 16 => Digester::keyed(secret.as_bytes()),
-                Ok(_) => {
-                    errors.at(Some(&span), format!("keys.digest_secret_env: the secret in `{var}` must be at least 16 bytes"));
-                    Digester::plain()
-                }
-                Err(_) => {
-                    errors.at(
-                        Some(&span),
-                        format!("keys.digest_secret_env: environment variable `{var}` is not set"),
-                    );
-                    Digester::plain()
-                }
+        Some(var) => match super::secret::from_env("keys.digest_secret_env", var, 16) {
+            Ok(secret) => Digester::keyed(secret.as_bytes()),
+            Err(m) => {
+                errors.at(Some(&span), m);
+                Digester::plain()
             }
-        }
+        },
     };
     Issuer::new(format, digester)
 }

@@ -385,21 +385,12 @@ fn compile_profile(
         p.token.features = boxed(f);
     }
     if let Some(var) = &raw.token.secret_env {
-        match std::env::var(var) {
-            Ok(s) if s.len() >= 16 => {
+        match super::secret::from_env("profile.ws.token.secret_env", var, 16) {
+            Ok(s) => {
                 use sha2::Digest;
                 p.token.secret = TokenSecret(sha2::Sha256::digest(s.as_bytes()).into());
             }
-            Ok(_) => errors.at(
-                Some(span),
-                format!(
-                    "profile.ws.token.secret_env: the secret in `{var}` must be at least 16 bytes"
-                ),
-            ),
-            Err(_) => errors.at(
-                Some(span),
-                format!("profile.ws.token.secret_env: environment variable `{var}` is not set"),
-            ),
+            Err(m) => errors.at(Some(span), m),
         }
     }
     p.limits = limits(&raw.limits, "profile.ws.limits", Some(span), errors);

@@ -9,6 +9,7 @@ mod compile_selfservice;
 mod compile_ws;
 mod raw;
 mod raw_ws;
+mod secret;
 mod spanned;
 
 use std::collections::BTreeMap;

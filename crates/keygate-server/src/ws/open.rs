@@ -181,19 +181,17 @@ fn authorize(
 
 /// Authentication, authorization and connection limits.
 async fn admit(gw: &Gateway, p: &Pending, presented: &str) -> Result<Accepted, Failure> {
-    // The brute-force guard sees WebSocket guesses as it sees REST ones: a source in its
-    // cool-down is refused before any lookup, and each failure here counts toward one.
+    // The brute-force guard sees WebSocket guesses as it sees REST ones: each failure counts,
+    // and a failing key from a source in its cool-down is answered 429.
     let caller = Caller {
         peer: p.remote.ip(),
         headers: &p.headers,
     };
-    gw.guard.check(caller, Some(presented), || gw.clock.now())?;
     let (who, digest) = match authenticate(gw, presented).await {
         Ok(admitted) => admitted,
         Err(reason) => {
-            gw.guard
-                .failed(caller, Some(presented), reason, gw.clock.now());
-            return Err(reason.into());
+            let now = gw.clock.now();
+            return Err(gw.guard.refuse(caller, Some(presented), reason, now).into());
         }
     };
     let admission =

@@ -367,10 +367,14 @@ async fn every_response_includes_the_rate_limit_headers() {
     assert_eq!(code(&a), (429, "rate_limit_exceeded".into()));
     assert_eq!(budget(&a), (429, 0, now + 300));
     assert_eq!(a.header("retry-after"), Some("300"));
-    // The cool-down is the address's, decided before any key is looked up: a good key from
-    // it is told the same.
-    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &pro)]).await;
+    // The cool-down is the address's, for every key that fails (a missing one too) ...
+    let a = get(&h, "/api/odds", &[]).await;
+    assert_eq!(code(&a), (429, "rate_limit_exceeded".into()));
     assert_eq!(budget(&a), (429, 0, now + 300));
+    // ... while a good key from it is served and reports its own plan (issue 17: the guard
+    // refuses guessing, not customers).
+    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &pro)]).await;
+    assert_eq!(budget(&a), (200, 5498, hour_end));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

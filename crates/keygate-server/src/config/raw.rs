@@ -63,9 +63,13 @@ pub(crate) struct RawGuard {
     pub(crate) prefix_threshold: Option<u32>,
     pub(crate) prefix_length: Option<usize>,
     pub(crate) window: Option<String>,
+    /// How long failing keys from a cooled-down source (or with a cooled-down prefix) get
+    /// 429, counted from the last guess; keys that authenticate are always served.
     pub(crate) cooldown: Option<String>,
     pub(crate) max_tracked: Option<usize>,
-    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed.
+    /// Addresses or CIDR ranges of proxies (nginx, Traefik, Envoy in front of keygate or
+    /// calling its forward-auth endpoints) whose `X-Forwarded-For`, `Forwarded` or
+    /// `X-Real-IP` names the client counted by the guard.
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
 }

@@ -25,6 +25,10 @@ pub struct IdentityHeaders {
     pub key_id: HeaderName,
     pub scopes: HeaderName,
     pub plan: HeaderName,
+    /// The client's sport allowlist (see [`crate::replica::IdentityValues`] for the values).
+    pub sports: HeaderName,
+    /// The client's bookmaker allowlist (or selection, on a plan with `bookmaker_selection`).
+    pub bookmakers: HeaderName,
 }
 
 impl IdentityHeaders {
@@ -41,16 +45,20 @@ impl IdentityHeaders {
             key_id: copy(&self.key_id),
             scopes: copy(&self.scopes),
             plan: copy(&self.plan),
+            sports: copy(&self.sports),
+            bookmakers: copy(&self.bookmakers),
         }
     }
 
-    pub fn all(&self) -> [&HeaderName; 5] {
+    pub fn all(&self) -> [&HeaderName; 7] {
         [
             &self.client_id,
             &self.client_name,
             &self.key_id,
             &self.scopes,
             &self.plan,
+            &self.sports,
+            &self.bookmakers,
         ]
     }
 }
@@ -63,6 +71,8 @@ impl Default for IdentityHeaders {
             key_id: HeaderName::from_static("x-keygate-key-id"),
             scopes: HeaderName::from_static("x-keygate-scopes"),
             plan: HeaderName::from_static("x-keygate-plan"),
+            sports: HeaderName::from_static("x-keygate-sports"),
+            bookmakers: HeaderName::from_static("x-keygate-bookmakers"),
         }
     }
 }

@@ -86,6 +86,8 @@ async fn api_key_metadata_and_error_responses() {
     let seen = h.upstream.last_request().unwrap();
     assert_eq!(seen.uri, "/accounts");
     assert_eq!(seen.header_all("x-client-name"), vec!["Acme Bets"]);
+    // "bookmakers: Allowed bookmaker slugs (empty = all bookmakers)": every one, said as `*`.
+    assert_eq!(seen.header_all("x-client-bookmakers"), vec!["*"]);
     assert_eq!(
         seen.header("x-api-key"),
         None,

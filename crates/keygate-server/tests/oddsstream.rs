@@ -99,6 +99,44 @@ async fn key_format_and_the_401_row() {
     within_a_second(&h, "/api/sports", &[("X-Api-Key", fresh.expose())], 401).await;
 }
 
+/// Issue 17 (5). "Free | 200 req/day | … | Sports, Bookmakers, Events, Odds (1 bookmaker)" and
+/// "Pro | … | + Value Bets, all bookmakers": a Free request without `?bookmaker=` is served
+/// (the parameter is optional), and the upstream learns which bookmaker the client selected
+/// from `X-Keygate-Bookmakers`, so it answers with that bookmaker's odds only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_selected_bookmaker_reaches_the_upstream() {
+    let (h, _up) = start().await;
+    let free = customer(&h, "Hobbyist", "free", &["bet365"]).await;
+    let unpicked = customer(&h, "Newcomer", "free", &[]).await;
+    let pro = customer(&h, "Tipster", "pro", &[]).await;
+    for (key, path, bookmakers) in [
+        (&free, "/api/odds", "bet365"),
+        (&free, "/api/events", "bet365"),
+        // Nothing picked yet: routes without a bookmaker are served, with an empty list.
+        (&unpicked, "/api/sports", ""),
+        (&pro, "/api/odds", "*"),
+    ] {
+        let a = get(
+            &h,
+            path,
+            &[("X-Api-Key", key), ("X-Keygate-Bookmakers", "*")],
+        )
+        .await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        let seen = h.upstream.last_request().unwrap();
+        assert_eq!(
+            seen.header_all("x-keygate-bookmakers"),
+            [bookmakers],
+            "{path}"
+        );
+        assert_eq!(
+            seen.header_all("x-keygate-sports"),
+            [""],
+            "no sport allowlist"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_403_row_and_the_plan_endpoints() {
     let (h, _up) = start().await;

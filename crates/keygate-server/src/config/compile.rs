@@ -865,6 +865,8 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
         (&ids.key_id, &mut identity.key_id),
         (&ids.scopes, &mut identity.scopes),
         (&ids.plan, &mut identity.plan),
+        (&ids.sports, &mut identity.sports),
+        (&ids.bookmakers, &mut identity.bookmakers),
     ] {
         if let Some(name) = value {
             if let Some(h) = header_name(name, "profile.identity_headers", None, errors) {

@@ -274,6 +274,14 @@ pub(crate) struct RawIdentityHeaders {
     pub(crate) key_id: Option<String>,
     pub(crate) scopes: Option<String>,
     pub(crate) plan: Option<String>,
+    /// The client's sport allowlist, comma separated (default `X-Keygate-Sports`); empty
+    /// when it has none, which allows no sport-gated route.
+    pub(crate) sports: Option<String>,
+    /// The client's bookmakers, comma separated (default `X-Keygate-Bookmakers`): `*` when
+    /// every bookmaker is allowed (no allowlist, on a plan without `bookmaker_selection`),
+    /// empty when a `bookmaker_selection` plan's client has picked none, so an upstream can
+    /// confine an answer without a lookup of its own.
+    pub(crate) bookmakers: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -123,19 +123,28 @@ pub fn decide<'t>(
             index,
             params,
         } => (route, index, params),
-        RouteMatch::MethodNotAllowed => {
+        unknown @ (RouteMatch::MethodNotAllowed | RouteMatch::NotFound) => {
+            let reason = match unknown {
+                RouteMatch::MethodNotAllowed => Reason::MethodNotAllowed,
+                _ => Reason::NotFound,
+            };
+            // `[profile] unknown_paths_need_key` (seed 004: "The only endpoint that does not
+            // require authentication is GET /health"): without a valid key, the key's refusal.
+            let who = if gw.config.profile.unknown_paths_need_key {
+                let (who, _) = authenticate(gw, headers, query, peer).map_err(|r| Refused {
+                    route_index: None,
+                    denial: Denial::new(r),
+                    who: None,
+                })?;
+                Some(who)
+            } else {
+                None
+            };
             return Err(Refused {
                 route_index: None,
-                denial: Denial::new(Reason::MethodNotAllowed),
-                who: None,
-            })
-        }
-        RouteMatch::NotFound => {
-            return Err(Refused {
-                route_index: None,
-                denial: Denial::new(Reason::NotFound),
-                who: None,
-            })
+                denial: Denial::new(reason),
+                who,
+            });
         }
     };
     if route.public {

@@ -219,6 +219,15 @@ pub struct Profile {
     pub whoami: Option<Box<str>>,
     pub verify: bool,
     pub enforce_accept: bool,
+    /// `formats = ["json"]`: every refusal is JSON whatever `Accept` asks (seeds 000 and 004
+    /// show JSON bodies only), and no request is refused 406 for its `Accept`.
+    pub json_only: bool,
+    /// The plan of clients created without one (`keygate client create`, `POST /v1/clients`).
+    pub default_plan: Box<str>,
+    /// A path (or method) no route serves is answered `not_found` (`method_not_allowed`) only
+    /// to a caller with a valid key; others get their key's refusal (seed 004: every endpoint
+    /// but `GET /health` requires authentication).
+    pub unknown_paths_need_key: bool,
     pub identity: IdentityHeaders,
     /// One per [`Reason`], indexed by [`Reason::index`].
     pub errors: Vec<ErrorSpec>,
@@ -253,6 +262,9 @@ impl Default for Profile {
             whoami: Some("/v1/whoami".into()),
             verify: true,
             enforce_accept: true,
+            json_only: false,
+            default_plan: "default".into(),
+            unknown_paths_need_key: false,
             identity: IdentityHeaders::default(),
             errors: Reason::ALL.into_iter().map(ErrorSpec::problem).collect(),
             subject_errors: ErrorOverrides::default(),
@@ -350,6 +362,11 @@ impl Profile {
             denial,
             status,
             limits,
+        };
+        let format = if self.json_only {
+            BodyFormat::Json
+        } else {
+            format
         };
         let (body, content_type) = match format {
             BodyFormat::Json => (spec.template.render_json(&vars), spec.json_type.clone()),

@@ -245,6 +245,20 @@ pub(crate) struct RawProfile {
     pub(crate) xml_root: Option<String>,
     /// Answer 406 when a request's Accept admits neither JSON nor XML.
     pub(crate) enforce_accept: Option<bool>,
+    /// The body formats the profile answers in: `["json", "xml"]` (default: by `Accept`, 406
+    /// when neither is accepted) or `["json"]` (JSON whatever `Accept` says, never 406; for
+    /// contracts that publish JSON bodies only, as seeds 000 and 004 do).
+    pub(crate) formats: Option<Vec<String>>,
+    /// The plan clients start on when created without one (`keygate client create` without
+    /// `--plan`, `POST /v1/clients` without `plan`): `default` unless set; must name a plan of
+    /// the file (seed 003: "A free account gives you immediate access", `default_plan = "free"`).
+    pub(crate) default_plan: Option<String>,
+    /// Answer a path or method no route serves with `not_found` / `method_not_allowed` only
+    /// to a caller with a valid key, and with the key's refusal (401) to others, so an
+    /// unauthenticated caller learns nothing about which paths exist (seed 004: "The only
+    /// endpoint that does not require authentication is GET /health"). Default false.
+    #[serde(default)]
+    pub(crate) unknown_paths_need_key: bool,
     #[serde(default)]
     pub(crate) identity_headers: RawIdentityHeaders,
     #[serde(default)]

@@ -443,29 +443,10 @@ async fn free_websocket_is_30_connections_a_day_pro_rt_unlimited() {
 /// Free's 200 a day.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_created_without_a_plan_starts_on_free_with_its_headers() {
-    use keygate_core::{Digester, KeyFormat, KeyMaterial};
     let (h, _up) = start().await;
-    let format = KeyFormat::admin_token();
-    let token = format.generate();
-    let material = KeyMaterial {
-        digest: Digester::plain().digest(token.expose()),
-        hint: format.hint(&token),
-    };
-    h.store
-        .create_admin_token(&actor(), "setup", false, material)
-        .await
-        .unwrap();
-    let created: serde_json::Value = h
-        .http
-        .post(h.admin_url("/v1/clients"))
-        .bearer_auth(token.expose())
-        .json(&serde_json::json!({ "name": "Signup", "bookmakers": ["bet365"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = h
+        .create_client_via_admin(serde_json::json!({ "name": "Signup", "bookmakers": ["bet365"] }))
+        .await;
     assert_eq!(created["plan"], "free", "{created}");
     let (key, _) = h.key("Signup", None).await;
     let a = get(&h, "/api/odds", &[("X-Api-Key", &key)]).await;

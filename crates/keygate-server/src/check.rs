@@ -46,8 +46,8 @@ pub fn is_ambiguous_path(path: &str) -> bool {
 /// Authenticates the credential in `headers`/`query` (for whoami and verify, which have no route).
 ///
 /// # Errors
-/// A 401-class reason and the profile source the key came from; `RateLimited` while the
-/// caller's source or key prefix is in a brute-force cool-down.
+/// A 401-class reason and the profile source the key came from; `RateLimited` for a key that
+/// fails while the caller's source or key prefix is in a brute-force cool-down.
 pub fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
@@ -63,19 +63,19 @@ pub fn authenticate(
     })
 }
 
-/// Runs an authentication under the brute-force guard (`crate::guard`): a caller in a
-/// cool-down is refused before `auth` runs (before any lookup), and a failure is counted.
+/// Runs an authentication under the brute-force guard (`crate::guard`): a key that
+/// authenticates is served whatever its source did; a failure is counted, and answered
+/// `RateLimited` while the caller's source or key prefix is in a cool-down.
 ///
 /// # Errors
-/// `RateLimited` during a cool-down, else the error of `auth`.
+/// `RateLimited` for a failure during a cool-down, else the error of `auth`.
 pub fn guarded<T>(
     gw: &Gateway,
     caller: Caller<'_>,
     key: Option<&str>,
     auth: impl FnOnce() -> Result<T, Reason>,
 ) -> Result<T, Reason> {
-    gw.guard.check(caller, key, || gw.clock.now())?;
-    auth().inspect_err(|&reason| gw.guard.failed(caller, key, reason, gw.clock.now()))
+    auth().map_err(|reason| gw.guard.refuse(caller, key, reason, gw.clock.now()))
 }
 
 /// Decides a request.
@@ -104,8 +104,21 @@ pub fn decide<'t>(
             index,
             params,
         } => (route, index, params),
-        RouteMatch::MethodNotAllowed => return Err(Reason::MethodNotAllowed.into()),
-        RouteMatch::NotFound => return Err(Reason::NotFound.into()),
+        unknown @ (RouteMatch::MethodNotAllowed | RouteMatch::NotFound) => {
+            let reason = match unknown {
+                RouteMatch::MethodNotAllowed => Reason::MethodNotAllowed,
+                _ => Reason::NotFound,
+            };
+            // `[profile] unknown_paths_need_key` (seed 004: "The only endpoint that does not
+            // require authentication is GET /health"): without a valid key, the key's refusal.
+            let who = if gw.config.profile.unknown_paths_need_key {
+                let (who, _) = authenticate(gw, headers, query, peer)?;
+                Some(who)
+            } else {
+                None
+            };
+            return Err(Refusal::from(reason).by(who));
+        }
     };
     if route.public {
         return Ok(Passed {

@@ -77,8 +77,9 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// Sets the identity headers (client id, name, key id, scopes, plan) under the profile's
-    /// names: on requests forwarded upstream and on forward-auth answers alike.
+    /// Sets the identity headers (client id, name, key id, scopes, plan, sport and bookmaker
+    /// allowlists) under the profile's names: on requests forwarded upstream and on
+    /// forward-auth answers alike. The values were built once per client by the replica.
     pub fn write_identity(&self, headers: &mut http::HeaderMap, names: &IdentityHeaders) {
         let c = self.client.identity();
         headers.insert(names.client_id.clone(), c.id.clone());
@@ -89,6 +90,8 @@ impl Admitted {
         headers.insert(names.key_id.clone(), key_id);
         headers.insert(names.scopes.clone(), c.scopes.clone());
         headers.insert(names.plan.clone(), c.plan.clone());
+        headers.insert(names.sports.clone(), c.sports.clone());
+        headers.insert(names.bookmakers.clone(), c.bookmakers.clone());
     }
 }
 
@@ -98,7 +101,7 @@ pub struct Gateway {
     pub replica: Arc<Replica>,
     pub limits: keygate_limits::Limits,
     pub metrics: Metrics,
-    /// Brute-force throttling, consulted before any key lookup.
+    /// Brute-force throttling, consulted when a key fails to authenticate.
     pub guard: Guard,
     /// The shutdown signal long-lived sessions watch, and the count of those still open.
     pub drain: Drain,

@@ -1,17 +1,24 @@
 //! Brute-force throttling: failed authentications are counted per source address and per key
-//! prefix, and a source or prefix past its threshold is refused (the profile's 429) for a
-//! cool-down, before its key is looked up.
+//! prefix, and a source or prefix past its threshold gets the profile's 429 for every key that
+//! fails to authenticate, for a cool-down.
 //!
 //! Keys are high-entropy, so guessing one is hopeless; what this stops is the load and noise of
 //! a credential-stuffing or key-guessing run, and targeted guessing around a leaked key prefix
-//! spread over many addresses. Memory is bounded: entries expire after their window or
-//! cool-down, and at most `max_tracked` sources and as many prefixes are held. The fast path of
-//! an admitted request is one atomic load while no cool-down is running anywhere.
+//! spread over many addresses. It refuses guessing, not customers: the guard is consulted only
+//! after a key failed (the lookup is in memory and costs nanoseconds), so a key that
+//! authenticates is served whatever its source or prefix did, and a NAT, a proxy or a stale key
+//! beside valid ones never locks the valid ones out. A guesser learns nothing from a cool-down:
+//! every failing key gets the same 429, whatever the failure was (unknown, malformed, revoked,
+//! missing), and each guess during the cool-down starts it again, so a run that does not stop
+//! never gets its failures back. The fast path of an admitted request does no guard work at all.
+//! Memory is bounded: entries expire after their window or cool-down, and at most
+//! `max_tracked` sources and as many prefixes are held.
 //!
-//! A source is the peer address, or, when the peer is a configured trusted proxy, the
-//! right-most untrusted address of `X-Forwarded-For`. IPv6 sources count per /64, the unit one
-//! subscriber usually holds. Prefixes are held as salted 64-bit hashes, never as key text, and
-//! logs name a prefix only by that hash.
+//! A source is the peer address, or, when the peer is a configured trusted proxy, the client
+//! address that proxy reports: the right-most untrusted address of `X-Forwarded-For`, else of
+//! `Forwarded`'s `for=`, else `X-Real-IP` (see [`Guard::source`]). IPv6 sources count per /64,
+//! the unit one subscriber usually holds. Prefixes are held as salted 64-bit hashes, never as
+//! key text, and logs name a prefix only by that hash.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -43,7 +50,7 @@ pub struct GuardConfig {
     pub cooldown: Duration,
     /// Most sources (and, separately, prefixes) tracked at once.
     pub max_tracked: usize,
-    /// Peers whose `X-Forwarded-For` is believed.
+    /// Peers whose `X-Forwarded-For`, `Forwarded` or `X-Real-IP` is believed.
     pub trusted_proxies: Vec<IpNet>,
 }
 
@@ -79,12 +86,23 @@ impl By {
 }
 
 /// The request's origin as the guard sees it: the peer and the headers a trusted proxy may
-/// have added. Resolved to a source address only when needed (a failure or a running
-/// cool-down), so an admitted request pays nothing for it.
+/// have added. Resolved to a source address only when needed (a failure, or a budget to
+/// report), so an admitted request pays nothing for it.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller<'a> {
     pub peer: IpAddr,
     pub headers: &'a HeaderMap,
+}
+
+/// What one failure did to a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bump {
+    /// Counted (or not tracked: the table was full).
+    Counted,
+    /// Counted, and it reached the threshold: a cool-down starts (one incident).
+    Started(u32),
+    /// A cool-down was already running; it starts again from now.
+    Extended,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -140,6 +158,30 @@ fn normalize(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address of one `Forwarded` element's `for=` (RFC 7239: `for=192.0.2.60`,
+/// `for="192.0.2.60:4711"`, `for="[2001:db8::17]:4711"`); `None` for `unknown`, an obfuscated
+/// name, or an element without one.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(v6) = value.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    value.parse().ok().or_else(|| {
+        value
+            .rsplit_once(':')?
+            .0
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(IpAddr::V4)
+    })
+}
+
 impl Guard {
     /// A guard for keys whose deployment prefix is `key_prefix` (skipped when taking a key's
     /// prefix, since every key shares it).
@@ -162,30 +204,69 @@ impl Guard {
         &self.config
     }
 
-    /// The address failures are counted against.
+    /// The address failures are counted against: the peer, unless the peer is one of
+    /// `trusted_proxies`. From a trusted proxy it is the client address the proxy reports, in
+    /// the first of these headers the request has:
+    ///
+    /// - `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, Traefik ForwardAuth, Envoy),
+    ///   walked right to left: each trusted hop vouches for the address before it, and the
+    ///   first address no trusted proxy added is the client;
+    /// - `Forwarded` (RFC 7239), its `for=` values walked the same way;
+    /// - `X-Real-IP` (nginx `$remote_addr`), one address.
+    ///
+    /// An unparsable entry ends the walk at the last address believed, so a proxy that is
+    /// trusted but sends nothing usable counts as the source itself. The proxy must set or
+    /// append the header it sends (README, "Beside an existing gateway"): a header a client
+    /// wrote and the proxy passed on unchanged would let that client pick its source.
     pub fn source(&self, caller: Caller<'_>) -> IpAddr {
         let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(&caller.peer) {
             return normalize(caller.peer);
         }
-        // Right to left: each trusted hop vouches for the address before it; the first
-        // address no trusted proxy added is the client. Unparsable entries end the walk.
-        let mut source = caller.peer;
-        let hops = caller
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>();
-        for hop in hops.iter().rev().flat_map(|v| v.rsplit(',')) {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-                break;
-            };
-            source = ip;
-            if !trusted(&ip) {
-                break;
+        let headers = caller.headers;
+        let values = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+        };
+        let walk = |hops: &mut dyn Iterator<Item = Option<IpAddr>>| {
+            let mut source = caller.peer;
+            for hop in hops {
+                let Some(ip) = hop else { break };
+                source = ip;
+                if !trusted(&ip) {
+                    break;
+                }
             }
-        }
+            source
+        };
+        let source = if headers.contains_key("x-forwarded-for") {
+            let lists = values("x-forwarded-for");
+            walk(
+                &mut lists
+                    .iter()
+                    .rev()
+                    .flat_map(|v| v.rsplit(','))
+                    .map(|hop| hop.trim().parse::<IpAddr>().ok()),
+            )
+        } else if headers.contains_key(http::header::FORWARDED) {
+            let lists = values("forwarded");
+            walk(
+                &mut lists
+                    .iter()
+                    .rev()
+                    .flat_map(|v| v.rsplit(','))
+                    .map(forwarded_for),
+            )
+        } else {
+            headers
+                .get("x-real-ip")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .unwrap_or(caller.peer)
+        };
         normalize(source)
     }
 
@@ -200,59 +281,40 @@ impl Guard {
             .map(|p| self.salt.hash_one(p))
     }
 
-    /// Refuses a caller whose source, or whose key's prefix, is in a cool-down. Runs before
-    /// the key is looked up.
+    /// Answers a failed authentication: counts it, and says what to answer. A caller whose
+    /// source or key prefix is in a cool-down gets `RateLimited` for any failure, so every
+    /// failing key looks the same to a guesser; otherwise the failure's own reason. A key that
+    /// authenticates never comes here: it is served whatever its source or prefix did.
     ///
-    /// # Errors
-    /// `RateLimited` during a cool-down.
-    pub fn check(
+    /// Only guess-like failures count: a malformed, conflicting or unknown key (a real key
+    /// that is disabled or expired is not a guess, nor is a missing key). Prefixes count only
+    /// well-formed unknown keys, so garbage cannot lock a prefix out. A guess during a
+    /// cool-down starts it again (a run that does not stop stays refused); the failure that
+    /// reaches the threshold is still answered with its own reason, and starts the cool-down.
+    pub fn refuse(
         &self,
         caller: Caller<'_>,
         key: Option<&str>,
-        now: impl FnOnce() -> Timestamp,
-    ) -> Result<(), Reason> {
-        let horizon = self.horizon.load(Ordering::Acquire);
-        if horizon == 0 || !self.config.enabled {
-            return Ok(());
-        }
-        let now = now().as_millis();
-        if now >= horizon {
-            return Ok(());
-        }
-        let blocked = |c: &Counter| c.blocked_until > now;
-        if self
-            .sources
-            .get(&self.source(caller))
-            .is_some_and(|c| blocked(&c))
-        {
-            self.refused[0].fetch_add(1, Ordering::Relaxed);
-            return Err(Reason::RateLimited);
-        }
-        if let Some(p) = key.and_then(|k| self.prefix_of(k)) {
-            if self.prefixes.get(&p).is_some_and(|c| blocked(&c)) {
-                self.refused[1].fetch_add(1, Ordering::Relaxed);
-                return Err(Reason::RateLimited);
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts a failed authentication. Only guess-like failures count: a malformed,
-    /// conflicting or unknown key (a real key that is disabled or expired is not a guess).
-    /// Prefixes count only well-formed unknown keys, so garbage cannot lock a prefix out.
-    pub fn failed(&self, caller: Caller<'_>, key: Option<&str>, reason: Reason, now: Timestamp) {
-        if !self.config.enabled
-            || !matches!(
-                reason,
-                Reason::MalformedKey | Reason::UnknownKey | Reason::ConflictingCredentials
-            )
-        {
-            return;
+        reason: Reason,
+        now: Timestamp,
+    ) -> Reason {
+        if !self.config.enabled {
+            return reason;
         }
         let now = now.as_millis();
         self.sweep_if_due(now);
+        let guess = matches!(
+            reason,
+            Reason::MalformedKey | Reason::UnknownKey | Reason::ConflictingCredentials
+        );
         let source = self.source(caller);
-        if let Some(failures) = self.bump(&self.sources, source, self.config.threshold, now) {
+        let prefix = key.and_then(|k| self.prefix_of(k));
+        // What this failure did to each counter; `None` where it does not count.
+        let by_source = guess.then(|| self.bump(&self.sources, source, self.config.threshold, now));
+        let by_prefix = prefix
+            .filter(|_| reason == Reason::UnknownKey)
+            .map(|p| self.bump(&self.prefixes, p, self.config.prefix_threshold, now));
+        if let Some(Bump::Started(failures)) = by_source {
             self.incident(By::Source, now);
             tracing::warn!(
                 target: "keygate::guard",
@@ -260,26 +322,45 @@ impl Guard {
                 source = %source,
                 failures,
                 cooldown_seconds = self.config.cooldown.as_secs(),
-                "Too many failed authentications; refusing this source for the cool-down."
+                "Too many failed authentications; refusing failing keys from this source for the cool-down."
             );
         }
-        let prefix = key
-            .filter(|_| reason == Reason::UnknownKey)
-            .and_then(|k| self.prefix_of(k));
-        if let Some(p) = prefix {
-            if let Some(failures) = self.bump(&self.prefixes, p, self.config.prefix_threshold, now)
-            {
-                self.incident(By::KeyPrefix, now);
-                tracing::warn!(
-                    target: "keygate::guard",
-                    by = "key_prefix",
-                    prefix_hash = %format_args!("{p:016x}"),
-                    last_source = %source,
-                    failures,
-                    cooldown_seconds = self.config.cooldown.as_secs(),
-                    "Too many failed authentications with one key prefix; refusing keys with it for the cool-down."
-                );
+        if let (Some(Bump::Started(failures)), Some(p)) = (by_prefix, prefix) {
+            self.incident(By::KeyPrefix, now);
+            tracing::warn!(
+                target: "keygate::guard",
+                by = "key_prefix",
+                prefix_hash = %format_args!("{p:016x}"),
+                last_source = %source,
+                failures,
+                cooldown_seconds = self.config.cooldown.as_secs(),
+                "Too many failed authentications with one key prefix; refusing failing keys with it for the cool-down."
+            );
+        }
+        // A failure that was not counted is still answered by a running cool-down.
+        let cooling = |bump: Option<Bump>, running: &dyn Fn() -> bool| match bump {
+            Some(b) => b == Bump::Extended,
+            None => now < self.horizon.load(Ordering::Acquire) && running(),
+        };
+        let refused_by = if cooling(by_source, &|| {
+            self.sources
+                .get(&source)
+                .is_some_and(|c| c.blocked_until > now)
+        }) {
+            Some(By::Source)
+        } else if cooling(by_prefix, &|| {
+            prefix.is_some_and(|p| self.prefixes.get(&p).is_some_and(|c| c.blocked_until > now))
+        }) {
+            Some(By::KeyPrefix)
+        } else {
+            None
+        };
+        match refused_by {
+            Some(by) => {
+                self.refused[by as usize].fetch_add(1, Ordering::Relaxed);
+                Reason::RateLimited
             }
+            None => reason,
         }
     }
 
@@ -292,30 +373,36 @@ impl Guard {
         );
     }
 
-    /// Adds one failure; returns the count when it starts a cool-down (one incident).
+    /// Adds one failure: counts it, starts a cool-down at the threshold, or starts a running
+    /// cool-down again.
     fn bump<K: Eq + std::hash::Hash + Copy>(
         &self,
         map: &DashMap<K, Counter>,
         id: K,
         threshold: u32,
         now: i64,
-    ) -> Option<u32> {
+    ) -> Bump {
         // `len` and `entry` lock shards; never hold an entry while asking for the length.
         if !map.contains_key(&id) && map.len() >= self.config.max_tracked {
             self.sweep_at(now);
             if map.len() >= self.config.max_tracked {
                 self.untracked.fetch_add(1, Ordering::Relaxed);
-                return None;
+                return Bump::Counted;
             }
         }
         let window = millis(self.config.window);
+        let until = now.saturating_add(millis(self.config.cooldown));
         let mut c = map.entry(id).or_insert(Counter {
             window_start: now,
             failures: 0,
             blocked_until: 0,
         });
         if c.blocked_until > now {
-            return None; // Already refused; a cool-down is one incident.
+            // Still one incident; the cool-down ends `cooldown` after the last guess.
+            c.blocked_until = until;
+            drop(c);
+            self.horizon.fetch_max(until, Ordering::AcqRel);
+            return Bump::Extended;
         }
         if now - c.window_start >= window || c.blocked_until != 0 {
             *c = Counter {
@@ -326,11 +413,11 @@ impl Guard {
         }
         c.failures += 1;
         if c.failures < threshold.max(1) {
-            return None;
+            return Bump::Counted;
         }
         let failures = c.failures;
-        c.blocked_until = now.saturating_add(millis(self.config.cooldown));
-        Some(failures)
+        c.blocked_until = until;
+        Bump::Started(failures)
     }
 
     fn sweep_if_due(&self, now: i64) {
@@ -418,6 +505,8 @@ impl Guard {
     }
 
     /// What a guard refusal quotes: the cool-down as `Retry-After`, the threshold as `limit`.
+    /// Exact for a guess (which starts the cool-down again at `now`); for another failure
+    /// during a cool-down it is the longest the cool-down can still run.
     pub fn facts(&self, now: Timestamp) -> LimitFacts {
         let cooldown = self.config.cooldown.as_secs().max(1);
         LimitFacts {
@@ -440,7 +529,7 @@ impl Guard {
                 self.incidents[by as usize].load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP keygate_guard_refused_total Requests refused during a cool-down, before any key lookup.\n# TYPE keygate_guard_refused_total counter\n");
+        out.push_str("# HELP keygate_guard_refused_total Failed authentications answered 429 during a cool-down.\n# TYPE keygate_guard_refused_total counter\n");
         for by in [By::Source, By::KeyPrefix] {
             let _ = writeln!(
                 out,
@@ -494,24 +583,42 @@ mod tests {
         let h = HeaderMap::new();
         let bad = from("192.0.2.1", &h);
         let good = from("192.0.2.2", &h);
-        for i in 0..2 {
-            g.failed(bad, Some(KEY), Reason::UnknownKey, at(1000 + i));
-            assert_eq!(g.check(bad, Some(KEY), || at(1000 + i)), Ok(()));
+        let unknown = Reason::UnknownKey;
+        // The failure that reaches the threshold is answered as itself and starts it.
+        for i in 0..3 {
+            assert_eq!(g.refuse(bad, Some(KEY), unknown, at(1000 + i)), unknown);
         }
-        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1002));
+        // Then every failing key from the source is 429, whatever the failure was.
+        for reason in [
+            unknown,
+            Reason::MissingKey,
+            Reason::KeyDisabled,
+            Reason::MalformedKey,
+        ] {
+            assert_eq!(
+                g.refuse(bad, Some(KEY), reason, at(1003)),
+                Reason::RateLimited
+            );
+        }
+        assert_eq!(g.refuse(good, Some(KEY), unknown, at(1003)), unknown);
+        // Guesses during the cool-down start it again, within the same incident; other
+        // failures do not.
         assert_eq!(
-            g.check(bad, Some(KEY), || at(1003)),
-            Err(Reason::RateLimited)
+            g.refuse(bad, Some(KEY), unknown, at(2000)),
+            Reason::RateLimited
         );
-        assert_eq!(g.check(bad, None, || at(1003)), Err(Reason::RateLimited));
-        assert_eq!(g.check(good, Some(KEY), || at(1003)), Ok(()));
-        // Failures during the cool-down do not start another incident.
-        g.failed(bad, Some(KEY), Reason::UnknownKey, at(2000));
         assert_eq!(g.incidents[0].load(Ordering::Relaxed), 1);
-        let end = 1002 + 300_000;
-        assert_eq!(g.check(bad, None, || at(end - 1)), Err(Reason::RateLimited));
-        assert_eq!(g.check(bad, None, || at(end)), Ok(()));
-        // The sweep forgets it and turns the fast path back on.
+        let end = 2000 + 300_000;
+        assert_eq!(
+            g.refuse(bad, None, Reason::MissingKey, at(end - 1)),
+            Reason::RateLimited
+        );
+        assert_eq!(
+            g.refuse(bad, None, Reason::MissingKey, at(end)),
+            Reason::MissingKey
+        );
+        assert_eq!(g.refused[0].load(Ordering::Relaxed), 6);
+        // The sweep forgets it.
         g.sweep(at(end + 60_000));
         assert_eq!(g.sources.len(), 0);
         assert_eq!(g.horizon.load(Ordering::Relaxed), 0);
@@ -530,24 +637,29 @@ mod tests {
         assert_eq!(summary(g.budget(bad, at(500)).unwrap()), (true, 3, 3, 500));
         assert_eq!(g.sources.len(), 0, "reading the budget tracks nothing");
         // Not guess-like: nothing counted.
-        g.failed(bad, Some(KEY), Reason::MissingKey, at(900));
+        g.refuse(bad, Some(KEY), Reason::MissingKey, at(900));
         assert_eq!(g.budget(bad, at(900)).unwrap().remaining, 3);
-        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1000));
+        g.refuse(bad, Some(KEY), Reason::UnknownKey, at(1000));
         assert_eq!(
             summary(g.budget(bad, at(1000)).unwrap()),
             (true, 3, 2, 61_000)
         );
-        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1001));
+        g.refuse(bad, Some(KEY), Reason::UnknownKey, at(1001));
         assert_eq!(g.budget(bad, at(1001)).unwrap().remaining, 1);
         // The third failure is still answered as a failure; it starts the cool-down.
-        g.failed(bad, Some(KEY), Reason::UnknownKey, at(1002));
+        g.refuse(bad, Some(KEY), Reason::UnknownKey, at(1002));
         let cooling = g.budget(bad, at(2002)).unwrap();
         assert_eq!(summary(cooling), (false, 3, 0, 301_002));
         assert_eq!(cooling.retry_after, Duration::from_secs(299));
+        // A guess in the cool-down moves its end, which the budget and `facts` then quote.
+        g.refuse(bad, Some(KEY), Reason::UnknownKey, at(10_000));
+        let cooling = g.budget(bad, at(10_000)).unwrap();
+        assert_eq!(summary(cooling), (false, 3, 0, 310_000));
+        assert_eq!(g.facts(at(10_000)).reset, 310);
         // After it, and after a quiet window, the budget is whole again.
-        assert_eq!(g.budget(bad, at(301_002)).unwrap().remaining, 3);
+        assert_eq!(g.budget(bad, at(310_000)).unwrap().remaining, 3);
         let other = from("192.0.2.9", &h);
-        g.failed(other, None, Reason::MalformedKey, at(0));
+        g.refuse(other, None, Reason::MalformedKey, at(0));
         assert_eq!(g.budget(other, at(59_999)).unwrap().remaining, 2);
         assert_eq!(g.budget(other, at(60_000)).unwrap().remaining, 3);
         let off = guard(GuardConfig {
@@ -572,20 +684,23 @@ mod tests {
             Reason::ClientInactive,
             Reason::ScopeMissing,
         ] {
-            g.failed(c, Some(KEY), reason, at(0));
-            g.failed(c, Some(KEY), reason, at(0));
+            assert_eq!(g.refuse(c, Some(KEY), reason, at(0)), reason);
+            assert_eq!(g.refuse(c, Some(KEY), reason, at(0)), reason);
         }
-        assert_eq!(g.check(c, None, || at(1)), Ok(()));
         assert!(g.sources.is_empty());
-        g.failed(c, None, Reason::MalformedKey, at(0));
-        g.failed(c, None, Reason::MalformedKey, at(60_000)); // a new window
-        assert_eq!(g.check(c, None, || at(60_001)), Ok(()));
-        g.failed(c, None, Reason::ConflictingCredentials, at(60_002));
-        assert_eq!(g.check(c, None, || at(60_003)), Err(Reason::RateLimited));
+        g.refuse(c, None, Reason::MalformedKey, at(0));
+        g.refuse(c, None, Reason::MalformedKey, at(60_000)); // a new window
+        assert_eq!(
+            g.refuse(c, None, Reason::MissingKey, at(60_001)),
+            Reason::MissingKey
+        );
+        let conflict = Reason::ConflictingCredentials;
+        assert_eq!(g.refuse(c, None, conflict, at(60_002)), conflict);
+        assert_eq!(g.refuse(c, None, conflict, at(60_003)), Reason::RateLimited);
     }
 
     #[test]
-    fn a_key_prefix_guessed_from_many_sources_cools_down_for_everyone() {
+    fn a_key_prefix_guessed_from_many_sources_cools_down_for_failing_keys() {
         let g = guard(GuardConfig {
             threshold: 1000,
             prefix_threshold: 3,
@@ -595,27 +710,31 @@ mod tests {
         for i in 0..3 {
             let ip = format!("198.51.100.{i}");
             let guess = format!("kg_AAAAAAAA{i:0>24}");
-            g.failed(from(&ip, &h), Some(&guess), Reason::UnknownKey, at(0));
+            let answer = g.refuse(from(&ip, &h), Some(&guess), Reason::UnknownKey, at(0));
+            assert_eq!(answer, Reason::UnknownKey);
         }
         let anyone = from("203.0.113.7", &h);
-        assert_eq!(
-            g.check(anyone, Some(KEY), || at(1)),
-            Err(Reason::RateLimited)
-        );
-        assert_eq!(
-            g.check(anyone, Some("kg_BBBBBBBBbbbbbbbbccccccccdddddddd"), || at(
-                1
-            )),
-            Ok(())
-        );
+        for reason in [Reason::UnknownKey, Reason::KeyDisabled] {
+            assert_eq!(
+                g.refuse(anyone, Some(KEY), reason, at(1)),
+                Reason::RateLimited
+            );
+        }
+        let elsewhere = "kg_BBBBBBBBbbbbbbbbccccccccdddddddd";
+        let answer = g.refuse(anyone, Some(elsewhere), Reason::UnknownKey, at(1));
+        assert_eq!(answer, Reason::UnknownKey);
+        assert_eq!(g.refused[1].load(Ordering::Relaxed), 2);
         // Malformed keys never count against a prefix.
         let g = guard(GuardConfig {
             threshold: 1000,
             prefix_threshold: 1,
             ..GuardConfig::default()
         });
-        g.failed(anyone, Some(KEY), Reason::MalformedKey, at(0));
-        assert_eq!(g.check(anyone, Some(KEY), || at(1)), Ok(()));
+        g.refuse(anyone, Some(KEY), Reason::MalformedKey, at(0));
+        assert_eq!(
+            g.refuse(anyone, Some(KEY), Reason::KeyDisabled, at(1)),
+            Reason::KeyDisabled
+        );
         assert!(g.prefixes.is_empty());
     }
 
@@ -628,12 +747,12 @@ mod tests {
         let h = HeaderMap::new();
         for i in 0..100u8 {
             let ip = format!("192.0.2.{i}");
-            g.failed(from(&ip, &h), None, Reason::UnknownKey, at(0));
+            g.refuse(from(&ip, &h), None, Reason::UnknownKey, at(0));
         }
         assert_eq!(g.sources.len(), 10);
         assert_eq!(g.untracked.load(Ordering::Relaxed), 90);
         // Once their windows end, room is made again.
-        g.failed(
+        g.refuse(
             from("192.0.2.200", &h),
             None,
             Reason::UnknownKey,
@@ -661,11 +780,62 @@ mod tests {
         junk.insert("x-forwarded-for", "nonsense".parse().unwrap());
         assert_eq!(g.source(from("10.0.0.1", &junk)), ip("10.0.0.1"));
         let none = HeaderMap::new();
+        assert_eq!(g.source(from("10.0.0.1", &none)), ip("10.0.0.1"));
         assert_eq!(
             g.source(from("2001:db8:1:2:3:4:5:6", &none)),
             ip("2001:db8:1:2::")
         );
         assert_eq!(g.source(from("::ffff:192.0.2.5", &none)), ip("192.0.2.5"));
+    }
+
+    #[test]
+    fn forwarded_and_x_real_ip_name_the_source_behind_a_trusted_proxy() {
+        let g = guard(GuardConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..GuardConfig::default()
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(*name, value.parse().unwrap());
+            }
+            h
+        };
+        let cases: &[(&[(&'static str, &str)], &str)] = &[
+            (&[("x-real-ip", "203.0.113.9")], "203.0.113.9"),
+            (&[("x-real-ip", " 2001:db8::1 ")], "2001:db8::"),
+            (&[("x-real-ip", "nonsense")], "10.0.0.1"),
+            (
+                &[(
+                    "forwarded",
+                    "for=198.51.100.7;proto=https, for=\"10.2.2.2:8080\"",
+                )],
+                "198.51.100.7",
+            ),
+            (
+                &[("forwarded", "For=\"[2001:db8:cafe::17]:4711\"")],
+                "2001:db8:cafe::",
+            ),
+            (&[("forwarded", "for=192.0.2.43:47011")], "192.0.2.43"),
+            (&[("forwarded", "for=unknown")], "10.0.0.1"),
+            (&[("forwarded", "proto=https")], "10.0.0.1"),
+            // X-Forwarded-For first: nginx sends both, Traefik and Envoy the first.
+            (
+                &[("x-real-ip", "192.0.2.1"), ("x-forwarded-for", "192.0.2.2")],
+                "192.0.2.2",
+            ),
+            (
+                &[("forwarded", "for=192.0.2.3"), ("x-real-ip", "192.0.2.1")],
+                "192.0.2.3",
+            ),
+        ];
+        for (pairs, want) in cases {
+            let h = headers(pairs);
+            assert_eq!(g.source(from("10.0.0.1", &h)), ip(want), "{pairs:?}");
+            // Never believed from anyone else.
+            assert_eq!(g.source(from("192.0.2.99", &h)), ip("192.0.2.99"));
+        }
     }
 
     #[test]
@@ -677,7 +847,9 @@ mod tests {
         });
         let h = HeaderMap::new();
         let c = from("192.0.2.1", &h);
-        g.failed(c, Some(KEY), Reason::UnknownKey, at(0));
-        assert_eq!(g.check(c, Some(KEY), || at(1)), Ok(()));
+        let unknown = Reason::UnknownKey;
+        assert_eq!(g.refuse(c, Some(KEY), unknown, at(0)), unknown);
+        assert_eq!(g.refuse(c, Some(KEY), unknown, at(1)), unknown);
+        assert!(g.sources.is_empty());
     }
 }

@@ -264,16 +264,18 @@ pub fn ws_messages(data: &[u8]) {
                 forward,
                 granted,
                 refused,
-            } = classify(&profile, mode, &client, &line)
+            } = classify(&profile, mode, &client, None, &line)
             {
                 for c in &granted {
                     assert!(
-                        channels::allowed(&profile.channels, &client, c).is_ok(),
+                        channels::allowed(&profile.channels, &client, None, c).is_ok(),
                         "{c}"
                     );
                 }
                 for r in &refused {
-                    assert!(channels::allowed(&profile.channels, &client, &r.channel).is_err());
+                    assert!(
+                        channels::allowed(&profile.channels, &client, None, &r.channel).is_err()
+                    );
                 }
                 match forward {
                     Some(f) if !f.is_empty() => {

@@ -25,6 +25,10 @@ pub struct IdentityHeaders {
     pub key_id: HeaderName,
     pub scopes: HeaderName,
     pub plan: HeaderName,
+    /// The client's sport allowlist (see [`crate::replica::IdentityValues`] for the values).
+    pub sports: HeaderName,
+    /// The client's bookmaker allowlist (or selection, on a plan with `bookmaker_selection`).
+    pub bookmakers: HeaderName,
 }
 
 impl IdentityHeaders {
@@ -41,16 +45,20 @@ impl IdentityHeaders {
             key_id: copy(&self.key_id),
             scopes: copy(&self.scopes),
             plan: copy(&self.plan),
+            sports: copy(&self.sports),
+            bookmakers: copy(&self.bookmakers),
         }
     }
 
-    pub fn all(&self) -> [&HeaderName; 5] {
+    pub fn all(&self) -> [&HeaderName; 7] {
         [
             &self.client_id,
             &self.client_name,
             &self.key_id,
             &self.scopes,
             &self.plan,
+            &self.sports,
+            &self.bookmakers,
         ]
     }
 }
@@ -63,6 +71,8 @@ impl Default for IdentityHeaders {
             key_id: HeaderName::from_static("x-keygate-key-id"),
             scopes: HeaderName::from_static("x-keygate-scopes"),
             plan: HeaderName::from_static("x-keygate-plan"),
+            sports: HeaderName::from_static("x-keygate-sports"),
+            bookmakers: HeaderName::from_static("x-keygate-bookmakers"),
         }
     }
 }
@@ -209,6 +219,15 @@ pub struct Profile {
     pub whoami: Option<Box<str>>,
     pub verify: bool,
     pub enforce_accept: bool,
+    /// `formats = ["json"]`: every refusal is JSON whatever `Accept` asks (seeds 000 and 004
+    /// show JSON bodies only), and no request is refused 406 for its `Accept`.
+    pub json_only: bool,
+    /// The plan of clients created without one (`keygate client create`, `POST /v1/clients`).
+    pub default_plan: Box<str>,
+    /// A path (or method) no route serves is answered `not_found` (`method_not_allowed`) only
+    /// to a caller with a valid key; others get their key's refusal (seed 004: every endpoint
+    /// but `GET /health` requires authentication).
+    pub unknown_paths_need_key: bool,
     pub identity: IdentityHeaders,
     /// One per [`Reason`], indexed by [`Reason::index`].
     pub errors: Vec<ErrorSpec>,
@@ -243,6 +262,9 @@ impl Default for Profile {
             whoami: Some("/v1/whoami".into()),
             verify: true,
             enforce_accept: true,
+            json_only: false,
+            default_plan: "default".into(),
+            unknown_paths_need_key: false,
             identity: IdentityHeaders::default(),
             errors: Reason::ALL.into_iter().map(ErrorSpec::problem).collect(),
             subject_errors: ErrorOverrides::default(),
@@ -340,6 +362,11 @@ impl Profile {
             denial,
             status,
             limits,
+        };
+        let format = if self.json_only {
+            BodyFormat::Json
+        } else {
+            format
         };
         let (body, content_type) = match format {
             BodyFormat::Json => (spec.template.render_json(&vars), spec.json_type.clone()),

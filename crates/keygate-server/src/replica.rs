@@ -43,6 +43,26 @@ pub struct IdentityValues {
     pub name: HeaderValue,
     pub scopes: HeaderValue,
     pub plan: HeaderValue,
+    /// The sport allowlist, comma separated; empty when there is none (no sport-gated route
+    /// then passes).
+    pub sports: HeaderValue,
+    /// The bookmakers the client may see, comma separated: [`ALL_BOOKMAKERS`] when every
+    /// one (no allowlist, on a plan without `bookmaker_selection`), empty when none (a
+    /// selecting plan's client that has picked none). Never absent, so an upstream cannot
+    /// take a missing header for "all".
+    pub bookmakers: HeaderValue,
+}
+
+/// The bookmakers value meaning "every bookmaker": `*` is no bookmaker slug.
+pub const ALL_BOOKMAKERS: &str = "*";
+
+/// The bookmaker header's text for a client policy (see [`IdentityValues::bookmakers`]).
+pub fn bookmakers_value(policy: &ClientPolicy) -> String {
+    if policy.bookmakers.is_empty() && !policy.selects_bookmakers {
+        ALL_BOOKMAKERS.to_owned()
+    } else {
+        policy.bookmakers.join(",")
+    }
 }
 
 impl IdentityValues {
@@ -52,6 +72,8 @@ impl IdentityValues {
             name: HeaderValue::from_static(""),
             scopes: HeaderValue::from_static(""),
             plan: HeaderValue::from_static(""),
+            sports: HeaderValue::from_static(""),
+            bookmakers: HeaderValue::from_static(""),
         }
     }
 }
@@ -71,12 +93,16 @@ impl ClientEntry {
             HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
         };
         let scopes = policy.scopes.join(" ");
+        let sports = policy.sports.join(",");
+        let bookmakers = bookmakers_value(&policy);
         // `value` copies its text: each worker's copy is a buffer of its own.
         let headers = PerWorker::new(workers, || IdentityValues {
             id: value(policy.id.as_str()),
             name: value(&policy.name),
             scopes: value(&scopes),
             plan: value(&policy.plan),
+            sports: value(&sports),
+            bookmakers: value(&bookmakers),
         });
         ClientEntry {
             limits,

@@ -237,15 +237,11 @@ pub async fn forward_auth(
         // identity headers, so it is asked to remove them (Traefik's `authResponseHeaders`
         // replaces them itself).
         None if contract == Contract::Envoy => {
-            let names = &profile.identity;
-            let list = [
-                &names.client_id,
-                &names.client_name,
-                &names.key_id,
-                &names.scopes,
-                &names.plan,
-            ];
-            append_removals(resp.headers_mut(), list.into_iter().map(HeaderName::as_str));
+            let names = profile.identity.all();
+            append_removals(
+                resp.headers_mut(),
+                names.into_iter().map(HeaderName::as_str),
+            );
         }
         None => {}
     }

@@ -86,6 +86,8 @@ async fn api_key_metadata_and_error_responses() {
     let seen = h.upstream.last_request().unwrap();
     assert_eq!(seen.uri, "/accounts");
     assert_eq!(seen.header_all("x-client-name"), vec!["Acme Bets"]);
+    // "bookmakers: Allowed bookmaker slugs (empty = all bookmakers)": every one, said as `*`.
+    assert_eq!(seen.header_all("x-client-bookmakers"), vec!["*"]);
     assert_eq!(
         seen.header("x-api-key"),
         None,
@@ -468,4 +470,26 @@ async fn circuit_breakers_open_on_a_dead_upstream() {
     assert_eq!(next_json(&mut c).await["type"], "login_ok");
     let (_, _, s) = status_json(get(&h, "/status", None).await).await;
     assert_eq!(s["upstreams"]["stream"]["breaker"], "closed", "{s}");
+}
+
+/// Issue 17 (16). The error table shows JSON bodies only (FastAPI answers JSON whatever
+/// `Accept` says): `formats = ["json"]`, so an XML `Accept` still gets the document's JSON.
+#[tokio::test]
+async fn error_bodies_are_json_whatever_accept_asks() {
+    let ws = WsUpstream::start().await;
+    let h = start(&ws.url(), |t| t).await;
+    for accept in ["application/xml", "text/xml", "text/html"] {
+        let resp = h
+            .http
+            .get(h.url("/accounts"))
+            .header("Accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let (status, ct, body) = answer(resp).await;
+        // | Header missing | 403 | {"detail": "Missing API key header: x-api-key"} |
+        assert_eq!(status, 403, "{accept}");
+        assert!(ct.contains("json"), "{accept}: {ct}");
+        assert_body(&body, r#"{"detail": "Missing API key header: x-api-key"}"#);
+    }
 }

@@ -461,6 +461,73 @@ async fn identity_headers_are_set_and_spoofs_and_keys_stripped() {
     );
 }
 
+/// Issue 17 (5): the client's sport and bookmaker allowlists reach the upstream (and the
+/// forward-auth answer) as identity headers, so an upstream can confine its answer without a
+/// lookup of its own: comma separated, `*` for every bookmaker, empty for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlists_reach_the_upstream_as_identity_headers() {
+    let (h, key) = setup().await; // Acme: sports cs2, no bookmaker allowlist
+    h.client(
+        "Books",
+        &["matches:read"],
+        &["dota2", "cs2"],
+        &["pinnacle", "bet365"],
+        "pro",
+    )
+    .await;
+    let (books, _) = h.key("Books", None).await;
+    h.client("Nothing", &[], &[], &[], "pro").await;
+    let (nothing, _) = h.key("Nothing", None).await;
+    for (key, sports, bookmakers) in [
+        (&key, "cs2", "*"),
+        (&books, "cs2,dota2", "bet365,pinnacle"),
+        (&nothing, "", "*"),
+    ] {
+        let resp = h
+            .http
+            .get(h.url("/echo/odds"))
+            .header("X-API-Key", key)
+            // Forged by the caller: replaced, never passed on beside the real value.
+            .header("X-Keygate-Sports", "everything")
+            .header("X-Keygate-Bookmakers", "*")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let seen = h.upstream.last_request().unwrap();
+        assert_eq!(seen.header_all("x-keygate-sports"), [sports]);
+        assert_eq!(seen.header_all("x-keygate-bookmakers"), [bookmakers]);
+
+        let answer = h
+            .http
+            .get(h.url("/v1/auth/nginx"))
+            .header("X-Original-URI", "/echo/odds")
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-keygate-sports"], sports);
+        assert_eq!(answer.headers()["x-keygate-bookmakers"], bookmakers);
+    }
+    // Without a key (a public route) none is sent, and forged ones are removed.
+    let resp = h
+        .http
+        .get(h.url("/status/204"))
+        .header("X-Keygate-Bookmakers", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        h.upstream
+            .last_request()
+            .unwrap()
+            .header("x-keygate-bookmakers"),
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_stream_through_unbuffered() {
     let (h, key) = setup().await;

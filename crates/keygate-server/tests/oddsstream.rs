@@ -99,6 +99,44 @@ async fn key_format_and_the_401_row() {
     within_a_second(&h, "/api/sports", &[("X-Api-Key", fresh.expose())], 401).await;
 }
 
+/// Issue 17 (5). "Free | 200 req/day | … | Sports, Bookmakers, Events, Odds (1 bookmaker)" and
+/// "Pro | … | + Value Bets, all bookmakers": a Free request without `?bookmaker=` is served
+/// (the parameter is optional), and the upstream learns which bookmaker the client selected
+/// from `X-Keygate-Bookmakers`, so it answers with that bookmaker's odds only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_selected_bookmaker_reaches_the_upstream() {
+    let (h, _up) = start().await;
+    let free = customer(&h, "Hobbyist", "free", &["bet365"]).await;
+    let unpicked = customer(&h, "Newcomer", "free", &[]).await;
+    let pro = customer(&h, "Tipster", "pro", &[]).await;
+    for (key, path, bookmakers) in [
+        (&free, "/api/odds", "bet365"),
+        (&free, "/api/events", "bet365"),
+        // Nothing picked yet: routes without a bookmaker are served, with an empty list.
+        (&unpicked, "/api/sports", ""),
+        (&pro, "/api/odds", "*"),
+    ] {
+        let a = get(
+            &h,
+            path,
+            &[("X-Api-Key", key), ("X-Keygate-Bookmakers", "*")],
+        )
+        .await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        let seen = h.upstream.last_request().unwrap();
+        assert_eq!(
+            seen.header_all("x-keygate-bookmakers"),
+            [bookmakers],
+            "{path}"
+        );
+        assert_eq!(
+            seen.header_all("x-keygate-sports"),
+            [""],
+            "no sport allowlist"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_403_row_and_the_plan_endpoints() {
     let (h, _up) = start().await;
@@ -367,10 +405,14 @@ async fn every_response_includes_the_rate_limit_headers() {
     assert_eq!(code(&a), (429, "rate_limit_exceeded".into()));
     assert_eq!(budget(&a), (429, 0, now + 300));
     assert_eq!(a.header("retry-after"), Some("300"));
-    // The cool-down is the address's, decided before any key is looked up: a good key from
-    // it is told the same.
-    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &pro)]).await;
+    // The cool-down is the address's, for every key that fails (a missing one too) ...
+    let a = get(&h, "/api/odds", &[]).await;
+    assert_eq!(code(&a), (429, "rate_limit_exceeded".into()));
     assert_eq!(budget(&a), (429, 0, now + 300));
+    // ... while a good key from it is served and reports its own plan (issue 17: the guard
+    // refuses guessing, not customers).
+    let a = get(&h, "/api/value-bets", &[("X-Api-Key", &pro)]).await;
+    assert_eq!(budget(&a), (200, 5498, hour_end));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,4 +435,22 @@ async fn free_websocket_is_30_connections_a_day_pro_rt_unlimited() {
     // Tomorrow, 30 more.
     h.clock.advance(Duration::from_secs(86_400));
     ws(&h, "/ws", &[("X-Api-Key", &free)]).await.unwrap();
+}
+
+/// Issue 17 (16). "A free account gives you immediate access" and "Every response includes:
+/// X-RateLimit-Remaining … X-RateLimit-Reset": a client created without a plan (here through
+/// the admin API) starts on Free (`[profile] default_plan = "free"`), so its responses carry
+/// Free's 200 a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_created_without_a_plan_starts_on_free_with_its_headers() {
+    let (h, _up) = start().await;
+    let created = h
+        .create_client_via_admin(serde_json::json!({ "name": "Signup", "bookmakers": ["bet365"] }))
+        .await;
+    assert_eq!(created["plan"], "free", "{created}");
+    let (key, _) = h.key("Signup", None).await;
+    let a = get(&h, "/api/odds", &[("X-Api-Key", &key)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-ratelimit-remaining"), Some("199"));
+    assert!(a.header("x-ratelimit-reset").is_some());
 }

@@ -769,3 +769,19 @@ async fn websocket_closes_4001_without_a_valid_key_and_allows_20_messages_a_seco
         .unwrap();
     assert_eq!(ws_next_json(&mut a).await["n"], 21);
 }
+
+/// Issue 17 (16). An account the operator makes without naming a plan starts on free, like a
+/// registered one (`[profile] default_plan = "free"`), so "WSS /ws | Main game connection"
+/// (the `websocket` feature) works for it; on the featureless `default` plan it was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_made_account_without_a_plan_can_play() {
+    let t = start().await;
+    let created =
+        t.h.create_client_via_admin(json!({ "name": "House Bot", "scopes": ["bot"] }))
+            .await;
+    assert_eq!(created["plan"], "free", "{created}");
+    let (key, _) = t.h.key("House Bot", None).await;
+    let _c = ws_connect(t.h.gateway.addr, Some(&format!("Bearer {key}"))).await;
+    let ups = t.game.wait_connections(1, WAIT).await;
+    assert_eq!(ups.len(), 1, "the game connection was opened");
+}

@@ -297,3 +297,61 @@ async fn websocket_header_or_key_parameter_and_401_at_the_handshake() {
         )
     );
 }
+
+/// Issue 17 (16). "All error responses include a JSON body with a `detail` field": JSON
+/// whatever `Accept` asks for (`formats = ["json"]`), never XML and never a 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_are_json_whatever_accept_asks() {
+    let (h, _up) = start().await;
+    for accept in [
+        "application/xml",
+        "text/xml",
+        "text/html",
+        "application/json",
+    ] {
+        let a = get(&h, "/api/sports", &[("Accept", accept)]).await;
+        assert_eq!(
+            detail(&a),
+            (
+                401,
+                r#"{"detail":"Missing API key: send the X-API-Key header."}"#.into()
+            ),
+            "{accept}"
+        );
+        assert!(
+            a.header("content-type").unwrap().contains("json"),
+            "{accept}: {:?}",
+            a.header("content-type")
+        );
+    }
+}
+
+/// Issue 17 (16). "Include this header on every request. The only endpoint that does not
+/// require authentication is `GET /health`": any other path, one no route serves included, is
+/// 401 without a key; only a caller with a valid key learns it does not exist (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_health_answers_without_a_key() {
+    let (h, _up) = start().await;
+    assert_eq!(get(&h, "/health", &[]).await.status, 200);
+    let missing = (
+        401,
+        r#"{"detail":"Missing API key: send the X-API-Key header."}"#.to_owned(),
+    );
+    for path in ["/ready", "/status", "/metrics", "/nope", "/api/sports"] {
+        assert_eq!(detail(&get(&h, path, &[]).await), missing, "{path}");
+    }
+    let unknown = (401, r#"{"detail":"Unknown API key."}"#.to_owned());
+    assert_eq!(
+        detail(&get(&h, "/ready", &[("X-API-Key", "sk_your_api_key_here")]).await),
+        unknown
+    );
+    h.client("Acme", &["fixtures"], &[], &[], "default").await;
+    let (key, _) = h.key("Acme", None).await;
+    for path in ["/ready", "/nope"] {
+        assert_eq!(
+            detail(&get(&h, path, &[("X-API-Key", &key)]).await),
+            (404, r#"{"detail":"Not found."}"#.to_owned()),
+            "{path}"
+        );
+    }
+}

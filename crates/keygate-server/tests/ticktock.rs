@@ -476,3 +476,140 @@ async fn websocket_key_as_query_parameter() {
     assert_eq!(texts.len(), 1);
     drop(socket);
 }
+
+/// Issue 17 (6). The whoami example lists the stream's scopes: "cs2:stream:matches",
+/// "cs2:stream:markets". "403 | Key invalid, deactivated, lacks the required scope": a key
+/// with neither is refused at the upgrade; with one, only that scope's channel is relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_asks_its_scopes_and_relays_only_granted_channels() {
+    use futures_util::{SinkExt, StreamExt};
+    use keygate_test::tokio_tungstenite::tungstenite::Message;
+
+    let up = WsUpstream::start().await;
+    let text = profile(
+        "ticktock",
+        &[(
+            "name = \"stream\"\npath = \"/{sport}/v1/stream\"\n",
+            "name = \"stream\"\npath = \"/{sport}/v1/stream\"\nupstream = \"stream\"\n",
+        )],
+    ) + &format!("\n[upstreams.stream]\nurl = \"{}\"\n", up.url());
+    let h = Harness::start(&text).await;
+    // The gateway's answer to a refused subscribe (the upstream's echoes may come between).
+    async fn refusal(socket: &mut profiles::WsClient) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .expect("an answer to the subscribe")
+                .expect("the session is open")
+                .unwrap();
+            if let Ok(text) = frame.to_text() {
+                let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                if v["type"] == "error" {
+                    return v;
+                }
+            }
+        }
+    }
+    let issue = |name: &'static str, scopes: &'static [&'static str], sports| {
+        let h = &h;
+        async move {
+            h.client(name, scopes, sports, &[], "default").await;
+            h.key(name, None).await.0
+        }
+    };
+    let rest_only = issue("Rest Only", &["cs2:matches:list"], &["cs2"]).await;
+    let matches_only = issue("Matches Only", &["cs2:stream:matches"], &["cs2"]).await;
+    let dota = issue("Dota", &["dota2:stream:markets"], &["dota2"]).await;
+
+    // No stream scope: 403 before the upgrade, in the document's error body.
+    let a = ws(&h, &format!("/cs2/v1/stream?api_key={rest_only}"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (
+            403,
+            r#"{"detail":"Required scope 'cs2:stream:matches' is not granted to this API key. Contact your account manager to extend the key's scopes."}"#
+        )
+    );
+    assert!(
+        up.connections().is_empty(),
+        "no upstream session was opened"
+    );
+
+    // cs2:stream:matches only: "markets" is refused on the socket and never relayed.
+    let mut socket = ws(&h, &format!("/cs2/v1/stream?api_key={matches_only}"), &[])
+        .await
+        .unwrap();
+    let conns = up.wait_connections(1, Duration::from_secs(5)).await;
+    socket
+        .send(Message::Text(
+            r#"{"type":"subscribe","channels":["matches","markets"]}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let refused = refusal(&mut socket).await;
+    assert_eq!(
+        refused["channels"],
+        serde_json::json!(["markets"]),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cs2:stream:markets"),
+        "{refused}"
+    );
+    conns[0].wait_received(1, Duration::from_secs(5)).await;
+    let relayed: serde_json::Value = serde_json::from_str(&conns[0].texts()[0]).unwrap();
+    assert_eq!(relayed["channels"], serde_json::json!(["matches"]));
+    // A subscribe naming only the refused channel reaches the upstream not at all.
+    socket
+        .send(Message::Text(
+            r#"{"type":"subscribe","channels":["markets"]}"#.into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(&mut socket).await["channels"],
+        serde_json::json!(["markets"])
+    );
+    socket
+        .send(Message::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
+    conns[0].wait_received(2, Duration::from_secs(5)).await;
+    let seen = conns[0].texts();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[1], r#"{"type":"ping"}"#,
+        "the refused subscribe was not relayed"
+    );
+    drop(socket);
+
+    // The scopes are per sport namespace, on the stream as on REST: dota2:stream:markets
+    // opens /dota2/v1/stream and its "markets" channel, not "matches".
+    let mut socket = ws(&h, &format!("/dota2/v1/stream?api_key={dota}"), &[])
+        .await
+        .unwrap();
+    let conns = up.wait_connections(2, Duration::from_secs(5)).await;
+    socket
+        .send(Message::Text(
+            r#"{"type":"subscribe","channels":["markets","matches"]}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let refused = refusal(&mut socket).await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("dota2:stream:matches"),
+        "{refused}"
+    );
+    conns[1].wait_received(1, Duration::from_secs(5)).await;
+    let relayed: serde_json::Value = serde_json::from_str(&conns[1].texts()[0]).unwrap();
+    assert_eq!(relayed["channels"], serde_json::json!(["markets"]));
+}

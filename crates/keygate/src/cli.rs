@@ -250,9 +250,9 @@ pub(crate) struct LimitArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ClientCreate {
     pub(crate) name: String,
-    /// Plan name.
-    #[arg(long, default_value = "default")]
-    pub(crate) plan: String,
+    /// Plan name (default: the configuration's `[profile] default_plan`, else `default`).
+    #[arg(long)]
+    pub(crate) plan: Option<String>,
     /// Scopes, comma-separated (`cs2:matches:read,live_scores`).
     #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
     pub(crate) scopes: Vec<Scope>,

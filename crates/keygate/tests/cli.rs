@@ -517,6 +517,22 @@ fn a_profile_gives_the_key_format_and_the_plans() {
     // Nothing was written by the refusals.
     let clients = db.json(&["client", "list"]);
     assert_eq!(clients.as_array().unwrap().len(), 2);
+    // Issue 17 (16), seed 003: "A free account gives you immediate access": without --plan a
+    // client starts on the profile's `default_plan` (Free), checked like a named plan.
+    let signup = db.json(&["--config", profile, "client", "create", "signup"]);
+    assert_eq!(signup["plan"], "free", "{signup}");
+    let err = db.fails(&[
+        "--config",
+        profile,
+        "client",
+        "create",
+        "greedy",
+        "--bookmakers",
+        "a,b",
+    ]);
+    assert!(err.contains("2 were given"), "{err}");
+    // Without a configuration, `default` as before.
+    assert_eq!(db.json(&["client", "create", "plain"])["plan"], "default");
 }
 
 #[test]

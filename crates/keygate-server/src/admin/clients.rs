@@ -106,7 +106,7 @@ impl LimitsBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateBody {
     name: String,
-    /// `default` when absent.
+    /// When absent, the profile's `default_plan` (`default` unless the configuration sets one).
     #[schema(nullable = false)]
     plan: Option<String>,
     #[schema(nullable = false)]
@@ -241,8 +241,11 @@ fn slugs(field: &'static str, raw: Vec<String>) -> Result<Vec<Slug>, AdminError>
 pub(crate) async fn create(
     State(state): State<AdminState>,
     caller: Caller,
-    JsonBody(body): JsonBody<CreateBody>,
+    JsonBody(mut body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Client>), AdminError> {
+    // Without a plan, the profile's starting plan (`[profile] default_plan`).
+    let default_plan = &state.gateway.config.profile.default_plan;
+    body.plan.get_or_insert_with(|| default_plan.to_string());
     let new = body.validate()?;
     let client = store_call(state.store.create_client(&caller.actor, new)).await?;
     Ok((StatusCode::CREATED, Json(client)))

@@ -286,6 +286,16 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         );
     }
     let profile = compile_profile(&raw.profile, errors);
+    if &*profile.default_plan != "default" && !plans.contains_key(&*profile.default_plan) {
+        errors.at(
+            None,
+            format!(
+                "profile.default_plan `{}` is not a plan of this file ({})",
+                profile.default_plan,
+                plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
     let selfservice = super::compile_selfservice::compile(raw.selfservice.as_ref(), &plans, errors);
     let mut routes = RouteTable::default();
     if raw.routes.is_empty() {
@@ -846,6 +856,29 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
     if let Some(e) = raw.enforce_accept {
         profile.enforce_accept = e;
     }
+    match raw.formats.as_deref() {
+        None => {}
+        Some([json]) if json == "json" => {
+            profile.json_only = true;
+            if raw.enforce_accept == Some(true) {
+                errors.at(
+                    None,
+                    "profile.enforce_accept = true cannot refuse by Accept when profile.formats is [\"json\"] (JSON is the only answer)",
+                );
+            }
+            profile.enforce_accept = false;
+        }
+        Some(f)
+            if f.len() == 2 && f.iter().any(|x| x == "json") && f.iter().any(|x| x == "xml") => {}
+        Some(other) => errors.at(
+            None,
+            format!("profile.formats {other:?} is not [\"json\"] or [\"json\", \"xml\"]"),
+        ),
+    }
+    if let Some(plan) = &raw.default_plan {
+        profile.default_plan = plan.as_str().into();
+    }
+    profile.unknown_paths_need_key = raw.unknown_paths_need_key;
     let ids = &raw.identity_headers;
     let identity = &mut profile.identity;
     for (value, slot) in [
@@ -854,6 +887,8 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
         (&ids.key_id, &mut identity.key_id),
         (&ids.scopes, &mut identity.scopes),
         (&ids.plan, &mut identity.plan),
+        (&ids.sports, &mut identity.sports),
+        (&ids.bookmakers, &mut identity.bookmakers),
     ] {
         if let Some(name) = value {
             if let Some(h) = header_name(name, "profile.identity_headers", None, errors) {

@@ -337,7 +337,9 @@ fn compile_profile(
                 format!("profile.ws.channels: `{channel}` names no channel"),
             );
         }
-        if let Err(e) = Scope::new(scope) {
+        // `{sport}` stands for the session's sport; filled in, it must still be a scope.
+        let filled = scope.replace(crate::ws::channels::SPORT, "sport");
+        if let Err(e) = Scope::new(&filled) {
             errors.at(Some(span), format!("profile.ws.channels.{channel}: {e}"));
         }
     }

@@ -63,9 +63,13 @@ pub(crate) struct RawGuard {
     pub(crate) prefix_threshold: Option<u32>,
     pub(crate) prefix_length: Option<usize>,
     pub(crate) window: Option<String>,
+    /// How long failing keys from a cooled-down source (or with a cooled-down prefix) get
+    /// 429, counted from the last guess; keys that authenticate are always served.
     pub(crate) cooldown: Option<String>,
     pub(crate) max_tracked: Option<usize>,
-    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed.
+    /// Addresses or CIDR ranges of proxies (nginx, Traefik, Envoy in front of keygate or
+    /// calling its forward-auth endpoints) whose `X-Forwarded-For`, `Forwarded` or
+    /// `X-Real-IP` names the client counted by the guard.
     #[serde(default)]
     pub(crate) trusted_proxies: Vec<String>,
 }
@@ -241,6 +245,20 @@ pub(crate) struct RawProfile {
     pub(crate) xml_root: Option<String>,
     /// Answer 406 when a request's Accept admits neither JSON nor XML.
     pub(crate) enforce_accept: Option<bool>,
+    /// The body formats the profile answers in: `["json", "xml"]` (default: by `Accept`, 406
+    /// when neither is accepted) or `["json"]` (JSON whatever `Accept` says, never 406; for
+    /// contracts that publish JSON bodies only, as seeds 000 and 004 do).
+    pub(crate) formats: Option<Vec<String>>,
+    /// The plan clients start on when created without one (`keygate client create` without
+    /// `--plan`, `POST /v1/clients` without `plan`): `default` unless set; must name a plan of
+    /// the file (seed 003: "A free account gives you immediate access", `default_plan = "free"`).
+    pub(crate) default_plan: Option<String>,
+    /// Answer a path or method no route serves with `not_found` / `method_not_allowed` only
+    /// to a caller with a valid key, and with the key's refusal (401) to others, so an
+    /// unauthenticated caller learns nothing about which paths exist (seed 004: "The only
+    /// endpoint that does not require authentication is GET /health"). Default false.
+    #[serde(default)]
+    pub(crate) unknown_paths_need_key: bool,
     #[serde(default)]
     pub(crate) identity_headers: RawIdentityHeaders,
     #[serde(default)]
@@ -270,6 +288,14 @@ pub(crate) struct RawIdentityHeaders {
     pub(crate) key_id: Option<String>,
     pub(crate) scopes: Option<String>,
     pub(crate) plan: Option<String>,
+    /// The client's sport allowlist, comma separated (default `X-Keygate-Sports`); empty
+    /// when it has none, which allows no sport-gated route.
+    pub(crate) sports: Option<String>,
+    /// The client's bookmakers, comma separated (default `X-Keygate-Bookmakers`): `*` when
+    /// every bookmaker is allowed (no allowlist, on a plan without `bookmaker_selection`),
+    /// empty when a `bookmaker_selection` plan's client has picked none, so an upstream can
+    /// confine an answer without a lookup of its own.
+    pub(crate) bookmakers: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

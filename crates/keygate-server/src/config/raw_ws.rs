@@ -101,7 +101,8 @@ pub(crate) struct RawWsProfile {
     pub(crate) token: RawWsToken,
     #[serde(default)]
     pub(crate) limits: RawWsLimits,
-    /// Channel (or `prefix*`) → required scope.
+    /// Channel (or `prefix*`) → required scope; `{sport}` in a scope is the session's sport
+    /// (the route's `sport_param`), as in route scopes.
     #[serde(default)]
     pub(crate) channels: BTreeMap<String, String>,
     /// Close event → code and reason.

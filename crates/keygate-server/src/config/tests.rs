@@ -483,3 +483,37 @@ scopes = ["{sport}::list"]
         "{errs}"
     );
 }
+
+#[test]
+fn formats_and_the_default_plan_are_checked_at_load() {
+    let upstream = "[upstreams.default]\nurl = \"http://127.0.0.1:9000\"\n";
+    let load_text = |extra: &str| {
+        load(
+            &format!("{upstream}{extra}"),
+            "p.toml",
+            &Overrides::default(),
+        )
+    };
+    let c = load_text("[plans.free]\n[profile]\nformats = [\"json\"]\ndefault_plan = \"free\"\n")
+        .unwrap();
+    assert!(c.profile.json_only && !c.profile.enforce_accept);
+    assert_eq!(&*c.profile.default_plan, "free");
+    let c = load_text("[profile]\nformats = [\"xml\", \"json\"]\n").unwrap();
+    assert!(!c.profile.json_only && c.profile.enforce_accept);
+    assert_eq!(&*c.profile.default_plan, "default");
+    for (extra, fragment) in [
+        ("[profile]\nformats = [\"xml\"]\n", "profile.formats"),
+        ("[profile]\nformats = []\n", "profile.formats"),
+        (
+            "[profile]\nformats = [\"json\"]\nenforce_accept = true\n",
+            "profile.enforce_accept",
+        ),
+        (
+            "[plans.pro]\n[profile]\ndefault_plan = \"free\"\n",
+            "profile.default_plan `free` is not a plan of this file (pro)",
+        ),
+    ] {
+        let errs = load_text(extra).unwrap_err().to_string();
+        assert!(errs.contains(fragment), "{extra}: {errs}");
+    }
+}

@@ -1,6 +1,11 @@
 //! Channel authorization: each channel a client asks for maps to a scope (profile
 //! `[profile.ws.channels]`); channels whose scope the client lacks are refused one by one and
 //! never reach the upstream.
+//!
+//! A channel's scope may name the session's sport, `{sport}:stream:matches` (seed 001's
+//! scopes are per sport namespace, and its stream is `/{sport}/v1/stream`): it is the value of
+//! the route's `sport_param` in the upgrade's path. A session without a sport, or whose sport
+//! is not one run of scope characters, is granted no such channel.
 
 use keygate_core::policy::ClientPolicy;
 
@@ -57,15 +62,39 @@ impl Grant {
     }
 }
 
-/// Whether a client may see one channel.
-pub fn allowed(map: &ChannelMap, client: &ClientPolicy, channel: &str) -> Result<(), Refused> {
+/// The placeholder a channel's scope may use for the session's sport.
+pub const SPORT: &str = "{sport}";
+
+/// A channel scope with the session's sport filled in; `None` when it names the sport and the
+/// session has none (or one that is no run of scope characters), so it is never granted.
+fn resolve<'s>(scope: &'s str, sport: Option<&str>) -> Option<std::borrow::Cow<'s, str>> {
+    if !scope.contains(SPORT) {
+        return Some(scope.into());
+    }
+    let sport = sport.filter(|s| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+    })?;
+    Some(scope.replace(SPORT, sport).into())
+}
+
+/// Whether a client may see one channel in a session on `sport` (the route's `sport_param`).
+pub fn allowed(
+    map: &ChannelMap,
+    client: &ClientPolicy,
+    sport: Option<&str>,
+    channel: &str,
+) -> Result<(), Refused> {
     match map.rule(channel) {
         ChannelRule::Open => Ok(()),
-        ChannelRule::Scope(s) if client.has_scope(s) => Ok(()),
-        ChannelRule::Scope(s) => Err(Refused {
-            channel: channel.to_owned(),
-            scope: Some(s.to_owned()),
-        }),
+        ChannelRule::Scope(s) => match resolve(s, sport) {
+            Some(scope) if client.has_scope(&scope) => Ok(()),
+            resolved => Err(Refused {
+                channel: channel.to_owned(),
+                scope: Some(resolved.map_or_else(|| s.to_owned(), |r| r.into_owned())),
+            }),
+        },
         ChannelRule::Unknown => Err(Refused {
             channel: channel.to_owned(),
             scope: None,
@@ -73,14 +102,20 @@ pub fn allowed(map: &ChannelMap, client: &ClientPolicy, channel: &str) -> Result
     }
 }
 
-/// Splits `channels` by what `client` may see, keeping their order (duplicates dropped).
-pub fn grant(map: &ChannelMap, client: &ClientPolicy, channels: Vec<String>) -> Grant {
+/// Splits `channels` by what `client` may see in a session on `sport`, keeping their order
+/// (duplicates dropped).
+pub fn grant(
+    map: &ChannelMap,
+    client: &ClientPolicy,
+    sport: Option<&str>,
+    channels: Vec<String>,
+) -> Grant {
     let mut g = Grant::default();
     for c in channels {
         if g.granted.contains(&c) || g.refused.iter().any(|r| r.channel == c) {
             continue;
         }
-        match allowed(map, client, &c) {
+        match allowed(map, client, sport, &c) {
             Ok(()) => g.granted.push(c),
             Err(r) => g.refused.push(r),
         }
@@ -127,6 +162,26 @@ mod tests {
     }
 
     #[test]
+    fn a_scope_may_name_the_sessions_sport() {
+        let mut m = BTreeMap::new();
+        m.insert("matches".to_owned(), "{sport}:stream:matches".to_owned());
+        let map = ChannelMap::new(&m, false);
+        let c = client(&["cs2:stream:matches"]);
+        assert_eq!(allowed(&map, &c, Some("cs2"), "matches"), Ok(()));
+        let refused = |sport| allowed(&map, &c, sport, "matches").unwrap_err().scope;
+        assert_eq!(
+            refused(Some("dota2")).as_deref(),
+            Some("dota2:stream:matches")
+        );
+        assert_eq!(refused(None).as_deref(), Some("{sport}:stream:matches"));
+        assert_eq!(
+            refused(Some("cs2:admin")).as_deref(),
+            Some("{sport}:stream:matches")
+        );
+        assert_eq!(refused(Some("")).as_deref(), Some("{sport}:stream:matches"));
+    }
+
+    #[test]
     fn grants_by_scope() {
         // Seed 001's stream scopes: cs2:stream:matches, cs2:stream:markets.
         let mut m = BTreeMap::new();
@@ -136,6 +191,7 @@ mod tests {
         let g = grant(
             &map,
             &client(&["cs2:stream:matches"]),
+            None,
             vec![
                 "matches".into(),
                 "markets".into(),

@@ -58,8 +58,15 @@ pub enum Inbound {
     Bad(BadMessage),
 }
 
-/// Classifies a text message from an authenticated client.
-pub fn classify(profile: &WsProfile, mode: AuthMode, client: &ClientPolicy, text: &str) -> Inbound {
+/// Classifies a text message from an authenticated client in a session on `sport` (the
+/// route's `sport_param`, for channel scopes that name it).
+pub fn classify(
+    profile: &WsProfile,
+    mode: AuthMode,
+    client: &ClientPolicy,
+    sport: Option<&str>,
+    text: &str,
+) -> Inbound {
     let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str::<serde_json::Value>(text)
     else {
         return Inbound::Bad(BadMessage::NotJson);
@@ -81,7 +88,7 @@ pub fn classify(profile: &WsProfile, mode: AuthMode, client: &ClientPolicy, text
                 Err(_) => return Inbound::Bad(BadMessage::BadChannels),
             },
         };
-        let grant = channels::grant(&profile.channels, client, list);
+        let grant = channels::grant(&profile.channels, client, sport, list);
         let forward = if grant.refused.is_empty() {
             None
         } else if grant.granted.is_empty() {
@@ -151,7 +158,13 @@ mod tests {
         let (p, c) = setup();
         let m = AuthMode::Handshake;
         assert_eq!(
-            classify(&p, m, &c, r#"{"type":"subscribe","channels":["matches"]}"#),
+            classify(
+                &p,
+                m,
+                &c,
+                None,
+                r#"{"type":"subscribe","channels":["matches"]}"#
+            ),
             Inbound::Subscribe {
                 forward: None,
                 granted: vec!["matches".into()],
@@ -164,6 +177,7 @@ mod tests {
             &p,
             m,
             &c,
+            None,
             r#"{"type":"subscribe","id":7,"channels":["matches","markets"]}"#,
         )
         else {
@@ -175,9 +189,13 @@ mod tests {
             serde_json::json!({"type":"subscribe","id":7,"channels":["matches"]})
         );
         assert_eq!(refused[0].scope.as_deref(), Some("cs2:stream:markets"));
-        let Inbound::Subscribe { forward, .. } =
-            classify(&p, m, &c, r#"{"type":"subscribe","channels":"markets"}"#)
-        else {
+        let Inbound::Subscribe { forward, .. } = classify(
+            &p,
+            m,
+            &c,
+            None,
+            r#"{"type":"subscribe","channels":"markets"}"#,
+        ) else {
             panic!()
         };
         assert_eq!(forward.as_deref(), Some(""), "nothing reaches the upstream");
@@ -187,7 +205,7 @@ mod tests {
     fn bad_messages() {
         let (p, c) = setup();
         let m = AuthMode::LoginMessage;
-        let bad = |t: &str| match classify(&p, m, &c, t) {
+        let bad = |t: &str| match classify(&p, m, &c, None, t) {
             Inbound::Bad(b) => Some(b),
             _ => None,
         };
@@ -209,6 +227,7 @@ mod tests {
                 &p,
                 m,
                 &c,
+                None,
                 r#"{"type":"unsubscribe","channels":["matches"]}"#
             ),
             Inbound::Unsubscribe {

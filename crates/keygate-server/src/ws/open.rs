@@ -469,6 +469,7 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     let grant = channels::grant(
         &profile.channels,
         &admitted.who.client.policy,
+        admitted.admission.sport.as_deref(),
         login.channels,
     );
     let mut upstream = match connect(&gw, &p, &admitted.who, None).await {

@@ -226,7 +226,8 @@ impl Relay {
             return self.bad(BadMessage::Binary);
         };
         let client = self.who.key.client.load();
-        match inbound::classify(profile, self.mode, &client.policy, text.as_str()) {
+        let sport = self.reg.sport.as_deref();
+        match inbound::classify(profile, self.mode, &client.policy, sport, text.as_str()) {
             Inbound::Forward => Step::ToUpstream(msg),
             Inbound::Subscribe {
                 forward,

@@ -67,6 +67,8 @@ pub struct Registration {
     gateway: Arc<Gateway>,
     pub stop: watch::Receiver<Option<Stop>>,
     pub channels: Arc<Mutex<BTreeSet<String>>>,
+    /// The session's sport (the route's `sport_param`), for channel scopes naming it.
+    pub sport: Option<Box<str>>,
 }
 
 impl Drop for Registration {
@@ -102,6 +104,7 @@ impl Sessions {
         let id = sessions.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         let channels = Arc::new(Mutex::new(BTreeSet::new()));
+        let sport = admission.sport.clone();
         sessions.open.insert(
             id,
             Entry {
@@ -115,6 +118,7 @@ impl Sessions {
             gateway: Arc::clone(gw),
             stop: rx,
             channels,
+            sport,
         }
     }
 
@@ -184,7 +188,7 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
     let map = &gw.config.ws.profile.channels;
     let held = lock(held);
     for c in held.iter() {
-        channels::allowed(map, &who.client.policy, c)
+        channels::allowed(map, &who.client.policy, a.sport.as_deref(), c)
             .map_err(|r| Denial::about(Reason::ScopeMissing, r.scope.as_deref().unwrap_or(c)))?;
     }
     Ok(())

@@ -157,6 +157,36 @@ impl Harness {
         panic!("replica stuck below version {target}");
     }
 
+    /// An admin token for the admin API (read-write), in plaintext.
+    pub async fn admin_token(&self) -> String {
+        let format = keygate_core::KeyFormat::admin_token();
+        let token = format.generate();
+        let material = keygate_core::KeyMaterial {
+            digest: keygate_core::Digester::plain().digest(token.expose()),
+            hint: format.hint(&token),
+        };
+        self.store
+            .create_admin_token(&actor(), "harness", false, material)
+            .await
+            .unwrap();
+        token.expose().to_owned()
+    }
+
+    /// Creates a client through the admin API (`POST /v1/clients`) with `body`; the answer.
+    pub async fn create_client_via_admin(&self, body: serde_json::Value) -> serde_json::Value {
+        let token = self.admin_token().await;
+        let resp = self
+            .http
+            .post(self.admin_url("/v1/clients"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        resp.json().await.unwrap()
+    }
+
     pub async fn set_state(&self, key: &ApiKey, state: KeyState) {
         self.store
             .set_key_state(&actor(), &key.id, state)

@@ -30,12 +30,14 @@ pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()>
 }
 
 async fn create(ctx: &Context, args: ClientCreate) -> anyhow::Result<()> {
-    ctx.config
-        .check_plan_choice(&args.plan, args.bookmakers.len())?;
+    let plan = args
+        .plan
+        .unwrap_or_else(|| ctx.config.profile.default_plan.to_string());
+    ctx.config.check_plan_choice(&plan, args.bookmakers.len())?;
     let l = args.limits;
     let new = NewClient {
         name: args.name,
-        plan: args.plan,
+        plan,
         scopes: args.scopes,
         sports: args.sports,
         bookmakers: args.bookmakers,

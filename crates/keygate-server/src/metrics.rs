@@ -214,6 +214,15 @@ impl Metrics {
             "keygate_handler_panics_total {}",
             self.panics.load(Ordering::Relaxed)
         );
+        // Counted with the requests (the reason `request_body_failed`), shown on its own too:
+        // a caller's broken body is the caller's failure, apart from every upstream metric.
+        out.push_str("# HELP keygate_client_body_errors_total Forwarded requests whose caller's body failed (closed or reset mid-body, malformed, or too slow); never counted by a circuit breaker.\n");
+        out.push_str("# TYPE keygate_client_body_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "keygate_client_body_errors_total {}",
+            self.count(Outcome::Denied(Reason::RequestBodyFailed))
+        );
         out.push_str(
             "# HELP keygate_decision_seconds Time to authenticate and authorize a request.\n",
         );

@@ -340,19 +340,33 @@ pub fn prepare(
 
 /// Sends the prepared request; the response streams back as it arrives.
 ///
+/// A failure of the caller's own body (closed or reset mid-body, malformed chunking, or a body
+/// still awaited from the caller when the timeout fires) is `RequestBodyFailed`: the caller's
+/// failure, which no circuit breaker counts (`crate::service` counts only the upstream's).
+///
 /// # Errors
 /// `UpstreamTimeout` when headers do not arrive in time, `PayloadTooLarge` when the body
-/// streams past `max_body`, `UpstreamUnavailable` otherwise.
+/// streams past `max_body`, `RequestBodyFailed` when the caller's body fails,
+/// `UpstreamUnavailable` otherwise.
 pub async fn send(
     upstreams: &Upstreams,
     f: &Forward<'_>,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Reason> {
-    let req = req.map(|body| BoundedBody::new(body, f.max_body));
-    let sent = upstreams.request(f.upstream, f.spec, req);
+    let (parts, body) = req.into_parts();
+    let (body, caller) = BoundedBody::new(body, f.max_body);
+    let sent = upstreams.request(f.upstream, f.spec, Request::from_parts(parts, body));
     match tokio::time::timeout(f.spec.timeout, sent).await {
+        Err(_) if caller.is_waiting() => {
+            tracing::debug!(upstream = %f.spec.name, "The caller's request body did not arrive in time.");
+            Err(Reason::RequestBodyFailed)
+        }
         Err(_) => Err(Reason::UpstreamTimeout),
         Ok(Err(e)) if bounded_body::is_too_large(&e) => Err(Reason::PayloadTooLarge),
+        Ok(Err(e)) if bounded_body::is_client_failure(&e) => {
+            tracing::debug!(upstream = %f.spec.name, error = %e, "The caller's request body failed.");
+            Err(Reason::RequestBodyFailed)
+        }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %f.spec.name, error = %e, "Upstream request failed.");
             Err(Reason::UpstreamUnavailable)

@@ -6,6 +6,7 @@
 //! host, no channel hand-off, no shared state between workers. Measured on the gateway bench
 //! (BENCHMARKS.md), the pooled client cost about 1 µs of CPU per request.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
@@ -21,7 +22,7 @@ use tokio::net::TcpStream;
 use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
 use crate::locks::lock;
-use crate::profile::{CredentialSource, IdentityHeaders, Profile};
+use crate::profile::{IdentityHeaders, Profile};
 use crate::repeat::{repeated, Repeat};
 use crate::upstream::UpstreamSpec;
 
@@ -214,7 +215,8 @@ pub struct Forward<'a> {
     /// The identity header names, this worker's copy.
     pub identity: &'a IdentityHeaders,
     pub who: Option<&'a Admitted>,
-    /// The profile source the key came from (stripped unless the profile forwards keys).
+    /// The profile source the key came from (forwarded when the profile forwards keys; every
+    /// other source is stripped).
     pub credential_source: Option<usize>,
     pub remote: SocketAddr,
     /// `[server] max_body_bytes`: a body that streams past it is cut and answered 413.
@@ -222,33 +224,26 @@ pub struct Forward<'a> {
 }
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the base path
-/// prepended, the credential's query parameter dropped. `None` when the original target can
-/// go as it is (no base path, nothing to drop, already origin form), which costs nothing.
+/// prepended, `query` the one to send ([`crate::credential::strip`]'s: owned when it dropped a
+/// credential). `None` when the original target can go as it is (no base path, nothing
+/// dropped, already origin form), which costs nothing.
 fn upstream_uri(
     spec: &UpstreamSpec,
     original: &Uri,
-    drop_param: Option<&str>,
+    query: Option<&Cow<'_, str>>,
 ) -> Result<Option<Uri>, Reason> {
     let path = original.path();
-    let query = original.query();
-    let drop = drop_param.filter(|_| query.is_some());
-    if spec.base_path.is_empty() && drop.is_none() && original.scheme().is_none() {
+    let changed = matches!(query, Some(Cow::Owned(_)));
+    if spec.base_path.is_empty() && !changed && original.scheme().is_none() {
         return Ok(None);
     }
-    let query = match (query, drop) {
-        (Some(q), Some(name)) => Some(std::borrow::Cow::Owned(
-            crate::credential::strip_query_param(q, name),
-        )),
-        (q, _) => q.map(std::borrow::Cow::Borrowed),
-    };
-    let mut pq = String::with_capacity(
-        spec.base_path.len() + path.len() + 1 + query.as_ref().map_or(0, |q| q.len()),
-    );
+    let mut pq =
+        String::with_capacity(spec.base_path.len() + path.len() + 1 + query.map_or(0, |q| q.len()));
     pq.push_str(&spec.base_path);
     pq.push_str(path);
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         pq.push('?');
-        pq.push_str(&q);
+        pq.push_str(q);
     }
     PathAndQuery::from_maybe_shared(pq)
         .map(|pq| Some(Uri::from(pq)))
@@ -277,29 +272,27 @@ pub fn prepare(
     profile: &Profile,
     f: &Forward<'_>,
 ) -> Result<(), Reason> {
-    let source = f.credential_source.map(|i| &profile.credentials[i]);
-    let drop_param = match source {
-        Some(CredentialSource::Query(name)) if !profile.forward_credential => Some(&**name),
-        _ => None,
-    };
-    if let Some(uri) = upstream_uri(f.spec, req.uri(), drop_param)? {
+    // Every source the configuration names is stripped, on public routes too; with
+    // `forward_credential` the one the key was read from goes on.
+    let kept = f
+        .credential_source
+        .filter(|_| profile.forward_credential)
+        .map(|i| &profile.credentials[i]);
+    let mut headers = std::mem::take(req.headers_mut());
+    let query = crate::credential::strip(
+        &profile.named_credentials,
+        kept,
+        &mut headers,
+        req.uri().query(),
+    );
+    if let Some(uri) = upstream_uri(f.spec, req.uri(), query.as_ref())? {
         *req.uri_mut() = uri;
     }
+    *req.headers_mut() = headers;
     *req.version_mut() = http::Version::HTTP_11;
     let original_host = req.headers().get(header::HOST).cloned();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    if !profile.forward_credential {
-        match source {
-            Some(CredentialSource::Header(name)) => {
-                headers.remove(name);
-            }
-            Some(CredentialSource::Bearer) => {
-                headers.remove(header::AUTHORIZATION);
-            }
-            _ => {}
-        }
-    }
     // Room for what is added below (identity, X-Forwarded-*): one growth of the map at most.
     headers.reserve(8);
     let ids = f.identity;
@@ -426,26 +419,34 @@ mod tests {
     fn upstream_uris() {
         let spec = UpstreamSpec::parse("u", "http://10.0.0.1:9000/api").unwrap();
         let original: Uri = "/cs2/v1/matches?api_key=secret&page=2".parse().unwrap();
+        let stripped = Cow::Owned("page=2".to_owned());
         assert_eq!(
-            upstream_uri(&spec, &original, Some("api_key"))
+            upstream_uri(&spec, &original, Some(&stripped))
                 .unwrap()
                 .unwrap()
                 .to_string(),
             "/api/cs2/v1/matches?page=2"
         );
         assert_eq!(
-            upstream_uri(&spec, &"/x?api_key=s".parse().unwrap(), Some("api_key"))
-                .unwrap()
-                .unwrap()
-                .to_string(),
+            upstream_uri(
+                &spec,
+                &"/x?api_key=s".parse().unwrap(),
+                Some(&Cow::Owned(String::new()))
+            )
+            .unwrap()
+            .unwrap()
+            .to_string(),
             "/api/x"
         );
         // Nothing to change: the original target goes as it is.
         let plain = UpstreamSpec::parse("u", "http://10.0.0.1:9000").unwrap();
-        assert!(upstream_uri(&plain, &original, None).unwrap().is_none());
+        let unchanged = Cow::Borrowed("api_key=secret&page=2");
+        assert!(upstream_uri(&plain, &original, Some(&unchanged))
+            .unwrap()
+            .is_none());
         let absolute: Uri = "http://evil.example/x?y=1".parse().unwrap();
         assert_eq!(
-            upstream_uri(&plain, &absolute, None)
+            upstream_uri(&plain, &absolute, Some(&Cow::Borrowed("y=1")))
                 .unwrap()
                 .unwrap()
                 .to_string(),

@@ -775,3 +775,84 @@ async fn hostile_requests_get_precise_answers() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// Issue 17: only the source the key was read from was stripped. Every source the profile
+/// names goes, whichever copy the caller sent, on public routes too; `forward_credential`
+/// forwards the one source the key was read from and no other copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_copy_of_the_key_stops_at_the_gateway_on_every_route() {
+    let (h, key) = setup().await;
+    let bearer = format!("Bearer {key}");
+    let everywhere = |path: &str| {
+        h.http
+            .get(h.url(path))
+            .header("X-API-Key", &key)
+            .header("Authorization", &bearer)
+    };
+    let leaked = |seen: &keygate_test::Recorded| format!("{seen:?}").contains(&key);
+
+    // Header, Bearer and query, with a second copy of the header: the same key, so accepted.
+    let resp = everywhere(&format!("/echo/a?page=2&api_key={key}&Api%5FKey={key}"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/echo/a?page=2");
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(seen.header("authorization"), None);
+    assert!(!leaked(&seen), "{seen:?}");
+
+    // A public route reads no key, and forwards none.
+    let resp = everywhere(&format!("/status/200?api_key={key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/status/200");
+    assert!(!leaked(&seen), "{seen:?}");
+
+    // forward_credential: the source the key was read from (X-API-Key, the first) goes on.
+    let forwarding = CONFIG.replace("[profile]\n", "[profile]\nforward_credential = true\n");
+    let h = Harness::start(&forwarding).await;
+    h.client("Acme", &["matches:read"], &["cs2"], &[], "pro")
+        .await;
+    let (key, _) = h.key("Acme", None).await;
+    let resp = h
+        .http
+        .get(h.url(&format!("/echo/b?api_key={key}")))
+        .header("X-API-Key", &key)
+        .header("Authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.header_all("x-api-key"), [key.as_str()]);
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.uri, "/echo/b");
+    // The key only in the query: that is the source forwarded.
+    let resp = h
+        .http
+        .get(h.url(&format!("/echo/c?api_key={key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        h.upstream.last_request().unwrap().uri,
+        format!("/echo/c?api_key={key}")
+    );
+    // Nothing was read on a public route: nothing is forwarded.
+    let resp = h
+        .http
+        .get(h.url("/status/200"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.upstream.last_request().unwrap().header("x-api-key"), None);
+}

@@ -1,5 +1,5 @@
-//! Opening the upstream WebSocket: the caller's request less its credentials and handshake
-//! headers, plus identity and forwarding headers, over a fresh TCP connection.
+//! Opening the upstream WebSocket: the caller's request (its credentials already stripped) less
+//! its handshake headers, plus identity and forwarding headers, over a fresh TCP connection.
 
 use std::net::SocketAddr;
 
@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::gateway::Admitted;
-use crate::profile::{CredentialSource, Profile};
+use crate::profile::Profile;
 use crate::proxy::strip_hop_by_hop;
 use crate::upstream::UpstreamSpec;
 
@@ -38,11 +38,9 @@ pub struct Target<'a> {
     pub spec: &'a UpstreamSpec,
     /// Path and query as the upstream should see them (credentials removed).
     pub path_and_query: String,
-    /// The client's upgrade request headers.
+    /// The client's upgrade request headers, credentials removed (`crate::credential::strip`).
     pub headers: &'a HeaderMap,
     pub who: &'a Admitted,
-    /// The source the key came from on the upgrade request, if it did.
-    pub credential: Option<&'a CredentialSource>,
     pub remote: SocketAddr,
 }
 
@@ -61,17 +59,6 @@ fn upstream_headers(profile: &Profile, t: &Target<'_>) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     for name in &HANDSHAKE {
         headers.remove(name);
-    }
-    if !profile.forward_credential {
-        match t.credential {
-            Some(CredentialSource::Header(name)) => {
-                headers.remove(name);
-            }
-            Some(CredentialSource::Bearer) => {
-                headers.remove(header::AUTHORIZATION);
-            }
-            _ => {}
-        }
     }
     for name in profile.identity.all() {
         headers.remove(name);

@@ -157,7 +157,7 @@ pub fn strip<'s, 'q>(
 }
 
 /// True when a pair of `query` is named `name` (percent-decoded, ASCII case ignored).
-fn has_query_param(query: &str, name: &str) -> bool {
+pub fn has_query_param(query: &str, name: &str) -> bool {
     query.split('&').any(|pair| names_param(pair, name))
 }
 

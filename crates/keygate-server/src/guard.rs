@@ -162,9 +162,15 @@ impl Guard {
         &self.config
     }
 
+    /// True when `ip` is one of `trusted_proxies`: its forwarding headers (`X-Forwarded-For`,
+    /// and toward upstreams `X-Real-IP` and `Forwarded`) are believed.
+    pub fn is_trusted(&self, ip: &IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+
     /// The address failures are counted against.
     pub fn source(&self, caller: Caller<'_>) -> IpAddr {
-        let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        let trusted = |ip: &IpAddr| self.is_trusted(ip);
         if !trusted(&caller.peer) {
             return normalize(caller.peer);
         }

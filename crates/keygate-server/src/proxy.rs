@@ -1,5 +1,6 @@
 //! Forwarding to upstreams: kept-alive connections, streamed bodies, timeouts, RFC 9110
-//! hop-by-hop handling, `X-Forwarded-*`, and identity headers that only keygate can set.
+//! hop-by-hop handling, `X-Forwarded-*`, and identity headers that only keygate can set; the
+//! one header rewrite ([`rewrite_headers`]) that WebSocket upstreams get too.
 //!
 //! Each worker thread keeps its own idle HTTP/1.1 connections per upstream
 //! (`hyper::client::conn::http1`) rather than hyper-util's pooled client: no pool keyed by
@@ -21,9 +22,11 @@ use tokio::net::TcpStream;
 
 use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
+use crate::guard::Guard;
 use crate::locks::lock;
 use crate::profile::{IdentityHeaders, Profile};
 use crate::repeat::{repeated, Repeat};
+use crate::routes::Route;
 use crate::upstream::UpstreamSpec;
 
 /// Idle connections kept per upstream and worker; more are closed when they finish.
@@ -221,6 +224,10 @@ pub struct Forward<'a> {
     pub remote: SocketAddr,
     /// `[server] max_body_bytes`: a body that streams past it is cut and answered 413.
     pub max_body: u64,
+    /// The matched route (its methods decide whether method overrides go).
+    pub route: &'a Route,
+    /// Whose client-address headers are believed ([`Toward::guard`]).
+    pub guard: &'a Guard,
 }
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the base path
@@ -262,8 +269,101 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
     })
 }
 
-/// Prepares the upstream request in place: URI, hop-by-hop headers, credentials, identity,
-/// forwarding headers.
+/// Headers that make an upstream framework take another method than the request's (Symfony,
+/// Laravel, Express's method-override, ASP.NET): on a route that allows only some methods, an
+/// allowed `POST` could otherwise be served as a `DELETE`.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
+
+/// The query parameter Rails and Laravel read as the method (see [`METHOD_OVERRIDES`]).
+const METHOD_PARAM: &str = "_method";
+
+/// Headers that make an upstream framework (IIS, Symfony) serve another path than the
+/// request's, the one the gateway authorized: never forwarded.
+const PATH_OVERRIDES: [HeaderName; 2] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// Headers that name the client's address: believed only from a trusted proxy
+/// (`[guard] trusted_proxies`), removed from anyone else's requests.
+const CLIENT_ADDRESS: [HeaderName; 2] = [HeaderName::from_static("x-real-ip"), header::FORWARDED];
+
+/// What the headers toward an upstream say of the caller.
+pub struct Toward<'a> {
+    /// The identity header names.
+    pub identity: &'a IdentityHeaders,
+    /// The caller, when it authenticated (else identity headers it sent are removed).
+    pub who: Option<&'a Admitted>,
+    pub remote: SocketAddr,
+    /// Whose client-address headers are believed ([`Guard::is_trusted`]).
+    pub guard: &'a Guard,
+    /// The route allows only some methods: method-override headers are removed.
+    pub restricts_methods: bool,
+}
+
+/// Rewrites a caller's headers for an upstream, HTTP and WebSocket alike: hop-by-hop headers
+/// go; identity headers are written (or, without a caller, the forged ones removed);
+/// `X-Real-IP` and `Forwarded` go unless the peer is a trusted proxy; method overrides go on
+/// routes that restrict methods, path overrides always; `X-Forwarded-For` gets the peer
+/// appended, `X-Forwarded-Proto` and `X-Forwarded-Host` (the caller's `Host`) are written.
+/// `Host` itself is the caller's to set.
+pub fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
+    strip_hop_by_hop(headers);
+    // Room for what is added below (identity, X-Forwarded-*): one growth of the map at most.
+    headers.reserve(8);
+    // One pass over the few headers finds what goes; the peer's trust is looked up only for
+    // a request that names a client address.
+    let ids = t.identity.all();
+    let mut trusted = None;
+    let mut doomed: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
+    for name in headers.keys() {
+        let goes = (t.who.is_none() && ids.contains(&name))
+            || (t.restricts_methods && METHOD_OVERRIDES.contains(name))
+            || PATH_OVERRIDES.contains(name)
+            || (CLIENT_ADDRESS.contains(name)
+                && !*trusted.get_or_insert_with(|| t.guard.is_trusted(&t.remote.ip())));
+        if goes {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+    if let Some(who) = t.who {
+        // Each insert replaces every value a caller sent under that name.
+        who.write_identity(headers, t.identity);
+    }
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let ip = t.remote.ip();
+    let mut prior = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    let forwarded_for = if prior.peek().is_none() {
+        Some(forwarded_for(ip))
+    } else {
+        let prior = prior.collect::<Vec<_>>().join(", ");
+        HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+    };
+    if let Some(v) = forwarded_for {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+}
+
+/// Prepares the upstream request in place: URI (base path, credentials and, on routes that
+/// restrict methods, `_method` dropped), headers ([`rewrite_headers`]), `Host`.
 ///
 /// # Errors
 /// `BadRequest` if the URI cannot be rebuilt.
@@ -278,56 +378,36 @@ pub fn prepare(
         .credential_source
         .filter(|_| profile.forward_credential)
         .map(|i| &profile.credentials[i]);
+    let restricts_methods = f.route.methods.is_some();
     let mut headers = std::mem::take(req.headers_mut());
-    let query = crate::credential::strip(
+    let mut query = crate::credential::strip(
         &profile.named_credentials,
         kept,
         &mut headers,
         req.uri().query(),
     );
+    if let Some(q) = query.as_ref() {
+        if restricts_methods && crate::credential::has_query_param(q, METHOD_PARAM) {
+            query = Some(Cow::Owned(crate::credential::strip_query_param(
+                q,
+                METHOD_PARAM,
+            )));
+        }
+    }
     if let Some(uri) = upstream_uri(f.spec, req.uri(), query.as_ref())? {
         *req.uri_mut() = uri;
     }
-    *req.headers_mut() = headers;
     *req.version_mut() = http::Version::HTTP_11;
-    let original_host = req.headers().get(header::HOST).cloned();
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    // Room for what is added below (identity, X-Forwarded-*): one growth of the map at most.
-    headers.reserve(8);
-    let ids = f.identity;
-    match f.who {
-        // Each insert replaces every value a caller sent under that name.
-        Some(who) => who.write_identity(headers, ids),
-        None => {
-            let names = ids.all();
-            let forged: smallvec::SmallVec<[HeaderName; 2]> = headers
-                .keys()
-                .filter(|k| names.contains(k))
-                .cloned()
-                .collect();
-            for name in forged {
-                headers.remove(name);
-            }
-        }
-    }
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = f.remote.ip();
-    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
-        None => Some(forwarded_for(ip)),
+    let toward = Toward {
+        identity: f.identity,
+        who: f.who,
+        remote: f.remote,
+        guard: f.guard,
+        restricts_methods,
     };
-    if let Some(v) = forwarded_for {
-        headers.insert(xff, v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = original_host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
+    rewrite_headers(&mut headers, &toward);
     headers.insert(header::HOST, f.host.clone());
+    *req.headers_mut() = headers;
     Ok(())
 }
 

@@ -213,6 +213,24 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         None => BodyFormat::Json,
     };
 
+    if let Some(denial) = check::host_denial(req.version(), req.headers()) {
+        let mut resp = refuse(gw, None, &denial, format);
+        let caller = Caller {
+            peer: remote.ip(),
+            headers: req.headers(),
+        };
+        report_budget(gw, &mut resp, None, None, caller, Some(denial.reason)).await;
+        access_log(
+            gw,
+            &method,
+            None,
+            resp.status(),
+            Some(denial.reason),
+            None,
+            started,
+        );
+        return resp;
+    }
     // Cold paths are boxed: an awaited future is part of this one's state, which every
     // request initialises and moves whatever path it takes.
     if crate::ws::handshake::is_upgrade(&req) {
@@ -462,6 +480,8 @@ async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -
         who: passed.who.as_ref(),
         credential_source: passed.credential_source,
         remote,
+        route: passed.route,
+        guard: &gw.guard,
     };
     let outcome = if passed.who.is_some() {
         Outcome::Forwarded

@@ -245,6 +245,7 @@ async fn connect(
             headers: &headers,
             who,
             remote: p.remote,
+            guard: &gw.guard,
         },
     )
     .await;

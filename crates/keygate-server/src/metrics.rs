@@ -325,6 +325,7 @@ mod tests {
         m.record(Some(0), Outcome::Forwarded, 200);
         m.record(Some(0), Outcome::Denied(Reason::UnknownKey), 401);
         m.record(None, Outcome::Denied(Reason::NotFound), 404);
+        m.record(Some(0), Outcome::Denied(Reason::RequestBodyFailed), 400);
         m.observe_decision(700);
         let text = m.render(&Gauges {
             replica_keys: 3,
@@ -333,6 +334,11 @@ mod tests {
         });
         assert!(
             text.contains("keygate_requests_total{route=\"matches\",outcome=\"forwarded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "keygate_client_body_errors_total 1"),
             "{text}"
         );
         assert!(

@@ -58,11 +58,15 @@ pub enum Reason {
     Conflict,
     /// A self-service write cannot reach the store right now (the data plane keeps serving).
     StoreUnavailable,
+    /// The caller's own request body failed while it was forwarded (the caller closed or reset
+    /// the connection mid-body, or sent malformed chunking): the caller's failure, never the
+    /// upstream's, so no circuit breaker counts it.
+    RequestBodyFailed,
 }
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -92,6 +96,7 @@ impl Reason {
         Reason::InvalidBody,
         Reason::Conflict,
         Reason::StoreUnavailable,
+        Reason::RequestBodyFailed,
     ];
 
     /// Position in [`Reason::ALL`], for tables indexed by reason.
@@ -131,6 +136,7 @@ impl Reason {
             Reason::InvalidBody => "invalid_body",
             Reason::Conflict => "conflict",
             Reason::StoreUnavailable => "store_unavailable",
+            Reason::RequestBodyFailed => "request_body_failed",
         }
     }
 
@@ -148,7 +154,10 @@ impl Reason {
             | Reason::KeyDisabled
             | Reason::KeyExpired
             | Reason::ClientInactive => 401,
-            Reason::ConflictingCredentials | Reason::BadRequest | Reason::DuplicateParameter => 400,
+            Reason::ConflictingCredentials
+            | Reason::BadRequest
+            | Reason::DuplicateParameter
+            | Reason::RequestBodyFailed => 400,
             Reason::ScopeMissing
             | Reason::SportNotAllowed
             | Reason::BookmakerNotAllowed
@@ -217,6 +226,7 @@ impl Reason {
             Reason::InvalidBody => "The request body is invalid: {subject}",
             Reason::Conflict => "{subject}",
             Reason::StoreUnavailable => "This change cannot be made right now; retry shortly.",
+            Reason::RequestBodyFailed => "The request body ended before it was complete.",
         }
     }
 

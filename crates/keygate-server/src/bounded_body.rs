@@ -8,6 +8,8 @@
 //! plain struct rather than a boxed body: no allocation per request on the hot path.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -36,14 +38,39 @@ pub struct BoundedBody {
     inner: Incoming,
     max: u64,
     seen: u64,
+    /// Set while the body waits for the caller's next bytes ([`CallerWait`]).
+    waiting: Option<Arc<AtomicBool>>,
+}
+
+/// Tells whether a forwarded body is waiting for its caller: an upstream request that times
+/// out then is the caller's slowness (a body that never comes), not the upstream's.
+#[derive(Debug, Default)]
+pub struct CallerWait(Option<Arc<AtomicBool>>);
+
+impl CallerWait {
+    /// True while the body's last read found nothing from the caller yet.
+    pub fn is_waiting(&self) -> bool {
+        self.0.as_ref().is_some_and(|w| w.load(Ordering::Acquire))
+    }
 }
 
 impl BoundedBody {
-    pub fn new(inner: Incoming, max: u64) -> Self {
-        BoundedBody {
+    /// The body and its [`CallerWait`]. A request without a body allocates nothing.
+    pub fn new(inner: Incoming, max: u64) -> (Self, CallerWait) {
+        let waiting = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let wait = CallerWait(waiting.clone());
+        let body = BoundedBody {
             inner,
             max,
             seen: 0,
+            waiting,
+        };
+        (body, wait)
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        if let Some(w) = &self.waiting {
+            w.store(waiting, Ordering::Release);
         }
     }
 }
@@ -56,7 +83,9 @@ impl Body for BoundedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.set_waiting(polled.is_pending());
+        let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
@@ -80,16 +109,24 @@ impl Body for BoundedBody {
     }
 }
 
+/// `e` and its causes, outermost first.
+fn causes<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |c| c.source())
+}
+
 /// True when `e` (an upstream request's failure) was caused by a body past the bound.
 pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<TooLarge>().is_some()
+    causes(e).any(|c| {
+        c.downcast_ref::<TooLarge>().is_some()
             || matches!(c.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_)))
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    })
+}
+
+/// True when `e` (an upstream request's failure) was caused by the caller's body stream:
+/// the caller closed or reset its connection mid-body, or sent malformed chunking. That is
+/// the caller's failure, not the upstream's: no circuit breaker may count it.
+pub fn is_client_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).any(|c| matches!(c.downcast_ref::<BodyError>(), Some(BodyError::Client(_))))
 }

@@ -27,20 +27,53 @@ pub struct Passed<'t> {
 
 /// True for paths an upstream might normalize into somewhere else (`..`, `.`, encoded slashes
 /// or dots): authorizing `/cs2/..` and letting the upstream serve `/dota2` must be impossible.
+/// Also what servlet containers (Tomcat, Jetty) normalize: a dot segment with path parameters
+/// (`..;x`, `.;`), and dots, slashes or backslashes encoded more than once (`%252e`, decoded
+/// once by the upstream's server and once more by the application).
 pub fn is_ambiguous_path(path: &str) -> bool {
     // Nearly every path has none of the three bytes a dot segment, an encoded separator or
     // a backslash needs: one pass over the bytes answers for them.
     if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
         return false;
     }
-    path.split('/').any(|seg| seg == "." || seg == "..")
-        || path.as_bytes().windows(3).any(|w| {
-            w[0] == b'%'
-                && (w[1..].eq_ignore_ascii_case(b"2f")
-                    || w[1..].eq_ignore_ascii_case(b"2e")
-                    || w[1..].eq_ignore_ascii_case(b"5c"))
+    let bytes = path.as_bytes();
+    // `%2e`, `%2f`, `%5c`, encoded once or more (`%252e`, `%25252e`, ...).
+    let encoded_separator = |at: usize| {
+        let mut rest = &bytes[at + 1..];
+        while rest.len() >= 4 && rest[..2].eq_ignore_ascii_case(b"25") {
+            rest = &rest[2..];
+        }
+        rest.get(..2).is_some_and(|hex| {
+            hex.eq_ignore_ascii_case(b"2e")
+                || hex.eq_ignore_ascii_case(b"2f")
+                || hex.eq_ignore_ascii_case(b"5c")
         })
+    };
+    path.split('/').any(|seg| {
+        // `..;jsessionid=x` is `..` to a servlet container: path parameters are cut first.
+        let seg = seg.split_once(';').map_or(seg, |(dots, _)| dots);
+        seg == "." || seg == ".."
+    }) || (0..bytes.len()).any(|i| bytes[i] == b'%' && encoded_separator(i))
         || path.contains('\\')
+}
+
+/// A request whose `Host` is missing or repeated (RFC 9112 §3.2: the server must answer 400 to
+/// an HTTP/1.1 request without one, and to any request with more than one): which of two hosts
+/// an upstream, a cache or a log believes is anyone's guess. HTTP/1.0 may omit it; HTTP/2 names
+/// the authority in `:authority`.
+pub fn host_denial(version: http::Version, headers: &HeaderMap) -> Option<Denial> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some(Denial::about(
+            Reason::BadRequest,
+            "the request has more than one Host header",
+        )),
+        (None, _) if version == http::Version::HTTP_11 => Some(Denial::about(
+            Reason::BadRequest,
+            "an HTTP/1.1 request must have a Host header",
+        )),
+        _ => None,
+    }
 }
 
 /// Authenticates the credential in `headers`/`query` (for whoami and verify, which have no route).
@@ -192,11 +225,46 @@ mod tests {
             "/a%2Fb",
             "/a\\b",
             "/a/%5C",
+            // Servlet containers: dot segments with path parameters, double encoding.
+            "/cs2/..;/dota2/v1",
+            "/cs2/..;jsessionid=1/dota2",
+            "/.;/x",
+            "/cs2/%252e%252e/dota2",
+            "/a%252Fb",
+            "/a/%255c",
+            "/a/%25252e%25252e/b",
         ] {
             assert!(is_ambiguous_path(p), "{p}");
         }
-        for p in ["/cs2/v1/matches", "/a..b/c", "/", "/v1/whoami", "/x%20y"] {
+        for p in [
+            "/cs2/v1/matches",
+            "/a..b/c",
+            "/",
+            "/v1/whoami",
+            "/x%20y",
+            "/a;b/c",
+            "/..a;/b",
+            "/x%2520y",
+            "/100%25",
+        ] {
             assert!(!is_ambiguous_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_repeated_host() {
+        use http::{HeaderValue, Version};
+        let mut one = HeaderMap::new();
+        one.insert(http::header::HOST, HeaderValue::from_static("api.example"));
+        let mut two = one.clone();
+        two.append(http::header::HOST, HeaderValue::from_static("evil.example"));
+        let none = HeaderMap::new();
+        assert!(host_denial(Version::HTTP_11, &one).is_none());
+        assert!(host_denial(Version::HTTP_10, &none).is_none());
+        assert!(host_denial(Version::HTTP_2, &none).is_none());
+        assert!(host_denial(Version::HTTP_11, &none).is_some());
+        for v in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(host_denial(v, &two).unwrap().reason, Reason::BadRequest);
         }
     }
 }

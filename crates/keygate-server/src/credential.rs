@@ -4,6 +4,8 @@
 //! disagree, non-ASCII or control bytes, megabyte-long values. Each gets a precise reason and
 //! none reaches the digest or the replica.
 
+use std::borrow::Cow;
+
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use keygate_core::decision::Reason;
@@ -115,11 +117,89 @@ pub fn extract<'a>(
     found.ok_or(Reason::MissingKey)
 }
 
-/// `query` without the parameter `name` (so a key in the URL never reaches the upstream).
+/// Removes every credential the `named` sources could carry from a request going upstream,
+/// so the key stops at the gateway whichever copy of it the caller sent: every value of each
+/// named header, the `Authorization` header for `bearer`, and each named query parameter
+/// (matched percent-decoded and ignoring ASCII case, as upstream frameworks may read it).
+/// `kept` is the one source `forward_credential` forwards: the source the key was read from.
+///
+/// The same rule for forwarded requests (`crate::proxy::prepare`) and WebSocket upstreams
+/// (`crate::ws::open`). Returns the query to send: borrowed when nothing was removed, `None`
+/// when the request has none.
+pub fn strip<'s, 'q>(
+    named: impl IntoIterator<Item = &'s CredentialSource>,
+    kept: Option<&CredentialSource>,
+    headers: &mut HeaderMap,
+    query: Option<&'q str>,
+) -> Option<Cow<'q, str>> {
+    let mut query = query.map(Cow::Borrowed);
+    for source in named {
+        if kept == Some(source) {
+            continue;
+        }
+        match source {
+            CredentialSource::Header(name) => {
+                headers.remove(name);
+            }
+            CredentialSource::Bearer => {
+                headers.remove(AUTHORIZATION);
+            }
+            CredentialSource::Query(name) => {
+                if let Some(q) = &query {
+                    if has_query_param(q, name) {
+                        query = Some(Cow::Owned(strip_query_param(q, name)));
+                    }
+                }
+            }
+        }
+    }
+    query
+}
+
+/// True when a pair of `query` is named `name` (percent-decoded, ASCII case ignored).
+pub fn has_query_param(query: &str, name: &str) -> bool {
+    query.split('&').any(|pair| names_param(pair, name))
+}
+
+fn names_param(pair: &str, name: &str) -> bool {
+    let key = pair.split_once('=').map_or(pair, |(k, _)| k).as_bytes();
+    let mut name = name.bytes();
+    let mut i = 0;
+    while i < key.len() {
+        let hex = key
+            .get(i + 1..i + 3)
+            .map(|h| (hex_value(h[0]), hex_value(h[1])));
+        let decoded = match (key[i], hex) {
+            (b'%', Some((Some(high), Some(low)))) => {
+                i += 3;
+                high << 4 | low
+            }
+            (b, _) => {
+                i += 1;
+                b
+            }
+        };
+        if !name
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case(&decoded))
+        {
+            return false;
+        }
+    }
+    name.next().is_none()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// `query` without the parameters [`strip`] would find named `name`.
 pub fn strip_query_param(query: &str, name: &str) -> String {
     query
         .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name && !pair.is_empty())
+        .filter(|pair| !pair.is_empty() && !names_param(pair, name))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -222,5 +302,41 @@ mod tests {
         assert_eq!(strip_query_param("a=1&api_key=x&b=2", "api_key"), "a=1&b=2");
         assert_eq!(strip_query_param("api_key=x", "api_key"), "");
         assert_eq!(strip_query_param("api_keyx=1", "api_key"), "api_keyx=1");
+        // Spellings an upstream may decode or fold into the same name.
+        assert_eq!(
+            strip_query_param("API_KEY=x&api%5Fkey=y&api%5fKey&a=%41", "api_key"),
+            "a=%41"
+        );
+        assert_eq!(
+            strip_query_param("api%5=x&api%=y", "api_key"),
+            "api%5=x&api%=y"
+        );
+    }
+
+    #[test]
+    fn every_named_source_is_stripped_but_the_kept_one() {
+        let s = sources();
+        let mut h = headers(&[
+            ("x-api-key", b"kg_a"),
+            ("x-api-key", b"kg_a"),
+            ("authorization", b"Bearer kg_a"),
+            ("x-other", b"1"),
+        ]);
+        let q = strip(&s, None, &mut h, Some("api_key=kg_a&page=2&API_KEY=kg_a"));
+        assert_eq!(q.as_deref(), Some("page=2"));
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-other"));
+
+        // forward_credential: the source the key was read from goes on, no other copy.
+        let mut h = headers(&[("x-api-key", b"kg_a"), ("authorization", b"Bearer kg_a")]);
+        let q = strip(&s, Some(&s[0]), &mut h, Some("api_key=kg_a"));
+        assert_eq!(q.as_deref(), Some(""));
+        assert_eq!(h.get("x-api-key").unwrap(), "kg_a");
+        assert!(!h.contains_key("authorization"));
+
+        // Nothing to remove: the query is the caller's own, not a copy.
+        let q = strip(&s, None, &mut HeaderMap::new(), Some("page=2"));
+        assert!(matches!(q, Some(Cow::Borrowed("page=2"))));
+        assert!(strip(&s, None, &mut HeaderMap::new(), None).is_none());
     }
 }

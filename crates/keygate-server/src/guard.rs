@@ -204,6 +204,12 @@ impl Guard {
         &self.config
     }
 
+    /// True when `ip` is one of `trusted_proxies`: its forwarding headers (`X-Forwarded-For`,
+    /// and toward upstreams `X-Real-IP` and `Forwarded`) are believed.
+    pub fn is_trusted(&self, ip: &IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+
     /// The address failures are counted against: the peer, unless the peer is one of
     /// `trusted_proxies`. From a trusted proxy it is the client address the proxy reports, in
     /// the first of these headers the request has:
@@ -219,7 +225,7 @@ impl Guard {
     /// append the header it sends (README, "Beside an existing gateway"): a header a client
     /// wrote and the proxy passed on unchanged would let that client pick its source.
     pub fn source(&self, caller: Caller<'_>) -> IpAddr {
-        let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
+        let trusted = |ip: &IpAddr| self.is_trusted(ip);
         if !trusted(&caller.peer) {
             return normalize(caller.peer);
         }

@@ -33,7 +33,8 @@ fn lines(data: &[u8]) -> Vec<String> {
 ///
 /// Invariants: an extracted key is non-empty visible ASCII within the length bound and was
 /// present in the input; a key that passes a format check has that format's prefix and
-/// length; stripping the query parameter removes every occurrence of it.
+/// length; stripping the sources (`credential::strip`) leaves no credential to find, and keeps
+/// the source `forward_credential` forwards.
 pub fn credential(data: &[u8]) {
     let mut headers = HeaderMap::new();
     let mut query: Option<String> = None;
@@ -72,13 +73,22 @@ pub fn credential(data: &[u8]) {
             Reason::MissingKey | Reason::MalformedKey | Reason::ConflictingCredentials
         )),
     }
-    if let Some(q) = &query {
-        let stripped = credential::strip_query_param(q, "api_key");
-        assert!(
-            stripped
-                .split('&')
-                .all(|p| p.split_once('=').map_or(p, |(k, _)| k) != "api_key"),
-            "{q:?} -> {stripped:?}"
+    let mut stripped = headers.clone();
+    let query_left = credential::strip(&sources, None, &mut stripped, query.as_deref());
+    assert_eq!(
+        credential::extract(&sources, &stripped, query_left.as_deref()),
+        Err(Reason::MissingKey),
+        "a credential survived the strip of {query:?}"
+    );
+    if let Ok(cred) = credential::extract(&sources, &headers, query.as_deref()) {
+        let kept = &sources[cred.source];
+        let mut forwarded = headers.clone();
+        let query_left = credential::strip(&sources, Some(kept), &mut forwarded, query.as_deref());
+        let found = credential::extract(&sources, &forwarded, query_left.as_deref());
+        assert_eq!(
+            found.map(|c| c.source),
+            Ok(cred.source),
+            "the kept source went"
         );
     }
     key_formats(&String::from_utf8_lossy(data));

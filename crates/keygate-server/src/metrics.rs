@@ -214,6 +214,15 @@ impl Metrics {
             "keygate_handler_panics_total {}",
             self.panics.load(Ordering::Relaxed)
         );
+        // Counted with the requests (the reason `request_body_failed`), shown on its own too:
+        // a caller's broken body is the caller's failure, apart from every upstream metric.
+        out.push_str("# HELP keygate_client_body_errors_total Forwarded requests whose caller's body failed (closed or reset mid-body, malformed, or too slow); never counted by a circuit breaker.\n");
+        out.push_str("# TYPE keygate_client_body_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "keygate_client_body_errors_total {}",
+            self.count(Outcome::Denied(Reason::RequestBodyFailed))
+        );
         out.push_str(
             "# HELP keygate_decision_seconds Time to authenticate and authorize a request.\n",
         );
@@ -316,6 +325,7 @@ mod tests {
         m.record(Some(0), Outcome::Forwarded, 200);
         m.record(Some(0), Outcome::Denied(Reason::UnknownKey), 401);
         m.record(None, Outcome::Denied(Reason::NotFound), 404);
+        m.record(Some(0), Outcome::Denied(Reason::RequestBodyFailed), 400);
         m.observe_decision(700);
         let text = m.render(&Gauges {
             replica_keys: 3,
@@ -324,6 +334,11 @@ mod tests {
         });
         assert!(
             text.contains("keygate_requests_total{route=\"matches\",outcome=\"forwarded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "keygate_client_body_errors_total 1"),
             "{text}"
         );
         assert!(

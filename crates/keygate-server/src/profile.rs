@@ -213,7 +213,12 @@ impl Default for WhoamiBody {
 pub struct Profile {
     pub name: Box<str>,
     pub credentials: Vec<CredentialSource>,
-    /// Forward the caller's key to the upstream (off: the key stops at the gateway).
+    /// Every source the configuration names: [`Profile::credentials`], then each WebSocket
+    /// route's own. All are stripped from whatever goes upstream (`crate::credential::strip`),
+    /// so a key stops at the gateway wherever in the request the caller put it.
+    pub named_credentials: Vec<CredentialSource>,
+    /// Forward the caller's key to the upstream, in the one source it was read from (off: the
+    /// key stops at the gateway). Other copies of it are stripped all the same.
     pub forward_credential: bool,
     pub public: PublicInfra,
     pub whoami: Option<Box<str>>,
@@ -249,6 +254,10 @@ impl Default for Profile {
         Profile {
             name: "default".into(),
             credentials: vec![
+                CredentialSource::Header(HeaderName::from_static("x-api-key")),
+                CredentialSource::Bearer,
+            ],
+            named_credentials: vec![
                 CredentialSource::Header(HeaderName::from_static("x-api-key")),
                 CredentialSource::Bearer,
             ],

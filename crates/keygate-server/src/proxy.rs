@@ -1,11 +1,13 @@
 //! Forwarding to upstreams: kept-alive connections, streamed bodies, timeouts, RFC 9110
-//! hop-by-hop handling, `X-Forwarded-*`, and identity headers that only keygate can set.
+//! hop-by-hop handling, `X-Forwarded-*`, and identity headers that only keygate can set; the
+//! one header rewrite ([`rewrite_headers`]) that WebSocket upstreams get too.
 //!
 //! Each worker thread keeps its own idle HTTP/1.1 connections per upstream
 //! (`hyper::client::conn::http1`) rather than hyper-util's pooled client: no pool keyed by
 //! host, no channel hand-off, no shared state between workers. Measured on the gateway bench
 //! (BENCHMARKS.md), the pooled client cost about 1 µs of CPU per request.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
@@ -20,9 +22,11 @@ use tokio::net::TcpStream;
 
 use crate::bounded_body::{self, BoundedBody};
 use crate::gateway::Admitted;
+use crate::guard::Guard;
 use crate::locks::lock;
-use crate::profile::{CredentialSource, IdentityHeaders, Profile};
+use crate::profile::{IdentityHeaders, Profile};
 use crate::repeat::{repeated, Repeat};
+use crate::routes::Route;
 use crate::upstream::UpstreamSpec;
 
 /// Idle connections kept per upstream and worker; more are closed when they finish.
@@ -214,41 +218,39 @@ pub struct Forward<'a> {
     /// The identity header names, this worker's copy.
     pub identity: &'a IdentityHeaders,
     pub who: Option<&'a Admitted>,
-    /// The profile source the key came from (stripped unless the profile forwards keys).
+    /// The profile source the key came from (forwarded when the profile forwards keys; every
+    /// other source is stripped).
     pub credential_source: Option<usize>,
     pub remote: SocketAddr,
     /// `[server] max_body_bytes`: a body that streams past it is cut and answered 413.
     pub max_body: u64,
+    /// The matched route (its methods decide whether method overrides go).
+    pub route: &'a Route,
+    /// Whose client-address headers are believed ([`Toward::guard`]).
+    pub guard: &'a Guard,
 }
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the base path
-/// prepended, the credential's query parameter dropped. `None` when the original target can
-/// go as it is (no base path, nothing to drop, already origin form), which costs nothing.
+/// prepended, `query` the one to send ([`crate::credential::strip`]'s: owned when it dropped a
+/// credential). `None` when the original target can go as it is (no base path, nothing
+/// dropped, already origin form), which costs nothing.
 fn upstream_uri(
     spec: &UpstreamSpec,
     original: &Uri,
-    drop_param: Option<&str>,
+    query: Option<&Cow<'_, str>>,
 ) -> Result<Option<Uri>, Reason> {
     let path = original.path();
-    let query = original.query();
-    let drop = drop_param.filter(|_| query.is_some());
-    if spec.base_path.is_empty() && drop.is_none() && original.scheme().is_none() {
+    let changed = matches!(query, Some(Cow::Owned(_)));
+    if spec.base_path.is_empty() && !changed && original.scheme().is_none() {
         return Ok(None);
     }
-    let query = match (query, drop) {
-        (Some(q), Some(name)) => Some(std::borrow::Cow::Owned(
-            crate::credential::strip_query_param(q, name),
-        )),
-        (q, _) => q.map(std::borrow::Cow::Borrowed),
-    };
-    let mut pq = String::with_capacity(
-        spec.base_path.len() + path.len() + 1 + query.as_ref().map_or(0, |q| q.len()),
-    );
+    let mut pq =
+        String::with_capacity(spec.base_path.len() + path.len() + 1 + query.map_or(0, |q| q.len()));
     pq.push_str(&spec.base_path);
     pq.push_str(path);
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         pq.push('?');
-        pq.push_str(&q);
+        pq.push_str(q);
     }
     PathAndQuery::from_maybe_shared(pq)
         .map(|pq| Some(Uri::from(pq)))
@@ -267,62 +269,86 @@ fn forwarded_for(ip: IpAddr) -> HeaderValue {
     })
 }
 
-/// Prepares the upstream request in place: URI, hop-by-hop headers, credentials, identity,
-/// forwarding headers.
-///
-/// # Errors
-/// `BadRequest` if the URI cannot be rebuilt.
-pub fn prepare(
-    req: &mut Request<Incoming>,
-    profile: &Profile,
-    f: &Forward<'_>,
-) -> Result<(), Reason> {
-    let source = f.credential_source.map(|i| &profile.credentials[i]);
-    let drop_param = match source {
-        Some(CredentialSource::Query(name)) if !profile.forward_credential => Some(&**name),
-        _ => None,
-    };
-    if let Some(uri) = upstream_uri(f.spec, req.uri(), drop_param)? {
-        *req.uri_mut() = uri;
-    }
-    *req.version_mut() = http::Version::HTTP_11;
-    let original_host = req.headers().get(header::HOST).cloned();
-    let headers = req.headers_mut();
+/// Headers that make an upstream framework take another method than the request's (Symfony,
+/// Laravel, Express's method-override, ASP.NET): on a route that allows only some methods, an
+/// allowed `POST` could otherwise be served as a `DELETE`.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
+
+/// The query parameter Rails and Laravel read as the method (see [`METHOD_OVERRIDES`]).
+const METHOD_PARAM: &str = "_method";
+
+/// Headers that make an upstream framework (IIS, Symfony) serve another path than the
+/// request's, the one the gateway authorized: never forwarded.
+const PATH_OVERRIDES: [HeaderName; 2] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// Headers that name the client's address: believed only from a trusted proxy
+/// (`[guard] trusted_proxies`), removed from anyone else's requests.
+const CLIENT_ADDRESS: [HeaderName; 2] = [HeaderName::from_static("x-real-ip"), header::FORWARDED];
+
+/// What the headers toward an upstream say of the caller.
+pub struct Toward<'a> {
+    /// The identity header names.
+    pub identity: &'a IdentityHeaders,
+    /// The caller, when it authenticated (else identity headers it sent are removed).
+    pub who: Option<&'a Admitted>,
+    pub remote: SocketAddr,
+    /// Whose client-address headers are believed ([`Guard::is_trusted`]).
+    pub guard: &'a Guard,
+    /// The route allows only some methods: method-override headers are removed.
+    pub restricts_methods: bool,
+}
+
+/// Rewrites a caller's headers for an upstream, HTTP and WebSocket alike: hop-by-hop headers
+/// go; identity headers are written (or, without a caller, the forged ones removed);
+/// `X-Real-IP` and `Forwarded` go unless the peer is a trusted proxy; method overrides go on
+/// routes that restrict methods, path overrides always; `X-Forwarded-For` gets the peer
+/// appended, `X-Forwarded-Proto` and `X-Forwarded-Host` (the caller's `Host`) are written.
+/// `Host` itself is the caller's to set.
+pub fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
     strip_hop_by_hop(headers);
-    if !profile.forward_credential {
-        match source {
-            Some(CredentialSource::Header(name)) => {
-                headers.remove(name);
-            }
-            Some(CredentialSource::Bearer) => {
-                headers.remove(header::AUTHORIZATION);
-            }
-            _ => {}
-        }
-    }
     // Room for what is added below (identity, X-Forwarded-*): one growth of the map at most.
     headers.reserve(8);
-    let ids = f.identity;
-    match f.who {
-        // Each insert replaces every value a caller sent under that name.
-        Some(who) => who.write_identity(headers, ids),
-        None => {
-            let names = ids.all();
-            let forged: smallvec::SmallVec<[HeaderName; 2]> = headers
-                .keys()
-                .filter(|k| names.contains(k))
-                .cloned()
-                .collect();
-            for name in forged {
-                headers.remove(name);
-            }
+    // One pass over the few headers finds what goes; the peer's trust is looked up only for
+    // a request that names a client address.
+    let ids = t.identity.all();
+    let mut trusted = None;
+    let mut doomed: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
+    for name in headers.keys() {
+        let goes = (t.who.is_none() && ids.contains(&name))
+            || (t.restricts_methods && METHOD_OVERRIDES.contains(name))
+            || PATH_OVERRIDES.contains(name)
+            || (CLIENT_ADDRESS.contains(name)
+                && !*trusted.get_or_insert_with(|| t.guard.is_trusted(&t.remote.ip())));
+        if goes {
+            doomed.push(name.clone());
         }
     }
+    for name in doomed {
+        headers.remove(name);
+    }
+    if let Some(who) = t.who {
+        // Each insert replaces every value a caller sent under that name.
+        who.write_identity(headers, t.identity);
+    }
     let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = f.remote.ip();
-    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")).ok(),
-        None => Some(forwarded_for(ip)),
+    let ip = t.remote.ip();
+    let mut prior = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    let forwarded_for = if prior.peek().is_none() {
+        Some(forwarded_for(ip))
+    } else {
+        let prior = prior.collect::<Vec<_>>().join(", ");
+        HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
     };
     if let Some(v) = forwarded_for {
         headers.insert(xff, v);
@@ -331,28 +357,89 @@ pub fn prepare(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     );
-    if let Some(host) = original_host {
+    if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
+}
+
+/// Prepares the upstream request in place: URI (base path, credentials and, on routes that
+/// restrict methods, `_method` dropped), headers ([`rewrite_headers`]), `Host`.
+///
+/// # Errors
+/// `BadRequest` if the URI cannot be rebuilt.
+pub fn prepare(
+    req: &mut Request<Incoming>,
+    profile: &Profile,
+    f: &Forward<'_>,
+) -> Result<(), Reason> {
+    // Every source the configuration names is stripped, on public routes too; with
+    // `forward_credential` the one the key was read from goes on.
+    let kept = f
+        .credential_source
+        .filter(|_| profile.forward_credential)
+        .map(|i| &profile.credentials[i]);
+    let restricts_methods = f.route.methods.is_some();
+    let mut headers = std::mem::take(req.headers_mut());
+    let mut query = crate::credential::strip(
+        &profile.named_credentials,
+        kept,
+        &mut headers,
+        req.uri().query(),
+    );
+    if let Some(q) = query.as_ref() {
+        if restricts_methods && crate::credential::has_query_param(q, METHOD_PARAM) {
+            query = Some(Cow::Owned(crate::credential::strip_query_param(
+                q,
+                METHOD_PARAM,
+            )));
+        }
+    }
+    if let Some(uri) = upstream_uri(f.spec, req.uri(), query.as_ref())? {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    let toward = Toward {
+        identity: f.identity,
+        who: f.who,
+        remote: f.remote,
+        guard: f.guard,
+        restricts_methods,
+    };
+    rewrite_headers(&mut headers, &toward);
     headers.insert(header::HOST, f.host.clone());
+    *req.headers_mut() = headers;
     Ok(())
 }
 
 /// Sends the prepared request; the response streams back as it arrives.
 ///
+/// A failure of the caller's own body (closed or reset mid-body, malformed chunking, or a body
+/// still awaited from the caller when the timeout fires) is `RequestBodyFailed`: the caller's
+/// failure, which no circuit breaker counts (`crate::service` counts only the upstream's).
+///
 /// # Errors
 /// `UpstreamTimeout` when headers do not arrive in time, `PayloadTooLarge` when the body
-/// streams past `max_body`, `UpstreamUnavailable` otherwise.
+/// streams past `max_body`, `RequestBodyFailed` when the caller's body fails,
+/// `UpstreamUnavailable` otherwise.
 pub async fn send(
     upstreams: &Upstreams,
     f: &Forward<'_>,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Reason> {
-    let req = req.map(|body| BoundedBody::new(body, f.max_body));
-    let sent = upstreams.request(f.upstream, f.spec, req);
+    let (parts, body) = req.into_parts();
+    let (body, caller) = BoundedBody::new(body, f.max_body);
+    let sent = upstreams.request(f.upstream, f.spec, Request::from_parts(parts, body));
     match tokio::time::timeout(f.spec.timeout, sent).await {
+        Err(_) if caller.is_waiting() => {
+            tracing::debug!(upstream = %f.spec.name, "The caller's request body did not arrive in time.");
+            Err(Reason::RequestBodyFailed)
+        }
         Err(_) => Err(Reason::UpstreamTimeout),
         Ok(Err(e)) if bounded_body::is_too_large(&e) => Err(Reason::PayloadTooLarge),
+        Ok(Err(e)) if bounded_body::is_client_failure(&e) => {
+            tracing::debug!(upstream = %f.spec.name, error = %e, "The caller's request body failed.");
+            Err(Reason::RequestBodyFailed)
+        }
         Ok(Err(e)) => {
             tracing::warn!(upstream = %f.spec.name, error = %e, "Upstream request failed.");
             Err(Reason::UpstreamUnavailable)
@@ -412,26 +499,34 @@ mod tests {
     fn upstream_uris() {
         let spec = UpstreamSpec::parse("u", "http://10.0.0.1:9000/api").unwrap();
         let original: Uri = "/cs2/v1/matches?api_key=secret&page=2".parse().unwrap();
+        let stripped = Cow::Owned("page=2".to_owned());
         assert_eq!(
-            upstream_uri(&spec, &original, Some("api_key"))
+            upstream_uri(&spec, &original, Some(&stripped))
                 .unwrap()
                 .unwrap()
                 .to_string(),
             "/api/cs2/v1/matches?page=2"
         );
         assert_eq!(
-            upstream_uri(&spec, &"/x?api_key=s".parse().unwrap(), Some("api_key"))
-                .unwrap()
-                .unwrap()
-                .to_string(),
+            upstream_uri(
+                &spec,
+                &"/x?api_key=s".parse().unwrap(),
+                Some(&Cow::Owned(String::new()))
+            )
+            .unwrap()
+            .unwrap()
+            .to_string(),
             "/api/x"
         );
         // Nothing to change: the original target goes as it is.
         let plain = UpstreamSpec::parse("u", "http://10.0.0.1:9000").unwrap();
-        assert!(upstream_uri(&plain, &original, None).unwrap().is_none());
+        let unchanged = Cow::Borrowed("api_key=secret&page=2");
+        assert!(upstream_uri(&plain, &original, Some(&unchanged))
+            .unwrap()
+            .is_none());
         let absolute: Uri = "http://evil.example/x?y=1".parse().unwrap();
         assert_eq!(
-            upstream_uri(&plain, &absolute, None)
+            upstream_uri(&plain, &absolute, Some(&Cow::Borrowed("y=1")))
                 .unwrap()
                 .unwrap()
                 .to_string(),

@@ -181,6 +181,9 @@ async fn gate<'g>(
     if accepted.is_none() && profile.enforce_accept {
         return Err(Reason::NotAcceptable.into());
     }
+    if let Some(denial) = check::host_denial(req.version(), req.headers()) {
+        return Err(denial.into());
+    }
     // Cold paths are boxed: an awaited future is part of this one's state, which every
     // request initialises and moves whatever path it takes.
     if crate::ws::handshake::is_upgrade(req) {
@@ -303,6 +306,8 @@ async fn forward(
                 who: passed.who.as_ref(),
                 credential_source: passed.credential_source,
                 remote,
+                route: passed.route,
+                guard: &gw.guard,
             };
             let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
                 Ok(()) => {

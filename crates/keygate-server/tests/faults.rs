@@ -281,3 +281,92 @@ async fn a_full_store_fails_admin_writes_clearly_while_keys_keep_working() {
     // Reads still work: /status and the replica stay current.
     assert_eq!(status(&h).await["store"]["state"], "up");
 }
+
+/// Polls `/metrics` until `line` is in it, for up to ten seconds.
+async fn wait_for_metric(h: &Harness, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(h).await;
+        if m.lines().any(|l| l == line) || Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 17: callers that abort their own uploads (socket closed mid-body) or never finish
+/// them opened the upstream's breaker for everyone, on a public route without any key. A
+/// caller's broken body is its own failure: answered (or dropped), counted apart, never fed
+/// to the breaker.
+#[tokio::test]
+async fn callers_aborting_or_stalling_their_bodies_never_open_the_breaker() {
+    use tokio::io::AsyncWriteExt;
+    let config = r#"
+[upstreams.default]
+url = "{upstream}"
+timeout = "500ms"
+breaker = { failures = 3, window = "60s", open_for = "60s" }
+
+[[routes]]
+path = "/pub/{*rest}"
+public = true
+"#;
+    let h = Harness::start(config).await;
+    let head = "POST /pub/upload HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n";
+    let partial = "x".repeat(100);
+
+    // Six uploads that close the socket mid-body.
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(partial.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        // Let the gateway start forwarding before the caller goes away.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(stream);
+    }
+    let m = wait_for_metric(&h, "keygate_client_body_errors_total 6").await;
+    assert!(
+        m.lines().any(|l| l == "keygate_client_body_errors_total 6"),
+        "{m}"
+    );
+    assert_eq!(
+        status(&h).await["upstreams"]["default"]["breaker"],
+        "closed"
+    );
+
+    // Six uploads that stop sending, past the upstream timeout: the caller is told, the
+    // upstream is not blamed.
+    for _ in 0..6 {
+        let answer = common::raw_request(h.gateway.addr, &format!("{head}{partial}")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("request_body_failed"), "{answer}");
+    }
+    let m = wait_for_metric(&h, "keygate_client_body_errors_total 12").await;
+    assert!(
+        m.lines()
+            .any(|l| l == "keygate_client_body_errors_total 12"),
+        "{m}"
+    );
+    let s = status(&h).await;
+    assert_eq!(s["upstreams"]["default"]["breaker"], "closed", "{s}");
+    assert_eq!(s["upstreams"]["default"]["trips"], 0, "{s}");
+
+    // Every other caller is still served.
+    let resp = h.http.get(h.url("/pub/after")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = h
+        .http
+        .post(h.url("/pub/complete"))
+        .body("a whole body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        h.upstream.last_request().unwrap().body_text(),
+        "a whole body"
+    );
+}

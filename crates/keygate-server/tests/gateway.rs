@@ -842,3 +842,228 @@ async fn hostile_requests_get_precise_answers() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// Issue 17: only the source the key was read from was stripped. Every source the profile
+/// names goes, whichever copy the caller sent, on public routes too; `forward_credential`
+/// forwards the one source the key was read from and no other copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_copy_of_the_key_stops_at_the_gateway_on_every_route() {
+    let (h, key) = setup().await;
+    let bearer = format!("Bearer {key}");
+    let everywhere = |path: &str| {
+        h.http
+            .get(h.url(path))
+            .header("X-API-Key", &key)
+            .header("Authorization", &bearer)
+    };
+    let leaked = |seen: &keygate_test::Recorded| format!("{seen:?}").contains(&key);
+
+    // Header, Bearer and query, with a second copy of the header: the same key, so accepted.
+    let resp = everywhere(&format!("/echo/a?page=2&api_key={key}&Api%5FKey={key}"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/echo/a?page=2");
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(seen.header("authorization"), None);
+    assert!(!leaked(&seen), "{seen:?}");
+
+    // A public route reads no key, and forwards none.
+    let resp = everywhere(&format!("/status/200?api_key={key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/status/200");
+    assert!(!leaked(&seen), "{seen:?}");
+
+    // forward_credential: the source the key was read from (X-API-Key, the first) goes on.
+    let forwarding = CONFIG.replace("[profile]\n", "[profile]\nforward_credential = true\n");
+    let h = Harness::start(&forwarding).await;
+    h.client("Acme", &["matches:read"], &["cs2"], &[], "pro")
+        .await;
+    let (key, _) = h.key("Acme", None).await;
+    let resp = h
+        .http
+        .get(h.url(&format!("/echo/b?api_key={key}")))
+        .header("X-API-Key", &key)
+        .header("Authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.header_all("x-api-key"), [key.as_str()]);
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.uri, "/echo/b");
+    // The key only in the query: that is the source forwarded.
+    let resp = h
+        .http
+        .get(h.url(&format!("/echo/c?api_key={key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        h.upstream.last_request().unwrap().uri,
+        format!("/echo/c?api_key={key}")
+    );
+    // Nothing was read on a public route: nothing is forwarded.
+    let resp = h
+        .http
+        .get(h.url("/status/200"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.upstream.last_request().unwrap().header("x-api-key"), None);
+}
+
+/// Sends `request` as it is; the status line's code, the body, and what the upstream got.
+async fn raw_status(h: &Harness, request: &str) -> (u16, String, Option<keygate_test::Recorded>) {
+    h.upstream.clear();
+    let answer = common::raw_request(h.gateway.addr, request).await;
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer, h.upstream.last_request())
+}
+
+/// Issue 17: `..;` segments and double-encoded dots were forwarded as they were, and servlet
+/// containers (Tomcat, Jetty) normalize them into another path than the one authorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servlet_dot_segments_and_double_encoded_dots_are_refused() {
+    let (h, key) = setup().await;
+    for path in [
+        "/echo/a/..;/b",
+        "/echo/..;jsessionid=1/b",
+        "/echo/%252e%252e/b",
+        "/echo/a%252Fb",
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+        );
+        let (code, answer, seen) = raw_status(&h, &request).await;
+        assert_eq!(code, 400, "{path}: {answer}");
+        assert!(answer.contains("bad_request"), "{path}: {answer}");
+        assert!(seen.is_none(), "{path} reached the upstream");
+    }
+    let request = format!(
+        "GET /echo/a;b/c HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw_status(&h, &request).await.0, 200);
+}
+
+/// Issue 17: an HTTP/1.1 request without `Host`, or any request with two, was forwarded; the
+/// upstream, a cache or a log could each believe another host (RFC 9112 §3.2: 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_repeated_host_is_a_400() {
+    let (h, key) = setup().await;
+    for (what, head) in [
+        ("no Host", "GET /echo/a HTTP/1.1\r\n".to_owned()),
+        (
+            "two Hosts",
+            "GET /echo/a HTTP/1.1\r\nHost: gw\r\nHost: evil.example\r\n".to_owned(),
+        ),
+        (
+            "two Hosts on 1.0",
+            "GET /echo/a HTTP/1.0\r\nHost: gw\r\nHost: evil.example\r\n".to_owned(),
+        ),
+        (
+            "no Host on a public route",
+            "GET /status/200 HTTP/1.1\r\n".to_owned(),
+        ),
+    ] {
+        let request = format!("{head}X-API-Key: {key}\r\nConnection: close\r\n\r\n");
+        let (code, answer, seen) = raw_status(&h, &request).await;
+        assert_eq!(code, 400, "{what}: {answer}");
+        assert!(answer.contains("bad_request"), "{what}: {answer}");
+        assert!(seen.is_none(), "{what} reached the upstream");
+    }
+    // HTTP/1.0 may omit it.
+    let request = format!("GET /echo/a HTTP/1.0\r\nX-API-Key: {key}\r\n\r\n");
+    let (code, answer, seen) = raw_status(&h, &request).await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(seen.is_some());
+}
+
+/// Issue 17: `X-Real-IP` and `Forwarded` from any caller reached the upstream, which might
+/// take them for the client's address; they are believed only from a trusted proxy, like
+/// `X-Forwarded-For` (`[guard] trusted_proxies`). Path overrides never go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_headers_pass_only_from_trusted_proxies() {
+    for (trusted, passes) in [("10.0.0.0/8", false), ("127.0.0.0/8", true)] {
+        let config = format!("{CONFIG}\n[guard]\ntrusted_proxies = [\"{trusted}\"]\n");
+        let h = Harness::start(&config).await;
+        h.client("Acme", &["matches:read"], &["cs2"], &[], "pro")
+            .await;
+        let (key, _) = h.key("Acme", None).await;
+        for path in ["/echo/a", "/status/200"] {
+            let resp = h
+                .http
+                .get(h.url(path))
+                .header("X-API-Key", &key)
+                .header("X-Real-IP", "203.0.113.7")
+                .header("Forwarded", "for=203.0.113.7")
+                .header("X-Original-URL", "/admin")
+                .header("X-Rewrite-URL", "/admin")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let seen = h.upstream.last_request().unwrap();
+            let expected = passes.then_some("203.0.113.7");
+            assert_eq!(seen.header("x-real-ip"), expected, "{trusted} {path}");
+            assert_eq!(
+                seen.header("forwarded"),
+                passes.then_some("for=203.0.113.7"),
+                "{trusted} {path}"
+            );
+            assert_eq!(seen.header("x-original-url"), None);
+            assert_eq!(seen.header("x-rewrite-url"), None);
+        }
+    }
+}
+
+/// Issue 17: a route that allows only GET forwarded `X-HTTP-Method-Override: DELETE` (and its
+/// siblings, and `?_method=DELETE`), which many frameworks obey. Not on such routes; routes
+/// that allow every method pass them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_overrides_do_not_pass_routes_that_restrict_methods() {
+    let (h, key) = setup().await;
+    let overriding = |path: &str| {
+        h.http
+            .get(h.url(path))
+            .header("X-API-Key", &key)
+            .header("X-HTTP-Method-Override", "DELETE")
+            .header("X-Method-Override", "DELETE")
+            .header("X-HTTP-Method", "DELETE")
+    };
+    let resp = overriding("/cs2/v1/matches?_method=DELETE&page=2&_Method=PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/cs2/v1/matches?page=2");
+    for name in [
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
+    ] {
+        assert_eq!(seen.header(name), None, "{name}");
+    }
+    // `echo` allows every method: an override is the caller's and the upstream's business.
+    let resp = overriding("/echo/a?_method=DELETE").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/echo/a?_method=DELETE");
+    assert_eq!(seen.header("x-http-method-override"), Some("DELETE"));
+}

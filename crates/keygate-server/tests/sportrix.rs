@@ -355,3 +355,45 @@ async fn only_health_answers_without_a_key() {
         );
     }
 }
+
+/// Issue 17: the stream names `header:X-API-Key` and `query:key`; a key sent in both reached
+/// the upstream in the one it was not read from (`?key=sk_…` in the upstream URL). Neither
+/// copy goes upstream, nor a copy in a REST request's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_copy_of_the_key_stops_at_the_gateway() {
+    let (h, up) = start().await;
+    h.client("Live", &["live_scores_statistics"], &[], &[], "default")
+        .await;
+    let (key, _) = h.key("Live", None).await;
+
+    let socket = ws(
+        &h,
+        &format!("/v1/stream?key={key}&match=7"),
+        &[("X-API-Key", &key)],
+    )
+    .await
+    .unwrap();
+    let conns = up.wait_connections(1, Duration::from_secs(5)).await;
+    assert_eq!(conns[0].uri, "/v1/stream?match=7");
+    assert_eq!(conns[0].header("x-api-key"), None);
+    assert!(
+        !format!("{:?}", conns[0].headers).contains(&key),
+        "{:?}",
+        conns[0].headers
+    );
+    drop(socket);
+
+    // REST reads the header; the query copy (a source the stream names) goes too.
+    h.client("Browse", &["fixtures"], &[], &[], "default").await;
+    let (browse, _) = h.key("Browse", None).await;
+    let a = get(
+        &h,
+        &format!("/api/sports?key={browse}&page=2"),
+        &[("X-API-Key", &browse)],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/api/sports?page=2");
+    assert!(!format!("{seen:?}").contains(&browse), "{seen:?}");
+}

@@ -613,3 +613,49 @@ async fn the_stream_asks_its_scopes_and_relays_only_granted_channels() {
     let relayed: serde_json::Value = serde_json::from_str(&conns[1].texts()[0]).unwrap();
     assert_eq!(relayed["channels"], serde_json::json!(["markets"]));
 }
+
+/// Issue 17: the stream route names two sources (`query:api_key`, `header:X-API-Key`); a key
+/// sent in both reached the upstream in the one it was not read from. Neither copy goes
+/// upstream, in the URL or the headers; nor does a key sent to a REST route in the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_copy_of_the_key_stops_at_the_gateway() {
+    let up = WsUpstream::start().await;
+    let text = profile(
+        "ticktock",
+        &[(
+            "name = \"stream\"\npath = \"/{sport}/v1/stream\"\n",
+            "name = \"stream\"\npath = \"/{sport}/v1/stream\"\nupstream = \"stream\"\n",
+        )],
+    ) + &format!("\n[upstreams.stream]\nurl = \"{}\"\n", up.url());
+    let h = Harness::start(&text).await;
+    let key = acme(&h, &SCOPES).await;
+
+    let socket = ws(
+        &h,
+        &format!("/cs2/v1/stream?api_key={key}&since=5"),
+        &[("X-API-Key", &key)],
+    )
+    .await
+    .unwrap();
+    let conns = up.wait_connections(1, Duration::from_secs(5)).await;
+    assert_eq!(conns[0].uri, "/cs2/v1/stream?since=5");
+    assert_eq!(conns[0].header("x-api-key"), None);
+    assert!(
+        !format!("{:?}", conns[0].headers).contains(&key),
+        "{:?}",
+        conns[0].headers
+    );
+    drop(socket);
+
+    // REST reads the header; the query copy (a source the stream names) goes too.
+    let a = get(
+        &h,
+        &format!("/cs2/v1/matches?api_key={key}&page=2"),
+        &[("X-API-Key", &key)],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = h.upstream.last_request().unwrap();
+    assert_eq!(seen.uri, "/cs2/v1/matches?page=2");
+    assert!(!format!("{seen:?}").contains(&key), "{seen:?}");
+}

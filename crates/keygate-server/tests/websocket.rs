@@ -1010,3 +1010,41 @@ async fn idle_sessions_and_dead_upstreams() {
     assert_eq!(closed(&mut c).await, (1011, "Upstream unavailable".into()));
     assert!(t.up.wait_open(0, WAIT).await);
 }
+
+/// Issue 17: the WebSocket upstream got its own header set; it now gets the one rewrite every
+/// upstream gets (`proxy::rewrite_headers`): client-address headers from a peer that is no
+/// trusted proxy, method and path overrides and forged identity never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_upstream_gets_the_same_header_rewrite() {
+    let t = start("").await;
+    let key = t.key("Sportrix", &["live_scores_statistics"], "pro").await;
+    let socket = t
+        .connect(
+            "/v1/stream",
+            &[
+                ("X-API-Key", &key),
+                ("X-Real-IP", "203.0.113.7"),
+                ("Forwarded", "for=203.0.113.7"),
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-Original-URL", "/admin"),
+                ("X-Keygate-Scopes", "admin:everything"),
+                ("X-Forwarded-For", "203.0.113.7"),
+            ],
+        )
+        .await
+        .unwrap();
+    let conns = t.up.wait_connections(1, WAIT).await;
+    let c = &conns[0];
+    for name in [
+        "x-real-ip",
+        "forwarded",
+        "x-http-method-override",
+        "x-original-url",
+        "x-api-key",
+    ] {
+        assert_eq!(c.header(name), None, "{name}: {:?}", c.headers);
+    }
+    assert_eq!(c.header("x-keygate-scopes"), Some("live_scores_statistics"));
+    assert_eq!(c.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    drop(socket);
+}

@@ -285,7 +285,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 .expect("placeholder URL parses"),
         );
     }
-    let profile = compile_profile(&raw.profile, errors);
+    let mut profile = compile_profile(&raw.profile, errors);
     if &*profile.default_plan != "default" && !plans.contains_key(&*profile.default_plan) {
         errors.at(
             None,
@@ -337,6 +337,17 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         errors,
     );
     let ws = super::compile_ws::compile(raw.profile.ws.as_ref(), &raw.plans, &raw.routes, errors);
+    profile.named_credentials = profile.credentials.clone();
+    let ws_sources = ws
+        .routes
+        .iter()
+        .flatten()
+        .flat_map(|r| r.credentials.iter().flatten());
+    for source in ws_sources {
+        if !profile.named_credentials.contains(source) {
+            profile.named_credentials.push(source.clone());
+        }
+    }
     if !errors.list.is_empty() {
         return None;
     }

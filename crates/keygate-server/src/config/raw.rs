@@ -230,6 +230,9 @@ pub(crate) struct RawProfile {
     pub(crate) name: Option<String>,
     /// `header:NAME`, `bearer`, `query:NAME`, in the order they are tried.
     pub(crate) credentials: Option<Spanned<Vec<String>>>,
+    /// Forward the key to the upstream in the one source it was read from (default false).
+    /// Every other source the configuration names is stripped all the same, and public routes
+    /// (which read no key) forward none (`crate::credential::strip`).
     #[serde(default)]
     pub(crate) forward_credential: bool,
     /// Infra endpoints answered without a key on the public listener.

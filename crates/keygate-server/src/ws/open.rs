@@ -178,11 +178,12 @@ async fn connect(
 ) -> Result<(UpstreamSocket, Option<http::HeaderValue>), Refusal> {
     let profile = &gw.config.profile;
     let credential = source.and_then(|i| p.credentials.get(i));
-    let mut query = p.query.clone().unwrap_or_default();
-    query = credential::strip_query_param(&query, &gw.config.ws.profile.token.param);
-    if let (Some(CredentialSource::Query(name)), false) = (credential, profile.forward_credential) {
-        query = credential::strip_query_param(&query, name);
-    }
+    let token = CredentialSource::Query(gw.config.ws.profile.token.param.clone());
+    let named = profile.named_credentials.iter().chain([&token]);
+    let kept = credential.filter(|_| profile.forward_credential);
+    let mut headers = p.headers.clone();
+    let query =
+        credential::strip(named, kept, &mut headers, p.query.as_deref()).unwrap_or_default();
     let mut path_and_query = p.path.clone();
     if !query.is_empty() {
         path_and_query.push('?');
@@ -209,10 +210,10 @@ async fn connect(
         Target {
             spec: &gw.config.upstreams[upstream],
             path_and_query,
-            headers: &p.headers,
+            headers: &headers,
             who,
-            credential,
             remote: p.remote,
+            guard: &gw.guard,
         },
     )
     .await;

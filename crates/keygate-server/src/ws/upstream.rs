@@ -1,5 +1,6 @@
-//! Opening the upstream WebSocket: the caller's request less its credentials and handshake
-//! headers, plus identity and forwarding headers, over a fresh TCP connection.
+//! Opening the upstream WebSocket: the caller's request (its credentials already stripped) with
+//! the headers every upstream gets (`crate::proxy::rewrite_headers`), less its handshake
+//! headers, over a fresh TCP connection.
 
 use std::net::SocketAddr;
 
@@ -12,8 +13,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::gateway::Admitted;
-use crate::profile::{CredentialSource, Profile};
-use crate::proxy::strip_hop_by_hop;
+use crate::guard::Guard;
+use crate::profile::Profile;
+use crate::proxy::{rewrite_headers, Toward};
 use crate::upstream::UpstreamSpec;
 
 /// The upstream side of a session.
@@ -38,12 +40,12 @@ pub struct Target<'a> {
     pub spec: &'a UpstreamSpec,
     /// Path and query as the upstream should see them (credentials removed).
     pub path_and_query: String,
-    /// The client's upgrade request headers.
+    /// The client's upgrade request headers, credentials removed (`crate::credential::strip`).
     pub headers: &'a HeaderMap,
     pub who: &'a Admitted,
-    /// The source the key came from on the upgrade request, if it did.
-    pub credential: Option<&'a CredentialSource>,
     pub remote: SocketAddr,
+    /// Whose client-address headers are believed (`crate::proxy::Toward::guard`).
+    pub guard: &'a Guard,
 }
 
 /// Headers a WebSocket handshake sets itself; never copied from the client.
@@ -57,41 +59,17 @@ const HANDSHAKE: [HeaderName; 5] = [
 
 fn upstream_headers(profile: &Profile, t: &Target<'_>) -> HeaderMap {
     let mut headers = t.headers.clone();
-    let original_host = headers.get(header::HOST).cloned();
-    strip_hop_by_hop(&mut headers);
+    let toward = Toward {
+        identity: &profile.identity,
+        who: Some(t.who),
+        remote: t.remote,
+        guard: t.guard,
+        // An upgrade is a GET: no override may make it anything else.
+        restricts_methods: true,
+    };
+    rewrite_headers(&mut headers, &toward);
     for name in &HANDSHAKE {
         headers.remove(name);
-    }
-    if !profile.forward_credential {
-        match t.credential {
-            Some(CredentialSource::Header(name)) => {
-                headers.remove(name);
-            }
-            Some(CredentialSource::Bearer) => {
-                headers.remove(header::AUTHORIZATION);
-            }
-            _ => {}
-        }
-    }
-    for name in profile.identity.all() {
-        headers.remove(name);
-    }
-    t.who.write_identity(&mut headers, &profile.identity);
-    let ip = t.remote.ip().to_string();
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let forwarded_for = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(xff, v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = original_host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     headers
 }

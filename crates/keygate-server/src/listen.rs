@@ -88,30 +88,32 @@ pub(crate) fn bind_public(
 pub(crate) fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
-    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+    let Some(soft) = limit.current else {
         return None;
     };
-    if hard.is_some_and(|hard| hard <= soft) {
+    // No hard limit (macOS): the kernel's own ceiling applies, which setrlimit would
+    // refuse to exceed; leave the soft limit as it is.
+    let Some(hard) = limit.maximum.filter(|&hard| hard > soft) else {
         tracing::info!(
             limit = soft,
             "The open-file limit (RLIMIT_NOFILE) is already at its hard limit."
         );
         return Some(soft);
-    }
+    };
     match setrlimit(
         Resource::Nofile,
         Rlimit {
-            current: hard,
-            maximum: hard,
+            current: Some(hard),
+            maximum: Some(hard),
         },
     ) {
         Ok(()) => {
             tracing::info!(
                 from = soft,
-                to = hard.map_or_else(|| "unlimited".to_owned(), |h| h.to_string()),
+                to = hard,
                 "Raised the open-file limit (RLIMIT_NOFILE) to its hard limit."
             );
-            hard
+            Some(hard)
         }
         Err(e) => {
             tracing::warn!(

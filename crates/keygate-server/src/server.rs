@@ -4,7 +4,9 @@
 //! runtime, its own listening socket on the same port (SO_REUSEPORT: the kernel spreads
 //! connections) and its own upstream pools. Measured on this class of machine this beats one
 //! multi-thread runtime by 12–30% in throughput and 1–3 µs of CPU per request (DESIGN.md).
-//! The admin listener and the change feed run on the caller's runtime.
+//! The admin listener and the change feed run on the caller's runtime. Binding (one process
+//! per port), the connection caps and the accept loop are `crate::listen`'s; one connection's
+//! life, HTTP/2 deadlines included, is `crate::connection`'s.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,10 +29,10 @@ use crate::admin::{self, AdminState};
 use crate::bounds;
 use crate::config::{Config, HttpLimits, LimiterBackend};
 use crate::connection::{self, H2Deadlines, Protocol, Streams, Tracked};
-use crate::listen::{self, Acceptor, ConnectionCap, Slot};
 use crate::feed;
 use crate::gateway::Gateway;
 use crate::infra::{self, Infra};
+use crate::listen::{self, Acceptor, ConnectionCap, Slot};
 use crate::proxy::Upstreams;
 use crate::replica::Replica;
 use crate::service::{self, Worker};

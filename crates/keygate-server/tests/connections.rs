@@ -58,7 +58,8 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool
 fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
     let mut out = Vec::new();
     while bytes.len() >= 9 {
-        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let len =
+            (usize::from(bytes[0]) << 16) | (usize::from(bytes[1]) << 8) | usize::from(bytes[2]);
         if bytes.len() < 9 + len {
             break;
         }
@@ -124,9 +125,10 @@ async fn h2_client(
     tokio::task::JoinHandle<()>,
 ) {
     let stream = TcpStream::connect(h.gateway.addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     (
         send,
         tokio::spawn(async move {
@@ -168,9 +170,7 @@ async fn idle_h2_connections_are_closed_and_busy_ones_are_not() {
 }
 
 /// One HTTP/1.1 keep-alive connection through hyper's client.
-async fn h1_client(
-    h: &Harness,
-) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+async fn h1_client(h: &Harness) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(h.gateway.addr).await.unwrap();
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -214,10 +214,16 @@ async fn connections_past_max_connections_are_closed_at_once() {
         let mut s = TcpStream::connect(h.gateway.addr).await.unwrap();
         let started = Instant::now();
         let _ = s
-            .write_all(format!("GET /echo/x HTTP/1.1\r\nHost: g\r\nX-API-Key: {key}\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET /echo/x HTTP/1.1\r\nHost: g\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
+            )
             .await;
         let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
-        assert!(closed && got.is_empty(), "answered past the cap: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            closed && got.is_empty(),
+            "answered past the cap: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     // The admin listener has its own count.
@@ -228,7 +234,15 @@ async fn connections_past_max_connections_are_closed_at_once() {
         assert_eq!(h1_status(send, &key).await, Some(200));
     }
     assert_eq!(h.upstream.request_count(), 6);
-    let metrics = h.http.get(h.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = h
+        .http
+        .get(h.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("keygate_connections_refused_total{listener=\"public\"} 3"),
         "{metrics}"
@@ -242,7 +256,10 @@ async fn connections_past_max_connections_are_closed_at_once() {
         if h1_status(&mut send, &key).await == Some(200) {
             break;
         }
-        assert!(Instant::now() < deadline, "the freed place was never given back");
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never given back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -392,7 +392,11 @@ fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {
         errors.at(None, "server.header_read_timeout must be longer than 0s");
     }
     for (name, value, field) in [
-        ("max_connections", s.max_connections, &mut limits.max_connections),
+        (
+            "max_connections",
+            s.max_connections,
+            &mut limits.max_connections,
+        ),
         (
             "admin_max_connections",
             s.admin_max_connections,

@@ -88,9 +88,7 @@ pub(crate) fn bind_public(
 pub(crate) fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
-    let Some(soft) = limit.current else {
-        return None;
-    };
+    let soft = limit.current?;
     // No hard limit (macOS): the kernel's own ceiling applies, which setrlimit would
     // refuse to exceed; leave the soft limit as it is.
     let Some(hard) = limit.maximum.filter(|&hard| hard > soft) else {

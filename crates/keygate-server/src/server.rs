@@ -32,7 +32,7 @@ use crate::connection::{self, H2Deadlines, Protocol, Streams, Tracked};
 use crate::feed;
 use crate::gateway::Gateway;
 use crate::infra::{self, Infra};
-use crate::listen::{self, Acceptor, ConnectionCap, Slot};
+use crate::listen::{self, Acceptor, Slot};
 use crate::proxy::Upstreams;
 use crate::replica::Replica;
 use crate::service::{self, Worker};
@@ -169,16 +169,14 @@ pub async fn start_with_clock(
     let (shutdown, stop) = watch::channel(false);
 
     let mut workers = Vec::new();
-    let public_cap = Arc::clone(&gw.connections.public);
     for (i, listener) in listeners.into_iter().enumerate() {
         let gw = Arc::clone(&gw);
         let stop = stop.clone();
-        let cap = Arc::clone(&public_cap);
         let handle = std::thread::Builder::new()
             .name(format!("keygate-worker-{i}"))
             .spawn(move || {
                 crate::per_worker::enter(i);
-                run_worker(gw, listener, cap, stop)
+                run_worker(gw, listener, stop)
             })
             .map_err(ServeError::Thread)?;
         workers.push(handle);
@@ -232,12 +230,7 @@ async fn sweep_limits(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn run_worker(
-    gw: Arc<Gateway>,
-    listener: std::net::TcpListener,
-    cap: Arc<ConnectionCap>,
-    mut stop: watch::Receiver<bool>,
-) {
+fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -266,7 +259,8 @@ fn run_worker(
         let builder = bounds::connection_builder(limits);
         let (first_bytes, deadlines) = (limits.header_read_timeout, H2Deadlines::from(limits));
         let connections = TaskTracker::new();
-        let mut acceptor = Acceptor::new(listener, cap);
+        // One count for the listener, shared by every worker's socket.
+        let mut acceptor = Acceptor::new(listener, Arc::clone(&worker.gw.connections.public));
         loop {
             let (stream, remote, slot) = tokio::select! {
                 accepted = acceptor.accept() => accepted,

@@ -1,17 +1,15 @@
 //! Bounds on what one client can make the gateway hold: the size and number of request
-//! headers (431), the time to send a request head (slowloris: the connection is closed), and
-//! the size of a body forwarded upstream (413).
+//! headers (431), the time to send a request head (slowloris: the connection is closed), the
+//! streams and keep-alive pings of an HTTP/2 connection, and the size of a body forwarded
+//! upstream (413).
 //!
 //! The head bounds are enforced by hyper while parsing, before keygate sees the request; the
 //! body bound is checked against `Content-Length` before anything is forwarded.
-
-use std::time::Duration;
 
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use crate::config::HttpLimits;
 
@@ -32,23 +30,15 @@ pub fn connection_builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         // A non-default count moves hyper's header array to the heap; only pay when asked.
         http1.max_headers(limits.max_headers);
     }
+    // The handshake and idle deadlines are `crate::connection`'s; hyper has none for HTTP/2.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .keep_alive_interval(limits.h2_keepalive_interval)
+        .keep_alive_timeout(HttpLimits::H2_KEEPALIVE_TIMEOUT);
     builder
-}
-
-/// Waits until a new connection has something to read, up to `timeout`. hyper's header
-/// timer starts only once it knows the protocol, so a client that connects and sends nothing
-/// would otherwise hold its connection forever.
-pub async fn first_bytes(stream: &TcpStream, timeout: Duration) -> bool {
-    // `peek` waits for real bytes; readiness alone can be reported before any arrive.
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
-        Ok(Ok(n)) if n > 0
-    )
 }
 
 /// True when the request declares a body larger than `max` bytes (an unparsable or

@@ -123,6 +123,8 @@ pub struct Gateway {
     pub writer: std::sync::OnceLock<keygate_store::Store>,
     /// Wakes the change-feed follower at once (after a self-service write, or a NOTIFY).
     pub feed_wake: Arc<tokio::sync::Notify>,
+    /// Open connections of each listener under its `max_connections` (`crate::listen`).
+    pub connections: crate::listen::Connections,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -150,7 +152,9 @@ impl Gateway {
         let breakers = crate::breaker::Breakers::new(&config.upstreams);
         let metrics = Metrics::new(names, config.workers);
         let usage = crate::usage::UsageCounter::new(config.workers);
+        let connections = crate::listen::Connections::new(&config.http);
         Gateway {
+            connections,
             breakers,
             config,
             replica,

@@ -100,6 +100,7 @@ pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
         Infra::Metrics => {
             let mut text = gw.metrics.render(&gw.gauges());
             gw.guard.render(&mut text);
+            gw.connections.render(&mut text);
             gw.breakers
                 .render(&gw.config.upstreams, gw.clock.now(), &mut text);
             respond::text(

@@ -4,7 +4,9 @@
 //! runtime, its own listening socket on the same port (SO_REUSEPORT: the kernel spreads
 //! connections) and its own upstream pools. Measured on this class of machine this beats one
 //! multi-thread runtime by 12–30% in throughput and 1–3 µs of CPU per request (DESIGN.md).
-//! The admin listener and the change feed run on the caller's runtime.
+//! The admin listener and the change feed run on the caller's runtime. Binding (one process
+//! per port), the connection caps and the accept loop are `crate::listen`'s; one connection's
+//! life, HTTP/2 deadlines included, is `crate::connection`'s.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,19 +16,23 @@ use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use keygate_core::{Clock, SystemClock};
 use keygate_store::Store;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::bounds;
-use crate::config::{Config, LimiterBackend};
+use crate::config::{Config, HttpLimits, LimiterBackend};
+use crate::connection::{self, H2Deadlines, Protocol, Streams, Tracked};
 use crate::feed;
 use crate::gateway::Gateway;
 use crate::infra::{self, Infra};
+use crate::listen::{self, Acceptor, Slot};
 use crate::proxy::Upstreams;
 use crate::replica::Replica;
 use crate::service::{self, Worker};
@@ -35,6 +41,17 @@ use keygate_limits::Limits;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Something (another keygate, most likely) already listens on the public address.
+    /// Without this check SO_REUSEPORT would let the two processes split its traffic.
+    #[error(
+        "cannot listen on {addr}: another process is already listening there \
+         (is another keygate running?): {source}"
+    )]
+    AddressInUse {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -95,30 +112,6 @@ impl Running {
     }
 }
 
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-/// Binds one socket per worker on the same port.
-fn bind_public(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>, ServeError> {
-    let bind_err = |source| ServeError::Bind { addr, source };
-    let first = reuseport_listener(addr).map_err(bind_err)?;
-    let actual = first.local_addr().map_err(bind_err)?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(reuseport_listener(actual).map_err(bind_err)?);
-    }
-    Ok(listeners)
-}
-
 /// Starts the gateway: binds every socket (errors come back before anything runs), starts the
 /// workers, then loads the replica in the background (`/ready` is 503 until it is in) and
 /// follows the change feed.
@@ -138,7 +131,13 @@ pub async fn start_with_clock(
     store: Store,
     clock: Arc<dyn Clock>,
 ) -> Result<Running, ServeError> {
-    let listeners = bind_public(config.listen, config.workers)?;
+    let fd_limit = listen::raise_fd_limit();
+    listen::check_fd_budget(
+        fd_limit,
+        config.http.max_connections,
+        config.http.admin_max_connections,
+    );
+    let listeners = listen::bind_public(config.listen, config.workers)?;
     let addr = listeners[0]
         .local_addr()
         .map_err(|source| ServeError::Bind {
@@ -255,47 +254,33 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
             identity: gw.config.profile.identity.copied(),
             gw,
         });
-        let limits = worker.gw.config.http.clone();
+        let limits = &worker.gw.config.http;
         let grace = worker.gw.config.shutdown_grace;
-        let builder = bounds::connection_builder(&limits);
-        let connections = GracefulShutdown::new();
+        let builder = bounds::connection_builder(limits);
+        let (first_bytes, deadlines) = (limits.header_read_timeout, H2Deadlines::from(limits));
+        let connections = TaskTracker::new();
+        // One count for the listener, shared by every worker's socket.
+        let mut acceptor = Acceptor::new(listener, Arc::clone(&worker.gw.connections.public));
         loop {
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Accept failed.");
-                        continue;
-                    }
-                },
+            let (stream, remote, slot) = tokio::select! {
+                accepted = acceptor.accept() => accepted,
                 _ = stop.changed() => break,
             };
             let _ = stream.set_nodelay(true);
-            let worker = Arc::clone(&worker);
-            let builder = builder.clone();
-            let watcher = connections.watcher();
-            let first_bytes = limits.header_read_timeout;
-            tokio::spawn(async move {
-                if !bounds::first_bytes(&stream, first_bytes).await {
-                    return; // Silent past the header timeout: closed.
-                }
-                // A combinator rather than an `async` block: the block would hold the
-                // handler's future beside its own state (see `service::handle_guarded`).
-                let service = service_fn(move |req: Request<Incoming>| {
-                    service::handle_guarded(Arc::clone(&worker), req, remote)
-                        .map(Ok::<_, Infallible>)
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "Connection ended with an error.");
-                }
-            });
+            connections.spawn(serve_public(
+                Arc::clone(&worker),
+                builder.clone(),
+                (stream, remote, slot),
+                (first_bytes, deadlines),
+                stop.clone(),
+            ));
         }
         // Stop accepting (the socket closes: new connections are refused), then let every
         // connection finish its in-flight request, within the grace period.
-        drop(listener);
-        let open = connections.count();
-        if tokio::time::timeout(grace, connections.shutdown())
+        drop(acceptor);
+        connections.close();
+        let open = connections.len();
+        if tokio::time::timeout(grace, connections.wait())
             .await
             .is_err()
         {
@@ -310,6 +295,46 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
         // run on this runtime, so it lives until they have sent their close frames.
         worker.gw.drain.wait(grace).await;
     });
+}
+
+/// Serves one connection of the public listener; `slot` holds its place under
+/// `max_connections` until it closes.
+async fn serve_public(
+    worker: Arc<Worker>,
+    builder: auto::Builder<TokioExecutor>,
+    (stream, remote, slot): (TcpStream, SocketAddr, Slot),
+    (first_bytes, deadlines): (std::time::Duration, H2Deadlines),
+    mut stop: watch::Receiver<bool>,
+) {
+    let _slot = slot;
+    let protocol = tokio::select! {
+        p = connection::sniff(&stream, first_bytes) => p,
+        _ = stop.changed() => None,
+    };
+    // A combinator rather than an `async` block: the block would hold the handler's future
+    // beside its own state (see `service::handle_guarded`).
+    match protocol {
+        None => {} // Silent past the header timeout: closed.
+        Some(Protocol::Http1) => {
+            let service = service_fn(move |req: Request<Incoming>| {
+                service::handle_guarded(Arc::clone(&worker), req, remote).map(Ok::<_, Infallible>)
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
+        }
+        Some(Protocol::Http2) => {
+            let streams = Streams::new();
+            let tracker = Arc::clone(&streams);
+            let service = service_fn(move |req: Request<Incoming>| {
+                let stream = tracker.begin();
+                service::handle_guarded(Arc::clone(&worker), req, remote)
+                    .map(move |resp| Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, stream))))
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let deadlines = Some((streams, deadlines));
+            connection::drive(conn, |c| c.graceful_shutdown(), deadlines, stop).await;
+        }
+    }
 }
 
 /// The admin listener: the admin API (admin tokens) and the infra endpoints (always here,
@@ -337,10 +362,32 @@ async fn serve_admin(
         store,
     })
     .merge(infra_routes);
-    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.changed().await;
-    });
-    if let Err(e) = served.await {
-        tracing::error!(error = %e, "The admin listener stopped.");
+    let service = TowerToHyperService::new(app);
+    // The public listener's head bounds and accept loop; HTTP/1 only, as before.
+    let limits: &HttpLimits = &gw.config.http;
+    let builder = bounds::connection_builder(limits).http1_only();
+    let first_bytes = limits.header_read_timeout;
+    let connections = TaskTracker::new();
+    let mut acceptor = Acceptor::new(listener, Arc::clone(&gw.connections.admin));
+    loop {
+        let (stream, _, slot) = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let (builder, service, mut stop) = (builder.clone(), service.clone(), stop.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let spoke = tokio::select! {
+                p = connection::sniff(&stream, first_bytes) => p.is_some(),
+                _ = stop.changed() => false,
+            };
+            if spoke {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
+            }
+        });
     }
+    drop(acceptor);
+    connections.close();
+    connections.wait().await;
 }

@@ -412,6 +412,56 @@ fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {
     if limits.header_read_timeout.is_zero() {
         errors.at(None, "server.header_read_timeout must be longer than 0s");
     }
+    for (name, value, field) in [
+        (
+            "max_connections",
+            s.max_connections,
+            &mut limits.max_connections,
+        ),
+        (
+            "admin_max_connections",
+            s.admin_max_connections,
+            &mut limits.admin_max_connections,
+        ),
+    ] {
+        match value {
+            Some(0) => errors.at(
+                None,
+                format!("server.{name}: 0 would refuse every connection; give at least 1"),
+            ),
+            Some(n) => *field = n,
+            None => {}
+        }
+    }
+    for (name, raw_value, field) in [
+        (
+            "h2_handshake_timeout",
+            s.h2_handshake_timeout.as_deref(),
+            &mut limits.h2_handshake_timeout,
+        ),
+        (
+            "h2_idle_timeout",
+            s.h2_idle_timeout.as_deref(),
+            &mut limits.h2_idle_timeout,
+        ),
+    ] {
+        *field = duration(raw_value, *field, None, errors);
+        if field.is_zero() {
+            errors.at(None, format!("server.{name} must be longer than 0s"));
+        }
+    }
+    if let Some(raw_interval) = s.h2_keepalive_interval.as_deref() {
+        let interval = duration(Some(raw_interval), Duration::ZERO, None, errors);
+        limits.h2_keepalive_interval = (!interval.is_zero()).then_some(interval);
+    }
+    match s.h2_max_concurrent_streams {
+        Some(0) => errors.at(
+            None,
+            "server.h2_max_concurrent_streams: 0 would refuse every HTTP/2 request; give at least 1",
+        ),
+        Some(n) => limits.h2_max_concurrent_streams = n,
+        None => {}
+    }
     limits
 }
 

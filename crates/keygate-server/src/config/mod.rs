@@ -125,6 +125,21 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Largest request body forwarded upstream (by its `Content-Length`); past it, 413.
     pub max_body_bytes: u64,
+    /// Most open connections on the public listener, all workers together; a connection
+    /// past it is closed at once (a flood cannot take every file descriptor).
+    pub max_connections: usize,
+    /// Most open connections on the admin listener, counted apart from the public one's.
+    pub admin_max_connections: usize,
+    /// Time an HTTP/2 connection has, from its first bytes, to complete its first request's
+    /// headers (hyper's header timer guards HTTP/1 only).
+    pub h2_handshake_timeout: Duration,
+    /// Time an HTTP/2 connection may stay open with no stream in progress.
+    pub h2_idle_timeout: Duration,
+    /// Interval of HTTP/2 keep-alive pings (a dead peer is dropped when one goes unanswered
+    /// for [`HttpLimits::H2_KEEPALIVE_TIMEOUT`]); `None` sends none.
+    pub h2_keepalive_interval: Option<Duration>,
+    /// Most concurrent streams one HTTP/2 connection may have open.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl HttpLimits {
@@ -132,6 +147,9 @@ impl HttpLimits {
     pub const MIN_HEADER_BYTES: usize = 8 * 1024;
     /// hyper's default header count; another value costs a heap allocation per request.
     pub const DEFAULT_MAX_HEADERS: usize = 100;
+    /// How long an HTTP/2 keep-alive ping may go unanswered before the connection is closed
+    /// (hyper's default).
+    pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
 impl Default for HttpLimits {
@@ -141,6 +159,12 @@ impl Default for HttpLimits {
             max_headers: HttpLimits::DEFAULT_MAX_HEADERS,
             header_read_timeout: Duration::from_secs(30),
             max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+            admin_max_connections: 256,
+            h2_handshake_timeout: Duration::from_secs(10),
+            h2_idle_timeout: Duration::from_secs(60),
+            h2_keepalive_interval: Some(Duration::from_secs(30)),
+            h2_max_concurrent_streams: 100,
         }
     }
 }

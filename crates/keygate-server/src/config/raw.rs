@@ -129,6 +129,22 @@ pub(crate) struct RawServer {
     pub(crate) max_body_bytes: Option<u64>,
     /// On SIGTERM, how long in-flight requests get to finish.
     pub(crate) shutdown_grace: Option<String>,
+    /// Most open connections on the public listener (all its workers together); past it a
+    /// new connection is closed at once, so a flood cannot take every file descriptor.
+    pub(crate) max_connections: Option<usize>,
+    /// Most open connections on the admin listener, counted apart from the public one's so
+    /// neither starves the other.
+    pub(crate) admin_max_connections: Option<usize>,
+    /// Time an HTTP/2 connection has, from its first bytes, to complete its first request's
+    /// headers; past it the connection is closed.
+    pub(crate) h2_handshake_timeout: Option<String>,
+    /// Time an HTTP/2 connection may stay open with no stream in progress.
+    pub(crate) h2_idle_timeout: Option<String>,
+    /// Interval of HTTP/2 keep-alive pings; a ping unanswered for 20 s closes the connection.
+    /// `"0s"` sends none.
+    pub(crate) h2_keepalive_interval: Option<String>,
+    /// Most concurrent streams (requests) one HTTP/2 connection may have open.
+    pub(crate) h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -517,3 +517,46 @@ fn formats_and_the_default_plan_are_checked_at_load() {
         assert!(errs.contains(fragment), "{extra}: {errs}");
     }
 }
+
+#[test]
+fn connection_bounds_default_for_production_and_validate() {
+    let c = default_config(&over("http://127.0.0.1:9000")).unwrap();
+    assert_eq!(c.http.max_connections, 10_000);
+    assert_eq!(c.http.admin_max_connections, 256);
+    assert_eq!(c.http.h2_handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.http.h2_idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.http.h2_keepalive_interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.http.h2_max_concurrent_streams, 100);
+
+    let c = load(
+        "[server]\nmax_connections = 50\nadmin_max_connections = 5\nh2_handshake_timeout = \"2s\"\nh2_idle_timeout = \"15s\"\nh2_keepalive_interval = \"0s\"\nh2_max_concurrent_streams = 8\n[upstreams.default]\nurl = \"http://h:1\"\n",
+        "c.toml",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.http.max_connections, c.http.admin_max_connections),
+        (50, 5)
+    );
+    assert_eq!(c.http.h2_handshake_timeout, Duration::from_secs(2));
+    assert_eq!(c.http.h2_idle_timeout, Duration::from_secs(15));
+    assert_eq!(c.http.h2_keepalive_interval, None);
+    assert_eq!(c.http.h2_max_concurrent_streams, 8);
+
+    let errs = load(
+        "[server]\nmax_connections = 0\nadmin_max_connections = 0\nh2_handshake_timeout = \"0s\"\nh2_idle_timeout = \"later\"\nh2_max_concurrent_streams = 0\n[upstreams.default]\nurl = \"http://h:1\"\n",
+        "bad.toml",
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    for fragment in [
+        "server.max_connections: 0 would refuse every connection",
+        "server.admin_max_connections: 0 would refuse every connection",
+        "server.h2_handshake_timeout must be longer than 0s",
+        "later",
+        "server.h2_max_concurrent_streams: 0 would refuse",
+    ] {
+        assert!(errs.contains(fragment), "missing `{fragment}` in:\n{errs}");
+    }
+}

@@ -159,7 +159,12 @@ pub async fn start_with_clock(
     let limits = match &config.limiter.backend {
         LimiterBackend::Local => Limits::local(),
         LimiterBackend::Redis { url } => {
-            Limits::with_redis(url, config.limiter.timeout, config.limiter.fail_closed)
+            let options = keygate_limits::RedisOptions {
+                timeout: config.limiter.timeout,
+                connect_timeout: config.limiter.connect_timeout,
+                fail_closed: config.limiter.fail_closed,
+            };
+            Limits::with_redis(url, options)
                 .await
                 .map_err(ServeError::Limiter)?
         }

@@ -77,9 +77,13 @@ pub(crate) struct RawLimiter {
     /// `local` (one node) or `redis` (shared by every node).
     pub(crate) backend: Option<String>,
     pub(crate) redis_url: Option<String>,
-    /// Longest wait for Redis before falling back (`5ms`).
+    /// Longest wait for Redis's answer to a request's call before falling back (`5ms`).
     pub(crate) timeout: Option<String>,
-    /// Refuse requests instead of falling back to local limits when Redis fails.
+    /// Longest wait for a connection to Redis (`1s`): at start, in the background while Redis
+    /// is unreachable (the node starts anyway, on the fallback), and on each reconnect.
+    pub(crate) connect_timeout: Option<String>,
+    /// Refuse limited requests (the profile's 503) instead of falling back to local limits
+    /// while Redis fails or has not answered since the start.
     #[serde(default)]
     pub(crate) fail_closed: bool,
 }

@@ -127,7 +127,9 @@ pub(crate) struct RawServer {
     pub(crate) header_read_timeout: Option<String>,
     /// Largest request body forwarded upstream, in bytes; past it, 413.
     pub(crate) max_body_bytes: Option<u64>,
-    /// On SIGTERM, how long in-flight requests get to finish.
+    /// On SIGTERM, how long the whole shutdown may take (default 15s): in-flight requests and
+    /// WebSocket sessions get it less a fifth (at most a second), kept for the last usage
+    /// write; the process exits by then, whatever is still running.
     pub(crate) shutdown_grace: Option<String>,
 }
 

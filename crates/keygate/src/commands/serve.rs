@@ -9,12 +9,17 @@ use keygate_store::{MigrateMode, OpenOptions, Store};
 
 use crate::cli::ServeArgs;
 
-/// Logs go to stderr, so stdout stays for what commands print.
+/// Logs go to stderr, so stdout stays for what commands print. Text logs are coloured only
+/// on a terminal (and not under `NO_COLOR`): escape codes in a file or a pipe are noise for
+/// every reader and log shipper.
 pub(crate) fn init_logging(format: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

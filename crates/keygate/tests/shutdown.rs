@@ -486,3 +486,104 @@ async fn a_second_signal_exits_at_once() {
     assert!(status.success(), "{status:?}");
     assert!(g.proc.stderr().contains("A second stop signal"));
 }
+
+/// A store that hangs (connections open, nothing answered) at SIGTERM: the usage writes at
+/// shutdown have no answer to wait for, and used to wait for it forever. The process exits
+/// within the grace all the same, saying what it could not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_grace_while_the_store_hangs() {
+    let Some(db) = keygate_test::postgres_schema("kg_shutdown").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let store_cli = |args: &[&str]| {
+        json_output(
+            Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .args(["--json", "--db", &db])
+                .args(args),
+        )
+    };
+    store_cli(&["migrate"]);
+    store_cli(&["client", "create", "Acme"]);
+    let key = store_cli(&["key", "create", "--client", "Acme"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The node reaches PostgreSQL through a relay the test can stall.
+    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    assert!(
+        base.contains("127.0.0.1:5432"),
+        "the relay expects {pg}: {base}"
+    );
+    let relay = keygate_test::Relay::start(pg).await;
+    let relayed = db.replace("127.0.0.1:5432", &relay.addr().to_string());
+    let config = format!(
+        "[server]\nshutdown_grace = \"2s\"\nusage_flush = \"1h\"\n\n[upstreams.default]\nurl = \"{}\"\n\n\
+         [[routes]]\nname = \"echo\"\npath = \"/echo/{{*rest}}\"\n",
+        upstream.url()
+    );
+    std::fs::write(dir.path().join("keygate.toml"), &config).unwrap();
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut proc = Proc::spawn(
+        env!("CARGO_BIN_EXE_keygate"),
+        &[
+            "--db",
+            &relayed,
+            "serve",
+            "--config",
+            dir.path().join("keygate.toml").to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ],
+        &[("RUST_LOG", "info")],
+        dir.path(),
+    );
+    assert!(
+        wait_for_status(
+            admin.parse().unwrap(),
+            "/ready",
+            200,
+            Duration::from_secs(20)
+        )
+        .await,
+        "{}",
+        proc.stderr()
+    );
+    // Something for the shutdown to write: a use of the key, counted in memory.
+    let resp = http_client()
+        .get(format!("http://{listen}/echo/x"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    relay.stall();
+    let signalled = Instant::now();
+    sigterm(&proc);
+    let status = proc
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running 30 s after SIGTERM: {}", proc.stderr()));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}: {}", proc.stderr());
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} for a grace of 2 s: {}",
+        proc.stderr()
+    );
+    assert!(
+        proc.stderr()
+            .contains("The store did not take the last usage counts within the shutdown grace."),
+        "{}",
+        proc.stderr()
+    );
+    relay.cut();
+}

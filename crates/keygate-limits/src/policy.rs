@@ -115,7 +115,7 @@ impl Remote {
                     error = %error,
                     fail_closed = self.fail_closed,
                     "Redis failed; rate limits are {} until it answers again.",
-                    self.while_degraded()
+                    while_degraded(self.fail_closed)
                 );
             }
         }
@@ -123,15 +123,6 @@ impl Remote {
             Err(Unavailable)
         } else {
             Ok(())
-        }
-    }
-
-    /// What answers while Redis does not, for log lines.
-    fn while_degraded(&self) -> &'static str {
-        if self.fail_closed {
-            "refused"
-        } else {
-            "local to this node"
         }
     }
 
@@ -161,6 +152,15 @@ impl Remote {
                 Ok(None)
             }
         }
+    }
+}
+
+/// What answers limited requests while Redis does not, for log lines.
+fn while_degraded(fail_closed: bool) -> &'static str {
+    if fail_closed {
+        "refused"
+    } else {
+        "local to this node"
     }
 }
 
@@ -230,7 +230,7 @@ impl Limits {
                     error = %e,
                     fail_closed = options.fail_closed,
                     "Redis is unreachable at start; rate limits are {} until it answers. Connecting in the background.",
-                    if options.fail_closed { "refused" } else { "local to this node" }
+                    while_degraded(options.fail_closed)
                 );
                 true
             }

@@ -311,6 +311,8 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
             let first_bytes = limits.header_read_timeout;
             tokio::spawn(async move {
                 let spoke = tokio::select! {
+                    // A request already sent is served (and the connection then closed).
+                    biased;
                     spoke = bounds::first_bytes(&stream, first_bytes) => spoke,
                     // Nothing sent, so nothing in flight: shutdown closes it at once.
                     () = worker.gw.drain.stopping() => false,

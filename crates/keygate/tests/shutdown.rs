@@ -231,7 +231,9 @@ reason = "Server restarting, reconnect shortly"
     req.headers_mut().insert("x-api-key", key.parse().unwrap());
     let (mut live, _) = connect_async(req).await.expect("the session opens");
     live.send(Message::text("hello")).await.unwrap();
-    up.connections()[0]
+    // The upstream registers the connection once its side of the handshake is done, which
+    // may be after the gateway's 101 reached the client.
+    up.wait_connections(1, Duration::from_secs(5)).await[0]
         .wait_received(1, Duration::from_secs(5))
         .await;
     let (mut waiting, _) = connect_async(format!("ws://{}/ws", g.listen))

@@ -18,7 +18,7 @@ use smol_str::SmolStr;
 
 pub use error::LimiterError;
 pub use local::LocalLimiter;
-pub use policy::{LimitStats, Limits, Unavailable, PROBE_INTERVAL};
+pub use policy::{LimitStats, Limits, RedisOptions, Unavailable, PROBE_INTERVAL};
 pub use redis_limiter::{RedisLimiter, GRACE};
 
 /// Identifies one counter: a subject (e.g. "c:cli_abc…" for a client, "k:key_…" for a key, "r3:k:key_…" for route 3 per key) and which of its limits (slot).

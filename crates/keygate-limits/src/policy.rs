@@ -6,8 +6,15 @@
 //! and one info line when Redis answers again. While degraded, Redis is probed by at most one
 //! call per [`PROBE_INTERVAL`] (of the callers' `now`), so an outage does not add a timeout to
 //! every request.
+//!
+//! A node also starts while Redis is down: it begins degraded (answering as above) and a
+//! background task connects as soon as Redis answers, then keeps checking it while degraded,
+//! so the shared limiter is used again, and `/status` says so, even before the next request.
+//! Refusing to start would turn a Redis outage into an outage of every node restarted during
+//! it, which is the failure the fallback policy exists to avoid.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use keygate_core::limit::LimitState;
@@ -15,7 +22,8 @@ use keygate_core::Timestamp;
 
 use crate::{Check, LimitKey, LimiterError, LocalLimiter, RedisLimiter, Verdict};
 
-/// While Redis is failing, how often one call tries it again.
+/// While Redis is failing, how often one call tries it again, and how often the background
+/// task connects or checks it.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Limits could not be applied (Redis failed and the policy is fail-closed).
@@ -30,25 +38,42 @@ pub struct LimitStats {
     pub backend: &'static str,
     /// Calls Redis did not answer, each answered locally (or refused when fail-closed).
     pub fallbacks: u64,
-    /// Whether Redis is failing right now.
+    /// Whether Redis is failing right now (or has not been reached since the start).
     pub degraded: bool,
+}
+
+/// How to use Redis: the bounds on its calls and what to do when it fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Budget for one request's call; past it the call falls back (or is refused).
+    pub timeout: Duration,
+    /// Budget for opening a connection and loading the scripts: at start, in the background
+    /// while Redis is unreachable, and for each reconnect.
+    pub connect_timeout: Duration,
+    /// Refuse ([`Unavailable`]) instead of answering locally while Redis fails.
+    pub fail_closed: bool,
 }
 
 /// The gateway's limiter: a backend and its failure policy.
 #[derive(Debug)]
 pub struct Limits {
     local: LocalLimiter,
-    redis: Option<Remote>,
+    redis: Option<Arc<Remote>>,
 }
 
 #[derive(Debug)]
 struct Remote {
-    limiter: RedisLimiter,
+    /// Set once the first connection is made (at start, or later by the background task);
+    /// the connection reconnects by itself after that.
+    limiter: OnceLock<RedisLimiter>,
     fail_closed: bool,
     fallbacks: AtomicU64,
     degraded: AtomicBool,
     /// While degraded: the `now` (ms) from which the next call may probe Redis.
     next_probe: AtomicI64,
+    /// Times Redis came back. A call that was out when it did fails with the old connection;
+    /// that says nothing about Redis now, so it is not a new incident.
+    recoveries: AtomicU64,
 }
 
 impl Remote {
@@ -73,11 +98,13 @@ impl Remote {
 
     fn succeeded(&self) {
         if self.degraded.swap(false, Ordering::AcqRel) {
+            self.recoveries.fetch_add(1, Ordering::AcqRel);
             tracing::info!("Redis reachable again.");
         }
     }
 
-    /// Records a call Redis did not answer; `error` is `None` when Redis was not asked.
+    /// Records a call Redis did not answer; `error` is `None` when Redis was not asked (or
+    /// the failure is older than Redis's return).
     fn failed(&self, error: Option<&LimiterError>, now: Timestamp) -> Result<(), Unavailable> {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
         if let Some(error) = error {
@@ -88,7 +115,7 @@ impl Remote {
                     error = %error,
                     fail_closed = self.fail_closed,
                     "Redis failed; rate limits are {} until it answers again.",
-                    if self.fail_closed { "refused" } else { "local to this node" }
+                    while_degraded(self.fail_closed)
                 );
             }
         }
@@ -100,22 +127,71 @@ impl Remote {
     }
 
     /// Runs `call` on Redis when it should be tried; `Ok(None)` means "answer locally".
-    async fn run<T, F>(&self, now: Timestamp, call: F) -> Result<Option<T>, Unavailable>
+    async fn run<'a, T, F, Fut>(&'a self, now: Timestamp, call: F) -> Result<Option<T>, Unavailable>
     where
-        F: std::future::Future<Output = Result<T, LimiterError>>,
+        F: FnOnce(&'a RedisLimiter) -> Fut,
+        Fut: std::future::Future<Output = Result<T, LimiterError>>,
     {
-        if !self.should_try(now) {
-            self.failed(None, now)?;
-            return Ok(None);
-        }
-        match call.await {
+        let limiter = match self.limiter.get() {
+            Some(limiter) if self.should_try(now) => limiter,
+            // Not connected yet (the background task is on it), or not this call's turn.
+            _ => {
+                self.failed(None, now)?;
+                return Ok(None);
+            }
+        };
+        let recoveries = self.recoveries.load(Ordering::Acquire);
+        match call(limiter).await {
             Ok(value) => {
                 self.succeeded();
                 Ok(Some(value))
             }
             Err(e) => {
-                self.failed(Some(&e), now)?;
+                let stale = self.recoveries.load(Ordering::Acquire) != recoveries;
+                self.failed((!stale).then_some(&e), now)?;
                 Ok(None)
+            }
+        }
+    }
+}
+
+/// What answers limited requests while Redis does not, for log lines.
+fn while_degraded(fail_closed: bool) -> &'static str {
+    if fail_closed {
+        "refused"
+    } else {
+        "local to this node"
+    }
+}
+
+/// Connects to Redis while it is unreachable, then checks it every [`PROBE_INTERVAL`] while
+/// degraded, so that recovery does not wait for traffic. Ends when the [`Limits`] is dropped.
+async fn keep_connected(remote: Weak<Remote>, url: String, options: RedisOptions) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(remote) = remote.upgrade() else {
+            return;
+        };
+        match remote.limiter.get() {
+            Some(limiter) => {
+                if remote.degraded.load(Ordering::Acquire)
+                    && limiter.ping(options.connect_timeout).await
+                {
+                    remote.succeeded();
+                }
+            }
+            None => {
+                match RedisLimiter::connect_with(&url, options.timeout, options.connect_timeout)
+                    .await
+                {
+                    Ok(limiter) => {
+                        let _ = remote.limiter.set(limiter);
+                        remote.recoveries.fetch_add(1, Ordering::AcqRel);
+                        remote.degraded.store(false, Ordering::Release);
+                        tracing::info!("Redis connected; rate limits are shared by every node.");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Redis still unreachable."),
+                }
             }
         }
     }
@@ -130,26 +206,51 @@ impl Limits {
         }
     }
 
-    /// Limits kept in Redis at `url`, each call bounded by `timeout`; when Redis fails, calls
-    /// fall back to this node's local limits, or are refused if `fail_closed`.
+    /// Limits kept in Redis at `url`; when Redis fails, calls fall back to this node's local
+    /// limits, or are refused if `options.fail_closed`. When Redis cannot be reached now, the
+    /// limits start degraded (and say so once) and a task on the current runtime connects as
+    /// soon as it answers.
     ///
     /// # Errors
-    /// As [`RedisLimiter::connect`]: a bad URL, or Redis unreachable at start.
-    pub async fn with_redis(
-        url: &str,
-        timeout: Duration,
-        fail_closed: bool,
-    ) -> Result<Limits, LimiterError> {
-        let limiter = RedisLimiter::connect(url, timeout).await?;
+    /// [`LimiterError::BadUrl`] only: an unreachable Redis is an outage to ride out, not a
+    /// reason to refuse to start.
+    pub async fn with_redis(url: &str, options: RedisOptions) -> Result<Limits, LimiterError> {
+        crate::redis_limiter::client(url)?;
+        let limiter = OnceLock::new();
+        let connected =
+            RedisLimiter::connect_with(url, options.timeout, options.connect_timeout).await;
+        let degraded = match connected {
+            Ok(l) => {
+                let _ = limiter.set(l);
+                false
+            }
+            Err(e @ LimiterError::BadUrl(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    fail_closed = options.fail_closed,
+                    "Redis is unreachable at start; rate limits are {} until it answers. Connecting in the background.",
+                    while_degraded(options.fail_closed)
+                );
+                true
+            }
+        };
+        let remote = Arc::new(Remote {
+            limiter,
+            fail_closed: options.fail_closed,
+            fallbacks: AtomicU64::new(0),
+            degraded: AtomicBool::new(degraded),
+            next_probe: AtomicI64::new(i64::MIN),
+            recoveries: AtomicU64::new(0),
+        });
+        tokio::spawn(keep_connected(
+            Arc::downgrade(&remote),
+            url.to_owned(),
+            options,
+        ));
         Ok(Limits {
             local: LocalLimiter::new(),
-            redis: Some(Remote {
-                limiter,
-                fail_closed,
-                fallbacks: AtomicU64::new(0),
-                degraded: AtomicBool::new(false),
-                next_probe: AtomicI64::new(i64::MIN),
-            }),
+            redis: Some(remote),
         })
     }
 
@@ -158,10 +259,14 @@ impl Limits {
     /// # Errors
     /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
     pub async fn check(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, Unavailable> {
+        if checks.is_empty() {
+            // Nothing to limit: nothing for a fail-closed policy to refuse either.
+            return Ok(Verdict::UNLIMITED);
+        }
         if let Some(remote) = &self.redis {
             // Boxed: the Redis call's state would otherwise size every local check's future,
             // which the gateway initialises and moves on each request.
-            let call = Box::pin(remote.run(now, remote.limiter.check(checks, now)));
+            let call = Box::pin(remote.run(now, |r| r.check(checks, now)));
             if let Some(verdict) = call.await? {
                 return Ok(verdict);
             }
@@ -176,10 +281,13 @@ impl Limits {
     /// # Errors
     /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
     pub async fn peek(&self, checks: &[Check], now: Timestamp) -> Result<Verdict, Unavailable> {
+        if checks.is_empty() {
+            return Ok(Verdict::UNLIMITED);
+        }
         if let Some(remote) = &self.redis {
             // Boxed: the Redis call's state would otherwise size every local check's future,
             // which the gateway initialises and moves on each request.
-            let call = Box::pin(remote.run(now, remote.limiter.peek(checks, now)));
+            let call = Box::pin(remote.run(now, |r| r.peek(checks, now)));
             if let Some(verdict) = call.await? {
                 return Ok(verdict);
             }
@@ -200,8 +308,8 @@ impl Limits {
         now: Timestamp,
     ) -> Result<LimitState, Unavailable> {
         if let Some(remote) = &self.redis {
-            let call = remote.limiter.acquire_lease(key, max, lease_id, ttl, now);
-            if let Some(state) = remote.run(now, call).await? {
+            let call = remote.run(now, |r| r.acquire_lease(key, max, lease_id, ttl, now));
+            if let Some(state) = call.await? {
                 return Ok(state);
             }
         }
@@ -223,8 +331,8 @@ impl Limits {
         now: Timestamp,
     ) -> Result<bool, Unavailable> {
         if let Some(remote) = &self.redis {
-            let call = remote.limiter.renew_lease(key, lease_id, ttl, now);
-            return match remote.run(now, call).await? {
+            let call = remote.run(now, |r| r.renew_lease(key, lease_id, ttl, now));
+            return match call.await? {
                 Some(held) => Ok(held),
                 None => {
                     self.local.renew_lease(key, lease_id, ttl, now);
@@ -239,8 +347,8 @@ impl Limits {
     /// fallback). Best effort: a lease Redis cannot release now expires by itself.
     pub async fn release_lease(&self, key: &LimitKey, lease_id: u64) {
         self.local.release_lease(key, lease_id);
-        if let Some(remote) = &self.redis {
-            if let Err(e) = remote.limiter.release_lease(key, lease_id).await {
+        if let Some(limiter) = self.redis() {
+            if let Err(e) = limiter.release_lease(key, lease_id).await {
                 tracing::debug!(error = %e, "Lease not released on Redis; it will expire.");
             }
         }
@@ -252,10 +360,7 @@ impl Limits {
     /// [`Unavailable`] only when Redis failed and the policy is fail-closed.
     pub async fn lease_count(&self, key: &LimitKey, now: Timestamp) -> Result<usize, Unavailable> {
         if let Some(remote) = &self.redis {
-            if let Some(n) = remote
-                .run(now, remote.limiter.lease_count(key, now))
-                .await?
-            {
+            if let Some(n) = remote.run(now, |r| r.lease_count(key, now)).await? {
                 return Ok(n);
             }
         }
@@ -283,9 +388,9 @@ impl Limits {
         }
     }
 
-    /// The Redis limiter, when configured (for its round-trip count).
+    /// The Redis limiter, when configured and connected (for its round-trip count).
     pub fn redis(&self) -> Option<&RedisLimiter> {
-        self.redis.as_ref().map(|r| &r.limiter)
+        self.redis.as_ref().and_then(|r| r.limiter.get())
     }
 }
 

@@ -62,6 +62,14 @@ fn lease_key(key: &LimitKey) -> String {
     format!("kg:lease:{}:{}", key.subject, key.slot)
 }
 
+/// The client for `url` (`redis://[:password@]host[:port][/db]`); nothing is connected yet.
+///
+/// # Errors
+/// [`LimiterError::BadUrl`], quoting the URL with its password masked.
+pub(crate) fn client(url: &str) -> Result<redis::Client, LimiterError> {
+    redis::Client::open(url).map_err(|e| LimiterError::BadUrl(format!("`{}` ({e})", redact(url))))
+}
+
 fn unavailable(e: &RedisError) -> LimiterError {
     LimiterError::Unavailable(e.to_string())
 }
@@ -76,39 +84,72 @@ enum LeaseOp {
 
 impl RedisLimiter {
     /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`) and loads the
-    /// scripts. The connection reconnects by itself after a failure; every call, this one
-    /// included, is bounded by `timeout`.
+    /// scripts, every call (this one included) bounded by `timeout`; see
+    /// [`RedisLimiter::connect_with`].
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::connect_with`].
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisLimiter, LimiterError> {
+        RedisLimiter::connect_with(url, timeout, timeout).await
+    }
+
+    /// Connects to `url` and loads the scripts within `connect_timeout`; afterwards each
+    /// call is bounded by `timeout`. The connection reconnects by itself after a failure (each
+    /// attempt bounded by `connect_timeout`). The two differ because a request's budget
+    /// (milliseconds) is no measure of how long opening a connection may take on a busy host.
     ///
     /// # Errors
     /// [`LimiterError::BadUrl`] when `url` does not parse, [`LimiterError::Unavailable`] when
-    /// Redis cannot be reached, [`LimiterError::Timeout`] when it does not answer in time.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisLimiter, LimiterError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| LimiterError::BadUrl(format!("`{}` ({e})", redact(url))))?;
+    /// Redis cannot be reached or refuses the scripts, [`LimiterError::Timeout`] when it does
+    /// not answer within `connect_timeout`.
+    pub async fn connect_with(
+        url: &str,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<RedisLimiter, LimiterError> {
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(connect_timeout))
+            // Each call has its own (shorter) bound in `send` and `eval`; this one only keeps
+            // a lost answer from being waited for forever.
+            .set_response_timeout(Some(connect_timeout.max(timeout)))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let conn =
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+        let client = client(url)?;
+        let setup = async {
+            let conn = ConnectionManager::new_with_config(client, config)
                 .await
-                .map_err(|_| LimiterError::Timeout(timeout))?
                 .map_err(|e| unavailable(&e))?;
-        let limiter = RedisLimiter {
-            conn,
-            timeout,
-            check_sha: Script::new(CHECK_LUA).get_hash().to_owned(),
-            lease_sha: Script::new(LEASE_LUA).get_hash().to_owned(),
-            round_trips: AtomicU64::new(0),
+            let limiter = RedisLimiter {
+                conn,
+                timeout,
+                check_sha: Script::new(CHECK_LUA).get_hash().to_owned(),
+                lease_sha: Script::new(LEASE_LUA).get_hash().to_owned(),
+                round_trips: AtomicU64::new(0),
+            };
+            for source in [CHECK_LUA, LEASE_LUA] {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(source);
+                let mut conn = limiter.conn.clone();
+                load.query_async::<String>(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+            Ok(limiter)
         };
-        for source in [CHECK_LUA, LEASE_LUA] {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(source);
-            limiter.send::<String>(&load).await?;
-        }
-        Ok(limiter)
+        tokio::time::timeout(connect_timeout, setup)
+            .await
+            .map_err(|_| LimiterError::Timeout(connect_timeout))?
+    }
+
+    /// Whether Redis answers a `PING` within `within`. Not counted in
+    /// [`RedisLimiter::round_trips`]: it is the background health check, not a request's call.
+    pub async fn ping(&self, within: Duration) -> bool {
+        let mut conn = self.conn.clone();
+        matches!(
+            tokio::time::timeout(within, redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Network calls made so far (one per `check` once the scripts are loaded).

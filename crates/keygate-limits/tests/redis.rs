@@ -12,7 +12,9 @@ use std::time::Duration;
 use common::{redis_url, subject, under_ci};
 use keygate_core::limit::{Limit, Window};
 use keygate_core::Timestamp;
-use keygate_limits::{Check, LimitKey, LimiterError, Limits, RedisLimiter, Unavailable};
+use keygate_limits::{
+    Check, LimitKey, LimiterError, Limits, RedisLimiter, RedisOptions, Unavailable,
+};
 use keygate_test::Relay;
 use redis::AsyncCommands;
 use tokio::net::TcpListener;
@@ -147,7 +149,7 @@ async fn rate_keys_disappear_by_themselves() {
 #[tokio::test]
 async fn a_bad_url_is_named_in_the_error() {
     for url in ["http://127.0.0.1:6379", "redis//127.0.0.1", ""] {
-        match Limits::with_redis(url, TIMEOUT, false).await {
+        match Limits::with_redis(url, options(TIMEOUT, false)).await {
             Err(LimiterError::BadUrl(msg)) => {
                 assert!(msg.contains(url), "{msg}");
                 let shown = LimiterError::BadUrl(msg).to_string();
@@ -173,6 +175,15 @@ async fn an_unreachable_redis_fails_to_connect() {
         matches!(err, LimiterError::Unavailable(_) | LimiterError::Timeout(_)),
         "{err:?}"
     );
+}
+
+/// Calls bounded by `timeout`; connections by two seconds, generous for a busy test host.
+fn options(timeout: Duration, fail_closed: bool) -> RedisOptions {
+    RedisOptions {
+        timeout,
+        connect_timeout: Duration::from_secs(2),
+        fail_closed,
+    }
 }
 
 fn relay_url(relay: &Relay) -> String {
@@ -220,9 +231,12 @@ async fn limits_fall_back_to_local_while_redis_is_cut_and_return_after() {
     };
     let (logs, _guard) = capture_logs();
     let relay = Relay::start(upstream).await;
-    let limits = Limits::with_redis(&relay_url(&relay), Duration::from_millis(300), false)
-        .await
-        .unwrap();
+    let limits = Limits::with_redis(
+        &relay_url(&relay),
+        options(Duration::from_millis(300), false),
+    )
+    .await
+    .unwrap();
     let s = subject("fallback");
     let c = [Check::new(
         LimitKey::new(s, 0),
@@ -290,9 +304,12 @@ async fn fail_closed_refuses_while_redis_is_cut() {
         return;
     };
     let relay = Relay::start(upstream).await;
-    let limits = Limits::with_redis(&relay_url(&relay), Duration::from_millis(300), true)
-        .await
-        .unwrap();
+    let limits = Limits::with_redis(
+        &relay_url(&relay),
+        options(Duration::from_millis(300), true),
+    )
+    .await
+    .unwrap();
     let c = [Check::new(
         LimitKey::new(subject("closed"), 0),
         Limit::per_second(nz(10)),
@@ -311,4 +328,56 @@ async fn fail_closed_refuses_while_redis_is_cut() {
             .await,
         Err(Unavailable)
     );
+}
+
+/// Redis is down when the limits are made: they start anyway, degraded (answering locally, or
+/// refusing when fail-closed), and connect by themselves once Redis answers, before any call
+/// asks it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_start_while_redis_is_down_and_connect_when_it_answers() {
+    let Some(upstream) = redis_addr().await else {
+        return;
+    };
+    for fail_closed in [false, true] {
+        let relay = Relay::start(upstream).await;
+        relay.cut();
+        let limits = Limits::with_redis(&relay_url(&relay), options(TIMEOUT, fail_closed))
+            .await
+            .expect("an unreachable Redis does not stop the limits from starting");
+        let stats = limits.stats();
+        assert!(stats.degraded, "{stats:?}");
+        assert!(limits.redis().is_none(), "not connected yet");
+        let c = [Check::new(
+            LimitKey::new(subject("late"), 0),
+            Limit::quota(Window::Day, nz(1000)),
+        )];
+        let answer = limits.check(&c, t0()).await;
+        if fail_closed {
+            assert_eq!(answer, Err(Unavailable));
+        } else {
+            assert!(answer.unwrap().allowed, "answered locally");
+        }
+        assert_eq!(limits.stats().fallbacks, 1);
+
+        relay.restore().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while limits.stats().degraded {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never connected: {:?}",
+                limits.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before = limits.redis().expect("connected").round_trips();
+        let v = limits.check(&c, t0()).await.expect("Redis answers");
+        assert!(v.allowed);
+        assert_eq!(
+            limits.redis().unwrap().round_trips(),
+            before + 1,
+            "asked Redis"
+        );
+        assert_eq!(v.binding.unwrap().1.remaining, 999, "Redis's own counter");
+        relay.cut();
+    }
 }

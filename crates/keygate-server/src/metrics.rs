@@ -288,13 +288,8 @@ impl Metrics {
                 gauges.uptime_seconds,
             ),
             (
-                "keygate_limiter_fallbacks_total",
-                "Limit checks answered locally because the shared limiter failed.",
-                gauges.limiter.map_or(0.0, |l| l.fallbacks as f64),
-            ),
-            (
                 "keygate_limiter_degraded",
-                "1 while the shared limiter is unreachable.",
+                "1 while the shared limiter is unreachable (from the start, or since it failed).",
                 f64::from(u8::from(gauges.limiter.is_some_and(|l| l.degraded))),
             ),
         ] {
@@ -303,6 +298,13 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_limiter_fallbacks_total Limit checks the shared limiter did not answer (answered locally, or refused when fail-closed).\n\
+             # TYPE keygate_limiter_fallbacks_total counter\n\
+             keygate_limiter_fallbacks_total {}",
+            gauges.limiter.map_or(0, |l| l.fallbacks)
+        );
         out
     }
 }

@@ -72,37 +72,62 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Closed when every worker thread has ended (each holds a sender until it returns), so
+    /// shutdown can wait for them with a deadline, which `JoinHandle::join` cannot.
+    workers_done: tokio::sync::mpsc::Receiver<()>,
     /// The usage flusher, awaited at shutdown.
     usage: tokio::task::JoinHandle<()>,
     store: Store,
 }
 
 impl Running {
-    /// Graceful shutdown: stops accepting, lets in-flight requests and held sessions
-    /// (`crate::shutdown`) finish within `[server] shutdown_grace`, ends background tasks and
-    /// joins the worker threads.
-    pub async fn shutdown(self) {
+    /// Graceful shutdown, over within `[server] shutdown_grace` whatever is still running:
+    /// stops accepting, lets in-flight requests and held sessions (`crate::shutdown`) finish
+    /// until the drain deadline, ends background tasks and the worker threads (a worker still
+    /// running then is left to the process's exit), and writes the last usage counts in the
+    /// rest of the grace.
+    pub async fn shutdown(mut self) {
         let grace = self.gateway.config.shutdown_grace;
-        self.gateway.drain.begin();
+        self.gateway.drain.begin(grace);
+        let (drained, deadline) = (
+            self.gateway.drain.drain_deadline(grace),
+            self.gateway.drain.deadline(grace),
+        );
         let _ = self.shutdown.send(true);
-        let workers = self.workers;
-        let joined = tokio::task::spawn_blocking(move || {
-            for w in workers {
-                let _ = w.join();
-            }
-        });
-        let left = self.gateway.drain.wait(grace).await;
+        let left = self.gateway.drain.wait_until(drained).await;
         if left > 0 {
             tracing::warn!(
                 sessions = left,
                 "Sessions still open at the end of the shutdown grace; closing them."
             );
         }
-        let _ = joined.await;
-        let _ = self.usage.await;
-        // After the workers have stopped: this flush holds every request they answered.
-        if let Err(e) = crate::usage::flush(&self.gateway, &self.store).await {
-            tracing::warn!(error = %e, "Cannot write the last usage counts at shutdown.");
+        // The workers stop by the same deadline; a little past it, they are stuck.
+        let workers_ended = tokio::time::timeout_at(deadline, self.workers_done.recv())
+            .await
+            .is_ok();
+        if workers_ended {
+            for w in self.workers {
+                let _ = w.join();
+            }
+        } else {
+            tracing::warn!("Worker threads still running at the end of the shutdown grace.");
+        }
+        let mut usage = self.usage;
+        if tokio::time::timeout_at(drained, &mut usage).await.is_err() {
+            usage.abort();
+        }
+        // After the workers have stopped: this flush holds every request they answered. Bounded
+        // by the grace like everything else: a store that does not answer keeps the counts.
+        match tokio::time::timeout_at(deadline, crate::usage::flush(&self.gateway, &self.store))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot write the last usage counts at shutdown.");
+            }
+            Err(_) => tracing::warn!(
+                "The store did not take the last usage counts within the shutdown grace."
+            ),
         }
     }
 
@@ -158,7 +183,12 @@ pub async fn start_with_clock(
     let limits = match &config.limiter.backend {
         LimiterBackend::Local => Limits::local(),
         LimiterBackend::Redis { url } => {
-            Limits::with_redis(url, config.limiter.timeout, config.limiter.fail_closed)
+            let options = keygate_limits::RedisOptions {
+                timeout: config.limiter.timeout,
+                connect_timeout: config.limiter.connect_timeout,
+                fail_closed: config.limiter.fail_closed,
+            };
+            Limits::with_redis(url, options)
                 .await
                 .map_err(ServeError::Limiter)?
         }
@@ -169,12 +199,15 @@ pub async fn start_with_clock(
     let (shutdown, stop) = watch::channel(false);
 
     let mut workers = Vec::new();
+    let (worker_done, workers_done) = tokio::sync::mpsc::channel(1);
     for (i, listener) in listeners.into_iter().enumerate() {
         let gw = Arc::clone(&gw);
         let stop = stop.clone();
+        let done = worker_done.clone();
         let handle = std::thread::Builder::new()
             .name(format!("keygate-worker-{i}"))
             .spawn(move || {
+                let _done = done;
                 crate::per_worker::enter(i);
                 run_worker(gw, listener, stop)
             })
@@ -209,6 +242,7 @@ pub async fn start_with_clock(
         gateway: gw,
         shutdown,
         workers,
+        workers_done,
         usage,
         store: usage_store,
     })
@@ -279,8 +313,9 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
         // connection finish its in-flight request, within the grace period.
         drop(acceptor);
         connections.close();
+        let drained = worker.gw.drain.drain_deadline(grace);
         let open = connections.len();
-        if tokio::time::timeout(grace, connections.wait())
+        if tokio::time::timeout_at(drained, connections.wait())
             .await
             .is_err()
         {
@@ -293,8 +328,11 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
         }
         // Upgraded connections (WebSocket sessions) left hyper's count at the upgrade; they
         // run on this runtime, so it lives until they have sent their close frames.
-        worker.gw.drain.wait(grace).await;
+        worker.gw.drain.wait_until(drained).await;
     });
+    // What is still running now is past the grace: dropped, without waiting for blocking
+    // tasks (a DNS lookup, say) as dropping the runtime would.
+    runtime.shutdown_background();
 }
 
 /// Serves one connection of the public listener; `slot` holds its place under

@@ -207,3 +207,78 @@ async fn a_keys_last_use_is_recorded_once_a_minute_and_survives_a_store_outage()
     assert_eq!(stored(issued.id).await, Some(latest));
     assert_eq!(gw.last_used.pending(), 0);
 }
+
+/// Every family on `/metrics` declares its type once, before its samples, and the type is
+/// what the numbers are: a `_total` is a counter and every counter is a `_total` (a counter
+/// declared a gauge makes `rate()` wrong and alerts silent), histograms have their three
+/// series, and nothing is sampled without a declaration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_declares_the_type_it_is() {
+    let h = Harness::start(CONFIG).await;
+    h.client("Acme", &["matches:read"], &[], &[], "default")
+        .await;
+    let (key, _) = h.key("Acme", None).await;
+    // Something in each family that is only written when it has samples.
+    for (path, api_key) in [("/v1/matches", key.as_str()), ("/v1/matches", "kg_nope")] {
+        h.http
+            .get(h.url(path))
+            .header("X-API-Key", api_key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = h
+        .http
+        .get(h.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let mut types: std::collections::HashMap<&str, &str> = Default::default();
+    let mut helps = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                types.insert(name, kind).is_none(),
+                "{name} declared twice:\n{text}"
+            );
+            match kind {
+                "counter" => assert!(name.ends_with("_total"), "counter {name} is not a _total"),
+                "gauge" | "histogram" => {
+                    assert!(!name.ends_with("_total"), "{name} is declared a {kind}")
+                }
+                other => panic!("{name}: unexpected type {other}"),
+            }
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(helps.insert(name), "{name} has two HELP lines");
+        } else if !line.is_empty() {
+            let series = line.split(['{', ' ']).next().unwrap();
+            let family = match ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| series.strip_suffix(s))
+            {
+                Some(base) if types.get(base) == Some(&"histogram") => base,
+                _ => series,
+            };
+            assert!(
+                types.contains_key(family),
+                "{series} is sampled before (or without) its # TYPE:\n{text}"
+            );
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+    assert_eq!(
+        types.get("keygate_limiter_fallbacks_total"),
+        Some(&"counter")
+    );
+    assert_eq!(types.get("keygate_requests_total"), Some(&"counter"));
+    assert_eq!(types.get("keygate_decision_seconds"), Some(&"histogram"));
+    assert!(types.len() >= 15, "{types:?}");
+    assert_eq!(helps.len(), types.len(), "a HELP for every family");
+}

@@ -231,7 +231,9 @@ reason = "Server restarting, reconnect shortly"
     req.headers_mut().insert("x-api-key", key.parse().unwrap());
     let (mut live, _) = connect_async(req).await.expect("the session opens");
     live.send(Message::text("hello")).await.unwrap();
-    up.connections()[0]
+    // The upstream registers the connection once its side of the handshake is done, which
+    // may be after the gateway's 101 reached the client.
+    up.wait_connections(1, Duration::from_secs(5)).await[0]
         .wait_received(1, Duration::from_secs(5))
         .await;
     let (mut waiting, _) = connect_async(format!("ws://{}/ws", g.listen))
@@ -313,4 +315,277 @@ async fn sigterm_writes_usage_and_last_use_that_no_periodic_flush_wrote() {
     );
     let shown = cli(&["key", "show", idle["id"].as_str().unwrap()]);
     assert!(shown["last_used_at"].is_null(), "{shown}");
+}
+
+/// A gateway with a slow route and a WebSocket route, draining for `grace`.
+async fn serve_busy(dir: &Path, upstream: &Upstream, ws: &WsUpstream, grace: &str) -> Gateway {
+    let config = format!(
+        r#"
+[server]
+shutdown_grace = "{grace}"
+
+[upstreams.default]
+url = "{upstream}"
+
+[upstreams.live]
+url = "{ws}"
+
+[[routes]]
+name = "slow"
+path = "/slow/{{ms}}"
+public = true
+
+[[routes]]
+path = "/v1/stream"
+upstream = "live"
+ws = {{ mode = "login_message" }}
+"#,
+        upstream = upstream.url(),
+        ws = ws.url()
+    );
+    serve_with(dir, &config).await
+}
+
+/// A keep-alive connection that has had its answer and now sits idle, held by the client.
+async fn idle_keep_alive(listen: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"GET /slow/1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"slow") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    c
+}
+
+/// Whether the server closed `c` within `within` (a read returns end of file or an error).
+async fn closed_by_server(c: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, c.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Issue 17, item 14: whatever is busy at SIGTERM (an idle keep-alive connection held open
+/// by its client, a connection that has sent nothing, a slow upstream answer in flight, a
+/// WebSocket session whose client reads nothing), the process exits within the grace, plus
+/// a margin for a busy machine, and cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_grace_whatever_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let ws = WsUpstream::start().await;
+    let grace = Duration::from_secs(3);
+    let mut g = serve_busy(dir.path(), &upstream, &ws, "3s").await;
+
+    let mut idle = idle_keep_alive(&g.listen).await;
+    let mut silent = tokio::net::TcpStream::connect(&g.listen).await.unwrap();
+    let slow = in_flight(&g, &upstream, 60_000).await;
+    // A session that never reads: the going-away close frame is never answered.
+    let (_session, _) = connect_async(format!("ws://{}/v1/stream", g.listen))
+        .await
+        .expect("the session opens");
+
+    let signalled = Instant::now();
+    sigterm(&g.proc);
+    // Idle and silent connections have nothing in flight: closed at once, not at the grace.
+    assert!(
+        closed_by_server(&mut idle, Duration::from_millis(1500)).await,
+        "the idle keep-alive connection was kept open"
+    );
+    assert!(
+        closed_by_server(&mut silent, Duration::from_millis(1500)).await,
+        "the connection that sent nothing was kept open"
+    );
+    let status = g
+        .proc
+        .wait_exit(grace + Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running 10 s past the grace: {}", g.proc.stderr()));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}: {}", g.proc.stderr());
+    assert!(
+        took < grace + Duration::from_secs(2),
+        "took {took:?} for a grace of {grace:?}: {}",
+        g.proc.stderr()
+    );
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the request past the grace is cut"
+    );
+    let log = g.proc.stderr();
+    assert!(log.contains("Stopped."), "{log}");
+}
+
+/// A connection that has sent nothing yet has nothing in flight: it does not hold the
+/// shutdown until its header timeout or the grace (it held both, one after the other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_with_nothing_in_flight_do_not_hold_the_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let mut g = serve(dir.path(), &upstream.url(), "30s").await;
+    let _idle = idle_keep_alive(&g.listen).await;
+    let _silent: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(tokio::net::TcpStream::connect(&g.listen).await.unwrap());
+        }
+        v
+    };
+    let signalled = Instant::now();
+    sigterm(&g.proc);
+    let status = g
+        .proc
+        .wait_exit(Duration::from_secs(40))
+        .expect("the gateway exits");
+    assert!(status.success(), "{status:?}: {}", g.proc.stderr());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "waited {:?} for connections with nothing in flight (grace 30 s)",
+        signalled.elapsed()
+    );
+}
+
+/// "A second signal exits at once": even with a request in flight and a long grace. The
+/// abandoned drain used to keep the process until the grace anyway (dropping the runtime
+/// waited for the task joining the worker threads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let mut g = serve(dir.path(), &upstream.url(), "30s").await;
+    let _slow = in_flight(&g, &upstream, 60_000).await;
+    sigterm(&g.proc);
+    let started = Instant::now();
+    while !g.proc.stderr().contains("Stopping") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            g.proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = Instant::now();
+    sigterm(&g.proc);
+    let status = g
+        .proc
+        .wait_exit(Duration::from_secs(40))
+        .expect("the gateway exits");
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "took {:?} after the second signal (grace 30 s)",
+        second.elapsed()
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(g.proc.stderr().contains("A second stop signal"));
+}
+
+/// A store that hangs (connections open, nothing answered) at SIGTERM: the usage writes at
+/// shutdown have no answer to wait for, and used to wait for it forever. The process exits
+/// within the grace all the same, saying what it could not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_grace_while_the_store_hangs() {
+    let Some(db) = keygate_test::postgres_schema("kg_shutdown").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let store_cli = |args: &[&str]| {
+        json_output(
+            Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .args(["--json", "--db", &db])
+                .args(args),
+        )
+    };
+    store_cli(&["migrate"]);
+    store_cli(&["client", "create", "Acme"]);
+    let key = store_cli(&["key", "create", "--client", "Acme"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The node reaches PostgreSQL through a relay the test can stall.
+    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let base = std::env::var("KEYGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    assert!(
+        base.contains("127.0.0.1:5432"),
+        "the relay expects {pg}: {base}"
+    );
+    let relay = keygate_test::Relay::start(pg).await;
+    let relayed = db.replace("127.0.0.1:5432", &relay.addr().to_string());
+    let config = format!(
+        "[server]\nshutdown_grace = \"2s\"\nusage_flush = \"1h\"\n\n[upstreams.default]\nurl = \"{}\"\n\n\
+         [[routes]]\nname = \"echo\"\npath = \"/echo/{{*rest}}\"\n",
+        upstream.url()
+    );
+    std::fs::write(dir.path().join("keygate.toml"), &config).unwrap();
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut proc = Proc::spawn(
+        env!("CARGO_BIN_EXE_keygate"),
+        &[
+            "--db",
+            &relayed,
+            "serve",
+            "--config",
+            dir.path().join("keygate.toml").to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ],
+        &[("RUST_LOG", "info")],
+        dir.path(),
+    );
+    assert!(
+        wait_for_status(
+            admin.parse().unwrap(),
+            "/ready",
+            200,
+            Duration::from_secs(20)
+        )
+        .await,
+        "{}",
+        proc.stderr()
+    );
+    // Something for the shutdown to write: a use of the key, counted in memory.
+    let resp = http_client()
+        .get(format!("http://{listen}/echo/x"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    relay.stall();
+    let signalled = Instant::now();
+    sigterm(&proc);
+    let status = proc
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running 30 s after SIGTERM: {}", proc.stderr()));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}: {}", proc.stderr());
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} for a grace of 2 s: {}",
+        proc.stderr()
+    );
+    assert!(
+        proc.stderr()
+            .contains("The store did not take the last usage counts within the shutdown grace."),
+        "{}",
+        proc.stderr()
+    );
+    relay.cut();
 }

@@ -527,6 +527,18 @@ fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
     let l = spanned.get_ref();
     config.fail_closed = l.fail_closed;
     config.timeout = duration(l.timeout.as_deref(), config.timeout, Some(&span), errors);
+    config.connect_timeout = duration(
+        l.connect_timeout.as_deref(),
+        config.connect_timeout,
+        Some(&span),
+        errors,
+    );
+    if config.connect_timeout.is_zero() {
+        errors.at(
+            Some(&span),
+            "limits.connect_timeout of 0 would never connect; give a duration such as \"1s\"",
+        );
+    }
     match (l.backend.as_deref().unwrap_or("local"), &l.redis_url) {
         ("local", None) => {}
         ("local", Some(_)) => errors.at(

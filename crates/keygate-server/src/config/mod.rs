@@ -99,6 +99,9 @@ pub struct LimiterConfig {
     pub backend: LimiterBackend,
     /// Budget for one Redis answer before falling back.
     pub timeout: Duration,
+    /// Budget for opening a Redis connection (at start, in the background while Redis is
+    /// unreachable, on reconnects): a request's few milliseconds are no measure of that.
+    pub connect_timeout: Duration,
     pub fail_closed: bool,
 }
 
@@ -107,6 +110,7 @@ impl Default for LimiterConfig {
         LimiterConfig {
             backend: LimiterBackend::Local,
             timeout: Duration::from_millis(5),
+            connect_timeout: Duration::from_secs(1),
             fail_closed: false,
         }
     }

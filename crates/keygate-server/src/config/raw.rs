@@ -81,9 +81,13 @@ pub(crate) struct RawLimiter {
     /// `local` (one node) or `redis` (shared by every node).
     pub(crate) backend: Option<String>,
     pub(crate) redis_url: Option<String>,
-    /// Longest wait for Redis before falling back (`5ms`).
+    /// Longest wait for Redis's answer to a request's call before falling back (`5ms`).
     pub(crate) timeout: Option<String>,
-    /// Refuse requests instead of falling back to local limits when Redis fails.
+    /// Longest wait for a connection to Redis (`1s`): at start, in the background while Redis
+    /// is unreachable (the node starts anyway, on the fallback), and on each reconnect.
+    pub(crate) connect_timeout: Option<String>,
+    /// Refuse limited requests (the profile's 503) instead of falling back to local limits
+    /// while Redis fails or has not answered since the start.
     #[serde(default)]
     pub(crate) fail_closed: bool,
 }
@@ -127,7 +131,9 @@ pub(crate) struct RawServer {
     pub(crate) header_read_timeout: Option<String>,
     /// Largest request body forwarded upstream, in bytes; past it, 413.
     pub(crate) max_body_bytes: Option<u64>,
-    /// On SIGTERM, how long in-flight requests get to finish.
+    /// On SIGTERM, how long the whole shutdown may take (default 15s): in-flight requests and
+    /// WebSocket sessions get it less a fifth (at most a second), kept for the last usage
+    /// write; the process exits by then, whatever is still running.
     pub(crate) shutdown_grace: Option<String>,
     /// Most open connections on the public listener (all its workers together); past it a
     /// new connection is closed at once, so a flood cannot take every file descriptor.

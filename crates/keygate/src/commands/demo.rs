@@ -67,7 +67,7 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let upstream = sample_upstream().await?;
         let mut args = args;
         args.upstream = Some(format!("http://{upstream}"));
@@ -112,8 +112,9 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
             key_id = key.id,
             secret = secret.expose(),
         );
-        serve::stop_signal().await;
-        running.shutdown().await;
+        serve::serve_until_stopped(running).await;
         Ok(())
-    })
+    });
+    runtime.shutdown_background();
+    served
 }

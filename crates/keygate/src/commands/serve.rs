@@ -1,6 +1,7 @@
 //! `keygate serve`: the gateway, until SIGINT or SIGTERM.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use keygate_server::{Config, Overrides};
@@ -8,12 +9,17 @@ use keygate_store::{MigrateMode, OpenOptions, Store};
 
 use crate::cli::ServeArgs;
 
-/// Logs go to stderr, so stdout stays for what commands print.
+/// Logs go to stderr, so stdout stays for what commands print. Text logs are coloured only
+/// on a terminal (and not under `NO_COLOR`): escape codes in a file or a pipe are noise for
+/// every reader and log shipper.
 pub(crate) fn init_logging(format: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -111,19 +117,53 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let store = open_store(&config.db).await?;
         let running = keygate_server::start(config, store).await?;
-        stop_signal().await;
-        let grace = running.gateway.config.shutdown_grace;
-        tracing::info!(
-            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-            "Stopping: no new connections; in-flight requests may finish."
-        );
-        tokio::select! {
-            () = running.shutdown() => tracing::info!("Stopped."),
-            () = stop_signal() => tracing::warn!("A second stop signal; exiting without draining."),
-        }
+        serve_until_stopped(running).await;
         Ok(())
-    })
+    });
+    // Tasks still running (the admin listener, the feed, a second signal's abandoned drain)
+    // are dropped; dropping the runtime instead would wait for its blocking tasks.
+    runtime.shutdown_background();
+    served
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts down within `shutdown_grace`; a second signal
+/// ends it at once. The caller then shuts its runtime down with `shutdown_background`.
+pub(crate) async fn serve_until_stopped(running: keygate_server::Running) {
+    stop_signal().await;
+    let grace = running.gateway.config.shutdown_grace;
+    tracing::info!(
+        grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        "Stopping: no new connections; in-flight requests may finish."
+    );
+    exit_after(grace + EXIT_MARGIN);
+    tokio::select! {
+        () = running.shutdown() => tracing::info!("Stopped."),
+        () = stop_signal() => tracing::warn!("A second stop signal; exiting without draining."),
+    }
+}
+
+/// How long past `shutdown_grace` the process may take before [`exit_after`] ends it.
+const EXIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// Ends the process `after` from now if it is still running: the last word on shutdown, on a
+/// thread of its own so that no stuck task, blocked runtime or held lock can keep the process
+/// alive past its grace. `Running::shutdown` bounds each of its waits, so this fires only if
+/// something it does not know of hangs.
+fn exit_after(after: Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("keygate-exit".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                "Shutdown did not finish within the grace; exiting."
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = watchdog {
+        tracing::warn!(error = %e, "Cannot start the shutdown watchdog.");
+    }
 }

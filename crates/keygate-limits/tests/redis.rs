@@ -208,7 +208,11 @@ fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
         .with_max_level(tracing::Level::INFO)
         .with_writer(move || LogWriter(writer.clone()))
         .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have met a log call site first, with no subscriber of its
+    // own, and cached "nobody listens" for it; asked again now, every call site sees this one.
+    tracing::callsite::rebuild_interest_cache();
+    (buf, guard)
 }
 
 struct LogWriter(Arc<Mutex<Vec<u8>>>);

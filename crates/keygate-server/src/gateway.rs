@@ -207,13 +207,16 @@ impl Gateway {
     ///
     /// # Errors
     /// A 403-class [`Denial`], or `duplicate_parameter` for a gated query parameter sent twice.
-    pub fn authorize(
+    ///
+    /// The sport and bookmaker it read are returned, so a caller that keeps them (a WebSocket
+    /// session re-checks them later) does not read the request again.
+    pub fn authorize<'a>(
         &self,
         who: &Admitted,
         route: &Route,
-        params: &crate::routes::Params<'_, '_>,
-        query: Option<&str>,
-    ) -> Result<(), Denial> {
+        params: &crate::routes::Params<'_, 'a>,
+        query: Option<&'a str>,
+    ) -> Result<Named<'a>, Denial> {
         let named = Named::read(route, params, query)?;
         authorize(
             &who.client.policy,
@@ -223,7 +226,8 @@ impl Gateway {
                 bookmaker: named.bookmaker.as_deref(),
                 params: params.values(),
             },
-        )
+        )?;
+        Ok(named)
     }
 
     /// Checks the limits that apply to an admitted caller on a route. `Ok(None)` when none

@@ -149,7 +149,7 @@ fn authorize_verify(gw: &Gateway, who: &Admitted, ask: &VerifyRequest) -> Result
         }
         match gw.config.routes.find(&method, path) {
             RouteMatch::Found { route, params, .. } if !route.public => {
-                gw.authorize(who, route, &params, query)?
+                gw.authorize(who, route, &params, query)?;
             }
             RouteMatch::Found { .. } => {}
             RouteMatch::MethodNotAllowed => return Err(Denial::new(Reason::MethodNotAllowed)),

@@ -118,8 +118,7 @@ fn authorize(
     else {
         return Err(Denial::new(Reason::NotFound));
     };
-    gw.authorize(who, route, &params, p.query.as_deref())?;
-    let Named { sport, bookmaker } = Named::read(route, &params, p.query.as_deref())?;
+    let Named { sport, bookmaker } = gw.authorize(who, route, &params, p.query.as_deref())?;
     let params = if route.needs.has_templates() {
         params.values().iter().map(|&v| v.into()).collect()
     } else {

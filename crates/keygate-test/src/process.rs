@@ -115,10 +115,6 @@ fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Finds a free TCP port on 127.0.0.1 (bind :0, read port, drop).
-///
-/// Another process may take the port before the caller binds it; tests that
-/// can have the server report its own address should prefer that.
 /// Runs a CLI command to completion and returns the JSON document it printed; a failure
 /// fails the test with the command's stderr.
 pub fn json_output(cmd: &mut Command) -> serde_json::Value {
@@ -131,11 +127,50 @@ pub fn json_output(cmd: &mut Command) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768–60999), so no
+/// outgoing connection of any process can take one between the test's pick and the server's
+/// bind, which is how `bind :0, read, drop` failed (a client socket of a neighbouring test
+/// got the port first). 25672 is RabbitMQ's distribution port, left alone.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+const RESERVED: &[u16] = &[25_672];
+
+/// The next candidate offset into [`PORTS`]; starts at a place drawn from the process id and
+/// the clock so that test binaries running side by side walk different stretches.
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Finds a TCP port on 127.0.0.1 that nothing listens on and that no other call in this
+/// process has handed out, for a server the test starts next.
+///
+/// Panics when the whole range is taken, which fails the calling test.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
+    let span = usize::from(PORTS.end - PORTS.start);
+    let _ = NEXT_PORT.compare_exchange(
+        usize::MAX,
+        start_offset(span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT_PORT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORTS.start + u16::try_from(offset).expect("offset within the range");
+        if RESERVED.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {PORTS:?}")
+}
+
+fn start_offset(span: usize) -> usize {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize);
+    (std::process::id() as usize)
+        .wrapping_mul(7919)
+        .wrapping_add(nanos)
+        % span
 }
 
 /// Polls `GET http://{addr}{path}` every 20 ms until it answers `status` or

@@ -37,6 +37,28 @@ fn free_port_is_bindable() {
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("free port can be bound");
 }
 
+/// The CI failure this guards against: a port picked by `bind :0` lies in the ephemeral range,
+/// where a neighbouring test's outgoing connection took it before the gateway could listen.
+#[test]
+fn free_port_stays_out_of_the_ephemeral_range_and_never_repeats() {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let mut seen = std::collections::HashSet::new();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let port = free_port();
+        assert!(!(low..=high).contains(&port), "{port} is ephemeral");
+        assert!(seen.insert(port), "{port} handed out twice");
+        // Held ports must be skipped by the next picks, whatever the counter says.
+        held.push(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+    }
+}
+
 #[tokio::test]
 async fn wait_for_status_sees_up_and_down_servers() {
     let up = Upstream::start().await;

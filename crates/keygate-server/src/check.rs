@@ -201,11 +201,11 @@ pub async fn limit(
     let refused = |r: Refusal| r.on(passed.route_index).by(passed.who.clone());
     match verdict {
         Ok(Some((limit, state))) if !state.allowed => {
-            let quote = Quote::Limit(Budget::of(&limit, state));
+            let quote = Quote::Limit(Budget::of(&limit, state, now));
             Err(refused(Refusal::from(Reason::RateLimited).quoting(quote)))
         }
         Ok(decided) => {
-            trail.counted = Some(decided.map(|(limit, state)| Budget::of(&limit, state)));
+            trail.counted = Some(decided.map(|(limit, state)| Budget::of(&limit, state, now)));
             Ok(())
         }
         Err(reason) => Err(refused(reason.into())),

@@ -14,6 +14,7 @@ use http::{Method, Response, StatusCode};
 use keygate_core::decision::{Denial, Reason};
 use keygate_core::limit::{Limit, LimitState};
 use keygate_core::render::BodyFormat;
+use keygate_core::Timestamp;
 
 use crate::body::Body;
 use crate::gateway::{Admitted, Gateway};
@@ -29,13 +30,16 @@ use crate::ws::config::CloseEvent;
 pub struct Budget {
     pub window: u64,
     pub state: LimitState,
+    /// When the limiter answered: `reset` is reported relative to it.
+    pub at: Timestamp,
 }
 
 impl Budget {
-    pub fn of(limit: &Limit, state: LimitState) -> Budget {
+    pub fn of(limit: &Limit, state: LimitState, at: Timestamp) -> Budget {
         Budget {
             window: limit.window_seconds(),
             state,
+            at,
         }
     }
 
@@ -188,6 +192,32 @@ impl Trail {
         answer: Result<Served, Refusal>,
         caller: Option<Caller<'_>>,
     ) -> Response<Body> {
+        let (mut resp, peek) = self.settle(gw, answer);
+        if let Some(p) = peek {
+            self.peek(gw, &mut resp, p.who.as_ref(), p.route, caller, p.reason)
+                .await;
+        }
+        resp
+    }
+
+    /// [`Trail::finish`] for a request the limiter counted (everything let through to an
+    /// upstream or a self-service action): there is no budget to peek, so nothing to await,
+    /// and the answer is not moved into one more future on the busiest path.
+    pub fn finish_counted(self, gw: &Gateway, answer: Result<Served, Refusal>) -> Response<Body> {
+        debug_assert!(
+            self.counted.is_some(),
+            "only for requests the limiter counted"
+        );
+        self.settle(gw, answer).0
+    }
+
+    /// Renders the answer, writes the budget the limiter counted and records the exit; says
+    /// what to peek when the limiter did not count the request.
+    fn settle(
+        &self,
+        gw: &Gateway,
+        answer: Result<Served, Refusal>,
+    ) -> (Response<Body>, Option<Peek>) {
         let style = gw.config.profile.rate_limit_headers;
         match answer {
             Ok(served) => {
@@ -198,13 +228,10 @@ impl Trail {
                     who,
                 } = served;
                 let Some(outcome) = outcome else {
-                    return resp;
+                    return (resp, None);
                 };
                 if let Some(Some(budget)) = self.counted {
-                    write(&mut resp, style, &budget, gw);
-                } else if self.counted.is_none() && outcome == Outcome::Local {
-                    self.peek(gw, &mut resp, who.as_ref(), route, caller, None)
-                        .await;
+                    write(&mut resp, style, &budget);
                 }
                 record(
                     gw,
@@ -213,7 +240,12 @@ impl Trail {
                     resp.status(),
                     None,
                 );
-                resp
+                let peek = (self.counted.is_none() && outcome == Outcome::Local).then_some(Peek {
+                    who,
+                    route,
+                    reason: None,
+                });
+                (resp, peek)
             }
             Err(refusal) => {
                 let mut resp = render(gw, &refusal, self.format);
@@ -224,21 +256,29 @@ impl Trail {
                         StatusCode::FORBIDDEN
                     };
                 }
+                let reason = refusal.reason();
+                let mut peeks = false;
                 match (refusal.quote, self.counted) {
                     (Quote::Limit(budget), _) | (_, Some(Some(budget))) => {
-                        write(&mut resp, style, &budget, gw);
+                        write(&mut resp, style, &budget);
                     }
                     (_, Some(None)) => {}
-                    (_, None) => {
-                        let (who, reason) = (refusal.who.as_deref(), Some(refusal.reason()));
-                        self.peek(gw, &mut resp, who, refusal.route, caller, reason)
-                            .await;
-                    }
+                    (_, None) => peeks = true,
                 }
                 let exit = self.exit(refusal.route, refusal.who.as_deref());
-                let outcome = Outcome::Denied(refusal.reason());
-                record(gw, &exit, outcome, resp.status(), Some(refusal.reason()));
-                resp
+                record(
+                    gw,
+                    &exit,
+                    Outcome::Denied(reason),
+                    resp.status(),
+                    Some(reason),
+                );
+                let peek = peeks.then(|| Peek {
+                    who: refusal.who.map(|who| *who),
+                    route: refusal.route,
+                    reason: Some(reason),
+                });
+                (resp, peek)
             }
         }
     }
@@ -280,11 +320,23 @@ impl Trail {
     }
 }
 
+/// What an answer the limiter did not count needs to have the caller's budget peeked.
+struct Peek {
+    who: Option<Admitted>,
+    route: Option<usize>,
+    reason: Option<Reason>,
+}
+
 /// Writes what a limit said of this request (the limiter's own answer: `Retry-After` too on a
 /// refusal, where the profile's style has it).
-fn write(resp: &mut Response<Body>, style: HeaderStyle, budget: &Budget, gw: &Gateway) {
-    let now = gw.clock.now();
-    ratelimit::write_state(resp.headers_mut(), style, budget.window, &budget.state, now);
+fn write(resp: &mut Response<Body>, style: HeaderStyle, budget: &Budget) {
+    ratelimit::write_state(
+        resp.headers_mut(),
+        style,
+        budget.window,
+        &budget.state,
+        budget.at,
+    );
 }
 
 fn route_at(gw: &Gateway, index: Option<usize>) -> Option<&Route> {

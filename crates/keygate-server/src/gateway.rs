@@ -86,7 +86,8 @@ impl Admitted {
         headers.insert(names.client_name.clone(), c.name.clone());
         // Built per answer (a 20-byte copy) rather than kept per key: a million keys' header
         // values cost more memory than the copy costs time.
-        let key_id = HeaderValue::from_str(self.key.id()).unwrap_or(HeaderValue::from_static(""));
+        let key_id =
+            HeaderValue::from_str(self.key.id()).unwrap_or_else(|_| HeaderValue::from_static(""));
         headers.insert(names.key_id.clone(), key_id);
         headers.insert(names.scopes.clone(), c.scopes.clone());
         headers.insert(names.plan.clone(), c.plan.clone());

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -292,6 +292,13 @@ const PATH_OVERRIDES: [HeaderName; 2] = [
 /// (`[guard] trusted_proxies`), removed from anyone else's requests.
 const CLIENT_ADDRESS: [HeaderName; 2] = [HeaderName::from_static("x-real-ip"), header::FORWARDED];
 
+/// The forwarding headers written toward every upstream. Constants, so that the names are
+/// checked once at compile time rather than by `from_static` on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+
 /// What the headers toward an upstream say of the caller.
 pub struct Toward<'a> {
     /// The identity header names.
@@ -337,28 +344,38 @@ pub fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
         // Each insert replaces every value a caller sent under that name.
         who.write_identity(headers, t.identity);
     }
-    let xff = HeaderName::from_static("x-forwarded-for");
+    // One lookup of the name for both the read and the write.
     let ip = t.remote.ip();
-    let mut prior = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let forwarded_for = if prior.peek().is_none() {
-        Some(forwarded_for(ip))
-    } else {
-        let prior = prior.collect::<Vec<_>>().join(", ");
-        HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(xff, v);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(forwarded_for(ip));
+        }
+        Entry::Occupied(mut prior) => {
+            let joined = prior
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let value = if joined.is_empty() {
+                Some(forwarded_for(ip))
+            } else {
+                HeaderValue::from_str(&format!("{joined}, {ip}")).ok()
+            };
+            match value {
+                Some(v) => {
+                    prior.insert(v);
+                }
+                // A prior chain that cannot be extended goes rather than reach the upstream
+                // without the caller's address at its end.
+                None => {
+                    prior.remove_entry_mult();
+                }
+            }
+        }
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    headers.insert(X_FORWARDED_PROTO, HTTP);
     if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 

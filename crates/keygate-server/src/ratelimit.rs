@@ -208,6 +208,14 @@ pub fn write_headers(
     write_state(headers, style, limit.window_seconds(), state, now);
 }
 
+/// The budget headers' names: constants, checked once at compile time (`from_static` called
+/// on the request path validates the name on every call).
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// Writes the headers for a budget of `state.limit` per `window_seconds` (the IETF policy's
 /// `w`) in `state`; `Retry-After` only when the state is a denial and the style wants it.
 pub fn write_state(
@@ -223,35 +231,23 @@ pub fn write_state(
     // One growth of the map for all of them, not one per insert.
     headers.reserve(6);
     if style.x_ratelimit {
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-limit"),
-            repeated(&LIMIT, state.limit, number),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining"),
-            number(state.remaining),
-        );
+        headers.insert(X_RATELIMIT_LIMIT, repeated(&LIMIT, state.limit, number));
+        headers.insert(X_RATELIMIT_REMAINING, number(state.remaining));
         let reset = if style.reset_epoch {
             u64::try_from(state.reset.as_secs()).unwrap_or(0)
         } else {
             reset_in
         };
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-reset"),
-            repeated(&RESET, reset, number),
-        );
+        headers.insert(X_RATELIMIT_RESET, repeated(&RESET, reset, number));
     }
     if style.ietf {
         headers.insert(
-            HeaderName::from_static("ratelimit-policy"),
+            RATELIMIT_POLICY,
             repeated(&POLICY, (state.limit, window_seconds), |(q, w)| {
                 ietf_field(b'q', q, b'w', w)
             }),
         );
-        headers.insert(
-            HeaderName::from_static("ratelimit"),
-            ietf_field(b'r', state.remaining, b't', reset_in),
-        );
+        headers.insert(RATELIMIT, ietf_field(b'r', state.remaining, b't', reset_in));
     }
     if style.retry_after && !state.allowed {
         headers.insert(RETRY_AFTER, number(secs_ceil(state.retry_after).max(1)));

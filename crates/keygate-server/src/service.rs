@@ -260,7 +260,7 @@ async fn gate<'g>(
 }
 
 /// The upstream, or the route's self-service action; the request is spent here, so the exit
-/// peeks no budget (the limiter counted it).
+/// peeks no budget (the limiter counted it: [`Trail::finish_counted`]).
 async fn forward(
     w: &Worker,
     mut req: Request<Incoming>,
@@ -341,7 +341,7 @@ async fn forward(
             }
         }
     };
-    trail.finish(gw, answer, None).await
+    trail.finish_counted(gw, answer)
 }
 
 #[cfg(test)]

@@ -153,6 +153,7 @@ async fn admit(gw: &Arc<Gateway>, p: &Pending, presented: &str) -> Result<Accept
                 let budget = Budget {
                     window: l.window_seconds,
                     state: l.state,
+                    at: gw.clock.now(),
                 };
                 Refusal::from(Denial::about(Reason::TooManyConnections, "connections"))
                     .quoting(Quote::Limit(budget))

@@ -20,14 +20,14 @@ use super::raw::{RawBreaker, RawConfig, RawError, RawLimits, RawProfile, RawRout
 use super::{
     Config, ConfigError, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan,
 };
-use crate::breaker::BreakerConfig;
-use crate::guard::GuardConfig;
-use crate::profile::{
+use crate::policy::guard::GuardConfig;
+use crate::policy::profile::{
     CredentialSource, ErrorOverrides, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS, WHOAMI_VARS,
 };
-use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
-use crate::routes::{BookmakerSource, Route, RouteTable, Target};
-use crate::upstream::UpstreamSpec;
+use crate::policy::ratelimit::{HeaderStyle, LimitBy, LimitSet};
+use crate::policy::routes::{BookmakerSource, Route, RouteTable, Target};
+use crate::policy::upstream::BreakerConfig;
+use crate::policy::upstream::UpstreamSpec;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
@@ -652,20 +652,22 @@ fn add_route(
     upstreams: &BTreeMap<String, usize>,
     profile: &Profile,
     routes: &mut RouteTable,
-    selfservice: Option<&crate::selfservice::SelfService>,
+    selfservice: Option<&crate::policy::selfservice::SelfService>,
     errors: &mut Errors<'_>,
 ) {
     let name = r.name.clone().unwrap_or_else(|| r.path.clone());
     let before = errors.list.len();
     let action = super::compile_selfservice::route_action(r, &name, span, selfservice, errors);
     // Registration has no key yet: its route is public (limited by source address).
-    let public = r.public || matches!(action, Some(crate::selfservice::Action::Register));
+    let public = r.public || matches!(action, Some(crate::policy::selfservice::Action::Register));
     let mut err = |m: String| errors.at(span, format!("route `{name}`: {m}"));
     if !r.path.starts_with('/') {
         err(format!("path `{}` must start with `/`", r.path));
     }
     let methods = if r.methods.is_empty() {
-        action.as_ref().map(crate::selfservice::Action::methods)
+        action
+            .as_ref()
+            .map(crate::policy::selfservice::Action::methods)
     } else {
         let mut list = Vec::new();
         for m in &r.methods {

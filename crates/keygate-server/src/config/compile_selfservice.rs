@@ -9,7 +9,7 @@ use keygate_core::Scope;
 use super::compile::Errors;
 use super::raw::{RawRoute, RawSelfService};
 use super::Plan;
-use crate::selfservice::{Action, SelfService};
+use crate::policy::selfservice::{Action, SelfService};
 
 /// Field names the answers already use for the account itself.
 const RESERVED: &[&str] = &[

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use keygate_core::Issuer;
 
-use crate::profile::Profile;
-use crate::ratelimit::LimitSet;
-use crate::routes::RouteTable;
-use crate::upstream::UpstreamSpec;
+use crate::policy::profile::Profile;
+use crate::policy::ratelimit::LimitSet;
+use crate::policy::routes::RouteTable;
+use crate::policy::upstream::UpstreamSpec;
 
 pub use compile::{default_config, load};
 
@@ -69,9 +69,9 @@ impl Plan {
             limits.insert("burst".to_owned(), serde_json::json!(burst));
         }
         let by = match l.by {
-            crate::ratelimit::LimitBy::Client => "client",
-            crate::ratelimit::LimitBy::Key => "key",
-            crate::ratelimit::LimitBy::Source => "source",
+            crate::policy::ratelimit::LimitBy::Client => "client",
+            crate::policy::ratelimit::LimitBy::Key => "key",
+            crate::policy::ratelimit::LimitBy::Source => "source",
         };
         let mut plan = serde_json::json!({
             "name": name,
@@ -193,14 +193,14 @@ pub struct Config {
     pub plans: BTreeMap<String, Plan>,
     pub profile: Profile,
     pub limiter: LimiterConfig,
-    pub guard: crate::guard::GuardConfig,
+    pub guard: crate::policy::guard::GuardConfig,
     pub http: HttpLimits,
     /// On SIGTERM, how long in-flight requests and sessions get to finish.
     pub shutdown_grace: Duration,
     /// WebSocket routes, the profile's WebSocket contract and plans' WebSocket limits.
-    pub ws: crate::ws::config::WsConfig,
+    pub ws: crate::policy::ws::WsConfig,
     /// Self-service accounts; `None` (the default) turns every self-service route off.
-    pub selfservice: Option<crate::selfservice::SelfService>,
+    pub selfservice: Option<crate::policy::selfservice::SelfService>,
 }
 
 impl Config {

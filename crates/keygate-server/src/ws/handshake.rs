@@ -5,7 +5,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use keygate_core::decision::{Denial, Reason};
 
-use crate::body::Body;
+use crate::request::body::Body;
 
 /// Whether a request asks for a WebSocket (`Upgrade: websocket`). Validity is checked later.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {

@@ -3,8 +3,8 @@
 
 use keygate_core::policy::ClientPolicy;
 
-use super::channels::{self, channel_list, Refused};
-use super::config::{AuthMode, WsProfile};
+use crate::policy::channels::{self, channel_list, Refused};
+use crate::policy::ws::{AuthMode, WsProfile};
 
 /// A message the protocol does not allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -129,7 +129,7 @@ mod tests {
     use keygate_core::{ClientId, LimitOverrides};
 
     use super::*;
-    use crate::ws::config::{ChannelMap, TokenSecret};
+    use crate::policy::ws::{ChannelMap, TokenSecret};
 
     fn setup() -> (WsProfile, ClientPolicy) {
         let mut p = WsProfile::new(TokenSecret([0; 32]));

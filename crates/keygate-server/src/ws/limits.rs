@@ -7,9 +7,9 @@ use std::time::Duration;
 use keygate_core::limit::{Limit, LimitState, Window};
 use keygate_limits::{Check, LimitKey};
 
-use super::config::WsLimits;
-use crate::gateway::{Admitted, Gateway};
-use crate::ratelimit::LimitBy;
+use crate::policy::ratelimit::LimitBy;
+use crate::policy::ws::WsLimits;
+use crate::state::gateway::{Admitted, Gateway};
 
 /// Counter slots of WebSocket limits, far above the plan and route slots.
 const SLOT_PER_KEY: u16 = 65_000;

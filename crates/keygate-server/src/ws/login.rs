@@ -1,8 +1,8 @@
 //! The login message of `login_message` routes (seed 000):
 //! `{"type":"login","apiKey":"…","channels":[…]}`, field names from the profile.
 
-use super::channels::{channel_list, ChannelListError};
-use super::config::LoginShape;
+use crate::policy::channels::{channel_list, ChannelListError};
+use crate::policy::ws::LoginShape;
 
 /// A parsed login.
 #[derive(Clone, PartialEq, Eq)]

@@ -22,23 +22,23 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::channels;
-use super::config::{AuthMode, CloseEvent, MessageKind, WsLimits};
 use super::handshake::{self, Opening};
 use super::limits::Leases;
 use super::login::{self, LoginError};
 use super::relay::{close_frame, error_message, ClientSocket, Relay};
-use super::session::{Admission, Sessions};
 use super::token;
 use super::upstream::{self, socket_config, Target, UpstreamSocket};
-use crate::check;
-use crate::credential;
-use crate::exit::{self, Budget, Exit, Quote, Refusal, Served};
-use crate::gateway::{query_param, Admitted, Gateway, Named};
-use crate::guard::Caller;
-use crate::metrics::Outcome;
-use crate::profile::CredentialSource;
-use crate::routes::{self, RouteMatch};
+use crate::policy::channels;
+use crate::policy::guard::Caller;
+use crate::policy::profile::CredentialSource;
+use crate::policy::routes::{self, RouteMatch};
+use crate::policy::ws::{AuthMode, CloseEvent, MessageKind, WsLimits};
+use crate::request::check;
+use crate::request::credential;
+use crate::request::exit::{self, Budget, Exit, Quote, Refusal, Served};
+use crate::state::gateway::{query_param, Admitted, Gateway, Named};
+use crate::state::metrics::Outcome;
+use crate::state::ws_sessions::{Admission, Sessions};
 
 /// An upgrade request on a WebSocket route, owned so it can outlive the HTTP exchange.
 #[derive(Debug)]

@@ -24,12 +24,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::config::{AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits};
 use super::inbound::{self, BadMessage, Inbound};
 use super::limits::Leases;
-use super::session::{Registration, Stop};
 use super::upstream::UpstreamSocket;
-use crate::gateway::{Admitted, Gateway};
+use crate::policy::ws::{AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits};
+use crate::state::gateway::{Admitted, Gateway};
+use crate::state::ws_sessions::{Registration, Stop};
 
 /// The client side of a session.
 pub type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
@@ -165,7 +165,7 @@ impl Relay {
         &self,
         forward: Option<String>,
         granted: Vec<String>,
-        refused: Vec<super::channels::Refused>,
+        refused: Vec<crate::policy::channels::Refused>,
     ) -> Step {
         if !self.reg.add_channels(&granted) {
             return self.bad(BadMessage::TooManyChannels);

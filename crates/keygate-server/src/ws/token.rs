@@ -18,8 +18,8 @@ use keygate_core::{KeyDigest, Timestamp};
 use keygate_limits::LimitKey;
 use sha2::Sha256;
 
-use super::config::TokenSecret;
-use crate::gateway::Gateway;
+use crate::policy::ws::TokenSecret;
+use crate::state::gateway::Gateway;
 
 /// Every token starts with this, so a token is never taken for a key and vice versa.
 pub const PREFIX: &str = "wst_";

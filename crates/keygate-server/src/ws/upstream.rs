@@ -1,5 +1,5 @@
 //! Opening the upstream WebSocket: the caller's request (its credentials already stripped) with
-//! the headers every upstream gets (`crate::proxy::rewrite_headers`), less its handshake
+//! the headers every upstream gets (`crate::request::proxy::rewrite_headers`), less its handshake
 //! headers, over a fresh TCP connection.
 
 use std::net::SocketAddr;
@@ -12,11 +12,11 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::gateway::Admitted;
-use crate::guard::Guard;
-use crate::profile::Profile;
-use crate::proxy::{rewrite_headers, Toward};
-use crate::upstream::UpstreamSpec;
+use crate::policy::guard::Guard;
+use crate::policy::profile::Profile;
+use crate::policy::upstream::UpstreamSpec;
+use crate::request::proxy::{rewrite_headers, Toward};
+use crate::state::gateway::Admitted;
 
 /// The upstream side of a session.
 pub type UpstreamSocket = WebSocketStream<TcpStream>;
@@ -40,11 +40,11 @@ pub struct Target<'a> {
     pub spec: &'a UpstreamSpec,
     /// Path and query as the upstream should see them (credentials removed).
     pub path_and_query: String,
-    /// The client's upgrade request headers, credentials removed (`crate::credential::strip`).
+    /// The client's upgrade request headers, credentials removed (`crate::request::credential::strip`).
     pub headers: &'a HeaderMap,
     pub who: &'a Admitted,
     pub remote: SocketAddr,
-    /// Whose client-address headers are believed (`crate::proxy::Toward::guard`).
+    /// Whose client-address headers are believed (`crate::request::proxy::Toward::guard`).
     pub guard: &'a Guard,
 }
 

@@ -1,0 +1,12 @@
+//! The server as a process: sockets and runtimes, accepted connections, the per-connection
+//! service that sends each request to the HTTP path, the WebSocket side or self-service, the
+//! infra endpoints, the change feed and shutdown. The top of the crate: it depends on every
+//! other folder, and none depends on it.
+
+pub mod connection;
+pub mod fault;
+pub mod feed;
+pub mod infra;
+pub mod listen;
+pub mod server;
+pub mod service;

@@ -12,21 +12,21 @@ use keygate_core::policy::ClientPolicy;
 use super::ws::{ChannelMap, ChannelRule};
 
 /// Most channels one message may name.
-pub const MAX_CHANNELS_PER_MESSAGE: usize = 64;
+pub(crate) const MAX_CHANNELS_PER_MESSAGE: usize = 64;
 /// Most channels one session may hold at once.
-pub const MAX_CHANNELS_PER_SESSION: usize = 256;
+pub(crate) const MAX_CHANNELS_PER_SESSION: usize = 256;
 /// Longest channel name.
-pub const MAX_CHANNEL_LEN: usize = 256;
+pub(crate) const MAX_CHANNEL_LEN: usize = 256;
 
 /// A `channels` value that is not a list of channel names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChannelListError;
+pub(crate) struct ChannelListError;
 
 /// Reads a channel list: one name, or an array of names (bounded in count and length).
 ///
 /// # Errors
 /// [`ChannelListError`] for anything else.
-pub fn channel_list(value: &serde_json::Value) -> Result<Vec<String>, ChannelListError> {
+pub(crate) fn channel_list(value: &serde_json::Value) -> Result<Vec<String>, ChannelListError> {
     let one = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) if !s.is_empty() && s.len() <= MAX_CHANNEL_LEN => {
             Ok(s.clone())
@@ -44,26 +44,26 @@ pub fn channel_list(value: &serde_json::Value) -> Result<Vec<String>, ChannelLis
 
 /// A channel refused, and the scope it needed (none for a channel the map does not know).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub channel: String,
     pub scope: Option<String>,
 }
 
 /// Channels split into those the client may see and those it may not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub granted: Vec<String>,
     pub refused: Vec<Refused>,
 }
 
 impl Grant {
-    pub fn refused_names(&self) -> Vec<String> {
+    pub(crate) fn refused_names(&self) -> Vec<String> {
         self.refused.iter().map(|r| r.channel.clone()).collect()
     }
 }
 
 /// The placeholder a channel's scope may use for the session's sport.
-pub const SPORT: &str = "{sport}";
+pub(crate) const SPORT: &str = "{sport}";
 
 /// A channel scope with the session's sport filled in; `None` when it names the sport and the
 /// session has none (or one that is no run of scope characters), so it is never granted.
@@ -80,7 +80,7 @@ fn resolve<'s>(scope: &'s str, sport: Option<&str>) -> Option<std::borrow::Cow<'
 }
 
 /// Whether a client may see one channel in a session on `sport` (the route's `sport_param`).
-pub fn allowed(
+pub(crate) fn allowed(
     map: &ChannelMap,
     client: &ClientPolicy,
     sport: Option<&str>,
@@ -104,7 +104,7 @@ pub fn allowed(
 
 /// Splits `channels` by what `client` may see in a session on `sport`, keeping their order
 /// (duplicates dropped).
-pub fn grant(
+pub(crate) fn grant(
     map: &ChannelMap,
     client: &ClientPolicy,
     sport: Option<&str>,

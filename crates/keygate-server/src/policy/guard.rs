@@ -71,7 +71,7 @@ impl Default for GuardConfig {
 
 /// What a cool-down applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum By {
+pub(crate) enum By {
     Source,
     KeyPrefix,
 }

@@ -3,12 +3,12 @@
 //! [`Gateway`](crate::state::gateway::Gateway) or does I/O, so `config` can build these types
 //! without depending on the server that runs them.
 
-pub mod channels;
-pub mod guard;
-pub mod profile;
-pub mod ratelimit;
-pub mod repeat;
-pub mod routes;
-pub mod selfservice;
-pub mod upstream;
-pub mod ws;
+pub(crate) mod channels;
+pub(crate) mod guard;
+pub(crate) mod profile;
+pub(crate) mod ratelimit;
+pub(crate) mod repeat;
+pub(crate) mod routes;
+pub(crate) mod selfservice;
+pub(crate) mod upstream;
+pub(crate) mod ws;

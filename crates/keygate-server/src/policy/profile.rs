@@ -99,7 +99,7 @@ pub struct ErrorSpec {
 }
 
 /// Variables a body template may use.
-pub const TEMPLATE_VARS: &[&str] = &[
+pub(crate) const TEMPLATE_VARS: &[&str] = &[
     "code",
     "status",
     "title",
@@ -112,7 +112,7 @@ pub const TEMPLATE_VARS: &[&str] = &[
 ];
 
 /// The RFC 9457 problem document of the default profile.
-pub const PROBLEM_BODY: &str = r#"{"type":"about:blank","title":"{title}","status":{"var":"status"},"detail":"{detail}","code":"{code}"}"#;
+pub(crate) const PROBLEM_BODY: &str = r#"{"type":"about:blank","title":"{title}","status":{"var":"status"},"detail":"{detail}","code":"{code}"}"#;
 
 impl ErrorSpec {
     /// The default profile's answer: RFC 9457 problem details with a stable `code`.
@@ -172,7 +172,7 @@ impl ErrorOverrides {
 }
 
 /// Variables a whoami template may use.
-pub const WHOAMI_VARS: &[&str] = &[
+pub(crate) const WHOAMI_VARS: &[&str] = &[
     "tenant_id",
     "client_id",
     "name",
@@ -186,7 +186,7 @@ pub const WHOAMI_VARS: &[&str] = &[
 ];
 
 /// Today's whoami document, the default profile's.
-pub const DEFAULT_WHOAMI_BODY: &str = r#"{"data":{"tenant_id":{"var":"tenant_id"},"name":{"var":"name"},"scopes":{"var":"scopes"},"sport_allowlist":{"var":"sport_allowlist"},"bookmaker_allowlist":{"var":"bookmaker_allowlist"},"rate_limit_rpm":{"var":"rate_limit_rpm"},"plan":{"var":"plan"},"key_id":{"var":"key_id"}}}"#;
+pub(crate) const DEFAULT_WHOAMI_BODY: &str = r#"{"data":{"tenant_id":{"var":"tenant_id"},"name":{"var":"name"},"scopes":{"var":"scopes"},"sport_allowlist":{"var":"sport_allowlist"},"bookmaker_allowlist":{"var":"bookmaker_allowlist"},"rate_limit_rpm":{"var":"rate_limit_rpm"},"plan":{"var":"plan"},"key_id":{"var":"key_id"}}}"#;
 
 /// The whoami document: a template over [`WHOAMI_VARS`], rendered as JSON or XML by `Accept`.
 #[derive(Clone, Debug)]

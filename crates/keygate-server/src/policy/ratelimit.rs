@@ -83,7 +83,7 @@ impl LimitSet {
 }
 
 /// Slots of a route's limits start here: `ROUTE_SLOTS + route_index * 8`.
-pub const ROUTE_SLOTS: u16 = 16;
+pub(crate) const ROUTE_SLOTS: u16 = 16;
 
 /// A client's compiled limits, stored in its replica entry: inline (at most five), so listing a
 /// request's checks reads the entry's own memory, not a buffer elsewhere.
@@ -110,7 +110,7 @@ impl ClientLimits {
 }
 
 /// Appends the checks for one request.
-pub fn checks(
+pub(crate) fn checks(
     out: &mut impl Extend<Check>,
     limits: &[(u16, Limit)],
     by: LimitBy,
@@ -197,20 +197,9 @@ thread_local! {
     static POLICY: Repeat<(u64, u64)> = const { Repeat::new() };
 }
 
-/// Writes the headers for the limit that decided.
-pub fn write_headers(
-    headers: &mut HeaderMap,
-    style: HeaderStyle,
-    limit: &Limit,
-    state: &LimitState,
-    now: Timestamp,
-) {
-    write_state(headers, style, limit.window_seconds(), state, now);
-}
-
 /// Writes the headers for a budget of `state.limit` per `window_seconds` (the IETF policy's
 /// `w`) in `state`; `Retry-After` only when the state is a denial and the style wants it.
-pub fn write_state(
+pub(crate) fn write_state(
     headers: &mut HeaderMap,
     style: HeaderStyle,
     window_seconds: u64,

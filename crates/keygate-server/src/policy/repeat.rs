@@ -8,12 +8,12 @@ use std::thread::LocalKey;
 use http::HeaderValue;
 
 /// One cached value; declare it in a `thread_local!`.
-pub struct Repeat<K> {
+pub(crate) struct Repeat<K> {
     last: RefCell<Option<(K, HeaderValue)>>,
 }
 
 impl<K> Repeat<K> {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Repeat {
             last: RefCell::new(None),
         }
@@ -27,7 +27,7 @@ impl<K> Default for Repeat<K> {
 }
 
 /// The value for `key` from this thread's `cache`, made by `make` when the key changed.
-pub fn repeated<K: PartialEq + Copy + 'static>(
+pub(crate) fn repeated<K: PartialEq + Copy + 'static>(
     cache: &'static LocalKey<Repeat<K>>,
     key: K,
     make: impl FnOnce(K) -> HeaderValue,

@@ -13,7 +13,7 @@ use http::Method;
 use keygate_core::policy::Requirements;
 
 /// Most parameters a pattern may have.
-pub const MAX_PARAMS: usize = 8;
+pub(crate) const MAX_PARAMS: usize = 8;
 
 /// Where a route reads the bookmaker from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -208,7 +208,7 @@ impl MessageKind {
 }
 
 /// Variables a message template may use.
-pub const MESSAGE_VARS: &[&str] = &[
+pub(crate) const MESSAGE_VARS: &[&str] = &[
     "code",
     "detail",
     "granted",

@@ -12,13 +12,13 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 /// A response body.
 #[derive(Debug)]
-pub enum Body {
+pub(crate) enum Body {
     Full(Full<Bytes>),
     Upstream(Incoming),
 }
 
 impl Body {
-    pub fn empty() -> Body {
+    pub(crate) fn empty() -> Body {
         Body::Full(Full::new(Bytes::new()))
     }
 }

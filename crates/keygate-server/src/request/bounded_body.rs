@@ -18,13 +18,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 /// The body grew past the bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the request body is larger than {max} bytes")]
-pub struct TooLarge {
+pub(crate) struct TooLarge {
     pub max: u64,
 }
 
 /// Why the forwarded body ended early.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
     /// The client's body failed (reset, malformed chunking, ...).
@@ -34,7 +34,7 @@ pub enum BodyError {
 
 /// A client's request body with a byte budget.
 #[derive(Debug)]
-pub struct BoundedBody {
+pub(crate) struct BoundedBody {
     inner: Incoming,
     max: u64,
     seen: u64,
@@ -45,18 +45,18 @@ pub struct BoundedBody {
 /// Tells whether a forwarded body is waiting for its caller: an upstream request that times
 /// out then is the caller's slowness (a body that never comes), not the upstream's.
 #[derive(Debug, Default)]
-pub struct CallerWait(Option<Arc<AtomicBool>>);
+pub(crate) struct CallerWait(Option<Arc<AtomicBool>>);
 
 impl CallerWait {
     /// True while the body's last read found nothing from the caller yet.
-    pub fn is_waiting(&self) -> bool {
+    pub(crate) fn is_waiting(&self) -> bool {
         self.0.as_ref().is_some_and(|w| w.load(Ordering::Acquire))
     }
 }
 
 impl BoundedBody {
     /// The body and its [`CallerWait`]. A request without a body allocates nothing.
-    pub fn new(inner: Incoming, max: u64) -> (Self, CallerWait) {
+    pub(crate) fn new(inner: Incoming, max: u64) -> (Self, CallerWait) {
         let waiting = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
         let wait = CallerWait(waiting.clone());
         let body = BoundedBody {
@@ -117,7 +117,7 @@ fn causes<'e>(
 }
 
 /// True when `e` (an upstream request's failure) was caused by a body past the bound.
-pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).any(|c| {
         c.downcast_ref::<TooLarge>().is_some()
             || matches!(c.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_)))
@@ -127,6 +127,6 @@ pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 /// True when `e` (an upstream request's failure) was caused by the caller's body stream:
 /// the caller closed or reset its connection mid-body, or sent malformed chunking. That is
 /// the caller's failure, not the upstream's: no circuit breaker may count it.
-pub fn is_client_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_client_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).any(|c| matches!(c.downcast_ref::<BodyError>(), Some(BodyError::Client(_))))
 }

@@ -14,7 +14,7 @@ use hyper_util::server::conn::auto;
 use crate::config::HttpLimits;
 
 /// The connection builder of the public listener, with the configured head bounds.
-pub fn connection_builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
+pub(crate) fn connection_builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
     // hyper answers 431 when a head does not fit its read buffer; the buffer's bound is the
@@ -43,7 +43,7 @@ pub fn connection_builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 
 /// True when the request declares a body larger than `max` bytes (an unparsable or
 /// conflicting `Content-Length` never reaches here: hyper refuses it with 400).
-pub fn body_too_large(headers: &HeaderMap, max: u64) -> bool {
+pub(crate) fn body_too_large(headers: &HeaderMap, max: u64) -> bool {
     headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

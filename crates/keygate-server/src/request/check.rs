@@ -30,7 +30,7 @@ pub struct Passed<'t> {
 /// Also what servlet containers (Tomcat, Jetty) normalize: a dot segment with path parameters
 /// (`..;x`, `.;`), and dots, slashes or backslashes encoded more than once (`%252e`, decoded
 /// once by the upstream's server and once more by the application).
-pub fn is_ambiguous_path(path: &str) -> bool {
+pub(crate) fn is_ambiguous_path(path: &str) -> bool {
     // Nearly every path has none of the three bytes a dot segment, an encoded separator or
     // a backslash needs: one pass over the bytes answers for them.
     if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
@@ -61,7 +61,7 @@ pub fn is_ambiguous_path(path: &str) -> bool {
 /// an HTTP/1.1 request without one, and to any request with more than one): which of two hosts
 /// an upstream, a cache or a log believes is anyone's guess. HTTP/1.0 may omit it; HTTP/2 names
 /// the authority in `:authority`.
-pub fn host_denial(version: http::Version, headers: &HeaderMap) -> Option<Denial> {
+pub(crate) fn host_denial(version: http::Version, headers: &HeaderMap) -> Option<Denial> {
     let mut hosts = headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Some(Denial::about(
@@ -81,7 +81,7 @@ pub fn host_denial(version: http::Version, headers: &HeaderMap) -> Option<Denial
 /// # Errors
 /// A 401-class reason and the profile source the key came from; `RateLimited` for a key that
 /// fails while the caller's source or key prefix is in a brute-force cool-down.
-pub fn authenticate(
+pub(crate) fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -102,7 +102,7 @@ pub fn authenticate(
 ///
 /// # Errors
 /// `RateLimited` for a failure during a cool-down, else the error of `auth`.
-pub fn guarded<T>(
+pub(crate) fn guarded<T>(
     gw: &Gateway,
     caller: Caller<'_>,
     key: Option<&str>,
@@ -184,7 +184,7 @@ pub fn decide<'t>(
 /// # Errors
 /// A [`Refusal`]: `RateLimited` quoting the deciding limit, or `LimiterUnavailable` when the
 /// shared limiter failed and the policy is fail-closed.
-pub async fn limit(
+pub(crate) async fn limit(
     gw: &Gateway,
     passed: &Passed<'_>,
     caller: Caller<'_>,

@@ -13,11 +13,11 @@ use keygate_core::decision::Reason;
 use crate::policy::profile::CredentialSource;
 
 /// Longest credential considered at all; anything longer is malformed without further work.
-pub const MAX_CREDENTIAL_LEN: usize = 512;
+pub(crate) const MAX_CREDENTIAL_LEN: usize = 512;
 
 /// The caller's key and where it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Credential<'a> {
+pub(crate) struct Credential<'a> {
     pub key: &'a str,
     pub source: usize,
 }
@@ -96,7 +96,7 @@ fn from_query<'a>(query: Option<&'a str>, name: &str) -> Result<Option<&'a str>,
 ///
 /// # Errors
 /// `MissingKey`, `MalformedKey` or `ConflictingCredentials`.
-pub fn extract<'a>(
+pub(crate) fn extract<'a>(
     sources: &[CredentialSource],
     headers: &'a HeaderMap,
     query: Option<&'a str>,
@@ -126,7 +126,7 @@ pub fn extract<'a>(
 /// The same rule for forwarded requests (`crate::request::proxy::prepare`) and WebSocket upstreams
 /// (`crate::ws::open`). Returns the query to send: borrowed when nothing was removed, `None`
 /// when the request has none.
-pub fn strip<'s, 'q>(
+pub(crate) fn strip<'s, 'q>(
     named: impl IntoIterator<Item = &'s CredentialSource>,
     kept: Option<&CredentialSource>,
     headers: &mut HeaderMap,
@@ -157,7 +157,7 @@ pub fn strip<'s, 'q>(
 }
 
 /// True when a pair of `query` is named `name` (percent-decoded, ASCII case ignored).
-pub fn has_query_param(query: &str, name: &str) -> bool {
+pub(crate) fn has_query_param(query: &str, name: &str) -> bool {
     query.split('&').any(|pair| names_param(pair, name))
 }
 
@@ -196,7 +196,7 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// `query` without the parameters [`strip`] would find named `name`.
-pub fn strip_query_param(query: &str, name: &str) -> String {
+pub(crate) fn strip_query_param(query: &str, name: &str) -> String {
     query
         .split('&')
         .filter(|pair| !pair.is_empty() && !names_param(pair, name))

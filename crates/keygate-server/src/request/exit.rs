@@ -122,7 +122,7 @@ impl From<Reason> for Refusal {
 
 /// An answer that is not a refusal.
 #[derive(Debug)]
-pub struct Served {
+pub(crate) struct Served {
     pub resp: Response<Body>,
     /// `None` while the exit belongs to a WebSocket session that decides on the socket
     /// (`login_message`, `close_code`): the session records it when it has decided.
@@ -133,7 +133,7 @@ pub struct Served {
 
 impl Served {
     /// An answer keygate gave itself.
-    pub fn local(resp: Response<Body>, who: Option<Admitted>) -> Served {
+    pub(crate) fn local(resp: Response<Body>, who: Option<Admitted>) -> Served {
         Served {
             resp,
             outcome: Some(Outcome::Local),
@@ -145,7 +145,7 @@ impl Served {
 
 /// What one request's exit needs that the steps learn on the way.
 #[derive(Debug)]
-pub struct Trail {
+pub(crate) struct Trail {
     method: Method,
     started: Option<Instant>,
     /// The body format the caller accepts (JSON until negotiated).
@@ -162,7 +162,7 @@ pub struct Trail {
 }
 
 impl Trail {
-    pub fn start(method: &Method) -> Trail {
+    pub(crate) fn start(method: &Method) -> Trail {
         Trail {
             method: method.clone(),
             // The clock is read for the access log's latency only when that log is on.
@@ -175,14 +175,14 @@ impl Trail {
     }
 
     /// When the request arrived (kept only while the access log is on).
-    pub fn started(&self) -> Option<Instant> {
+    pub(crate) fn started(&self) -> Option<Instant> {
         self.started
     }
 
     /// Ends the request: renders a refusal, writes the budget headers, counts and logs it.
     /// `caller` is the request's origin while the request is still at hand (a budget that was
     /// not counted is peeked for it); `None` once the request went upstream.
-    pub async fn finish(
+    pub(crate) async fn finish(
         self,
         gw: &Gateway,
         answer: Result<Served, Refusal>,
@@ -307,7 +307,7 @@ fn facts(gw: &Gateway, refusal: &Refusal) -> LimitFacts {
 
 /// The profile's HTTP answer to a refusal: the route's overrides before the profile's own
 /// answer, `Retry-After` where the refusal quotes a wait. The one place a refusal becomes HTTP.
-pub fn render(gw: &Gateway, refusal: &Refusal, format: BodyFormat) -> Response<Body> {
+pub(crate) fn render(gw: &Gateway, refusal: &Refusal, format: BodyFormat) -> Response<Body> {
     let profile = &gw.config.profile;
     let overrides = route_at(gw, refusal.route).map(|r| &r.errors);
     let facts = facts(gw, refusal);
@@ -347,7 +347,7 @@ pub fn render(gw: &Gateway, refusal: &Refusal, format: BodyFormat) -> Response<B
 
 /// A refusal on an open WebSocket: the profile's close event for it, and its error message's
 /// code and detail. The one reason → close map of every WebSocket mode.
-pub fn on_socket(refusal: &Refusal) -> (CloseEvent, &'static str, String) {
+pub(crate) fn on_socket(refusal: &Refusal) -> (CloseEvent, &'static str, String) {
     let reason = refusal.reason();
     let event = match reason {
         r if r.is_authentication_failure() => CloseEvent::Unauthorized,
@@ -378,7 +378,7 @@ pub fn on_socket(refusal: &Refusal) -> (CloseEvent, &'static str, String) {
 
 /// Where a request ended, for [`record`].
 #[derive(Clone, Copy, Debug)]
-pub struct Exit<'a> {
+pub(crate) struct Exit<'a> {
     pub method: &'a Method,
     pub route: Option<usize>,
     pub who: Option<&'a Admitted>,
@@ -386,13 +386,13 @@ pub struct Exit<'a> {
 }
 
 /// Whether the access log is on (its clock is read only then).
-pub fn access_logged() -> bool {
+pub(crate) fn access_logged() -> bool {
     tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
 }
 
 /// Counts one ended request in the metrics and its client's usage, and writes its one
 /// access-log line: never the key, never the query string. Every exit comes here once.
-pub fn record(
+pub(crate) fn record(
     gw: &Gateway,
     exit: &Exit<'_>,
     outcome: Outcome,

@@ -2,14 +2,14 @@
 //! decision ([`check`]), forwarding ([`proxy`]), the verify and whoami endpoints, and the one exit
 //! ([`exit`]). The WebSocket side (`crate::ws`) reuses these steps; nothing here depends on it.
 
-pub mod body;
-pub mod bounded_body;
-pub mod bounds;
-pub mod check;
-pub mod credential;
-pub mod exit;
-pub mod proxy;
-pub mod respond;
-pub mod verify;
-pub mod whoami;
-pub mod worker;
+pub(crate) mod body;
+pub(crate) mod bounded_body;
+pub(crate) mod bounds;
+pub(crate) mod check;
+pub(crate) mod credential;
+pub(crate) mod exit;
+pub(crate) mod proxy;
+pub(crate) mod respond;
+pub(crate) mod verify;
+pub(crate) mod whoami;
+pub(crate) mod worker;

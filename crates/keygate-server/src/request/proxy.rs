@@ -102,7 +102,7 @@ async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<BoundedBody>, SendEr
 
 /// Each worker's upstream connections, one pool per configured upstream.
 #[derive(Debug)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     pools: Vec<Pool>,
     /// Each upstream's `Host` value, copied for this worker: a header value cloned from the
     /// shared configuration bumps one reference count from every worker, a cache line the
@@ -111,7 +111,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(specs: &[UpstreamSpec]) -> Self {
+    pub(crate) fn new(specs: &[UpstreamSpec]) -> Self {
         Upstreams {
             pools: specs.iter().map(|_| Pool::default()).collect(),
             hosts: specs
@@ -124,7 +124,7 @@ impl Upstreams {
     }
 
     /// This worker's copy of upstream `i`'s `Host` value.
-    pub fn host(&self, i: usize) -> &HeaderValue {
+    pub(crate) fn host(&self, i: usize) -> &HeaderValue {
         &self.hosts[i]
     }
 
@@ -181,7 +181,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// One pass over the message's few headers finds what to remove; removing each of the nine
 /// names unconditionally hashed nine names per message, twice per request (callgrind: 6% of
 /// the gate path's instructions, BENCHMARKS.md).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: smallvec::SmallVec<[HeaderName; 4]> = smallvec::SmallVec::new();
     for (name, value) in headers.iter() {
         if *name == header::CONNECTION {
@@ -210,7 +210,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// What the proxy needs to know about the request beyond the request itself.
-pub struct Forward<'a> {
+pub(crate) struct Forward<'a> {
     pub upstream: usize,
     pub spec: &'a UpstreamSpec,
     /// The `Host` sent upstream ([`Upstreams::host`]).
@@ -293,7 +293,7 @@ const PATH_OVERRIDES: [HeaderName; 2] = [
 const CLIENT_ADDRESS: [HeaderName; 2] = [HeaderName::from_static("x-real-ip"), header::FORWARDED];
 
 /// What the headers toward an upstream say of the caller.
-pub struct Toward<'a> {
+pub(crate) struct Toward<'a> {
     /// The identity header names.
     pub identity: &'a IdentityHeaders,
     /// The caller, when it authenticated (else identity headers it sent are removed).
@@ -311,7 +311,7 @@ pub struct Toward<'a> {
 /// routes that restrict methods, path overrides always; `X-Forwarded-For` gets the peer
 /// appended, `X-Forwarded-Proto` and `X-Forwarded-Host` (the caller's `Host`) are written.
 /// `Host` itself is the caller's to set.
-pub fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
+pub(crate) fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
     strip_hop_by_hop(headers);
     // Room for what is added below (identity, X-Forwarded-*): one growth of the map at most.
     headers.reserve(8);
@@ -367,7 +367,7 @@ pub fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
 ///
 /// # Errors
 /// `BadRequest` if the URI cannot be rebuilt.
-pub fn prepare(
+pub(crate) fn prepare(
     req: &mut Request<Incoming>,
     profile: &Profile,
     f: &Forward<'_>,
@@ -421,7 +421,7 @@ pub fn prepare(
 /// `UpstreamTimeout` when headers do not arrive in time, `PayloadTooLarge` when the body
 /// streams past `max_body`, `RequestBodyFailed` when the caller's body fails,
 /// `UpstreamUnavailable` otherwise.
-pub async fn send(
+pub(crate) async fn send(
     upstreams: &Upstreams,
     f: &Forward<'_>,
     req: Request<Incoming>,

@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 use crate::request::body::Body;
 
 /// A JSON answer.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Body::from(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -17,7 +17,7 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 }
 
 /// A plain-text answer.
-pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut()

@@ -34,12 +34,12 @@ use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
 
 /// Largest verify request body accepted.
-pub const MAX_VERIFY_BODY: usize = 16 * 1024;
+pub(crate) const MAX_VERIFY_BODY: usize = 16 * 1024;
 
-pub const VERIFY_PATH: &str = "/v1/keys/verify";
-pub const NGINX_PATH: &str = "/v1/auth/nginx";
-pub const TRAEFIK_PATH: &str = "/v1/auth/traefik";
-pub const ENVOY_PREFIX: &str = "/v1/auth/envoy";
+pub(crate) const VERIFY_PATH: &str = "/v1/keys/verify";
+pub(crate) const NGINX_PATH: &str = "/v1/auth/nginx";
+pub(crate) const TRAEFIK_PATH: &str = "/v1/auth/traefik";
+pub(crate) const ENVOY_PREFIX: &str = "/v1/auth/envoy";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +59,7 @@ fn bad_request(why: &str) -> Refusal {
 ///
 /// # Errors
 /// A [`Refusal`] for a question that is not one (method, body).
-pub async fn verify(
+pub(crate) async fn verify(
     gw: &Gateway,
     req: &mut Request<Incoming>,
     peer: IpAddr,
@@ -161,14 +161,14 @@ fn authorize_verify(gw: &Gateway, who: &Admitted, ask: &VerifyRequest) -> Result
 
 /// Which forward-auth contract a request speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Contract {
+pub(crate) enum Contract {
     Nginx,
     Traefik,
     Envoy,
 }
 
 impl Contract {
-    pub fn from_path(path: &str) -> Option<Contract> {
+    pub(crate) fn from_path(path: &str) -> Option<Contract> {
         match path {
             NGINX_PATH => Some(Contract::Nginx),
             TRAEFIK_PATH => Some(Contract::Traefik),
@@ -189,7 +189,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a str> {
 ///
 /// # Errors
 /// The [`Refusal`] keygate's own listener would give the original request.
-pub async fn forward_auth(
+pub(crate) async fn forward_auth(
     gw: &Gateway,
     contract: Contract,
     req: &Request<Incoming>,

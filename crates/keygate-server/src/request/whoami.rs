@@ -40,7 +40,7 @@ impl Vars for WhoVars<'_> {
 }
 
 /// The whoami document.
-pub fn answer(body: &WhoamiBody, who: &Admitted, format: BodyFormat) -> Response<Body> {
+pub(crate) fn answer(body: &WhoamiBody, who: &Admitted, format: BodyFormat) -> Response<Body> {
     let vars = WhoVars(who);
     let (text, content_type) = match format {
         BodyFormat::Json => (body.template.render_json(&vars), "application/json"),

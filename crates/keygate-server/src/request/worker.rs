@@ -8,7 +8,7 @@ use crate::state::gateway::Gateway;
 
 /// What one worker thread owns: the shared gateway and its own upstream connection pools.
 #[derive(Debug)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub gw: Arc<Gateway>,
     pub upstreams: Upstreams,
     /// This worker's copy of the profile's identity header names ([`IdentityHeaders::copied`]).

@@ -8,7 +8,7 @@
 
 /// Panics if this debug build was told to fail on `route`.
 #[cfg(debug_assertions)]
-pub fn panic_if_injected(route: &str) {
+pub(crate) fn panic_if_injected(route: &str) {
     static ROUTE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let injected = ROUTE.get_or_init(|| std::env::var("KEYGATE_DEBUG_PANIC_ROUTE").ok());
     if injected.as_deref() == Some(route) {

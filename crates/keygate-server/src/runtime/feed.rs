@@ -28,7 +28,7 @@ impl crate::state::replica::PlanCatalog for Plans<'_> {
 }
 
 /// Loads the initial snapshot, retrying until the store answers.
-pub async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(100);
     loop {
         match store.snapshot().await {
@@ -92,7 +92,7 @@ async fn listen(store: Store, wake: Arc<Notify>, mut shutdown: watch::Receiver<b
 
 /// Follows the change feed until shutdown: reads it when the store announces a change, and
 /// every `poll` regardless (a lost announcement costs at most one interval).
-pub async fn follow(
+pub(crate) async fn follow(
     gw: Arc<Gateway>,
     store: Store,
     poll: Duration,

@@ -10,7 +10,7 @@ use crate::state::gateway::Gateway;
 
 /// An infra endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Infra {
+pub(crate) enum Infra {
     Health,
     Ready,
     Status,
@@ -18,7 +18,7 @@ pub enum Infra {
 }
 
 impl Infra {
-    pub fn from_path(path: &str) -> Option<Infra> {
+    pub(crate) fn from_path(path: &str) -> Option<Infra> {
         match path {
             "/health" => Some(Infra::Health),
             "/ready" => Some(Infra::Ready),
@@ -29,7 +29,7 @@ impl Infra {
     }
 
     /// Whether the profile serves this endpoint without a key on the public listener.
-    pub fn is_public(self, gw: &Gateway) -> bool {
+    pub(crate) fn is_public(self, gw: &Gateway) -> bool {
         let p = gw.config.profile.public;
         match self {
             Infra::Health => p.health,
@@ -41,7 +41,7 @@ impl Infra {
 }
 
 /// Answers an infra endpoint.
-pub fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
+pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
     match which {
         Infra::Health => respond::json(StatusCode::OK, &json!({ "status": "ok" })),
         Infra::Ready => {

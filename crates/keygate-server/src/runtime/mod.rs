@@ -3,10 +3,10 @@
 //! infra endpoints, the change feed and shutdown. The top of the crate: it depends on every
 //! other folder, and none depends on it.
 
-pub mod connection;
-pub mod fault;
-pub mod feed;
-pub mod infra;
-pub mod listen;
-pub mod server;
-pub mod service;
+pub(crate) mod connection;
+pub(crate) mod fault;
+pub(crate) mod feed;
+pub(crate) mod infra;
+pub(crate) mod listen;
+pub(crate) mod server;
+pub(crate) mod service;

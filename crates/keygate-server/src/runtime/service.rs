@@ -23,7 +23,7 @@ use crate::request::check::{self, Passed};
 use crate::request::exit::{Quote, Refusal, Served, Trail};
 use crate::request::proxy::{self, Forward};
 use crate::request::verify::{self, Contract};
-pub use crate::request::worker::Worker;
+pub(crate) use crate::request::worker::Worker;
 use crate::request::{respond, whoami};
 use crate::runtime::infra::{self, Infra};
 use crate::state::breaker::Ticket;
@@ -36,7 +36,7 @@ use crate::state::metrics::Outcome;
 /// Not an `async fn`, nor is [`guard_panics`]: an async wrapper keeps its argument future and
 /// the future it awaits side by side in its state, so each layer doubled the size that every
 /// request initialises and moves (15 KiB before, BENCHMARKS.md). Combinators hold one.
-pub fn handle_guarded(
+pub(crate) fn handle_guarded(
     w: Arc<Worker>,
     req: Request<Incoming>,
     remote: SocketAddr,
@@ -53,10 +53,10 @@ pub fn handle_guarded(
 
 /// Marks the answer [`guard_panics`] gave in place of a panicked handler's.
 #[derive(Clone, Copy, Debug)]
-pub struct Panicked;
+pub(crate) struct Panicked;
 
 /// Runs `answer`; if it panics, the answer is a 500 `internal_error` problem document.
-pub fn guard_panics<F>(answer: F) -> impl std::future::Future<Output = Response<Body>>
+pub(crate) fn guard_panics<F>(answer: F) -> impl std::future::Future<Output = Response<Body>>
 where
     F: std::future::Future<Output = Response<Body>>,
 {
@@ -90,7 +90,11 @@ fn panicked() -> Response<Body> {
     resp
 }
 
-pub async fn handle(w: Arc<Worker>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle(
+    w: Arc<Worker>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
     // A request answered here without reading its body leaves unread bytes on the connection;
     // closing it is the only safe end (a client reusing it would read garbage or fail).
     let has_body = !hyper::body::Body::is_end_stream(req.body());

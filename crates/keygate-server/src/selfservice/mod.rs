@@ -26,8 +26,8 @@ use crate::policy::routes::RouteMatch;
 use crate::request::body::Body;
 use crate::state::gateway::{Admitted, Gateway};
 
-pub use crate::policy::selfservice::{Action, SelfService};
-pub use error::SelfServiceError;
+pub(crate) use crate::policy::selfservice::{Action, SelfService};
+pub(crate) use error::SelfServiceError;
 
 /// Longest wait for one store call; past it the answer is 503 and nothing is promised.
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,7 +36,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Answers a self-service request that passed authentication and limits. `who` is `None`
 /// only for registration.
-pub async fn answer(
+pub(crate) async fn answer(
     gw: &Gateway,
     action: &Action,
     req: Request<Incoming>,

@@ -62,7 +62,7 @@ impl EmergencySwitch {
 }
 
 /// What callers read when the operator gave no message.
-pub const DEFAULT_MESSAGE: &str = "The service is temporarily unavailable.";
+pub(crate) const DEFAULT_MESSAGE: &str = "The service is temporarily unavailable.";
 
 #[cfg(test)]
 mod tests {

@@ -439,7 +439,7 @@ impl<'a> Named<'a> {
 /// A gated query parameter that appears more than once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the query parameter appears more than once")]
-pub struct Repeated;
+pub(crate) struct Repeated;
 
 /// The value of a gated query parameter, percent-decoded (empty counts as absent).
 ///
@@ -450,7 +450,7 @@ pub struct Repeated;
 ///
 /// # Errors
 /// [`Repeated`] when the parameter appears more than once, even with an empty value.
-pub fn query_param<'q>(
+pub(crate) fn query_param<'q>(
     query: Option<&'q str>,
     name: &str,
 ) -> Result<Option<Cow<'q, str>>, Repeated> {

@@ -18,7 +18,7 @@ use crate::state::locks::lock;
 use crate::state::replica::KeyEntry;
 
 /// How far apart two recorded uses of one key are at least.
-pub const GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Uses not yet written to the store: key subject (`k:key_…`, inline, so queuing allocates
 /// only the map slot) to milliseconds.

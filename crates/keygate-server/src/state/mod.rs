@@ -3,15 +3,15 @@
 //! WebSocket side, self-service, admin and the runtime all read it; it depends only on `config`
 //! and `policy`.
 
-pub mod breaker;
-pub mod connections;
-pub mod emergency;
-pub mod gateway;
-pub mod last_used;
-pub mod locks;
-pub mod metrics;
-pub mod per_worker;
-pub mod replica;
-pub mod shutdown;
-pub mod usage;
-pub mod ws_sessions;
+pub(crate) mod breaker;
+pub(crate) mod connections;
+pub(crate) mod emergency;
+pub(crate) mod gateway;
+pub(crate) mod last_used;
+pub(crate) mod locks;
+pub(crate) mod metrics;
+pub(crate) mod per_worker;
+pub(crate) mod replica;
+pub(crate) mod shutdown;
+pub(crate) mod usage;
+pub(crate) mod ws_sessions;

@@ -10,7 +10,7 @@ thread_local! {
 }
 
 /// Marks the calling thread as worker `index` (`crate::runtime::server` calls it as each worker starts).
-pub fn enter(index: usize) {
+pub(crate) fn enter(index: usize) {
     SLOT.set(index + 1);
 }
 
@@ -21,13 +21,13 @@ struct Padded<T>(T);
 
 /// One `T` per worker thread, plus one for every other thread.
 #[derive(Debug)]
-pub struct PerWorker<T> {
+pub(crate) struct PerWorker<T> {
     slots: Box<[Padded<T>]>,
 }
 
 impl<T> PerWorker<T> {
     /// Slots for `workers` worker threads and the others.
-    pub fn new(workers: usize, mut make: impl FnMut() -> T) -> Self {
+    pub(crate) fn new(workers: usize, mut make: impl FnMut() -> T) -> Self {
         PerWorker {
             slots: (0..=workers).map(|_| Padded(make())).collect(),
         }
@@ -35,13 +35,13 @@ impl<T> PerWorker<T> {
 
     /// The calling thread's copy (the shared one if it is a worker of another gateway with
     /// more workers, which only tests run).
-    pub fn local(&self) -> &T {
+    pub(crate) fn local(&self) -> &T {
         let i = SLOT.get();
         &self.slots.get(i).unwrap_or(&self.slots[0]).0
     }
 
     /// Every copy, for readers.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().map(|p| &p.0)
     }
 }

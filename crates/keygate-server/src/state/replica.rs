@@ -54,10 +54,10 @@ pub struct IdentityValues {
 }
 
 /// The bookmakers value meaning "every bookmaker": `*` is no bookmaker slug.
-pub const ALL_BOOKMAKERS: &str = "*";
+pub(crate) const ALL_BOOKMAKERS: &str = "*";
 
 /// The bookmaker header's text for a client policy (see [`IdentityValues::bookmakers`]).
-pub fn bookmakers_value(policy: &ClientPolicy) -> String {
+pub(crate) fn bookmakers_value(policy: &ClientPolicy) -> String {
     if policy.bookmakers.is_empty() && !policy.selects_bookmakers {
         ALL_BOOKMAKERS.to_owned()
     } else {
@@ -179,7 +179,7 @@ impl KeyEntry {
 /// only issued keys are in the map, so hashing it again (SipHash: about a third of a lookup)
 /// buys nothing; callers cannot choose where a lookup lands without a preimage.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct DigestHash;
+pub(crate) struct DigestHash;
 
 impl std::hash::BuildHasher for DigestHash {
     type Hasher = DigestHasher;
@@ -191,7 +191,7 @@ impl std::hash::BuildHasher for DigestHash {
 
 /// See [`DigestHash`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl std::hash::Hasher for DigestHasher {
     fn finish(&self) -> u64 {
@@ -317,13 +317,6 @@ impl Replica {
             }
         }
         self.version.fetch_max(delta.version, Ordering::AcqRel);
-    }
-
-    /// Recompiles every client's policy (after a configuration reload changed plans).
-    pub fn recompile(&self, clients: &[Client], plans: &dyn PlanCatalog) {
-        for c in clients {
-            self.upsert_client(c, plans);
-        }
     }
 
     fn upsert_client(&self, client: &Client, plans: &dyn PlanCatalog) {

@@ -34,16 +34,13 @@ pub struct Drain {
 /// The part of the grace kept for the last usage write: a fifth, at most a second. Draining
 /// ends this much before the grace does, so requests that outlive it cannot leave the write
 /// no time.
-pub fn write_reserve(grace: Duration) -> Duration {
+pub(crate) fn write_reserve(grace: Duration) -> Duration {
     (grace / 5).min(Duration::from_secs(1))
 }
 
 /// Keeps the process from exiting (up to the grace period) while it lives.
 #[derive(Debug)]
 pub struct Hold(#[allow(dead_code)] TaskTrackerToken);
-
-/// Why shutdown is under way, for close frames and logs.
-pub const REASON: &str = "server shutting down";
 
 impl Drain {
     pub fn new() -> Drain {

@@ -109,7 +109,7 @@ pub async fn flush(gw: &Gateway, store: &Store) -> Result<usize, keygate_store::
 }
 
 /// Flushes every `interval` until shutdown, then once more.
-pub async fn run(
+pub(crate) async fn run(
     gw: Arc<Gateway>,
     store: Store,
     interval: Duration,

@@ -26,7 +26,7 @@ use crate::state::gateway::Gateway;
 use crate::state::locks::lock;
 
 /// How often open sessions are checked against the clock (expiry) besides every change.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Why the gateway stops a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,7 +195,7 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
 }
 
 /// Checks open sessions against the clock until shutdown.
-pub async fn sweep(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn sweep(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}

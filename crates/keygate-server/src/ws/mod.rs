@@ -7,15 +7,15 @@
 //! between client and upstream, and [`crate::state::ws_sessions`] keeps every open session findable so a key or
 //! client change closes it within the second.
 
-pub mod handshake;
-pub mod inbound;
-pub mod limits;
-pub mod login;
-pub mod open;
-pub mod relay;
-pub mod token;
-pub mod token_endpoint;
-pub mod upstream;
+pub(crate) mod handshake;
+pub(crate) mod inbound;
+pub(crate) mod limits;
+pub(crate) mod login;
+pub(crate) mod open;
+pub(crate) mod relay;
+pub(crate) mod token;
+pub(crate) mod token_endpoint;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use crate::request::worker::Worker;
 /// then goes the usual way). Only for requests that ask for an upgrade
 /// ([`handshake::is_upgrade`]): the caller checks, so that no other request builds this future.
 /// The caller's exit ends it (`crate::request::exit`), a refusal included.
-pub async fn serve(
+pub(crate) async fn serve(
     w: &Arc<Worker>,
     req: &mut Request<Incoming>,
     remote: SocketAddr,

@@ -42,7 +42,7 @@ use crate::state::ws_sessions::{Admission, Sessions};
 
 /// An upgrade request on a WebSocket route, owned so it can outlive the HTTP exchange.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     pub route_index: usize,
     pub mode: AuthMode,
     /// Where the upgrade request's key is read from.
@@ -259,7 +259,7 @@ fn record(gw: &Gateway, p: &Pending, who: Option<&Admitted>, answer: Result<(), 
 
 /// `handshake` mode: every decision before the upgrade; a refusal is the profile's HTTP
 /// answer (the caller's exit renders it).
-pub async fn handshake(
+pub(crate) async fn handshake(
     gw: Arc<Gateway>,
     p: Pending,
     on_upgrade: OnUpgrade,
@@ -305,7 +305,7 @@ pub async fn handshake(
 }
 
 /// `login_message` and `close_code` modes: upgrade now, decide on the socket.
-pub fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Served {
+pub(crate) fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Served {
     let resp = handshake::switching(&p.opening, None);
     let p_route = p.route_index;
     let hold = gw.drain.hold();

@@ -32,13 +32,13 @@ use crate::state::gateway::{Admitted, Gateway};
 use crate::state::ws_sessions::{Registration, Stop};
 
 /// The client side of a session.
-pub type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long closing may take on each side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An admitted session, ready to relay.
-pub struct Relay {
+pub(crate) struct Relay {
     pub gw: Arc<Gateway>,
     pub mode: AuthMode,
     pub who: Admitted,
@@ -89,7 +89,7 @@ where
 }
 
 /// A close frame from the profile.
-pub fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
+pub(crate) fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
     let spec = gw.config.ws.profile.close(event);
     CloseFrame {
         code: CloseCode::from(spec.code),
@@ -98,7 +98,7 @@ pub fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
 }
 
 /// The profile's error message for a code.
-pub fn error_message(gw: &Gateway, code: &str, detail: &str) -> Message {
+pub(crate) fn error_message(gw: &Gateway, code: &str, detail: &str) -> Message {
     let vars = [
         ("code", Value::Str(code.to_owned())),
         ("detail", Value::Str(detail.to_owned())),
@@ -246,7 +246,7 @@ impl Relay {
     }
 
     /// Relays until one side closes, the gateway stops the session, or it idles out.
-    pub async fn run(mut self, mut client: ClientSocket, mut upstream: UpstreamSocket) {
+    pub(crate) async fn run(mut self, mut client: ClientSocket, mut upstream: UpstreamSocket) {
         let gw = Arc::clone(&self.gw);
         let profile = &gw.config.ws.profile;
         let send_timeout = profile.send_timeout;

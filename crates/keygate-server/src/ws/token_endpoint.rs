@@ -15,7 +15,7 @@ use crate::request::respond;
 use crate::state::gateway::Gateway;
 
 /// Whether `path` is the token endpoint.
-pub fn is_token_path(gw: &Gateway, path: &str) -> bool {
+pub(crate) fn is_token_path(gw: &Gateway, path: &str) -> bool {
     gw.config.ws.profile.token.path.as_deref() == Some(path) && gw.config.ws.has_routes()
 }
 
@@ -23,7 +23,7 @@ pub fn is_token_path(gw: &Gateway, path: &str) -> bool {
 ///
 /// # Errors
 /// A [`Refusal`], with the caller when it authenticated (its budget is then reported).
-pub fn answer(
+pub(crate) fn answer(
     gw: &Gateway,
     method: &Method,
     headers: &HeaderMap,

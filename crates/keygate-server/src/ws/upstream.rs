@@ -19,14 +19,14 @@ use crate::request::proxy::{rewrite_headers, Toward};
 use crate::state::gateway::Admitted;
 
 /// The upstream side of a session.
-pub type UpstreamSocket = WebSocketStream<TcpStream>;
+pub(crate) type UpstreamSocket = WebSocketStream<TcpStream>;
 
 /// Largest message accepted from an upstream (trusted, but not without bound).
 const UPSTREAM_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Socket settings for one side: small eager buffers, so an idle session costs little, and a
 /// bounded write buffer, so a slow reader cannot make it grow.
-pub fn socket_config(max_message: usize) -> WebSocketConfig {
+pub(crate) fn socket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -36,7 +36,7 @@ pub fn socket_config(max_message: usize) -> WebSocketConfig {
 }
 
 /// What the upstream request carries.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub spec: &'a UpstreamSpec,
     /// Path and query as the upstream should see them (credentials removed).
     pub path_and_query: String,
@@ -78,7 +78,7 @@ fn upstream_headers(profile: &Profile, t: &Target<'_>) -> HeaderMap {
 ///
 /// # Errors
 /// `UpstreamTimeout` when the upstream is too slow, `UpstreamUnavailable` otherwise.
-pub async fn connect(
+pub(crate) async fn connect(
     profile: &Profile,
     t: Target<'_>,
 ) -> Result<(UpstreamSocket, Option<HeaderValue>), Reason> {

@@ -6,7 +6,7 @@ use std::ops::Range;
 use super::spanned::Spanned;
 use keygate_core::Scope;
 
-use super::compile::Errors;
+use super::errors::Errors;
 use super::raw::{RawRoute, RawSelfService};
 use super::Plan;
 use crate::policy::selfservice::{Action, SelfService};

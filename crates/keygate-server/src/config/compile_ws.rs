@@ -11,7 +11,7 @@ use keygate_core::limit::Limit;
 use keygate_core::render::BodyTemplate;
 use keygate_core::Scope;
 
-use super::compile::{duration, Errors};
+use super::errors::{duration, Errors};
 use super::raw::{RawPlan, RawRoute};
 use super::raw_ws::{RawWsLimits, RawWsProfile, RawWsRoute};
 use crate::policy::profile::CredentialSource;

@@ -7,13 +7,13 @@
 mod compile;
 mod compile_selfservice;
 mod compile_ws;
+mod errors;
 mod raw;
 mod raw_ws;
 mod secret;
 mod spanned;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::policy::routes::RouteTable;
 use crate::policy::upstream::UpstreamSpec;
 
 pub use compile::{default_config, load};
+pub use errors::{ConfigError, ConfigErrors};
 
 /// Values given on the command line, which win over the file.
 #[derive(Clone, Debug, Default)]
@@ -271,41 +272,6 @@ impl Config {
         }
     }
 }
-
-/// One problem in a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod tests;

@@ -10,3 +10,4 @@ pub(crate) mod infra;
 pub(crate) mod listen;
 pub(crate) mod server;
 pub(crate) mod service;
+pub(crate) mod usage_flush;

@@ -121,7 +121,7 @@ impl Running {
         // by the grace like everything else: a store that does not answer keeps the counts.
         match tokio::time::timeout_at(
             deadline,
-            crate::state::usage::flush(&self.gateway, &self.store),
+            crate::state::usage::flush(&*self.gateway, &self.store),
         )
         .await
         {
@@ -226,7 +226,7 @@ pub async fn start_with_clock(
         stop.clone(),
     ));
     let usage_store = store.clone();
-    let usage = tokio::spawn(crate::state::usage::run(
+    let usage = tokio::spawn(crate::runtime::usage_flush::run(
         Arc::clone(&gw),
         store.clone(),
         gw.config.usage_flush,

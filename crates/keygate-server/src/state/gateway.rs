@@ -127,6 +127,21 @@ pub struct Gateway {
     pub connections: crate::state::connections::Connections,
 }
 
+impl<'a> From<&'a Gateway> for crate::state::usage::Unflushed<'a> {
+    fn from(gw: &'a Gateway) -> Self {
+        crate::state::usage::Unflushed {
+            usage: &gw.usage,
+            last_used: &gw.last_used,
+        }
+    }
+}
+
+impl<'a> From<&'a Arc<Gateway>> for crate::state::usage::Unflushed<'a> {
+    fn from(gw: &'a Arc<Gateway>) -> Self {
+        crate::state::usage::Unflushed::from(&**gw)
+    }
+}
+
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")

@@ -4,8 +4,7 @@
 //! figures but loses none.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use std::collections::BTreeMap;
 
@@ -13,9 +12,8 @@ use keygate_core::{Client, Timestamp};
 use keygate_store::{Store, UsageRow};
 use serde_json::{json, Value};
 use smol_str::SmolStr;
-use tokio::sync::watch;
 
-use crate::state::gateway::Gateway;
+use crate::state::last_used::LastUsed;
 use crate::state::locks::lock;
 use crate::state::per_worker::PerWorker;
 use crate::state::replica::ClientEntry;
@@ -89,42 +87,32 @@ impl UsageCounter {
     }
 }
 
+/// What a flush writes, and all it may touch of the gateway: the usage counts and keys' last uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Unflushed<'a> {
+    pub usage: &'a UsageCounter,
+    pub last_used: &'a LastUsed,
+}
+
 /// Adds what was counted to the store, and keys' last uses ([`crate::state::last_used`]); on failure
 /// keeps what was not written for the next flush. Returns how many rows were written (usage
 /// rows plus keys whose last use moved).
 ///
 /// # Errors
 /// The store's error (already logged by the caller's policy).
-pub async fn flush(gw: &Gateway, store: &Store) -> Result<usize, keygate_store::StoreError> {
-    let uses = gw.last_used.flush(store).await;
-    let rows = gw.usage.drain();
+pub async fn flush<'a>(
+    unflushed: impl Into<Unflushed<'a>>,
+    store: &Store,
+) -> Result<usize, keygate_store::StoreError> {
+    let Unflushed { usage, last_used } = unflushed.into();
+    let uses = last_used.flush(store).await;
+    let rows = usage.drain();
     let n = rows.len();
     match store.add_usage(&rows).await {
         Ok(()) => Ok(n + uses?),
         Err(e) => {
-            gw.usage.restore(rows);
+            usage.restore(rows);
             Err(e)
-        }
-    }
-}
-
-/// Flushes every `interval` until shutdown, then once more.
-pub(crate) async fn run(
-    gw: Arc<Gateway>,
-    store: Store,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let stop = tokio::select! {
-            () = tokio::time::sleep(interval) => false,
-            _ = shutdown.changed() => true,
-        };
-        if let Err(e) = flush(&gw, &store).await {
-            tracing::warn!(error = %e, "Cannot write usage counts or last uses; keeping them for the next flush.");
-        }
-        if stop {
-            return;
         }
     }
 }
@@ -161,6 +149,8 @@ pub fn report(client: &Client, from: &str, to: &str, rows: &[UsageRow]) -> Value
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use keygate_core::{ClientId, LimitOverrides};
     use keygate_store::Snapshot;
 

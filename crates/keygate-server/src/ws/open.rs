@@ -345,7 +345,11 @@ async fn refuse_on_socket(
     if let Some(m) = message {
         let _ = tokio::time::timeout(timeout, client.send(m)).await;
     }
-    let _ = tokio::time::timeout(timeout, client.close(Some(close_frame(gw, event)))).await;
+    let _ = tokio::time::timeout(
+        timeout,
+        client.close(Some(close_frame(&gw.config.ws.profile, event))),
+    )
+    .await;
     let _ = tokio::time::timeout(timeout, async {
         while let Some(Ok(_)) = client.next().await {}
     })
@@ -363,7 +367,7 @@ async fn refuse_session(
 ) {
     record(gw, p, None, Err(refusal));
     let (event, code, detail) = exit::on_socket(refusal);
-    let message = with_message.then(|| error_message(gw, code, &detail));
+    let message = with_message.then(|| error_message(&gw.config.ws.profile, code, &detail));
     refuse_on_socket(gw, client, message, event).await;
 }
 
@@ -538,6 +542,6 @@ async fn refuse_login(
     };
     let refusal = Refusal::from(Denial::about(reason, error.code())).on(p.route_index);
     record(gw, p, None, Err(&refusal));
-    let message = error_message(gw, error.code(), &error.to_string());
+    let message = error_message(&gw.config.ws.profile, error.code(), &error.to_string());
     refuse_on_socket(gw, client, Some(message), event).await;
 }

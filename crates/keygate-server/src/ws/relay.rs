@@ -27,7 +27,9 @@ use tokio_tungstenite::WebSocketStream;
 use super::inbound::{self, BadMessage, Inbound};
 use super::limits::Leases;
 use super::upstream::UpstreamSocket;
-use crate::policy::ws::{AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits};
+use crate::policy::ws::{
+    AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
+};
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::ws_sessions::{Registration, Stop};
 
@@ -88,9 +90,9 @@ where
     }
 }
 
-/// A close frame from the profile.
-pub(crate) fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
-    let spec = gw.config.ws.profile.close(event);
+/// A close frame from the profile (all of the gateway it needs).
+pub(crate) fn close_frame(profile: &WsProfile, event: CloseEvent) -> CloseFrame {
+    let spec = profile.close(event);
     CloseFrame {
         code: CloseCode::from(spec.code),
         reason: (&*spec.reason).into(),
@@ -98,18 +100,12 @@ pub(crate) fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
 }
 
 /// The profile's error message for a code.
-pub(crate) fn error_message(gw: &Gateway, code: &str, detail: &str) -> Message {
+pub(crate) fn error_message(profile: &WsProfile, code: &str, detail: &str) -> Message {
     let vars = [
         ("code", Value::Str(code.to_owned())),
         ("detail", Value::Str(detail.to_owned())),
     ];
-    Message::Text(
-        gw.config
-            .ws
-            .profile
-            .message(MessageKind::Error, &vars)
-            .into(),
-    )
+    Message::Text(profile.message(MessageKind::Error, &vars).into())
 }
 
 /// What one client message leads to.
@@ -128,7 +124,7 @@ impl Relay {
         let profile = &self.gw.config.ws.profile;
         let close =
             (profile.on_bad_message == OnViolation::Close).then_some(CloseEvent::BadMessage);
-        Step::Answer(error_message(&self.gw, bad.code(), &bad.to_string()), close)
+        Step::Answer(error_message(profile, bad.code(), &bad.to_string()), close)
     }
 
     fn rate_limited(&self, rate: &MessageRate, retry_after: Duration) -> Step {
@@ -359,7 +355,10 @@ impl Relay {
                         );
                     }
                 }
-                (Some(close_frame(&gw, event)), Some(going_away))
+                (
+                    Some(close_frame(&gw.config.ws.profile, event)),
+                    Some(going_away),
+                )
             }
         };
         // Both sides at once: a stuck one does not delay the other.

@@ -13,11 +13,11 @@ use keygate_core::decision::Reason;
 use keygate_core::key_format::{Alphabet, KeyFormat};
 use keygate_core::policy::Requirements;
 
-use crate::check::is_ambiguous_path;
 use crate::config::{self, Overrides};
-use crate::credential::{self, MAX_CREDENTIAL_LEN};
-use crate::profile::CredentialSource;
-use crate::routes::{Route, RouteMatch, RouteTable};
+use crate::policy::profile::CredentialSource;
+use crate::policy::routes::{Route, RouteMatch, RouteTable};
+use crate::request::check::is_ambiguous_path;
+use crate::request::credential::{self, MAX_CREDENTIAL_LEN};
 
 /// Splits fuzz input into lines, as text where it is UTF-8 (lossy otherwise).
 fn lines(data: &[u8]) -> Vec<String> {
@@ -127,14 +127,14 @@ pub fn routes(data: &[u8]) {
             name: Arc::from(format!("r{i}")),
             pattern: pattern.as_str().into(),
             methods: (i % 2 == 1).then(|| vec![Method::GET]),
-            target: crate::routes::Target::Upstream(0),
+            target: crate::policy::routes::Target::Upstream(0),
             needs: Requirements::default(),
             sport_param: None,
             bookmaker: None,
             public: false,
-            limits: crate::ratelimit::LimitSet::default(),
+            limits: crate::policy::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
-            errors: crate::profile::ErrorOverrides::default(),
+            errors: crate::policy::profile::ErrorOverrides::default(),
         };
         if table.insert(route).is_ok() {
             names.push(
@@ -213,9 +213,10 @@ pub fn admin_bodies(data: &[u8]) {
 pub fn ws_messages(data: &[u8]) {
     use keygate_core::{ClientId, KeyDigest, LimitOverrides, Timestamp};
 
-    use crate::ws::config::{AuthMode, ChannelMap, LoginShape, TokenSecret, WsProfile};
+    use crate::policy::channels;
+    use crate::policy::ws::{AuthMode, ChannelMap, LoginShape, TokenSecret, WsProfile};
     use crate::ws::inbound::{classify, Inbound};
-    use crate::ws::{channels, login, token};
+    use crate::ws::{login, token};
 
     let mut profile = WsProfile::new(TokenSecret([7; 32]));
     let map: std::collections::BTreeMap<String, String> = [

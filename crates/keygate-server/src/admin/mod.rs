@@ -1,7 +1,7 @@
 //! The admin API: clients, keys, usage, plans, emergency mode and the audit log as JSON under
 //! `/v1/`, for operators' tools.
 //!
-//! It runs on the admin listener beside the infra endpoints (`crate::infra`), which it does not
+//! It runs on the admin listener beside the infra endpoints (`crate::runtime::infra`), which it does not
 //! serve itself. Every route needs an admin token ([`auth`]); read-only tokens may only read.
 //! The exception is `GET /openapi.json`, the API's OpenAPI 3.1 document ([`openapi`]).
 //! Each write is one store transaction with an audit entry naming the token, and reaches the
@@ -30,7 +30,7 @@ use axum::routing::{get, post, put};
 use axum::{middleware, Router};
 use keygate_store::{Store, StoreError};
 
-use crate::gateway::Gateway;
+use crate::state::gateway::Gateway;
 
 pub use error::{AdminError, STORE_FULL_DETAIL, STORE_UNAVAILABLE_DETAIL};
 pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, REPLAYED as IDEMPOTENT_REPLAYED};

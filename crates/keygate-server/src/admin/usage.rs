@@ -81,7 +81,7 @@ pub(crate) async fn show(
     }
     let owner = store_call(state.store.client(&client)).await?;
     let rows = store_call(state.store.usage(&owner.id, &from.utc_day(), &to.utc_day())).await?;
-    Ok(Json(crate::usage::report(
+    Ok(Json(crate::state::usage::report(
         &owner,
         &from.utc_day(),
         &to.utc_day(),

@@ -9,25 +9,23 @@ use super::spanned::Spanned;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use keygate_core::decision::Reason;
-use keygate_core::duration::parse_duration;
 use keygate_core::key_format::{Alphabet, KeyFormat};
 use keygate_core::policy::Requirements;
 use keygate_core::render::BodyTemplate;
 use keygate_core::scope_need::{PathParam, ScopeNeed};
 use keygate_core::{Digester, Issuer};
 
+use super::errors::{duration, Errors};
 use super::raw::{RawBreaker, RawConfig, RawError, RawLimits, RawProfile, RawRoute};
-use super::{
-    Config, ConfigError, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan,
-};
-use crate::breaker::BreakerConfig;
-use crate::guard::GuardConfig;
-use crate::profile::{
+use super::{Config, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan};
+use crate::policy::guard::GuardConfig;
+use crate::policy::profile::{
     CredentialSource, ErrorOverrides, ErrorSpec, Profile, PublicInfra, TEMPLATE_VARS, WHOAMI_VARS,
 };
-use crate::ratelimit::{HeaderStyle, LimitBy, LimitSet};
-use crate::routes::{BookmakerSource, Route, RouteTable, Target};
-use crate::upstream::UpstreamSpec;
+use crate::policy::ratelimit::{HeaderStyle, LimitBy, LimitSet};
+use crate::policy::routes::{BookmakerSource, Route, RouteTable, Target};
+use crate::policy::upstream::BreakerConfig;
+use crate::policy::upstream::UpstreamSpec;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
@@ -36,32 +34,6 @@ const DEFAULT_FEED_POLL_LISTENING: Duration = Duration::from_millis(500);
 const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(10);
 const DEFAULT_UPSTREAM: &str = "default";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
-
-/// Collects errors while compiling.
-pub(super) struct Errors<'a> {
-    file: &'a str,
-    text: &'a str,
-    list: Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    fn line_of(&self, span: &Range<usize>) -> Option<usize> {
-        if span.is_empty() {
-            return None; // A table the file only implies has no line of its own.
-        }
-        let end = span.start.min(self.text.len());
-        Some(self.text[..end].bytes().filter(|&b| b == b'\n').count() + 1)
-    }
-
-    pub(super) fn at(&mut self, span: Option<&Range<usize>>, message: impl Into<String>) {
-        let line = span.and_then(|s| self.line_of(s));
-        self.list.push(ConfigError {
-            file: self.file.to_owned(),
-            line,
-            message: message.into(),
-        });
-    }
-}
 
 /// The configuration `serve` uses without `--config`: the default profile and one catch-all
 /// route that needs any valid key and forwards to the `default` upstream.
@@ -77,11 +49,7 @@ pub fn default_config(overrides: &Overrides) -> Result<Config, ConfigErrors> {
 /// # Errors
 /// [`ConfigErrors`] listing every problem with its file and line.
 pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
-    let mut errors = Errors {
-        file,
-        text,
-        list: Vec::new(),
-    };
+    let mut errors = Errors::new(file, text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -92,14 +60,14 @@ pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, Con
                 m => m,
             };
             errors.at(span.as_ref(), message.to_owned());
-            return Err(ConfigErrors(errors.list));
+            return Err(errors.into_errors());
         }
     };
     let config = compile(raw, overrides, &mut errors);
-    if errors.list.is_empty() {
+    if errors.is_empty() {
         Ok(config.expect("no errors means a config"))
     } else {
-        Err(ConfigErrors(errors.list))
+        Err(errors.into_errors())
     }
 }
 
@@ -125,21 +93,6 @@ fn addr(
                 ),
             );
             fallback
-        }),
-    }
-}
-
-pub(super) fn duration(
-    raw: Option<&str>,
-    default: Duration,
-    span: Option<&Range<usize>>,
-    errors: &mut Errors<'_>,
-) -> Duration {
-    match raw {
-        None => default,
-        Some(s) => parse_duration(s).unwrap_or_else(|e| {
-            errors.at(span, e.to_string());
-            default
         }),
     }
 }
@@ -348,11 +301,11 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             profile.named_credentials.push(source.clone());
         }
     }
-    if !errors.list.is_empty() {
+    if !errors.is_empty() {
         return None;
     }
     Some(Config {
-        source: errors.file.to_owned(),
+        source: errors.file().to_owned(),
         listen,
         admin_listen,
         workers,
@@ -652,20 +605,22 @@ fn add_route(
     upstreams: &BTreeMap<String, usize>,
     profile: &Profile,
     routes: &mut RouteTable,
-    selfservice: Option<&crate::selfservice::SelfService>,
+    selfservice: Option<&crate::policy::selfservice::SelfService>,
     errors: &mut Errors<'_>,
 ) {
     let name = r.name.clone().unwrap_or_else(|| r.path.clone());
-    let before = errors.list.len();
+    let before = errors.len();
     let action = super::compile_selfservice::route_action(r, &name, span, selfservice, errors);
     // Registration has no key yet: its route is public (limited by source address).
-    let public = r.public || matches!(action, Some(crate::selfservice::Action::Register));
+    let public = r.public || matches!(action, Some(crate::policy::selfservice::Action::Register));
     let mut err = |m: String| errors.at(span, format!("route `{name}`: {m}"));
     if !r.path.starts_with('/') {
         err(format!("path `{}` must start with `/`", r.path));
     }
     let methods = if r.methods.is_empty() {
-        action.as_ref().map(crate::selfservice::Action::methods)
+        action
+            .as_ref()
+            .map(crate::policy::selfservice::Action::methods)
     } else {
         let mut list = Vec::new();
         for m in &r.methods {
@@ -785,7 +740,7 @@ fn add_route(
             format!("route `{name}`: by = \"source\" is for public routes; count callers with a key by \"client\" or \"key\""),
         ),
     }
-    if errors.list.len() > before {
+    if errors.len() > before {
         return;
     }
     let route = Route {

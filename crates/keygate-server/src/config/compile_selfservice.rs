@@ -6,10 +6,10 @@ use std::ops::Range;
 use super::spanned::Spanned;
 use keygate_core::Scope;
 
-use super::compile::Errors;
+use super::errors::Errors;
 use super::raw::{RawRoute, RawSelfService};
 use super::Plan;
-use crate::selfservice::{Action, SelfService};
+use crate::policy::selfservice::{Action, SelfService};
 
 /// Field names the answers already use for the account itself.
 const RESERVED: &[&str] = &[

@@ -11,12 +11,12 @@ use keygate_core::limit::Limit;
 use keygate_core::render::BodyTemplate;
 use keygate_core::Scope;
 
-use super::compile::{duration, Errors};
+use super::errors::{duration, Errors};
 use super::raw::{RawPlan, RawRoute};
 use super::raw_ws::{RawWsLimits, RawWsProfile, RawWsRoute};
-use crate::profile::CredentialSource;
-use crate::ratelimit::LimitBy;
-use crate::ws::config::{
+use crate::policy::profile::CredentialSource;
+use crate::policy::ratelimit::LimitBy;
+use crate::policy::ws::{
     AuthMode, ChannelMap, ClientMessages, CloseEvent, CloseSpec, MessageKind, OnViolation,
     TokenSecret, WsConfig, WsLimits, WsProfile, WsRoute, MESSAGE_VARS,
 };
@@ -338,7 +338,7 @@ fn compile_profile(
             );
         }
         // `{sport}` stands for the session's sport; filled in, it must still be a scope.
-        let filled = scope.replace(crate::ws::channels::SPORT, "sport");
+        let filled = scope.replace(crate::policy::channels::SPORT, "sport");
         if let Err(e) = Scope::new(&filled) {
             errors.at(Some(span), format!("profile.ws.channels.{channel}: {e}"));
         }
@@ -464,7 +464,7 @@ fn compile_profile(
 #[cfg(test)]
 mod tests {
     use crate::config::{load, Overrides};
-    use crate::ws::config::{AuthMode, ClientMessages, CloseEvent, OnViolation};
+    use crate::policy::ws::{AuthMode, ClientMessages, CloseEvent, OnViolation};
 
     fn over() -> Overrides {
         Overrides {

@@ -7,24 +7,25 @@
 mod compile;
 mod compile_selfservice;
 mod compile_ws;
+mod errors;
 mod raw;
 mod raw_ws;
 mod secret;
 mod spanned;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use keygate_core::Issuer;
 
-use crate::profile::Profile;
-use crate::ratelimit::LimitSet;
-use crate::routes::RouteTable;
-use crate::upstream::UpstreamSpec;
+use crate::policy::profile::Profile;
+use crate::policy::ratelimit::LimitSet;
+use crate::policy::routes::RouteTable;
+use crate::policy::upstream::UpstreamSpec;
 
 pub use compile::{default_config, load};
+pub use errors::{ConfigError, ConfigErrors};
 
 /// Values given on the command line, which win over the file.
 #[derive(Clone, Debug, Default)]
@@ -69,9 +70,9 @@ impl Plan {
             limits.insert("burst".to_owned(), serde_json::json!(burst));
         }
         let by = match l.by {
-            crate::ratelimit::LimitBy::Client => "client",
-            crate::ratelimit::LimitBy::Key => "key",
-            crate::ratelimit::LimitBy::Source => "source",
+            crate::policy::ratelimit::LimitBy::Client => "client",
+            crate::policy::ratelimit::LimitBy::Key => "key",
+            crate::policy::ratelimit::LimitBy::Source => "source",
         };
         let mut plan = serde_json::json!({
             "name": name,
@@ -193,14 +194,14 @@ pub struct Config {
     pub plans: BTreeMap<String, Plan>,
     pub profile: Profile,
     pub limiter: LimiterConfig,
-    pub guard: crate::guard::GuardConfig,
+    pub guard: crate::policy::guard::GuardConfig,
     pub http: HttpLimits,
     /// On SIGTERM, how long in-flight requests and sessions get to finish.
     pub shutdown_grace: Duration,
     /// WebSocket routes, the profile's WebSocket contract and plans' WebSocket limits.
-    pub ws: crate::ws::config::WsConfig,
+    pub ws: crate::policy::ws::WsConfig,
     /// Self-service accounts; `None` (the default) turns every self-service route off.
-    pub selfservice: Option<crate::selfservice::SelfService>,
+    pub selfservice: Option<crate::policy::selfservice::SelfService>,
 }
 
 impl Config {
@@ -271,41 +272,6 @@ impl Config {
         }
     }
 }
-
-/// One problem in a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod tests;

@@ -52,7 +52,7 @@ pub(crate) struct RawSelfService {
     pub(crate) patchable: Option<Vec<String>>,
 }
 
-/// Brute-force throttling (`crate::guard`).
+/// Brute-force throttling (`crate::policy::guard`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGuard {
@@ -176,7 +176,7 @@ pub(crate) struct RawUpstream {
     pub(crate) url: String,
     pub(crate) connect_timeout: Option<String>,
     pub(crate) timeout: Option<String>,
-    /// The circuit breaker (`crate::breaker`); on with its defaults when absent.
+    /// The circuit breaker (`crate::state::breaker`); on with its defaults when absent.
     pub(crate) breaker: Option<Spanned<RawBreaker>>,
 }
 
@@ -254,7 +254,7 @@ pub(crate) struct RawProfile {
     pub(crate) credentials: Option<Spanned<Vec<String>>>,
     /// Forward the key to the upstream in the one source it was read from (default false).
     /// Every other source the configuration names is stripped all the same, and public routes
-    /// (which read no key) forward none (`crate::credential::strip`).
+    /// (which read no key) forward none (`crate::request::credential::strip`).
     #[serde(default)]
     pub(crate) forward_credential: bool,
     /// Infra endpoints answered without a key on the public listener.

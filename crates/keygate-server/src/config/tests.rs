@@ -183,7 +183,7 @@ reason = "Restarting"
     let c = load(text, "implied.toml", &over("http://127.0.0.1:9000"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(c.plan_features("pro").is_empty());
-    let close = c.ws.profile.close(crate::ws::config::CloseEvent::GoingAway);
+    let close = c.ws.profile.close(crate::policy::ws::CloseEvent::GoingAway);
     assert_eq!((close.code, &*close.reason), (1012, "Restarting"));
     let e = load(
         "[profile.ws.close.going_away]\ncode = \"x\"\n",
@@ -203,7 +203,10 @@ fn breakers_default_on_and_validate_with_lines() {
     )
     .unwrap();
     let by_name = |n: &str| c.upstreams.iter().find(|u| &*u.name == n).unwrap().breaker;
-    assert_eq!(by_name("a"), Some(crate::breaker::BreakerConfig::default()));
+    assert_eq!(
+        by_name("a"),
+        Some(crate::policy::upstream::BreakerConfig::default())
+    );
     let b = by_name("b").unwrap();
     assert_eq!((b.failures, b.half_open_probes, b.count_5xx), (2, 3, true));
     assert_eq!(b.open_for, std::time::Duration::from_millis(250));
@@ -321,7 +324,7 @@ fn selfservice_is_checked_with_lines_and_off_by_default() {
         .routes
         .routes()
         .iter()
-        .all(|r| matches!(r.target, crate::routes::Target::Upstream(_))));
+        .all(|r| matches!(r.target, crate::policy::routes::Target::Upstream(_))));
 
     let text = r#"[plans.free]
 features = []
@@ -407,7 +410,10 @@ fn the_openpoker_profile_compiles_with_its_selfservice_routes() {
         .find(|r| &*r.name == "register")
         .unwrap();
     assert!(register.public);
-    assert_eq!(register.limits.by, crate::ratelimit::LimitBy::Source);
+    assert_eq!(
+        register.limits.by,
+        crate::policy::ratelimit::LimitBy::Source
+    );
     assert_eq!(c.issuer.format.prefix(), "op_live_");
 }
 

@@ -5,7 +5,7 @@ use http::{HeaderValue, Response, StatusCode};
 use keygate_core::Client;
 use serde_json::{json, Value};
 
-use crate::body::Body;
+use crate::request::body::Body;
 
 /// An account as its owner sees it: id, name, plan, scopes, parent, profile fields.
 pub(super) fn profile(client: &Client, key_id: Option<&str>) -> Value {

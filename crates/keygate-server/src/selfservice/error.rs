@@ -6,7 +6,7 @@ use keygate_store::StoreError;
 /// A refused self-service request. Each variant becomes one profile reason (so the
 /// provider's status and body apply), with a detail precise enough to fix the request.
 #[derive(Debug, thiserror::Error)]
-pub enum SelfServiceError {
+pub(crate) enum SelfServiceError {
     /// Not JSON, not UTF-8, the wrong content type, or a body cut off (400).
     #[error("{0}")]
     Malformed(String),
@@ -32,7 +32,7 @@ pub enum SelfServiceError {
 
 impl SelfServiceError {
     /// The profile reason and subject this refusal is rendered with.
-    pub fn denial(&self) -> Denial {
+    pub(crate) fn denial(&self) -> Denial {
         match self {
             SelfServiceError::Malformed(m) => Denial::about(Reason::BadRequest, m),
             SelfServiceError::TooLarge(n) => Denial::about(Reason::PayloadTooLarge, &n.to_string()),

@@ -22,53 +22,12 @@ use keygate_core::{ClientId, KeyId};
 use keygate_store::{Actor, ClientUpdate, NewClient, NewKey, Store, StoreError};
 use serde_json::json;
 
-use crate::body::Body;
-use crate::gateway::{Admitted, Gateway};
-use crate::routes::RouteMatch;
+use crate::policy::routes::RouteMatch;
+use crate::request::body::Body;
+use crate::state::gateway::{Admitted, Gateway};
 
-pub use error::SelfServiceError;
-
-/// What a self-service route does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// `POST`: creates an account and returns its first key, once.
-    Register,
-    /// `GET`: the caller's profile; `PATCH`: changes its name or profile fields.
-    Me,
-    /// `POST`: replaces the presented key (no grace) and returns the new one, once.
-    RegenerateKey,
-    /// `POST`: a parent replaces every key of its child account named by path parameter `param`.
-    RegenerateChildKey { param: Box<str> },
-}
-
-impl Action {
-    /// The methods the action answers (a route naming none gets these).
-    pub fn methods(&self) -> Vec<Method> {
-        match self {
-            Action::Me => vec![Method::GET, Method::PATCH],
-            _ => vec![Method::POST],
-        }
-    }
-}
-
-/// `[selfservice]`: what registration creates and which profile fields callers keep.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SelfService {
-    pub plan: String,
-    pub scopes: Vec<keygate_core::Scope>,
-    pub key_label: String,
-    pub max_body_bytes: usize,
-    pub name_max_length: usize,
-    /// Profile fields besides `name`, with their longest value in characters.
-    pub fields: std::collections::BTreeMap<String, usize>,
-    /// What an update may change (`name` and fields).
-    pub patchable: Vec<String>,
-}
-
-impl SelfService {
-    pub const DEFAULT_MAX_BODY: usize = 4096;
-    pub const DEFAULT_NAME_LENGTH: usize = 64;
-}
+pub(crate) use crate::policy::selfservice::{Action, SelfService};
+pub(crate) use error::SelfServiceError;
 
 /// Longest wait for one store call; past it the answer is 503 and nothing is promised.
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -77,7 +36,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Answers a self-service request that passed authentication and limits. `who` is `None`
 /// only for registration.
-pub async fn answer(
+pub(crate) async fn answer(
     gw: &Gateway,
     action: &Action,
     req: Request<Incoming>,

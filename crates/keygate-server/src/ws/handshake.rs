@@ -5,10 +5,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use keygate_core::decision::{Denial, Reason};
 
-use crate::body::Body;
+use crate::request::body::Body;
 
 /// Whether a request asks for a WebSocket (`Upgrade: websocket`). Validity is checked later.
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     header_has_token(req.headers(), &header::UPGRADE, "websocket")
 }
 
@@ -23,16 +23,14 @@ fn header_has_token(headers: &HeaderMap, name: &header::HeaderName, token: &str)
 
 /// A valid opening handshake.
 #[derive(Clone, Debug)]
-pub struct Opening {
+pub(crate) struct Opening {
     /// `Sec-WebSocket-Accept` for the answer.
     pub accept: HeaderValue,
-    /// `Sec-WebSocket-Protocol` as the client offered it, if it did.
-    pub protocols: Option<HeaderValue>,
 }
 
 /// Why an upgrade request is not a valid opening handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     #[error("a WebSocket upgrade must be a GET")]
     Method,
     #[error("the Connection header does not name `upgrade`")]
@@ -46,7 +44,7 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The refusal: `upgrade_required` (426, with the version this server speaks) for a
     /// version it does not, `bad_request` otherwise; rendered through the profile like any.
-    pub fn denial(self) -> Denial {
+    pub(crate) fn denial(self) -> Denial {
         let reason = if self == HandshakeError::Version {
             Reason::UpgradeRequired
         } else {
@@ -60,7 +58,7 @@ impl HandshakeError {
 ///
 /// # Errors
 /// [`HandshakeError`] naming the first problem.
-pub fn validate<B>(req: &Request<B>) -> Result<Opening, HandshakeError> {
+pub(crate) fn validate<B>(req: &Request<B>) -> Result<Opening, HandshakeError> {
     if req.method() != Method::GET {
         return Err(HandshakeError::Method);
     }
@@ -82,7 +80,6 @@ pub fn validate<B>(req: &Request<B>) -> Result<Opening, HandshakeError> {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
     Ok(Opening {
         accept: HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-        protocols: headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
     })
 }
 
@@ -96,7 +93,7 @@ fn is_nonce(key: &[u8]) -> bool {
 }
 
 /// The `101 Switching Protocols` answer, with the subprotocol the upstream chose, if any.
-pub fn switching(opening: &Opening, protocol: Option<HeaderValue>) -> Response<Body> {
+pub(crate) fn switching(opening: &Opening, protocol: Option<HeaderValue>) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = resp.headers_mut();

@@ -3,12 +3,12 @@
 
 use keygate_core::policy::ClientPolicy;
 
-use super::channels::{self, channel_list, Refused};
-use super::config::{AuthMode, WsProfile};
+use crate::policy::channels::{self, channel_list, Refused};
+use crate::policy::ws::{AuthMode, WsProfile};
 
 /// A message the protocol does not allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum BadMessage {
+pub(crate) enum BadMessage {
     #[error("messages must be JSON objects")]
     NotJson,
     #[error("the message has no type")]
@@ -27,7 +27,7 @@ pub enum BadMessage {
 
 impl BadMessage {
     /// The `code` of the error message sent back.
-    pub const fn code(self) -> &'static str {
+    pub(crate) const fn code(self) -> &'static str {
         match self {
             BadMessage::NotJson | BadMessage::NoType => "invalid_message",
             BadMessage::UnknownType => "unknown_type",
@@ -41,7 +41,7 @@ impl BadMessage {
 
 /// The verdict on one client text message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// Relay the message as it is.
     Forward,
     /// A subscribe: relay `forward` (the original when `None` and nothing was refused; nothing
@@ -60,7 +60,7 @@ pub enum Inbound {
 
 /// Classifies a text message from an authenticated client in a session on `sport` (the
 /// route's `sport_param`, for channel scopes that name it).
-pub fn classify(
+pub(crate) fn classify(
     profile: &WsProfile,
     mode: AuthMode,
     client: &ClientPolicy,
@@ -129,7 +129,7 @@ mod tests {
     use keygate_core::{ClientId, LimitOverrides};
 
     use super::*;
-    use crate::ws::config::{ChannelMap, TokenSecret};
+    use crate::policy::ws::{ChannelMap, TokenSecret};
 
     fn setup() -> (WsProfile, ClientPolicy) {
         let mut p = WsProfile::new(TokenSecret([0; 32]));

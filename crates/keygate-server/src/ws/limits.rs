@@ -7,9 +7,9 @@ use std::time::Duration;
 use keygate_core::limit::{Limit, LimitState, Window};
 use keygate_limits::{Check, LimitKey};
 
-use super::config::WsLimits;
-use crate::gateway::{Admitted, Gateway};
-use crate::ratelimit::LimitBy;
+use crate::policy::ratelimit::LimitBy;
+use crate::policy::ws::WsLimits;
+use crate::state::gateway::{Admitted, Gateway};
 
 /// Counter slots of WebSocket limits, far above the plan and route slots.
 const SLOT_PER_KEY: u16 = 65_000;
@@ -18,7 +18,7 @@ const SLOT_PER_DAY: u16 = 65_002;
 
 /// A connection refused by a limit, with the limit's state for the answer.
 #[derive(Clone, Copy, Debug)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub state: LimitState,
     /// The limit's window for the IETF `RateLimit-Policy` (`w`): a day for the daily quota,
     /// the lease's lifetime for a connection cap.
@@ -31,7 +31,7 @@ pub struct Refused {
 /// on drop by any path that forgot to (a task then releases them), so no error path has to
 /// remember and no place stays taken until its lease expires.
 #[derive(Debug)]
-pub struct Leases {
+pub(crate) struct Leases {
     held: Vec<LimitKey>,
     id: u64,
     gw: Arc<Gateway>,
@@ -81,7 +81,7 @@ impl Leases {
     ///
     /// # Errors
     /// [`Refused`] with the deciding limit's state.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         gw: &Arc<Gateway>,
         who: &Admitted,
         limits: &WsLimits,
@@ -158,13 +158,13 @@ impl Leases {
         Ok(leases)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
 
     /// Renews every lease; false when one is lost and cannot be taken again (the session must
     /// end: someone else holds the place it had).
-    pub async fn renew(&self, gw: &Gateway, limits: &WsLimits) -> bool {
+    pub(crate) async fn renew(&self, gw: &Gateway, limits: &WsLimits) -> bool {
         let ttl = gw.config.ws.profile.lease_ttl;
         for key in &self.held {
             let now = gw.clock.now();
@@ -195,7 +195,7 @@ impl Leases {
 
     /// Gives every lease back now (a session's end awaits it, so its place is free when the
     /// close completes).
-    pub async fn release(&mut self) {
+    pub(crate) async fn release(&mut self) {
         for key in std::mem::take(&mut self.held) {
             self.gw.limits.release_lease(&key, self.id).await;
         }

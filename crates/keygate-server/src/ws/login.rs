@@ -1,12 +1,12 @@
 //! The login message of `login_message` routes (seed 000):
 //! `{"type":"login","apiKey":"…","channels":[…]}`, field names from the profile.
 
-use super::channels::{channel_list, ChannelListError};
-use super::config::LoginShape;
+use crate::policy::channels::{channel_list, ChannelListError};
+use crate::policy::ws::LoginShape;
 
 /// A parsed login.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Login {
+pub(crate) struct Login {
     pub key: String,
     pub channels: Vec<String>,
 }
@@ -22,7 +22,7 @@ impl std::fmt::Debug for Login {
 
 /// Why a first message is not a login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     #[error("the login message must be text")]
     NotText,
     #[error("the login message is too large")]
@@ -39,7 +39,7 @@ pub enum LoginError {
 
 impl LoginError {
     /// The `code` of the error message sent back.
-    pub const fn code(self) -> &'static str {
+    pub(crate) const fn code(self) -> &'static str {
         match self {
             LoginError::NotText => "binary_not_allowed",
             LoginError::TooBig => "message_too_big",
@@ -55,7 +55,7 @@ impl LoginError {
 ///
 /// # Errors
 /// [`LoginError`] saying what is wrong with it.
-pub fn parse(
+pub(crate) fn parse(
     shape: &LoginShape,
     type_field: &str,
     text: &str,

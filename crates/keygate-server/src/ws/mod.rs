@@ -4,21 +4,18 @@
 //!
 //! A request reaches this module when it asks for a WebSocket upgrade on a route with a `ws`
 //! table. [`open`] authenticates and admits it per the route's mode, [`relay`] carries frames
-//! between client and upstream, and [`session`] keeps every open session findable so a key or
+//! between client and upstream, and [`crate::state::ws_sessions`] keeps every open session findable so a key or
 //! client change closes it within the second.
 
-pub mod channels;
-pub mod config;
-pub mod handshake;
-pub mod inbound;
-pub mod limits;
-pub mod login;
-pub mod open;
-pub mod relay;
-pub mod session;
-pub mod token;
-pub mod token_endpoint;
-pub mod upstream;
+pub(crate) mod handshake;
+pub(crate) mod inbound;
+pub(crate) mod limits;
+pub(crate) mod login;
+pub(crate) mod open;
+pub(crate) mod relay;
+pub(crate) mod token;
+pub(crate) mod token_endpoint;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,19 +23,17 @@ use std::sync::Arc;
 use http::Request;
 use hyper::body::Incoming;
 
-pub use session::Sessions;
-
-use crate::check;
-use crate::exit::{Refusal, Served};
-use crate::routes::RouteMatch;
-use crate::service::Worker;
-use config::AuthMode;
+use crate::policy::routes::RouteMatch;
+use crate::policy::ws::AuthMode;
+use crate::request::check;
+use crate::request::exit::{Refusal, Served};
+use crate::request::worker::Worker;
 
 /// Serves an upgrade request if its route is a WebSocket route; `None` otherwise (the request
 /// then goes the usual way). Only for requests that ask for an upgrade
 /// ([`handshake::is_upgrade`]): the caller checks, so that no other request builds this future.
-/// The caller's exit ends it (`crate::exit`), a refusal included.
-pub async fn serve(
+/// The caller's exit ends it (`crate::request::exit`), a refusal included.
+pub(crate) async fn serve(
     w: &Arc<Worker>,
     req: &mut Request<Incoming>,
     remote: SocketAddr,

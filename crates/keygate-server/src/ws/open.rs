@@ -22,27 +22,27 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::channels;
-use super::config::{AuthMode, CloseEvent, MessageKind, WsLimits};
 use super::handshake::{self, Opening};
 use super::limits::Leases;
 use super::login::{self, LoginError};
 use super::relay::{close_frame, error_message, ClientSocket, Relay};
-use super::session::{Admission, Sessions};
 use super::token;
 use super::upstream::{self, socket_config, Target, UpstreamSocket};
-use crate::check;
-use crate::credential;
-use crate::exit::{self, Budget, Exit, Quote, Refusal, Served};
-use crate::gateway::{query_param, Admitted, Gateway, Named};
-use crate::guard::Caller;
-use crate::metrics::Outcome;
-use crate::profile::CredentialSource;
-use crate::routes::{self, RouteMatch};
+use crate::policy::channels;
+use crate::policy::guard::Caller;
+use crate::policy::profile::CredentialSource;
+use crate::policy::routes::{self, RouteMatch};
+use crate::policy::ws::{AuthMode, CloseEvent, MessageKind, WsLimits};
+use crate::request::check;
+use crate::request::credential;
+use crate::request::exit::{self, Budget, Exit, Quote, Refusal, Served};
+use crate::state::gateway::{query_param, Admitted, Gateway, Named};
+use crate::state::metrics::Outcome;
+use crate::state::ws_sessions::{Admission, Sessions};
 
 /// An upgrade request on a WebSocket route, owned so it can outlive the HTTP exchange.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     pub route_index: usize,
     pub mode: AuthMode,
     /// Where the upgrade request's key is read from.
@@ -260,7 +260,7 @@ fn record(gw: &Gateway, p: &Pending, who: Option<&Admitted>, answer: Result<(), 
 
 /// `handshake` mode: every decision before the upgrade; a refusal is the profile's HTTP
 /// answer (the caller's exit renders it).
-pub async fn handshake(
+pub(crate) async fn handshake(
     gw: Arc<Gateway>,
     p: Pending,
     on_upgrade: OnUpgrade,
@@ -306,7 +306,7 @@ pub async fn handshake(
 }
 
 /// `login_message` and `close_code` modes: upgrade now, decide on the socket.
-pub fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Served {
+pub(crate) fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Served {
     let resp = handshake::switching(&p.opening, None);
     let p_route = p.route_index;
     let hold = gw.drain.hold();
@@ -346,7 +346,11 @@ async fn refuse_on_socket(
     if let Some(m) = message {
         let _ = tokio::time::timeout(timeout, client.send(m)).await;
     }
-    let _ = tokio::time::timeout(timeout, client.close(Some(close_frame(gw, event)))).await;
+    let _ = tokio::time::timeout(
+        timeout,
+        client.close(Some(close_frame(&gw.config.ws.profile, event))),
+    )
+    .await;
     let _ = tokio::time::timeout(timeout, async {
         while let Some(Ok(_)) = client.next().await {}
     })
@@ -364,7 +368,7 @@ async fn refuse_session(
 ) {
     record(gw, p, None, Err(refusal));
     let (event, code, detail) = exit::on_socket(refusal);
-    let message = with_message.then(|| error_message(gw, code, &detail));
+    let message = with_message.then(|| error_message(&gw.config.ws.profile, code, &detail));
     refuse_on_socket(gw, client, message, event).await;
 }
 
@@ -539,6 +543,6 @@ async fn refuse_login(
     };
     let refusal = Refusal::from(Denial::about(reason, error.code())).on(p.route_index);
     record(gw, p, None, Err(&refusal));
-    let message = error_message(gw, error.code(), &error.to_string());
+    let message = error_message(&gw.config.ws.profile, error.code(), &error.to_string());
     refuse_on_socket(gw, client, Some(message), event).await;
 }

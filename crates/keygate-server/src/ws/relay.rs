@@ -24,21 +24,23 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::config::{AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits};
 use super::inbound::{self, BadMessage, Inbound};
 use super::limits::Leases;
-use super::session::{Registration, Stop};
 use super::upstream::UpstreamSocket;
-use crate::gateway::{Admitted, Gateway};
+use crate::policy::ws::{
+    AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
+};
+use crate::state::gateway::{Admitted, Gateway};
+use crate::state::ws_sessions::{Registration, Stop};
 
 /// The client side of a session.
-pub type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long closing may take on each side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An admitted session, ready to relay.
-pub struct Relay {
+pub(crate) struct Relay {
     pub gw: Arc<Gateway>,
     pub mode: AuthMode,
     pub who: Admitted,
@@ -88,9 +90,9 @@ where
     }
 }
 
-/// A close frame from the profile.
-pub fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
-    let spec = gw.config.ws.profile.close(event);
+/// A close frame from the profile (all of the gateway it needs).
+pub(crate) fn close_frame(profile: &WsProfile, event: CloseEvent) -> CloseFrame {
+    let spec = profile.close(event);
     CloseFrame {
         code: CloseCode::from(spec.code),
         reason: (&*spec.reason).into(),
@@ -98,18 +100,12 @@ pub fn close_frame(gw: &Gateway, event: CloseEvent) -> CloseFrame {
 }
 
 /// The profile's error message for a code.
-pub fn error_message(gw: &Gateway, code: &str, detail: &str) -> Message {
+pub(crate) fn error_message(profile: &WsProfile, code: &str, detail: &str) -> Message {
     let vars = [
         ("code", Value::Str(code.to_owned())),
         ("detail", Value::Str(detail.to_owned())),
     ];
-    Message::Text(
-        gw.config
-            .ws
-            .profile
-            .message(MessageKind::Error, &vars)
-            .into(),
-    )
+    Message::Text(profile.message(MessageKind::Error, &vars).into())
 }
 
 /// What one client message leads to.
@@ -128,7 +124,7 @@ impl Relay {
         let profile = &self.gw.config.ws.profile;
         let close =
             (profile.on_bad_message == OnViolation::Close).then_some(CloseEvent::BadMessage);
-        Step::Answer(error_message(&self.gw, bad.code(), &bad.to_string()), close)
+        Step::Answer(error_message(profile, bad.code(), &bad.to_string()), close)
     }
 
     fn rate_limited(&self, rate: &MessageRate, retry_after: Duration) -> Step {
@@ -165,7 +161,7 @@ impl Relay {
         &self,
         forward: Option<String>,
         granted: Vec<String>,
-        refused: Vec<super::channels::Refused>,
+        refused: Vec<crate::policy::channels::Refused>,
     ) -> Step {
         if !self.reg.add_channels(&granted) {
             return self.bad(BadMessage::TooManyChannels);
@@ -246,7 +242,7 @@ impl Relay {
     }
 
     /// Relays until one side closes, the gateway stops the session, or it idles out.
-    pub async fn run(mut self, mut client: ClientSocket, mut upstream: UpstreamSocket) {
+    pub(crate) async fn run(mut self, mut client: ClientSocket, mut upstream: UpstreamSocket) {
         let gw = Arc::clone(&self.gw);
         let profile = &gw.config.ws.profile;
         let send_timeout = profile.send_timeout;
@@ -359,7 +355,10 @@ impl Relay {
                         );
                     }
                 }
-                (Some(close_frame(&gw, event)), Some(going_away))
+                (
+                    Some(close_frame(&gw.config.ws.profile, event)),
+                    Some(going_away),
+                )
             }
         };
         // Both sides at once: a stuck one does not delay the other.

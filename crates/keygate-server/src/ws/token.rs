@@ -18,15 +18,15 @@ use keygate_core::{KeyDigest, Timestamp};
 use keygate_limits::LimitKey;
 use sha2::Sha256;
 
-use super::config::TokenSecret;
-use crate::gateway::Gateway;
+use crate::policy::ws::TokenSecret;
+use crate::state::gateway::Gateway;
 
 /// Every token starts with this, so a token is never taken for a key and vice versa.
-pub const PREFIX: &str = "wst_";
+pub(crate) const PREFIX: &str = "wst_";
 const PAYLOAD: usize = 8 + 16 + 32;
 const MAC: usize = 16;
 /// Length of a token in characters.
-pub const TOKEN_LEN: usize = PREFIX.len() + 2 * (PAYLOAD + MAC);
+pub(crate) const TOKEN_LEN: usize = PREFIX.len() + 2 * (PAYLOAD + MAC);
 
 /// A token that does not admit anyone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -89,14 +89,19 @@ fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
 
 /// A checked token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Claims {
+pub(crate) struct Claims {
     pub digest: KeyDigest,
     pub expires: Timestamp,
     pub nonce: [u8; 16],
 }
 
 /// Issues a token for `digest`, valid until `now + ttl`.
-pub fn issue(secret: &TokenSecret, digest: &KeyDigest, now: Timestamp, ttl: Duration) -> String {
+pub(crate) fn issue(
+    secret: &TokenSecret,
+    digest: &KeyDigest,
+    now: Timestamp,
+    ttl: Duration,
+) -> String {
     let mut payload = [0u8; PAYLOAD];
     payload[..8].copy_from_slice(&now.plus(ttl).as_millis().to_be_bytes());
     getrandom::fill(&mut payload[8..24]).expect("the OS provides randomness");
@@ -112,7 +117,11 @@ pub fn issue(secret: &TokenSecret, digest: &KeyDigest, now: Timestamp, ttl: Dura
 ///
 /// # Errors
 /// [`TokenError`] saying why it does not admit.
-pub fn check(secret: &TokenSecret, token: &str, now: Timestamp) -> Result<Claims, TokenError> {
+pub(crate) fn check(
+    secret: &TokenSecret,
+    token: &str,
+    now: Timestamp,
+) -> Result<Claims, TokenError> {
     let body = token.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
     if token.len() != TOKEN_LEN {
         return Err(TokenError::Malformed);
@@ -153,7 +162,7 @@ pub fn check(secret: &TokenSecret, token: &str, now: Timestamp) -> Result<Claims
 ///
 /// # Errors
 /// [`TokenError`].
-pub async fn redeem(gw: &Gateway, token: &str) -> Result<KeyDigest, TokenError> {
+pub(crate) async fn redeem(gw: &Gateway, token: &str) -> Result<KeyDigest, TokenError> {
     let now = gw.clock.now();
     let claims = check(&gw.config.ws.profile.token.secret, token, now)?;
     let mut subject = String::with_capacity(4 + 32);

@@ -8,14 +8,14 @@ use keygate_core::decision::{Denial, Reason};
 use serde_json::json;
 
 use super::token;
-use crate::credential;
-use crate::exit::{Refusal, Served};
-use crate::gateway::Gateway;
-use crate::guard::Caller;
-use crate::respond;
+use crate::policy::guard::Caller;
+use crate::request::credential;
+use crate::request::exit::{Refusal, Served};
+use crate::request::respond;
+use crate::state::gateway::Gateway;
 
 /// Whether `path` is the token endpoint.
-pub fn is_token_path(gw: &Gateway, path: &str) -> bool {
+pub(crate) fn is_token_path(gw: &Gateway, path: &str) -> bool {
     gw.config.ws.profile.token.path.as_deref() == Some(path) && gw.config.ws.has_routes()
 }
 
@@ -23,7 +23,7 @@ pub fn is_token_path(gw: &Gateway, path: &str) -> bool {
 ///
 /// # Errors
 /// A [`Refusal`], with the caller when it authenticated (its budget is then reported).
-pub fn answer(
+pub(crate) fn answer(
     gw: &Gateway,
     method: &Method,
     headers: &HeaderMap,
@@ -41,7 +41,7 @@ pub fn answer(
     }
     // Guessing keys here is guessing keys: the brute-force guard counts it and cools it down.
     let caller = Caller { peer, headers };
-    let who = crate::check::guarded(gw, caller, Some(key), || gw.authenticate(key))?;
+    let who = crate::request::check::guarded(gw, caller, Some(key), || gw.authenticate(key))?;
     if let Some(f) = settings
         .features
         .iter()

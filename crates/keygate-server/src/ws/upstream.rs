@@ -1,5 +1,5 @@
 //! Opening the upstream WebSocket: the caller's request (its credentials already stripped) with
-//! the headers every upstream gets (`crate::proxy::rewrite_headers`), less its handshake
+//! the headers every upstream gets (`crate::request::proxy::rewrite_headers`), less its handshake
 //! headers, over a fresh TCP connection.
 
 use std::net::SocketAddr;
@@ -12,21 +12,21 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::gateway::Admitted;
-use crate::guard::Guard;
-use crate::profile::Profile;
-use crate::proxy::{rewrite_headers, Toward};
-use crate::upstream::UpstreamSpec;
+use crate::policy::guard::Guard;
+use crate::policy::profile::Profile;
+use crate::policy::upstream::UpstreamSpec;
+use crate::request::proxy::{rewrite_headers, Toward};
+use crate::state::gateway::Admitted;
 
 /// The upstream side of a session.
-pub type UpstreamSocket = WebSocketStream<TcpStream>;
+pub(crate) type UpstreamSocket = WebSocketStream<TcpStream>;
 
 /// Largest message accepted from an upstream (trusted, but not without bound).
 const UPSTREAM_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Socket settings for one side: small eager buffers, so an idle session costs little, and a
 /// bounded write buffer, so a slow reader cannot make it grow.
-pub fn socket_config(max_message: usize) -> WebSocketConfig {
+pub(crate) fn socket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
@@ -36,15 +36,15 @@ pub fn socket_config(max_message: usize) -> WebSocketConfig {
 }
 
 /// What the upstream request carries.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     pub spec: &'a UpstreamSpec,
     /// Path and query as the upstream should see them (credentials removed).
     pub path_and_query: String,
-    /// The client's upgrade request headers, credentials removed (`crate::credential::strip`).
+    /// The client's upgrade request headers, credentials removed (`crate::request::credential::strip`).
     pub headers: &'a HeaderMap,
     pub who: &'a Admitted,
     pub remote: SocketAddr,
-    /// Whose client-address headers are believed (`crate::proxy::Toward::guard`).
+    /// Whose client-address headers are believed (`crate::request::proxy::Toward::guard`).
     pub guard: &'a Guard,
 }
 
@@ -78,7 +78,7 @@ fn upstream_headers(profile: &Profile, t: &Target<'_>) -> HeaderMap {
 ///
 /// # Errors
 /// `UpstreamTimeout` when the upstream is too slow, `UpstreamUnavailable` otherwise.
-pub async fn connect(
+pub(crate) async fn connect(
     profile: &Profile,
     t: Target<'_>,
 ) -> Result<(UpstreamSocket, Option<HeaderValue>), Reason> {

@@ -1,0 +1,14 @@
+//! The rules `Config` compiles into and every request consults: routes, the profile's contract,
+//! limits, the brute-force guard, upstreams, and the WebSocket contract. Nothing here holds the
+//! [`Gateway`](crate::state::gateway::Gateway) or does I/O, so `config` can build these types
+//! without depending on the server that runs them.
+
+pub(crate) mod channels;
+pub(crate) mod guard;
+pub(crate) mod profile;
+pub(crate) mod ratelimit;
+pub(crate) mod repeat;
+pub(crate) mod routes;
+pub(crate) mod selfservice;
+pub(crate) mod upstream;
+pub(crate) mod ws;

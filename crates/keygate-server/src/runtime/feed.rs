@@ -1,0 +1,150 @@
+//! Keeps the replica current from the store's change feed by polling the feed version (one
+//! indexed single-row read per interval), so a CLI or another node writing the same database is
+//! seen within one poll. Store outages are logged once per incident; the replica keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_store::Store;
+use tokio::sync::{watch, Notify};
+
+use crate::state::gateway::Gateway;
+
+/// The configuration's plans, as the replica sees them when compiling clients.
+pub struct Plans<'a>(pub &'a crate::config::Config);
+
+impl crate::state::replica::PlanCatalog for Plans<'_> {
+    fn features(&self, plan: &str) -> Vec<String> {
+        self.0.plan_features(plan).to_vec()
+    }
+
+    fn limits(&self, plan: &str) -> crate::policy::ratelimit::LimitSet {
+        self.0.plan_limits(plan)
+    }
+
+    fn bookmaker_selection(&self, plan: &str) -> Option<u32> {
+        self.0.plans.get(plan).and_then(|p| p.bookmaker_selection)
+    }
+}
+
+/// Loads the initial snapshot, retrying until the store answers.
+pub(crate) async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.snapshot().await {
+            Ok(snapshot) => {
+                gw.emergency.set(&snapshot.emergency);
+                gw.replica.load(&snapshot, &Plans(&gw.config));
+                gw.store.mark_ok(gw.clock.now());
+                tracing::info!(
+                    keys = snapshot.keys.len(),
+                    clients = snapshot.clients.len(),
+                    version = snapshot.version,
+                    "Replica loaded."
+                );
+                return;
+            }
+            Err(e) => {
+                if gw.store.mark_down(gw.clock.now()) {
+                    tracing::error!(error = %e, "Cannot load keys from the store; retrying.");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Longest wait for one read of the feed before the store counts as unreachable.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Wakes the poller whenever the store announces a change (PostgreSQL LISTEN), reconnecting
+/// after failures. Returns at once on SQLite, which has no announcements.
+async fn listen(store: Store, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match store.listen().await {
+            Ok(None) => return,
+            Ok(Some(mut listener)) => loop {
+                tokio::select! {
+                    next = listener.next() => match next {
+                        // A version, or a reconnect after which anything may have been missed:
+                        // either way, read the feed now.
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "Change listener lost its connection.");
+                            break;
+                        }
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "Cannot open the change listener; polling only."),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Follows the change feed until shutdown: reads it when the store announces a change, and
+/// every `poll` regardless (a lost announcement costs at most one interval).
+pub(crate) async fn follow(
+    gw: Arc<Gateway>,
+    store: Store,
+    poll: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let wake = Arc::clone(&gw.feed_wake);
+    tokio::spawn(listen(store.clone(), Arc::clone(&wake), shutdown.clone()));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = gw.clock.now();
+        // Bounded, so an outage is noticed within a second rather than a pool timeout.
+        let read = tokio::time::timeout(
+            READ_TIMEOUT.max(poll),
+            store.delta_since(gw.replica.version()),
+        );
+        let result = match read.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the store did not answer in time".to_owned()),
+        };
+        match result {
+            Ok(delta) => {
+                if let Some(since) = gw.store.down_since() {
+                    tracing::warn!(
+                        down_seconds = (now.as_millis() - since.as_millis()) / 1000,
+                        "Store reachable again; catching up."
+                    );
+                }
+                gw.store.mark_ok(now);
+                if let Some(emergency) = &delta.emergency {
+                    gw.emergency.set(emergency);
+                }
+                gw.replica.apply(&delta, &Plans(&gw.config));
+                if !delta.is_empty() {
+                    // Sessions of keys this change made invalid close now, not at the sweep.
+                    gw.ws_sessions.revalidate(&gw);
+                    tracing::debug!(
+                        version = delta.version,
+                        keys = delta.keys.len(),
+                        clients = delta.clients.len(),
+                        "Applied changes."
+                    );
+                }
+            }
+            Err(e) => {
+                if gw.store.mark_down(now) {
+                    tracing::error!(error = %e, "Store unreachable; serving from the replica.");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The registry of open WebSocket sessions, so a change to a key or a client closes them.
+//!
+//! Each session registers the digest of its key, what its route required and the channels it
+//! holds. [`Sessions::revalidate`] re-runs authentication and authorization for every open
+//! session against the current replica and clock, and stops each one that no longer passes.
+//! The change feed calls it after every applied change (rotation, revocation, disable, scope
+//! change: milliseconds after the write on every node) and a sweep calls it every
+//! [`SWEEP_INTERVAL`] (expiry is a matter of time, not of a write).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use keygate_core::decision::{Denial, Reason};
+use keygate_core::policy::{authorize, RequestFacts};
+use keygate_core::KeyDigest;
+use smallvec::SmallVec;
+use tokio::sync::watch;
+
+use crate::policy::channels;
+use crate::policy::routes::MAX_PARAMS;
+use crate::policy::ws::CloseEvent;
+use crate::state::gateway::Gateway;
+use crate::state::locks::lock;
+
+/// How often open sessions are checked against the clock (expiry) besides every change.
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why the gateway stops a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stop {
+    pub event: CloseEvent,
+    pub reason: Reason,
+}
+
+/// What a session was admitted with, to check again later.
+#[derive(Debug)]
+pub struct Admission {
+    pub digest: KeyDigest,
+    pub route_index: usize,
+    pub sport: Option<Box<str>>,
+    pub bookmaker: Option<Box<str>>,
+    /// The path parameters, when the route's scopes are templated by them (else empty).
+    pub params: Box<[Box<str>]>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    admission: Admission,
+    channels: Arc<Mutex<BTreeSet<String>>>,
+    stop: watch::Sender<Option<Stop>>,
+}
+
+/// Every open session of this node.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    open: DashMap<u64, Entry>,
+}
+
+/// A registered session: its stop signal and channel set. Unregisters when dropped.
+#[derive(Debug)]
+pub struct Registration {
+    id: u64,
+    gateway: Arc<Gateway>,
+    pub stop: watch::Receiver<Option<Stop>>,
+    pub channels: Arc<Mutex<BTreeSet<String>>>,
+    /// The session's sport (the route's `sport_param`), for channel scopes naming it.
+    pub sport: Option<Box<str>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.gateway.ws_sessions.open.remove(&self.id);
+    }
+}
+
+impl Registration {
+    /// Adds channels the session now holds; false (and nothing added) past the session cap.
+    pub fn add_channels(&self, new: &[String]) -> bool {
+        let mut set = lock(&self.channels);
+        let added = new.iter().filter(|c| !set.contains(*c)).count();
+        if set.len() + added > channels::MAX_CHANNELS_PER_SESSION {
+            return false;
+        }
+        set.extend(new.iter().cloned());
+        true
+    }
+
+    pub fn remove_channels(&self, gone: &[String]) {
+        let mut set = lock(&self.channels);
+        for c in gone {
+            set.remove(c);
+        }
+    }
+}
+
+impl Sessions {
+    /// Registers a session.
+    pub fn register(gw: &Arc<Gateway>, admission: Admission) -> Registration {
+        let sessions = &gw.ws_sessions;
+        let id = sessions.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        let channels = Arc::new(Mutex::new(BTreeSet::new()));
+        let sport = admission.sport.clone();
+        sessions.open.insert(
+            id,
+            Entry {
+                admission,
+                channels: Arc::clone(&channels),
+                stop: tx,
+            },
+        );
+        Registration {
+            id,
+            gateway: Arc::clone(gw),
+            stop: rx,
+            channels,
+            sport,
+        }
+    }
+
+    /// Open sessions on this node.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Stops every session that no longer passes; returns how many were stopped.
+    pub fn revalidate(&self, gw: &Gateway) -> usize {
+        let mut stopped = 0;
+        for entry in &self.open {
+            if entry.stop.borrow().is_some() {
+                continue;
+            }
+            if let Err(denial) = check(gw, &entry.admission, &entry.channels) {
+                let _ = entry.stop.send(Some(Stop {
+                    event: CloseEvent::Revoked,
+                    reason: denial.reason,
+                }));
+                stopped += 1;
+            }
+        }
+        if stopped > 0 {
+            tracing::info!(
+                sessions = stopped,
+                "Closed WebSocket sessions whose key stopped being valid."
+            );
+        }
+        stopped
+    }
+
+    /// Stops every session (the gateway is shutting down).
+    pub fn stop_all(&self, event: CloseEvent) {
+        for entry in &self.open {
+            let _ = entry.stop.send(Some(Stop {
+                event,
+                reason: Reason::Emergency,
+            }));
+        }
+    }
+}
+
+/// Authentication, the route's requirements and every held channel, as of now.
+fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<(), Denial> {
+    let who = gw.authenticate_digest(&a.digest)?;
+    let route = gw
+        .config
+        .routes
+        .routes()
+        .get(a.route_index)
+        .ok_or(Reason::NotFound)?;
+    let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
+    authorize(
+        &who.client.policy,
+        &route.needs,
+        RequestFacts {
+            sport: a.sport.as_deref(),
+            bookmaker: a.bookmaker.as_deref(),
+            params: &params,
+        },
+    )?;
+    let map = &gw.config.ws.profile.channels;
+    let held = lock(held);
+    for c in held.iter() {
+        channels::allowed(map, &who.client.policy, a.sport.as_deref(), c)
+            .map_err(|r| Denial::about(Reason::ScopeMissing, r.scope.as_deref().unwrap_or(c)))?;
+    }
+    Ok(())
+}
+
+/// Checks open sessions against the clock until shutdown.
+pub(crate) async fn sweep(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = stop.changed() => {
+                gw.ws_sessions.stop_all(CloseEvent::GoingAway);
+                return;
+            }
+        }
+        if !gw.ws_sessions.is_empty() {
+            gw.ws_sessions.revalidate(&gw);
+        }
+    }
+}

@@ -19,4 +19,4 @@ pub(crate) fn panic_if_injected(route: &str) {
 /// Release builds inject nothing.
 #[cfg(not(debug_assertions))]
 #[inline(always)]
-pub fn panic_if_injected(_route: &str) {}
+pub(crate) fn panic_if_injected(_route: &str) {}

@@ -74,6 +74,8 @@ http {{
             auth_request /_keygate;
             auth_request_set $kg_client $upstream_http_x_keygate_client_id;
             proxy_set_header X-Client-Id $kg_client;
+            proxy_set_header X-API-Key "";
+            proxy_set_header Authorization "";
             proxy_pass {upstream};
         }}
 {auth_location}
@@ -133,6 +135,11 @@ scopes = ["matches:read"]
         seen.header("x-client-id"),
         Some(client.id.as_str()),
         "identity from keygate"
+    );
+    assert_eq!(
+        seen.header("x-api-key"),
+        None,
+        "the key stops at nginx (README's location)"
     );
 
     let before = h.upstream.request_count();

@@ -149,14 +149,24 @@ impl Feeds {
         Ok(Drift { items })
     }
 
-    /// Repairs drift: every stored feed is applied again (users and vhosts restored with the
+    /// Repairs drift (of one client, by name or id, or of all): every stored feed is applied again (users and vhosts restored with the
     /// stored hash, permissions as the client's state says, revoked ones removed), and users
     /// and vhosts keygate made that no feed holds are deleted. Each repair is audited.
     ///
     /// # Errors
     /// Broker and store failures (a retry continues; every step is idempotent).
-    pub async fn reconcile(&self, actor: &Actor) -> Result<Reconciled, AmqpError> {
-        let found = self.drift().await?;
+    pub async fn reconcile(
+        &self,
+        actor: &Actor,
+        only_client: Option<&str>,
+    ) -> Result<Reconciled, AmqpError> {
+        let only = match only_client {
+            Some(c) => Some(self.store().client(c).await?.name),
+            None => None,
+        };
+        let mine = |d: &DriftItem| only.is_none() || d.client == only;
+        let mut found = self.drift().await?;
+        found.items.retain(|d| mine(d));
         let mut repaired = 0;
         let mut left = Vec::new();
         let feeds = self.store().amqp_feeds().await?;
@@ -192,7 +202,7 @@ impl Feeds {
             .await?
             .items
             .into_iter()
-            .filter(|d| d.kind != "unmanaged_user")
+            .filter(|d| d.kind != "unmanaged_user" && mine(d))
             .collect();
         Ok(Reconciled {
             found: found.items,

@@ -544,7 +544,7 @@ async fn drift_is_found_and_reconcile_repairs_it() {
         ],
         "{drift:?}"
     );
-    let done = e.feeds.reconcile(&actor()).await.unwrap();
+    let done = e.feeds.reconcile(&actor(), None).await.unwrap();
     assert_eq!(done.repaired, 3);
     assert_eq!(done.left.len(), 1);
     assert!(done.remaining.is_empty(), "{:?}", done.remaining);

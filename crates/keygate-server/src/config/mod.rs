@@ -201,6 +201,9 @@ pub struct Config {
     pub ws: crate::ws::config::WsConfig,
     /// Self-service accounts; `None` (the default) turns every self-service route off.
     pub selfservice: Option<crate::selfservice::SelfService>,
+    /// `[amqp]`, checked; the operator's credentials are read from the environment by
+    /// `keygate_amqp::AmqpConfig::compile` where the broker is used (serve checks them at load).
+    pub amqp: Option<keygate_amqp::RawAmqp>,
 }
 
 impl Config {

@@ -125,6 +125,8 @@ pub struct Gateway {
     pub feed_wake: Arc<tokio::sync::Notify>,
     /// Open connections of each listener under its `max_connections` (`crate::listen`).
     pub connections: crate::listen::Connections,
+    /// Messaging feeds (`[amqp]`), set when the gateway starts with one.
+    pub amqp: std::sync::OnceLock<crate::amqp::AmqpNode>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -155,6 +157,7 @@ impl Gateway {
         let connections = crate::listen::Connections::new(&config.http);
         Gateway {
             connections,
+            amqp: std::sync::OnceLock::new(),
             breakers,
             config,
             replica,

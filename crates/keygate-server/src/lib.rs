@@ -3,6 +3,7 @@
 //! forward-auth APIs, and the infra endpoints.
 
 pub mod admin;
+pub mod amqp;
 pub mod body;
 pub mod bounded_body;
 pub mod bounds;

@@ -211,3 +211,372 @@ async fn amqp_errors_have_codes_and_a_broker_outage_changes_nothing() {
     std::fs::write(cli.config(), "").unwrap();
     assert_eq!(cli.error(&["amqp", "show", &name]).0, "amqp_not_configured");
 }
+
+/// A running node with `[amqp]` whose management API is `management_url`, and an admin token.
+struct Node {
+    dir: tempfile::TempDir,
+    mq: RabbitMq,
+    admin: String,
+    base: String,
+    token: String,
+    viewer: String,
+    proc: keygate_test::Proc,
+    _upstream: keygate_test::Upstream,
+}
+
+impl Node {
+    async fn start(management_url: Option<&str>) -> Option<Node> {
+        let mq = keygate_test::rabbitmq().await?;
+        let upstream = keygate_test::Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\n",
+            management_url.unwrap_or(&mq.management_url),
+            mq.amqp_address
+        );
+        std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
+        let db = dir.path().join("keygate.db");
+        let cli = |args: &[&str]| {
+            keygate_test::json_output(
+                Command::new(env!("CARGO_BIN_EXE_keygate"))
+                    .arg("--db")
+                    .arg(&db)
+                    .args(args),
+            )
+        };
+        let token = cli(&["--json", "admin-token", "create", "--name", "ops"])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let viewer = cli(&[
+            "--json",
+            "admin-token",
+            "create",
+            "--name",
+            "viewer",
+            "--read-only",
+        ])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let listen = format!("127.0.0.1:{}", keygate_test::free_port());
+        let admin_listen = format!("127.0.0.1:{}", keygate_test::free_port());
+        let proc = keygate_test::Proc::spawn(
+            env!("CARGO_BIN_EXE_keygate"),
+            &[
+                "--db",
+                db.to_str().unwrap(),
+                "--config",
+                dir.path().join("keygate.toml").to_str().unwrap(),
+                "serve",
+                "--upstream",
+                &upstream.url(),
+                "--listen",
+                &listen,
+                "--admin-listen",
+                &admin_listen,
+            ],
+            &[
+                ("KEYGATE_AMQP_USER", mq.user.as_str()),
+                ("KEYGATE_AMQP_PASSWORD", mq.password.as_str()),
+            ],
+            dir.path(),
+        );
+        let ready = keygate_test::wait_for_status(
+            admin_listen.parse().unwrap(),
+            "/ready",
+            200,
+            Duration::from_secs(20),
+        )
+        .await;
+        assert!(ready, "the node did not become ready: {}", proc.stderr());
+        Some(Node {
+            dir,
+            mq,
+            admin: format!("http://{admin_listen}"),
+            base: format!("http://{listen}"),
+            token,
+            viewer,
+            proc,
+            _upstream: upstream,
+        })
+    }
+
+    /// The CLI on the node's database (`remote = false`) or through its admin API.
+    fn cli(&self, remote: bool, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.arg("--json")
+            .arg("--config")
+            .arg(self.dir.path().join("keygate.toml"));
+        if remote {
+            cmd.args(["--admin-url", &self.admin])
+                .env("KEYGATE_ADMIN_TOKEN", &self.token);
+        } else {
+            cmd.arg("--db").arg(self.dir.path().join("keygate.db"));
+        }
+        cmd.args(args)
+            .env_remove("KEYGATE_DB")
+            .env_remove("KEYGATE_AMQP_USER")
+            .env_remove("KEYGATE_AMQP_PASSWORD")
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, remote: bool, args: &[&str]) -> Value {
+        let out = self.cli(remote, args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let http = keygate_test::http_client();
+        let mut req = http
+            .request(method.parse().unwrap(), format!("{}{path}", self.admin))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn status(&self) -> Value {
+        keygate_test::http_client()
+            .get(format!("{}/status", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+async fn closed_within_a_second(conn: &Connection, what: &str) {
+    let start = Instant::now();
+    while conn.status().connected() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the feed connection is still open a second after {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("closed {:?} after {what}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_closes_a_disabled_clients_feed_within_a_second_and_serves_the_admin_api() {
+    let Some(node) = Node::start(None).await else {
+        return;
+    };
+    let name = format!("Acme Sportsbook {}", tag());
+    node.json(false, &["client", "create", &name]);
+
+    // Provisioned through the admin API (the CLI's --admin-url); the node holds the operator's
+    // credentials, the CLI does not.
+    let issued = node.json(true, &["amqp", "provision", &name]);
+    let url = issued["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("amqp://op-{}:", issued["slug"].as_str().unwrap())));
+    let conn = connect(&url)
+        .await
+        .expect("the URL from the admin API connects");
+    let shown = node.json(true, &["amqp", "show", &name]);
+    assert_eq!(shown["state"], "active");
+    assert!(!shown.to_string().contains(&url));
+
+    // Disabling the client on the database (another process): the node follows the change
+    // feed and closes the feed within a second; new connections are refused.
+    node.json(false, &["client", "disable", &name]);
+    closed_within_a_second(&conn, "the client was disabled").await;
+    assert!(
+        connect(&url).await.is_err(),
+        "a disabled client's feed connected"
+    );
+    node.json(false, &["client", "enable", &name]);
+    let start = Instant::now();
+    let conn = loop {
+        if let Ok(c) = connect(&url).await {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // /status and /metrics report the broker and the drift.
+    let start = Instant::now();
+    loop {
+        let status = node.status().await;
+        if status["amqp"]["drift"] == 0 && status["amqp"]["broker"] == "reachable" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = keygate_test::http_client()
+        .get(format!("{}/metrics", node.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("keygate_amqp_broker_up 1"), "{metrics}");
+    assert!(metrics.contains("keygate_amqp_drift_items 0"), "{metrics}");
+
+    // Hostile input on the admin API: names and slugs never address another resource.
+    let (status, body) = node
+        .call(
+            "POST",
+            "/v1/clients/..%2F..%2Fvhosts/amqp",
+            &node.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let path = format!("/v1/clients/{}/amqp", name.replace(' ', "%20"));
+    for slug in ["../x", "a/b", "%2f", "ü", "A"] {
+        let other = format!("Other {}", tag());
+        node.json(false, &["client", "create", &other]);
+        let p = format!("/v1/clients/{}/amqp", other.replace(' ', "%20"));
+        let (status, body) = node
+            .call(
+                "POST",
+                &p,
+                &node.token,
+                Some(serde_json::json!({ "slug": slug })),
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some("invalid_slug")),
+            "{slug}: {body}"
+        );
+    }
+    let (status, body) = node
+        .call(
+            "POST",
+            &path,
+            &node.token,
+            Some(serde_json::json!({ "slug": "x", "admin": true })),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    // Another client cannot take this client's slug; a read-only token cannot provision.
+    let thief = format!("Thief {}", tag());
+    node.json(false, &["client", "create", &thief]);
+    let p = format!("/v1/clients/{}/amqp", thief.replace(' ', "%20"));
+    let (status, body) = node
+        .call(
+            "POST",
+            &p,
+            &node.token,
+            Some(serde_json::json!({ "slug": issued["slug"] })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("slug_taken")),
+        "{body}"
+    );
+    let (status, _) = node.call("POST", &p, &node.viewer, None).await;
+    assert_eq!(status, 403);
+    let (status, body) = node.call("GET", "/openapi.json", "", None).await;
+    assert_eq!(status, 200);
+    assert!(body["paths"]["/v1/clients/{client}/amqp/revoke"]["post"].is_object());
+
+    // Revoke through the admin API: closed within a second, and the audit log has each step.
+    let revoked = node.json(true, &["amqp", "revoke", &name]);
+    assert_eq!(revoked["state"], "revoked");
+    closed_within_a_second(&conn, "the feed was revoked").await;
+    assert!(connect(&url).await.is_err());
+    let audit = node.json(false, &["audit", "--limit", "100"]);
+    let text = audit.to_string();
+    for action in [
+        "amqp.provision",
+        "amqp.suspend",
+        "amqp.resume",
+        "amqp.revoke",
+    ] {
+        assert!(
+            text.contains(action),
+            "{action} missing from the audit log: {text}"
+        );
+    }
+    assert!(!text.contains(&url));
+    assert!(!node.proc.stderr().contains(&node.mq.password) || node.mq.password == "guest");
+    let _ = &node.base;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_leaves_the_gateway_serving_and_feed_operations_answer_503() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let Some(node) = Node::start(Some(&dead_url)).await else {
+        return;
+    };
+    let name = format!("Outage {}", tag());
+    node.json(false, &["client", "create", &name]);
+    let key = node.json(false, &["key", "create", "--client", &name])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let path = format!("/v1/clients/{}/amqp", name.replace(' ', "%20"));
+    let (status, body) = node.call("POST", &path, &node.token, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "broker_unavailable");
+    assert!(
+        body["detail"].as_str().unwrap().contains(&dead_url),
+        "{body}"
+    );
+    let (status, body) = node.call("GET", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("feed_not_provisioned"))
+    );
+
+    // HTTP keeps being served (the key reaches the node's replica through the change feed).
+    let start = Instant::now();
+    loop {
+        let resp = keygate_test::http_client()
+            .get(format!("{}/anything", node.base))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", resp.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    loop {
+        let status = node.status().await;
+        if status["amqp"]["broker"] == "unreachable" && !status["amqp"]["last_check"].is_null() {
+            assert!(status["amqp"]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains(&dead_url));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = &node.mq;
+}

@@ -66,9 +66,9 @@ impl AmqpError {
         match self {
             AmqpError::BrokerUnreachable { .. }
             | AmqpError::Broker { .. }
-            | AmqpError::OperatorRefused(_)
-            | AmqpError::NotConfigured => 503,
-            AmqpError::NotProvisioned(_) => 404,
+            | AmqpError::OperatorRefused(_) => 503,
+            // A node without `[amqp]` has no feed endpoints to offer: not a failure of anything.
+            AmqpError::NotConfigured | AmqpError::NotProvisioned(_) => 404,
             AmqpError::AlreadyProvisioned(_)
             | AmqpError::SlugTaken { .. }
             | AmqpError::NameTakenOnBroker { .. }

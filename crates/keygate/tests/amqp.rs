@@ -562,7 +562,11 @@ async fn a_broker_outage_leaves_the_gateway_serving_and_feed_operations_answer_5
         if resp.status() == 200 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "{}", resp.status());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{}",
+            resp.status()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let start = Instant::now();

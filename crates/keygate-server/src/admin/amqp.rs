@@ -63,9 +63,12 @@ pub(crate) struct DriftQuery {
     request_body(content = Option<ProvisionBody>, content_type = "application/json"),
     responses(
         (status = 201, description = "The feed, with its `amqp://` URL (shown once).", body = doc::IssuedFeed),
-        (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client (`client_not_found`). Also `amqp_not_configured` on a node without `[amqp]`.", body = doc::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already provisioned, slug taken, name on the broker not keygate's, or client disabled.", body = doc::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad slug, or none can be made from the name (`invalid_slug`, `slug_required`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown field (`invalid_body`), a bad slug, or none can be made from the name (`invalid_slug`, `slug_required`).", body = doc::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -92,7 +95,7 @@ pub(crate) async fn provision(
     params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
     responses(
         (status = 200, description = "The feed.", body = doc::Feed),
-        (status = 404, description = "No such client, or no feed (`client_not_found`, `feed_not_provisioned`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client, or no feed (`client_not_found`, `feed_not_provisioned`). Also `amqp_not_configured` on a node without `[amqp]`.", body = doc::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -113,7 +116,7 @@ pub(crate) async fn show(
     params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
     responses(
         (status = 200, description = "The feed, with its new `amqp://` URL (shown once).", body = doc::IssuedFeed),
-        (status = 404, description = "No such client, or no feed.", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client, or no feed (`client_not_found`, `feed_not_provisioned`). Also `amqp_not_configured` on a node without `[amqp]`.", body = doc::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The client is disabled (`client_inactive`).", body = doc::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -136,7 +139,7 @@ pub(crate) async fn rotate(
     params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
     responses(
         (status = 200, description = "The revoked feed.", body = doc::Feed),
-        (status = 404, description = "No such client, or no feed.", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client, or no feed (`client_not_found`, `feed_not_provisioned`). Also `amqp_not_configured` on a node without `[amqp]`.", body = doc::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -156,7 +159,11 @@ pub(crate) async fn revoke(
     tag = "amqp",
     summary = "Compare the broker's users and vhosts under keygate's naming with the store",
     params(DriftQuery),
-    responses((status = 200, description = "The differences found.", body = doc::FeedDrift)),
+    responses(
+        (status = 200, description = "The differences found.", body = doc::FeedDrift),
+        (status = 400, description = "An unknown query parameter (`invalid_query`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Messaging feeds are not configured on this node (`amqp_not_configured`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = [])),
 )]
 pub(crate) async fn drift(
@@ -178,7 +185,14 @@ pub(crate) async fn drift(
     tag = "amqp",
     summary = "Repair drift between the broker and the store",
     request_body(content = Option<ReconcileBody>, content_type = "application/json"),
-    responses((status = 200, description = "What was found, repaired and left alone.", body = doc::FeedReconciled)),
+    responses(
+        (status = 200, description = "What was found, repaired and left alone.", body = doc::FeedReconciled),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client (`client_not_found`), or messaging feeds are not configured on this node (`amqp_not_configured`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown field (`invalid_body`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
     security(("bearer" = [])),
 )]
 pub(crate) async fn reconcile(

@@ -215,6 +215,9 @@ async fn amqp_errors_have_codes_and_a_broker_outage_changes_nothing() {
 /// A running node with `[amqp]` whose management API is `management_url`, and an admin token.
 struct Node {
     dir: tempfile::TempDir,
+    /// This node's user prefix: its own, so its drift check never sees another test's users
+    /// on the shared broker.
+    user_prefix: String,
     mq: RabbitMq,
     admin: String,
     base: String,
@@ -229,8 +232,10 @@ impl Node {
         let mq = keygate_test::rabbitmq().await?;
         let upstream = keygate_test::Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
+        let t = tag();
+        let user_prefix = format!("op-n{t}-");
         let config = format!(
-            "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\n",
+            "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\nuser_prefix = \"{user_prefix}\"\nvhost_prefix = \"n{t}-\"\n",
             management_url.unwrap_or(&mq.management_url),
             mq.amqp_address
         );
@@ -292,6 +297,7 @@ impl Node {
         assert!(ready, "the node did not become ready: {}", proc.stderr());
         Some(Node {
             dir,
+            user_prefix,
             mq,
             admin: format!("http://{admin_listen}"),
             base: format!("http://{listen}"),
@@ -387,7 +393,11 @@ async fn a_node_closes_a_disabled_clients_feed_within_a_second_and_serves_the_ad
     // credentials, the CLI does not.
     let issued = node.json(true, &["amqp", "provision", &name]);
     let url = issued["url"].as_str().unwrap().to_owned();
-    assert!(url.starts_with(&format!("amqp://op-{}:", issued["slug"].as_str().unwrap())));
+    assert!(url.starts_with(&format!(
+        "amqp://{}{}:",
+        node.user_prefix,
+        issued["slug"].as_str().unwrap()
+    )));
     let conn = connect(&url)
         .await
         .expect("the URL from the admin API connects");

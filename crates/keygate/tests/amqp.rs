@@ -108,6 +108,25 @@ async fn amqp_provision_show_rotate_revoke_through_the_cli() {
     );
     let password = url[prefix.len()..url.rfind('@').unwrap()].to_owned();
 
+    // Drift of this client only (other tests' users on the shared broker are not its own):
+    // none; then its user deleted by hand is found, and reconcile restores it with the stored
+    // hash, so the URL printed before still works.
+    let check = cli.json(&["amqp", "reconcile", &name, "--check"]);
+    assert_eq!(check["items"], serde_json::json!([]), "{check}");
+    keygate_test::http_client()
+        .delete(format!("{}/api/users/op-{slug}", cli.mq.management_url))
+        .basic_auth(&cli.mq.user, Some(&cli.mq.password))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let check = cli.json(&["amqp", "reconcile", &name, "--check"]);
+    assert_eq!(check["items"][0]["kind"], "missing_user", "{check}");
+    let repaired = cli.json(&["amqp", "reconcile", &name]);
+    assert_eq!(repaired["repaired"], 1, "{repaired}");
+    assert_eq!(repaired["remaining"], serde_json::json!([]), "{repaired}");
+
     let conn = connect(&url).await.expect("the printed URL connects");
     let channel = conn.create_channel().await.unwrap();
     channel

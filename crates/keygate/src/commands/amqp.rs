@@ -33,12 +33,16 @@ pub(crate) async fn run(ctx: &Context, cmd: AmqpCommand) -> anyhow::Result<()> {
                 AmqpCommand::Revoke { client } => serde_json::to_value(f.revoke(a, client).await?)?,
                 AmqpCommand::Show { client } => serde_json::to_value(f.show(client).await?)?,
                 AmqpCommand::Reconcile { client, check } => {
-                    if let Some(c) = client {
-                        // The client must exist; the repair is the same for one or all.
-                        store.client(c).await?;
-                    }
+                    let only = match client {
+                        Some(c) => Some(store.client(c).await?.name),
+                        None => None,
+                    };
                     if *check {
-                        serde_json::to_value(f.drift().await?)?
+                        let mut drift = f.drift().await?;
+                        if only.is_some() {
+                            drift.items.retain(|d| d.client == only);
+                        }
+                        serde_json::to_value(drift)?
                     } else {
                         serde_json::to_value(f.reconcile(a, client.as_deref()).await?)?
                     }

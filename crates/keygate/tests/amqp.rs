@@ -233,7 +233,10 @@ async fn amqp_errors_have_codes_and_a_broker_outage_changes_nothing() {
 
 /// A running node with `[amqp]` whose management API is `management_url`, and an admin token.
 struct Node {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    /// The store: a SQLite file in `dir`, or a PostgreSQL schema shared by several nodes.
+    db: String,
+    config: std::path::PathBuf,
     /// This node's user prefix: its own, so its drift check never sees another test's users
     /// on the shared broker.
     user_prefix: String,
@@ -249,17 +252,34 @@ struct Node {
 impl Node {
     async fn start(management_url: Option<&str>) -> Option<Node> {
         let mq = keygate_test::rabbitmq().await?;
+        Some(Node::start_on(mq, management_url, None, None).await)
+    }
+
+    /// A node on `db` (default: a fresh SQLite file), with `peer`'s configuration and tokens
+    /// when it joins another node's store.
+    async fn start_on(
+        mq: RabbitMq,
+        management_url: Option<&str>,
+        db: Option<String>,
+        peer: Option<&Node>,
+    ) -> Node {
         let upstream = keygate_test::Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let t = tag();
-        let user_prefix = format!("op-n{t}-");
+        let user_prefix = peer.map_or(format!("op-n{t}-"), |p| p.user_prefix.clone());
         let config = format!(
             "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\nuser_prefix = \"{user_prefix}\"\nvhost_prefix = \"n{t}-\"\n",
             management_url.unwrap_or(&mq.management_url),
             mq.amqp_address
         );
-        std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
-        let db = dir.path().join("keygate.db");
+        let config_path = match peer {
+            Some(p) => p.config.clone(),
+            None => {
+                std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
+                dir.path().join("keygate.toml")
+            }
+        };
+        let db = db.unwrap_or_else(|| dir.path().join("keygate.db").to_str().unwrap().to_owned());
         let cli = |args: &[&str]| {
             keygate_test::json_output(
                 Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -268,30 +288,35 @@ impl Node {
                     .args(args),
             )
         };
-        let token = cli(&["--json", "admin-token", "create", "--name", "ops"])["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let viewer = cli(&[
-            "--json",
-            "admin-token",
-            "create",
-            "--name",
-            "viewer",
-            "--read-only",
-        ])["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (token, viewer) = match peer {
+            Some(p) => (p.token.clone(), p.viewer.clone()),
+            None => (
+                cli(&["--json", "admin-token", "create", "--name", "ops"])["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                cli(&[
+                    "--json",
+                    "admin-token",
+                    "create",
+                    "--name",
+                    "viewer",
+                    "--read-only",
+                ])["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+        };
         let listen = format!("127.0.0.1:{}", keygate_test::free_port());
         let admin_listen = format!("127.0.0.1:{}", keygate_test::free_port());
         let proc = keygate_test::Proc::spawn(
             env!("CARGO_BIN_EXE_keygate"),
             &[
                 "--db",
-                db.to_str().unwrap(),
+                &db,
                 "--config",
-                dir.path().join("keygate.toml").to_str().unwrap(),
+                config_path.to_str().unwrap(),
                 "serve",
                 "--upstream",
                 &upstream.url(),
@@ -314,8 +339,10 @@ impl Node {
         )
         .await;
         assert!(ready, "the node did not become ready: {}", proc.stderr());
-        Some(Node {
-            dir,
+        Node {
+            _dir: dir,
+            db,
+            config: config_path,
             user_prefix,
             mq,
             admin: format!("http://{admin_listen}"),
@@ -324,20 +351,18 @@ impl Node {
             viewer,
             proc,
             _upstream: upstream,
-        })
+        }
     }
 
     /// The CLI on the node's database (`remote = false`) or through its admin API.
     fn cli(&self, remote: bool, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-        cmd.arg("--json")
-            .arg("--config")
-            .arg(self.dir.path().join("keygate.toml"));
+        cmd.arg("--json").arg("--config").arg(&self.config);
         if remote {
             cmd.args(["--admin-url", &self.admin])
                 .env("KEYGATE_ADMIN_TOKEN", &self.token);
         } else {
-            cmd.arg("--db").arg(self.dir.path().join("keygate.db"));
+            cmd.arg("--db").arg(&self.db);
         }
         cmd.args(args)
             .env_remove("KEYGATE_DB")
@@ -612,4 +637,65 @@ async fn a_broker_outage_leaves_the_gateway_serving_and_feed_operations_answer_5
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = &node.mq;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_within_a_second() {
+    let Some(mq) = keygate_test::rabbitmq().await else {
+        return;
+    };
+    let Some(pg) = keygate_test::postgres_schema("kg_amqp").await else {
+        return;
+    };
+    let migrate = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--db", &pg, "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let a = Node::start_on(mq.clone(), None, Some(pg.clone()), None).await;
+    let b = Node::start_on(mq, None, Some(pg), Some(&a)).await;
+    let name = format!("Cluster {}", tag());
+    a.json(false, &["client", "create", &name]);
+    let path = format!("/v1/clients/{}", name.replace(' ', "%20"));
+
+    // Provisioned on node A; node B disables the client; the feed closes within a second.
+    let (status, issued) = a
+        .call("POST", &format!("{path}/amqp"), &a.token, None)
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let url = issued["url"].as_str().unwrap().to_owned();
+    let conn = connect(&url).await.expect("the URL from node A connects");
+    let (status, body) = b
+        .call("POST", &format!("{path}/disable"), &b.token, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    closed_within_a_second(&conn, "node B disabled the client").await;
+    assert!(connect(&url).await.is_err());
+    let (status, _) = b
+        .call("POST", &format!("{path}/enable"), &b.token, None)
+        .await;
+    assert_eq!(status, 200);
+    let start = Instant::now();
+    let conn = loop {
+        if let Ok(c) = connect(&url).await {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Revoked through node B, seen by node A's `show`.
+    let (status, body) = b
+        .call("POST", &format!("{path}/amqp/revoke"), &b.token, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    closed_within_a_second(&conn, "node B revoked the feed").await;
+    let (_, shown) = a.call("GET", &format!("{path}/amqp"), &a.token, None).await;
+    assert_eq!(shown["state"], "revoked", "{shown}");
 }

@@ -64,6 +64,10 @@ pub async fn enforce(
     let mut applied: HashMap<String, (FeedState, bool, String)> = HashMap::new();
     let mut seen = None;
     let mut retry = false;
+    // Whether the first pass over the store is done: feeds first seen after it are new since
+    // the node started, so a disabled client among them is a change to audit, not the state
+    // the node found at start.
+    let mut started = false;
     let mut next_check = Instant::now();
     loop {
         tokio::select! {
@@ -73,7 +77,8 @@ pub async fn enforce(
         if let Ok(version) = feeds.store().version().await {
             if seen != Some(version) || retry {
                 seen = Some(version);
-                retry = !follow(&feeds, &status, &actor, &mut applied).await;
+                retry = !follow(&feeds, &status, &actor, &mut applied, started).await;
+                started |= !retry;
             }
         }
         if Instant::now() >= next_check {
@@ -90,6 +95,7 @@ async fn follow(
     status: &EnforcerStatus,
     actor: &Actor,
     applied: &mut HashMap<String, (FeedState, bool, String)>,
+    started: bool,
 ) -> bool {
     let Ok(all) = feeds.store().amqp_feeds().await else {
         return false;
@@ -104,8 +110,11 @@ async fn follow(
         }
         match feeds.apply(f, false).await {
             Ok(()) => {
-                let access_changed =
-                    before.is_some_and(|b| b.1 != now.1) && f.feed.state == FeedState::Active;
+                // A feed provisioned and disabled between two polls is first seen disabled.
+                let access_changed = match before {
+                    Some(b) => b.1 != now.1,
+                    None => started && !f.client_active,
+                } && f.feed.state == FeedState::Active;
                 if access_changed {
                     let action = if f.client_active { "resume" } else { "suspend" };
                     let detail = json!({

@@ -20,6 +20,9 @@ pub(crate) const USER_TAG: &str = "keygate";
 /// Vhost descriptions keygate writes start with this, then the client id.
 pub(crate) const VHOST_MARK: &str = "keygate feed of client ";
 
+/// Tries of one call the broker answers with a 5xx.
+const SERVER_ERROR_ATTEMPTS: u64 = 3;
+
 /// A broker user as listed.
 #[derive(Clone, Debug, Deserialize)]
 pub struct BrokerUser {
@@ -111,21 +114,31 @@ impl Management {
         body: Option<Value>,
     ) -> Result<Option<reqwest::Response>, AmqpError> {
         let url = format!("{}/api/{path}", self.base);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .basic_auth(&self.operator.user, Some(&self.operator.password));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| AmqpError::BrokerUnreachable {
-                url: self.base.clone(),
-                // Without the URL: reqwest's text would repeat it, never the credentials.
-                reason: e.without_url().to_string(),
-            })?;
+        // RabbitMQ answers 500 when two operations on one vhost cross (a node granting while
+        // another deletes); every call here is idempotent, so a short retry is safe.
+        let mut attempt = 0;
+        let response = loop {
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .basic_auth(&self.operator.user, Some(&self.operator.password));
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| AmqpError::BrokerUnreachable {
+                    url: self.base.clone(),
+                    // Without the URL: reqwest's text would repeat it, never the credentials.
+                    reason: e.without_url().to_string(),
+                })?;
+            attempt += 1;
+            if !response.status().is_server_error() || attempt >= SERVER_ERROR_ATTEMPTS {
+                break response;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(Some(response));

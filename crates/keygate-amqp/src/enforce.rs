@@ -69,11 +69,9 @@ pub async fn enforce(
     // the node found at start.
     let mut started = false;
     let mut next_check = Instant::now();
+    // The first pass runs at once, so the state found at start is taken in before the node
+    // answers requests that could change it.
     loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(POLL) => {}
-        }
         if let Ok(version) = feeds.store().version().await {
             if seen != Some(version) || retry {
                 seen = Some(version);
@@ -84,6 +82,10 @@ pub async fn enforce(
         if Instant::now() >= next_check {
             next_check = Instant::now() + feeds.config().check_interval;
             check(&feeds, &status).await;
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(POLL) => {}
         }
     }
 }

@@ -323,17 +323,24 @@ async fn disabling_the_client_closes_its_feed_within_a_second_and_enabling_resto
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     round_trip(&again, b"back").await;
-    let audit = e
-        .store
-        .audit(&AuditFilter {
-            action: Some("amqp.".to_owned()),
-            ..AuditFilter::default()
-        })
-        .await
-        .unwrap();
-    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
-    assert!(actions.contains(&"amqp.suspend"), "{actions:?}");
-    assert!(actions.contains(&"amqp.resume"), "{actions:?}");
+    // The audit row follows the broker step, so it may land a moment after the feed reopens.
+    let start = Instant::now();
+    loop {
+        let audit = e
+            .store
+            .audit(&AuditFilter {
+                action: Some("amqp.".to_owned()),
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+        if actions.contains(&"amqp.suspend") && actions.contains(&"amqp.resume") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{actions:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = stop.send(());
     task.await.unwrap();
     e.feeds.revoke(&actor(), &name).await.unwrap();

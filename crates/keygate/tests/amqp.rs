@@ -450,7 +450,16 @@ async fn a_node_closes_a_disabled_clients_feed_within_a_second_and_serves_the_ad
     assert!(!shown.to_string().contains(&url));
 
     // Disabling the client on the database (another process): the node follows the change
-    // feed and closes the feed within a second; new connections are refused.
+    // feed and closes the feed within a second; new connections are refused. (First the node
+    // has seen the feed, so its audit row says `suspend`.)
+    let start = Instant::now();
+    while node.status().await["amqp"]["feeds"] != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the node never saw the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     node.json(false, &["client", "disable", &name]);
     closed_within_a_second(&conn, "the client was disabled").await;
     assert!(
@@ -557,19 +566,28 @@ async fn a_node_closes_a_disabled_clients_feed_within_a_second_and_serves_the_ad
     assert_eq!(revoked["state"], "revoked");
     closed_within_a_second(&conn, "the feed was revoked").await;
     assert!(connect(&url).await.is_err());
-    let audit = node.json(false, &["audit", "--limit", "100"]);
-    let text = audit.to_string();
-    for action in [
-        "amqp.provision",
-        "amqp.suspend",
-        "amqp.resume",
-        "amqp.revoke",
-    ] {
+    // Each audit row follows its broker step, so poll briefly for the last one.
+    let start = Instant::now();
+    let text = loop {
+        let text = node.json(false, &["audit", "--limit", "100"]).to_string();
+        let missing: Vec<&str> = [
+            "amqp.provision",
+            "amqp.suspend",
+            "amqp.resume",
+            "amqp.revoke",
+        ]
+        .into_iter()
+        .filter(|action| !text.contains(action))
+        .collect();
+        if missing.is_empty() {
+            break text;
+        }
         assert!(
-            text.contains(action),
-            "{action} missing from the audit log: {text}"
+            start.elapsed() < Duration::from_secs(5),
+            "{missing:?} missing from the audit log: {text}"
         );
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(!text.contains(&url));
     assert!(!node.proc.stderr().contains(&node.mq.password) || node.mq.password == "guest");
     let _ = &node.base;

@@ -716,4 +716,28 @@ async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_w
     closed_within_a_second(&conn, "node B revoked the feed").await;
     let (_, shown) = a.call("GET", &format!("{path}/amqp"), &a.token, None).await;
     assert_eq!(shown["state"], "revoked", "{shown}");
+    // A node still granting from the enable may re-make the vhost after the revoke; its next
+    // poll sees the revocation and removes it again. Both nodes agree within a few seconds.
+    let vhost = format!(
+        "{}/api/vhosts/{}",
+        a.mq.management_url,
+        shown["vhost"].as_str().unwrap()
+    );
+    let start = Instant::now();
+    loop {
+        let r = keygate_test::http_client()
+            .get(&vhost)
+            .basic_auth(&a.mq.user, Some(&a.mq.password))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the revoked vhost stays"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

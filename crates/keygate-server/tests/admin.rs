@@ -602,6 +602,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/emergency"),
     ("put", "/v1/emergency"),
     ("get", "/v1/audit"),
+    ("post", "/v1/clients/{client}/amqp"),
+    ("get", "/v1/clients/{client}/amqp"),
+    ("post", "/v1/clients/{client}/amqp/rotate"),
+    ("post", "/v1/clients/{client}/amqp/revoke"),
+    ("get", "/v1/amqp/drift"),
+    ("post", "/v1/amqp/reconcile"),
 ];
 
 /// The route template a concrete path falls under (`/v1/keys/key_…` → `/v1/keys/{id}`).

@@ -257,17 +257,28 @@ async fn keygate_decides_behind(h: &Harness, port: u16, proxy: &str) {
         "{proxy}: identity from keygate"
     );
     assert_eq!(seen.header("x-keygate-sports"), Some("cs2"), "{proxy}");
-    assert_eq!(seen.header("x-api-key"), None, "{proxy}: the key reached the upstream");
+    assert_eq!(
+        seen.header("x-api-key"),
+        None,
+        "{proxy}: the key reached the upstream"
+    );
 
     // Refusals are keygate's, in its body, and never reach the upstream.
     let before = h.upstream.request_count();
     let missing = get("/cs2/v1/matches", None).send().await.unwrap();
     assert_eq!(missing.status(), 401, "{proxy}");
     let body: serde_json::Value = missing.json().await.unwrap();
-    assert!(body.get("detail").is_some() || body.get("code").is_some(), "{proxy}: {body}");
+    assert!(
+        body.get("detail").is_some() || body.get("code").is_some(),
+        "{proxy}: {body}"
+    );
     let other_sport = get("/dota2/v1/matches", Some(&key)).send().await.unwrap();
     assert_eq!(other_sport.status(), 403, "{proxy}");
-    assert_eq!(h.upstream.request_count(), before, "{proxy}: a refusal reached the upstream");
+    assert_eq!(
+        h.upstream.request_count(),
+        before,
+        "{proxy}: a refusal reached the upstream"
+    );
 
     // The route's limits count the passes: two a minute, then 429 with Retry-After.
     let mut statuses = Vec::new();

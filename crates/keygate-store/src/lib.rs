@@ -9,6 +9,7 @@
 //! and hint in.
 
 mod admin_tokens;
+mod amqp;
 mod audit;
 mod clients;
 mod error;
@@ -29,6 +30,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 pub use admin_tokens::AdminToken;
+pub use amqp::{AmqpFeed, FeedOfClient, FeedState};
 pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;

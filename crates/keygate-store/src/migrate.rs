@@ -37,6 +37,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "last used",
         include_str!("../migrations/sqlite/0005_last_used.sql"),
     ),
+    (
+        6,
+        "amqp feeds",
+        include_str!("../migrations/sqlite/0006_amqp_feeds.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -63,6 +68,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         5,
         "last used",
         include_str!("../migrations/postgres/0005_last_used.sql"),
+    ),
+    (
+        6,
+        "amqp feeds",
+        include_str!("../migrations/postgres/0006_amqp_feeds.sql"),
     ),
 ];
 

@@ -1042,6 +1042,96 @@ async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
     assert_eq!(replaced[0].target, child.id.as_str());
 }
 
+async fn amqp_feeds_are_stored_without_passwords_with_feed_and_audit(f: Fixture) {
+    let s = &f.store;
+    let client = acme(s).await;
+    let other = s
+        .create_client(
+            &actor(),
+            NewClient {
+                name: "Other".into(),
+                plan: "pro".into(),
+                ..NewClient::default()
+            },
+        )
+        .await
+        .unwrap();
+    let v0 = s.version().await.unwrap();
+    let mut feed = keygate_store::AmqpFeed {
+        client_id: client.id.as_str().to_owned(),
+        slug: "acme-sportsbook".into(),
+        vhost: "acme-sportsbook".into(),
+        username: "op-acme-sportsbook".into(),
+        password_hash: "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR".into(),
+        state: keygate_store::FeedState::Active,
+        created_at: s.now(),
+        rotated_at: None,
+        revoked_at: None,
+    };
+    s.put_amqp_feed(
+        &actor(),
+        &feed,
+        "provision",
+        serde_json::json!({ "slug": "acme-sportsbook" }),
+    )
+    .await
+    .unwrap();
+    assert!(s.version().await.unwrap() > v0, "a feed write is a change");
+    let read = s.amqp_feed(client.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(read.feed, feed);
+    assert_eq!(read.client_name, "Acme Sportsbook");
+    assert!(read.client_active);
+    // The hash never leaves through serialization (the CLI's and the API's JSON).
+    assert!(!serde_json::to_string(&read.feed).unwrap().contains("kI3GC"));
+    // Another client cannot hold the same slug, vhost or user.
+    let mut taken = feed.clone();
+    taken.client_id = other.id.as_str().to_owned();
+    assert!(matches!(
+        s.put_amqp_feed(&actor(), &taken, "provision", serde_json::json!({}))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let holder = s
+        .amqp_feed_by_name("x", "y", "op-acme-sportsbook")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(holder.feed.client_id, client.id.as_str());
+    // Revocation replaces the row; the client's state comes with it.
+    feed.state = keygate_store::FeedState::Revoked;
+    feed.revoked_at = Some(s.now());
+    s.put_amqp_feed(&actor(), &feed, "revoke", serde_json::json!({}))
+        .await
+        .unwrap();
+    s.set_client_active(&actor(), client.id.as_str(), false)
+        .await
+        .unwrap();
+    let all = s.amqp_feeds().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].feed.state, keygate_store::FeedState::Revoked);
+    assert!(!all[0].client_active);
+    s.audit_amqp(
+        &actor(),
+        "reconcile",
+        "op-x",
+        serde_json::json!({ "drift": "orphan_user" }),
+    )
+    .await
+    .unwrap();
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("amqp.".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["amqp.reconcile", "amqp.revoke", "amqp.provision"]);
+    assert!(audit
+        .iter()
+        .all(|a| !a.detail.to_string().contains("kI3GC")));
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -1067,4 +1157,5 @@ suite!(
     last_use_keeps_the_latest_time_without_a_feed_version,
     an_idempotent_create_or_rotate_happens_once,
     accounts_children_metadata_and_key_replacement,
+    amqp_feeds_are_stored_without_passwords_with_feed_and_audit,
 );

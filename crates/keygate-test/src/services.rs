@@ -62,3 +62,50 @@ pub fn redis_url() -> Option<String> {
         }
     }
 }
+
+/// The test RabbitMQ: its AMQP address and management API, and the operator's credentials.
+#[derive(Clone, Debug)]
+pub struct RabbitMq {
+    /// `host:port` of the AMQP listener.
+    pub amqp_address: String,
+    /// `http://host:port` of the management API.
+    pub management_url: String,
+    pub user: String,
+    pub password: String,
+}
+
+/// The test RabbitMQ, from `KEYGATE_TEST_AMQP_ADDRESS` (default `127.0.0.1:5672`),
+/// `KEYGATE_TEST_RABBITMQ_MANAGEMENT_URL` (default `http://127.0.0.1:15672`) and
+/// `KEYGATE_TEST_AMQP_USER` / `KEYGATE_TEST_AMQP_PASSWORD` (default guest/guest), or `None`
+/// outside CI when its management API does not answer.
+pub async fn rabbitmq() -> Option<RabbitMq> {
+    let env =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let mq = RabbitMq {
+        amqp_address: env("KEYGATE_TEST_AMQP_ADDRESS", "127.0.0.1:5672"),
+        management_url: env(
+            "KEYGATE_TEST_RABBITMQ_MANAGEMENT_URL",
+            "http://127.0.0.1:15672",
+        ),
+        user: env("KEYGATE_TEST_AMQP_USER", "guest"),
+        password: env("KEYGATE_TEST_AMQP_PASSWORD", "guest"),
+    };
+    let overview = format!("{}/api/overview", mq.management_url);
+    let answer = crate::http_client()
+        .get(&overview)
+        .basic_auth(&mq.user, Some(&mq.password))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match answer {
+        Ok(r) if r.status().is_success() => Some(mq),
+        Ok(r) => {
+            unreachable("RabbitMQ's management API", &overview, &r.status());
+            None
+        }
+        Err(e) => {
+            unreachable("RabbitMQ's management API", &overview, &e);
+            None
+        }
+    }
+}

@@ -47,6 +47,9 @@ pub(crate) enum Command {
     /// Emergency mode: every node answers every non-infra request with 503.
     #[command(subcommand)]
     Emergency(EmergencyCommand),
+    /// Messaging feed credentials on RabbitMQ (`[amqp]`): one vhost and user per client.
+    #[command(subcommand)]
+    Amqp(AmqpCommand),
     /// Manage admin tokens for the admin API.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCommand),
@@ -136,6 +139,30 @@ fn parse_day(s: &str) -> Result<String, String> {
         .filter(|t| t.utc_day() == s)
         .map(|_| s.to_owned())
         .ok_or_else(|| format!("`{s}` is not a day (YYYY-MM-DD)"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AmqpCommand {
+    /// Make the client's vhost and user; prints the `amqp://` URL with its password, once.
+    Provision {
+        client: String,
+        /// The vhost / user slug [default: made from the client's name].
+        #[arg(long)]
+        slug: Option<String>,
+    },
+    /// Issue a new password (printed once); the old one and its connections stop at once.
+    Rotate { client: String },
+    /// Delete the client's vhost and user; its connections are closed at once.
+    Revoke { client: String },
+    /// Show the client's feed (never the password).
+    Show { client: String },
+    /// Compare the broker with the store and repair the difference (one client, or all).
+    Reconcile {
+        client: Option<String>,
+        /// Only report the drift; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

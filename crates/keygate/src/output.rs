@@ -45,14 +45,21 @@ pub(crate) fn fields(pairs: &[(&str, String)]) {
 /// Prints an error: one sentence for people, `{"error": {code, message}}` for scripts.
 pub(crate) fn print_error(e: &anyhow::Error, json: bool) {
     let code = match (
-        e.downcast_ref::<StoreError>(),
+        e.downcast_ref::<StoreError>().or_else(|| {
+            match e.downcast_ref::<keygate_amqp::AmqpError>() {
+                Some(keygate_amqp::AmqpError::Store(s)) => Some(s),
+                _ => None,
+            }
+        }),
         e.downcast_ref::<crate::backend::RemoteError>(),
         e.downcast_ref::<keygate_server::config::PlanChoiceError>(),
     ) {
         (Some(store), _, _) => store.code(),
         (None, Some(remote), _) => remote.code.as_str(),
         (None, None, Some(plan)) => plan.code(),
-        (None, None, None) => "error",
+        (None, None, None) => e
+            .downcast_ref::<keygate_amqp::AmqpError>()
+            .map_or("error", keygate_amqp::AmqpError::code),
     };
     let message = format!("{e:#}");
     if json {

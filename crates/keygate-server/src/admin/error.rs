@@ -81,6 +81,9 @@ pub enum AdminError {
     NotFound,
     #[error("This endpoint does not accept that method.")]
     MethodNotAllowed,
+    /// A messaging feed operation failed; the feed crate's error says which step and why.
+    #[error("{0}")]
+    Feed(#[from] keygate_amqp::AmqpError),
     /// A store failure no request can cause (corrupt row, schema); logged where it is made.
     #[error("The store failed unexpectedly ({0}); see the gateway log.")]
     Internal(&'static str),
@@ -119,6 +122,9 @@ impl AdminError {
             }
             E::StoreUnavailable | E::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
             E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            E::Feed(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -153,6 +159,7 @@ impl AdminError {
             E::IdempotencyKeyReused => "idempotency_key_reused",
             E::NotFound => "not_found",
             E::MethodNotAllowed => "method_not_allowed",
+            E::Feed(e) => e.code(),
             E::Internal(_) => "internal_error",
         }
     }

@@ -9,6 +9,7 @@
 //! the store is asked, so a refused request changes nothing. Failures are RFC 9457 problems,
 //! mapped in one place ([`AdminError`]).
 
+mod amqp;
 mod audit;
 mod auth;
 mod clients;
@@ -85,6 +86,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/plans/{name}", get(plans::show))
         .route("/v1/emergency", get(emergency::show).put(emergency::set))
         .route("/v1/audit", get(audit::list))
+        .route(
+            "/v1/clients/{client}/amqp",
+            post(amqp::provision).get(amqp::show),
+        )
+        .route("/v1/clients/{client}/amqp/rotate", post(amqp::rotate))
+        .route("/v1/clients/{client}/amqp/revoke", post(amqp::revoke))
+        .route("/v1/amqp/drift", get(amqp::drift))
+        .route("/v1/amqp/reconcile", post(amqp::reconcile))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -132,6 +141,7 @@ pub fn check_bodies(data: &[u8]) -> usize {
         run(data, |b: keys::CreateBody| b.validate()),
         run(data, keys::RotateBody::grace),
         run(data, keys::ExpiryBody::validate),
+        run(data, |b: amqp::ProvisionBody| Ok::<_, AdminError>(b)),
     ]
     .into_iter()
     .filter(|&accepted| accepted)

@@ -18,7 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{audit, clients, emergency, keys, plans, usage};
+use super::{amqp, audit, clients, emergency, keys, plans, usage};
 
 /// The name of the admin token security scheme.
 pub(crate) const BEARER: &str = "bearer";
@@ -312,6 +312,78 @@ pub(crate) struct Usage {
     days: Vec<UsageDay>,
 }
 
+/// A feed credential as issued: its password appears here, in `url`, and nowhere else.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct IssuedFeed {
+    /// `amqp://op-<slug>:<password>@<address>/<slug>`, shown once.
+    #[schema(example = "amqp://op-acme-sportsbook:Zx...@mq.ticktock.bet:5672/acme-sportsbook")]
+    url: String,
+    client: String,
+    client_id: String,
+    slug: String,
+    vhost: String,
+    user: String,
+    address: String,
+    /// `active`.
+    state: String,
+    created_at: String,
+    rotated_at: Option<String>,
+}
+
+/// A feed credential as stored (never its password).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Feed {
+    client: String,
+    client_id: String,
+    /// A disabled client's feed keeps its user but may not open its vhost.
+    client_active: bool,
+    slug: String,
+    vhost: String,
+    user: String,
+    address: String,
+    /// The URL with `…` for the password.
+    url_hint: String,
+    /// `active` or `revoked`.
+    state: String,
+    created_at: String,
+    rotated_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+/// One difference between the broker and the store.
+#[derive(ToSchema)]
+#[schema(as = FeedDriftItem)]
+#[allow(dead_code)]
+pub(crate) struct FeedDriftItem {
+    /// `missing_user`, `missing_vhost`, `password_changed`, `permissions_wrong`,
+    /// `revoked_user_present`, `revoked_vhost_present`, `orphan_user`, `orphan_vhost`,
+    /// `unmanaged_user`.
+    kind: String,
+    name: String,
+    client: Option<String>,
+}
+
+/// The drift found.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct FeedDrift {
+    items: Vec<FeedDriftItem>,
+}
+
+/// What a reconcile found and did.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct FeedReconciled {
+    found: Vec<FeedDriftItem>,
+    repaired: u64,
+    /// Users under the naming that keygate did not make: never deleted.
+    left: Vec<FeedDriftItem>,
+    /// Drift still there afterwards (empty when all is well).
+    remaining: Vec<FeedDriftItem>,
+}
+
 /// The admin API document.
 #[derive(OpenApi)]
 #[openapi(
@@ -342,6 +414,12 @@ pub(crate) struct Usage {
         emergency::show,
         emergency::set,
         audit::list,
+        amqp::provision,
+        amqp::show,
+        amqp::rotate,
+        amqp::revoke,
+        amqp::drift,
+        amqp::reconcile,
     ),
     components(schemas(
         Problem,
@@ -369,6 +447,13 @@ pub(crate) struct Usage {
         UsageDay,
         Usage,
         emergency::SwitchBody,
+        IssuedFeed,
+        Feed,
+        FeedDriftItem,
+        FeedDrift,
+        FeedReconciled,
+        amqp::ProvisionBody,
+        amqp::ReconcileBody,
     )),
     modifiers(&CommonProblems),
     tags(
@@ -377,6 +462,7 @@ pub(crate) struct Usage {
         (name = "plans", description = "The plans of the deployment's configuration (read-only)."),
         (name = "emergency", description = "Emergency mode: every node refuses non-infra requests with 503."),
         (name = "audit", description = "The audit log of operator actions."),
+        (name = "amqp", description = "Messaging feed credentials: one RabbitMQ vhost and user per client (seed 001)."),
     ),
 )]
 pub(crate) struct ApiDoc;

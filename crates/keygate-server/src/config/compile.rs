@@ -301,6 +301,21 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             profile.named_credentials.push(source.clone());
         }
     }
+    let amqp = raw.amqp.as_ref().map(|spanned| {
+        // Tools check the table's shape; the credentials are needed only where the broker is
+        // called (`keygate amqp`), and `serve` needs them at start.
+        let env = |name: &str| match std::env::var(name) {
+            Ok(v) => Some(v),
+            Err(_) if overrides.tooling => Some("unset".to_owned()),
+            Err(_) => None,
+        };
+        if let Err(list) = keygate_amqp::AmqpConfig::compile(spanned.get_ref(), &env) {
+            for message in list {
+                errors.at(Some(&spanned.span()), message);
+            }
+        }
+        spanned.get_ref().clone()
+    });
     if !errors.is_empty() {
         return None;
     }
@@ -324,6 +339,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         shutdown_grace,
         ws,
         selfservice,
+        amqp,
     })
 }
 

@@ -202,6 +202,9 @@ pub struct Config {
     pub ws: crate::policy::ws::WsConfig,
     /// Self-service accounts; `None` (the default) turns every self-service route off.
     pub selfservice: Option<crate::policy::selfservice::SelfService>,
+    /// `[amqp]`, checked; the operator's credentials are read from the environment by
+    /// `keygate_amqp::AmqpConfig::compile` where the broker is used (serve checks them at load).
+    pub amqp: Option<keygate_amqp::RawAmqp>,
 }
 
 impl Config {

@@ -28,6 +28,9 @@ pub(crate) struct RawConfig {
     /// Self-service accounts (`crate::selfservice`); off when absent.
     #[serde(default)]
     pub(crate) selfservice: Option<Spanned<RawSelfService>>,
+    /// Messaging feed credentials on RabbitMQ (`keygate_amqp`); off when absent.
+    #[serde(default)]
+    pub(crate) amqp: Option<Spanned<keygate_amqp::RawAmqp>>,
 }
 
 /// What self-service registration creates and which profile fields callers may keep.

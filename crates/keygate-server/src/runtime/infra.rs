@@ -94,6 +94,7 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
                         "down_seconds": g.store_down_seconds,
                         "feed_lag_seconds": g.feed_lag_seconds,
                     },
+                    "amqp": crate::state::amqp::status(gw),
                 }),
             )
         }
@@ -101,6 +102,7 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
             let mut text = gw.metrics.render(&gw.gauges());
             gw.guard.render(&mut text);
             gw.connections.render(&mut text);
+            crate::state::amqp::render_metrics(gw, &mut text);
             gw.breakers
                 .render(&gw.config.upstreams, gw.clock.now(), &mut text);
             respond::text(

@@ -63,6 +63,8 @@ pub enum ServeError {
     Thread(#[source] std::io::Error),
     #[error("cannot set up rate limits: {0}")]
     Limiter(#[source] keygate_limits::LimiterError),
+    #[error("cannot set up messaging feeds ([amqp]): {0}")]
+    Amqp(String),
 }
 
 /// A running gateway.
@@ -201,6 +203,7 @@ pub async fn start_with_clock(
     let gw = Arc::new(Gateway::new(config, replica, limits, clock));
     let _ = gw.writer.set(store.clone());
     let (shutdown, stop) = watch::channel(false);
+    crate::state::amqp::start(&gw, &store, stop.clone()).map_err(ServeError::Amqp)?;
 
     let mut workers = Vec::new();
     let (worker_done, workers_done) = tokio::sync::mpsc::channel(1);

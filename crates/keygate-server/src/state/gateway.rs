@@ -126,6 +126,8 @@ pub struct Gateway {
     pub feed_wake: Arc<tokio::sync::Notify>,
     /// Open connections of each listener under its `max_connections` (`crate::runtime::listen`).
     pub connections: crate::state::connections::Connections,
+    /// Messaging feeds (`[amqp]`), set when the gateway starts with one.
+    pub amqp: std::sync::OnceLock<crate::state::amqp::AmqpNode>,
 }
 
 impl<'a> From<&'a Gateway> for crate::state::usage::Unflushed<'a> {
@@ -171,6 +173,7 @@ impl Gateway {
         let connections = crate::state::connections::Connections::new(&config.http);
         Gateway {
             connections,
+            amqp: std::sync::OnceLock::new(),
             breakers,
             config,
             replica,

@@ -3,6 +3,7 @@
 //! WebSocket side, self-service, admin and the runtime all read it; it depends only on `config`
 //! and `policy`.
 
+pub(crate) mod amqp;
 pub(crate) mod breaker;
 pub(crate) mod connections;
 pub(crate) mod emergency;

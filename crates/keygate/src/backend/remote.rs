@@ -374,6 +374,44 @@ impl Remote {
         self.call(Method::GET, &path, &q, None, None).await
     }
 
+    /// A feed operation on the node (`/v1/clients/{client}/amqp...`, `/v1/amqp/...`).
+    pub(crate) async fn amqp(&self, cmd: &crate::cli::AmqpCommand) -> anyhow::Result<Value> {
+        use crate::cli::AmqpCommand as C;
+        let feed = |client: &str| format!("/v1/clients/{}/amqp", segment(client));
+        match cmd {
+            C::Provision { client, slug } => {
+                let body = json!({ "slug": slug });
+                self.call(Method::POST, &feed(client), &[], Some(&body), None)
+                    .await
+            }
+            C::Rotate { client } => {
+                let path = format!("{}/rotate", feed(client));
+                self.call(Method::POST, &path, &[], None, None).await
+            }
+            C::Revoke { client } => {
+                let path = format!("{}/revoke", feed(client));
+                self.call(Method::POST, &path, &[], None, None).await
+            }
+            C::Show { client } => self.call(Method::GET, &feed(client), &[], None, None).await,
+            C::Reconcile {
+                client,
+                check: true,
+            } => {
+                let q: Vec<(&str, String)> = client.iter().map(|c| ("client", c.clone())).collect();
+                self.call(Method::GET, "/v1/amqp/drift", &q, None, None)
+                    .await
+            }
+            C::Reconcile {
+                client,
+                check: false,
+            } => {
+                let body = json!({ "client": client });
+                self.call(Method::POST, "/v1/amqp/reconcile", &[], Some(&body), None)
+                    .await
+            }
+        }
+    }
+
     pub(crate) async fn plans(&self) -> anyhow::Result<Vec<Value>> {
         let page: Page<Value> = self.call(Method::GET, "/v1/plans", &[], None, None).await?;
         Ok(page.items)

@@ -1,6 +1,7 @@
 //! One function per command. Each opens what it needs, does one thing, prints one result.
 
 mod admin_token;
+mod amqp;
 mod audit;
 mod client;
 mod demo;
@@ -137,6 +138,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(cmd) => plan::run(&ctx, cmd).await,
         Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
+        Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } => {
             unreachable!("handled before the store opens")

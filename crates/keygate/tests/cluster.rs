@@ -277,10 +277,24 @@ async fn until_every_node(
     let mut pending: Vec<usize> = (0..nodes.len()).collect();
     let mut took = Vec::new();
     while !pending.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{what}: nodes {pending:?} do not answer {status} after 1 s"
-        );
+        if started.elapsed() >= Duration::from_secs(1) {
+            // What the late nodes logged, to tell a missed announcement from a starved node.
+            let logs: Vec<String> = pending
+                .iter()
+                .map(|&i| {
+                    let log = nodes[i].0.stderr();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    format!(
+                        "node {i}:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "{what}: nodes {pending:?} do not answer {status} after 1 s\n{}",
+                logs.join("\n")
+            );
+        }
         let mut still = Vec::new();
         for i in pending {
             let s = http

@@ -15,6 +15,7 @@ use keygate_core::render::BodyTemplate;
 use keygate_core::scope_need::{PathParam, ScopeNeed};
 use keygate_core::{Digester, Issuer};
 
+use super::choice::{Backend, Choice, Reset, When};
 use super::errors::{duration, Errors};
 use super::raw::{RawBreaker, RawConfig, RawError, RawLimits, RawProfile, RawRoute};
 use super::{Config, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan};
@@ -508,24 +509,25 @@ fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
             "limits.connect_timeout of 0 would never connect; give a duration such as \"1s\"",
         );
     }
-    match (l.backend.as_deref().unwrap_or("local"), &l.redis_url) {
-        ("local", None) => {}
-        ("local", Some(_)) => errors.at(
+    let backend = l.backend.clone().unwrap_or(Choice::Known(Backend::Local));
+    match (backend, &l.redis_url) {
+        (Choice::Known(Backend::Local), None) => {}
+        (Choice::Known(Backend::Local), Some(_)) => errors.at(
             Some(&span),
             "limits.redis_url is set but limits.backend is `local`; set backend = \"redis\"",
         ),
-        ("redis", None) => errors.at(
+        (Choice::Known(Backend::Redis), None) => errors.at(
             Some(&span),
             "limits.backend = \"redis\" needs limits.redis_url",
         ),
-        ("redis", Some(url)) => match redis::Client::open(url.as_str()) {
+        (Choice::Known(Backend::Redis), Some(url)) => match redis::Client::open(url.as_str()) {
             Ok(_) => config.backend = LimiterBackend::Redis { url: url.clone() },
             Err(e) => errors.at(
                 Some(&span),
                 format!("limits.redis_url `{url}` does not parse: {e}"),
             ),
         },
-        (other, _) => errors.at(
+        (Choice::Other(other), _) => errors.at(
             Some(&span),
             format!("limits.backend `{other}` is not `local` or `redis`"),
         ),
@@ -566,11 +568,10 @@ fn compile_limits(
         burst: number("burst", raw.burst).map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         by: LimitBy::Client,
     };
-    let by = match raw.by.as_deref() {
-        None | Some("client") => LimitBy::Client,
-        Some("key") => LimitBy::Key,
-        Some("source") => LimitBy::Source,
-        Some(other) => {
+    let by = match &raw.by {
+        None => LimitBy::Client,
+        Some(Choice::Known(by)) => *by,
+        Some(Choice::Other(other)) => {
             errors.at(
                 span,
                 format!("{what}.by `{other}` is not `client`, `key` or `source`"),
@@ -945,18 +946,18 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
         style.x_ratelimit = h.x_ratelimit.unwrap_or(style.x_ratelimit);
         style.ietf = h.ietf.unwrap_or(style.ietf);
         style.retry_after = h.retry_after.unwrap_or(style.retry_after);
-        match h.reset.as_deref() {
-            None | Some("epoch") => style.reset_epoch = true,
-            Some("delta") => style.reset_epoch = false,
-            Some(other) => errors.at(
+        match &h.reset {
+            None | Some(Choice::Known(Reset::Epoch)) => style.reset_epoch = true,
+            Some(Choice::Known(Reset::Delta)) => style.reset_epoch = false,
+            Some(Choice::Other(other)) => errors.at(
                 None,
                 format!("profile.rate_limit_headers.reset `{other}` is not `epoch` or `delta`"),
             ),
         }
-        match h.when.as_deref() {
-            None | Some("limited") => style.always = false,
-            Some("always") => style.always = true,
-            Some(other) => errors.at(
+        match &h.when {
+            None | Some(Choice::Known(When::Limited)) => style.always = false,
+            Some(Choice::Known(When::Always)) => style.always = true,
+            Some(Choice::Other(other)) => errors.at(
                 None,
                 format!("profile.rate_limit_headers.when `{other}` is not `limited` or `always`"),
             ),

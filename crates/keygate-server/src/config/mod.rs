@@ -4,6 +4,7 @@
 //! and value and returns a validated [`Config`] or *every* error with its file and line, so an
 //! operator fixes a bad file in one pass. `keygate check-config FILE` runs the same code.
 
+mod choice;
 mod compile;
 mod compile_selfservice;
 mod compile_ws;

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use super::choice::{Backend, Choice, Reset, When};
 use super::spanned::Spanned;
+use crate::policy::ratelimit::LimitBy;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,7 +84,7 @@ pub(crate) struct RawGuard {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimiter {
     /// `local` (one node) or `redis` (shared by every node).
-    pub(crate) backend: Option<String>,
+    pub(crate) backend: Option<Choice<Backend>>,
     pub(crate) redis_url: Option<String>,
     /// Longest wait for Redis's answer to a request's call before falling back (`5ms`).
     pub(crate) timeout: Option<String>,
@@ -106,7 +108,7 @@ pub(crate) struct RawLimits {
     pub(crate) per_month: Option<i64>,
     pub(crate) burst: Option<i64>,
     /// `client` (default), `key`, or `source` (the caller's address; public routes only).
-    pub(crate) by: Option<String>,
+    pub(crate) by: Option<Choice<LimitBy>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,12 +302,12 @@ pub(crate) struct RawProfile {
 pub(crate) struct RawHeaderStyle {
     pub(crate) x_ratelimit: Option<bool>,
     /// `epoch` (default) or `delta`.
-    pub(crate) reset: Option<String>,
+    pub(crate) reset: Option<Choice<Reset>>,
     pub(crate) ietf: Option<bool>,
     pub(crate) retry_after: Option<bool>,
     /// `limited` (default): on answers the limiter counted (forwarded responses, its 429s);
     /// `always`: on every answer of the API, refusals included (`ratelimit::HeaderStyle`).
-    pub(crate) when: Option<String>,
+    pub(crate) when: Option<Choice<When>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

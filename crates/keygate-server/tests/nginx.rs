@@ -17,13 +17,6 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx_binary() -> Option<String> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .map(str::to_owned)
-}
-
 /// The `auth_request` sub-request location of README.md ("Beside an existing gateway"):
 /// the original URI and method, and the client's address for the brute-force guard.
 const AUTH_LOCATION: &str = r#"
@@ -42,14 +35,8 @@ const AUTH_LOCATION: &str = r#"
 /// Starts nginx in front of `h`'s gateway and upstream; `None` (the test is skipped) when
 /// nginx is not installed outside CI.
 async fn start_nginx(h: &Harness) -> Option<(Nginx, String, tempfile::TempDir)> {
-    let Some(nginx) = nginx_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is not installed under CI"
-        );
-        eprintln!("skipping: nginx is not installed");
-        return None;
-    };
+    // Debian's package puts it in /usr/sbin, which a user's PATH may lack.
+    let nginx = keygate_test::program("nginx", &[std::path::Path::new("/usr/sbin")])?;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let port = keygate_test::free_port();

@@ -48,21 +48,9 @@ impl Drop for Proxy {
 
 /// The proxy's binary, or `None` (skip) outside CI when it is not installed.
 fn binary(name: &str) -> Option<PathBuf> {
-    let from_env = std::env::var_os("KEYGATE_TEST_PROXIES_BIN").map(|d| Path::new(&d).join(name));
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    let found = from_env.filter(|p| p.is_file()).or(on_path);
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not installed under CI (KEYGATE_TEST_PROXIES_BIN)"
-        );
-        eprintln!("skipping: {name} is not installed");
-    }
-    found
+    let dir = std::env::var_os("KEYGATE_TEST_PROXIES_BIN").map(PathBuf::from);
+    let dirs: Vec<&Path> = dir.as_deref().into_iter().collect();
+    keygate_test::program(name, &dirs)
 }
 
 fn spawn(bin: &Path, args: &[&str], dir: &Path) -> Proxy {

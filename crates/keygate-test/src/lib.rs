@@ -22,7 +22,7 @@ pub mod ws_upstream;
 pub use process::{free_port, json_output, wait_for_status, Proc};
 pub use relay::Relay;
 pub use reqwest;
-pub use services::{postgres_schema, rabbitmq, redis_url, RabbitMq};
+pub use services::{postgres_schema, program, rabbitmq, redis_url, RabbitMq};
 pub use tokio_tungstenite;
 pub use upstream::{Recorded, Upstream};
 pub use ws_upstream::{Received, WsUpstream};

@@ -1,15 +1,38 @@
-//! The PostgreSQL and Redis that tests use, read from `KEYGATE_TEST_DATABASE_URL` and
-//! `KEYGATE_TEST_REDIS_URL` (which `.ci/run` sets). Under `CI=true` an unreachable service fails
-//! the test; elsewhere the test is skipped with a note.
+//! The services and programs tests use: PostgreSQL and Redis, read from
+//! `KEYGATE_TEST_DATABASE_URL` and `KEYGATE_TEST_REDIS_URL` (which `.ci/run` sets), RabbitMQ,
+//! and proxies such as nginx, Traefik and Envoy. Under `CI=true` a missing one fails the test;
+//! elsewhere the test is skipped with a note.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn unreachable(what: &str, url: &str, e: &dyn std::fmt::Display) {
+/// Fails the test under CI; elsewhere notes that it is skipped, and why.
+fn missing(why: &str) {
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "{what} at {url} is unreachable under CI: {e}"
+        "{why}, under CI"
     );
-    eprintln!("skipping: {what} at {url} unreachable ({e})");
+    eprintln!("skipping: {why}");
+}
+
+fn unreachable(what: &str, url: &str, e: &dyn std::fmt::Display) {
+    missing(&format!("{what} at {url} is unreachable ({e})"));
+}
+
+/// The program `name` in the first of `dirs`, then of `PATH`, that has it; `None` (the test
+/// skips) outside CI when none does.
+pub fn program(name: &str, dirs: &[&Path]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = dirs
+        .iter()
+        .map(|d| d.to_path_buf())
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        missing(&format!("{name} is not installed"));
+    }
+    found
 }
 
 /// A fresh schema (named `{prefix}_{random}`) in the test PostgreSQL, as a URL whose

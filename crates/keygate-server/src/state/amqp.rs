@@ -2,7 +2,6 @@
 //! that makes the broker follow client disables, enables and other nodes' feed changes, and
 //! the feed's lines in `/status` and `/metrics`. The admin endpoints are in `admin::amqp`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use keygate_amqp::{AmqpConfig, EnforcerStatus, Feeds};
@@ -11,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::state::gateway::Gateway;
+use crate::state::metrics::write_gauge;
 
 /// A node's feed operations and what its background task last saw.
 #[derive(Debug)]
@@ -69,19 +69,22 @@ pub(crate) fn render_metrics(gw: &Gateway, out: &mut String) {
         return;
     };
     let r = node.status.report();
-    let _ = writeln!(
+    write_gauge(
         out,
-        "# HELP keygate_amqp_broker_up 1 when the RabbitMQ management API answered the last call.\n\
-         # TYPE keygate_amqp_broker_up gauge\n\
-         keygate_amqp_broker_up {}\n\
-         # HELP keygate_amqp_drift_items Differences between the broker and the store at the last drift check.\n\
-         # TYPE keygate_amqp_drift_items gauge\n\
-         keygate_amqp_drift_items {}\n\
-         # HELP keygate_amqp_feeds Messaging feeds in the store (revoked ones included).\n\
-         # TYPE keygate_amqp_feeds gauge\n\
-         keygate_amqp_feeds {}",
+        "keygate_amqp_broker_up",
+        "1 when the RabbitMQ management API answered the last call.",
         u8::from(r.broker_reachable),
+    );
+    write_gauge(
+        out,
+        "keygate_amqp_drift_items",
+        "Differences between the broker and the store at the last drift check.",
         r.drift.as_ref().map_or(0, Vec::len),
+    );
+    write_gauge(
+        out,
+        "keygate_amqp_feeds",
+        "Messaging feeds in the store (revoked ones included).",
         r.feeds,
     );
 }

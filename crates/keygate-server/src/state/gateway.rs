@@ -260,16 +260,7 @@ impl Gateway {
         route: &Route,
         now: Timestamp,
     ) -> Result<Option<(Limit, LimitState)>, Reason> {
-        let checks = caller_checks(who, Some(route));
-        if checks.is_empty() {
-            return Ok(None);
-        }
-        let verdict = self
-            .limits
-            .check(&checks, now)
-            .await
-            .map_err(|_| Reason::LimiterUnavailable)?;
-        Ok(deciding(&checks, verdict))
+        self.count(&caller_checks(who, Some(route)), now).await
     }
 
     /// Checks a public route's limits, counted per source address (`by = "source"`).
@@ -285,13 +276,24 @@ impl Gateway {
         if route.compiled_limits.is_empty() {
             return Ok(None);
         }
-        let checks = source_checks(route, source);
+        self.count(&source_checks(route, source), now).await
+    }
+
+    /// Counts `checks` (nothing when there are none) and says which limit decided.
+    async fn count(
+        &self,
+        checks: &[Check],
+        now: Timestamp,
+    ) -> Result<Option<(Limit, LimitState)>, Reason> {
+        if checks.is_empty() {
+            return Ok(None);
+        }
         let verdict = self
             .limits
-            .check(&checks, now)
+            .check(checks, now)
             .await
             .map_err(|_| Reason::LimiterUnavailable)?;
-        Ok(deciding(&checks, verdict))
+        Ok(deciding(checks, verdict))
     }
 
     /// What [`Gateway::check_limits`] would report for an admitted caller, consuming nothing:

@@ -293,10 +293,7 @@ impl Metrics {
                 f64::from(u8::from(gauges.limiter.is_some_and(|l| l.degraded))),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
+            write_gauge(&mut out, name, help, value);
         }
         let _ = writeln!(
             out,
@@ -315,6 +312,14 @@ pub(crate) fn escape(label: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// One unlabelled gauge family, declared and valued.
+pub(crate) fn write_gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
 }
 
 #[cfg(test)]

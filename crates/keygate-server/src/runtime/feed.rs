@@ -60,6 +60,8 @@ pub(crate) async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Recei
 
 /// Longest wait for one read of the feed before the store counts as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for a read past [`READ_TIMEOUT`], the store already counted as unreachable.
+const SLOW_READ_LIMIT: Duration = Duration::from_secs(10);
 
 /// Wakes the poller whenever the store announces a change (PostgreSQL LISTEN), reconnecting
 /// after failures. Returns at once on SQLite, which has no announcements.
@@ -107,14 +109,30 @@ pub(crate) async fn follow(
             _ = shutdown.changed() => return,
         }
         let now = gw.clock.now();
-        // Bounded, so an outage is noticed within a second rather than a pool timeout.
-        let read = tokio::time::timeout(
-            READ_TIMEOUT.max(poll),
-            store.delta_since(gw.replica.version()),
-        );
-        let result = match read.await {
+        let down = |e: &str| {
+            if gw.store.mark_down(now) {
+                tracing::error!(error = %e, "Store unreachable; serving from the replica.");
+            }
+        };
+        let late = "the store did not answer in time";
+        let read = store.delta_since(gw.replica.version());
+        tokio::pin!(read);
+        // An outage is noticed within a second rather than a pool timeout, but the read goes
+        // on (up to SLOW_READ_LIMIT): dropping it would also drop a connection being opened,
+        // and on a store slower than that to connect (a starved machine) every later read was
+        // dropped the same way, so the node never caught up.
+        let result = match tokio::time::timeout(READ_TIMEOUT.max(poll), &mut read).await {
             Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err("the store did not answer in time".to_owned()),
+            Err(_) => {
+                down(late);
+                tokio::select! {
+                    finished = tokio::time::timeout(SLOW_READ_LIMIT, &mut read) => match finished {
+                        Ok(result) => result.map_err(|e| e.to_string()),
+                        Err(_) => Err(late.to_owned()),
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
         };
         match result {
             Ok(delta) => {
@@ -140,11 +158,7 @@ pub(crate) async fn follow(
                     );
                 }
             }
-            Err(e) => {
-                if gw.store.mark_down(now) {
-                    tracing::error!(error = %e, "Store unreachable; serving from the replica.");
-                }
-            }
+            Err(e) => down(&e),
         }
     }
 }

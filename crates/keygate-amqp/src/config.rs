@@ -15,7 +15,7 @@ pub const USER_ENV: &str = "KEYGATE_AMQP_USER";
 pub const PASSWORD_ENV: &str = "KEYGATE_AMQP_PASSWORD";
 
 /// `[amqp]` as written.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAmqp {
     /// The management API, `http://127.0.0.1:15672`.
@@ -39,7 +39,7 @@ pub struct RawAmqp {
 }
 
 /// Configure/write/read regular expressions, as RabbitMQ takes them.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPermissions {
     pub configure: Option<String>,

@@ -28,7 +28,7 @@ fn checks(subject: &str, n: usize) -> Vec<Check> {
     limits[..n]
         .iter()
         .enumerate()
-        .map(|(slot, limit)| Check::new(LimitKey::new(subject, slot as u16), *limit))
+        .map(|(slot, limit)| Check::new(LimitKey::new(subject, slot as u32), *limit))
         .collect()
 }
 

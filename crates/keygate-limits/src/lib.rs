@@ -29,12 +29,12 @@ pub use redis_limiter::{RedisLimiter, GRACE};
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LimitKey {
     pub subject: SmolStr,
-    pub slot: u16,
+    pub slot: u32,
 }
 
 impl LimitKey {
     /// The counter `slot` of `subject`.
-    pub fn new(subject: impl Into<SmolStr>, slot: u16) -> LimitKey {
+    pub fn new(subject: impl Into<SmolStr>, slot: u32) -> LimitKey {
         LimitKey {
             subject: subject.into(),
             slot,

@@ -27,7 +27,7 @@ const INLINE: usize = 4;
 /// rate, `…:{window_start_ms}` for a quota), so a new quota window is a new counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CellId {
-    slot: u16,
+    slot: u32,
     window_start: Option<i64>,
 }
 
@@ -404,7 +404,7 @@ mod tests {
         NonZeroU64::new(n).unwrap()
     }
 
-    fn check(subject: &str, slot: u16, limit: Limit) -> Check {
+    fn check(subject: &str, slot: u32, limit: Limit) -> Check {
         Check::new(LimitKey::new(subject, slot), limit)
     }
 

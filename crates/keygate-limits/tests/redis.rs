@@ -50,7 +50,7 @@ async fn raw() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-fn checks(n: u16) -> Vec<Check> {
+fn checks(n: u32) -> Vec<Check> {
     let s = subject("rt");
     (0..n)
         .map(|slot| {

@@ -157,7 +157,7 @@ fn full(max: u64, now: Timestamp) -> LimitState {
     }
 }
 
-fn check(subject: &Arc<str>, slot: u16, limit: Limit) -> Check {
+fn check(subject: &Arc<str>, slot: u32, limit: Limit) -> Check {
     Check::new(LimitKey::new(subject.clone(), slot), limit)
 }
 

@@ -13,7 +13,7 @@ pub(crate) mod selfservice;
 pub(crate) mod state;
 pub(crate) mod ws;
 
-pub use config::{Config, ConfigErrors, Overrides};
+pub use config::{Config, ConfigErrors, Overrides, Source};
 pub use runtime::server::{start, start_with_clock, Running, ServeError};
 
 // What the binary, the integration tests and the benches reach inside the crate, by the paths
@@ -26,12 +26,14 @@ pub mod check {
 
 /// The plans the change feed loads into the replica (the benches build a replica with them).
 pub mod feed {
-    pub use crate::runtime::feed::Plans;
+    pub use crate::state::gateway::Plans;
 }
 
 /// The gateway's shared state.
 pub mod gateway {
-    pub use crate::state::gateway::Gateway;
+    pub use crate::state::gateway::{Gateway, Node};
+    pub use crate::state::live::Live;
+    pub use crate::state::reload::{ReloadError, Reloaded};
 }
 
 /// What the access log and metrics record of an exit.

@@ -380,7 +380,7 @@ async fn emergency_mode_refuses_everything_but_infra() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(1);
-    while !h.gateway.gateway.emergency.is_on() {
+    while !h.gateway.gateway().emergency.is_on() {
         assert!(
             Instant::now() < deadline,
             "emergency mode took over a second"
@@ -404,7 +404,7 @@ async fn emergency_mode_refuses_everything_but_infra() {
     }
     h.store.set_emergency(&actor(), false, None).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(1);
-    while h.gateway.gateway.emergency.is_on() {
+    while h.gateway.gateway().emergency.is_on() {
         assert!(Instant::now() < deadline, "emergency mode lingered");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -79,7 +79,7 @@ impl Admin {
             Arc::new(SystemClock),
         ));
         let app = router(AdminState {
-            gateway,
+            live: keygate_server::gateway::Live::new(gateway),
             store: store.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -608,6 +608,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/clients/{client}/amqp/revoke"),
     ("get", "/v1/amqp/drift"),
     ("post", "/v1/amqp/reconcile"),
+    ("post", "/v1/reload"),
 ];
 
 /// The route template a concrete path falls under (`/v1/keys/key_…` → `/v1/keys/{id}`).

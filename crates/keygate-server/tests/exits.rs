@@ -127,7 +127,7 @@ token = { path = "/v1/ws-token", ttl = "30s", param = "token" }
 
 /// Every request counted in the metrics, whatever its route and outcome.
 fn records(h: &Harness) -> u64 {
-    let m = &h.gateway.gateway.metrics;
+    let m = &h.gateway.gateway().metrics;
     let mut n = m.count(Outcome::Forwarded) + m.count(Outcome::Public) + m.count(Outcome::Local);
     for r in Reason::ALL {
         n += m.count(Outcome::Denied(r));
@@ -472,7 +472,7 @@ async fn every_exit_writes_one_access_line_and_one_metrics_record() {
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !h.gateway.gateway.emergency.is_on() && tokio::time::Instant::now() < deadline {
+    while !h.gateway.gateway().emergency.is_on() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     exactly_once(&h, &log, "emergency", 503, "emergency", || async {

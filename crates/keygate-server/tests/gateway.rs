@@ -772,7 +772,7 @@ async fn hostile_requests_get_precise_answers() {
         replaced_by: None,
         last_used_at: None,
     };
-    h.gateway.gateway.replica.apply(
+    h.gateway.gateway().replica.apply(
         &keygate_store::Delta {
             version: 0,
             clients: vec![],

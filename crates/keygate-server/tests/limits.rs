@@ -388,7 +388,7 @@ async fn bad_limits_are_refused_at_load() {
     for (text, expected) in [
         (
             "[plans.x]\nlimits = { rps = 0 }\n",
-            "plans.x.limits.rps: a limit of 0",
+            "plans.x.limits.rps: 0 is not a positive whole number (a limit of 0 would refuse every request",
         ),
         (
             "[plans.x]\nlimits = { per_day = -3 }\n",

@@ -26,7 +26,7 @@ path = "/echo/{*rest}"
 /// Waits until the gateway's emergency switch is `on`; the feed must bring it within a second.
 async fn until_emergency(h: &Harness, on: bool) {
     let started = Instant::now();
-    while h.gateway.gateway.emergency.is_on() != on {
+    while h.gateway.gateway().emergency.is_on() != on {
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "emergency mode did not reach the gateway within a second"
@@ -119,7 +119,7 @@ async fn usage_is_counted_per_client_day_and_status_and_flushed_at_shutdown() {
         401
     );
 
-    let gw = &h.gateway.gateway;
+    let gw = &h.gateway.gateway();
     keygate_server::usage::flush(gw, &h.store).await.unwrap();
     let today = h.clock.now().utc_day();
     let rows = h.store.usage(&acme.id, &today, &today).await.unwrap();
@@ -153,7 +153,7 @@ async fn a_keys_last_use_is_recorded_once_a_minute_and_survives_a_store_outage()
             .header("x-api-key", &key)
             .send()
     };
-    let gw = &h.gateway.gateway;
+    let gw = &h.gateway.gateway();
     let stored = |id: keygate_core::KeyId| {
         let store = h.store.clone();
         async move { store.key(&id).await.unwrap().last_used_at }

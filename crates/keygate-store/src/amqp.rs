@@ -205,9 +205,7 @@ impl Store {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        tx.audit(actor, &format!("amqp.{action}"), target, detail)
-            .await?;
-        tx.commit().await
+        self.record_event(actor, &format!("amqp.{action}"), target, detail)
+            .await
     }
 }

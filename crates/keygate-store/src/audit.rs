@@ -1,4 +1,5 @@
-//! Reading the audit log (entries are written by each operation's transaction).
+//! The audit log: entries are written by each operation's transaction; events that change no
+//! stored row (a configuration reload) are written by [`Store::record_event`].
 
 use keygate_core::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,22 @@ impl Default for AuditFilter {
 }
 
 impl Store {
+    /// Records an event that writes nothing else: `actor` did `action` to `target`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] or [`StoreError::Full`].
+    pub async fn record_event(
+        &self,
+        actor: &crate::Actor,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        tx.audit(actor, action, target, detail).await?;
+        tx.commit().await
+    }
+
     /// Reads audit entries, newest first.
     ///
     /// # Errors

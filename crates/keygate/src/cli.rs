@@ -59,6 +59,10 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Run a demo: a sample upstream, a demo client and key, and the gateway in front.
     Demo(ServeArgs),
+    /// Reload a running node's configuration file (as SIGHUP does): the node behind
+    /// --admin-url, else the one listening on --config's admin address. The file is checked
+    /// here first; a node refuses a file with errors and keeps serving the one in force.
+    Reload,
     /// Check a configuration file and report every problem with its line.
     CheckConfig {
         /// The file to check.

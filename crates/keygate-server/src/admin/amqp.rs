@@ -16,12 +16,12 @@ use super::extract::{ClientPath, JsonBody, Params};
 use super::openapi as doc;
 use super::AdminState;
 
-fn feeds(state: &AdminState) -> Result<&Feeds, AdminError> {
+fn feeds(state: &AdminState) -> Result<Feeds, AdminError> {
     state
-        .gateway
+        .gateway()
         .amqp
         .get()
-        .map(|node| &node.feeds)
+        .map(|node| node.feeds.clone())
         .ok_or(AdminError::Feed(keygate_amqp::AmqpError::NotConfigured))
 }
 

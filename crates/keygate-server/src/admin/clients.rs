@@ -244,7 +244,7 @@ pub(crate) async fn create(
     JsonBody(mut body): JsonBody<CreateBody>,
 ) -> Result<(StatusCode, Json<Client>), AdminError> {
     // Without a plan, the profile's starting plan (`[profile] default_plan`).
-    let default_plan = &state.gateway.config.profile.default_plan;
+    let default_plan = &state.gateway().config.profile.default_plan;
     body.plan.get_or_insert_with(|| default_plan.to_string());
     let new = body.validate()?;
     let client = store_call(state.store.create_client(&caller.actor, new)).await?;

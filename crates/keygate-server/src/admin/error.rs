@@ -4,6 +4,7 @@
 //! name clients match on, its `Display` the `detail` people read. Store errors and axum's
 //! rejections are mapped here and nowhere else, so a new failure cannot leak as a bare 500.
 
+use crate::state::reload::ReloadError;
 use axum::extract::rejection::{
     BytesRejection, FailedToBufferBody, JsonRejection, PathRejection, QueryRejection,
 };
@@ -84,6 +85,9 @@ pub enum AdminError {
     /// A messaging feed operation failed; the feed crate's error says which step and why.
     #[error("{0}")]
     Feed(#[from] keygate_amqp::AmqpError),
+    /// A configuration reload that did not happen; the configuration in force keeps serving.
+    #[error("{0}")]
+    Reload(#[from] crate::state::reload::ReloadError),
     /// A store failure no request can cause (corrupt row, schema); logged where it is made.
     #[error("The store failed unexpectedly ({0}); see the gateway log.")]
     Internal(&'static str),
@@ -125,6 +129,8 @@ impl AdminError {
             E::Feed(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
+            E::Reload(ReloadError::NoFile) => StatusCode::CONFLICT,
+            E::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,6 +166,9 @@ impl AdminError {
             E::NotFound => "not_found",
             E::MethodNotAllowed => "method_not_allowed",
             E::Feed(e) => e.code(),
+            E::Reload(ReloadError::NoFile) => "no_config_file",
+            E::Reload(ReloadError::Unreadable { .. }) => "config_unreadable",
+            E::Reload(ReloadError::Invalid(_)) => "invalid_config",
             E::Internal(_) => "internal_error",
         }
     }
@@ -177,6 +186,11 @@ impl IntoResponse for AdminError {
         });
         if let AdminError::InvalidValue { field, .. } = &self {
             body["field"] = json!(field);
+        }
+        if let AdminError::Reload(ReloadError::Invalid(errors)) = &self {
+            // Each problem with its file and line, as `keygate check-config` prints them.
+            let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            body["errors"] = json!(list);
         }
         tracing::debug!(
             status = status.as_u16(),

@@ -148,13 +148,13 @@ pub(crate) async fn create(
 ) -> Result<Response, AdminError> {
     let expires_at = body.validate()?;
     let guard = idempotency.guard(
-        &state.gateway.config.issuer.digester,
+        &state.gateway().config.issuer.digester,
         &caller.actor,
         "create_key",
         &body,
     );
     let owner = store_call(state.store.client(&body.client)).await?;
-    let (secret, material) = state.gateway.config.issuer.issue();
+    let (secret, material) = state.gateway().config.issuer.issue();
     let new = NewKey {
         material,
         label: body.label,
@@ -291,7 +291,7 @@ pub(crate) async fn rotate(
 ) -> Result<Response, AdminError> {
     let body = body.map(|JsonBody(b)| b).unwrap_or_default();
     let guard = idempotency.guard(
-        &state.gateway.config.issuer.digester,
+        &state.gateway().config.issuer.digester,
         &caller.actor,
         &format!("rotate_key {id}"),
         &body,
@@ -301,7 +301,7 @@ pub(crate) async fn rotate(
     // reach the caller whatever else happens.
     let old = store_call(state.store.key(&id)).await?;
     let owner = store_call(state.store.client(old.client_id.as_str())).await?;
-    let (secret, material) = state.gateway.config.issuer.issue();
+    let (secret, material) = state.gateway().config.issuer.issue();
     let answer = |r: &keygate_store::Rotation| issued(&IssuedKey::rotated(r, &secret, &owner.name));
     let Some(guard) = guard else {
         let rotation =

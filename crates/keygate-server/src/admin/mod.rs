@@ -13,6 +13,7 @@ mod amqp;
 mod audit;
 mod auth;
 mod clients;
+mod config;
 mod emergency;
 mod error;
 mod extract;
@@ -32,6 +33,7 @@ use axum::{middleware, Router};
 use keygate_store::{Store, StoreError};
 
 use crate::state::gateway::Gateway;
+use crate::state::live::Live;
 
 pub use error::{AdminError, STORE_FULL_DETAIL, STORE_UNAVAILABLE_DETAIL};
 pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, REPLAYED as IDEMPOTENT_REPLAYED};
@@ -49,9 +51,17 @@ const MAX_PAGE: u32 = 1000;
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The running gateway (its key issuer, so admin-issued keys match the deployment's format).
-    pub gateway: Arc<Gateway>,
+    /// The running gateway, replaced by reloads (its key issuer, so admin-issued keys match
+    /// the deployment's format; its plans).
+    pub live: Arc<Live>,
     pub store: Store,
+}
+
+impl AdminState {
+    /// The gateway in force.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.load()
+    }
 }
 
 impl std::fmt::Debug for AdminState {
@@ -94,6 +104,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/clients/{client}/amqp/revoke", post(amqp::revoke))
         .route("/v1/amqp/drift", get(amqp::drift))
         .route("/v1/amqp/reconcile", post(amqp::reconcile))
+        .route("/v1/reload", post(config::reload))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

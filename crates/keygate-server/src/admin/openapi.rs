@@ -18,7 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{amqp, audit, clients, emergency, keys, plans, usage};
+use super::{amqp, audit, clients, config, emergency, keys, plans, usage};
 
 /// The name of the admin token security scheme.
 pub(crate) const BEARER: &str = "bearer";
@@ -269,6 +269,22 @@ pub(crate) struct PlanList {
     items: Vec<Plan>,
 }
 
+/// A reload that was applied.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Reloaded {
+    /// The configuration's version on this node: 1 at start, one more per applied reload.
+    version: u64,
+    /// SHA-256 of the file's text, hex (`/status` `config.hash`).
+    hash: String,
+    /// Whether the file differed from the one in force.
+    changed: bool,
+    /// Settings the file changes that take effect only after a restart (kept as running).
+    restart_required: Vec<String>,
+    /// WebSocket sessions closed because the new configuration no longer allows them.
+    sessions_closed: u64,
+}
+
 /// Emergency mode as stored.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -420,6 +436,7 @@ pub(crate) struct FeedReconciled {
         amqp::revoke,
         amqp::drift,
         amqp::reconcile,
+        config::reload,
     ),
     components(schemas(
         Problem,
@@ -454,6 +471,7 @@ pub(crate) struct FeedReconciled {
         FeedReconciled,
         amqp::ProvisionBody,
         amqp::ReconcileBody,
+        Reloaded,
     )),
     modifiers(&CommonProblems),
     tags(
@@ -463,6 +481,7 @@ pub(crate) struct FeedReconciled {
         (name = "emergency", description = "Emergency mode: every node refuses non-infra requests with 503."),
         (name = "audit", description = "The audit log of operator actions."),
         (name = "amqp", description = "Messaging feed credentials: one RabbitMQ vhost and user per client (seed 001)."),
+        (name = "config", description = "This node's configuration file: reload it without dropping connections."),
     ),
 )]
 pub(crate) struct ApiDoc;

@@ -23,7 +23,7 @@ use super::AdminState;
 )]
 pub(crate) async fn list(State(state): State<AdminState>) -> Json<Value> {
     let items: Vec<Value> = state
-        .gateway
+        .gateway()
         .config
         .plans
         .iter()
@@ -51,7 +51,7 @@ pub(crate) async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
     state
-        .gateway
+        .gateway()
         .config
         .plans
         .get(&name)

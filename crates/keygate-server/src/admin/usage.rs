@@ -64,7 +64,7 @@ pub(crate) async fn show(
 ) -> Result<Json<Value>, AdminError> {
     let to = match &q.to {
         Some(raw) => day("to", raw)?,
-        None => day("to", &state.gateway.clock.now().utc_day())?,
+        None => day("to", &state.gateway().clock.now().utc_day())?,
     };
     let from = match &q.from {
         Some(raw) => day("from", raw)?,

@@ -5,9 +5,15 @@
 //! stops a whole file at its first unknown variant, while compile reports every problem of the
 //! file in one pass, each with its own message and line.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Deserializer};
 
+use super::errors::Errors;
+use keygate_core::key_format::Alphabet;
+
 use crate::policy::ratelimit::LimitBy;
+use crate::policy::ws::{AuthMode, ClientMessages, OnViolation};
 
 /// One of `T`'s spellings, or what the file wrote instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,8 +23,16 @@ pub(crate) enum Choice<T> {
 }
 
 /// A type whose values a configuration names by fixed words.
-pub(crate) trait Spelled: Sized + Copy + 'static {
+pub(crate) trait Spelled: Sized + Copy + PartialEq + 'static {
     const SPELLINGS: &'static [(&'static str, Self)];
+
+    /// How a file writes this value (for messages about it).
+    fn spelling(self) -> &'static str {
+        Self::SPELLINGS
+            .iter()
+            .find(|(_, value)| *value == self)
+            .map_or("", |(name, _)| name)
+    }
 }
 
 impl<'de, T: Spelled> Deserialize<'de> for Choice<T> {
@@ -28,6 +42,32 @@ impl<'de, T: Spelled> Deserialize<'de> for Choice<T> {
             .iter()
             .find(|(name, _)| *name == written)
             .map_or(Choice::Other(written), |&(_, value)| Choice::Known(value)))
+    }
+}
+
+impl<T: Spelled> Choice<T> {
+    /// The choice `what` wrote, or `None` with an error at `span` naming every spelling
+    /// (`limits.backend `x` is not `local` or `redis``): one message for every closed set.
+    pub(super) fn read(
+        raw: Option<&Choice<T>>,
+        what: &str,
+        span: Option<&Range<usize>>,
+        errors: &mut Errors<'_>,
+    ) -> Option<T> {
+        match raw? {
+            Choice::Known(value) => Some(*value),
+            Choice::Other(other) => {
+                let names: Vec<String> =
+                    T::SPELLINGS.iter().map(|(n, _)| format!("`{n}`")).collect();
+                let listed = match names.split_last() {
+                    Some((last, [])) => last.clone(),
+                    Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                    None => String::new(),
+                };
+                errors.at(span, format!("{what} `{other}` is not {listed}"));
+                None
+            }
+        }
     }
 }
 
@@ -73,6 +113,73 @@ pub(crate) enum When {
 impl Spelled for When {
     const SPELLINGS: &'static [(&'static str, Self)] =
         &[("limited", When::Limited), ("always", When::Always)];
+}
+
+impl Spelled for AuthMode {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("handshake", AuthMode::Handshake),
+        ("login_message", AuthMode::LoginMessage),
+        ("close_code", AuthMode::CloseCode),
+    ];
+}
+
+impl Spelled for OnViolation {
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("error", OnViolation::Error), ("close", OnViolation::Close)];
+}
+
+impl Spelled for ClientMessages {
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("json", ClientMessages::Json), ("any", ClientMessages::Any)];
+}
+
+/// `[profile.ws] unknown_channels`: what a channel the map does not name gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UnknownChannels {
+    Refuse,
+    Allow,
+}
+
+impl Spelled for UnknownChannels {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("refuse", UnknownChannels::Refuse),
+        ("allow", UnknownChannels::Allow),
+    ];
+}
+
+/// `connections_per_day_by`: a WebSocket day counts per client or per key (not per source:
+/// a session always has a key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DayBy(pub(crate) LimitBy);
+
+impl Spelled for DayBy {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("client", DayBy(LimitBy::Client)),
+        ("key", DayBy(LimitBy::Key)),
+    ];
+}
+
+impl Spelled for Alphabet {
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("base62", Alphabet::Base62), ("hex", Alphabet::Hex)];
+}
+
+/// A route's `selfservice` action, before its other keys (`child_param`) are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SelfServiceWord {
+    Register,
+    Me,
+    RegenerateKey,
+    RegenerateChildKey,
+}
+
+impl Spelled for SelfServiceWord {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("register", SelfServiceWord::Register),
+        ("me", SelfServiceWord::Me),
+        ("regenerate_key", SelfServiceWord::RegenerateKey),
+        ("regenerate_child_key", SelfServiceWord::RegenerateChildKey),
+    ];
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use keygate_core::scope_need::{PathParam, ScopeNeed};
 use keygate_core::{Digester, Issuer};
 
 use super::choice::{Backend, Choice, Reset, When};
-use super::errors::{duration, Errors};
+use super::errors::{Errors, Zero};
 use super::raw::{RawBreaker, RawConfig, RawError, RawLimits, RawProfile, RawRoute};
 use super::{Config, ConfigErrors, HttpLimits, LimiterBackend, LimiterConfig, Overrides, Plan};
 use crate::policy::guard::GuardConfig;
@@ -66,10 +66,24 @@ pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, Con
     };
     let config = compile(raw, overrides, &mut errors);
     if errors.is_empty() {
-        Ok(config.expect("no errors means a config"))
+        let mut config = config.expect("no errors means a config");
+        config.hash = text_hash(text);
+        Ok(config)
     } else {
         Err(errors.into_errors())
     }
+}
+
+/// The SHA-256 of a configuration's text, in hex: `/status` shows it so an operator can tell
+/// which file every node serves.
+fn text_hash(text: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 fn addr(
@@ -123,20 +137,19 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     } else {
         DEFAULT_FEED_POLL
     };
-    let feed_poll = duration(
-        raw.server.feed_poll.as_ref().map(|s| s.get_ref().as_str()),
-        default_poll,
+    let feed_poll = errors.duration(
         raw.server.feed_poll.as_ref().map(Spanned::span).as_ref(),
-        errors,
+        "server.feed_poll",
+        raw.server.feed_poll.as_ref().map(Spanned::get_ref),
+        default_poll,
+        Zero::Refused,
     );
-    let usage_flush = duration(
-        raw.server
-            .usage_flush
-            .as_ref()
-            .map(|s| s.get_ref().as_str()),
-        DEFAULT_USAGE_FLUSH,
+    let usage_flush = errors.duration(
         raw.server.usage_flush.as_ref().map(Spanned::span).as_ref(),
-        errors,
+        "server.usage_flush",
+        raw.server.usage_flush.as_ref().map(Spanned::get_ref),
+        DEFAULT_USAGE_FLUSH,
+        Zero::Refused,
     );
     if usage_flush.is_zero() {
         errors.at(
@@ -163,13 +176,20 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         };
         match UpstreamSpec::parse(name, url) {
             Ok(mut spec) => {
-                spec.connect_timeout = duration(
-                    u.connect_timeout.as_deref(),
-                    spec.connect_timeout,
+                spec.connect_timeout = errors.duration(
                     Some(&span),
-                    errors,
+                    &format!("upstreams.{name}.connect_timeout"),
+                    u.connect_timeout.as_ref(),
+                    spec.connect_timeout,
+                    Zero::Refused,
                 );
-                spec.timeout = duration(u.timeout.as_deref(), spec.timeout, Some(&span), errors);
+                spec.timeout = errors.duration(
+                    Some(&span),
+                    &format!("upstreams.{name}.timeout"),
+                    u.timeout.as_ref(),
+                    spec.timeout,
+                    Zero::Refused,
+                );
                 if let Some(b) = &u.breaker {
                     spec.breaker = compile_breaker(name, b, errors);
                 }
@@ -202,19 +222,14 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             Some(&spanned.span()),
             errors,
         );
-        let bookmaker_selection = match spanned.get_ref().bookmaker_selection {
-            None => None,
-            Some(n) => match u32::try_from(n) {
-                Ok(n) if n > 0 => Some(n),
-                _ => {
-                    errors.at(
-                        Some(&spanned.span()),
-                        format!("plans.{name}.bookmaker_selection: {n} is not a positive whole number of bookmakers"),
-                    );
-                    None
-                }
-            },
-        };
+        let bookmaker_selection = errors
+            .positive(
+                Some(&spanned.span()),
+                &format!("plans.{name}.bookmaker_selection"),
+                spanned.get_ref().bookmaker_selection,
+                None,
+            )
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX));
         if limits.by == LimitBy::Source {
             errors.at(
                 Some(&spanned.span()),
@@ -284,11 +299,12 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     let limiter = compile_limiter(&raw, errors);
     let guard = compile_guard(&raw, errors);
     let http = compile_http_limits(&raw, errors);
-    let shutdown_grace = duration(
-        raw.server.shutdown_grace.as_deref(),
-        DEFAULT_SHUTDOWN_GRACE,
+    let shutdown_grace = errors.duration(
         None,
-        errors,
+        "server.shutdown_grace",
+        raw.server.shutdown_grace.as_ref(),
+        DEFAULT_SHUTDOWN_GRACE,
+        Zero::Allowed,
     );
     let ws = super::compile_ws::compile(raw.profile.ws.as_ref(), &raw.plans, &raw.routes, errors);
     profile.named_credentials = profile.credentials.clone();
@@ -322,6 +338,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     }
     Some(Config {
         source: errors.file().to_owned(),
+        hash: String::new(),
         listen,
         admin_listen,
         workers,
@@ -360,77 +377,73 @@ fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {
             limits.max_header_bytes = n;
         }
     }
-    match s.max_headers {
-        Some(0) => errors.at(None, "server.max_headers must be at least 1"),
-        Some(n) => limits.max_headers = n,
-        None => {}
+    if let Some(n) = errors.positive(None, "server.max_headers", s.max_headers, None) {
+        limits.max_headers = usize::try_from(n.get()).unwrap_or(usize::MAX);
     }
-    match s.max_body_bytes {
-        Some(0) => errors.at(
-            None,
-            "server.max_body_bytes: 0 would refuse every body; give a positive number of bytes",
-        ),
-        Some(n) => limits.max_body_bytes = n,
-        None => {}
-    }
-    limits.header_read_timeout = duration(
-        s.header_read_timeout.as_deref(),
-        limits.header_read_timeout,
+    if let Some(n) = errors.positive(
         None,
-        errors,
-    );
-    if limits.header_read_timeout.is_zero() {
-        errors.at(None, "server.header_read_timeout must be longer than 0s");
+        "server.max_body_bytes",
+        s.max_body_bytes,
+        Some("it would refuse every body"),
+    ) {
+        limits.max_body_bytes = n.get();
     }
+    limits.header_read_timeout = errors.duration(
+        None,
+        "server.header_read_timeout",
+        s.header_read_timeout.as_ref(),
+        limits.header_read_timeout,
+        Zero::Refused,
+    );
     for (name, value, field) in [
         (
-            "max_connections",
+            "server.max_connections",
             s.max_connections,
             &mut limits.max_connections,
         ),
         (
-            "admin_max_connections",
+            "server.admin_max_connections",
             s.admin_max_connections,
             &mut limits.admin_max_connections,
         ),
     ] {
-        match value {
-            Some(0) => errors.at(
-                None,
-                format!("server.{name}: 0 would refuse every connection; give at least 1"),
-            ),
-            Some(n) => *field = n,
-            None => {}
+        if let Some(n) =
+            errors.positive(None, name, value, Some("it would refuse every connection"))
+        {
+            *field = usize::try_from(n.get()).unwrap_or(usize::MAX);
         }
     }
-    for (name, raw_value, field) in [
+    for (name, value, field) in [
         (
-            "h2_handshake_timeout",
-            s.h2_handshake_timeout.as_deref(),
+            "server.h2_handshake_timeout",
+            &s.h2_handshake_timeout,
             &mut limits.h2_handshake_timeout,
         ),
         (
-            "h2_idle_timeout",
-            s.h2_idle_timeout.as_deref(),
+            "server.h2_idle_timeout",
+            &s.h2_idle_timeout,
             &mut limits.h2_idle_timeout,
         ),
     ] {
-        *field = duration(raw_value, *field, None, errors);
-        if field.is_zero() {
-            errors.at(None, format!("server.{name} must be longer than 0s"));
-        }
+        *field = errors.duration(None, name, value.as_ref(), *field, Zero::Refused);
     }
-    if let Some(raw_interval) = s.h2_keepalive_interval.as_deref() {
-        let interval = duration(Some(raw_interval), Duration::ZERO, None, errors);
+    if s.h2_keepalive_interval.is_some() {
+        let interval = errors.duration(
+            None,
+            "server.h2_keepalive_interval",
+            s.h2_keepalive_interval.as_ref(),
+            Duration::ZERO,
+            Zero::Allowed,
+        );
         limits.h2_keepalive_interval = (!interval.is_zero()).then_some(interval);
     }
-    match s.h2_max_concurrent_streams {
-        Some(0) => errors.at(
-            None,
-            "server.h2_max_concurrent_streams: 0 would refuse every HTTP/2 request; give at least 1",
-        ),
-        Some(n) => limits.h2_max_concurrent_streams = n,
-        None => {}
+    if let Some(n) = errors.positive(
+        None,
+        "server.h2_max_concurrent_streams",
+        s.h2_max_concurrent_streams,
+        Some("it would refuse every HTTP/2 request"),
+    ) {
+        limits.h2_max_concurrent_streams = u32::try_from(n.get()).unwrap_or(u32::MAX);
     }
     limits
 }
@@ -443,13 +456,13 @@ fn compile_guard(raw: &RawConfig, errors: &mut Errors<'_>) -> GuardConfig {
     let span = spanned.span();
     let g = spanned.get_ref();
     config.enabled = g.enabled.unwrap_or(config.enabled);
-    match g.threshold {
-        Some(0) => errors.at(
-            Some(&span),
-            "guard.threshold must be at least 1 (set guard.enabled = false to turn the guard off)",
-        ),
-        Some(n) => config.threshold = n,
-        None => {}
+    if let Some(n) = errors.positive(
+        Some(&span),
+        "guard.threshold",
+        g.threshold,
+        Some("set guard.enabled = false to turn the guard off"),
+    ) {
+        config.threshold = u32::try_from(n.get()).unwrap_or(u32::MAX);
     }
     config.prefix_threshold = g.prefix_threshold.unwrap_or(config.threshold);
     match g.prefix_length {
@@ -460,18 +473,22 @@ fn compile_guard(raw: &RawConfig, errors: &mut Errors<'_>) -> GuardConfig {
         Some(n) => config.prefix_length = n,
         None => {}
     }
-    config.window = duration(g.window.as_deref(), config.window, Some(&span), errors);
-    config.cooldown = duration(g.cooldown.as_deref(), config.cooldown, Some(&span), errors);
-    if config.window.is_zero() || config.cooldown.is_zero() {
-        errors.at(
-            Some(&span),
-            "guard.window and guard.cooldown must be longer than 0s",
-        );
-    }
-    match g.max_tracked {
-        Some(0) => errors.at(Some(&span), "guard.max_tracked must be at least 1"),
-        Some(n) => config.max_tracked = n,
-        None => {}
+    config.window = errors.duration(
+        Some(&span),
+        "guard.window",
+        g.window.as_ref(),
+        config.window,
+        Zero::Refused,
+    );
+    config.cooldown = errors.duration(
+        Some(&span),
+        "guard.cooldown",
+        g.cooldown.as_ref(),
+        config.cooldown,
+        Zero::Refused,
+    );
+    if let Some(n) = errors.positive(Some(&span), "guard.max_tracked", g.max_tracked, None) {
+        config.max_tracked = usize::try_from(n.get()).unwrap_or(usize::MAX);
     }
     for p in &g.trusted_proxies {
         let net = p
@@ -496,41 +513,42 @@ fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
     let span = spanned.span();
     let l = spanned.get_ref();
     config.fail_closed = l.fail_closed;
-    config.timeout = duration(l.timeout.as_deref(), config.timeout, Some(&span), errors);
-    config.connect_timeout = duration(
-        l.connect_timeout.as_deref(),
-        config.connect_timeout,
+    config.timeout = errors.duration(
         Some(&span),
-        errors,
+        "limits.timeout",
+        l.timeout.as_ref(),
+        config.timeout,
+        Zero::Refused,
     );
-    if config.connect_timeout.is_zero() {
-        errors.at(
-            Some(&span),
-            "limits.connect_timeout of 0 would never connect; give a duration such as \"1s\"",
-        );
-    }
-    let backend = l.backend.clone().unwrap_or(Choice::Known(Backend::Local));
+    config.connect_timeout = errors.duration(
+        Some(&span),
+        "limits.connect_timeout",
+        l.connect_timeout.as_ref(),
+        config.connect_timeout,
+        Zero::Refused,
+    );
+    // Absent is `local`; an unknown word is reported by `read` and nothing more is said.
+    let backend = match &l.backend {
+        None => Some(Backend::Local),
+        Some(choice) => Choice::read(Some(choice), "limits.backend", Some(&span), errors),
+    };
     match (backend, &l.redis_url) {
-        (Choice::Known(Backend::Local), None) => {}
-        (Choice::Known(Backend::Local), Some(_)) => errors.at(
+        (None, _) | (Some(Backend::Local), None) => {}
+        (Some(Backend::Local), Some(_)) => errors.at(
             Some(&span),
             "limits.redis_url is set but limits.backend is `local`; set backend = \"redis\"",
         ),
-        (Choice::Known(Backend::Redis), None) => errors.at(
+        (Some(Backend::Redis), None) => errors.at(
             Some(&span),
             "limits.backend = \"redis\" needs limits.redis_url",
         ),
-        (Choice::Known(Backend::Redis), Some(url)) => match redis::Client::open(url.as_str()) {
+        (Some(Backend::Redis), Some(url)) => match redis::Client::open(url.as_str()) {
             Ok(_) => config.backend = LimiterBackend::Redis { url: url.clone() },
             Err(e) => errors.at(
                 Some(&span),
                 format!("limits.redis_url `{url}` does not parse: {e}"),
             ),
         },
-        (Choice::Other(other), _) => errors.at(
-            Some(&span),
-            format!("limits.backend `{other}` is not `local` or `redis`"),
-        ),
     }
     config
 }
@@ -542,22 +560,13 @@ fn compile_limits(
     span: Option<&Range<usize>>,
     errors: &mut Errors<'_>,
 ) -> LimitSet {
-    let mut number = |name: &str, v: Option<i64>| -> Option<std::num::NonZeroU64> {
-        let v = v?;
-        match u64::try_from(v).ok().and_then(std::num::NonZeroU64::new) {
-            Some(n) => Some(n),
-            None if v == 0 => {
-                errors.at(span, format!("{what}.{name}: a limit of 0 would refuse every request; remove it or give a positive number"));
-                None
-            }
-            None => {
-                errors.at(
-                    span,
-                    format!("{what}.{name}: {v} is not a positive whole number"),
-                );
-                None
-            }
-        }
+    let mut number = |name: &str, v: Option<i64>| {
+        errors.positive(
+            span,
+            &format!("{what}.{name}"),
+            v,
+            Some("a limit of 0 would refuse every request; remove it instead"),
+        )
     };
     let set = LimitSet {
         rps: number("rps", raw.rps),
@@ -568,17 +577,8 @@ fn compile_limits(
         burst: number("burst", raw.burst).map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         by: LimitBy::Client,
     };
-    let by = match &raw.by {
-        None => LimitBy::Client,
-        Some(Choice::Known(by)) => *by,
-        Some(Choice::Other(other)) => {
-            errors.at(
-                span,
-                format!("{what}.by `{other}` is not `client`, `key` or `source`"),
-            );
-            LimitBy::Client
-        }
-    };
+    let by = Choice::read(raw.by.as_ref(), &format!("{what}.by"), span, errors)
+        .unwrap_or(LimitBy::Client);
     LimitSet { by, ..set }
 }
 
@@ -588,17 +588,8 @@ fn compile_keys(raw: &RawConfig, errors: &mut Errors<'_>) -> Issuer {
     };
     let span = spanned.span();
     let k = spanned.get_ref();
-    let alphabet = match k.alphabet.as_str() {
-        "base62" => Alphabet::Base62,
-        "hex" => Alphabet::Hex,
-        other => {
-            errors.at(
-                Some(&span),
-                format!("keys.alphabet `{other}` is not `base62` or `hex`"),
-            );
-            Alphabet::Base62
-        }
-    };
+    let alphabet = Choice::read(Some(&k.alphabet), "keys.alphabet", Some(&span), errors)
+        .unwrap_or(Alphabet::Base62);
     let format = KeyFormat::new(&k.prefix, alphabet, k.length, k.checksum).unwrap_or_else(|e| {
         errors.at(Some(&span), format!("keys: {e}"));
         KeyFormat::default()
@@ -806,39 +797,31 @@ fn compile_breaker(
     let b = raw.get_ref();
     let mut config = BreakerConfig::default();
     let at = format!("upstreams.{upstream}.breaker");
-    let count = |value: Option<i64>, field: &str, default: u32, errors: &mut Errors<'_>| match value
-        .map(u32::try_from)
-    {
-        None => default,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            errors.at(
-                Some(&span),
-                format!("{at}.{field} must be a whole number from 1 to {}", u32::MAX),
-            );
-            default
-        }
+    let mut count = |value: Option<i64>, field: &str, default: u32| {
+        errors
+            .positive(Some(&span), &format!("{at}.{field}"), value, None)
+            .map_or(default, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
     };
-    config.failures = count(b.failures, "failures", config.failures, errors);
+    config.failures = count(b.failures, "failures", config.failures);
     config.half_open_probes = count(
         b.half_open_probes,
         "half_open_probes",
         config.half_open_probes,
-        errors,
     );
-    for (value, field, slot) in [
-        (&b.window, "window", &mut config.window),
-        (&b.open_for, "open_for", &mut config.open_for),
-    ] {
-        let d = duration(value.as_deref(), *slot, Some(&span), errors);
-        if d.is_zero() {
-            errors.at(
-                Some(&span),
-                format!("{at}.{field} must be longer than zero"),
-            );
-        }
-        *slot = d;
-    }
+    config.window = errors.duration(
+        Some(&span),
+        &format!("{at}.window"),
+        b.window.as_ref(),
+        config.window,
+        Zero::Refused,
+    );
+    config.open_for = errors.duration(
+        Some(&span),
+        &format!("{at}.open_for"),
+        b.open_for.as_ref(),
+        config.open_for,
+        Zero::Refused,
+    );
     config.count_5xx = b.count_5xx.unwrap_or(config.count_5xx);
     b.enabled.unwrap_or(true).then_some(config)
 }
@@ -946,22 +929,20 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
         style.x_ratelimit = h.x_ratelimit.unwrap_or(style.x_ratelimit);
         style.ietf = h.ietf.unwrap_or(style.ietf);
         style.retry_after = h.retry_after.unwrap_or(style.retry_after);
-        match &h.reset {
-            None | Some(Choice::Known(Reset::Epoch)) => style.reset_epoch = true,
-            Some(Choice::Known(Reset::Delta)) => style.reset_epoch = false,
-            Some(Choice::Other(other)) => errors.at(
-                None,
-                format!("profile.rate_limit_headers.reset `{other}` is not `epoch` or `delta`"),
-            ),
-        }
-        match &h.when {
-            None | Some(Choice::Known(When::Limited)) => style.always = false,
-            Some(Choice::Known(When::Always)) => style.always = true,
-            Some(Choice::Other(other)) => errors.at(
-                None,
-                format!("profile.rate_limit_headers.when `{other}` is not `limited` or `always`"),
-            ),
-        }
+        let reset = Choice::read(
+            h.reset.as_ref(),
+            "profile.rate_limit_headers.reset",
+            None,
+            errors,
+        );
+        style.reset_epoch = reset != Some(Reset::Delta);
+        let when = Choice::read(
+            h.when.as_ref(),
+            "profile.rate_limit_headers.when",
+            None,
+            errors,
+        );
+        style.always = when == Some(When::Always);
         profile.rate_limit_headers = style;
     }
     let xml_root = raw.xml_root.clone().unwrap_or_else(|| "error".to_owned());

@@ -6,6 +6,7 @@ use std::ops::Range;
 use super::spanned::Spanned;
 use keygate_core::Scope;
 
+use super::choice::{Choice, SelfServiceWord, Spelled};
 use super::errors::Errors;
 use super::raw::{RawRoute, RawSelfService};
 use super::Plan;
@@ -32,6 +33,16 @@ pub(super) fn compile(
     let spanned = raw?;
     let span = spanned.span();
     let r = spanned.get_ref();
+    let max_body_bytes = errors
+        .positive(
+            Some(&span),
+            "selfservice.max_body_bytes",
+            r.max_body_bytes,
+            None,
+        )
+        .map_or(SelfService::DEFAULT_MAX_BODY, |n| {
+            usize::try_from(n.get()).unwrap_or(usize::MAX)
+        });
     let mut err = |m: String| errors.at(Some(&span), format!("selfservice: {m}"));
     if !plans.contains_key(&r.plan) {
         err(format!(
@@ -53,14 +64,6 @@ pub(super) fn compile(
     if let Err(e) = keygate_core::names::check_label(&key_label) {
         err(format!("key_label: {e}"));
     }
-    let max_body_bytes = match r.max_body_bytes {
-        None => SelfService::DEFAULT_MAX_BODY,
-        Some(0) => {
-            err("max_body_bytes must be at least 1".to_owned());
-            SelfService::DEFAULT_MAX_BODY
-        }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-    };
     let name_max_length = match r.name_max_length {
         None => SelfService::DEFAULT_NAME_LENGTH,
         Some(n @ 1..=100) => n,
@@ -131,18 +134,27 @@ pub(super) fn route_action(
     selfservice: Option<&SelfService>,
     errors: &mut Errors<'_>,
 ) -> Option<Action> {
-    let mut err = |m: String| errors.at(span, format!("route `{name}`: {m}"));
-    let Some(which) = r.selfservice.as_deref() else {
+    let Some(raw_action) = &r.selfservice else {
         if r.child_param.is_some() {
-            err("child_param is only for selfservice = \"regenerate_child_key\"".to_owned());
+            errors.at(
+                span,
+                format!("route `{name}`: child_param is only for selfservice = \"regenerate_child_key\""),
+            );
         }
         return None;
     };
+    let which = Choice::read(
+        Some(raw_action),
+        &format!("route `{name}`: selfservice"),
+        span,
+        errors,
+    )?;
+    let mut err = |m: String| errors.at(span, format!("route `{name}`: {m}"));
     let action = match which {
-        "register" => Action::Register,
-        "me" => Action::Me,
-        "regenerate_key" => Action::RegenerateKey,
-        "regenerate_child_key" => {
+        SelfServiceWord::Register => Action::Register,
+        SelfServiceWord::Me => Action::Me,
+        SelfServiceWord::RegenerateKey => Action::RegenerateKey,
+        SelfServiceWord::RegenerateChildKey => {
             let params: Vec<&str> = r
                 .path
                 .split('/')
@@ -163,10 +175,6 @@ pub(super) fn route_action(
                 }
             }
         }
-        other => {
-            err(format!("selfservice `{other}` is not `register`, `me`, `regenerate_key` or `regenerate_child_key`"));
-            return None;
-        }
     };
     if selfservice.is_none() {
         err(
@@ -182,7 +190,8 @@ pub(super) fn route_action(
         if !allowed.iter().any(|a| a.as_str().eq_ignore_ascii_case(m)) {
             let list: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
             err(format!(
-                "selfservice `{which}` answers {} only, not `{m}`",
+                "selfservice `{}` answers {} only, not `{m}`",
+                which.spelling(),
                 list.join(" and ")
             ));
         }

@@ -1,9 +1,7 @@
 //! Raw WebSocket settings → [`WsConfig`], with every error and its line.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU64;
 use std::ops::Range;
-use std::time::Duration;
 
 use super::spanned::Spanned;
 use http::header::HeaderName;
@@ -11,14 +9,15 @@ use keygate_core::limit::Limit;
 use keygate_core::render::BodyTemplate;
 use keygate_core::Scope;
 
-use super::errors::{duration, Errors};
+use super::choice::{Choice, DayBy, UnknownChannels};
+use super::errors::{Errors, Zero};
 use super::raw::{RawPlan, RawRoute};
 use super::raw_ws::{RawWsLimits, RawWsProfile, RawWsRoute};
 use crate::policy::profile::CredentialSource;
 use crate::policy::ratelimit::LimitBy;
 use crate::policy::ws::{
-    AuthMode, ChannelMap, ClientMessages, CloseEvent, CloseSpec, MessageKind, OnViolation,
-    TokenSecret, WsConfig, WsLimits, WsProfile, WsRoute, MESSAGE_VARS,
+    ChannelMap, ClientMessages, CloseEvent, CloseSpec, MessageKind, TokenSecret, WsConfig,
+    WsLimits, WsProfile, WsRoute, MESSAGE_VARS,
 };
 
 /// Longest close reason: a close frame's payload is at most 125 bytes, two of them the code.
@@ -76,16 +75,12 @@ fn route(
     errors: &mut Errors<'_>,
 ) -> Option<WsRoute> {
     let name = r.name.clone().unwrap_or_else(|| r.path.clone());
-    let Some(mode) = AuthMode::parse(&raw.mode) else {
-        errors.at(
-            Some(span),
-            format!(
-                "route `{name}`: ws.mode `{}` is not `handshake`, `login_message` or `close_code`",
-                raw.mode
-            ),
-        );
-        return None;
-    };
+    let mode = Choice::read(
+        Some(&raw.mode),
+        &format!("route `{name}`: ws.mode"),
+        Some(span),
+        errors,
+    )?;
     if r.public {
         errors.at(
             Some(span),
@@ -127,43 +122,25 @@ fn credential_source(entry: &str) -> Option<CredentialSource> {
     }
 }
 
-fn positive(
-    v: Option<i64>,
-    what: &str,
-    span: Option<&Range<usize>>,
-    errors: &mut Errors<'_>,
-) -> Option<NonZeroU64> {
-    let v = v?;
-    let n = u64::try_from(v).ok().and_then(NonZeroU64::new);
-    if n.is_none() {
-        errors.at(span, format!("{what}: {v} is not a positive whole number"));
-    }
-    n
-}
-
 fn limits(
     raw: &RawWsLimits,
     what: &str,
     span: Option<&Range<usize>>,
     errors: &mut Errors<'_>,
 ) -> WsLimits {
-    let mut num = |name: &str, v| positive(v, &format!("{what}.{name}"), span, errors);
+    let mut num = |name: &str, v| errors.positive(span, &format!("{what}.{name}"), v, None);
     let per_key = num("connections_per_key", raw.connections_per_key);
     let per_client = num("connections_per_client", raw.connections_per_client);
     let per_day = num("connections_per_day", raw.connections_per_day);
     let rate = num("messages_per_second", raw.messages_per_second);
     let burst = num("message_burst", raw.message_burst);
-    let by = match raw.connections_per_day_by.as_deref() {
-        None | Some("client") => LimitBy::Client,
-        Some("key") => LimitBy::Key,
-        Some(other) => {
-            errors.at(
-                span,
-                format!("{what}.connections_per_day_by `{other}` is not `client` or `key`"),
-            );
-            LimitBy::Client
-        }
-    };
+    let by = Choice::read(
+        raw.connections_per_day_by.as_ref(),
+        &format!("{what}.connections_per_day_by"),
+        span,
+        errors,
+    )
+    .map_or(LimitBy::Client, |DayBy(by)| by);
     WsLimits {
         connections_per_key: per_key,
         connections_per_client: per_client,
@@ -179,46 +156,10 @@ fn limits(
     }
 }
 
-fn violation(
-    v: Option<&str>,
-    what: &str,
-    span: &Range<usize>,
-    errors: &mut Errors<'_>,
-) -> Option<OnViolation> {
-    match v? {
-        "error" => Some(OnViolation::Error),
-        "close" => Some(OnViolation::Close),
-        other => {
-            errors.at(
-                Some(span),
-                format!("profile.ws.{what} `{other}` is not `error` or `close`"),
-            );
-            None
-        }
-    }
-}
-
 fn size(v: Option<i64>, what: &str, span: &Range<usize>, errors: &mut Errors<'_>) -> Option<usize> {
-    positive(v, &format!("profile.ws.{what}"), Some(span), errors)
+    errors
+        .positive(Some(span), &format!("profile.ws.{what}"), v, None)
         .map(|n| usize::try_from(n.get()).unwrap_or(usize::MAX))
-}
-
-fn nonzero_duration(
-    v: Option<&str>,
-    default: Duration,
-    what: &str,
-    span: &Range<usize>,
-    errors: &mut Errors<'_>,
-) -> Duration {
-    let d = duration(v, default, Some(span), errors);
-    if d.is_zero() {
-        errors.at(
-            Some(span),
-            format!("profile.ws.{what} must be longer than 0"),
-        );
-        return default;
-    }
-    d
 }
 
 fn compile_profile(
@@ -227,33 +168,33 @@ fn compile_profile(
     p: &mut WsProfile,
     errors: &mut Errors<'_>,
 ) {
-    p.login_deadline = nonzero_duration(
-        raw.login_deadline.as_deref(),
+    p.login_deadline = errors.duration(
+        Some(span),
+        "profile.ws.login_deadline",
+        raw.login_deadline.as_ref(),
         p.login_deadline,
-        "login_deadline",
-        span,
-        errors,
+        Zero::Refused,
     );
-    p.idle_timeout = nonzero_duration(
-        raw.idle_timeout.as_deref(),
+    p.idle_timeout = errors.duration(
+        Some(span),
+        "profile.ws.idle_timeout",
+        raw.idle_timeout.as_ref(),
         p.idle_timeout,
-        "idle_timeout",
-        span,
-        errors,
+        Zero::Refused,
     );
-    p.send_timeout = nonzero_duration(
-        raw.send_timeout.as_deref(),
+    p.send_timeout = errors.duration(
+        Some(span),
+        "profile.ws.send_timeout",
+        raw.send_timeout.as_ref(),
         p.send_timeout,
-        "send_timeout",
-        span,
-        errors,
+        Zero::Refused,
     );
-    p.lease_ttl = nonzero_duration(
-        raw.lease_ttl.as_deref(),
+    p.lease_ttl = errors.duration(
+        Some(span),
+        "profile.ws.lease_ttl",
+        raw.lease_ttl.as_ref(),
         p.lease_ttl,
-        "lease_ttl",
-        span,
-        errors,
+        Zero::Refused,
     );
     if let Some(n) = size(raw.max_message_bytes, "max_message_bytes", span, errors) {
         p.max_message_bytes = n;
@@ -261,18 +202,18 @@ fn compile_profile(
     if let Some(n) = size(raw.max_login_bytes, "max_login_bytes", span, errors) {
         p.max_login_bytes = n;
     }
-    if let Some(v) = violation(
-        raw.on_bad_message.as_deref(),
-        "on_bad_message",
-        span,
+    if let Some(v) = Choice::read(
+        raw.on_bad_message.as_ref(),
+        "profile.ws.on_bad_message",
+        Some(span),
         errors,
     ) {
         p.on_bad_message = v;
     }
-    if let Some(v) = violation(
-        raw.on_message_limit.as_deref(),
-        "on_message_limit",
-        span,
+    if let Some(v) = Choice::read(
+        raw.on_message_limit.as_ref(),
+        "profile.ws.on_message_limit",
+        Some(span),
         errors,
     ) {
         p.on_message_limit = v;
@@ -319,17 +260,13 @@ fn compile_profile(
         p.message_types = boxed(t);
     }
 
-    let allow_unknown = match raw.unknown_channels.as_deref() {
-        None | Some("refuse") => false,
-        Some("allow") => true,
-        Some(other) => {
-            errors.at(
-                Some(span),
-                format!("profile.ws.unknown_channels `{other}` is not `refuse` or `allow`"),
-            );
-            false
-        }
-    };
+    let unknown = Choice::read(
+        raw.unknown_channels.as_ref(),
+        "profile.ws.unknown_channels",
+        Some(span),
+        errors,
+    );
+    let allow_unknown = unknown == Some(UnknownChannels::Allow);
     for (channel, scope) in &raw.channels {
         if channel.is_empty() || channel == "*" {
             errors.at(
@@ -344,22 +281,22 @@ fn compile_profile(
         }
     }
     p.channels = ChannelMap::new(&raw.channels, allow_unknown);
-    p.client_messages = match raw.client_messages.as_deref() {
+    let client_messages = Choice::read(
+        raw.client_messages.as_ref(),
+        "profile.ws.client_messages",
+        Some(span),
+        errors,
+    );
+    p.client_messages = match client_messages {
         None if p.channels.is_empty() && p.message_types.is_empty() => ClientMessages::Any,
-        None | Some("json") => ClientMessages::Json,
-        Some("any") if !p.channels.is_empty() => {
-            errors.at(
-                Some(span),
-                "profile.ws.client_messages = \"any\" cannot enforce profile.ws.channels; use \"json\"",
-            );
-            ClientMessages::Any
-        }
-        Some("any") => ClientMessages::Any,
-        Some(other) => {
-            errors.at(
-                Some(span),
-                format!("profile.ws.client_messages `{other}` is not `json` or `any`"),
-            );
+        None | Some(ClientMessages::Json) => ClientMessages::Json,
+        Some(ClientMessages::Any) => {
+            if !p.channels.is_empty() {
+                errors.at(
+                    Some(span),
+                    "profile.ws.client_messages = \"any\" cannot enforce profile.ws.channels; use \"json\"",
+                );
+            }
             ClientMessages::Any
         }
     };
@@ -376,12 +313,12 @@ fn compile_profile(
             );
         }
     }
-    p.token.ttl = nonzero_duration(
-        raw.token.ttl.as_deref(),
+    p.token.ttl = errors.duration(
+        Some(span),
+        "profile.ws.token.ttl",
+        raw.token.ttl.as_ref(),
         p.token.ttl,
-        "token.ttl",
-        span,
-        errors,
+        Zero::Refused,
     );
     if let Some(f) = &raw.token.features {
         p.token.features = boxed(f);
@@ -391,6 +328,7 @@ fn compile_profile(
             Ok(s) => {
                 use sha2::Digest;
                 p.token.secret = TokenSecret(sha2::Sha256::digest(s.as_bytes()).into());
+                p.token.from_env = true;
             }
             Err(m) => errors.at(Some(span), m),
         }

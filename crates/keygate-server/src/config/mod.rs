@@ -42,6 +42,14 @@ pub struct Overrides {
     pub tooling: bool,
 }
 
+/// Where a running node's configuration came from, so a reload reads it the same way: the
+/// file, and the command line's values that win over it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub path: std::path::PathBuf,
+    pub overrides: Overrides,
+}
+
 /// A plan as configured.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -180,6 +188,8 @@ impl Default for HttpLimits {
 pub struct Config {
     /// The file it came from, for messages (`<default>` without one).
     pub source: String,
+    /// SHA-256 of the file's text, hex (`/status` `config.hash`).
+    pub hash: String,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     /// Worker threads serving the public listener.

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::choice::{Backend, Choice, Reset, When};
+use super::choice::{Backend, Choice, Reset, SelfServiceWord, When};
+use super::errors::DurationSetting;
 use super::spanned::Spanned;
 use crate::policy::ratelimit::LimitBy;
+use keygate_core::key_format::Alphabet;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,7 +49,7 @@ pub(crate) struct RawSelfService {
     /// Label of the keys self-service issues.
     pub(crate) key_label: Option<String>,
     /// Largest register / update body, in bytes (default 4096).
-    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) max_body_bytes: Option<i64>,
     /// Longest account name, in characters (default 64, at most 100).
     pub(crate) name_max_length: Option<usize>,
     /// Profile fields besides `name`: field → longest value in characters.
@@ -63,15 +65,15 @@ pub(crate) struct RawSelfService {
 pub(crate) struct RawGuard {
     pub(crate) enabled: Option<bool>,
     /// Failed authentications per source within `window` that start a cool-down.
-    pub(crate) threshold: Option<u32>,
+    pub(crate) threshold: Option<i64>,
     /// The same per key prefix; 0 turns prefix counting off.
     pub(crate) prefix_threshold: Option<u32>,
     pub(crate) prefix_length: Option<usize>,
-    pub(crate) window: Option<String>,
+    pub(crate) window: Option<DurationSetting>,
     /// How long failing keys from a cooled-down source (or with a cooled-down prefix) get
     /// 429, counted from the last guess; keys that authenticate are always served.
-    pub(crate) cooldown: Option<String>,
-    pub(crate) max_tracked: Option<usize>,
+    pub(crate) cooldown: Option<DurationSetting>,
+    pub(crate) max_tracked: Option<i64>,
     /// Addresses or CIDR ranges of proxies (nginx, Traefik, Envoy in front of keygate or
     /// calling its forward-auth endpoints) whose `X-Forwarded-For`, `Forwarded` or
     /// `X-Real-IP` names the client counted by the guard.
@@ -87,10 +89,10 @@ pub(crate) struct RawLimiter {
     pub(crate) backend: Option<Choice<Backend>>,
     pub(crate) redis_url: Option<String>,
     /// Longest wait for Redis's answer to a request's call before falling back (`5ms`).
-    pub(crate) timeout: Option<String>,
+    pub(crate) timeout: Option<DurationSetting>,
     /// Longest wait for a connection to Redis (`1s`): at start, in the background while Redis
     /// is unreachable (the node starts anyway, on the fallback), and on each reconnect.
-    pub(crate) connect_timeout: Option<String>,
+    pub(crate) connect_timeout: Option<DurationSetting>,
     /// Refuse limited requests (the profile's 503) instead of falling back to local limits
     /// while Redis fails or has not answered since the start.
     #[serde(default)]
@@ -121,9 +123,9 @@ pub(crate) struct RawServer {
     pub(crate) db: Option<String>,
     /// How often to poll the store's change feed (default 100ms on SQLite, 500ms on
     /// PostgreSQL, where LISTEN/NOTIFY wakes the poller at once).
-    pub(crate) feed_poll: Option<Spanned<String>>,
+    pub(crate) feed_poll: Option<Spanned<DurationSetting>>,
     /// How often usage counts are added to the store (default 10s).
-    pub(crate) usage_flush: Option<Spanned<String>>,
+    pub(crate) usage_flush: Option<Spanned<DurationSetting>>,
     /// Answer `/ready` 503 while the store is unreachable (default: keep serving from the
     /// replica and stay ready).
     #[serde(default)]
@@ -131,31 +133,31 @@ pub(crate) struct RawServer {
     /// Largest request head (request line and headers) in bytes; past it, 431.
     pub(crate) max_header_bytes: Option<usize>,
     /// Most request headers; past it, 431.
-    pub(crate) max_headers: Option<usize>,
+    pub(crate) max_headers: Option<i64>,
     /// Time a client has to send a request head (and that an idle connection is kept).
-    pub(crate) header_read_timeout: Option<String>,
+    pub(crate) header_read_timeout: Option<DurationSetting>,
     /// Largest request body forwarded upstream, in bytes; past it, 413.
-    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) max_body_bytes: Option<i64>,
     /// On SIGTERM, how long the whole shutdown may take (default 15s): in-flight requests and
     /// WebSocket sessions get it less a fifth (at most a second), kept for the last usage
     /// write; the process exits by then, whatever is still running.
-    pub(crate) shutdown_grace: Option<String>,
+    pub(crate) shutdown_grace: Option<DurationSetting>,
     /// Most open connections on the public listener (all its workers together); past it a
     /// new connection is closed at once, so a flood cannot take every file descriptor.
-    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections: Option<i64>,
     /// Most open connections on the admin listener, counted apart from the public one's so
     /// neither starves the other.
-    pub(crate) admin_max_connections: Option<usize>,
+    pub(crate) admin_max_connections: Option<i64>,
     /// Time an HTTP/2 connection has, from its first bytes, to complete its first request's
     /// headers; past it the connection is closed.
-    pub(crate) h2_handshake_timeout: Option<String>,
+    pub(crate) h2_handshake_timeout: Option<DurationSetting>,
     /// Time an HTTP/2 connection may stay open with no stream in progress.
-    pub(crate) h2_idle_timeout: Option<String>,
+    pub(crate) h2_idle_timeout: Option<DurationSetting>,
     /// Interval of HTTP/2 keep-alive pings; a ping unanswered for 20 s closes the connection.
     /// `"0s"` sends none.
-    pub(crate) h2_keepalive_interval: Option<String>,
+    pub(crate) h2_keepalive_interval: Option<DurationSetting>,
     /// Most concurrent streams (requests) one HTTP/2 connection may have open.
-    pub(crate) h2_max_concurrent_streams: Option<u32>,
+    pub(crate) h2_max_concurrent_streams: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,7 +165,7 @@ pub(crate) struct RawServer {
 pub(crate) struct RawKeys {
     pub(crate) prefix: String,
     #[serde(default = "default_alphabet")]
-    pub(crate) alphabet: String,
+    pub(crate) alphabet: Choice<Alphabet>,
     pub(crate) length: usize,
     #[serde(default)]
     pub(crate) checksum: bool,
@@ -171,16 +173,16 @@ pub(crate) struct RawKeys {
     pub(crate) digest_secret_env: Option<String>,
 }
 
-fn default_alphabet() -> String {
-    "base62".to_owned()
+fn default_alphabet() -> Choice<Alphabet> {
+    Choice::Known(Alphabet::Base62)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
     pub(crate) url: String,
-    pub(crate) connect_timeout: Option<String>,
-    pub(crate) timeout: Option<String>,
+    pub(crate) connect_timeout: Option<DurationSetting>,
+    pub(crate) timeout: Option<DurationSetting>,
     /// The circuit breaker (`crate::state::breaker`); on with its defaults when absent.
     pub(crate) breaker: Option<Spanned<RawBreaker>>,
 }
@@ -192,8 +194,8 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawBreaker {
     pub(crate) enabled: Option<bool>,
     pub(crate) failures: Option<i64>,
-    pub(crate) window: Option<String>,
-    pub(crate) open_for: Option<String>,
+    pub(crate) window: Option<DurationSetting>,
+    pub(crate) open_for: Option<DurationSetting>,
     pub(crate) half_open_probes: Option<i64>,
     /// Count upstream 5xx answers as failures.
     pub(crate) count_5xx: Option<bool>,
@@ -246,7 +248,7 @@ pub(crate) struct RawRoute {
     pub(crate) errors: BTreeMap<String, RawError>,
     /// Answered by the gateway itself: `register`, `me`, `regenerate_key` or
     /// `regenerate_child_key` (needs `[selfservice]`).
-    pub(crate) selfservice: Option<String>,
+    pub(crate) selfservice: Option<Choice<SelfServiceWord>>,
     /// For `regenerate_child_key`: the path parameter naming the child account.
     pub(crate) child_param: Option<String>,
 }

@@ -5,12 +5,16 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::choice::{Choice, DayBy, UnknownChannels};
+use super::errors::DurationSetting;
+use crate::policy::ws::{AuthMode, ClientMessages, OnViolation};
+
 /// `ws = { mode = "handshake", credentials = ["header:X-API-Key", "query:key"] }` on a route.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWsRoute {
     /// `handshake`, `login_message` or `close_code`.
-    pub(crate) mode: String,
+    pub(crate) mode: Choice<AuthMode>,
     /// Credential sources for the upgrade request (default: the profile's).
     pub(crate) credentials: Option<Vec<String>>,
 }
@@ -24,7 +28,7 @@ pub(crate) struct RawWsLimits {
     pub(crate) connections_per_client: Option<i64>,
     pub(crate) connections_per_day: Option<i64>,
     /// `client` (default) or `key`: whose counter `connections_per_day` uses.
-    pub(crate) connections_per_day_by: Option<String>,
+    pub(crate) connections_per_day_by: Option<Choice<DayBy>>,
     pub(crate) messages_per_second: Option<i64>,
     pub(crate) message_burst: Option<i64>,
 }
@@ -54,7 +58,7 @@ pub(crate) struct RawWsSubscribe {
 pub(crate) struct RawWsToken {
     /// Path of the exchange endpoint (`POST`); `""` turns it off.
     pub(crate) path: Option<String>,
-    pub(crate) ttl: Option<String>,
+    pub(crate) ttl: Option<DurationSetting>,
     /// Query parameter carrying a token on the upgrade request.
     pub(crate) param: Option<String>,
     /// Plan features a key needs to get a token.
@@ -76,23 +80,23 @@ pub(crate) struct RawWsClose {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWsProfile {
-    pub(crate) login_deadline: Option<String>,
+    pub(crate) login_deadline: Option<DurationSetting>,
     pub(crate) max_message_bytes: Option<i64>,
     pub(crate) max_login_bytes: Option<i64>,
-    pub(crate) idle_timeout: Option<String>,
-    pub(crate) send_timeout: Option<String>,
-    pub(crate) lease_ttl: Option<String>,
+    pub(crate) idle_timeout: Option<DurationSetting>,
+    pub(crate) send_timeout: Option<DurationSetting>,
+    pub(crate) lease_ttl: Option<DurationSetting>,
     /// `json` (client messages are JSON objects the gateway reads) or `any` (relayed as is).
-    pub(crate) client_messages: Option<String>,
+    pub(crate) client_messages: Option<Choice<ClientMessages>>,
     /// `error` (answer and keep the session) or `close`.
-    pub(crate) on_bad_message: Option<String>,
+    pub(crate) on_bad_message: Option<Choice<OnViolation>>,
     /// `error` (answer, drop the message) or `close`.
-    pub(crate) on_message_limit: Option<String>,
+    pub(crate) on_message_limit: Option<Choice<OnViolation>>,
     pub(crate) type_field: Option<String>,
     /// Client message types let through after login; empty = any.
     pub(crate) message_types: Option<Vec<String>>,
     /// Channels the map does not name: `refuse` (default) or `allow`.
-    pub(crate) unknown_channels: Option<String>,
+    pub(crate) unknown_channels: Option<Choice<UnknownChannels>>,
     #[serde(default)]
     pub(crate) login: RawWsLogin,
     #[serde(default)]

@@ -233,13 +233,13 @@ fn breakers_default_on_and_validate_with_lines() {
     for (line, fragment) in [
         (
             3,
-            "upstreams.default.breaker.failures must be a whole number",
+            "upstreams.default.breaker.failures: 0 is not a positive whole number",
         ),
         (3, "soon"),
-        (7, "upstreams.x.breaker.window must be longer than zero"),
+        (7, "upstreams.x.breaker.window must be longer than 0s"),
         (
             7,
-            "upstreams.x.breaker.half_open_probes must be a whole number",
+            "upstreams.x.breaker.half_open_probes: -1 is not a positive whole number",
         ),
     ] {
         let expected = format!("bad.toml:{line}: ");
@@ -557,12 +557,38 @@ fn connection_bounds_default_for_production_and_validate() {
     .unwrap_err()
     .to_string();
     for fragment in [
-        "server.max_connections: 0 would refuse every connection",
-        "server.admin_max_connections: 0 would refuse every connection",
+        "server.max_connections: 0 is not a positive whole number (it would refuse every connection)",
+        "server.admin_max_connections: 0 is not a positive whole number (it would refuse every connection)",
         "server.h2_handshake_timeout must be longer than 0s",
-        "later",
-        "server.h2_max_concurrent_streams: 0 would refuse",
+        "server.h2_idle_timeout: `later` is not a duration",
+        "server.h2_max_concurrent_streams: 0 is not a positive whole number (it would refuse every HTTP/2 request)",
     ] {
         assert!(errs.contains(fragment), "missing `{fragment}` in:\n{errs}");
     }
+}
+
+/// Counts, durations and closed-set words each have one reader and one wording, and a wrong
+/// one (a negative count included) is reported with its line beside every other problem.
+#[test]
+fn counts_durations_and_words_are_reported_one_way_in_one_pass() {
+    let errs = load(
+        "[server]\nmax_headers = -1\nfeed_poll = \"often\"\n\n[guard]\nthreshold = 0\nwindow = \"0s\"\n\n[upstreams.default]\nurl = \"http://h:1\"\ntimeout = \"0s\"\n\n[profile.ws]\non_bad_message = \"ignore\"\nunknown_channels = \"maybe\"\nlimits = { connections_per_day_by = \"source\" }\n",
+        "bad.toml",
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    let text = errs.to_string();
+    for fragment in [
+        "server.max_headers: -1 is not a positive whole number",
+        "server.feed_poll: `often` is not a duration; use forms like 90s",
+        "bad.toml:5: guard.threshold: 0 is not a positive whole number (set guard.enabled = false to turn the guard off)",
+        "bad.toml:5: guard.window must be longer than 0s",
+        "bad.toml:9: upstreams.default.timeout must be longer than 0s",
+        "profile.ws.on_bad_message `ignore` is not `error` or `close`",
+        "profile.ws.unknown_channels `maybe` is not `refuse` or `allow`",
+        "connections_per_day_by `source` is not `client` or `key`",
+    ] {
+        assert!(text.contains(fragment), "missing `{fragment}` in:\n{text}");
+    }
+    assert_eq!(errs.0.len(), 8, "{text}");
 }

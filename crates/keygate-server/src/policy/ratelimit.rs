@@ -63,7 +63,7 @@ impl LimitSet {
     }
 
     /// The limits with their slot numbers (slot = `base` + position), in a fixed order.
-    pub fn compile(&self, base: u16) -> Vec<(u16, Limit)> {
+    pub fn compile(&self, base: u32) -> Vec<(u32, Limit)> {
         let burst = |l: Limit| match self.burst {
             Some(b) => l.with_burst(b),
             None => l,
@@ -77,19 +77,39 @@ impl LimitSet {
         ]
         .into_iter()
         .enumerate()
-        .filter_map(|(i, l)| l.map(|l| (base + i as u16, l)))
+        .filter_map(|(i, l)| l.map(|l| (base + i as u32, l)))
         .collect()
     }
 }
 
-/// Slots of a route's limits start here: `ROUTE_SLOTS + route_index * 8`.
-pub(crate) const ROUTE_SLOTS: u16 = 16;
+/// Slots of routes' limits start here (`route_slots`); below are the plan's and WebSocket's.
+pub(crate) const ROUTE_SLOTS: u32 = 16;
+
+/// The first of a route's eight counter slots: from a hash of what names the route (its name,
+/// pattern and methods), not its place in the table, so a reload that adds or moves routes
+/// and every node of a cluster, whatever its file's order, count a route in the same counters.
+/// FNV-1a: stable across builds and processes, which the standard hasher does not promise.
+pub(crate) fn route_slots(route: &crate::policy::routes::Route) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes.iter().chain(&[0]) {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+    };
+    eat(route.name.as_bytes());
+    eat(route.pattern.as_bytes());
+    for m in route.methods.iter().flatten() {
+        eat(m.as_str().as_bytes());
+    }
+    // Eight slots per route, all above ROUTE_SLOTS and within u32.
+    ROUTE_SLOTS + (h % ((u32::MAX - ROUTE_SLOTS) / 8)) * 8
+}
 
 /// A client's compiled limits, stored in its replica entry: inline (at most five), so listing a
 /// request's checks reads the entry's own memory, not a buffer elsewhere.
 #[derive(Clone, Debug, Default)]
 pub struct ClientLimits {
-    pub limits: SmallVec<[(u16, Limit); 5]>,
+    pub limits: SmallVec<[(u32, Limit); 5]>,
     pub by: LimitBy,
     /// Requests per minute for whoami's `rate_limit_rpm` (per-minute limit, else rps × 60).
     pub rpm: Option<u64>,
@@ -112,7 +132,7 @@ impl ClientLimits {
 /// Appends the checks for one request.
 pub(crate) fn checks(
     out: &mut impl Extend<Check>,
-    limits: &[(u16, Limit)],
+    limits: &[(u32, Limit)],
     by: LimitBy,
     client_subject: &SmolStr,
     key_subject: &SmolStr,

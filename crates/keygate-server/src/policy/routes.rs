@@ -38,7 +38,7 @@ pub struct Route {
     /// Limits of this route on top of the client's plan limits.
     pub limits: crate::policy::ratelimit::LimitSet,
     /// `limits` compiled with this route's counter slots (set by [`RouteTable::insert`]).
-    pub compiled_limits: Vec<(u16, keygate_core::limit::Limit)>,
+    pub compiled_limits: Vec<(u32, keygate_core::limit::Limit)>,
     /// This route's own answers to some refusals (`[[routes]] errors`), over the profile's.
     pub errors: crate::policy::profile::ErrorOverrides,
 }
@@ -168,14 +168,20 @@ impl RouteTable {
     /// [`RouteConflict`] when the pattern is invalid.
     pub fn insert(&mut self, mut route: Route) -> Result<(), RouteConflict> {
         let index = self.routes.len();
-        let base = u16::try_from(index)
-            .ok()
-            .and_then(|i| i.checked_mul(8))
-            .and_then(|i| i.checked_add(crate::policy::ratelimit::ROUTE_SLOTS))
-            .ok_or_else(|| RouteConflict {
-                pattern: route.pattern.to_string(),
-                reason: "too many routes".to_owned(),
-            })?;
+        let base = crate::policy::ratelimit::route_slots(&route);
+        if let Some(other) = self.routes.iter().find(|r| {
+            !r.compiled_limits.is_empty() && crate::policy::ratelimit::route_slots(r) == base
+        }) {
+            if !route.limits.compile(base).is_empty() {
+                return Err(RouteConflict {
+                    pattern: route.pattern.to_string(),
+                    reason: format!(
+                        "its limit counters would share slots with route `{}`; give one of them another name",
+                        other.name
+                    ),
+                });
+            }
+        }
         route.compiled_limits = route.limits.compile(base);
         if let Some(&group) = self.by_pattern.get(&route.pattern) {
             self.groups[group].routes.push(index);

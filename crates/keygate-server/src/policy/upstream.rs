@@ -34,6 +34,16 @@ pub enum UpstreamUrlError {
 }
 
 impl UpstreamSpec {
+    /// Whether `other` is the same upstream at the same address: a reload keeps its
+    /// connections (and, with the same breaker settings, its breaker).
+    pub fn same_endpoint(&self, other: &UpstreamSpec) -> bool {
+        self.name == other.name
+            && self.scheme == other.scheme
+            && self.authority == other.authority
+            && self.base_path == other.base_path
+            && self.connect_timeout == other.connect_timeout
+    }
+
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 

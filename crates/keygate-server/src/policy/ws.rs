@@ -24,17 +24,6 @@ pub enum AuthMode {
     CloseCode,
 }
 
-impl AuthMode {
-    pub fn parse(s: &str) -> Option<AuthMode> {
-        match s {
-            "handshake" => Some(AuthMode::Handshake),
-            "login_message" => Some(AuthMode::LoginMessage),
-            "close_code" => Some(AuthMode::CloseCode),
-            _ => None,
-        }
-    }
-}
-
 /// A route's WebSocket settings.
 #[derive(Clone, Debug)]
 pub struct WsRoute {
@@ -347,6 +336,9 @@ pub struct TokenSettings {
     /// Plan features a key needs to get a token.
     pub features: Vec<Box<str>>,
     pub secret: TokenSecret,
+    /// Whether `secret` came from `secret_env` (shared by every node) rather than being drawn
+    /// by this process (kept across a reload, so issued tokens keep working).
+    pub from_env: bool,
 }
 
 /// `[profile.ws]`, compiled.
@@ -406,6 +398,7 @@ impl WsProfile {
                 param: "token".into(),
                 features: Vec::new(),
                 secret,
+                from_env: false,
             },
             limits: WsLimits::default(),
             channels: ChannelMap::default(),

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
@@ -103,7 +104,8 @@ async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<BoundedBody>, SendEr
 /// Each worker's upstream connections, one pool per configured upstream.
 #[derive(Debug)]
 pub(crate) struct Upstreams {
-    pools: Vec<Pool>,
+    /// Shared with the worker's next `Upstreams` after a reload that keeps the upstream.
+    pools: Vec<Arc<Pool>>,
     /// Each upstream's `Host` value, copied for this worker: a header value cloned from the
     /// shared configuration bumps one reference count from every worker, a cache line the
     /// cores then pass back and forth on each request (`crate::state::per_worker`).
@@ -113,7 +115,7 @@ pub(crate) struct Upstreams {
 impl Upstreams {
     pub(crate) fn new(specs: &[UpstreamSpec]) -> Self {
         Upstreams {
-            pools: specs.iter().map(|_| Pool::default()).collect(),
+            pools: specs.iter().map(|_| Arc::default()).collect(),
             hosts: specs
                 .iter()
                 .map(|s| {
@@ -121,6 +123,19 @@ impl Upstreams {
                 })
                 .collect(),
         }
+    }
+
+    /// This worker's pools for a reloaded upstream list: an upstream at the same address keeps
+    /// its kept-alive connections, any other starts with none (connections to an upstream
+    /// that is gone close as their last requests end).
+    pub(crate) fn carried_to(&self, before: &[UpstreamSpec], after: &[UpstreamSpec]) -> Self {
+        let mut next = Upstreams::new(after);
+        for (i, spec) in after.iter().enumerate() {
+            if let Some(old) = before.iter().position(|b| b.same_endpoint(spec)) {
+                next.pools[i] = Arc::clone(&self.pools[old]);
+            }
+        }
+        next
     }
 
     /// This worker's copy of upstream `i`'s `Host` value.

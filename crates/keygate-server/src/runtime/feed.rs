@@ -8,33 +8,23 @@ use std::time::Duration;
 use keygate_store::Store;
 use tokio::sync::{watch, Notify};
 
-use crate::state::gateway::Gateway;
-
-/// The configuration's plans, as the replica sees them when compiling clients.
-pub struct Plans<'a>(pub &'a crate::config::Config);
-
-impl crate::state::replica::PlanCatalog for Plans<'_> {
-    fn features(&self, plan: &str) -> Vec<String> {
-        self.0.plan_features(plan).to_vec()
-    }
-
-    fn limits(&self, plan: &str) -> crate::policy::ratelimit::LimitSet {
-        self.0.plan_limits(plan)
-    }
-
-    fn bookmaker_selection(&self, plan: &str) -> Option<u32> {
-        self.0.plans.get(plan).and_then(|p| p.bookmaker_selection)
-    }
-}
+use crate::state::gateway::Plans;
+use crate::state::live::Live;
+use crate::state::locks::lock;
 
 /// Loads the initial snapshot, retrying until the store answers.
-pub(crate) async fn load(gw: &Gateway, store: &Store, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn load(live: &Live, store: &Store, mut shutdown: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(100);
     loop {
+        let gw = live.load();
         match store.snapshot().await {
             Ok(snapshot) => {
                 gw.emergency.set(&snapshot.emergency);
-                gw.replica.load(&snapshot, &Plans(&gw.config));
+                {
+                    let _writes = lock(&gw.replica_writes);
+                    let current = live.load();
+                    current.replica.load(&snapshot, &Plans(&current.config));
+                }
                 gw.store.mark_ok(gw.clock.now());
                 tracing::info!(
                     keys = snapshot.keys.len(),
@@ -95,12 +85,12 @@ async fn listen(store: Store, wake: Arc<Notify>, mut shutdown: watch::Receiver<b
 /// Follows the change feed until shutdown: reads it when the store announces a change, and
 /// every `poll` regardless (a lost announcement costs at most one interval).
 pub(crate) async fn follow(
-    gw: Arc<Gateway>,
+    live: Arc<Live>,
     store: Store,
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let wake = Arc::clone(&gw.feed_wake);
+    let wake = Arc::clone(&live.load().feed_wake);
     tokio::spawn(listen(store.clone(), Arc::clone(&wake), shutdown.clone()));
     loop {
         tokio::select! {
@@ -108,6 +98,7 @@ pub(crate) async fn follow(
             () = wake.notified() => {}
             _ = shutdown.changed() => return,
         }
+        let gw = live.load();
         let now = gw.clock.now();
         let down = |e: &str| {
             if gw.store.mark_down(now) {
@@ -146,10 +137,16 @@ pub(crate) async fn follow(
                 if let Some(emergency) = &delta.emergency {
                     gw.emergency.set(emergency);
                 }
-                gw.replica.apply(&delta, &Plans(&gw.config));
+                let current = {
+                    // Under the plans in force, even if a reload landed during the read.
+                    let _writes = lock(&gw.replica_writes);
+                    let current = live.load();
+                    current.replica.apply(&delta, &Plans(&current.config));
+                    current
+                };
                 if !delta.is_empty() {
                     // Sessions of keys this change made invalid close now, not at the sweep.
-                    gw.ws_sessions.revalidate(&gw);
+                    current.ws_sessions.revalidate(&current);
                     tracing::debug!(
                         version = delta.version,
                         keys = delta.keys.len(),

@@ -77,6 +77,7 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
                     "version": env!("CARGO_PKG_VERSION"),
                     "uptime_seconds": g.uptime_seconds.floor(),
                     "profile": &*gw.config.profile.name,
+                    "config": gw.loaded.status(&gw.config),
                     "replica": {
                         "loaded": gw.replica.is_loaded(),
                         "keys": g.replica_keys,
@@ -102,6 +103,7 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
             let mut text = gw.metrics.render(&gw.gauges());
             gw.guard.render(&mut text);
             gw.connections.render(&mut text);
+            gw.loaded.render(&mut text);
             crate::state::amqp::render_metrics(gw, &mut text);
             gw.breakers
                 .render(&gw.config.upstreams, gw.clock.now(), &mut text);

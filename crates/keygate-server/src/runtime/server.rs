@@ -36,7 +36,10 @@ use crate::runtime::listen::{self, Acceptor};
 use crate::runtime::service::{self, Worker};
 use crate::state::connections::Slot;
 use crate::state::gateway::Gateway;
+use crate::state::live::Live;
+use crate::state::reload::{ReloadError, Reloaded};
 use crate::state::replica::Replica;
+use arc_swap::ArcSwap;
 use keygate_limits::Limits;
 
 /// Why the gateway could not start.
@@ -72,7 +75,7 @@ pub enum ServeError {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub gateway: Arc<Gateway>,
+    live: Arc<Live>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     /// Closed when every worker thread has ended (each holds a sender until it returns), so
@@ -90,14 +93,15 @@ impl Running {
     /// running then is left to the process's exit), and writes the last usage counts in the
     /// rest of the grace.
     pub async fn shutdown(mut self) {
-        let grace = self.gateway.config.shutdown_grace;
-        self.gateway.drain.begin(grace);
+        let gateway = self.gateway();
+        let grace = gateway.config.shutdown_grace;
+        gateway.drain.begin(grace);
         let (drained, deadline) = (
-            self.gateway.drain.drain_deadline(grace),
-            self.gateway.drain.deadline(grace),
+            gateway.drain.drain_deadline(grace),
+            gateway.drain.deadline(grace),
         );
         let _ = self.shutdown.send(true);
-        let left = self.gateway.drain.wait_until(drained).await;
+        let left = gateway.drain.wait_until(drained).await;
         if left > 0 {
             tracing::warn!(
                 sessions = left,
@@ -121,11 +125,8 @@ impl Running {
         }
         // After the workers have stopped: this flush holds every request they answered. Bounded
         // by the grace like everything else: a store that does not answer keeps the counts.
-        match tokio::time::timeout_at(
-            deadline,
-            crate::state::usage::flush(&*self.gateway, &self.store),
-        )
-        .await
+        match tokio::time::timeout_at(deadline, crate::state::usage::flush(&*gateway, &self.store))
+            .await
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -135,6 +136,25 @@ impl Running {
                 "The store did not take the last usage counts within the shutdown grace."
             ),
         }
+    }
+
+    /// The gateway in force now (a reload replaces it).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.load()
+    }
+
+    /// Lets [`Running::reload`] (and `POST /v1/reload`) read the configuration again from
+    /// `source`, the file and command-line values the node was started with.
+    pub fn reload_from(&self, source: crate::config::Source) {
+        let _ = self.live.load().source.set(source);
+    }
+
+    /// Reloads the configuration (SIGHUP, `keygate reload`); `by` names who asked.
+    ///
+    /// # Errors
+    /// [`ReloadError`]: the configuration in force keeps serving.
+    pub async fn reload(&self, by: &str) -> Result<Reloaded, ReloadError> {
+        crate::state::reload::reload(&self.live, by).await
     }
 
     /// Resolves when the gateway is asked to stop.
@@ -202,13 +222,14 @@ pub async fn start_with_clock(
     let replica = Arc::new(Replica::for_workers(config.workers));
     let gw = Arc::new(Gateway::new(config, replica, limits, clock));
     let _ = gw.writer.set(store.clone());
+    let live = Live::new(Arc::clone(&gw));
     let (shutdown, stop) = watch::channel(false);
     crate::state::amqp::start(&gw, &store, stop.clone()).map_err(ServeError::Amqp)?;
 
     let mut workers = Vec::new();
     let (worker_done, workers_done) = tokio::sync::mpsc::channel(1);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let gw = Arc::clone(&gw);
+        let live = Arc::clone(&live);
         let stop = stop.clone();
         let done = worker_done.clone();
         let handle = std::thread::Builder::new()
@@ -216,14 +237,14 @@ pub async fn start_with_clock(
             .spawn(move || {
                 let _done = done;
                 crate::state::per_worker::enter(i);
-                run_worker(gw, listener, stop)
+                run_worker(&live, listener, stop)
             })
             .map_err(ServeError::Thread)?;
         workers.push(handle);
     }
 
     tokio::spawn(serve_admin(
-        Arc::clone(&gw),
+        Arc::clone(&live),
         store.clone(),
         admin,
         stop.clone(),
@@ -235,21 +256,21 @@ pub async fn start_with_clock(
         gw.config.usage_flush,
         stop.clone(),
     ));
-    let (feed_gw, feed_stop) = (Arc::clone(&gw), stop.clone());
+    let (feed_live, feed_stop) = (Arc::clone(&live), stop.clone());
     tokio::spawn(async move {
-        feed::load(&feed_gw, &store, feed_stop.clone()).await;
-        feed::follow(feed_gw, store, poll, feed_stop).await;
+        feed::load(&feed_live, &store, feed_stop.clone()).await;
+        feed::follow(feed_live, store, poll, feed_stop).await;
     });
-    tokio::spawn(sweep_limits(Arc::clone(&gw), stop.clone()));
+    tokio::spawn(sweep_limits(Arc::clone(&live), stop.clone()));
     tokio::spawn(crate::state::ws_sessions::sweep(
-        Arc::clone(&gw),
+        Arc::clone(&live),
         stop.clone(),
     ));
     tracing::info!(%addr, %admin_addr, workers = workers.len(), "keygate is listening.");
     Ok(Running {
         addr,
         admin_addr,
-        gateway: gw,
+        live,
         shutdown,
         workers,
         workers_done,
@@ -260,12 +281,13 @@ pub async fn start_with_clock(
 
 /// Drops local limiter state that no longer matters (full buckets, ended windows), so memory
 /// follows the number of active callers rather than every caller ever seen.
-async fn sweep_limits(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+async fn sweep_limits(live: Arc<Live>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
             _ = stop.changed() => return,
         }
+        let gw = live.load();
         gw.guard.sweep(gw.clock.now());
         let removed = gw.limits.sweep(gw.clock.now());
         if removed > 0 {
@@ -274,7 +296,9 @@ async fn sweep_limits(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+fn run_worker(live: &Live, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let mut reloads = live.subscribe();
+    let gw = live.load();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -298,6 +322,8 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
             identity: gw.config.profile.identity.copied(),
             gw,
         });
+        // What each new request of this worker's connections loads: a reload replaces it.
+        let current = Arc::new(ArcSwap::from(Arc::clone(&worker)));
         let limits = &worker.gw.config.http;
         let grace = worker.gw.config.shutdown_grace;
         let builder = bounds::connection_builder(limits);
@@ -308,11 +334,21 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
         loop {
             let (stream, remote, slot) = tokio::select! {
                 accepted = acceptor.accept() => accepted,
+                Ok(()) = reloads.changed() => {
+                    let gw = reloads.borrow_and_update().clone();
+                    let before = current.load_full();
+                    current.store(Arc::new(Worker {
+                        upstreams: before.upstreams.carried_to(&before.gw.config.upstreams, &gw.config.upstreams),
+                        identity: gw.config.profile.identity.copied(),
+                        gw,
+                    }));
+                    continue;
+                }
                 _ = stop.changed() => break,
             };
             let _ = stream.set_nodelay(true);
             connections.spawn(serve_public(
-                Arc::clone(&worker),
+                Arc::clone(&current),
                 builder.clone(),
                 (stream, remote, slot),
                 (first_bytes, deadlines),
@@ -348,7 +384,7 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
 /// Serves one connection of the public listener; `slot` holds its place under
 /// `max_connections` until it closes.
 async fn serve_public(
-    worker: Arc<Worker>,
+    worker: Arc<ArcSwap<Worker>>,
     builder: auto::Builder<TokioExecutor>,
     (stream, remote, slot): (TcpStream, SocketAddr, Slot),
     (first_bytes, deadlines): (std::time::Duration, H2Deadlines),
@@ -364,8 +400,9 @@ async fn serve_public(
     match protocol {
         None => {} // Silent past the header timeout: closed.
         Some(Protocol::Http1) => {
+            // Each request takes the worker (and so the configuration) in force when it starts.
             let service = service_fn(move |req: Request<Incoming>| {
-                service::handle_guarded(Arc::clone(&worker), req, remote).map(Ok::<_, Infallible>)
+                service::handle_guarded(worker.load_full(), req, remote).map(Ok::<_, Infallible>)
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
@@ -375,7 +412,7 @@ async fn serve_public(
             let tracker = Arc::clone(&streams);
             let service = service_fn(move |req: Request<Incoming>| {
                 let stream = tracker.begin();
-                service::handle_guarded(Arc::clone(&worker), req, remote)
+                service::handle_guarded(worker.load_full(), req, remote)
                     .map(move |resp| Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, stream))))
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -388,15 +425,15 @@ async fn serve_public(
 /// The admin listener: the admin API (admin tokens) and the infra endpoints (always here,
 /// whatever the profile makes public).
 async fn serve_admin(
-    gw: Arc<Gateway>,
+    live: Arc<Live>,
     store: Store,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
     let infra_route = |which: Infra| {
-        let gw = Arc::clone(&gw);
+        let live = Arc::clone(&live);
         axum::routing::get(move || {
-            let gw = Arc::clone(&gw);
+            let gw = live.load();
             async move { infra::answer(&gw, which).map(axum::body::Body::new) }
         })
     };
@@ -405,8 +442,9 @@ async fn serve_admin(
         .route("/ready", infra_route(Infra::Ready))
         .route("/status", infra_route(Infra::Status))
         .route("/metrics", infra_route(Infra::Metrics));
+    let gw = live.load();
     let app = admin::router(AdminState {
-        gateway: Arc::clone(&gw),
+        live: Arc::clone(&live),
         store,
     })
     .merge(infra_routes);

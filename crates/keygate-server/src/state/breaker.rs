@@ -12,6 +12,7 @@
 //! transitions are compare-and-swap, so exactly one thread trips, probes and closes.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use keygate_core::Timestamp;
 
@@ -246,20 +247,41 @@ impl Drop for Ticket<'_> {
 
 /// Every upstream's breaker, indexed like `Config::upstreams`; `None` where it is off.
 #[derive(Debug, Default)]
-pub struct Breakers(Vec<Option<Breaker>>);
+pub struct Breakers(Vec<Option<Arc<Breaker>>>);
 
 impl Breakers {
     pub fn new(upstreams: &[crate::policy::upstream::UpstreamSpec]) -> Breakers {
         Breakers(
             upstreams
                 .iter()
-                .map(|u| u.breaker.map(Breaker::new))
+                .map(|u| u.breaker.map(|c| Arc::new(Breaker::new(c))))
+                .collect(),
+        )
+    }
+
+    /// The breakers of a reloaded upstream list: an upstream with the same name, address and
+    /// breaker settings keeps its breaker (an open one stays open), any other gets a new one.
+    pub fn carried_to(
+        &self,
+        before: &[crate::policy::upstream::UpstreamSpec],
+        after: &[crate::policy::upstream::UpstreamSpec],
+    ) -> Breakers {
+        Breakers(
+            after
+                .iter()
+                .map(|u| {
+                    let kept = before
+                        .iter()
+                        .position(|b| b.same_endpoint(u) && b.breaker == u.breaker)
+                        .and_then(|i| self.0.get(i).cloned().flatten());
+                    kept.or_else(|| u.breaker.map(|c| Arc::new(Breaker::new(c))))
+                })
                 .collect(),
         )
     }
 
     pub fn get(&self, upstream: usize) -> Option<&Breaker> {
-        self.0.get(upstream).and_then(Option::as_ref)
+        self.0.get(upstream).and_then(Option::as_deref)
     }
 
     /// Admits a request to an upstream; always, where the upstream has no breaker.

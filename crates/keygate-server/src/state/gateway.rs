@@ -96,14 +96,11 @@ impl Admitted {
     }
 }
 
-/// State shared by every worker.
-pub struct Gateway {
-    pub config: Config,
+/// What a node keeps for its whole life, whatever configuration it serves: the replica, the
+/// limiter, the store's health, open sessions and connections, and counts not yet written.
+pub struct Node {
     pub replica: Arc<Replica>,
     pub limits: keygate_limits::Limits,
-    pub metrics: Metrics,
-    /// Brute-force throttling, consulted when a key fails to authenticate.
-    pub guard: Guard,
     /// The shutdown signal long-lived sessions watch, and the count of those still open.
     pub drain: Drain,
     pub store: StoreHealth,
@@ -117,8 +114,6 @@ pub struct Gateway {
     pub clock: Arc<dyn Clock>,
     /// Open WebSocket sessions, so key and client changes close them.
     pub ws_sessions: crate::state::ws_sessions::Sessions,
-    /// One circuit breaker per upstream, shared by every worker.
-    pub breakers: crate::state::breaker::Breakers,
     /// The store, for self-service writes (set when the gateway starts; the data plane
     /// itself never reads it).
     pub writer: std::sync::OnceLock<keygate_store::Store>,
@@ -128,6 +123,38 @@ pub struct Gateway {
     pub connections: crate::state::connections::Connections,
     /// Messaging feeds (`[amqp]`), set when the gateway starts with one.
     pub amqp: std::sync::OnceLock<crate::state::amqp::AmqpNode>,
+    /// The configuration in force and its reloads (`crate::runtime::reload`).
+    pub loaded: crate::state::loaded::Loaded,
+    /// Held while clients are compiled into the replica under the plans in force (the change
+    /// feed's apply, a reload's recompile), so none is compiled under a reload's old plans.
+    pub replica_writes: std::sync::Mutex<()>,
+    /// The file a reload reads; unset when the node was started without one.
+    pub source: std::sync::OnceLock<crate::config::Source>,
+}
+
+/// A node serving one configuration: what every request reads. A reload builds a new one
+/// around the same [`Node`] (`Gateway::reconfigured`); requests already running keep the one
+/// they started with.
+pub struct Gateway {
+    pub config: Config,
+    /// Per-route counters; carried over to a reload's routes of the same name.
+    pub metrics: Arc<Metrics>,
+    /// Brute-force throttling, consulted when a key fails to authenticate; kept across a
+    /// reload that leaves `[guard]` as it was.
+    pub guard: Arc<Guard>,
+    /// One circuit breaker per upstream, shared by every worker; kept across a reload for
+    /// upstreams whose settings did not change.
+    pub breakers: crate::state::breaker::Breakers,
+    pub node: Arc<Node>,
+}
+
+/// A gateway reads the node's fields as its own (`gw.replica`): every request needs both.
+impl std::ops::Deref for Gateway {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 impl<'a> From<&'a Gateway> for crate::state::usage::Unflushed<'a> {
@@ -145,6 +172,33 @@ impl<'a> From<&'a Arc<Gateway>> for crate::state::usage::Unflushed<'a> {
     }
 }
 
+/// The configuration's plans, as the replica sees them when compiling clients.
+pub struct Plans<'a>(pub &'a crate::config::Config);
+
+impl crate::state::replica::PlanCatalog for Plans<'_> {
+    fn features(&self, plan: &str) -> Vec<String> {
+        self.0.plan_features(plan).to_vec()
+    }
+
+    fn limits(&self, plan: &str) -> crate::policy::ratelimit::LimitSet {
+        self.0.plan_limits(plan)
+    }
+
+    fn bookmaker_selection(&self, plan: &str) -> Option<u32> {
+        self.0.plans.get(plan).and_then(|p| p.bookmaker_selection)
+    }
+}
+
+/// The names the metrics count requests under, one per route in the table's order.
+fn route_names(config: &Config) -> Vec<String> {
+    config
+        .routes
+        .routes()
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect()
+}
+
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
@@ -160,36 +214,63 @@ impl Gateway {
         limits: keygate_limits::Limits,
         clock: Arc<dyn Clock>,
     ) -> Gateway {
-        let names = config
-            .routes
-            .routes()
-            .iter()
-            .map(|r| r.name.to_string())
-            .collect();
-        let guard = Guard::new(config.guard.clone(), config.issuer.format.prefix());
-        let breakers = crate::state::breaker::Breakers::new(&config.upstreams);
-        let metrics = Metrics::new(names, config.workers);
-        let usage = crate::state::usage::UsageCounter::new(config.workers);
-        let connections = crate::state::connections::Connections::new(&config.http);
-        Gateway {
-            connections,
+        let node = Node {
+            connections: crate::state::connections::Connections::new(&config.http),
             amqp: std::sync::OnceLock::new(),
-            breakers,
-            config,
             replica,
-            metrics,
-            guard,
             drain: Drain::new(),
             limits,
             store: StoreHealth::default(),
             emergency: crate::state::emergency::EmergencySwitch::default(),
-            usage,
+            usage: crate::state::usage::UsageCounter::new(config.workers),
             last_used: crate::state::last_used::LastUsed::default(),
             started: Instant::now(),
+            loaded: crate::state::loaded::Loaded::new(clock.now()),
+            source: std::sync::OnceLock::new(),
+            replica_writes: std::sync::Mutex::new(()),
             clock,
             ws_sessions: crate::state::ws_sessions::Sessions::default(),
             writer: std::sync::OnceLock::new(),
             feed_wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        Gateway {
+            metrics: Arc::new(Metrics::new(route_names(&config), config.workers)),
+            guard: Arc::new(Guard::new(
+                config.guard.clone(),
+                config.issuer.format.prefix(),
+            )),
+            breakers: crate::state::breaker::Breakers::new(&config.upstreams),
+            config,
+            node: Arc::new(node),
+        }
+    }
+
+    /// This node serving `config` instead: what did not change is kept (the guard's counts,
+    /// each unchanged upstream's breaker, every route's counters by name), the rest is new.
+    pub fn reconfigured(&self, config: Config) -> Gateway {
+        let names = route_names(&config);
+        let metrics = if names.as_slice() == self.metrics.route_names() {
+            Arc::clone(&self.metrics)
+        } else {
+            Arc::new(self.metrics.carried_to(names, config.workers))
+        };
+        let guard = if config.guard == self.config.guard {
+            Arc::clone(&self.guard)
+        } else {
+            Arc::new(Guard::new(
+                config.guard.clone(),
+                config.issuer.format.prefix(),
+            ))
+        };
+        let breakers = self
+            .breakers
+            .carried_to(&self.config.upstreams, &config.upstreams);
+        Gateway {
+            config,
+            metrics,
+            guard,
+            breakers,
+            node: Arc::clone(&self.node),
         }
     }
 

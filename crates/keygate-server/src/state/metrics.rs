@@ -126,6 +126,56 @@ impl Metrics {
         }
     }
 
+    /// The route names counted, in the route table's order.
+    pub fn route_names(&self) -> &[String] {
+        &self.route_names
+    }
+
+    /// Counters for a reloaded route table: each route named as before starts from its old
+    /// counts (so `/metrics` stays monotonic for it), new routes from zero; the decision
+    /// histogram and the unmatched requests carry over whole. Requests the old counters
+    /// record after this copy are not carried (a reload is rare; the gap is those few).
+    pub fn carried_to(&self, route_names: Vec<String>, workers: usize) -> Metrics {
+        let next = Metrics::new(route_names, workers);
+        let copy = |from: &AtomicU64, to: &AtomicU64| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        let unmatched = (self.route_names.len(), next.route_names.len());
+        for (old, new) in self.shards.iter().zip(next.shards.iter()) {
+            let mut pairs: Vec<(usize, usize)> = next
+                .route_names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    self.route_names
+                        .iter()
+                        .position(|n| n == name)
+                        .map(|o| (o, i))
+                })
+                .collect();
+            pairs.push(unmatched);
+            for (o, i) in pairs {
+                let (from, to) = (&old.routes[o], &new.routes[i]);
+                from.outcomes
+                    .iter()
+                    .zip(&to.outcomes)
+                    .for_each(|(f, t)| copy(f, t));
+                from.statuses
+                    .iter()
+                    .zip(to.statuses.iter())
+                    .for_each(|(f, t)| copy(f, t));
+            }
+            old.decision_buckets
+                .iter()
+                .zip(&new.decision_buckets)
+                .for_each(|(f, t)| copy(f, t));
+            copy(&old.decision_sum_ns, &new.decision_sum_ns);
+            copy(&old.decision_count, &new.decision_count);
+        }
+        copy(&self.panics, &next.panics);
+        next
+    }
+
     /// Counts one request; `route` is `None` when no route matched.
     pub fn record(&self, route: Option<usize>, outcome: Outcome, status: u16) {
         let routes = &self.shards.local().routes;

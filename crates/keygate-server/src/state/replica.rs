@@ -34,6 +34,9 @@ pub struct ClientEntry {
     /// bumps its buffer's reference count, and one shared copy had both cores writing that
     /// count for every request of the client (`crate::state::per_worker`).
     headers: PerWorker<IdentityValues>,
+    /// The stored client it was built from, to build it again when a reload changes plans;
+    /// `None` for the stand-in of a client not yet known.
+    source: Option<Client>,
 }
 
 /// A client's identity header values (the key id's is built per answer).
@@ -109,6 +112,7 @@ impl ClientEntry {
             limit_subject: format_smolstr!("c:{}", policy.id),
             headers,
             policy,
+            source: Some(client.clone()),
         }
     }
 
@@ -130,6 +134,7 @@ impl ClientEntry {
                 selects_bookmakers: false,
             },
             headers: PerWorker::new(0, IdentityValues::empty),
+            source: None,
         }
     }
 }
@@ -317,6 +322,19 @@ impl Replica {
             }
         }
         self.version.fetch_max(delta.version, Ordering::AcqRel);
+    }
+
+    /// Builds every known client again under `plans` (a reload changed them); each swap is
+    /// atomic, so a request sees a client's old policy or its new one, never a mix.
+    pub fn recompile(&self, plans: &dyn PlanCatalog) {
+        let clients: Vec<Client> = self
+            .clients
+            .iter()
+            .filter_map(|slot| slot.value().0.load().source.clone())
+            .collect();
+        for client in &clients {
+            self.upsert_client(client, plans);
+        }
     }
 
     fn upsert_client(&self, client: &Client, plans: &dyn PlanCatalog) {

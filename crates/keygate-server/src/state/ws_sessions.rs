@@ -40,6 +40,8 @@ pub struct Stop {
 pub struct Admission {
     pub digest: KeyDigest,
     pub route_index: usize,
+    /// The route's name: after a reload the same route may sit at another index, or be gone.
+    pub route_name: Arc<str>,
     pub sport: Option<Box<str>>,
     pub bookmaker: Option<Box<str>>,
     /// The path parameters, when the route's scopes are templated by them (else empty).
@@ -169,11 +171,11 @@ impl Sessions {
 /// Authentication, the route's requirements and every held channel, as of now.
 fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<(), Denial> {
     let who = gw.authenticate_digest(&a.digest)?;
-    let route = gw
-        .config
-        .routes
-        .routes()
+    let routes = gw.config.routes.routes();
+    let route = routes
         .get(a.route_index)
+        .filter(|r| r.name == a.route_name)
+        .or_else(|| routes.iter().find(|r| r.name == a.route_name))
         .ok_or(Reason::NotFound)?;
     let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
     authorize(
@@ -195,15 +197,16 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
 }
 
 /// Checks open sessions against the clock until shutdown.
-pub(crate) async fn sweep(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn sweep(live: Arc<crate::state::live::Live>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}
             _ = stop.changed() => {
-                gw.ws_sessions.stop_all(CloseEvent::GoingAway);
+                live.load().ws_sessions.stop_all(CloseEvent::GoingAway);
                 return;
             }
         }
+        let gw = live.load();
         if !gw.ws_sessions.is_empty() {
             gw.ws_sessions.revalidate(&gw);
         }

@@ -11,10 +11,11 @@ use crate::policy::ratelimit::LimitBy;
 use crate::policy::ws::WsLimits;
 use crate::state::gateway::{Admitted, Gateway};
 
-/// Counter slots of WebSocket limits, far above the plan and route slots.
-const SLOT_PER_KEY: u16 = 65_000;
-const SLOT_PER_CLIENT: u16 = 65_001;
-const SLOT_PER_DAY: u16 = 65_002;
+/// Counter slots of WebSocket limits: between the plan's (0..5) and the routes' (from
+/// `ROUTE_SLOTS`).
+const SLOT_PER_KEY: u32 = 8;
+const SLOT_PER_CLIENT: u32 = 9;
+const SLOT_PER_DAY: u32 = 10;
 
 /// A connection refused by a limit, with the limit's state for the answer.
 #[derive(Clone, Copy, Debug)]

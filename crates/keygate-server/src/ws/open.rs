@@ -92,7 +92,11 @@ async fn authenticate(
     // A token is redeemed (single use) before the guard looks: what it stands for is a
     // digest, then checked like a key's.
     let redeemed = match presented.starts_with(token::PREFIX) {
-        true => Some(token::redeem(gw, presented).await.map_err(Reason::from)),
+        true => {
+            let secret = &gw.config.ws.profile.token.secret;
+            let redeemed = token::redeem(secret, &gw.limits, gw.clock.now(), presented).await;
+            Some(redeemed.map_err(Reason::from))
+        }
         false => None,
     };
     check::guarded(gw, caller, Some(presented), || match redeemed {
@@ -127,6 +131,7 @@ fn authorize(
     Ok(Admission {
         digest,
         route_index: p.route_index,
+        route_name: Arc::clone(&gw.config.routes.routes()[p.route_index].name),
         sport: sport.map(Into::into),
         bookmaker: bookmaker.map(Into::into),
         params,

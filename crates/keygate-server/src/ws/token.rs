@@ -19,7 +19,6 @@ use keygate_limits::LimitKey;
 use sha2::Sha256;
 
 use crate::policy::ws::TokenSecret;
-use crate::state::gateway::Gateway;
 
 /// Every token starts with this, so a token is never taken for a key and vice versa.
 pub(crate) const PREFIX: &str = "wst_";
@@ -158,13 +157,18 @@ pub(crate) fn check(
     })
 }
 
-/// Checks a token and uses it up: a second redemption, on any node sharing the limiter, fails.
+/// Checks a token under `secret` at `now` and uses it up in `limits`: a second redemption, on
+/// any node sharing the limiter, fails.
 ///
 /// # Errors
 /// [`TokenError`].
-pub(crate) async fn redeem(gw: &Gateway, token: &str) -> Result<KeyDigest, TokenError> {
-    let now = gw.clock.now();
-    let claims = check(&gw.config.ws.profile.token.secret, token, now)?;
+pub(crate) async fn redeem(
+    secret: &TokenSecret,
+    limits: &keygate_limits::Limits,
+    now: Timestamp,
+    token: &str,
+) -> Result<KeyDigest, TokenError> {
+    let claims = check(secret, token, now)?;
     let mut subject = String::with_capacity(4 + 32);
     subject.push_str("wst:");
     hex(&claims.nonce, &mut subject);
@@ -174,8 +178,7 @@ pub(crate) async fn redeem(gw: &Gateway, token: &str) -> Result<KeyDigest, Token
     );
     let mut holder = [0u8; 8];
     getrandom::fill(&mut holder).expect("the OS provides randomness");
-    let state = gw
-        .limits
+    let state = limits
         .acquire_lease(
             &LimitKey::new(subject, 0),
             1,

@@ -20,6 +20,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub issuer: keygate_core::Issuer,
+    /// The file the gateway was started from, which a reload reads again.
+    pub config_path: std::path::PathBuf,
 }
 
 pub fn actor() -> Actor {
@@ -57,7 +59,10 @@ impl Harness {
             tooling: false,
         };
         let text = config_text.replace("{upstream}", &upstream.url());
-        let cfg = config::load(&text, "test.toml", &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let config_path = dir.path().join("test.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let cfg = config::load(&text, &config_path.display().to_string(), &overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
         let issuer = cfg.issuer.clone();
         let store = Store::open_with_clock(&cfg.db, OpenOptions::default(), clock.clone())
             .await
@@ -71,6 +76,10 @@ impl Harness {
         let gateway = keygate_server::start_with_clock(cfg, gateway_store, clock.clone())
             .await
             .unwrap();
+        gateway.reload_from(keygate_server::Source {
+            path: config_path.clone(),
+            overrides,
+        });
         let h = Harness {
             gateway,
             upstream,
@@ -79,6 +88,7 @@ impl Harness {
             http: keygate_test::http_client(),
             dir,
             issuer,
+            config_path,
         };
         assert!(
             keygate_test::wait_for_status(
@@ -91,6 +101,13 @@ impl Harness {
             "gateway never became ready"
         );
         h
+    }
+
+    /// Writes `text` (`{upstream}` replaced as at the start) over the gateway's configuration
+    /// file, for a reload to read.
+    pub fn rewrite_config(&self, text: &str) {
+        let text = text.replace("{upstream}", &self.upstream.url());
+        std::fs::write(&self.config_path, text).unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -149,7 +166,7 @@ impl Harness {
     pub async fn sync(&self) {
         let target = self.store.version().await.unwrap();
         for _ in 0..200 {
-            if self.gateway.gateway.replica.version() >= target {
+            if self.gateway.gateway().replica.version() >= target {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

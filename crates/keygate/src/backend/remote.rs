@@ -353,6 +353,11 @@ impl Remote {
         Ok(page.items)
     }
 
+    /// `POST /v1/reload`: the node reads its configuration file again.
+    pub(crate) async fn reload(&self) -> anyhow::Result<Value> {
+        self.call(Method::POST, "/v1/reload", &[], None, None).await
+    }
+
     pub(crate) async fn emergency(&self) -> anyhow::Result<Emergency> {
         self.call(Method::GET, "/v1/emergency", &[], None, None)
             .await

@@ -8,6 +8,7 @@ mod demo;
 mod emergency;
 mod key;
 mod plan;
+mod reload;
 mod serve;
 
 use std::path::Path;
@@ -42,6 +43,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => return demo::run(cli.db, cli.config.as_deref(), args),
         _ => {}
     }
+    if matches!(cli.command, Command::Reload) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        return runtime.block_on(reload::run(&cli));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,6 +69,13 @@ pub(crate) fn load_config(path: &Path, overrides: &Overrides) -> anyhow::Result<
         &path.display().to_string(),
         overrides,
     )?)
+}
+
+/// The admin token `--admin-url` (and `reload`) authenticate with.
+pub(crate) fn admin_token() -> anyhow::Result<String> {
+    std::env::var("KEYGATE_ADMIN_TOKEN").map_err(|_| {
+        anyhow::anyhow!("--admin-url needs an admin token in KEYGATE_ADMIN_TOKEN (`keygate admin-token create` makes one)")
+    })
 }
 
 fn check_config(file: &Path, json: bool) -> anyhow::Result<()> {
@@ -103,10 +118,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     "give --db (a database) or --admin-url (a node's admin API), not both"
                 );
             }
-            let token = std::env::var("KEYGATE_ADMIN_TOKEN").map_err(|_| {
-                anyhow::anyhow!("--admin-url needs an admin token in KEYGATE_ADMIN_TOKEN (`keygate admin-token create` makes one)")
-            })?;
-            Backend::Remote(Remote::new(url, &token)?)
+            Backend::Remote(Remote::new(url, &admin_token()?)?)
         }
         None => {
             let db = cli
@@ -140,7 +152,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
-        Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } => {
+        Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } | Command::Reload => {
             unreachable!("handled before the store opens")
         }
     };

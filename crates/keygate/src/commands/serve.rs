@@ -111,7 +111,8 @@ pub(crate) async fn stop_signal() {
 
 pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
     // Validate everything before binding a socket.
-    let config = config(path, &overrides(db, &args))?;
+    let overrides = overrides(db, &args);
+    let config = config(path, &overrides)?;
     init_logging(&args.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -120,6 +121,12 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
     let served = runtime.block_on(async move {
         let store = open_store(&config.db).await?;
         let running = keygate_server::start(config, store).await?;
+        if let Some(path) = path {
+            running.reload_from(keygate_server::Source {
+                path: path.to_owned(),
+                overrides,
+            });
+        }
         serve_until_stopped(running).await;
         Ok(())
     });
@@ -132,8 +139,11 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
 /// Serves until SIGINT or SIGTERM, then shuts down within `shutdown_grace`; a second signal
 /// ends it at once. The caller then shuts its runtime down with `shutdown_background`.
 pub(crate) async fn serve_until_stopped(running: keygate_server::Running) {
-    stop_signal().await;
-    let grace = running.gateway.config.shutdown_grace;
+    tokio::select! {
+        () = stop_signal() => {}
+        () = reload_on_hangup(&running) => {}
+    }
+    let grace = running.gateway().config.shutdown_grace;
     tracing::info!(
         grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
         "Stopping: no new connections; in-flight requests may finish."
@@ -143,6 +153,26 @@ pub(crate) async fn serve_until_stopped(running: keygate_server::Running) {
         () = running.shutdown() => tracing::info!("Stopped."),
         () = stop_signal() => tracing::warn!("A second stop signal; exiting without draining."),
     }
+}
+
+/// Reloads the configuration on each SIGHUP, for as long as the node runs (a refused file is
+/// logged by the reload with every error; the configuration in force keeps serving).
+async fn reload_on_hangup(running: &keygate_server::Running) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    let _ = running.reload("signal").await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP; reload with `keygate reload`.")
+            }
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// How long past `shutdown_grace` the process may take before [`exit_after`] ends it.

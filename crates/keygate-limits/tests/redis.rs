@@ -198,21 +198,44 @@ async fn redis_addr() -> Option<SocketAddr> {
     tokio::net::lookup_host(host).await.unwrap().next()
 }
 
-/// Log lines written while the returned guard lives (on this thread: use a current-thread
-/// runtime).
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || LogWriter(writer.clone()))
-        .finish();
-    let guard = tracing::subscriber::set_default(subscriber);
-    // Another test's thread may have met a log call site first, with no subscriber of its
-    // own, and cached "nobody listens" for it; asked again now, every call site sees this one.
-    tracing::callsite::rebuild_interest_cache();
-    (buf, guard)
+/// Every log line of this test binary, each with the name of the thread that wrote it (the
+/// test harness names a test's thread after the test): one
+/// process-wide subscriber, so no call site's interest is ever cached as "nobody listens"
+/// (a thread-scoped subscriber raced other tests' threads for that cache, and the line under
+/// test was sometimes dropped on a busy machine).
+static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+/// The lines this thread logs from now on (use a current-thread runtime, so the code under
+/// test logs on the test's thread); read them with [`logged_here`].
+fn capture_logs() -> usize {
+    let buf = LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_thread_names(true)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per binary");
+        buf
+    });
+    let len = buf.lock().unwrap().len();
+    len
+}
+
+/// This thread's lines since `from` (what [`capture_logs`] returned).
+fn logged_here(from: usize) -> String {
+    let all = LOGS.get().expect("capture_logs first").lock().unwrap();
+    let text = String::from_utf8_lossy(&all[from..]).into_owned();
+    let me = std::thread::current()
+        .name()
+        .expect("the test harness names each test's thread")
+        .to_owned();
+    text.lines()
+        .filter(|l| l.contains(&format!(" {me} ")))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 struct LogWriter(Arc<Mutex<Vec<u8>>>);
@@ -233,7 +256,7 @@ async fn limits_fall_back_to_local_while_redis_is_cut_and_return_after() {
     let Some(upstream) = redis_addr().await else {
         return;
     };
-    let (logs, _guard) = capture_logs();
+    let logs = capture_logs();
     let relay = Relay::start(upstream).await;
     let limits = Limits::with_redis(
         &relay_url(&relay),
@@ -288,7 +311,7 @@ async fn limits_fall_back_to_local_while_redis_is_cut_and_return_after() {
     assert!(remaining >= 1000 - 3, "remaining {remaining}");
 
     // One incident: one warning when it started, one info line when it ended.
-    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let logs = logged_here(logs);
     let lines: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("keygate_limits"))

@@ -14,7 +14,7 @@ pub(crate) mod state;
 pub(crate) mod ws;
 
 pub use config::{Config, ConfigErrors, Overrides, Source};
-pub use runtime::server::{start, start_with_clock, Running, ServeError};
+pub use runtime::server::{start, start_on, start_with_clock, Running, ServeError, Sockets};
 
 // What the binary, the integration tests and the benches reach inside the crate, by the paths
 // they have always used; everything else stays crate-private so the compiler reports dead code.

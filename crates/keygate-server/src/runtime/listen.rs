@@ -81,6 +81,32 @@ pub(crate) fn bind_public(
     Ok(listeners)
 }
 
+/// The workers' sockets on a listening socket the process was given (systemd socket
+/// activation): each worker accepts on its own descriptor of that one socket, so the kernel
+/// wakes one of them per connection (without SO_REUSEPORT's spreading, which needs a socket
+/// per worker bound by this process).
+///
+/// # Errors
+/// [`ServeError::Bind`] when the socket has no address or cannot be duplicated.
+pub(crate) fn adopt_public(
+    listener: std::net::TcpListener,
+    workers: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServeError> {
+    let unknown: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: unknown,
+        source,
+    })?;
+    let bind_err = |source| ServeError::Bind { addr, source };
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let mut listeners = Vec::with_capacity(workers.max(1));
+    for _ in 1..workers.max(1) {
+        listeners.push(listener.try_clone().map_err(bind_err)?);
+    }
+    listeners.push(listener);
+    Ok((addr, listeners))
+}
+
 /// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit, which the process may
 /// do by itself, and says so; returns the soft limit in force afterwards (`None`: unlimited
 /// or unknown). Many systems start services at a soft limit of 1024, which a few hundred

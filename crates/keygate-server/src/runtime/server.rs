@@ -173,6 +173,14 @@ pub async fn start(config: Config, store: Store) -> Result<Running, ServeError> 
     start_with_clock(config, store, Arc::new(SystemClock)).await
 }
 
+/// Listening sockets the process was given instead of binding its own (systemd socket
+/// activation); `None` binds the configuration's address as usual.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    pub public: Option<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
 /// [`start`] with an injected clock.
 ///
 /// # Errors
@@ -182,25 +190,51 @@ pub async fn start_with_clock(
     store: Store,
     clock: Arc<dyn Clock>,
 ) -> Result<Running, ServeError> {
+    start_on(config, store, clock, Sockets::default()).await
+}
+
+/// [`start`] on sockets the process was given (each `None` is bound from the configuration).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_on(
+    config: Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    sockets: Sockets,
+) -> Result<Running, ServeError> {
     let fd_limit = listen::raise_fd_limit();
     listen::check_fd_budget(
         fd_limit,
         config.http.max_connections,
         config.http.admin_max_connections,
     );
-    let listeners = listen::bind_public(config.listen, config.workers)?;
-    let addr = listeners[0]
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
+    let (addr, listeners) = match sockets.public {
+        Some(given) => listen::adopt_public(given, config.workers)?,
+        None => {
+            let listeners = listen::bind_public(config.listen, config.workers)?;
+            let addr = listeners[0]
+                .local_addr()
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+            (addr, listeners)
+        }
+    };
+    let admin_err = |source| ServeError::Bind {
+        addr: config.admin_listen,
+        source,
+    };
+    let admin = match sockets.admin {
+        Some(given) => {
+            given.set_nonblocking(true).map_err(admin_err)?;
+            TcpListener::from_std(given).map_err(admin_err)?
+        }
+        None => TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(admin_err)?,
+    };
     let admin_addr = admin.local_addr().map_err(|source| ServeError::Bind {
         addr: config.admin_listen,
         source,

@@ -10,6 +10,7 @@ mod key;
 mod plan;
 mod reload;
 mod serve;
+mod systemd;
 
 use std::path::Path;
 

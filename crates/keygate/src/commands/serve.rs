@@ -118,9 +118,11 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let sockets = super::systemd::inherited_sockets()?;
     let served = runtime.block_on(async move {
         let store = open_store(&config.db).await?;
-        let running = keygate_server::start(config, store).await?;
+        let clock = std::sync::Arc::new(keygate_core::SystemClock);
+        let running = keygate_server::start_on(config, store, clock, sockets).await?;
         if let Some(path) = path {
             running.reload_from(keygate_server::Source {
                 path: path.to_owned(),
@@ -139,10 +141,15 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
 /// Serves until SIGINT or SIGTERM, then shuts down within `shutdown_grace`; a second signal
 /// ends it at once. The caller then shuts its runtime down with `shutdown_background`.
 pub(crate) async fn serve_until_stopped(running: keygate_server::Running) {
+    // Both run until the stop signal: readiness is told once, reloads as often as asked.
+    let serving = async {
+        tokio::join!(ready_when_loaded(&running), reload_on_hangup(&running));
+    };
     tokio::select! {
         () = stop_signal() => {}
-        () = reload_on_hangup(&running) => {}
+        () = serving => {}
     }
+    super::systemd::stopping();
     let grace = running.gateway().config.shutdown_grace;
     tracing::info!(
         grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
@@ -164,7 +171,9 @@ async fn reload_on_hangup(running: &keygate_server::Running) {
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
                 while hup.recv().await.is_some() {
+                    super::systemd::reloading();
                     let _ = running.reload("signal").await;
+                    super::systemd::ready();
                 }
             }
             Err(e) => {
@@ -173,6 +182,15 @@ async fn reload_on_hangup(running: &keygate_server::Running) {
         }
     }
     std::future::pending::<()>().await;
+}
+
+/// Tells systemd the node is ready once its replica is loaded (`/ready` answers 200 from then),
+/// so a unit ordered after it finds keys being served.
+async fn ready_when_loaded(running: &keygate_server::Running) {
+    while !running.gateway().replica.is_loaded() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    super::systemd::ready();
 }
 
 /// How long past `shutdown_grace` the process may take before [`exit_after`] ends it.

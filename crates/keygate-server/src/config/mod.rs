@@ -7,6 +7,7 @@
 mod choice;
 mod compile;
 mod compile_selfservice;
+mod compile_tls;
 mod compile_ws;
 mod errors;
 mod raw;
@@ -92,7 +93,11 @@ impl Plan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LimiterBackend {
     Local,
-    Redis { url: String },
+    /// `ca_file`: roots for a `rediss://` URL instead of the system's.
+    Redis {
+        url: String,
+        ca_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// The limiter's configuration.
@@ -203,6 +208,10 @@ pub struct Config {
     pub ws: crate::policy::ws::WsConfig,
     /// Self-service accounts; `None` (the default) turns every self-service route off.
     pub selfservice: Option<crate::policy::selfservice::SelfService>,
+    /// `[server.tls]`: TLS on the public listener (`None`: plain TCP).
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// `[server.admin_tls]`: TLS on the admin listener.
+    pub admin_tls: Option<crate::tls::ListenerTls>,
     /// `[amqp]`, checked; the operator's credentials are read from the environment by
     /// `keygate_amqp::AmqpConfig::compile` where the broker is used (serve checks them at load).
     pub amqp: Option<keygate_amqp::RawAmqp>,

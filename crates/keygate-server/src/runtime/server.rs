@@ -37,6 +37,7 @@ use crate::runtime::service::{self, Worker};
 use crate::state::connections::Slot;
 use crate::state::gateway::Gateway;
 use crate::state::replica::Replica;
+use crate::tls::{ServerTls, Tls};
 use keygate_limits::Limits;
 
 /// Why the gateway could not start.
@@ -65,6 +66,8 @@ pub enum ServeError {
     Limiter(#[source] keygate_limits::LimiterError),
     #[error("cannot set up messaging feeds ([amqp]): {0}")]
     Amqp(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// A running gateway.
@@ -168,6 +171,9 @@ pub async fn start_with_clock(
         config.http.max_connections,
         config.http.admin_max_connections,
     );
+    // The files were checked by the configuration's compile; read again now, they may have
+    // changed since. Before any socket is bound, as every other start-up check.
+    let tls = Arc::new(Tls::from_config(&config).map_err(ServeError::Tls)?);
     let listeners = listen::bind_public(config.listen, config.workers)?;
     let addr = listeners[0]
         .local_addr()
@@ -188,7 +194,7 @@ pub async fn start_with_clock(
     let poll = config.feed_poll;
     let limits = match &config.limiter.backend {
         LimiterBackend::Local => Limits::local(),
-        LimiterBackend::Redis { url } => {
+        LimiterBackend::Redis { url, .. } => {
             let options = keygate_limits::RedisOptions {
                 timeout: config.limiter.timeout,
                 connect_timeout: config.limiter.connect_timeout,
@@ -202,6 +208,7 @@ pub async fn start_with_clock(
     let replica = Arc::new(Replica::for_workers(config.workers));
     let gw = Arc::new(Gateway::new(config, replica, limits, clock));
     let _ = gw.writer.set(store.clone());
+    let _ = gw.tls.set(Arc::clone(&tls));
     let (shutdown, stop) = watch::channel(false);
     crate::state::amqp::start(&gw, &store, stop.clone()).map_err(ServeError::Amqp)?;
 
@@ -211,12 +218,13 @@ pub async fn start_with_clock(
         let gw = Arc::clone(&gw);
         let stop = stop.clone();
         let done = worker_done.clone();
+        let tls = tls.public.clone();
         let handle = std::thread::Builder::new()
             .name(format!("keygate-worker-{i}"))
             .spawn(move || {
                 let _done = done;
                 crate::state::per_worker::enter(i);
-                run_worker(gw, listener, stop)
+                run_worker(gw, listener, tls, stop)
             })
             .map_err(ServeError::Thread)?;
         workers.push(handle);
@@ -225,9 +233,12 @@ pub async fn start_with_clock(
     tokio::spawn(serve_admin(
         Arc::clone(&gw),
         store.clone(),
-        admin,
+        (admin, tls.admin.clone()),
         stop.clone(),
     ));
+    // Certificate reloads: on a change of the files, and on SIGHUP (which also no longer
+    // ends the process, TLS or not).
+    tokio::spawn(Arc::clone(&tls).watch(stop.clone()));
     let usage_store = store.clone();
     let usage = tokio::spawn(crate::runtime::usage_flush::run(
         Arc::clone(&gw),
@@ -274,7 +285,12 @@ async fn sweep_limits(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+fn run_worker(
+    gw: Arc<Gateway>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -315,7 +331,7 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
                 Arc::clone(&worker),
                 builder.clone(),
                 (stream, remote, slot),
-                (first_bytes, deadlines),
+                (first_bytes, deadlines, tls.clone()),
                 stop.clone(),
             ));
         }
@@ -346,31 +362,83 @@ fn run_worker(gw: Arc<Gateway>, listener: std::net::TcpListener, mut stop: watch
 }
 
 /// Serves one connection of the public listener; `slot` holds its place under
-/// `max_connections` until it closes.
+/// `max_connections` until it closes. With TLS the handshake runs here, in the worker's
+/// task, within the listener's `handshake_timeout`, and ALPN decides the protocol.
 async fn serve_public(
     worker: Arc<Worker>,
     builder: auto::Builder<TokioExecutor>,
     (stream, remote, slot): (TcpStream, SocketAddr, Slot),
-    (first_bytes, deadlines): (std::time::Duration, H2Deadlines),
+    (first_bytes, deadlines, tls): (std::time::Duration, H2Deadlines, Option<Arc<ServerTls>>),
     mut stop: watch::Receiver<bool>,
 ) {
     let _slot = slot;
-    let protocol = tokio::select! {
-        p = connection::sniff(&stream, first_bytes) => p,
+    let Some(tls) = tls else {
+        let protocol = tokio::select! {
+            p = connection::sniff(&stream, first_bytes) => p,
+            _ = stop.changed() => None,
+        };
+        // Silent past the header timeout: closed.
+        if let Some(protocol) = protocol {
+            serve_http(worker, builder, stream, remote, protocol, deadlines, stop).await;
+        }
+        return;
+    };
+    let accepted = tokio::select! {
+        a = handshake(&tls, stream) => a,
         _ = stop.changed() => None,
     };
+    let Some(stream) = accepted else { return };
+    // ALPN: h2 only when the client asked for it; hyper then skips its own version sniffing
+    // (and its header timer starts at once).
+    let (protocol, builder) = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => (Protocol::Http2, builder.http2_only()),
+        _ => (Protocol::Http1, builder.http1_only()),
+    };
+    serve_http(worker, builder, stream, remote, protocol, deadlines, stop).await;
+}
+
+/// The TLS handshake of a new connection within the listener's `handshake_timeout`; `None`
+/// (the connection is closed) when it fails or is too slow.
+async fn handshake(
+    tls: &ServerTls,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed.");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("No TLS handshake within handshake_timeout; closing the connection.");
+            None
+        }
+    }
+}
+
+/// HTTP on one public connection, plain or TLS.
+async fn serve_http<I>(
+    worker: Arc<Worker>,
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    remote: SocketAddr,
+    protocol: Protocol,
+    deadlines: H2Deadlines,
+    stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // A combinator rather than an `async` block: the block would hold the handler's future
     // beside its own state (see `service::handle_guarded`).
     match protocol {
-        None => {} // Silent past the header timeout: closed.
-        Some(Protocol::Http1) => {
+        Protocol::Http1 => {
             let service = service_fn(move |req: Request<Incoming>| {
                 service::handle_guarded(Arc::clone(&worker), req, remote).map(Ok::<_, Infallible>)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
         }
-        Some(Protocol::Http2) => {
+        Protocol::Http2 => {
             let streams = Streams::new();
             let tracker = Arc::clone(&streams);
             let service = service_fn(move |req: Request<Incoming>| {
@@ -378,7 +446,7 @@ async fn serve_public(
                 service::handle_guarded(Arc::clone(&worker), req, remote)
                     .map(move |resp| Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, stream))))
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             let deadlines = Some((streams, deadlines));
             connection::drive(conn, |c| c.graceful_shutdown(), deadlines, stop).await;
         }
@@ -390,7 +458,7 @@ async fn serve_public(
 async fn serve_admin(
     gw: Arc<Gateway>,
     store: Store,
-    listener: TcpListener,
+    (listener, tls): (TcpListener, Option<Arc<ServerTls>>),
     mut stop: watch::Receiver<bool>,
 ) {
     let infra_route = |which: Infra| {
@@ -423,8 +491,22 @@ async fn serve_admin(
             _ = stop.changed() => break,
         };
         let (builder, service, mut stop) = (builder.clone(), service.clone(), stop.clone());
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
+            if let Some(tls) = tls {
+                // A client without an accepted certificate (mTLS) fails here.
+                let accepted = tokio::select! {
+                    a = handshake(&tls, stream) => a,
+                    _ = stop.changed() => None,
+                };
+                if let Some(stream) = accepted {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
+                }
+                return;
+            }
             let spoke = tokio::select! {
                 p = connection::sniff(&stream, first_bytes) => p.is_some(),
                 _ = stop.changed() => false,

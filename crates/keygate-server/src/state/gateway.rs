@@ -128,6 +128,8 @@ pub struct Gateway {
     pub connections: crate::state::connections::Connections,
     /// Messaging feeds (`[amqp]`), set when the gateway starts with one.
     pub amqp: std::sync::OnceLock<crate::state::amqp::AmqpNode>,
+    /// The TLS listeners' certificates, set when the gateway starts.
+    pub tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
 }
 
 impl<'a> From<&'a Gateway> for crate::state::usage::Unflushed<'a> {
@@ -174,6 +176,7 @@ impl Gateway {
         Gateway {
             connections,
             amqp: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
             breakers,
             config,
             replica,

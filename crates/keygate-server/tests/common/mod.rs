@@ -80,16 +80,23 @@ impl Harness {
             dir,
             issuer,
         };
-        assert!(
+        let ready = if h.gateway.gateway.config.admin_tls.is_some() {
+            // The admin listener speaks TLS only (tests/tls.rs): ask the replica itself.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !h.gateway.gateway.replica.is_loaded() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            h.gateway.gateway.replica.is_loaded()
+        } else {
             keygate_test::wait_for_status(
                 h.gateway.admin_addr,
                 "/ready",
                 200,
-                Duration::from_secs(5)
+                Duration::from_secs(5),
             )
-            .await,
-            "gateway never became ready"
-        );
+            .await
+        };
+        assert!(ready, "gateway never became ready");
         h
     }
 

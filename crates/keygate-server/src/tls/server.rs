@@ -1,0 +1,445 @@
+//! The listeners' side: certificates chosen by SNI, swapped atomically when their files change
+//! or on SIGHUP, so new handshakes get the new certificate while open connections keep theirs.
+//!
+//! A reload reads every file of a listener first and swaps only a complete, consistent set; a
+//! file that does not parse, a key that does not match its certificate, or a missing file is
+//! refused with a log line naming the file, and the previous set keeps serving. The watcher
+//! reloads only once the files have stopped changing for a poll (one second), so a
+//! certificate written in place is not read half-written.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::{pem, provider, CertFiles, ListenerTls, TlsError};
+use crate::state::locks::lock;
+
+/// ALPN of the public listener: HTTP/2 preferred, HTTP/1.1 for the rest.
+pub(crate) const ALPN_PUBLIC: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN of the admin listener, which speaks HTTP/1.1 only.
+pub(crate) const ALPN_ADMIN: &[&[u8]] = &[b"http/1.1"];
+
+/// How often the watcher compares the files with what was last loaded.
+const POLL: Duration = Duration::from_secs(1);
+
+/// One certificate as loaded.
+#[derive(Debug)]
+struct Loaded {
+    files: CertFiles,
+    key: Arc<CertifiedKey>,
+    /// Lower-case DNS names of its subjectAltName (`*.example.com` included as written).
+    names: Vec<String>,
+    not_after: Option<String>,
+}
+
+/// A listener's certificates and the SNI index over them.
+#[derive(Debug)]
+struct CertSet {
+    loaded: Vec<Loaded>,
+    /// Exact names and `*.suffix` wildcards (stored as `suffix`) → index in `loaded`; the
+    /// first certificate to name one wins.
+    exact: HashMap<String, usize>,
+    wildcard: HashMap<String, usize>,
+}
+
+impl CertSet {
+    /// Builds the set from the files' bytes (`contents[i]`: certificate i's chain and key).
+    fn build(files: &[CertFiles], contents: &[Contents]) -> Result<CertSet, TlsError> {
+        let provider = provider();
+        let mut set = CertSet {
+            loaded: Vec::with_capacity(files.len()),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        };
+        for (i, (f, (chain, key))) in files.iter().zip(contents).enumerate() {
+            let certs = pem::certs_from(&f.cert, chain)?;
+            let key = pem::key_from(&f.key, key)?;
+            let signer = provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|source| TlsError::Key {
+                    path: f.key.clone(),
+                    source,
+                })?;
+            let end_entity =
+                webpki::EndEntityCert::try_from(&certs[0]).map_err(|e| TlsError::Certificate {
+                    path: f.cert.clone(),
+                    detail: e.to_string(),
+                })?;
+            let names: Vec<String> = end_entity
+                .valid_dns_names()
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let not_after = super::der::not_after(&certs[0]);
+            let certified = CertifiedKey::new(certs, signer);
+            match certified.keys_match() {
+                Ok(())
+                | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+                Err(source) => {
+                    return Err(TlsError::Mismatch {
+                        cert: f.cert.clone(),
+                        key: f.key.clone(),
+                        source,
+                    })
+                }
+            }
+            for name in &names {
+                let (index, key) = match name.strip_prefix("*.") {
+                    Some(suffix) => (&mut set.wildcard, suffix),
+                    None => (&mut set.exact, name.as_str()),
+                };
+                index.entry(key.to_owned()).or_insert(i);
+            }
+            set.loaded.push(Loaded {
+                files: f.clone(),
+                key: Arc::new(certified),
+                names,
+                not_after,
+            });
+        }
+        Ok(set)
+    }
+
+    /// The certificate for a client's SNI: an exact name, else a wildcard one label up,
+    /// else the default (the first).
+    fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+        let found = sni.and_then(|name| {
+            let name = name.to_ascii_lowercase();
+            self.exact.get(&name).copied().or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent).copied()
+            })
+        });
+        &self.loaded[found.unwrap_or(0)].key
+    }
+}
+
+/// Picks the certificate of each handshake from the current set.
+#[derive(Debug)]
+struct Resolver(ArcSwap<CertSet>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(self.0.load().pick(hello.server_name())))
+    }
+}
+
+/// The bytes of a listener's files, in [`ListenerTls::certificates`] order; `None` for a file
+/// that cannot be read now.
+type Snapshot = Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>;
+
+fn snapshot(files: &[CertFiles]) -> Snapshot {
+    files
+        .iter()
+        .map(|f| (std::fs::read(&f.cert).ok(), std::fs::read(&f.key).ok()))
+        .collect()
+}
+
+/// One certificate's chain and key, as bytes.
+type Contents = (Vec<u8>, Vec<u8>);
+
+/// Reads every file, with the error of the first that cannot be read.
+fn read_all(files: &[CertFiles]) -> Result<Vec<Contents>, TlsError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.clone(),
+            source,
+        })
+    };
+    files
+        .iter()
+        .map(|f| Ok((read(&f.cert)?, read(&f.key)?)))
+        .collect()
+}
+
+/// What a reload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// New certificates serve new handshakes.
+    Swapped,
+    /// The files hold what is already served.
+    Unchanged,
+}
+
+/// One listener's TLS: the rustls configuration (built once) and its swappable certificates.
+#[derive(Debug)]
+pub struct ServerTls {
+    settings: ListenerTls,
+    resolver: Arc<Resolver>,
+    config: Arc<ServerConfig>,
+    /// The files' bytes behind the certificates that serve.
+    served: Mutex<Snapshot>,
+    /// The files as last loaded or last refused, so the watcher reports a bad file once, not
+    /// on every poll.
+    tried: Mutex<Snapshot>,
+    /// The files as seen by the previous poll: a reload waits until they stop changing.
+    polled: Mutex<Snapshot>,
+}
+
+impl ServerTls {
+    /// Loads a listener's certificates and builds its configuration; `alpn` in preference
+    /// order.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that cannot be used.
+    pub fn load(settings: &ListenerTls, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
+        let contents = read_all(&settings.certificates)?;
+        let set = CertSet::build(&settings.certificates, &contents)?;
+        let resolver = Arc::new(Resolver(ArcSwap::from_pointee(set)));
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?;
+        let builder = match &settings.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = pem::roots(path)?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| TlsError::ClientCa {
+                            path: path.clone(),
+                            detail: e.to_string(),
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let seen = contents
+            .into_iter()
+            .map(|(c, k)| (Some(c), Some(k)))
+            .collect::<Snapshot>();
+        Ok(ServerTls {
+            settings: settings.clone(),
+            resolver,
+            config: Arc::new(config),
+            served: Mutex::new(seen.clone()),
+            tried: Mutex::new(seen.clone()),
+            polled: Mutex::new(seen),
+        })
+    }
+
+    /// Checks a listener's settings as [`ServerTls::load`] would, for configuration checks.
+    ///
+    /// # Errors
+    /// As [`ServerTls::load`].
+    pub fn check(settings: &ListenerTls) -> Result<(), TlsError> {
+        ServerTls::load(settings, ALPN_PUBLIC).map(drop)
+    }
+
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(&self.config))
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.settings.handshake_timeout
+    }
+
+    /// Reads the files again and, when they differ from what serves, swaps in the new set.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that cannot be used; the previous set keeps serving.
+    pub fn reload(&self) -> Result<Reloaded, TlsError> {
+        let files = &self.settings.certificates;
+        *lock(&self.tried) = snapshot(files);
+        let contents = read_all(files)?;
+        let seen: Snapshot = contents
+            .iter()
+            .map(|(c, k)| (Some(c.clone()), Some(k.clone())))
+            .collect();
+        if *lock(&self.served) == seen {
+            return Ok(Reloaded::Unchanged);
+        }
+        let set = CertSet::build(files, &contents)?;
+        self.resolver.0.store(Arc::new(set));
+        *lock(&self.served) = seen;
+        Ok(Reloaded::Swapped)
+    }
+
+    /// One poll of the watcher: `true` when the files changed since the last reload (or
+    /// refusal) and have not changed since the previous poll.
+    fn settled_change(&self) -> bool {
+        let now = snapshot(&self.settings.certificates);
+        let mut polled = lock(&self.polled);
+        let settled = *polled == now;
+        *polled = now;
+        settled && *lock(&self.tried) != *polled
+    }
+
+    /// The certificates served, for `/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let set = self.resolver.0.load();
+        let certificates: Vec<_> = set
+            .loaded
+            .iter()
+            .map(|l| {
+                json!({
+                    "cert": l.files.cert.display().to_string(),
+                    "names": l.names,
+                    "not_after": l.not_after,
+                })
+            })
+            .collect();
+        json!({
+            "client_certificates": self.settings.client_ca.is_some(),
+            "certificates": certificates,
+        })
+    }
+}
+
+/// Every TLS listener of the process, and the count of certificate reloads.
+#[derive(Debug, Default)]
+pub struct Tls {
+    pub public: Option<Arc<ServerTls>>,
+    pub admin: Option<Arc<ServerTls>>,
+    swapped: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Tls {
+    /// Loads the listeners' certificates of a configuration.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that cannot be used.
+    pub fn from_config(config: &crate::Config) -> Result<Tls, TlsError> {
+        let load = |settings: &Option<ListenerTls>, alpn| {
+            settings
+                .as_ref()
+                .map(|s| ServerTls::load(s, alpn).map(Arc::new))
+                .transpose()
+        };
+        Ok(Tls {
+            public: load(&config.tls, ALPN_PUBLIC)?,
+            admin: load(&config.admin_tls, ALPN_ADMIN)?,
+            ..Tls::default()
+        })
+    }
+
+    fn listeners(&self) -> impl Iterator<Item = &ServerTls> {
+        self.public.iter().chain(self.admin.iter()).map(|t| &**t)
+    }
+
+    /// Reloads every listener's certificates from their files: new handshakes use them, open
+    /// connections keep theirs. What SIGHUP and a configuration reload call. Each refusal is
+    /// logged with the file it concerns; the listener keeps its previous certificates.
+    ///
+    /// # Errors
+    /// The first listener's [`TlsError`], after every listener was tried.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let mut first = None;
+        for listener in self.listeners() {
+            if let Err(e) = self.reload_one(listener) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn reload_one(&self, listener: &ServerTls) -> Result<(), TlsError> {
+        let table = listener.settings.table;
+        match listener.reload() {
+            Ok(Reloaded::Swapped) => {
+                self.swapped.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    listener = table,
+                    "Reloaded the TLS certificates; new handshakes use them."
+                );
+                Ok(())
+            }
+            Ok(Reloaded::Unchanged) => Ok(()),
+            Err(e) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    listener = table,
+                    error = %e,
+                    "Refused the new TLS certificate files; the previous certificates keep serving."
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Polls the files every second and reloads a listener whose files changed and then
+    /// stayed put; reloads everything on SIGHUP. The SIGHUP handler is installed before this
+    /// returns (so the signal no longer ends the process from then on); the future runs until
+    /// `stop`.
+    pub fn watch(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP; certificates reload only when their files change.");
+                None
+            }
+        };
+        async move {
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let hung_up = async {
+                    match &mut hangup {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tick.tick() => {
+                        for listener in self.listeners() {
+                            if listener.settled_change() {
+                                let _ = self.reload_one(listener);
+                            }
+                        }
+                    }
+                    Some(()) = hung_up => {
+                        if self.listeners().next().is_none() {
+                            tracing::info!("SIGHUP: no TLS listener, no certificates to reload.");
+                        } else {
+                            tracing::info!("SIGHUP: reloading the TLS certificates.");
+                            let _ = self.reload();
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// The listeners' certificates for `/status`; `None` without TLS.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        self.listeners().next()?;
+        Some(json!({
+            "public": self.public.as_ref().map(|t| t.status()),
+            "admin": self.admin.as_ref().map(|t| t.status()),
+        }))
+    }
+
+    /// `keygate_tls_certificate_reloads_total{result}`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP keygate_tls_certificate_reloads_total Certificate reloads of the TLS listeners: new certificates swapped in (ok) or refused (error).\n");
+        out.push_str("# TYPE keygate_tls_certificate_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "keygate_tls_certificate_reloads_total{{result=\"ok\"}} {}",
+            self.swapped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "keygate_tls_certificate_reloads_total{{result=\"error\"}} {}",
+            self.refused.load(Ordering::Relaxed)
+        );
+    }
+}

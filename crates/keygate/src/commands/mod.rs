@@ -106,7 +106,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let token = std::env::var("KEYGATE_ADMIN_TOKEN").map_err(|_| {
                 anyhow::anyhow!("--admin-url needs an admin token in KEYGATE_ADMIN_TOKEN (`keygate admin-token create` makes one)")
             })?;
-            Backend::Remote(Remote::new(url, &token)?)
+            let tls = keygate_server::tls::ClientFiles {
+                ca_file: cli.admin_ca.clone(),
+                client_cert: cli
+                    .admin_cert
+                    .clone()
+                    .zip(cli.admin_key.clone())
+                    .map(|(cert, key)| keygate_server::tls::CertFiles { cert, key }),
+            };
+            Backend::Remote(Remote::new(url, &token, &tls)?)
         }
         None => {
             let db = cli

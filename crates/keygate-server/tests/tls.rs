@@ -701,6 +701,30 @@ ca_file = "ca.pem"
         "{e}"
     );
 
+    let limits = r#"
+[limits]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+redis_ca_file = "ca.pem"
+"#;
+    let e = config::load(limits, file, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2: limits.redis_ca_file is for rediss:// URLs"),
+        "{e}"
+    );
+    let limits = limits
+        .replace("redis://", "rediss://")
+        .replace("ca.pem", "gw-key.pem");
+    let e = config::load(&limits, file, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("limits.redis_ca_file:") && e.contains("holds no certificate"),
+        "{e}"
+    );
+
     let good = config(&s, "");
     let overrides = Overrides {
         upstream: Some("http://127.0.0.1:9".into()),

@@ -194,13 +194,23 @@ pub async fn start_with_clock(
     let poll = config.feed_poll;
     let limits = match &config.limiter.backend {
         LimiterBackend::Local => Limits::local(),
-        LimiterBackend::Redis { url, .. } => {
+        LimiterBackend::Redis { url, ca_file } => {
             let options = keygate_limits::RedisOptions {
                 timeout: config.limiter.timeout,
                 connect_timeout: config.limiter.connect_timeout,
                 fail_closed: config.limiter.fail_closed,
             };
-            Limits::with_redis(url, options)
+            // Checked by the configuration's compile; read now, as the listeners' files are.
+            let roots = match ca_file {
+                None => None,
+                Some(path) => Some(std::fs::read(path).map_err(|source| {
+                    ServeError::Tls(crate::tls::TlsError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+                })?),
+            };
+            Limits::with_redis_tls(url, roots, options)
                 .await
                 .map_err(ServeError::Limiter)?
         }

@@ -632,6 +632,70 @@ ws = {{ mode = "handshake", credentials = ["header:X-API-Key"] }}
     assert_eq!(m.to_text().unwrap(), "through two tls hops");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_requires_a_client_certificate_gets_the_configured_one() {
+    let s = certificates();
+    let upstream_ca = TestCa::new("upstream CA");
+    let up_dir = tempfile::tempdir().unwrap();
+    let up_ca_path = upstream_ca.write_ca(up_dir.path());
+    let (cert, key) = s.ca.issue(&["keygate"]).write(up_dir.path(), "keygate");
+    let plain = keygate_test::Upstream::start().await;
+    let front = TlsFront::start(
+        upstream_ca
+            .issue(&["localhost"])
+            .server_config_requiring(&s.ca),
+        plain.addr(),
+    )
+    .await;
+    let extra = format!(
+        r#"
+[upstreams.with_cert]
+url = "https://localhost:{port}"
+ca_file = "{ca}"
+client_cert = "{cert}"
+client_key = "{key}"
+
+[upstreams.without_cert]
+url = "https://localhost:{port}"
+ca_file = "{ca}"
+
+[[routes]]
+name = "with_cert"
+path = "/with/{{*rest}}"
+upstream = "with_cert"
+public = true
+
+[[routes]]
+name = "without_cert"
+path = "/without/{{*rest}}"
+upstream = "without_cert"
+public = true
+"#,
+        port = front.addr.port(),
+        ca = up_ca_path.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let h = Harness::start(&config(&s, &extra)).await;
+    let client = s.ca.client_config(H1, None);
+    let a = tls::get(
+        h.gateway.addr,
+        "gw.test",
+        Arc::clone(&client),
+        "/with/x",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = tls::get(h.gateway.addr, "gw.test", client, "/without/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 502, "{}", a.body);
+    let uris: Vec<String> = plain.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(uris, ["/with/x"]);
+}
+
 #[test]
 fn bad_certificate_files_are_reported_with_their_lines() {
     let s = certificates();

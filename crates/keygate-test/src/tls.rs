@@ -130,10 +130,30 @@ impl Issued {
 
     /// A server configuration serving this certificate (HTTP/1.1).
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        self.server_config_for(None)
+    }
+
+    /// [`Issued::server_config`] requiring a client certificate `clients` signed.
+    pub fn server_config_requiring(&self, clients: &TestCa) -> Arc<rustls::ServerConfig> {
+        self.server_config_for(Some(clients))
+    }
+
+    fn server_config_for(&self, clients: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
+            .expect("protocol versions");
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca.roots()),
+                    provider(),
+                )
+                .build()
+                .expect("client verifier"),
+            ),
+        };
+        let mut config = builder
             .with_single_cert(vec![self.der.clone()], self.key())
             .expect("server certificate");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -173,7 +173,9 @@ pub async fn start_with_clock(
     );
     // The files were checked by the configuration's compile; read again now, they may have
     // changed since. Before any socket is bound, as every other start-up check.
-    let tls = Arc::new(Tls::from_config(&config).map_err(ServeError::Tls)?);
+    let tls = Arc::new(
+        Tls::load(config.tls.as_ref(), config.admin_tls.as_ref()).map_err(ServeError::Tls)?,
+    );
     let listeners = listen::bind_public(config.listen, config.workers)?;
     let addr = listeners[0]
         .local_addr()

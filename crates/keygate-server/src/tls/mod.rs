@@ -3,8 +3,9 @@
 //! (upstreams, the remote CLI: [`client`]), and reading PEM files with errors that name the
 //! file ([`pem`]).
 //!
-//! One builder per side, so the protocol versions, ALPN and root choice are decided in one
-//! place: [`server::ServerTls`] for the public and admin listeners, [`client::ClientTls`] for
+//! A leaf of the crate, like `policy/`: it imports nothing else from it, so the configuration,
+//! the upstream specs and the runtime can all hold its types. One builder per side, so the
+//! protocol versions, ALPN and root choice are decided in one place: [`server::ServerTls`] for the public and admin listeners, [`client::ClientTls`] for
 //! upstreams (HTTP and WebSocket alike) and any other client of this crate's users.
 
 pub mod client;

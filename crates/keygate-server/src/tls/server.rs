@@ -22,12 +22,16 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::{pem, provider, CertFiles, ListenerTls, TlsError};
-use crate::state::locks::lock;
 
 /// ALPN of the public listener: HTTP/2 preferred, HTTP/1.1 for the rest.
 pub(crate) const ALPN_PUBLIC: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// ALPN of the admin listener, which speaks HTTP/1.1 only.
 pub(crate) const ALPN_ADMIN: &[&[u8]] = &[b"http/1.1"];
+
+/// Locks a mutex, through a poisoning (the snapshots it guards are whole values).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// How often the watcher compares the files with what was last loaded.
 const POLL: Duration = Duration::from_secs(1);
@@ -307,20 +311,22 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Loads the listeners' certificates of a configuration.
+    /// Loads the listeners' certificates (a configuration's `tls` and `admin_tls`).
     ///
     /// # Errors
     /// [`TlsError`] naming the file that cannot be used.
-    pub fn from_config(config: &crate::Config) -> Result<Tls, TlsError> {
-        let load = |settings: &Option<ListenerTls>, alpn| {
+    pub fn load(
+        public: Option<&ListenerTls>,
+        admin: Option<&ListenerTls>,
+    ) -> Result<Tls, TlsError> {
+        let load = |settings: Option<&ListenerTls>, alpn| {
             settings
-                .as_ref()
                 .map(|s| ServerTls::load(s, alpn).map(Arc::new))
                 .transpose()
         };
         Ok(Tls {
-            public: load(&config.tls, ALPN_PUBLIC)?,
-            admin: load(&config.admin_tls, ALPN_ADMIN)?,
+            public: load(public, ALPN_PUBLIC)?,
+            admin: load(admin, ALPN_ADMIN)?,
             ..Tls::default()
         })
     }

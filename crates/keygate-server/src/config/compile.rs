@@ -173,7 +173,9 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 if let Some(b) = &u.breaker {
                     spec.breaker = compile_breaker(name, b, errors);
                 }
-                super::compile_tls::upstream(name, u, &mut spec, &span, errors);
+                if !overrides.skip_tls_files {
+                    super::compile_tls::upstream(name, u, &mut spec, &span, errors);
+                }
                 upstream_index.insert(name.clone(), upstreams.len());
                 upstreams.push(spec);
             }
@@ -290,12 +292,18 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         );
     }
 
-    let limiter = compile_limiter(&raw, errors);
+    let limiter = compile_limiter(&raw, !overrides.skip_tls_files, errors);
     let guard = compile_guard(&raw, errors);
     let http = compile_http_limits(&raw, errors);
-    let tls = super::compile_tls::listener(raw.server.tls.as_ref(), "server.tls", errors);
-    let admin_tls =
-        super::compile_tls::listener(raw.server.admin_tls.as_ref(), "server.admin_tls", errors);
+    let read_files = !overrides.skip_tls_files;
+    let tls =
+        super::compile_tls::listener(raw.server.tls.as_ref(), "server.tls", read_files, errors);
+    let admin_tls = super::compile_tls::listener(
+        raw.server.admin_tls.as_ref(),
+        "server.admin_tls",
+        read_files,
+        errors,
+    );
     let shutdown_grace = duration(
         raw.server.shutdown_grace.as_deref(),
         DEFAULT_SHUTDOWN_GRACE,
@@ -502,7 +510,7 @@ fn compile_guard(raw: &RawConfig, errors: &mut Errors<'_>) -> GuardConfig {
     config
 }
 
-fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
+fn compile_limiter(raw: &RawConfig, read_files: bool, errors: &mut Errors<'_>) -> LimiterConfig {
     let mut config = LimiterConfig::default();
     let Some(spanned) = &raw.limits else {
         return config;
@@ -543,8 +551,10 @@ fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
                 if let Some(path) = &ca_file {
                     if !url.starts_with("rediss://") {
                         errors.at(Some(&span), "limits.redis_ca_file is for rediss:// URLs");
-                    } else if let Err(e) = crate::tls::pem::roots(path) {
-                        errors.at(Some(&span), format!("limits.redis_ca_file: {e}"));
+                    } else if read_files {
+                        if let Err(e) = crate::tls::pem::roots(path) {
+                            errors.at(Some(&span), format!("limits.redis_ca_file: {e}"));
+                        }
                     }
                 }
                 config.backend = LimiterBackend::Redis {

@@ -20,10 +20,11 @@ pub(super) fn resolve(errors: &Errors<'_>, path: &str) -> PathBuf {
     }
 }
 
-/// One listener's TLS table, its files checked.
+/// One listener's TLS table, its files checked unless `read_files` is false.
 pub(super) fn listener(
     raw: Option<&Spanned<RawTls>>,
     table: &'static str,
+    read_files: bool,
     errors: &mut Errors<'_>,
 ) -> Option<ListenerTls> {
     let spanned = raw?;
@@ -32,7 +33,9 @@ pub(super) fn listener(
     let before = errors.len();
     let mut certificates = Vec::new();
     match (&t.cert, &t.key) {
-        (Some(cert), Some(key)) => certificates.extend(pair(cert, key, table, errors)),
+        (Some(cert), Some(key)) => {
+            certificates.extend(pair(cert, key, table, read_files, errors));
+        }
         (None, None) => errors.at(
             Some(&span),
             format!("{table} needs `cert` and `key`: the default certificate chain and its key"),
@@ -42,10 +45,13 @@ pub(super) fn listener(
     }
     for more in &t.certificates {
         let p = more.get_ref();
-        certificates.extend(pair(&p.cert, &p.key, table, errors));
+        certificates.extend(pair(&p.cert, &p.key, table, read_files, errors));
     }
     let client_ca = t.client_ca.as_ref().and_then(|ca| {
         let path = resolve(errors, ca.get_ref());
+        if !read_files {
+            return Some(path);
+        }
         match pem::roots(&path) {
             Ok(_) => Some(path),
             Err(e) => {
@@ -75,6 +81,9 @@ pub(super) fn listener(
     if errors.len() > before {
         return None;
     }
+    if !read_files {
+        return Some(settings);
+    }
     // Each file reads and parses: what is left is how they fit together.
     if let Err(e) = ServerTls::check(&settings) {
         errors.at(Some(&span), format!("{table}: {e}"));
@@ -88,12 +97,16 @@ fn pair(
     cert: &Spanned<String>,
     key: &Spanned<String>,
     table: &str,
+    read_files: bool,
     errors: &mut Errors<'_>,
 ) -> Option<CertFiles> {
     let files = CertFiles {
         cert: resolve(errors, cert.get_ref()),
         key: resolve(errors, key.get_ref()),
     };
+    if !read_files {
+        return Some(files);
+    }
     let cert_ok = check_at(pem::certs(&files.cert), &cert.span(), table, "cert", errors);
     let key_ok = check_at(pem::key(&files.key), &key.span(), table, "key", errors);
     (cert_ok && key_ok).then_some(files)

@@ -41,6 +41,10 @@ pub struct Overrides {
     /// Loading for operator tools (CLI key commands): routes may lack upstreams, which are
     /// given at serve time.
     pub tooling: bool,
+    /// Leave TLS certificate, key and CA files unread: commands that never serve or connect
+    /// with them (key and client commands) run as users who often cannot read them.
+    /// `serve` and `check-config` read and check every one.
+    pub skip_tls_files: bool,
 }
 
 /// A plan as configured.

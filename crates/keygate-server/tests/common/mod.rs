@@ -55,6 +55,7 @@ impl Harness {
             upstream: Some(upstream.url()),
             workers: Some(2),
             tooling: false,
+            skip_tls_files: false,
         };
         let text = config_text.replace("{upstream}", &upstream.url());
         let cfg = config::load(&text, "test.toml", &overrides).unwrap_or_else(|e| panic!("{e}"));

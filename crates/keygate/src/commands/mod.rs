@@ -90,6 +90,7 @@ fn check_config(file: &Path, json: bool) -> anyhow::Result<()> {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let tooling = Overrides {
         tooling: true,
+        skip_tls_files: true,
         ..Overrides::default()
     };
     let config = match &cli.config {

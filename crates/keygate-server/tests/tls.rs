@@ -386,6 +386,82 @@ async fn sighup_reloads_the_certificates_and_does_not_stop_the_process() {
     }
 }
 
+/// What a configuration reload does with `[server.tls]`: `Tls::reconfigure` with the new
+/// file's settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tls_settings_serve_new_handshakes_and_bad_ones_change_nothing() {
+    let s = certificates();
+    let h = Harness::start(&config(&s, "")).await;
+    let addr = h.gateway.addr;
+    let tls_state = h.gateway.gateway.tls.get().unwrap();
+    let third = s.ca.issue(&["third.test"]);
+    third.write(s.dir.path(), "third");
+    let overrides = Overrides {
+        upstream: Some("http://127.0.0.1:9".into()),
+        ..Overrides::default()
+    };
+    let load = |text: &str| config::load(text, "new.toml", &overrides).unwrap();
+    let dir = s.dir.path().display().to_string();
+
+    // Adding a listener's TLS needs a restart; a missing file is refused; neither changes
+    // what serves.
+    let with_admin = load(&config(
+        &s,
+        &format!("[server.admin_tls]\ncert = \"{dir}/gw.pem\"\nkey = \"{dir}/gw-key.pem\"\n"),
+    ));
+    let e = tls_state
+        .reconfigure(with_admin.tls.as_ref(), with_admin.admin_tls.as_ref())
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a restart"), "{e}");
+    let mut gone = load(&config(&s, "")).tls.unwrap();
+    gone.certificates[0].cert = s.dir.path().join("gone.pem");
+    let e = tls_state.reconfigure(Some(&gone), None).unwrap_err();
+    assert!(e.to_string().contains("gone.pem"), "{e}");
+    let a = tls::get(
+        addr,
+        "gw.test",
+        s.ca.client_config(H2, None),
+        "/status/200",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.peer, s.gw.der);
+
+    // Another default certificate: new handshakes get it.
+    let text = config(&s, "")
+        .replace("/gw.pem", "/third.pem")
+        .replace("/gw-key.pem", "/third-key.pem");
+    let new = load(&text);
+    tls_state.reconfigure(new.tls.as_ref(), None).unwrap();
+    let a = tls::get(
+        addr,
+        "third.test",
+        s.ca.client_config(H2, None),
+        "/status/200",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!((a.status, &a.peer), (200, &third.der));
+    let a = tls::get(
+        addr,
+        "other.test",
+        s.ca.client_config(H2, None),
+        "/status/200",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.peer, s.other.der, "the SNI certificate still serves");
+    assert!(
+        tls::get(addr, "gw.test", s.ca.client_config(H2, None), "/", &[])
+            .await
+            .is_err(),
+        "the old default is gone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_sessions_run_over_wss_in_every_mode() {
     let s = certificates();

@@ -57,6 +57,8 @@ pub enum TlsError {
     ClientCa { path: PathBuf, detail: String },
     #[error("TLS configuration refused: {0}")]
     Config(#[source] rustls::Error),
+    #[error("[{table}] was added or removed: turning TLS on or off on a listener needs a restart")]
+    Restart { table: &'static str },
 }
 
 /// One certificate chain (leaf first) and its private key, as files.

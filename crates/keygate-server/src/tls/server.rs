@@ -175,30 +175,22 @@ pub enum Reloaded {
     Unchanged,
 }
 
-/// One listener's TLS: the rustls configuration (built once) and its swappable certificates.
+/// A listener's settings and the rustls configuration built from them.
 #[derive(Debug)]
-pub struct ServerTls {
+struct Inner {
     settings: ListenerTls,
     resolver: Arc<Resolver>,
     config: Arc<ServerConfig>,
-    /// The files' bytes behind the certificates that serve.
-    served: Mutex<Snapshot>,
-    /// The files as last loaded or last refused, so the watcher reports a bad file once, not
-    /// on every poll.
-    tried: Mutex<Snapshot>,
-    /// The files as seen by the previous poll: a reload waits until they stop changing.
-    polled: Mutex<Snapshot>,
 }
 
-impl ServerTls {
-    /// Loads a listener's certificates and builds its configuration; `alpn` in preference
-    /// order.
-    ///
-    /// # Errors
-    /// [`TlsError`] naming the file that cannot be used.
-    pub fn load(settings: &ListenerTls, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
-        let contents = read_all(&settings.certificates)?;
-        let set = CertSet::build(&settings.certificates, &contents)?;
+impl Inner {
+    /// Builds from the settings and the files' bytes (read by the caller).
+    fn build(
+        settings: &ListenerTls,
+        alpn: &[&[u8]],
+        contents: &[Contents],
+    ) -> Result<Inner, TlsError> {
+        let set = CertSet::build(&settings.certificates, contents)?;
         let resolver = Arc::new(Resolver(ArcSwap::from_pointee(set)));
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -219,14 +211,56 @@ impl ServerTls {
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let seen = contents
-            .into_iter()
-            .map(|(c, k)| (Some(c), Some(k)))
-            .collect::<Snapshot>();
-        Ok(ServerTls {
+        Ok(Inner {
             settings: settings.clone(),
             resolver,
             config: Arc::new(config),
+        })
+    }
+}
+
+fn seen(contents: &[Contents]) -> Snapshot {
+    contents
+        .iter()
+        .map(|(c, k)| (Some(c.clone()), Some(k.clone())))
+        .collect()
+}
+
+/// One listener's TLS: its settings and rustls configuration (replaced whole by
+/// [`ServerTls::reconfigure`]) and its certificates (swapped by [`ServerTls::reload`]).
+#[derive(Debug)]
+pub struct ServerTls {
+    inner: ArcSwap<Inner>,
+    alpn: Vec<Vec<u8>>,
+    /// The files' bytes behind the certificates that serve.
+    served: Mutex<Snapshot>,
+    /// The files as last loaded or last refused, so the watcher reports a bad file once, not
+    /// on every poll.
+    tried: Mutex<Snapshot>,
+    /// The files as seen by the previous poll: a reload waits until they stop changing.
+    polled: Mutex<Snapshot>,
+}
+
+/// A listener's new settings, built and checked, not yet serving ([`ServerTls::stage`]).
+#[derive(Debug)]
+pub struct Staged {
+    inner: Inner,
+    seen: Snapshot,
+}
+
+impl ServerTls {
+    /// Loads a listener's certificates and builds its configuration; `alpn` in preference
+    /// order.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that cannot be used.
+    pub fn load(settings: &ListenerTls, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
+        let contents = read_all(&settings.certificates)?;
+        let inner = Inner::build(settings, alpn, &contents)?;
+        let seen = seen(&contents);
+        Ok(ServerTls {
+            inner: ArcSwap::from_pointee(inner),
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
             served: Mutex::new(seen.clone()),
             tried: Mutex::new(seen.clone()),
             polled: Mutex::new(seen),
@@ -242,11 +276,15 @@ impl ServerTls {
     }
 
     pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(Arc::clone(&self.config))
+        TlsAcceptor::from(Arc::clone(&self.inner.load().config))
     }
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
-        self.settings.handshake_timeout
+        self.inner.load().settings.handshake_timeout
+    }
+
+    fn table(&self) -> &'static str {
+        self.inner.load().settings.table
     }
 
     /// Reads the files again and, when they differ from what serves, swaps in the new set.
@@ -254,26 +292,46 @@ impl ServerTls {
     /// # Errors
     /// [`TlsError`] naming the file that cannot be used; the previous set keeps serving.
     pub fn reload(&self) -> Result<Reloaded, TlsError> {
-        let files = &self.settings.certificates;
+        let inner = self.inner.load();
+        let files = &inner.settings.certificates;
         *lock(&self.tried) = snapshot(files);
         let contents = read_all(files)?;
-        let seen: Snapshot = contents
-            .iter()
-            .map(|(c, k)| (Some(c.clone()), Some(k.clone())))
-            .collect();
+        let seen = seen(&contents);
         if *lock(&self.served) == seen {
             return Ok(Reloaded::Unchanged);
         }
         let set = CertSet::build(files, &contents)?;
-        self.resolver.0.store(Arc::new(set));
+        inner.resolver.0.store(Arc::new(set));
         *lock(&self.served) = seen;
         Ok(Reloaded::Swapped)
+    }
+
+    /// Builds new settings (other files, another `client_ca` or `handshake_timeout`) without
+    /// serving them yet; [`ServerTls::install`] then does.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that cannot be used.
+    pub fn stage(&self, settings: &ListenerTls) -> Result<Staged, TlsError> {
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        let contents = read_all(&settings.certificates)?;
+        Ok(Staged {
+            inner: Inner::build(settings, &alpn, &contents)?,
+            seen: seen(&contents),
+        })
+    }
+
+    /// Serves staged settings: new handshakes use them, open connections keep theirs.
+    pub fn install(&self, staged: Staged) {
+        self.inner.store(Arc::new(staged.inner));
+        *lock(&self.served) = staged.seen.clone();
+        *lock(&self.tried) = staged.seen.clone();
+        *lock(&self.polled) = staged.seen;
     }
 
     /// One poll of the watcher: `true` when the files changed since the last reload (or
     /// refusal) and have not changed since the previous poll.
     fn settled_change(&self) -> bool {
-        let now = snapshot(&self.settings.certificates);
+        let now = snapshot(&self.inner.load().settings.certificates);
         let mut polled = lock(&self.polled);
         let settled = *polled == now;
         *polled = now;
@@ -282,7 +340,8 @@ impl ServerTls {
 
     /// The certificates served, for `/status`.
     pub fn status(&self) -> serde_json::Value {
-        let set = self.resolver.0.load();
+        let inner = self.inner.load();
+        let set = inner.resolver.0.load();
         let certificates: Vec<_> = set
             .loaded
             .iter()
@@ -295,7 +354,7 @@ impl ServerTls {
             })
             .collect();
         json!({
-            "client_certificates": self.settings.client_ca.is_some(),
+            "client_certificates": inner.settings.client_ca.is_some(),
             "certificates": certificates,
         })
     }
@@ -351,8 +410,56 @@ impl Tls {
         first.map_or(Ok(()), Err)
     }
 
+    /// Applies a new configuration's listener settings (`tls`, `admin_tls`): other certificate
+    /// files, `client_ca` or `handshake_timeout`. Every listener's new settings are built and
+    /// checked first; on an error none is applied and the current ones keep serving. Turning
+    /// TLS on or off on a listener needs a restart ([`TlsError::Restart`]). What a
+    /// configuration reload calls (it also reloads certificates whose files changed).
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that cannot be used, or [`TlsError::Restart`].
+    pub fn reconfigure(
+        &self,
+        public: Option<&ListenerTls>,
+        admin: Option<&ListenerTls>,
+    ) -> Result<(), TlsError> {
+        let plan = [
+            (self.public.as_deref(), public, "server.tls"),
+            (self.admin.as_deref(), admin, "server.admin_tls"),
+        ];
+        let mut staged = Vec::new();
+        for (current, new, table) in plan {
+            let result = match (current, new) {
+                (None, None) => continue,
+                (Some(listener), Some(settings)) => listener.stage(settings).map(|s| (listener, s)),
+                _ => Err(TlsError::Restart { table }),
+            };
+            match result {
+                Ok(ready) => staged.push(ready),
+                Err(e) => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        listener = table,
+                        error = %e,
+                        "Refused the new TLS settings; the previous ones keep serving."
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        for (listener, ready) in staged {
+            listener.install(ready);
+            self.swapped.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                listener = listener.table(),
+                "Applied the new TLS settings; new handshakes use them."
+            );
+        }
+        Ok(())
+    }
+
     fn reload_one(&self, listener: &ServerTls) -> Result<(), TlsError> {
-        let table = listener.settings.table;
+        let table = listener.table();
         match listener.reload() {
             Ok(Reloaded::Swapped) => {
                 self.swapped.fetch_add(1, Ordering::Relaxed);

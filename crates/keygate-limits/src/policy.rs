@@ -166,7 +166,12 @@ fn while_degraded(fail_closed: bool) -> &'static str {
 
 /// Connects to Redis while it is unreachable, then checks it every [`PROBE_INTERVAL`] while
 /// degraded, so that recovery does not wait for traffic. Ends when the [`Limits`] is dropped.
-async fn keep_connected(remote: Weak<Remote>, url: String, options: RedisOptions) {
+async fn keep_connected(
+    remote: Weak<Remote>,
+    url: String,
+    roots: Option<Vec<u8>>,
+    options: RedisOptions,
+) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
         let Some(remote) = remote.upgrade() else {
@@ -181,9 +186,13 @@ async fn keep_connected(remote: Weak<Remote>, url: String, options: RedisOptions
                 }
             }
             None => {
-                match RedisLimiter::connect_with(&url, options.timeout, options.connect_timeout)
-                    .await
-                {
+                let connected = RedisLimiter::connect_tls(
+                    &url,
+                    roots.as_deref(),
+                    options.timeout,
+                    options.connect_timeout,
+                );
+                match connected.await {
                     Ok(limiter) => {
                         let _ = remote.limiter.set(limiter);
                         remote.recoveries.fetch_add(1, Ordering::AcqRel);
@@ -215,10 +224,28 @@ impl Limits {
     /// [`LimiterError::BadUrl`] only: an unreachable Redis is an outage to ride out, not a
     /// reason to refuse to start.
     pub async fn with_redis(url: &str, options: RedisOptions) -> Result<Limits, LimiterError> {
-        crate::redis_limiter::client(url)?;
+        Limits::with_redis_tls(url, None, options).await
+    }
+
+    /// [`Limits::with_redis`] for a `rediss://` URL whose server certificate must chain to
+    /// `roots` (PEM CA certificates; `None`: the system's roots).
+    ///
+    /// # Errors
+    /// As [`Limits::with_redis`].
+    pub async fn with_redis_tls(
+        url: &str,
+        roots: Option<Vec<u8>>,
+        options: RedisOptions,
+    ) -> Result<Limits, LimiterError> {
+        crate::redis_limiter::client(url, roots.as_deref())?;
         let limiter = OnceLock::new();
-        let connected =
-            RedisLimiter::connect_with(url, options.timeout, options.connect_timeout).await;
+        let connected = RedisLimiter::connect_tls(
+            url,
+            roots.as_deref(),
+            options.timeout,
+            options.connect_timeout,
+        )
+        .await;
         let degraded = match connected {
             Ok(l) => {
                 let _ = limiter.set(l);
@@ -246,6 +273,7 @@ impl Limits {
         tokio::spawn(keep_connected(
             Arc::downgrade(&remote),
             url.to_owned(),
+            roots,
             options,
         ));
         Ok(Limits {

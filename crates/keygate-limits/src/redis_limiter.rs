@@ -62,12 +62,24 @@ fn lease_key(key: &LimitKey) -> String {
     format!("kg:lease:{}:{}", key.subject, key.slot)
 }
 
-/// The client for `url` (`redis://[:password@]host[:port][/db]`); nothing is connected yet.
+/// The client for `url` (`redis://[:password@]host[:port][/db]`, or `rediss://` for TLS,
+/// whose server certificate must chain to `roots` (PEM CA certificates) or, without them,
+/// to the system's roots); nothing is connected yet.
 ///
 /// # Errors
 /// [`LimiterError::BadUrl`], quoting the URL with its password masked.
-pub(crate) fn client(url: &str) -> Result<redis::Client, LimiterError> {
-    redis::Client::open(url).map_err(|e| LimiterError::BadUrl(format!("`{}` ({e})", redact(url))))
+pub(crate) fn client(url: &str, roots: Option<&[u8]>) -> Result<redis::Client, LimiterError> {
+    let built = match roots {
+        None => redis::Client::open(url),
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+    };
+    built.map_err(|e| LimiterError::BadUrl(format!("`{}` ({e})", redact(url))))
 }
 
 fn unavailable(e: &RedisError) -> LimiterError {
@@ -107,6 +119,21 @@ impl RedisLimiter {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<RedisLimiter, LimiterError> {
+        RedisLimiter::connect_tls(url, None, timeout, connect_timeout).await
+    }
+
+    /// [`RedisLimiter::connect_with`] for a `rediss://` URL whose server certificate must
+    /// chain to `roots` (PEM CA certificates; `None`: the system's roots).
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::connect_with`]; a certificate that does not verify is
+    /// [`LimiterError::Unavailable`] with the TLS reason.
+    pub async fn connect_tls(
+        url: &str,
+        roots: Option<&[u8]>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<RedisLimiter, LimiterError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             // Each call has its own (shorter) bound in `send` and `eval`; this one only keeps
@@ -115,7 +142,7 @@ impl RedisLimiter {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let client = client(url)?;
+        let client = client(url, roots)?;
         let setup = async {
             let conn = ConnectionManager::new_with_config(client, config)
                 .await

@@ -181,6 +181,7 @@ pub fn config(data: &[u8]) {
         upstream: Some("http://127.0.0.1:9".to_owned()),
         workers: Some(1),
         tooling: false,
+        skip_tls_files: false,
     };
     if let Err(errors) = config::load(text, "fuzz.toml", &overrides) {
         assert!(!errors.0.is_empty());

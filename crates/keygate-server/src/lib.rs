@@ -11,6 +11,7 @@ pub(crate) mod request;
 pub(crate) mod runtime;
 pub(crate) mod selfservice;
 pub(crate) mod state;
+pub mod tls;
 pub(crate) mod ws;
 
 pub use config::{Config, ConfigErrors, Overrides, Source};

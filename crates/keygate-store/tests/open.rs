@@ -72,3 +72,40 @@ async fn foreign_and_broken_files_are_named() {
         .unwrap_err();
     assert!(err.to_string().contains("directory"), "{err}");
 }
+
+/// PostgreSQL over TLS (the machine's server has SSL on): `sslmode=require` encrypts,
+/// `verify-full` with a root that did not sign the server's certificate is refused with the
+/// reason, and the URL is shown without its password.
+#[tokio::test]
+async fn postgres_over_tls_follows_sslmode_and_sslrootcert() {
+    let Some(url) = keygate_test::postgres_schema("kg_tls").await else {
+        return;
+    };
+    let required = format!("{url}&sslmode=require");
+    let store = Store::open(&required, OpenOptions::default())
+        .await
+        .unwrap();
+    store.close().await;
+    let pool = sqlx::PgPool::connect(&required).await.unwrap();
+    let (ssl,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(ssl, "sslmode=require: the connection is encrypted");
+    pool.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = keygate_test::tls::TestCa::new("not the server's CA").write_ca(dir.path());
+    for mode in ["verify-ca", "verify-full"] {
+        let bad_root = format!("{url}&sslmode={mode}&sslrootcert={}", stranger.display());
+        let err = Store::open(&bad_root, OpenOptions::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("certificate") || err.contains("UnknownIssuer"),
+            "{mode}: {err}"
+        );
+    }
+}

@@ -7,6 +7,8 @@
 //!   ([`Proc`]), pick free ports and wait for an HTTP endpoint to come up.
 //! - [`ws_upstream`]: a real WebSocket upstream ([`WsUpstream`]) that echoes, records every
 //!   frame per connection, floods on request and lets a test push messages to clients.
+//! - [`tls`]: a test CA issuing certificates (rcgen), TLS clients that trust it, one-shot
+//!   HTTPS requests, and a TLS front for the plain upstreams ([`tls::TlsFront`]).
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -16,6 +18,7 @@
 pub mod process;
 pub mod relay;
 pub mod services;
+pub mod tls;
 pub mod upstream;
 pub mod ws_upstream;
 

@@ -18,10 +18,36 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "KEYGATE_CONFIG")]
     pub(crate) config: Option<std::path::PathBuf>,
 
-    /// Work through a node's admin API instead of a database (`http://127.0.0.1:8081`); the
-    /// admin token is read from KEYGATE_ADMIN_TOKEN.
+    /// Work through a node's admin API instead of a database (`http://127.0.0.1:8081`, or
+    /// `https://` for an admin listener with `[server.admin_tls]`); the admin token is read
+    /// from KEYGATE_ADMIN_TOKEN.
     #[arg(long, global = true, env = "KEYGATE_ADMIN_URL", value_name = "URL")]
     pub(crate) admin_url: Option<String>,
+
+    /// With an https:// --admin-url: CA certificates (PEM) to trust instead of the system's.
+    #[arg(long, global = true, env = "KEYGATE_ADMIN_CA", value_name = "FILE")]
+    pub(crate) admin_ca: Option<std::path::PathBuf>,
+
+    /// With an https:// --admin-url: a client certificate chain (PEM) for an admin listener
+    /// that requires one (`client_ca`); its key in --admin-key.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_ADMIN_CERT",
+        value_name = "FILE",
+        requires = "admin_key"
+    )]
+    pub(crate) admin_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --admin-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYGATE_ADMIN_KEY",
+        value_name = "FILE",
+        requires = "admin_cert"
+    )]
+    pub(crate) admin_key: Option<std::path::PathBuf>,
 
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]

@@ -417,7 +417,7 @@ async fn remote_failures_carry_the_same_codes_and_say_what_to_do() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEYGATE_ADMIN_TOKEN"));
     for (url, db, needle) in [
-        ("https://127.0.0.1:1", None, "http://"),
+        ("ftp://127.0.0.1:1", None, "http:// or https://"),
         ("not a url", None, "not a URL"),
         (node.admin.as_str(), Some(node.db.as_path()), "not both"),
         ("http://127.0.0.1:9", None, "cannot reach"),
@@ -437,4 +437,117 @@ async fn remote_failures_carry_the_same_codes_and_say_what_to_do() {
         );
         assert!(!err.contains(&node.token), "the token is echoed: {err}");
     }
+}
+
+/// An admin listener with `[server.admin_tls]` and `client_ca`: the CLI reaches it over
+/// https:// with the CA and a client certificate (flags or environment), and is refused
+/// without the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_cli_speaks_https_with_a_client_certificate() {
+    use keygate_test::tls::TestCa;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("ops CA");
+    ca.write_ca(dir.path());
+    ca.issue(&["127.0.0.1"]).write(dir.path(), "admin");
+    let (op_cert, op_key) = ca.issue(&["operator"]).write(dir.path(), "operator");
+    let db = dir.path().join("keygate.db");
+    let config = dir.path().join("keygate.toml");
+    // Relative paths: from the configuration file's directory.
+    let tls = "\n[server.admin_tls]\ncert = \"admin.pem\"\nkey = \"admin-key.pem\"\nclient_ca = \"ca.pem\"\n";
+    std::fs::write(&config, format!("{tls}{CONFIG}")).unwrap();
+    let token = keygate_test::json_output(
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("--db")
+            .arg(&db)
+            .args(["--json", "admin-token", "create", "--name", "ops"]),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (port, admin) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let proc = Proc::spawn(
+        env!("CARGO_BIN_EXE_keygate"),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "serve",
+            "--upstream",
+            &upstream.url(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin_listen,
+        ],
+        &[("RUST_LOG", "info")],
+        dir.path(),
+    );
+    let up = wait_for_status(
+        listen.parse().unwrap(),
+        "/health",
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(up, "gateway did not start: {}", proc.stderr());
+    let url = format!("https://{admin_listen}");
+    let cli = |extra: &[&str], env: &[(&str, &Path)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.args(["--json", "--admin-url", &url])
+            .args(extra)
+            .args(["client", "create", "Acme"])
+            .env("KEYGATE_ADMIN_TOKEN", &token)
+            .env_remove("KEYGATE_DB");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        cmd.output().unwrap()
+    };
+    let ca_path = dir.path().join("ca.pem");
+    let out = cli(
+        &[
+            "--admin-ca",
+            ca_path.to_str().unwrap(),
+            "--admin-cert",
+            op_cert.to_str().unwrap(),
+            "--admin-key",
+            op_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["name"], "Acme", "{created}");
+
+    // The same through the environment; the client exists now, so the node answers 409.
+    let out = cli(
+        &[],
+        &[
+            ("KEYGATE_ADMIN_CA", &ca_path),
+            ("KEYGATE_ADMIN_CERT", &op_cert),
+            ("KEYGATE_ADMIN_KEY", &op_key),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exists"), "{err}");
+
+    // No client certificate: the handshake is refused, and the CLI says it cannot reach it.
+    let out = cli(&["--admin-ca", ca_path.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(!err.contains(&token), "the token is echoed: {err}");
+    // Without the CA the node's certificate is not trusted.
+    let out = cli(&[], &[]);
+    assert!(!out.status.success());
 }

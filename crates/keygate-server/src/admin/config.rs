@@ -20,7 +20,7 @@ use super::AdminState;
     responses(
         (status = 200, description = "The file is in force (or was already): its version, hash, and the settings that need a restart to change.", body = doc::Reloaded),
         (status = 409, description = "The node was started without a configuration file (`no_config_file`).", body = doc::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The file cannot be read (`config_unreadable`) or has errors (`invalid_config`, each in `errors` with its line); the configuration in force keeps serving.", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file cannot be read (`config_unreadable`), has errors (`invalid_config`, each in `errors` with its line), or names certificate files that cannot be used (`tls_files_refused`); the configuration in force keeps serving.", body = doc::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]

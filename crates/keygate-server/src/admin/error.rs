@@ -169,6 +169,7 @@ impl AdminError {
             E::Reload(ReloadError::NoFile) => "no_config_file",
             E::Reload(ReloadError::Unreadable { .. }) => "config_unreadable",
             E::Reload(ReloadError::Invalid(_)) => "invalid_config",
+            E::Reload(ReloadError::Tls(_)) => "tls_files_refused",
             E::Internal(_) => "internal_error",
         }
     }

@@ -193,6 +193,9 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 if let Some(b) = &u.breaker {
                     spec.breaker = compile_breaker(name, b, errors);
                 }
+                if !overrides.skip_tls_files {
+                    super::compile_tls::upstream(name, u, &mut spec, &span, errors);
+                }
                 upstream_index.insert(name.clone(), upstreams.len());
                 upstreams.push(spec);
             }
@@ -202,7 +205,15 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     if !upstream_index.contains_key(DEFAULT_UPSTREAM) {
         if let Some(url) = &overrides.upstream {
             match UpstreamSpec::parse(DEFAULT_UPSTREAM, url) {
-                Ok(spec) => {
+                Ok(mut spec) => {
+                    let none = super::raw::RawUpstream::default();
+                    super::compile_tls::upstream(
+                        DEFAULT_UPSTREAM,
+                        &none,
+                        &mut spec,
+                        &(0..0),
+                        errors,
+                    );
                     upstream_index.insert(DEFAULT_UPSTREAM.to_owned(), upstreams.len());
                     upstreams.push(spec);
                 }
@@ -296,9 +307,18 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         );
     }
 
-    let limiter = compile_limiter(&raw, errors);
+    let limiter = compile_limiter(&raw, !overrides.skip_tls_files, errors);
     let guard = compile_guard(&raw, errors);
     let http = compile_http_limits(&raw, errors);
+    let read_files = !overrides.skip_tls_files;
+    let tls =
+        super::compile_tls::listener(raw.server.tls.as_ref(), "server.tls", read_files, errors);
+    let admin_tls = super::compile_tls::listener(
+        raw.server.admin_tls.as_ref(),
+        "server.admin_tls",
+        read_files,
+        errors,
+    );
     let shutdown_grace = errors.duration(
         None,
         "server.shutdown_grace",
@@ -358,6 +378,8 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         ws,
         selfservice,
         amqp,
+        tls,
+        admin_tls,
     })
 }
 
@@ -505,7 +527,7 @@ fn compile_guard(raw: &RawConfig, errors: &mut Errors<'_>) -> GuardConfig {
     config
 }
 
-fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
+fn compile_limiter(raw: &RawConfig, read_files: bool, errors: &mut Errors<'_>) -> LimiterConfig {
     let mut config = LimiterConfig::default();
     let Some(spanned) = &raw.limits else {
         return config;
@@ -543,7 +565,25 @@ fn compile_limiter(raw: &RawConfig, errors: &mut Errors<'_>) -> LimiterConfig {
             "limits.backend = \"redis\" needs limits.redis_url",
         ),
         (Some(Backend::Redis), Some(url)) => match redis::Client::open(url.as_str()) {
-            Ok(_) => config.backend = LimiterBackend::Redis { url: url.clone() },
+            Ok(_) => {
+                let ca_file = l
+                    .redis_ca_file
+                    .as_deref()
+                    .map(|p| super::compile_tls::resolve(errors, p));
+                if let Some(path) = &ca_file {
+                    if !url.starts_with("rediss://") {
+                        errors.at(Some(&span), "limits.redis_ca_file is for rediss:// URLs");
+                    } else if read_files {
+                        if let Err(e) = crate::tls::pem::roots(path) {
+                            errors.at(Some(&span), format!("limits.redis_ca_file: {e}"));
+                        }
+                    }
+                }
+                config.backend = LimiterBackend::Redis {
+                    url: url.clone(),
+                    ca_file,
+                }
+            }
             Err(e) => errors.at(
                 Some(&span),
                 format!("limits.redis_url `{url}` does not parse: {e}"),

@@ -7,6 +7,7 @@
 mod choice;
 mod compile;
 mod compile_selfservice;
+mod compile_tls;
 mod compile_ws;
 mod errors;
 mod raw;
@@ -40,6 +41,10 @@ pub struct Overrides {
     /// Loading for operator tools (CLI key commands): routes may lack upstreams, which are
     /// given at serve time.
     pub tooling: bool,
+    /// Leave TLS certificate, key and CA files unread: commands that never serve or connect
+    /// with them (key and client commands) run as users who often cannot read them.
+    /// `serve` and `check-config` read and check every one.
+    pub skip_tls_files: bool,
 }
 
 /// Where a running node's configuration came from, so a reload reads it the same way: the
@@ -100,7 +105,11 @@ impl Plan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LimiterBackend {
     Local,
-    Redis { url: String },
+    /// `ca_file`: roots for a `rediss://` URL instead of the system's.
+    Redis {
+        url: String,
+        ca_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// The limiter's configuration.
@@ -213,6 +222,10 @@ pub struct Config {
     pub ws: crate::policy::ws::WsConfig,
     /// Self-service accounts; `None` (the default) turns every self-service route off.
     pub selfservice: Option<crate::policy::selfservice::SelfService>,
+    /// `[server.tls]`: TLS on the public listener (`None`: plain TCP).
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// `[server.admin_tls]`: TLS on the admin listener.
+    pub admin_tls: Option<crate::tls::ListenerTls>,
     /// `[amqp]`, checked; the operator's credentials are read from the environment by
     /// `keygate_amqp::AmqpConfig::compile` where the broker is used (serve checks them at load).
     pub amqp: Option<keygate_amqp::RawAmqp>,

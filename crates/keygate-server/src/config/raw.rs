@@ -88,6 +88,8 @@ pub(crate) struct RawLimiter {
     /// `local` (one node) or `redis` (shared by every node).
     pub(crate) backend: Option<Choice<Backend>>,
     pub(crate) redis_url: Option<String>,
+    /// CA certificates (PEM) to trust for a `rediss://` URL instead of the system's.
+    pub(crate) redis_ca_file: Option<String>,
     /// Longest wait for Redis's answer to a request's call before falling back (`5ms`).
     pub(crate) timeout: Option<DurationSetting>,
     /// Longest wait for a connection to Redis (`1s`): at start, in the background while Redis
@@ -158,6 +160,38 @@ pub(crate) struct RawServer {
     pub(crate) h2_keepalive_interval: Option<DurationSetting>,
     /// Most concurrent streams (requests) one HTTP/2 connection may have open.
     pub(crate) h2_max_concurrent_streams: Option<i64>,
+    /// TLS on the public listener.
+    pub(crate) tls: Option<Spanned<RawTls>>,
+    /// TLS on the admin listener.
+    pub(crate) admin_tls: Option<Spanned<RawTls>>,
+}
+
+/// `[server.tls]` / `[server.admin_tls]`: the default certificate (`cert`, `key`), more
+/// certificates chosen by SNI, client-certificate verification, the handshake's deadline.
+/// Paths are relative to the configuration file's directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    /// Certificate chain, leaf first (PEM).
+    pub(crate) cert: Option<Spanned<String>>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub(crate) key: Option<Spanned<String>>,
+    /// More certificates; each serves the names its subjectAltName lists.
+    #[serde(default)]
+    pub(crate) certificates: Vec<Spanned<RawCertPair>>,
+    /// CA certificates (PEM) that clients' certificates must chain to; a client without
+    /// one is refused at the handshake.
+    pub(crate) client_ca: Option<Spanned<String>>,
+    /// Time a connection has to complete its handshake (default 10s).
+    pub(crate) handshake_timeout: Option<DurationSetting>,
+}
+
+/// One more certificate of a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertPair {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +211,7 @@ fn default_alphabet() -> Choice<Alphabet> {
     Choice::Known(Alphabet::Base62)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
     pub(crate) url: String,
@@ -185,6 +219,11 @@ pub(crate) struct RawUpstream {
     pub(crate) timeout: Option<DurationSetting>,
     /// The circuit breaker (`crate::state::breaker`); on with its defaults when absent.
     pub(crate) breaker: Option<Spanned<RawBreaker>>,
+    /// `https://` only: CA certificates (PEM) to trust instead of the system's.
+    pub(crate) ca_file: Option<String>,
+    /// `https://` only: a client certificate chain (PEM) to present, with `client_key`.
+    pub(crate) client_cert: Option<String>,
+    pub(crate) client_key: Option<String>,
 }
 
 /// `breaker = { failures = 5, window = "10s", open_for = "5s", half_open_probes = 1 }`.

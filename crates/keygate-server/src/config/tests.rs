@@ -93,7 +93,7 @@ fn every_error_is_reported_with_its_line() {
 listen = "nowhere"
 
 [upstreams.odds]
-url = "https://secure.example"
+url = "ftp://secure.example"
 
 [[routes]]
 path = "/{sport}/v1/matches"

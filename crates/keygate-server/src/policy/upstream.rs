@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
+use rustls::pki_types::ServerName;
 
 /// One upstream service.
 #[derive(Clone, Debug)]
@@ -20,14 +21,18 @@ pub struct UpstreamSpec {
     pub timeout: Duration,
     /// Its circuit breaker; `None` when turned off.
     pub breaker: Option<BreakerConfig>,
+    /// `https://`: the client configuration and the name its certificate must carry (the
+    /// URL's host, also sent as SNI). Set by the configuration compile, which reads the
+    /// upstream's `ca_file` and client certificate.
+    pub tls: Option<(crate::tls::ClientTls, ServerName<'static>)>,
 }
 
 /// A URL that cannot be an upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamUrlError {
-    #[error("upstream URL `{0}` does not parse as an absolute http:// URL")]
+    #[error("upstream URL `{0}` does not parse as an absolute http:// or https:// URL")]
     Unparsable(String),
-    #[error("upstream URL `{0}` uses a scheme other than http:// (TLS to upstreams is not supported yet; terminate it in front of the upstream)")]
+    #[error("upstream URL `{0}` uses a scheme other than http:// or https://")]
     Scheme(String),
     #[error("upstream URL `{0}` must not carry a query or fragment")]
     Query(String),
@@ -47,7 +52,8 @@ impl UpstreamSpec {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// Parses `http://host:port[/base]`.
+    /// Parses `http://host:port[/base]` or `https://…` (whose TLS settings the caller adds:
+    /// [`UpstreamSpec::tls`]).
     ///
     /// # Errors
     /// [`UpstreamUrlError`] naming the URL.
@@ -58,7 +64,7 @@ impl UpstreamSpec {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(UpstreamUrlError::Unparsable(url.to_owned()));
         };
-        if *scheme != Scheme::HTTP {
+        if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
             return Err(UpstreamUrlError::Scheme(url.to_owned()));
         }
         if uri.query().is_some() || url.contains('#') {
@@ -75,7 +81,34 @@ impl UpstreamSpec {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             timeout: Self::DEFAULT_TIMEOUT,
             breaker: Some(BreakerConfig::default()),
+            tls: None,
         })
+    }
+
+    /// Whether the URL is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// The name an `https://` upstream's certificate must carry: the URL's host (an IP
+    /// address is checked against the certificate's addresses).
+    ///
+    /// # Errors
+    /// [`UpstreamUrlError::Unparsable`] when the host is neither a DNS name nor an address.
+    pub fn server_name(&self) -> Result<ServerName<'static>, UpstreamUrlError> {
+        let host = self.authority.host();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned())
+            .map_err(|_| UpstreamUrlError::Unparsable(self.authority.to_string()))
+    }
+
+    /// `host:port` to connect to, the scheme's port when the URL gives none.
+    pub(crate) fn connect_addr(&self) -> String {
+        match self.authority.port() {
+            Some(_) => self.authority.as_str().to_owned(),
+            None if self.is_https() => format!("{}:443", self.authority.as_str()),
+            None => format!("{}:80", self.authority.as_str()),
+        }
     }
 }
 
@@ -92,8 +125,23 @@ mod tests {
             &*UpstreamSpec::parse("a", "http://h/api/").unwrap().base_path,
             "/api"
         );
+        let https = UpstreamSpec::parse("a", "https://h.example/api").unwrap();
+        assert!(https.is_https());
+        assert_eq!(https.connect_addr(), "h.example:443");
+        assert_eq!(
+            UpstreamSpec::parse("a", "http://h").unwrap().connect_addr(),
+            "h:80"
+        );
+        assert_eq!(
+            UpstreamSpec::parse("a", "https://[::1]:8443")
+                .unwrap()
+                .server_name()
+                .unwrap()
+                .to_str(),
+            "::1"
+        );
         assert!(matches!(
-            UpstreamSpec::parse("a", "https://h"),
+            UpstreamSpec::parse("a", "ftp://h"),
             Err(UpstreamUrlError::Scheme(_))
         ));
         assert!(matches!(

@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use keygate_core::decision::Reason;
-use tokio::net::TcpStream;
 
 use crate::policy::guard::Guard;
 use crate::policy::profile::{IdentityHeaders, Profile};
@@ -29,6 +28,7 @@ use crate::policy::upstream::UpstreamSpec;
 use crate::request::bounded_body::{self, BoundedBody};
 use crate::state::gateway::Admitted;
 use crate::state::locks::lock;
+use crate::tls::{self, client::ConnectError};
 
 /// Idle connections kept per upstream and worker; more are closed when they finish.
 const MAX_IDLE: usize = 256;
@@ -36,10 +36,8 @@ const MAX_IDLE: usize = 256;
 /// Why a request did not reach an upstream.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
-    #[error("cannot connect: {0}")]
-    Connect(#[source] std::io::Error),
-    #[error("connecting timed out")]
-    ConnectTimeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -77,17 +75,8 @@ impl Pool {
 }
 
 async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<BoundedBody>, SendError> {
-    let addr = spec.authority.as_str();
-    let addr = if spec.authority.port().is_some() {
-        addr.to_owned()
-    } else {
-        format!("{addr}:80")
-    };
-    let stream = tokio::time::timeout(spec.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| SendError::ConnectTimeout)?
-        .map_err(SendError::Connect)?;
-    let _ = stream.set_nodelay(true);
+    let addr = spec.connect_addr();
+    let stream = tls::client::connect(&addr, spec.tls.as_ref(), spec.connect_timeout).await?;
     // Flat writes, as on the public side: forwarded requests are a head and rarely a body.
     let (sender, conn) = http1::Builder::new()
         .writev(false)

@@ -96,6 +96,7 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
                         "feed_lag_seconds": g.feed_lag_seconds,
                     },
                     "amqp": crate::state::amqp::status(gw),
+                    "tls": gw.tls.get().and_then(|t| t.status()),
                 }),
             )
         }
@@ -105,6 +106,9 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
             gw.connections.render(&mut text);
             gw.loaded.render(&mut text);
             crate::state::amqp::render_metrics(gw, &mut text);
+            if let Some(tls) = gw.tls.get() {
+                tls.render(&mut text);
+            }
             gw.breakers
                 .render(&gw.config.upstreams, gw.clock.now(), &mut text);
             respond::text(

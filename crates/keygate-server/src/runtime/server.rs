@@ -39,6 +39,7 @@ use crate::state::gateway::Gateway;
 use crate::state::live::Live;
 use crate::state::reload::{ReloadError, Reloaded};
 use crate::state::replica::Replica;
+use crate::tls::{ServerTls, Tls};
 use arc_swap::ArcSwap;
 use keygate_limits::Limits;
 
@@ -68,6 +69,8 @@ pub enum ServeError {
     Limiter(#[source] keygate_limits::LimiterError),
     #[error("cannot set up messaging feeds ([amqp]): {0}")]
     Amqp(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// A running gateway.
@@ -209,6 +212,11 @@ pub async fn start_on(
         config.http.max_connections,
         config.http.admin_max_connections,
     );
+    // The files were checked by the configuration's compile; read again now, they may have
+    // changed since. Before any socket is bound, as every other start-up check.
+    let tls = Arc::new(
+        Tls::load(config.tls.as_ref(), config.admin_tls.as_ref()).map_err(ServeError::Tls)?,
+    );
     let (addr, listeners) = match sockets.public {
         Some(given) => listen::adopt_public(given, config.workers)?,
         None => {
@@ -242,13 +250,23 @@ pub async fn start_on(
     let poll = config.feed_poll;
     let limits = match &config.limiter.backend {
         LimiterBackend::Local => Limits::local(),
-        LimiterBackend::Redis { url } => {
+        LimiterBackend::Redis { url, ca_file } => {
             let options = keygate_limits::RedisOptions {
                 timeout: config.limiter.timeout,
                 connect_timeout: config.limiter.connect_timeout,
                 fail_closed: config.limiter.fail_closed,
             };
-            Limits::with_redis(url, options)
+            // Checked by the configuration's compile; read now, as the listeners' files are.
+            let roots = match ca_file {
+                None => None,
+                Some(path) => Some(std::fs::read(path).map_err(|source| {
+                    ServeError::Tls(crate::tls::TlsError::Read {
+                        path: path.clone(),
+                        source,
+                    })
+                })?),
+            };
+            Limits::with_redis_tls(url, roots, options)
                 .await
                 .map_err(ServeError::Limiter)?
         }
@@ -257,6 +275,7 @@ pub async fn start_on(
     let gw = Arc::new(Gateway::new(config, replica, limits, clock));
     let _ = gw.writer.set(store.clone());
     let live = Live::new(Arc::clone(&gw));
+    let _ = gw.tls.set(Arc::clone(&tls));
     let (shutdown, stop) = watch::channel(false);
     crate::state::amqp::start(&gw, &store, stop.clone()).map_err(ServeError::Amqp)?;
 
@@ -266,12 +285,13 @@ pub async fn start_on(
         let live = Arc::clone(&live);
         let stop = stop.clone();
         let done = worker_done.clone();
+        let tls = tls.public.clone();
         let handle = std::thread::Builder::new()
             .name(format!("keygate-worker-{i}"))
             .spawn(move || {
                 let _done = done;
                 crate::state::per_worker::enter(i);
-                run_worker(&live, listener, stop)
+                run_worker(&live, listener, tls, stop)
             })
             .map_err(ServeError::Thread)?;
         workers.push(handle);
@@ -280,9 +300,12 @@ pub async fn start_on(
     tokio::spawn(serve_admin(
         Arc::clone(&live),
         store.clone(),
-        admin,
+        (admin, tls.admin.clone()),
         stop.clone(),
     ));
+    // Certificate reloads: on a change of the files, and on SIGHUP (which also no longer
+    // ends the process, TLS or not).
+    tokio::spawn(Arc::clone(&tls).watch(stop.clone()));
     let usage_store = store.clone();
     let usage = tokio::spawn(crate::runtime::usage_flush::run(
         Arc::clone(&gw),
@@ -330,7 +353,12 @@ async fn sweep_limits(live: Arc<Live>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn run_worker(live: &Live, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+fn run_worker(
+    live: &Live,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut reloads = live.subscribe();
     let gw = live.load();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -385,7 +413,7 @@ fn run_worker(live: &Live, listener: std::net::TcpListener, mut stop: watch::Rec
                 Arc::clone(&current),
                 builder.clone(),
                 (stream, remote, slot),
-                (first_bytes, deadlines),
+                (first_bytes, deadlines, tls.clone()),
                 stop.clone(),
             ));
         }
@@ -416,32 +444,84 @@ fn run_worker(live: &Live, listener: std::net::TcpListener, mut stop: watch::Rec
 }
 
 /// Serves one connection of the public listener; `slot` holds its place under
-/// `max_connections` until it closes.
+/// `max_connections` until it closes. With TLS the handshake runs here, in the worker's
+/// task, within the listener's `handshake_timeout`, and ALPN decides the protocol.
 async fn serve_public(
     worker: Arc<ArcSwap<Worker>>,
     builder: auto::Builder<TokioExecutor>,
     (stream, remote, slot): (TcpStream, SocketAddr, Slot),
-    (first_bytes, deadlines): (std::time::Duration, H2Deadlines),
+    (first_bytes, deadlines, tls): (std::time::Duration, H2Deadlines, Option<Arc<ServerTls>>),
     mut stop: watch::Receiver<bool>,
 ) {
     let _slot = slot;
-    let protocol = tokio::select! {
-        p = connection::sniff(&stream, first_bytes) => p,
+    let Some(tls) = tls else {
+        let protocol = tokio::select! {
+            p = connection::sniff(&stream, first_bytes) => p,
+            _ = stop.changed() => None,
+        };
+        // Silent past the header timeout: closed.
+        if let Some(protocol) = protocol {
+            serve_http(worker, builder, stream, remote, protocol, deadlines, stop).await;
+        }
+        return;
+    };
+    let accepted = tokio::select! {
+        a = handshake(&tls, stream) => a,
         _ = stop.changed() => None,
     };
+    let Some(stream) = accepted else { return };
+    // ALPN: h2 only when the client asked for it; hyper then skips its own version sniffing
+    // (and its header timer starts at once).
+    let (protocol, builder) = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => (Protocol::Http2, builder.http2_only()),
+        _ => (Protocol::Http1, builder.http1_only()),
+    };
+    serve_http(worker, builder, stream, remote, protocol, deadlines, stop).await;
+}
+
+/// The TLS handshake of a new connection within the listener's `handshake_timeout`; `None`
+/// (the connection is closed) when it fails or is too slow.
+async fn handshake(
+    tls: &ServerTls,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed.");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("No TLS handshake within handshake_timeout; closing the connection.");
+            None
+        }
+    }
+}
+
+/// HTTP on one public connection, plain or TLS.
+async fn serve_http<I>(
+    worker: Arc<ArcSwap<Worker>>,
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    remote: SocketAddr,
+    protocol: Protocol,
+    deadlines: H2Deadlines,
+    stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // A combinator rather than an `async` block: the block would hold the handler's future
     // beside its own state (see `service::handle_guarded`).
     match protocol {
-        None => {} // Silent past the header timeout: closed.
-        Some(Protocol::Http1) => {
+        Protocol::Http1 => {
             // Each request takes the worker (and so the configuration) in force when it starts.
             let service = service_fn(move |req: Request<Incoming>| {
                 service::handle_guarded(worker.load_full(), req, remote).map(Ok::<_, Infallible>)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
         }
-        Some(Protocol::Http2) => {
+        Protocol::Http2 => {
             let streams = Streams::new();
             let tracker = Arc::clone(&streams);
             let service = service_fn(move |req: Request<Incoming>| {
@@ -449,7 +529,7 @@ async fn serve_public(
                 service::handle_guarded(worker.load_full(), req, remote)
                     .map(move |resp| Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, stream))))
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             let deadlines = Some((streams, deadlines));
             connection::drive(conn, |c| c.graceful_shutdown(), deadlines, stop).await;
         }
@@ -461,7 +541,7 @@ async fn serve_public(
 async fn serve_admin(
     live: Arc<Live>,
     store: Store,
-    listener: TcpListener,
+    (listener, tls): (TcpListener, Option<Arc<ServerTls>>),
     mut stop: watch::Receiver<bool>,
 ) {
     let infra_route = |which: Infra| {
@@ -495,8 +575,22 @@ async fn serve_admin(
             _ = stop.changed() => break,
         };
         let (builder, service, mut stop) = (builder.clone(), service.clone(), stop.clone());
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
+            if let Some(tls) = tls {
+                // A client without an accepted certificate (mTLS) fails here.
+                let accepted = tokio::select! {
+                    a = handshake(&tls, stream) => a,
+                    _ = stop.changed() => None,
+                };
+                if let Some(stream) = accepted {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    connection::drive(conn, |c| c.graceful_shutdown(), None, stop).await;
+                }
+                return;
+            }
             let spoke = tokio::select! {
                 p = connection::sniff(&stream, first_bytes) => p.is_some(),
                 _ = stop.changed() => false,

@@ -130,6 +130,9 @@ pub struct Node {
     pub replica_writes: std::sync::Mutex<()>,
     /// The file a reload reads; unset when the node was started without one.
     pub source: std::sync::OnceLock<crate::config::Source>,
+    /// The TLS listeners' certificates, set when the gateway starts; a reload reconfigures
+    /// them in place (`Tls::reconfigure`).
+    pub tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
 }
 
 /// A node serving one configuration: what every request reads. A reload builds a new one
@@ -227,6 +230,7 @@ impl Gateway {
             started: Instant::now(),
             loaded: crate::state::loaded::Loaded::new(clock.now()),
             source: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
             replica_writes: std::sync::Mutex::new(()),
             clock,
             ws_sessions: crate::state::ws_sessions::Sessions::default(),

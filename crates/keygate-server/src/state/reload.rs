@@ -38,6 +38,9 @@ pub enum ReloadError {
     /// Every problem of the file, each with its line.
     #[error("{0}")]
     Invalid(ConfigErrors),
+    /// A listener's new certificate, key or CA file cannot be used (the file is named).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A reload that was applied.
@@ -74,10 +77,9 @@ impl Reloaded {
 /// [`ReloadError`]; nothing changed.
 pub(crate) async fn reload(live: &Live, by: &str) -> Result<Reloaded, ReloadError> {
     let current = live.load();
-    let outcome = read_and_compile(&current).await;
     let now = current.clock.now();
-    let config = match outcome {
-        Ok(config) => config,
+    let (config, restart_required) = match prepare(&current).await {
+        Ok(prepared) => prepared,
         Err(e) => {
             current.loaded.record(ReloadResult::Refused, now, by);
             tracing::error!(by, error = %e, "Configuration reload refused; the configuration in force keeps serving.");
@@ -91,7 +93,6 @@ pub(crate) async fn reload(live: &Live, by: &str) -> Result<Reloaded, ReloadErro
             return Err(e);
         }
     };
-    let (config, restart_required) = keep_restart_only(&current.config, config);
     let changed = config.hash != current.config.hash;
     let next = Arc::new(current.reconfigured(config));
     {
@@ -123,6 +124,33 @@ pub(crate) async fn reload(live: &Live, by: &str) -> Result<Reloaded, ReloadErro
     }
     audit(&next, by, "config.reload", reloaded.to_json()).await;
     Ok(reloaded)
+}
+
+/// The new configuration, with what needs a restart kept as running (and named), and the
+/// listeners' TLS settings already applied: the last step that can fail.
+async fn prepare(current: &Gateway) -> Result<(Config, Vec<&'static str>), ReloadError> {
+    let config = read_and_compile(current).await?;
+    let (mut config, mut restart_required) = keep_restart_only(&current.config, config);
+    if let Some(tls) = current.tls.get() {
+        // Turning TLS on or off on a listener needs a restart; other files, another CA or
+        // deadline are staged for every listener first and applied only if all are usable.
+        let running = &current.config;
+        for (table, was, next) in [
+            ("server.tls", &running.tls, &mut config.tls),
+            (
+                "server.admin_tls",
+                &running.admin_tls,
+                &mut config.admin_tls,
+            ),
+        ] {
+            if was.is_some() != next.is_some() {
+                restart_required.push(table);
+                next.clone_from(was);
+            }
+        }
+        tls.reconfigure(config.tls.as_ref(), config.admin_tls.as_ref())?;
+    }
+    Ok((config, restart_required))
 }
 
 async fn read_and_compile(gw: &Gateway) -> Result<Config, ReloadError> {

@@ -1,13 +1,12 @@
 //! Opening the upstream WebSocket: the caller's request (its credentials already stripped) with
 //! the headers every upstream gets (`crate::request::proxy::rewrite_headers`), less its handshake
-//! headers, over a fresh TCP connection.
+//! headers, over a fresh TCP connection (TLS for an `https://` upstream: `wss://`).
 
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Request;
 use keygate_core::decision::Reason;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
@@ -17,9 +16,10 @@ use crate::policy::profile::Profile;
 use crate::policy::upstream::UpstreamSpec;
 use crate::request::proxy::{rewrite_headers, Toward};
 use crate::state::gateway::Admitted;
+use crate::tls::client::{ConnectError, UpstreamStream};
 
 /// The upstream side of a session.
-pub(crate) type UpstreamSocket = WebSocketStream<TcpStream>;
+pub(crate) type UpstreamSocket = WebSocketStream<UpstreamStream>;
 
 /// Largest message accepted from an upstream (trusted, but not without bound).
 const UPSTREAM_MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -84,11 +84,7 @@ pub(crate) async fn connect(
 ) -> Result<(UpstreamSocket, Option<HeaderValue>), Reason> {
     let spec = t.spec;
     let authority = spec.authority.as_str();
-    let addr = if spec.authority.port().is_some() {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let addr = spec.connect_addr();
     let uri = format!("ws://{authority}{}{}", spec.base_path, t.path_and_query);
     let mut req = Request::get(uri).body(()).map_err(|_| Reason::BadRequest)?;
     let headers = req.headers_mut();
@@ -108,15 +104,17 @@ pub(crate) async fn connect(
         HeaderValue::from_str(&generate_key()).expect("base64 is a valid header value"),
     );
 
-    let stream = match tokio::time::timeout(spec.connect_timeout, TcpStream::connect(&addr)).await {
-        Err(_) => return Err(Reason::UpstreamTimeout),
-        Ok(Err(e)) => {
+    // `wss://` is TLS underneath; the request line above stays `ws://`, which is only its target.
+    let stream = match crate::tls::client::connect(&addr, spec.tls.as_ref(), spec.connect_timeout)
+        .await
+    {
+        Err(ConnectError::Timeout) => return Err(Reason::UpstreamTimeout),
+        Err(e) => {
             tracing::warn!(upstream = %spec.name, error = %e, "Upstream WebSocket connect failed.");
             return Err(Reason::UpstreamUnavailable);
         }
-        Ok(Ok(s)) => s,
+        Ok(s) => s,
     };
-    let _ = stream.set_nodelay(true);
     let config = socket_config(UPSTREAM_MAX_MESSAGE);
     let handshake = tokio_tungstenite::client_async_with_config(req, stream, Some(config));
     match tokio::time::timeout(spec.timeout, handshake).await {

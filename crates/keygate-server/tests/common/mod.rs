@@ -57,6 +57,7 @@ impl Harness {
             upstream: Some(upstream.url()),
             workers: Some(2),
             tooling: false,
+            skip_tls_files: false,
         };
         let text = config_text.replace("{upstream}", &upstream.url());
         let config_path = dir.path().join("test.toml");
@@ -90,16 +91,24 @@ impl Harness {
             issuer,
             config_path,
         };
-        assert!(
+        let ready = if h.gateway.gateway().config.admin_tls.is_some() {
+            // The admin listener speaks TLS only (tests/tls.rs): ask the replica itself.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !h.gateway.gateway().replica.is_loaded() && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            h.gateway.gateway().replica.is_loaded()
+        } else {
             keygate_test::wait_for_status(
                 h.gateway.admin_addr,
                 "/ready",
                 200,
-                Duration::from_secs(5)
+                Duration::from_secs(5),
             )
-            .await,
-            "gateway never became ready"
-        );
+            .await
+        };
+        assert!(ready, "gateway never became ready");
         h
     }
 

@@ -63,15 +63,28 @@ fn segment(s: &str) -> String {
 }
 
 impl Remote {
+    /// `tls`: the CA file and client certificate for an `https://` URL (the same client
+    /// configuration as the gateway's upstreams: system roots unless a CA file is given).
+    ///
     /// # Errors
-    /// A URL that is not `http://`, or a token that is not a well-formed admin token.
-    pub(crate) fn new(url: &str, token: &str) -> anyhow::Result<Remote> {
+    /// A URL that is not `http://` or `https://`, TLS files given for `http://` or that
+    /// cannot be used, or a token that is not a well-formed admin token.
+    pub(crate) fn new(
+        url: &str,
+        token: &str,
+        tls: &keygate_server::tls::ClientFiles,
+    ) -> anyhow::Result<Remote> {
         let base = url.trim_end_matches('/');
         let parsed = reqwest::Url::parse(base)
             .with_context(|| format!("--admin-url `{url}` is not a URL"))?;
-        if parsed.scheme() != "http" {
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => anyhow::bail!("--admin-url `{url}` must be http:// or https://"),
+        };
+        if !https && *tls != keygate_server::tls::ClientFiles::default() {
             anyhow::bail!(
-                "--admin-url `{url}` must be http:// (the admin listener serves plain HTTP; reach a remote one through a tunnel or a TLS-terminating proxy on loopback)"
+                "--admin-ca, --admin-cert and --admin-key are for an https:// --admin-url"
             );
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
@@ -82,10 +95,13 @@ impl Remote {
             .map_err(|_| {
                 anyhow::anyhow!("KEYGATE_ADMIN_TOKEN does not hold an admin token (kgadm_...)")
             })?;
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .context("cannot set up the HTTP client")?;
+        let mut http = reqwest::Client::builder().timeout(TIMEOUT);
+        if https {
+            let client = keygate_server::tls::ClientTls::new(tls, &[b"http/1.1"])
+                .context("cannot set up TLS for --admin-url")?;
+            http = http.use_preconfigured_tls((*client.config()).clone());
+        }
+        let http = http.build().context("cannot set up the HTTP client")?;
         Ok(Remote {
             base: base.to_owned(),
             token: token.trim().to_owned(),

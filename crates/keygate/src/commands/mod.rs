@@ -72,6 +72,19 @@ pub(crate) fn load_config(path: &Path, overrides: &Overrides) -> anyhow::Result<
     )?)
 }
 
+/// How `--admin-url https://…` checks the node and shows itself (`--admin-ca`, `--admin-cert`,
+/// `--admin-key`).
+pub(crate) fn admin_tls(cli: &Cli) -> keygate_server::tls::ClientFiles {
+    keygate_server::tls::ClientFiles {
+        ca_file: cli.admin_ca.clone(),
+        client_cert: cli
+            .admin_cert
+            .clone()
+            .zip(cli.admin_key.clone())
+            .map(|(cert, key)| keygate_server::tls::CertFiles { cert, key }),
+    }
+}
+
 /// The admin token `--admin-url` (and `reload`) authenticate with.
 pub(crate) fn admin_token() -> anyhow::Result<String> {
     std::env::var("KEYGATE_ADMIN_TOKEN").map_err(|_| {
@@ -106,6 +119,7 @@ fn check_config(file: &Path, json: bool) -> anyhow::Result<()> {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let tooling = Overrides {
         tooling: true,
+        skip_tls_files: true,
         ..Overrides::default()
     };
     let config = match &cli.config {
@@ -119,7 +133,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     "give --db (a database) or --admin-url (a node's admin API), not both"
                 );
             }
-            Backend::Remote(Remote::new(url, &admin_token()?)?)
+            Backend::Remote(Remote::new(url, &admin_token()?, &admin_tls(&cli))?)
         }
         None => {
             let db = cli

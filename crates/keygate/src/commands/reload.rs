@@ -26,7 +26,7 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<()> {
             "give --admin-url (the node's admin API) or --config (the file the node on this machine serves)"
         ),
     };
-    let remote = Remote::new(&url, &super::admin_token()?)?;
+    let remote = Remote::new(&url, &super::admin_token()?, &super::admin_tls(cli))?;
     let answer = remote.reload().await?;
     if cli.json {
         output::json(&answer);

@@ -57,6 +57,7 @@ pub(crate) fn overrides(db: Option<String>, args: &ServeArgs) -> Overrides {
         upstream: args.upstream.clone(),
         workers: args.workers,
         tooling: false,
+        skip_tls_files: false,
     }
 }
 

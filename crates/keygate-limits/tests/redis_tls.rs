@@ -1,0 +1,115 @@
+//! Redis over TLS (`rediss://`): a `redis-server` of the test's own, with a certificate from a
+//! CA generated here; the limiter counts through it, and a server whose certificate another CA
+//! signed is refused.
+
+use std::num::NonZeroU64;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keygate_core::limit::Limit;
+use keygate_core::Timestamp;
+use keygate_limits::{Check, LimitKey, LimiterError, RedisLimiter};
+use keygate_test::tls::TestCa;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A `redis-server` serving TLS only, stopped on drop.
+struct TlsRedis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server` with `dir/redis.pem` (issued by `ca` for 127.0.0.1); `None` when it
+/// is not installed (outside CI; under CI the test fails).
+async fn start(ca: &TestCa, dir: &Path) -> Option<TlsRedis> {
+    let program = keygate_test::program("redis-server", &[Path::new("/usr/bin")])?;
+    let (cert, key) = ca.issue(&["127.0.0.1"]).write(dir, "redis");
+    let ca_path = ca.write_ca(dir);
+    let port = keygate_test::free_port();
+    let child = Command::new(program)
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_path)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let server = TlsRedis { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(server)
+}
+
+#[tokio::test]
+async fn the_limiter_counts_over_tls_and_refuses_a_certificate_its_ca_did_not_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("redis test CA");
+    let Some(redis) = start(&ca, dir.path()).await else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let limiter = RedisLimiter::connect_tls(&url, Some(ca.pem.as_bytes()), TIMEOUT, TIMEOUT)
+        .await
+        .unwrap();
+    let now = Timestamp::parse_rfc3339("2026-09-21T10:00:00Z").unwrap();
+    let one = [Check::new(
+        LimitKey::new(format!("t:tls:{:016x}", getrandom::u64().unwrap()), 0),
+        Limit::per_second(NonZeroU64::new(1).unwrap()),
+    )];
+    assert!(limiter.check(&one, now).await.unwrap().allowed);
+    assert!(
+        !limiter.check(&one, now).await.unwrap().allowed,
+        "counted in Redis"
+    );
+
+    let stranger = TestCa::new("not the server's CA");
+    let refused =
+        RedisLimiter::connect_tls(&url, Some(stranger.pem.as_bytes()), TIMEOUT, TIMEOUT).await;
+    let Err(err) = refused else {
+        panic!("an unknown issuer is accepted");
+    };
+    assert!(
+        matches!(&err, LimiterError::Unavailable(m) if m.contains("certificate") || m.contains("UnknownIssuer")),
+        "{err:?}"
+    );
+    // Plain redis:// to the TLS port does not get through either.
+    let plain = format!("redis://127.0.0.1:{}", redis.port);
+    assert!(
+        RedisLimiter::connect_tls(&plain, None, TIMEOUT, Duration::from_millis(500))
+            .await
+            .is_err()
+    );
+}

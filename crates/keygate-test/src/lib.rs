@@ -7,6 +7,8 @@
 //!   ([`Proc`]), pick free ports and wait for an HTTP endpoint to come up.
 //! - [`ws_upstream`]: a real WebSocket upstream ([`WsUpstream`]) that echoes, records every
 //!   frame per connection, floods on request and lets a test push messages to clients.
+//! - [`smtp`]: a tiny SMTP server ([`SmtpServer`]) that records each message, so portal tests
+//!   read sign-in links from real mail.
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -16,6 +18,7 @@
 pub mod process;
 pub mod relay;
 pub mod services;
+pub mod smtp;
 pub mod upstream;
 pub mod ws_upstream;
 
@@ -23,6 +26,7 @@ pub use process::{free_port, json_output, wait_for_status, Proc};
 pub use relay::Relay;
 pub use reqwest;
 pub use services::{postgres_schema, program, rabbitmq, redis_url, RabbitMq};
+pub use smtp::{Mail, SmtpServer};
 pub use tokio_tungstenite;
 pub use upstream::{Recorded, Upstream};
 pub use ws_upstream::{Received, WsUpstream};

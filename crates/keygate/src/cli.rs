@@ -50,6 +50,9 @@ pub(crate) enum Command {
     /// Messaging feed credentials on RabbitMQ (`[amqp]`): one vhost and user per client.
     #[command(subcommand)]
     Amqp(AmqpCommand),
+    /// The customer portal (`[portal]`): invite people to sign in for a client.
+    #[command(subcommand)]
+    Portal(PortalCommand),
     /// Manage admin tokens for the admin API.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCommand),
@@ -75,6 +78,9 @@ pub(crate) struct ServeArgs {
     /// Admin listener address (keep it on loopback).
     #[arg(long)]
     pub(crate) admin_listen: Option<std::net::SocketAddr>,
+    /// Customer portal listener address (where `[portal]` is configured).
+    #[arg(long)]
+    pub(crate) portal_listen: Option<std::net::SocketAddr>,
     /// URL of the `default` upstream, used by routes that name none.
     #[arg(long)]
     pub(crate) upstream: Option<String>,
@@ -84,6 +90,19 @@ pub(crate) struct ServeArgs {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     pub(crate) log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PortalCommand {
+    /// Make an address one of the client's portal users and mail it a single-use sign-in link
+    /// (valid 15 minutes); the link is printed too.
+    Invite {
+        /// The client's name or id.
+        client: String,
+        /// The person's e-mail address.
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -84,6 +84,10 @@ pub enum AdminError {
     /// A messaging feed operation failed; the feed crate's error says which step and why.
     #[error("{0}")]
     Feed(#[from] keygate_amqp::AmqpError),
+    #[error("The customer portal is not configured on this node (no [portal] listen).")]
+    PortalNotConfigured,
+    #[error("The sign-in link could not be mailed: {0}.")]
+    MailFailed(String),
     /// A store failure no request can cause (corrupt row, schema); logged where it is made.
     #[error("The store failed unexpectedly ({0}); see the gateway log.")]
     Internal(&'static str),
@@ -125,6 +129,8 @@ impl AdminError {
             E::Feed(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
+            E::PortalNotConfigured => StatusCode::NOT_FOUND,
+            E::MailFailed(_) => StatusCode::BAD_GATEWAY,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,6 +166,8 @@ impl AdminError {
             E::NotFound => "not_found",
             E::MethodNotAllowed => "method_not_allowed",
             E::Feed(e) => e.code(),
+            E::PortalNotConfigured => "portal_not_configured",
+            E::MailFailed(_) => "mail_failed",
             E::Internal(_) => "internal_error",
         }
     }
@@ -222,6 +230,8 @@ impl From<StoreError> for AdminError {
             StoreError::Invalid(n) => AdminError::invalid_value(name_field(&n), n.to_string()),
             StoreError::Conflict(m) => AdminError::Conflict(m),
             StoreError::InvalidParent(m) => AdminError::invalid_value("parent", m),
+            StoreError::InvalidEmail(m) => AdminError::invalid_value("email", m),
+            e @ StoreError::PortalUserTaken(_) => AdminError::Conflict(e.to_string()),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "The admin API cannot reach the store.");
                 AdminError::StoreUnavailable

@@ -317,6 +317,12 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         }
         spanned.get_ref().clone()
     });
+    let portal = super::compile_portal::compile(
+        raw.portal.as_ref(),
+        overrides.portal_listen,
+        overrides.tooling,
+        errors,
+    );
     if !errors.is_empty() {
         return None;
     }
@@ -341,6 +347,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         ws,
         selfservice,
         amqp,
+        portal,
     })
 }
 

@@ -8,6 +8,7 @@ mod demo;
 mod emergency;
 mod key;
 mod plan;
+mod portal;
 mod serve;
 
 use std::path::Path;
@@ -139,6 +140,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
+        Command::Portal(cmd) => portal::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } => {
             unreachable!("handled before the store opens")

@@ -1154,6 +1154,7 @@ async fn portal_links_open_one_session_and_disabling_ends_it(f: Fixture) {
             &actor(),
             NewClient {
                 name: "Other".into(),
+                plan: "free".into(),
                 ..NewClient::default()
             },
         )

@@ -51,7 +51,7 @@ impl Pages {
             ":root {{ --primary: {}; --background: {}; --text: {}; }}\n",
             c.primary, c.background, c.text
         );
-        let provider = Value::from_serialize(&serde_json::json!({
+        let provider = Value::from_serialize(serde_json::json!({
             "name": settings.name,
             "logo": settings.logo,
             "sign_up": settings.sign_up,
@@ -132,7 +132,10 @@ mod tests {
         let config = crate::config::load(
             "[portal]\nlisten = \"127.0.0.1:0\"\nname = \"Odds<Stream>\"\n",
             "t.toml",
-            &crate::config::Overrides::default(),
+            &crate::config::Overrides {
+                tooling: true,
+                ..crate::config::Overrides::default()
+            },
         )
         .unwrap();
         let pages = Pages::new(config.portal.as_ref().unwrap()).unwrap();
@@ -143,5 +146,13 @@ mod tests {
         assert!(html.contains("Odds&lt;Stream&gt;"), "{html}");
         assert!(!html.contains("Odds<Stream>"));
         assert!(html.contains(&visit.csrf));
+        let key = context! { id => "key_0123456789abcdef", hint => "kg_ab…yz", label => "prod" };
+        let ctx =
+            context! { key => key, plan => context! { name => "free" }, limits => context! {} };
+        for (name, _) in TEMPLATES {
+            pages
+                .render(name, &visit, Some("ann@acme.test"), ctx.clone())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }

@@ -199,6 +199,18 @@ pub(crate) fn clear_session(state: &PortalState) -> HeaderValue {
 }
 
 #[cfg(test)]
+impl Visit {
+    /// A first visit (no cookies), for template tests.
+    pub(crate) fn from_headers_for_tests() -> Visit {
+        Visit {
+            csrf: token(),
+            new_csrf: true,
+            session_token: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -221,17 +233,5 @@ mod tests {
         assert_eq!(cookie(&h, "session"), Some("2"));
         assert_eq!(cookie(&h, "csrf"), Some("3"));
         assert_eq!(cookie(&h, "other"), None);
-    }
-}
-
-#[cfg(test)]
-impl Visit {
-    /// A first visit (no cookies), for template tests.
-    pub(crate) fn from_headers_for_tests() -> Visit {
-        Visit {
-            csrf: token(),
-            new_csrf: true,
-            session_token: None,
-        }
     }
 }

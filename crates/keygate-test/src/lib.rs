@@ -9,6 +9,7 @@
 //!   frame per connection, floods on request and lets a test push messages to clients.
 //! - [`smtp`]: a tiny SMTP server ([`SmtpServer`]) that records each message, so portal tests
 //!   read sign-in links from real mail.
+//! - [`webdriver`]: a minimal WebDriver client ([`webdriver::Browser`]) for headless Chromium.
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -20,6 +21,7 @@ pub mod relay;
 pub mod services;
 pub mod smtp;
 pub mod upstream;
+pub mod webdriver;
 pub mod ws_upstream;
 
 pub use process::{free_port, json_output, wait_for_status, Proc};

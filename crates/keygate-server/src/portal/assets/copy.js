@@ -6,11 +6,14 @@ document.addEventListener("DOMContentLoaded", function () {
     button.addEventListener("click", function () {
       var text = document.getElementById(button.dataset.copy).textContent;
       var done = function () { button.textContent = "Copied"; };
-      if (navigator.clipboard && window.isSecureContext) {
-        navigator.clipboard.writeText(text).then(done, function () { select(button.dataset.copy); });
-      } else {
+      var fallback = function () {
         select(button.dataset.copy);
         if (document.execCommand("copy")) { done(); }
+      };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(done, fallback);
+      } else {
+        fallback();
       }
     });
   });

@@ -608,6 +608,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/clients/{client}/amqp/revoke"),
     ("get", "/v1/amqp/drift"),
     ("post", "/v1/amqp/reconcile"),
+    ("post", "/v1/clients/{client}/portal/invite"),
 ];
 
 /// The route template a concrete path falls under (`/v1/keys/key_…` → `/v1/keys/{id}`).

@@ -742,3 +742,55 @@ async fn account_usage_and_bookmaker_selection() {
         .await;
     assert_eq!(unknown.status, 422);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_where_the_profile_allows_it() {
+    // Off unless the profile turns it on.
+    let (h, _smtp) = start("").await;
+    let mut b = Browser::new(&h);
+    assert_eq!(b.get("/sign-up").await.status, 404);
+    drop(h);
+
+    // 003: "Sign up at oddsstream.io/signup. A free account gives you immediate access."
+    let (h, smtp) = start("sign_up = true\n").await;
+    let mut b = Browser::new(&h);
+    let form = b.get("/sign-up").await;
+    assert!(form
+        .body
+        .contains("A free account gives you immediate access"));
+    let sent = b
+        .submit(
+            "/sign-up",
+            "/sign-up",
+            &[("name", "Newco"), ("email", "dev@newco.test")],
+        )
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let mail = smtp.wait_for(1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(
+        b.follow_link(&mail.link().unwrap())
+            .await
+            .location
+            .as_deref(),
+        Some("/keys")
+    );
+    let client = h.store.client("Newco").await.unwrap();
+    assert_eq!(client.plan, "free", "the profile's default plan");
+    let created = b
+        .submit("/keys", "/keys", &[("label", "development")])
+        .await;
+    let key = created.shown_key().unwrap();
+    assert_eq!(gateway_status(&h, &key).await, 200, "immediate access");
+
+    // Signing up again with the address gives the same page and a sign-in link, no account.
+    let again = Browser::new(&h)
+        .submit(
+            "/sign-up",
+            "/sign-up",
+            &[("name", "Newco 2"), ("email", "dev@newco.test")],
+        )
+        .await;
+    assert_eq!(again.body, sent.body);
+    assert_eq!(smtp.wait_for(2, Duration::from_secs(5)).await.len(), 2);
+    assert!(h.store.client("Newco 2").await.is_err());
+}

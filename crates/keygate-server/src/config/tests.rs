@@ -720,3 +720,20 @@ fn every_shipped_profile_with_a_portal_compiles_it() {
         assert!(p.smtp.unwrap().from.contains('@'), "{name}");
     }
 }
+
+#[test]
+fn the_readme_portal_configuration_compiles() {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme
+        .find("### Customer portal")
+        .expect("the README's portal section")..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let tooling = Overrides {
+        tooling: true,
+        ..over("http://127.0.0.1:9000")
+    };
+    let c = load(block, "README.md", &tooling).unwrap_or_else(|e| panic!("{e}"));
+    let p = c.portal.unwrap();
+    assert!(p.logo.is_some() && p.secure_cookies && p.smtp.unwrap().credentials_env.is_some());
+}

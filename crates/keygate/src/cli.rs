@@ -103,6 +103,21 @@ pub(crate) enum PortalCommand {
         #[arg(long)]
         email: String,
     },
+    /// Disable a portal user: every session of theirs ends at once, on every node.
+    Disable {
+        /// The person's e-mail address.
+        email: String,
+    },
+    /// Enable a disabled portal user again (they sign in anew).
+    Enable {
+        /// The person's e-mail address.
+        email: String,
+    },
+    /// List a client's portal users.
+    Users {
+        /// The client's name or id.
+        client: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -670,6 +670,24 @@ async fn portal_invite_mails_and_prints_the_link() {
     .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    // The operator lists and disables the client's people.
+    let out = run(args(&["--json", "portal", "users", "acme"]))
+        .await
+        .unwrap();
+    let users: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let emails: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["ann@acme.test", "bob@acme.test"]);
+    let out = run(args(&["--json", "portal", "disable", "bob@acme.test"]))
+        .await
+        .unwrap();
+    let bob: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(bob[0]["disabled"], true, "{bob}");
+
     // Without a [portal] the command says what is missing.
     let out = run(args(&[
         "portal",

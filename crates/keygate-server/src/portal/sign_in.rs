@@ -32,18 +32,27 @@ use crate::config::PortalSettings;
 /// The window of the sign-in rate limits.
 const ATTEMPT_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// The address the request came from (the peer of the portal's connection).
+/// The address the request came from: the connection's peer or, from one of `[guard]
+/// trusted_proxies` (a TLS proxy in front of the portal), the client it reports, read by the
+/// guard's own rule.
 pub(crate) struct Source(pub(crate) IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for Source {
+impl FromRequestParts<PortalState> for Source {
     type Rejection = PortalError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &PortalState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        Ok(Source(ip))
+        let caller = crate::policy::guard::Caller {
+            peer,
+            headers: &parts.headers,
+        };
+        Ok(Source(state.gateway.guard.source(caller)))
     }
 }
 

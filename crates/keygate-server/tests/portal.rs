@@ -644,6 +644,21 @@ async fn attacks_are_refused() {
         );
     }
 
+    // A flood on the portal counts against its own connection cap, not the admin listener's.
+    let metrics = h
+        .http
+        .get(h.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keygate_connections_open{listener=\"portal\"}"),
+        "{metrics}"
+    );
+
     // Another client's key cannot be reached by id.
     h.client("Other", &[], &[], &[], "free").await;
     let (_, other) = h.key("Other", None).await;

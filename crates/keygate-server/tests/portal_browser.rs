@@ -168,7 +168,8 @@ async fn a_customer_signs_in_and_manages_keys_bookmakers_and_bots_in_a_browser()
     shot(&b, "revoke").await;
     b.click_and_load(&b.button("Revoke").await).await;
     assert_eq!(b.text(&b.find("h1").await).await, "Keys");
-    assert!(b.source().await.contains("No keys yet."));
+    let listed = b.source().await;
+    assert!(listed.contains("<td>revoked</td>") && !listed.contains(">Revoke</a>"));
     assert_eq!(status(&h, "/me", &rotated).await, 401);
 
     // Bookmakers: the free plan picks one; the pick is the allowlist at once.

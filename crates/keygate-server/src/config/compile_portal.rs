@@ -33,6 +33,8 @@ pub struct PortalSettings {
     pub rotate_grace: Option<Duration>,
     pub sign_in_per_address: u32,
     pub sign_in_per_source: u32,
+    /// Most open connections on the portal's listener; past it a new one is closed at once.
+    pub max_connections: usize,
     pub smtp: Option<SmtpSettings>,
 }
 
@@ -185,6 +187,16 @@ pub(super) fn compile(
     };
     let sign_in_per_address = count("sign_in_per_address", r.sign_in_per_address, 5);
     let sign_in_per_source = count("sign_in_per_source", r.sign_in_per_source, 20);
+    let max_connections = match r.max_connections {
+        None => 1024,
+        Some(n @ 1..=1_000_000) => usize::try_from(n).unwrap_or(1024),
+        Some(n) => {
+            err(format!(
+                "max_connections: {n} is not a count from 1 to 1000000"
+            ));
+            1024
+        }
+    };
     let smtp = r.smtp.as_ref().and_then(|s| smtp(s, tooling, &mut err));
     report(errors, &span, list);
     Some(PortalSettings {
@@ -202,6 +214,7 @@ pub(super) fn compile(
         rotate_grace,
         sign_in_per_address,
         sign_in_per_source,
+        max_connections,
         smtp,
     })
 }

@@ -76,10 +76,12 @@ async fn keys_page(
     shown: Option<(&ApiKey, &SecretKey, &str)>,
 ) -> Result<Response, PortalError> {
     let now = state.gateway.clock.now();
+    // Every key, newest first; revoked ones stay listed (masked, no actions) so the customer
+    // sees what stopped and when it was made.
     let keys: Vec<Value> = client_keys(state, signed)
         .await?
         .iter()
-        .filter(|k| k.state != KeyState::Revoked)
+        .rev()
         .map(|k| row(k, now))
         .collect();
     let shown = shown.map(|(k, secret, note)| {

@@ -345,7 +345,8 @@ pub(crate) async fn sign_up(
     };
     let client = match store(state.store.create_client(&actor, new)).await {
         Ok(c) => c,
-        Err(PortalError::Store(StoreError::DuplicateClient(_)) | PortalError::Invalid(_)) => {
+        // A taken name (or one the store refuses) is the visitor's to change.
+        Err(PortalError::Invalid(_)) => {
             return Err(PortalError::Invalid(
                 "That account name is taken or not allowed; choose another.".to_owned(),
             ))

@@ -266,7 +266,12 @@ pub async fn start_with_clock(
             Arc::clone(&gw),
             app,
             listener,
-            Arc::clone(&gw.connections.admin),
+            Arc::clone(
+                gw.connections
+                    .portal
+                    .as_ref()
+                    .expect("a portal has its cap"),
+            ),
             stop.clone(),
         ));
     }

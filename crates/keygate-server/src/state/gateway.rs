@@ -170,7 +170,8 @@ impl Gateway {
         let breakers = crate::state::breaker::Breakers::new(&config.upstreams);
         let metrics = Metrics::new(names, config.workers);
         let usage = crate::state::usage::UsageCounter::new(config.workers);
-        let connections = crate::state::connections::Connections::new(&config.http);
+        let connections =
+            crate::state::connections::Connections::new(&config.http, config.portal.as_ref());
         Gateway {
             connections,
             amqp: std::sync::OnceLock::new(),

@@ -125,6 +125,13 @@ id_type!(
     "admin token"
 );
 
+id_type!(
+    /// Identifies a customer-portal user (a person who signs in for a client).
+    PortalUserId,
+    "pu_",
+    "portal user"
+);
+
 /// Per-contract limits stored with a client; each overrides its plan's value.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

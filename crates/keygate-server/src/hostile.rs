@@ -177,6 +177,7 @@ pub fn config(data: &[u8]) {
     let overrides = Overrides {
         listen: Some(([127, 0, 0, 1], 0).into()),
         admin_listen: Some(([127, 0, 0, 1], 0).into()),
+        portal_listen: Some(([127, 0, 0, 1], 0).into()),
         db: Some(":memory:".to_owned()),
         upstream: Some("http://127.0.0.1:9".to_owned()),
         workers: Some(1),

@@ -7,6 +7,7 @@ pub mod config;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod hostile;
 pub(crate) mod policy;
+pub mod portal;
 pub(crate) mod request;
 pub(crate) mod runtime;
 pub(crate) mod selfservice;

@@ -609,6 +609,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/amqp/drift"),
     ("post", "/v1/amqp/reconcile"),
     ("post", "/v1/reload"),
+    ("post", "/v1/clients/{client}/portal/invite"),
 ];
 
 /// The route template a concrete path falls under (`/v1/keys/key_…` → `/v1/keys/{id}`).

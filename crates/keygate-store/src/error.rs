@@ -32,6 +32,14 @@ pub enum StoreError {
     DuplicateAdminToken(String),
     #[error("no admin token named `{0}`")]
     AdminTokenNotFound(String),
+    #[error("invalid e-mail address: {0}")]
+    InvalidEmail(String),
+    #[error("`{0}` is already a portal user of another client")]
+    PortalUserTaken(String),
+    #[error("no portal user `{0}`")]
+    PortalUserNotFound(String),
+    #[error("sign-in refused: {0}")]
+    SignInRefused(crate::portal::LinkRefusal),
     #[error("invalid parent account: {0}")]
     InvalidParent(String),
     #[error("no key `{0}`")]
@@ -73,6 +81,10 @@ impl StoreError {
             StoreError::DuplicateClient(_) => "duplicate_client",
             StoreError::DuplicateAdminToken(_) => "duplicate_admin_token",
             StoreError::AdminTokenNotFound(_) => "admin_token_not_found",
+            StoreError::InvalidEmail(_) => "invalid_email",
+            StoreError::PortalUserTaken(_) => "portal_user_taken",
+            StoreError::PortalUserNotFound(_) => "portal_user_not_found",
+            StoreError::SignInRefused(_) => "sign_in_refused",
             StoreError::InvalidParent(_) => "invalid_parent",
             StoreError::KeyNotFound(_) => "key_not_found",
             StoreError::KeyRevoked(_) => "key_revoked",

@@ -17,6 +17,7 @@ mod feed;
 mod idempotency;
 mod keys;
 mod migrate;
+mod portal;
 mod rows;
 mod settings;
 mod usage;
@@ -39,6 +40,7 @@ pub use idempotency::{IdempotencyClaim, Once, Replay, SealedAnswer};
 pub use keygate_core::KeyMaterial;
 pub use keys::{IssuedKey, KeyFilter, NewKey, Replacement, Rotation};
 pub use migrate::{latest_version, MigrateMode};
+pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
 pub use usage::UsageRow;
 

@@ -42,6 +42,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "amqp feeds",
         include_str!("../migrations/sqlite/0006_amqp_feeds.sql"),
     ),
+    (
+        7,
+        "portal",
+        include_str!("../migrations/sqlite/0007_portal.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -73,6 +78,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "amqp feeds",
         include_str!("../migrations/postgres/0006_amqp_feeds.sql"),
+    ),
+    (
+        7,
+        "portal",
+        include_str!("../migrations/postgres/0007_portal.sql"),
     ),
 ];
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use keygate_core::{Digester, KeyFormat, KeyId, KeyState, ManualClock, Scope, Slug, Timestamp};
 use keygate_store::{
     Actor, AuditFilter, Backend, ClientFilter, ClientUpdate, IdempotencyClaim, KeyFilter,
-    KeyMaterial, LimitPatch, NewClient, NewKey, Once, OpenOptions, SealedAnswer, Store, StoreError,
-    UsageRow,
+    KeyMaterial, LimitPatch, LinkRefusal, NewClient, NewKey, Once, OpenOptions, SealedAnswer,
+    Store, StoreError, UsageRow,
 };
 
 const T0: i64 = 1_790_000_000_000; // 2026-09-21
@@ -1132,6 +1132,164 @@ async fn amqp_feeds_are_stored_without_passwords_with_feed_and_audit(f: Fixture)
         .all(|a| !a.detail.to_string().contains("kI3GC")));
 }
 
+/// The portal's sign-in: a link opens one session, once, within its 15 minutes; a session ends
+/// at its expiry, at sign-out, and when its user or client is disabled.
+async fn portal_links_open_one_session_and_disabling_ends_it(f: Fixture) {
+    let s = &f.store;
+    let client = acme(s).await;
+    let ann = s
+        .ensure_portal_user(&actor(), &client.name, " Ann@Acme.test ")
+        .await
+        .unwrap();
+    assert_eq!(ann.email, "ann@acme.test");
+    assert!(ann.id.as_str().starts_with("pu_"));
+    // Inviting again is the same user; another client cannot take the address.
+    let again = s
+        .ensure_portal_user(&actor(), client.id.as_str(), "ann@acme.test")
+        .await
+        .unwrap();
+    assert_eq!(again, ann);
+    let other = s
+        .create_client(
+            &actor(),
+            NewClient {
+                name: "Other".into(),
+                plan: "free".into(),
+                ..NewClient::default()
+            },
+        )
+        .await
+        .unwrap();
+    let taken = s
+        .ensure_portal_user(&actor(), &other.name, "ann@acme.test")
+        .await
+        .unwrap_err();
+    assert!(matches!(taken, StoreError::PortalUserTaken(_)), "{taken}");
+    let bad = s
+        .ensure_portal_user(&actor(), &client.name, "ann@acme.test\r\nBcc: x@evil.test")
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, StoreError::InvalidEmail(_)), "{bad}");
+    assert_eq!(s.portal_users(&client.id).await.unwrap(), vec![ann.clone()]);
+    assert_eq!(
+        s.active_portal_user("ANN@acme.test").await.unwrap(),
+        Some(ann.clone())
+    );
+    assert_eq!(
+        s.active_portal_user("nobody@acme.test").await.unwrap(),
+        None
+    );
+
+    let fifteen = Duration::from_secs(15 * 60);
+    let day = Duration::from_secs(86_400);
+    let expires = s
+        .create_sign_in_link(&ann.id, b"link-1", fifteen)
+        .await
+        .unwrap();
+    assert_eq!(expires.as_millis(), T0 + 15 * 60 * 1000);
+    let session = s
+        .redeem_sign_in_link(b"link-1", b"session-1", day)
+        .await
+        .unwrap();
+    assert_eq!(session.user, ann);
+    assert_eq!(
+        s.portal_session(b"session-1").await.unwrap(),
+        Some(session.clone())
+    );
+    // Single use, unknown links and expired links are refused.
+    let refused = |e: StoreError| match e {
+        StoreError::SignInRefused(r) => r,
+        other => panic!("{other}"),
+    };
+    let reuse = s
+        .redeem_sign_in_link(b"link-1", b"session-2", day)
+        .await
+        .unwrap_err();
+    assert_eq!(refused(reuse), LinkRefusal::Used);
+    let unknown = s
+        .redeem_sign_in_link(b"nope", b"session-2", day)
+        .await
+        .unwrap_err();
+    assert_eq!(refused(unknown), LinkRefusal::Unknown);
+    s.create_sign_in_link(&ann.id, b"link-2", fifteen)
+        .await
+        .unwrap();
+    f.clock.advance(fifteen);
+    let late = s
+        .redeem_sign_in_link(b"link-2", b"session-2", day)
+        .await
+        .unwrap_err();
+    assert_eq!(refused(late), LinkRefusal::Expired);
+    assert_eq!(s.portal_session(b"session-2").await.unwrap(), None);
+
+    // Sign-out ends the session.
+    s.create_sign_in_link(&ann.id, b"link-3", fifteen)
+        .await
+        .unwrap();
+    s.redeem_sign_in_link(b"link-3", b"session-3", day)
+        .await
+        .unwrap();
+    s.revoke_portal_session(b"session-3").await.unwrap();
+    assert_eq!(s.portal_session(b"session-3").await.unwrap(), None);
+
+    // The session's lifetime ends it.
+    f.clock.advance(day);
+    assert_eq!(s.portal_session(b"session-1").await.unwrap(), None);
+
+    // Disabling the client, then the user, ends a live session at once.
+    s.create_sign_in_link(&ann.id, b"link-4", fifteen)
+        .await
+        .unwrap();
+    s.redeem_sign_in_link(b"link-4", b"session-4", day)
+        .await
+        .unwrap();
+    s.set_client_active(&actor(), &client.name, false)
+        .await
+        .unwrap();
+    assert_eq!(s.portal_session(b"session-4").await.unwrap(), None);
+    assert_eq!(s.active_portal_user("ann@acme.test").await.unwrap(), None);
+    s.set_client_active(&actor(), &client.name, true)
+        .await
+        .unwrap();
+    assert!(s.portal_session(b"session-4").await.unwrap().is_some());
+    s.set_portal_user_disabled(&actor(), "ann@acme.test", true)
+        .await
+        .unwrap();
+    assert_eq!(s.portal_session(b"session-4").await.unwrap(), None);
+    s.set_portal_user_disabled(&actor(), "ann@acme.test", false)
+        .await
+        .unwrap();
+    // Revoked, not merely hidden: enabling the user again does not bring the session back.
+    assert_eq!(s.portal_session(b"session-4").await.unwrap(), None);
+    // A link of a disabled user opens nothing, and is spent.
+    s.create_sign_in_link(&ann.id, b"link-5", fifteen)
+        .await
+        .unwrap();
+    s.set_portal_user_disabled(&actor(), "ann@acme.test", true)
+        .await
+        .unwrap();
+    let off = s
+        .redeem_sign_in_link(b"link-5", b"session-5", day)
+        .await
+        .unwrap_err();
+    assert_eq!(refused(off), LinkRefusal::Disabled);
+    let audit = s
+        .audit(&AuditFilter {
+            limit: 10_000,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    for a in [
+        "portal_user.create",
+        "portal.sign_in",
+        "portal_user.disable",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -1158,4 +1316,5 @@ suite!(
     an_idempotent_create_or_rotate_happens_once,
     accounts_children_metadata_and_key_replacement,
     amqp_feeds_are_stored_without_passwords_with_feed_and_audit,
+    portal_links_open_one_session_and_disabling_ends_it,
 );

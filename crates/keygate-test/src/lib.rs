@@ -9,6 +9,9 @@
 //!   frame per connection, floods on request and lets a test push messages to clients.
 //! - [`tls`]: a test CA issuing certificates (rcgen), TLS clients that trust it, one-shot
 //!   HTTPS requests, and a TLS front for the plain upstreams ([`tls::TlsFront`]).
+//! - [`smtp`]: a tiny SMTP server ([`SmtpServer`]) that records each message, so portal tests
+//!   read sign-in links from real mail.
+//! - [`webdriver`]: a minimal WebDriver client ([`webdriver::Browser`]) for headless Chromium.
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -19,13 +22,16 @@ pub mod process;
 pub mod relay;
 pub mod services;
 pub mod tls;
+pub mod smtp;
 pub mod upstream;
+pub mod webdriver;
 pub mod ws_upstream;
 
 pub use process::{free_port, json_output, wait_for_status, Proc};
 pub use relay::Relay;
 pub use reqwest;
 pub use services::{postgres_schema, program, rabbitmq, redis_url, RabbitMq};
+pub use smtp::{Mail, SmtpServer};
 pub use tokio_tungstenite;
 pub use upstream::{Recorded, Upstream};
 pub use ws_upstream::{Received, WsUpstream};

@@ -76,6 +76,9 @@ pub(crate) enum Command {
     /// Messaging feed credentials on RabbitMQ (`[amqp]`): one vhost and user per client.
     #[command(subcommand)]
     Amqp(AmqpCommand),
+    /// The customer portal (`[portal]`): invite people to sign in for a client.
+    #[command(subcommand)]
+    Portal(PortalCommand),
     /// Manage admin tokens for the admin API.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCommand),
@@ -105,6 +108,9 @@ pub(crate) struct ServeArgs {
     /// Admin listener address (keep it on loopback).
     #[arg(long)]
     pub(crate) admin_listen: Option<std::net::SocketAddr>,
+    /// Customer portal listener address (where `[portal]` is configured).
+    #[arg(long)]
+    pub(crate) portal_listen: Option<std::net::SocketAddr>,
     /// URL of the `default` upstream, used by routes that name none.
     #[arg(long)]
     pub(crate) upstream: Option<String>,
@@ -114,6 +120,34 @@ pub(crate) struct ServeArgs {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     pub(crate) log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PortalCommand {
+    /// Make an address one of the client's portal users and mail it a single-use sign-in link
+    /// (valid 15 minutes); the link is printed too.
+    Invite {
+        /// The client's name or id.
+        client: String,
+        /// The person's e-mail address.
+        #[arg(long)]
+        email: String,
+    },
+    /// Disable a portal user: every session of theirs ends at once, on every node.
+    Disable {
+        /// The person's e-mail address.
+        email: String,
+    },
+    /// Enable a disabled portal user again (they sign in anew).
+    Enable {
+        /// The person's e-mail address.
+        email: String,
+    },
+    /// List a client's portal users.
+    Users {
+        /// The client's name or id.
+        client: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -574,3 +574,130 @@ fn the_openpoker_profile_issues_op_live_keys_and_child_accounts() {
     ]);
     assert!(err.contains("is itself a child account"), "{err}");
 }
+
+/// `keygate portal invite CLIENT --email ADDR --json` prints `{"link": …}` and mails the same
+/// link through `[portal.smtp]` (a test SMTP server here); the link signs in once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_invite_mails_and_prints_the_link() {
+    let smtp = keygate_test::SmtpServer::start().await;
+    let db = Db::new();
+    let config = db.dir.path().join("portal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[portal]\nlisten = \"127.0.0.1:8082\"\nbase_url = \"https://portal.example.test\"\nname = \"Acme API\"\n\n[portal.smtp]\nurl = \"{}\"\nfrom = \"Acme API <no-reply@acme.test>\"\n",
+            smtp.url()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let run = |args: Vec<String>| {
+        let db = db.path();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .args(&args)
+                .env("KEYGATE_DB", db)
+                .env("USER", "ops-alice")
+                .output()
+                .unwrap()
+        })
+    };
+    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let out = run(args(&["client", "create", "acme"])).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(args(&[
+        "--config",
+        &config,
+        "--json",
+        "portal",
+        "invite",
+        "acme",
+        "--email",
+        "Ann@Acme.test",
+    ]))
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let link = doc["link"].as_str().unwrap();
+    assert_eq!(doc.as_object().unwrap().len(), 1, "{doc}");
+    assert!(
+        link.starts_with("https://portal.example.test/sign-in/link?token="),
+        "{link}"
+    );
+    let mail = smtp
+        .wait_for(1, std::time::Duration::from_secs(5))
+        .await
+        .remove(0);
+    assert_eq!(mail.to, vec!["<ann@acme.test>".to_owned()]);
+    assert_eq!(mail.link().as_deref(), Some(link));
+
+    // Without --json the link is printed for people; an unknown client is an error.
+    let out = run(args(&[
+        "--config",
+        &config,
+        "portal",
+        "invite",
+        "acme",
+        "--email",
+        "bob@acme.test",
+    ]))
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Mailed a sign-in link to bob@acme.test."),
+        "{text}"
+    );
+    let out = run(args(&[
+        "--config",
+        &config,
+        "portal",
+        "invite",
+        "nosuch",
+        "--email",
+        "c@acme.test",
+    ]))
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    // The operator lists and disables the client's people.
+    let out = run(args(&["--json", "portal", "users", "acme"]))
+        .await
+        .unwrap();
+    let users: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let emails: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["ann@acme.test", "bob@acme.test"]);
+    let out = run(args(&["--json", "portal", "disable", "bob@acme.test"]))
+        .await
+        .unwrap();
+    let bob: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(bob[0]["disabled"], true, "{bob}");
+
+    // Without a [portal] the command says what is missing.
+    let out = run(args(&[
+        "portal",
+        "invite",
+        "acme",
+        "--email",
+        "d@acme.test",
+    ]))
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[portal]"));
+}

@@ -88,6 +88,10 @@ pub enum AdminError {
     /// A configuration reload that did not happen; the configuration in force keeps serving.
     #[error("{0}")]
     Reload(#[from] crate::state::reload::ReloadError),
+    #[error("The customer portal is not configured on this node (no [portal] listen).")]
+    PortalNotConfigured,
+    #[error("The sign-in link could not be mailed: {0}.")]
+    MailFailed(String),
     /// A store failure no request can cause (corrupt row, schema); logged where it is made.
     #[error("The store failed unexpectedly ({0}); see the gateway log.")]
     Internal(&'static str),
@@ -131,6 +135,8 @@ impl AdminError {
             }
             E::Reload(ReloadError::NoFile) => StatusCode::CONFLICT,
             E::Reload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::PortalNotConfigured => StatusCode::NOT_FOUND,
+            E::MailFailed(_) => StatusCode::BAD_GATEWAY,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -170,6 +176,8 @@ impl AdminError {
             E::Reload(ReloadError::Unreadable { .. }) => "config_unreadable",
             E::Reload(ReloadError::Invalid(_)) => "invalid_config",
             E::Reload(ReloadError::Tls(_)) => "tls_files_refused",
+            E::PortalNotConfigured => "portal_not_configured",
+            E::MailFailed(_) => "mail_failed",
             E::Internal(_) => "internal_error",
         }
     }
@@ -237,6 +245,8 @@ impl From<StoreError> for AdminError {
             StoreError::Invalid(n) => AdminError::invalid_value(name_field(&n), n.to_string()),
             StoreError::Conflict(m) => AdminError::Conflict(m),
             StoreError::InvalidParent(m) => AdminError::invalid_value("parent", m),
+            StoreError::InvalidEmail(m) => AdminError::invalid_value("email", m),
+            e @ StoreError::PortalUserTaken(_) => AdminError::Conflict(e.to_string()),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "The admin API cannot reach the store.");
                 AdminError::StoreUnavailable

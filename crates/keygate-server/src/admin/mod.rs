@@ -21,6 +21,7 @@ mod idempotency;
 mod keys;
 mod openapi;
 mod plans;
+mod portal;
 mod usage;
 
 use std::future::Future;
@@ -105,6 +106,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/amqp/drift", get(amqp::drift))
         .route("/v1/amqp/reconcile", post(amqp::reconcile))
         .route("/v1/reload", post(config::reload))
+        .route("/v1/clients/{client}/portal/invite", post(portal::invite))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -153,6 +155,7 @@ pub fn check_bodies(data: &[u8]) -> usize {
         run(data, keys::RotateBody::grace),
         run(data, keys::ExpiryBody::validate),
         run(data, |b: amqp::ProvisionBody| Ok::<_, AdminError>(b)),
+        run(data, |b: portal::InviteBody| Ok::<_, AdminError>(b)),
     ]
     .into_iter()
     .filter(|&accepted| accepted)

@@ -18,7 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{amqp, audit, clients, config, emergency, keys, plans, usage};
+use super::{amqp, audit, clients, config, emergency, keys, plans, portal, usage};
 
 /// The name of the admin token security scheme.
 pub(crate) const BEARER: &str = "bearer";
@@ -63,6 +63,25 @@ pub(crate) struct LimitOverrides {
     per_month: Option<u64>,
     #[schema(nullable = false, minimum = 1)]
     ws_connections: Option<u64>,
+}
+
+/// An invitation to the customer portal.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PortalInvitation {
+    /// The single-use sign-in link, valid 15 minutes.
+    #[schema(example = "https://portal.example.com/sign-in/link?token=0f3a...")]
+    link: String,
+    /// The address, lowercased.
+    email: String,
+    /// The client's id.
+    #[schema(pattern = "^cli_[0-9a-z]{16}$")]
+    client_id: String,
+    /// When the link stops working.
+    #[schema(format = DateTime)]
+    expires_at: String,
+    /// Whether the link was mailed (false when the node has no `[portal.smtp]`).
+    mailed: bool,
 }
 
 /// A client (tenant): what every one of its keys may do.
@@ -437,6 +456,7 @@ pub(crate) struct FeedReconciled {
         amqp::drift,
         amqp::reconcile,
         config::reload,
+        portal::invite,
     ),
     components(schemas(
         Problem,
@@ -472,6 +492,8 @@ pub(crate) struct FeedReconciled {
         amqp::ProvisionBody,
         amqp::ReconcileBody,
         Reloaded,
+        portal::InviteBody,
+        PortalInvitation,
     )),
     modifiers(&CommonProblems),
     tags(
@@ -482,6 +504,7 @@ pub(crate) struct FeedReconciled {
         (name = "audit", description = "The audit log of operator actions."),
         (name = "amqp", description = "Messaging feed credentials: one RabbitMQ vhost and user per client (seed 001)."),
         (name = "config", description = "This node's configuration file: reload it without dropping connections."),
+        (name = "portal", description = "The customer portal: inviting people to sign in for a client."),
     ),
 )]
 pub(crate) struct ApiDoc;

@@ -353,6 +353,12 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         }
         spanned.get_ref().clone()
     });
+    let portal = super::compile_portal::compile(
+        raw.portal.as_ref(),
+        overrides.portal_listen,
+        overrides.tooling,
+        errors,
+    );
     if !errors.is_empty() {
         return None;
     }
@@ -380,6 +386,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         amqp,
         tls,
         admin_tls,
+        portal,
     })
 }
 

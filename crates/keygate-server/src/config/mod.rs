@@ -6,11 +6,13 @@
 
 mod choice;
 mod compile;
+mod compile_portal;
 mod compile_selfservice;
 mod compile_tls;
 mod compile_ws;
 mod errors;
 mod raw;
+mod raw_portal;
 mod raw_ws;
 mod secret;
 mod spanned;
@@ -27,6 +29,7 @@ use crate::policy::routes::RouteTable;
 use crate::policy::upstream::UpstreamSpec;
 
 pub use compile::{default_config, load};
+pub use compile_portal::{Colors, PortalSettings, SmtpSettings};
 pub use errors::{ConfigError, ConfigErrors};
 
 /// Values given on the command line, which win over the file.
@@ -34,6 +37,8 @@ pub use errors::{ConfigError, ConfigErrors};
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// The customer portal's listener (only where `[portal]` is configured).
+    pub portal_listen: Option<SocketAddr>,
     pub db: Option<String>,
     /// URL of the `default` upstream (used by routes that name none).
     pub upstream: Option<String>,
@@ -229,6 +234,8 @@ pub struct Config {
     /// `[amqp]`, checked; the operator's credentials are read from the environment by
     /// `keygate_amqp::AmqpConfig::compile` where the broker is used (serve checks them at load).
     pub amqp: Option<keygate_amqp::RawAmqp>,
+    /// The customer portal; `None` (the default) serves none.
+    pub portal: Option<PortalSettings>,
 }
 
 impl Config {

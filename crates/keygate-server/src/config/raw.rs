@@ -35,6 +35,9 @@ pub(crate) struct RawConfig {
     /// Messaging feed credentials on RabbitMQ (`keygate_amqp`); off when absent.
     #[serde(default)]
     pub(crate) amqp: Option<Spanned<keygate_amqp::RawAmqp>>,
+    /// The customer portal (`crate::portal`); off unless `[portal] listen` is set.
+    #[serde(default)]
+    pub(crate) portal: Option<Spanned<super::raw_portal::RawPortal>>,
 }
 
 /// What self-service registration creates and which profile fields callers may keep.

@@ -592,3 +592,174 @@ fn counts_durations_and_words_are_reported_one_way_in_one_pass() {
     }
     assert_eq!(errs.0.len(), 8, "{text}");
 }
+
+#[test]
+fn the_portal_is_off_unless_it_has_a_listener() {
+    let c = load("", "t.toml", &over("http://127.0.0.1:9000")).unwrap();
+    assert_eq!(c.portal, None);
+    let err = load(
+        "[portal]\nbase_url = \"https://p.example\"\n",
+        "t.toml",
+        &over("http://127.0.0.1:9000"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("t.toml:1"), "{err}");
+    assert!(err.to_string().contains("listen is missing"), "{err}");
+}
+
+#[test]
+fn portal_settings_compile_with_defaults_and_tls_choices() {
+    let text = r##"
+[portal]
+listen = "127.0.0.1:8082"
+base_url = "https://portal.example.com/"
+name = "OddsStream"
+colors = { primary = "#6a35c9" }
+sign_up = true
+bookmaker_selection = true
+bookmakers = ["bet365", "pinnacle"]
+child_bots = true
+rotate_grace = "1h"
+
+[portal.smtp]
+url = "smtp://mail.example.com"
+from = "OddsStream <no-reply@oddsstream.io>"
+"##;
+    let c = load(text, "t.toml", &over("http://127.0.0.1:9000")).unwrap();
+    let p = c.portal.unwrap();
+    assert_eq!(p.listen.to_string(), "127.0.0.1:8082");
+    assert_eq!(p.base_url, "https://portal.example.com");
+    assert!(p.secure_cookies, "https: Secure cookies");
+    assert_eq!(p.colors.primary, "#6a35c9");
+    assert_eq!(p.colors.background, "#ffffff");
+    assert!(p.sign_up && p.bookmaker_selection && p.child_bots);
+    assert_eq!(p.bookmakers.len(), 2);
+    assert_eq!(p.session_lifetime, Duration::from_secs(12 * 3600));
+    assert_eq!(p.rotate_grace, Some(Duration::from_secs(3600)));
+    assert_eq!((p.sign_in_per_address, p.sign_in_per_source), (5, 20));
+    let smtp = p.smtp.unwrap();
+    // A remote relay on smtp:// must upgrade with STARTTLS (port 587 by default).
+    assert_eq!((smtp.host.as_str(), smtp.port), ("mail.example.com", 587));
+    assert!(smtp.starttls && !smtp.implicit_tls);
+    let tls = text.replace("smtp://mail.example.com", "smtps://mail.example.com");
+    let smtp = load(&tls, "t.toml", &over("http://127.0.0.1:9000"))
+        .unwrap()
+        .portal
+        .unwrap()
+        .smtp
+        .unwrap();
+    assert_eq!(smtp.port, 465);
+    assert!(smtp.implicit_tls && !smtp.starttls);
+    // A loopback relay (a local MTA, the tests' SMTP server) needs no STARTTLS.
+    let local = text.replace("smtp://mail.example.com", "smtp://127.0.0.1:2525");
+    let smtp = load(&local, "t.toml", &over("http://127.0.0.1:9000"))
+        .unwrap()
+        .portal
+        .unwrap()
+        .smtp
+        .unwrap();
+    assert!(!smtp.starttls && smtp.port == 2525);
+}
+
+#[test]
+fn portal_errors_are_all_reported() {
+    let text = r#"
+[portal]
+listen = "nowhere"
+base_url = "javascript:alert(1)"
+logo = "https://cdn.example.com/logo.png"
+colors = { primary = "red;}" }
+bookmaker_selection = true
+session_lifetime = "0s"
+sign_in_per_address = 0
+
+[portal.smtp]
+url = "smtp://user:pw@mail.example.com"
+from = "not an address"
+username_env = "KEYGATE_TEST_SMTP_USER_THAT_IS_NEVER_SET"
+password_env = "KEYGATE_TEST_SMTP_PASSWORD_THAT_IS_NEVER_SET"
+"#;
+    let err = load(text, "t.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "listen `nowhere`",
+        "base_url `javascript:alert(1)`",
+        "logo: give a data:image/png",
+        "colors.primary",
+        "bookmaker_selection needs the list",
+        "session_lifetime must be longer than 0s",
+        "sign_in_per_address: 0",
+        "smtp.url",
+    ] {
+        assert!(err.contains(expected), "{expected} missing from {err}");
+    }
+    // The SMTP secrets are named by variable, checked at load (not for tools).
+    let creds = r#"
+[portal]
+listen = "127.0.0.1:8082"
+[portal.smtp]
+url = "smtp://127.0.0.1:2525"
+from = "a@b.example"
+username_env = "KEYGATE_TEST_SMTP_USER_THAT_IS_NEVER_SET"
+password_env = "KEYGATE_TEST_SMTP_PASSWORD_THAT_IS_NEVER_SET"
+"#;
+    let err = load(creds, "t.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("KEYGATE_TEST_SMTP_USER_THAT_IS_NEVER_SET"),
+        "{err}"
+    );
+    let tooling = Overrides {
+        tooling: true,
+        ..over("http://127.0.0.1:9000")
+    };
+    assert!(load(creds, "t.toml", &tooling).is_ok());
+}
+
+#[test]
+fn every_shipped_profile_with_a_portal_compiles_it() {
+    for (name, sign_up, bookmakers, bots) in [
+        ("ticktock", false, false, false),
+        ("openpoker", true, false, true),
+        ("oddsstream", true, true, false),
+        ("sportrix", false, false, false),
+    ] {
+        let path = format!("{}/../../profiles/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tooling = Overrides {
+            tooling: true,
+            ..over("http://127.0.0.1:9000")
+        };
+        let c = load(&text, &path, &tooling).unwrap_or_else(|e| panic!("{e}"));
+        let p = c.portal.unwrap_or_else(|| panic!("{name} has no portal"));
+        assert_eq!(
+            (p.sign_up, p.bookmaker_selection, p.child_bots),
+            (sign_up, bookmakers, bots),
+            "{name}"
+        );
+        assert!(
+            p.base_url.starts_with("https://") && p.secure_cookies,
+            "{name}"
+        );
+        assert!(p.smtp.unwrap().from.contains('@'), "{name}");
+    }
+}
+
+#[test]
+fn the_readme_portal_configuration_compiles() {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme
+        .find("### Customer portal")
+        .expect("the README's portal section")..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let tooling = Overrides {
+        tooling: true,
+        ..over("http://127.0.0.1:9000")
+    };
+    let c = load(block, "README.md", &tooling).unwrap_or_else(|e| panic!("{e}"));
+    let p = c.portal.unwrap();
+    assert!(p.logo.is_some() && p.secure_cookies && p.smtp.unwrap().credentials_env.is_some());
+}

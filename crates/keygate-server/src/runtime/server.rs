@@ -71,6 +71,8 @@ pub enum ServeError {
     Amqp(String),
     #[error("cannot set up TLS: {0}")]
     Tls(#[source] crate::tls::TlsError),
+    #[error("cannot set up the customer portal: {0}")]
+    Portal(#[source] crate::portal::PortalError),
 }
 
 /// A running gateway.
@@ -78,6 +80,8 @@ pub enum ServeError {
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The customer portal's address, when `[portal] listen` is set.
+    pub portal_addr: Option<SocketAddr>,
     live: Arc<Live>,
     shutdown: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -201,7 +205,7 @@ pub async fn start_with_clock(
 /// # Errors
 /// As [`start`].
 pub async fn start_on(
-    config: Config,
+    mut config: Config,
     store: Store,
     clock: Arc<dyn Clock>,
     sockets: Sockets,
@@ -247,6 +251,32 @@ pub async fn start_on(
         addr: config.admin_listen,
         source,
     })?;
+    let portal = match &config.portal {
+        Some(p) => {
+            let listener =
+                TcpListener::bind(p.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: p.listen,
+                        source,
+                    })?;
+            let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+                addr: p.listen,
+                source,
+            })?;
+            Some((listener, addr, p.clone()))
+        }
+        None => None,
+    };
+    let portal_addr = portal.as_ref().map(|(_, addr, _)| *addr);
+    // Without a configured base_url, links point at the address actually bound (port 0 in
+    // tests), for the admin API's invitations as for the portal's own mail.
+    if let (Some(p), Some(addr)) = (config.portal.as_mut(), portal_addr) {
+        if p.base_url == format!("http://{}", p.listen) {
+            p.base_url = format!("http://{addr}");
+        }
+    }
+    let portal = portal.map(|(listener, addr, _)| (listener, addr, config.portal.clone()));
     let poll = config.feed_poll;
     let limits = match &config.limiter.backend {
         LimiterBackend::Local => Limits::local(),
@@ -306,6 +336,19 @@ pub async fn start_on(
     // Certificate reloads: on a change of the files, and on SIGHUP (which also no longer
     // ends the process, TLS or not).
     tokio::spawn(Arc::clone(&tls).watch(stop.clone()));
+    if let Some((listener, _, Some(settings))) = portal {
+        let state = crate::portal::PortalState::new(Arc::clone(&live), store.clone(), settings)
+            .map_err(ServeError::Portal)?;
+        let app = crate::portal::router(state);
+        let cap = gw.connections.portal.as_ref().expect("a portal has its cap");
+        tokio::spawn(serve_http1(
+            Arc::clone(&gw),
+            app,
+            (listener, None),
+            Arc::clone(cap),
+            stop.clone(),
+        ));
+    }
     let usage_store = store.clone();
     let usage = tokio::spawn(crate::runtime::usage_flush::run(
         Arc::clone(&gw),
@@ -327,6 +370,7 @@ pub async fn start_on(
     Ok(Running {
         addr,
         admin_addr,
+        portal_addr,
         live,
         shutdown,
         workers,
@@ -542,7 +586,7 @@ async fn serve_admin(
     live: Arc<Live>,
     store: Store,
     (listener, tls): (TcpListener, Option<Arc<ServerTls>>),
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let infra_route = |which: Infra| {
         let live = Arc::clone(&live);
@@ -562,19 +606,41 @@ async fn serve_admin(
         store,
     })
     .merge(infra_routes);
-    let service = TowerToHyperService::new(app);
-    // The public listener's head bounds and accept loop; HTTP/1 only, as before.
+    serve_http1(
+        Arc::clone(&gw),
+        app,
+        (listener, tls),
+        Arc::clone(&gw.connections.admin),
+        stop,
+    )
+    .await;
+}
+
+/// Serves an axum app over HTTP/1 with the public listener's head bounds and accept loop: the
+/// admin listener and the customer portal's. Each request carries its peer address
+/// (`ConnectInfo`), which the portal's sign-in limits count by.
+async fn serve_http1(
+    gw: Arc<Gateway>,
+    app: axum::Router,
+    (listener, tls): (TcpListener, Option<Arc<ServerTls>>),
+    slots: Arc<crate::state::connections::ConnectionCap>,
+    mut stop: watch::Receiver<bool>,
+) {
     let limits: &HttpLimits = &gw.config.http;
     let builder = bounds::connection_builder(limits).http1_only();
     let first_bytes = limits.header_read_timeout;
     let connections = TaskTracker::new();
-    let mut acceptor = Acceptor::new(listener, Arc::clone(&gw.connections.admin));
+    let mut acceptor = Acceptor::new(listener, slots);
     loop {
-        let (stream, _, slot) = tokio::select! {
+        let (stream, remote, slot) = tokio::select! {
             accepted = acceptor.accept() => accepted,
             _ = stop.changed() => break,
         };
-        let (builder, service, mut stop) = (builder.clone(), service.clone(), stop.clone());
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+        );
+        let (builder, mut stop) = (builder.clone(), stop.clone());
         let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;

@@ -203,7 +203,7 @@ async fn call<T>(
 /// Waits (bounded) until this node's replica has applied everything up to the store's current
 /// version, waking the feed follower instead of waiting for its next poll. Other nodes follow
 /// through the change feed within their interval.
-async fn caught_up(gw: &Gateway, store: &Store) {
+pub(crate) async fn caught_up(gw: &Gateway, store: &Store) {
     let Ok(Ok(target)) = tokio::time::timeout(APPLY_TIMEOUT, store.version()).await else {
         return;
     };

@@ -3,28 +3,38 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The connection caps of the two listeners.
+/// The connection caps of the listeners.
 #[derive(Debug)]
 pub struct Connections {
     pub public: Arc<ConnectionCap>,
     pub admin: Arc<ConnectionCap>,
+    /// The customer portal's, apart from the admin listener's: the portal faces customers, so
+    /// a flood on it must not take the operators' slots. Shown only where a portal runs.
+    pub portal: Option<Arc<ConnectionCap>>,
 }
 
 impl Connections {
-    pub fn new(limits: &crate::config::HttpLimits) -> Connections {
+    pub fn new(
+        limits: &crate::config::HttpLimits,
+        portal: Option<&crate::config::PortalSettings>,
+    ) -> Connections {
         Connections {
             public: ConnectionCap::new("public", limits.max_connections),
             admin: ConnectionCap::new("admin", limits.admin_max_connections),
+            portal: portal.map(|p| ConnectionCap::new("portal", p.max_connections)),
         }
     }
 
     /// Prometheus lines: open connections and connections refused at the cap, per listener.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let caps = [&self.public, &self.admin];
+        let caps: Vec<&Arc<ConnectionCap>> = [&self.public, &self.admin]
+            .into_iter()
+            .chain(self.portal.as_ref())
+            .collect();
         out.push_str("# HELP keygate_connections_open Open connections by listener.\n");
         out.push_str("# TYPE keygate_connections_open gauge\n");
-        for cap in caps {
+        for cap in &caps {
             let _ = writeln!(
                 out,
                 "keygate_connections_open{{listener=\"{}\"}} {}",
@@ -34,7 +44,7 @@ impl Connections {
         }
         out.push_str("# HELP keygate_connections_refused_total Connections closed at once because their listener was at max_connections.\n");
         out.push_str("# TYPE keygate_connections_refused_total counter\n");
-        for cap in caps {
+        for cap in &caps {
             let _ = writeln!(
                 out,
                 "keygate_connections_refused_total{{listener=\"{}\"}} {}",

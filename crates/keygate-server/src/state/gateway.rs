@@ -218,7 +218,10 @@ impl Gateway {
         clock: Arc<dyn Clock>,
     ) -> Gateway {
         let node = Node {
-            connections: crate::state::connections::Connections::new(&config.http),
+            connections: crate::state::connections::Connections::new(
+                &config.http,
+                config.portal.as_ref(),
+            ),
             amqp: std::sync::OnceLock::new(),
             replica,
             drain: Drain::new(),

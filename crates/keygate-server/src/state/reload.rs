@@ -203,6 +203,14 @@ fn keep_restart_only(running: &Config, mut next: Config) -> (Config, Vec<&'stati
         limiter => "limits (backend, redis_url, timeouts)",
         amqp => "amqp",
     );
+    // The portal runs on its own listener with its settings from the start: all of it needs
+    // a restart. (A base URL the file leaves to the bound address was filled in at start.)
+    if let (Some(was), Some(next_portal)) = (&running.portal, &mut next.portal) {
+        if next_portal.base_url == format!("http://{}", next_portal.listen) {
+            next_portal.base_url.clone_from(&was.base_url);
+        }
+    }
+    keep!(portal => "portal");
     // Keys issued under the running format and digest must keep authenticating.
     if next.issuer.format != running.issuer.format
         || next.issuer.digester.digest("keygate-reload-probe")

@@ -53,6 +53,7 @@ impl Harness {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            portal_listen: Some("127.0.0.1:0".parse().unwrap()),
             db: Some(db),
             upstream: Some(upstream.url()),
             workers: Some(2),

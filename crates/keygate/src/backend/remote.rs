@@ -433,6 +433,13 @@ impl Remote {
         }
     }
 
+    /// `POST /v1/clients/{client}/portal/invite`.
+    pub(crate) async fn portal_invite(&self, client: &str, email: &str) -> anyhow::Result<Value> {
+        let path = format!("/v1/clients/{}/portal/invite", segment(client));
+        let body = json!({ "email": email });
+        self.call(Method::POST, &path, &[], Some(&body), None).await
+    }
+
     pub(crate) async fn plans(&self) -> anyhow::Result<Vec<Value>> {
         let page: Page<Value> = self.call(Method::GET, "/v1/plans", &[], None, None).await?;
         Ok(page.items)

@@ -9,6 +9,7 @@ mod emergency;
 mod key;
 mod plan;
 mod reload;
+mod portal;
 mod serve;
 mod systemd;
 
@@ -166,6 +167,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
+        Command::Portal(cmd) => portal::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } | Command::Reload => {
             unreachable!("handled before the store opens")

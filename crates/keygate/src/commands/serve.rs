@@ -53,6 +53,7 @@ pub(crate) fn overrides(db: Option<String>, args: &ServeArgs) -> Overrides {
     Overrides {
         listen: args.listen,
         admin_listen: args.admin_listen,
+        portal_listen: args.portal_listen,
         db,
         upstream: args.upstream.clone(),
         workers: args.workers,

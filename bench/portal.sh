@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# bench/portal.sh — does the customer portal, loaded hard, slow the gateway on the same node?
+#
+# One keygate node (release build, SQLite, `--workers W`) with [portal] on. The gateway case is
+# an authenticated GET of keygate's own whoami endpoint (the whole key check, no upstream to
+# measure); the portal case is the signed-in Keys page (a session lookup and a key listing in
+# the store per request). wrk drives the gateway alone, then the gateway and the portal at the
+# same time; the ratio is gateway requests/s under portal load over gateway requests/s alone
+# (and the same for p99 latency), each the median of REPS runs.
+#
+#   bench/portal.sh                      # W=1, 3 reps, 10 s per run
+#   REPS=1 DUR=5s bench/portal.sh
+#
+# Knobs: W (1), REPS (3), DUR (10s), THREADS (1 per wrk), CONNS (32 gateway), PCONNS (32
+# portal), BUILD (1: cargo build --release first), KG (the binary). Ports 18300-18302, loopback.
+# Every process started here is stopped by PID, also on exit.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+W=${W:-1}
+REPS=${REPS:-3}
+DUR=${DUR:-10s}
+THREADS=${THREADS:-1}
+CONNS=${CONNS:-32}
+PCONNS=${PCONNS:-32}
+BUILD=${BUILD:-1}
+KG=${KG:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keygate}
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/kg-portal-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
+if [ "$BUILD" = 1 ]; then
+  (cd "$ROOT" && cargo build --release --locked -q -p keygate --bin keygate)
+fi
+
+cat > "$RUN/keygate.toml" <<TOML
+[server]
+listen = "127.0.0.1:18300"
+admin_listen = "127.0.0.1:18301"
+db = "$RUN/keygate.db"
+
+[plans.bench]
+limits = { rps = 1000000, by = "key" }
+
+[profile]
+whoami = "/v1/whoami"
+
+[[routes]]
+path = "/{*rest}"
+
+[portal]
+listen = "127.0.0.1:18302"
+name = "Bench"
+TOML
+
+kg() { "$KG" --config "$RUN/keygate.toml" --json "$@"; }
+kg client create bench --plan bench >/dev/null
+KEY=$(kg key create --client bench --label gateway | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+for i in $(seq 1 20); do kg key create --client bench --label "key $i" >/dev/null; done
+LINK=$(kg portal invite bench --email bench@example.test | python3 -c 'import json,sys; print(json.load(sys.stdin)["link"])')
+
+"$KG" --config "$RUN/keygate.toml" serve --workers "$W" --upstream http://127.0.0.1:9 \
+  >"$RUN/serve.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:18301/ready >/dev/null && break
+  sleep 0.1
+done
+
+# Sign in as a browser would: the link's page, then its "Sign in" button.
+JAR="$RUN/cookies"
+PAGE=$(curl -s -c "$JAR" "$LINK")
+CSRF=$(printf '%s' "$PAGE" | sed -n 's/.*name="csrf" value="\([0-9a-f]*\)".*/\1/p' | head -1)
+TOKEN=$(printf '%s' "$PAGE" | sed -n 's/.*name="token" value="\([0-9a-f]*\)".*/\1/p' | head -1)
+curl -s -b "$JAR" -c "$JAR" -o /dev/null -d "csrf=$CSRF&token=$TOKEN" http://127.0.0.1:18302/sign-in/link
+SESSION=$(awk '$6 == "session" { print $7 }' "$JAR")
+COOKIE="session=$SESSION; csrf=$CSRF"
+test "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $COOKIE" http://127.0.0.1:18302/keys)" = 200
+test "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $KEY" http://127.0.0.1:18300/v1/whoami)" = 200
+
+# rps and p99 (ms) of one wrk run.
+measure() { # url header conns
+  wrk -t"$THREADS" -c"$3" -d"$DUR" --latency -H "$2" "$1" | awk '
+    /Requests\/sec/ { rps = $2 }
+    /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 } p99 = v }
+    END { printf "%s %s\n", rps, p99 }'
+}
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+: > "$RUN/alone"; : > "$RUN/loaded"; : > "$RUN/portal"
+for rep in $(seq 1 "$REPS"); do
+  measure http://127.0.0.1:18300/v1/whoami "X-API-Key: $KEY" "$CONNS" >> "$RUN/alone"
+  measure http://127.0.0.1:18302/keys "Cookie: $COOKIE" "$PCONNS" > "$RUN/portal.$rep" &
+  PORTAL_WRK=$!
+  sleep 0.2
+  measure http://127.0.0.1:18300/v1/whoami "X-API-Key: $KEY" "$CONNS" >> "$RUN/loaded"
+  wait "$PORTAL_WRK"
+  cat "$RUN/portal.$rep" >> "$RUN/portal"
+done
+
+A_RPS=$(cut -d' ' -f1 "$RUN/alone" | median); A_P99=$(cut -d' ' -f2 "$RUN/alone" | median)
+L_RPS=$(cut -d' ' -f1 "$RUN/loaded" | median); L_P99=$(cut -d' ' -f2 "$RUN/loaded" | median)
+P_RPS=$(cut -d' ' -f1 "$RUN/portal" | median)
+printf '| case | gateway req/s | gateway p99 ms | portal /keys req/s |\n|---|---|---|---|\n'
+printf '| gateway alone | %s | %s | - |\n' "$A_RPS" "$A_P99"
+printf '| gateway + portal under load | %s | %s | %s |\n' "$L_RPS" "$L_P99" "$P_RPS"
+awk -v a="$A_RPS" -v l="$L_RPS" -v ap="$A_P99" -v lp="$L_P99" \
+  'BEGIN { printf "ratio (loaded / alone): throughput %.2f, p99 %.2f\n", l / a, lp / ap }'

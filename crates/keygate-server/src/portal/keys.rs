@@ -1,0 +1,278 @@
+//! The Keys page: every key of the client, masked; create, rotate and revoke.
+//!
+//! Each change is the store operation the admin API uses (`create_key`, `rotate_key`,
+//! `set_key_state`), with the portal user as the audit actor, so it reaches every node through
+//! the change feed. A new key's plaintext is in the answer to the POST that made it and nowhere
+//! else: not in a redirect, a log line or the store.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Form;
+use keygate_core::{ApiKey, KeyId, KeyState, SecretKey, Timestamp};
+use keygate_store::{KeyFilter, NewKey};
+use minijinja::{context, Value};
+use serde::Deserialize;
+
+use super::error::{store, PortalError};
+use super::pages::page;
+use super::session::Signed;
+use super::{actor, PortalState};
+
+/// A key as the page shows it: masked.
+fn row(k: &ApiKey, now: Timestamp) -> Value {
+    let state = match k.state {
+        KeyState::Active if k.expires_at.is_some_and(|at| at <= now) => "expired",
+        KeyState::Active => "active",
+        KeyState::Disabled => "disabled",
+        KeyState::Revoked => "revoked",
+    };
+    Value::from_serialize(serde_json::json!({
+        "id": k.id.as_str(),
+        "hint": k.hint,
+        "label": k.label,
+        "created": day_time(Some(k.created_at)),
+        "last_used": day_time(k.last_used_at),
+        "expires": day_time(k.expires_at),
+        "state": state,
+        "live": state == "active",
+    }))
+}
+
+/// `2026-09-21 14:03 UTC`, or an empty string.
+pub(crate) fn day_time(at: Option<Timestamp>) -> String {
+    at.map(|t| {
+        let s = t.to_rfc3339();
+        format!("{} {} UTC", &s[..10], &s[11..16])
+    })
+    .unwrap_or_default()
+}
+
+async fn client_keys(state: &PortalState, signed: &Signed) -> Result<Vec<ApiKey>, PortalError> {
+    let filter = KeyFilter {
+        client: Some(signed.session.user.client_id.to_string()),
+        ..KeyFilter::default()
+    };
+    store(state.store.list_keys(&filter)).await
+}
+
+/// The key `id` if it belongs to the signed-in client; any other id is "not found".
+async fn own_key(state: &PortalState, signed: &Signed, id: &str) -> Result<ApiKey, PortalError> {
+    let id = KeyId::parse(id).map_err(|_| PortalError::NotFound)?;
+    let key = store(state.store.key(&id)).await?;
+    if key.client_id != signed.session.user.client_id {
+        return Err(PortalError::NotFound);
+    }
+    Ok(key)
+}
+
+/// Renders the Keys page, with `shown` (a key just made, in full) when there is one.
+async fn keys_page(
+    state: &PortalState,
+    signed: &Signed,
+    status: StatusCode,
+    shown: Option<(&ApiKey, &SecretKey, &str)>,
+) -> Result<Response, PortalError> {
+    let now = state.gateway().clock.now();
+    // Every key, newest first; revoked ones stay listed (masked, no actions) so the customer
+    // sees what stopped and when it was made.
+    let keys: Vec<Value> = client_keys(state, signed)
+        .await?
+        .iter()
+        .rev()
+        .map(|k| row(k, now))
+        .collect();
+    let shown = shown.map(|(k, secret, note)| {
+        context! { key => secret.expose(), label => k.label.as_str(), note => note }
+    });
+    page(
+        state,
+        &signed.visit,
+        Some(&signed.session.user.email),
+        status,
+        "keys.html",
+        context! { keys => keys, shown => shown, rotate_grace => state.settings.rotate_grace.is_some() },
+    )
+}
+
+/// `GET /keys`.
+pub(crate) async fn list(
+    State(state): State<PortalState>,
+    signed: Signed,
+) -> Result<Response, PortalError> {
+    keys_page(&state, &signed, StatusCode::OK, None).await
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CreateForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    label: String,
+    /// `YYYY-MM-DD` (the end of that day, UTC) or empty.
+    #[serde(default)]
+    expires: String,
+}
+
+/// `POST /keys`: a new key, shown once in the answer.
+pub(crate) async fn create(
+    State(state): State<PortalState>,
+    signed: Signed,
+    Form(f): Form<CreateForm>,
+) -> Result<Response, PortalError> {
+    signed.visit.check(&f.csrf)?;
+    let label = f.label.trim().to_owned();
+    keygate_core::names::check_label(&label).map_err(|e| PortalError::Invalid(e.to_string()))?;
+    let expires_at = match f.expires.trim() {
+        "" => None,
+        day => Some(
+            Timestamp::parse_rfc3339(&format!("{day}T23:59:59Z")).map_err(|_| {
+                PortalError::Invalid(format!("`{day}` is not a date like 2027-01-31"))
+            })?,
+        ),
+    };
+    let (secret, material) = state.gateway().config.issuer.issue();
+    let user = &signed.session.user;
+    let key = store(state.store.create_key(
+        &actor(&user.id, &user.email),
+        user.client_id.as_str(),
+        NewKey {
+            material,
+            label,
+            expires_at,
+        },
+    ))
+    .await?;
+    tracing::info!(key = %key.id, user = %user.id, "Portal key created.");
+    crate::selfservice::caught_up(&state.gateway(), &state.store).await;
+    keys_page(
+        &state,
+        &signed,
+        StatusCode::CREATED,
+        Some((&key, &secret, "created")),
+    )
+    .await
+}
+
+/// `GET /keys/{id}/rotate`: the two modes, explained, with their buttons.
+pub(crate) async fn rotate_form(
+    State(state): State<PortalState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Result<Response, PortalError> {
+    let key = own_key(&state, &signed, &id).await?;
+    let grace = state
+        .settings
+        .rotate_grace
+        .map(keygate_core::duration::format_duration);
+    page(
+        &state,
+        &signed.visit,
+        Some(&signed.session.user.email),
+        StatusCode::OK,
+        "rotate.html",
+        context! { key => row(&key, state.gateway().clock.now()), grace => grace },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RotateForm {
+    #[serde(default)]
+    csrf: String,
+    /// `now` (the old key stops at once) or `grace` (it keeps working for the operator's grace).
+    #[serde(default)]
+    mode: String,
+}
+
+/// `POST /keys/{id}/rotate`: a new key with the same label; the old one stops now or after the
+/// grace the operator allows.
+pub(crate) async fn rotate(
+    State(state): State<PortalState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<RotateForm>,
+) -> Result<Response, PortalError> {
+    signed.visit.check(&f.csrf)?;
+    let key = own_key(&state, &signed, &id).await?;
+    let grace: Option<Duration> = match f.mode.as_str() {
+        "now" | "" => None,
+        "grace" => Some(state.settings.rotate_grace.ok_or_else(|| {
+            PortalError::Invalid("This provider does not allow a grace period.".to_owned())
+        })?),
+        other => {
+            return Err(PortalError::Invalid(format!(
+                "`{other}` is not a rotation mode"
+            )))
+        }
+    };
+    let (secret, material) = state.gateway().config.issuer.issue();
+    let user = &signed.session.user;
+    let rotation = store(state.store.rotate_key(
+        &actor(&user.id, &user.email),
+        &key.id,
+        material,
+        grace,
+    ))
+    .await?;
+    tracing::info!(old = %rotation.old.id, new = %rotation.new.id, user = %user.id, "Portal key rotated.");
+    crate::selfservice::caught_up(&state.gateway(), &state.store).await;
+    let note = match rotation.old_valid_until() {
+        Some(until) if grace.is_some() => {
+            format!("rotated; the old key works until {}", day_time(Some(until)))
+        }
+        _ => "rotated; the old key has stopped working".to_owned(),
+    };
+    keys_page(
+        &state,
+        &signed,
+        StatusCode::CREATED,
+        Some((&rotation.new, &secret, &note)),
+    )
+    .await
+}
+
+/// `GET /keys/{id}/revoke`: the confirmation page.
+pub(crate) async fn revoke_form(
+    State(state): State<PortalState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Result<Response, PortalError> {
+    let key = own_key(&state, &signed, &id).await?;
+    page(
+        &state,
+        &signed.visit,
+        Some(&signed.session.user.email),
+        StatusCode::OK,
+        "revoke.html",
+        context! { key => row(&key, state.gateway().clock.now()) },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /keys/{id}/revoke`: the key stops working for good.
+pub(crate) async fn revoke(
+    State(state): State<PortalState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<RevokeForm>,
+) -> Result<Response, PortalError> {
+    signed.visit.check(&f.csrf)?;
+    let key = own_key(&state, &signed, &id).await?;
+    let user = &signed.session.user;
+    store(
+        state
+            .store
+            .set_key_state(&actor(&user.id, &user.email), &key.id, KeyState::Revoked),
+    )
+    .await?;
+    tracing::info!(key = %key.id, user = %user.id, "Portal key revoked.");
+    crate::selfservice::caught_up(&state.gateway(), &state.store).await;
+    keys_page(&state, &signed, StatusCode::OK, None).await
+}

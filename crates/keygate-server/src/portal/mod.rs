@@ -1,0 +1,201 @@
+//! The customer portal: the provider's customers sign in with a mailed link and manage their
+//! own keys, see their plan and usage, pick bookmakers and regenerate child bots' keys.
+//!
+//! Served by every node on its own listener (`[portal] listen`), from the same store as the
+//! gateway: sessions and sign-in links are store rows, so any node serves any user, and every
+//! key change is the admin API's store operation, reaching every node through the change feed
+//! and audited with the portal user as actor. Pages are rendered on the server from templates
+//! and assets embedded in the binary; they work without JavaScript except the Copy button, whose
+//! script is an embedded file (so the Content-Security-Policy allows no inline script at all).
+
+mod account;
+mod error;
+mod keys;
+mod mail;
+mod pages;
+mod session;
+mod sign_in;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use keygate_core::model::PortalUserId;
+use keygate_store::{Actor, Store, StoreError};
+
+use crate::config::PortalSettings;
+use crate::state::gateway::Gateway;
+use crate::state::live::Live;
+
+pub use error::PortalError;
+pub use mail::{MailError, Mailer};
+
+/// How long a mailed sign-in link works.
+pub const LINK_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Largest form the portal reads; past it, 413.
+pub const FORM_LIMIT: usize = 16 * 1024;
+
+/// What the portal's handlers share.
+#[derive(Clone)]
+pub struct PortalState {
+    /// The gateway in force (a reload replaces it: plans, profile, key format).
+    pub live: Arc<Live>,
+    pub store: Store,
+    pub(crate) settings: Arc<PortalSettings>,
+    pub(crate) pages: Arc<pages::Pages>,
+    pub(crate) mailer: Mailer,
+}
+
+impl std::fmt::Debug for PortalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PortalState {
+    /// The portal of `settings` over this gateway and store.
+    ///
+    /// # Errors
+    /// A template does not compile (a build defect, caught by the tests).
+    pub fn new(
+        live: Arc<Live>,
+        store: Store,
+        settings: PortalSettings,
+    ) -> Result<PortalState, PortalError> {
+        let pages = pages::Pages::new(&settings)?;
+        Ok(PortalState {
+            live,
+            store,
+            mailer: Mailer::new(settings.smtp.clone()),
+            settings: Arc::new(settings),
+            pages: Arc::new(pages),
+        })
+    }
+}
+
+impl PortalState {
+    /// The gateway in force.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.load()
+    }
+}
+
+/// The portal's routes, with its security headers on every answer.
+pub fn router(state: PortalState) -> Router {
+    Router::new()
+        .route("/", get(sign_in::home))
+        .route("/sign-in", get(sign_in::form).post(sign_in::request))
+        .route("/sign-in/link", get(sign_in::confirm).post(sign_in::redeem))
+        .route(
+            "/sign-up",
+            get(sign_in::sign_up_form).post(sign_in::sign_up),
+        )
+        .route("/sign-out", post(sign_in::sign_out))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route(
+            "/keys/{id}/rotate",
+            get(keys::rotate_form).post(keys::rotate),
+        )
+        .route(
+            "/keys/{id}/revoke",
+            get(keys::revoke_form).post(keys::revoke),
+        )
+        .route("/account", get(account::show))
+        .route("/usage", get(account::usage))
+        .route("/usage.csv", get(account::usage_csv))
+        .route(
+            "/bookmakers",
+            get(account::bookmakers).post(account::pick_bookmakers),
+        )
+        .route("/bots", get(account::bots))
+        .route("/bots/{id}/regenerate", post(account::regenerate_bot))
+        .route("/assets/{name}", get(pages::asset))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+async fn not_found() -> PortalError {
+    PortalError::NotFound
+}
+
+/// The Content-Security-Policy: same-origin scripts, styles and images only (and the logo as a
+/// `data:` image); no inline script, no framing, forms post only to the portal.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A sign-in link made for an invitation: mailed when mail is configured, and returned.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Invitation {
+    pub link: String,
+    pub email: String,
+    pub client_id: String,
+    pub expires_at: keygate_core::Timestamp,
+    pub mailed: bool,
+}
+
+/// Why an invitation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the sign-in link was made but could not be mailed: {0}")]
+    Mail(#[from] MailError),
+}
+
+/// Makes `email` a portal user of `client` (when it is not one already), and mails it a
+/// sign-in link. Shared by the admin API and `keygate portal invite`.
+///
+/// # Errors
+/// [`InviteError`]: the store refused (unknown client, bad address, address of another
+/// client), or the mail could not be sent (the link is returned in neither case).
+pub async fn invite(
+    store: &Store,
+    settings: &PortalSettings,
+    actor: &Actor,
+    client: &str,
+    email: &str,
+) -> Result<Invitation, InviteError> {
+    let user = store.ensure_portal_user(actor, client, email).await?;
+    let (link, expires_at) = sign_in::make_link(store, settings, &user.id).await?;
+    let mailer = Mailer::new(settings.smtp.clone());
+    let mailed = mailer.is_configured();
+    if mailed {
+        mailer.send_sign_in(settings, &user.email, &link).await?;
+    }
+    Ok(Invitation {
+        link,
+        email: user.email,
+        client_id: user.client_id.to_string(),
+        expires_at,
+        mailed,
+    })
+}
+
+/// The audit actor of a portal user's changes.
+fn actor(user: &PortalUserId, email: &str) -> Actor {
+    Actor(format!("portal:{email} ({user})"))
+}

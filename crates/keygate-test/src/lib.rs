@@ -21,8 +21,8 @@
 pub mod process;
 pub mod relay;
 pub mod services;
-pub mod tls;
 pub mod smtp;
+pub mod tls;
 pub mod upstream;
 pub mod webdriver;
 pub mod ws_upstream;

@@ -340,7 +340,11 @@ pub async fn start_on(
         let state = crate::portal::PortalState::new(Arc::clone(&live), store.clone(), settings)
             .map_err(ServeError::Portal)?;
         let app = crate::portal::router(state);
-        let cap = gw.connections.portal.as_ref().expect("a portal has its cap");
+        let cap = gw
+            .connections
+            .portal
+            .as_ref()
+            .expect("a portal has its cap");
         tokio::spawn(serve_http1(
             Arc::clone(&gw),
             app,

@@ -8,8 +8,8 @@ mod demo;
 mod emergency;
 mod key;
 mod plan;
-mod reload;
 mod portal;
+mod reload;
 mod serve;
 mod systemd;
 

@@ -159,16 +159,17 @@ async fn three_nodes_share_quotas_and_rates_through_redis() {
         admitted += t.await.unwrap();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let expected = 100.0 * elapsed + 10.0;
-    let error = (admitted as f64 - expected).abs() / expected;
+    // The burst is what the limit allows on top of the rate, not what it must admit: a busy
+    // machine that offers the first requests slowly uses less of it (admitted 300 of 301..311
+    // in 3.01 s with a build beside the test). So the rate is the floor, rate plus burst the
+    // ceiling, each within 2%.
+    let (floor, ceiling) = (100.0 * elapsed, 100.0 * elapsed + 10.0);
     eprintln!(
-        "cluster rate: admitted {admitted} in {elapsed:.2} s, expected {expected:.0}, error {:.2}%",
-        error * 100.0
+        "cluster rate: admitted {admitted} in {elapsed:.2} s, allowed {floor:.0}..{ceiling:.0}"
     );
     assert!(
-        error <= 0.02,
-        "admitted {admitted} in {elapsed:.2}s, expected {expected:.0} (error {:.1}%)",
-        error * 100.0
+        (admitted as f64) >= floor * 0.98 && (admitted as f64) <= ceiling * 1.02,
+        "admitted {admitted} in {elapsed:.2}s, allowed {floor:.0}..{ceiling:.0} (within 2%)"
     );
     for (proc, _) in &nodes {
         assert!(

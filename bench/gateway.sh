@@ -26,7 +26,8 @@
 #   keygate-proxy  keygate serve, bench/keygate-proxy.toml (public route)    (18095)
 #   keygate-verify POST /v1/keys/verify {"key": ...} on keygate-gate         (18094)
 #   nginx-keygate  nginx auth_request -> keygate /v1/auth/nginx -> upstream  (18096)
-#   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list
+#   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list;
+#                  KG_BASE_DB=path gives it a store of its own schema (seeded by its own bench_keys)
 #
 # "Workers" is nginx worker_processes, HAProxy nbthread, Envoy --concurrency and keygate
 # --workers (its per-core runtimes). Every process started here is stopped by PID, also on exit.
@@ -66,11 +67,11 @@ seed_store() {
   "$SEED" --db "$RUN/kg.db" --keys "$RUN/keys.txt" --clients 100 --plan bench || exit 1
 }
 
-# start_kg NAME CONFIG PORT [BINARY] -> STARTED_PID
+# start_kg NAME CONFIG PORT [BINARY [DB]] -> STARTED_PID
 start_kg() {
-  local name=$1 config=$2 port=$3 bin=${4:-$KG}
+  local name=$1 config=$2 port=$3 bin=${4:-$KG} db=${5:-$RUN/kg.db}
   # RUST_LOG=warn: no per-request access log line, as the peers run with access_log off.
-  start "$name" "$port" env RUST_LOG=warn "$bin" --db "$RUN/kg.db" serve --config "$config" \
+  start "$name" "$port" env RUST_LOG=warn "$bin" --db "$db" serve --config "$config" \
     --workers "$WORKERS"
 }
 
@@ -187,7 +188,7 @@ run_one() {
       stop_pid "$STARTED_PID";;
     keygate-gate-base)   # another keygate build (KG_BASE), to compare two builds in one run
       [ -x "${KG_BASE:-}" ] || { kg_log "keygate-gate-base needs KG_BASE=path/to/keygate"; return; }
-      start_kg "$c" "$HERE/keygate-gate.toml" 18094 "$KG_BASE" || return
+      start_kg "$c" "$HERE/keygate-gate.toml" 18094 "$KG_BASE" "${KG_BASE_DB:-$RUN/kg.db}" || return
       measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
       stop_pid "$STARTED_PID";;
     keygate-proxy)

@@ -6,10 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
-use keygate_core::duration::parse_duration;
 use keygate_core::Slug;
 
-use super::errors::Errors;
+use super::errors::{Errors, Zero};
 use super::raw_portal::{RawPortal, RawSmtp};
 use super::spanned::Spanned;
 
@@ -161,22 +160,23 @@ pub(super) fn compile(
                 .to_owned(),
         );
     }
-    let mut duration = |field: &str, raw: Option<&str>| {
-        raw.map(|d| match parse_duration(d) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
-                err(format!("{field} must be longer than 0s"));
-                None
-            }
-            Err(e) => {
-                err(format!("{field}: {e}"));
-                None
-            }
-        })
-    };
-    let session_lifetime = duration("session_lifetime", r.session_lifetime.as_deref())
-        .map_or(DEFAULT_SESSION, |d| d.unwrap_or(DEFAULT_SESSION));
-    let rotate_grace = duration("rotate_grace", r.rotate_grace.as_deref()).flatten();
+    let session_lifetime = errors.duration(
+        Some(&span),
+        "portal.session_lifetime",
+        r.session_lifetime.as_ref(),
+        DEFAULT_SESSION,
+        Zero::Refused,
+    );
+    let rotate_grace = r.rotate_grace.as_ref().and_then(|grace| {
+        let d = errors.duration(
+            Some(&span),
+            "portal.rotate_grace",
+            Some(grace),
+            Duration::ZERO,
+            Zero::Refused,
+        );
+        (!d.is_zero()).then_some(d)
+    });
     let mut count = |field: &str, raw: Option<i64>, default: u32| match raw {
         None => default,
         Some(n @ 1..=10_000) => u32::try_from(n).unwrap_or(default),

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::errors::DurationSetting;
+
 /// The customer portal: its listener, the provider's look and which features are on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,10 +32,10 @@ pub(crate) struct RawPortal {
     #[serde(default)]
     pub(crate) child_bots: bool,
     /// How long a sign-in lasts (default `12h`).
-    pub(crate) session_lifetime: Option<String>,
+    pub(crate) session_lifetime: Option<DurationSetting>,
     /// Longest grace a customer may give the old key when rotating (default: none, the old
     /// key stops at once).
-    pub(crate) rotate_grace: Option<String>,
+    pub(crate) rotate_grace: Option<DurationSetting>,
     /// Sign-in requests per address, and per source address, in 15 minutes (defaults 5, 20).
     pub(crate) sign_in_per_address: Option<i64>,
     pub(crate) sign_in_per_source: Option<i64>,

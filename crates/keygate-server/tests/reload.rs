@@ -310,6 +310,11 @@ async fn settings_that_need_a_restart_are_named_and_keep_their_running_value() {
     let again = h.gateway.reload("test").await.unwrap();
     assert!(!again.changed);
     assert_eq!(again.version, 3);
+    // Two at once (a signal and an admin request) apply one after the other.
+    let (a, b) = tokio::join!(h.gateway.reload("one"), h.gateway.reload("two"));
+    let mut versions = [a.unwrap().version, b.unwrap().version];
+    versions.sort_unstable();
+    assert_eq!(versions, [4, 5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,6 +128,9 @@ pub struct Node {
     /// Held while clients are compiled into the replica under the plans in force (the change
     /// feed's apply, a reload's recompile), so none is compiled under a reload's old plans.
     pub replica_writes: std::sync::Mutex<()>,
+    /// Held by a reload from reading the file to putting it in force, so two at once (a
+    /// signal and an admin request) apply one after the other, each over the one before.
+    pub reloading: tokio::sync::Mutex<()>,
     /// The file a reload reads; unset when the node was started without one.
     pub source: std::sync::OnceLock<crate::config::Source>,
     /// The TLS listeners' certificates, set when the gateway starts; a reload reconfigures
@@ -235,6 +238,7 @@ impl Gateway {
             source: std::sync::OnceLock::new(),
             tls: std::sync::OnceLock::new(),
             replica_writes: std::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
             clock,
             ws_sessions: crate::state::ws_sessions::Sessions::default(),
             writer: std::sync::OnceLock::new(),

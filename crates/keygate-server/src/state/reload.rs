@@ -76,6 +76,8 @@ impl Reloaded {
 /// # Errors
 /// [`ReloadError`]; nothing changed.
 pub(crate) async fn reload(live: &Live, by: &str) -> Result<Reloaded, ReloadError> {
+    let node = Arc::clone(&live.load().node);
+    let _one_at_a_time = node.reloading.lock().await;
     let current = live.load();
     let now = current.clock.now();
     let (config, restart_required) = match prepare(&current).await {

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use keygate_core::decision::Reason;
 
@@ -66,22 +67,33 @@ impl RouteCounters {
     }
 }
 
-/// The counters one worker thread writes.
+/// The decision-latency histogram one worker thread writes.
+struct Decisions {
+    buckets: [AtomicU64; BUCKETS_NS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+/// The counters one worker thread writes. Shared (`Arc`) with the next configuration's
+/// metrics after a reload, route by route name, so requests still running on the old
+/// configuration count in the same cells as the new ones and nothing is copied or lost.
 struct Shard {
     /// One per route, plus one for requests that matched no route.
-    routes: Vec<RouteCounters>,
-    decision_buckets: [AtomicU64; BUCKETS_NS.len() + 1],
-    decision_sum_ns: AtomicU64,
-    decision_count: AtomicU64,
+    routes: Vec<Arc<RouteCounters>>,
+    decisions: Arc<Decisions>,
 }
 
 impl Shard {
     fn new(routes: usize) -> Self {
         Shard {
-            routes: (0..=routes).map(|_| RouteCounters::new()).collect(),
-            decision_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            decision_sum_ns: AtomicU64::new(0),
-            decision_count: AtomicU64::new(0),
+            routes: (0..=routes)
+                .map(|_| Arc::new(RouteCounters::new()))
+                .collect(),
+            decisions: Arc::new(Decisions {
+                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                sum_ns: AtomicU64::new(0),
+                count: AtomicU64::new(0),
+            }),
         }
     }
 }
@@ -91,7 +103,7 @@ pub struct Metrics {
     route_names: Vec<String>,
     shards: PerWorker<Shard>,
     /// Request handlers that panicked and were answered 500 (`crate::runtime::service::guard_panics`).
-    panics: AtomicU64,
+    panics: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,7 +134,7 @@ impl Metrics {
         Metrics {
             route_names,
             shards: PerWorker::new(workers, || Shard::new(routes)),
-            panics: AtomicU64::new(0),
+            panics: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -131,49 +143,36 @@ impl Metrics {
         &self.route_names
     }
 
-    /// Counters for a reloaded route table: each route named as before starts from its old
-    /// counts (so `/metrics` stays monotonic for it), new routes from zero; the decision
-    /// histogram and the unmatched requests carry over whole. Requests the old counters
-    /// record after this copy are not carried (a reload is rare; the gap is those few).
+    /// Counters for a reloaded route table: each route named as before keeps its counters
+    /// (shared, so `/metrics` stays monotonic and requests finishing on the old configuration
+    /// are counted too), new routes start from zero; the decision histogram, the unmatched
+    /// requests and the panics are the same counters.
     pub fn carried_to(&self, route_names: Vec<String>, workers: usize) -> Metrics {
-        let next = Metrics::new(route_names, workers);
-        let copy = |from: &AtomicU64, to: &AtomicU64| {
-            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        };
-        let unmatched = (self.route_names.len(), next.route_names.len());
-        for (old, new) in self.shards.iter().zip(next.shards.iter()) {
-            let mut pairs: Vec<(usize, usize)> = next
-                .route_names
+        let mut old = self.shards.iter();
+        let shards = PerWorker::new(workers, || {
+            let Some(old) = old.next() else {
+                return Shard::new(route_names.len());
+            };
+            let mut routes: Vec<Arc<RouteCounters>> = route_names
                 .iter()
-                .enumerate()
-                .filter_map(|(i, name)| {
-                    self.route_names
-                        .iter()
-                        .position(|n| n == name)
-                        .map(|o| (o, i))
-                })
+                .map(
+                    |name| match self.route_names.iter().position(|n| n == name) {
+                        Some(o) => Arc::clone(&old.routes[o]),
+                        None => Arc::new(RouteCounters::new()),
+                    },
+                )
                 .collect();
-            pairs.push(unmatched);
-            for (o, i) in pairs {
-                let (from, to) = (&old.routes[o], &new.routes[i]);
-                from.outcomes
-                    .iter()
-                    .zip(&to.outcomes)
-                    .for_each(|(f, t)| copy(f, t));
-                from.statuses
-                    .iter()
-                    .zip(to.statuses.iter())
-                    .for_each(|(f, t)| copy(f, t));
+            routes.push(Arc::clone(&old.routes[self.route_names.len()]));
+            Shard {
+                routes,
+                decisions: Arc::clone(&old.decisions),
             }
-            old.decision_buckets
-                .iter()
-                .zip(&new.decision_buckets)
-                .for_each(|(f, t)| copy(f, t));
-            copy(&old.decision_sum_ns, &new.decision_sum_ns);
-            copy(&old.decision_count, &new.decision_count);
+        });
+        Metrics {
+            route_names,
+            shards,
+            panics: Arc::clone(&self.panics),
         }
-        copy(&self.panics, &next.panics);
-        next
     }
 
     /// Counts one request; `route` is `None` when no route matched.
@@ -200,9 +199,9 @@ impl Metrics {
             .position(|&b| nanos <= b)
             .unwrap_or(BUCKETS_NS.len());
         let shard = self.shards.local();
-        shard.decision_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        shard.decision_sum_ns.fetch_add(nanos, Ordering::Relaxed);
-        shard.decision_count.fetch_add(1, Ordering::Relaxed);
+        shard.decisions.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.decisions.sum_ns.fetch_add(nanos, Ordering::Relaxed);
+        shard.decisions.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Total requests counted with an outcome, over all routes.
@@ -279,14 +278,14 @@ impl Metrics {
         out.push_str("# TYPE keygate_decision_seconds histogram\n");
         let mut cumulative = 0;
         for (i, bound) in BUCKETS_NS.iter().enumerate() {
-            cumulative += self.sum(|s| &s.decision_buckets[i]);
+            cumulative += self.sum(|s| &s.decisions.buckets[i]);
             let _ = writeln!(
                 out,
                 "keygate_decision_seconds_bucket{{le=\"{}\"}} {cumulative}",
                 *bound as f64 / 1e9
             );
         }
-        cumulative += self.sum(|s| &s.decision_buckets[BUCKETS_NS.len()]);
+        cumulative += self.sum(|s| &s.decisions.buckets[BUCKETS_NS.len()]);
         let _ = writeln!(
             out,
             "keygate_decision_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
@@ -294,12 +293,12 @@ impl Metrics {
         let _ = writeln!(
             out,
             "keygate_decision_seconds_sum {}",
-            self.sum(|s| &s.decision_sum_ns) as f64 / 1e9
+            self.sum(|s| &s.decisions.sum_ns) as f64 / 1e9
         );
         let _ = writeln!(
             out,
             "keygate_decision_seconds_count {}",
-            self.sum(|s| &s.decision_count)
+            self.sum(|s| &s.decisions.count)
         );
         for (name, help, value) in [
             (

@@ -26,6 +26,9 @@
 #   keygate-proxy  keygate serve, bench/keygate-proxy.toml (public route)    (18095)
 #   keygate-verify POST /v1/keys/verify {"key": ...} on keygate-gate         (18094)
 #   nginx-keygate  nginx auth_request -> keygate /v1/auth/nginx -> upstream  (18096)
+#   nginx-gate-tls nginx-gate terminating TLS (ECDSA P-256, TLS 1.3), https  (18097)
+#   keygate-gate-tls keygate-gate with [server.tls] on the same certificate    (18098)
+#                  (both TLS cases are not in the default list: CASES="nginx-gate-tls keygate-gate-tls")
 #   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list;
 #                  KG_BASE_DB=path gives it a store of its own schema (seeded by its own bench_keys)
 #
@@ -152,10 +155,10 @@ machine_ticks() { awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8; exi
 # measure CASE PORT LUA SANITY PIDS... : one bounded wrk run, one row in $ROWS
 measure() {
   local c=$1 port=$2 lua=$3 sanity=$4; shift 4
-  local pids=("$@") out line hz c0 c1 u0 u1 rss m0 m1
-  wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "http://127.0.0.1:$port/" >/dev/null 2>&1
+  local pids=("$@") out line hz c0 c1 u0 u1 rss m0 m1 scheme=${SCHEME:-http}
+  wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "$scheme://127.0.0.1:$port/" >/dev/null 2>&1
   c0=$(cpu_all "${pids[@]}"); u0=$(user_all "${pids[@]}"); m0=$(machine_ticks)
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$lua" "http://127.0.0.1:$port/" 2>&1)
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$lua" "$scheme://127.0.0.1:$port/" 2>&1)
   c1=$(cpu_all "${pids[@]}"); u1=$(user_all "${pids[@]}"); m1=$(machine_ticks)
   rss=$(rss_kib "${pids[@]}")
   echo "$out" >"$RUN/wrk-$c-w$WORKERS.txt"
@@ -175,8 +178,22 @@ measure() {
 }
 
 codes() {  # valid / missing / bogus on GET /
-  local port=$1 key; key=$(head -1 "$RUN/keys.txt")
-  echo "$(http_code -H "X-API-Key: $key" "http://127.0.0.1:$port/")/$(http_code "http://127.0.0.1:$port/")/$(http_code -H "X-API-Key: nope" "http://127.0.0.1:$port/")"
+  local port=$1 key scheme=${SCHEME:-http}; key=$(head -1 "$RUN/keys.txt")
+  local url="$scheme://127.0.0.1:$port/" tls=()
+  [ "$scheme" = https ] && tls=(--cacert "$RUN/tls.pem")
+  echo "$(http_code "${tls[@]}" -H "X-API-Key: $key" "$url")/$(http_code "${tls[@]}" "$url")/$(http_code "${tls[@]}" -H "X-API-Key: nope" "$url")"
+}
+
+# The TLS cases' one certificate (ECDSA P-256 for 127.0.0.1) and configurations: nginx-gate's
+# with `ssl` on its listener, keygate-gate's with [server.tls]; the same files for both.
+write_tls_files() {
+  [ -s "$RUN/tls.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$RUN/tls-key.pem" -out "$RUN/tls.pem" -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 2>/dev/null || { kg_log "openssl could not make the certificate"; return 1; }
+  sed -e "s|listen 127.0.0.1:18082 backlog=4096;|listen 127.0.0.1:18097 ssl backlog=4096; ssl_certificate $RUN/tls.pem; ssl_certificate_key $RUN/tls-key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;|" \
+      -e "s|nginx-gate\.|nginx-gate-tls.|g" "$RUN/nginx-gate.conf" >"$RUN/nginx-gate-tls.conf"
+  { sed -e 's/127.0.0.1:18094/127.0.0.1:18098/; s/127.0.0.1:18194/127.0.0.1:18198/' "$HERE/keygate-gate.toml"; printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$RUN/tls.pem" "$RUN/tls-key.pem"; } \
+    >"$RUN/keygate-gate-tls.toml"
 }
 
 run_one() {
@@ -190,6 +207,16 @@ run_one() {
       [ -x "${KG_BASE:-}" ] || { kg_log "keygate-gate-base needs KG_BASE=path/to/keygate"; return; }
       start_kg "$c" "$HERE/keygate-gate.toml" 18094 "$KG_BASE" "${KG_BASE_DB:-$RUN/kg.db}" || return
       measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    nginx-gate-tls)
+      write_tls_files || return
+      SCHEME=https start "$c" 18097 nginx -c "$RUN/nginx-gate-tls.conf" -g 'daemon off;' || return
+      SCHEME=https measure "$c" 18097 "$RUN/keys.lua" "$(SCHEME=https codes 18097)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    keygate-gate-tls)
+      write_tls_files || return
+      SCHEME=https start_kg "$c" "$RUN/keygate-gate-tls.toml" 18098 || return
+      SCHEME=https measure "$c" 18098 "$RUN/keys.lua" "$(SCHEME=https codes 18098)" "$STARTED_PID"
       stop_pid "$STARTED_PID";;
     keygate-proxy)
       start_kg "$c" "$HERE/keygate-proxy.toml" 18095 || return
@@ -232,6 +259,7 @@ TARGETS = [  # (keygate case, peer case, what, target, higher is better)
     ("keygate-gate", "envoy-gate", "req/s", 3.0, True),
     ("keygate-gate", "nginx-gate", "p99", 1.0, False),
     ("nginx-keygate", "nginx-authreq", "req/s", 1.0, True),
+    ("keygate-gate-tls", "nginx-gate-tls", "req/s", 1.0, True),
 ]
 for w in sorted(by_w):
     cases = by_w[w]

@@ -77,13 +77,8 @@ pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, Con
 /// The SHA-256 of a configuration's text, in hex: `/status` shows it so an operator can tell
 /// which file every node serves.
 fn text_hash(text: &str) -> String {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(text.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    // The plain digester is SHA-256 of the text, the key digest's own code and hex.
+    keygate_core::Digester::plain().digest(text).to_hex()
 }
 
 fn addr(

@@ -172,10 +172,12 @@ impl Harness {
         (secret.expose().to_owned(), key)
     }
 
-    /// Waits until the replica has caught up with the store.
+    /// Waits until the replica has caught up with the store: up to 15 s, longer than the
+    /// slowest feed poll a test configures (10 s), because on a busy machine the change
+    /// listener may connect after the first write and only the poll then sees it.
     pub async fn sync(&self) {
         let target = self.store.version().await.unwrap();
-        for _ in 0..200 {
+        for _ in 0..1500 {
             if self.gateway.gateway().replica.version() >= target {
                 return;
             }

@@ -86,6 +86,7 @@ impl Default for OpenOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    options: OpenOptions,
     target: Arc<str>,
     /// The connection URL (with credentials), for the change listener; never shown.
     url: Arc<str>,
@@ -221,26 +222,7 @@ impl Store {
             .await
             .map_err(|e| migrate::open_error(&shown, &e))?;
         let _ = probe.close().await;
-        let mut pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout);
-        if backend == Backend::Sqlite {
-            let max_pages = options.max_pages;
-            pool = pool.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if let Some(pages) = max_pages {
-                        conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
-                            .await?;
-                    }
-                    // Wait for another process's write instead of failing at once.
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool
+        let pool = pool_options(backend, options)
             .connect_with(connect)
             .await
             .map_err(|e| migrate::open_error(&shown, &e))?;
@@ -248,9 +230,40 @@ impl Store {
         Ok(Store {
             pool,
             backend,
+            options,
             target: shown.into(),
             url: url.into(),
             clock,
+        })
+    }
+
+    /// Another pool of `max_connections` on the same database, schema already checked, same
+    /// clock: for a part of the node that must neither queue behind the rest for a connection
+    /// nor make the rest queue behind it (the customer portal). Open it on the runtime that
+    /// uses it: the pool's tasks, and SQLite's connection threads, start where it is opened.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] as [`open`](Self::open).
+    pub async fn sibling(&self, max_connections: u32) -> Result<Store, StoreError> {
+        let connect: AnyConnectOptions =
+            self.url
+                .parse()
+                .map_err(|e: sqlx::Error| StoreError::Open {
+                    target: self.target.to_string(),
+                    reason: e.to_string(),
+                })?;
+        let options = OpenOptions {
+            max_connections,
+            ..self.options
+        };
+        let pool = pool_options(self.backend, options)
+            .connect_with(connect)
+            .await
+            .map_err(|e| migrate::open_error(&self.target, &e))?;
+        Ok(Store {
+            pool,
+            options,
+            ..self.clone()
         })
     }
 
@@ -289,6 +302,30 @@ impl Store {
             backend: self.backend,
         })
     }
+}
+
+/// The pool's settings; on SQLite every connection also gets its pragmas.
+fn pool_options(backend: Backend, options: OpenOptions) -> AnyPoolOptions {
+    let pool = AnyPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.acquire_timeout);
+    if backend != Backend::Sqlite {
+        return pool;
+    }
+    let max_pages = options.max_pages;
+    pool.after_connect(move |conn, _meta| {
+        Box::pin(async move {
+            if let Some(pages) = max_pages {
+                conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
+                    .await?;
+            }
+            // Wait for another process's write instead of failing at once.
+            conn.execute("PRAGMA busy_timeout = 5000").await?;
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            conn.execute("PRAGMA synchronous = NORMAL").await?;
+            Ok(())
+        })
+    })
 }
 
 /// An open write transaction with its feed version.

@@ -34,6 +34,8 @@ pub struct PortalSettings {
     pub sign_in_per_source: u32,
     /// Most open connections on the portal's listener; past it a new one is closed at once.
     pub max_connections: usize,
+    /// The `nice` value of the portal's thread (0 to 19); see `runtime::portal_thread`.
+    pub nice: i32,
     pub smtp: Option<SmtpSettings>,
 }
 
@@ -60,6 +62,8 @@ pub struct SmtpSettings {
 }
 
 const DEFAULT_SESSION: Duration = Duration::from_secs(12 * 3600);
+/// Under contention CFS gives a nice-10 thread about a tenth of a nice-0 thread's share.
+const DEFAULT_NICE: i32 = 10;
 
 fn color(field: &str, raw: Option<&String>, default: &str, err: &mut impl FnMut(String)) -> String {
     let Some(c) = raw else {
@@ -197,6 +201,16 @@ pub(super) fn compile(
             1024
         }
     };
+    let nice = match r.nice {
+        None => DEFAULT_NICE,
+        Some(n @ 0..=19) => i32::try_from(n).unwrap_or(DEFAULT_NICE),
+        Some(n) => {
+            err(format!(
+                "nice: {n} is not a niceness from 0 to 19 (0 runs the portal at the gateway's priority)"
+            ));
+            DEFAULT_NICE
+        }
+    };
     let smtp = r.smtp.as_ref().and_then(|s| smtp(s, tooling, &mut err));
     report(errors, &span, list);
     Some(PortalSettings {
@@ -215,6 +229,7 @@ pub(super) fn compile(
         sign_in_per_address,
         sign_in_per_source,
         max_connections,
+        nice,
         smtp,
     })
 }

@@ -41,6 +41,9 @@ pub(crate) struct RawPortal {
     pub(crate) sign_in_per_source: Option<i64>,
     /// Most open connections on the portal's listener (default 1024).
     pub(crate) max_connections: Option<i64>,
+    /// The portal thread's `nice` value, 0 to 19 (default 10): under load the gateway's
+    /// workers and the node's change feed get the cores first.
+    pub(crate) nice: Option<i64>,
     pub(crate) smtp: Option<RawSmtp>,
 }
 

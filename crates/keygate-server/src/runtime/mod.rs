@@ -8,6 +8,7 @@ pub(crate) mod fault;
 pub(crate) mod feed;
 pub(crate) mod infra;
 pub(crate) mod listen;
+pub(crate) mod portal_thread;
 pub(crate) mod server;
 pub(crate) mod service;
 pub(crate) mod usage_flush;

@@ -337,21 +337,15 @@ pub async fn start_on(
     // ends the process, TLS or not).
     tokio::spawn(Arc::clone(&tls).watch(stop.clone()));
     if let Some((listener, _, Some(settings))) = portal {
-        let state = crate::portal::PortalState::new(Arc::clone(&live), store.clone(), settings)
-            .map_err(ServeError::Portal)?;
-        let app = crate::portal::router(state);
-        let cap = gw
-            .connections
-            .portal
-            .as_ref()
-            .expect("a portal has its cap");
-        tokio::spawn(serve_http1(
-            Arc::clone(&gw),
-            app,
-            (listener, None),
-            Arc::clone(cap),
+        let portal = crate::runtime::portal_thread::start(
+            Arc::clone(&live),
+            &store,
+            (settings, listener),
             stop.clone(),
-        ));
+            worker_done.clone(),
+        )
+        .await?;
+        workers.push(portal);
     }
     let usage_store = store.clone();
     let usage = tokio::spawn(crate::runtime::usage_flush::run(
@@ -623,7 +617,7 @@ async fn serve_admin(
 /// Serves an axum app over HTTP/1 with the public listener's head bounds and accept loop: the
 /// admin listener and the customer portal's. Each request carries its peer address
 /// (`ConnectInfo`), which the portal's sign-in limits count by.
-async fn serve_http1(
+pub(super) async fn serve_http1(
     gw: Arc<Gateway>,
     app: axum::Router,
     (listener, tls): (TcpListener, Option<Arc<ServerTls>>),

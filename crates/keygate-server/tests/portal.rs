@@ -146,7 +146,10 @@ impl Browser {
     async fn follow_link(&mut self, link: &str) -> Page {
         let path = &link[link.find("/sign-in/link").expect("a sign-in link")..];
         let confirm = self.get(path).await;
-        assert_eq!(confirm.status, 200, "{}", confirm.body);
+        if confirm.status != 200 {
+            // A used, expired or forged link is refused before its button.
+            return confirm;
+        }
         assert!(confirm
             .body
             .contains("<button type=\"submit\">Sign in</button>"));
@@ -450,6 +453,84 @@ async fn links_work_once_and_for_fifteen_minutes() {
     let forged = format!("{}/sign-in/link?token={}", late.base, "ab".repeat(32));
     assert_eq!(late.follow_link(&forged).await.body, reused.body);
     assert_eq!(smtp.wait_for(2, Duration::from_secs(5)).await.len(), 2);
+}
+
+/// Login CSRF: someone who sends a victim their own sign-in link would sign the victim in to
+/// the sender's account, where the victim might then type their own secrets. The link's page
+/// names the account, and warns when this browser did not ask for that address's link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_names_its_account_and_warns_when_this_browser_did_not_ask_for_it() {
+    let (h, smtp) = start("").await;
+    h.client("Acme", &[], &[], &[], "free").await;
+    h.client("Mallory", &[], &[], &[], "free").await;
+    for (client, email) in [("Acme", "ann@acme.test"), ("Mallory", "mal@evil.test")] {
+        h.store
+            .ensure_portal_user(&common::actor(), client, email)
+            .await
+            .unwrap();
+    }
+    let link_path = |link: String| link[link.find("/sign-in/link").unwrap()..].to_owned();
+
+    // Ann asks for her link and opens it in the same browser: no warning.
+    let mut ann = Browser::new(&h);
+    let asked = ann
+        .submit("/sign-in", "/sign-in", &[("email", " Ann@Acme.test ")])
+        .await;
+    assert_eq!(asked.status, 200);
+    assert!(
+        ann.set_cookies.iter().any(|c| c.starts_with("asked=")
+            && c.contains("HttpOnly")
+            && c.contains("Max-Age=900")),
+        "{:?}",
+        ann.set_cookies
+    );
+    let mails = smtp.wait_for(1, Duration::from_secs(5)).await;
+    let ann_link = link_path(mails[0].link().unwrap());
+    let page = ann.get(&ann_link).await;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .body
+        .contains("<strong id=\"link-account\">ann@acme.test</strong>"));
+    assert!(!page.body.contains("not-asked-here"), "{}", page.body);
+
+    // Mallory asks for his own link and sends it to Ann: Ann's browser asked for another
+    // address, so the page names Mallory's account and warns.
+    let mut mallory = Browser::new(&h);
+    mallory
+        .submit("/sign-in", "/sign-in", &[("email", "mal@evil.test")])
+        .await;
+    let mails = smtp.wait_for(2, Duration::from_secs(5)).await;
+    let mal_link = link_path(mails[1].link().unwrap());
+    let lured = ann.get(&mal_link).await;
+    assert_eq!(lured.status, 200);
+    assert!(lured
+        .body
+        .contains("<strong id=\"link-account\">mal@evil.test</strong>"));
+    assert!(
+        lured.body.contains("id=\"not-asked-here\""),
+        "{}",
+        lured.body
+    );
+    assert!(lured
+        .body
+        .contains("someone may be trying to sign you in to their account"));
+    // So does a browser that asked for nothing (an invitation looks the same, and still works).
+    let mut fresh = Browser::new(&h);
+    assert!(fresh.get(&ann_link).await.body.contains("not-asked-here"));
+    // Opening the page spends nothing: Ann still signs in with her link.
+    let signed = ann.follow_link(&ann_link).await;
+    assert_eq!(
+        (signed.status, signed.location.as_deref()),
+        (303, Some("/keys"))
+    );
+
+    // A cookie value made up by hand for Mallory's address is only the attacker's own browser
+    // lying to itself; another site cannot set it (SameSite, HttpOnly, and `__Host-` under
+    // HTTPS), and a sign-in form posted from elsewhere is refused before it sets anything.
+    let mut forged = Browser::new(&h);
+    let refused = forged.post("/sign-in", &[("email", "mal@evil.test")]).await;
+    assert_eq!(refused.status, 403);
+    assert!(!forged.set_cookies.iter().any(|c| c.starts_with("asked=")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,6 +280,31 @@ impl Store {
         Ok(expires_at)
     }
 
+    /// The user a sign-in link would sign in, without spending it: the link unused and
+    /// unexpired, its user and client enabled. The confirmation page names the account, so a
+    /// link someone else sent cannot sign a visitor in to that person's account unnoticed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn sign_in_link_user(
+        &self,
+        link_digest: &[u8],
+    ) -> Result<Option<PortalUser>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM portal_links l JOIN portal_users u ON u.id = l.user_id \
+             JOIN clients c ON c.id = u.client_id \
+             WHERE l.digest = $1 AND l.used_at IS NULL AND l.expires_at > $2 \
+             AND u.disabled = 0 AND c.active <> 0"
+        ))
+        .bind(link_digest.to_vec())
+        .bind(self.now().as_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user).transpose()
+    }
+
     /// Spends a sign-in link and opens a session (by the digest of its token) for `lifetime`,
     /// in one transaction: a link opens one session at most, however many nodes race for it.
     ///

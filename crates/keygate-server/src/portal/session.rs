@@ -10,6 +10,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
+use keygate_core::digest::hex;
 use keygate_store::PortalSession;
 use sha2::{Digest, Sha256};
 
@@ -21,16 +22,6 @@ pub(crate) fn token() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS CSPRNG must be available");
     hex(&bytes)
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// What the store keeps of a token.
@@ -88,6 +79,8 @@ pub(crate) struct Visit {
     pub(crate) csrf: String,
     new_csrf: bool,
     session_token: Option<String>,
+    /// The `asked` cookie: which address this browser last asked a sign-in link for.
+    asked: Option<String>,
 }
 
 impl Visit {
@@ -96,18 +89,29 @@ impl Visit {
         let session_token = cookie(headers, &cookie_name(state, "session"))
             .filter(|t| well_formed(t))
             .map(str::to_owned);
+        let asked = cookie(headers, &cookie_name(state, "asked"))
+            .filter(|t| well_formed(t))
+            .map(str::to_owned);
         match existing {
             Some(t) => Visit {
                 csrf: t.to_owned(),
                 new_csrf: false,
                 session_token,
+                asked,
             },
             None => Visit {
                 csrf: token(),
                 new_csrf: true,
                 session_token,
+                asked,
             },
         }
+    }
+
+    /// Whether this browser is the one that asked for a sign-in link to `email` (within the
+    /// link's lifetime). A link opened anywhere else may have been sent by someone else.
+    pub(crate) fn asked_for(&self, email: &str) -> bool {
+        self.asked.as_deref() == Some(asked_value(email).as_str())
     }
 
     /// Refuses a form whose CSRF field is not this visitor's cookie.
@@ -193,6 +197,26 @@ pub(crate) fn session_cookie(state: &PortalState, token: &str) -> HeaderValue {
     )
 }
 
+/// What the `asked` cookie holds for an address: a digest, so the cookie does not carry it.
+fn asked_value(email: &str) -> String {
+    hex(&digest(&format!(
+        "keygate portal sign-in asked for {}",
+        email.trim().to_ascii_lowercase()
+    )))
+}
+
+/// The cookie that marks this browser as having asked for a link to `email`, for as long as
+/// the link lives. Only the CSRF-checked sign-in and sign-up forms set it, so another site
+/// cannot make a victim's browser claim the attacker's address.
+pub(crate) fn asked_cookie(state: &PortalState, email: &str) -> HeaderValue {
+    set_cookie(
+        state,
+        "asked",
+        &asked_value(email),
+        Some(super::LINK_TTL.as_secs()),
+    )
+}
+
 /// The cookie that ends a session.
 pub(crate) fn clear_session(state: &PortalState) -> HeaderValue {
     set_cookie(state, "session", "", None)
@@ -206,6 +230,7 @@ impl Visit {
             csrf: token(),
             new_csrf: true,
             session_token: None,
+            asked: None,
         }
     }
 }

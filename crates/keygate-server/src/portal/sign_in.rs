@@ -84,7 +84,8 @@ async fn admit(state: &PortalState, email: &str, source: IpAddr) -> Result<(), P
             ATTEMPT_WINDOW,
         )
     };
-    let address = session::hex(&session::digest(&email.trim().to_ascii_lowercase())[..12]);
+    let address =
+        keygate_core::digest::hex(&session::digest(&email.trim().to_ascii_lowercase())[..12]);
     let checks = [
         Check::new(
             LimitKey::new(format!("portal:a:{address}"), 0),
@@ -150,14 +151,16 @@ pub(crate) async fn request(
         let bg = state.clone();
         tokio::spawn(async move { send_link(&bg, &user.id, &user.email).await });
     }
-    page(
-        &state,
-        &visit,
-        None,
-        StatusCode::OK,
-        "sent.html",
-        context! {},
-    )
+    sent(&state, &visit, &f.email)
+}
+
+/// The "check your mail" page, the same for every address; it marks this browser as the one
+/// that asked for `email`'s link (see [`session::asked_cookie`]).
+fn sent(state: &PortalState, visit: &Visit, email: &str) -> Result<Response, PortalError> {
+    let mut resp = page(state, visit, None, StatusCode::OK, "sent.html", context! {})?;
+    resp.headers_mut()
+        .append(header::SET_COOKIE, session::asked_cookie(state, email));
+    Ok(resp)
 }
 
 /// Makes and mails a link; failures are logged (the visitor's answer never depends on them).
@@ -182,24 +185,40 @@ pub(crate) struct LinkQuery {
     token: String,
 }
 
-/// `GET /sign-in/link?token=…`: a page with the "Sign in" button that spends the link.
+/// The one answer to a link that cannot sign anyone in, whatever the reason.
+fn link_refused() -> PortalError {
+    PortalError::Invalid(
+        "This sign-in link is used, expired or not valid. Ask for a new one.".to_owned(),
+    )
+}
+
+/// `GET /sign-in/link?token=…`: a page with the "Sign in" button that spends the link. It
+/// names the account the link opens and, when this browser did not ask for that address's
+/// link, warns that someone else may have sent it (login CSRF: being signed in to an
+/// attacker's account, and typing one's own secrets into it). The link stays usable from
+/// another device, as a mailed link must.
 pub(crate) async fn confirm(
     State(state): State<PortalState>,
     visit: Visit,
     Query(q): Query<LinkQuery>,
 ) -> Result<Response, PortalError> {
     if !session::well_formed(&q.token) {
-        return Err(PortalError::Invalid(
-            "This sign-in link is not valid. Ask for a new one.".to_owned(),
-        ));
+        return Err(link_refused());
     }
+    let Some(user) = store(state.store.sign_in_link_user(&session::digest(&q.token))).await? else {
+        return Err(link_refused());
+    };
     page(
         &state,
         &visit,
         None,
         StatusCode::OK,
         "confirm.html",
-        context! { token => q.token },
+        context! {
+            token => q.token,
+            email => user.email,
+            asked_here => visit.asked_for(&user.email),
+        },
     )
 }
 
@@ -218,13 +237,8 @@ pub(crate) async fn redeem(
     Form(f): Form<RedeemForm>,
 ) -> Result<Response, PortalError> {
     visit.check(&f.csrf)?;
-    let refused = || {
-        PortalError::Invalid(
-            "This sign-in link is used, expired or not valid. Ask for a new one.".to_owned(),
-        )
-    };
     if !session::well_formed(&f.token) {
-        return Err(refused());
+        return Err(link_refused());
     }
     let token = session::token();
     let redeemed = state
@@ -245,7 +259,7 @@ pub(crate) async fn redeem(
         }
         Err(StoreError::SignInRefused(why)) => {
             tracing::info!(reason = %why, "Portal sign-in refused.");
-            Err(refused())
+            Err(link_refused())
         }
         Err(e) => Err(e.into()),
     }
@@ -322,14 +336,7 @@ pub(crate) async fn sign_up(
     if let Some(user) = store(state.store.active_portal_user(&email)).await? {
         let bg = state.clone();
         tokio::spawn(async move { send_link(&bg, &user.id, &user.email).await });
-        return page(
-            &state,
-            &visit,
-            None,
-            StatusCode::OK,
-            "sent.html",
-            context! {},
-        );
+        return sent(&state, &visit, &email);
     }
     let config = &state.gateway().config;
     let actor = Actor(format!("portal-sign-up:{email}"));
@@ -362,12 +369,5 @@ pub(crate) async fn sign_up(
     tracing::info!(client = %client.id, user = %user.id, "Portal sign-up.");
     let bg = state.clone();
     tokio::spawn(async move { send_link(&bg, &user.id, &user.email).await });
-    page(
-        &state,
-        &visit,
-        None,
-        StatusCode::OK,
-        "sent.html",
-        context! {},
-    )
+    sent(&state, &visit, &email)
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use keygate_core::decision::Reason;
+use keygate_core::digest::push_hex;
 use keygate_core::{KeyDigest, Timestamp};
 use keygate_limits::LimitKey;
 use sha2::Sha256;
@@ -63,14 +64,6 @@ fn mac(secret: &TokenSecret, payload: &[u8]) -> [u8; MAC] {
     out
 }
 
-fn hex(bytes: &[u8], out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-}
-
 fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -107,8 +100,8 @@ pub(crate) fn issue(
     payload[24..].copy_from_slice(digest.as_bytes());
     let mut token = String::with_capacity(TOKEN_LEN);
     token.push_str(PREFIX);
-    hex(&payload, &mut token);
-    hex(&mac(secret, &payload), &mut token);
+    push_hex(&payload, &mut token);
+    push_hex(&mac(secret, &payload), &mut token);
     token
 }
 
@@ -171,7 +164,7 @@ pub(crate) async fn redeem(
     let claims = check(secret, token, now)?;
     let mut subject = String::with_capacity(4 + 32);
     subject.push_str("wst:");
-    hex(&claims.nonce, &mut subject);
+    push_hex(&claims.nonce, &mut subject);
     // The lease outlives the token, so the nonce stays taken for as long as it could be used.
     let ttl = Duration::from_millis(
         u64::try_from(claims.expires.as_millis() - now.as_millis()).unwrap_or(0) + 1_000,

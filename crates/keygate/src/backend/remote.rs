@@ -151,7 +151,7 @@ impl Remote {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw)
             .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
-        let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let key = keygate_core::digest::hex(&raw);
         let mut attempt = 1;
         loop {
             match self

@@ -939,3 +939,101 @@ async fn a_config_reload_swaps_certificate_files_and_refuses_unusable_ones() {
     .unwrap();
     assert_eq!(a.peer, next.der);
 }
+
+/// `[portal.tls]`: the customer portal terminates TLS itself, with `Secure`, `__Host-` cookies
+/// and https links, and refuses plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_listener_terminates_tls_with_secure_cookies() {
+    let s = certificates();
+    let extra = format!(
+        r#"
+[portal]
+listen = "127.0.0.1:8082"
+
+[portal.tls]
+cert = "{dir}/gw.pem"
+key = "{dir}/gw-key.pem"
+handshake_timeout = "500ms"
+"#,
+        dir = s.dir.path().display()
+    );
+    let h = Harness::start(&config(&s, &extra)).await;
+    let portal = h.gateway.portal_addr.expect("the portal listens");
+    let page = tls::get(
+        portal,
+        "gw.test",
+        s.ca.client_config(H2, None),
+        "/sign-in",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        page.alpn.as_deref(),
+        Some("http/1.1"),
+        "the portal speaks HTTP/1.1"
+    );
+    assert_eq!(page.peer, s.gw.der);
+    let cookies: Vec<&str> = page
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        !cookies.is_empty()
+            && cookies
+                .iter()
+                .all(|c| c.starts_with("__Host-") && c.contains("; Secure")),
+        "{cookies:?}"
+    );
+    // Links in mails point at the https address the portal bound.
+    let gw = h.gateway.gateway();
+    assert_eq!(
+        gw.config.portal.as_ref().unwrap().base_url,
+        format!("https://{portal}")
+    );
+
+    // Plain HTTP on the TLS port gets no page.
+    let plain = keygate_test::http_client()
+        .get(format!("http://{portal}/sign-in"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain text was answered: {plain:?}");
+
+    // The certificate file is watched like the other listeners'.
+    let next = s.ca.issue(&["gw.test"]);
+    rotate(s.dir.path(), "gw", &next);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = tls::get(
+            portal,
+            "gw.test",
+            s.ca.client_config(H1, None),
+            "/sign-in",
+            &[],
+        )
+        .await
+        .unwrap();
+        if a.peer == next.der {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the portal kept its old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status: serde_json::Value = h
+        .http
+        .get(h.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(status["tls"]["portal"].is_object(), "{status}");
+}

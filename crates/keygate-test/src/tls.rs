@@ -180,6 +180,7 @@ pub async fn connect(
 #[derive(Debug)]
 pub struct TlsAnswer {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: String,
     /// The protocol ALPN chose (`h2`, `http/1.1`), if any.
     pub alpn: Option<String>,
@@ -235,6 +236,7 @@ pub async fn get(
         send.send_request(req).await.map_err(|e| e.to_string())?
     };
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = resp
         .into_body()
         .collect()
@@ -243,6 +245,7 @@ pub async fn get(
         .to_bytes();
     Ok(TlsAnswer {
         status,
+        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         alpn,
         peer,

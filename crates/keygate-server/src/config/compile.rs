@@ -351,7 +351,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     let portal = super::compile_portal::compile(
         raw.portal.as_ref(),
         overrides.portal_listen,
-        overrides.tooling,
+        (overrides.tooling, read_files),
         errors,
     );
     if !errors.is_empty() {

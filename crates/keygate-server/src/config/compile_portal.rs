@@ -36,7 +36,23 @@ pub struct PortalSettings {
     pub max_connections: usize,
     /// The `nice` value of the portal's thread (0 to 19); see `runtime::portal_thread`.
     pub nice: i32,
+    /// `[portal.tls]`: the listener terminates TLS itself.
+    pub tls: Option<crate::tls::ListenerTls>,
     pub smtp: Option<SmtpSettings>,
+}
+
+impl PortalSettings {
+    /// The links' address when `base_url` is not set: the listener's own.
+    pub fn default_base_url(&self, listen: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{listen}")
+    }
+
+    /// `base_url` was not set, so it follows the listener (whose port 0 becomes a real one
+    /// once bound).
+    pub fn base_url_follows_listen(&self) -> bool {
+        self.base_url == self.default_base_url(self.listen)
+    }
 }
 
 /// Colours as CSS hex, checked.
@@ -97,7 +113,7 @@ fn logo(raw: &str) -> Result<String, String> {
 pub(super) fn compile(
     raw: Option<&Spanned<RawPortal>>,
     listen_override: Option<SocketAddr>,
-    tooling: bool,
+    (tooling, read_files): (bool, bool),
     errors: &mut Errors<'_>,
 ) -> Option<PortalSettings> {
     let spanned = raw?;
@@ -131,6 +147,7 @@ pub(super) fn compile(
             err(format!("base_url `{u}` is not an http:// or https:// URL"));
             String::new()
         }
+        None if r.tls.is_some() => format!("https://{listen}"),
         None => format!("http://{listen}"),
     };
     let name = r.name.clone().unwrap_or_else(|| "API".to_owned());
@@ -213,6 +230,7 @@ pub(super) fn compile(
     };
     let smtp = r.smtp.as_ref().and_then(|s| smtp(s, tooling, &mut err));
     report(errors, &span, list);
+    let tls = super::compile_tls::listener(r.tls.as_ref(), "portal.tls", read_files, errors);
     Some(PortalSettings {
         listen,
         secure_cookies: base_url.starts_with("https://"),
@@ -230,6 +248,7 @@ pub(super) fn compile(
         sign_in_per_source,
         max_connections,
         nice,
+        tls,
         smtp,
     })
 }

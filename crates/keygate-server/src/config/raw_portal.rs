@@ -3,6 +3,8 @@
 use serde::Deserialize;
 
 use super::errors::DurationSetting;
+use super::raw::RawTls;
+use super::spanned::Spanned;
 
 /// The customer portal: its listener, the provider's look and which features are on.
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +46,8 @@ pub(crate) struct RawPortal {
     /// The portal thread's `nice` value, 0 to 19 (default 10): under load the gateway's
     /// workers and the node's change feed get the cores first.
     pub(crate) nice: Option<i64>,
+    /// `[portal.tls]`: TLS on the portal's own listener, the fields of `[server.tls]`.
+    pub(crate) tls: Option<Spanned<RawTls>>,
     pub(crate) smtp: Option<RawSmtp>,
 }
 

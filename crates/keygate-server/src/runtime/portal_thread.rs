@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::PortalSettings;
 use crate::runtime::server::{serve_http1, ServeError};
 use crate::state::live::Live;
+use crate::tls::ServerTls;
 
 /// Store connections of the portal's own pool: enough for a page's few queries to overlap,
 /// few enough that a flood of page loads queues here rather than in the database.
@@ -33,7 +34,7 @@ const STORE_CONNECTIONS: u32 = 2;
 pub(crate) async fn start(
     live: Arc<Live>,
     store: &Store,
-    (settings, listener): (PortalSettings, TcpListener),
+    (settings, listener, tls): (PortalSettings, TcpListener, Option<Arc<ServerTls>>),
     stop: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
@@ -55,7 +56,7 @@ pub(crate) async fn start(
                     return;
                 }
             };
-            runtime.block_on(serve(live, store, (settings, listener), stop, ready));
+            runtime.block_on(serve(live, store, (settings, listener, tls), stop, ready));
         })
         .map_err(ServeError::Thread)?;
     match started.await {
@@ -71,7 +72,11 @@ pub(crate) async fn start(
 async fn serve(
     live: Arc<Live>,
     store: Store,
-    (settings, listener): (PortalSettings, std::net::TcpListener),
+    (settings, listener, tls): (
+        PortalSettings,
+        std::net::TcpListener,
+        Option<Arc<ServerTls>>,
+    ),
     stop: watch::Receiver<bool>,
     ready: oneshot::Sender<Result<(), ServeError>>,
 ) {
@@ -102,14 +107,7 @@ async fn serve(
             .as_ref()
             .expect("a node with a portal has its connection cap"),
     );
-    serve_http1(
-        gw,
-        crate::portal::router(state),
-        (listener, None),
-        cap,
-        stop,
-    )
-    .await;
+    serve_http1(gw, crate::portal::router(state), (listener, tls), cap, stop).await;
 }
 
 /// Adds `nice` to this thread's niceness (Linux keeps one per thread; threads it starts inherit

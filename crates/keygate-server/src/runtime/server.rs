@@ -219,7 +219,12 @@ pub async fn start_on(
     // The files were checked by the configuration's compile; read again now, they may have
     // changed since. Before any socket is bound, as every other start-up check.
     let tls = Arc::new(
-        Tls::load(config.tls.as_ref(), config.admin_tls.as_ref()).map_err(ServeError::Tls)?,
+        Tls::load(
+            config.tls.as_ref(),
+            config.admin_tls.as_ref(),
+            config.portal.as_ref().and_then(|p| p.tls.as_ref()),
+        )
+        .map_err(ServeError::Tls)?,
     );
     let (addr, listeners) = match sockets.public {
         Some(given) => listen::adopt_public(given, config.workers)?,
@@ -272,8 +277,8 @@ pub async fn start_on(
     // Without a configured base_url, links point at the address actually bound (port 0 in
     // tests), for the admin API's invitations as for the portal's own mail.
     if let (Some(p), Some(addr)) = (config.portal.as_mut(), portal_addr) {
-        if p.base_url == format!("http://{}", p.listen) {
-            p.base_url = format!("http://{addr}");
+        if p.base_url_follows_listen() {
+            p.base_url = p.default_base_url(addr);
         }
     }
     let portal = portal.map(|(listener, addr, _)| (listener, addr, config.portal.clone()));
@@ -340,7 +345,7 @@ pub async fn start_on(
         let portal = crate::runtime::portal_thread::start(
             Arc::clone(&live),
             &store,
-            (settings, listener),
+            (settings, listener, tls.portal.clone()),
             stop.clone(),
             worker_done.clone(),
         )

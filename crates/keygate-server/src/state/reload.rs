@@ -208,7 +208,7 @@ fn keep_restart_only(running: &Config, mut next: Config) -> (Config, Vec<&'stati
     // The portal runs on its own listener with its settings from the start: all of it needs
     // a restart. (A base URL the file leaves to the bound address was filled in at start.)
     if let (Some(was), Some(next_portal)) = (&running.portal, &mut next.portal) {
-        if next_portal.base_url == format!("http://{}", next_portal.listen) {
+        if next_portal.base_url_follows_listen() {
             next_portal.base_url.clone_from(&was.base_url);
         }
     }

@@ -25,8 +25,8 @@ use super::{pem, provider, CertFiles, ListenerTls, TlsError};
 
 /// ALPN of the public listener: HTTP/2 preferred, HTTP/1.1 for the rest.
 pub(crate) const ALPN_PUBLIC: &[&[u8]] = &[b"h2", b"http/1.1"];
-/// ALPN of the admin listener, which speaks HTTP/1.1 only.
-pub(crate) const ALPN_ADMIN: &[&[u8]] = &[b"http/1.1"];
+/// ALPN of the admin and portal listeners, which speak HTTP/1.1 only.
+pub(crate) const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 
 /// Locks a mutex, through a poisoning (the snapshots it guards are whole values).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -365,18 +365,23 @@ impl ServerTls {
 pub struct Tls {
     pub public: Option<Arc<ServerTls>>,
     pub admin: Option<Arc<ServerTls>>,
+    /// `[portal.tls]`; its settings change only with a restart (as all of `[portal]`), its
+    /// certificate files reload like the others'.
+    pub portal: Option<Arc<ServerTls>>,
     swapped: AtomicU64,
     refused: AtomicU64,
 }
 
 impl Tls {
-    /// Loads the listeners' certificates (a configuration's `tls` and `admin_tls`).
+    /// Loads the listeners' certificates (a configuration's `tls`, `admin_tls` and the
+    /// portal's `tls`).
     ///
     /// # Errors
     /// [`TlsError`] naming the file that cannot be used.
     pub fn load(
         public: Option<&ListenerTls>,
         admin: Option<&ListenerTls>,
+        portal: Option<&ListenerTls>,
     ) -> Result<Tls, TlsError> {
         let load = |settings: Option<&ListenerTls>, alpn| {
             settings
@@ -385,13 +390,18 @@ impl Tls {
         };
         Ok(Tls {
             public: load(public, ALPN_PUBLIC)?,
-            admin: load(admin, ALPN_ADMIN)?,
+            admin: load(admin, ALPN_HTTP1)?,
+            portal: load(portal, ALPN_HTTP1)?,
             ..Tls::default()
         })
     }
 
     fn listeners(&self) -> impl Iterator<Item = &ServerTls> {
-        self.public.iter().chain(self.admin.iter()).map(|t| &**t)
+        self.public
+            .iter()
+            .chain(self.admin.iter())
+            .chain(self.portal.iter())
+            .map(|t| &**t)
     }
 
     /// Reloads every listener's certificates from their files: new handshakes use them, open
@@ -536,6 +546,7 @@ impl Tls {
         Some(json!({
             "public": self.public.as_ref().map(|t| t.status()),
             "admin": self.admin.as_ref().map(|t| t.status()),
+            "portal": self.portal.as_ref().map(|t| t.status()),
         }))
     }
 

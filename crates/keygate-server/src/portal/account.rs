@@ -108,6 +108,35 @@ fn per_day(days: &[String], rows: &[UsageRow]) -> Vec<(String, [u64; 3])> {
         .collect()
 }
 
+/// The table: every status answered in the window (a column each, ascending), and per day,
+/// newest first, the day's total and its count of each status.
+fn per_status(days: &[String], rows: &[UsageRow]) -> (Vec<u16>, Vec<Value>) {
+    let statuses: Vec<u16> = rows
+        .iter()
+        .map(|r| r.status)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let table = days
+        .iter()
+        .rev()
+        .map(|d| {
+            let counts: Vec<u64> = statuses
+                .iter()
+                .map(|&s| {
+                    rows.iter()
+                        .filter(|r| &r.day == d && r.status == s)
+                        .map(|r| r.requests)
+                        .sum()
+                })
+                .collect();
+            let total: u64 = counts.iter().sum();
+            Value::from_serialize(serde_json::json!({ "day": d, "total": total, "counts": counts }))
+        })
+        .collect();
+    (statuses, table)
+}
+
 /// The bar chart, drawn here: one stacked bar a day (ok, client errors, server errors).
 fn chart(series: &[(String, [u64; 3])]) -> String {
     const W: u64 = 600;
@@ -155,11 +184,7 @@ pub(crate) async fn usage(
         .per_day
         .or(state.gateway().config.plan_limits(&client.plan).per_day)
         .map(std::num::NonZeroU64::get);
-    let table: Vec<Value> = series
-        .iter()
-        .rev()
-        .map(|(d, s)| Value::from_serialize(serde_json::json!({ "day": d, "ok": s[0], "client_errors": s[1], "server_errors": s[2] })))
-        .collect();
+    let (statuses, table) = per_status(&days, &rows);
     page(
         &state,
         &signed.visit,
@@ -170,6 +195,7 @@ pub(crate) async fn usage(
             chart => Value::from_safe_string(chart(&series)),
             today => today,
             quota => quota,
+            statuses => statuses,
             days => table,
         },
     )

@@ -23,6 +23,8 @@ pub enum PortalError {
     Invalid(String),
     #[error("too many sign-in attempts; try again later")]
     TooManyAttempts,
+    #[error("this form is larger than the portal accepts")]
+    TooLarge,
     #[error("the store is unavailable")]
     StoreUnavailable,
     #[error("the store refused: {0}")]
@@ -69,6 +71,7 @@ impl PortalError {
             PortalError::Csrf => StatusCode::FORBIDDEN,
             PortalError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PortalError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            PortalError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             PortalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::Store(_) | PortalError::Template(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -120,6 +120,7 @@ pub fn router(state: PortalState) -> Router {
         .route("/assets/{name}", get(pages::asset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(middleware::from_fn(refuse_oversized))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -131,6 +132,24 @@ async fn not_found() -> PortalError {
 /// The Content-Security-Policy: same-origin scripts, styles and images only (and the logo as a
 /// `data:` image); no inline script, no framing, forms post only to the portal.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A body declared larger than [`FORM_LIMIT`] is refused on its head, before a byte of it is
+/// read, and the connection closed after the answer (its body is never read). Bodies without a
+/// length are cut at the limit by `DefaultBodyLimit`.
+async fn refuse_oversized(req: axum::extract::Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > FORM_LIMIT as u64) {
+        let mut resp = axum::response::IntoResponse::into_response(PortalError::TooLarge);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
+}
 
 async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
     let mut resp = next.run(req).await;

@@ -2,75 +2,41 @@
 //! CA generated here; the limiter counts through it, and a server whose certificate another CA
 //! signed is refused.
 
+use std::ffi::OsStr;
 use std::num::NonZeroU64;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keygate_core::limit::Limit;
 use keygate_core::Timestamp;
 use keygate_limits::{Check, LimitKey, LimiterError, RedisLimiter};
 use keygate_test::tls::TestCa;
+use keygate_test::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A `redis-server` serving TLS only, stopped on drop.
-struct TlsRedis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `redis-server` with `dir/redis.pem` (issued by `ca` for 127.0.0.1); `None` when it
-/// is not installed (outside CI; under CI the test fails).
-async fn start(ca: &TestCa, dir: &Path) -> Option<TlsRedis> {
-    let program = keygate_test::program("redis-server", &[Path::new("/usr/bin")])?;
+/// Starts `redis-server` serving TLS only with `dir/redis.pem` (issued by `ca` for
+/// 127.0.0.1); `None` when it is not installed (outside CI; under CI the test fails).
+async fn start(ca: &TestCa, dir: &Path) -> Option<RedisServer> {
     let (cert, key) = ca.issue(&["127.0.0.1"]).write(dir, "redis");
     let ca_path = ca.write_ca(dir);
     let port = keygate_test::free_port();
-    let child = Command::new(program)
-        .args([
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca_path)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let server = TlsRedis { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Some(server)
+    let port_arg = port.to_string();
+    let args: [&OsStr; 12] = [
+        "--port".as_ref(),
+        "0".as_ref(),
+        "--tls-port".as_ref(),
+        port_arg.as_ref(),
+        "--tls-auth-clients".as_ref(),
+        "no".as_ref(),
+        "--tls-cert-file".as_ref(),
+        cert.as_os_str(),
+        "--tls-key-file".as_ref(),
+        key.as_os_str(),
+        "--tls-ca-cert-file".as_ref(),
+        ca_path.as_os_str(),
+    ];
+    RedisServer::spawn(dir, "redis-tls", port, args).await
 }
 
 #[tokio::test]

@@ -2,9 +2,7 @@
 //! CA generated here; the limiter counts through it, and a server whose certificate another CA
 //! signed is refused.
 
-use std::ffi::OsStr;
 use std::num::NonZeroU64;
-use std::path::Path;
 use std::time::Duration;
 
 use keygate_core::limit::Limit;
@@ -15,38 +13,15 @@ use keygate_test::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Starts `redis-server` serving TLS only with `dir/redis.pem` (issued by `ca` for
-/// 127.0.0.1); `None` when it is not installed (outside CI; under CI the test fails).
-async fn start(ca: &TestCa, dir: &Path) -> Option<RedisServer> {
-    let (cert, key) = ca.issue(&["127.0.0.1"]).write(dir, "redis");
-    let ca_path = ca.write_ca(dir);
-    let port = keygate_test::free_port();
-    let port_arg = port.to_string();
-    let args: [&OsStr; 12] = [
-        "--port".as_ref(),
-        "0".as_ref(),
-        "--tls-port".as_ref(),
-        port_arg.as_ref(),
-        "--tls-auth-clients".as_ref(),
-        "no".as_ref(),
-        "--tls-cert-file".as_ref(),
-        cert.as_os_str(),
-        "--tls-key-file".as_ref(),
-        key.as_os_str(),
-        "--tls-ca-cert-file".as_ref(),
-        ca_path.as_os_str(),
-    ];
-    RedisServer::spawn(dir, "redis-tls", port, args).await
-}
-
 #[tokio::test]
 async fn the_limiter_counts_over_tls_and_refuses_a_certificate_its_ca_did_not_sign() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("redis test CA");
-    let Some(redis) = start(&ca, dir.path()).await else {
+    // TLS only, with a certificate `ca` issued for 127.0.0.1.
+    let Some(redis) = RedisServer::on_free_port(dir.path(), "redis", Some(&ca), &[]).await else {
         return;
     };
-    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let limiter = RedisLimiter::connect_tls(&url, Some(ca.pem.as_bytes()), TIMEOUT, TIMEOUT)
         .await
         .unwrap();

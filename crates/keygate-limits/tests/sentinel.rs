@@ -1,7 +1,8 @@
 //! Redis through Sentinel (`redis+sentinel://`): a primary, its replica and a sentinel of the
 //! test's own ([`SentinelSet`]). Two limiters (two nodes) share their counters on the primary
 //! the sentinel names; when that primary dies, or is demoted by `SENTINEL FAILOVER`, they
-//! answer locally meanwhile, then count on the promoted replica and share it again.
+//! answer locally meanwhile, then count on the promoted replica and share it again. Over TLS
+//! (`rediss+sentinel://`) too, where a sentinel another CA vouches for is refused.
 
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant};
 use keygate_core::limit::{Limit, Window};
 use keygate_core::Timestamp;
 use keygate_limits::{Check, LimitKey, LimiterError, Limits, RedisOptions, PROBE_INTERVAL};
-use keygate_test::redis_server::{info, query};
-use keygate_test::SentinelSet;
+use keygate_test::tls::TestCa;
+use keygate_test::{RedisServer, SentinelSet};
 
 /// Bounds on a busy two-core machine: a failover takes the sentinel a few seconds.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(90);
@@ -37,9 +38,10 @@ fn quota(name: &str, max: u64) -> (String, [Check; 1]) {
     (s.to_string(), [check])
 }
 
-/// The counter keys of `subject` on the server on `port`.
-async fn keys(port: u16, subject: &str) -> Vec<String> {
-    query(port, redis::cmd("KEYS").arg(format!("kg:l:{subject}:*")))
+/// The counter keys of `subject` on `server`.
+async fn keys(server: &RedisServer, subject: &str) -> Vec<String> {
+    server
+        .query(redis::cmd("KEYS").arg(format!("kg:l:{subject}:*")))
         .await
         .unwrap_or_default()
 }
@@ -68,32 +70,39 @@ enum Failover {
     Demotion,
 }
 
-async fn follows(how: Failover) {
+/// Two limiters follow the failover `how`; with `tls`, every connection (to the sentinel and
+/// the data nodes) is TLS verified against that CA.
+async fn follows(how: Failover, tls: Option<&TestCa>) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut set) = SentinelSet::start(dir.path()).await else {
+    let Some(mut set) = SentinelSet::start(dir.path(), tls).await else {
         return;
     };
     let url = set.url();
-    let a = Limits::with_redis(&url, options()).await.unwrap();
-    let b = Limits::with_redis(&url, options()).await.unwrap();
+    let roots = tls.map(|ca| ca.pem.as_bytes().to_vec());
+    let a = Limits::with_redis_tls(&url, roots.clone(), options())
+        .await
+        .unwrap();
+    let b = Limits::with_redis_tls(&url, roots, options())
+        .await
+        .unwrap();
     assert!(!a.stats().degraded && !b.stats().degraded, "connected");
     let mut now = t0();
 
     let (before, checks) = quota("sentinel-before", 3);
     assert_shared(&a, &b, &checks, now).await;
-    assert!(!keys(set.primary.port, &before).await.is_empty());
+    assert!(!keys(&set.primary, &before).await.is_empty());
 
-    let old_primary = set.primary.port;
     match how {
         Failover::Crash => set.primary.kill(),
         Failover::Demotion => {
-            let done: Option<String> = query(
-                set.sentinel.port,
-                redis::cmd("SENTINEL")
-                    .arg("FAILOVER")
-                    .arg(SentinelSet::MASTER),
-            )
-            .await;
+            let done: Option<String> = set
+                .sentinel
+                .query(
+                    redis::cmd("SENTINEL")
+                        .arg("FAILOVER")
+                        .arg(SentinelSet::MASTER),
+                )
+                .await;
             assert_eq!(done.as_deref(), Some("OK"));
         }
     }
@@ -104,14 +113,16 @@ async fn follows(how: Failover) {
     let deadline = Instant::now() + FAILOVER_WITHIN;
     loop {
         now = now.plus(PROBE_INTERVAL);
-        let promoted = info(set.replica.port, "replication")
+        let promoted = set
+            .replica
+            .info("replication")
             .await
             .is_some_and(|i| i.contains("role:master"));
         let mut counted_there = promoted;
         for node in [&a, &b] {
             let (subject, checks) = quota("sentinel-during", 1_000_000);
             assert!(node.check(&checks, now).await.unwrap().allowed);
-            counted_there = counted_there && !keys(set.replica.port, &subject).await.is_empty();
+            counted_there = counted_there && !keys(&set.replica, &subject).await.is_empty();
         }
         if counted_there && !a.stats().degraded && !b.stats().degraded {
             break;
@@ -129,24 +140,57 @@ async fn follows(how: Failover) {
     let (after, checks) = quota("sentinel-after", 3);
     assert_shared(&a, &b, &checks, now).await;
     assert!(
-        !keys(set.replica.port, &after).await.is_empty(),
+        !keys(&set.replica, &after).await.is_empty(),
         "counted on the promoted replica"
     );
     if matches!(how, Failover::Demotion) {
         // The old primary, now a replica, has the counter only by replication.
-        let role = info(old_primary, "replication").await.unwrap_or_default();
+        let role = set.primary.info("replication").await.unwrap_or_default();
         assert!(role.contains("role:slave"), "{role}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limiter_follows_the_primary_when_it_dies() {
-    follows(Failover::Crash).await;
+    follows(Failover::Crash, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limiter_follows_the_primary_when_it_is_demoted() {
-    follows(Failover::Demotion).await;
+    follows(Failover::Demotion, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_limiter_follows_the_primary_and_refuses_another_ca() {
+    let ca = TestCa::new("redis sentinel test CA");
+    follows(Failover::Crash, Some(&ca)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(set) = SentinelSet::start(dir.path(), Some(&ca)).await else {
+        return;
+    };
+    let stranger = TestCa::new("not the sentinels' CA");
+    let refused = keygate_limits::RedisLimiter::connect_tls(
+        &set.url(),
+        Some(stranger.pem.as_bytes()),
+        options().timeout,
+        options().connect_timeout,
+    )
+    .await;
+    let Err(e) = refused else {
+        panic!("a sentinel whose certificate another CA signed is trusted");
+    };
+    assert!(matches!(e, LimiterError::Unavailable(_)), "{e:?}");
+    // Plain text to the TLS sentinel does not get through either.
+    let plain = set.url().replace("rediss+", "redis+");
+    assert!(keygate_limits::RedisLimiter::connect_tls(
+        &plain,
+        None,
+        options().timeout,
+        options().connect_timeout
+    )
+    .await
+    .is_err());
 }
 
 #[tokio::test]

@@ -504,7 +504,7 @@ async fn a_cut_redis_falls_back_or_fails_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_redis_through_sentinel_answers_429_at_the_plans_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(set) = keygate_test::SentinelSet::start(dir.path()).await else {
+    let Some(set) = keygate_test::SentinelSet::start(dir.path(), None).await else {
         return;
     };
     let config = format!(
@@ -522,11 +522,10 @@ async fn a_node_on_redis_through_sentinel_answers_429_at_the_plans_limit() {
     let (_, _, status) =
         status_json(h.http.get(h.admin_url("/status")).send().await.unwrap()).await;
     assert_eq!(status["limiter"]["degraded"], false, "{status}");
-    let counters: Vec<String> = keygate_test::redis_server::query(
-        set.primary.port,
-        keygate_test::redis_server::redis::cmd("KEYS").arg("kg:l:*"),
-    )
-    .await
-    .unwrap_or_default();
+    let counters: Vec<String> = set
+        .primary
+        .query(keygate_test::redis_server::redis::cmd("KEYS").arg("kg:l:*"))
+        .await
+        .unwrap_or_default();
     assert!(!counters.is_empty(), "counted on the primary");
 }

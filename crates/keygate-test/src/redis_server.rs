@@ -1,15 +1,17 @@
 //! `redis-server` processes of a test's own, in its temporary directory and killed on drop:
 //! one server with extra arguments ([`RedisServer`], e.g. TLS-only), or a primary, its replica
-//! and a sentinel monitoring them ([`SentinelSet`]) for failover tests.
+//! and a sentinel monitoring them ([`SentinelSet`]), over TLS or not, for failover tests.
 //!
 //! Each waits until its port accepts connections; under `CI=true` a missing `redis-server`
 //! fails the test (see [`crate::program`]).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::tls::TestCa;
 
 /// The client the helpers use, for tests of crates that do not depend on it.
 pub use redis;
@@ -25,6 +27,8 @@ pub struct RedisServer {
     pub port: u16,
     /// Its log file.
     pub log: PathBuf,
+    /// The CA (PEM) its certificate chains to, when `port` speaks TLS.
+    tls_roots: Option<String>,
 }
 
 impl Drop for RedisServer {
@@ -64,19 +68,35 @@ impl RedisServer {
             child: Some(child),
             port,
             log,
+            tls_roots: None,
         };
         server.wait_listening().await;
         Some(server)
     }
 
-    /// A plain server on a free port, with `args` added.
-    pub async fn plain(dir: &Path, name: &str, args: &[&str]) -> Option<RedisServer> {
+    /// A server on a free port, with `args` added: plain, or with `tls` (a certificate `tls`
+    /// issues for 127.0.0.1) TLS only, replicating over TLS too.
+    pub async fn on_free_port(
+        dir: &Path,
+        name: &str,
+        tls: Option<&TestCa>,
+        args: &[&str],
+    ) -> Option<RedisServer> {
         let port = crate::free_port();
-        let port_arg = port.to_string();
-        let all = ["--port", port_arg.as_str()]
-            .into_iter()
-            .chain(args.iter().copied());
-        RedisServer::spawn(dir, name, port, all).await
+        let mut all: Vec<OsString> = match tls {
+            None => vec!["--port".into(), port.to_string().into()],
+            Some(ca) => {
+                let mut tls_args = vec!["--port".into(), "0".into()];
+                let settings = tls_settings(ca, dir, name).into_iter();
+                tls_args.extend(settings.flat_map(|(k, v)| [format!("--{k}").into(), v]));
+                tls_args.extend(["--tls-port".into(), port.to_string().into()]);
+                tls_args
+            }
+        };
+        all.extend(args.iter().map(OsString::from));
+        let mut server = RedisServer::spawn(dir, name, port, all).await?;
+        server.tls_roots = tls.map(|ca| ca.pem.clone());
+        Some(server)
     }
 
     async fn wait_listening(&self) {
@@ -95,9 +115,43 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:{port}`.
+    /// `redis://127.0.0.1:{port}`, or `rediss://` over TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_roots.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `cmd` sent on a connection of its own (TLS when the server speaks it); `None` when it
+    /// fails or takes more than two seconds (the server is down, for one).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
+        let exchange = async {
+            let client = match &self.tls_roots {
+                None => redis::Client::open(self.url()),
+                Some(pem) => redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.as_bytes().to_vec()),
+                    },
+                ),
+            }
+            .ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            cmd.query_async::<T>(&mut conn).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(2), exchange)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// `INFO section`.
+    pub async fn info(&self, section: &str) -> Option<String> {
+        self.query(redis::cmd("INFO").arg(section)).await
     }
 
     /// Stops the server at once (SIGKILL), as a crashed primary would.
@@ -123,21 +177,33 @@ impl SentinelSet {
     pub const MASTER: &'static str = "m";
 
     /// Starts the three in `dir` and waits until the replica is in sync and the sentinel
-    /// knows it as a candidate for promotion. `None` when redis-server is not installed,
-    /// outside CI.
+    /// knows it as a candidate for promotion; with `tls`, every one of them speaks TLS only
+    /// (to clients and to each other) with a certificate `tls` issues for 127.0.0.1. `None`
+    /// when redis-server is not installed, outside CI.
     ///
     /// Panics (failing the test) when that does not happen within a minute.
-    pub async fn start(dir: &Path) -> Option<SentinelSet> {
-        let primary = RedisServer::plain(dir, "primary", &[]).await?;
+    pub async fn start(dir: &Path, tls: Option<&TestCa>) -> Option<SentinelSet> {
+        let primary = RedisServer::on_free_port(dir, "primary", tls, &[]).await?;
         let replicaof = format!("127.0.0.1 {}", primary.port);
-        let replica = RedisServer::plain(dir, "replica", &["--replicaof", &replicaof]).await?;
+        let replica =
+            RedisServer::on_free_port(dir, "replica", tls, &["--replicaof", &replicaof]).await?;
         let port = crate::free_port();
         let conf = dir.join("sentinel.conf");
         let m = SentinelSet::MASTER;
+        let listen = match tls {
+            None => format!("port {port}\n"),
+            Some(ca) => {
+                let settings: String = tls_settings(ca, dir, "sentinel")
+                    .into_iter()
+                    .map(|(k, v)| format!("{k} \"{}\"\n", v.to_string_lossy()))
+                    .collect();
+                format!("port 0\ntls-port {port}\n{settings}")
+            }
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\n\
+                "{listen}\
                  sentinel monitor {m} 127.0.0.1 {primary} 1\n\
                  sentinel down-after-milliseconds {m} 1000\n\
                  sentinel failover-timeout {m} 10000\n\
@@ -148,13 +214,14 @@ impl SentinelSet {
             ),
         )
         .expect("write sentinel.conf");
-        let sentinel = RedisServer::spawn(
+        let mut sentinel = RedisServer::spawn(
             dir,
             "sentinel",
             port,
             [conf.as_os_str(), "--sentinel".as_ref()],
         )
         .await?;
+        sentinel.tls_roots = tls.map(|ca| ca.pem.clone());
         let set = SentinelSet {
             primary,
             replica,
@@ -164,22 +231,45 @@ impl SentinelSet {
         Some(set)
     }
 
-    /// `redis+sentinel://127.0.0.1:{sentinel}/m`.
+    /// `redis+sentinel://127.0.0.1:{sentinel}/m`, or `rediss+sentinel://` over TLS.
     pub fn url(&self) -> String {
+        let scheme = if self.sentinel.tls_roots.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
         format!(
-            "redis+sentinel://127.0.0.1:{}/{}",
+            "{scheme}://127.0.0.1:{}/{}",
             self.sentinel.port,
             SentinelSet::MASTER
         )
     }
 
+    /// Whether the sentinel knows the replica as a healthy replica of [`SentinelSet::MASTER`].
+    async fn knows_replica(&self) -> bool {
+        let replicas: Option<Vec<HashMap<String, String>>> = self
+            .sentinel
+            .query(
+                redis::cmd("SENTINEL")
+                    .arg("REPLICAS")
+                    .arg(SentinelSet::MASTER),
+            )
+            .await;
+        let name = format!("127.0.0.1:{}", self.replica.port);
+        replicas.unwrap_or_default().iter().any(|r| {
+            r.get("name") == Some(&name) && r.get("flags").map(String::as_str) == Some("slave")
+        })
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let synced = info(self.replica.port, "replication")
+            let synced = self
+                .replica
+                .info("replication")
                 .await
                 .is_some_and(|i| i.contains("master_link_status:up"));
-            let known = knows_replica(self.sentinel.port, self.replica.port).await;
+            let known = self.knows_replica().await;
             if synced && known {
                 return;
             }
@@ -193,37 +283,18 @@ impl SentinelSet {
     }
 }
 
-/// `cmd` sent to the server (or sentinel) on `127.0.0.1:port` on a connection of its own;
-/// `None` when it fails or takes more than two seconds.
-pub async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
-    let exchange = async {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        cmd.query_async::<T>(&mut conn).await.ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// `INFO section` of the server on `port`.
-pub async fn info(port: u16, section: &str) -> Option<String> {
-    query(port, redis::cmd("INFO").arg(section)).await
-}
-
-/// Whether the sentinel on `port` knows `127.0.0.1:replica` as a healthy replica of
-/// [`SentinelSet::MASTER`].
-async fn knows_replica(port: u16, replica: u16) -> bool {
-    let replicas: Option<Vec<HashMap<String, String>>> = query(
-        port,
-        redis::cmd("SENTINEL")
-            .arg("REPLICAS")
-            .arg(SentinelSet::MASTER),
-    )
-    .await;
-    let name = format!("127.0.0.1:{replica}");
-    replicas.unwrap_or_default().iter().any(|r| {
-        r.get("name") == Some(&name) && r.get("flags").map(String::as_str) == Some("slave")
-    })
+/// The TLS settings of a server (or sentinel) named `name`: a certificate `ca` issues for
+/// 127.0.0.1 (written to `dir`), clients not asked for one, replication (and a sentinel's
+/// connections to the servers) over TLS too.
+fn tls_settings(ca: &TestCa, dir: &Path, name: &str) -> Vec<(&'static str, OsString)> {
+    let (cert, key) = ca.issue(&["127.0.0.1"]).write(dir, name);
+    let ca_path = dir.join("redis-ca.pem");
+    std::fs::write(&ca_path, &ca.pem).expect("write the CA");
+    vec![
+        ("tls-cert-file", cert.into()),
+        ("tls-key-file", key.into()),
+        ("tls-ca-cert-file", ca_path.into()),
+        ("tls-auth-clients", "no".into()),
+        ("tls-replication", "yes".into()),
+    ]
 }

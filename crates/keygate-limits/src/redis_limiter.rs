@@ -8,6 +8,10 @@
 //! (named after its window's start) until its window ends, each plus [`GRACE`] for clock skew
 //! between nodes. Time is the caller's `now`; TTLs are relative to it. A peek (the state an
 //! answer reports without counting as a request) is one `MGET` of the same keys.
+//!
+//! The connection goes to one address, or to the primary a set of sentinels names
+//! (`redis+sentinel://`, [`crate::sentinel`]): any failed call then makes it check whether the
+//! primary moved.
 
 use std::fmt;
 use std::future::Future;
@@ -148,8 +152,9 @@ enum LeaseOp {
 }
 
 impl RedisLimiter {
-    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`) and loads the
-    /// scripts, every call (this one included) bounded by `timeout`; see
+    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`, or the primary a
+    /// `redis+sentinel://` URL names, followed through failovers: see the `sentinel` module)
+    /// and loads the scripts, every call (this one included) bounded by `timeout`; see
     /// [`RedisLimiter::connect_with`].
     ///
     /// # Errors

@@ -12,6 +12,7 @@ mod error;
 mod local;
 mod policy;
 mod redis_limiter;
+mod sentinel;
 
 use keygate_core::limit::{Limit, LimitState};
 use smol_str::SmolStr;
@@ -20,6 +21,15 @@ pub use error::LimiterError;
 pub use local::LocalLimiter;
 pub use policy::{LimitStats, Limits, RedisOptions, Unavailable, PROBE_INTERVAL};
 pub use redis_limiter::{RedisLimiter, GRACE};
+
+/// Checks a Redis URL as the limiter reads it, without connecting, and says whether it speaks
+/// TLS (`rediss://`, `rediss+sentinel://`): for configuration checks.
+///
+/// # Errors
+/// [`LimiterError::BadUrl`], quoting the URL with its password masked.
+pub fn url_uses_tls(url: &str) -> Result<bool, LimiterError> {
+    redis_limiter::Target::parse(url, None).map(|t| t.tls())
+}
 
 /// Identifies one counter: a subject (e.g. "c:cli_abc…" for a client, "k:key_…" for a key, "r3:k:key_…" for route 3 per key) and which of its limits (slot).
 ///

@@ -237,7 +237,7 @@ impl Limits {
         roots: Option<Vec<u8>>,
         options: RedisOptions,
     ) -> Result<Limits, LimiterError> {
-        crate::redis_limiter::client(url, roots.as_deref())?;
+        crate::redis_limiter::Target::parse(url, roots.as_deref())?;
         let limiter = OnceLock::new();
         let connected = RedisLimiter::connect_tls(
             url,

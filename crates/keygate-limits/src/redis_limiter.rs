@@ -8,9 +8,15 @@
 //! (named after its window's start) until its window ends, each plus [`GRACE`] for clock skew
 //! between nodes. Time is the caller's `now`; TTLs are relative to it. A peek (the state an
 //! answer reports without counting as a request) is one `MGET` of the same keys.
+//!
+//! The connection goes to one address, or to the primary a set of sentinels names
+//! (`redis+sentinel://`, [`crate::sentinel`]): any failed call then makes it check whether the
+//! primary moved.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::limit::{gcra, lease, window, LimitKind, LimitState};
@@ -20,6 +26,7 @@ use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind};
 use smallvec::SmallVec;
 
 use crate::error::redact;
+use crate::sentinel::{Followed, SentinelUrl};
 use crate::{Check, LimitKey, LimiterError, Verdict};
 
 /// Added to every key's TTL, so a node whose clock lags a little still finds the state.
@@ -30,11 +37,35 @@ const LEASE_LUA: &str = include_str!("lease.lua");
 
 /// The limiter on Redis.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    link: Link,
     timeout: Duration,
     check_sha: String,
     lease_sha: String,
     round_trips: AtomicU64,
+}
+
+/// Where the calls go.
+enum Link {
+    /// One address (`redis://`, `rediss://`); the manager reconnects to it by itself.
+    Direct(ConnectionManager),
+    /// The primary the sentinels name (`redis+sentinel://`), followed through failovers.
+    Sentinel(Arc<Followed>),
+}
+
+impl Link {
+    fn conn(&self) -> ConnectionManager {
+        match self {
+            Link::Direct(conn) => conn.clone(),
+            Link::Sentinel(followed) => followed.conn(),
+        }
+    }
+
+    /// A call failed or timed out: behind sentinels, the primary may have moved.
+    fn failed(&self) {
+        if let Link::Sentinel(followed) = self {
+            followed.call_failed();
+        }
+    }
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -62,24 +93,50 @@ fn lease_key(key: &LimitKey) -> String {
     format!("kg:lease:{}:{}", key.subject, key.slot)
 }
 
-/// The client for `url` (`redis://[:password@]host[:port][/db]`, or `rediss://` for TLS,
-/// whose server certificate must chain to `roots` (PEM CA certificates) or, without them,
-/// to the system's roots); nothing is connected yet.
-///
-/// # Errors
-/// [`LimiterError::BadUrl`], quoting the URL with its password masked.
-pub(crate) fn client(url: &str, roots: Option<&[u8]>) -> Result<redis::Client, LimiterError> {
-    let built = match roots {
-        None => redis::Client::open(url),
-        Some(pem) => redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem.to_vec()),
-            },
-        ),
-    };
-    built.map_err(|e| LimiterError::BadUrl(format!("`{}` ({e})", redact(url))))
+/// What a limiter URL names: one Redis, or the primary of a set of sentinels.
+pub(crate) enum Target {
+    Direct(redis::Client),
+    Sentinel(SentinelUrl),
+}
+
+impl Target {
+    /// Reads `url`: `redis://[[user]:password@]host[:port][/db]` (`rediss://` for TLS), or
+    /// `redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/master[/db]`
+    /// (`rediss+sentinel://` for TLS). A TLS server's certificate must chain to `roots` (PEM
+    /// CA certificates) or, without them, to the system's roots. Nothing is connected yet.
+    ///
+    /// # Errors
+    /// [`LimiterError::BadUrl`], quoting the URL with its password masked.
+    pub(crate) fn parse(url: &str, roots: Option<&[u8]>) -> Result<Target, LimiterError> {
+        let bad = |why: &dyn fmt::Display| {
+            LimiterError::BadUrl(format!("`{}` does not parse: {why}", redact(url)))
+        };
+        if let Some(parsed) = SentinelUrl::parse(url) {
+            return parsed.map(Target::Sentinel).map_err(|why| bad(&why));
+        }
+        let built = match roots {
+            None => redis::Client::open(url),
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+        };
+        built.map(Target::Direct).map_err(|e| bad(&e))
+    }
+
+    /// Whether the connections speak TLS.
+    pub(crate) fn tls(&self) -> bool {
+        match self {
+            Target::Direct(client) => matches!(
+                client.get_connection_info().addr(),
+                redis::ConnectionAddr::TcpTls { .. }
+            ),
+            Target::Sentinel(url) => url.tls(),
+        }
+    }
 }
 
 fn unavailable(e: &RedisError) -> LimiterError {
@@ -95,8 +152,9 @@ enum LeaseOp {
 }
 
 impl RedisLimiter {
-    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`) and loads the
-    /// scripts, every call (this one included) bounded by `timeout`; see
+    /// Connects to Redis at `url` (`redis://[:password@]host[:port][/db]`, or the primary a
+    /// `redis+sentinel://` URL names, followed through failovers: see the `sentinel` module)
+    /// and loads the scripts, every call (this one included) bounded by `timeout`; see
     /// [`RedisLimiter::connect_with`].
     ///
     /// # Errors
@@ -142,13 +200,21 @@ impl RedisLimiter {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
-        let client = client(url, roots)?;
+        let target = Target::parse(url, roots)?;
         let setup = async {
-            let conn = ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| unavailable(&e))?;
+            let link = match target {
+                Target::Direct(client) => ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map(Link::Direct),
+                Target::Sentinel(sentinels) => {
+                    Followed::connect(&sentinels, roots, config, connect_timeout)
+                        .await
+                        .map(Link::Sentinel)
+                }
+            }
+            .map_err(|e| unavailable(&e))?;
             let limiter = RedisLimiter {
-                conn,
+                link,
                 timeout,
                 check_sha: Script::new(CHECK_LUA).get_hash().to_owned(),
                 lease_sha: Script::new(LEASE_LUA).get_hash().to_owned(),
@@ -157,7 +223,7 @@ impl RedisLimiter {
             for source in [CHECK_LUA, LEASE_LUA] {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(source);
-                let mut conn = limiter.conn.clone();
+                let mut conn = limiter.link.conn();
                 load.query_async::<String>(&mut conn)
                     .await
                     .map_err(|e| unavailable(&e))?;
@@ -172,11 +238,9 @@ impl RedisLimiter {
     /// Whether Redis answers a `PING` within `within`. Not counted in
     /// [`RedisLimiter::round_trips`]: it is the background health check, not a request's call.
     pub async fn ping(&self, within: Duration) -> bool {
-        let mut conn = self.conn.clone();
-        matches!(
-            tokio::time::timeout(within, redis::cmd("PING").query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
-        )
+        let mut conn = self.link.conn();
+        let ping = async { redis::cmd("PING").query_async::<String>(&mut conn).await };
+        self.bounded(within, ping).await.is_ok()
     }
 
     /// Network calls made so far (one per `check` once the scripts are loaded).
@@ -411,22 +475,32 @@ impl RedisLimiter {
                 other => other,
             }
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout))?
-            .map_err(|e| unavailable(&e))
+        self.bounded(self.timeout, call).await
     }
 
     async fn send<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, LimiterError> {
-        tokio::time::timeout(self.timeout, self.send_raw(cmd))
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout))?
-            .map_err(|e| unavailable(&e))
+        self.bounded(self.timeout, self.send_raw(cmd)).await
+    }
+
+    /// Runs `call` within `within`; a failure also tells the link, which behind sentinels
+    /// checks whether the primary moved.
+    async fn bounded<T>(
+        &self,
+        within: Duration,
+        call: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, LimiterError> {
+        let result = match tokio::time::timeout(within, call).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => unavailable(&e),
+            Err(_) => LimiterError::Timeout(within),
+        };
+        self.link.failed();
+        Err(result)
     }
 
     async fn send_raw<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         cmd.query_async(&mut conn).await
     }
 }

@@ -3,84 +3,25 @@
 //! signed is refused.
 
 use std::num::NonZeroU64;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keygate_core::limit::Limit;
 use keygate_core::Timestamp;
 use keygate_limits::{Check, LimitKey, LimiterError, RedisLimiter};
 use keygate_test::tls::TestCa;
+use keygate_test::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A `redis-server` serving TLS only, stopped on drop.
-struct TlsRedis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `redis-server` with `dir/redis.pem` (issued by `ca` for 127.0.0.1); `None` when it
-/// is not installed (outside CI; under CI the test fails).
-async fn start(ca: &TestCa, dir: &Path) -> Option<TlsRedis> {
-    let program = keygate_test::program("redis-server", &[Path::new("/usr/bin")])?;
-    let (cert, key) = ca.issue(&["127.0.0.1"]).write(dir, "redis");
-    let ca_path = ca.write_ca(dir);
-    let port = keygate_test::free_port();
-    let child = Command::new(program)
-        .args([
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca_path)
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let server = TlsRedis { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Some(server)
-}
 
 #[tokio::test]
 async fn the_limiter_counts_over_tls_and_refuses_a_certificate_its_ca_did_not_sign() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("redis test CA");
-    let Some(redis) = start(&ca, dir.path()).await else {
+    // TLS only, with a certificate `ca` issued for 127.0.0.1.
+    let Some(redis) = RedisServer::on_free_port(dir.path(), "redis", Some(&ca), &[]).await else {
         return;
     };
-    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let limiter = RedisLimiter::connect_tls(&url, Some(ca.pem.as_bytes()), TIMEOUT, TIMEOUT)
         .await
         .unwrap();

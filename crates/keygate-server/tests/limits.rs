@@ -407,6 +407,10 @@ async fn bad_limits_are_refused_at_load() {
             "[limits]\nbackend = \"redis\"\nredis_url = \"not a url\"\n",
             "limits.redis_url `not a url` does not parse",
         ),
+        (
+            "[limits]\nbackend = \"redis\"\nredis_url = \"redis+sentinel://:s3cret@h1,h2:26380\"\n",
+            "limits.redis_url `redis+sentinel://:***@h1,h2:26380` does not parse: no master name",
+        ),
         ("[limits]\nbackend = \"redis\"\n", "needs limits.redis_url"),
         (
             "[limits]\nbackend = \"memcached\"\n",
@@ -492,4 +496,36 @@ async fn a_cut_redis_falls_back_or_fails_closed() {
         }
         relay.restore().await;
     }
+}
+
+/// A node on Redis through Sentinel (`redis+sentinel://`; a primary, its replica and a
+/// sentinel of the test's own) counts on the primary the sentinel names and answers 429 at
+/// the plan's limit. Following a failover is tested in keygate-limits' `tests/sentinel.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_redis_through_sentinel_answers_429_at_the_plans_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(set) = keygate_test::SentinelSet::start(dir.path(), None).await else {
+        return;
+    };
+    let config = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\ntimeout = \"2s\"\nconnect_timeout = \"5s\"\n\n{CONFIG}",
+        set.url()
+    );
+    let h = Harness::start(&config).await;
+    h.client("Acme", &[], &[], &[], "free").await;
+    let (key, _) = h.key("Acme", None).await;
+    let get = || h.http.get(h.url("/data")).header("X-API-Key", &key).send();
+    for i in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 200, "request {i}");
+    }
+    assert_eq!(get().await.unwrap().status(), 429);
+    let (_, _, status) =
+        status_json(h.http.get(h.admin_url("/status")).send().await.unwrap()).await;
+    assert_eq!(status["limiter"]["degraded"], false, "{status}");
+    let counters: Vec<String> = set
+        .primary
+        .query(keygate_test::redis_server::redis::cmd("KEYS").arg("kg:l:*"))
+        .await
+        .unwrap_or_default();
+    assert!(!counters.is_empty(), "counted on the primary");
 }

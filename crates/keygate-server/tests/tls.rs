@@ -596,6 +596,67 @@ client_ca = "{dir}/ca.pem"
     assert_eq!(a.status, 200);
 }
 
+/// The admin listener's client CA is watched like the certificates: once the file holds
+/// another CA, new handshakes are verified against it (SIGHUP and a configuration reload call
+/// the same `reload`); a broken file is refused, naming it, and the previous CA keeps
+/// verifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_client_ca_is_reloaded_and_a_broken_one_refused() {
+    let s = certificates();
+    let extra = format!(
+        r#"
+[server.admin_tls]
+cert = "{dir}/gw.pem"
+key = "{dir}/gw-key.pem"
+client_ca = "{dir}/operators.pem"
+"#,
+        dir = s.dir.path().display()
+    );
+    let ca_path = s.dir.path().join("operators.pem");
+    let (ca1, ca2) = (TestCa::new("operators 1"), TestCa::new("operators 2"));
+    std::fs::write(&ca_path, &ca1.pem).unwrap();
+    let h = Harness::start(&config(&s, &extra)).await;
+    let admin = h.gateway.admin_addr;
+    let (one, two) = (ca1.issue(&["operator"]), ca2.issue(&["operator"]));
+    let admitted = |operator: &Issued| {
+        let config = s.ca.client_config(H1, Some(operator));
+        async move {
+            tls::get(admin, "gw.test", config, "/health", &[])
+                .await
+                .is_ok_and(|a| a.status == 200)
+        }
+    };
+    assert!(admitted(&one).await, "CA 1's operator");
+    assert!(!admitted(&two).await, "CA 2's operator, before the change");
+
+    // Written aside and renamed in, as deployment tools do; the watcher takes it.
+    let aside = tempfile::tempdir_in(s.dir.path()).unwrap();
+    std::fs::write(aside.path().join("operators.pem"), &ca2.pem).unwrap();
+    std::fs::rename(aside.path().join("operators.pem"), &ca_path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !admitted(&two).await {
+        assert!(Instant::now() < deadline, "the new client CA was not taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!admitted(&one).await, "CA 1's operator, after the change");
+
+    let tls_state = Arc::clone(h.gateway.gateway().tls.get().unwrap());
+    for broken in [
+        "-----BEGIN CERTIFICATE-----\nbroken\n".to_owned(),
+        two.key_pem.clone(),
+    ] {
+        std::fs::write(&ca_path, broken).unwrap();
+        let e = tls_state.reload().unwrap_err().to_string();
+        assert!(e.contains(&ca_path.display().to_string()), "{e}");
+        assert!(admitted(&two).await, "CA 2 keeps verifying");
+        assert!(!admitted(&one).await);
+    }
+    // Back to CA 1 through the same reload: taken.
+    std::fs::write(&ca_path, &ca1.pem).unwrap();
+    tls_state.reload().unwrap();
+    assert!(admitted(&one).await && !admitted(&two).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_wss_upstreams_are_verified_against_their_ca() {
     let s = certificates();

@@ -12,6 +12,8 @@
 //! - [`smtp`]: a tiny SMTP server ([`SmtpServer`]) that records each message, so portal tests
 //!   read sign-in links from real mail.
 //! - [`webdriver`]: a minimal WebDriver client ([`webdriver::Browser`]) for headless Chromium.
+//! - [`redis_server`]: `redis-server` processes of a test's own ([`RedisServer`]), and a
+//!   primary, replica and sentinel to fail over ([`SentinelSet`]).
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -19,6 +21,7 @@
 //! harness; [`http_client`] builds one that ignores proxy environment variables.
 
 pub mod process;
+pub mod redis_server;
 pub mod relay;
 pub mod services;
 pub mod smtp;
@@ -28,6 +31,7 @@ pub mod webdriver;
 pub mod ws_upstream;
 
 pub use process::{free_port, json_output, wait_for_status, Proc};
+pub use redis_server::{RedisServer, SentinelSet};
 pub use relay::Relay;
 pub use reqwest;
 pub use services::{postgres_schema, program, rabbitmq, redis_url, RabbitMq};

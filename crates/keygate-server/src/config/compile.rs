@@ -566,15 +566,18 @@ fn compile_limiter(raw: &RawConfig, read_files: bool, errors: &mut Errors<'_>) -
             Some(&span),
             "limits.backend = \"redis\" needs limits.redis_url",
         ),
-        (Some(Backend::Redis), Some(url)) => match redis::Client::open(url.as_str()) {
-            Ok(_) => {
+        (Some(Backend::Redis), Some(url)) => match keygate_limits::url_uses_tls(url) {
+            Ok(tls) => {
                 let ca_file = l
                     .redis_ca_file
                     .as_deref()
                     .map(|p| super::compile_tls::resolve(errors, p));
                 if let Some(path) = &ca_file {
-                    if !url.starts_with("rediss://") {
-                        errors.at(Some(&span), "limits.redis_ca_file is for rediss:// URLs");
+                    if !tls {
+                        errors.at(
+                            Some(&span),
+                            "limits.redis_ca_file is for rediss:// URLs (and rediss+sentinel://)",
+                        );
                     } else if read_files {
                         if let Err(e) = crate::tls::pem::roots(path) {
                             errors.at(Some(&span), format!("limits.redis_ca_file: {e}"));
@@ -586,10 +589,11 @@ fn compile_limiter(raw: &RawConfig, read_files: bool, errors: &mut Errors<'_>) -
                     ca_file,
                 }
             }
-            Err(e) => errors.at(
-                Some(&span),
-                format!("limits.redis_url `{url}` does not parse: {e}"),
-            ),
+            // The message quotes the URL with its password masked.
+            Err(keygate_limits::LimiterError::BadUrl(why)) => {
+                errors.at(Some(&span), format!("limits.redis_url {why}"))
+            }
+            Err(e) => errors.at(Some(&span), format!("limits.redis_url: {e}")),
         },
     }
     config

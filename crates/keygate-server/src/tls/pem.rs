@@ -73,8 +73,16 @@ pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// # Errors
 /// As [`certs`], or [`TlsError::Roots`] when none of them can be a trust anchor.
 pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    roots_from(path, &read(path)?)
+}
+
+/// A root store of the CA certificates in a PEM file's bytes.
+///
+/// # Errors
+/// As [`certs_from`], or [`TlsError::Roots`] when none of them can be a trust anchor.
+pub fn roots_from(path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
-    let (added, ignored) = store.add_parsable_certificates(certs(path)?);
+    let (added, ignored) = store.add_parsable_certificates(certs_from(path, bytes)?);
     if added == 0 {
         return Err(TlsError::Roots {
             path: path.to_owned(),

@@ -1,9 +1,12 @@
 //! The listeners' side: certificates chosen by SNI, swapped atomically when their files change
 //! or on SIGHUP, so new handshakes get the new certificate while open connections keep theirs.
+//! The admin listener's client CA (`client_ca`, mTLS) is watched and reloaded the same way:
+//! new handshakes are verified against the new roots.
 //!
 //! A reload reads every file of a listener first and swaps only a complete, consistent set; a
-//! file that does not parse, a key that does not match its certificate, or a missing file is
-//! refused with a log line naming the file, and the previous set keeps serving. The watcher
+//! file that does not parse, a key that does not match its certificate, a CA file without a
+//! usable certificate, or a missing file is refused with a log line naming the file, and the
+//! previous set keeps serving. The watcher
 //! reloads only once the files have stopped changing for a poll (one second), so a
 //! certificate written in place is not read half-written.
 
@@ -138,32 +141,49 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The bytes of a listener's files, in [`ListenerTls::certificates`] order; `None` for a file
-/// that cannot be read now.
-type Snapshot = Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>;
-
-fn snapshot(files: &[CertFiles]) -> Snapshot {
-    files
+/// Every file a listener reads: each certificate's chain and key in
+/// [`ListenerTls::certificates`] order, then the client CA if there is one.
+fn watched(settings: &ListenerTls) -> impl Iterator<Item = &PathBuf> {
+    settings
+        .certificates
         .iter()
-        .map(|f| (std::fs::read(&f.cert).ok(), std::fs::read(&f.key).ok()))
-        .collect()
+        .flat_map(|f| [&f.cert, &f.key])
+        .chain(settings.client_ca.as_ref())
+}
+
+/// The bytes of a listener's files, in [`watched`] order; `None` for a file that cannot be
+/// read now.
+type Snapshot = Vec<Option<Vec<u8>>>;
+
+fn snapshot(settings: &ListenerTls) -> Snapshot {
+    watched(settings).map(|p| std::fs::read(p).ok()).collect()
 }
 
 /// One certificate's chain and key, as bytes.
 type Contents = (Vec<u8>, Vec<u8>);
 
+/// A listener's files as read for one load.
+struct Files {
+    certificates: Vec<Contents>,
+    client_ca: Option<Vec<u8>>,
+}
+
 /// Reads every file, with the error of the first that cannot be read.
-fn read_all(files: &[CertFiles]) -> Result<Vec<Contents>, TlsError> {
+fn read_all(settings: &ListenerTls) -> Result<Files, TlsError> {
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.clone(),
             source,
         })
     };
-    files
-        .iter()
-        .map(|f| Ok((read(&f.cert)?, read(&f.key)?)))
-        .collect()
+    Ok(Files {
+        certificates: settings
+            .certificates
+            .iter()
+            .map(|f| Ok((read(&f.cert)?, read(&f.key)?)))
+            .collect::<Result<_, TlsError>>()?,
+        client_ca: settings.client_ca.as_ref().map(read).transpose()?,
+    })
 }
 
 /// What a reload did.
@@ -185,20 +205,15 @@ struct Inner {
 
 impl Inner {
     /// Builds from the settings and the files' bytes (read by the caller).
-    fn build(
-        settings: &ListenerTls,
-        alpn: &[&[u8]],
-        contents: &[Contents],
-    ) -> Result<Inner, TlsError> {
-        let set = CertSet::build(&settings.certificates, contents)?;
+    fn build(settings: &ListenerTls, alpn: &[&[u8]], files: &Files) -> Result<Inner, TlsError> {
+        let set = CertSet::build(&settings.certificates, &files.certificates)?;
         let resolver = Arc::new(Resolver(ArcSwap::from_pointee(set)));
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?;
-        let builder = match &settings.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
-                let roots = pem::roots(path)?;
+        let builder = match (&settings.client_ca, &files.client_ca) {
+            (Some(path), Some(bytes)) => {
+                let roots = pem::roots_from(path, bytes)?;
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                         .build()
@@ -208,6 +223,7 @@ impl Inner {
                         })?;
                 builder.with_client_cert_verifier(verifier)
             }
+            _ => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -219,15 +235,18 @@ impl Inner {
     }
 }
 
-fn seen(contents: &[Contents]) -> Snapshot {
-    contents
+fn seen(files: &Files) -> Snapshot {
+    files
+        .certificates
         .iter()
-        .map(|(c, k)| (Some(c.clone()), Some(k.clone())))
+        .flat_map(|(c, k)| [Some(c.clone()), Some(k.clone())])
+        .chain(files.client_ca.clone().map(Some))
         .collect()
 }
 
 /// One listener's TLS: its settings and rustls configuration (replaced whole by
-/// [`ServerTls::reconfigure`]) and its certificates (swapped by [`ServerTls::reload`]).
+/// [`Tls::reconfigure`], and by [`ServerTls::reload`] when the client CA changed) and its
+/// certificates (swapped by [`ServerTls::reload`]).
 #[derive(Debug)]
 pub struct ServerTls {
     inner: ArcSwap<Inner>,
@@ -255,9 +274,9 @@ impl ServerTls {
     /// # Errors
     /// [`TlsError`] naming the file that cannot be used.
     pub fn load(settings: &ListenerTls, alpn: &[&[u8]]) -> Result<ServerTls, TlsError> {
-        let contents = read_all(&settings.certificates)?;
-        let inner = Inner::build(settings, alpn, &contents)?;
-        let seen = seen(&contents);
+        let files = read_all(settings)?;
+        let inner = Inner::build(settings, alpn, &files)?;
+        let seen = seen(&files);
         Ok(ServerTls {
             inner: ArcSwap::from_pointee(inner),
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
@@ -287,22 +306,31 @@ impl ServerTls {
         self.inner.load().settings.table
     }
 
-    /// Reads the files again and, when they differ from what serves, swaps in the new set.
+    /// Reads the files again and, when they differ from what serves, swaps in the new set:
+    /// the certificates alone, or (the client CA changed) the whole rustls configuration.
     ///
     /// # Errors
     /// [`TlsError`] naming the file that cannot be used; the previous set keeps serving.
     pub fn reload(&self) -> Result<Reloaded, TlsError> {
         let inner = self.inner.load();
-        let files = &inner.settings.certificates;
-        *lock(&self.tried) = snapshot(files);
-        let contents = read_all(files)?;
-        let seen = seen(&contents);
-        if *lock(&self.served) == seen {
+        let settings = &inner.settings;
+        *lock(&self.tried) = snapshot(settings);
+        let files = read_all(settings)?;
+        let seen = seen(&files);
+        let mut served = lock(&self.served);
+        if *served == seen {
             return Ok(Reloaded::Unchanged);
         }
-        let set = CertSet::build(files, &contents)?;
-        inner.resolver.0.store(Arc::new(set));
-        *lock(&self.served) = seen;
+        let ca_changed = settings.client_ca.is_some() && served.last() != seen.last();
+        if ca_changed {
+            let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+            self.inner
+                .store(Arc::new(Inner::build(settings, &alpn, &files)?));
+        } else {
+            let set = CertSet::build(&settings.certificates, &files.certificates)?;
+            inner.resolver.0.store(Arc::new(set));
+        }
+        *served = seen;
         Ok(Reloaded::Swapped)
     }
 
@@ -313,10 +341,10 @@ impl ServerTls {
     /// [`TlsError`] naming the file that cannot be used.
     pub fn stage(&self, settings: &ListenerTls) -> Result<Staged, TlsError> {
         let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let contents = read_all(&settings.certificates)?;
+        let files = read_all(settings)?;
         Ok(Staged {
-            inner: Inner::build(settings, &alpn, &contents)?,
-            seen: seen(&contents),
+            inner: Inner::build(settings, &alpn, &files)?,
+            seen: seen(&files),
         })
     }
 
@@ -331,7 +359,7 @@ impl ServerTls {
     /// One poll of the watcher: `true` when the files changed since the last reload (or
     /// refusal) and have not changed since the previous poll.
     fn settled_change(&self) -> bool {
-        let now = snapshot(&self.inner.load().settings.certificates);
+        let now = snapshot(&self.inner.load().settings);
         let mut polled = lock(&self.polled);
         let settled = *polled == now;
         *polled = now;

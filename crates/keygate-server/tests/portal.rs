@@ -680,7 +680,10 @@ async fn attacks_are_refused() {
     )
     .await;
     assert!(big.starts_with("HTTP/1.1 413 "), "{big}");
-    assert!(big.to_ascii_lowercase().contains("connection: close"), "{big}");
+    assert!(
+        big.to_ascii_lowercase().contains("connection: close"),
+        "{big}"
+    );
 
     // A label with markup is shown as text.
     let xss = "<script>alert(1)</script>";

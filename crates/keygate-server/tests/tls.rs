@@ -165,15 +165,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     .await
     .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
-    let status: serde_json::Value = h
-        .http
-        .get(h.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = h.status().await;
     let certs = &status["tls"]["public"]["certificates"];
     assert_eq!(certs[0]["names"], serde_json::json!(["gw.test"]));
     assert!(certs[1]["not_after"].as_str().unwrap().ends_with('Z'));
@@ -1087,14 +1079,6 @@ handshake_timeout = "500ms"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let status: serde_json::Value = h
-        .http
-        .get(h.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = h.status().await;
     assert!(status["tls"]["portal"].is_object(), "{status}");
 }

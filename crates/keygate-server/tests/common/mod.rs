@@ -186,6 +186,14 @@ impl Harness {
         panic!("replica stuck below version {target}");
     }
 
+    /// The node's `/status` document.
+    pub async fn status(&self) -> serde_json::Value {
+        let resp = self.http.get(self.admin_url("/status")).send().await;
+        let (code, _, doc) = status_json(resp.unwrap()).await;
+        assert_eq!(code, 200, "{doc}");
+        doc
+    }
+
     /// An admin token for the admin API (read-write), in plaintext.
     pub async fn admin_token(&self) -> String {
         let format = keygate_core::KeyFormat::admin_token();

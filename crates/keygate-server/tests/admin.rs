@@ -588,6 +588,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/clients/{client}"),
     ("post", "/v1/clients/{client}/disable"),
     ("post", "/v1/clients/{client}/enable"),
+    ("delete", "/v1/clients/{client}"),
     ("post", "/v1/keys"),
     ("get", "/v1/keys"),
     ("get", "/v1/keys/{id}"),

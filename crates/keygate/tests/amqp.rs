@@ -263,12 +263,23 @@ impl Node {
         db: Option<String>,
         peer: Option<&Node>,
     ) -> Node {
+        Node::start_with(mq, management_url, db, peer, "").await
+    }
+
+    /// [`Node::start_on`] with `extra` appended to its configuration (e.g. a `[portal]`).
+    async fn start_with(
+        mq: RabbitMq,
+        management_url: Option<&str>,
+        db: Option<String>,
+        peer: Option<&Node>,
+        extra: &str,
+    ) -> Node {
         let upstream = keygate_test::Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let t = tag();
         let user_prefix = peer.map_or(format!("op-n{t}-"), |p| p.user_prefix.clone());
         let config = format!(
-            "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\nuser_prefix = \"{user_prefix}\"\nvhost_prefix = \"n{t}-\"\n",
+            "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\nuser_prefix = \"{user_prefix}\"\nvhost_prefix = \"n{t}-\"\n{extra}",
             management_url.unwrap_or(&mq.management_url),
             mq.amqp_address
         );
@@ -740,4 +751,619 @@ async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_w
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls the gateway with `key` until it answers `want` (a key reaches or leaves a node's
+/// replica through the change feed), within `limit`.
+async fn key_answers(node: &Node, key: &str, want: impl Fn(u16) -> bool, limit: Duration) -> u16 {
+    let start = Instant::now();
+    loop {
+        let status = keygate_test::http_client()
+            .get(format!("{}/anything", node.base))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if want(status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the key still answers {status} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Audit rows of `action` about the client with id `client_id`.
+fn audit_rows(node: &Node, action: &str, client_id: &str) -> usize {
+    let doc = node.json(false, &["audit", "--limit", "1000"]);
+    let items = doc
+        .as_array()
+        .cloned()
+        .or_else(|| doc["items"].as_array().cloned())
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter(|e| e["action"] == action && e["target"] == client_id)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_client_refuses_its_keys_and_closes_its_feed_within_a_second() {
+    let Some(node) = Node::start(None).await else {
+        return;
+    };
+    let name = format!("Gone Sportsbook {}", tag());
+    let client = node.json(false, &["client", "create", &name]);
+    let id = client["id"].as_str().unwrap().to_owned();
+    let key = node.json(false, &["key", "create", "--client", &name])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    key_answers(&node, &key, |s| s == 200, Duration::from_secs(5)).await;
+    let url = node.json(true, &["amqp", "provision", &name])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conn = connect(&url).await.expect("the feed URL connects");
+    let path = format!("/v1/clients/{}", name.replace(' ', "%20"));
+
+    // A read-only token may not delete.
+    let (status, body) = node.call("DELETE", &path, &node.viewer, None).await;
+    assert_eq!(status, 403, "{body}");
+    key_answers(&node, &key, |s| s == 200, Duration::from_secs(1)).await;
+
+    let (status, deleted) = node.call("DELETE", &path, &node.token, None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["id"], id.as_str());
+    assert_eq!(deleted["keys_revoked"], 1, "{deleted}");
+    assert_eq!(deleted["feed"], "revoked", "{deleted}");
+    closed_within_a_second(&conn, "the client was deleted").await;
+    assert!(
+        connect(&url).await.is_err(),
+        "a deleted client's feed connected"
+    );
+    let refused = key_answers(&node, &key, |s| s != 200, Duration::from_secs(1)).await;
+    assert!(matches!(refused, 401 | 403), "{refused}");
+
+    // Gone from every lookup and listing; deleting twice is 404; the history stays and the
+    // name stays taken.
+    let (status, body) = node.call("GET", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("client_not_found"))
+    );
+    let (status, body) = node.call("DELETE", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("client_not_found"))
+    );
+    let listed = node.json(false, &["client", "list"]).to_string();
+    assert!(!listed.contains(&id), "{listed}");
+    assert_eq!(audit_rows(&node, "client.delete", &id), 1);
+    assert_eq!(audit_rows(&node, "client.create", &id), 1);
+    let again = node.cli(false, &["client", "create", &name]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("duplicate_client"));
+    let vhost = format!(
+        "{}/api/vhosts/{}",
+        node.mq.management_url,
+        &url[url.rfind('/').unwrap() + 1..]
+    );
+    let r = keygate_test::http_client()
+        .get(&vhost)
+        .basic_auth(&node.mq.user, Some(&node.mq.password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the deleted client's vhost stays");
+
+    // `keygate client delete`, through the admin API and on the database.
+    for remote in [true, false] {
+        let other = format!("Other {}", tag());
+        node.json(false, &["client", "create", &other]);
+        let doc = node.json(remote, &["client", "delete", &other]);
+        assert_eq!(doc["name"], other.as_str(), "{doc}");
+        assert_eq!(doc["feed"], "none", "{doc}");
+        let out = node.cli(remote, &["client", "delete", &other]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("client_not_found"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_feed_provision_or_rotate_returns_the_first_url() {
+    let Some(node) = Node::start(None).await else {
+        return;
+    };
+    let name = format!("Retry {}", tag());
+    let id = node.json(false, &["client", "create", &name])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/clients/{}/amqp", name.replace(' ', "%20"));
+    let post = |path: String, key: &'static str, body: Option<Value>| {
+        let node = &node;
+        async move {
+            let mut req = keygate_test::http_client()
+                .post(format!("{}{path}", node.admin))
+                .bearer_auth(&node.token)
+                .header("Idempotency-Key", key);
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let resp = req.send().await.unwrap();
+            let replayed = resp.headers().get("idempotent-replayed").is_some();
+            (
+                resp.status().as_u16(),
+                replayed,
+                resp.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, replayed, first) = post(path.clone(), "prov-1", None).await;
+    assert_eq!((status, replayed), (201, false), "{first}");
+    let (status, replayed, again) = post(path.clone(), "prov-1", None).await;
+    assert_eq!((status, replayed), (201, true), "{again}");
+    assert_eq!(again["url"], first["url"]);
+    let url = first["url"].as_str().unwrap().to_owned();
+    connect(&url).await.expect("the replayed URL connects");
+    let other = Some(serde_json::json!({ "slug": format!("other-{}", tag()) }));
+    let (status, _, body) = post(path.clone(), "prov-1", other).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{body}"
+    );
+    // Without the key, a second provision is the usual 409.
+    let (status, body) = node.call("POST", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("feed_already_provisioned"))
+    );
+
+    let rotate = format!("{path}/rotate");
+    let (status, replayed, rotated) = post(rotate.clone(), "rot-1", None).await;
+    assert_eq!((status, replayed), (200, false), "{rotated}");
+    let (status, replayed, again) = post(rotate.clone(), "rot-1", None).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["url"], rotated["url"]);
+    assert_ne!(rotated["url"], first["url"]);
+    connect(rotated["url"].as_str().unwrap())
+        .await
+        .expect("the retried rotate did not rotate twice: its URL connects");
+    assert!(
+        connect(&url).await.is_err(),
+        "the first password still works"
+    );
+    assert_eq!(audit_rows(&node, "amqp.rotate", &id), 1);
+    assert_eq!(audit_rows(&node, "amqp.provision", &id), 1);
+    // The sealed answers never hold the password in plaintext, nor does the store elsewhere.
+    let password = {
+        let u = rotated["url"].as_str().unwrap();
+        u[u.find(':').unwrap() + 3..u.rfind('@').unwrap()]
+            .split_once(':')
+            .unwrap()
+            .1
+            .to_owned()
+    };
+    for file in [node.db.clone(), format!("{}-wal", node.db)] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "the password is in {file}"
+        );
+    }
+    node.json(true, &["amqp", "revoke", &name]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_postgres_cluster_one_node_acts_on_the_broker_and_another_takes_over() {
+    let Some(mq) = keygate_test::rabbitmq().await else {
+        return;
+    };
+    let Some(pg) = keygate_test::postgres_schema("kg_amqp_lease").await else {
+        return;
+    };
+    let migrate = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--db", &pg, "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let a = Node::start_on(mq.clone(), None, Some(pg.clone()), None).await;
+    let b = Node::start_on(mq, None, Some(pg), Some(&a)).await;
+
+    // Both nodes name the same acting node, which says it acts.
+    let acting = |deadline: Duration| {
+        let (a, b) = (&a, &b);
+        async move {
+            let start = Instant::now();
+            loop {
+                let (sa, sb) = (a.status().await, b.status().await);
+                let (na, nb) = (&sa["amqp"]["acting_node"], &sb["amqp"]["acting_node"]);
+                let flags = (sa["amqp"]["acting"] == true, sb["amqp"]["acting"] == true);
+                if na.is_string() && na == nb && flags.0 != flags.1 {
+                    return if flags.0 { 'a' } else { 'b' };
+                }
+                assert!(
+                    start.elapsed() < deadline,
+                    "no single acting node: {sa} {sb}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = acting(Duration::from_secs(10)).await;
+    let mut nodes = [a, b];
+    let (i, o) = if first == 'a' { (0, 1) } else { (1, 0) };
+    let other = &nodes[o];
+
+    let name = format!("Lease {}", tag());
+    let id = nodes[0].json(false, &["client", "create", &name])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/clients/{}", name.replace(' ', "%20"));
+    let (status, issued) = other
+        .call("POST", &format!("{path}/amqp"), &other.token, None)
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let url = issued["url"].as_str().unwrap().to_owned();
+    let conn = connect(&url).await.expect("the URL connects");
+    for n in &nodes {
+        let start = Instant::now();
+        while n.status().await["amqp"]["feeds"] != 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "a node never saw the feed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A disable on the database: closed within a second, one audit row.
+    other.json(false, &["client", "disable", &name]);
+    closed_within_a_second(&conn, "the client was disabled").await;
+    let start = Instant::now();
+    while audit_rows(other, "amqp.suspend", &id) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no amqp.suspend audit row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both nodes have seen the disable by the time the audit row exists; a second node acting
+    // would write its row within its next polls, so a few of them are watched.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(audit_rows(other, "amqp.suspend", &id), 1, "two nodes acted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.json(false, &["client", "enable", &name]);
+    let start = Instant::now();
+    let conn = loop {
+        if let Ok(c) = connect(&url).await {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(audit_rows(other, "amqp.resume", &id), 1);
+
+    // The acting node dies without giving the lease up: the other takes over within a few
+    // seconds, and a disable still closes the feed within a second.
+    nodes[i].proc.kill();
+    let survivor = &nodes[o];
+    let start = Instant::now();
+    loop {
+        let s = survivor.status().await;
+        if s["amqp"]["acting"] == true {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nobody took over: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("took over after {:?}", start.elapsed());
+    survivor.json(false, &["client", "disable", &name]);
+    closed_within_a_second(&conn, "the client was disabled after the take-over").await;
+    assert!(connect(&url).await.is_err());
+    let (status, _) = survivor
+        .call(
+            "POST",
+            &format!("{path}/amqp/revoke"),
+            &survivor.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+/// A portal visitor over HTTP, as in keygate-server's portal tests: keeps cookies, follows no
+/// redirect.
+struct Visitor {
+    http: keygate_test::reqwest::Client,
+    base: String,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+impl Visitor {
+    async fn send(&mut self, req: keygate_test::reqwest::RequestBuilder) -> (u16, String) {
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let resp = req
+            .header("cookie", cookie.join("; "))
+            .send()
+            .await
+            .unwrap();
+        for v in resp.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let pair = v.split(';').next().unwrap();
+            let (k, val) = pair.split_once('=').unwrap();
+            if val.is_empty() {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), val.to_owned());
+            }
+        }
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let req = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(req).await
+    }
+
+    /// Posts with this visitor's CSRF token, read from the page at `from`.
+    async fn submit(&mut self, from: &str, path: &str) -> (u16, String) {
+        let csrf = field(&self.get(from).await.1, "csrf");
+        self.post(path, &[("csrf", &csrf)]).await
+    }
+}
+
+/// A form field's value in a page (`name="csrf" value="..."`).
+fn field(body: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        + marker.len();
+    body[start..].split('"').next().unwrap().to_owned()
+}
+
+/// The text of `<code id="{id}" ...>...</code>`, if the page shows it (as a browser reads it:
+/// the templates escape `/` too).
+fn shown(body: &str, id: &str) -> Option<String> {
+    let rest = &body[body.find(&format!("id=\"{id}\""))?..];
+    let html = &rest[rest.find('>')? + 1..rest.find("</code>")?];
+    Some(html.replace("&#x2f;", "/").replace("&amp;", "&"))
+}
+
+/// A node with `[portal]` (customers may request feeds when `requests`).
+async fn portal_node(mq: RabbitMq, management_url: Option<&str>, requests: bool) -> (Node, String) {
+    let port = keygate_test::free_port();
+    let extra = format!(
+        "\n[portal]\nlisten = \"127.0.0.1:{port}\"\nname = \"TickTock\"\nfeed_requests = {requests}\n"
+    );
+    let node = Node::start_with(mq, management_url, None, None, &extra).await;
+    (node, format!("http://127.0.0.1:{port}"))
+}
+
+/// Signs `email` in for `client` with the link the admin API's invitation answers.
+async fn portal_visitor(node: &Node, portal: &str, client: &str, email: &str) -> Visitor {
+    let path = format!("/v1/clients/{}/portal/invite", client.replace(' ', "%20"));
+    let (status, invite) = node
+        .call(
+            "POST",
+            &path,
+            &node.token,
+            Some(serde_json::json!({ "email": email })),
+        )
+        .await;
+    assert_eq!(status, 201, "{invite}");
+    let link = invite["link"].as_str().unwrap();
+    let mut v = Visitor {
+        http: keygate_test::reqwest::Client::builder()
+            .no_proxy()
+            .redirect(keygate_test::reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        base: portal.to_owned(),
+        cookies: Default::default(),
+    };
+    let (status, confirm) = v.get(&link[link.find("/sign-in/link").unwrap()..]).await;
+    assert_eq!(status, 200, "{confirm}");
+    let (csrf, token) = (field(&confirm, "csrf"), field(&confirm, "token"));
+    let (status, _) = v
+        .post("/sign-in/link", &[("csrf", &csrf), ("token", &token)])
+        .await;
+    assert_eq!(status, 303);
+    v
+}
+
+fn password_of(url: &str) -> String {
+    let creds = &url["amqp://".len()..url.rfind('@').unwrap()];
+    creds.split_once(':').unwrap().1.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_messaging_feed_section_requests_shows_and_rotates_the_feed() {
+    let Some(mq) = keygate_test::rabbitmq().await else {
+        return;
+    };
+    let (node, portal) = portal_node(mq.clone(), None, true).await;
+    let (acme, other) = (format!("Acme {}", tag()), format!("Other {}", tag()));
+    let acme_id = node.json(false, &["client", "create", &acme])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.json(false, &["client", "create", &other]);
+    let mut ann = portal_visitor(&node, &portal, &acme, &format!("ann-{}@acme.test", tag())).await;
+    let mut bob =
+        portal_visitor(&node, &portal, &other, &format!("bob-{}@other.test", tag())).await;
+
+    // The nav has the section; without a feed it offers "Request feed".
+    let (status, keys) = ann.get("/keys").await;
+    assert_eq!(status, 200);
+    assert!(
+        keys.contains("<a href=\"/feed\">Messaging feed</a>"),
+        "{keys}"
+    );
+    let (status, page) = ann.get("/feed").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<h1>Messaging feed</h1>") && page.contains(">Request feed</button>"));
+
+    // The request needs the form's CSRF token.
+    let (status, _) = ann.post("/feed/request", &[]).await;
+    assert_eq!(status, 403);
+    assert!(!ann.get("/feed").await.1.contains("id=\"new-feed-url\""));
+    let (status, made) = ann.submit("/feed", "/feed/request").await;
+    assert_eq!(status, 201, "{made}");
+    let url = shown(&made, "new-feed-url").expect("the URL is shown once");
+    assert!(
+        url.starts_with(&format!("amqp://{}", node.user_prefix)),
+        "{url}"
+    );
+    assert!(
+        made.contains("data-copy=\"new-feed-url\""),
+        "the Copy button"
+    );
+    let conn = connect(&url).await.expect("the portal's URL connects");
+
+    // Shown once: the page afterwards has the user, vhost and address, never the password.
+    let (_, page) = ann.get("/feed").await;
+    assert!(!page.contains(&password_of(&url)));
+    assert!(
+        page.contains(&node.mq.amqp_address) && page.contains(">active<"),
+        "{page}"
+    );
+    assert!(!page.contains(">Request feed</button>"));
+
+    // Another client's session has no feed to rotate, and cannot reach this one.
+    let (status, _) = bob.submit("/feed", "/feed/rotate").await;
+    assert_eq!(status, 404);
+    let (status, _) = bob.get("/feed/rotate").await;
+    assert_eq!(status, 404);
+    assert!(
+        conn.status().connected(),
+        "another client's rotate touched this feed"
+    );
+
+    // Rotate: a confirmation, the CSRF token, then the new URL once; the old password stops.
+    let (status, confirm) = ann.get("/feed/rotate").await;
+    assert_eq!(status, 200);
+    assert!(confirm.contains(">Rotate</button>") && confirm.contains("action=\"/feed/rotate\""));
+    let (status, _) = ann.post("/feed/rotate", &[("csrf", "forged")]).await;
+    assert_eq!(status, 403);
+    assert!(conn.status().connected(), "a forged rotate rotated");
+    let (status, rotated) = ann.submit("/feed/rotate", "/feed/rotate").await;
+    assert_eq!(status, 201, "{rotated}");
+    let new_url = shown(&rotated, "new-feed-url").unwrap();
+    assert_ne!(new_url, url);
+    closed_within_a_second(&conn, "the portal rotated the feed").await;
+    assert!(connect(&url).await.is_err(), "the old password still works");
+    connect(&new_url).await.expect("the rotated URL connects");
+    assert!(!ann.get("/feed").await.1.contains(&password_of(&new_url)));
+
+    // Audited as the portal user; the password is in no audit row.
+    let audit = node.json(false, &["audit", "--limit", "100"]).to_string();
+    let doc: Value = serde_json::from_str(&audit).unwrap();
+    let rows: Vec<&Value> = doc
+        .as_array()
+        .or_else(|| doc["items"].as_array())
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["target"] == acme_id.as_str() && e["action"].as_str().unwrap().starts_with("amqp.")
+        })
+        .collect();
+    assert!(
+        rows.iter().any(|e| e["action"] == "amqp.rotate"
+            && e["actor"].as_str().unwrap().starts_with("portal:ann-")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|e| e["action"] == "amqp.provision"
+            && e["actor"].as_str().unwrap().starts_with("portal:ann-")),
+        "{rows:?}"
+    );
+    assert!(!audit.contains(&password_of(&new_url)) && !audit.contains(&password_of(&url)));
+    node.json(true, &["amqp", "revoke", &acme]);
+
+    // Without `feed_requests` the page says to ask the provider and the request is refused.
+    let (node, portal) = portal_node(mq.clone(), None, false).await;
+    let name = format!("Ask {}", tag());
+    node.json(false, &["client", "create", &name]);
+    let mut cy = portal_visitor(&node, &portal, &name, &format!("cy-{}@ask.test", tag())).await;
+    let (status, page) = cy.get("/feed").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("ask TickTock to provision one") && !page.contains("Request feed"),
+        "{page}"
+    );
+    let (status, body) = cy.submit("/feed", "/feed/request").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = node
+        .call(
+            "GET",
+            &format!("/v1/clients/{}/amqp", name.replace(' ', "%20")),
+            &node.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // The broker down: a clear error page, nothing made.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let (node, portal) = portal_node(mq, Some(&dead_url), true).await;
+    let name = format!("Down {}", tag());
+    node.json(false, &["client", "create", &name]);
+    let mut di = portal_visitor(&node, &portal, &name, &format!("di-{}@down.test", tag())).await;
+    let (status, body) = di.submit("/feed", "/feed/request").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("unavailable right now and nothing was changed"),
+        "{body}"
+    );
+    assert!(
+        !body.contains(&dead_url),
+        "the operator's broker address is not shown"
+    );
+    let (status, shown_feed) = node
+        .call(
+            "GET",
+            &format!("/v1/clients/{}/amqp", name.replace(' ', "%20")),
+            &node.token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, shown_feed["code"].as_str()),
+        (404, Some("feed_not_provisioned"))
+    );
 }

@@ -1367,3 +1367,86 @@ async fn the_portal_messaging_feed_section_requests_shows_and_rotates_the_feed()
         (404, Some("feed_not_provisioned"))
     );
 }
+
+/// Saves a screenshot when `KEYGATE_PORTAL_SCREENSHOTS` names a directory (as the portal's
+/// browser test does; `docs/portal/feed.png` is made so).
+async fn shot(b: &keygate_test::webdriver::Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("KEYGATE_PORTAL_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        b.screenshot(&dir.join(format!("{name}.png"))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messaging_feed_section_in_a_browser() {
+    use std::path::Path;
+    let Some(chromium) = keygate_test::program("chromium", &[Path::new("/usr/bin")]) else {
+        return;
+    };
+    let Some(driver) = keygate_test::program("chromedriver", &[Path::new("/usr/bin")]) else {
+        return;
+    };
+    let Some(mq) = keygate_test::rabbitmq().await else {
+        return;
+    };
+    let (node, portal) = portal_node(mq, None, true).await;
+    let name = format!("Acme Sportsbook {}", tag());
+    node.json(false, &["client", "create", &name]);
+    let path = format!("/v1/clients/{}/portal/invite", name.replace(' ', "%20"));
+    let (status, invite) = node
+        .call(
+            "POST",
+            &path,
+            &node.token,
+            Some(serde_json::json!({ "email": "ann@acme.test" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{invite}");
+    let link = invite["link"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = keygate_test::webdriver::Browser::start(&chromium, &driver, dir.path()).await;
+    b.goto(&format!(
+        "{portal}{}",
+        &link[link.find("/sign-in/link").unwrap()..]
+    ))
+    .await;
+    b.click_and_load(&b.button("Sign in").await).await;
+
+    // The nav entry, then "Request feed": the URL once, with Copy.
+    b.click_and_load(&b.link("Messaging feed").await).await;
+    assert_eq!(b.text(&b.find("h1").await).await, "Messaging feed");
+    b.click_and_load(&b.button("Request feed").await).await;
+    let url = b
+        .text(&b.find("#new-feed-url").await)
+        .await
+        .trim()
+        .to_owned();
+    assert!(url.starts_with("amqp://"), "{url}");
+    shot(&b, "feed").await;
+    let copy = b.button("Copy").await;
+    b.click(&copy).await;
+    let mut said = String::new();
+    for _ in 0..100 {
+        said = b.text(&copy).await;
+        if said == "Copied" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(said, "Copied");
+    let conn = connect(&url).await.expect("the URL from the page connects");
+
+    // Rotate, after the confirmation page.
+    b.click_and_load(&b.link("Rotate").await).await;
+    b.click_and_load(&b.button("Rotate").await).await;
+    let rotated = b
+        .text(&b.find("#new-feed-url").await)
+        .await
+        .trim()
+        .to_owned();
+    assert_ne!(rotated, url);
+    closed_within_a_second(&conn, "the browser rotated the feed").await;
+    connect(&rotated).await.expect("the rotated URL connects");
+    node.json(true, &["amqp", "revoke", &name]);
+}

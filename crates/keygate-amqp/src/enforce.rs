@@ -8,8 +8,10 @@
 //! what was already done: it applies every feed once (all broker calls are idempotent) and
 //! audits only what changed since it last looked, so each change has one audit row. A change
 //! made in the holder's last moments may be applied by the new holder without its audit row.
-//! The node that receives an admin or portal call still makes that call's broker change
-//! itself, at once. The feed version is polled every 100 ms (one indexed row), which keeps a
+//! The node (or CLI) that runs a provision, rotation, revocation or deletion makes that
+//! broker change itself, at once, before its store write; this task applies only what
+//! changes access (a client disabled or enabled, a feed revoked) and, at start or on a
+//! take-over, every feed. The feed version is polled every 100 ms (one indexed row), which keeps a
 //! client disable well inside the providers' one second on any backend.
 
 use std::collections::HashMap;
@@ -91,20 +93,27 @@ pub async fn enforce(
     let mut started = false;
     let mut next_check = Instant::now();
     let mut next_renew = Instant::now();
+    // Until when this node's lease surely lasts (its last successful renewal plus the TTL,
+    // less a renewal's worth of margin): a renewal that fails (a busy store) does not make it
+    // stop acting, and then take over again with a full pass, before then.
+    let mut held_until: Option<Instant> = None;
     // The first pass runs at once, so the state found at start is taken in before the node
     // answers requests that could change it.
     loop {
         let mut take_over = false;
         if Instant::now() >= next_renew {
-            next_renew = Instant::now() + RENEW;
+            let asked = Instant::now();
+            next_renew = asked + RENEW;
             let now_acting = match feeds.store().amqp_lease(&node, LEASE_TTL).await {
                 Ok(lease) => {
                     status.update(|s| s.acting_node.clone_from(&lease.holder));
+                    held_until = lease.held.then(|| asked + LEASE_TTL - RENEW);
                     lease.held
                 }
-                // Unsure whether it still holds the lease: it stops acting, and takes the lease
-                // again (if still free) once the store answers.
-                Err(_) => false,
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "The broker lease could not be renewed; retrying.");
+                    held_until.is_some_and(|until| Instant::now() < until)
+                }
             };
             if now_acting && !acting {
                 tracing::info!(node = %node, "This node now acts on the broker for messaging feeds.");
@@ -176,7 +185,15 @@ async fn follow(
         if before == Some(&now) && !pass.all {
             continue;
         }
-        if !pass.act {
+        // A provision or rotation is on the broker before its store write (the node or CLI
+        // that ran it made it); granting it again from a read taken before a newer rotation
+        // would put an old password back for a moment. So only what changes access is applied:
+        // a client disabled or enabled, a feed revoked; and every feed at start or take-over.
+        let changes_access = match before {
+            None => !(f.feed.state == FeedState::Active && f.client_active),
+            Some(b) => b.0 != now.0 || b.1 != now.1,
+        };
+        if !pass.act || !(pass.all || !pass.started || changes_access) {
             applied.insert(f.feed.client_id.clone(), now);
             continue;
         }

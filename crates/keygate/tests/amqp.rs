@@ -671,6 +671,25 @@ async fn a_retried_feed_provision_or_rotate_returns_the_first_url() {
     );
 
     let rotate = format!("{path}/rotate");
+    // A malformed key is refused before anything happens; a provision's key is not a rotate's.
+    let long: &'static str = Box::leak("k".repeat(256).into_boxed_str());
+    let (status, _, body) = post(rotate.clone(), long, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_idempotency_key")),
+        "{body}"
+    );
+    let (status, _, body) = post(rotate.clone(), "prov-1", None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{body}"
+    );
+    assert_eq!(
+        audit_rows(&node, "amqp.rotate", &id),
+        0,
+        "a refused retry rotated"
+    );
     let (status, replayed, rotated) = post(rotate.clone(), "rot-1", None).await;
     assert_eq!((status, replayed), (200, false), "{rotated}");
     let (status, replayed, again) = post(rotate.clone(), "rot-1", None).await;

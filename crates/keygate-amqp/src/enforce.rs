@@ -1,11 +1,18 @@
 //! The node's background task: it follows the store's change feed and makes the broker match
-//! every feed whose client was disabled, enabled, or whose feed another node or the CLI changed,
-//! and runs the periodic drift check that `/status` and `/metrics` report.
+//! every feed whose client was disabled, enabled, deleted, or whose feed another node or the CLI
+//! changed, and runs the periodic drift check that `/status` and `/metrics` report.
 //!
-//! Every broker call is idempotent, so several nodes doing the same step is harmless (a second
-//! close finds no connection); that is why no node needs to be elected for it. The feed version
-//! is polled every 100 ms (one indexed row), which keeps a client disable well inside the
-//! providers' one second on any backend.
+//! Exactly one node acts on the broker for change-feed events: the holder of the store's
+//! `amqp_lease` row, renewed every second for [`LEASE_TTL`]. The others follow the feed too,
+//! without broker calls, so a node taking over (the holder stopped, or could not renew) knows
+//! what was already done: it applies every feed once (all broker calls are idempotent) and
+//! audits only what changed since it last looked, so each change has one audit row. A change
+//! made in the holder's last moments may be applied by the new holder without its audit row.
+//! The node (or CLI) that runs a provision, rotation, revocation or deletion makes that
+//! broker change itself, at once, before its store write; this task applies only what
+//! changes access (a client disabled or enabled, a feed revoked) and, at start or on a
+//! take-over, every feed. The feed version is polled every 100 ms (one indexed row), which keeps a
+//! client disable well inside the providers' one second on any backend.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +29,13 @@ use crate::feeds::Feeds;
 
 /// How often the feed version is read.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long the broker lease lasts unrenewed: how soon another node acts after the holder
+/// stops without giving the lease up.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// How often the lease is taken or renewed.
+const RENEW: Duration = Duration::from_secs(1);
 
 /// What the last drift check and the last broker call said, for `/status` and `/metrics`.
 #[derive(Debug, Default)]
@@ -41,6 +55,12 @@ pub struct StatusReport {
     pub last_error: Option<String>,
     /// Feeds the store holds (revoked ones included).
     pub feeds: usize,
+    /// This node's name in the broker lease.
+    pub node: String,
+    /// The node acting on the broker for change-feed events, as last read.
+    pub acting_node: Option<String>,
+    /// Whether this node is that node.
+    pub acting: bool,
 }
 
 impl EnforcerStatus {
@@ -53,29 +73,64 @@ impl EnforcerStatus {
     }
 }
 
-/// Runs until `shutdown` completes.
+/// Runs until `shutdown` completes; `node` names this node in the broker lease.
 pub async fn enforce(
     feeds: Feeds,
+    node: String,
     status: Arc<EnforcerStatus>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let actor = Actor("keygate:amqp".to_owned());
-    let mut applied: HashMap<String, (FeedState, bool, String)> = HashMap::new();
+    status.update(|s| s.node = node.clone());
+    let mut seen_state: HashMap<String, Seen> = HashMap::new();
     let mut seen = None;
     let mut retry = false;
+    let mut acting = false;
     // Whether the first pass over the store is done: feeds first seen after it are new since
     // the node started, so a disabled client among them is a change to audit, not the state
     // the node found at start.
     let mut started = false;
     let mut next_check = Instant::now();
+    let mut next_renew = Instant::now();
+    // Until when this node's lease surely lasts (its last successful renewal plus the TTL,
+    // less a renewal's worth of margin): a renewal that fails (a busy store) does not make it
+    // stop acting, and then take over again with a full pass, before then.
+    let mut held_until: Option<Instant> = None;
     // The first pass runs at once, so the state found at start is taken in before the node
     // answers requests that could change it.
     loop {
+        let mut take_over = false;
+        if Instant::now() >= next_renew {
+            let asked = Instant::now();
+            next_renew = asked + RENEW;
+            let now_acting = match feeds.store().amqp_lease(&node, LEASE_TTL).await {
+                Ok(lease) => {
+                    status.update(|s| s.acting_node.clone_from(&lease.holder));
+                    held_until = lease.held.then(|| asked + LEASE_TTL - RENEW);
+                    lease.held
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "The broker lease could not be renewed; retrying.");
+                    held_until.is_some_and(|until| Instant::now() < until)
+                }
+            };
+            if now_acting && !acting {
+                tracing::info!(node = %node, "This node now acts on the broker for messaging feeds.");
+                take_over = true;
+            }
+            acting = now_acting;
+            status.update(|s| s.acting = acting);
+        }
         if let Ok(version) = feeds.store().version().await {
-            if seen != Some(version) || retry {
+            if seen != Some(version) || retry || take_over {
                 seen = Some(version);
-                retry = !follow(&feeds, &status, &actor, &mut applied, started).await;
+                let pass = Pass {
+                    act: acting,
+                    all: take_over,
+                    started,
+                };
+                retry = !follow(&feeds, &status, &actor, &mut seen_state, pass).await;
                 started |= !retry;
             }
         }
@@ -84,20 +139,40 @@ pub async fn enforce(
             check(&feeds, &status).await;
         }
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => {
+                if acting {
+                    let _ = feeds.store().release_amqp_lease(&node).await;
+                }
+                return;
+            }
             () = tokio::time::sleep(POLL) => {}
         }
     }
 }
 
-/// Applies every feed that changed since it was last applied; `false` when a call failed (the
-/// next poll tries again).
+/// What the node last saw of a feed: its state, its client's, its password hash.
+type Seen = (FeedState, bool, String);
+
+/// How one pass over the stored feeds runs.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    /// Whether this node acts on the broker (holds the lease).
+    act: bool,
+    /// Apply every feed, changed or not (this node just took the lease over).
+    all: bool,
+    /// Whether the first pass is done.
+    started: bool,
+}
+
+/// Applies every feed that changed since it was last seen (all of them on a take-over) when the
+/// node acts, or only notes them when it does not; `false` when a call failed (the next poll
+/// tries again).
 async fn follow(
     feeds: &Feeds,
     status: &EnforcerStatus,
     actor: &Actor,
-    applied: &mut HashMap<String, (FeedState, bool, String)>,
-    started: bool,
+    applied: &mut HashMap<String, Seen>,
+    pass: Pass,
 ) -> bool {
     let Ok(all) = feeds.store().amqp_feeds().await else {
         return false;
@@ -107,7 +182,19 @@ async fn follow(
     for f in &all {
         let now = (f.feed.state, f.client_active, f.feed.password_hash.clone());
         let before = applied.get(&f.feed.client_id);
-        if before == Some(&now) {
+        if before == Some(&now) && !pass.all {
+            continue;
+        }
+        // A provision or rotation is on the broker before its store write (the node or CLI
+        // that ran it made it); granting it again from a read taken before a newer rotation
+        // would put an old password back for a moment. So only what changes access is applied:
+        // a client disabled or enabled, a feed revoked; and every feed at start or take-over.
+        let changes_access = match before {
+            None => !(f.feed.state == FeedState::Active && f.client_active),
+            Some(b) => b.0 != now.0 || b.1 != now.1,
+        };
+        if !pass.act || !(pass.all || !pass.started || changes_access) {
+            applied.insert(f.feed.client_id.clone(), now);
             continue;
         }
         match feeds.apply(f, false).await {
@@ -115,7 +202,7 @@ async fn follow(
                 // A feed provisioned and disabled between two polls is first seen disabled.
                 let access_changed = match before {
                     Some(b) => b.1 != now.1,
-                    None => started && !f.client_active,
+                    None => pass.started && !f.client_active,
                 } && f.feed.state == FeedState::Active;
                 if access_changed {
                     let action = if f.client_active { "resume" } else { "suspend" };

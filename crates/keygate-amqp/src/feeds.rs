@@ -7,7 +7,9 @@
 //! call is idempotent, so a retry after anything finishes the job.
 
 use keygate_core::Timestamp;
-use keygate_store::{Actor, AmqpFeed, FeedOfClient, FeedState, Store};
+use keygate_store::{
+    Actor, AmqpFeed, FeedOfClient, FeedState, IdempotencyClaim, Once, SealedAnswer, Store,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -40,6 +42,20 @@ impl std::fmt::Debug for Issued {
             .field("vhost", &self.vhost)
             .field("user", &self.user)
             .finish_non_exhaustive()
+    }
+}
+
+/// A provision or rotate made safe to retry: the request's idempotency record and how the
+/// caller seals an answer (the only form in which the password is kept, for the retry).
+#[derive(Clone, Copy)]
+pub struct Retry<'a> {
+    pub claim: &'a IdempotencyClaim,
+    pub seal: &'a (dyn Fn(&Issued) -> SealedAnswer + Send + Sync),
+}
+
+impl std::fmt::Debug for Retry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Retry")
     }
 }
 
@@ -145,6 +161,24 @@ impl Feeds {
         client: &str,
         slug: Option<&str>,
     ) -> Result<Issued, AmqpError> {
+        done(self.provision_once(actor, client, slug, None).await?)
+    }
+
+    /// [`Feeds::provision`] under `retry`: a retried request gets the first answer back
+    /// (sealed; the caller opens it) before anything is checked or made.
+    ///
+    /// # Errors
+    /// As [`Feeds::provision`].
+    pub async fn provision_once(
+        &self,
+        actor: &Actor,
+        client: &str,
+        slug: Option<&str>,
+        retry: Option<Retry<'_>>,
+    ) -> Result<Once<Issued>, AmqpError> {
+        if let Some(replay) = self.replay(retry).await? {
+            return Ok(Once::Replayed(replay));
+        }
         let client = self.store.client(client).await?;
         if !client.active {
             return Err(AmqpError::ClientInactive(client.name));
@@ -220,16 +254,60 @@ impl Feeds {
             return Err(e);
         }
         let detail = json!({ "client": client.name, "slug": feed.slug, "vhost": feed.vhost, "user": feed.username });
-        if let Err(e) = self
-            .store
-            .put_amqp_feed(actor, &feed, "provision", detail)
+        let issued = self.issued(&client.name, &feed, &password);
+        match self
+            .write(actor, &feed, "provision", detail, retry, &issued)
             .await
         {
-            undo(feed).await;
-            return Err(e.into());
+            Ok(Some(replay)) => return Ok(Once::Replayed(replay)),
+            Ok(None) => {}
+            Err(e) => {
+                undo(feed).await;
+                return Err(e);
+            }
         }
         tracing::info!(client = %client.name, vhost = %feed.vhost, user = %feed.username, "Messaging feed provisioned.");
-        Ok(self.issued(&client.name, &feed, &password))
+        Ok(Once::Done(issued))
+    }
+
+    /// An earlier answer under `retry`'s claim, if any.
+    async fn replay(
+        &self,
+        retry: Option<Retry<'_>>,
+    ) -> Result<Option<keygate_store::Replay>, AmqpError> {
+        match retry {
+            Some(r) => Ok(self.store.idempotency_replay(r.claim).await?),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the feed (and, under `retry`, the sealed answer). When a concurrent retry under
+    /// the same claim stored first, its answer is returned and the broker is put back to what
+    /// the store holds (this call's password never reaches anyone).
+    async fn write(
+        &self,
+        actor: &Actor,
+        feed: &AmqpFeed,
+        action: &str,
+        detail: serde_json::Value,
+        retry: Option<Retry<'_>>,
+        issued: &Issued,
+    ) -> Result<Option<keygate_store::Replay>, AmqpError> {
+        let sealed = retry.map(|r| (r.claim, (r.seal)(issued)));
+        let once = sealed.as_ref().map(|(claim, answer)| (*claim, answer));
+        match self
+            .store
+            .put_amqp_feed_once(actor, feed, action, detail, once)
+            .await?
+        {
+            Once::Done(()) => Ok(None),
+            Once::Replayed(replay) => {
+                if let Some(stored) = self.store.amqp_feed(&feed.client_id).await? {
+                    self.apply(&stored, false).await?;
+                }
+                Ok(Some(replay))
+            }
+        }
     }
 
     /// The vhost, the user with the feed's hash, its permissions and the vhost's limits.
@@ -261,6 +339,23 @@ impl Feeds {
     /// [`AmqpError::NotProvisioned`], [`AmqpError::ClientInactive`], broker and store
     /// failures (after which the old password still works and the new one does not).
     pub async fn rotate(&self, actor: &Actor, client: &str) -> Result<Issued, AmqpError> {
+        done(self.rotate_once(actor, client, None).await?)
+    }
+
+    /// [`Feeds::rotate`] under `retry`: a retried request gets the first answer back and
+    /// rotates nothing.
+    ///
+    /// # Errors
+    /// As [`Feeds::rotate`].
+    pub async fn rotate_once(
+        &self,
+        actor: &Actor,
+        client: &str,
+        retry: Option<Retry<'_>>,
+    ) -> Result<Once<Issued>, AmqpError> {
+        if let Some(replay) = self.replay(retry).await? {
+            return Ok(Once::Replayed(replay));
+        }
         let (name, current) = self.active_feed(client).await?;
         if !current.client_active {
             return Err(AmqpError::ClientInactive(name));
@@ -280,20 +375,24 @@ impl Feeds {
         let closed = self.management.close_user_connections(&feed.username).await;
         let detail =
             json!({ "client": name, "user": feed.username, "connections_closed": closed.is_ok() });
-        if let Err(e) = self
-            .store
-            .put_amqp_feed(actor, &feed, "rotate", detail)
+        let issued = self.issued(&name, &feed, &password);
+        match self
+            .write(actor, &feed, "rotate", detail, retry, &issued)
             .await
         {
-            let _ = self
-                .management
-                .put_user(&feed.username, &current.feed.password_hash)
-                .await;
-            return Err(e.into());
+            Ok(Some(replay)) => return Ok(Once::Replayed(replay)),
+            Ok(None) => {}
+            Err(e) => {
+                let _ = self
+                    .management
+                    .put_user(&feed.username, &current.feed.password_hash)
+                    .await;
+                return Err(e);
+            }
         }
         closed?;
         tracing::info!(client = %name, user = %feed.username, "Messaging feed password rotated; old connections closed.");
-        Ok(self.issued(&name, &feed, &password))
+        Ok(Once::Done(issued))
     }
 
     /// Deletes the client's user and vhost (the broker closes their connections; keygate closes
@@ -322,9 +421,13 @@ impl Feeds {
         Ok(self.view(&current))
     }
 
-    /// User first (no new logins), then its connections, then the vhost (and whatever
-    /// connection is still in it).
-    async fn remove(&self, feed: &AmqpFeed) -> Result<(), AmqpError> {
+    /// Removes a feed from the broker: user first (no new logins), then its connections, then
+    /// the vhost (and whatever connection is still in it). Idempotent; used by revocation and
+    /// by client deletion (whose store write already marked the feed revoked).
+    ///
+    /// # Errors
+    /// Broker failures.
+    pub async fn remove(&self, feed: &AmqpFeed) -> Result<(), AmqpError> {
         let m = &self.management;
         m.delete_user(&feed.username).await?;
         m.close_user_connections(&feed.username).await?;
@@ -384,5 +487,15 @@ impl Feeds {
                 m.close_user_connections(&f.feed.username).await
             }
         }
+    }
+}
+
+/// The answer of a call made without a retry claim (never replayed).
+fn done(once: Once<Issued>) -> Result<Issued, AmqpError> {
+    match once {
+        Once::Done(issued) => Ok(issued),
+        Once::Replayed(_) => Err(AmqpError::Store(keygate_store::StoreError::Corrupt(
+            "a feed operation without an idempotency claim was replayed".to_owned(),
+        ))),
     }
 }

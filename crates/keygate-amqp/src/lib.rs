@@ -19,8 +19,8 @@ pub use config::{
     AmqpConfig, Operator, Permissions, RawAmqp, RawPermissions, PASSWORD_ENV, USER_ENV,
 };
 pub use drift::{Drift, DriftItem, Reconciled};
-pub use enforce::{enforce, EnforcerStatus, StatusReport};
+pub use enforce::{enforce, EnforcerStatus, StatusReport, LEASE_TTL};
 pub use error::AmqpError;
-pub use feeds::{FeedView, Feeds, Issued};
+pub use feeds::{FeedView, Feeds, Issued, Retry};
 pub use management::{BrokerUser, BrokerVhost, Management};
 pub use naming::{check_slug, derive_slug, Names, MAX_SLUG};

@@ -283,14 +283,15 @@ async fn disabling_the_client_closes_its_feed_within_a_second_and_enabling_resto
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(keygate_amqp::enforce(
         e.feeds.clone(),
+        "test-node".to_owned(),
         status.clone(),
         async {
             let _ = stopped.await;
         },
     ));
-    // Let the enforcer take in the current state first.
+    // Let the enforcer take in the current state first (alone on its store, it acts).
     let start = Instant::now();
-    while status.report().feeds == 0 {
+    while status.report().feeds == 0 || !status.report().acting {
         assert!(start.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

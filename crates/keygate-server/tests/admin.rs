@@ -428,7 +428,8 @@ PUT /v1/keys/{key}/expiry | {"expires_at": "2000-01-01T00:00:00Z"} | 422 expiry_
 POST /v1/keys | {"client": "Acme", "expires_at": "2000-01-01T00:00:00Z"} | 422 expiry_in_past
 GET /v1/nothing | - | 404 not_found
 GET / | - | 404 not_found
-DELETE /v1/clients/Acme | - | 405 method_not_allowed
+DELETE /v1/keys/{key} | - | 405 method_not_allowed
+DELETE /v1/clients/Nobody | - | 404 client_not_found
 GET /v1/keys/{key}/revoke | - | 405 method_not_allowed
 "#;
 
@@ -588,6 +589,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/clients/{client}"),
     ("post", "/v1/clients/{client}/disable"),
     ("post", "/v1/clients/{client}/enable"),
+    ("delete", "/v1/clients/{client}"),
     ("post", "/v1/keys"),
     ("get", "/v1/keys"),
     ("get", "/v1/keys/{id}"),

@@ -915,3 +915,49 @@ async fn sign_up_where_the_profile_allows_it() {
     assert_eq!(smtp.wait_for(2, Duration::from_secs(5)).await.len(), 2);
     assert!(h.store.client("Newco 2").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_client_ends_its_sessions_and_portal_users() {
+    let (h, smtp) = start("").await;
+    h.client("Acme", &[], &[], &[], "free").await;
+    h.client("Other", &[], &[], &[], "free").await;
+    let mut b = signed_in(&h, &smtp, "Acme", "ann@acme.test").await;
+    let created = b
+        .submit("/keys", "/keys", &[("label", "prod"), ("expires", "")])
+        .await;
+    let key = created.shown_key().unwrap();
+    assert_eq!(gateway_status(&h, &key).await, 200);
+
+    let resp = h
+        .http
+        .delete(h.admin_url("/v1/clients/Acme"))
+        .bearer_auth(admin_token(&h).await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (doc["portal_users"].as_u64(), doc["keys_revoked"].as_u64()),
+        (Some(1), Some(1)),
+        "{doc}"
+    );
+
+    // The session ended, the key is refused, a sign-in request mails nothing.
+    assert_eq!(b.get("/keys").await.location.as_deref(), Some("/sign-in"));
+    assert_eq!(gateway_status(&h, &key).await, 401);
+    let before = smtp.mails().len();
+    let sent = b
+        .submit("/sign-in", "/sign-in", &[("email", "ann@acme.test")])
+        .await;
+    assert_eq!(sent.status, 200);
+    assert_eq!(
+        smtp.wait_for(before + 1, Duration::from_millis(500))
+            .await
+            .len(),
+        before
+    );
+    // The address is free for another client.
+    let (status, doc) = invite(&h, "Other", "ann@acme.test").await;
+    assert_eq!(status, 201, "{doc}");
+}

@@ -139,7 +139,7 @@ impl Store {
         let row = sqlx::query(concat!(
             "SELECT ",
             client_columns!(),
-            " FROM clients WHERE id = $1 OR name = $1"
+            " FROM clients WHERE (id = $1 OR name = $1) AND deleted_at IS NULL"
         ))
         .bind(name_or_id)
         .fetch_optional(&self.pool)
@@ -158,7 +158,8 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             client_columns!(),
-            " FROM clients WHERE ($1 IS NULL OR plan = $1) AND ($2 IS NULL OR active = $2)",
+            " FROM clients WHERE deleted_at IS NULL AND ($1 IS NULL OR plan = $1)",
+            " AND ($2 IS NULL OR active = $2)",
             " AND ($3 IS NULL OR name > $3) ORDER BY name LIMIT $4"
         ))
         .bind(filter.plan.as_deref())
@@ -259,6 +260,103 @@ impl Store {
     }
 }
 
+/// What deleting a client ended.
+#[derive(Clone, Debug)]
+pub struct DeletedClient {
+    /// The client as it was, now inactive.
+    pub client: Client,
+    /// Keys revoked by the deletion (those not revoked before).
+    pub keys_revoked: u64,
+    /// Portal users removed, with their sign-in links and sessions.
+    pub portal_users: u64,
+    /// The messaging feed marked revoked, when the client had an active one: the caller removes
+    /// it from the broker (the acting node's enforcer does too, from the change feed).
+    pub feed: Option<crate::AmqpFeed>,
+}
+
+impl Store {
+    /// Deletes a client in one transaction: every key revoked, the client inactive and hidden
+    /// from every lookup and listing, its portal users, links and sessions removed, its feed
+    /// marked revoked. The row itself stays, so the audit history keeps naming it and the name
+    /// stays taken (a new client can never inherit a deleted one's history or customers).
+    ///
+    /// # Errors
+    /// [`StoreError::ClientNotFound`] (also for a client deleted before);
+    /// [`StoreError::Conflict`] while the client has child accounts.
+    pub async fn delete_client(
+        &self,
+        actor: &Actor,
+        name_or_id: &str,
+    ) -> Result<DeletedClient, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut client = find(&mut tx, name_or_id)
+            .await?
+            .ok_or_else(|| StoreError::ClientNotFound(name_or_id.to_owned()))?;
+        let id = client.id.as_str().to_owned();
+        let (children,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM clients WHERE parent_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx.tx)
+        .await?;
+        if children > 0 {
+            return Err(StoreError::Conflict(format!(
+                "client `{}` has {children} child account(s); delete them first",
+                client.name
+            )));
+        }
+        client.active = false;
+        client.updated_at = tx.now;
+        save(&mut tx, &client).await?;
+        sqlx::query("UPDATE clients SET deleted_at = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(tx.now.as_millis())
+            .execute(&mut *tx.tx)
+            .await?;
+        let keys_revoked = sqlx::query(
+            "UPDATE keys SET state = 'revoked', version = $2 WHERE client_id = $1 AND state <> 'revoked'",
+        )
+        .bind(id.as_str())
+        .bind(tx.version)
+        .execute(&mut *tx.tx)
+        .await?
+        .rows_affected();
+        let users = "SELECT id FROM portal_users WHERE client_id = $1";
+        for table in ["portal_sessions", "portal_links"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id IN ({users})"))
+                .bind(id.as_str())
+                .execute(&mut *tx.tx)
+                .await?;
+        }
+        let portal_users = sqlx::query("DELETE FROM portal_users WHERE client_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+        let feed = crate::amqp::revoke_in(&mut tx, &id).await?;
+        tx.change("client", &id, "delete").await?;
+        tx.audit(
+            actor,
+            "client.delete",
+            &id,
+            json!({
+                "name": client.name,
+                "keys_revoked": keys_revoked,
+                "portal_users": portal_users,
+                "feed_revoked": feed.as_ref().map(|f| f.username.as_str()),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(DeletedClient {
+            client,
+            keys_revoked,
+            portal_users,
+            feed,
+        })
+    }
+}
+
 /// Creates a client inside an open write.
 async fn create_in(tx: &mut WriteTx, actor: &Actor, new: NewClient) -> Result<Client, StoreError> {
     check_client_name(&new.name)?;
@@ -327,7 +425,7 @@ pub(crate) async fn find(tx: &mut WriteTx, name_or_id: &str) -> Result<Option<Cl
     let row = sqlx::query(concat!(
         "SELECT ",
         client_columns!(),
-        " FROM clients WHERE id = $1 OR name = $1"
+        " FROM clients WHERE (id = $1 OR name = $1) AND deleted_at IS NULL"
     ))
     .bind(name_or_id)
     .fetch_optional(&mut *tx.tx)

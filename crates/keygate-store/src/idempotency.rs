@@ -45,6 +45,40 @@ pub enum Once<T> {
     Replayed(Replay),
 }
 
+impl crate::Store {
+    /// The unexpired record of `claim`, read outside any write: an operation with slow side
+    /// effects elsewhere (a broker) looks first, so a retry is answered before it acts, and
+    /// checks again when it writes ([`WriteTx::replay`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].
+    pub async fn idempotency_replay(
+        &self,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<Replay>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, status, sealed FROM idempotency WHERE id = $1 AND expires_at > $2",
+        )
+        .bind(claim.id.clone())
+        .bind(self.now().as_millis())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+}
+
+fn decode(row: &sqlx::any::AnyRow) -> Result<Replay, StoreError> {
+    let status: i64 = row.try_get("status")?;
+    Ok(Replay {
+        fingerprint: row.try_get("fingerprint")?,
+        answer: SealedAnswer {
+            status: u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("idempotency status {status}")))?,
+            sealed: row.try_get("sealed")?,
+        },
+    })
+}
+
 impl WriteTx {
     /// The unexpired record of `claim`, dropping expired records on the way (bounded by the
     /// expiry index; it keeps the table from growing).
@@ -60,18 +94,7 @@ impl WriteTx {
             .bind(claim.id.clone())
             .fetch_optional(&mut *self.tx)
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let status: i64 = row.try_get("status")?;
-        Ok(Some(Replay {
-            fingerprint: row.try_get("fingerprint")?,
-            answer: SealedAnswer {
-                status: u16::try_from(status)
-                    .map_err(|_| StoreError::Corrupt(format!("idempotency status {status}")))?,
-                sealed: row.try_get("sealed")?,
-            },
-        }))
+        row.as_ref().map(decode).transpose()
     }
 
     /// Keeps the first answer of `claim`.

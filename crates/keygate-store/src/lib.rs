@@ -31,9 +31,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 pub use admin_tokens::AdminToken;
-pub use amqp::{AmqpFeed, FeedOfClient, FeedState};
+pub use amqp::{AmqpFeed, AmqpLease, FeedOfClient, FeedState};
 pub use audit::{AuditEntry, AuditFilter};
-pub use clients::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
+pub use clients::{ClientFilter, ClientUpdate, DeletedClient, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;
 pub use feed::{ChangeListener, Delta, Snapshot};
 pub use idempotency::{IdempotencyClaim, Once, Replay, SealedAnswer};

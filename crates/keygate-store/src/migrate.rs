@@ -47,6 +47,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "portal",
         include_str!("../migrations/sqlite/0007_portal.sql"),
     ),
+    (
+        8,
+        "client delete, amqp lease",
+        include_str!("../migrations/sqlite/0008_client_delete_amqp_lease.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -83,6 +88,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         7,
         "portal",
         include_str!("../migrations/postgres/0007_portal.sql"),
+    ),
+    (
+        8,
+        "client delete, amqp lease",
+        include_str!("../migrations/postgres/0008_client_delete_amqp_lease.sql"),
     ),
 ];
 

@@ -1290,6 +1290,147 @@ async fn portal_links_open_one_session_and_disabling_ends_it(f: Fixture) {
     }
 }
 
+async fn the_broker_lease_has_one_holder_until_it_expires_or_is_given_up(f: Fixture) {
+    let s = &f.store;
+    let v0 = s.version().await.unwrap();
+    let a = s
+        .amqp_lease("node-a", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(a.held);
+    assert_eq!(a.holder.as_deref(), Some("node-a"));
+    let b = s
+        .amqp_lease("node-b", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(!b.held, "a live lease is not taken");
+    assert_eq!(b.holder.as_deref(), Some("node-a"));
+    // Renewed by its holder, it outlives its first expiry.
+    f.clock.advance(Duration::from_secs(2));
+    assert!(
+        s.amqp_lease("node-a", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .held
+    );
+    f.clock.advance(Duration::from_secs(2));
+    assert!(
+        !s.amqp_lease("node-b", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .held
+    );
+    // Unrenewed, another node takes it.
+    f.clock.advance(Duration::from_secs(3));
+    assert!(
+        s.amqp_lease("node-b", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .held
+    );
+    assert!(
+        !s.amqp_lease("node-a", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .held
+    );
+    // Given up, it is free at once; only the holder can give it up.
+    s.release_amqp_lease("node-a").await.unwrap();
+    assert!(
+        !s.amqp_lease("node-a", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .held
+    );
+    s.release_amqp_lease("node-b").await.unwrap();
+    assert!(
+        s.amqp_lease("node-a", Duration::from_secs(3))
+            .await
+            .unwrap()
+            .held
+    );
+    assert_eq!(
+        s.version().await.unwrap(),
+        v0,
+        "lease renewals wake no feed reader"
+    );
+}
+
+async fn a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept(f: Fixture) {
+    let s = &f.store;
+    let client = acme(s).await;
+    let (_, m) = material(&KeyFormat::default());
+    let key = s
+        .create_key(
+            &actor(),
+            client.id.as_str(),
+            NewKey {
+                material: m,
+                label: "p".into(),
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let v0 = s.version().await.unwrap();
+    let deleted = s.delete_client(&actor(), "Acme Sportsbook").await.unwrap();
+    assert_eq!((deleted.keys_revoked, deleted.portal_users), (1, 0));
+    assert!(deleted.feed.is_none());
+    assert!(matches!(
+        s.client("Acme Sportsbook").await,
+        Err(StoreError::ClientNotFound(_))
+    ));
+    assert!(matches!(
+        s.client(client.id.as_str()).await,
+        Err(StoreError::ClientNotFound(_))
+    ));
+    assert!(s
+        .list_clients(&ClientFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.key(&key.id).await.unwrap().state, KeyState::Revoked);
+    // The replicas learn it from the feed: the client inactive, its key revoked.
+    let delta = s.delta_since(v0).await.unwrap();
+    assert!(delta.clients.iter().any(|c| c.id == client.id && !c.active));
+    assert!(delta
+        .keys
+        .iter()
+        .any(|k| k.id == key.id && k.state == KeyState::Revoked));
+    assert!(matches!(
+        s.delete_client(&actor(), "Acme Sportsbook").await,
+        Err(StoreError::ClientNotFound(_))
+    ));
+    assert!(matches!(
+        s.set_client_active(&actor(), client.id.as_str(), true)
+            .await,
+        Err(StoreError::ClientNotFound(_))
+    ));
+    assert!(matches!(
+        acme_again(s).await,
+        Err(StoreError::DuplicateClient(_))
+    ));
+    let audit = s.audit(&AuditFilter::default()).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "client.delete" && e.target == client.id.as_str()));
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "client.create" && e.target == client.id.as_str()));
+}
+
+async fn acme_again(s: &Store) -> Result<keygate_core::Client, StoreError> {
+    s.create_client(
+        &actor(),
+        NewClient {
+            name: "Acme Sportsbook".into(),
+            plan: "pro".into(),
+            ..NewClient::default()
+        },
+    )
+    .await
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -1317,4 +1458,6 @@ suite!(
     accounts_children_metadata_and_key_replacement,
     amqp_feeds_are_stored_without_passwords_with_feed_and_audit,
     portal_links_open_one_session_and_disabling_ends_it,
+    the_broker_lease_has_one_holder_until_it_expires_or_is_given_up,
+    a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept,
 );

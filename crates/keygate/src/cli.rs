@@ -181,6 +181,9 @@ pub(crate) enum ClientCommand {
     Disable { name: String },
     /// Enable a disabled client.
     Enable { name: String },
+    /// Delete a client: its keys stop on every node, its portal users and their sessions end,
+    /// its messaging feed leaves the broker. The audit history stays and the name stays taken.
+    Delete { name: String },
     /// Requests per UTC day and status.
     Usage(UsageArgs),
 }

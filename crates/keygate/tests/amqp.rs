@@ -2,12 +2,14 @@
 //! real AMQP client (lapin) using the URL the command printed. Seed 001: "AMQP — Provisioned
 //! per tenant on request … `amqp://op-<slug>:<password>@mq.ticktock.bet:5672/<slug>`".
 
+mod feeds;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use feeds::{audit_rows, closed_within_a_second, connect, key_answers, tag, Node};
 use keygate_test::RabbitMq;
-use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 
 struct Cli {
@@ -73,21 +75,6 @@ impl Cli {
             doc["error"]["message"].as_str().unwrap().to_owned(),
         )
     }
-}
-
-async fn connect(url: &str) -> Result<Connection, lapin::Error> {
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(url, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connecting answers within 10 s")
-}
-
-fn tag() -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[tokio::test]
@@ -229,200 +216,6 @@ async fn amqp_errors_have_codes_and_a_broker_outage_changes_nothing() {
     // Without [amqp] at all.
     std::fs::write(cli.config(), "").unwrap();
     assert_eq!(cli.error(&["amqp", "show", &name]).0, "amqp_not_configured");
-}
-
-/// A running node with `[amqp]` whose management API is `management_url`, and an admin token.
-struct Node {
-    _dir: tempfile::TempDir,
-    /// The store: a SQLite file in `dir`, or a PostgreSQL schema shared by several nodes.
-    db: String,
-    config: std::path::PathBuf,
-    /// This node's user prefix: its own, so its drift check never sees another test's users
-    /// on the shared broker.
-    user_prefix: String,
-    mq: RabbitMq,
-    admin: String,
-    base: String,
-    token: String,
-    viewer: String,
-    proc: keygate_test::Proc,
-    _upstream: keygate_test::Upstream,
-}
-
-impl Node {
-    async fn start(management_url: Option<&str>) -> Option<Node> {
-        let mq = keygate_test::rabbitmq().await?;
-        Some(Node::start_on(mq, management_url, None, None).await)
-    }
-
-    /// A node on `db` (default: a fresh SQLite file), with `peer`'s configuration and tokens
-    /// when it joins another node's store.
-    async fn start_on(
-        mq: RabbitMq,
-        management_url: Option<&str>,
-        db: Option<String>,
-        peer: Option<&Node>,
-    ) -> Node {
-        let upstream = keygate_test::Upstream::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let t = tag();
-        let user_prefix = peer.map_or(format!("op-n{t}-"), |p| p.user_prefix.clone());
-        let config = format!(
-            "[amqp]\nmanagement_url = \"{}\"\npublic_address = \"{}\"\ntimeout = \"2s\"\ncheck_interval = \"1s\"\nuser_prefix = \"{user_prefix}\"\nvhost_prefix = \"n{t}-\"\n",
-            management_url.unwrap_or(&mq.management_url),
-            mq.amqp_address
-        );
-        let config_path = match peer {
-            Some(p) => p.config.clone(),
-            None => {
-                std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
-                dir.path().join("keygate.toml")
-            }
-        };
-        let db = db.unwrap_or_else(|| dir.path().join("keygate.db").to_str().unwrap().to_owned());
-        let cli = |args: &[&str]| {
-            keygate_test::json_output(
-                Command::new(env!("CARGO_BIN_EXE_keygate"))
-                    .arg("--db")
-                    .arg(&db)
-                    .args(args),
-            )
-        };
-        let (token, viewer) = match peer {
-            Some(p) => (p.token.clone(), p.viewer.clone()),
-            None => (
-                cli(&["--json", "admin-token", "create", "--name", "ops"])["token"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-                cli(&[
-                    "--json",
-                    "admin-token",
-                    "create",
-                    "--name",
-                    "viewer",
-                    "--read-only",
-                ])["token"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            ),
-        };
-        let listen = format!("127.0.0.1:{}", keygate_test::free_port());
-        let admin_listen = format!("127.0.0.1:{}", keygate_test::free_port());
-        let proc = keygate_test::Proc::spawn(
-            env!("CARGO_BIN_EXE_keygate"),
-            &[
-                "--db",
-                &db,
-                "--config",
-                config_path.to_str().unwrap(),
-                "serve",
-                "--upstream",
-                &upstream.url(),
-                "--listen",
-                &listen,
-                "--admin-listen",
-                &admin_listen,
-            ],
-            &[
-                ("KEYGATE_AMQP_USER", mq.user.as_str()),
-                ("KEYGATE_AMQP_PASSWORD", mq.password.as_str()),
-            ],
-            dir.path(),
-        );
-        let ready = keygate_test::wait_for_status(
-            admin_listen.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(20),
-        )
-        .await;
-        assert!(ready, "the node did not become ready: {}", proc.stderr());
-        Node {
-            _dir: dir,
-            db,
-            config: config_path,
-            user_prefix,
-            mq,
-            admin: format!("http://{admin_listen}"),
-            base: format!("http://{listen}"),
-            token,
-            viewer,
-            proc,
-            _upstream: upstream,
-        }
-    }
-
-    /// The CLI on the node's database (`remote = false`) or through its admin API.
-    fn cli(&self, remote: bool, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
-        cmd.arg("--json").arg("--config").arg(&self.config);
-        if remote {
-            cmd.args(["--admin-url", &self.admin])
-                .env("KEYGATE_ADMIN_TOKEN", &self.token);
-        } else {
-            cmd.arg("--db").arg(&self.db);
-        }
-        cmd.args(args)
-            .env_remove("KEYGATE_DB")
-            .env_remove("KEYGATE_AMQP_USER")
-            .env_remove("KEYGATE_AMQP_PASSWORD")
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, remote: bool, args: &[&str]) -> Value {
-        let out = self.cli(remote, args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let http = keygate_test::http_client();
-        let mut req = http
-            .request(method.parse().unwrap(), format!("{}{path}", self.admin))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn status(&self) -> Value {
-        keygate_test::http_client()
-            .get(format!("{}/status", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-async fn closed_within_a_second(conn: &Connection, what: &str) {
-    let start = Instant::now();
-    while conn.status().connected() {
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "the feed connection is still open a second after {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    eprintln!("closed {:?} after {what}", start.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,4 +533,336 @@ async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_w
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_client_refuses_its_keys_and_closes_its_feed_within_a_second() {
+    let Some(node) = Node::start(None).await else {
+        return;
+    };
+    let name = format!("Gone Sportsbook {}", tag());
+    let client = node.json(false, &["client", "create", &name]);
+    let id = client["id"].as_str().unwrap().to_owned();
+    let key = node.json(false, &["key", "create", "--client", &name])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    key_answers(&node, &key, |s| s == 200, Duration::from_secs(5)).await;
+    let url = node.json(true, &["amqp", "provision", &name])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conn = connect(&url).await.expect("the feed URL connects");
+    let path = format!("/v1/clients/{}", name.replace(' ', "%20"));
+
+    // A read-only token may not delete.
+    let (status, body) = node.call("DELETE", &path, &node.viewer, None).await;
+    assert_eq!(status, 403, "{body}");
+    key_answers(&node, &key, |s| s == 200, Duration::from_secs(1)).await;
+
+    let (status, deleted) = node.call("DELETE", &path, &node.token, None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["id"], id.as_str());
+    assert_eq!(deleted["keys_revoked"], 1, "{deleted}");
+    assert_eq!(deleted["feed"], "revoked", "{deleted}");
+    closed_within_a_second(&conn, "the client was deleted").await;
+    assert!(
+        connect(&url).await.is_err(),
+        "a deleted client's feed connected"
+    );
+    let refused = key_answers(&node, &key, |s| s != 200, Duration::from_secs(1)).await;
+    assert!(matches!(refused, 401 | 403), "{refused}");
+
+    // Gone from every lookup and listing; deleting twice is 404; the history stays and the
+    // name stays taken.
+    let (status, body) = node.call("GET", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("client_not_found"))
+    );
+    let (status, body) = node.call("DELETE", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("client_not_found"))
+    );
+    let listed = node.json(false, &["client", "list"]).to_string();
+    assert!(!listed.contains(&id), "{listed}");
+    assert_eq!(audit_rows(&node, "client.delete", &id), 1);
+    assert_eq!(audit_rows(&node, "client.create", &id), 1);
+    let again = node.cli(false, &["client", "create", &name]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("duplicate_client"));
+    let vhost = format!(
+        "{}/api/vhosts/{}",
+        node.mq.management_url,
+        &url[url.rfind('/').unwrap() + 1..]
+    );
+    let r = keygate_test::http_client()
+        .get(&vhost)
+        .basic_auth(&node.mq.user, Some(&node.mq.password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the deleted client's vhost stays");
+
+    // `keygate client delete`, through the admin API and on the database.
+    for remote in [true, false] {
+        let other = format!("Other {}", tag());
+        node.json(false, &["client", "create", &other]);
+        let doc = node.json(remote, &["client", "delete", &other]);
+        assert_eq!(doc["name"], other.as_str(), "{doc}");
+        assert_eq!(doc["feed"], "none", "{doc}");
+        let out = node.cli(remote, &["client", "delete", &other]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("client_not_found"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_feed_provision_or_rotate_returns_the_first_url() {
+    let Some(node) = Node::start(None).await else {
+        return;
+    };
+    let name = format!("Retry {}", tag());
+    let id = node.json(false, &["client", "create", &name])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/clients/{}/amqp", name.replace(' ', "%20"));
+    let post = |path: String, key: &'static str, body: Option<Value>| {
+        let node = &node;
+        async move {
+            let mut req = keygate_test::http_client()
+                .post(format!("{}{path}", node.admin))
+                .bearer_auth(&node.token)
+                .header("Idempotency-Key", key);
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let resp = req.send().await.unwrap();
+            let replayed = resp.headers().get("idempotent-replayed").is_some();
+            (
+                resp.status().as_u16(),
+                replayed,
+                resp.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, replayed, first) = post(path.clone(), "prov-1", None).await;
+    assert_eq!((status, replayed), (201, false), "{first}");
+    let (status, replayed, again) = post(path.clone(), "prov-1", None).await;
+    assert_eq!((status, replayed), (201, true), "{again}");
+    assert_eq!(again["url"], first["url"]);
+    let url = first["url"].as_str().unwrap().to_owned();
+    connect(&url).await.expect("the replayed URL connects");
+    let other = Some(serde_json::json!({ "slug": format!("other-{}", tag()) }));
+    let (status, _, body) = post(path.clone(), "prov-1", other).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{body}"
+    );
+    // Without the key, a second provision is the usual 409.
+    let (status, body) = node.call("POST", &path, &node.token, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("feed_already_provisioned"))
+    );
+
+    let rotate = format!("{path}/rotate");
+    // A malformed key is refused before anything happens; a provision's key is not a rotate's.
+    let long: &'static str = Box::leak("k".repeat(256).into_boxed_str());
+    let (status, _, body) = post(rotate.clone(), long, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_idempotency_key")),
+        "{body}"
+    );
+    let (status, _, body) = post(rotate.clone(), "prov-1", None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "{body}"
+    );
+    assert_eq!(
+        audit_rows(&node, "amqp.rotate", &id),
+        0,
+        "a refused retry rotated"
+    );
+    let (status, replayed, rotated) = post(rotate.clone(), "rot-1", None).await;
+    assert_eq!((status, replayed), (200, false), "{rotated}");
+    let (status, replayed, again) = post(rotate.clone(), "rot-1", None).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["url"], rotated["url"]);
+    assert_ne!(rotated["url"], first["url"]);
+    connect(rotated["url"].as_str().unwrap())
+        .await
+        .expect("the retried rotate did not rotate twice: its URL connects");
+    assert!(
+        connect(&url).await.is_err(),
+        "the first password still works"
+    );
+    assert_eq!(audit_rows(&node, "amqp.rotate", &id), 1);
+    assert_eq!(audit_rows(&node, "amqp.provision", &id), 1);
+    // The sealed answers never hold the password in plaintext, nor does the store elsewhere.
+    let password = {
+        let u = rotated["url"].as_str().unwrap();
+        u[u.find(':').unwrap() + 3..u.rfind('@').unwrap()]
+            .split_once(':')
+            .unwrap()
+            .1
+            .to_owned()
+    };
+    for file in [node.db.clone(), format!("{}-wal", node.db)] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "the password is in {file}"
+        );
+    }
+    node.json(true, &["amqp", "revoke", &name]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_postgres_cluster_one_node_acts_on_the_broker_and_another_takes_over() {
+    let Some(mq) = keygate_test::rabbitmq().await else {
+        return;
+    };
+    let Some(pg) = keygate_test::postgres_schema("kg_amqp_lease").await else {
+        return;
+    };
+    let migrate = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--db", &pg, "migrate"])
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let a = Node::start_on(mq.clone(), None, Some(pg.clone()), None).await;
+    let b = Node::start_on(mq, None, Some(pg), Some(&a)).await;
+
+    // Both nodes name the same acting node, which says it acts.
+    let acting = |deadline: Duration| {
+        let (a, b) = (&a, &b);
+        async move {
+            let start = Instant::now();
+            loop {
+                let (sa, sb) = (a.status().await, b.status().await);
+                let (na, nb) = (&sa["amqp"]["acting_node"], &sb["amqp"]["acting_node"]);
+                let flags = (sa["amqp"]["acting"] == true, sb["amqp"]["acting"] == true);
+                if na.is_string() && na == nb && flags.0 != flags.1 {
+                    return if flags.0 { 'a' } else { 'b' };
+                }
+                assert!(
+                    start.elapsed() < deadline,
+                    "no single acting node: {sa} {sb}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = acting(Duration::from_secs(10)).await;
+    let mut nodes = [a, b];
+    let (i, o) = if first == 'a' { (0, 1) } else { (1, 0) };
+    let other = &nodes[o];
+
+    let name = format!("Lease {}", tag());
+    let id = nodes[0].json(false, &["client", "create", &name])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/clients/{}", name.replace(' ', "%20"));
+    let (status, issued) = other
+        .call("POST", &format!("{path}/amqp"), &other.token, None)
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let url = issued["url"].as_str().unwrap().to_owned();
+    let conn = connect(&url).await.expect("the URL connects");
+    for n in &nodes {
+        let start = Instant::now();
+        while n.status().await["amqp"]["feeds"] != 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "a node never saw the feed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A disable on the database: closed within a second, one audit row.
+    other.json(false, &["client", "disable", &name]);
+    closed_within_a_second(&conn, "the client was disabled").await;
+    let start = Instant::now();
+    while audit_rows(other, "amqp.suspend", &id) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no amqp.suspend audit row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both nodes have seen the disable by the time the audit row exists; a second node acting
+    // would write its row within its next polls, so a few of them are watched.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(audit_rows(other, "amqp.suspend", &id), 1, "two nodes acted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    other.json(false, &["client", "enable", &name]);
+    let start = Instant::now();
+    let conn = loop {
+        if let Ok(c) = connect(&url).await {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(audit_rows(other, "amqp.resume", &id), 1);
+
+    // The acting node dies without giving the lease up: the other takes over within a few
+    // seconds, and a disable still closes the feed within a second.
+    nodes[i].proc.kill();
+    let survivor = &nodes[o];
+    let start = Instant::now();
+    loop {
+        let s = survivor.status().await;
+        if s["amqp"]["acting"] == true {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nobody took over: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("took over after {:?}", start.elapsed());
+    survivor.json(false, &["client", "disable", &name]);
+    closed_within_a_second(&conn, "the client was disabled after the take-over").await;
+    assert!(connect(&url).await.is_err());
+
+    // Deleted on the database by a CLI without the broker's credentials: the feed is left
+    // `pending` to the acting node, which closes it within a second all the same.
+    survivor.json(false, &["client", "enable", &name]);
+    let start = Instant::now();
+    let conn = loop {
+        if let Ok(c) = connect(&url).await {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let deleted = survivor.json(false, &["client", "delete", &name]);
+    assert_eq!(deleted["feed"], "pending", "{deleted}");
+    closed_within_a_second(&conn, "the client was deleted on the database").await;
+    assert!(connect(&url).await.is_err());
 }

@@ -1,4 +1,4 @@
-//! `/v1/clients`: create, list, show, update, disable and enable clients.
+//! `/v1/clients`: create, list, show, update, disable, enable and delete clients.
 //!
 //! Bodies arrive as plain strings and numbers and are validated here field by field, so a bad
 //! scope or limit is refused as `invalid_value` naming the field before the store is asked.
@@ -9,9 +9,12 @@ use axum::extract::State;
 use axum::Json;
 use http::StatusCode;
 use keygate_core::names::{check_client_name, check_plan};
+use keygate_core::Timestamp;
 use keygate_core::{Client, LimitOverrides, Scope, Slug};
-use keygate_store::{ClientFilter, ClientUpdate, LimitChange, LimitPatch, NewClient};
-use serde::{Deserialize, Deserializer};
+use keygate_store::{
+    ClientFilter, ClientUpdate, DeletedClient, LimitChange, LimitPatch, NewClient,
+};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
@@ -389,4 +392,81 @@ pub(crate) async fn enable(
 ) -> Result<Json<Client>, AdminError> {
     let c = store_call(state.store.set_client_active(&caller.actor, &client, true)).await?;
     Ok(Json(c))
+}
+
+/// What deleting a client ended, as the admin API and `keygate client delete` answer it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientDeleted {
+    pub id: String,
+    pub name: String,
+    pub deleted_at: Timestamp,
+    /// Keys revoked by the deletion.
+    pub keys_revoked: u64,
+    /// Portal users removed (their sessions ended).
+    pub portal_users: u64,
+    /// `none` (no active feed), `revoked` (user and vhost removed from the broker), or
+    /// `pending` (the broker could not be reached: the node acting on the broker removes them
+    /// as soon as it answers).
+    pub feed: &'static str,
+    /// Why the feed is `pending`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed_error: Option<String>,
+}
+
+/// Finishes a deletion the store made: the client's feed leaves the broker now, from the node
+/// that took the call, rather than at the acting node's next poll. Without `[amqp]` here (or
+/// when the broker fails) the acting node does it from the change feed.
+pub async fn finish_deletion(
+    feeds: Option<&keygate_amqp::Feeds>,
+    deleted: DeletedClient,
+) -> ClientDeleted {
+    let (feed, feed_error) = match (&deleted.feed, feeds) {
+        (None, _) => ("none", None),
+        (Some(f), Some(feeds)) => match feeds.remove(f).await {
+            Ok(()) => ("revoked", None),
+            Err(e) => {
+                tracing::warn!(client = %deleted.client.name, error = %e, "A deleted client's messaging feed could not be removed from the broker yet.");
+                ("pending", Some(e.to_string()))
+            }
+        },
+        (Some(_), None) => ("pending", None),
+    };
+    tracing::info!(client = %deleted.client.name, keys = deleted.keys_revoked, feed, "Client deleted.");
+    ClientDeleted {
+        id: deleted.client.id.as_str().to_owned(),
+        name: deleted.client.name,
+        deleted_at: deleted.client.updated_at,
+        keys_revoked: deleted.keys_revoked,
+        portal_users: deleted.portal_users,
+        feed,
+        feed_error,
+    }
+}
+
+/// `DELETE /v1/clients/{name_or_id}`: the client's keys stop on every node, its portal users'
+/// sessions end, its messaging feed leaves the broker, and it is no longer listed.
+#[utoipa::path(
+    delete,
+    path = "/v1/clients/{client}",
+    operation_id = "delete_client",
+    tag = "clients",
+    summary = "Delete a client: its keys, portal access and messaging feed end at once",
+    description = "Every key of the client is revoked (refused on every node through the change feed), its portal users and their sessions are removed, and its messaging feed's user and vhost are deleted on the broker. The client is no longer listed or found; the audit log keeps its history, and its name stays taken (a new client cannot reuse it). A client with child accounts is refused until they are deleted.",
+    params(("client" = String, Path, description = "The client's name or id (`cli_...`).")),
+    responses(
+        (status = 200, description = "What the deletion ended.", body = doc::ClientDeleted),
+        (status = 404, description = "No such client, or deleted before (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The client has child accounts (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn delete(
+    State(state): State<AdminState>,
+    caller: Caller,
+    ClientPath(client): ClientPath,
+) -> Result<Json<ClientDeleted>, AdminError> {
+    let deleted = store_call(state.store.delete_client(&caller.actor, &client)).await?;
+    let gw = state.gateway();
+    let feeds = gw.amqp.get().map(|node| &node.feeds);
+    Ok(Json(finish_deletion(feeds, deleted).await))
 }

@@ -1,11 +1,12 @@
-//! `Idempotency-Key` on key creation and rotation: a retried request gets the first answer back
-//! (marked `Idempotent-Replayed: true`) and never issues a second key.
+//! `Idempotency-Key` on key creation and rotation, and on a messaging feed's provision and
+//! rotation: a retried request gets the first answer back (marked `Idempotent-Replayed: true`)
+//! and never issues a second key or password.
 //!
-//! The first answer holds a plaintext key, so it is kept sealed: ChaCha20-Poly1305 under a key
-//! derived from the caller's idempotency key (and the server secret, when configured). The
-//! store holds only the record's id (another derivation), the request's fingerprint and the
-//! ciphertext; the idempotency key itself is never stored, so the answer can be opened only by
-//! a caller presenting it again. Records are scoped to the admin token's name and kept for
+//! The first answer holds a plaintext key (or a feed URL with its password), so it is kept
+//! sealed: ChaCha20-Poly1305 under a key derived from the caller's idempotency key (and the
+//! server secret, when configured). The store holds only the record's id (another
+//! derivation), the request's fingerprint and the ciphertext; the idempotency key itself is
+//! never stored, so the answer can be opened only by a caller presenting it again. Records are scoped to the admin token's name and kept for
 //! [`TTL`]. Only successful answers are kept: a request that failed may be retried as new.
 
 use std::time::Duration;

@@ -36,6 +36,7 @@ use keygate_store::{Store, StoreError};
 use crate::state::gateway::Gateway;
 use crate::state::live::Live;
 
+pub use clients::{finish_deletion, ClientDeleted};
 pub use error::{AdminError, STORE_FULL_DETAIL, STORE_UNAVAILABLE_DETAIL};
 pub use idempotency::{HEADER as IDEMPOTENCY_HEADER, REPLAYED as IDEMPOTENT_REPLAYED};
 
@@ -81,7 +82,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/clients", post(clients::create).get(clients::list))
         .route(
             "/v1/clients/{client}",
-            get(clients::show).patch(clients::update),
+            get(clients::show)
+                .patch(clients::update)
+                .delete(clients::delete),
         )
         .route("/v1/clients/{client}/disable", post(clients::disable))
         .route("/v1/clients/{client}/enable", post(clients::enable))

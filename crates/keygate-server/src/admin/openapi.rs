@@ -347,6 +347,27 @@ pub(crate) struct Usage {
     days: Vec<UsageDay>,
 }
 
+/// What deleting a client ended.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ClientDeleted {
+    #[schema(pattern = "^cli_[0-9a-z]{16}$")]
+    id: String,
+    name: String,
+    #[schema(format = DateTime)]
+    deleted_at: String,
+    /// Keys revoked by the deletion.
+    keys_revoked: u64,
+    /// Portal users removed (their sessions ended).
+    portal_users: u64,
+    /// `none` (no active feed), `revoked` (user and vhost deleted on the broker), or `pending`
+    /// (the broker could not be reached; the node acting on the broker removes them when it
+    /// answers).
+    feed: String,
+    /// Why the feed is `pending`.
+    feed_error: Option<String>,
+}
+
 /// A feed credential as issued: its password appears here, in `url`, and nowhere else.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -435,6 +456,7 @@ pub(crate) struct FeedReconciled {
         clients::update,
         clients::disable,
         clients::enable,
+        clients::delete,
         keys::create,
         keys::list,
         keys::show,
@@ -492,6 +514,7 @@ pub(crate) struct FeedReconciled {
         amqp::ProvisionBody,
         amqp::ReconcileBody,
         Reloaded,
+        ClientDeleted,
         portal::InviteBody,
         PortalInvitation,
     )),

@@ -27,6 +27,8 @@ pub struct PortalSettings {
     pub bookmaker_selection: bool,
     pub bookmakers: Vec<Slug>,
     pub child_bots: bool,
+    /// Customers may provision their own messaging feed (with `[amqp]`).
+    pub feed_requests: bool,
     pub session_lifetime: Duration,
     /// Longest grace the old key may keep on rotation; `None`: revoked at once only.
     pub rotate_grace: Option<Duration>,
@@ -242,6 +244,7 @@ pub(super) fn compile(
         bookmaker_selection: r.bookmaker_selection,
         bookmakers,
         child_bots: r.child_bots,
+        feed_requests: r.feed_requests,
         session_lifetime,
         rotate_grace,
         sign_in_per_address,

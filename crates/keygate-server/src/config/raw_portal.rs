@@ -33,6 +33,10 @@ pub(crate) struct RawPortal {
     /// Customers see their child accounts (portfolio bots) and regenerate their keys.
     #[serde(default)]
     pub(crate) child_bots: bool,
+    /// With `[amqp]`: customers may provision their own messaging feed from the portal
+    /// ("Request feed"). Off by default: feeds are provisioned by the operator on request.
+    #[serde(default)]
+    pub(crate) feed_requests: bool,
     /// How long a sign-in lasts (default `12h`).
     pub(crate) session_lifetime: Option<DurationSetting>,
     /// Longest grace a customer may give the old key when rotating (default: none, the old

@@ -19,6 +19,12 @@ pub enum PortalError {
     SignInNeeded,
     #[error("the form's CSRF token is missing or wrong")]
     Csrf,
+    /// Signed in, but this provider does not let customers do it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The messaging broker failed; nothing was changed (the detail is logged, not shown).
+    #[error("the messaging feed service is unavailable right now and nothing was changed; please try again in a few minutes")]
+    BrokerUnavailable,
     #[error("{0}")]
     Invalid(String),
     #[error("too many sign-in attempts; try again later")]
@@ -50,6 +56,34 @@ impl From<StoreError> for PortalError {
     }
 }
 
+impl From<keygate_amqp::AmqpError> for PortalError {
+    fn from(e: keygate_amqp::AmqpError) -> Self {
+        use keygate_amqp::AmqpError as A;
+        match e {
+            A::Store(e) => e.into(),
+            A::NotProvisioned(_) | A::NotConfigured => PortalError::NotFound,
+            A::ClientInactive(_) => PortalError::Invalid(
+                "Your account is disabled; its messaging feed cannot be changed.".to_owned(),
+            ),
+            A::AlreadyProvisioned(_) => {
+                PortalError::Invalid("Your account already has a messaging feed.".to_owned())
+            }
+            e if e.status() == 503 => {
+                tracing::warn!(error = %e, code = e.code(), "A portal feed operation failed on the broker.");
+                PortalError::BrokerUnavailable
+            }
+            // Naming conflicts are the operator's to settle; the customer gets the code only.
+            e => {
+                tracing::warn!(error = %e, code = e.code(), "A portal feed operation was refused.");
+                PortalError::Invalid(format!(
+                    "The messaging feed could not be set up here ({}); please ask your provider.",
+                    e.code()
+                ))
+            }
+        }
+    }
+}
+
 /// A store call bounded by the portal's budget.
 ///
 /// # Errors
@@ -68,7 +102,8 @@ impl PortalError {
         match self {
             PortalError::NotFound => StatusCode::NOT_FOUND,
             PortalError::SignInNeeded => StatusCode::SEE_OTHER,
-            PortalError::Csrf => StatusCode::FORBIDDEN,
+            PortalError::Csrf | PortalError::Forbidden(_) => StatusCode::FORBIDDEN,
+            PortalError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PortalError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             PortalError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

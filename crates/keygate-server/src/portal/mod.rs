@@ -1,5 +1,6 @@
 //! The customer portal: the provider's customers sign in with a mailed link and manage their
-//! own keys, see their plan and usage, pick bookmakers and regenerate child bots' keys.
+//! own keys, see their plan and usage, pick bookmakers, regenerate child bots' keys and (with
+//! `[amqp]`) see and rotate their messaging feed.
 //!
 //! Served by every node on its own listener (`[portal] listen`), from the same store as the
 //! gateway: sessions and sign-in links are store rows, so any node serves any user, and every
@@ -10,6 +11,7 @@
 
 mod account;
 mod error;
+mod feed;
 mod keys;
 mod mail;
 mod pages;
@@ -108,6 +110,9 @@ pub fn router(state: PortalState) -> Router {
             "/keys/{id}/revoke",
             get(keys::revoke_form).post(keys::revoke),
         )
+        .route("/feed", get(feed::show))
+        .route("/feed/request", post(feed::request))
+        .route("/feed/rotate", get(feed::rotate_form).post(feed::rotate))
         .route("/account", get(account::show))
         .route("/usage", get(account::usage))
         .route("/usage.csv", get(account::usage_csv))

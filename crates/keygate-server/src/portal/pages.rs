@@ -23,6 +23,13 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("keys.html", include_str!("templates/keys.html")),
     ("rotate.html", include_str!("templates/rotate.html")),
     ("revoke.html", include_str!("templates/revoke.html")),
+    ("action.html", include_str!("templates/action.html")),
+    ("shown.html", include_str!("templates/shown.html")),
+    ("feed.html", include_str!("templates/feed.html")),
+    (
+        "feed_rotate.html",
+        include_str!("templates/feed_rotate.html"),
+    ),
     ("account.html", include_str!("templates/account.html")),
     ("usage.html", include_str!("templates/usage.html")),
     ("bookmakers.html", include_str!("templates/bookmakers.html")),
@@ -98,7 +105,14 @@ pub(crate) fn page(
     name: &str,
     ctx: Value,
 ) -> Result<Response, PortalError> {
-    let html = state.pages.render(name, visit, signed_in, ctx)?;
+    // The Messaging feed entry needs `[amqp]` on this node, which the gateway knows.
+    let messaging_feed = state.gateway().amqp.get().is_some();
+    let html = state.pages.render(
+        name,
+        visit,
+        signed_in,
+        context! { messaging_feed => messaging_feed, ..ctx },
+    )?;
     Ok(visit.finish(state, (status, Html(html)).into_response()))
 }
 
@@ -147,8 +161,8 @@ mod tests {
         assert!(!html.contains("Odds<Stream>"));
         assert!(html.contains(&visit.csrf));
         let key = context! { id => "key_0123456789abcdef", hint => "kg_ab…yz", label => "prod" };
-        let ctx =
-            context! { key => key, plan => context! { name => "free" }, limits => context! {} };
+        let feed = context! { user => "op-acme", state => "active", live => true };
+        let ctx = context! { key => key, feed => feed, plan => context! { name => "free" }, limits => context! {} };
         for (name, _) in TEMPLATES {
             pages
                 .render(name, &visit, Some("ann@acme.test"), ctx.clone())

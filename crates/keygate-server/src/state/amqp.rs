@@ -1,6 +1,7 @@
 //! The node's side of messaging feeds (`[amqp]`, crate `keygate_amqp`): the background task
-//! that makes the broker follow client disables, enables and other nodes' feed changes, and
-//! the feed's lines in `/status` and `/metrics`. The admin endpoints are in `admin::amqp`.
+//! that makes the broker follow client disables, enables, deletions and other nodes' feed
+//! changes (on the one node holding the broker lease), and the feed's lines in `/status` and
+//! `/metrics`. The admin endpoints are in `admin::amqp`.
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub(crate) fn start(
     let status = Arc::new(EnforcerStatus::default());
     tokio::spawn(keygate_amqp::enforce(
         feeds.clone(),
+        node_name(),
         Arc::clone(&status),
         async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
@@ -45,6 +47,20 @@ pub(crate) fn start(
     ));
     let _ = gw.amqp.set(AmqpNode { feeds, status });
     Ok(())
+}
+
+/// This node's name in the broker lease: the host, the process and a random part (two nodes
+/// on one host, or a restarted node, never share a name).
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    let mut r = [0u8; 3];
+    let _ = getrandom::fill(&mut r);
+    let r: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{}:{r}", std::process::id())
 }
 
 /// `/status`'s `amqp` section: `null` without `[amqp]`.
@@ -60,6 +76,9 @@ pub(crate) fn status(gw: &Gateway) -> Value {
         "drift_items": r.drift,
         "last_check": r.last_check,
         "last_error": r.last_error,
+        "node": r.node,
+        "acting_node": r.acting_node,
+        "acting": r.acting,
     })
 }
 
@@ -80,6 +99,12 @@ pub(crate) fn render_metrics(gw: &Gateway, out: &mut String) {
         "keygate_amqp_drift_items",
         "Differences between the broker and the store at the last drift check.",
         r.drift.as_ref().map_or(0, Vec::len),
+    );
+    write_gauge(
+        out,
+        "keygate_amqp_acting",
+        "1 when this node holds the broker lease and acts on the broker for change-feed events.",
+        u8::from(r.acting),
     );
     write_gauge(
         out,

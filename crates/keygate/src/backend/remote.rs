@@ -146,8 +146,9 @@ impl Remote {
         })
     }
 
-    /// A create or rotate, retried on connection failures under one idempotency key.
-    async fn issue(&self, path: &str, body: &Value) -> anyhow::Result<Issued> {
+    /// A create or rotate (of a key or a feed), retried on connection failures under one
+    /// idempotency key.
+    async fn issue<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw)
             .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
@@ -270,6 +271,12 @@ impl Remote {
         let verb = if active { "enable" } else { "disable" };
         let path = format!("/v1/clients/{}/{verb}", segment(name));
         self.call(Method::POST, &path, &[], None, None).await
+    }
+
+    /// `DELETE /v1/clients/{client}`.
+    pub(crate) async fn delete_client(&self, name: &str) -> anyhow::Result<Value> {
+        let path = format!("/v1/clients/{}", segment(name));
+        self.call(Method::DELETE, &path, &[], None, None).await
     }
 
     pub(crate) async fn create_key(
@@ -402,12 +409,11 @@ impl Remote {
         match cmd {
             C::Provision { client, slug } => {
                 let body = json!({ "slug": slug });
-                self.call(Method::POST, &feed(client), &[], Some(&body), None)
-                    .await
+                self.issue(&feed(client), &body).await
             }
             C::Rotate { client } => {
                 let path = format!("{}/rotate", feed(client));
-                self.call(Method::POST, &path, &[], None, None).await
+                self.issue(&path, &json!({})).await
             }
             C::Revoke { client } => {
                 let path = format!("{}/revoke", feed(client));

@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::cli::AmqpCommand;
 use crate::output;
 
-fn feeds(ctx: &Context, store: &keygate_store::Store) -> anyhow::Result<Feeds> {
+pub(crate) fn feeds(ctx: &Context, store: &keygate_store::Store) -> anyhow::Result<Feeds> {
     let raw = ctx.config.amqp.as_ref().ok_or(AmqpError::NotConfigured)?;
     let config = AmqpConfig::compile(raw, &|name| std::env::var(name).ok())
         .map_err(|errors| anyhow::anyhow!(errors.join("; ")))?;

@@ -3,7 +3,10 @@
 use keygate_core::{Client, LimitOverrides};
 use keygate_store::{ClientFilter, ClientUpdate, LimitPatch, NewClient};
 
+use serde_json::Value;
+
 use super::Context;
+use crate::backend::Backend;
 use crate::cli::{ClientCommand, ClientCreate, ClientList, ClientUpdateArgs, UsageArgs};
 use crate::output;
 
@@ -19,6 +22,7 @@ pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()>
                 .set_client_active(&ctx.actor, &name, false)
                 .await?,
         ),
+        ClientCommand::Delete { name } => delete(ctx, &name).await,
         ClientCommand::Usage(args) => usage(ctx, args).await,
         ClientCommand::Enable { name } => show_one(
             ctx,
@@ -140,6 +144,41 @@ async fn update(ctx: &Context, args: ClientUpdateArgs) -> anyhow::Result<()> {
         .update_client(&ctx.actor, &args.name, update)
         .await?;
     show_one(ctx, &client)
+}
+
+/// Deletes locally (removing the feed from the broker too when `[amqp]` and the operator's
+/// credentials are at hand; otherwise the running node acting on the broker does) or through
+/// the admin API; the same document either way.
+async fn delete(ctx: &Context, name: &str) -> anyhow::Result<()> {
+    let doc = match &ctx.backend {
+        Backend::Local(store) => {
+            let deleted = store.delete_client(&ctx.actor, name).await?;
+            let feeds = match (&deleted.feed, &ctx.config.amqp) {
+                (Some(_), Some(_)) => super::amqp::feeds(ctx, store).ok(),
+                _ => None,
+            };
+            serde_json::to_value(
+                keygate_server::admin::finish_deletion(feeds.as_ref(), deleted).await,
+            )?
+        }
+        Backend::Remote(r) => r.delete_client(name).await?,
+    };
+    if ctx.json {
+        output::json(&doc);
+        return Ok(());
+    }
+    let text = |f: &str| match &doc[f] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    output::fields(&[
+        ("deleted", text("name")),
+        ("id", text("id")),
+        ("keys revoked", text("keys_revoked")),
+        ("portal users", text("portal_users")),
+        ("feed", text("feed")),
+    ]);
+    Ok(())
 }
 
 fn limits_text(l: &LimitOverrides) -> String {

@@ -11,14 +11,19 @@
 #   bench/portal.sh                      # W=1, 3 reps, 10 s per run
 #   REPS=1 DUR=5s bench/portal.sh
 #
+# Two portal loads: a flood (PCONNS connections, each asking again as soon as answered) and a
+# paced one, heavy for a portal but not a flood (PACED connections, each waiting PACE_MS between
+# pages: at most PACED * 1000 / PACE_MS pages a second, 400 by default).
+#
 # The portal's load generator runs at `nice` PORTAL_WRK_NICE (19): it stands in for browsers on
 # other machines, and on a shared two-core rig its own CPU would otherwise be counted against the
 # portal. PORTAL_WRK_NICE=0 measures the rig as it is. "portal alone" is the portal's rate with
 # the gateway idle, to show the portal thread's lower priority costs it nothing then.
 #
 # Knobs: W (1), REPS (3), DUR (10s), THREADS (1 per wrk), CONNS (32 gateway), PCONNS (32
-# portal), PORTAL_WRK_NICE (19), BUILD (1: cargo build --release first), KG (the binary).
-# Ports 18300-18302, loopback.
+# portal flood), PACED (4), PACE_MS (10), PORTAL_WRK_NICE (19), PRIORITY (unset: the default;
+# else [portal] priority), BUILD (1: cargo build --release first), KG (the binary). Ports
+# 18300-18302, loopback.
 # Every process started here is stopped by PID, also on exit.
 set -euo pipefail
 
@@ -31,6 +36,8 @@ THREADS=${THREADS:-1}
 CONNS=${CONNS:-32}
 PCONNS=${PCONNS:-32}
 PORTAL_WRK_NICE=${PORTAL_WRK_NICE:-19}
+PACED=${PACED:-4}
+PACE_MS=${PACE_MS:-10}
 BUILD=${BUILD:-1}
 KG=${KG:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keygate}
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/kg-portal-bench.XXXXXX")
@@ -64,6 +71,7 @@ path = "/{*rest}"
 [portal]
 listen = "127.0.0.1:18302"
 name = "Bench"
+${PRIORITY:+priority = \"$PRIORITY\"}
 TOML
 
 kg() { "$KG" --config "$RUN/keygate.toml" --json "$@"; }
@@ -91,34 +99,43 @@ COOKIE="session=$SESSION; csrf=$CSRF"
 test "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $COOKIE" http://127.0.0.1:18302/keys)" = 200
 test "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $KEY" http://127.0.0.1:18300/v1/whoami)" = 200
 
-# rps and p99 (ms) of one wrk run, at niceness NICE (0).
-measure() { # url header conns
-  nice -n "${NICE:-0}" wrk -t"$THREADS" -c"$3" -d"$DUR" --latency -H "$2" "$1" | awk '
+# rps and p99 (ms) of one wrk run, at niceness NICE (0), with an optional wrk Lua script.
+measure() { # url header conns [script]
+  nice -n "${NICE:-0}" wrk -t"$THREADS" -c"$3" -d"$DUR" --latency ${4:+-s "$4"} -H "$2" "$1" | awk '
     /Requests\/sec/ { rps = $2 }
     /^ +99%/ { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 } p99 = v }
     END { printf "%s %s\n", rps, p99 }'
 }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-
-: > "$RUN/alone"; : > "$RUN/loaded"; : > "$RUN/portal"; : > "$RUN/portal-alone"
-for rep in $(seq 1 "$REPS"); do
-  measure http://127.0.0.1:18300/v1/whoami "X-API-Key: $KEY" "$CONNS" >> "$RUN/alone"
-  NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18302/keys "Cookie: $COOKIE" "$PCONNS" >> "$RUN/portal-alone"
-  NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18302/keys "Cookie: $COOKIE" "$PCONNS" > "$RUN/portal.$rep" &
-  PORTAL_WRK=$!
+gateway() { measure http://127.0.0.1:18300/v1/whoami "X-API-Key: $KEY" "$CONNS"; }
+portal() { NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18302/keys "Cookie: $COOKIE" "$@"; }
+# The gateway measured while the portal is loaded: case name, portal connections, [script].
+under_portal() {
+  portal "$2" "${3:-}" > "$RUN/$1.portal.$rep" &
+  local pw=$!
   sleep 0.2
-  measure http://127.0.0.1:18300/v1/whoami "X-API-Key: $KEY" "$CONNS" >> "$RUN/loaded"
-  wait "$PORTAL_WRK"
-  cat "$RUN/portal.$rep" >> "$RUN/portal"
+  gateway >> "$RUN/$1"
+  wait "$pw"
+  cat "$RUN/$1.portal.$rep" >> "$RUN/$1.portal"
+}
+# The paced portal load: each connection waits PACE_MS between pages.
+printf 'function delay() return %s end\n' "$PACE_MS" > "$RUN/pace.lua"
+
+for rep in $(seq 1 "$REPS"); do
+  gateway >> "$RUN/alone"
+  portal "$PCONNS" >> "$RUN/portal-alone"
+  under_portal flood "$PCONNS"
+  under_portal paced "$PACED" "$RUN/pace.lua"
 done
 
-A_RPS=$(cut -d' ' -f1 "$RUN/alone" | median); A_P99=$(cut -d' ' -f2 "$RUN/alone" | median)
-L_RPS=$(cut -d' ' -f1 "$RUN/loaded" | median); L_P99=$(cut -d' ' -f2 "$RUN/loaded" | median)
-P_RPS=$(cut -d' ' -f1 "$RUN/portal" | median)
-PA_RPS=$(cut -d' ' -f1 "$RUN/portal-alone" | median)
-printf '| case | gateway req/s | gateway p99 ms | portal /keys req/s |\n|---|---|---|---|\n'
-printf '| gateway alone | %s | %s | - |\n' "$A_RPS" "$A_P99"
-printf '| portal alone | - | - | %s |\n' "$PA_RPS"
-printf '| gateway + portal under load | %s | %s | %s |\n' "$L_RPS" "$L_P99" "$P_RPS"
-awk -v a="$A_RPS" -v l="$L_RPS" -v ap="$A_P99" -v lp="$L_P99" \
-  'BEGIN { printf "ratio (loaded / alone): throughput %.2f, p99 %.2f\n", l / a, lp / ap }'
+col() { cut -d' ' -f"$2" "$RUN/$1" | median; }
+A_RPS=$(col alone 1); A_P99=$(col alone 2)
+printf '| case | gateway req/s | gateway p99 ms | portal /keys req/s | gateway ratio (req/s, p99) |\n|---|---|---|---|---|\n'
+printf '| gateway alone | %s | %s | - | 1 |\n' "$A_RPS" "$A_P99"
+printf '| portal alone | - | - | %s | - |\n' "$(col portal-alone 1)"
+for c in flood paced; do
+  L_RPS=$(col $c 1); L_P99=$(col $c 2)
+  awk -v c="$c" -v a="$A_RPS" -v l="$L_RPS" -v ap="$A_P99" -v lp="$L_P99" -v p="$(col $c.portal 1)" \
+    -v n="$([ $c = flood ] && echo "$PCONNS connections back to back" || echo "$PACED connections, ${PACE_MS} ms apart")" \
+    'BEGIN { printf "| gateway + portal (%s) | %s | %s | %s | %.2f, %.2f |\n", n, l, lp, p, l / a, lp / ap }'
+done

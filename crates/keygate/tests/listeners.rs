@@ -237,36 +237,44 @@ async fn out_of_file_descriptors_the_gateway_backs_off_quietly_and_recovers() {
     );
 }
 
-/// The nice value of the task whose `/proc` directory is `dir`: field 19 of its `stat`.
-fn nice_of(dir: &Path) -> i64 {
+/// The scheduling of the task whose `/proc` directory is `dir`: its nice value and policy
+/// (fields 19 and 41 of its `stat`; policy 0 is `SCHED_OTHER`, 5 `SCHED_IDLE`).
+fn scheduling(dir: &Path) -> (i64, u32) {
     let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
     // After the name in parentheses, state is field 3.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split(' ').nth(16).unwrap().parse().unwrap()
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    (fields[16].parse().unwrap(), fields[38].parse().unwrap())
 }
 
-/// The nice value of every thread of `pid` named `name` (as truncated to 15 bytes).
-fn niceness(pid: u32, name: &str) -> Vec<i64> {
+/// The scheduling of every thread of `pid` named `name` (as truncated to 15 bytes).
+fn threads(pid: u32, name: &str) -> Vec<(i64, u32)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         if comm.trim() == name {
-            found.push(nice_of(&dir));
+            found.push(scheduling(&dir));
         }
     }
     found
 }
 
-/// The portal renders pages on a thread of its own at a lower priority, so a flood of page
-/// loads neither delays the gateway's workers nor the node's change feed.
+/// The portal renders pages on a thread of its own below the gateway's priority, so a flood of
+/// page loads neither delays the gateway's workers nor the node's change feed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_portal_runs_on_its_own_thread_below_the_gateway_s_priority() {
+    const OTHER: u32 = 0;
+    const IDLE: u32 = 5;
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keygate.db");
     let key = issue_key(&db);
-    for (setting, lower_by) in [("", 10), ("nice = 3\n", 3), ("nice = 0\n", 0)] {
+    for (setting, nice_above, policy) in [
+        ("", 0, IDLE),
+        ("priority = \"idle\"\n", 0, IDLE),
+        ("priority = \"low\"\n", 10, OTHER),
+        ("priority = \"normal\"\n", 0, OTHER),
+    ] {
         let portal = format!("127.0.0.1:{}", free_port());
         let listen = format!("127.0.0.1:{}", free_port());
         let mut g = spawn(
@@ -286,14 +294,13 @@ async fn the_portal_runs_on_its_own_thread_below_the_gateway_s_priority() {
         assert_eq!(status(&listen, &key).await, Some(200));
 
         // The process's main thread runs the admin API and the change feed.
-        let base = nice_of(Path::new(&format!("/proc/{}", g.proc.id())));
-        let workers = niceness(g.proc.id(), "keygate-worker-");
-        let portal_threads = niceness(g.proc.id(), "keygate-portal");
+        let (base, _) = scheduling(Path::new(&format!("/proc/{}", g.proc.id())));
+        let workers = threads(g.proc.id(), "keygate-worker-");
         assert!(!workers.is_empty(), "no worker threads found");
-        assert!(workers.iter().all(|&n| n == base), "{workers:?}");
+        assert!(workers.iter().all(|&w| w == (base, OTHER)), "{workers:?}");
         assert_eq!(
-            portal_threads,
-            vec![(base + lower_by).min(19)],
+            threads(g.proc.id(), "keygate-portal"),
+            vec![((base + nice_above).min(19), policy)],
             "with `{setting}`"
         );
         g.proc.kill();
@@ -301,12 +308,12 @@ async fn the_portal_runs_on_its_own_thread_below_the_gateway_s_priority() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_portal_nice_value_out_of_range_is_refused() {
+async fn an_unknown_portal_priority_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("keygate.toml");
     std::fs::write(
         &file,
-        "[portal]\nlisten = \"127.0.0.1:0\"\nnice = -5\n\n[upstreams.default]\nurl = \"http://127.0.0.1:9\"\n",
+        "[portal]\nlisten = \"127.0.0.1:0\"\npriority = \"lowest\"\n\n[upstreams.default]\nurl = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -317,7 +324,7 @@ async fn a_portal_nice_value_out_of_range_is_refused() {
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("nice: -5 is not a niceness from 0 to 19"),
+        text.contains("portal.priority `lowest` is not `idle`, `low` or `normal`"),
         "{text}"
     );
 }

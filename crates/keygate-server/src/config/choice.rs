@@ -201,3 +201,11 @@ mod tests {
         assert!(toml::from_str::<Doc>("by = 1\nbackend = \"local\"").is_err());
     }
 }
+
+impl Spelled for super::compile_portal::CpuPriority {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("idle", Self::Idle),
+        ("low", Self::Low),
+        ("normal", Self::Normal),
+    ];
+}

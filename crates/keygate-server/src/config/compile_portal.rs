@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use keygate_core::Slug;
 
+use super::choice::Choice;
 use super::errors::{Errors, Zero};
 use super::raw_portal::{RawPortal, RawSmtp};
 use super::spanned::Spanned;
@@ -36,8 +37,8 @@ pub struct PortalSettings {
     pub sign_in_per_source: u32,
     /// Most open connections on the portal's listener; past it a new one is closed at once.
     pub max_connections: usize,
-    /// The `nice` value of the portal's thread (0 to 19); see `runtime::portal_thread`.
-    pub nice: i32,
+    /// The CPU priority of the portal's thread; see `runtime::portal_thread`.
+    pub priority: CpuPriority,
     /// `[portal.tls]`: the listener terminates TLS itself.
     pub tls: Option<crate::tls::ListenerTls>,
     pub smtp: Option<SmtpSettings>,
@@ -80,8 +81,17 @@ pub struct SmtpSettings {
 }
 
 const DEFAULT_SESSION: Duration = Duration::from_secs(12 * 3600);
-/// Under contention CFS gives a nice-10 thread about a tenth of a nice-0 thread's share.
-const DEFAULT_NICE: i32 = 10;
+/// `[portal] priority`: how the portal's thread shares the CPU with the gateway's workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuPriority {
+    /// Linux's `SCHED_IDLE`: the portal runs when the gateway leaves a core idle and yields at
+    /// once when a worker wakes (the default).
+    Idle,
+    /// `nice` 10 above the process: about a tenth of a worker's share while both want a core.
+    Low,
+    /// The gateway's own priority.
+    Normal,
+}
 
 fn color(field: &str, raw: Option<&String>, default: &str, err: &mut impl FnMut(String)) -> String {
     let Some(c) = raw else {
@@ -220,19 +230,11 @@ pub(super) fn compile(
             1024
         }
     };
-    let nice = match r.nice {
-        None => DEFAULT_NICE,
-        Some(n @ 0..=19) => i32::try_from(n).unwrap_or(DEFAULT_NICE),
-        Some(n) => {
-            err(format!(
-                "nice: {n} is not a niceness from 0 to 19 (0 runs the portal at the gateway's priority)"
-            ));
-            DEFAULT_NICE
-        }
-    };
     let smtp = r.smtp.as_ref().and_then(|s| smtp(s, tooling, &mut err));
     report(errors, &span, list);
     let tls = super::compile_tls::listener(r.tls.as_ref(), "portal.tls", read_files, errors);
+    let priority = Choice::read(r.priority.as_ref(), "portal.priority", Some(&span), errors)
+        .unwrap_or(CpuPriority::Idle);
     Some(PortalSettings {
         listen,
         secure_cookies: base_url.starts_with("https://"),
@@ -250,7 +252,7 @@ pub(super) fn compile(
         sign_in_per_address,
         sign_in_per_source,
         max_connections,
-        nice,
+        priority,
         tls,
         smtp,
     })

@@ -29,7 +29,7 @@ use crate::policy::routes::RouteTable;
 use crate::policy::upstream::UpstreamSpec;
 
 pub use compile::{default_config, load};
-pub use compile_portal::{Colors, PortalSettings, SmtpSettings};
+pub use compile_portal::{Colors, CpuPriority, PortalSettings, SmtpSettings};
 pub use errors::{ConfigError, ConfigErrors};
 
 /// Values given on the command line, which win over the file.

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::choice::Choice;
+use super::compile_portal::CpuPriority;
 use super::errors::DurationSetting;
 use super::raw::RawTls;
 use super::spanned::Spanned;
@@ -47,9 +49,8 @@ pub(crate) struct RawPortal {
     pub(crate) sign_in_per_source: Option<i64>,
     /// Most open connections on the portal's listener (default 1024).
     pub(crate) max_connections: Option<i64>,
-    /// The portal thread's `nice` value, 0 to 19 (default 10): under load the gateway's
-    /// workers and the node's change feed get the cores first.
-    pub(crate) nice: Option<i64>,
+    /// `idle` (default), `low` or `normal`: how the portal's thread yields to the gateway.
+    pub(crate) priority: Option<Choice<CpuPriority>>,
     /// `[portal.tls]`: TLS on the portal's own listener, the fields of `[server.tls]`.
     pub(crate) tls: Option<Spanned<RawTls>>,
     pub(crate) smtp: Option<RawSmtp>,

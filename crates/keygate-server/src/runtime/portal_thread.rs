@@ -1,18 +1,19 @@
-//! The customer portal on a thread of its own, at a lower CPU priority.
+//! The customer portal on a thread of its own, below the gateway's CPU priority.
 //!
 //! A customer reloading a page is worth less than a request's latency or a revocation reaching
 //! this node within a second. The node's main runtime is one thread (admin API, change feed,
 //! usage flush); on it, pages rendered under load delayed the change feed, and the portal took
-//! CPU from the gateway's workers (0.69x of the gateway's throughput in `bench/portal.sh`). So
+//! CPU from the gateway's workers (0.72x of the gateway's throughput in `bench/portal.sh`). So
 //! the portal gets:
 //! - one thread and its own runtime: at most one core's worth of CPU, nothing queued on the
 //!   main runtime;
 //! - its own small store pool, opened on that runtime, so its queries neither wait for nor hold
 //!   the node's connections (and SQLite's connection threads start from this thread, which
-//!   passes its priority on);
-//! - `[portal] nice` added to the process's niceness (default 10): when the cores are busy,
-//!   Linux's scheduler gives the thread about a tenth of a normal thread's share, and all the
-//!   CPU when they are idle.
+//!   passes its scheduling on);
+//! - `[portal] priority`: by default Linux's `SCHED_IDLE`, so it runs on what the workers leave
+//!   idle and gives a core up the moment a worker wakes. A `nice` value alone was not enough:
+//!   the workers sleep between requests, and a nice-10 portal filling those gaps still took 0.6
+//!   of a core and a quarter of the gateway's throughput (BENCHMARKS.md).
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use keygate_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::PortalSettings;
+use crate::config::{CpuPriority, PortalSettings};
 use crate::runtime::server::{serve_http1, ServeError};
 use crate::state::live::Live;
 use crate::tls::ServerTls;
@@ -45,7 +46,7 @@ pub(crate) async fn start(
         .name("keygate-portal".to_owned())
         .spawn(move || {
             let _done = done;
-            lower_priority(settings.nice);
+            lower_priority(settings.priority);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -110,15 +111,28 @@ async fn serve(
     serve_http1(gw, crate::portal::router(state), (listener, tls), cap, stop).await;
 }
 
-/// Adds `nice` to this thread's niceness (Linux keeps one per thread; threads it starts inherit
-/// it). Raising it needs no privilege; a failure only costs the bound, so it is logged.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    let now = rustix::process::getpriority_process(None).unwrap_or(0);
-    let target = (now + nice).min(19);
-    if let Err(e) = rustix::process::setpriority_process(None, target) {
-        tracing::warn!(error = %e, nice = target, "Cannot lower the portal thread's priority.");
+/// Lowers this thread's scheduling (Linux keeps it per thread; threads it starts inherit it).
+/// Lowering needs no privilege; a failure only costs the bound, so it is logged.
+fn lower_priority(priority: CpuPriority) {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let done = match priority {
+        CpuPriority::Normal => return,
+        CpuPriority::Idle => set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        )
+        .map_err(|e| format!("{e:?}")),
+        CpuPriority::Low => {
+            let now = rustix::process::getpriority_process(None).unwrap_or(0);
+            rustix::process::setpriority_process(None, (now + 10).min(19))
+                .map_err(|e| e.to_string())
+        }
+    };
+    if let Err(error) = done {
+        tracing::warn!(%error, ?priority, "Cannot lower the portal thread's priority.");
     }
 }

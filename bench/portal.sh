@@ -53,6 +53,7 @@ if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release --locked -q -p keygate --bin keygate)
 fi
 
+PRIORITY_LINE=${PRIORITY:+priority = \"$PRIORITY\"}
 cat > "$RUN/keygate.toml" <<TOML
 [server]
 listen = "127.0.0.1:18300"
@@ -71,7 +72,7 @@ path = "/{*rest}"
 [portal]
 listen = "127.0.0.1:18302"
 name = "Bench"
-${PRIORITY:+priority = \"$PRIORITY\"}
+$PRIORITY_LINE
 TOML
 
 kg() { "$KG" --config "$RUN/keygate.toml" --json "$@"; }

@@ -122,21 +122,56 @@ under_portal() {
 # The paced portal load: each connection waits PACE_MS between pages.
 printf 'function delay() return %s end\n' "$PACE_MS" > "$RUN/pace.lua"
 
+# The control: the same paced load on a copy of the Keys page served by nginx (no keygate
+# work at all), which is what the load generator, loopback TCP and a second server cost the
+# gateway on this machine anyway. Skipped without nginx.
+CONTROL=0
+if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+  CONTROL=1
+  mkdir -p "$RUN/www" "$RUN/nginx"
+  curl -s -H "Cookie: $COOKIE" http://127.0.0.1:18302/keys > "$RUN/www/keys"
+  cat > "$RUN/nginx/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $RUN/nginx/nginx.pid;
+error_log $RUN/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $RUN/nginx;
+  server { listen 127.0.0.1:18303; root $RUN/www; default_type text/html; }
+}
+NGINX
+  "$(command -v nginx || echo /usr/sbin/nginx)" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf" &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18303/keys >/dev/null && break; sleep 0.1; done
+fi
+control() { # the paced load on nginx, while the gateway is measured
+  NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18303/keys "Cookie: x" "$PACED" "$RUN/pace.lua" > "$RUN/control.portal.$rep" &
+  local pw=$!
+  sleep 0.2
+  gateway >> "$RUN/control"
+  wait "$pw"
+  cat "$RUN/control.portal.$rep" >> "$RUN/control.portal"
+}
+
 for rep in $(seq 1 "$REPS"); do
   gateway >> "$RUN/alone"
   portal "$PCONNS" >> "$RUN/portal-alone"
   under_portal flood "$PCONNS"
   under_portal paced "$PACED" "$RUN/pace.lua"
+  if [ "$CONTROL" = 1 ]; then control; fi
 done
 
 col() { cut -d' ' -f"$2" "$RUN/$1" | median; }
 A_RPS=$(col alone 1); A_P99=$(col alone 2)
-printf '| case | gateway req/s | gateway p99 ms | portal /keys req/s | gateway ratio (req/s, p99) |\n|---|---|---|---|---|\n'
+printf '| case | gateway req/s | gateway p99 ms | pages/s | gateway ratio (req/s, p99) |\n|---|---|---|---|---|\n'
 printf '| gateway alone | %s | %s | - | 1 |\n' "$A_RPS" "$A_P99"
 printf '| portal alone | - | - | %s | - |\n' "$(col portal-alone 1)"
-for c in flood paced; do
+CASES="flood paced"; [ "$CONTROL" = 1 ] && CASES="$CASES control"
+for c in $CASES; do
   L_RPS=$(col $c 1); L_P99=$(col $c 2)
   awk -v c="$c" -v a="$A_RPS" -v l="$L_RPS" -v ap="$A_P99" -v lp="$L_P99" -v p="$(col $c.portal 1)" \
-    -v n="$([ $c = flood ] && echo "$PCONNS connections back to back" || echo "$PACED connections, ${PACE_MS} ms apart")" \
-    'BEGIN { printf "| gateway + portal (%s) | %s | %s | %s | %.2f, %.2f |\n", n, l, lp, p, l / a, lp / ap }'
+    -v n="$(case $c in flood) echo "portal, $PCONNS connections back to back" ;; paced) echo "portal, $PACED connections ${PACE_MS} ms apart" ;; *) echo "control: the same paced load on nginx" ;; esac)" \
+    'BEGIN { printf "| gateway + %s | %s | %s | %s | %.2f, %.2f |\n", n, l, lp, p, l / a, lp / ap }'
 done

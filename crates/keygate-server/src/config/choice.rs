@@ -182,6 +182,14 @@ impl Spelled for SelfServiceWord {
     ];
 }
 
+impl Spelled for super::compile_portal::CpuPriority {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("idle", Self::Idle),
+        ("low", Self::Low),
+        ("normal", Self::Normal),
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,12 +208,4 @@ mod tests {
         // Not a string at all is still the parser's error.
         assert!(toml::from_str::<Doc>("by = 1\nbackend = \"local\"").is_err());
     }
-}
-
-impl Spelled for super::compile_portal::CpuPriority {
-    const SPELLINGS: &'static [(&'static str, Self)] = &[
-        ("idle", Self::Idle),
-        ("low", Self::Low),
-        ("normal", Self::Normal),
-    ];
 }

@@ -450,14 +450,11 @@ async fn a_broker_outage_leaves_the_gateway_serving_and_feed_operations_answer_5
     let _ = &node.mq;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_within_a_second() {
-    let Some(mq) = keygate_test::rabbitmq().await else {
-        return;
-    };
-    let Some(pg) = keygate_test::postgres_schema("kg_amqp").await else {
-        return;
-    };
+/// Two nodes on one fresh PostgreSQL schema and the machine's RabbitMQ, the second started after
+/// the first; `None` outside CI where either service is missing.
+async fn postgres_pair(schema: &str) -> Option<(Node, Node)> {
+    let mq = keygate_test::rabbitmq().await?;
+    let pg = keygate_test::postgres_schema(schema).await?;
     let migrate = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["--db", &pg, "migrate"])
         .output()
@@ -469,6 +466,14 @@ async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_w
     );
     let a = Node::start_on(mq.clone(), None, Some(pg.clone()), None).await;
     let b = Node::start_on(mq, None, Some(pg), Some(&a)).await;
+    Some((a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_postgres_cluster_a_disable_or_revoke_on_one_node_closes_the_feed_within_a_second() {
+    let Some((a, b)) = postgres_pair("kg_amqp").await else {
+        return;
+    };
     let name = format!("Cluster {}", tag());
     a.json(false, &["client", "create", &name]);
     let path = format!("/v1/clients/{}", name.replace(' ', "%20"));
@@ -728,23 +733,9 @@ async fn a_retried_feed_provision_or_rotate_returns_the_first_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_postgres_cluster_one_node_acts_on_the_broker_and_another_takes_over() {
-    let Some(mq) = keygate_test::rabbitmq().await else {
+    let Some((a, b)) = postgres_pair("kg_amqp_lease").await else {
         return;
     };
-    let Some(pg) = keygate_test::postgres_schema("kg_amqp_lease").await else {
-        return;
-    };
-    let migrate = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--db", &pg, "migrate"])
-        .output()
-        .unwrap();
-    assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
-    let a = Node::start_on(mq.clone(), None, Some(pg.clone()), None).await;
-    let b = Node::start_on(mq, None, Some(pg), Some(&a)).await;
 
     // Both nodes name the same acting node, which says it acts.
     let acting = |deadline: Duration| {

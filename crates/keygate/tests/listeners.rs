@@ -270,7 +270,7 @@ async fn the_portal_runs_on_its_own_thread_below_the_gateway_s_priority() {
     let db = dir.path().join("keygate.db");
     let key = issue_key(&db);
     for (setting, nice_above, policy) in [
-        ("", 0, IDLE),
+        ("", 10, OTHER),
         ("priority = \"idle\"\n", 0, IDLE),
         ("priority = \"low\"\n", 10, OTHER),
         ("priority = \"normal\"\n", 0, OTHER),

@@ -85,9 +85,11 @@ const DEFAULT_SESSION: Duration = Duration::from_secs(12 * 3600);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuPriority {
     /// Linux's `SCHED_IDLE`: the portal runs when the gateway leaves a core idle and yields at
-    /// once when a worker wakes (the default).
+    /// once when a worker wakes. With the cores saturated it nearly stops, also in the middle
+    /// of a store write whose lock others then wait for: for nodes whose portal may wait.
     Idle,
-    /// `nice` 10 above the process: about a tenth of a worker's share while both want a core.
+    /// `nice` 10 above the process (the default): about a tenth of a worker's share while both
+    /// want a core, so the portal's writes still finish under load.
     Low,
     /// The gateway's own priority.
     Normal,
@@ -234,7 +236,7 @@ pub(super) fn compile(
     report(errors, &span, list);
     let tls = super::compile_tls::listener(r.tls.as_ref(), "portal.tls", read_files, errors);
     let priority = Choice::read(r.priority.as_ref(), "portal.priority", Some(&span), errors)
-        .unwrap_or(CpuPriority::Idle);
+        .unwrap_or(CpuPriority::Low);
     Some(PortalSettings {
         listen,
         secure_cookies: base_url.starts_with("https://"),

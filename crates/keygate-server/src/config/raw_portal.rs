@@ -49,7 +49,7 @@ pub(crate) struct RawPortal {
     pub(crate) sign_in_per_source: Option<i64>,
     /// Most open connections on the portal's listener (default 1024).
     pub(crate) max_connections: Option<i64>,
-    /// `idle` (default), `low` or `normal`: how the portal's thread yields to the gateway.
+    /// `low` (default), `idle` or `normal`: how the portal's thread yields to the gateway.
     pub(crate) priority: Option<Choice<CpuPriority>>,
     /// `[portal.tls]`: TLS on the portal's own listener, the fields of `[server.tls]`.
     pub(crate) tls: Option<Spanned<RawTls>>,

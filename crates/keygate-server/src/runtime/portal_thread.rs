@@ -2,18 +2,19 @@
 //!
 //! A customer reloading a page is worth less than a request's latency or a revocation reaching
 //! this node within a second. The node's main runtime is one thread (admin API, change feed,
-//! usage flush); on it, pages rendered under load delayed the change feed, and the portal took
-//! CPU from the gateway's workers (0.72x of the gateway's throughput in `bench/portal.sh`). So
-//! the portal gets:
+//! usage flush); on it, page loads queued beside the change feed, and the portal took CPU from
+//! the gateway's workers (0.72x of the gateway's throughput in `bench/portal.sh`). So the
+//! portal gets:
 //! - one thread and its own runtime: at most one core's worth of CPU, nothing queued on the
 //!   main runtime;
 //! - its own small store pool, opened on that runtime, so its queries neither wait for nor hold
 //!   the node's connections (and SQLite's connection threads start from this thread, which
 //!   passes its scheduling on);
-//! - `[portal] priority`: by default Linux's `SCHED_IDLE`, so it runs on what the workers leave
-//!   idle and gives a core up the moment a worker wakes. A `nice` value alone was not enough:
-//!   the workers sleep between requests, and a nice-10 portal filling those gaps still took 0.6
-//!   of a core and a quarter of the gateway's throughput (BENCHMARKS.md).
+//! - `[portal] priority`: by default `nice` 10 above the process, so while a worker wants the
+//!   core the portal gets about a tenth of it. `idle` (Linux's `SCHED_IDLE`) yields more (the
+//!   portal then runs only on what the workers leave), but a saturated node would then all but
+//!   stop the portal in the middle of a store write, holding the write lock others wait for;
+//!   `bench/portal.sh` measured the two within a few percent of each other (BENCHMARKS.md).
 
 use std::sync::Arc;
 

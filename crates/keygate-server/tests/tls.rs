@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,29 @@ fn rotate(dir: &Path, stem: &str, issued: &Issued) {
     std::fs::rename(cert, dir.join(format!("{stem}.pem"))).unwrap();
 }
 
+/// One anonymous GET of `path` over a fresh TLS connection to `addr`, naming `gw.test` and
+/// offering `alpn`.
+async fn fetch(s: &Setup, addr: SocketAddr, alpn: &[&[u8]], path: &str) -> tls::TlsAnswer {
+    tls::get(addr, "gw.test", s.ca.client_config(alpn, None), path, &[])
+        .await
+        .unwrap()
+}
+
+/// Asks `addr` for `path` until it presents `cert`; past `within`, fails saying `what`.
+async fn until_serving(
+    s: &Setup,
+    (addr, alpn, path): (SocketAddr, &[&[u8]], &str),
+    cert: &Issued,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    while fetch(s, addr, alpn, path).await.peer != cert.der {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn metrics(h: &Harness) -> String {
     h.http
         .get(h.admin_url("/metrics"))
@@ -98,27 +122,11 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let h = Harness::start(&config(&s, "")).await;
     let addr = h.gateway.addr;
 
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!((a.status, a.alpn.as_deref()), (200, Some("h2")));
     assert_eq!(a.peer, s.gw.der, "the default certificate");
 
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H1, None),
-        "/status/201",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H1, "/status/201").await;
     assert_eq!((a.status, a.alpn.as_deref()), (201, Some("http/1.1")));
     // No ALPN at all: HTTP/1.1.
     let a = tls::get(
@@ -309,15 +317,7 @@ async fn a_broken_certificate_file_is_refused_and_the_old_one_keeps_serving() {
         assert!(Instant::now() < deadline, "the watcher saw the broken file");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!(
         (a.status, &a.peer),
         (200, &s.gw.der),
@@ -340,15 +340,7 @@ async fn a_broken_certificate_file_is_refused_and_the_old_one_keeps_serving() {
     // A good pair is taken.
     rotate(s.dir.path(), "gw", &stranger);
     tls_state.reload().unwrap();
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!(a.peer, stranger.der);
 }
 
@@ -359,23 +351,14 @@ async fn sighup_reloads_the_certificates_and_does_not_stop_the_process() {
     let new = s.ca.issue(&["gw.test"]);
     rotate(s.dir.path(), "gw", &new);
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let a = tls::get(
-            h.gateway.addr,
-            "gw.test",
-            s.ca.client_config(H2, None),
-            "/status/200",
-            &[],
-        )
-        .await
-        .unwrap();
-        if a.peer == new.der {
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP reloaded the certificate");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_serving(
+        &s,
+        (h.gateway.addr, H2, "/status/200"),
+        &new,
+        Duration::from_secs(5),
+        "SIGHUP reloaded the certificate",
+    )
+    .await;
 }
 
 /// What a configuration reload does with `[server.tls]`: `Tls::reconfigure` with the new
@@ -409,15 +392,7 @@ async fn new_tls_settings_serve_new_handshakes_and_bad_ones_change_nothing() {
     gone.certificates[0].cert = s.dir.path().join("gone.pem");
     let e = tls_state.reconfigure(Some(&gone), None).unwrap_err();
     assert!(e.to_string().contains("gone.pem"), "{e}");
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!(a.peer, s.gw.der);
 
     // Another default certificate: new handshakes get it.
@@ -576,15 +551,7 @@ client_ca = "{dir}/ca.pem"
     .await;
     assert!(foreign.is_err(), "a certificate of another CA: refused");
     // The public listener asks for none.
-    let a = tls::get(
-        h.gateway.addr,
-        "gw.test",
-        s.ca.client_config(H1, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, h.gateway.addr, H1, "/status/200").await;
     assert_eq!(a.status, 200);
 }
 
@@ -945,15 +912,7 @@ async fn a_config_reload_swaps_certificate_files_and_refuses_unusable_ones() {
     );
     let reloaded = h.gateway.reload("test").await.unwrap();
     assert!(reloaded.restart_required.is_empty(), "{reloaded:?}");
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!(a.peer, next.der, "the reloaded file's certificate");
 
     // A file that holds no certificate: refused, naming it; the served one stays.
@@ -965,15 +924,7 @@ async fn a_config_reload_swaps_certificate_files_and_refuses_unusable_ones() {
     ));
     let e = h.gateway.reload("test").await.unwrap_err().to_string();
     assert!(e.contains("broken.pem"), "{e}");
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!(a.peer, next.der);
 
     // Without [server.tls]: TLS stays on until a restart, and the answer says so.
@@ -981,15 +932,7 @@ async fn a_config_reload_swaps_certificate_files_and_refuses_unusable_ones() {
     h.rewrite_config(plain);
     let reloaded = h.gateway.reload("test").await.unwrap();
     assert_eq!(reloaded.restart_required, ["server.tls"]);
-    let a = tls::get(
-        addr,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/status/200",
-        &[],
-    )
-    .await
-    .unwrap();
+    let a = fetch(&s, addr, H2, "/status/200").await;
     assert_eq!(a.peer, next.der);
 }
 
@@ -1012,15 +955,7 @@ handshake_timeout = "500ms"
     );
     let h = Harness::start(&config(&s, &extra)).await;
     let portal = h.gateway.portal_addr.expect("the portal listens");
-    let page = tls::get(
-        portal,
-        "gw.test",
-        s.ca.client_config(H2, None),
-        "/sign-in",
-        &[],
-    )
-    .await
-    .unwrap();
+    let page = fetch(&s, portal, H2, "/sign-in").await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert_eq!(
         page.alpn.as_deref(),
@@ -1059,26 +994,14 @@ handshake_timeout = "500ms"
     // The certificate file is watched like the other listeners'.
     let next = s.ca.issue(&["gw.test"]);
     rotate(s.dir.path(), "gw", &next);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let a = tls::get(
-            portal,
-            "gw.test",
-            s.ca.client_config(H1, None),
-            "/sign-in",
-            &[],
-        )
-        .await
-        .unwrap();
-        if a.peer == next.der {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the portal kept its old certificate"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_serving(
+        &s,
+        (portal, H1, "/sign-in"),
+        &next,
+        Duration::from_secs(20),
+        "the portal kept its old certificate",
+    )
+    .await;
     let status = h.status().await;
     assert!(status["tls"]["portal"].is_object(), "{status}");
 }

@@ -30,7 +30,7 @@ pub mod upstream;
 pub mod webdriver;
 pub mod ws_upstream;
 
-pub use process::{free_port, json_output, wait_for_status, Proc};
+pub use process::{free_port, json_output, serve, wait_for_status, Proc, Serving};
 pub use redis_server::{RedisServer, SentinelSet};
 pub use relay::Relay;
 pub use reqwest;

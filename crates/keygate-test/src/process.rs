@@ -27,6 +27,52 @@ pub struct Proc {
     pub stderr_log: PathBuf,
 }
 
+/// A `keygate serve` started on two fresh loopback ports.
+#[derive(Debug)]
+pub struct Serving {
+    pub proc: Proc,
+    /// The public listener, `127.0.0.1:PORT`.
+    pub listen: String,
+    /// The admin listener, `127.0.0.1:PORT`.
+    pub admin: String,
+}
+
+/// Starts `bin --db DB --config CONFIG serve --upstream UPSTREAM` on fresh loopback ports for
+/// the public and admin listeners, with `env` and its logs in `dir`; does not wait for it.
+pub fn serve(
+    bin: &str,
+    (db, config): (&str, &Path),
+    upstream: &str,
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Serving {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proc = Proc::spawn(
+        bin,
+        &[
+            "--db",
+            db,
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+            "serve",
+            "--upstream",
+            upstream,
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ],
+        env,
+        dir,
+    );
+    Serving {
+        proc,
+        listen,
+        admin,
+    }
+}
+
 impl Proc {
     /// Spawns `bin args...` with extra env vars (added to the inherited
     /// environment), stdin closed, stdout/stderr redirected to files in

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygate_test::{free_port, http_client, redis_url, wait_for_status, Proc, Relay, Upstream};
+use keygate_test::{http_client, redis_url, wait_for_status, Relay, Serving, Upstream};
 use serde_json::Value;
 
 fn cli(db: &Path, config: &Path, args: &[&str]) -> Value {
@@ -74,25 +74,14 @@ async fn a_node_starts_while_redis_is_down_and_shares_limits_once_it_answers() {
             .as_str()
             .unwrap()
             .to_owned();
-        let (listen, admin) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        );
-        let proc = Proc::spawn(
+        let Serving {
+            proc,
+            listen,
+            admin,
+        } = keygate_test::serve(
             env!("CARGO_BIN_EXE_keygate"),
-            &[
-                "--db",
-                db.to_str().unwrap(),
-                "--config",
-                config.to_str().unwrap(),
-                "serve",
-                "--upstream",
-                &upstream.url(),
-                "--listen",
-                &listen,
-                "--admin-listen",
-                &admin,
-            ],
+            (db.to_str().unwrap(), &config),
+            &upstream.url(),
             &[("RUST_LOG", "info")],
             dir.path(),
         );

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use keygate_test::{free_port, http_client, wait_for_status, Proc, Upstream};
+use keygate_test::{http_client, wait_for_status, Proc, Serving, Upstream};
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -110,24 +110,14 @@ async fn start() -> (Node, Upstream) {
         .as_str()
         .unwrap()
         .to_owned();
-    let (port, admin) = (free_port(), free_port());
-    let listen = format!("127.0.0.1:{port}");
-    let admin_listen = format!("127.0.0.1:{admin}");
-    let proc = Proc::spawn(
+    let Serving {
+        proc,
+        listen,
+        admin: admin_listen,
+    } = keygate_test::serve(
         env!("CARGO_BIN_EXE_keygate"),
-        &[
-            "--db",
-            db.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "serve",
-            "--upstream",
-            &upstream.url(),
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin_listen,
-        ],
+        (db.to_str().unwrap(), &config),
+        &upstream.url(),
         &[("RUST_LOG", "info")],
         dir.path(),
     );
@@ -465,24 +455,14 @@ async fn the_remote_cli_speaks_https_with_a_client_certificate() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (port, admin) = (free_port(), free_port());
-    let listen = format!("127.0.0.1:{port}");
-    let admin_listen = format!("127.0.0.1:{admin}");
-    let proc = Proc::spawn(
+    let Serving {
+        proc,
+        listen,
+        admin: admin_listen,
+    } = keygate_test::serve(
         env!("CARGO_BIN_EXE_keygate"),
-        &[
-            "--db",
-            db.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "serve",
-            "--upstream",
-            &upstream.url(),
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin_listen,
-        ],
+        (db.to_str().unwrap(), &config),
+        &upstream.url(),
         &[("RUST_LOG", "info")],
         dir.path(),
     );

@@ -113,23 +113,14 @@ impl Node {
                     .to_owned(),
             ),
         };
-        let listen = format!("127.0.0.1:{}", keygate_test::free_port());
-        let admin_listen = format!("127.0.0.1:{}", keygate_test::free_port());
-        let proc = keygate_test::Proc::spawn(
+        let keygate_test::Serving {
+            proc,
+            listen,
+            admin: admin_listen,
+        } = keygate_test::serve(
             env!("CARGO_BIN_EXE_keygate"),
-            &[
-                "--db",
-                &db,
-                "--config",
-                config_path.to_str().unwrap(),
-                "serve",
-                "--upstream",
-                &upstream.url(),
-                "--listen",
-                &listen,
-                "--admin-listen",
-                &admin_listen,
-            ],
+            (&db, &config_path),
+            &upstream.url(),
             &[
                 ("KEYGATE_AMQP_USER", mq.user.as_str()),
                 ("KEYGATE_AMQP_PASSWORD", mq.password.as_str()),

@@ -47,8 +47,7 @@ pub struct PortalSettings {
 impl PortalSettings {
     /// The links' address when `base_url` is not set: the listener's own.
     pub fn default_base_url(&self, listen: SocketAddr) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{listen}")
+        default_base_url(listen, self.tls.is_some())
     }
 
     /// `base_url` was not set, so it follows the listener (whose port 0 becomes a real one
@@ -81,6 +80,12 @@ pub struct SmtpSettings {
 }
 
 const DEFAULT_SESSION: Duration = Duration::from_secs(12 * 3600);
+/// The portal's own address as a URL, for links when `base_url` is not set.
+fn default_base_url(listen: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{listen}")
+}
+
 /// `[portal] priority`: how the portal's thread shares the CPU with the gateway's workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuPriority {
@@ -161,8 +166,7 @@ pub(super) fn compile(
             err(format!("base_url `{u}` is not an http:// or https:// URL"));
             String::new()
         }
-        None if r.tls.is_some() => format!("https://{listen}"),
-        None => format!("http://{listen}"),
+        None => default_base_url(listen, r.tls.is_some()),
     };
     let name = r.name.clone().unwrap_or_else(|| "API".to_owned());
     if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {

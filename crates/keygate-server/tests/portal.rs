@@ -217,6 +217,19 @@ async fn signed_in(h: &Harness, smtp: &SmtpServer, client: &str, email: &str) ->
     b
 }
 
+/// Asks for a sign-in link for `email`: the usual page, and no mail within half a second.
+async fn no_mail_for(b: &mut Browser, smtp: &SmtpServer, email: &str) {
+    let before = smtp.mails().len();
+    let sent = b.submit("/sign-in", "/sign-in", &[("email", email)]).await;
+    assert_eq!(sent.status, 200);
+    assert_eq!(
+        smtp.wait_for(before + 1, Duration::from_millis(500))
+            .await
+            .len(),
+        before
+    );
+}
+
 async fn gateway_status(h: &Harness, key: &str) -> u16 {
     h.sync().await;
     h.http
@@ -622,17 +635,7 @@ async fn sessions_expire_and_end_when_the_user_or_client_is_disabled() {
         .unwrap();
     assert_eq!(b.get("/keys").await.location.as_deref(), Some("/sign-in"));
     // A disabled user asking for a link gets the same page and no mail.
-    let before = smtp.mails().len();
-    let sent = b
-        .submit("/sign-in", "/sign-in", &[("email", "ann@acme.test")])
-        .await;
-    assert_eq!(sent.status, 200);
-    assert_eq!(
-        smtp.wait_for(before + 1, Duration::from_millis(500))
-            .await
-            .len(),
-        before
-    );
+    no_mail_for(&mut b, &smtp, "ann@acme.test").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,17 +949,7 @@ async fn deleting_the_client_ends_its_sessions_and_portal_users() {
     // The session ended, the key is refused, a sign-in request mails nothing.
     assert_eq!(b.get("/keys").await.location.as_deref(), Some("/sign-in"));
     assert_eq!(gateway_status(&h, &key).await, 401);
-    let before = smtp.mails().len();
-    let sent = b
-        .submit("/sign-in", "/sign-in", &[("email", "ann@acme.test")])
-        .await;
-    assert_eq!(sent.status, 200);
-    assert_eq!(
-        smtp.wait_for(before + 1, Duration::from_millis(500))
-            .await
-            .len(),
-        before
-    );
+    no_mail_for(&mut b, &smtp, "ann@acme.test").await;
     // The address is free for another client.
     let (status, doc) = invite(&h, "Other", "ann@acme.test").await;
     assert_eq!(status, 201, "{doc}");

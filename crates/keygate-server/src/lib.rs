@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod hostile;
+pub mod leak_reports;
 pub(crate) mod policy;
 pub mod portal;
 pub(crate) mod request;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use keygate_core::names::check_label;
-use keygate_core::{ApiKey, KeyId, KeyMaterial, KeyState, SecretKey, Timestamp};
+use keygate_core::{ApiKey, KeyDigest, KeyId, KeyMaterial, KeyState, SecretKey, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
@@ -332,24 +332,7 @@ impl Store {
         if key.state == KeyState::Revoked {
             return Err(StoreError::KeyRevoked(key.id));
         }
-        if key.state == state {
-            return Ok(key);
-        }
-        key.state = state;
-        save(&mut tx, &key).await?;
-        let action = match state {
-            KeyState::Active => "enable",
-            KeyState::Disabled => "disable",
-            KeyState::Revoked => "revoke",
-        };
-        tx.change("key", key.id.as_str(), action).await?;
-        tx.audit(
-            actor,
-            &format!("key.{action}"),
-            key.id.as_str(),
-            json!({ "hint": key.hint }),
-        )
-        .await?;
+        change_state(&mut tx, actor, &mut key, state).await?;
         tx.commit().await?;
         Ok(key)
     }
@@ -410,6 +393,50 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Sets a key's state inside an open write, with its feed row and audit entry; setting the state
+/// it already has writes nothing. The caller has refused a revoked key.
+pub(crate) async fn change_state(
+    tx: &mut WriteTx,
+    actor: &Actor,
+    key: &mut ApiKey,
+    state: KeyState,
+) -> Result<(), StoreError> {
+    if key.state == state {
+        return Ok(());
+    }
+    key.state = state;
+    save(tx, key).await?;
+    let action = match state {
+        KeyState::Active => "enable",
+        KeyState::Disabled => "disable",
+        KeyState::Revoked => "revoke",
+    };
+    tx.change("key", key.id.as_str(), action).await?;
+    tx.audit(
+        actor,
+        &format!("key.{action}"),
+        key.id.as_str(),
+        json!({ "hint": key.hint }),
+    )
+    .await
+}
+
+/// Reads the key stored under `digest`, in any state, inside an open write.
+pub(crate) async fn find_by_digest(
+    tx: &mut WriteTx,
+    digest: &KeyDigest,
+) -> Result<Option<ApiKey>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM keys WHERE digest = $1"
+    ))
+    .bind(digest.as_bytes().to_vec())
+    .fetch_optional(&mut *tx.tx)
+    .await?;
+    row.as_ref().map(rows::key).transpose()
 }
 
 async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {

@@ -29,6 +29,20 @@ fn seeded(seed: u64) -> impl FnMut(&mut [u8]) {
 
 proptest! {
     #[test]
+    fn the_scanner_pattern_finds_every_key_in_text_and_no_longer_token(
+        format in formats(),
+        seed in any::<u64>(),
+    ) {
+        let re = regex::Regex::new(&format.pattern()).unwrap();
+        let key = format.generate_with(seeded(seed));
+        let text = format!("API_KEY=\"{}\"\nother = 1", key.expose());
+        let found: Vec<&str> = re.find_iter(&text).map(|m| m.as_str()).collect();
+        prop_assert_eq!(found, vec![key.expose()]);
+        let longer = format!("{}a", key.expose());
+        prop_assert!(!re.is_match(&longer));
+    }
+
+    #[test]
     fn generated_keys_parse(format in formats(), seed in any::<u64>()) {
         let key = format.generate_with(seeded(seed));
         prop_assert_eq!(key.expose().len(), format.key_len());

@@ -83,6 +83,14 @@ impl Spelled for Backend {
         &[("local", Backend::Local), ("redis", Backend::Redis)];
 }
 
+/// `[leak_reports] action`.
+impl Spelled for keygate_store::LeakAction {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("revoke", keygate_store::LeakAction::Revoke),
+        ("flag", keygate_store::LeakAction::Flag),
+    ];
+}
+
 impl Spelled for LimitBy {
     const SPELLINGS: &'static [(&'static str, Self)] = &[
         ("client", LimitBy::Client),

@@ -354,6 +354,8 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         (overrides.tooling, read_files),
         errors,
     );
+    let leak_reports =
+        super::compile_leaks::compile(raw.leak_reports.as_ref(), &profile, read_files, errors);
     if !errors.is_empty() {
         return None;
     }
@@ -382,6 +384,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         tls,
         admin_tls,
         portal,
+        leak_reports,
     })
 }
 

@@ -6,6 +6,7 @@
 
 mod choice;
 mod compile;
+mod compile_leaks;
 mod compile_portal;
 mod compile_selfservice;
 mod compile_tls;
@@ -236,6 +237,8 @@ pub struct Config {
     pub amqp: Option<keygate_amqp::RawAmqp>,
     /// The customer portal; `None` (the default) serves none.
     pub portal: Option<PortalSettings>,
+    /// `[leak_reports]`: GitHub's secret-scanning endpoint; `None` (the default) serves none.
+    pub leak_reports: Option<crate::leak_reports::LeakReports>,
 }
 
 impl Config {

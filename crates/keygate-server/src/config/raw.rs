@@ -38,6 +38,24 @@ pub(crate) struct RawConfig {
     /// The customer portal (`crate::portal`); off unless `[portal] listen` is set.
     #[serde(default)]
     pub(crate) portal: Option<Spanned<super::raw_portal::RawPortal>>,
+    /// GitHub's secret-scanning reports (`crate::leak_reports`); off when absent.
+    #[serde(default)]
+    pub(crate) leak_reports: Option<Spanned<RawLeakReports>>,
+}
+
+/// `[leak_reports]`: where GitHub's secret scanning reports leaked keys, and what to do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLeakReports {
+    /// Path on the public listener (default `/_keygate/secret-scanning`).
+    pub(crate) path: Option<String>,
+    /// GitHub's public keys document, saved from
+    /// `https://api.github.com/meta/public_keys/secret_scanning`.
+    pub(crate) public_keys_file: Option<String>,
+    /// `revoke` (the default) or `flag`.
+    pub(crate) action: Option<super::choice::Choice<keygate_store::LeakAction>>,
+    /// Largest report body, in bytes (default 1 MiB).
+    pub(crate) max_body_bytes: Option<i64>,
 }
 
 /// What self-service registration creates and which profile fields callers may keep.

@@ -763,3 +763,48 @@ fn the_readme_portal_configuration_compiles() {
     let p = c.portal.unwrap();
     assert!(p.logo.is_some() && p.secure_cookies && p.smtp.unwrap().credentials_env.is_some());
 }
+
+#[test]
+fn the_readme_lists_each_shipped_profiles_scanner_pattern() {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme
+        .find("### Leaked keys")
+        .expect("the README's leak-report section")..];
+    for name in [
+        "default",
+        "ticktock",
+        "openpoker",
+        "oddsstream",
+        "sportrix",
+        "abp",
+    ] {
+        let c = if name == "default" {
+            load("", "default.toml", &over("http://127.0.0.1:9000")).unwrap()
+        } else {
+            let path = format!("{}/../../profiles/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let tooling = Overrides {
+                tooling: true,
+                ..over("http://127.0.0.1:9000")
+            };
+            load(&text, &path, &tooling).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let row = format!("| {name} | `{}` |", c.issuer.format.pattern());
+        assert!(section.contains(&row), "README lacks {row}");
+    }
+}
+
+#[test]
+fn the_readme_leak_report_configuration_compiles() {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme.find("### Leaked keys").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    // The document is read at start; here only the table's shape is checked.
+    let tooling = Overrides {
+        tooling: true,
+        skip_tls_files: true,
+        ..over("http://127.0.0.1:9000")
+    };
+    assert!(load(block, "README.md", &tooling).is_ok());
+}

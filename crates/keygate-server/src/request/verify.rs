@@ -41,6 +41,12 @@ pub(crate) const NGINX_PATH: &str = "/v1/auth/nginx";
 pub(crate) const TRAEFIK_PATH: &str = "/v1/auth/traefik";
 pub(crate) const ENVOY_PREFIX: &str = "/v1/auth/envoy";
 
+/// Whether `path` is the verify endpoint or a forward-auth contract's (when the profile serves
+/// them), so no other endpoint is configured over them.
+pub(crate) fn is_endpoint(path: &str) -> bool {
+    path == VERIFY_PATH || Contract::from_path(path).is_some()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyRequest {

@@ -159,6 +159,15 @@ async fn gate<'g>(
             )));
         }
     }
+    // Leak reports are answered even in emergency mode and while loading: a key published
+    // on GitHub must be revoked whatever else is going on.
+    if let Some(leaks) = &gw.config.leak_reports {
+        if req.uri().path() == leaks.path {
+            trail.reports_budget = false;
+            let resp = Box::pin(crate::leak_reports::answer(gw, leaks, req)).await;
+            return Ok(Gate::Answered(Served::local(resp, None)));
+        }
+    }
     let accepted = negotiate(req.headers().get(ACCEPT).map(|v| v.as_bytes()));
     trail.format = accepted.unwrap_or(BodyFormat::Json);
     if let Some(denial) = gw.emergency.denial() {

@@ -104,6 +104,8 @@ pub struct Metrics {
     shards: PerWorker<Shard>,
     /// Request handlers that panicked and were answered 500 (`crate::runtime::service::guard_panics`).
     panics: Arc<AtomicU64>,
+    /// Tokens in leak reports: reported, ours (true positives), revoked by the report.
+    leaks: Arc<[AtomicU64; 3]>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -135,6 +137,7 @@ impl Metrics {
             route_names,
             shards: PerWorker::new(workers, || Shard::new(routes)),
             panics: Arc::new(AtomicU64::new(0)),
+            leaks: Arc::default(),
         }
     }
 
@@ -172,6 +175,7 @@ impl Metrics {
             route_names,
             shards,
             panics: Arc::clone(&self.panics),
+            leaks: Arc::clone(&self.leaks),
         }
     }
 
@@ -190,6 +194,13 @@ impl Metrics {
     /// Counts a request whose handler panicked.
     pub fn record_panic(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the tokens of one leak report (`crate::leak_reports`).
+    pub fn record_leak_reports(&self, reported: usize, ours: usize, revoked: usize) {
+        for (counter, n) in self.leaks.iter().zip([reported, ours, revoked]) {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// Records how long the authentication and authorization decision took.
@@ -263,6 +274,18 @@ impl Metrics {
             "keygate_handler_panics_total {}",
             self.panics.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP keygate_leak_report_tokens_total Tokens reported leaked by a secret scanner: every one, those that are keys of ours, and those the report revoked.\n");
+        out.push_str("# TYPE keygate_leak_report_tokens_total counter\n");
+        for (kind, counter) in ["reported", "ours", "revoked"]
+            .iter()
+            .zip(self.leaks.iter())
+        {
+            let _ = writeln!(
+                out,
+                "keygate_leak_report_tokens_total{{kind=\"{kind}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
         // Counted with the requests (the reason `request_body_failed`), shown on its own too:
         // a caller's broken body is the caller's failure, apart from every upstream metric.
         out.push_str("# HELP keygate_client_body_errors_total Forwarded requests whose caller's body failed (closed or reset mid-body, malformed, or too slow); never counted by a circuit breaker.\n");

@@ -1,5 +1,7 @@
-//! The one field of a certificate that neither rustls nor webpki exposes: its not-after time,
-//! for `/status`. A minimal DER walk over the fixed start of `TBSCertificate` (RFC 5280 §4.1).
+//! Two DER fields no crate of ours exposes: a certificate's not-after time, for `/status`, by a
+//! minimal walk over the fixed start of `TBSCertificate` (RFC 5280 §4.1); and the point of a
+//! P-256 public key in a `SubjectPublicKeyInfo` (RFC 5480), which ring verifies with but does
+//! not parse. Each is a few fixed elements: a DER crate would add more than it saves.
 
 /// One DER element at the start of `input`: (tag, contents, rest). Lengths up to 4 bytes.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -21,6 +23,33 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 const SEQUENCE: u8 = 0x30;
+const BIT_STRING: u8 = 0x03;
+/// `id-ecPublicKey` (1.2.840.10045.2.1) then `secp256r1` (1.2.840.10045.3.1.7), as DER.
+const EC_P256_ALGORITHM: &[u8] = &[
+    0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
+    0x03, 0x01, 0x07,
+];
+
+/// The uncompressed point (`04 || X || Y`) of a P-256 `SubjectPublicKeyInfo`; `None` for any
+/// other algorithm or shape. ring checks that the point is on the curve when it verifies.
+pub(crate) fn p256_point(spki: &[u8]) -> Option<&[u8]> {
+    let (SEQUENCE, info, []) = element(spki)? else {
+        return None;
+    };
+    let (SEQUENCE, algorithm, rest) = element(info)? else {
+        return None;
+    };
+    if algorithm != EC_P256_ALGORITHM {
+        return None;
+    }
+    let (BIT_STRING, bits, []) = element(rest)? else {
+        return None;
+    };
+    match bits {
+        [0, point @ ..] if point.len() == 65 && point[0] == 4 => Some(point),
+        _ => None,
+    }
+}
 const VERSION: u8 = 0xa0;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
@@ -93,6 +122,24 @@ mod tests {
             not_after(cert.der()).as_deref(),
             Some("2061-01-02T00:00:00Z")
         );
+    }
+
+    #[test]
+    fn reads_the_point_of_a_p256_key_and_nothing_else() {
+        use rcgen::PublicKeyData as _;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = key.subject_public_key_info();
+        let point = p256_point(&spki).unwrap();
+        assert_eq!(point, key.der_bytes());
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        assert_eq!(p256_point(&p384.subject_public_key_info()), None);
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        assert_eq!(p256_point(&ed.subject_public_key_info()), None);
+        let mut trailing = spki.clone();
+        trailing.push(0);
+        assert_eq!(p256_point(&trailing), None);
+        assert_eq!(p256_point(&spki[..spki.len() - 1]), None);
+        assert_eq!(p256_point(b""), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! upstreams (HTTP and WebSocket alike) and any other client of this crate's users.
 
 pub mod client;
-mod der;
+pub(crate) mod der;
 pub mod pem;
 pub mod server;
 

@@ -20,6 +20,7 @@ mod migrate;
 mod portal;
 mod rows;
 mod settings;
+mod suspensions;
 mod usage;
 
 use std::path::Path;
@@ -42,6 +43,7 @@ pub use keys::{IssuedKey, KeyFilter, NewKey, Replacement, Rotation};
 pub use migrate::{latest_version, MigrateMode};
 pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
+pub use suspensions::{NewSuspension, MAX_ACTIVE as MAX_ACTIVE_SUSPENSIONS};
 pub use usage::UsageRow;
 
 /// Which database engine a store runs on.

@@ -38,6 +38,9 @@ pub enum Reason {
     LimiterUnavailable,
     /// The gateway is in emergency mode.
     Emergency,
+    /// An operator suspended what the request asks for (`keygate suspend`: a scope, a sport,
+    /// a bookmaker or a route, maybe for one client).
+    Suspended,
     NotFound,
     MethodNotAllowed,
     NotAcceptable,
@@ -66,7 +69,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 31] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -84,6 +87,7 @@ impl Reason {
         Reason::LoginTimeout,
         Reason::LimiterUnavailable,
         Reason::Emergency,
+        Reason::Suspended,
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::NotAcceptable,
@@ -124,6 +128,7 @@ impl Reason {
             Reason::LoginTimeout => "login_timeout",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::Emergency => "emergency",
+            Reason::Suspended => "suspended",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::NotAcceptable => "not_acceptable",
@@ -166,6 +171,11 @@ impl Reason {
             Reason::RateLimited | Reason::TooManyConnections => 429,
             Reason::LoginTimeout => 408,
             Reason::Emergency | Reason::LimiterUnavailable => 503,
+            // Not 403: a suspension is a temporary hold on a slice of the service (an
+            // integrity hold during a match, a bookmaker's outage), not a verdict on the
+            // caller's rights. 503 tells clients and their retry logic "not now, later", as
+            // emergency mode does; a 403 would send integrators to support about their key.
+            Reason::Suspended => 503,
             Reason::NotFound => 404,
             Reason::MethodNotAllowed => 405,
             Reason::NotAcceptable => 406,
@@ -212,6 +222,7 @@ impl Reason {
             Reason::LoginTimeout => "No login message arrived within the deadline.",
             Reason::LimiterUnavailable => "Rate limits cannot be checked right now; retry shortly.",
             Reason::Emergency => "{subject}",
+            Reason::Suspended => "{subject}",
             Reason::NotFound => "No such endpoint.",
             Reason::MethodNotAllowed => "This endpoint does not accept this method.",
             Reason::NotAcceptable => "The Accept header admits neither JSON nor XML.",

@@ -16,13 +16,16 @@ pub mod policy;
 pub mod render;
 pub mod scope;
 pub mod scope_need;
+pub mod suspension;
 pub mod time;
 
 pub use digest::{Digester, KeyDigest};
 pub use issuer::{Issuer, KeyMaterial};
 pub use key_format::SecretKey;
 pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
-pub use model::{ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, Unusable};
+pub use model::{
+    ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, SuspensionId, Unusable,
+};
 pub use names::{NameError, Slug};
 pub use scope::{Scope, ScopeError};
 pub use scope_need::{ScopeNeed, ScopeNeedError};

@@ -119,6 +119,12 @@ id_type!(
     "key"
 );
 id_type!(
+    /// Identifies a scoped suspension (`keygate suspend`); what `keygate resume` takes.
+    SuspensionId,
+    "sus_",
+    "suspension"
+);
+id_type!(
     /// Identifies an admin token.
     AdminTokenId,
     "adm_",

@@ -56,6 +56,12 @@ pub enum StoreError {
     ExpiryInPast(Timestamp),
     #[error(transparent)]
     Invalid(#[from] keygate_core::NameError),
+    #[error("no suspension `{0}`")]
+    SuspensionNotFound(String),
+    #[error("`until` {0} is in the past; give a future instant")]
+    UntilInPast(Timestamp),
+    #[error("{0} suspensions are already in force, the most there may be; resume some first")]
+    TooManySuspensions(usize),
     #[error("the database refused the change: {0}")]
     Conflict(String),
     #[error("the store is unavailable: {0}")]
@@ -91,6 +97,9 @@ impl StoreError {
             StoreError::KeyExpired(..) => "key_expired",
             StoreError::ExpiryInPast(_) => "expiry_in_past",
             StoreError::Invalid(_) => "invalid_value",
+            StoreError::SuspensionNotFound(_) => "suspension_not_found",
+            StoreError::UntilInPast(_) => "until_in_past",
+            StoreError::TooManySuspensions(_) => "too_many_suspensions",
             StoreError::Conflict(_) => "conflict",
             StoreError::Unavailable(_) => "store_unavailable",
             StoreError::Full(_) => "store_full",

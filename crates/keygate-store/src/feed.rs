@@ -5,12 +5,14 @@
 //! delta may repeat a row that a later delta returns again; applying rows is idempotent, so
 //! repeats are harmless and nothing is ever missed.
 
+use keygate_core::suspension::Suspension;
 use keygate_core::{ApiKey, Client};
 use sqlx::postgres::PgListener;
 use sqlx::Acquire;
 
 use crate::rows::{self, client_columns, key_columns};
 use crate::settings::{read_emergency, Emergency};
+use crate::suspensions::read_active;
 use crate::{Store, StoreError};
 
 /// The PostgreSQL channel every write announces its version on.
@@ -51,6 +53,8 @@ pub struct Snapshot {
     pub clients: Vec<Client>,
     pub keys: Vec<ApiKey>,
     pub emergency: Emergency,
+    /// The suspensions in force.
+    pub suspensions: Vec<Suspension>,
 }
 
 /// Clients and keys changed after some version (revoked keys included, so replicas drop them).
@@ -62,6 +66,9 @@ pub struct Delta {
     /// Emergency mode as of `version`; read whenever the version moved (one row), `None` when
     /// nothing changed.
     pub emergency: Option<Emergency>,
+    /// The suspensions in force as of `version`; read whenever the version moved (a handful
+    /// of rows), `None` when nothing changed.
+    pub suspensions: Option<Vec<Suspension>>,
 }
 
 impl Delta {
@@ -116,10 +123,12 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let emergency = read_emergency(&mut *tx).await?;
+        let suspensions = read_active(&mut *tx, self.now()).await?;
         tx.commit().await?;
         Ok(Snapshot {
             version,
             emergency,
+            suspensions,
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,
             keys: keys.iter().map(rows::key).collect::<Result<_, _>>()?,
         })
@@ -156,6 +165,7 @@ impl Store {
         Ok(Delta {
             version,
             emergency: Some(read_emergency(&self.pool).await?),
+            suspensions: Some(read_active(&self.pool, self.now()).await?),
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,
             keys: keys.iter().map(rows::key).collect::<Result<_, _>>()?,
         })

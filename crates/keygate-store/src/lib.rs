@@ -21,6 +21,7 @@ mod migrate;
 mod portal;
 mod rows;
 mod settings;
+mod suspensions;
 mod usage;
 
 use std::path::Path;
@@ -44,6 +45,7 @@ pub use leaks::{LeakAction, LeakFinding, LeakReport};
 pub use migrate::{latest_version, MigrateMode};
 pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
+pub use suspensions::{NewSuspension, MAX_ACTIVE as MAX_ACTIVE_SUSPENSIONS};
 pub use usage::UsageRow;
 
 /// Which database engine a store runs on.

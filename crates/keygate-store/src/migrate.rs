@@ -52,6 +52,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "client delete, amqp lease",
         include_str!("../migrations/sqlite/0008_client_delete_amqp_lease.sql"),
     ),
+    (
+        9,
+        "suspensions",
+        include_str!("../migrations/sqlite/0009_suspensions.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -93,6 +98,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         8,
         "client delete, amqp lease",
         include_str!("../migrations/postgres/0008_client_delete_amqp_lease.sql"),
+    ),
+    (
+        9,
+        "suspensions",
+        include_str!("../migrations/postgres/0009_suspensions.sql"),
     ),
 ];
 

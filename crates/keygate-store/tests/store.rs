@@ -1419,6 +1419,107 @@ async fn a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept(f: Fixtur
         .any(|e| e.action == "client.create" && e.target == client.id.as_str()));
 }
 
+async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
+    use keygate_core::suspension::Target;
+    use keygate_store::NewSuspension;
+    let s = &f.store;
+    let client = acme(s).await;
+    let v0 = s.version().await.unwrap();
+    assert!(s.snapshot().await.unwrap().suspensions.is_empty());
+    let sport = |until: Option<Timestamp>| NewSuspension {
+        target: Target::Sport(Slug::new("cs2").unwrap()),
+        client: None,
+        message: Some("Integrity hold.".into()),
+        until,
+    };
+    let held = s.create_suspension(&actor(), sport(None)).await.unwrap();
+    assert_eq!(held.created_by, "test:suite");
+    f.clock.advance(Duration::from_millis(1));
+    // For one client, by name; kept by id.
+    let mine = s
+        .create_suspension(
+            &actor(),
+            NewSuspension {
+                target: Target::Bookmaker(Slug::new("bet365").unwrap()),
+                client: Some("Acme Sportsbook".into()),
+                message: None,
+                until: Some(Timestamp::from_millis(T0 + 60_000)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine.client_id.as_ref(), Some(&client.id));
+    // Every node sees both through the feed.
+    let d = s.delta_since(v0).await.unwrap();
+    assert_eq!(d.suspensions.as_deref(), Some(&[held.clone(), mine.clone()][..]));
+    assert!(s.delta_since(d.version).await.unwrap().suspensions.is_none());
+    assert_eq!(s.snapshot().await.unwrap().suspensions.len(), 2);
+    assert_eq!(s.suspension(held.id.as_str()).await.unwrap(), held);
+
+    // Refused: a bad message, a past `until`, an unknown client; nothing written.
+    let v1 = s.version().await.unwrap();
+    let bad = NewSuspension {
+        message: Some("x\ny".into()),
+        ..sport(None)
+    };
+    assert!(matches!(
+        s.create_suspension(&actor(), bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.create_suspension(&actor(), sport(Some(Timestamp::from_millis(T0)))).await,
+        Err(StoreError::UntilInPast(_))
+    ));
+    let nobody = NewSuspension {
+        client: Some("Nobody".into()),
+        ..sport(None)
+    };
+    assert!(matches!(
+        s.create_suspension(&actor(), nobody).await,
+        Err(StoreError::ClientNotFound(_))
+    ));
+    assert_eq!(s.version().await.unwrap(), v1);
+
+    // Lifted: gone from what nodes hold, kept in `all` with who lifted it; twice is harmless.
+    let lifted = s.lift_suspension(&actor(), held.id.as_str()).await.unwrap();
+    assert!(lifted.lifted_at.is_some());
+    assert_eq!(s.lift_suspension(&actor(), held.id.as_str()).await.unwrap(), lifted);
+    assert!(matches!(
+        s.lift_suspension(&actor(), "sus_0000000000000000").await,
+        Err(StoreError::SuspensionNotFound(_))
+    ));
+    let d = s.delta_since(v1).await.unwrap();
+    assert_eq!(d.suspensions, Some(vec![mine.clone()]));
+    // `until` passes by the clock alone: no write, no longer in force.
+    f.clock.advance(Duration::from_secs(60));
+    assert!(s.suspensions(false).await.unwrap().is_empty());
+    assert_eq!(s.suspensions(true).await.unwrap().len(), 2);
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("suspension.".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["suspension.lift", "suspension.create", "suspension.create"]
+    );
+    // The cap on suspensions in force.
+    for i in 0..keygate_store::MAX_ACTIVE_SUSPENSIONS {
+        let new = NewSuspension {
+            target: Target::Sport(Slug::new(&format!("s{i}")).unwrap()),
+            ..sport(None)
+        };
+        s.create_suspension(&actor(), new).await.unwrap();
+    }
+    assert!(matches!(
+        s.create_suspension(&actor(), sport(None)).await,
+        Err(StoreError::TooManySuspensions(_))
+    ));
+}
+
 async fn acme_again(s: &Store) -> Result<keygate_core::Client, StoreError> {
     s.create_client(
         &actor(),
@@ -1460,4 +1561,5 @@ suite!(
     portal_links_open_one_session_and_disabling_ends_it,
     the_broker_lease_has_one_holder_until_it_expires_or_is_given_up,
     a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept,
+    suspensions_are_stored_replicated_audited_and_run_out,
 );

@@ -73,6 +73,20 @@ pub(crate) enum Command {
     /// Emergency mode: every node answers every non-infra request with 503.
     #[command(subcommand)]
     Emergency(EmergencyCommand),
+    /// Suspend a scope, sport, bookmaker or route (for everyone or one client): every node
+    /// refuses the requests it holds with the profile's `suspended` answer.
+    Suspend(SuspendArgs),
+    /// Lift a suspension (`keygate suspensions` lists their ids).
+    Resume {
+        /// The suspension's id (`sus_…`).
+        id: String,
+    },
+    /// List the suspensions in force.
+    Suspensions {
+        /// Every suspension ever made, lifted and run out too (newest first).
+        #[arg(long)]
+        all: bool,
+    },
     /// Messaging feed credentials on RabbitMQ (`[amqp]`): one vhost and user per client.
     #[command(subcommand)]
     Amqp(AmqpCommand),
@@ -252,6 +266,49 @@ pub(crate) enum EmergencyCommand {
     Off,
     /// Show whether emergency mode is on.
     Status,
+}
+
+/// What `keygate suspend` holds, and for whom and how long.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["scope", "sport", "bookmaker", "route"])))]
+pub(crate) struct SuspendArgs {
+    /// Every route that requires this scope.
+    #[arg(long, value_parser = parse_scope)]
+    pub(crate) scope: Option<Scope>,
+    /// Every request naming this sport namespace.
+    #[arg(long, value_parser = parse_slug)]
+    pub(crate) sport: Option<Slug>,
+    /// Every request naming this bookmaker.
+    #[arg(long, value_parser = parse_slug)]
+    pub(crate) bookmaker: Option<Slug>,
+    /// Every request on the route of this name.
+    #[arg(long)]
+    pub(crate) route: Option<String>,
+    /// Only this client's requests (its name or id).
+    #[arg(long)]
+    pub(crate) client: Option<String>,
+    /// What callers read in the refusal (1 to 500 printable characters).
+    #[arg(long)]
+    pub(crate) message: Option<String>,
+    /// Lift it automatically: an RFC 3339 instant (2026-12-31T23:59:59Z) or a duration from
+    /// now (90m, 2h).
+    #[arg(long, value_parser = parse_until)]
+    pub(crate) until: Option<Until>,
+}
+
+/// `--until`: an instant, or a duration from when the command runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Until {
+    At(Timestamp),
+    In(std::time::Duration),
+}
+
+fn parse_until(s: &str) -> Result<Until, String> {
+    Timestamp::parse_rfc3339(s).map(Until::At).or_else(|_| {
+        keygate_core::duration::parse_duration(s)
+            .map(Until::In)
+            .map_err(|_| format!("`{s}` is neither an RFC 3339 instant (2026-12-31T23:59:59Z) nor a duration (90m)"))
+    })
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {

@@ -1,4 +1,5 @@
-//! The admin API: clients, keys, usage, plans, emergency mode and the audit log as JSON under
+//! The admin API: clients, keys, usage, plans, emergency mode, suspensions and the audit log as
+//! JSON under
 //! `/v1/`, for operators' tools.
 //!
 //! It runs on the admin listener beside the infra endpoints (`crate::runtime::infra`), which it does not
@@ -22,6 +23,7 @@ mod keys;
 mod openapi;
 mod plans;
 mod portal;
+mod suspensions;
 mod usage;
 
 use std::future::Future;
@@ -99,6 +101,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/plans", get(plans::list))
         .route("/v1/plans/{name}", get(plans::show))
         .route("/v1/emergency", get(emergency::show).put(emergency::set))
+        .route(
+            "/v1/suspensions",
+            post(suspensions::create).get(suspensions::list),
+        )
+        .route(
+            "/v1/suspensions/{id}",
+            get(suspensions::show).delete(suspensions::lift),
+        )
         .route("/v1/audit", get(audit::list))
         .route(
             "/v1/clients/{client}/amqp",
@@ -159,6 +169,7 @@ pub fn check_bodies(data: &[u8]) -> usize {
         run(data, keys::ExpiryBody::validate),
         run(data, |b: amqp::ProvisionBody| Ok::<_, AdminError>(b)),
         run(data, |b: portal::InviteBody| Ok::<_, AdminError>(b)),
+        run(data, suspensions::CreateBody::validate),
     ]
     .into_iter()
     .filter(|&accepted| accepted)

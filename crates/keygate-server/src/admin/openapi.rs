@@ -18,7 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{amqp, audit, clients, config, emergency, keys, plans, portal, usage};
+use super::{amqp, audit, clients, config, emergency, keys, plans, portal, suspensions, usage};
 
 /// The name of the admin token security scheme.
 pub(crate) const BEARER: &str = "bearer";
@@ -320,6 +320,40 @@ pub(crate) struct EmergencyState {
     changed_by: Option<String>,
 }
 
+/// A scoped suspension. Exactly one of `scope`, `sport`, `bookmaker` or `route` is present.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Suspension {
+    /// `sus_` and 16 characters of `0-9a-z`: what `keygate resume` and `DELETE` take.
+    #[schema(pattern = "^sus_[0-9a-z]{16}$", example = "sus_0123456789abcdef")]
+    id: String,
+    #[schema(nullable = false)]
+    scope: Option<String>,
+    #[schema(nullable = false)]
+    sport: Option<String>,
+    #[schema(nullable = false)]
+    bookmaker: Option<String>,
+    #[schema(nullable = false)]
+    route: Option<String>,
+    /// Only this client's requests are held; `null`: everyone's.
+    #[schema(required = true, pattern = "^cli_[0-9a-z]{16}$")]
+    client_id: Option<String>,
+    /// What callers read; the default sentence when `null`.
+    #[schema(required = true)]
+    message: Option<String>,
+    /// Lifted by the clock at this instant; `null`: until resumed.
+    #[schema(required = true, format = DateTime)]
+    until: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    created_by: String,
+    /// When an operator lifted it; `null` while not lifted.
+    #[schema(required = true, format = DateTime)]
+    lifted_at: Option<String>,
+    #[schema(required = true)]
+    lifted_by: Option<String>,
+}
+
 /// One UTC day of a client's usage.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -445,7 +479,7 @@ pub(crate) struct FeedReconciled {
 #[openapi(
     info(
         title = "keygate admin API",
-        description = "Clients, keys, usage, plans, emergency mode and the audit log of a keygate deployment. Every operation \
+        description = "Clients, keys, usage, plans, emergency mode, suspensions and the audit log of a keygate deployment. Every operation \
                        needs an admin token (`Authorization: Bearer kgadm_...`); read-only tokens \
                        may only read. Failures are RFC 9457 problems (`application/problem+json`).",
     ),
@@ -470,6 +504,10 @@ pub(crate) struct FeedReconciled {
         plans::show,
         emergency::show,
         emergency::set,
+        suspensions::create,
+        suspensions::list,
+        suspensions::show,
+        suspensions::lift,
         audit::list,
         amqp::provision,
         amqp::show,
@@ -506,6 +544,8 @@ pub(crate) struct FeedReconciled {
         UsageDay,
         Usage,
         emergency::SwitchBody,
+        Suspension,
+        suspensions::CreateBody,
         IssuedFeed,
         Feed,
         FeedDriftItem,
@@ -524,6 +564,7 @@ pub(crate) struct FeedReconciled {
         (name = "keys", description = "Issuing keys and managing their lifecycle."),
         (name = "plans", description = "The plans of the deployment's configuration (read-only)."),
         (name = "emergency", description = "Emergency mode: every node refuses non-infra requests with 503."),
+        (name = "suspensions", description = "Scoped suspensions: every node refuses the requests one holds (a scope, sport, bookmaker or route) with `suspended`."),
         (name = "audit", description = "The audit log of operator actions."),
         (name = "amqp", description = "Messaging feed credentials: one RabbitMQ vhost and user per client (seed 001)."),
         (name = "config", description = "This node's configuration file: reload it without dropping connections."),

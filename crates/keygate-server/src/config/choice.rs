@@ -13,7 +13,7 @@ use super::errors::Errors;
 use keygate_core::key_format::Alphabet;
 
 use crate::policy::ratelimit::LimitBy;
-use crate::policy::ws::{AuthMode, ClientMessages, OnViolation};
+use crate::policy::ws::{AuthMode, ClientMessages, OnSuspend, OnViolation};
 
 /// One of `T`'s spellings, or what the file wrote instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +134,11 @@ impl Spelled for AuthMode {
 impl Spelled for OnViolation {
     const SPELLINGS: &'static [(&'static str, Self)] =
         &[("error", OnViolation::Error), ("close", OnViolation::Close)];
+}
+
+impl Spelled for OnSuspend {
+    const SPELLINGS: &'static [(&'static str, Self)] =
+        &[("notify", OnSuspend::Notify), ("close", OnSuspend::Close)];
 }
 
 impl Spelled for ClientMessages {

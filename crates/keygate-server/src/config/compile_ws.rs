@@ -218,6 +218,14 @@ fn compile_profile(
     ) {
         p.on_message_limit = v;
     }
+    if let Some(v) = Choice::read(
+        raw.on_suspend.as_ref(),
+        "profile.ws.on_suspend",
+        Some(span),
+        errors,
+    ) {
+        p.on_suspend = v;
+    }
     let mut field = |v: &Option<String>, slot: &mut Box<str>, what: &str| {
         if let Some(v) = v {
             if v.is_empty() {

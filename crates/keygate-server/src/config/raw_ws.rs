@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::choice::{Choice, DayBy, UnknownChannels};
 use super::errors::DurationSetting;
-use crate::policy::ws::{AuthMode, ClientMessages, OnViolation};
+use crate::policy::ws::{AuthMode, ClientMessages, OnSuspend, OnViolation};
 
 /// `ws = { mode = "handshake", credentials = ["header:X-API-Key", "query:key"] }` on a route.
 #[derive(Debug, Deserialize)]
@@ -92,6 +92,9 @@ pub(crate) struct RawWsProfile {
     pub(crate) on_bad_message: Option<Choice<OnViolation>>,
     /// `error` (answer, drop the message) or `close`.
     pub(crate) on_message_limit: Option<Choice<OnViolation>>,
+    /// What open sessions a new suspension holds get: `close` (default) or `notify` (the
+    /// `suspended` message, and the session goes on).
+    pub(crate) on_suspend: Option<Choice<OnSuspend>>,
     pub(crate) type_field: Option<String>,
     /// Client message types let through after login; empty = any.
     pub(crate) message_types: Option<Vec<String>>,

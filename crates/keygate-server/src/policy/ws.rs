@@ -50,6 +50,16 @@ pub enum OnViolation {
     Close,
 }
 
+/// What an open session gets when a suspension starts to hold it (`[profile.ws] on_suspend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnSuspend {
+    /// The `suspended` message; the session goes on (the client decides, the upstream keeps
+    /// sending what it sends).
+    Notify,
+    /// The `suspended` close frame. The default: nothing the hold covers reaches the client.
+    Close,
+}
+
 /// Why the gateway closes a session; each has a profile close code and reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseEvent {
@@ -77,10 +87,12 @@ pub enum CloseEvent {
     SlowClient,
     /// The gateway is shutting down.
     GoingAway,
+    /// A suspension now holds the session (`on_suspend = "close"`).
+    Suspended,
 }
 
 impl CloseEvent {
-    pub const ALL: [CloseEvent; 12] = [
+    pub const ALL: [CloseEvent; 13] = [
         CloseEvent::Unauthorized,
         CloseEvent::Forbidden,
         CloseEvent::LoginTimeout,
@@ -93,6 +105,7 @@ impl CloseEvent {
         CloseEvent::Idle,
         CloseEvent::SlowClient,
         CloseEvent::GoingAway,
+        CloseEvent::Suspended,
     ];
 
     /// The name used in `[profile.ws.close.NAME]`.
@@ -110,6 +123,7 @@ impl CloseEvent {
             CloseEvent::Idle => "idle",
             CloseEvent::SlowClient => "slow_client",
             CloseEvent::GoingAway => "going_away",
+            CloseEvent::Suspended => "suspended",
         }
     }
 
@@ -136,6 +150,8 @@ impl CloseEvent {
             CloseEvent::Idle => (1001, "Idle timeout"),
             CloseEvent::SlowClient => (1008, "Client too slow"),
             CloseEvent::GoingAway => (1001, "Going away"),
+            // RFC 6455's registry: 1013 Try Again Later.
+            CloseEvent::Suspended => (1013, "Suspended"),
         }
     }
 }
@@ -157,13 +173,17 @@ pub enum MessageKind {
     Error,
     /// A subscribe whose channels (some or all) the key may not see.
     SubscribeRefused,
+    /// A suspension now holds the session (`on_suspend = "notify"`): `code`, `detail` (the
+    /// operator's message), `id` and `until`.
+    Suspended,
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 3] = [
+    pub const ALL: [MessageKind; 4] = [
         MessageKind::LoginOk,
         MessageKind::Error,
         MessageKind::SubscribeRefused,
+        MessageKind::Suspended,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -171,6 +191,7 @@ impl MessageKind {
             MessageKind::LoginOk => "login_ok",
             MessageKind::Error => "error",
             MessageKind::SubscribeRefused => "subscribe_refused",
+            MessageKind::Suspended => "suspended",
         }
     }
 
@@ -192,6 +213,9 @@ impl MessageKind {
             MessageKind::SubscribeRefused => {
                 r#"{"type":"error","code":"{code}","detail":"{detail}","channels":{"var":"refused"}}"#
             }
+            MessageKind::Suspended => {
+                r#"{"type":"suspended","code":"{code}","detail":"{detail}","id":"{id}","until":"{until}"}"#
+            }
         }
     }
 }
@@ -206,6 +230,8 @@ pub(crate) const MESSAGE_VARS: &[&str] = &[
     "scope",
     "limit",
     "retry_after",
+    "id",
+    "until",
 ];
 
 /// Connection and message limits of a plan (the profile's, overridden field by field).
@@ -355,6 +381,7 @@ pub struct WsProfile {
     pub client_messages: ClientMessages,
     pub on_bad_message: OnViolation,
     pub on_message_limit: OnViolation,
+    pub on_suspend: OnSuspend,
     pub type_field: Box<str>,
     /// Client message types let through; empty = any.
     pub message_types: Vec<Box<str>>,
@@ -380,6 +407,7 @@ impl WsProfile {
             client_messages: ClientMessages::Any,
             on_bad_message: OnViolation::Error,
             on_message_limit: OnViolation::Error,
+            on_suspend: OnSuspend::Close,
             type_field: "type".into(),
             message_types: Vec::new(),
             login: LoginShape {

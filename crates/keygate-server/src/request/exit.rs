@@ -412,6 +412,7 @@ pub(crate) fn on_socket(refusal: &Refusal) -> (CloseEvent, &'static str, String)
             CloseEvent::TooManyConnections
         }
         Reason::UpstreamUnavailable | Reason::UpstreamTimeout => CloseEvent::UpstreamUnavailable,
+        Reason::Suspended => CloseEvent::Suspended,
         _ => CloseEvent::Forbidden,
     };
     let wait = match refusal.quote {

@@ -20,6 +20,8 @@ pub(crate) async fn load(live: &Live, store: &Store, mut shutdown: watch::Receiv
         match store.snapshot().await {
             Ok(snapshot) => {
                 gw.emergency.set(&snapshot.emergency);
+                gw.suspensions
+                    .set(snapshot.suspensions.clone(), gw.clock.now());
                 {
                     let _writes = lock(&gw.replica_writes);
                     let current = live.load();
@@ -100,6 +102,8 @@ pub(crate) async fn follow(
         }
         let gw = live.load();
         let now = gw.clock.now();
+        // An `until` passes by the clock, store or no store.
+        gw.suspensions.refresh(now);
         let down = |e: &str| {
             if gw.store.mark_down(now) {
                 tracing::error!(error = %e, "Store unreachable; serving from the replica.");
@@ -137,6 +141,10 @@ pub(crate) async fn follow(
                 if let Some(emergency) = &delta.emergency {
                     gw.emergency.set(emergency);
                 }
+                let added = match &delta.suspensions {
+                    Some(stored) => gw.suspensions.set(stored.clone(), now),
+                    None => Vec::new(),
+                };
                 let current = {
                     // Under the plans in force, even if a reload landed during the read.
                     let _writes = lock(&gw.replica_writes);
@@ -144,6 +152,10 @@ pub(crate) async fn follow(
                     current.replica.apply(&delta, &Plans(&current.config));
                     current
                 };
+                if !added.is_empty() {
+                    // Sessions a new suspension holds are told or closed now.
+                    current.ws_sessions.suspended(&current, &added);
+                }
                 if !delta.is_empty() {
                     // Sessions of keys this change made invalid close now, not at the sweep.
                     current.ws_sessions.revalidate(&current);

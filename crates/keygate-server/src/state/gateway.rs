@@ -106,6 +106,8 @@ pub struct Node {
     pub store: StoreHealth,
     /// Emergency mode, followed from the store.
     pub emergency: crate::state::emergency::EmergencySwitch,
+    /// Scoped suspensions, followed from the store.
+    pub suspensions: crate::state::suspensions::SuspensionSet,
     /// Requests per client, day and status, until the next flush to the store.
     pub usage: crate::state::usage::UsageCounter,
     /// Keys' last uses, until the next flush to the store.
@@ -231,6 +233,7 @@ impl Gateway {
             limits,
             store: StoreHealth::default(),
             emergency: crate::state::emergency::EmergencySwitch::default(),
+            suspensions: crate::state::suspensions::SuspensionSet::default(),
             usage: crate::state::usage::UsageCounter::new(config.workers),
             last_used: crate::state::last_used::LastUsed::default(),
             started: Instant::now(),
@@ -338,7 +341,39 @@ impl Gateway {
                 params: params.values(),
             },
         )?;
+        // After authorization, so a caller learns of a suspension only for what its key may
+        // reach. One atomic load while none is in force.
+        if self.suspensions.is_on() {
+            self.suspended(who, route, params.values(), &named)?;
+        }
         Ok(named)
+    }
+
+    /// Refuses `suspended` a request that a suspension holds (the cold half of
+    /// [`Gateway::authorize`]).
+    ///
+    /// # Errors
+    /// The `suspended` [`Denial`] carrying the operator's message.
+    #[cold]
+    pub(crate) fn suspended(
+        &self,
+        who: &Admitted,
+        route: &Route,
+        params: &[&str],
+        named: &Named<'_>,
+    ) -> Result<(), Denial> {
+        let request = keygate_core::suspension::Request {
+            client: who.client.policy.id.as_str(),
+            route: &route.name,
+            needs: &route.needs,
+            params,
+            sport: named.sport,
+            bookmaker: named.bookmaker.as_deref(),
+        };
+        match self.suspensions.denial(&request, self.clock.now()) {
+            Some(denial) => Err(denial),
+            None => Ok(()),
+        }
     }
 
     /// Checks the limits that apply to an admitted caller on a route. `Ok(None)` when none

@@ -17,5 +17,6 @@ pub(crate) mod per_worker;
 pub(crate) mod reload;
 pub(crate) mod replica;
 pub(crate) mod shutdown;
+pub(crate) mod suspensions;
 pub(crate) mod usage;
 pub(crate) mod ws_sessions;

@@ -5,7 +5,8 @@
 //! session against the current replica and clock, and stops each one that no longer passes.
 //! The change feed calls it after every applied change (rotation, revocation, disable, scope
 //! change: milliseconds after the write on every node) and a sweep calls it every
-//! [`SWEEP_INTERVAL`] (expiry is a matter of time, not of a write).
+//! [`SWEEP_INTERVAL`] (expiry is a matter of time, not of a write). [`Sessions::suspended`]
+//! tells or closes the sessions a new suspension holds (`[profile.ws] on_suspend`).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,18 +16,25 @@ use std::time::Duration;
 use dashmap::DashMap;
 use keygate_core::decision::{Denial, Reason};
 use keygate_core::policy::{authorize, RequestFacts};
-use keygate_core::KeyDigest;
+use keygate_core::render::Value;
+use keygate_core::suspension::{self, Suspension, DEFAULT_MESSAGE};
+use keygate_core::{KeyDigest, Timestamp};
 use smallvec::SmallVec;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::policy::channels;
 use crate::policy::routes::MAX_PARAMS;
-use crate::policy::ws::CloseEvent;
+use crate::policy::routes::Route;
+use crate::policy::ws::{CloseEvent, MessageKind, OnSuspend, WsProfile};
 use crate::state::gateway::Gateway;
 use crate::state::locks::lock;
 
 /// How often open sessions are checked against the clock (expiry) besides every change.
 pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Messages waiting for one session (suspension notices): a session that does not read them
+/// loses the surplus rather than growing a queue.
+const NOTICES: usize = 8;
 
 /// Why the gateway stops a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +61,8 @@ struct Entry {
     admission: Admission,
     channels: Arc<Mutex<BTreeSet<String>>>,
     stop: watch::Sender<Option<Stop>>,
+    /// Messages the gateway itself sends the client (a suspension's notice).
+    notices: mpsc::Sender<String>,
 }
 
 /// Every open session of this node.
@@ -68,6 +78,8 @@ pub struct Registration {
     id: u64,
     gateway: Arc<Gateway>,
     pub stop: watch::Receiver<Option<Stop>>,
+    /// Messages for the client from the gateway (the relay sends them in turn).
+    pub notices: mpsc::Receiver<String>,
     pub channels: Arc<Mutex<BTreeSet<String>>>,
     /// The session's sport (the route's `sport_param`), for channel scopes naming it.
     pub sport: Option<Box<str>>,
@@ -105,6 +117,7 @@ impl Sessions {
         let sessions = &gw.ws_sessions;
         let id = sessions.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
+        let (notices, notices_rx) = mpsc::channel(NOTICES);
         let channels = Arc::new(Mutex::new(BTreeSet::new()));
         let sport = admission.sport.clone();
         sessions.open.insert(
@@ -113,12 +126,14 @@ impl Sessions {
                 admission,
                 channels: Arc::clone(&channels),
                 stop: tx,
+                notices,
             },
         );
         Registration {
             id,
             gateway: Arc::clone(gw),
             stop: rx,
+            notices: notices_rx,
             channels,
             sport,
         }
@@ -157,6 +172,43 @@ impl Sessions {
         stopped
     }
 
+    /// Tells or closes (`[profile.ws] on_suspend`) every open session one of `added` (new
+    /// suspensions) holds; returns how many. Sessions a suspension holds are found as a new
+    /// handshake would be: the key's client, the route, its scopes, sport and bookmaker.
+    pub fn suspended(&self, gw: &Gateway, added: &[Suspension]) -> usize {
+        let profile = &gw.config.ws.profile;
+        let now = gw.clock.now();
+        let mut held = 0;
+        for entry in &self.open {
+            if entry.stop.borrow().is_some() {
+                continue;
+            }
+            let Some(s) = holding(gw, &entry.admission, added, now) else {
+                continue;
+            };
+            held += 1;
+            match profile.on_suspend {
+                OnSuspend::Close => {
+                    let _ = entry.stop.send(Some(Stop {
+                        event: CloseEvent::Suspended,
+                        reason: Reason::Suspended,
+                    }));
+                }
+                OnSuspend::Notify => {
+                    let _ = entry.notices.try_send(notice(profile, s));
+                }
+            }
+        }
+        if held > 0 {
+            tracing::info!(
+                sessions = held,
+                on_suspend = ?profile.on_suspend,
+                "WebSocket sessions held by a new suspension."
+            );
+        }
+        held
+    }
+
     /// Stops every session (the gateway is shutting down).
     pub fn stop_all(&self, event: CloseEvent) {
         for entry in &self.open {
@@ -168,15 +220,58 @@ impl Sessions {
     }
 }
 
-/// Authentication, the route's requirements and every held channel, as of now.
-fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<(), Denial> {
-    let who = gw.authenticate_digest(&a.digest)?;
+/// The route a session was admitted on, by index, or by name after a reload moved it.
+fn route_of<'g>(gw: &'g Gateway, a: &Admission) -> Option<&'g Route> {
     let routes = gw.config.routes.routes();
-    let route = routes
+    routes
         .get(a.route_index)
         .filter(|r| r.name == a.route_name)
         .or_else(|| routes.iter().find(|r| r.name == a.route_name))
-        .ok_or(Reason::NotFound)?;
+}
+
+/// The first of `added` that holds the session (none for a key no longer valid: the
+/// revalidation closes those).
+fn holding<'s>(
+    gw: &Gateway,
+    a: &Admission,
+    added: &'s [Suspension],
+    now: Timestamp,
+) -> Option<&'s Suspension> {
+    let who = gw.authenticate_digest(&a.digest).ok()?;
+    let route = route_of(gw, a)?;
+    let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
+    let request = suspension::Request {
+        client: who.client.policy.id.as_str(),
+        route: &route.name,
+        needs: &route.needs,
+        params: &params,
+        sport: a.sport.as_deref(),
+        bookmaker: a.bookmaker.as_deref(),
+    };
+    suspension::holding(added, &request, now)
+}
+
+/// The profile's `suspended` message for a suspension.
+fn notice(profile: &WsProfile, s: &Suspension) -> String {
+    let vars = [
+        ("code", Value::Str("suspended".into())),
+        (
+            "detail",
+            Value::Str(s.message.as_deref().unwrap_or(DEFAULT_MESSAGE).to_owned()),
+        ),
+        ("id", Value::Str(s.id.to_string())),
+        (
+            "until",
+            Value::Str(s.until.map(Timestamp::to_rfc3339).unwrap_or_default()),
+        ),
+    ];
+    profile.message(MessageKind::Suspended, &vars)
+}
+
+/// Authentication, the route's requirements and every held channel, as of now.
+fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<(), Denial> {
+    let who = gw.authenticate_digest(&a.digest)?;
+    let route = route_of(gw, a).ok_or(Reason::NotFound)?;
     let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
     authorize(
         &who.client.policy,

@@ -265,6 +265,13 @@ impl Relay {
                     Err(_) => break End::Gateway(CloseEvent::GoingAway),
                 },
                 () = &mut idle => break End::Gateway(CloseEvent::Idle),
+                Some(notice) = self.reg.notices.recv() => {
+                    let m = Message::Text(notice.into());
+                    match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
+                        Ok(()) => continue,
+                        Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
+                    }
+                }
                 _ = renew.tick(), if has_leases => {
                     if !self.leases.renew(&gw, &self.limits).await {
                         break End::Gateway(CloseEvent::TooManyConnections);
@@ -346,6 +353,12 @@ impl Relay {
             End::UpstreamClosed(frame) => (frame, None),
             End::ClientGone => (None, Some(going_away)),
             End::Gateway(event) => {
+                if event == CloseEvent::Suspended {
+                    tracing::info!(
+                        key_id = self.who.key.id(),
+                        "WebSocket session closed: a suspension holds it."
+                    );
+                }
                 if event == CloseEvent::Revoked {
                     if let Some(stop) = self.reg.stop.borrow().as_ref() {
                         tracing::info!(

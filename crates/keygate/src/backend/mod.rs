@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::bail;
 use keygate_core::Clock as _;
 use keygate_core::{ApiKey, Client, Issuer, KeyId, KeyState, SystemClock, Timestamp};
+use keygate_core::suspension::Suspension;
 use keygate_store::{
     Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, IssuedKey, KeyFilter,
-    NewClient, NewKey, Store,
+    NewClient, NewKey, NewSuspension, Store,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -229,6 +230,31 @@ impl Backend {
         match self {
             Backend::Local(s) => Ok(s.set_emergency(actor, on, message).await?),
             Backend::Remote(r) => r.set_emergency(on, message).await,
+        }
+    }
+
+    pub(crate) async fn suspend(
+        &self,
+        actor: &Actor,
+        new: NewSuspension,
+    ) -> anyhow::Result<Suspension> {
+        match self {
+            Backend::Local(s) => Ok(s.create_suspension(actor, new).await?),
+            Backend::Remote(r) => r.suspend(&new).await,
+        }
+    }
+
+    pub(crate) async fn resume(&self, actor: &Actor, id: &str) -> anyhow::Result<Suspension> {
+        match self {
+            Backend::Local(s) => Ok(s.lift_suspension(actor, id).await?),
+            Backend::Remote(r) => r.resume(id).await,
+        }
+    }
+
+    pub(crate) async fn suspensions(&self, all: bool) -> anyhow::Result<Vec<Suspension>> {
+        match self {
+            Backend::Local(s) => Ok(s.suspensions(all).await?),
+            Backend::Remote(r) => r.suspensions(all).await,
         }
     }
 

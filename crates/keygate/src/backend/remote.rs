@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
+use keygate_core::suspension::Suspension;
 use keygate_store::{
     AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, KeyFilter, NewClient,
+    NewSuspension,
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
@@ -393,6 +395,34 @@ impl Remote {
     ) -> anyhow::Result<Emergency> {
         let body = json!({ "on": on, "message": message });
         self.call(Method::PUT, "/v1/emergency", &[], Some(&body), None)
+            .await
+    }
+
+    pub(crate) async fn suspend(&self, new: &NewSuspension) -> anyhow::Result<Suspension> {
+        let mut body = Map::new();
+        body.insert(new.target.kind().to_owned(), new.target.value().into());
+        if let Some(c) = &new.client {
+            body.insert("client".into(), c.as_str().into());
+        }
+        if let Some(m) = &new.message {
+            body.insert("message".into(), m.as_str().into());
+        }
+        if let Some(u) = new.until {
+            body.insert("until".into(), u.to_rfc3339().into());
+        }
+        let body = Value::Object(body);
+        self.call(Method::POST, "/v1/suspensions", &[], Some(&body), None)
+            .await
+    }
+
+    pub(crate) async fn resume(&self, id: &str) -> anyhow::Result<Suspension> {
+        let path = format!("/v1/suspensions/{}", segment(id));
+        self.call(Method::DELETE, &path, &[], None, None).await
+    }
+
+    pub(crate) async fn suspensions(&self, all: bool) -> anyhow::Result<Vec<Suspension>> {
+        let q = [("all", all.to_string())];
+        self.call(Method::GET, "/v1/suspensions", &q, None, None)
             .await
     }
 

@@ -11,6 +11,7 @@ mod plan;
 mod portal;
 mod reload;
 mod serve;
+mod suspend;
 mod systemd;
 
 use std::path::Path;
@@ -165,6 +166,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Plan(cmd) => plan::run(&ctx, cmd).await,
         Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,
+        Command::Suspend(args) => suspend::suspend(&ctx, args).await,
+        Command::Resume { id } => suspend::resume(&ctx, &id).await,
+        Command::Suspensions { all } => suspend::list(&ctx, all).await,
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
         Command::Portal(cmd) => portal::run(&ctx, cmd).await,

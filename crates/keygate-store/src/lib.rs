@@ -21,6 +21,7 @@ mod portal;
 mod rows;
 mod settings;
 mod usage;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub use migrate::{latest_version, MigrateMode};
 pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
 pub use usage::UsageRow;
+pub use webhooks::{
+    Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome,
+};
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,7 +361,8 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Appends to the audit log. `detail` must never hold a secret.
+    /// Appends to the audit log, and enqueues the webhook event the action announces (if
+    /// any) in the same transaction. `detail` must never hold a secret.
     pub(crate) async fn audit(
         &mut self,
         actor: &Actor,
@@ -375,7 +380,7 @@ impl WriteTx {
         .bind(detail.to_string())
         .execute(&mut *self.tx)
         .await?;
-        Ok(())
+        webhooks::announce(self, action, target, &detail).await
     }
 
     /// Commits; on PostgreSQL the change is announced to every listening node (a NOTIFY is

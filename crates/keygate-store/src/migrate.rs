@@ -52,6 +52,13 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "client delete, amqp lease",
         include_str!("../migrations/sqlite/0008_client_delete_amqp_lease.sql"),
     ),
+    // 0009 and 0011 belong to other features; sqlx applies every version not yet applied,
+    // whatever its place in the list.
+    (
+        10,
+        "webhooks",
+        include_str!("../migrations/sqlite/0010_webhooks.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -93,6 +100,13 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         8,
         "client delete, amqp lease",
         include_str!("../migrations/postgres/0008_client_delete_amqp_lease.sql"),
+    ),
+    // 0009 and 0011 belong to other features; sqlx applies every version not yet applied,
+    // whatever its place in the list.
+    (
+        10,
+        "webhooks",
+        include_str!("../migrations/postgres/0010_webhooks.sql"),
     ),
 ];
 

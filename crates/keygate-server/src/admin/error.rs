@@ -54,6 +54,8 @@ pub enum AdminError {
     ClientNotFound(String),
     #[error("No key `{0}`.")]
     KeyNotFound(String),
+    #[error("No webhook delivery {0}.")]
+    DeliveryNotFound(i64),
     #[error("A client named `{0}` already exists.")]
     DuplicateClient(String),
     #[error("Key {0} is revoked; a revoked key can never be used or changed again.")]
@@ -122,9 +124,11 @@ impl AdminError {
             | E::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             E::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            E::ClientNotFound(_) | E::KeyNotFound(_) | E::PlanNotFound(_) | E::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            E::ClientNotFound(_)
+            | E::KeyNotFound(_)
+            | E::DeliveryNotFound(_)
+            | E::PlanNotFound(_)
+            | E::NotFound => StatusCode::NOT_FOUND,
             E::DuplicateClient(_) | E::KeyRevoked(_) | E::KeyExpired(..) | E::Conflict(_) => {
                 StatusCode::CONFLICT
             }
@@ -159,6 +163,7 @@ impl AdminError {
             E::InvalidValue { .. } => "invalid_value",
             E::ClientNotFound(_) => "client_not_found",
             E::KeyNotFound(_) => "key_not_found",
+            E::DeliveryNotFound(_) => "delivery_not_found",
             E::DuplicateClient(_) => "duplicate_client",
             E::KeyRevoked(_) => "key_revoked",
             E::KeyExpired(..) => "key_expired",
@@ -238,6 +243,7 @@ impl From<StoreError> for AdminError {
         match e {
             StoreError::ClientNotFound(c) => AdminError::ClientNotFound(c),
             StoreError::KeyNotFound(k) => AdminError::KeyNotFound(k),
+            StoreError::DeliveryNotFound(id) => AdminError::DeliveryNotFound(id),
             StoreError::DuplicateClient(c) => AdminError::DuplicateClient(c),
             StoreError::KeyRevoked(id) => AdminError::KeyRevoked(id),
             StoreError::KeyExpired(id, at) => AdminError::KeyExpired(id, at),

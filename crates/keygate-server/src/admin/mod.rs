@@ -1,4 +1,5 @@
-//! The admin API: clients, keys, usage, plans, emergency mode and the audit log as JSON under
+//! The admin API: clients, keys, usage, plans, emergency mode, the audit log and webhook
+//! deliveries as JSON under
 //! `/v1/`, for operators' tools.
 //!
 //! It runs on the admin listener beside the infra endpoints (`crate::runtime::infra`), which it does not
@@ -23,6 +24,7 @@ mod openapi;
 mod plans;
 mod portal;
 mod usage;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -110,6 +112,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/amqp/reconcile", post(amqp::reconcile))
         .route("/v1/reload", post(config::reload))
         .route("/v1/clients/{client}/portal/invite", post(portal::invite))
+        .route("/v1/webhooks", get(webhooks::list_webhooks))
+        .route("/v1/webhooks/deliveries", get(webhooks::list))
+        .route("/v1/webhooks/deliveries/{id}", get(webhooks::show))
+        .route(
+            "/v1/webhooks/deliveries/{id}/replay",
+            post(webhooks::replay),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

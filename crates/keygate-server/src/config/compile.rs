@@ -354,6 +354,12 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         (overrides.tooling, read_files),
         errors,
     );
+    let (webhooks, outbox) = super::compile_webhooks::compile(
+        &raw.webhooks,
+        raw.outbox.as_ref(),
+        (overrides.tooling, read_files),
+        errors,
+    );
     if !errors.is_empty() {
         return None;
     }
@@ -382,6 +388,8 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         tls,
         admin_tls,
         portal,
+        webhooks,
+        outbox,
     })
 }
 

@@ -9,10 +9,12 @@ mod compile;
 mod compile_portal;
 mod compile_selfservice;
 mod compile_tls;
+mod compile_webhooks;
 mod compile_ws;
 mod errors;
 mod raw;
 mod raw_portal;
+mod raw_webhooks;
 mod raw_ws;
 mod secret;
 mod spanned;
@@ -236,6 +238,10 @@ pub struct Config {
     pub amqp: Option<keygate_amqp::RawAmqp>,
     /// The customer portal; `None` (the default) serves none.
     pub portal: Option<PortalSettings>,
+    /// `[[webhooks]]`: where events are sent; none by default.
+    pub webhooks: Vec<crate::webhooks::WebhookSpec>,
+    /// `[outbox]`: how the node works the webhook outbox.
+    pub outbox: crate::webhooks::OutboxSettings,
 }
 
 impl Config {

@@ -12,6 +12,7 @@ mod portal;
 mod reload;
 mod serve;
 mod systemd;
+mod webhooks;
 
 use std::path::Path;
 
@@ -168,6 +169,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
         Command::Portal(cmd) => portal::run(&ctx, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } | Command::Reload => {
             unreachable!("handled before the store opens")

@@ -14,6 +14,7 @@ pub(crate) mod runtime;
 pub(crate) mod selfservice;
 pub(crate) mod state;
 pub mod tls;
+pub mod webhooks;
 pub(crate) mod ws;
 
 pub use config::{Config, ConfigErrors, Overrides, Source};

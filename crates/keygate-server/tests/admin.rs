@@ -366,6 +366,7 @@ POST /v1/keys/{key}/disable | -
 POST /v1/keys/{key}/enable | -
 PUT /v1/keys/{key}/expiry | {"expires_at": null}
 PUT /v1/emergency | {"on": true}
+POST /v1/webhooks/deliveries/1/replay | -
 "#;
 
 /// Refused requests: `METHOD PATH | BODY | STATUS CODE [FIELD]`. A body is `-` (none), JSON
@@ -417,6 +418,11 @@ PATCH /v1/clients/nobody | {"plan": "gold"} | 404 client_not_found
 POST /v1/clients/nobody/disable | - | 404 client_not_found
 POST /v1/keys | {"client": "nobody"} | 404 client_not_found
 GET /v1/keys?client=nobody | - | 404 client_not_found
+GET /v1/webhooks/deliveries/abc | - | 400 invalid_id
+GET /v1/webhooks/deliveries/999 | - | 404 delivery_not_found
+POST /v1/webhooks/deliveries/999/replay | - | 404 delivery_not_found
+GET /v1/webhooks/deliveries?state=lost | - | 422 invalid_value state
+GET /v1/webhooks/deliveries?colour=red | - | 400 invalid_query
 GET /v1/keys/key_0000000000000000 | - | 404 key_not_found
 POST /v1/keys/key_0000000000000000/rotate | - | 404 key_not_found
 POST /v1/clients | {"name": "Acme"} | 409 duplicate_client
@@ -467,6 +473,8 @@ async fn a_read_only_token_reads_but_never_writes() {
         "/v1/plans/pro",
         "/v1/emergency",
         "/v1/clients/Acme/usage",
+        "/v1/webhooks",
+        "/v1/webhooks/deliveries",
     ] {
         let (status, _, body) = a.send("GET", path, Some(&a.viewer), Body::None).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -612,6 +620,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/amqp/reconcile"),
     ("post", "/v1/reload"),
     ("post", "/v1/clients/{client}/portal/invite"),
+    ("get", "/v1/webhooks"),
+    ("get", "/v1/webhooks/deliveries"),
+    ("get", "/v1/webhooks/deliveries/{id}"),
+    ("post", "/v1/webhooks/deliveries/{id}/replay"),
 ];
 
 /// The route template a concrete path falls under (`/v1/keys/key_…` → `/v1/keys/{id}`).

@@ -42,6 +42,8 @@ pub enum StoreError {
     SignInRefused(crate::portal::LinkRefusal),
     #[error("invalid parent account: {0}")]
     InvalidParent(String),
+    #[error("no webhook delivery {0}")]
+    DeliveryNotFound(i64),
     #[error("no key `{0}`")]
     KeyNotFound(String),
     #[error("key {0} is revoked; a revoked key can never be used or changed again")]
@@ -92,6 +94,7 @@ impl StoreError {
             StoreError::PortalUserNotFound(_) => "portal_user_not_found",
             StoreError::SignInRefused(_) => "sign_in_refused",
             StoreError::InvalidParent(_) => "invalid_parent",
+            StoreError::DeliveryNotFound(_) => "delivery_not_found",
             StoreError::KeyNotFound(_) => "key_not_found",
             StoreError::KeyRevoked(_) => "key_revoked",
             StoreError::KeyExpired(..) => "key_expired",

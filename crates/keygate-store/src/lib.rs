@@ -23,6 +23,7 @@ mod rows;
 mod settings;
 mod suspensions;
 mod usage;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,6 +48,9 @@ pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
 pub use suspensions::{NewSuspension, MAX_ACTIVE as MAX_ACTIVE_SUSPENSIONS};
 pub use usage::UsageRow;
+pub use webhooks::{
+    Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome,
+};
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,7 +365,8 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Appends to the audit log. `detail` must never hold a secret.
+    /// Appends to the audit log, and enqueues the webhook event the action announces (if
+    /// any) in the same transaction. `detail` must never hold a secret.
     pub(crate) async fn audit(
         &mut self,
         actor: &Actor,
@@ -379,7 +384,7 @@ impl WriteTx {
         .bind(detail.to_string())
         .execute(&mut *self.tx)
         .await?;
-        Ok(())
+        webhooks::announce(self, action, target, &detail).await
     }
 
     /// Commits; on PostgreSQL the change is announced to every listening node (a NOTIFY is

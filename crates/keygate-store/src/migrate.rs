@@ -57,6 +57,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "suspensions",
         include_str!("../migrations/sqlite/0009_suspensions.sql"),
     ),
+    (
+        10,
+        "webhooks",
+        include_str!("../migrations/sqlite/0010_webhooks.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -103,6 +108,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         9,
         "suspensions",
         include_str!("../migrations/postgres/0009_suspensions.sql"),
+    ),
+    (
+        10,
+        "webhooks",
+        include_str!("../migrations/postgres/0010_webhooks.sql"),
     ),
 ];
 

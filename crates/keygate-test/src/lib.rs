@@ -14,6 +14,8 @@
 //! - [`webdriver`]: a minimal WebDriver client ([`webdriver::Browser`]) for headless Chromium.
 //! - [`redis_server`]: `redis-server` processes of a test's own ([`RedisServer`]), and a
 //!   primary, replica and sentinel to fail over ([`SentinelSet`]).
+//! - [`webhook_receiver`]: a webhook receiver ([`WebhookReceiver`]) that verifies signatures,
+//!   records each POST and can be told to fail, hang and recover.
 //! - [`relay`]: a TCP relay a test can cut and restore ([`Relay`]), to take PostgreSQL or
 //!   Redis away from a running node.
 //!
@@ -28,6 +30,7 @@ pub mod smtp;
 pub mod tls;
 pub mod upstream;
 pub mod webdriver;
+pub mod webhook_receiver;
 pub mod ws_upstream;
 
 pub use process::{free_port, json_output, serve, wait_for_status, Proc, Serving};
@@ -38,6 +41,7 @@ pub use services::{postgres_schema, program, rabbitmq, redis_url, RabbitMq};
 pub use smtp::{Mail, SmtpServer};
 pub use tokio_tungstenite;
 pub use upstream::{Recorded, Upstream};
+pub use webhook_receiver::{WebhookReceiver, Mode as ReceiverMode};
 pub use ws_upstream::{Received, WsUpstream};
 
 /// Builds a [`reqwest::Client`] suited to talking to servers on loopback:

@@ -93,6 +93,9 @@ pub(crate) enum Command {
     /// The customer portal (`[portal]`): invite people to sign in for a client.
     #[command(subcommand)]
     Portal(PortalCommand),
+    /// Webhook deliveries from the outbox (`[[webhooks]]`): list, show, replay.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Manage admin tokens for the admin API.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCommand),
@@ -555,6 +558,43 @@ pub(crate) struct KeyList {
     pub(crate) after: Option<KeyId>,
     #[arg(long, default_value_t = 1000)]
     pub(crate) limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// List deliveries, newest first.
+    List(DeliveryListArgs),
+    /// Show one delivery and the event body it sends.
+    Show {
+        /// The delivery id (from `list`).
+        id: i64,
+    },
+    /// Send a dead or delivered delivery again (pending, due now, attempts counted anew).
+    Replay {
+        /// The delivery id (from `list`).
+        id: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeliveryListArgs {
+    /// Only deliveries in this state.
+    #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+    pub(crate) state: Option<String>,
+    /// Only this webhook's deliveries (its `name`).
+    #[arg(long)]
+    pub(crate) webhook: Option<String>,
+    /// Only this event type (`key.revoked`).
+    #[arg(long)]
+    pub(crate) event: Option<String>,
+    /// Only this event's deliveries (`evt_...`).
+    #[arg(long)]
+    pub(crate) event_id: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub(crate) limit: u32,
+    /// Only deliveries older than this id (paging).
+    #[arg(long)]
+    pub(crate) before: Option<i64>,
 }
 
 #[derive(Debug, Args)]

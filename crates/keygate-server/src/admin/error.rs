@@ -56,6 +56,8 @@ pub enum AdminError {
     KeyNotFound(String),
     #[error("No suspension `{0}`.")]
     SuspensionNotFound(String),
+    #[error("No webhook delivery {0}.")]
+    DeliveryNotFound(i64),
     #[error("A client named `{0}` already exists.")]
     DuplicateClient(String),
     #[error("Key {0} is revoked; a revoked key can never be used or changed again.")]
@@ -127,6 +129,7 @@ impl AdminError {
             E::ClientNotFound(_)
             | E::KeyNotFound(_)
             | E::SuspensionNotFound(_)
+            | E::DeliveryNotFound(_)
             | E::PlanNotFound(_)
             | E::NotFound => StatusCode::NOT_FOUND,
             E::DuplicateClient(_) | E::KeyRevoked(_) | E::KeyExpired(..) | E::Conflict(_) => {
@@ -164,6 +167,7 @@ impl AdminError {
             E::ClientNotFound(_) => "client_not_found",
             E::KeyNotFound(_) => "key_not_found",
             E::SuspensionNotFound(_) => "suspension_not_found",
+            E::DeliveryNotFound(_) => "delivery_not_found",
             E::DuplicateClient(_) => "duplicate_client",
             E::KeyRevoked(_) => "key_revoked",
             E::KeyExpired(..) => "key_expired",
@@ -246,6 +250,7 @@ impl From<StoreError> for AdminError {
             StoreError::SuspensionNotFound(id) => AdminError::SuspensionNotFound(id),
             e @ StoreError::UntilInPast(_) => AdminError::invalid_value("until", e.to_string()),
             e @ StoreError::TooManySuspensions(_) => AdminError::Conflict(e.to_string()),
+            StoreError::DeliveryNotFound(id) => AdminError::DeliveryNotFound(id),
             StoreError::DuplicateClient(c) => AdminError::DuplicateClient(c),
             StoreError::KeyRevoked(id) => AdminError::KeyRevoked(id),
             StoreError::KeyExpired(id, at) => AdminError::KeyExpired(id, at),

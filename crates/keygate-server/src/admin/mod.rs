@@ -1,5 +1,5 @@
-//! The admin API: clients, keys, usage, plans, emergency mode, suspensions and the audit log as
-//! JSON under
+//! The admin API: clients, keys, usage, plans, emergency mode, suspensions, the audit log and
+//! webhook deliveries as JSON under
 //! `/v1/`, for operators' tools.
 //!
 //! It runs on the admin listener beside the infra endpoints (`crate::runtime::infra`), which it does not
@@ -25,6 +25,7 @@ mod plans;
 mod portal;
 mod suspensions;
 mod usage;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -120,6 +121,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/amqp/reconcile", post(amqp::reconcile))
         .route("/v1/reload", post(config::reload))
         .route("/v1/clients/{client}/portal/invite", post(portal::invite))
+        .route("/v1/webhooks", get(webhooks::list_webhooks))
+        .route("/v1/webhooks/deliveries", get(webhooks::list))
+        .route("/v1/webhooks/deliveries/{id}", get(webhooks::show))
+        .route(
+            "/v1/webhooks/deliveries/{id}/replay",
+            post(webhooks::replay),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

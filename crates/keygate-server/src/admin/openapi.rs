@@ -18,7 +18,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{amqp, audit, clients, config, emergency, keys, plans, portal, suspensions, usage};
+use super::{
+    amqp, audit, clients, config, emergency, keys, plans, portal, suspensions, usage, webhooks,
+};
 
 /// The name of the admin token security scheme.
 pub(crate) const BEARER: &str = "bearer";
@@ -232,6 +234,69 @@ pub(crate) struct KeyPage {
     items: Vec<ApiKey>,
     #[schema(required = true, pattern = "^key_[0-9a-z]{16}$")]
     next_after: Option<String>,
+}
+
+/// One delivery of an event to one webhook.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Delivery {
+    /// Increasing; page with `before`, replay with it.
+    id: i64,
+    /// The event's id, also sent as `Keygate-Event-Id`: receivers deduplicate on it.
+    #[schema(pattern = "^evt_[0-9a-f]{24}$")]
+    event_id: String,
+    /// e.g. `key.revoked`.
+    event_type: String,
+    /// The webhook's `name`.
+    webhook: String,
+    #[schema(pattern = "^(pending|delivered|dead)$")]
+    state: String,
+    /// Attempts made.
+    attempts: i64,
+    /// When the next attempt is due (pending deliveries).
+    #[schema(format = DateTime)]
+    next_at: String,
+    /// The receiver's last status, when it answered.
+    #[schema(required = true)]
+    last_status: Option<i64>,
+    /// Why the last attempt failed.
+    #[schema(required = true)]
+    last_error: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(required = true, format = DateTime)]
+    delivered_at: Option<String>,
+    /// The event as sent (`show` only).
+    #[schema(value_type = Object)]
+    body: Option<serde_json::Value>,
+}
+
+/// A page of deliveries, newest first; `next_before` is the next page's cursor, or `null`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct DeliveryPage {
+    items: Vec<Delivery>,
+    #[schema(required = true)]
+    next_before: Option<i64>,
+}
+
+/// A configured webhook (its URL and secret are not shown).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Webhook {
+    name: String,
+    /// The event types its filter takes.
+    events: Vec<String>,
+    timeout_ms: u64,
+    max_attempts: u32,
+    backoff_ms: u64,
+}
+
+/// The webhooks this node sends to.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct WebhookList {
+    items: Vec<Webhook>,
 }
 
 /// A page of audit entries, newest first; `next_before` is the next page's cursor, or `null`.
@@ -517,6 +582,10 @@ pub(crate) struct FeedReconciled {
         amqp::reconcile,
         config::reload,
         portal::invite,
+        webhooks::list_webhooks,
+        webhooks::list,
+        webhooks::show,
+        webhooks::replay,
     ),
     components(schemas(
         Problem,
@@ -557,6 +626,10 @@ pub(crate) struct FeedReconciled {
         ClientDeleted,
         portal::InviteBody,
         PortalInvitation,
+        Delivery,
+        DeliveryPage,
+        Webhook,
+        WebhookList,
     )),
     modifiers(&CommonProblems),
     tags(
@@ -569,6 +642,7 @@ pub(crate) struct FeedReconciled {
         (name = "amqp", description = "Messaging feed credentials: one RabbitMQ vhost and user per client (seed 001)."),
         (name = "config", description = "This node's configuration file: reload it without dropping connections."),
         (name = "portal", description = "The customer portal: inviting people to sign in for a client."),
+        (name = "webhooks", description = "Webhook deliveries from the outbox: list, show and replay."),
     ),
 )]
 pub(crate) struct ApiDoc;

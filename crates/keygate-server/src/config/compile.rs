@@ -356,6 +356,12 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     );
     let leak_reports =
         super::compile_leaks::compile(raw.leak_reports.as_ref(), &profile, read_files, errors);
+    let (webhooks, outbox) = super::compile_webhooks::compile(
+        &raw.webhooks,
+        raw.outbox.as_ref(),
+        (overrides.tooling, read_files),
+        errors,
+    );
     if !errors.is_empty() {
         return None;
     }
@@ -385,6 +391,8 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         admin_tls,
         portal,
         leak_reports,
+        webhooks,
+        outbox,
     })
 }
 

@@ -10,10 +10,12 @@ mod compile_leaks;
 mod compile_portal;
 mod compile_selfservice;
 mod compile_tls;
+mod compile_webhooks;
 mod compile_ws;
 mod errors;
 mod raw;
 mod raw_portal;
+mod raw_webhooks;
 mod raw_ws;
 mod secret;
 mod spanned;
@@ -239,6 +241,10 @@ pub struct Config {
     pub portal: Option<PortalSettings>,
     /// `[leak_reports]`: GitHub's secret-scanning endpoint; `None` (the default) serves none.
     pub leak_reports: Option<crate::leak_reports::LeakReports>,
+    /// `[[webhooks]]`: where events are sent; none by default.
+    pub webhooks: Vec<crate::webhooks::WebhookSpec>,
+    /// `[outbox]`: how the node works the webhook outbox.
+    pub outbox: crate::webhooks::OutboxSettings,
 }
 
 impl Config {

@@ -38,6 +38,12 @@ pub(crate) struct RawConfig {
     /// The customer portal (`crate::portal`); off unless `[portal] listen` is set.
     #[serde(default)]
     pub(crate) portal: Option<Spanned<super::raw_portal::RawPortal>>,
+    /// Receivers of events (`crate::webhooks`); none when absent.
+    #[serde(default)]
+    pub(crate) webhooks: Vec<Spanned<super::raw_webhooks::RawWebhook>>,
+    /// How nodes work the webhook outbox; defaults when absent.
+    #[serde(default)]
+    pub(crate) outbox: Option<Spanned<super::raw_webhooks::RawOutbox>>,
     /// GitHub's secret-scanning reports (`crate::leak_reports`); off when absent.
     #[serde(default)]
     pub(crate) leak_reports: Option<Spanned<RawLeakReports>>,

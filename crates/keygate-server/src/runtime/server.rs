@@ -359,6 +359,12 @@ pub async fn start_on(
         gw.config.usage_flush,
         stop.clone(),
     ));
+    tokio::spawn(crate::webhooks::worker::run(
+        Arc::clone(&live),
+        store.clone(),
+        crate::state::amqp::node_name(),
+        stop.clone(),
+    ));
     let (feed_live, feed_stop) = (Arc::clone(&live), stop.clone());
     tokio::spawn(async move {
         feed::load(&feed_live, &store, feed_stop.clone()).await;

@@ -49,9 +49,9 @@ pub(crate) fn start(
     Ok(())
 }
 
-/// This node's name in the broker lease: the host, the process and a random part (two nodes
-/// on one host, or a restarted node, never share a name).
-fn node_name() -> String {
+/// This node's name in the broker lease and webhook claims: the host, the process and a
+/// random part (two nodes on one host, or a restarted node, never share a name).
+pub(crate) fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

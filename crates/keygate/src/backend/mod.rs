@@ -11,8 +11,8 @@ use keygate_core::Clock as _;
 use keygate_core::{ApiKey, Client, Issuer, KeyId, KeyState, SystemClock, Timestamp};
 use keygate_core::suspension::Suspension;
 use keygate_store::{
-    Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, IssuedKey, KeyFilter,
-    NewClient, NewKey, NewSuspension, Store,
+    Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter,
+    Emergency, IssuedKey, KeyFilter, NewClient, NewKey, NewSuspension, Store,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -211,6 +211,32 @@ impl Backend {
         match self {
             Backend::Local(s) => Ok(s.audit(filter).await?),
             Backend::Remote(r) => r.audit(filter).await,
+        }
+    }
+
+    pub(crate) async fn deliveries(&self, filter: &DeliveryFilter) -> anyhow::Result<Vec<Delivery>> {
+        match self {
+            Backend::Local(s) => Ok(s.deliveries(filter).await?),
+            Backend::Remote(r) => r.deliveries(filter).await,
+        }
+    }
+
+    /// A delivery and the event body it sends.
+    pub(crate) async fn delivery(&self, id: i64) -> anyhow::Result<(Delivery, Value)> {
+        match self {
+            Backend::Local(s) => {
+                let delivery = s.delivery(id).await?;
+                let body = s.delivery_body(id).await?;
+                Ok((delivery, serde_json::from_str(&body)?))
+            }
+            Backend::Remote(r) => r.delivery(id).await,
+        }
+    }
+
+    pub(crate) async fn replay_delivery(&self, actor: &Actor, id: i64) -> anyhow::Result<Delivery> {
+        match self {
+            Backend::Local(s) => Ok(s.replay_delivery(actor, id).await?),
+            Backend::Remote(r) => r.replay_delivery(id).await,
         }
     }
 

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
 use keygate_core::suspension::Suspension;
 use keygate_store::{
-    AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, KeyFilter, NewClient,
-    NewSuspension,
+    AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter, Emergency,
+    KeyFilter, NewClient, NewSuspension,
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
@@ -376,6 +376,51 @@ impl Remote {
         }
         let page: Page<AuditEntry> = self.call(Method::GET, "/v1/audit", &q, None, None).await?;
         Ok(page.items)
+    }
+
+    pub(crate) async fn deliveries(&self, f: &DeliveryFilter) -> anyhow::Result<Vec<Delivery>> {
+        let mut q = vec![("limit", f.limit.to_string())];
+        if let Some(b) = f.before {
+            q.push(("before", b.to_string()));
+        }
+        if let Some(s) = f.state {
+            q.push(("state", s.as_str().to_owned()));
+        }
+        for (k, v) in [
+            ("webhook", &f.webhook),
+            ("event", &f.event_type),
+            ("event_id", &f.event_id),
+        ] {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        }
+        let page: Page<Delivery> = self
+            .call(Method::GET, "/v1/webhooks/deliveries", &q, None, None)
+            .await?;
+        Ok(page.items)
+    }
+
+    pub(crate) async fn delivery(&self, id: i64) -> anyhow::Result<(Delivery, Value)> {
+        let mut doc: Value = self
+            .call(Method::GET, &format!("/v1/webhooks/deliveries/{id}"), &[], None, None)
+            .await?;
+        let body = doc
+            .as_object_mut()
+            .and_then(|o| o.remove("body"))
+            .unwrap_or(Value::Null);
+        Ok((serde_json::from_value(doc)?, body))
+    }
+
+    pub(crate) async fn replay_delivery(&self, id: i64) -> anyhow::Result<Delivery> {
+        self.call(
+            Method::POST,
+            &format!("/v1/webhooks/deliveries/{id}/replay"),
+            &[],
+            None,
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/reload`: the node reads its configuration file again.

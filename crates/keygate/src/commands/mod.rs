@@ -13,6 +13,7 @@ mod reload;
 mod serve;
 mod suspend;
 mod systemd;
+mod webhooks;
 
 use std::path::Path;
 
@@ -172,6 +173,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::AdminToken(cmd) => admin_token::run(&ctx, cmd).await,
         Command::Amqp(cmd) => amqp::run(&ctx, cmd).await,
         Command::Portal(cmd) => portal::run(&ctx, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&ctx, cmd).await,
         Command::Migrate => migrate(&ctx).await,
         Command::Serve(_) | Command::Demo(_) | Command::CheckConfig { .. } | Command::Reload => {
             unreachable!("handled before the store opens")

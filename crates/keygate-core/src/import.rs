@@ -245,7 +245,7 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 
 fn json_fields(text: &str) -> Result<Fields, ImportProblem> {
     let object: Map<String, Value> =
-        serde_json::from_str(text).map_err(|e| ImportProblem::NotJson(e.column()))?;
+        serde_json::from_str(text).map_err(|e| ImportProblem::NotJson(e.column().max(1)))?;
     let mut fields = Fields::default();
     for (name, value) in object {
         let Some(i) = FIELDS.iter().position(|f| *f == name) else {

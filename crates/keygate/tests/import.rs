@@ -368,7 +368,10 @@ fn a_keyed_digest_imports_sha256_only_with_a_legacy_shape() {
 fn import_is_local_only() {
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["--admin-url", "http://127.0.0.1:9", "import", "keys.jsonl"])
-        .env("KEYGATE_ADMIN_TOKEN", "kgadm_x")
+        .env(
+            "KEYGATE_ADMIN_TOKEN",
+            KeyFormat::admin_token().generate().expose(),
+        )
         .env_remove("KEYGATE_DB")
         .output()
         .unwrap();

@@ -110,6 +110,25 @@ impl Digester {
         }
     }
 
+    /// The digest a key of a legacy shape is stored under, from the key's SHA-256 (all an
+    /// import of the old system's digests has). Plain: that SHA-256 itself, as
+    /// [`Digester::digest`] gives for any key. Keyed: HMAC of that SHA-256 under a label of its
+    /// own ([`Digester::derive`]), so digests imported without their keys are keyed like every
+    /// other, and can never equal the digest of an own-format key. It is sound because
+    /// SHA-256 is one-way and collision-resistant: the HMAC over it is as unforgeable without
+    /// the secret as the HMAC over the key, for one more hash per legacy key presented.
+    pub fn legacy(&self, sha256: &[u8; 32]) -> KeyDigest {
+        match &self.keyed {
+            None => KeyDigest(*sha256),
+            Some(_) => KeyDigest(self.derive("keygate-legacy-sha256", &[sha256])),
+        }
+    }
+
+    /// [`Digester::legacy`] of a plaintext key of a legacy shape.
+    pub fn digest_legacy(&self, key: &str) -> KeyDigest {
+        self.legacy(&Sha256::digest(key.as_bytes()).into())
+    }
+
     pub fn digest(&self, key: &str) -> KeyDigest {
         match &self.keyed {
             None => KeyDigest(Sha256::digest(key.as_bytes()).into()),
@@ -162,6 +181,18 @@ mod tests {
             Digester::keyed(b"other").digest("k"),
             Digester::keyed(b"Jefe").digest("k")
         );
+    }
+
+    #[test]
+    fn legacy_digests_are_sha256_or_keyed_apart_from_own_digests() {
+        let plain = Digester::plain();
+        assert_eq!(plain.digest_legacy("abc"), plain.digest("abc"));
+        let keyed = Digester::keyed(b"secret");
+        let sha: [u8; 32] = Sha256::digest(b"abc").into();
+        assert_eq!(keyed.digest_legacy("abc"), keyed.legacy(&sha));
+        assert_ne!(keyed.digest_legacy("abc"), keyed.digest("abc"));
+        assert_ne!(keyed.legacy(&sha), KeyDigest(sha));
+        assert_ne!(keyed.legacy(&sha), Digester::keyed(b"other").legacy(&sha));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 pub mod decision;
 pub mod digest;
 pub mod duration;
+pub mod import;
 pub mod issuer;
 pub mod key_format;
+pub mod legacy_format;
 pub mod limit;
 pub mod model;
 pub mod names;
@@ -20,7 +22,7 @@ pub mod suspension;
 pub mod time;
 
 pub use digest::{Digester, KeyDigest};
-pub use issuer::{Issuer, KeyMaterial};
+pub use issuer::{DigestImportError, Issuer, KeyMaterial};
 pub use key_format::SecretKey;
 pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
 pub use model::{

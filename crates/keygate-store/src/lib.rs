@@ -15,6 +15,7 @@ mod clients;
 mod error;
 mod feed;
 mod idempotency;
+mod import;
 mod keys;
 mod leaks;
 mod migrate;
@@ -40,6 +41,7 @@ pub use clients::{ClientFilter, ClientUpdate, DeletedClient, LimitChange, LimitP
 pub use error::StoreError;
 pub use feed::{ChangeListener, Delta, Snapshot};
 pub use idempotency::{IdempotencyClaim, Once, Replay, SealedAnswer};
+pub use import::ImportOutcome;
 pub use keygate_core::KeyMaterial;
 pub use keys::{IssuedKey, KeyFilter, NewKey, Replacement, Rotation};
 pub use leaks::{LeakAction, LeakFinding, LeakReport};

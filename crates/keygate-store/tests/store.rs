@@ -1532,6 +1532,93 @@ async fn acme_again(s: &Store) -> Result<keygate_core::Client, StoreError> {
     .await
 }
 
+/// 1,200 keys (three insert batches) written at one feed version with one audit entry; a dry
+/// run or a single bad line writes nothing; a re-run changes nothing.
+async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
+    use keygate_core::import::{ImportKey, ImportProblem};
+    let s = &f.store;
+    let c = acme(s).await;
+    let format = KeyFormat::default();
+    let keys: Vec<ImportKey> = (0..1200u64)
+        .map(|i| ImportKey {
+            line: i + 1,
+            client: if i % 2 == 0 { c.name.clone() } else { c.id.to_string() },
+            material: material(&format).1,
+            label: format!("imported {i}"),
+            expires_at: None,
+        })
+        .collect();
+    let before = s.version().await.unwrap();
+    let dry = s.import_keys(&actor(), "keys.jsonl", &keys, true).await.unwrap();
+    assert_eq!((dry.imported, dry.unchanged, dry.version), (1200, 0, None));
+    assert_eq!(s.version().await.unwrap(), before, "a dry run bumps no version");
+
+    let mut bad = keys.clone();
+    bad[700].client = "nobody".into();
+    bad[900].expires_at = Some(s.now());
+    let refused = s.import_keys(&actor(), "keys.jsonl", &bad, false).await.unwrap();
+    assert_eq!(
+        refused.problems,
+        vec![
+            (701, ImportProblem::ClientNotFound),
+            (901, ImportProblem::ExpiryInPast)
+        ]
+    );
+    assert_eq!((refused.version, s.version().await.unwrap()), (None, before));
+    assert!(s.snapshot().await.unwrap().keys.is_empty());
+
+    let done = s.import_keys(&actor(), "keys.jsonl", &keys, false).await.unwrap();
+    assert_eq!((done.imported, done.unchanged), (1200, 0));
+    let version = done.version.unwrap();
+    let delta = s.delta_since(before).await.unwrap();
+    assert_eq!((delta.version, delta.keys.len()), (version, 1200));
+    assert!(delta.keys.iter().all(|k| k.state == KeyState::Active && k.client_id == c.id));
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("key.import".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].detail["imported"], 1200);
+    assert_eq!(audit[0].detail["version"], version);
+
+    let again = s.import_keys(&actor(), "keys.jsonl", &keys, false).await.unwrap();
+    assert_eq!((again.imported, again.unchanged, again.version), (0, 1200, None));
+    assert_eq!(s.version().await.unwrap(), version);
+
+    let other = s
+        .create_client(
+            &actor(),
+            NewClient {
+                name: "Other".into(),
+                plan: "pro".into(),
+                ..NewClient::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut theirs = keys[..2].to_vec();
+    theirs[0].client = other.name.clone();
+    let mut fresh = theirs[1].clone();
+    fresh.material = material(&format).1;
+    fresh.line = 3;
+    let mut dup = fresh.clone();
+    dup.line = 4;
+    dup.client = other.name.clone();
+    theirs.extend([fresh, dup]);
+    let conflict = s.import_keys(&actor(), "other.csv", &theirs, false).await.unwrap();
+    assert_eq!(
+        conflict.problems,
+        vec![
+            (1, ImportProblem::OtherClient),
+            (4, ImportProblem::DuplicateOfLine(3))
+        ]
+    );
+    assert_eq!(conflict.unchanged, 1);
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -1562,4 +1649,5 @@ suite!(
     the_broker_lease_has_one_holder_until_it_expires_or_is_given_up,
     a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept,
     suspensions_are_stored_replicated_audited_and_run_out,
+    imported_keys_are_written_at_once_or_not_at_all,
 );

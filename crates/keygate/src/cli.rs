@@ -65,6 +65,10 @@ pub(crate) enum Command {
     /// Manage API keys: create, rotate, revoke, disable, expire.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Import keys another system issued, so customers keep them: JSON lines
+    /// (`{"client": …, "key": "…"}` or `{"client": …, "sha256": "…"}`) or CSV with a header;
+    /// all or nothing, and a re-run imports only what is new. Works on a database (--db).
+    Import(ImportArgs),
     /// Show the audit log, newest first.
     Audit(AuditArgs),
     /// Show the plans (of the configuration, or of the node behind --admin-url).
@@ -114,6 +118,21 @@ pub(crate) enum Command {
         /// The file to check.
         file: std::path::PathBuf,
     },
+}
+
+/// Options of `import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The file: one key per line, with `client` and `key` (plaintext) or `sha256` (hex),
+    /// and optionally `label`, `expires_at` (RFC 3339) and, with `sha256`, `hint`.
+    pub(crate) file: std::path::PathBuf,
+    /// Check every line against the file and the database, and write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// How the file is written [default: by its extension (.csv, .jsonl), else by its first
+    /// character (`{` is JSON lines)].
+    #[arg(long, value_parser = ["jsonl", "csv"])]
+    pub(crate) format: Option<String>,
 }
 
 /// Options of `serve` and `demo`; each overrides the configuration file.

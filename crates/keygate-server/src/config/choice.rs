@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::errors::Errors;
 use keygate_core::key_format::Alphabet;
+use keygate_core::legacy_format::Charset;
 
 use crate::policy::ratelimit::LimitBy;
 use crate::policy::ws::{AuthMode, ClientMessages, OnSuspend, OnViolation};
@@ -175,6 +176,14 @@ impl Spelled for DayBy {
 impl Spelled for Alphabet {
     const SPELLINGS: &'static [(&'static str, Self)] =
         &[("base62", Alphabet::Base62), ("hex", Alphabet::Hex)];
+}
+
+impl Spelled for Charset {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("base62", Charset::Base62),
+        ("hex", Charset::Hex),
+        ("base64url", Charset::Base64Url),
+    ];
 }
 
 /// A route's `selfservice` action, before its other keys (`child_param`) are checked.

@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use keygate_core::decision::Reason;
 use keygate_core::key_format::{Alphabet, KeyFormat};
+use keygate_core::legacy_format::LegacyFormat;
 use keygate_core::policy::Requirements;
 use keygate_core::render::BodyTemplate;
 use keygate_core::scope_need::{PathParam, ScopeNeed};
@@ -661,7 +662,25 @@ fn compile_keys(raw: &RawConfig, errors: &mut Errors<'_>) -> Issuer {
             }
         },
     };
-    Issuer::new(format, digester)
+    let mut legacy = Vec::new();
+    for (i, spanned) in k.legacy.iter().enumerate() {
+        let l = spanned.get_ref();
+        let span = spanned.span();
+        let what = format!("keys.legacy[{i}]");
+        let Some(charset) =
+            Choice::read(Some(&l.alphabet), &format!("{what}.alphabet"), Some(&span), errors)
+        else {
+            continue;
+        };
+        match LegacyFormat::new(&l.prefix, charset, l.length, &format) {
+            Ok(f) => legacy.push(f),
+            Err(e) => errors.at(Some(&span), format!("{what}: {e}")),
+        }
+    }
+    Issuer {
+        legacy,
+        ..Issuer::new(format, digester)
+    }
 }
 
 fn add_route(

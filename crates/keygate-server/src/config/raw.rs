@@ -8,6 +8,7 @@ use super::errors::DurationSetting;
 use super::spanned::Spanned;
 use crate::policy::ratelimit::LimitBy;
 use keygate_core::key_format::Alphabet;
+use keygate_core::legacy_format::Charset;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,10 +233,30 @@ pub(crate) struct RawKeys {
     pub(crate) checksum: bool,
     /// Name of an environment variable holding the digest secret (HMAC).
     pub(crate) digest_secret_env: Option<String>,
+    /// Shapes of imported keys accepted beside this format (`[[keys.legacy]]`).
+    #[serde(default)]
+    pub(crate) legacy: Vec<Spanned<RawLegacyKeys>>,
 }
 
 fn default_alphabet() -> Choice<Alphabet> {
     Choice::Known(Alphabet::Base62)
+}
+
+/// `[[keys.legacy]] prefix = "sk_live_", alphabet = "base62", length = 24`: the shape of keys
+/// another system issued, imported with `keygate import`. `length` counts the characters after
+/// the prefix, as `[keys] length` does; legacy keys have no checksum.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLegacyKeys {
+    #[serde(default)]
+    pub(crate) prefix: String,
+    #[serde(default = "default_charset")]
+    pub(crate) alphabet: Choice<Charset>,
+    pub(crate) length: usize,
+}
+
+fn default_charset() -> Choice<Charset> {
+    Choice::Known(Charset::Base62)
 }
 
 #[derive(Debug, Default, Deserialize)]

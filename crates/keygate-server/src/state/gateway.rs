@@ -293,9 +293,19 @@ impl Gateway {
     /// # Errors
     /// A 401-class [`Reason`].
     pub fn authenticate(&self, key: &str) -> Result<Admitted, Reason> {
-        let issuer = &self.config.issuer;
-        issuer.format.check(key).map_err(|_| Reason::MalformedKey)?;
-        self.authenticate_digest(&issuer.digester.digest(key))
+        self.authenticate_digest(&self.digest_presented(key)?)
+    }
+
+    /// The digest of a presented key, after the offline format check (the profile's format
+    /// or a `[[keys.legacy]]` shape): a key of neither shape is never digested nor looked up.
+    ///
+    /// # Errors
+    /// `MalformedKey`.
+    pub fn digest_presented(&self, key: &str) -> Result<KeyDigest, Reason> {
+        self.config
+            .issuer
+            .digest_presented(key)
+            .map_err(|_| Reason::MalformedKey)
     }
 
     /// Authenticates a key by its digest: lookup, state, expiry, client.

@@ -215,6 +215,7 @@ fn keep_restart_only(running: &Config, mut next: Config) -> (Config, Vec<&'stati
     keep!(portal => "portal");
     // Keys issued under the running format and digest must keep authenticating.
     if next.issuer.format != running.issuer.format
+        || next.issuer.legacy != running.issuer.legacy
         || next.issuer.digester.digest("keygate-reload-probe")
             != running.issuer.digester.digest("keygate-reload-probe")
     {

@@ -105,8 +105,8 @@ async fn authenticate(
             gw.authenticate_digest(&digest).map(|who| (who, digest))
         }
         None => {
-            let who = gw.authenticate(presented)?;
-            Ok((who, gw.config.issuer.digester.digest(presented)))
+            let digest = gw.digest_presented(presented)?;
+            gw.authenticate_digest(&digest).map(|who| (who, digest))
         }
     })
 }

@@ -41,7 +41,10 @@ pub(crate) fn answer(
     }
     // Guessing keys here is guessing keys: the brute-force guard counts it and cools it down.
     let caller = Caller { peer, headers };
-    let who = crate::request::check::guarded(gw, caller, Some(key), || gw.authenticate(key))?;
+    let (who, digest) = crate::request::check::guarded(gw, caller, Some(key), || {
+        let digest = gw.digest_presented(key)?;
+        gw.authenticate_digest(&digest).map(|who| (who, digest))
+    })?;
     if let Some(f) = settings
         .features
         .iter()
@@ -50,7 +53,6 @@ pub(crate) fn answer(
         return Err(Refusal::from(Denial::about(Reason::FeatureNotOnPlan, f)).by(Some(who)));
     }
     let now = gw.clock.now();
-    let digest = gw.config.issuer.digester.digest(key);
     let token = token::issue(&settings.secret, &digest, now, settings.ttl);
     let expires = now.plus(settings.ttl);
     let mut resp = respond::json(

@@ -6,6 +6,7 @@ mod audit;
 mod client;
 mod demo;
 mod emergency;
+mod import;
 mod key;
 mod plan;
 mod portal;
@@ -164,6 +165,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Client(cmd) => client::run(&ctx, cmd).await,
         Command::Key(cmd) => key::run(&ctx, cmd).await,
+        Command::Import(args) => import::run(&ctx, args).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Plan(cmd) => plan::run(&ctx, cmd).await,
         Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Imports KEYS generated keys (half plaintext, half SHA-256 digests, of a legacy shape, over ten
+# clients) into a fresh SQLite database with the release binary, then imports the same file
+# again (every line unchanged) and dry-runs it; prints wall time and peak RSS of each run
+# (`/usr/bin/time -v`).
+#
+#   bench/import.sh [KEYS]
+#
+# Set CARGO_TARGET_DIR to build elsewhere; the temporary directory is removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+keys="${1:-100000}"
+cargo build --release --locked -q -p keygate --bin keygate
+bin="${CARGO_TARGET_DIR:-target}/release/keygate"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cat >"$work/keygate.toml" <<'TOML'
+[keys]
+prefix = "kg_"
+length = 30
+checksum = true
+
+[[keys.legacy]]
+prefix = "sk_live_"
+alphabet = "base62"
+length = 24
+TOML
+kg() { "$bin" --db "$work/keygate.db" --config "$work/keygate.toml" "$@"; }
+for i in $(seq 0 9); do kg client create "client-$i" >/dev/null; done
+python3 - "$keys" >"$work/keys.jsonl" <<'PY'
+import hashlib, json, secrets, string, sys
+alphabet = string.digits + string.ascii_uppercase + string.ascii_lowercase
+for i in range(int(sys.argv[1])):
+    key = "sk_live_" + "".join(secrets.choice(alphabet) for _ in range(24))
+    line = {"client": f"client-{i % 10}", "label": f"legacy {i}"}
+    if i % 2:
+        line["sha256"] = hashlib.sha256(key.encode()).hexdigest()
+    else:
+        line["key"] = key
+    print(json.dumps(line))
+PY
+echo "file: $keys lines, $(du -h "$work/keys.jsonl" | cut -f1)"
+measure() {
+  local what="$1"
+  shift
+  /usr/bin/time -v -o "$work/time" "$bin" --db "$work/keygate.db" --config "$work/keygate.toml" "$@" >"$work/out"
+  local wall rss
+  wall=$(grep 'Elapsed (wall clock)' "$work/time" | awk '{print $NF}')
+  rss=$(grep 'Maximum resident set size' "$work/time" | awk '{print $NF}')
+  printf '%-28s wall %-9s peak RSS %6d MiB   %s\n' "$what" "$wall" "$((rss / 1024))" "$(tail -n1 "$work/out")"
+}
+measure "import (new keys)" import "$work/keys.jsonl"
+measure "import again (unchanged)" import "$work/keys.jsonl"
+measure "import --dry-run" import --dry-run "$work/keys.jsonl"
+echo "database: $(du -h "$work/keygate.db" | cut -f1), keys: $(kg --json key list --limit 1000000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"

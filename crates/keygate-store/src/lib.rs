@@ -50,9 +50,7 @@ pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
 pub use suspensions::{NewSuspension, MAX_ACTIVE as MAX_ACTIVE_SUSPENSIONS};
 pub use usage::UsageRow;
-pub use webhooks::{
-    Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome,
-};
+pub use webhooks::{Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome};
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1451,8 +1451,16 @@ async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
     assert_eq!(mine.client_id.as_ref(), Some(&client.id));
     // Every node sees both through the feed.
     let d = s.delta_since(v0).await.unwrap();
-    assert_eq!(d.suspensions.as_deref(), Some(&[held.clone(), mine.clone()][..]));
-    assert!(s.delta_since(d.version).await.unwrap().suspensions.is_none());
+    assert_eq!(
+        d.suspensions.as_deref(),
+        Some(&[held.clone(), mine.clone()][..])
+    );
+    assert!(s
+        .delta_since(d.version)
+        .await
+        .unwrap()
+        .suspensions
+        .is_none());
     assert_eq!(s.snapshot().await.unwrap().suspensions.len(), 2);
     assert_eq!(s.suspension(held.id.as_str()).await.unwrap(), held);
 
@@ -1467,7 +1475,8 @@ async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
-        s.create_suspension(&actor(), sport(Some(Timestamp::from_millis(T0)))).await,
+        s.create_suspension(&actor(), sport(Some(Timestamp::from_millis(T0))))
+            .await,
         Err(StoreError::UntilInPast(_))
     ));
     let nobody = NewSuspension {
@@ -1483,7 +1492,10 @@ async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
     // Lifted: gone from what nodes hold, kept in `all` with who lifted it; twice is harmless.
     let lifted = s.lift_suspension(&actor(), held.id.as_str()).await.unwrap();
     assert!(lifted.lifted_at.is_some());
-    assert_eq!(s.lift_suspension(&actor(), held.id.as_str()).await.unwrap(), lifted);
+    assert_eq!(
+        s.lift_suspension(&actor(), held.id.as_str()).await.unwrap(),
+        lifted
+    );
     assert!(matches!(
         s.lift_suspension(&actor(), "sus_0000000000000000").await,
         Err(StoreError::SuspensionNotFound(_))
@@ -1542,21 +1554,35 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     let keys: Vec<ImportKey> = (0..1200u64)
         .map(|i| ImportKey {
             line: i + 1,
-            client: if i % 2 == 0 { c.name.clone() } else { c.id.to_string() },
+            client: if i % 2 == 0 {
+                c.name.clone()
+            } else {
+                c.id.to_string()
+            },
             material: material(&format).1,
             label: format!("imported {i}"),
             expires_at: None,
         })
         .collect();
     let before = s.version().await.unwrap();
-    let dry = s.import_keys(&actor(), "keys.jsonl", &keys, true).await.unwrap();
+    let dry = s
+        .import_keys(&actor(), "keys.jsonl", &keys, true)
+        .await
+        .unwrap();
     assert_eq!((dry.imported, dry.unchanged, dry.version), (1200, 0, None));
-    assert_eq!(s.version().await.unwrap(), before, "a dry run bumps no version");
+    assert_eq!(
+        s.version().await.unwrap(),
+        before,
+        "a dry run bumps no version"
+    );
 
     let mut bad = keys.clone();
     bad[700].client = "nobody".into();
     bad[900].expires_at = Some(s.now());
-    let refused = s.import_keys(&actor(), "keys.jsonl", &bad, false).await.unwrap();
+    let refused = s
+        .import_keys(&actor(), "keys.jsonl", &bad, false)
+        .await
+        .unwrap();
     assert_eq!(
         refused.problems,
         vec![
@@ -1564,15 +1590,24 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
             (901, ImportProblem::ExpiryInPast)
         ]
     );
-    assert_eq!((refused.version, s.version().await.unwrap()), (None, before));
+    assert_eq!(
+        (refused.version, s.version().await.unwrap()),
+        (None, before)
+    );
     assert!(s.snapshot().await.unwrap().keys.is_empty());
 
-    let done = s.import_keys(&actor(), "keys.jsonl", &keys, false).await.unwrap();
+    let done = s
+        .import_keys(&actor(), "keys.jsonl", &keys, false)
+        .await
+        .unwrap();
     assert_eq!((done.imported, done.unchanged), (1200, 0));
     let version = done.version.unwrap();
     let delta = s.delta_since(before).await.unwrap();
     assert_eq!((delta.version, delta.keys.len()), (version, 1200));
-    assert!(delta.keys.iter().all(|k| k.state == KeyState::Active && k.client_id == c.id));
+    assert!(delta
+        .keys
+        .iter()
+        .all(|k| k.state == KeyState::Active && k.client_id == c.id));
     let audit = s
         .audit(&AuditFilter {
             action: Some("key.import".into()),
@@ -1584,8 +1619,14 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     assert_eq!(audit[0].detail["imported"], 1200);
     assert_eq!(audit[0].detail["version"], version);
 
-    let again = s.import_keys(&actor(), "keys.jsonl", &keys, false).await.unwrap();
-    assert_eq!((again.imported, again.unchanged, again.version), (0, 1200, None));
+    let again = s
+        .import_keys(&actor(), "keys.jsonl", &keys, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.imported, again.unchanged, again.version),
+        (0, 1200, None)
+    );
     assert_eq!(s.version().await.unwrap(), version);
 
     let other = s
@@ -1608,7 +1649,10 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     dup.line = 4;
     dup.client = other.name.clone();
     theirs.extend([fresh, dup]);
-    let conflict = s.import_keys(&actor(), "other.csv", &theirs, false).await.unwrap();
+    let conflict = s
+        .import_keys(&actor(), "other.csv", &theirs, false)
+        .await
+        .unwrap();
     assert_eq!(
         conflict.problems,
         vec![

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use keygate_store::{Actor, LeakAction, LeakReport};
+use keygate_store::{Actor, LeakAction, LeakFinding, LeakReport};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -152,18 +152,24 @@ async fn apply(gw: &Gateway, config: &LeakReports, matches: &[Match]) -> Respons
             "The store is not open yet.",
         );
     };
-    let digester = &gw.config.issuer.digester;
-    let reports: Vec<LeakReport> = matches
+    // A token of neither the profile's format nor a legacy shape is no key of ours: it is
+    // answered `false_positive` without a lookup, as the gateway refuses it unread.
+    let issuer = &gw.config.issuer;
+    let shaped: Vec<Option<LeakReport>> = matches
         .iter()
-        .map(|m| LeakReport {
-            digest: digester.digest(&m.token),
-            kind: clip(&m.kind),
-            url: clip(&m.url),
-            source: clip(&m.source),
+        .map(|m| {
+            let digest = issuer.digest_presented(&m.token).ok()?;
+            Some(LeakReport {
+                digest,
+                kind: clip(&m.kind),
+                url: clip(&m.url),
+                source: clip(&m.source),
+            })
         })
         .collect();
+    let reports: Vec<LeakReport> = shaped.iter().flatten().cloned().collect();
     let actor = Actor(ACTOR.to_owned());
-    let findings = match tokio::time::timeout(
+    let found = match tokio::time::timeout(
         STORE_TIMEOUT,
         store.report_leaks(&actor, &reports, config.action),
     )
@@ -185,15 +191,29 @@ async fn apply(gw: &Gateway, config: &LeakReports, matches: &[Match]) -> Respons
             );
         }
     };
+    let mut found = found.into_iter();
+    let findings: Vec<LeakFinding> = shaped
+        .iter()
+        .map(|s| match s {
+            Some(_) => found.next().unwrap_or(LeakFinding {
+                key: None,
+                revoked: false,
+            }),
+            None => LeakFinding {
+                key: None,
+                revoked: false,
+            },
+        })
+        .collect();
     let mut labels = Vec::with_capacity(matches.len());
     let mut revoked = false;
-    for ((m, report), finding) in matches.iter().zip(&reports).zip(&findings) {
+    for (m, finding) in matches.iter().zip(&findings) {
         if let Some(key) = &finding.key {
             tracing::warn!(
                 key = %key.id,
                 client = %key.client_id,
                 hint = %key.hint,
-                url = %report.url,
+                url = %clip(&m.url),
                 revoked = finding.revoked,
                 "A key was reported leaked in public."
             );
@@ -201,7 +221,7 @@ async fn apply(gw: &Gateway, config: &LeakReports, matches: &[Match]) -> Respons
         revoked |= finding.revoked;
         labels.push(json!({
             "token_hash": keygate_core::digest::hex(&Sha256::digest(m.token.as_bytes())),
-            "token_type": report.kind,
+            "token_type": clip(&m.kind),
             "label": if finding.key.is_some() { "true_positive" } else { "false_positive" },
         }));
     }

@@ -7,9 +7,9 @@ mod remote;
 use std::time::Duration;
 
 use anyhow::bail;
+use keygate_core::suspension::Suspension;
 use keygate_core::Clock as _;
 use keygate_core::{ApiKey, Client, Issuer, KeyId, KeyState, SystemClock, Timestamp};
-use keygate_core::suspension::Suspension;
 use keygate_store::{
     Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter,
     Emergency, IssuedKey, KeyFilter, NewClient, NewKey, NewSuspension, Store,
@@ -214,7 +214,10 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn deliveries(&self, filter: &DeliveryFilter) -> anyhow::Result<Vec<Delivery>> {
+    pub(crate) async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> anyhow::Result<Vec<Delivery>> {
         match self {
             Backend::Local(s) => Ok(s.deliveries(filter).await?),
             Backend::Remote(r) => r.deliveries(filter).await,

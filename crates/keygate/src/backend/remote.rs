@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
 use keygate_core::suspension::Suspension;
+use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
 use keygate_store::{
     AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter, Emergency,
     KeyFilter, NewClient, NewSuspension,
@@ -403,7 +403,13 @@ impl Remote {
 
     pub(crate) async fn delivery(&self, id: i64) -> anyhow::Result<(Delivery, Value)> {
         let mut doc: Value = self
-            .call(Method::GET, &format!("/v1/webhooks/deliveries/{id}"), &[], None, None)
+            .call(
+                Method::GET,
+                &format!("/v1/webhooks/deliveries/{id}"),
+                &[],
+                None,
+                None,
+            )
             .await?;
         let body = doc
             .as_object_mut()

@@ -194,7 +194,13 @@ fn report_of(tokens: &[&str]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_report_revokes_the_key_at_once_and_labels_every_token_by_hash() {
     let github = Scanner::new("f9525bf080f75b3506ca1ead061add62b8633a346606dc5fe544e29231c6ee0d");
-    let (node, acme, globex) = Node::start("", &[&github]).await;
+    let receiver = keygate_test::WebhookReceiver::start("a-webhook-secret-of-32-bytes-long").await;
+    let webhook = format!(
+        "\n[[webhooks]]\nurl = \"{}\"\nsecret = \"a-webhook-secret-of-32-bytes-long\"\n\
+         events = [\"leak.reported\", \"key.revoked\"]\n\n[outbox]\npoll = \"100ms\"\n",
+        receiver.url()
+    );
+    let (node, acme, globex) = Node::start(&webhook, &[&github]).await;
     assert_eq!(node.status_with(&acme).await, 200);
 
     let made_up = "kg_thisIsNoKeyOfOursButLooksLikeOne123456";
@@ -226,6 +232,26 @@ async fn a_signed_report_revokes_the_key_at_once_and_labels_every_token_by_hash(
     let revoked = node.audit("key.revoke");
     assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert_eq!(revoked[0]["actor"], "secret-scanning");
+
+    // The provider's systems hear of it: `leak.reported` and `key.revoked`, signed, with the
+    // report's facts and never the token.
+    let delivered = receiver
+        .wait_for(Duration::from_secs(20), |d| d.len() >= 2)
+        .await;
+    let mut types: Vec<&str> = delivered.iter().map(|d| d.event_type.as_str()).collect();
+    types.sort_unstable();
+    assert_eq!(types, ["key.revoked", "leak.reported"], "{delivered:?}");
+    for d in &delivered {
+        assert!(d.signature_valid, "{d:?}");
+        let body = String::from_utf8_lossy(&d.body);
+        assert!(!body.contains(&acme), "a webhook body holds the token");
+    }
+    let leak = delivered
+        .iter()
+        .find(|d| d.event_type == "leak.reported")
+        .unwrap()
+        .json();
+    assert!(leak.to_string().contains("github.com/octocat"), "{leak}");
 
     // GitHub retries and rescans: the same token again is still ours, already revoked.
     let (status, answer) = node.signed(&github, &report_of(&[&acme])).await;

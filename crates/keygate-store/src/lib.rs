@@ -44,9 +44,7 @@ pub use migrate::{latest_version, MigrateMode};
 pub use portal::{normalize_email, LinkRefusal, PortalSession, PortalUser};
 pub use settings::Emergency;
 pub use usage::UsageRow;
-pub use webhooks::{
-    Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome,
-};
+pub use webhooks::{Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome};
 
 /// Which database engine a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,9 +25,13 @@ async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keygate.db");
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(path.to_str().unwrap(), OpenOptions::default(), clock.clone())
-        .await
-        .unwrap();
+    let store = Store::open_with_clock(
+        path.to_str().unwrap(),
+        OpenOptions::default(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
     Some(Fixture {
         store,
         clock,
@@ -52,7 +56,11 @@ fn actor() -> Actor {
     Actor("test:hooks".into())
 }
 
-async fn key(store: &Store, client: &str, expires_at: Option<Timestamp>) -> (String, keygate_core::ApiKey) {
+async fn key(
+    store: &Store,
+    client: &str,
+    expires_at: Option<Timestamp>,
+) -> (String, keygate_core::ApiKey) {
     let (plain, material) = material();
     let k = store
         .create_key(
@@ -230,7 +238,11 @@ async fn one_node_claims_a_delivery_until_it_settles_or_its_claim_runs_out(f: Fi
         .is_empty());
     f.clock.advance(Duration::from_secs(10));
     let b = s.claim_deliveries("node-b", 10, HOLD).await.unwrap();
-    assert_eq!((b.len(), b[0].attempts), (1, 1), "due again after its backoff");
+    assert_eq!(
+        (b.len(), b[0].attempts),
+        (1, 1),
+        "due again after its backoff"
+    );
     // A claim that runs out (its node died) is taken by another node.
     f.clock.advance(HOLD);
     let again = s.claim_deliveries("node-a", 10, HOLD).await.unwrap();
@@ -325,7 +337,11 @@ async fn expiring_keys_and_deduplicated_events_are_made_once_and_pruned(f: Fixtu
 
     let data = serde_json::json!({"client": "x"});
     assert!(s
-        .enqueue_event(EventType::Quota100, data.clone(), Some("quota.100:x:2026-09"))
+        .enqueue_event(
+            EventType::Quota100,
+            data.clone(),
+            Some("quota.100:x:2026-09")
+        )
         .await
         .unwrap()
         .is_some());

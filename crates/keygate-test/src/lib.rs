@@ -41,7 +41,7 @@ pub use services::{postgres_schema, program, rabbitmq, redis_url, RabbitMq};
 pub use smtp::{Mail, SmtpServer};
 pub use tokio_tungstenite;
 pub use upstream::{Recorded, Upstream};
-pub use webhook_receiver::{WebhookReceiver, Mode as ReceiverMode};
+pub use webhook_receiver::{Mode as ReceiverMode, WebhookReceiver};
 pub use ws_upstream::{Received, WsUpstream};
 
 /// Builds a [`reqwest::Client`] suited to talking to servers on loopback:

@@ -141,9 +141,8 @@ impl WebhookReceiver {
                 };
                 let (state, secret) = (Arc::clone(&shared), Arc::clone(&secret));
                 connections.spawn(async move {
-                    let service = service_fn(move |req| {
-                        handle(Arc::clone(&state), Arc::clone(&secret), req)
-                    });
+                    let service =
+                        service_fn(move |req| handle(Arc::clone(&state), Arc::clone(&secret), req));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -249,9 +248,33 @@ mod tests {
         let header =
             "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789";
         let body = br#"{"a":1}"#;
-        assert!(verify_signature(b"whsec_test", header, body, 1_700_000_100, 300));
-        assert!(!verify_signature(b"whsec_other", header, body, 1_700_000_100, 300));
-        assert!(!verify_signature(b"whsec_test", header, b"{}", 1_700_000_100, 300));
-        assert!(!verify_signature(b"whsec_test", header, body, 1_700_001_000, 300));
+        assert!(verify_signature(
+            b"whsec_test",
+            header,
+            body,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_signature(
+            b"whsec_other",
+            header,
+            body,
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_signature(
+            b"whsec_test",
+            header,
+            b"{}",
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_signature(
+            b"whsec_test",
+            header,
+            body,
+            1_700_001_000,
+            300
+        ));
     }
 }

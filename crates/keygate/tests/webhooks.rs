@@ -11,8 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use keygate_test::{
-    http_client, postgres_schema, wait_for_status, ReceiverMode, Serving, Upstream,
-    WebhookReceiver,
+    http_client, postgres_schema, wait_for_status, ReceiverMode, Serving, Upstream, WebhookReceiver,
 };
 use serde_json::Value;
 
@@ -203,7 +202,8 @@ async fn two_nodes_deliver_each_event_once_through_failures_timeouts_and_recover
     assert!(hung.iter().any(|d| d.answered.is_none()), "never hung");
     flaky.set_mode(ReceiverMode::Accept);
 
-    let delivered = wait_deliveries(&db, &config, "flaky", "delivered", |rows| rows.len() == 6).await;
+    let delivered =
+        wait_deliveries(&db, &config, "flaky", "delivered", |rows| rows.len() == 6).await;
     assert_eq!(
         delivered.len(),
         6,
@@ -244,7 +244,11 @@ async fn two_nodes_deliver_each_event_once_through_failures_timeouts_and_recover
         "an event was accepted twice: {per_event:?}"
     );
     for d in flaky.received() {
-        assert!(d.signature_valid, "bad signature on {}: {}", d.event_id, d.signature);
+        assert!(
+            d.signature_valid,
+            "bad signature on {}: {}",
+            d.event_id, d.signature
+        );
         let body = d.json();
         assert_eq!(body["id"], d.event_id.as_str());
         assert_eq!(body["type"], d.event_type.as_str());
@@ -261,7 +265,12 @@ async fn two_nodes_deliver_each_event_once_through_failures_timeouts_and_recover
 
     // The receiver that never answers is dead-lettered after its two attempts.
     let dead = wait_deliveries(&db, &config, "blackhole", "dead", |rows| rows.len() == 1).await;
-    assert_eq!(dead.len(), 1, "{:#?}", deliveries(&db, &config, "blackhole", None));
+    assert_eq!(
+        dead.len(),
+        1,
+        "{:#?}",
+        deliveries(&db, &config, "blackhole", None)
+    );
     assert_eq!(dead[0]["attempts"], 2);
     let error = dead[0]["last_error"].as_str().unwrap();
     assert!(
@@ -275,13 +284,22 @@ async fn two_nodes_deliver_each_event_once_through_failures_timeouts_and_recover
     // `strict` refuses twice and is dead; once it recovers, an operator replays through a
     // node's admin API.
     let dead = wait_deliveries(&db, &config, "strict", "dead", |rows| rows.len() == 1).await;
-    assert_eq!(dead.len(), 1, "{:#?}", deliveries(&db, &config, "strict", None));
+    assert_eq!(
+        dead.len(),
+        1,
+        "{:#?}",
+        deliveries(&db, &config, "strict", None)
+    );
     assert_eq!(dead[0]["last_status"], 503);
     strict.set_mode(ReceiverMode::Accept);
     let id = dead[0]["id"].as_i64().unwrap().to_string();
     let replayed = keygate_test::json_output(
         Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args(["--json", "--admin-url", &format!("http://{}", nodes[1].admin)])
+            .args([
+                "--json",
+                "--admin-url",
+                &format!("http://{}", nodes[1].admin),
+            ])
             .args(["webhooks", "replay", &id])
             .env("KEYGATE_ADMIN_TOKEN", &token),
     );
@@ -289,7 +307,10 @@ async fn two_nodes_deliver_each_event_once_through_failures_timeouts_and_recover
     let accepted = strict
         .wait_for(DEADLINE, |r| r.iter().any(|d| d.answered == Some(204)))
         .await;
-    let ok: Vec<_> = accepted.iter().filter(|d| d.answered == Some(204)).collect();
+    let ok: Vec<_> = accepted
+        .iter()
+        .filter(|d| d.answered == Some(204))
+        .collect();
     assert_eq!(ok.len(), 1);
     assert!(ok[0].signature_valid);
     assert_eq!(ok[0].event_type, "client.disabled");
@@ -325,7 +346,12 @@ async fn two_nodes_deliver_each_event_once_through_failures_timeouts_and_recover
         .map(|d| String::from_utf8_lossy(&d.body).into_owned())
         .collect();
     let mut secrets: Vec<&str> = plaintexts.iter().map(String::as_str).collect();
-    secrets.extend([FLAKY_SECRET, STRICT_SECRET, BLACKHOLE_SECRET, token.as_str()]);
+    secrets.extend([
+        FLAKY_SECRET,
+        STRICT_SECRET,
+        BLACKHOLE_SECRET,
+        token.as_str(),
+    ]);
     let logs: Vec<String> = nodes.iter().map(|n| n.proc.stderr()).collect();
     assert!(
         logs.iter().any(|l| l.contains("Webhook delivered")),
@@ -384,5 +410,8 @@ events = ["quota.*"]
     assert!(err.contains("at least 16 bytes"), "{err}");
     assert!(err.contains("`key.revoke` names no event"), "{err}");
     assert!(err.contains("another webhook is named `twice`"), "{err}");
-    assert!(!err.contains("token=abc"), "a URL's query is never shown: {err}");
+    assert!(
+        !err.contains("token=abc"),
+        "a URL's query is never shown: {err}"
+    );
 }

@@ -34,11 +34,25 @@ pub(super) fn compile(
     for (i, spanned) in hooks.iter().enumerate() {
         let (raw, span) = (spanned.get_ref(), spanned.span());
         let at = |field: &str| format!("webhooks[{i}].{field}");
-        let timeout = errors.duration(Some(&span), &at("timeout"), raw.timeout.as_ref(), DEFAULT_TIMEOUT, Zero::Refused);
-        let backoff = errors.duration(Some(&span), &at("backoff"), raw.backoff.as_ref(), DEFAULT_BACKOFF, Zero::Refused);
+        let timeout = errors.duration(
+            Some(&span),
+            &at("timeout"),
+            raw.timeout.as_ref(),
+            DEFAULT_TIMEOUT,
+            Zero::Refused,
+        );
+        let backoff = errors.duration(
+            Some(&span),
+            &at("backoff"),
+            raw.backoff.as_ref(),
+            DEFAULT_BACKOFF,
+            Zero::Refused,
+        );
         let max_attempts = errors
             .positive(Some(&span), &at("max_attempts"), raw.max_attempts, None)
-            .map_or(DEFAULT_MAX_ATTEMPTS, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+            .map_or(DEFAULT_MAX_ATTEMPTS, |n| {
+                u32::try_from(n.get()).unwrap_or(u32::MAX)
+            });
         let mut err = |m: String| errors.at(Some(&span), format!("webhooks[{i}]: {m}"));
         let Some(spec) = webhook(raw, tooling, read_files, &mut err, base.clone()) else {
             continue;
@@ -84,7 +98,9 @@ fn webhook(
     let secret = match (&raw.secret, &raw.secret_env) {
         (Some(s), None) if s.len() >= MIN_SECRET_BYTES => Some(s.clone()),
         (Some(_), None) => {
-            err(format!("`secret` must be at least {MIN_SECRET_BYTES} bytes"));
+            err(format!(
+                "`secret` must be at least {MIN_SECRET_BYTES} bytes"
+            ));
             None
         }
         (None, Some(var)) => match super::secret::from_env("secret_env", var, MIN_SECRET_BYTES) {
@@ -136,7 +152,12 @@ fn target(
         err("`url` is required".to_owned());
         return None;
     };
-    let not_http = || format!("`{}` is not an absolute http:// or https:// URL", redact(url_text));
+    let not_http = || {
+        format!(
+            "`{}` is not an absolute http:// or https:// URL",
+            redact(url_text)
+        )
+    };
     let Ok(url) = url_text.parse::<http::Uri>() else {
         err(not_http());
         return None;
@@ -174,7 +195,10 @@ fn target(
                 ca_file: ca_file.as_deref().map(|p| base.join(p)),
                 client_cert: None,
             };
-            let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let bare = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             let client = ClientTls::new(&files, crate::tls::client::ALPN_UPSTREAM);
             match (client, ServerName::try_from(bare)) {
                 (Ok(c), Ok(n)) => Some((c, n)),
@@ -209,7 +233,13 @@ fn compile_outbox(raw: Option<&Spanned<RawOutbox>>, errors: &mut Errors<'_>) -> 
     };
     let (r, span) = (spanned.get_ref(), spanned.span());
     let settings = OutboxSettings {
-        poll: errors.duration(Some(&span), "outbox.poll", r.poll.as_ref(), defaults.poll, Zero::Refused),
+        poll: errors.duration(
+            Some(&span),
+            "outbox.poll",
+            r.poll.as_ref(),
+            defaults.poll,
+            Zero::Refused,
+        ),
         key_expiring_ahead: errors.duration(
             Some(&span),
             "outbox.key_expiring_ahead",
@@ -217,7 +247,13 @@ fn compile_outbox(raw: Option<&Spanned<RawOutbox>>, errors: &mut Errors<'_>) -> 
             defaults.key_expiring_ahead,
             Zero::Refused,
         ),
-        retention: errors.duration(Some(&span), "outbox.retention", r.retention.as_ref(), defaults.retention, Zero::Refused),
+        retention: errors.duration(
+            Some(&span),
+            "outbox.retention",
+            r.retention.as_ref(),
+            defaults.retention,
+            Zero::Refused,
+        ),
     };
     if settings.retention < settings.key_expiring_ahead {
         // A pruned `key.expiring` would be made again by the next scan.
@@ -272,7 +308,10 @@ key_expiring_ahead = "3d"
         let [a, b] = &config.webhooks[..] else {
             panic!("two webhooks")
         };
-        assert_eq!(a.name, "https://hooks.example.com/k", "the query is not in the name");
+        assert_eq!(
+            a.name, "https://hooks.example.com/k",
+            "the query is not in the name"
+        );
         assert_eq!(a.target.addr, "hooks.example.com:443");
         assert!(a.target.tls.is_some());
         assert_eq!(a.timeout, Duration::from_secs(10));
@@ -283,7 +322,10 @@ key_expiring_ahead = "3d"
         assert_eq!(b.target.addr, "127.0.0.1:9000");
         assert!(b.target.tls.is_none());
         assert_eq!(b.events.len(), EventType::ALL.len());
-        assert_eq!(config.outbox.key_expiring_ahead, Duration::from_secs(3 * 86_400));
+        assert_eq!(
+            config.outbox.key_expiring_ahead,
+            Duration::from_secs(3 * 86_400)
+        );
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret") && !shown.contains("0123456789abcdef"));
     }
@@ -293,7 +335,10 @@ key_expiring_ahead = "3d"
         let e = errors(
             "[[webhooks]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nevents = []\n",
         );
-        assert!(e.starts_with("k.toml:") && e.contains(": webhooks[0]: `events` must name"), "{e}");
+        assert!(
+            e.starts_with("k.toml:") && e.contains(": webhooks[0]: `events` must name"),
+            "{e}"
+        );
         let e = errors(
             "[[webhooks]]\nurl = \"ftp://h/\"\nsecret = \"0123456789abcdef\"\nevents = [\"*\"]\n",
         );
@@ -301,7 +346,10 @@ key_expiring_ahead = "3d"
         let e = errors(
             "[[webhooks]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nsecret_env = \"X\"\nevents = [\"*\"]\n",
         );
-        assert!(e.contains("exactly one of `secret` and `secret_env`"), "{e}");
+        assert!(
+            e.contains("exactly one of `secret` and `secret_env`"),
+            "{e}"
+        );
         let e = errors(
             "[[webhooks]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nevents = [\"*\"]\nca_file = \"x.pem\"\nmax_attempts = 0\n",
         );
@@ -309,7 +357,10 @@ key_expiring_ahead = "3d"
         let e = errors(
             "[[webhooks]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\nevents = [\"*\"]\nmax_attempts = 0\n",
         );
-        assert!(e.contains("webhooks[0].max_attempts: 0 is not a positive"), "{e}");
+        assert!(
+            e.contains("webhooks[0].max_attempts: 0 is not a positive"),
+            "{e}"
+        );
         let e = errors("[outbox]\nretention = \"1d\"\n");
         assert!(e.contains("outbox.retention must be at least"), "{e}");
     }

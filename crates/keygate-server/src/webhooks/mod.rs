@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(retry_delay(b, 40, 1.0), MAX_BACKOFF);
         for _ in 0..100 {
             let d = retry_delay(b, 3, jitter());
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+                "{d:?}"
+            );
         }
     }
 

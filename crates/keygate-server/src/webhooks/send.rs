@@ -35,10 +35,8 @@ pub(crate) async fn post(
     let attempt = async {
         let target = &hook.target;
         let stream = connect(&target.addr, target.tls.as_ref(), hook.timeout).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
-            TokioIo::new(stream),
-        )
-        .await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
         let path = target
             .url
             .path_and_query()

@@ -198,7 +198,10 @@ async fn attempt(gw: &Gateway, hook: &WebhookSpec, delivery: &DueDelivery) -> Ou
         Outcome::Retry {
             status,
             error,
-            at: gw.clock.now().plus(retry_delay(hook.backoff, made, jitter())),
+            at: gw
+                .clock
+                .now()
+                .plus(retry_delay(hook.backoff, made, jitter())),
         }
     }
 }

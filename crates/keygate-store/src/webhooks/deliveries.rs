@@ -82,7 +82,9 @@ pub struct DueDelivery {
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered { status: u16 },
+    Delivered {
+        status: u16,
+    },
     /// Try again at `at`.
     Retry {
         status: Option<u16>,
@@ -90,7 +92,10 @@ pub enum Outcome {
         at: Timestamp,
     },
     /// No more attempts.
-    Dead { status: Option<u16>, error: String },
+    Dead {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 /// Which deliveries to list, newest first.
@@ -257,9 +262,13 @@ impl Store {
                 at.as_millis(),
                 None,
             ),
-            Outcome::Dead { status, error } => {
-                (DeliveryState::Dead, *status, Some(error.as_str()), now, None)
-            }
+            Outcome::Dead { status, error } => (
+                DeliveryState::Dead,
+                *status,
+                Some(error.as_str()),
+                now,
+                None,
+            ),
         };
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET state = $3, attempts = attempts + 1, last_status = $4, \
@@ -395,4 +404,3 @@ impl Store {
         Ok(events)
     }
 }
-

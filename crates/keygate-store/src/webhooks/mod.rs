@@ -216,7 +216,11 @@ pub(crate) async fn announce(
         }
         _ => {
             let mut data = key_data(tx, target).await?;
-            copy_fields(&mut data, detail, &["new_key", "new_hint", "old_valid_until"]);
+            copy_fields(
+                &mut data,
+                detail,
+                &["new_key", "new_hint", "old_valid_until"],
+            );
             // Reports made by other features: their audit detail is written for operators
             // and holds no secret (the audit log's rule), so receivers get it as it is.
             if matches!(

@@ -213,7 +213,10 @@ impl Backend {
         }
     }
 
-    pub(crate) async fn deliveries(&self, filter: &DeliveryFilter) -> anyhow::Result<Vec<Delivery>> {
+    pub(crate) async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> anyhow::Result<Vec<Delivery>> {
         match self {
             Backend::Local(s) => Ok(s.deliveries(filter).await?),
             Backend::Remote(r) => r.deliveries(filter).await,

@@ -402,7 +402,13 @@ impl Remote {
 
     pub(crate) async fn delivery(&self, id: i64) -> anyhow::Result<(Delivery, Value)> {
         let mut doc: Value = self
-            .call(Method::GET, &format!("/v1/webhooks/deliveries/{id}"), &[], None, None)
+            .call(
+                Method::GET,
+                &format!("/v1/webhooks/deliveries/{id}"),
+                &[],
+                None,
+                None,
+            )
             .await?;
         let body = doc
             .as_object_mut()

@@ -37,7 +37,15 @@ pub(crate) async fn run(ctx: &Context, cmd: WebhooksCommand) -> anyhow::Result<(
                 })
                 .collect();
             output::table(
-                &["ID", "STATE", "EVENT", "EVENT ID", "WEBHOOK", "ATTEMPTS", "LAST ERROR"],
+                &[
+                    "ID",
+                    "STATE",
+                    "EVENT",
+                    "EVENT ID",
+                    "WEBHOOK",
+                    "ATTEMPTS",
+                    "LAST ERROR",
+                ],
                 &table,
             );
         }

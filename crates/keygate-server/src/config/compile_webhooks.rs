@@ -281,6 +281,9 @@ mod tests {
     fn a_webhook_compiles_with_its_defaults_and_never_shows_its_secret() {
         let config = load(
             r#"
+[upstreams.default]
+url = "http://127.0.0.1:9"
+
 [[webhooks]]
 url = "https://hooks.example.com/k?token=abc"
 secret = "s3cret-s3cret-s3cret"

@@ -234,7 +234,7 @@ pub(crate) async fn announce(
     }
     let now = tx.now;
     for data in bodies {
-        insert(&mut *tx.tx, now, event, data, None).await?;
+        insert(&mut tx.tx, now, event, data, None).await?;
     }
     Ok(())
 }
@@ -255,7 +255,7 @@ impl Store {
         dedupe: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        insert(&mut *conn, self.now(), event, data, dedupe).await
+        insert(&mut conn, self.now(), event, data, dedupe).await
     }
 
     /// Enqueues `key.expiring` for every active key of an active client that expires within

@@ -70,10 +70,13 @@ async fn three_nodes_share_quotas_and_rates_through_redis() {
     let db_path = dir.path().join("keygate.db");
     let db = db_path.to_str().unwrap();
     let config = dir.path().join("keygate.toml");
+    // A Redis call that outlasts `timeout` falls back to local limits, which admit more than
+    // the shared one: 250 ms was outlasted on a machine at load 9 (368 admitted of 301..311).
+    // The test is about sharing, so the budget is one no scheduling stall reaches.
     std::fs::write(
         &config,
         format!(
-            "[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\ntimeout = \"250ms\"\n\n\
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\ntimeout = \"5s\"\n\n\
              [plans.daily]\nlimits = {{ per_day = 300 }}\n\n[plans.rate]\nlimits = {{ rps = 100, burst = 10 }}\n"
         ),
     )

@@ -154,7 +154,9 @@ mod tests {
             assert_eq!(plain.digest, by_sha.digest);
             assert_eq!(plain.hint, "sk_live_...p7dc");
             // Neither shape: refused offline, as before legacy shapes existed.
-            assert!(issuer.digest_presented("sk_live_4eC39HqLyjWDarjtT1zdp7d").is_err());
+            assert!(issuer
+                .digest_presented("sk_live_4eC39HqLyjWDarjtT1zdp7d")
+                .is_err());
             assert!(issuer
                 .material_of(&SecretKey::new("sk_test_4eC39HqLyjWDarjtT1zdp7dc"))
                 .is_err());

@@ -121,8 +121,7 @@ impl LegacyFormat {
             charset,
             body_len,
         };
-        let prefixes_nest =
-            prefix.starts_with(own.prefix()) || own.prefix().starts_with(prefix);
+        let prefixes_nest = prefix.starts_with(own.prefix()) || own.prefix().starts_with(prefix);
         if !own.has_checksum() && prefixes_nest && format.key_len() == own.key_len() {
             return Err(LegacyFormatError::OverlapsOwnFormat {
                 prefix: prefix.to_owned(),

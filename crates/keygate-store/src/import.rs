@@ -64,7 +64,9 @@ impl Store {
         let mut new: Vec<(&ImportKey, &ClientId)> = Vec::with_capacity(keys.len());
         for k in keys {
             let Some(Some(owner)) = owners.get(k.client.as_str()) else {
-                outcome.problems.push((k.line, ImportProblem::ClientNotFound));
+                outcome
+                    .problems
+                    .push((k.line, ImportProblem::ClientNotFound));
                 continue;
             };
             if k.expires_at.is_some_and(|at| at <= tx.now) {

@@ -1441,21 +1441,35 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     let keys: Vec<ImportKey> = (0..1200u64)
         .map(|i| ImportKey {
             line: i + 1,
-            client: if i % 2 == 0 { c.name.clone() } else { c.id.to_string() },
+            client: if i % 2 == 0 {
+                c.name.clone()
+            } else {
+                c.id.to_string()
+            },
             material: material(&format).1,
             label: format!("imported {i}"),
             expires_at: None,
         })
         .collect();
     let before = s.version().await.unwrap();
-    let dry = s.import_keys(&actor(), "keys.jsonl", &keys, true).await.unwrap();
+    let dry = s
+        .import_keys(&actor(), "keys.jsonl", &keys, true)
+        .await
+        .unwrap();
     assert_eq!((dry.imported, dry.unchanged, dry.version), (1200, 0, None));
-    assert_eq!(s.version().await.unwrap(), before, "a dry run bumps no version");
+    assert_eq!(
+        s.version().await.unwrap(),
+        before,
+        "a dry run bumps no version"
+    );
 
     let mut bad = keys.clone();
     bad[700].client = "nobody".into();
     bad[900].expires_at = Some(s.now());
-    let refused = s.import_keys(&actor(), "keys.jsonl", &bad, false).await.unwrap();
+    let refused = s
+        .import_keys(&actor(), "keys.jsonl", &bad, false)
+        .await
+        .unwrap();
     assert_eq!(
         refused.problems,
         vec![
@@ -1463,15 +1477,24 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
             (901, ImportProblem::ExpiryInPast)
         ]
     );
-    assert_eq!((refused.version, s.version().await.unwrap()), (None, before));
+    assert_eq!(
+        (refused.version, s.version().await.unwrap()),
+        (None, before)
+    );
     assert!(s.snapshot().await.unwrap().keys.is_empty());
 
-    let done = s.import_keys(&actor(), "keys.jsonl", &keys, false).await.unwrap();
+    let done = s
+        .import_keys(&actor(), "keys.jsonl", &keys, false)
+        .await
+        .unwrap();
     assert_eq!((done.imported, done.unchanged), (1200, 0));
     let version = done.version.unwrap();
     let delta = s.delta_since(before).await.unwrap();
     assert_eq!((delta.version, delta.keys.len()), (version, 1200));
-    assert!(delta.keys.iter().all(|k| k.state == KeyState::Active && k.client_id == c.id));
+    assert!(delta
+        .keys
+        .iter()
+        .all(|k| k.state == KeyState::Active && k.client_id == c.id));
     let audit = s
         .audit(&AuditFilter {
             action: Some("key.import".into()),
@@ -1483,8 +1506,14 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     assert_eq!(audit[0].detail["imported"], 1200);
     assert_eq!(audit[0].detail["version"], version);
 
-    let again = s.import_keys(&actor(), "keys.jsonl", &keys, false).await.unwrap();
-    assert_eq!((again.imported, again.unchanged, again.version), (0, 1200, None));
+    let again = s
+        .import_keys(&actor(), "keys.jsonl", &keys, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.imported, again.unchanged, again.version),
+        (0, 1200, None)
+    );
     assert_eq!(s.version().await.unwrap(), version);
 
     let other = s
@@ -1507,7 +1536,10 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     dup.line = 4;
     dup.client = other.name.clone();
     theirs.extend([fresh, dup]);
-    let conflict = s.import_keys(&actor(), "other.csv", &theirs, false).await.unwrap();
+    let conflict = s
+        .import_keys(&actor(), "other.csv", &theirs, false)
+        .await
+        .unwrap();
     assert_eq!(
         conflict.problems,
         vec![

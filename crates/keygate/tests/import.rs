@@ -161,7 +161,11 @@ fn json_lines_and_csv_import_once_and_a_rerun_changes_nothing() {
     );
     let first = site.json(&["import", &jsonl]);
     assert_eq!(
-        (&first["imported"], &first["unchanged"], &first["error_count"]),
+        (
+            &first["imported"],
+            &first["unchanged"],
+            &first["error_count"]
+        ),
         (&Value::from(3), &Value::from(0), &Value::from(0)),
         "{first}"
     );
@@ -180,7 +184,10 @@ fn json_lines_and_csv_import_once_and_a_rerun_changes_nothing() {
 
     // The same file again: nothing new, nothing duplicated, no error.
     let again = site.json(&["import", &jsonl]);
-    assert_eq!((&again["imported"], &again["unchanged"]), (&Value::from(0), &Value::from(3)));
+    assert_eq!(
+        (&again["imported"], &again["unchanged"]),
+        (&Value::from(0), &Value::from(3))
+    );
     assert_eq!(site.keys().len(), 3);
 
     // CSV with a header, quotes and a spreadsheet's byte-order mark; one key already there.
@@ -195,7 +202,10 @@ fn json_lines_and_csv_import_once_and_a_rerun_changes_nothing() {
         ),
     );
     let from_csv = site.json(&["import", &csv]);
-    assert_eq!((&from_csv["imported"], &from_csv["unchanged"]), (&Value::from(1), &Value::from(1)));
+    assert_eq!(
+        (&from_csv["imported"], &from_csv["unchanged"]),
+        (&Value::from(1), &Value::from(1))
+    );
     assert!(site.keys().iter().any(|k| k["label"] == "odds, live"));
 
     // One audit entry per import that wrote something, with its counts; never a key.
@@ -224,7 +234,10 @@ fn a_dry_run_checks_everything_and_writes_nothing() {
         format!("{{\"client\": \"acme\", \"key\": \"{key}\"}}\n"),
     );
     let report = site.json(&["import", "--dry-run", &file]);
-    assert_eq!((&report["imported"], &report["written"]), (&Value::from(1), &Value::Bool(false)));
+    assert_eq!(
+        (&report["imported"], &report["written"]),
+        (&Value::from(1), &Value::Bool(false))
+    );
     assert!(site.keys().is_empty());
     assert!(site
         .json(&["audit"])
@@ -245,19 +258,31 @@ fn every_bad_line_is_reported_with_its_number_and_nothing_is_imported() {
     let taken = legacy_key();
     site.json(&[
         "import",
-        &site.file("beta.jsonl", format!("{{\"client\": \"beta\", \"key\": \"{taken}\"}}\n")),
+        &site.file(
+            "beta.jsonl",
+            format!("{{\"client\": \"beta\", \"key\": \"{taken}\"}}\n"),
+        ),
     ]);
     let (good, twice) = (legacy_key(), legacy_key());
     let lines = [
         format!(r#"{{"client": "acme", "key": "{good}"}}"#),
         format!(r#"{{"client": "nobody", "key": "{}"}}"#, legacy_key()),
-        format!(r#"{{"client": "acme", "sha256": "{}"}}"#, &sha256_hex(&good)[..62]),
+        format!(
+            r#"{{"client": "acme", "sha256": "{}"}}"#,
+            &sha256_hex(&good)[..62]
+        ),
         format!(r#"{{"client": "acme", "key": "{taken}"}}"#),
         format!(r#"{{"client": "acme", "key": "{twice}"}}"#),
         format!(r#"{{"client": "beta", "key": "{twice}"}}"#),
         format!(r#"{{"client": "acme", "key": "{}x"}}"#, legacy_key()),
-        format!(r#"{{"client": "acme", "key": "{}", "scopes": ["cs2:read"]}}"#, legacy_key()),
-        format!(r#"{{"client": "acme", "key": "{}", "expires_at": "2001-01-01T00:00:00Z"}}"#, legacy_key()),
+        format!(
+            r#"{{"client": "acme", "key": "{}", "scopes": ["cs2:read"]}}"#,
+            legacy_key()
+        ),
+        format!(
+            r#"{{"client": "acme", "key": "{}", "expires_at": "2001-01-01T00:00:00Z"}}"#,
+            legacy_key()
+        ),
     ];
     let file = site.file("bad.jsonl", lines.join("\n"));
     let (report, stderr) = site.refused(&[&file]);
@@ -273,30 +298,50 @@ fn every_bad_line_is_reported_with_its_number_and_nothing_is_imported() {
             (9, "expiry_in_past".to_owned()),
         ]
     );
-    assert_eq!((&report["imported"], &report["written"]), (&Value::from(0), &Value::Bool(false)));
+    assert_eq!(
+        (&report["imported"], &report["written"]),
+        (&Value::from(0), &Value::Bool(false))
+    );
     assert!(stderr.contains("nothing was imported: 7 lines"), "{stderr}");
     assert_eq!(site.keys().len(), 1, "only beta's earlier key");
     let shown = format!("{report}{stderr}");
     for secret in [&good, &taken, &twice] {
-        assert!(!shown.contains(secret.as_str()), "a key was echoed: {shown}");
+        assert!(
+            !shown.contains(secret.as_str()),
+            "a key was echoed: {shown}"
+        );
     }
     // In text, `FILE:LINE: problem`.
     let out = site.run(&["import", &file]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("bad.jsonl:2: `client`: no such client"), "{text}");
-    assert!(text.contains("bad.jsonl:6: the same key is on line 5 for another client"), "{text}");
+    assert!(
+        text.contains("bad.jsonl:2: `client`: no such client"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.jsonl:6: the same key is on line 5 for another client"),
+        "{text}"
+    );
 }
 
 #[test]
 fn hostile_files_get_bounded_precise_answers() {
     let site = Site::new(false);
     let mut body = Vec::new();
-    body.extend_from_slice(format!("{{\"client\": \"acme\", \"key\": \"{}\"}}\n", legacy_key()).as_bytes());
+    body.extend_from_slice(
+        format!("{{\"client\": \"acme\", \"key\": \"{}\"}}\n", legacy_key()).as_bytes(),
+    );
     body.extend_from_slice(b"{\"client\": \"acme\", \"key\": \"");
     body.extend(std::iter::repeat_n(b'a', 8 << 20)); // an 8 MiB line
     body.extend_from_slice(b"\"}\n");
     body.extend_from_slice(b"{\"client\": \"\xff\xfe\", \"key\": \"x\"}\n");
-    body.extend_from_slice(format!("{{\"client\": \"acme\", \"sha256\": \"{}\"}}\n", "ab".repeat(33)).as_bytes());
+    body.extend_from_slice(
+        format!(
+            "{{\"client\": \"acme\", \"sha256\": \"{}\"}}\n",
+            "ab".repeat(33)
+        )
+        .as_bytes(),
+    );
     body.extend_from_slice(b"\x1b[2J\x1b]0;owned\x07\n");
     let file = site.file("hostile.jsonl", &body);
     let (report, _) = site.refused(&[&file]);
@@ -323,7 +368,10 @@ fn hostile_files_get_bounded_precise_answers() {
     let out = site.run(&["import", &csv]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(text.contains("formula.csv:2: `client`: no such client"), "{text}");
+    assert!(
+        text.contains("formula.csv:2: `client`: no such client"),
+        "{text}"
+    );
     assert!(text.contains("formula.csv:3:"), "{text}");
     assert!(!text.contains("HYPERLINK") && !text.contains("SUM") && !text.contains('\u{1b}'));
 
@@ -336,8 +384,16 @@ fn hostile_files_get_bounded_precise_answers() {
     assert_eq!(report["errors"].as_array().unwrap().len(), 100);
     let out = site.run(&["import", &file]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().count(), 101, "a hundred problems and one line for the rest");
-    assert!(text.ends_with("… and 99900 more lines with problems.\n"), "{}", &text[text.len() - 80..]);
+    assert_eq!(
+        text.lines().count(),
+        101,
+        "a hundred problems and one line for the rest"
+    );
+    assert!(
+        text.ends_with("… and 99900 more lines with problems.\n"),
+        "{}",
+        &text[text.len() - 80..]
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(site.keys().is_empty());
 }
@@ -348,7 +404,10 @@ fn a_keyed_digest_imports_sha256_only_with_a_legacy_shape() {
     let key = legacy_key();
     let file = site.file(
         "keys.jsonl",
-        format!("{{\"client\": \"acme\", \"sha256\": \"{}\"}}\n", sha256_hex(&key)),
+        format!(
+            "{{\"client\": \"acme\", \"sha256\": \"{}\"}}\n",
+            sha256_hex(&key)
+        ),
     );
     let report = site.json(&["import", &file]);
     assert_eq!(report["imported"], 1);
@@ -357,7 +416,10 @@ fn a_keyed_digest_imports_sha256_only_with_a_legacy_shape() {
     // Without a legacy shape, a keyed deployment cannot use a bare SHA-256.
     std::fs::write(
         site.config(),
-        config(true).replace("[[keys.legacy]]\nprefix = \"sk_live_\"\nalphabet = \"base62\"\nlength = 24\n", ""),
+        config(true).replace(
+            "[[keys.legacy]]\nprefix = \"sk_live_\"\nalphabet = \"base62\"\nlength = 24\n",
+            "",
+        ),
     )
     .unwrap();
     let (report, _) = site.refused(&[&file]);
@@ -377,7 +439,10 @@ fn import_is_local_only() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("`keygate import` works on a database"), "{err}");
+    assert!(
+        err.contains("`keygate import` works on a database"),
+        "{err}"
+    );
 }
 
 /// What the gateway answers a key: the status and the problem's code.
@@ -408,21 +473,38 @@ async fn imported_keys_authenticate_at_a_running_gateway() {
         ),
     ]);
     let upstream = Upstream::start().await;
-    let Serving { proc, listen, admin } = keygate_test::serve(
+    let Serving {
+        proc,
+        listen,
+        admin,
+    } = keygate_test::serve(
         env!("CARGO_BIN_EXE_keygate"),
         (site.db().to_str().unwrap(), &site.config()),
         &upstream.url(),
         &[(SECRET_VAR, SECRET), ("RUST_LOG", "info")],
         site.dir.path(),
     );
-    let ready = wait_for_status(admin.parse().unwrap(), "/ready", 200, Duration::from_secs(10)).await;
+    let ready = wait_for_status(
+        admin.parse().unwrap(),
+        "/ready",
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(ready, "gateway did not become ready: {}", proc.stderr());
     let base = format!("http://{listen}");
 
     assert_eq!(answer(&base, &own).await.0, 200);
-    assert_eq!(answer(&base, &legacy).await.0, 200, "a legacy key imported by its SHA-256");
+    assert_eq!(
+        answer(&base, &legacy).await.0,
+        200,
+        "a legacy key imported by its SHA-256"
+    );
     // A random key of the legacy shape is looked up and not found; neither shape is not looked up.
-    assert_eq!(answer(&base, &legacy_key()).await, (401, "unknown_key".to_owned()));
+    assert_eq!(
+        answer(&base, &legacy_key()).await,
+        (401, "unknown_key".to_owned())
+    );
     assert_eq!(
         answer(&base, "sk_test_4eC39HqLyjWDarjtT1zdp7dc").await,
         (401, "malformed_key".to_owned())
@@ -432,11 +514,17 @@ async fn imported_keys_authenticate_at_a_running_gateway() {
     let later = legacy_key();
     site.json(&[
         "import",
-        &site.file("later.jsonl", format!("{{\"client\": \"acme\", \"key\": \"{later}\"}}\n")),
+        &site.file(
+            "later.jsonl",
+            format!("{{\"client\": \"acme\", \"key\": \"{later}\"}}\n"),
+        ),
     ]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while answer(&base, &later).await.0 != 200 {
-        assert!(Instant::now() < deadline, "the imported key never authenticated");
+        assert!(
+            Instant::now() < deadline,
+            "the imported key never authenticated"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let logs = proc.stderr();

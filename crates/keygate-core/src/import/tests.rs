@@ -33,7 +33,10 @@ fn one(kind: FileKind, lines: &[&str]) -> Vec<Result<Option<ImportKey>, ImportPr
 fn json_lines_of_plaintext_and_sha256() {
     let own = issuer().format.generate();
     let lines = [
-        format!(r#"{{"client": "acme", "key": "{}", "label": "prod"}}"#, own.expose()),
+        format!(
+            r#"{{"client": "acme", "key": "{}", "label": "prod"}}"#,
+            own.expose()
+        ),
         String::new(),
         format!(
             r#"{{"client": "acme", "sha256": "{}", "hint": "sk_live_...p7dc", "expires_at": "2099-01-01T00:00:00Z"}}"#,
@@ -74,8 +77,14 @@ fn csv_with_a_header_quotes_and_empty_cells() {
     );
     assert_eq!(got[0], Ok(None));
     let k = got[1].clone().unwrap().unwrap();
-    assert_eq!((k.client.as_str(), k.label.as_str()), ("Acme, Inc.", r#"the "old" key"#));
-    assert_eq!(got[2].clone().unwrap().unwrap().material.digest, k.material.digest);
+    assert_eq!(
+        (k.client.as_str(), k.label.as_str()),
+        ("Acme, Inc.", r#"the "old" key"#)
+    );
+    assert_eq!(
+        got[2].clone().unwrap().unwrap().material.digest,
+        k.material.digest
+    );
     assert_eq!(got[3], Err(ImportProblem::CsvQuote));
     assert_eq!(
         got[4],
@@ -97,23 +106,35 @@ fn csv_with_a_header_quotes_and_empty_cells() {
 #[test]
 fn every_bad_line_has_its_problem_and_never_its_values() {
     let cases: Vec<(String, ImportProblem)> = vec![
-        (format!(r#"{{"key": "{LEGACY}"}}"#), ImportProblem::Missing("client")),
+        (
+            format!(r#"{{"key": "{LEGACY}"}}"#),
+            ImportProblem::Missing("client"),
+        ),
         (r#"{"client": "a"}"#.into(), ImportProblem::Missing("key")),
         (
-            format!(r#"{{"client": "a", "key": "{LEGACY}", "sha256": "{}"}}"#, sha_hex(LEGACY)),
+            format!(
+                r#"{{"client": "a", "key": "{LEGACY}", "sha256": "{}"}}"#,
+                sha_hex(LEGACY)
+            ),
             ImportProblem::KeyAndSha256,
         ),
         (
             r#"{"client": "a", "key": "sk_test_4eC39HqLyjWDarjtT1zdp7dc"}"#.into(),
             ImportProblem::KeyShape("wrong_prefix"),
         ),
-        (r#"{"client": "a", "sha256": "abc"}"#.into(), ImportProblem::BadSha256),
+        (
+            r#"{"client": "a", "sha256": "abc"}"#.into(),
+            ImportProblem::BadSha256,
+        ),
         (
             format!(r#"{{"client": "a", "sha256": "{}"}}"#, "zz".repeat(32)),
             ImportProblem::BadSha256,
         ),
         (
-            format!(r#"{{"client": "a", "sha256": "{}", "hint": "a b"}}"#, sha_hex(LEGACY)),
+            format!(
+                r#"{{"client": "a", "sha256": "{}", "hint": "a b"}}"#,
+                sha_hex(LEGACY)
+            ),
             ImportProblem::BadHint,
         ),
         (
@@ -133,18 +154,27 @@ fn every_bad_line_has_its_problem_and_never_its_values() {
             ImportProblem::NotAString("client"),
         ),
         (format!(r#"{{"{LEGACY}": 1}}"#), ImportProblem::UnknownField),
-        (format!(r#"{{"client": "a", "key": "{LEGACY}""#), ImportProblem::NotJson(57)),
+        (
+            format!(r#"{{"client": "a", "key": "{LEGACY}""#),
+            ImportProblem::NotJson(57),
+        ),
         ("[1, 2]".into(), ImportProblem::NotJson(1)),
     ];
     for (line, want) in cases {
         let got = one(FileKind::JsonLines, &[&line]).remove(0);
         assert_eq!(got, Err(want.clone()), "{line}");
         let shown = want.to_string();
-        assert!(!shown.contains(LEGACY) && !shown.contains("4eC39"), "{shown}");
+        assert!(
+            !shown.contains(LEGACY) && !shown.contains("4eC39"),
+            "{shown}"
+        );
     }
     let issuer = issuer();
     let mut reader = LineReader::new(&issuer, FileKind::JsonLines);
-    assert_eq!(reader.next_line(1, b"{\"client\": \"\xff\"}"), Err(ImportProblem::NotUtf8));
+    assert_eq!(
+        reader.next_line(1, b"{\"client\": \"\xff\"}"),
+        Err(ImportProblem::NotUtf8)
+    );
 }
 
 #[test]

@@ -656,9 +656,12 @@ fn compile_keys(raw: &RawConfig, errors: &mut Errors<'_>) -> Issuer {
         let l = spanned.get_ref();
         let span = spanned.span();
         let what = format!("keys.legacy[{i}]");
-        let Some(charset) =
-            Choice::read(Some(&l.alphabet), &format!("{what}.alphabet"), Some(&span), errors)
-        else {
+        let Some(charset) = Choice::read(
+            Some(&l.alphabet),
+            &format!("{what}.alphabet"),
+            Some(&span),
+            errors,
+        ) else {
             continue;
         };
         match LegacyFormat::new(&l.prefix, charset, l.length, &format) {

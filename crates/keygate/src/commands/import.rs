@@ -52,10 +52,7 @@ pub(crate) async fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
 }
 
 /// Every line of the file: the keys, and the problems by line number.
-fn read_file(
-    ctx: &Context,
-    args: &ImportArgs,
-) -> anyhow::Result<(Vec<ImportKey>, Problems)> {
+fn read_file(ctx: &Context, args: &ImportArgs) -> anyhow::Result<(Vec<ImportKey>, Problems)> {
     let path = &args.file;
     let file = File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
     let mut input = BufReader::with_capacity(64 * 1024, file);

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Imports KEYS generated keys (half plaintext, half SHA-256 digests, of a legacy shape, over ten
-# clients) into a fresh SQLite database with the release binary, then imports the same file
-# again (every line unchanged) and dry-runs it; prints wall time and peak RSS of each run
+# clients) into a fresh SQLite database with the release binary (a dry run first, then the
+# import, then the same file again: every line unchanged); prints wall time and peak RSS of each run
 # (`/usr/bin/time -v`).
 #
 #   bench/import.sh [KEYS]
 #
-# Set CARGO_TARGET_DIR to build elsewhere; the temporary directory is removed at the end.
+# Set CARGO_TARGET_DIR to build elsewhere, or KEYGATE_BIN to measure a binary already built;
+# the temporary directory is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keys="${1:-100000}"
-cargo build --release --locked -q -p keygate --bin keygate
-bin="${CARGO_TARGET_DIR:-target}/release/keygate"
+bin="${KEYGATE_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --locked -q -p keygate --bin keygate
+  bin="${CARGO_TARGET_DIR:-target}/release/keygate"
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cat >"$work/keygate.toml" <<'TOML'
@@ -49,7 +53,7 @@ measure() {
   rss=$(grep 'Maximum resident set size' "$work/time" | awk '{print $NF}')
   printf '%-28s wall %-9s peak RSS %6d MiB   %s\n' "$what" "$wall" "$((rss / 1024))" "$(tail -n1 "$work/out")"
 }
+measure "import --dry-run" import --dry-run "$work/keys.jsonl"
 measure "import (new keys)" import "$work/keys.jsonl"
 measure "import again (unchanged)" import "$work/keys.jsonl"
-measure "import --dry-run" import --dry-run "$work/keys.jsonl"
 echo "database: $(du -h "$work/keygate.db" | cut -f1), keys: $(kg --json key list --limit 1000000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"

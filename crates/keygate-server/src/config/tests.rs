@@ -165,6 +165,42 @@ fn weak_key_formats_are_refused() {
     assert!(errs.to_string().contains("128"), "{errs}");
 }
 
+#[test]
+fn legacy_key_shapes_are_read_and_bad_ones_named_with_their_line() {
+    let text = "[keys]\nprefix = \"os_live_\"\nalphabet = \"hex\"\nlength = 32\n\n\
+                [[keys.legacy]]\nprefix = \"sk_live_\"\nlength = 24\n\n\
+                [[keys.legacy]]\nalphabet = \"base64url\"\nlength = 22\n";
+    let c = load(text, "k.toml", &over("http://h")).unwrap_or_else(|e| panic!("{e}"));
+    let shapes: Vec<(&str, usize)> = c
+        .issuer
+        .legacy
+        .iter()
+        .map(|l| (l.prefix(), l.key_len()))
+        .collect();
+    assert_eq!(shapes, vec![("sk_live_", 32), ("", 22)]);
+    assert!(c
+        .issuer
+        .digest_presented("sk_live_4eC39HqLyjWDarjtT1zdp7dc")
+        .is_ok());
+
+    let bad = "[keys]\nprefix = \"os_live_\"\nalphabet = \"hex\"\nlength = 32\n\n\
+               [[keys.legacy]]\nprefix = \"old\"\nlength = 8\n\n\
+               [[keys.legacy]]\nprefix = \"os_\"\nalphabet = \"hex\"\nlength = 37\n\n\
+               [[keys.legacy]]\nalphabet = \"base32\"\nlength = 40\n";
+    let errs = load(bad, "k.toml", &over("http://h"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errs.contains("k.toml:6: keys.legacy[0]:") && errs.contains("128"),
+        "{errs}"
+    );
+    assert!(
+        errs.contains("k.toml:10: keys.legacy[1]:") && errs.contains("ambiguous"),
+        "{errs}"
+    );
+    assert!(errs.contains("keys.legacy[2].alphabet"), "{errs}");
+}
+
 /// Tables a file only implies (a sub-table header with no header for its parent) are read like
 /// explicit ones.
 #[test]

@@ -23,6 +23,9 @@ use crate::output;
 /// Problems printed (text) or listed (`--json`); the count is always complete.
 const SHOWN_PROBLEMS: usize = 100;
 
+/// Refused lines by number.
+type Problems = Vec<(u64, ImportProblem)>;
+
 pub(crate) async fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
     let store = ctx.backend.local("import")?;
     let (keys, mut problems) = read_file(ctx, &args)?;
@@ -49,10 +52,7 @@ pub(crate) async fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<()> {
 }
 
 /// Every line of the file: the keys, and the problems by line number.
-fn read_file(
-    ctx: &Context,
-    args: &ImportArgs,
-) -> anyhow::Result<(Vec<ImportKey>, Vec<(u64, ImportProblem)>)> {
+fn read_file(ctx: &Context, args: &ImportArgs) -> anyhow::Result<(Vec<ImportKey>, Problems)> {
     let path = &args.file;
     let file = File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
     let mut input = BufReader::with_capacity(64 * 1024, file);

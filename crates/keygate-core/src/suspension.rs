@@ -60,7 +60,9 @@ impl Target {
     /// [`SuspensionError`] for an unknown kind or an invalid value.
     pub fn parse(kind: &str, value: &str) -> Result<Target, SuspensionError> {
         Ok(match kind {
-            "scope" => Target::Scope(Scope::new(value).map_err(|e| SuspensionError::Scope(e.input))?),
+            "scope" => {
+                Target::Scope(Scope::new(value).map_err(|e| SuspensionError::Scope(e.input))?)
+            }
             "sport" => Target::Sport(Slug::new(value)?),
             "bookmaker" => Target::Bookmaker(Slug::new(value)?),
             "route" => Target::Route(RouteName::new(value)?),
@@ -170,7 +172,10 @@ impl Suspension {
     /// Whether it holds this request at `now`.
     pub fn holds(&self, r: &Request<'_>, now: Timestamp) -> bool {
         self.is_active(now)
-            && self.client_id.as_ref().is_none_or(|c| c.as_str() == r.client)
+            && self
+                .client_id
+                .as_ref()
+                .is_none_or(|c| c.as_str() == r.client)
             && self.target.holds(r)
     }
 }

@@ -44,7 +44,8 @@ fn row(r: &AnyRow) -> Result<Suspension, StoreError> {
     let value: String = r.try_get("value")?;
     let client_id: Option<String> = r.try_get("client_id")?;
     let ms = |col: &str| -> Result<Option<Timestamp>, StoreError> {
-        Ok(r.try_get::<Option<i64>, _>(col)?.map(Timestamp::from_millis))
+        Ok(r.try_get::<Option<i64>, _>(col)?
+            .map(Timestamp::from_millis))
     };
     Ok(Suspension {
         id: SuspensionId::parse(&id).map_err(|e| corrupt("id", &e))?,
@@ -64,7 +65,10 @@ fn row(r: &AnyRow) -> Result<Suspension, StoreError> {
 
 /// The suspensions not lifted by an operator and not past `until` at `now`, oldest first:
 /// what every node holds in memory.
-pub(crate) async fn read_active<'e, E>(exec: E, now: Timestamp) -> Result<Vec<Suspension>, StoreError>
+pub(crate) async fn read_active<'e, E>(
+    exec: E,
+    now: Timestamp,
+) -> Result<Vec<Suspension>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -167,20 +171,16 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::SuspensionNotFound`].
-    pub async fn lift_suspension(
-        &self,
-        actor: &Actor,
-        id: &str,
-    ) -> Result<Suspension, StoreError> {
+    pub async fn lift_suspension(&self, actor: &Actor, id: &str) -> Result<Suspension, StoreError> {
         let mut tx = self.begin_write().await?;
         let found = sqlx::query(concat!(
             "SELECT ",
             columns!(),
             " FROM suspensions WHERE id = $1"
         ))
-            .bind(id)
-            .fetch_optional(&mut *tx.tx)
-            .await?;
+        .bind(id)
+        .fetch_optional(&mut *tx.tx)
+        .await?;
         let mut s = match found {
             Some(r) => row(&r)?,
             None => return Err(StoreError::SuspensionNotFound(id.to_owned())),
@@ -239,9 +239,9 @@ impl Store {
             columns!(),
             " FROM suspensions WHERE id = $1"
         ))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         match found {
             Some(r) => row(&r),
             None => Err(StoreError::SuspensionNotFound(id.to_owned())),

@@ -1451,8 +1451,16 @@ async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
     assert_eq!(mine.client_id.as_ref(), Some(&client.id));
     // Every node sees both through the feed.
     let d = s.delta_since(v0).await.unwrap();
-    assert_eq!(d.suspensions.as_deref(), Some(&[held.clone(), mine.clone()][..]));
-    assert!(s.delta_since(d.version).await.unwrap().suspensions.is_none());
+    assert_eq!(
+        d.suspensions.as_deref(),
+        Some(&[held.clone(), mine.clone()][..])
+    );
+    assert!(s
+        .delta_since(d.version)
+        .await
+        .unwrap()
+        .suspensions
+        .is_none());
     assert_eq!(s.snapshot().await.unwrap().suspensions.len(), 2);
     assert_eq!(s.suspension(held.id.as_str()).await.unwrap(), held);
 
@@ -1467,7 +1475,8 @@ async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
-        s.create_suspension(&actor(), sport(Some(Timestamp::from_millis(T0)))).await,
+        s.create_suspension(&actor(), sport(Some(Timestamp::from_millis(T0))))
+            .await,
         Err(StoreError::UntilInPast(_))
     ));
     let nobody = NewSuspension {
@@ -1483,7 +1492,10 @@ async fn suspensions_are_stored_replicated_audited_and_run_out(f: Fixture) {
     // Lifted: gone from what nodes hold, kept in `all` with who lifted it; twice is harmless.
     let lifted = s.lift_suspension(&actor(), held.id.as_str()).await.unwrap();
     assert!(lifted.lifted_at.is_some());
-    assert_eq!(s.lift_suspension(&actor(), held.id.as_str()).await.unwrap(), lifted);
+    assert_eq!(
+        s.lift_suspension(&actor(), held.id.as_str()).await.unwrap(),
+        lifted
+    );
     assert!(matches!(
         s.lift_suspension(&actor(), "sus_0000000000000000").await,
         Err(StoreError::SuspensionNotFound(_))

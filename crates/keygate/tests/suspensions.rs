@@ -164,7 +164,9 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
     let scopes = "cs2:matches:list,dota2:matches:list";
     let sports = "cs2,dota2";
     for name in ["Acme", "Other"] {
-        let args = ["client", "create", name, "--scopes", scopes, "--sports", sports];
+        let args = [
+            "client", "create", name, "--scopes", scopes, "--sports", sports,
+        ];
         cli(&db, &config, &args);
     }
     let acme = cli(&db, &config, &["key", "create", "--client", "Acme"])["key"]
@@ -267,7 +269,13 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
     let made = cli(
         &db,
         &config,
-        &["suspend", "--route", "odds", "--until", &format!("{until}s")],
+        &[
+            "suspend",
+            "--route",
+            "odds",
+            "--until",
+            &format!("{until}s"),
+        ],
     );
     let made_at = Instant::now();
     until_every_node(&nodes, "/v1/odds?bookmaker=x", &acme, 503, second).await;
@@ -409,7 +417,10 @@ ws = {{ mode = "handshake" }}
         other => panic!("expected the suspended close frame, got {other:?}"),
     }
     let took = written.elapsed();
-    assert!(took < Duration::from_secs(1), "sessions held after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "sessions held after {took:?}"
+    );
     eprintln!("open sessions told and closed {took:?} after the write");
 
     // The other sport's session is neither told nor closed; new handshakes the suspension
@@ -483,9 +494,18 @@ async fn the_cli_interface_and_an_attackers_view_of_the_admin_api() {
             "cannot be used with",
         ),
         (vec!["suspend", "--sport", "CS2"], "not a slug"),
-        (vec!["resume", "sus_0000000000000000"], "suspension_not_found"),
         (
-            vec!["suspend", "--sport", "cs2", "--until", "2001-01-01T00:00:00Z"],
+            vec!["resume", "sus_0000000000000000"],
+            "suspension_not_found",
+        ),
+        (
+            vec![
+                "suspend",
+                "--sport",
+                "cs2",
+                "--until",
+                "2001-01-01T00:00:00Z",
+            ],
             "until_in_past",
         ),
         (
@@ -546,7 +566,10 @@ async fn the_cli_interface_and_an_attackers_view_of_the_admin_api() {
         (json!({"sport": "cs2", "message": ""}), 422),
         (json!({"sport": "cs2", "message": "m".repeat(501)}), 422),
         (json!({"sport": "cs2", "until": "yesterday"}), 422),
-        (json!({"sport": "cs2", "until": "2001-01-01T00:00:00Z"}), 422),
+        (
+            json!({"sport": "cs2", "until": "2001-01-01T00:00:00Z"}),
+            422,
+        ),
         (json!({"sport": "cs2", "client": "c".repeat(10_000)}), 422),
         (json!({"sport": "cs2", "client": "Nobody"}), 404),
         (json!({"sport": "cs2", "admin": true}), 422),

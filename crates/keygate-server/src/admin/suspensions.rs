@@ -70,9 +70,13 @@ impl CreateBody {
             ));
         }
         let target = if let Some(s) = self.scope {
-            Target::Scope(Scope::new(&s).map_err(|e| AdminError::invalid_value("scope", e.to_string()))?)
+            Target::Scope(
+                Scope::new(&s).map_err(|e| AdminError::invalid_value("scope", e.to_string()))?,
+            )
         } else if let Some(s) = self.sport {
-            Target::Sport(Slug::new(&s).map_err(|e| AdminError::invalid_value("sport", e.to_string()))?)
+            Target::Sport(
+                Slug::new(&s).map_err(|e| AdminError::invalid_value("sport", e.to_string()))?,
+            )
         } else if let Some(b) = self.bookmaker {
             Target::Bookmaker(
                 Slug::new(&b).map_err(|e| AdminError::invalid_value("bookmaker", e.to_string()))?,
@@ -80,7 +84,8 @@ impl CreateBody {
         } else {
             let r = self.route.unwrap_or_default();
             Target::Route(
-                RouteName::new(&r).map_err(|e| AdminError::invalid_value("route", e.to_string()))?,
+                RouteName::new(&r)
+                    .map_err(|e| AdminError::invalid_value("route", e.to_string()))?,
             )
         };
         if let Some(c) = &self.client {
@@ -94,7 +99,8 @@ impl CreateBody {
         let until = self
             .until
             .map(|u| {
-                Timestamp::parse_rfc3339(&u).map_err(|e| AdminError::invalid_value("until", e.to_string()))
+                Timestamp::parse_rfc3339(&u)
+                    .map_err(|e| AdminError::invalid_value("until", e.to_string()))
             })
             .transpose()?;
         Ok(NewSuspension {
@@ -233,7 +239,9 @@ mod tests {
     use super::*;
 
     fn body(json: serde_json::Value) -> Result<NewSuspension, AdminError> {
-        serde_json::from_value::<CreateBody>(json).unwrap().validate()
+        serde_json::from_value::<CreateBody>(json)
+            .unwrap()
+            .validate()
     }
 
     #[test]
@@ -254,6 +262,9 @@ mod tests {
             assert_eq!(e.code(), "invalid_value", "{bad}");
             assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
         }
-        assert!(serde_json::from_value::<CreateBody>(serde_json::json!({"sport": "cs2", "x": 1})).is_err());
+        assert!(
+            serde_json::from_value::<CreateBody>(serde_json::json!({"sport": "cs2", "x": 1}))
+                .is_err()
+        );
     }
 }

@@ -45,8 +45,11 @@ impl SuspensionSet {
                 "Suspension in force: refusing the requests it holds with `suspended`."
             );
         }
-        for s in before.iter().filter(|b| !stored.iter().any(|s| s.id == b.id)) {
-            tracing::warn!(id = %s.id, "Suspension lifted.");
+        for s in before
+            .iter()
+            .filter(|b| !stored.iter().any(|s| s.id == b.id))
+        {
+            tracing::warn!(id = %s.id, "Suspension ended (lifted, or its until passed).");
         }
         let any = stored.iter().any(|s| s.is_active(now));
         self.active.store(Arc::new(stored));
@@ -87,7 +90,10 @@ impl SuspensionSet {
 
 /// The `suspended` refusal of one suspension.
 pub(crate) fn refusal(s: &Suspension) -> Denial {
-    Denial::about(Reason::Suspended, s.message.as_deref().unwrap_or(DEFAULT_MESSAGE))
+    Denial::about(
+        Reason::Suspended,
+        s.message.as_deref().unwrap_or(DEFAULT_MESSAGE),
+    )
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
 
 use crate::policy::channels;
-use crate::policy::routes::MAX_PARAMS;
 use crate::policy::routes::Route;
+use crate::policy::routes::MAX_PARAMS;
 use crate::policy::ws::{CloseEvent, MessageKind, OnSuspend, WsProfile};
 use crate::state::gateway::Gateway;
 use crate::state::locks::lock;

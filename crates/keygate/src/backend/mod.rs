@@ -7,9 +7,9 @@ mod remote;
 use std::time::Duration;
 
 use anyhow::bail;
+use keygate_core::suspension::Suspension;
 use keygate_core::Clock as _;
 use keygate_core::{ApiKey, Client, Issuer, KeyId, KeyState, SystemClock, Timestamp};
-use keygate_core::suspension::Suspension;
 use keygate_store::{
     Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, IssuedKey, KeyFilter,
     NewClient, NewKey, NewSuspension, Store,

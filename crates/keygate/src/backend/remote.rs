@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
 use keygate_core::suspension::Suspension;
+use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
 use keygate_store::{
     AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Emergency, KeyFilter, NewClient,
     NewSuspension,

@@ -16,7 +16,9 @@ pub(crate) async fn suspend(ctx: &Context, args: SuspendArgs) -> anyhow::Result<
         (_, Some(s), ..) => Target::Sport(s),
         (_, _, Some(b), _) => Target::Bookmaker(b),
         (_, _, _, Some(r)) => Target::Route(RouteName::new(&r).context("--route")?),
-        (None, None, None, None) => anyhow::bail!("give one of --scope, --sport, --bookmaker or --route"),
+        (None, None, None, None) => {
+            anyhow::bail!("give one of --scope, --sport, --bookmaker or --route")
+        }
     };
     let until = args.until.map(|u| match u {
         Until::At(at) => at,
@@ -71,9 +73,16 @@ pub(crate) async fn list(ctx: &Context, all: bool) -> anyhow::Result<()> {
                 s.id.to_string(),
                 s.target.kind().to_owned(),
                 s.target.value().to_owned(),
-                s.client_id.as_ref().map_or("-".to_owned(), ToString::to_string),
+                s.client_id
+                    .as_ref()
+                    .map_or("-".to_owned(), ToString::to_string),
                 s.until.map_or("-".to_owned(), |t| t.to_string()),
-                if s.is_active(now) { "in force" } else { "lifted" }.to_owned(),
+                if s.is_active(now) {
+                    "in force"
+                } else {
+                    "lifted"
+                }
+                .to_owned(),
                 s.message.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
@@ -90,9 +99,14 @@ fn show(s: &Suspension) {
         ("id", s.id.to_string()),
         (
             "client",
-            s.client_id.as_ref().map_or("everyone".to_owned(), ToString::to_string),
+            s.client_id
+                .as_ref()
+                .map_or("everyone".to_owned(), ToString::to_string),
         ),
-        ("message", s.message.clone().unwrap_or_else(|| "-".to_owned())),
+        (
+            "message",
+            s.message.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
         (
             "until",
             s.until.map_or("resumed".to_owned(), |t| t.to_string()),

@@ -16,7 +16,7 @@ pub enum NameError {
     Plan(String),
     #[error("`{0}` is not a slug; sports and bookmakers are lowercase letters, digits, `_` or `-` (1 to 64 characters)")]
     Slug(String),
-    #[error("an emergency message must be 1 to 500 printable characters")]
+    #[error("a message for callers (emergency mode, a suspension) must be 1 to 500 printable characters")]
     Notice,
 }
 
@@ -24,8 +24,8 @@ fn printable(s: &str) -> bool {
     s.chars().all(|c| !c.is_control())
 }
 
-/// Checks an operator's notice (the emergency-mode message callers read): short, one line of
-/// printable text, since it is echoed in every refusal.
+/// Checks an operator's notice (the emergency-mode or suspension message callers read): short,
+/// one line of printable text, since it is echoed in every refusal.
 ///
 /// # Errors
 /// [`NameError::Notice`].

@@ -6,6 +6,11 @@
 //! The clock is fake and moves 1 ms per iteration, so the limits stay on their allowing,
 //! counting path. Keys are drawn from 4,096 of the million in a fixed shuffled order, so the
 //! lookups miss the CPU caches as a busy node's do. Run: `cargo bench -p keygate-server`.
+//!
+//! `whole` runs with no suspension in force (what every request pays for the feature: one
+//! atomic load); `whole_10_suspensions` with ten in force that do not hold the request (each
+//! is checked: the worst case of a request let through), and `suspended` with one that holds
+//! it (the refusal up to the exit, which renders it).
 
 mod support;
 
@@ -21,6 +26,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
+use keygate_core::suspension::{Suspension, Target};
+use keygate_core::{Slug, SuspensionId, Timestamp};
 use keygate_server::check;
 
 const KEYS: usize = 1_000_000;
@@ -105,7 +112,72 @@ fn hot_path(c: &mut Criterion) {
             black_box(limited.map(|(_, state)| state.allowed))
         })
     });
+
+    // Ten suspensions in force, none holding the request: each is checked.
+    let now = gw.clock.now();
+    let ten: Vec<Suspension> = (0..10)
+        .map(|i| {
+            suspension(Target::Bookmaker(
+                Slug::new(&format!("b{i}")).expect("a slug"),
+            ))
+        })
+        .collect();
+    gw.suspensions.set(ten.clone(), now);
+    group.bench_function("whole_10_suspensions", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            let passed = check::decide(
+                &gw,
+                &method,
+                path,
+                query,
+                black_box(&headers[i]),
+                std::net::IpAddr::from([127, 0, 0, 1]),
+            )
+            .expect("an allowed request");
+            let who = passed.who.as_ref().expect("an authenticated caller");
+            let now = gw.clock.now();
+            let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");
+            black_box(limited.map(|(_, state)| state.allowed))
+        })
+    });
+    // One more that holds it, checked last: the request is refused `suspended`.
+    let mut held = ten;
+    held.push(suspension(Target::Sport(Slug::new("cs2").expect("a slug"))));
+    gw.suspensions.set(held, now);
+    group.bench_function("suspended", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            let refused = check::decide(
+                &gw,
+                &method,
+                path,
+                query,
+                black_box(&headers[i]),
+                std::net::IpAddr::from([127, 0, 0, 1]),
+            )
+            .expect_err("a suspended request");
+            black_box(refused.reason())
+        })
+    });
+    gw.suspensions.set(Vec::new(), now);
     group.finish();
+}
+
+/// A suspension in force with no end.
+fn suspension(target: Target) -> Suspension {
+    Suspension {
+        id: SuspensionId::generate(),
+        target,
+        client_id: None,
+        message: Some("Integrity hold.".into()),
+        until: None,
+        created_at: Timestamp::from_millis(support::T0),
+        created_by: "cli:bench".into(),
+        lifted_at: None,
+        lifted_by: None,
+    }
 }
 
 criterion_group! {

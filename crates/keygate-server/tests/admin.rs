@@ -611,6 +611,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/plans/{name}"),
     ("get", "/v1/emergency"),
     ("put", "/v1/emergency"),
+    ("post", "/v1/suspensions"),
+    ("get", "/v1/suspensions"),
+    ("get", "/v1/suspensions/{id}"),
+    ("delete", "/v1/suspensions/{id}"),
     ("get", "/v1/audit"),
     ("post", "/v1/clients/{client}/amqp"),
     ("get", "/v1/clients/{client}/amqp"),
@@ -810,6 +814,18 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
     assert_eq!(
         fields(&a.get("/v1/emergency").await),
         properties(&doc, "EmergencyState")
+    );
+    // A suspension names one target: the other three are absent.
+    let made = a
+        .ops(201, "POST /v1/suspensions", json!({ "sport": "cs2" }))
+        .await;
+    let mut one_target = properties(&doc, "Suspension");
+    one_target.retain(|&f| !["scope", "bookmaker", "route"].contains(&f));
+    assert_eq!(fields(&made), one_target);
+    let id = made["id"].as_str().unwrap();
+    assert_eq!(
+        fields(&a.get(&format!("/v1/suspensions/{id}")).await),
+        one_target
     );
     let missing = a
         .send("GET", "/v1/clients/Nobody", Some(&a.ops), Body::None)

@@ -49,7 +49,7 @@ impl SuspensionSet {
             .iter()
             .filter(|b| !stored.iter().any(|s| s.id == b.id))
         {
-            tracing::warn!(id = %s.id, "Suspension lifted.");
+            tracing::warn!(id = %s.id, "Suspension ended (lifted, or its until passed).");
         }
         let any = stored.iter().any(|s| s.is_active(now));
         self.active.store(Arc::new(stored));

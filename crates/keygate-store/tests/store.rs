@@ -2,68 +2,20 @@
 //! (its own schema in `KEYGATE_TEST_DATABASE_URL`).
 
 use std::num::NonZeroU64;
-use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::{Digester, KeyFormat, KeyId, KeyState, ManualClock, Scope, Slug, Timestamp};
+use keygate_core::{Digester, KeyFormat, KeyId, KeyState, Scope, Slug, Timestamp};
 use keygate_store::{
-    Actor, AuditFilter, Backend, ClientFilter, ClientUpdate, IdempotencyClaim, KeyFilter,
-    KeyMaterial, LimitPatch, LinkRefusal, NewClient, NewKey, Once, OpenOptions, SealedAnswer,
-    Store, StoreError, UsageRow,
+    Actor, AuditFilter, ClientFilter, ClientUpdate, IdempotencyClaim, KeyFilter, LimitPatch,
+    LinkRefusal, NewClient, NewKey, Once, SealedAnswer, Store, StoreError, UsageRow,
 };
 
-const T0: i64 = 1_790_000_000_000; // 2026-09-21
+mod common;
 
-struct Fixture {
-    store: Store,
-    clock: Arc<ManualClock>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn sqlite() -> Option<Fixture> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keygate.db");
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(
-        path.to_str().unwrap(),
-        OpenOptions::default(),
-        clock.clone(),
-    )
-    .await
-    .unwrap();
-    Some(Fixture {
-        store,
-        clock,
-        _dir: Some(dir),
-    })
-}
-
-/// A fresh schema in the test PostgreSQL, or `None` when none answers outside CI.
-async fn postgres() -> Option<Fixture> {
-    let url = keygate_test::postgres_schema("kg_test").await?;
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(&url, OpenOptions::default(), clock.clone())
-        .await
-        .unwrap();
-    assert_eq!(store.backend(), Backend::Postgres);
-    Some(Fixture {
-        store,
-        clock,
-        _dir: None,
-    })
-}
+use common::{material, suite, Fixture, T0};
 
 fn actor() -> Actor {
     Actor("test:suite".into())
-}
-
-fn material(format: &KeyFormat) -> (String, KeyMaterial) {
-    let key = format.generate();
-    let m = KeyMaterial {
-        digest: Digester::plain().digest(key.expose()),
-        hint: format.hint(&key),
-    };
-    (key.expose().to_owned(), m)
 }
 
 fn scopes(list: &[&str]) -> Vec<Scope> {
@@ -1663,18 +1615,8 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     assert_eq!(conflict.unchanged, 1);
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $test() { if let Some(f) = super::sqlite().await { super::$test(f).await } } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $test() { if let Some(f) = super::postgres().await { super::$test(f).await } } )*
-        }
-    };
-}
-
 suite!(
+    "kg_test";
     clients_are_created_listed_and_unique,
     clients_are_updated_and_disabled,
     keys_are_created_and_listed_masked,

@@ -2,55 +2,20 @@
 //! only when it commits), fanned out once, claimed by one node at a time, settled, replayed,
 //! deduplicated and pruned.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::{Digester, KeyFormat, KeyState, ManualClock, Timestamp};
+use keygate_core::{KeyFormat, KeyState, Timestamp};
 use keygate_store::{
-    Actor, DeliveryFilter, DeliveryState, EventType, KeyMaterial, NewClient, NewKey, OpenOptions,
-    Outcome, Store, StoreError,
+    Actor, DeliveryFilter, DeliveryState, EventType, KeyMaterial, NewClient, NewKey, Outcome,
+    Store, StoreError,
 };
 use serde_json::Value;
 
-const T0: i64 = 1_790_000_000_000;
 const HOLD: Duration = Duration::from_secs(60);
 
-struct Fixture {
-    store: Store,
-    clock: Arc<ManualClock>,
-    _dir: Option<tempfile::TempDir>,
-}
+mod common;
 
-async fn sqlite() -> Option<Fixture> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keygate.db");
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(
-        path.to_str().unwrap(),
-        OpenOptions::default(),
-        clock.clone(),
-    )
-    .await
-    .unwrap();
-    Some(Fixture {
-        store,
-        clock,
-        _dir: Some(dir),
-    })
-}
-
-async fn postgres() -> Option<Fixture> {
-    let url = keygate_test::postgres_schema("kg_hooks").await?;
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
-    let store = Store::open_with_clock(&url, OpenOptions::default(), clock.clone())
-        .await
-        .unwrap();
-    Some(Fixture {
-        store,
-        clock,
-        _dir: None,
-    })
-}
+use common::{suite, Fixture};
 
 fn actor() -> Actor {
     Actor("test:hooks".into())
@@ -79,13 +44,7 @@ async fn key(
 
 /// A fresh key's plaintext and what the store keeps of it.
 fn material() -> (String, KeyMaterial) {
-    let format = KeyFormat::default();
-    let plain = format.generate();
-    let m = KeyMaterial {
-        digest: Digester::plain().digest(plain.expose()),
-        hint: format.hint(&plain),
-    };
-    (plain.expose().to_owned(), m)
+    common::material(&KeyFormat::default())
 }
 
 /// Every delivery with its event body, oldest first.
@@ -379,18 +338,8 @@ async fn expiring_keys_and_deduplicated_events_are_made_once_and_pruned(f: Fixtu
     );
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test] async fn $test() { if let Some(f) = super::sqlite().await { super::$test(f).await } } )*
-        }
-        mod postgres {
-            $( #[tokio::test] async fn $test() { if let Some(f) = super::postgres().await { super::$test(f).await } } )*
-        }
-    };
-}
-
 suite!(
+    "kg_hooks";
     writes_announce_their_events_once_and_only_when_they_commit,
     one_node_claims_a_delivery_until_it_settles_or_its_claim_runs_out,
     expiring_keys_and_deduplicated_events_are_made_once_and_pruned,

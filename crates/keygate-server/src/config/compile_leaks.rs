@@ -4,8 +4,9 @@
 use super::errors::Errors;
 use super::raw::RawLeakReports;
 use super::spanned::Spanned;
-use crate::leak_reports::{LeakReports, ScannerKeys, DEFAULT_MAX_BODY_BYTES, DEFAULT_PATH};
+use crate::policy::leak_reports::{LeakReports, DEFAULT_MAX_BODY_BYTES, DEFAULT_PATH};
 use crate::policy::profile::Profile;
+use crate::policy::scanner_keys::ScannerKeys;
 use keygate_store::LeakAction;
 
 /// Longest path accepted.
@@ -22,9 +23,8 @@ pub(super) fn compile(
     let r = spanned.get_ref();
     let before = errors.len();
     let path = r.path.clone().unwrap_or_else(|| DEFAULT_PATH.to_owned());
-    let taken = crate::runtime::infra::Infra::from_path(&path).is_some()
-        || profile.whoami.as_deref() == Some(path.as_str())
-        || (profile.verify && crate::request::verify::is_endpoint(&path));
+    let taken = crate::policy::paths::is_reserved(&path, profile.verify)
+        || profile.whoami.as_deref() == Some(path.as_str());
     if !path.starts_with('/') || path.len() > MAX_PATH || path.contains(['?', '#', '%']) {
         errors.at(
             Some(&span),

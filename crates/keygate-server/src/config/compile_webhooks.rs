@@ -11,8 +11,8 @@ use rustls::pki_types::ServerName;
 use super::errors::{Errors, Zero};
 use super::raw_webhooks::{RawOutbox, RawWebhook};
 use super::spanned::Spanned;
+use crate::policy::webhooks::{event_filter, OutboxSettings, Target, WebhookSecret, WebhookSpec};
 use crate::tls::{ClientFiles, ClientTls};
-use crate::webhooks::{event_filter, OutboxSettings, Target, WebhookSecret, WebhookSpec};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_ATTEMPTS: u32 = 12;
@@ -27,7 +27,7 @@ pub(super) fn compile(
     outbox: Option<&Spanned<RawOutbox>>,
     (tooling, read_files): (bool, bool),
     errors: &mut Errors<'_>,
-) -> (Vec<crate::webhooks::WebhookSpec>, OutboxSettings) {
+) -> (Vec<WebhookSpec>, OutboxSettings) {
     let base = super::compile_tls::resolve(errors, ".");
     let mut names = HashSet::new();
     let mut specs = Vec::new();

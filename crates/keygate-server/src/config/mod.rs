@@ -240,11 +240,11 @@ pub struct Config {
     /// The customer portal; `None` (the default) serves none.
     pub portal: Option<PortalSettings>,
     /// `[leak_reports]`: GitHub's secret-scanning endpoint; `None` (the default) serves none.
-    pub leak_reports: Option<crate::leak_reports::LeakReports>,
+    pub leak_reports: Option<crate::policy::leak_reports::LeakReports>,
     /// `[[webhooks]]`: where events are sent; none by default.
-    pub webhooks: Vec<crate::webhooks::WebhookSpec>,
+    pub webhooks: Vec<crate::policy::webhooks::WebhookSpec>,
     /// `[outbox]`: how the node works the webhook outbox.
-    pub outbox: crate::webhooks::OutboxSettings,
+    pub outbox: crate::policy::webhooks::OutboxSettings,
 }
 
 impl Config {

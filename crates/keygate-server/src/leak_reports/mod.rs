@@ -8,66 +8,31 @@
 //! plaintext is never stored, logged or answered: the answer names tokens by SHA-256, as the
 //! program's feedback format allows (`token_hash`, `token_type`, `label`).
 
-mod scanner_keys;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use keygate_store::{Actor, LeakAction, LeakFinding, LeakReport};
+use keygate_store::{Actor, LeakFinding, LeakReport};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Semaphore;
 
+use crate::policy::leak_reports::LeakReports;
+use crate::policy::scanner_keys;
 use crate::request::body::Body;
 use crate::request::respond;
 use crate::state::gateway::Gateway;
 
-pub use scanner_keys::{KeysError, ScannerKeys, SignatureError};
-
-/// The path GitHub is given when the configuration names none.
-pub const DEFAULT_PATH: &str = "/_keygate/secret-scanning";
-/// Largest report body by default: GitHub batches matches, each a few hundred bytes.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most tokens one report may carry; each costs a digest and a lookup.
 pub const MAX_TOKENS: usize = 1000;
-/// Reports verified and applied at once on one node; more are answered 503 at once, and GitHub
-/// retries. Bounds what a flood of reports with a known key identifier costs in ECDSA checks.
-const IN_FLIGHT: usize = 4;
 /// Longest wait for the store; past it the answer is 503 and the scanner retries.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `url`, `type` or `source` kept from a report (the audit entry stores them).
 const MAX_FIELD: usize = 2048;
 /// Who the audit log names for what a report did.
 const ACTOR: &str = "secret-scanning";
-
-/// `[leak_reports]`, compiled.
-#[derive(Clone, Debug)]
-pub struct LeakReports {
-    /// Where on the public listener reports arrive.
-    pub path: String,
-    pub keys: ScannerKeys,
-    pub action: LeakAction,
-    pub max_body_bytes: usize,
-    /// Places for reports verified at once (shared by every worker of the node).
-    pub in_flight: Arc<Semaphore>,
-}
-
-impl LeakReports {
-    pub fn new(path: String, keys: ScannerKeys, action: LeakAction, max_body: usize) -> Self {
-        LeakReports {
-            path,
-            keys,
-            action,
-            max_body_bytes: max_body,
-            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
-        }
-    }
-}
 
 /// One match in a report (GitHub's fields; `url` and `source` may be absent).
 #[derive(Deserialize)]

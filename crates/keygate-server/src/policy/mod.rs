@@ -5,10 +5,14 @@
 
 pub(crate) mod channels;
 pub(crate) mod guard;
+pub(crate) mod leak_reports;
+pub(crate) mod paths;
 pub(crate) mod profile;
 pub(crate) mod ratelimit;
 pub(crate) mod repeat;
 pub(crate) mod routes;
+pub(crate) mod scanner_keys;
 pub(crate) mod selfservice;
 pub(crate) mod upstream;
+pub(crate) mod webhooks;
 pub(crate) mod ws;

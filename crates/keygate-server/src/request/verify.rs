@@ -36,16 +36,9 @@ use crate::state::metrics::Outcome;
 /// Largest verify request body accepted.
 pub(crate) const MAX_VERIFY_BODY: usize = 16 * 1024;
 
-pub(crate) const VERIFY_PATH: &str = "/v1/keys/verify";
-pub(crate) const NGINX_PATH: &str = "/v1/auth/nginx";
-pub(crate) const TRAEFIK_PATH: &str = "/v1/auth/traefik";
-pub(crate) const ENVOY_PREFIX: &str = "/v1/auth/envoy";
-
-/// Whether `path` is the verify endpoint or a forward-auth contract's (when the profile serves
-/// them), so no other endpoint is configured over them.
-pub(crate) fn is_endpoint(path: &str) -> bool {
-    path == VERIFY_PATH || Contract::from_path(path).is_some()
-}
+pub(crate) use crate::policy::paths::{
+    ENVOY as ENVOY_PREFIX, NGINX as NGINX_PATH, TRAEFIK as TRAEFIK_PATH, VERIFY as VERIFY_PATH,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,7 +171,7 @@ impl Contract {
         match path {
             NGINX_PATH => Some(Contract::Nginx),
             TRAEFIK_PATH => Some(Contract::Traefik),
-            p if p == ENVOY_PREFIX || p.starts_with("/v1/auth/envoy/") => Some(Contract::Envoy),
+            p if crate::policy::paths::is_envoy(p) => Some(Contract::Envoy),
             _ => None,
         }
     }

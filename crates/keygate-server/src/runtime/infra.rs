@@ -19,11 +19,12 @@ pub(crate) enum Infra {
 
 impl Infra {
     pub(crate) fn from_path(path: &str) -> Option<Infra> {
+        use crate::policy::paths;
         match path {
-            "/health" => Some(Infra::Health),
-            "/ready" => Some(Infra::Ready),
-            "/status" => Some(Infra::Status),
-            "/metrics" => Some(Infra::Metrics),
+            paths::HEALTH => Some(Infra::Health),
+            paths::READY => Some(Infra::Ready),
+            paths::STATUS => Some(Infra::Status),
+            paths::METRICS => Some(Infra::Metrics),
             _ => None,
         }
     }

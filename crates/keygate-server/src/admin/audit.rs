@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 use super::error::AdminError;
 use super::extract::Params;
 use super::openapi as doc;
-use super::{page, page_limit, store_call, AdminState};
+use super::{page, page_before, page_limit, store_call, AdminState};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -50,14 +50,7 @@ pub(crate) async fn list(
     Params(q): Params<AuditQuery>,
 ) -> Result<Json<Value>, AdminError> {
     let limit = page_limit(q.limit.as_deref())?;
-    let before = q
-        .before
-        .map(|b| {
-            b.parse::<i64>().ok().filter(|&id| id > 0).ok_or_else(|| {
-                AdminError::invalid_value("before", format!("`{b}` is not an audit entry id"))
-            })
-        })
-        .transpose()?;
+    let before = page_before(q.before, "an audit entry id")?;
     let filter = AuditFilter {
         limit: limit + 1,
         before,

@@ -223,6 +223,21 @@ pub(crate) fn page_limit(raw: Option<&str>) -> Result<u32, AdminError> {
         })
 }
 
+/// The `before` cursor of a listing keyed by positive numeric ids (`what` names the id in the
+/// message: "an audit entry id").
+///
+/// # Errors
+/// `invalid_value` naming `before`.
+pub(crate) fn page_before(raw: Option<String>, what: &str) -> Result<Option<i64>, AdminError> {
+    raw.map(|b| {
+        b.parse::<i64>()
+            .ok()
+            .filter(|&id| id > 0)
+            .ok_or_else(|| AdminError::invalid_value("before", format!("`{b}` is not {what}")))
+    })
+    .transpose()
+}
+
 /// Cuts a listing fetched with one extra row down to `limit`, and names the cursor of the next
 /// page when that extra row shows there is one.
 pub(crate) fn page<T, C>(

@@ -13,7 +13,7 @@ use super::auth::Caller;
 use super::error::AdminError;
 use super::extract::Params;
 use super::openapi as doc;
-use super::{page, page_limit, store_call, AdminState};
+use super::{page, page_before, page_limit, store_call, AdminState};
 
 /// A delivery id from the path.
 #[derive(Debug)]
@@ -103,14 +103,7 @@ pub(crate) async fn list(
     Params(q): Params<DeliveryQuery>,
 ) -> Result<Json<Value>, AdminError> {
     let limit = page_limit(q.limit.as_deref())?;
-    let before = q
-        .before
-        .map(|b| {
-            b.parse::<i64>().ok().filter(|&id| id > 0).ok_or_else(|| {
-                AdminError::invalid_value("before", format!("`{b}` is not a delivery id"))
-            })
-        })
-        .transpose()?;
+    let before = page_before(q.before, "a delivery id")?;
     let delivery_state = q
         .state
         .map(|s| {

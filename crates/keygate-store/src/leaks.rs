@@ -30,8 +30,8 @@ pub struct LeakReport {
     pub source: String,
 }
 
-/// What a report found, in the order of the reports.
-#[derive(Clone, Debug)]
+/// What a report found, in the order of the reports (`Default`: no key of ours).
+#[derive(Clone, Debug, Default)]
 pub struct LeakFinding {
     /// The key the token is (in any state), or `None` when it is no key of ours.
     pub key: Option<ApiKey>,
@@ -52,29 +52,27 @@ impl Store {
         reports: &[LeakReport],
         action: LeakAction,
     ) -> Result<Vec<LeakFinding>, StoreError> {
+        // A read first, stopping at the first key found, so a report of made-up tokens never
+        // takes the write lock; the write then reads every report again inside it.
         let mut known = false;
         for report in reports {
-            let found = sqlx::query("SELECT 1 FROM keys WHERE digest = $1")
+            known = sqlx::query("SELECT 1 FROM keys WHERE digest = $1")
                 .bind(report.digest.as_bytes().to_vec())
                 .fetch_optional(&self.pool)
-                .await?;
-            known |= found.is_some();
+                .await?
+                .is_some();
+            if known {
+                break;
+            }
         }
         if !known {
-            let none = LeakFinding {
-                key: None,
-                revoked: false,
-            };
-            return Ok(vec![none; reports.len()]);
+            return Ok(vec![LeakFinding::default(); reports.len()]);
         }
         let mut tx = self.begin_write().await?;
         let mut findings = Vec::with_capacity(reports.len());
         for report in reports {
             let Some(mut key) = find_by_digest(&mut tx, &report.digest).await? else {
-                findings.push(LeakFinding {
-                    key: None,
-                    revoked: false,
-                });
+                findings.push(LeakFinding::default());
                 continue;
             };
             let was_revoked = key.state == KeyState::Revoked;

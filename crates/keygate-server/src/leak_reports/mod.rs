@@ -156,19 +156,11 @@ async fn apply(gw: &Gateway, config: &LeakReports, matches: &[Match]) -> Respons
             );
         }
     };
+    // Back in the report's order: a token of neither shape found nothing.
     let mut found = found.into_iter();
     let findings: Vec<LeakFinding> = shaped
         .iter()
-        .map(|s| match s {
-            Some(_) => found.next().unwrap_or(LeakFinding {
-                key: None,
-                revoked: false,
-            }),
-            None => LeakFinding {
-                key: None,
-                revoked: false,
-            },
-        })
+        .map(|s| s.as_ref().and_then(|_| found.next()).unwrap_or_default())
         .collect();
     let mut labels = Vec::with_capacity(matches.len());
     let mut revoked = false;

@@ -29,6 +29,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use keygate_core::suspension::{Suspension, Target};
 use keygate_core::{Slug, SuspensionId, Timestamp};
 use keygate_server::check;
+use keygate_server::gateway::Gateway;
 
 const KEYS: usize = 1_000_000;
 const HOT: usize = 4_096;
@@ -97,19 +98,7 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));
-            let passed = check::decide(
-                &gw,
-                &method,
-                path,
-                query,
-                black_box(&headers[i]),
-                std::net::IpAddr::from([127, 0, 0, 1]),
-            )
-            .expect("an allowed request");
-            let who = passed.who.as_ref().expect("an authenticated caller");
-            let now = gw.clock.now();
-            let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");
-            black_box(limited.map(|(_, state)| state.allowed))
+            black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
         })
     });
 
@@ -127,19 +116,7 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));
-            let passed = check::decide(
-                &gw,
-                &method,
-                path,
-                query,
-                black_box(&headers[i]),
-                std::net::IpAddr::from([127, 0, 0, 1]),
-            )
-            .expect("an allowed request");
-            let who = passed.who.as_ref().expect("an authenticated caller");
-            let now = gw.clock.now();
-            let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");
-            black_box(limited.map(|(_, state)| state.allowed))
+            black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
         })
     });
     // One more that holds it, checked last: the request is refused `suspended`.
@@ -163,6 +140,29 @@ fn hot_path(c: &mut Criterion) {
     });
     gw.suspensions.set(Vec::new(), now);
     group.finish();
+}
+
+/// The decision and the limits of one allowed request: the `whole` cases.
+fn decide_and_limit(
+    gw: &Gateway,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<bool> {
+    let passed = check::decide(
+        gw,
+        method,
+        path,
+        query,
+        black_box(headers),
+        std::net::IpAddr::from([127, 0, 0, 1]),
+    )
+    .expect("an allowed request");
+    let who = passed.who.as_ref().expect("an authenticated caller");
+    let now = gw.clock.now();
+    let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");
+    limited.map(|(_, state)| state.allowed)
 }
 
 /// A suspension in force with no end.

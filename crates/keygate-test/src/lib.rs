@@ -54,3 +54,23 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("build reqwest client for tests")
 }
+
+/// A WebSocket client connection, as the tests hold one.
+pub type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` with `key` in `X-API-Key`; the HTTP status when the gateway
+/// refuses before the upgrade.
+///
+/// Panics on any other failure (no connection, a broken handshake), which fails the test.
+pub async fn ws_connect(url: &str, key: &str) -> Result<WsClient, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((c, _)) => Ok(c),
+        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("connect to {url}: {e}"),
+    }
+}

@@ -8,12 +8,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use keygate_test::tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use keygate_test::tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::{http_client, postgres_schema, redis_url, wait_for_status, Serving};
 use serde_json::{json, Value};
 
-type WsClient = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+use keygate_test::WsClient;
 
 /// The routes every test serves: a sport namespace with templated scopes, a bookmaker read
 /// from the query, and a WebSocket stream per sport.
@@ -317,16 +316,7 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
 /// Connects to `/{sport}/v1/stream` with the key in `X-API-Key`; the HTTP status when refused
 /// before the upgrade.
 async fn connect(listen: &str, sport: &str, key: &str) -> Result<WsClient, u16> {
-    use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{listen}/{sport}/v1/stream")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("x-api-key", key.parse().unwrap());
-    match connect_async(req).await {
-        Ok((c, _)) => Ok(c),
-        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("connect to {listen}: {e}"),
-    }
+    keygate_test::ws_connect(&format!("ws://{listen}/{sport}/v1/stream"), key).await
 }
 
 /// The next text message or close frame within `limit`.

@@ -7,12 +7,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use keygate_test::tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use keygate_test::tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::{free_port, redis_url, wait_for_status, Proc, WsUpstream};
 use serde_json::Value;
 
-type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+use keygate_test::WsClient as Client;
 
 fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
     keygate_test::json_output(
@@ -63,16 +62,7 @@ async fn node(dir: &Path, db: &str, config: &Path, i: usize) -> (Proc, String) {
 
 /// Connects with the key in `X-API-Key`; the HTTP status when refused before the upgrade.
 async fn connect(addr: &str, key: &str) -> Result<Client, u16> {
-    use keygate_test::tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{addr}/v1/stream")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("x-api-key", key.parse().unwrap());
-    match connect_async(req).await {
-        Ok((c, _)) => Ok(c),
-        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("connect to {addr}: {e}"),
-    }
+    keygate_test::ws_connect(&format!("ws://{addr}/v1/stream"), key).await
 }
 
 async fn close_code(c: &mut Client) -> u16 {

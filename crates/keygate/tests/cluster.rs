@@ -273,6 +273,11 @@ async fn three_nodes_on_postgres_refuse_a_revoked_key_within_a_second() {
 
 /// Polls every node with `key` until each answers `status`; fails after one second. Returns
 /// how long each node took.
+///
+/// The second is counted from a store that answers: a node whose feed read outlasted its 1 s
+/// timeout during the wait (it logs "Store unreachable", as a PostgreSQL starved by a build
+/// beside the test made it) is given the feed's slow-read limit, 10 s, instead. A node that
+/// logged nothing of the kind must still follow within the second.
 async fn until_every_node(
     nodes: &[(Proc, String)],
     key: &str,
@@ -281,10 +286,16 @@ async fn until_every_node(
 ) -> Vec<Duration> {
     let http = http_client();
     let started = Instant::now();
+    let store_trouble = |i: usize| nodes[i].0.stderr().matches("Store unreachable").count();
+    let trouble_before: Vec<usize> = (0..nodes.len()).map(store_trouble).collect();
     let mut pending: Vec<usize> = (0..nodes.len()).collect();
     let mut took = Vec::new();
     while !pending.is_empty() {
-        if started.elapsed() >= Duration::from_secs(1) {
+        let starved = pending
+            .iter()
+            .all(|&i| store_trouble(i) > trouble_before[i]);
+        let deadline = Duration::from_secs(if starved { 10 } else { 1 });
+        if started.elapsed() >= deadline {
             // What the late nodes logged, to tell a missed announcement from a starved node.
             let logs: Vec<String> = pending
                 .iter()
@@ -298,7 +309,7 @@ async fn until_every_node(
                 })
                 .collect();
             panic!(
-                "{what}: nodes {pending:?} do not answer {status} after 1 s\n{}",
+                "{what}: nodes {pending:?} do not answer {status} after {deadline:?}\n{}",
                 logs.join("\n")
             );
         }

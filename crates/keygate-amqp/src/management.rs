@@ -27,7 +27,7 @@ const SERVER_ERROR_ATTEMPTS: u64 = 3;
 #[derive(Clone, Debug, Deserialize)]
 pub struct BrokerUser {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub password_hash: String,
     #[serde(default, deserialize_with = "tags")]
     pub tags: Vec<String>,
@@ -37,7 +37,7 @@ pub struct BrokerUser {
 #[derive(Clone, Debug, Deserialize)]
 pub struct BrokerVhost {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub description: String,
 }
 
@@ -49,6 +49,11 @@ pub struct BrokerPermission {
     pub configure: String,
     pub write: String,
     pub read: String,
+}
+
+/// A string the broker may send as `null` (a vhost listed while another client creates it).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Tags come as a list (3.9+) or a comma-separated string (older brokers).
@@ -168,12 +173,41 @@ impl Management {
     ) -> Result<Option<T>, AmqpError> {
         match self.call(step, Method::GET, path, None).await? {
             None => Ok(None),
-            Some(r) => r.json().await.map(Some).map_err(|e| AmqpError::Broker {
-                step: step.to_owned(),
-                status: 200,
-                message: format!("unreadable answer: {e}"),
-            }),
+            Some(r) => {
+                let unreadable = |e: &dyn std::fmt::Display| AmqpError::Broker {
+                    step: step.to_owned(),
+                    status: 200,
+                    message: format!("unreadable answer: {e}"),
+                };
+                let body = r.bytes().await.map_err(|e| unreadable(&e))?;
+                // serde_json's own error names the line and column, where reqwest's says only
+                // "error decoding response body".
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|e| unreadable(&e))
+            }
         }
+    }
+
+    /// A listing, entry by entry: an entry the broker lists half-made (a vhost or user another
+    /// client is creating or deleting at that moment) is skipped with a warning instead of
+    /// failing the whole drift check; the next check sees it whole or gone.
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        step: &str,
+        path: &str,
+    ) -> Result<Vec<T>, AmqpError> {
+        let entries: Vec<Value> = self.get(step, path).await?.unwrap_or_default();
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| match T::deserialize(entry) {
+                Ok(item) => Some(item),
+                Err(error) => {
+                    tracing::warn!(step, %error, "broker listed an entry keygate cannot read; skipped");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Checks that the API answers and accepts the operator.
@@ -196,7 +230,7 @@ impl Management {
     /// # Errors
     /// A broker failure.
     pub async fn vhosts(&self) -> Result<Vec<BrokerVhost>, AmqpError> {
-        Ok(self.get("list vhosts", "vhosts").await?.unwrap_or_default())
+        self.list("list vhosts", "vhosts").await
     }
 
     /// Creates a vhost (or updates its description); idempotent.
@@ -239,7 +273,7 @@ impl Management {
     /// # Errors
     /// A broker failure.
     pub async fn users(&self) -> Result<Vec<BrokerUser>, AmqpError> {
-        Ok(self.get("list users", "users").await?.unwrap_or_default())
+        self.list("list users", "users").await
     }
 
     /// Creates a user or sets its password hash; idempotent.
@@ -364,5 +398,23 @@ impl Management {
         )
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_strings_read_as_empty() {
+        let vhost: BrokerVhost =
+            serde_json::from_str(r#"{"name":"v","description":null}"#).unwrap();
+        assert_eq!(vhost.description, "");
+        let user: BrokerUser =
+            serde_json::from_str(r#"{"name":"u","password_hash":null,"tags":null}"#).unwrap();
+        assert_eq!(user.password_hash, "");
+        assert!(user.tags.is_empty());
+        let user: BrokerUser = serde_json::from_str(r#"{"name":"u","tags":"a,b"}"#).unwrap();
+        assert_eq!(user.tags, ["a", "b"]);
     }
 }

@@ -4,6 +4,9 @@
 //! provider publishes. Logs and metrics carry the code, never the key.
 
 use std::fmt;
+use std::num::NonZeroU32;
+
+use crate::time::Timestamp;
 
 /// Why a request was not let through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -267,6 +270,10 @@ impl fmt::Display for Reason {
 pub struct Denial {
     pub reason: Reason,
     pub subject: Option<Box<str>>,
+    /// When what is refused is expected to work again, where an operator said so (a
+    /// suspension's `until`), in Unix seconds rounded up: the answer's `Retry-After`. Seconds
+    /// in 32 bits fit in the padding beside `reason`, so a refusal stays as small as before.
+    until: Option<NonZeroU32>,
 }
 
 impl Denial {
@@ -274,6 +281,7 @@ impl Denial {
         Denial {
             reason,
             subject: None,
+            until: None,
         }
     }
 
@@ -281,7 +289,24 @@ impl Denial {
         Denial {
             reason,
             subject: Some(subject.into()),
+            until: None,
         }
+    }
+
+    /// The same refusal, expected to lift at `until` (an instant past 2106 is not quoted).
+    #[must_use]
+    pub fn lifting_at(self, until: Option<Timestamp>) -> Self {
+        let until = until.and_then(|t| {
+            let seconds = t.as_millis().div_euclid(1000) + i64::from(t.as_millis() % 1000 != 0);
+            u32::try_from(seconds).ok().and_then(NonZeroU32::new)
+        });
+        Denial { until, ..self }
+    }
+
+    /// When the refused thing is expected to work again, to the second (rounded up).
+    pub fn lifts_at(&self) -> Option<Timestamp> {
+        self.until
+            .map(|s| Timestamp::from_millis(i64::from(s.get()) * 1000))
     }
 }
 
@@ -294,6 +319,24 @@ impl From<Reason> for Denial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lift_instant_rounds_up_to_the_second_and_costs_no_room() {
+        let d = Denial::new(Reason::Suspended);
+        assert_eq!(d.lifts_at(), None);
+        let at = |ms| {
+            d.clone()
+                .lifting_at(Some(Timestamp::from_millis(ms)))
+                .lifts_at()
+        };
+        assert_eq!(at(5_000), Some(Timestamp::from_millis(5_000)));
+        assert_eq!(at(5_001), Some(Timestamp::from_millis(6_000)));
+        assert_eq!(at(0), None, "the epoch itself is no instant to quote");
+        assert_eq!(at(-5_000), None);
+        assert_eq!(at(i64::MAX), None, "past 2106");
+        // Beside the reason, in its padding: a refusal carries it at no cost in size.
+        assert_eq!(std::mem::size_of::<Denial>(), 24);
+    }
 
     #[test]
     fn codes_are_unique_and_parse_back() {

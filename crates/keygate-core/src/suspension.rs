@@ -164,6 +164,16 @@ pub struct Suspension {
 }
 
 impl Suspension {
+    /// Its state at `now` for people: `in force`, `lifted` (by an operator) or `ran out` (its
+    /// `until` passed).
+    pub fn state(&self, now: Timestamp) -> &'static str {
+        match (self.lifted_at, self.until) {
+            (Some(_), _) => "lifted",
+            (None, Some(until)) if until <= now => "ran out",
+            (None, _) => "in force",
+        }
+    }
+
     /// Whether it holds requests at `now`: not lifted, and `until` not reached.
     pub fn is_active(&self, now: Timestamp) -> bool {
         self.lifted_at.is_none() && self.until.is_none_or(|u| now < u)
@@ -286,6 +296,8 @@ mod tests {
         s.client_id = Some(ClientId::parse(r.client).unwrap());
         assert!(s.holds(&r, Timestamp::from_millis(1)));
         s.until = Some(Timestamp::from_millis(1000));
+        assert_eq!(s.state(Timestamp::from_millis(999)), "in force");
+        assert_eq!(s.state(Timestamp::from_millis(1000)), "ran out");
         assert!(s.holds(&r, Timestamp::from_millis(999)));
         assert!(!s.holds(&r, Timestamp::from_millis(1000)));
         s.until = None;

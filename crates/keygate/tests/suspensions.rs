@@ -278,6 +278,21 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
     );
     let made_at = Instant::now();
     until_every_node(&nodes, "/v1/odds?bookmaker=x", &acme, 503, second).await;
+    // The operator said when it ends: the 503 says so in `Retry-After` (RFC 9110 §10.2.3),
+    // whole seconds rounded up, never past the `until`.
+    let held = http_client()
+        .get(format!("http://{}/v1/odds?bookmaker=x", nodes[0].listen))
+        .header("X-API-Key", &acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 503);
+    let wait: u64 = held.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=until).contains(&wait), "Retry-After: {wait}");
     every_node_answers(&nodes, "/dota2/v1/matches", &acme, 200).await;
     until_every_node(
         &nodes,
@@ -297,6 +312,28 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
     assert_eq!(all.as_array().unwrap().len(), 4, "{all}");
     assert_eq!(all[0]["id"], made["id"]);
     assert!(all[0]["lifted_at"].is_null(), "ran out, not lifted: {all}");
+    // The table names the two ends apart.
+    let table = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--config", config.to_str().unwrap(), "--db", &db])
+        .args(["suspensions", "--all"])
+        .env_remove("KEYGATE_DB")
+        .env_remove("KEYGATE_ADMIN_URL")
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    let state_of = |id: &Value| {
+        let id = id.as_str().unwrap();
+        let line = table.lines().find(|l| l.contains(id)).unwrap();
+        if line.contains("ran out") {
+            "ran out"
+        } else if line.contains("lifted") {
+            "lifted"
+        } else {
+            "other"
+        }
+    };
+    assert_eq!(state_of(&made["id"]), "ran out", "{table}");
+    assert_eq!(state_of(&all[1]["id"]), "lifted", "{table}");
 
     // Audited: who made and lifted each.
     let audit = cli(&db, &config, &["audit", "--limit", "100"]);
@@ -437,6 +474,22 @@ ws = {{ mode = "handshake" }}
         }
         assert!(resumed.elapsed() < Duration::from_secs(1), "still held");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The session that was told of the hold hears of its end, in the profile's `resumed`
+    // message; the one never held hears nothing.
+    match next_event(&mut cs2_told, Duration::from_secs(2)).await {
+        Some(Message::Text(t)) => {
+            let m: Value = serde_json::from_str(t.as_str()).unwrap();
+            assert_eq!(m, json!({"type": "resumed", "code": "resumed", "id": id}));
+        }
+        other => panic!("expected the resumed message, got {other:?}"),
+    }
+    // (It got the upstream's tick; nothing of the gateway's own.)
+    while let Some(m) = next_event(&mut dota_closed, Duration::from_millis(300)).await {
+        assert!(
+            matches!(&m, Message::Text(t) if t.as_str().contains("tick")),
+            "{m:?}"
+        );
     }
 }
 

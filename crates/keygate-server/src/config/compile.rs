@@ -1132,9 +1132,9 @@ fn compile_route_errors(
         match error_key(key) {
             Err(m) => errors.at(span, format!("route `{route}` errors: {m}")),
             Ok((reason, subject)) => {
-                let denial = keygate_core::decision::Denial {
-                    reason,
-                    subject: subject.map(Into::into),
+                let denial = match subject {
+                    Some(subject) => keygate_core::decision::Denial::about(reason, subject),
+                    None => keygate_core::decision::Denial::new(reason),
                 };
                 let base = profile.spec_for(&denial, None).clone();
                 let what = format!("route `{route}` errors.{key}");

@@ -176,14 +176,18 @@ pub enum MessageKind {
     /// A suspension now holds the session (`on_suspend = "notify"`): `code`, `detail` (the
     /// operator's message), `id` and `until`.
     Suspended,
+    /// A suspension the session was told of ended (resumed, or its `until` passed): `code`
+    /// (`resumed`) and `id`. Sent only to sessions that got its `suspended` notice.
+    Resumed,
 }
 
 impl MessageKind {
-    pub const ALL: [MessageKind; 4] = [
+    pub const ALL: [MessageKind; 5] = [
         MessageKind::LoginOk,
         MessageKind::Error,
         MessageKind::SubscribeRefused,
         MessageKind::Suspended,
+        MessageKind::Resumed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -192,6 +196,7 @@ impl MessageKind {
             MessageKind::Error => "error",
             MessageKind::SubscribeRefused => "subscribe_refused",
             MessageKind::Suspended => "suspended",
+            MessageKind::Resumed => "resumed",
         }
     }
 
@@ -216,6 +221,7 @@ impl MessageKind {
             MessageKind::Suspended => {
                 r#"{"type":"suspended","code":"{code}","detail":"{detail}","id":"{id}","until":"{until}"}"#
             }
+            MessageKind::Resumed => r#"{"type":"resumed","code":"{code}","id":"{id}"}"#,
         }
     }
 }

@@ -357,8 +357,20 @@ fn facts(gw: &Gateway, refusal: &Refusal) -> LimitFacts {
             ..LimitFacts::default()
         },
         Quote::Nothing if refusal.reason() == Reason::RateLimited => gw.guard.facts(gw.clock.now()),
-        Quote::Nothing => LimitFacts::default(),
+        Quote::Nothing => LimitFacts {
+            retry_after: refusal
+                .denial
+                .lifts_at()
+                .map_or(0, |until| seconds_until(gw.clock.now(), until)),
+            ..LimitFacts::default()
+        },
     }
+}
+
+/// Whole seconds from `now` to `until`, rounded up, at least 1.
+fn seconds_until(now: Timestamp, until: Timestamp) -> u64 {
+    let ms = until.as_millis().saturating_sub(now.as_millis()).max(1);
+    u64::try_from(ms).unwrap_or(1).div_ceil(1000)
 }
 
 /// The profile's HTTP answer to a refusal: the route's overrides before the profile's own
@@ -384,6 +396,8 @@ pub(crate) fn render(gw: &Gateway, refusal: &Refusal, format: BodyFormat) -> Res
     }
     let waits = match refusal.quote {
         Quote::BreakerOpen { .. } => true,
+        // A suspension with an `until`: 503 with `Retry-After` (RFC 9110 §10.2.3).
+        Quote::Nothing if refusal.denial.lifts_at().is_some() => true,
         _ => {
             matches!(
                 refusal.reason(),

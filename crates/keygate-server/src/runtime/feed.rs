@@ -11,6 +11,7 @@ use tokio::sync::{watch, Notify};
 use crate::state::gateway::Plans;
 use crate::state::live::Live;
 use crate::state::locks::lock;
+use crate::state::suspensions::Changes;
 
 /// Loads the initial snapshot, retrying until the store answers.
 pub(crate) async fn load(live: &Live, store: &Store, mut shutdown: watch::Receiver<bool>) {
@@ -102,8 +103,11 @@ pub(crate) async fn follow(
         }
         let gw = live.load();
         let now = gw.clock.now();
-        // An `until` passes by the clock, store or no store.
-        gw.suspensions.refresh(now);
+        // An `until` passes by the clock, store or no store; the sessions told of it hear.
+        let ran_out = gw.suspensions.refresh(now);
+        if !ran_out.is_empty() {
+            gw.ws_sessions.resumed(&gw, &ran_out);
+        }
         let down = |e: &str| {
             if gw.store.mark_down(now) {
                 tracing::error!(error = %e, "Store unreachable; serving from the replica.");
@@ -141,9 +145,9 @@ pub(crate) async fn follow(
                 if let Some(emergency) = &delta.emergency {
                     gw.emergency.set(emergency);
                 }
-                let added = match &delta.suspensions {
+                let changes = match &delta.suspensions {
                     Some(stored) => gw.suspensions.set(stored.clone(), now),
-                    None => Vec::new(),
+                    None => Changes::default(),
                 };
                 let current = {
                     // Under the plans in force, even if a reload landed during the read.
@@ -152,9 +156,12 @@ pub(crate) async fn follow(
                     current.replica.apply(&delta, &Plans(&current.config));
                     current
                 };
-                if !added.is_empty() {
+                if !changes.added.is_empty() {
                     // Sessions a new suspension holds are told or closed now.
-                    current.ws_sessions.suspended(&current, &added);
+                    current.ws_sessions.suspended(&current, &changes.added);
+                }
+                if !changes.ended.is_empty() {
+                    current.ws_sessions.resumed(&current, &changes.ended);
                 }
                 if !delta.is_empty() {
                     // Sessions of keys this change made invalid close now, not at the sweep.

@@ -9,12 +9,14 @@
 //! flag once every suspension has run out, so an expiry needs no write.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use keygate_core::decision::{Denial, Reason};
 use keygate_core::suspension::{self, Request, Suspension, DEFAULT_MESSAGE};
-use keygate_core::Timestamp;
+use keygate_core::{SuspensionId, Timestamp};
+
+use crate::state::locks::lock;
 
 /// The suspensions in force on this node.
 #[derive(Debug, Default)]
@@ -22,12 +24,25 @@ pub struct SuspensionSet {
     /// True while any suspension may hold a request: the one load a request pays otherwise.
     any: AtomicBool,
     active: ArcSwap<Vec<Suspension>>,
+    /// The ids that held requests at the last look (the feed's), to tell which ended since:
+    /// lifted, or run out by the clock.
+    in_force: Mutex<Vec<SuspensionId>>,
+}
+
+/// What changed in the set at one look of the feed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Suspensions new to this node (their sessions are told or closed).
+    pub added: Vec<Suspension>,
+    /// Suspensions in force at the last look and no more (the sessions told of them hear of
+    /// the lift).
+    pub ended: Vec<SuspensionId>,
 }
 
 impl SuspensionSet {
-    /// Follows the stored set; logs each suspension that starts or ends, and returns the ones
-    /// new to this node (their sessions are told or closed).
-    pub fn set(&self, stored: Vec<Suspension>, now: Timestamp) -> Vec<Suspension> {
+    /// Follows the stored set; logs each suspension that starts or ends, and says which are
+    /// new to this node and which ended.
+    pub fn set(&self, stored: Vec<Suspension>, now: Timestamp) -> Changes {
         let before = self.active.load();
         let added: Vec<Suspension> = stored
             .iter()
@@ -52,18 +67,43 @@ impl SuspensionSet {
             tracing::warn!(id = %s.id, "Suspension ended (lifted, or its until passed).");
         }
         let any = stored.iter().any(|s| s.is_active(now));
+        let ended = self.follow(&stored, now);
         self.active.store(Arc::new(stored));
         self.any.store(any, Ordering::Release);
-        added
+        Changes { added, ended }
     }
 
-    /// Clears the flag once every suspension has passed its `until` (the feed follower calls
-    /// this each interval): requests stop paying for a list that holds nothing.
-    pub fn refresh(&self, now: Timestamp) {
-        if self.is_on() && !self.active.load().iter().any(|s| s.is_active(now)) {
+    /// Notes which suspensions ran out by the clock (the feed follower calls this each
+    /// interval, store or no store) and returns them; clears the flag once none holds, so
+    /// requests stop paying for a list that holds nothing.
+    pub fn refresh(&self, now: Timestamp) -> Vec<SuspensionId> {
+        if !self.is_on() {
+            return Vec::new();
+        }
+        let active = self.active.load();
+        let ended = self.follow(&active, now);
+        if !active.iter().any(|s| s.is_active(now)) {
             self.any.store(false, Ordering::Release);
             tracing::info!("Every suspension has run out.");
         }
+        ended
+    }
+
+    /// Records the ids of `list` in force at `now`; returns those in force before and not now.
+    fn follow(&self, list: &[Suspension], now: Timestamp) -> Vec<SuspensionId> {
+        let now_in_force: Vec<SuspensionId> = list
+            .iter()
+            .filter(|s| s.is_active(now))
+            .map(|s| s.id.clone())
+            .collect();
+        let mut in_force = lock(&self.in_force);
+        let ended = in_force
+            .iter()
+            .filter(|id| !now_in_force.contains(id))
+            .cloned()
+            .collect();
+        *in_force = now_in_force;
+        ended
     }
 
     /// Whether any suspension may hold a request.
@@ -94,6 +134,7 @@ pub(crate) fn refusal(s: &Suspension) -> Denial {
         Reason::Suspended,
         s.message.as_deref().unwrap_or(DEFAULT_MESSAGE),
     )
+    .lifting_at(s.until)
 }
 
 #[cfg(test)]
@@ -134,25 +175,31 @@ mod tests {
         assert!(!set.is_on());
         assert!(set.denial(&request("cs2"), t(1)).is_none());
         let cs2 = sport("cs2", Some(1000));
-        let added = set.set(vec![cs2.clone()], t(1));
-        assert_eq!(added, vec![cs2.clone()]);
+        let changes = set.set(vec![cs2.clone()], t(1));
+        assert_eq!(changes.added, vec![cs2.clone()]);
+        assert!(changes.ended.is_empty());
         assert!(set.is_on());
         let d = set.denial(&request("cs2"), t(1)).unwrap();
         assert_eq!(d.reason, Reason::Suspended);
         assert_eq!(d.subject.as_deref(), Some("cs2 is on hold."));
+        assert_eq!(d.lifts_at(), Some(t(1000)), "the answer's Retry-After");
         assert!(set.denial(&request("dota2"), t(1)).is_none());
-        // Seen again: nothing new.
-        assert!(set.set(vec![cs2.clone()], t(2)).is_empty());
-        // `until` lifts it by the clock, then the flag goes down.
+        // Seen again: nothing new, nothing ended.
+        let again = set.set(vec![cs2.clone()], t(2));
+        assert!(again.added.is_empty() && again.ended.is_empty());
+        // `until` lifts it by the clock, then the flag goes down; it is reported ended once.
         assert!(set.denial(&request("cs2"), t(1000)).is_none());
-        set.refresh(t(999));
+        assert!(set.refresh(t(999)).is_empty());
         assert!(set.is_on());
-        set.refresh(t(1000));
+        assert_eq!(set.refresh(t(1000)), vec![cs2.id.clone()]);
         assert!(!set.is_on());
-        // Lifted in the store.
-        set.set(vec![sport("dota2", None)], t(2));
+        assert!(set.refresh(t(1001)).is_empty());
+        // Lifted in the store: reported ended at the look that no longer lists it.
+        let dota = sport("dota2", None);
+        set.set(vec![dota.clone()], t(2));
         assert!(set.is_on());
-        set.set(Vec::new(), t(3));
+        let lifted = set.set(Vec::new(), t(3));
+        assert_eq!(lifted.ended, vec![dota.id.clone()]);
         assert!(!set.is_on());
     }
 }

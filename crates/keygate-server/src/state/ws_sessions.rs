@@ -18,7 +18,7 @@ use keygate_core::decision::{Denial, Reason};
 use keygate_core::policy::{authorize, RequestFacts};
 use keygate_core::render::Value;
 use keygate_core::suspension::{self, Suspension, DEFAULT_MESSAGE};
-use keygate_core::{KeyDigest, Timestamp};
+use keygate_core::{KeyDigest, SuspensionId, Timestamp};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
 
@@ -63,6 +63,9 @@ struct Entry {
     stop: watch::Sender<Option<Stop>>,
     /// Messages the gateway itself sends the client (a suspension's notice).
     notices: mpsc::Sender<String>,
+    /// The suspensions this session was told of (`on_suspend = "notify"`), to tell it of
+    /// their end.
+    told: Mutex<Vec<SuspensionId>>,
 }
 
 /// Every open session of this node.
@@ -127,6 +130,7 @@ impl Sessions {
                 channels: Arc::clone(&channels),
                 stop: tx,
                 notices,
+                told: Mutex::new(Vec::new()),
             },
         );
         Registration {
@@ -195,6 +199,7 @@ impl Sessions {
                     }));
                 }
                 OnSuspend::Notify => {
+                    lock(&entry.told).push(s.id.clone());
                     let _ = entry.notices.try_send(notice(profile, s));
                 }
             }
@@ -207,6 +212,37 @@ impl Sessions {
             );
         }
         held
+    }
+
+    /// Tells every session that heard of one of `ended` (suspensions lifted or run out) that
+    /// it ended, in the profile's `resumed` message; returns how many were told.
+    pub fn resumed(&self, gw: &Gateway, ended: &[SuspensionId]) -> usize {
+        let profile = &gw.config.ws.profile;
+        let mut told = 0;
+        for entry in &self.open {
+            let mut heard = lock(&entry.told);
+            for id in ended {
+                let Some(at) = heard.iter().position(|h| h == id) else {
+                    continue;
+                };
+                heard.swap_remove(at);
+                let vars = [
+                    ("code", Value::Str("resumed".into())),
+                    ("id", Value::Str(id.to_string())),
+                ];
+                let _ = entry
+                    .notices
+                    .try_send(profile.message(MessageKind::Resumed, &vars));
+                told += 1;
+            }
+        }
+        if told > 0 {
+            tracing::info!(
+                sessions = told,
+                "WebSocket sessions told a suspension ended."
+            );
+        }
+        told
     }
 
     /// Stops every session (the gateway is shutting down).

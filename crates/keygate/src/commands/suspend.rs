@@ -77,12 +77,7 @@ pub(crate) async fn list(ctx: &Context, all: bool) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or("-".to_owned(), ToString::to_string),
                 s.until.map_or("-".to_owned(), |t| t.to_string()),
-                if s.is_active(now) {
-                    "in force"
-                } else {
-                    "lifted"
-                }
-                .to_owned(),
+                s.state(now).to_owned(),
                 s.message.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })

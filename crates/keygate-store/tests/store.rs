@@ -48,6 +48,7 @@ async fn new_key(store: &Store, client: &str) -> (String, keygate_core::ApiKey) 
                 material: m,
                 label: "prod".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await
@@ -302,6 +303,7 @@ async fn keys_are_created_and_listed_masked(f: Fixture) {
                 material: material(&KeyFormat::default()).1,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await;
@@ -314,6 +316,7 @@ async fn keys_are_created_and_listed_masked(f: Fixture) {
                 material: material(&KeyFormat::default()).1,
                 label: String::new(),
                 expires_at: Some(Timestamp::from_millis(T0 - 1)),
+                restrictions: Default::default(),
             },
         )
         .await;
@@ -734,6 +737,7 @@ async fn an_idempotent_create_or_rotate_happens_once(f: Fixture) {
         material: material(&KeyFormat::default()).1,
         label: "prod".into(),
         expires_at: None,
+        restrictions: Default::default(),
     };
     let seal = |k: &keygate_core::ApiKey| SealedAnswer {
         status: 201,
@@ -769,6 +773,7 @@ async fn an_idempotent_create_or_rotate_happens_once(f: Fixture) {
                 material: material(&KeyFormat::default()).1,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             };
             s.create_key_once(&actor(), "Acme Sportsbook", new, &claim(2, "b"), |k| {
                 SealedAnswer {
@@ -849,6 +854,7 @@ async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
                 material: m,
                 label: "primary".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await
@@ -884,6 +890,7 @@ async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
                 material: m,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await;
@@ -1320,6 +1327,7 @@ async fn a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept(f: Fixtur
                 material: m,
                 label: "p".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await

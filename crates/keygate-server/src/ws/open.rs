@@ -122,7 +122,13 @@ fn authorize(
     else {
         return Err(Denial::new(Reason::NotFound));
     };
-    let Named { sport, bookmaker } = gw.authorize(who, route, &params, p.query.as_deref())?;
+    let caller = Caller {
+        peer: p.remote.ip(),
+        headers: &p.headers,
+    };
+    let source = || gw.guard.client_address(caller);
+    let Named { sport, bookmaker } =
+        gw.authorize(who, route, &params, p.query.as_deref(), source)?;
     let params = if route.needs.has_templates() {
         params.values().iter().map(|&v| v.into()).collect()
     } else {

@@ -237,6 +237,31 @@ impl KeyRules {
     }
 }
 
+/// Whose scopes a check reads: a client's, narrowed by its key's when the key has them (the
+/// WebSocket channel checks, which read scopes outside [`authorize`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Grantee<'a> {
+    pub client: &'a ClientPolicy,
+    pub key: Option<&'a KeyRules>,
+}
+
+impl Grantee<'_> {
+    /// Whether both the client and (when narrowed) the key have `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.client.has_scope(scope)
+            && self
+                .key
+                .and_then(|k| k.scopes.as_deref())
+                .is_none_or(|k| contains(k, scope))
+    }
+}
+
+impl<'a> From<&'a ClientPolicy> for Grantee<'a> {
+    fn from(client: &'a ClientPolicy) -> Self {
+        Grantee { client, key: None }
+    }
+}
+
 /// A key as the hot path decides on it: its state and expiry. Nothing else, because a replica
 /// holds a million of these (the id and the client live beside it, once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

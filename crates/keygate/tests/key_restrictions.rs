@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::{http_client, postgres_schema, wait_for_status, Serving};
 use serde_json::{json, Value};
 
@@ -188,7 +190,9 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     let narrow = key_of(&narrow_doc);
     let narrow_id = narrow_doc["id"].as_str().unwrap().to_owned();
     let elsewhere = key_of(&cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "10.0.0.0/8"]));
-    let here = key_of(&cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "127.0.0.0/8,::1"]));
+    let here_doc = cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "127.0.0.0/8,::1"]);
+    let here = key_of(&here_doc);
+    let here_id = here_doc["id"].as_str().unwrap().to_owned();
     let behind_proxy = key_of(&cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "203.0.113.0/24"]));
     let token = cli(db, &config, &["admin-token", "create", "--name", "ops"])["token"]
         .as_str()
@@ -259,7 +263,7 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     let (u, k) = url(&elsewhere);
     assert_eq!(keygate_test::ws_connect(&u, &k).await.err(), Some(403));
     let (u, k) = url(&here);
-    assert!(keygate_test::ws_connect(&u, &k).await.is_ok());
+    let mut session = keygate_test::ws_connect(&u, &k).await.expect("an allowed upgrade");
 
     // whoami: effective scopes, expiry, CIDRs, metadata, external id.
     let (s, who) = get(&listen, "/v1/whoami", &narrow).await;
@@ -358,9 +362,23 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     until_every_node(&[&node], "/cs2/v1/matches", &narrow, 403, Duration::from_secs(5)).await;
     cli(db, &config, &["key", "restrict", &narrow_id, "--cidrs", ""]);
     until_every_node(&[&node], "/cs2/v1/matches", &narrow, 200, Duration::from_secs(5)).await;
+    // An open session of a key narrowed afterwards to addresses that exclude it is closed,
+    // as a revoked key's is.
+    cli(db, &config, &["key", "restrict", &here_id, "--cidrs", "10.0.0.0/8"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, session.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => break None,
+            Err(_) => panic!("the session of a key narrowed away from it is still open"),
+        }
+    };
+    eprintln!("closed with {closed:?}");
     let audit = cli(db, &config, &["audit", "--action", "key.restrict"]);
     let rows = audit.as_array().cloned().or_else(|| audit["items"].as_array().cloned()).unwrap();
-    assert_eq!(rows.len(), 3, "{audit}");
+    assert_eq!(rows.len(), 4, "{audit}");
     assert!(rows.iter().any(|r| r["actor"] == "admin:ops"), "{audit}");
 }
 

@@ -24,6 +24,10 @@ pub enum Reason {
     ClientInactive,
     /// The route needs a scope the client lacks.
     ScopeMissing,
+    /// The client has the route's scope but this key was narrowed without it (issue 22).
+    KeyScopeMissing,
+    /// The caller's address is outside the key's CIDR allowlist (issue 22).
+    IpNotAllowed,
     /// The sport namespace is not in the client's allowlist.
     SportNotAllowed,
     /// The bookmaker is not in the client's allowlist.
@@ -72,7 +76,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 33] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -81,6 +85,8 @@ impl Reason {
         Reason::KeyExpired,
         Reason::ClientInactive,
         Reason::ScopeMissing,
+        Reason::KeyScopeMissing,
+        Reason::IpNotAllowed,
         Reason::SportNotAllowed,
         Reason::BookmakerNotAllowed,
         Reason::BookmakerNotConfigured,
@@ -122,6 +128,8 @@ impl Reason {
             Reason::KeyExpired => "key_expired",
             Reason::ClientInactive => "client_inactive",
             Reason::ScopeMissing => "scope_missing",
+            Reason::KeyScopeMissing => "key_scope_missing",
+            Reason::IpNotAllowed => "ip_not_allowed",
             Reason::SportNotAllowed => "sport_not_allowed",
             Reason::BookmakerNotAllowed => "bookmaker_not_allowed",
             Reason::BookmakerNotConfigured => "bookmaker_not_configured",
@@ -167,6 +175,8 @@ impl Reason {
             | Reason::DuplicateParameter
             | Reason::RequestBodyFailed => 400,
             Reason::ScopeMissing
+            | Reason::KeyScopeMissing
+            | Reason::IpNotAllowed
             | Reason::SportNotAllowed
             | Reason::BookmakerNotAllowed
             | Reason::BookmakerNotConfigured
@@ -210,6 +220,10 @@ impl Reason {
             Reason::ScopeMissing => {
                 "The API key lacks the scope '{subject}' this endpoint requires."
             }
+            Reason::KeyScopeMissing => {
+                "This API key is restricted and does not have the scope '{subject}' this endpoint requires."
+            }
+            Reason::IpNotAllowed => "This API key may not be used from this address.",
             Reason::SportNotAllowed => {
                 "The sport '{subject}' is not in this API key's sport allowlist."
             }

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod import;
 pub mod issuer;
 pub mod key_format;
+pub mod key_restrictions;
 pub mod legacy_format;
 pub mod limit;
 pub mod model;
@@ -24,6 +25,7 @@ pub mod time;
 pub use digest::{Digester, KeyDigest};
 pub use issuer::{DigestImportError, Issuer, KeyMaterial};
 pub use key_format::SecretKey;
+pub use key_restrictions::{KeyRestrictions, RestrictionError, RestrictionsChange};
 pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
 pub use model::{
     ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, SuspensionId, Unusable,

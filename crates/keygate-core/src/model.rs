@@ -1,8 +1,9 @@
 //! Clients (tenants) and their keys.
 //!
 //! A client carries everything a key is allowed to do: plan, scopes, sport and bookmaker
-//! allowlists, limit overrides and an active flag. Keys inherit all of it; a key itself only has
-//! a state, an optional expiry and a label. So disabling a client or narrowing its scopes reaches
+//! allowlists, limit overrides and an active flag. Keys inherit all of it; a key itself has a
+//! state, an optional expiry, a label, and optionally restrictions that narrow it
+//! ([`crate::key_restrictions`]). So disabling a client or narrowing its scopes reaches
 //! every key at once, which is what the providers' contracts promise.
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::num::NonZeroU64;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::KeyDigest;
+use crate::key_restrictions::KeyRestrictions;
 use crate::names::Slug;
 use crate::scope::Scope;
 use crate::time::Timestamp;
@@ -242,6 +244,9 @@ pub struct ApiKey {
     /// when never (or not since this was recorded).
     #[serde(default)]
     pub last_used_at: Option<Timestamp>,
+    /// Narrowed scopes, CIDR allowlist, metadata and external id (issue 22); empty for most.
+    #[serde(flatten)]
+    pub restrictions: KeyRestrictions,
 }
 
 /// Why a known key may not be used right now (all 401-class).
@@ -300,6 +305,7 @@ mod tests {
             rotated_at: None,
             replaced_by: None,
             last_used_at: None,
+            restrictions: KeyRestrictions::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! few binary searches over short sorted lists, with no allocation on the allow path.
 
 use crate::decision::{Denial, Reason};
+use crate::key_restrictions::KeyRestrictions;
 use crate::model::{key_usable, ApiKey, Client, ClientId, KeyState, LimitOverrides, Unusable};
 use crate::scope_need::ScopeNeed;
 use crate::time::Timestamp;
@@ -165,6 +166,102 @@ pub fn authorize(
     Ok(())
 }
 
+/// What a restricted key narrows, as the hot path checks it: built once per key change, held
+/// only by keys that have restrictions (most hold `None`, so the check is one pointer test).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRules {
+    /// Sorted; `None`: the client's scopes.
+    pub scopes: Option<Vec<Box<str>>>,
+    /// Empty: any address.
+    pub cidrs: Box<[ipnet::IpNet]>,
+    /// The stored restrictions (metadata, external id), for whoami and verify.
+    pub source: KeyRestrictions,
+}
+
+impl KeyRules {
+    /// The hot-path form of a key's restrictions; `None` when it has none.
+    pub fn compile(r: &KeyRestrictions) -> Option<Self> {
+        if r.is_empty() {
+            return None;
+        }
+        Some(KeyRules {
+            scopes: r
+                .scopes
+                .as_ref()
+                .map(|s| sorted(&s.iter().map(|s| s.as_str()).collect::<Vec<_>>())),
+            cidrs: r.allowed_cidrs.clone().into_boxed_slice(),
+            source: r.clone(),
+        })
+    }
+
+    /// Whether the key may be used from `ip`.
+    pub fn allows_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.cidrs.is_empty() || self.cidrs.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client's scopes this key keeps (all of them when the key is not narrowed).
+    pub fn effective_scopes<'a>(
+        &'a self,
+        client: &'a [Box<str>],
+    ) -> impl Iterator<Item = &'a Box<str>> + 'a {
+        client
+            .iter()
+            .filter(move |s| self.scopes.as_ref().is_none_or(|k| contains(k, s)))
+    }
+
+    /// Checks the route's scopes against the key's own (the client's were checked first, so
+    /// what passes both is the intersection).
+    ///
+    /// # Errors
+    /// `key_scope_missing` naming the first scope the key lacks.
+    pub fn authorize(&self, needs: &Requirements, params: &[&str]) -> Result<(), Denial> {
+        let Some(scopes) = &self.scopes else {
+            return Ok(());
+        };
+        let granted = |s: &ScopeNeed| s.is_granted(scopes, params);
+        if let Some(missing) = needs.scopes.iter().find(|s| !granted(s)) {
+            return Err(Denial::about(
+                Reason::KeyScopeMissing,
+                &missing.resolve(params),
+            ));
+        }
+        if let Some(first) = needs.any_scope.first() {
+            if !needs.any_scope.iter().any(granted) {
+                return Err(Denial::about(
+                    Reason::KeyScopeMissing,
+                    &first.resolve(params),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whose scopes a check reads: a client's, narrowed by its key's when the key has them (the
+/// WebSocket channel checks, which read scopes outside [`authorize`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Grantee<'a> {
+    pub client: &'a ClientPolicy,
+    pub key: Option<&'a KeyRules>,
+}
+
+impl Grantee<'_> {
+    /// Whether both the client and (when narrowed) the key have `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.client.has_scope(scope)
+            && self
+                .key
+                .and_then(|k| k.scopes.as_deref())
+                .is_none_or(|k| contains(k, scope))
+    }
+}
+
+impl<'a> From<&'a ClientPolicy> for Grantee<'a> {
+    fn from(client: &'a ClientPolicy) -> Self {
+        Grantee { client, key: None }
+    }
+}
+
 /// A key as the hot path decides on it: its state and expiry. Nothing else, because a replica
 /// holds a million of these (the id and the client live beside it, once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +327,37 @@ mod tests {
             bookmaker_gated: false,
             any_scope: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_narrowed_key_passes_only_the_intersection() {
+        let p = policy();
+        let r = KeyRestrictions {
+            scopes: Some(vec![
+                crate::Scope::new("cs2:matches:list").unwrap(),
+                crate::Scope::new("gone").unwrap(),
+            ]),
+            ..Default::default()
+        };
+        let rules = KeyRules::compile(&r).unwrap();
+        let list = needs(&["cs2:matches:list"], &[], false);
+        let read = needs(&["cs2:matches:read"], &[], false);
+        assert_eq!(rules.authorize(&list, &[]), Ok(()));
+        assert_eq!(
+            rules.authorize(&read, &[]),
+            Err(Denial::about(Reason::KeyScopeMissing, "cs2:matches:read"))
+        );
+        // `gone` is the key's but no longer the client's: it is not effective.
+        let effective: Vec<_> = rules.effective_scopes(&p.scopes).map(|s| &**s).collect();
+        assert_eq!(effective, ["cs2:matches:list"]);
+        assert!(KeyRules::compile(&KeyRestrictions::default()).is_none());
+        let labelled = KeyRules::compile(&KeyRestrictions {
+            external_id: Some("crm-1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(labelled.authorize(&read, &[]), Ok(()));
+        assert!(labelled.allows_ip("192.0.2.1".parse().unwrap()));
     }
 
     #[test]

@@ -248,6 +248,9 @@ pub enum Value {
     Str(String),
     Int(i64),
     List(Vec<String>),
+    /// Names and values (a key's metadata): a JSON object, XML `<entry><key>…</key><value>…
+    /// </value></entry>` elements (names are data, never element names), `k=v, …` in text.
+    Map(Vec<(String, String)>),
 }
 
 /// Where a template finds its variables at render time.
@@ -505,6 +508,16 @@ fn var_text(value: &Value, out: &mut String, escape: impl Fn(&str, &mut String))
                 escape(item, out);
             }
         }
+        Value::Map(entries) => {
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                escape(k, out);
+                escape("=", out);
+                escape(v, out);
+            }
+        }
     }
 }
 
@@ -548,6 +561,18 @@ fn json_node(node: &Node, vars: &dyn Vars, out: &mut String) {
                     json_string(item, out);
                 }
                 out.push(']');
+            }
+            Some(Value::Map(entries)) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_string(k, out);
+                    out.push(':');
+                    json_string(v, out);
+                }
+                out.push('}');
             }
         },
         Node::Array(items) => {
@@ -623,6 +648,15 @@ fn xml_content(node: &Node, vars: &dyn Vars, out: &mut String) {
                     out.push_str("<item>");
                     xml_text(item, out);
                     out.push_str("</item>");
+                }
+            }
+            Some(Value::Map(entries)) => {
+                for (k, v) in &entries {
+                    out.push_str("<entry><key>");
+                    xml_text(k, out);
+                    out.push_str("</key><value>");
+                    xml_text(v, out);
+                    out.push_str("</value></entry>");
                 }
             }
             Some(value) => var_text(&value, out, xml_text),
@@ -1032,6 +1066,7 @@ mod tests {
             any::<String>().prop_map(Value::Str),
             any::<i64>().prop_map(Value::Int),
             prop::collection::vec(any::<String>(), 0..4).prop_map(Value::List),
+            prop::collection::vec((any::<String>(), any::<String>()), 0..4).prop_map(Value::Map),
         ];
         (value.clone(), value).prop_map(|(a, b)| vec![("a".to_owned(), a), ("b".to_owned(), b)])
     }

@@ -10,7 +10,9 @@
 //! `whole` runs with no suspension in force (what every request pays for the feature: one
 //! atomic load); `whole_10_suspensions` with ten in force that do not hold the request (each
 //! is checked: the worst case of a request let through), and `suspended` with one that holds
-//! it (the refusal up to the exit, which renders it).
+//! it (the refusal up to the exit, which renders it). `whole_restricted_key` runs with every
+//! hot key restricted (issue 22: narrowed scopes and a two-CIDR allowlist that admits the
+//! request); `whole` is what unrestricted keys pay for the feature (one pointer test).
 
 mod support;
 
@@ -139,7 +141,67 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     gw.suspensions.set(Vec::new(), now);
+
+    // Issue 22: the hot keys restricted (their client's scopes, two CIDRs, the request's
+    // address in the second), so the request passes after the CIDR walk and the key's own
+    // scope check. `whole` above is the cost when no key has restrictions.
+    let restricted: Vec<keygate_core::ApiKey> = sample
+        .iter()
+        .map(|k| restricted_key(&gw, k))
+        .collect();
+    gw.replica.apply(
+        &keygate_store::Delta {
+            version: gw.replica.version() + 1,
+            keys: restricted,
+            ..Default::default()
+        },
+        &|_: &str| Vec::<String>::new(),
+    );
+    group.bench_function("whole_restricted_key", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
+        })
+    });
     group.finish();
+}
+
+/// The replica's key for `plaintext`, narrowed to its client's scopes and two CIDRs (the
+/// bench's 127.0.0.1 in the second).
+fn restricted_key(gw: &Gateway, plaintext: &str) -> keygate_core::ApiKey {
+    use keygate_core::key_restrictions::parse_cidr;
+    let digest = gw.config.issuer.digester.digest(plaintext);
+    let entry = gw.replica.get(&digest).expect("a hot key");
+    let client = entry.client.load();
+    keygate_core::ApiKey {
+        id: keygate_core::KeyId::parse(entry.id()).expect("a key id"),
+        client_id: client.policy.id.clone(),
+        digest,
+        hint: String::new(),
+        label: String::new(),
+        state: keygate_core::KeyState::Active,
+        expires_at: None,
+        created_at: Timestamp::from_millis(support::T0),
+        rotated_at: None,
+        replaced_by: None,
+        last_used_at: None,
+        restrictions: keygate_core::KeyRestrictions {
+            scopes: Some(
+                client
+                    .policy
+                    .scopes
+                    .iter()
+                    .map(|s| keygate_core::Scope::new(s).expect("a scope"))
+                    .collect(),
+            ),
+            allowed_cidrs: vec![
+                parse_cidr("10.0.0.0/8").expect("a cidr"),
+                parse_cidr("127.0.0.0/8").expect("a cidr"),
+            ],
+            ..Default::default()
+        },
+    }
 }
 
 /// The decision and the limits of one allowed request: the `whole` cases.

@@ -365,6 +365,7 @@ POST /v1/keys/{key}/revoke | -
 POST /v1/keys/{key}/disable | -
 POST /v1/keys/{key}/enable | -
 PUT /v1/keys/{key}/expiry | {"expires_at": null}
+PATCH /v1/keys/{key} | {"metadata": {"team": "odds"}}
 PUT /v1/emergency | {"on": true}
 POST /v1/webhooks/deliveries/1/replay | -
 "#;
@@ -437,6 +438,18 @@ GET / | - | 404 not_found
 DELETE /v1/keys/{key} | - | 405 method_not_allowed
 DELETE /v1/clients/Nobody | - | 404 client_not_found
 GET /v1/keys/{key}/revoke | - | 405 method_not_allowed
+PATCH /v1/keys/{key} | {} | 422 invalid_value body
+PATCH /v1/keys/{key} | {"colour": "red"} | 422 invalid_body
+PATCH /v1/keys/{key} | {"allowed_cidrs": ["10.0.0.0/33"]} | 422 invalid_value allowed_cidrs
+PATCH /v1/keys/{key} | {"allowed_cidrs": ["0.0.0.0/0"]} | 422 invalid_value allowed_cidrs
+PATCH /v1/keys/{key} | {"scopes": ["cs2 matches"]} | 422 invalid_value scopes
+PATCH /v1/keys/{key} | {"external_id": ""} | 422 invalid_value external_id
+PATCH /v1/keys/{key} | {"metadata": {"a b": "c"}} | 422 invalid_value metadata
+PATCH /v1/keys/{gone} | {"external_id": "crm-1"} | 409 key_revoked
+PATCH /v1/keys/key_0000000000000000 | {"external_id": "crm-1"} | 404 key_not_found
+POST /v1/keys | {"client": "Acme", "scopes": ["never:granted"]} | 422 invalid_value scopes
+POST /v1/keys | {"client": "Acme", "allowed_cidrs": "10.0.0.0/8"} | 422 invalid_body
+GET /v1/keys?external_id=a%20b | - | 422 invalid_value external_id
 "#;
 
 /// Parses one table line into its method, path (placeholders filled in) and body, and the rest.
@@ -601,6 +614,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys"),
     ("get", "/v1/keys"),
     ("get", "/v1/keys/{id}"),
+    ("patch", "/v1/keys/{id}"),
     ("post", "/v1/keys/{id}/rotate"),
     ("post", "/v1/keys/{id}/revoke"),
     ("post", "/v1/keys/{id}/disable"),
@@ -780,13 +794,33 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
     let mut always = properties(&doc, "Client");
     always.retain(|&f| f != "parent" && f != "metadata");
     assert_eq!(fields(&client), always);
+    // A key's restrictions appear only when set.
+    let unrestricted = |name: &str| {
+        let mut f = properties(&doc, name);
+        f.retain(|f| !["scopes", "allowed_cidrs", "metadata", "external_id"].contains(f));
+        f
+    };
     let issued = a.key("Acme").await;
-    assert_eq!(fields(&issued), properties(&doc, "IssuedKey"));
+    assert_eq!(fields(&issued), unrestricted("IssuedKey"));
     let id = issued["id"].as_str().unwrap();
     assert_eq!(
         fields(&a.get(&format!("/v1/keys/{id}")).await),
-        properties(&doc, "ApiKey")
+        unrestricted("ApiKey")
     );
+    let restricted = a
+        .ops(
+            200,
+            &format!("PATCH /v1/keys/{id}"),
+            json!({ "scopes": [], "allowed_cidrs": ["10.0.0.0/8"], "metadata": {"a": "b"}, "external_id": "x" }),
+        )
+        .await;
+    assert_eq!(fields(&restricted), properties(&doc, "ApiKey"));
+    a.ops(
+        200,
+        &format!("PATCH /v1/keys/{id}"),
+        json!({ "scopes": null, "allowed_cidrs": null, "metadata": null, "external_id": null }),
+    )
+    .await;
     let rotated = a
         .ops(
             201,
@@ -794,7 +828,7 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
             json!({ "grace": "1h" }),
         )
         .await;
-    assert_eq!(fields(&rotated), properties(&doc, "RotatedKey"));
+    assert_eq!(fields(&rotated), unrestricted("RotatedKey"));
     let audit = a.get("/v1/audit").await;
     assert_eq!(fields(&audit), properties(&doc, "AuditPage"));
     assert_eq!(fields(&audit["items"][0]), properties(&doc, "AuditEntry"));

@@ -87,6 +87,7 @@ async fn fail_static_serves_through_a_store_outage_and_catches_up() {
                 material,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await

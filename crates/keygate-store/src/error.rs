@@ -58,6 +58,15 @@ pub enum StoreError {
     ExpiryInPast(Timestamp),
     #[error(transparent)]
     Invalid(#[from] keygate_core::NameError),
+    /// A key restriction out of bounds (`keygate_core::key_restrictions`).
+    #[error(transparent)]
+    InvalidRestriction(#[from] keygate_core::RestrictionError),
+    /// A key asked for a scope its client lacks: a key may only narrow its client.
+    #[error("scope `{0}` is not one of the client's scopes; a key can only narrow its client's scopes, never widen them")]
+    ScopeNotGranted(String),
+    /// Another of the client's keys that is not revoked has this external id.
+    #[error("external id `{0}` is already used by another key of this client")]
+    DuplicateExternalId(String),
     #[error("no suspension `{0}`")]
     SuspensionNotFound(String),
     #[error("`until` {0} is in the past; give a future instant")]
@@ -99,7 +108,9 @@ impl StoreError {
             StoreError::KeyRevoked(_) => "key_revoked",
             StoreError::KeyExpired(..) => "key_expired",
             StoreError::ExpiryInPast(_) => "expiry_in_past",
-            StoreError::Invalid(_) => "invalid_value",
+            StoreError::Invalid(_) | StoreError::InvalidRestriction(_) => "invalid_value",
+            StoreError::ScopeNotGranted(_) => "scope_not_granted",
+            StoreError::DuplicateExternalId(_) => "duplicate_external_id",
             StoreError::SuspensionNotFound(_) => "suspension_not_found",
             StoreError::UntilInPast(_) => "until_in_past",
             StoreError::TooManySuspensions(_) => "too_many_suspensions",

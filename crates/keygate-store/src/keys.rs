@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use keygate_core::names::check_label;
-use keygate_core::{ApiKey, KeyDigest, KeyId, KeyMaterial, KeyState, SecretKey, Timestamp};
+use keygate_core::{
+    ApiKey, Client, KeyDigest, KeyId, KeyMaterial, KeyRestrictions, KeyState, RestrictionsChange,
+    SecretKey, Timestamp,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -20,6 +23,8 @@ pub struct NewKey {
     pub material: KeyMaterial,
     pub label: String,
     pub expires_at: Option<Timestamp>,
+    /// Narrowed scopes, CIDRs, metadata, external id; checked against the client at creation.
+    pub restrictions: KeyRestrictions,
 }
 
 /// The outcome of a rotation: the new key and the old one as it now stands.
@@ -59,6 +64,9 @@ pub struct IssuedKey<'a> {
     pub replaces: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_key_valid_until: Option<Timestamp>,
+    /// Narrowed scopes, CIDRs, metadata and external id, each absent when unset.
+    #[serde(flatten)]
+    pub restrictions: &'a KeyRestrictions,
 }
 
 impl<'a> IssuedKey<'a> {
@@ -76,6 +84,7 @@ impl<'a> IssuedKey<'a> {
             created_at: key.created_at,
             replaces: None,
             old_key_valid_until: None,
+            restrictions: &key.restrictions,
         }
     }
 
@@ -102,6 +111,8 @@ pub struct KeyFilter {
     /// A client name or id.
     pub client: Option<String>,
     pub state: Option<KeyState>,
+    /// Only keys with this external id (one per client among keys not revoked).
+    pub external_id: Option<String>,
     /// Only keys after this id in the listing order (the previous page's last id).
     pub after: Option<KeyId>,
     pub limit: u32,
@@ -112,6 +123,7 @@ impl Default for KeyFilter {
         KeyFilter {
             client: None,
             state: None,
+            external_id: None,
             after: None,
             limit: 1000,
         }
@@ -201,6 +213,7 @@ impl Store {
             key_columns!(),
             " FROM keys WHERE ($1 IS NULL OR client_id = $1) AND ($2 IS NULL OR state = $2)",
             " AND ($3 IS NULL OR created_at > $3 OR (created_at = $3 AND id > $4))",
+            " AND ($6 IS NULL OR external_id = $6)",
             " ORDER BY created_at, id LIMIT $5"
         ))
         .bind(client_id.as_ref().map(|c| c.as_str()))
@@ -208,6 +221,7 @@ impl Store {
         .bind(after_created)
         .bind(after_id)
         .bind(i64::from(filter.limit))
+        .bind(filter.external_id.as_deref())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::key).collect()
@@ -293,6 +307,7 @@ impl Store {
                 material,
                 label: label.to_owned(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await?;
@@ -363,6 +378,44 @@ impl Store {
             "key.expire",
             key.id.as_str(),
             json!({ "expires_at": expires_at }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Changes a key's restrictions (narrowed scopes, CIDR allowlist, metadata, external id):
+    /// each field the change names replaces the key's. The result is checked against the
+    /// client in the same transaction, so a key can never be given a scope its client lacks.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`], [`StoreError::KeyRevoked`],
+    /// [`StoreError::InvalidRestriction`], [`StoreError::ScopeNotGranted`],
+    /// [`StoreError::DuplicateExternalId`].
+    pub async fn set_key_restrictions(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        change: &RestrictionsChange,
+    ) -> Result<ApiKey, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut key = find(&mut tx, id).await?;
+        if key.state == KeyState::Revoked {
+            return Err(StoreError::KeyRevoked(key.id));
+        }
+        let restrictions = change.apply(&key.restrictions)?;
+        let owner = clients::find(&mut tx, key.client_id.as_str())
+            .await?
+            .ok_or_else(|| StoreError::ClientNotFound(key.client_id.to_string()))?;
+        check_against(&mut tx, &owner, &restrictions, Some(&key.id)).await?;
+        key.restrictions = restrictions;
+        save(&mut tx, &key).await?;
+        tx.change("key", key.id.as_str(), "restrict").await?;
+        tx.audit(
+            actor,
+            "key.restrict",
+            key.id.as_str(),
+            json!({ "restrictions": key.restrictions }),
         )
         .await?;
         tx.commit().await?;
@@ -454,11 +507,39 @@ async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {
     }
 }
 
+/// Checks restrictions against the key's client inside an open write: no scope the client
+/// lacks, and an external id no other live key of the client has (`except` the key itself).
+async fn check_against(
+    tx: &mut WriteTx,
+    owner: &Client,
+    r: &KeyRestrictions,
+    except: Option<&KeyId>,
+) -> Result<(), StoreError> {
+    if let Some(scope) = r.widening(&owner.scopes) {
+        return Err(StoreError::ScopeNotGranted(scope.to_string()));
+    }
+    if let Some(external) = &r.external_id {
+        let taken = sqlx::query(
+            "SELECT id FROM keys WHERE client_id = $1 AND external_id = $2 \
+             AND state <> 'revoked' AND ($3 IS NULL OR id <> $3)",
+        )
+        .bind(owner.id.as_str())
+        .bind(external.as_str())
+        .bind(except.map(KeyId::as_str))
+        .fetch_optional(&mut *tx.tx)
+        .await?;
+        if taken.is_some() {
+            return Err(StoreError::DuplicateExternalId(external.clone()));
+        }
+    }
+    Ok(())
+}
+
 async fn insert(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     sqlx::query(concat!(
         "INSERT INTO keys (",
         key_columns!(),
-        ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ", version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
     ))
     .bind(key.id.as_str())
     .bind(key.client_id.as_str())
@@ -471,6 +552,8 @@ async fn insert(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     .bind(key.rotated_at.map(Timestamp::as_millis))
     .bind(key.replaced_by.as_ref().map(|k| k.as_str()))
     .bind(key.last_used_at.map(Timestamp::as_millis))
+    .bind(rows::restrictions_column(&key.restrictions))
+    .bind(key.restrictions.external_id.as_deref())
     .bind(tx.version)
     .execute(&mut *tx.tx)
     .await?;
@@ -480,7 +563,7 @@ async fn insert(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
 async fn save(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE keys SET state = $2, expires_at = $3, rotated_at = $4, replaced_by = $5, \
-         label = $6, version = $7 WHERE id = $1",
+         label = $6, version = $7, restrictions = $8, external_id = $9 WHERE id = $1",
     )
     .bind(key.id.as_str())
     .bind(key.state.as_str())
@@ -489,6 +572,8 @@ async fn save(tx: &mut WriteTx, key: &ApiKey) -> Result<(), StoreError> {
     .bind(key.replaced_by.as_ref().map(|k| k.as_str()))
     .bind(key.label.as_str())
     .bind(tx.version)
+    .bind(rows::restrictions_column(&key.restrictions))
+    .bind(key.restrictions.external_id.as_deref())
     .execute(&mut *tx.tx)
     .await?;
     Ok(())
@@ -507,6 +592,8 @@ pub(crate) async fn create_in(
     let owner = clients::find(tx, client)
         .await?
         .ok_or_else(|| StoreError::ClientNotFound(client.to_owned()))?;
+    let restrictions = new.restrictions.validate()?;
+    check_against(tx, &owner, &restrictions, None).await?;
     let key = ApiKey {
         id: KeyId::generate(),
         client_id: owner.id,
@@ -519,6 +606,7 @@ pub(crate) async fn create_in(
         rotated_at: None,
         replaced_by: None,
         last_used_at: None,
+        restrictions,
     };
     insert(tx, &key).await?;
     tx.change("key", key.id.as_str(), "create").await?;
@@ -554,7 +642,16 @@ async fn rotate_in(
         rotated_at: None,
         replaced_by: None,
         last_used_at: None,
+        // The new key is exactly as narrow as the old (a rotation never widens), and takes
+        // its external id: the id names the credential, not one secret of it.
+        restrictions: old.restrictions.clone(),
     };
+    if old.restrictions.external_id.take().is_some() {
+        sqlx::query("UPDATE keys SET external_id = NULL WHERE id = $1")
+            .bind(old.id.as_str())
+            .execute(&mut *tx.tx)
+            .await?;
+    }
     insert(tx, &new).await?;
     old.rotated_at = Some(tx.now);
     old.replaced_by = Some(new.id.clone());

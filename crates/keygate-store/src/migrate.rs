@@ -62,6 +62,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../migrations/sqlite/0010_webhooks.sql"),
     ),
+    (
+        11,
+        "key restrictions",
+        include_str!("../migrations/sqlite/0011_key_restrictions.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -113,6 +118,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         10,
         "webhooks",
         include_str!("../migrations/postgres/0010_webhooks.sql"),
+    ),
+    (
+        11,
+        "key restrictions",
+        include_str!("../migrations/postgres/0011_key_restrictions.sql"),
     ),
 ];
 

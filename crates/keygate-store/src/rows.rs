@@ -1,7 +1,9 @@
 //! Decoding stored rows into model types. A row that does not decode is reported as
 //! [`StoreError::Corrupt`], never a panic.
 
-use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyId, KeyState, Timestamp};
+use keygate_core::{
+    ApiKey, Client, ClientId, KeyDigest, KeyId, KeyRestrictions, KeyState, Timestamp,
+};
 use serde::de::DeserializeOwned;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -17,7 +19,7 @@ macro_rules! client_columns {
 /// Columns of `keys`, in the order [`key`] reads them.
 macro_rules! key_columns {
     () => {
-        "id, client_id, digest, hint, label, state, expires_at, created_at, rotated_at, replaced_by, last_used_at"
+        "id, client_id, digest, hint, label, state, expires_at, created_at, rotated_at, replaced_by, last_used_at, restrictions, external_id"
     };
 }
 pub(crate) use {client_columns, key_columns};
@@ -79,7 +81,29 @@ pub(crate) fn key(row: &AnyRow) -> Result<ApiKey, StoreError> {
         last_used_at: row
             .try_get::<Option<i64>, _>("last_used_at")?
             .map(Timestamp::from_millis),
+        restrictions: key_restrictions(row)?,
     })
+}
+
+/// A key's restrictions: the JSON column (NULL for none) and the external id beside it.
+fn key_restrictions(row: &AnyRow) -> Result<KeyRestrictions, StoreError> {
+    let mut r = match row.try_get::<Option<String>, _>("restrictions")? {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| corrupt("column restrictions", e))?,
+        None => KeyRestrictions::default(),
+    };
+    r.external_id = row.try_get("external_id")?;
+    Ok(r)
+}
+
+/// The `restrictions` column of a key: NULL when it narrows nothing and has no metadata (the
+/// external id has its own column).
+pub(crate) fn restrictions_column(r: &KeyRestrictions) -> Option<String> {
+    let stored = KeyRestrictions {
+        external_id: None,
+        ..r.clone()
+    };
+    (!stored.is_empty()).then(|| to_json(&stored))
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {

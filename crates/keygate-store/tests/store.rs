@@ -48,6 +48,7 @@ async fn new_key(store: &Store, client: &str) -> (String, keygate_core::ApiKey) 
                 material: m,
                 label: "prod".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await
@@ -302,6 +303,7 @@ async fn keys_are_created_and_listed_masked(f: Fixture) {
                 material: material(&KeyFormat::default()).1,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await;
@@ -314,6 +316,7 @@ async fn keys_are_created_and_listed_masked(f: Fixture) {
                 material: material(&KeyFormat::default()).1,
                 label: String::new(),
                 expires_at: Some(Timestamp::from_millis(T0 - 1)),
+                restrictions: Default::default(),
             },
         )
         .await;
@@ -734,6 +737,7 @@ async fn an_idempotent_create_or_rotate_happens_once(f: Fixture) {
         material: material(&KeyFormat::default()).1,
         label: "prod".into(),
         expires_at: None,
+        restrictions: Default::default(),
     };
     let seal = |k: &keygate_core::ApiKey| SealedAnswer {
         status: 201,
@@ -769,6 +773,7 @@ async fn an_idempotent_create_or_rotate_happens_once(f: Fixture) {
                 material: material(&KeyFormat::default()).1,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             };
             s.create_key_once(&actor(), "Acme Sportsbook", new, &claim(2, "b"), |k| {
                 SealedAnswer {
@@ -849,6 +854,7 @@ async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
                 material: m,
                 label: "primary".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await
@@ -884,6 +890,7 @@ async fn accounts_children_metadata_and_key_replacement(f: Fixture) {
                 material: m,
                 label: String::new(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await;
@@ -1320,6 +1327,7 @@ async fn a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept(f: Fixtur
                 material: m,
                 label: "p".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await
@@ -1636,4 +1644,152 @@ suite!(
     a_deleted_client_is_hidden_its_keys_revoked_and_its_name_kept,
     suspensions_are_stored_replicated_audited_and_run_out,
     imported_keys_are_written_at_once_or_not_at_all,
+    key_restrictions_narrow_are_stored_replicated_audited_and_found_by_external_id,
 );
+
+/// Issue 22: a key's restrictions round-trip through both backends, reach the feed, are
+/// audited, never widen the client, and its external id is unique per client, follows a
+/// rotation and is found by a listing.
+async fn key_restrictions_narrow_are_stored_replicated_audited_and_found_by_external_id(
+    f: Fixture,
+) {
+    use keygate_core::key_restrictions::parse_cidr;
+    use keygate_core::{KeyRestrictions, RestrictionsChange};
+    let s = &f.store;
+    acme(s).await;
+    let restricted = |r: KeyRestrictions| NewKey {
+        material: material(&KeyFormat::default()).1,
+        label: String::new(),
+        expires_at: Some(Timestamp::from_millis(T0 + 86_400_000)),
+        restrictions: r,
+    };
+    let wanted = KeyRestrictions {
+        scopes: Some(scopes(&["cs2:matches:list"])),
+        allowed_cidrs: vec![
+            parse_cidr("203.0.113.7/24").unwrap(),
+            parse_cidr("2001:db8::/32").unwrap(),
+        ],
+        metadata: [("team".to_owned(), "odds".to_owned())].into(),
+        external_id: Some("crm-42".into()),
+    };
+    let before = s.version().await.unwrap();
+    let k = s
+        .create_key(&actor(), "Acme Sportsbook", restricted(wanted.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        k.restrictions.allowed_cidrs[0].to_string(),
+        "203.0.113.0/24",
+        "host bits cleared"
+    );
+    assert_eq!(s.key(&k.id).await.unwrap(), k, "read back as written");
+    let delta = s.delta_since(before).await.unwrap();
+    assert_eq!(delta.keys.len(), 1);
+    assert_eq!(delta.keys[0].restrictions, k.restrictions, "the feed carries them");
+
+    // Never wider than the client, at issue and at update; nothing is written.
+    let wide = KeyRestrictions {
+        scopes: Some(scopes(&["cs2:matches:read", "cs2:admin"])),
+        ..KeyRestrictions::default()
+    };
+    let refused = s
+        .create_key(&actor(), "Acme Sportsbook", restricted(wide))
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::ScopeNotGranted(sc)) if sc == "cs2:admin"),
+        "{refused:?}"
+    );
+    let widen = RestrictionsChange {
+        scopes: Some(Some(scopes(&["cs2:admin"]))),
+        ..RestrictionsChange::default()
+    };
+    assert!(matches!(
+        s.set_key_restrictions(&actor(), &k.id, &widen).await,
+        Err(StoreError::ScopeNotGranted(_))
+    ));
+    assert_eq!(s.key(&k.id).await.unwrap(), k);
+
+    // Bounds hold at the store too (a caller that skipped the API's checks).
+    let huge = KeyRestrictions {
+        metadata: (0..10_000).map(|i| (format!("k{i}"), "v".into())).collect(),
+        ..KeyRestrictions::default()
+    };
+    assert!(matches!(
+        s.create_key(&actor(), "Acme Sportsbook", restricted(huge)).await,
+        Err(StoreError::InvalidRestriction(_))
+    ));
+
+    // The external id is the client's: taken by a live key, free again once it is revoked.
+    let dup = KeyRestrictions {
+        external_id: Some("crm-42".into()),
+        ..KeyRestrictions::default()
+    };
+    assert!(matches!(
+        s.create_key(&actor(), "Acme Sportsbook", restricted(dup.clone())).await,
+        Err(StoreError::DuplicateExternalId(_))
+    ));
+    let found = s
+        .list_keys(&KeyFilter {
+            external_id: Some("crm-42".into()),
+            ..KeyFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|k| &k.id).collect::<Vec<_>>(), [&k.id]);
+
+    // A change replaces what it names, keeps the rest, and is fed and audited.
+    let v = s.version().await.unwrap();
+    let changed = s
+        .set_key_restrictions(
+            &actor(),
+            &k.id,
+            &RestrictionsChange {
+                scopes: Some(None),
+                metadata: Some(Default::default()),
+                ..RestrictionsChange::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.restrictions.scopes, None);
+    assert!(changed.restrictions.metadata.is_empty());
+    assert_eq!(changed.restrictions.allowed_cidrs, k.restrictions.allowed_cidrs);
+    assert_eq!(changed.restrictions.external_id.as_deref(), Some("crm-42"));
+    assert_eq!(s.delta_since(v).await.unwrap().keys, vec![changed.clone()]);
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("key.restrict".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+
+    // A rotation keeps the restrictions on the new key and moves the external id to it.
+    let r = s
+        .rotate_key(&actor(), &k.id, material(&KeyFormat::default()).1, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(r.new.restrictions, changed.restrictions);
+    assert_eq!(r.old.restrictions.external_id, None);
+    assert_eq!(
+        s.key(&r.old.id).await.unwrap().restrictions.allowed_cidrs,
+        changed.restrictions.allowed_cidrs,
+        "the old key, in its grace, stays as narrow"
+    );
+    s.set_key_state(&actor(), &r.new.id, KeyState::Revoked)
+        .await
+        .unwrap();
+    let reused = s
+        .create_key(&actor(), "Acme Sportsbook", restricted(dup))
+        .await
+        .unwrap();
+    assert_eq!(reused.restrictions.external_id.as_deref(), Some("crm-42"));
+
+    // A key without restrictions stores none (NULL), and its JSON shows none.
+    let (_, plain) = new_key(s, "Acme Sportsbook").await;
+    let json = serde_json::to_value(&plain).unwrap();
+    for field in ["scopes", "allowed_cidrs", "metadata", "external_id"] {
+        assert!(json.get(field).is_none(), "{field} in {json}");
+    }
+}

@@ -35,6 +35,7 @@ async fn key(
                 material,
                 label: "prod".into(),
                 expires_at,
+                restrictions: Default::default(),
             },
         )
         .await

@@ -50,6 +50,7 @@ async fn main() {
                     material,
                     label: String::new(),
                     expires_at: None,
+                    restrictions: Default::default(),
                 },
             )
             .await

@@ -57,6 +57,7 @@ async fn main() {
                     material,
                     label: String::new(),
                     expires_at: None,
+                    restrictions: Default::default(),
                 },
             )
             .await

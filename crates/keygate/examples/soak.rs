@@ -93,6 +93,7 @@ async fn issue(store: &Store, client: &str, plan: &str) -> String {
                 material,
                 label: "soak".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await

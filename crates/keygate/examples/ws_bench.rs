@@ -148,6 +148,7 @@ async fn main() {
                 material,
                 label: "bench".into(),
                 expires_at: None,
+                restrictions: Default::default(),
             },
         )
         .await

@@ -532,6 +532,9 @@ pub(crate) enum KeyCommand {
         #[arg(value_parser = parse_id)]
         id: KeyId,
     },
+    /// Narrow a key or label it: its scopes (never more than its client's), the addresses it
+    /// may be used from, metadata and an external id. Options not given are kept.
+    Restrict(KeyRestrict),
     /// Set or clear a key's expiry.
     Expire {
         #[arg(value_parser = parse_id)]
@@ -562,6 +565,56 @@ pub(crate) struct KeyCreate {
     /// Expire this long from now (`30d`).
     #[arg(long, value_parser = parse_duration)]
     pub(crate) expires_in: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub(crate) restrictions: KeyRestrictionArgs,
+}
+
+/// A key's restrictions as options (issue 22).
+#[derive(Debug, Args)]
+pub(crate) struct KeyRestrictionArgs {
+    /// Narrow the key to these of its client's scopes, comma-separated (`''`: none of them);
+    /// a scope the client lacks is refused.
+    #[arg(long, value_parser = parse_scope_list)]
+    pub(crate) scopes: Option<List<Scope>>,
+    /// Where the key may be used from: CIDRs or addresses, comma-separated
+    /// (`203.0.113.0/24,2001:db8::/32`; `''`: anywhere). `/0` is refused.
+    #[arg(long, value_parser = parse_cidr_list)]
+    pub(crate) cidrs: Option<List<keygate_core::key_restrictions::IpNet>>,
+    /// A metadata entry `name=value`; repeat for more (at most 16). Replaces all metadata.
+    #[arg(long = "metadata", value_name = "NAME=VALUE", value_parser = parse_metadata)]
+    pub(crate) metadata: Vec<(String, String)>,
+    /// The operator's own id for the key, unique among the client's keys.
+    #[arg(long)]
+    pub(crate) external_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyRestrict {
+    #[arg(value_parser = parse_id)]
+    pub(crate) id: KeyId,
+    #[command(flatten)]
+    pub(crate) set: KeyRestrictionArgs,
+    /// Give the key all of its client's scopes again.
+    #[arg(long, conflicts_with = "scopes")]
+    pub(crate) all_scopes: bool,
+    /// Remove all metadata.
+    #[arg(long, conflicts_with = "metadata")]
+    pub(crate) clear_metadata: bool,
+    /// Remove the external id.
+    #[arg(long, conflicts_with = "external_id")]
+    pub(crate) clear_external_id: bool,
+}
+
+fn parse_cidr_list(s: &str) -> Result<List<keygate_core::key_restrictions::IpNet>, String> {
+    parse_list(s, |c| {
+        keygate_core::key_restrictions::parse_cidr(c).map_err(|e| e.to_string())
+    })
+}
+
+fn parse_metadata(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| "metadata is `name=value`".to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -572,6 +625,9 @@ pub(crate) struct KeyList {
     /// Only keys in this state (active, disabled, revoked).
     #[arg(long, value_parser = ["active", "disabled", "revoked"])]
     pub(crate) state: Option<String>,
+    /// Only keys with this external id.
+    #[arg(long)]
+    pub(crate) external_id: Option<String>,
     /// Only keys after this id (paging).
     #[arg(long, value_parser = parse_id)]
     pub(crate) after: Option<KeyId>,

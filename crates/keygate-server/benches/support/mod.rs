@@ -104,6 +104,7 @@ pub(crate) fn snapshot(format: &KeyFormat, n: usize) -> (Snapshot, Vec<String>) 
                 rotated_at: None,
                 replaced_by: None,
                 last_used_at: None,
+                restrictions: Default::default(),
             };
             plaintexts.push(secret.expose().to_owned());
             key

@@ -1,4 +1,5 @@
-//! `/v1/keys`: issue, list, show, rotate, revoke, disable, enable and set expiry.
+//! `/v1/keys`: issue, list, show, rotate, revoke, disable, enable, set expiry and change a
+//! key's restrictions (narrowed scopes, CIDR allowlist, metadata, external id).
 //!
 //! Keys are issued with the gateway's own issuer, so they match the deployment's key format and
 //! digest. The plaintext is in the create and rotate responses only; it is never logged, and
@@ -12,7 +13,11 @@ use axum::Json;
 use http::StatusCode;
 use keygate_core::duration::parse_duration;
 use keygate_core::names::check_label;
-use keygate_core::{ApiKey, KeyId, KeyState, Timestamp};
+use keygate_core::key_restrictions::{check_external_id, parse_cidr, MAX_CIDRS, MAX_KEY_SCOPES};
+use keygate_core::{
+    ApiKey, KeyId, KeyRestrictions, KeyState, RestrictionError, RestrictionsChange, Scope,
+    Timestamp,
+};
 use keygate_store::{IssuedKey, KeyFilter, NewKey, Once};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
@@ -38,6 +43,113 @@ pub(crate) struct CreateBody {
     /// When the key stops working (RFC 3339); never when absent or `null`.
     #[schema(format = DateTime)]
     expires_at: Option<String>,
+    #[serde(flatten)]
+    restrictions: RestrictionsBody,
+}
+
+/// A key's restrictions as a body carries them (issue 22). In a create, absent fields leave
+/// the key unrestricted; in a `PATCH`, absent fields are kept and `null` clears.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub(crate) struct RestrictionsBody {
+    /// Narrow the key to these of its client's scopes (never more: a scope the client lacks is
+    /// refused `invalid_value`). `null`: all of the client's scopes.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    scopes: Option<Option<Vec<String>>>,
+    /// Where the key may be used from: IPv4/IPv6 CIDRs or addresses, at most 32; `/0` is
+    /// refused. `[]` or `null`: anywhere.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["203.0.113.0/24", "2001:db8::/32"]))]
+    allowed_cidrs: Option<Option<Vec<String>>>,
+    /// The operator's labels: at most 16, names of 1 to 64 bytes of `[A-Za-z0-9_.:-]`, values
+    /// of at most 256 bytes of printable text. `{}` or `null` clears them.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    metadata: Option<Option<std::collections::BTreeMap<String, String>>>,
+    /// The operator's own id for the key (1 to 128 bytes, printable, no spaces), unique among
+    /// the client's keys that are not revoked. `null` clears it.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    external_id: Option<Option<String>>,
+}
+
+/// A field that is present (`null` included) is `Some`; an absent one stays `None` by default.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A key's restrictions as a body changes them.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[schema(as = KeyRestrictionsChange)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatchBody {
+    #[serde(flatten)]
+    restrictions: RestrictionsBody,
+}
+
+impl RestrictionsBody {
+    /// The change the body asks for, every value parsed and bounded (`RestrictionsChange`).
+    pub(crate) fn change(&self) -> Result<RestrictionsChange, AdminError> {
+        let bad = |e: RestrictionError| AdminError::invalid_value(e.field(), e.to_string());
+        let scopes = self
+            .scopes
+            .as_ref()
+            .map(|s| {
+                s.as_ref()
+                    .map(|list| {
+                        if list.len() > MAX_KEY_SCOPES {
+                            return Err(bad(RestrictionError::TooManyScopes));
+                        }
+                        list.iter()
+                            .map(|v| {
+                                Scope::new(v).map_err(|e| {
+                                    AdminError::invalid_value("scopes", e.to_string())
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()
+            })
+            .transpose()?;
+        let allowed_cidrs = self
+            .allowed_cidrs
+            .as_ref()
+            .map(|c| {
+                let list = c.as_deref().unwrap_or_default();
+                if list.len() > MAX_CIDRS {
+                    return Err(bad(RestrictionError::TooManyCidrs));
+                }
+                list.iter()
+                    .map(|v| parse_cidr(v).map_err(bad))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let change = RestrictionsChange {
+            scopes,
+            allowed_cidrs,
+            metadata: self.metadata.clone().map(Option::unwrap_or_default),
+            external_id: self.external_id.clone(),
+        };
+        // Bounds are checked here too, so a refused body never reaches the store.
+        change.apply(&KeyRestrictions::default()).map_err(bad)?;
+        Ok(change)
+    }
+}
+
+impl PatchBody {
+    /// The change; an empty body is refused (it would change nothing and audit a change).
+    pub(crate) fn validate(self) -> Result<RestrictionsChange, AdminError> {
+        let change = self.restrictions.change()?;
+        if change.is_empty() {
+            return Err(AdminError::invalid_value(
+                "body",
+                "name at least one of scopes, allowed_cidrs, metadata, external_id",
+            ));
+        }
+        Ok(change)
+    }
 }
 
 /// How a rotation treats the old key.
@@ -74,6 +186,10 @@ pub(crate) struct ListQuery {
     /// Only keys in this state.
     #[param(value_type = Option<doc::KeyState>)]
     state: Option<String>,
+    /// Only keys with this external id (one per client among keys not revoked; combine with
+    /// `client` for exactly one).
+    #[param(max_length = 128)]
+    external_id: Option<String>,
     /// The previous page's `next_after` (a key id).
     #[param(pattern = "^key_[0-9a-z]{16}$")]
     after: Option<String>,
@@ -83,10 +199,15 @@ pub(crate) struct ListQuery {
 }
 
 impl CreateBody {
-    /// Checks the label; the expiry it asks for.
-    pub(crate) fn validate(&self) -> Result<Option<Timestamp>, AdminError> {
+    /// Checks the label; the expiry and restrictions it asks for.
+    pub(crate) fn validate(&self) -> Result<(Option<Timestamp>, KeyRestrictions), AdminError> {
         check_label(&self.label).map_err(|e| AdminError::invalid_value("label", e.to_string()))?;
-        instant("expires_at", self.expires_at.clone())
+        let restrictions = self
+            .restrictions
+            .change()?
+            .apply(&KeyRestrictions::default())
+            .map_err(|e| AdminError::invalid_value(e.field(), e.to_string()))?;
+        Ok((instant("expires_at", self.expires_at.clone())?, restrictions))
     }
 }
 
@@ -146,7 +267,7 @@ pub(crate) async fn create(
     idempotency: IdempotencyKey,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, AdminError> {
-    let expires_at = body.validate()?;
+    let (expires_at, restrictions) = body.validate()?;
     let guard = idempotency.guard(
         &state.gateway().config.issuer.digester,
         &caller.actor,
@@ -159,6 +280,7 @@ pub(crate) async fn create(
         material,
         label: body.label,
         expires_at,
+        restrictions,
     };
     let answer =
         |key: &keygate_core::ApiKey| issued(&IssuedKey::created(key, &secret, &owner.name));
@@ -228,9 +350,14 @@ pub(crate) async fn list(
         .after
         .map(|a| KeyId::parse(&a).map_err(|e| AdminError::InvalidId(e.to_string())))
         .transpose()?;
+    if let Some(e) = &q.external_id {
+        check_external_id(e)
+            .map_err(|e| AdminError::invalid_value("external_id", e.to_string()))?;
+    }
     let filter = KeyFilter {
         client: q.client,
         state: key_state,
+        external_id: q.external_id,
         after,
         limit: limit + 1,
     };
@@ -442,5 +569,38 @@ pub(crate) async fn set_expiry(
 ) -> Result<Json<ApiKey>, AdminError> {
     let at = body.validate()?;
     let key = store_call(state.store.set_key_expiry(&caller.actor, &id, at)).await?;
+    Ok(Json(key))
+}
+
+/// `PATCH /v1/keys/{id}` with any of `scopes`, `allowed_cidrs`, `metadata`, `external_id`:
+/// each present field replaces the key's (`null` clears). Audited as `key.restrict` and
+/// followed by every node through the change feed.
+#[utoipa::path(
+    patch,
+    path = "/v1/keys/{id}",
+    operation_id = "restrict_key",
+    tag = "keys",
+    summary = "Change a key's restrictions",
+    params(("id" = String, Path, description = "The key id (`key_...`).", pattern = "^key_[0-9a-z]{16}$")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The key, masked.", body = doc::ApiKey),
+        (status = 400, description = "The body is not JSON (`malformed_json`, `unreadable_body`), or the key id is malformed (`invalid_id`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB (`body_too_large`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is unknown or invalid, out of bounds, or a scope the client lacks (`invalid_body`, `invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key (`key_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The key is revoked (`key_revoked`), or another key of the client has the external id (`conflict`).", body = doc::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn restrict(
+    State(state): State<AdminState>,
+    caller: Caller,
+    KeyPath(id): KeyPath,
+    JsonBody(body): JsonBody<PatchBody>,
+) -> Result<Json<ApiKey>, AdminError> {
+    let change = body.validate()?;
+    let key = store_call(state.store.set_key_restrictions(&caller.actor, &id, &change)).await?;
     Ok(Json(key))
 }

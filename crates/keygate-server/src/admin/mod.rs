@@ -92,7 +92,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/clients/{client}/disable", post(clients::disable))
         .route("/v1/clients/{client}/enable", post(clients::enable))
         .route("/v1/keys", post(keys::create).get(keys::list))
-        .route("/v1/keys/{id}", get(keys::show))
+        .route("/v1/keys/{id}", get(keys::show).patch(keys::restrict))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))
         .route("/v1/keys/{id}/disable", post(keys::disable))
@@ -175,6 +175,7 @@ pub fn check_bodies(data: &[u8]) -> usize {
         run(data, |b: keys::CreateBody| b.validate()),
         run(data, keys::RotateBody::grace),
         run(data, keys::ExpiryBody::validate),
+        run(data, keys::PatchBody::validate),
         run(data, |b: amqp::ProvisionBody| Ok::<_, AdminError>(b)),
         run(data, |b: portal::InviteBody| Ok::<_, AdminError>(b)),
         run(data, suspensions::CreateBody::validate),

@@ -149,7 +149,18 @@ pub(crate) struct ApiKey {
     /// When the key last authenticated, to about a minute plus the gateways' usage flush
     /// interval; null when never.
     #[schema(required = true, format = DateTime)]
-    last_used_at: Option<String>,
+    last_used_at: Option<String>,    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
+    #[schema(nullable = false)]
+    scopes: Option<Vec<String>>,
+    /// CIDRs the key may be used from; absent: anywhere.
+    #[schema(nullable = false)]
+    allowed_cidrs: Option<Vec<String>>,
+    /// The operator's labels; absent when none.
+    #[schema(nullable = false)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+    /// The operator's own id for the key; absent when none.
+    #[schema(nullable = false)]
+    external_id: Option<String>,
 }
 
 /// A freshly issued key: the plaintext `key` is in this answer only.
@@ -170,7 +181,18 @@ pub(crate) struct IssuedKey {
     #[schema(required = true, format = DateTime)]
     expires_at: Option<String>,
     #[schema(format = DateTime)]
-    created_at: String,
+    created_at: String,    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
+    #[schema(nullable = false)]
+    scopes: Option<Vec<String>>,
+    /// CIDRs the key may be used from; absent: anywhere.
+    #[schema(nullable = false)]
+    allowed_cidrs: Option<Vec<String>>,
+    /// The operator's labels; absent when none.
+    #[schema(nullable = false)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+    /// The operator's own id for the key; absent when none.
+    #[schema(nullable = false)]
+    external_id: Option<String>,
 }
 
 /// The key that replaces a rotated one (plaintext shown this once), and what became of the old.
@@ -196,7 +218,18 @@ pub(crate) struct RotatedKey {
     replaces: String,
     /// When the old key stops working (now, without a grace period).
     #[schema(required = true, format = DateTime)]
-    old_key_valid_until: Option<String>,
+    old_key_valid_until: Option<String>,    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
+    #[schema(nullable = false)]
+    scopes: Option<Vec<String>>,
+    /// CIDRs the key may be used from; absent: anywhere.
+    #[schema(nullable = false)]
+    allowed_cidrs: Option<Vec<String>>,
+    /// The operator's labels; absent when none.
+    #[schema(nullable = false)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+    /// The operator's own id for the key; absent when none.
+    #[schema(nullable = false)]
+    external_id: Option<String>,
 }
 
 /// One operator action.
@@ -564,6 +597,7 @@ pub(crate) struct FeedReconciled {
         keys::disable,
         keys::enable,
         keys::set_expiry,
+        keys::restrict,
         usage::show,
         plans::list,
         plans::show,
@@ -605,6 +639,8 @@ pub(crate) struct FeedReconciled {
         keys::CreateBody,
         keys::RotateBody,
         keys::ExpiryBody,
+        keys::PatchBody,
+        keys::RestrictionsBody,
         PlanLimits,
         LimitsBy,
         Plan,

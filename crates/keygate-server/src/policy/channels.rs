@@ -7,7 +7,7 @@
 //! the route's `sport_param` in the upgrade's path. A session without a sport, or whose sport
 //! is not one run of scope characters, is granted no such channel.
 
-use keygate_core::policy::ClientPolicy;
+use keygate_core::policy::Grantee;
 
 use super::ws::{ChannelMap, ChannelRule};
 
@@ -80,16 +80,17 @@ fn resolve<'s>(scope: &'s str, sport: Option<&str>) -> Option<std::borrow::Cow<'
 }
 
 /// Whether a client may see one channel in a session on `sport` (the route's `sport_param`).
-pub(crate) fn allowed(
+pub(crate) fn allowed<'a>(
     map: &ChannelMap,
-    client: &ClientPolicy,
+    who: impl Into<Grantee<'a>>,
     sport: Option<&str>,
     channel: &str,
 ) -> Result<(), Refused> {
+    let who = who.into();
     match map.rule(channel) {
         ChannelRule::Open => Ok(()),
         ChannelRule::Scope(s) => match resolve(s, sport) {
-            Some(scope) if client.has_scope(&scope) => Ok(()),
+            Some(scope) if who.has_scope(&scope) => Ok(()),
             resolved => Err(Refused {
                 channel: channel.to_owned(),
                 scope: Some(resolved.map_or_else(|| s.to_owned(), |r| r.into_owned())),
@@ -104,18 +105,19 @@ pub(crate) fn allowed(
 
 /// Splits `channels` by what `client` may see in a session on `sport`, keeping their order
 /// (duplicates dropped).
-pub(crate) fn grant(
+pub(crate) fn grant<'a>(
     map: &ChannelMap,
-    client: &ClientPolicy,
+    who: impl Into<Grantee<'a>>,
     sport: Option<&str>,
     channels: Vec<String>,
 ) -> Grant {
+    let who = who.into();
     let mut g = Grant::default();
     for c in channels {
         if g.granted.contains(&c) || g.refused.iter().any(|r| r.channel == c) {
             continue;
         }
-        match allowed(map, client, sport, &c) {
+        match allowed(map, who, sport, &c) {
             Ok(()) => g.granted.push(c),
             Err(r) => g.refused.push(r),
         }
@@ -127,6 +129,7 @@ pub(crate) fn grant(
 mod tests {
     use std::collections::BTreeMap;
 
+    use keygate_core::policy::ClientPolicy;
     use keygate_core::{ClientId, LimitOverrides};
 
     use super::*;

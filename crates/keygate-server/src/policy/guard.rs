@@ -144,6 +144,14 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// IPv4-mapped IPv6 as IPv4.
+pub(crate) fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
 /// IPv4-mapped IPv6 as IPv4; other IPv6 addresses as their /64.
 fn normalize(ip: IpAddr) -> IpAddr {
     match ip {
@@ -224,10 +232,18 @@ impl Guard {
     /// trusted but sends nothing usable counts as the source itself. The proxy must set or
     /// append the header it sends (README, "Beside an existing gateway"): a header a client
     /// wrote and the proxy passed on unchanged would let that client pick its source.
+    ///
+    /// IPv6 addresses count as their /64 (one host usually has the whole /64).
     pub fn source(&self, caller: Caller<'_>) -> IpAddr {
+        normalize(self.client_address(caller))
+    }
+
+    /// The caller's own address by the rule [`Guard::source`] describes, IPv6 kept whole
+    /// (IPv4-mapped IPv6 as IPv4): what a key's CIDR allowlist is checked against.
+    pub fn client_address(&self, caller: Caller<'_>) -> IpAddr {
         let trusted = |ip: &IpAddr| self.is_trusted(ip);
         if !trusted(&caller.peer) {
-            return normalize(caller.peer);
+            return unmap(caller.peer);
         }
         let headers = caller.headers;
         let values = |name: &str| {
@@ -273,7 +289,7 @@ impl Guard {
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
                 .unwrap_or(caller.peer)
         };
-        normalize(source)
+        unmap(source)
     }
 
     /// Hash of a key's prefix, if the key is long enough to have one and prefixes count.

@@ -183,10 +183,15 @@ pub(crate) const WHOAMI_VARS: &[&str] = &[
     "bookmaker_allowlist",
     "features",
     "rate_limit_rpm",
+    // Issue 22: the key's own (scopes above are already the key's effective ones).
+    "expires_at",
+    "allowed_cidrs",
+    "metadata",
+    "external_id",
 ];
 
 /// Today's whoami document, the default profile's.
-pub(crate) const DEFAULT_WHOAMI_BODY: &str = r#"{"data":{"tenant_id":{"var":"tenant_id"},"name":{"var":"name"},"scopes":{"var":"scopes"},"sport_allowlist":{"var":"sport_allowlist"},"bookmaker_allowlist":{"var":"bookmaker_allowlist"},"rate_limit_rpm":{"var":"rate_limit_rpm"},"plan":{"var":"plan"},"key_id":{"var":"key_id"}}}"#;
+pub(crate) const DEFAULT_WHOAMI_BODY: &str = r#"{"data":{"tenant_id":{"var":"tenant_id"},"name":{"var":"name"},"scopes":{"var":"scopes"},"sport_allowlist":{"var":"sport_allowlist"},"bookmaker_allowlist":{"var":"bookmaker_allowlist"},"rate_limit_rpm":{"var":"rate_limit_rpm"},"plan":{"var":"plan"},"key_id":{"var":"key_id"},"expires_at":{"var":"expires_at"},"allowed_cidrs":{"var":"allowed_cidrs"},"metadata":{"var":"metadata"},"external_id":{"var":"external_id"}}}"#;
 
 /// The whoami document: a template over [`WHOAMI_VARS`], rendered as JSON or XML by `Accept`.
 #[derive(Clone, Debug)]

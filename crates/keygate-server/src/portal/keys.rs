@@ -142,6 +142,7 @@ pub(crate) async fn create(
             material,
             label,
             expires_at,
+            restrictions: Default::default(),
         },
     ))
     .await?;

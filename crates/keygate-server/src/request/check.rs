@@ -164,7 +164,8 @@ pub fn decide<'t>(
     let started = Instant::now();
     let (who, source) =
         authenticate(gw, headers, query, peer).map_err(|r| Refusal::from(r).on(index))?;
-    if let Err(denial) = gw.authorize(&who, route, &params, query) {
+    let address = || gw.guard.client_address(Caller { peer, headers });
+    if let Err(denial) = gw.authorize(&who, route, &params, query, address) {
         return Err(Refusal::from(denial).on(index).by(Some(who)));
     }
     gw.metrics

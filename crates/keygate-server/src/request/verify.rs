@@ -47,6 +47,10 @@ struct VerifyRequest {
     method: Option<String>,
     path: Option<String>,
     scopes: Option<Vec<String>>,
+    /// The address the key is used from, for a key with a CIDR allowlist (the application
+    /// knows its caller; keygate sees only the application). Absent: the verify request's own
+    /// source, by the guard's trusted-proxy rule.
+    ip: Option<String>,
 }
 
 fn bad_request(why: &str) -> Refusal {
@@ -81,17 +85,21 @@ pub(crate) async fn verify(
     let doc = match (&who, verdict) {
         (Some(who), None) => {
             let c = &who.client.policy;
-            json!({
+            let mut doc = json!({
                 "valid": true,
                 "reason": null,
                 "status": 200,
                 "key_id": who.key.id(),
                 "client": { "id": c.id.as_str(), "name": &*c.name, "plan": &*c.plan },
-                "scopes": c.scopes.iter().map(|s| &**s).collect::<Vec<_>>(),
+                "scopes": effective_scopes(who),
                 "sports": c.sports.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "bookmakers": c.bookmakers.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "expires_at": who.key.policy.expires_at,
-            })
+            });
+            if let Some(rules) = &who.key.rules {
+                restrictions_json(&mut doc, &rules.source);
+            }
+            doc
         }
         (_, d) => {
             let d = d.unwrap_or_else(|| Denial::new(Reason::UnknownKey));
@@ -120,18 +128,62 @@ fn answer_verify(
     });
     match who {
         Ok(who) => {
-            let verdict = authorize_verify(gw, &who, ask).err();
+            let verdict = authorize_verify(gw, &who, ask, caller).err();
             (Some(who), verdict)
         }
         Err(reason) => (None, Some(Denial::new(reason))),
     }
 }
 
+/// A key's effective scopes: its client's, narrowed by the key's own when it has them.
+pub(crate) fn effective_scopes(who: &Admitted) -> Vec<&str> {
+    let client = &who.client.policy.scopes;
+    match &who.key.rules {
+        Some(rules) => rules.effective_scopes(client).map(|s| &**s).collect(),
+        None => client.iter().map(|s| &**s).collect(),
+    }
+}
+
+/// Adds a restricted key's CIDR allowlist, metadata and external id to an answer.
+pub(crate) fn restrictions_json(doc: &mut serde_json::Value, r: &keygate_core::KeyRestrictions) {
+    doc["allowed_cidrs"] = json!(r.allowed_cidrs);
+    doc["metadata"] = json!(r.metadata);
+    doc["external_id"] = json!(r.external_id);
+}
+
+/// The address a verify question is about: its `ip`, else the request's source.
+fn verify_source(gw: &Gateway, ask: &VerifyRequest, caller: Caller<'_>) -> Result<IpAddr, Denial> {
+    match &ask.ip {
+        Some(ip) => ip
+            .parse::<IpAddr>()
+            .map(crate::policy::guard::unmap)
+            .map_err(|_| Denial::about(Reason::BadRequest, "`ip` is not an IP address")),
+        None => Ok(gw.guard.client_address(caller)),
+    }
+}
+
 /// The scopes or the route a verify question asks about.
-fn authorize_verify(gw: &Gateway, who: &Admitted, ask: &VerifyRequest) -> Result<(), Denial> {
+fn authorize_verify(
+    gw: &Gateway,
+    who: &Admitted,
+    ask: &VerifyRequest,
+    caller: Caller<'_>,
+) -> Result<(), Denial> {
+    let source = verify_source(gw, ask, caller)?;
+    if let Some(rules) = &who.key.rules {
+        crate::state::gateway::key_address(rules, || source)?;
+    }
     if let Some(scopes) = &ask.scopes {
         if let Some(missing) = scopes.iter().find(|s| !who.client.policy.has_scope(s)) {
             return Err(Denial::about(Reason::ScopeMissing, missing));
+        }
+        let narrowed = who.key.rules.as_ref().and_then(|r| r.scopes.as_ref());
+        if let Some(missing) = narrowed.and_then(|k| {
+            scopes
+                .iter()
+                .find(|s| k.binary_search_by(|g| (**g).cmp(s.as_str())).is_err())
+        }) {
+            return Err(Denial::about(Reason::KeyScopeMissing, missing));
         }
     }
     if let Some(path) = &ask.path {
@@ -148,7 +200,7 @@ fn authorize_verify(gw: &Gateway, who: &Admitted, ask: &VerifyRequest) -> Result
         }
         match gw.config.routes.find(&method, path) {
             RouteMatch::Found { route, params, .. } if !route.public => {
-                gw.authorize(who, route, &params, query)?;
+                gw.authorize(who, route, &params, query, || source)?;
             }
             RouteMatch::Found { .. } => {}
             RouteMatch::MethodNotAllowed => return Err(Denial::new(Reason::MethodNotAllowed)),

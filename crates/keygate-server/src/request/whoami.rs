@@ -19,6 +19,12 @@ fn list(items: &[Box<str>]) -> Value {
     Value::List(items.iter().map(|s| s.to_string()).collect())
 }
 
+impl WhoVars<'_> {
+    fn restrictions(&self) -> Option<&keygate_core::KeyRestrictions> {
+        self.0.key.rules.as_ref().map(|r| &r.source)
+    }
+}
+
 impl Vars for WhoVars<'_> {
     fn get(&self, name: &str) -> Option<Value> {
         let c = &self.0.client.policy;
@@ -27,7 +33,25 @@ impl Vars for WhoVars<'_> {
             "name" => Value::Str(c.name.to_string()),
             "plan" => Value::Str(c.plan.to_string()),
             "key_id" => Value::Str(self.0.key.id().to_owned()),
-            "scopes" => list(&c.scopes),
+            // A narrowed key's effective scopes: its client's that the key kept.
+            "scopes" => Value::List(
+                crate::request::verify::effective_scopes(self.0)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            "expires_at" => Value::Str(self.0.key.policy.expires_at?.to_string()),
+            "allowed_cidrs" => Value::List(
+                self.restrictions()
+                    .map(|r| r.allowed_cidrs.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+            ),
+            "metadata" => Value::Map(
+                self.restrictions()
+                    .map(|r| r.metadata.clone().into_iter().collect())
+                    .unwrap_or_default(),
+            ),
+            "external_id" => Value::Str(self.restrictions()?.external_id.clone()?),
             "sport_allowlist" => list(&c.sports),
             "bookmaker_allowlist" => list(&c.bookmakers),
             "features" => list(&c.features),

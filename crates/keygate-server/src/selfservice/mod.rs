@@ -98,6 +98,7 @@ async fn register(
             material,
             label: config.key_label.clone(),
             expires_at: None,
+            restrictions: Default::default(),
         },
     ))
     .await?;

@@ -4,13 +4,14 @@
 //! compiled at start, keys come from the replica, time from the clock.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderValue;
 use keygate_core::decision::{Denial, Reason};
-use keygate_core::policy::{authorize, RequestFacts};
+use keygate_core::policy::{authorize, KeyRules, RequestFacts};
 use keygate_core::{Clock, KeyDigest, Timestamp};
 
 use crate::config::Config;
@@ -89,7 +90,20 @@ impl Admitted {
         let key_id =
             HeaderValue::from_str(self.key.id()).unwrap_or_else(|_| HeaderValue::from_static(""));
         headers.insert(names.key_id.clone(), key_id);
-        headers.insert(names.scopes.clone(), c.scopes.clone());
+        // A narrowed key forwards its effective scopes, so an upstream that reads the header
+        // never sees more than the key may use (built per answer: such keys are rare).
+        let scopes = match self.key.rules.as_deref().filter(|r| r.scopes.is_some()) {
+            None => c.scopes.clone(),
+            Some(rules) => {
+                let effective: Vec<&str> = rules
+                    .effective_scopes(&self.client.policy.scopes)
+                    .map(|s| &**s)
+                    .collect();
+                HeaderValue::from_str(&effective.join(" "))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""))
+            }
+        };
+        headers.insert(names.scopes.clone(), scopes);
         headers.insert(names.plan.clone(), c.plan.clone());
         headers.insert(names.sports.clone(), c.sports.clone());
         headers.insert(names.bookmakers.clone(), c.bookmakers.clone());
@@ -334,13 +348,21 @@ impl Gateway {
     ///
     /// The sport and bookmaker it read are returned, so a caller that keeps them (a WebSocket
     /// session re-checks them later) does not read the request again.
+    ///
+    /// `source` gives the caller's address (the guard's rule: a trusted proxy's report, else
+    /// the peer); it is asked only for a key with a CIDR allowlist.
     pub fn authorize<'a>(
         &self,
         who: &Admitted,
         route: &Route,
         params: &crate::policy::routes::Params<'_, 'a>,
         query: Option<&'a str>,
+        source: impl FnOnce() -> IpAddr,
     ) -> Result<Named<'a>, Denial> {
+        // A key that is just its client (nearly all) pays this pointer test and nothing else.
+        if let Some(rules) = &who.key.rules {
+            key_address(rules, source)?;
+        }
         let named = Named::read(route, params, query)?;
         authorize(
             &who.client.policy,
@@ -351,6 +373,9 @@ impl Gateway {
                 params: params.values(),
             },
         )?;
+        if let Some(rules) = &who.key.rules {
+            rules.authorize(&route.needs, params.values())?;
+        }
         // After authorization, so a caller learns of a suspension only for what its key may
         // reach. One atomic load while none is in force.
         if self.suspensions.is_on() {
@@ -358,7 +383,23 @@ impl Gateway {
         }
         Ok(named)
     }
+}
 
+/// Refuses `ip_not_allowed` a caller outside a restricted key's CIDR allowlist (the cold half of
+/// [`Gateway::authorize`]; verify asks it too).
+///
+/// # Errors
+/// The `ip_not_allowed` [`Denial`] (no subject: the caller is not told the allowlist).
+#[cold]
+pub(crate) fn key_address(rules: &KeyRules, source: impl FnOnce() -> IpAddr) -> Result<(), Denial> {
+    if rules.cidrs.is_empty() || rules.allows_ip(source()) {
+        Ok(())
+    } else {
+        Err(Denial::new(Reason::IpNotAllowed))
+    }
+}
+
+impl Gateway {
     /// Refuses `suspended` a request that a suspension holds (the cold half of
     /// [`Gateway::authorize`]).
     ///

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use http::HeaderValue;
-use keygate_core::policy::{ClientPolicy, KeyPolicy};
+use keygate_core::policy::{ClientPolicy, KeyPolicy, KeyRules};
 use keygate_core::{ApiKey, Client, ClientId, KeyDigest, KeyState, LimitOverrides, Timestamp};
 use keygate_store::{Delta, Snapshot};
 use smol_str::{format_smolstr, SmolStr};
@@ -158,6 +158,10 @@ pub struct KeyEntry {
     /// Subject of this key's limit counters: `k:` and the key id (22 bytes, inline).
     pub limit_subject: SmolStr,
     pub client: Arc<ClientSlot>,
+    /// The key's own restrictions (issue 22), `None` for a key that is just its client: the
+    /// decision then does one pointer test, and the entry grows by one pointer. Shared, so a
+    /// copy onto a request is a reference count, not the lists.
+    pub rules: Option<Arc<KeyRules>>,
 }
 
 /// A key's slot in the table: its entry and when it last authenticated here or as stored (ms;
@@ -369,6 +373,7 @@ impl Replica {
             limit_subject: format_smolstr!("{KEY_SUBJECT_PREFIX}{}", key.id),
             policy: KeyPolicy::from_key(key),
             client: self.slot(&key.client_id),
+            rules: KeyRules::compile(&key.restrictions).map(Arc::new),
         };
         let last_used = AtomicI64::new(key.last_used_at.map_or(i64::MIN, Timestamp::as_millis));
         self.keys.insert(key.digest, Stored { entry, last_used });
@@ -411,6 +416,7 @@ mod tests {
             rotated_at: None,
             replaced_by: None,
             last_used_at: None,
+            restrictions: Default::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use keygate_core::decision::{Denial, Reason};
-use keygate_core::policy::{authorize, RequestFacts};
+use keygate_core::policy::{authorize, Grantee, RequestFacts};
 use keygate_core::render::Value;
 use keygate_core::suspension::{self, Suspension, DEFAULT_MESSAGE};
 use keygate_core::{KeyDigest, SuspensionId, Timestamp};
@@ -47,6 +47,9 @@ pub struct Stop {
 #[derive(Debug)]
 pub struct Admission {
     pub digest: KeyDigest,
+    /// The caller's address at the upgrade (the guard's rule), for a key's CIDR allowlist
+    /// when the key changes later.
+    pub address: std::net::IpAddr,
     pub route_index: usize,
     /// The route's name: after a reload the same route may sit at another index, or be gone.
     pub route_name: Arc<str>,
@@ -309,6 +312,9 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
     let who = gw.authenticate_digest(&a.digest)?;
     let route = route_of(gw, a).ok_or(Reason::NotFound)?;
     let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
+    if let Some(rules) = &who.key.rules {
+        crate::state::gateway::key_address(rules, || a.address)?;
+    }
     authorize(
         &who.client.policy,
         &route.needs,
@@ -318,10 +324,17 @@ fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<
             params: &params,
         },
     )?;
+    if let Some(rules) = &who.key.rules {
+        rules.authorize(&route.needs, &params)?;
+    }
+    let grantee = Grantee {
+        client: &who.client.policy,
+        key: who.key.rules.as_deref(),
+    };
     let map = &gw.config.ws.profile.channels;
     let held = lock(held);
     for c in held.iter() {
-        channels::allowed(map, &who.client.policy, a.sport.as_deref(), c)
+        channels::allowed(map, grantee, a.sport.as_deref(), c)
             .map_err(|r| Denial::about(Reason::ScopeMissing, r.scope.as_deref().unwrap_or(c)))?;
     }
     Ok(())

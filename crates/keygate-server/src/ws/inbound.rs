@@ -1,7 +1,7 @@
 //! What to do with one client message after authentication, on profiles whose client messages
 //! are JSON: let it through, filter a subscribe by channel scope, or refuse it.
 
-use keygate_core::policy::ClientPolicy;
+use keygate_core::policy::Grantee;
 
 use crate::policy::channels::{self, channel_list, Refused};
 use crate::policy::ws::{AuthMode, WsProfile};
@@ -60,10 +60,10 @@ pub(crate) enum Inbound {
 
 /// Classifies a text message from an authenticated client in a session on `sport` (the
 /// route's `sport_param`, for channel scopes that name it).
-pub(crate) fn classify(
+pub(crate) fn classify<'a>(
     profile: &WsProfile,
     mode: AuthMode,
-    client: &ClientPolicy,
+    client: impl Into<Grantee<'a>>,
     sport: Option<&str>,
     text: &str,
 ) -> Inbound {
@@ -126,6 +126,7 @@ pub(crate) fn classify(
 mod tests {
     use std::collections::BTreeMap;
 
+    use keygate_core::policy::ClientPolicy;
     use keygate_core::{ClientId, LimitOverrides};
 
     use super::*;

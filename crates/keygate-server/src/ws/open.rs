@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use keygate_core::policy::Grantee;
 use keygate_core::decision::{Denial, Reason};
 use keygate_core::render::Value;
 use keygate_core::KeyDigest;
@@ -122,13 +123,20 @@ fn authorize(
     else {
         return Err(Denial::new(Reason::NotFound));
     };
-    let Named { sport, bookmaker } = gw.authorize(who, route, &params, p.query.as_deref())?;
+    let caller = Caller {
+        peer: p.remote.ip(),
+        headers: &p.headers,
+    };
+    let source = || gw.guard.client_address(caller);
+    let Named { sport, bookmaker } =
+        gw.authorize(who, route, &params, p.query.as_deref(), source)?;
     let params = if route.needs.has_templates() {
         params.values().iter().map(|&v| v.into()).collect()
     } else {
         Box::default()
     };
     Ok(Admission {
+        address: gw.guard.client_address(caller),
         digest,
         route_index: p.route_index,
         route_name: Arc::clone(&gw.config.routes.routes()[p.route_index].name),
@@ -478,7 +486,10 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     };
     let grant = channels::grant(
         &profile.channels,
-        &admitted.who.client.policy,
+        Grantee {
+            client: &admitted.who.client.policy,
+            key: admitted.who.key.rules.as_deref(),
+        },
         admitted.admission.sport.as_deref(),
         login.channels,
     );

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use keygate_core::policy::Grantee;
 use keygate_core::limit::MessageRate;
 use keygate_core::render::Value;
 use tokio::sync::watch;
@@ -223,7 +224,11 @@ impl Relay {
         };
         let client = self.who.key.client.load();
         let sport = self.reg.sport.as_deref();
-        match inbound::classify(profile, self.mode, &client.policy, sport, text.as_str()) {
+        let who = Grantee {
+            client: &client.policy,
+            key: self.who.key.rules.as_deref(),
+        };
+        match inbound::classify(profile, self.mode, who, sport, text.as_str()) {
             Inbound::Forward => Step::ToUpstream(msg),
             Inbound::Subscribe {
                 forward,

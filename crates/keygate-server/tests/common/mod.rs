@@ -164,6 +164,7 @@ impl Harness {
                     material,
                     label: "test".into(),
                     expires_at,
+                    restrictions: Default::default(),
                 },
             )
             .await

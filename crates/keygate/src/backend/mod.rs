@@ -9,7 +9,10 @@ use std::time::Duration;
 use anyhow::bail;
 use keygate_core::suspension::Suspension;
 use keygate_core::Clock as _;
-use keygate_core::{ApiKey, Client, Issuer, KeyId, KeyState, SystemClock, Timestamp};
+use keygate_core::{
+    ApiKey, Client, Issuer, KeyId, KeyRestrictions, KeyState, RestrictionsChange, SystemClock,
+    Timestamp,
+};
 use keygate_store::{
     Actor, AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter,
     Emergency, IssuedKey, KeyFilter, NewClient, NewKey, NewSuspension, Store,
@@ -36,6 +39,8 @@ pub(crate) struct Issued {
     pub(crate) replaces: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) old_key_valid_until: Option<Timestamp>,
+    #[serde(flatten)]
+    pub(crate) restrictions: KeyRestrictions,
 }
 
 impl Issued {
@@ -134,6 +139,7 @@ impl Backend {
         client: &str,
         label: String,
         expires_at: Option<Timestamp>,
+        restrictions: KeyRestrictions,
     ) -> anyhow::Result<Issued> {
         match self {
             Backend::Local(s) => {
@@ -142,12 +148,16 @@ impl Backend {
                     material,
                     label,
                     expires_at,
+                    restrictions,
                 };
                 let key = s.create_key(actor, client, new).await?;
                 let owner = s.client(key.client_id.as_str()).await?;
                 Issued::from_doc(&IssuedKey::created(&key, &secret, &owner.name))
             }
-            Backend::Remote(r) => r.create_key(client, &label, expires_at).await,
+            Backend::Remote(r) => {
+                r.create_key(client, &label, expires_at, &restrictions)
+                    .await
+            }
         }
     }
 
@@ -192,6 +202,18 @@ impl Backend {
         match self {
             Backend::Local(s) => Ok(s.set_key_state(actor, id, state).await?),
             Backend::Remote(r) => r.set_key_state(id, state).await,
+        }
+    }
+
+    pub(crate) async fn set_key_restrictions(
+        &self,
+        actor: &Actor,
+        id: &KeyId,
+        change: &RestrictionsChange,
+    ) -> anyhow::Result<ApiKey> {
+        match self {
+            Backend::Local(s) => Ok(s.set_key_restrictions(actor, id, change).await?),
+            Backend::Remote(r) => r.set_key_restrictions(id, change).await,
         }
     }
 

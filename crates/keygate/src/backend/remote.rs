@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use keygate_core::suspension::Suspension;
-use keygate_core::{ApiKey, Client, KeyId, KeyState, Timestamp};
+use keygate_core::{ApiKey, Client, KeyId, KeyRestrictions, KeyState, RestrictionsChange, Timestamp};
 use keygate_store::{
     AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter, Emergency,
     KeyFilter, NewClient, NewSuspension,
@@ -286,9 +286,42 @@ impl Remote {
         client: &str,
         label: &str,
         expires_at: Option<Timestamp>,
+        restrictions: &KeyRestrictions,
     ) -> anyhow::Result<Issued> {
-        let body = json!({ "client": client, "label": label, "expires_at": expires_at });
+        let mut body = json!({ "client": client, "label": label, "expires_at": expires_at });
+        if let (Value::Object(b), Value::Object(r)) = (&mut body, json!(restrictions)) {
+            b.extend(r);
+        }
         self.issue("/v1/keys", &body).await
+    }
+
+    /// `PATCH /v1/keys/{id}` with the fields the change names (`null` clears).
+    pub(crate) async fn set_key_restrictions(
+        &self,
+        id: &KeyId,
+        change: &RestrictionsChange,
+    ) -> anyhow::Result<ApiKey> {
+        let mut body = Map::new();
+        if let Some(s) = &change.scopes {
+            body.insert("scopes".into(), json!(s));
+        }
+        if let Some(c) = &change.allowed_cidrs {
+            body.insert("allowed_cidrs".into(), json!(c));
+        }
+        if let Some(m) = &change.metadata {
+            body.insert("metadata".into(), json!(m));
+        }
+        if let Some(e) = &change.external_id {
+            body.insert("external_id".into(), json!(e));
+        }
+        self.call(
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            &[],
+            Some(&Value::Object(body)),
+            None,
+        )
+        .await
     }
 
     pub(crate) async fn rotate_key(
@@ -314,6 +347,9 @@ impl Remote {
         }
         if let Some(a) = &f.after {
             q.push(("after", a.to_string()));
+        }
+        if let Some(e) = &f.external_id {
+            q.push(("external_id", e.clone()));
         }
         let page: Page<ApiKey> = self.call(Method::GET, "/v1/keys", &q, None, None).await?;
         Ok(page.items)

@@ -99,7 +99,7 @@ pub(crate) fn run(db: Option<String>, path: Option<&Path>, args: ServeArgs) -> a
             .create_key(
                 &actor,
                 client.id.as_str(),
-                NewKey { material, label: "demo".to_owned(), expires_at: None },
+                NewKey { material, label: "demo".to_owned(), expires_at: None, restrictions: Default::default() },
             )
             .await?;
         let running = keygate_server::start(config, store).await?;

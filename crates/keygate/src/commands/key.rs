@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 
-use keygate_core::{ApiKey, ClientId, KeyState, Timestamp};
+use keygate_core::{ApiKey, ClientId, KeyRestrictions, KeyState, RestrictionsChange, Timestamp};
 use keygate_store::KeyFilter;
 use serde::Serialize;
 
 use super::Context;
 use crate::backend::Issued;
-use crate::cli::{KeyCommand, KeyCreate, KeyList};
+use crate::cli::{KeyCommand, KeyCreate, KeyList, KeyRestrict, KeyRestrictionArgs};
 use crate::output;
 
 /// A key as printed: the stored fields plus the client's name.
@@ -52,6 +52,17 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
                 .await?;
             show_one(ctx, &key).await
         }
+        KeyCommand::Restrict(args) => {
+            let change = restrict_change(&args);
+            if change.is_empty() {
+                anyhow::bail!("nothing to change: give --scopes, --cidrs, --metadata, --external-id or a --all-scopes/--clear-* option");
+            }
+            let key = ctx
+                .backend
+                .set_key_restrictions(&ctx.actor, &args.id, &change)
+                .await?;
+            show_one(ctx, &key).await
+        }
         KeyCommand::Expire { id, at, in_, never } => {
             let expires_at = match (at, in_, never) {
                 (_, _, true) => None,
@@ -65,6 +76,39 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
                 .await?;
             show_one(ctx, &key).await
         }
+    }
+}
+
+/// The restrictions a create asks for (options not given: unrestricted).
+fn restrictions(args: &KeyRestrictionArgs) -> KeyRestrictions {
+    KeyRestrictions {
+        scopes: args.scopes.clone().map(|l| l.0),
+        allowed_cidrs: args.cidrs.clone().map(|l| l.0).unwrap_or_default(),
+        metadata: args.metadata.iter().cloned().collect(),
+        external_id: args.external_id.clone(),
+    }
+}
+
+/// The change `key restrict` asks for: each option given replaces, a `--clear-*` clears.
+fn restrict_change(args: &KeyRestrict) -> RestrictionsChange {
+    let set = &args.set;
+    RestrictionsChange {
+        scopes: match (&set.scopes, args.all_scopes) {
+            (_, true) => Some(None),
+            (Some(l), false) => Some(Some(l.0.clone())),
+            (None, false) => None,
+        },
+        allowed_cidrs: set.cidrs.clone().map(|l| l.0),
+        metadata: match (set.metadata.is_empty(), args.clear_metadata) {
+            (_, true) => Some(Default::default()),
+            (false, false) => Some(set.metadata.iter().cloned().collect()),
+            (true, false) => None,
+        },
+        external_id: match (&set.external_id, args.clear_external_id) {
+            (_, true) => Some(None),
+            (Some(e), false) => Some(Some(e.clone())),
+            (None, false) => None,
+        },
     }
 }
 
@@ -82,6 +126,7 @@ async fn create(ctx: &Context, args: KeyCreate) -> anyhow::Result<()> {
             &args.client,
             args.label,
             expires_at,
+            restrictions(&args.restrictions),
         )
         .await?;
     print_issued(ctx, &issued)
@@ -136,6 +181,7 @@ async fn list(ctx: &Context, args: KeyList) -> anyhow::Result<()> {
     let filter = KeyFilter {
         client: args.client,
         state: args.state.as_deref().and_then(KeyState::parse),
+        external_id: args.external_id,
         after: args.after,
         limit: args.limit,
     };
@@ -212,6 +258,16 @@ async fn show_one(ctx: &Context, key: &ApiKey) -> anyhow::Result<()> {
             key.rotated_at.map_or("-".to_owned(), |t| t.to_string()),
         ),
         ("last used", last_used_text(key.last_used_at)),
+        ("scopes", restricted_scopes(&key.restrictions)),
+        ("cidrs", cidrs_text(&key.restrictions)),
+        ("metadata", metadata_text(&key.restrictions)),
+        (
+            "external id",
+            key.restrictions
+                .external_id
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
+        ),
         (
             "replaced by",
             key.replaced_by
@@ -220,4 +276,38 @@ async fn show_one(ctx: &Context, key: &ApiKey) -> anyhow::Result<()> {
         ),
     ]);
     Ok(())
+}
+
+/// A key's own scopes, or that it has all of its client's.
+fn restricted_scopes(r: &KeyRestrictions) -> String {
+    match &r.scopes {
+        None => "all of the client's".to_owned(),
+        Some(s) if s.is_empty() => "none".to_owned(),
+        Some(s) => s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+    }
+}
+
+fn cidrs_text(r: &KeyRestrictions) -> String {
+    if r.allowed_cidrs.is_empty() {
+        "anywhere".to_owned()
+    } else {
+        r.allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Metadata as `name=value` pairs; values are printable (bounded at write), so this line
+/// cannot carry terminal escapes.
+fn metadata_text(r: &KeyRestrictions) -> String {
+    if r.metadata.is_empty() {
+        return "-".to_owned();
+    }
+    r.metadata
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

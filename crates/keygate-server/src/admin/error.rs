@@ -256,6 +256,7 @@ impl From<StoreError> for AdminError {
             StoreError::KeyExpired(id, at) => AdminError::KeyExpired(id, at),
             StoreError::ExpiryInPast(at) => AdminError::ExpiryInPast(at),
             StoreError::Invalid(n) => AdminError::invalid_value(name_field(&n), n.to_string()),
+            StoreError::InvalidQuota(m) => AdminError::invalid_value("add", m),
             StoreError::Conflict(m) => AdminError::Conflict(m),
             StoreError::InvalidParent(m) => AdminError::invalid_value("parent", m),
             StoreError::InvalidEmail(m) => AdminError::invalid_value("email", m),

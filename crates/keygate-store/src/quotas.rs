@@ -144,7 +144,8 @@ async fn adjust_one(
         Change::TopUp(n) => ("client.quota_topup", json!({ "add": n })),
         Change::Reset => ("client.quota_reset", json!({})),
     };
-    tx.change("quota", id, action).await?;
+    tx.change("quota", &format!("{id}:{}", window.as_str()), action)
+        .await?;
     let mut detail = json!({
         "window": window.as_str(),
         "window_start": start,

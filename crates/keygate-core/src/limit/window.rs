@@ -121,6 +121,37 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// A weighted request is admitted whole or not at all, and each threshold is crossed
+        /// by exactly one request of any sequence that climbs from zero to the allowance.
+        #[test]
+        fn weighted_checks_and_crossings(
+            max in 1u64..10_000,
+            count in 0u64..12_000,
+            cost in 0u64..3_000,
+            steps in prop::collection::vec(1u64..50, 1..100),
+        ) {
+            let now = Timestamp::from_millis(1_790_000_000_000);
+            let s = check_n(Window::Day, max, count, cost, now);
+            let units = cost.max(1);
+            prop_assert_eq!(s.allowed, count + units <= max);
+            if s.allowed {
+                prop_assert_eq!(s.remaining, max - count - units);
+            }
+            prop_assert_eq!(check_n(Window::Day, max, count, 1, now), check(Window::Day, max, count, now));
+            let (mut used, mut seen80, mut seen100) = (0u64, 0, 0);
+            for step in steps {
+                let after = (used + step).min(max);
+                let (p80, p100) = crossed(max, used, after);
+                seen80 += u32::from(p80);
+                seen100 += u32::from(p100);
+                used = after;
+            }
+            prop_assert_eq!(seen80, u32::from(used * 5 >= max * 4));
+            prop_assert_eq!(seen100, u32::from(used >= max));
+        }
+    }
+
+    proptest! {
         #[test]
         fn allowed_iff_under_max(
             w in prop::sample::select(Window::ALL.to_vec()),

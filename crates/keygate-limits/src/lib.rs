@@ -116,7 +116,10 @@ impl Crossings {
         if i >= Self::CHECKS {
             return (false, false);
         }
-        (self.bits >> (2 * i) & 1 == 1, self.bits >> (2 * i + 1) & 1 == 1)
+        (
+            self.bits >> (2 * i) & 1 == 1,
+            self.bits >> (2 * i + 1) & 1 == 1,
+        )
     }
 
     /// Check `i`'s count after the request, when it crossed a threshold.

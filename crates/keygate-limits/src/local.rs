@@ -109,7 +109,11 @@ impl Plan {
         let id = CellId {
             slot: check.key.slot,
             window_start,
-            epoch: if window_start.is_some() { check.epoch } else { 0 },
+            epoch: if window_start.is_some() {
+                check.epoch
+            } else {
+                0
+            },
         };
         (id, plan)
     }
@@ -184,23 +188,26 @@ fn decide(
 ) -> Verdict {
     // (group, index in its cells, value so far) of each counter the checks touch.
     let mut touched: SmallVec<[(usize, usize, Cell); INLINE]> = SmallVec::new();
-    let verdict = Verdict::from_checks(checks, checks.iter().enumerate().map(|(i, check)| {
-        let (id, plan) = Plan::of(check, now);
-        let group = group_of(i);
-        let index = guards[group].index_or_insert(id, plan.fresh());
-        let at = touched
-            .iter()
-            .position(|&(g, x, _)| g == group && x == index)
-            .unwrap_or_else(|| {
-                touched.push((group, index, guards[group].0[index].1));
-                touched.len() - 1
-            });
-        let (state, next) = plan.apply(touched[at].2, now);
-        if let Some(cell) = next {
-            touched[at].2 = cell;
-        }
-        state
-    }));
+    let verdict = Verdict::from_checks(
+        checks,
+        checks.iter().enumerate().map(|(i, check)| {
+            let (id, plan) = Plan::of(check, now);
+            let group = group_of(i);
+            let index = guards[group].index_or_insert(id, plan.fresh());
+            let at = touched
+                .iter()
+                .position(|&(g, x, _)| g == group && x == index)
+                .unwrap_or_else(|| {
+                    touched.push((group, index, guards[group].0[index].1));
+                    touched.len() - 1
+                });
+            let (state, next) = plan.apply(touched[at].2, now);
+            if let Some(cell) = next {
+                touched[at].2 = cell;
+            }
+            state
+        }),
+    );
     // `from_states` stops at the first denial, which binds and consumes nothing.
     if verdict.allowed {
         for (group, index, value) in touched {

@@ -572,8 +572,12 @@ mod cases {
         let v = b.check(std::slice::from_ref(&zero), t0).await;
         assert_eq!(v.binding.map(|(_, s)| s.remaining), Some(2));
         // A cost near u32::MAX against a u64 allowance neither overflows nor passes.
-        let huge = check(&subject("cost-huge"), 0, Limit::quota(Window::Day, nz(u64::from(u32::MAX) - 1)))
-            .with_cost(u32::MAX);
+        let huge = check(
+            &subject("cost-huge"),
+            0,
+            Limit::quota(Window::Day, nz(u64::from(u32::MAX) - 1)),
+        )
+        .with_cost(u32::MAX);
         assert!(!b.check(std::slice::from_ref(&huge), t0).await.allowed);
     }
 
@@ -584,9 +588,15 @@ mod cases {
             assert!(b.check(std::slice::from_ref(&q), t0).await.allowed);
         }
         assert!(!b.check(std::slice::from_ref(&q), t0).await.allowed);
-        let reset = Check { epoch: 1, ..q.clone() };
+        let reset = Check {
+            epoch: 1,
+            ..q.clone()
+        };
         let v = b.check(std::slice::from_ref(&reset), t0).await;
-        assert_eq!(v.binding.map(|(_, s)| (s.allowed, s.remaining)), Some((true, 1)));
+        assert_eq!(
+            v.binding.map(|(_, s)| (s.allowed, s.remaining)),
+            Some((true, 1))
+        );
         // The old generation is untouched (and no longer named by anyone).
         assert!(!b.peek(std::slice::from_ref(&q), t0).await.allowed);
         // A raised allowance (a top-up) is the same counter with a larger max.

@@ -10,9 +10,9 @@ use keygate_core::{ApiKey, Client};
 use sqlx::postgres::PgListener;
 use sqlx::Acquire;
 
+use crate::quotas::{read_live, QuotaAdjustment};
 use crate::rows::{self, client_columns, key_columns};
 use crate::settings::{read_emergency, Emergency};
-use crate::quotas::{read_live, QuotaAdjustment};
 use crate::suspensions::read_active;
 use crate::{Store, StoreError};
 

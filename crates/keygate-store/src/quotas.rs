@@ -198,7 +198,9 @@ impl Store {
         windows: &[Window],
     ) -> Result<Vec<QuotaAdjustment>, StoreError> {
         if windows.is_empty() {
-            return Err(StoreError::InvalidQuota("name a window to reset".to_owned()));
+            return Err(StoreError::InvalidQuota(
+                "name a window to reset".to_owned(),
+            ));
         }
         self.adjust(actor, client, windows, Change::Reset).await
     }
@@ -225,7 +227,6 @@ impl Store {
         tx.commit().await?;
         Ok(out)
     }
-
 
     /// `client`'s id and the adjustments of its windows in progress.
     ///

@@ -30,7 +30,10 @@ async fn top_ups_and_resets_are_stored_summed_audited_and_fed(f: Fixture) {
         .await
         .unwrap();
     let before = s.version().await.unwrap();
-    let a = s.quota_topup(&actor(), "Acme", Window::Day, 5).await.unwrap();
+    let a = s
+        .quota_topup(&actor(), "Acme", Window::Day, 5)
+        .await
+        .unwrap();
     let b = s
         .quota_topup(&actor(), client.id.as_str(), Window::Day, 7)
         .await
@@ -43,7 +46,10 @@ async fn top_ups_and_resets_are_stored_summed_audited_and_fed(f: Fixture) {
         .await
         .unwrap();
     assert_eq!(
-        reset.iter().map(|r| (r.window, r.topup, r.resets)).collect::<Vec<_>>(),
+        reset
+            .iter()
+            .map(|r| (r.window, r.topup, r.resets))
+            .collect::<Vec<_>>(),
         vec![(Window::Day, 12, 1), (Window::Hour, 0, 1)]
     );
 
@@ -83,11 +89,17 @@ async fn top_ups_and_resets_are_stored_summed_audited_and_fed(f: Fixture) {
         .unwrap();
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
-        actions.iter().filter(|a| **a == "client.quota_topup").count(),
+        actions
+            .iter()
+            .filter(|a| **a == "client.quota_topup")
+            .count(),
         2
     );
     assert_eq!(
-        actions.iter().filter(|a| **a == "client.quota_reset").count(),
+        actions
+            .iter()
+            .filter(|a| **a == "client.quota_reset")
+            .count(),
         2
     );
 
@@ -97,7 +109,10 @@ async fn top_ups_and_resets_are_stored_summed_audited_and_fed(f: Fixture) {
     assert_eq!(s.snapshot().await.unwrap().quotas.len(), 1);
     f.clock.advance(Duration::from_secs(86_400));
     assert!(s.snapshot().await.unwrap().quotas.is_empty());
-    let next = s.quota_topup(&actor(), "Acme", Window::Day, 1).await.unwrap();
+    let next = s
+        .quota_topup(&actor(), "Acme", Window::Day, 1)
+        .await
+        .unwrap();
     assert_eq!((next.topup, next.resets), (1, 0));
 }
 

@@ -159,10 +159,15 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
     let hook = WebhookReceiver::start(SECRET).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("keygate.toml");
-    let limits = format!("[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\ntimeout = \"5s\"\n");
+    let limits =
+        format!("[limits]\nbackend = \"redis\"\nredis_url = \"{redis}\"\ntimeout = \"5s\"\n");
     std::fs::write(&config, config_text(&limits, &hook.url())).unwrap();
     cli(&db, &config, &["migrate"]);
-    cli(&db, &config, &["client", "create", "Acme", "--plan", "metered"]);
+    cli(
+        &db,
+        &config,
+        &["client", "create", "Acme", "--plan", "metered"],
+    );
     let key = cli(&db, &config, &["key", "create", "--client", "Acme"])["key"]
         .as_str()
         .unwrap()
@@ -203,7 +208,11 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
     let topped = cli(&db, &config, &["client", "quota", "Acme", "--add", "2"]);
     let day = day_window(&topped);
     assert_eq!((&day["topup"], &day["allowance"]), (&json!(2), &json!(12)));
-    assert_eq!(day["used"], Value::Null, "the CLI on a database has no limiter");
+    assert_eq!(
+        day["used"],
+        Value::Null,
+        "the CLI on a database has no limiter"
+    );
     assert_eq!(until(&a, "/v1/cheap", &key, 200).await, (200, Some(1)));
     assert_eq!(until(&b, "/v1/cheap", &key, 200).await, (200, Some(0)));
     assert_eq!(get(&a, "/v1/cheap", &key).await.0, 429);
@@ -228,13 +237,22 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
     let shown = remote(&b.admin, &token, &config, &["client", "quota", "Acme"]);
     let day = day_window(&shown);
     assert_eq!(
-        (&day["allowance"], &day["used"], &day["remaining"], &day["resets"]),
+        (
+            &day["allowance"],
+            &day["used"],
+            &day["remaining"],
+            &day["resets"]
+        ),
         (&json!(12), &json!(11), &json!(1), &json!(1)),
         "{shown}"
     );
 
     // Audited, with who did it.
-    let audit = cli(&db, &config, &["audit", "--action", "client.", "--limit", "100"]);
+    let audit = cli(
+        &db,
+        &config,
+        &["audit", "--action", "client.", "--limit", "100"],
+    );
     let rows = audit["entries"].as_array().or(audit.as_array()).unwrap();
     let actions: Vec<&str> = rows.iter().filter_map(|r| r["action"].as_str()).collect();
     assert!(actions.contains(&"client.quota_topup"), "{audit}");
@@ -257,7 +275,10 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
     // (before and after the reset), once on each node: signed, and no key in the body.
     let got = hook
         .wait_for(DEADLINE, |d| {
-            d.iter().filter(|x| x.event_type.starts_with("quota.")).count() >= 2
+            d.iter()
+                .filter(|x| x.event_type.starts_with("quota."))
+                .count()
+                >= 2
         })
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -276,7 +297,10 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
         let data = &d.json()["data"];
         assert_eq!(data["window"], "day", "{body}");
         assert_eq!(data["allowance"], 10, "{body}");
-        assert_eq!(data["used"], 10, "the request that crossed both spent 5 to 10: {body}");
+        assert_eq!(
+            data["used"], 10,
+            "the request that crossed both spent 5 to 10: {body}"
+        );
         assert!(data["client"]["id"].as_str().unwrap().starts_with("cli_"));
     }
     for node in [&a, &b] {
@@ -306,7 +330,11 @@ async fn hostile_quota_changes_and_costs_are_refused() {
     let db = db_path.to_str().unwrap();
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, config_text("", "http://127.0.0.1:9/hook")).unwrap();
-    cli(db, &config, &["client", "create", "Acme", "--plan", "metered"]);
+    cli(
+        db,
+        &config,
+        &["client", "create", "Acme", "--plan", "metered"],
+    );
     let token = cli(db, &config, &["admin-token", "create", "--name", "ops"])["token"]
         .as_str()
         .unwrap()
@@ -350,7 +378,13 @@ async fn hostile_quota_changes_and_costs_are_refused() {
     let shown = cli(db, &config, &["client", "quota", "Acme"]);
     assert_eq!(day_window(&shown)["topup"], 1_000_000_000_000u64);
 
-    let (s, p) = post(&node.admin, &token, "/v1/clients/Nobody/quota", r#"{"add": 1}"#).await;
+    let (s, p) = post(
+        &node.admin,
+        &token,
+        "/v1/clients/Nobody/quota",
+        r#"{"add": 1}"#,
+    )
+    .await;
     assert_eq!((s, &p["code"]), (404, &json!("client_not_found")), "{p}");
     let (s, _) = post(&node.admin, &reader, path, r#"{"reset": true}"#).await;
     assert_eq!(s, 403, "a read-only token cannot change a quota");
@@ -366,7 +400,13 @@ async fn hostile_quota_changes_and_costs_are_refused() {
     for args in [
         &["client", "quota", "Acme", "--add", "0"][..],
         &["client", "quota", "Acme", "--add", "-5"],
-        &["client", "quota", "Acme", "--add", "99999999999999999999999"],
+        &[
+            "client",
+            "quota",
+            "Acme",
+            "--add",
+            "99999999999999999999999",
+        ],
         &["client", "quota", "Acme", "--add", "5", "--window", "week"],
         &["client", "quota", "Acme", "--add", "5", "--reset"],
         &["client", "quota", "Nobody", "--add", "5"],

@@ -44,10 +44,19 @@ pub fn check(window: Window, max: u64, count_before: u64, now: Timestamp) -> Lim
 /// assert_eq!(window::check_n(Window::Day, 10, 5, 5, now).remaining, 0);
 /// assert!(!window::check_n(Window::Day, 10, 6, 5, now).allowed);
 /// ```
-pub fn check_n(window: Window, max: u64, count_before: u64, cost: u64, now: Timestamp) -> LimitState {
+pub fn check_n(
+    window: Window,
+    max: u64,
+    count_before: u64,
+    cost: u64,
+    now: Timestamp,
+) -> LimitState {
     let (_, end) = window.bounds(now);
     let cost = cost.max(1);
-    if count_before.checked_add(cost).is_some_and(|after| after <= max) {
+    if count_before
+        .checked_add(cost)
+        .is_some_and(|after| after <= max)
+    {
         LimitState {
             allowed: true,
             limit: max,
@@ -109,10 +118,7 @@ pub fn crossed(max: u64, before: u64, after: u64) -> (bool, bool) {
     }
     let (max, before, after) = (u128::from(max), u128::from(before), u128::from(after));
     let at80 = |n: u128| n * 5 >= max * 4;
-    (
-        !at80(before) && at80(after),
-        before < max && after >= max,
-    )
+    (!at80(before) && at80(after), before < max && after >= max)
 }
 
 #[cfg(test)]

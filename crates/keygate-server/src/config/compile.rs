@@ -821,7 +821,9 @@ fn add_route(
     let cost = match &r.cost {
         None => 1,
         Some(c) => {
-            let at = Some(c.span()).filter(|s| !s.is_empty()).or_else(|| span.cloned());
+            let at = Some(c.span())
+                .filter(|s| !s.is_empty())
+                .or_else(|| span.cloned());
             match u32::try_from(*c.get_ref()) {
                 Ok(n) if (1..=MAX_ROUTE_COST).contains(&n) => n,
                 _ => {

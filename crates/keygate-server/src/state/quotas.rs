@@ -125,7 +125,11 @@ impl QuotaSet {
 }
 
 /// The adjustment of `limit`'s window that holds `now`, if `limit` is a quota and has one.
-pub(crate) fn current(list: &[QuotaAdjustment], limit: Limit, now: Timestamp) -> Option<&QuotaAdjustment> {
+pub(crate) fn current(
+    list: &[QuotaAdjustment],
+    limit: Limit,
+    now: Timestamp,
+) -> Option<&QuotaAdjustment> {
     let LimitKind::Quota { window } = limit.kind else {
         return None;
     };

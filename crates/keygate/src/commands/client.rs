@@ -7,9 +7,7 @@ use serde_json::Value;
 
 use super::Context;
 use crate::backend::Backend;
-use crate::cli::{
-    ClientCommand, ClientCreate, ClientList, ClientUpdateArgs, QuotaArgs, UsageArgs,
-};
+use crate::cli::{ClientCommand, ClientCreate, ClientList, ClientUpdateArgs, QuotaArgs, UsageArgs};
 use crate::output;
 
 pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()> {
@@ -295,14 +293,23 @@ async fn quota(ctx: &Context, args: QuotaArgs) -> anyhow::Result<()> {
         .transpose()?;
     let report = ctx
         .backend
-        .quota(&ctx.actor, &ctx.config, &args.name, args.add, args.reset, window)
+        .quota(
+            &ctx.actor,
+            &ctx.config,
+            &args.name,
+            args.add,
+            args.reset,
+            window,
+        )
         .await?;
     if ctx.json {
         output::json(&report);
         return Ok(());
     }
     if let Some(n) = args.add {
-        println!("Added {n} to the current window: every node admits them within its feed interval.");
+        println!(
+            "Added {n} to the current window: every node admits them within its feed interval."
+        );
     } else if args.reset {
         println!("Reset: every node counts the current window from zero within its feed interval.");
     }
@@ -317,14 +324,32 @@ async fn quota(ctx: &Context, args: QuotaArgs) -> anyhow::Result<()> {
         .unwrap_or(&empty)
         .iter()
         .map(|w| {
-            ["window", "window_start", "plan", "topup", "allowance", "used", "remaining", "resets"]
-                .iter()
-                .map(|f| text(&w[*f]))
-                .collect()
+            [
+                "window",
+                "window_start",
+                "plan",
+                "topup",
+                "allowance",
+                "used",
+                "remaining",
+                "resets",
+            ]
+            .iter()
+            .map(|f| text(&w[*f]))
+            .collect()
         })
         .collect();
     output::table(
-        &["WINDOW", "STARTED", "PLAN", "TOPUP", "ALLOWANCE", "USED", "REMAINING", "RESETS"],
+        &[
+            "WINDOW",
+            "STARTED",
+            "PLAN",
+            "TOPUP",
+            "ALLOWANCE",
+            "USED",
+            "REMAINING",
+            "RESETS",
+        ],
         &rows,
     );
     if rows.is_empty() {

@@ -2,9 +2,10 @@
 --
 -- KEYS[i]: the counter of check i (a key may repeat: repeated checks share the counter).
 -- ARGV[1]: now in microseconds; ARGV[2]: grace in ms added to every TTL.
--- Then three arguments per check: kind ('r' rate, 'q' quota), a, b.
---   rate:  a = emission interval T (µs), b = tolerance (burst - 1) * T (µs)
---   quota: a = max, b = TTL of the key in ms (until the window's end, plus grace)
+-- Then four arguments per check: kind ('r' rate, 'q' quota), a, b, c.
+--   rate:  a = emission interval T (µs), b = tolerance (burst - 1) * T (µs), c unused (0)
+--   quota: a = max, b = TTL of the key in ms (until the window's end, plus grace),
+--          c = units the request spends (a weighted route's cost, >= 1)
 -- Returns {committed, v1, v2, ...}: vi is the counter check i saw (a TAT in µs, `now` when
 -- absent, or a count), from which the caller builds each answer with keygate-core's math.
 -- Numbers stay below 2^53, where Lua's doubles are exact; they are written with %.0f.
@@ -15,8 +16,8 @@ local out = {0}
 local ok = 1
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local j = 3 + (i - 1) * 3
-  local kind, a, b = ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+  local j = 3 + (i - 1) * 4
+  local kind, a, b, c = ARGV[j], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
   local v = seen[key]
   if v == nil then
     v = tonumber(redis.call('GET', key))
@@ -36,8 +37,8 @@ for i = 1, #KEYS do
     end
   else
     ttl_of[key] = b
-    if v < a then
-      seen[key] = v + 1
+    if v + c <= a then
+      seen[key] = v + c
     else
       ok = 0
       seen[key] = v

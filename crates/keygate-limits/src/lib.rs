@@ -60,12 +60,75 @@ impl LimitKey {
 pub struct Check {
     pub key: LimitKey,
     pub limit: Limit,
+    /// Units a quota check spends (a weighted route's `cost`, 1 by default; 0 is read as 1).
+    /// A rate spends one per request whatever this says: rates pace requests, quotas are
+    /// the budget a route's weight is sold in.
+    pub cost: u32,
+    /// A quota counter's generation within its window: 0 until an operator resets the
+    /// window, then the number of resets. Each generation is a counter of its own (a new
+    /// local cell, a new Redis key), so a reset zeroes the count on every node and backend
+    /// without deleting anything a concurrent request may be writing.
+    pub epoch: u32,
 }
 
 impl Check {
-    /// Applies `limit` to the counter `key`.
+    /// Applies `limit` to the counter `key`, one unit per request.
     pub fn new(key: LimitKey, limit: Limit) -> Check {
-        Check { key, limit }
+        Check {
+            key,
+            limit,
+            cost: 1,
+            epoch: 0,
+        }
+    }
+
+    /// The same check spending `cost` units of a quota.
+    pub fn with_cost(self, cost: u32) -> Check {
+        Check { cost, ..self }
+    }
+
+    /// Units this check spends: `cost` for a quota (at least 1), 1 for a rate.
+    pub fn units(&self) -> u64 {
+        match self.limit.kind {
+            keygate_core::limit::LimitKind::Quota { .. } => u64::from(self.cost.max(1)),
+            keygate_core::limit::LimitKind::Rate { .. } => 1,
+        }
+    }
+}
+
+/// The quota thresholds an allowed request crossed, for the first [`Crossings::CHECKS`]
+/// checks: whether check `i` reached 80 % and 100 % of its allowance, and its count after the
+/// request. Computed from the states the limiter returns anyway, so noticing a crossing costs
+/// the request nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Crossings {
+    /// Bit `2i`: check `i` reached 80 %; bit `2i + 1`: 100 %.
+    bits: u16,
+    used: [u64; Crossings::CHECKS],
+}
+
+impl Crossings {
+    /// Checks a crossing is noticed for (a plan's quotas come first among a request's).
+    pub const CHECKS: usize = 8;
+
+    /// Whether check `i` crossed 80 % and 100 %.
+    pub fn of(self, i: usize) -> (bool, bool) {
+        if i >= Self::CHECKS {
+            return (false, false);
+        }
+        (
+            self.bits >> (2 * i) & 1 == 1,
+            self.bits >> (2 * i + 1) & 1 == 1,
+        )
+    }
+
+    /// Check `i`'s count after the request, when it crossed a threshold.
+    pub fn used(self, i: usize) -> Option<u64> {
+        (self.of(i) != (false, false)).then(|| self.used[i])
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.bits == 0
     }
 }
 
@@ -75,6 +138,8 @@ pub struct Verdict {
     pub allowed: bool,
     /// Index (into the checks slice) and state of the limit that decided: the first denying limit when denied; otherwise the allowed limit with the fewest remaining (ties: the first). None when checks was empty.
     pub binding: Option<(usize, LimitState)>,
+    /// The quota thresholds this request crossed (empty when denied, and for a peek).
+    pub crossed: Crossings,
 }
 
 impl Verdict {
@@ -82,7 +147,37 @@ impl Verdict {
     pub const UNLIMITED: Verdict = Verdict {
         allowed: true,
         binding: None,
+        crossed: Crossings {
+            bits: 0,
+            used: [0; Crossings::CHECKS],
+        },
     };
+
+    /// Combines the states of `checks`, in order, and notes the quota thresholds an allowed
+    /// request crossed (a quota's state says the count after the request: `limit -
+    /// remaining`; before it, that less the check's units).
+    pub fn from_checks(checks: &[Check], states: impl IntoIterator<Item = LimitState>) -> Verdict {
+        let mut crossed = Crossings::default();
+        let mut verdict = Verdict::from_states(checks.iter().zip(states).enumerate().map(
+            |(i, (check, state))| {
+                if state.allowed && i < Crossings::CHECKS && check.limit.kind.is_quota() {
+                    let after = state.limit.saturating_sub(state.remaining);
+                    let before = after.saturating_sub(check.units());
+                    let (p80, p100) =
+                        keygate_core::limit::window::crossed(state.limit, before, after);
+                    if p80 || p100 {
+                        crossed.bits |= u16::from(p80) << (2 * i) | u16::from(p100) << (2 * i + 1);
+                        crossed.used[i] = after;
+                    }
+                }
+                state
+            },
+        ));
+        if verdict.allowed {
+            verdict.crossed = crossed;
+        }
+        verdict
+    }
 
     /// Combines the states of each check, in order.
     pub fn from_states(states: impl IntoIterator<Item = LimitState>) -> Verdict {
@@ -92,6 +187,7 @@ impl Verdict {
                 return Verdict {
                     allowed: false,
                     binding: Some((i, state)),
+                    crossed: Crossings::default(),
                 };
             }
             if tightest.is_none_or(|(_, t)| state.remaining < t.remaining) {
@@ -101,6 +197,7 @@ impl Verdict {
         Verdict {
             allowed: true,
             binding: tightest,
+            crossed: Crossings::default(),
         }
     }
 }

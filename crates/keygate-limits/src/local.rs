@@ -24,11 +24,13 @@ use crate::{Check, LimitKey, Verdict};
 const INLINE: usize = 4;
 
 /// Which counter of a subject; mirrors the Redis key names (`kg:l:{subject}:{slot}` for a
-/// rate, `…:{window_start_ms}` for a quota), so a new quota window is a new counter.
+/// rate, `…:{window_start_ms}` for a quota, `…:{window_start_ms}:{epoch}` after a reset), so a
+/// new quota window, or a reset one, is a new counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CellId {
     slot: u32,
     window_start: Option<i64>,
+    epoch: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +82,7 @@ enum Plan {
         window: Window,
         max: u64,
         end: Timestamp,
+        cost: u64,
     },
 }
 
@@ -98,6 +101,7 @@ impl Plan {
                         window,
                         max: check.limit.max.get(),
                         end,
+                        cost: check.units(),
                     },
                 )
             }
@@ -105,6 +109,11 @@ impl Plan {
         let id = CellId {
             slot: check.key.slot,
             window_start,
+            epoch: if window_start.is_some() {
+                check.epoch
+            } else {
+                0
+            },
         };
         (id, plan)
     }
@@ -134,10 +143,15 @@ impl Plan {
                 let (state, tat) = gcra::check_with(&p, tat, now);
                 (state, tat.map(|tat| Cell::Rate { tat: Some(tat) }))
             }
-            (Plan::Quota { window, max, .. }, Cell::Quota { count, end }) => {
-                let state = window::check(window, max, count, now);
+            (
+                Plan::Quota {
+                    window, max, cost, ..
+                },
+                Cell::Quota { count, end },
+            ) => {
+                let state = window::check_n(window, max, count, cost, now);
                 let next = state.allowed.then(|| Cell::Quota {
-                    count: count.saturating_add(1),
+                    count: count.saturating_add(cost),
                     end,
                 });
                 (state, next)
@@ -174,23 +188,26 @@ fn decide(
 ) -> Verdict {
     // (group, index in its cells, value so far) of each counter the checks touch.
     let mut touched: SmallVec<[(usize, usize, Cell); INLINE]> = SmallVec::new();
-    let verdict = Verdict::from_states(checks.iter().enumerate().map(|(i, check)| {
-        let (id, plan) = Plan::of(check, now);
-        let group = group_of(i);
-        let index = guards[group].index_or_insert(id, plan.fresh());
-        let at = touched
-            .iter()
-            .position(|&(g, x, _)| g == group && x == index)
-            .unwrap_or_else(|| {
-                touched.push((group, index, guards[group].0[index].1));
-                touched.len() - 1
-            });
-        let (state, next) = plan.apply(touched[at].2, now);
-        if let Some(cell) = next {
-            touched[at].2 = cell;
-        }
-        state
-    }));
+    let verdict = Verdict::from_checks(
+        checks,
+        checks.iter().enumerate().map(|(i, check)| {
+            let (id, plan) = Plan::of(check, now);
+            let group = group_of(i);
+            let index = guards[group].index_or_insert(id, plan.fresh());
+            let at = touched
+                .iter()
+                .position(|&(g, x, _)| g == group && x == index)
+                .unwrap_or_else(|| {
+                    touched.push((group, index, guards[group].0[index].1));
+                    touched.len() - 1
+                });
+            let (state, next) = plan.apply(touched[at].2, now);
+            if let Some(cell) = next {
+                touched[at].2 = cell;
+            }
+            state
+        }),
+    );
     // `from_states` stops at the first denial, which binds and consumes nothing.
     if verdict.allowed {
         for (group, index, value) in touched {

@@ -84,7 +84,10 @@ fn counter_key(check: &Check, now: Timestamp) -> String {
         LimitKind::Rate { .. } => format!("kg:l:{subject}:{slot}"),
         LimitKind::Quota { window } => {
             let (start, _) = window.bounds(now);
-            format!("kg:l:{subject}:{slot}:{}", start.as_millis())
+            match check.epoch {
+                0 => format!("kg:l:{subject}:{slot}:{}", start.as_millis()),
+                epoch => format!("kg:l:{subject}:{slot}:{}:{epoch}", start.as_millis()),
+            }
         }
     }
 }
@@ -275,12 +278,15 @@ impl RedisLimiter {
                 match check.limit.kind {
                     LimitKind::Rate { period, burst } => {
                         let p = gcra::Params::new(check.limit.max.get(), period, burst);
-                        cmd.arg("r").arg(p.interval_us).arg(p.tolerance_us);
+                        cmd.arg("r").arg(p.interval_us).arg(p.tolerance_us).arg(0);
                     }
                     LimitKind::Quota { window } => {
                         let (_, end) = window.bounds(now);
                         let ttl = end.as_millis().saturating_sub(now.as_millis()) + grace_ms;
-                        cmd.arg("q").arg(check.limit.max.get()).arg(ttl);
+                        cmd.arg("q")
+                            .arg(check.limit.max.get())
+                            .arg(ttl)
+                            .arg(check.units());
                     }
                 }
             }
@@ -303,11 +309,11 @@ impl RedisLimiter {
                 }
                 LimitKind::Quota { window } => {
                     let count = u64::try_from(seen).unwrap_or(0);
-                    window::check(window, check.limit.max.get(), count, now)
+                    window::check_n(window, check.limit.max.get(), count, check.units(), now)
                 }
             })
             .collect();
-        let verdict = Verdict::from_states(states);
+        let verdict = Verdict::from_checks(checks, states);
         if verdict.allowed != (reply[0] == 1) {
             return Err(LimiterError::Unavailable(
                 "the check script and keygate-core disagree".to_owned(),
@@ -523,6 +529,14 @@ mod tests {
         assert_eq!(
             counter_key(&day, now),
             format!("kg:l:k:key_abc:3:{}", midnight.as_millis())
+        );
+        let reset = Check {
+            epoch: 2,
+            ..day.clone()
+        };
+        assert_eq!(
+            counter_key(&reset, now),
+            format!("kg:l:k:key_abc:3:{}:2", midnight.as_millis())
         );
         assert_eq!(lease_key(&key), "kg:lease:k:key_abc:3");
     }

@@ -127,6 +127,9 @@ macro_rules! all_cases {
             peek_reports_a_rate_without_consuming_it,
             peek_reports_quotas_and_the_binding_limit,
             peek_of_a_subject_never_seen_is_a_full_budget,
+            a_weighted_request_spends_its_cost_of_every_quota_and_one_of_a_rate,
+            a_new_epoch_is_a_fresh_counter_in_the_same_window,
+            crossings_of_80_and_100_percent_are_reported_once,
         );
     };
 }
@@ -536,5 +539,99 @@ mod cases {
         if let Backend::Local(l) = &*b {
             assert!(l.is_empty(), "peeks hold no state");
         }
+    }
+
+    pub(super) async fn a_weighted_request_spends_its_cost_of_every_quota_and_one_of_a_rate(
+        b: Arc<Backend>,
+    ) {
+        let t0 = at("2026-09-21T10:00:00Z");
+        let s = subject("cost");
+        let checks = [
+            check(&s, 0, Limit::per_minute(nz(100))).with_cost(5),
+            check(&s, 1, Limit::quota(Window::Day, nz(10))).with_cost(5),
+            check(&s, 2, Limit::quota(Window::Hour, nz(12))).with_cost(5),
+        ];
+        let v = b.check(&checks, t0).await;
+        assert!(v.allowed);
+        assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((1, 5)));
+        let v = b.check(&checks, t0).await;
+        assert_eq!(v.binding.map(|(i, s)| (i, s.remaining)), Some((1, 0)));
+        // The third would make 15 of 10: refused whole, nothing spent (the hour has 2 left).
+        let denied = b.check(&checks, t0).await;
+        assert!(!denied.allowed);
+        assert_eq!(denied.binding.map(|(i, _)| i), Some(1));
+        let hour = b.peek(&checks[2..], t0).await.binding.unwrap().1;
+        assert_eq!(hour.remaining, 2);
+        // The rate spent one per request: 98 of 100 left.
+        let rate = b.peek(&checks[..1], t0).await.binding.unwrap().1;
+        assert_eq!(rate.remaining, 98);
+        // A cost larger than the whole allowance is refused, and 0 reads as 1.
+        let big = check(&subject("cost-big"), 0, Limit::quota(Window::Day, nz(3))).with_cost(4);
+        assert!(!b.check(std::slice::from_ref(&big), t0).await.allowed);
+        let zero = big.with_cost(0);
+        let v = b.check(std::slice::from_ref(&zero), t0).await;
+        assert_eq!(v.binding.map(|(_, s)| s.remaining), Some(2));
+        // A cost near u32::MAX against a u64 allowance neither overflows nor passes.
+        let huge = check(
+            &subject("cost-huge"),
+            0,
+            Limit::quota(Window::Day, nz(u64::from(u32::MAX) - 1)),
+        )
+        .with_cost(u32::MAX);
+        assert!(!b.check(std::slice::from_ref(&huge), t0).await.allowed);
+    }
+
+    pub(super) async fn a_new_epoch_is_a_fresh_counter_in_the_same_window(b: Arc<Backend>) {
+        let t0 = at("2026-09-21T10:00:00Z");
+        let q = check(&subject("epoch"), 0, Limit::quota(Window::Day, nz(2)));
+        for _ in 0..2 {
+            assert!(b.check(std::slice::from_ref(&q), t0).await.allowed);
+        }
+        assert!(!b.check(std::slice::from_ref(&q), t0).await.allowed);
+        let reset = Check {
+            epoch: 1,
+            ..q.clone()
+        };
+        let v = b.check(std::slice::from_ref(&reset), t0).await;
+        assert_eq!(
+            v.binding.map(|(_, s)| (s.allowed, s.remaining)),
+            Some((true, 1))
+        );
+        // The old generation is untouched (and no longer named by anyone).
+        assert!(!b.peek(std::slice::from_ref(&q), t0).await.allowed);
+        // A raised allowance (a top-up) is the same counter with a larger max.
+        let topped = Check {
+            limit: Limit::quota(Window::Day, nz(3)),
+            ..q.clone()
+        };
+        assert!(b.check(std::slice::from_ref(&topped), t0).await.allowed);
+        assert!(!b.check(std::slice::from_ref(&topped), t0).await.allowed);
+    }
+
+    pub(super) async fn crossings_of_80_and_100_percent_are_reported_once(b: Arc<Backend>) {
+        let t0 = at("2026-09-21T10:00:00Z");
+        let s = subject("cross");
+        let checks = [
+            check(&s, 0, Limit::per_second(nz(1000))),
+            check(&s, 1, Limit::quota(Window::Day, nz(10))).with_cost(3),
+        ];
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let v = b.check(&checks, t0).await;
+            seen.push((v.allowed, v.crossed.of(0), v.crossed.of(1)));
+        }
+        // 3, 6, 9 (crosses 80 %), then 12 > 10 is refused and crosses nothing.
+        assert_eq!(
+            seen,
+            vec![
+                (true, (false, false), (false, false)),
+                (true, (false, false), (false, false)),
+                (true, (false, false), (true, false)),
+                (false, (false, false), (false, false)),
+            ]
+        );
+        let one = [check(&s, 2, Limit::quota(Window::Day, nz(2))).with_cost(2)];
+        assert_eq!(b.check(&one, t0).await.crossed.of(0), (true, true));
+        assert!(b.peek(&one, t0).await.crossed.is_empty());
     }
 }

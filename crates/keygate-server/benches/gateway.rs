@@ -104,6 +104,34 @@ fn hot_path(c: &mut Criterion) {
         })
     });
 
+    // Quota controls on: every client of the sample has a top-up and a reset in force for
+    // the current day, so each request finds its client's adjustment and applies it.
+    let now = gw.clock.now();
+    let (start, end) = keygate_core::limit::Window::Day.bounds(now);
+    let mut adjusted: Vec<keygate_store::QuotaAdjustment> = digests
+        .iter()
+        .filter_map(|d| gw.replica.get(d))
+        .map(|k| keygate_store::QuotaAdjustment {
+            client_id: k.client.load().policy.id.clone(),
+            window: keygate_core::limit::Window::Day,
+            window_start: start,
+            window_end: end,
+            topup: 1_000,
+            resets: 1,
+        })
+        .collect();
+    adjusted.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    adjusted.dedup_by(|a, b| a.client_id == b.client_id);
+    gw.quotas.set(&adjusted);
+    group.bench_function("whole_topped_up", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
+        })
+    });
+    gw.quotas.set(&[]);
+
     // Ten suspensions in force, none holding the request: each is checked.
     let now = gw.clock.now();
     let ten: Vec<Suspension> = (0..10)

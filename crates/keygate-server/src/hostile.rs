@@ -134,6 +134,7 @@ pub fn routes(data: &[u8]) {
             public: false,
             limits: crate::policy::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
+            cost: 1,
             errors: crate::policy::profile::ErrorOverrides::default(),
         };
         if table.insert(route).is_ok() {

@@ -621,6 +621,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/{id}/enable"),
     ("put", "/v1/keys/{id}/expiry"),
     ("get", "/v1/clients/{client}/usage"),
+    ("get", "/v1/clients/{client}/quota"),
+    ("post", "/v1/clients/{client}/quota"),
     ("get", "/v1/plans"),
     ("get", "/v1/plans/{name}"),
     ("get", "/v1/emergency"),

@@ -73,6 +73,8 @@ pub enum StoreError {
     UntilInPast(Timestamp),
     #[error("{0} suspensions are already in force, the most there may be; resume some first")]
     TooManySuspensions(usize),
+    #[error("invalid quota change: {0}")]
+    InvalidQuota(String),
     #[error("the database refused the change: {0}")]
     Conflict(String),
     #[error("the store is unavailable: {0}")]
@@ -114,6 +116,7 @@ impl StoreError {
             StoreError::SuspensionNotFound(_) => "suspension_not_found",
             StoreError::UntilInPast(_) => "until_in_past",
             StoreError::TooManySuspensions(_) => "too_many_suspensions",
+            StoreError::InvalidQuota(_) => "invalid_quota",
             StoreError::Conflict(_) => "conflict",
             StoreError::Unavailable(_) => "store_unavailable",
             StoreError::Full(_) => "store_full",

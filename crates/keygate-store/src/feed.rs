@@ -10,6 +10,7 @@ use keygate_core::{ApiKey, Client};
 use sqlx::postgres::PgListener;
 use sqlx::Acquire;
 
+use crate::quotas::{read_live, QuotaAdjustment};
 use crate::rows::{self, client_columns, key_columns};
 use crate::settings::{read_emergency, Emergency};
 use crate::suspensions::read_active;
@@ -55,6 +56,8 @@ pub struct Snapshot {
     pub emergency: Emergency,
     /// The suspensions in force.
     pub suspensions: Vec<Suspension>,
+    /// Quota top-ups and resets of the windows in progress.
+    pub quotas: Vec<QuotaAdjustment>,
 }
 
 /// Clients and keys changed after some version (revoked keys included, so replicas drop them).
@@ -69,6 +72,9 @@ pub struct Delta {
     /// The suspensions in force as of `version`; read whenever the version moved (a handful
     /// of rows), `None` when nothing changed.
     pub suspensions: Option<Vec<Suspension>>,
+    /// The quota adjustments of the windows in progress as of `version`; read whenever the
+    /// version moved, `None` when nothing changed.
+    pub quotas: Option<Vec<QuotaAdjustment>>,
 }
 
 impl Delta {
@@ -124,9 +130,11 @@ impl Store {
         .await?;
         let emergency = read_emergency(&mut *tx).await?;
         let suspensions = read_active(&mut *tx, self.now()).await?;
+        let quotas = read_live(&mut *tx, self.now()).await?;
         tx.commit().await?;
         Ok(Snapshot {
             version,
+            quotas,
             emergency,
             suspensions,
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,
@@ -166,6 +174,7 @@ impl Store {
             version,
             emergency: Some(read_emergency(&self.pool).await?),
             suspensions: Some(read_active(&self.pool, self.now()).await?),
+            quotas: Some(read_live(&self.pool, self.now()).await?),
             clients: clients.iter().map(rows::client).collect::<Result<_, _>>()?,
             keys: keys.iter().map(rows::key).collect::<Result<_, _>>()?,
         })

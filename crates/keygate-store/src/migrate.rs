@@ -67,6 +67,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "key restrictions",
         include_str!("../migrations/sqlite/0011_key_restrictions.sql"),
     ),
+    (
+        13,
+        "quota adjustments",
+        include_str!("../migrations/sqlite/0013_quota_adjustments.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -123,6 +128,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         11,
         "key restrictions",
         include_str!("../migrations/postgres/0011_key_restrictions.sql"),
+    ),
+    (
+        13,
+        "quota adjustments",
+        include_str!("../migrations/postgres/0013_quota_adjustments.sql"),
     ),
 ];
 

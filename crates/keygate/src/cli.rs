@@ -222,6 +222,24 @@ pub(crate) enum ClientCommand {
     Delete { name: String },
     /// Requests per UTC day and status.
     Usage(UsageArgs),
+    /// Show the client's quota windows (allowance, top-up, use), or top up or reset the
+    /// current window on every node (audited).
+    Quota(QuotaArgs),
+}
+
+/// `keygate client quota CLIENT [--add N | --reset] [--window hour|day|month]`.
+#[derive(Debug, Args)]
+pub(crate) struct QuotaArgs {
+    pub(crate) name: String,
+    /// Add N units (1 to 1000000000) to the current window's allowance.
+    #[arg(long, conflicts_with = "reset", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub(crate) add: Option<u64>,
+    /// Zero the current window's count on every node (every window unless --window).
+    #[arg(long)]
+    pub(crate) reset: bool,
+    /// The window: hour, day or month [default for --add: day].
+    #[arg(long, value_parser = ["hour", "day", "month"])]
+    pub(crate) window: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -112,6 +112,13 @@ pub enum LimitKind {
     Quota { window: Window },
 }
 
+impl LimitKind {
+    /// Whether this is a calendar quota (which a weighted route spends `cost` units of).
+    pub fn is_quota(&self) -> bool {
+        matches!(self, LimitKind::Quota { .. })
+    }
+}
+
 /// One limit: a kind and how many requests it lets through.
 ///
 /// ```

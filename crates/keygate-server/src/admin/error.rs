@@ -259,6 +259,7 @@ impl From<StoreError> for AdminError {
             StoreError::InvalidRestriction(r) => AdminError::invalid_value(r.field(), r.to_string()),
             e @ StoreError::ScopeNotGranted(_) => AdminError::invalid_value("scopes", e.to_string()),
             e @ StoreError::DuplicateExternalId(_) => AdminError::Conflict(e.to_string()),
+            StoreError::InvalidQuota(m) => AdminError::invalid_value("add", m),
             StoreError::Conflict(m) => AdminError::Conflict(m),
             StoreError::InvalidParent(m) => AdminError::invalid_value("parent", m),
             StoreError::InvalidEmail(m) => AdminError::invalid_value("email", m),

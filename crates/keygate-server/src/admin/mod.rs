@@ -23,6 +23,7 @@ mod keys;
 mod openapi;
 mod plans;
 mod portal;
+pub mod quotas;
 mod suspensions;
 mod usage;
 mod webhooks;
@@ -99,6 +100,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys/{id}/enable", post(keys::enable))
         .route("/v1/keys/{id}/expiry", put(keys::set_expiry))
         .route("/v1/clients/{client}/usage", get(usage::show))
+        .route(
+            "/v1/clients/{client}/quota",
+            get(quotas::show).post(quotas::change),
+        )
         .route("/v1/plans", get(plans::list))
         .route("/v1/plans/{name}", get(plans::show))
         .route("/v1/emergency", get(emergency::show).put(emergency::set))

@@ -19,7 +19,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    amqp, audit, clients, config, emergency, keys, plans, portal, suspensions, usage, webhooks,
+    amqp, audit, clients, config, emergency, keys, plans, portal, quotas, suspensions, usage,
+    webhooks,
 };
 
 /// The name of the admin token security scheme.
@@ -599,6 +600,8 @@ pub(crate) struct FeedReconciled {
         keys::set_expiry,
         keys::restrict,
         usage::show,
+        quotas::show,
+        quotas::change,
         plans::list,
         plans::show,
         emergency::show,
@@ -648,6 +651,9 @@ pub(crate) struct FeedReconciled {
         EmergencyState,
         UsageDay,
         Usage,
+        quotas::ChangeBody,
+        quotas::QuotaReport,
+        quotas::QuotaWindow,
         emergency::SwitchBody,
         Suspension,
         suspensions::CreateBody,

@@ -77,6 +77,10 @@ pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, Con
 
 /// The SHA-256 of a configuration's text, in hex: `/status` shows it so an operator can tell
 /// which file every node serves.
+/// The most units of a quota one request may spend (`[[routes]] cost`): a weight, not a way to
+/// spend a day's quota in one call by a typo.
+pub(crate) const MAX_ROUTE_COST: u32 = 1000;
+
 fn text_hash(text: &str) -> String {
     // The plain digester is SHA-256 of the text, the key digest's own code and hex.
     keygate_core::Digester::plain().digest(text).to_hex()
@@ -814,6 +818,33 @@ fn add_route(
         .as_ref()
         .map(|l| compile_limits(l, &format!("route `{name}` limits"), span, errors))
         .unwrap_or_default();
+    let cost = match &r.cost {
+        None => 1,
+        Some(c) => {
+            let at = Some(c.span())
+                .filter(|s| !s.is_empty())
+                .or_else(|| span.cloned());
+            match u32::try_from(*c.get_ref()) {
+                Ok(n) if (1..=MAX_ROUTE_COST).contains(&n) => n,
+                _ => {
+                    errors.at(
+                        at.as_ref(),
+                        format!(
+                            "route `{name}`: cost = {} is out of range: a request spends 1 to {MAX_ROUTE_COST} units of each quota",
+                            c.get_ref()
+                        ),
+                    );
+                    1
+                }
+            }
+        }
+    };
+    if cost > 1 && public {
+        errors.at(
+            span,
+            format!("route `{name}`: a public route has no client quota to spend; remove `cost`"),
+        );
+    }
     let error_overrides = compile_route_errors(&r.errors, &name, profile, span, errors);
     match (public, limits.by) {
         (true, LimitBy::Source) | (false, LimitBy::Client | LimitBy::Key) => {}
@@ -848,6 +879,7 @@ fn add_route(
         public,
         limits,
         compiled_limits: Vec::new(),
+        cost,
         errors: error_overrides,
     };
     if let Err(e) = routes.insert(route) {

@@ -328,6 +328,9 @@ pub(crate) struct RawRoute {
     pub(crate) public: bool,
     #[serde(default)]
     pub(crate) limits: Option<RawLimits>,
+    /// Units of every quota a request on this route spends (1 to 1000, default 1); rates
+    /// count it as one request.
+    pub(crate) cost: Option<Spanned<i64>>,
     /// Makes this a WebSocket route.
     pub(crate) ws: Option<super::raw_ws::RawWsRoute>,
     /// This route's answers to some refusals (`REASON` or `REASON:SUBJECT`), over the profile's.

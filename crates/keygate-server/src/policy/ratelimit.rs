@@ -147,6 +147,8 @@ pub(crate) fn checks(
             slot,
         },
         limit,
+        cost: 1,
+        epoch: 0,
     }));
 }
 

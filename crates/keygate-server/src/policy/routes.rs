@@ -39,6 +39,9 @@ pub struct Route {
     pub limits: crate::policy::ratelimit::LimitSet,
     /// `limits` compiled with this route's counter slots (set by [`RouteTable::insert`]).
     pub compiled_limits: Vec<(u32, keygate_core::limit::Limit)>,
+    /// Units of every quota a request spends (`cost`, 1 to 1000; default 1). Rates count a
+    /// request as one whatever its cost; a WebSocket route spends it once per connection.
+    pub cost: u32,
     /// This route's own answers to some refusals (`[[routes]] errors`), over the profile's.
     pub errors: crate::policy::profile::ErrorOverrides,
 }
@@ -323,6 +326,7 @@ mod tests {
             public: false,
             limits: crate::policy::ratelimit::LimitSet::default(),
             compiled_limits: Vec::new(),
+            cost: 1,
             errors: crate::policy::profile::ErrorOverrides::default(),
         }
     }

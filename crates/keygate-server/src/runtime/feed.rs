@@ -23,6 +23,7 @@ pub(crate) async fn load(live: &Live, store: &Store, mut shutdown: watch::Receiv
                 gw.emergency.set(&snapshot.emergency);
                 gw.suspensions
                     .set(snapshot.suspensions.clone(), gw.clock.now());
+                gw.quotas.set(&snapshot.quotas);
                 {
                     let _writes = lock(&gw.replica_writes);
                     let current = live.load();
@@ -144,6 +145,9 @@ pub(crate) async fn follow(
                 gw.store.mark_ok(now);
                 if let Some(emergency) = &delta.emergency {
                     gw.emergency.set(emergency);
+                }
+                if let Some(quotas) = &delta.quotas {
+                    gw.quotas.set(quotas);
                 }
                 let changes = match &delta.suspensions {
                     Some(stored) => gw.suspensions.set(stored.clone(), now),

@@ -365,6 +365,13 @@ pub async fn start_on(
         crate::state::amqp::node_name(),
         stop.clone(),
     ));
+    if let Some(rx) = gw.quotas.take_receiver() {
+        tokio::spawn(crate::state::quotas::run_events(
+            rx,
+            store.clone(),
+            stop.clone(),
+        ));
+    }
     let (feed_live, feed_stop) = (Arc::clone(&live), stop.clone());
     tokio::spawn(async move {
         feed::load(&feed_live, &store, feed_stop.clone()).await;

@@ -20,10 +20,12 @@ use crate::policy::profile::IdentityHeaders;
 use crate::policy::ratelimit;
 use crate::policy::routes::{BookmakerSource, Route};
 use crate::state::metrics::{Gauges, Metrics};
+use crate::state::quotas::{Crossing, QuotaSet};
 use crate::state::replica::{ClientEntry, KeyEntry, Replica};
 use crate::state::shutdown::Drain;
-use keygate_core::limit::{Limit, LimitState};
+use keygate_core::limit::{Limit, LimitKind, LimitState};
 use keygate_limits::Check;
+use keygate_store::EventType;
 use smallvec::SmallVec;
 
 /// Whether the store answered lately (the data plane keeps serving either way).
@@ -122,6 +124,8 @@ pub struct Node {
     pub emergency: crate::state::emergency::EmergencySwitch,
     /// Scoped suspensions, followed from the store.
     pub suspensions: crate::state::suspensions::SuspensionSet,
+    /// Quota top-ups and resets, followed from the store, and crossings to announce.
+    pub quotas: crate::state::quotas::QuotaSet,
     /// Requests per client, day and status, until the next flush to the store.
     pub usage: crate::state::usage::UsageCounter,
     /// Keys' last uses, until the next flush to the store.
@@ -248,6 +252,7 @@ impl Gateway {
             store: StoreHealth::default(),
             emergency: crate::state::emergency::EmergencySwitch::default(),
             suspensions: crate::state::suspensions::SuspensionSet::default(),
+            quotas: crate::state::quotas::QuotaSet::default(),
             usage: crate::state::usage::UsageCounter::new(config.workers),
             last_used: crate::state::last_used::LastUsed::default(),
             started: Instant::now(),
@@ -438,7 +443,54 @@ impl Gateway {
         route: &Route,
         now: Timestamp,
     ) -> Result<Option<(Limit, LimitState)>, Reason> {
-        self.count(&caller_checks(who, Some(route)), now).await
+        let checks = caller_checks(who, Some(route), &self.quotas, now);
+        if checks.is_empty() {
+            return Ok(None);
+        }
+        let verdict = self
+            .limits
+            .check(&checks, now)
+            .await
+            .map_err(|_| Reason::LimiterUnavailable)?;
+        if !verdict.crossed.is_empty() {
+            self.announce_crossings(who, &checks, verdict.crossed, now);
+        }
+        Ok(deciding(&checks, verdict))
+    }
+
+    /// Hands the client quota windows this request took past 80 % or 100 % to the background
+    /// task that enqueues their events (`state::quotas`). Only the client's own (plan) quotas
+    /// announce: a route's are the operator's, not the customer's budget.
+    #[cold]
+    fn announce_crossings(
+        &self,
+        who: &Admitted,
+        checks: &[Check],
+        crossed: keygate_limits::Crossings,
+        now: Timestamp,
+    ) {
+        let plan = who.client.limits.limits.len();
+        for (i, check) in checks.iter().enumerate().take(plan) {
+            let LimitKind::Quota { window } = check.limit.kind else {
+                continue;
+            };
+            let (p80, p100) = crossed.of(i);
+            for (hit, event) in [(p80, EventType::Quota80), (p100, EventType::Quota100)] {
+                if !hit {
+                    continue;
+                }
+                let allowance = check.limit.max.get();
+                let used = crossed.used(i).unwrap_or(allowance);
+                self.quotas.crossed(Crossing {
+                    client: who.client.policy.id.clone(),
+                    window,
+                    window_start: window.bounds(now).0,
+                    used,
+                    allowance,
+                    event,
+                });
+            }
+        }
     }
 
     /// Checks a public route's limits, counted per source address (`by = "source"`).
@@ -483,7 +535,7 @@ impl Gateway {
         route: Option<&Route>,
         now: Timestamp,
     ) -> Option<(Limit, LimitState)> {
-        let checks = caller_checks(who, route);
+        let checks = caller_checks(who, route, &self.quotas, now);
         if checks.is_empty() {
             return None;
         }
@@ -574,9 +626,16 @@ impl Gateway {
 }
 
 /// The checks of an admitted caller: its client's limits, then the route's (if any). Inline
-/// for the usual handful of limits: no allocation per request.
-fn caller_checks(who: &Admitted, route: Option<&Route>) -> SmallVec<[Check; 4]> {
-    let mut checks = SmallVec::new();
+/// for the usual handful of limits: no allocation per request. A weighted route (`cost`)
+/// spends its cost of every quota; a client with a top-up or a reset in force gets it on its
+/// plan's quotas (`state::quotas`). Neither costs more than a compare and a load when unused.
+fn caller_checks(
+    who: &Admitted,
+    route: Option<&Route>,
+    quotas: &QuotaSet,
+    now: Timestamp,
+) -> SmallVec<[Check; 4]> {
+    let mut checks: SmallVec<[Check; 4]> = SmallVec::new();
     let (client, key) = (&who.client.limit_subject, &who.key.limit_subject);
     let limits = &who.client.limits;
     ratelimit::checks(&mut checks, &limits.limits, limits.by, client, key);
@@ -588,6 +647,15 @@ fn caller_checks(who: &Admitted, route: Option<&Route>) -> SmallVec<[Check; 4]> 
             client,
             key,
         );
+    }
+    if quotas.is_on() {
+        let plan = limits.limits.len();
+        quotas.apply(&who.client.policy.id, &mut checks[..plan], now);
+    }
+    if let Some(cost) = route.map(|r| r.cost).filter(|&c| c > 1) {
+        for check in &mut checks {
+            check.cost = cost;
+        }
     }
     checks
 }

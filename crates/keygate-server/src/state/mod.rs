@@ -14,6 +14,7 @@ pub(crate) mod loaded;
 pub(crate) mod locks;
 pub(crate) mod metrics;
 pub(crate) mod per_worker;
+pub(crate) mod quotas;
 pub(crate) mod reload;
 pub(crate) mod replica;
 pub(crate) mod shutdown;

@@ -323,6 +323,40 @@ impl Backend {
 }
 
 impl Backend {
+    /// A quota top-up (`add`) or reset of `client`'s current window(s), if asked, then its
+    /// quota report: the node's (with use) remotely, the store's and `config`'s locally.
+    pub(crate) async fn quota(
+        &self,
+        actor: &Actor,
+        config: &keygate_server::Config,
+        client: &str,
+        add: Option<u64>,
+        reset: bool,
+        window: Option<keygate_core::limit::Window>,
+    ) -> anyhow::Result<Value> {
+        use keygate_core::limit::Window;
+        match self {
+            Backend::Local(s) => {
+                if let Some(n) = add {
+                    s.quota_topup(actor, client, window.unwrap_or(Window::Day), n)
+                        .await?;
+                } else if reset {
+                    let windows = window.map_or(Window::ALL.to_vec(), |w| vec![w]);
+                    s.quota_reset(actor, client, &windows).await?;
+                }
+                let owner = s.client(client).await?;
+                let (_, adjustments) = s.quota_adjustments(client).await?;
+                Ok(keygate_server::admin::quotas::offline_report(
+                    config,
+                    &owner,
+                    &adjustments,
+                    s.now(),
+                ))
+            }
+            Backend::Remote(r) => r.quota(client, add, reset, window).await,
+        }
+    }
+
     /// The plans: this CLI's configuration locally, the node's remotely.
     pub(crate) async fn plans(
         &self,

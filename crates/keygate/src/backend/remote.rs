@@ -519,6 +519,29 @@ impl Remote {
         self.call(Method::GET, &path, &q, None, None).await
     }
 
+    /// `client`'s quota report, after a top-up or reset if asked
+    /// (`/v1/clients/{client}/quota`).
+    pub(crate) async fn quota(
+        &self,
+        client: &str,
+        add: Option<u64>,
+        reset: bool,
+        window: Option<keygate_core::limit::Window>,
+    ) -> anyhow::Result<Value> {
+        let path = format!("/v1/clients/{}/quota", segment(client));
+        if add.is_none() && !reset {
+            return self.call(Method::GET, &path, &[], None, None).await;
+        }
+        let mut body = match add {
+            Some(n) => json!({ "add": n }),
+            None => json!({ "reset": true }),
+        };
+        if let Some(w) = window {
+            body["window"] = w.as_str().into();
+        }
+        self.call(Method::POST, &path, &[], Some(&body), None).await
+    }
+
     /// A feed operation on the node (`/v1/clients/{client}/amqp...`, `/v1/amqp/...`).
     pub(crate) async fn amqp(&self, cmd: &crate::cli::AmqpCommand) -> anyhow::Result<Value> {
         use crate::cli::AmqpCommand as C;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::Context;
 use crate::backend::Backend;
-use crate::cli::{ClientCommand, ClientCreate, ClientList, ClientUpdateArgs, UsageArgs};
+use crate::cli::{ClientCommand, ClientCreate, ClientList, ClientUpdateArgs, QuotaArgs, UsageArgs};
 use crate::output;
 
 pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()> {
@@ -24,6 +24,7 @@ pub(crate) async fn run(ctx: &Context, cmd: ClientCommand) -> anyhow::Result<()>
         ),
         ClientCommand::Delete { name } => delete(ctx, &name).await,
         ClientCommand::Usage(args) => usage(ctx, args).await,
+        ClientCommand::Quota(args) => quota(ctx, args).await,
         ClientCommand::Enable { name } => show_one(
             ctx,
             &ctx.backend
@@ -278,5 +279,81 @@ async fn usage(ctx: &Context, args: UsageArgs) -> anyhow::Result<()> {
         report["requests"]
     );
     output::table(&["DAY", "REQUESTS", "BY STATUS"], &rows);
+    Ok(())
+}
+
+/// `keygate client quota`: a top-up or reset (stored and audited; every node applies it within
+/// its feed interval), then the client's windows. On a database the CLI has no limiter to
+/// read, so `used` shows only through a node (`--admin-url`).
+async fn quota(ctx: &Context, args: QuotaArgs) -> anyhow::Result<()> {
+    let window = args
+        .window
+        .as_deref()
+        .map(keygate_store::parse_window)
+        .transpose()?;
+    let report = ctx
+        .backend
+        .quota(
+            &ctx.actor,
+            &ctx.config,
+            &args.name,
+            args.add,
+            args.reset,
+            window,
+        )
+        .await?;
+    if ctx.json {
+        output::json(&report);
+        return Ok(());
+    }
+    if let Some(n) = args.add {
+        println!(
+            "Added {n} to the current window: every node admits them within its feed interval."
+        );
+    } else if args.reset {
+        println!("Reset: every node counts the current window from zero within its feed interval.");
+    }
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = report["windows"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|w| {
+            [
+                "window",
+                "window_start",
+                "plan",
+                "topup",
+                "allowance",
+                "used",
+                "remaining",
+                "resets",
+            ]
+            .iter()
+            .map(|f| text(&w[*f]))
+            .collect()
+        })
+        .collect();
+    output::table(
+        &[
+            "WINDOW",
+            "STARTED",
+            "PLAN",
+            "TOPUP",
+            "ALLOWANCE",
+            "USED",
+            "REMAINING",
+            "RESETS",
+        ],
+        &rows,
+    );
+    if rows.is_empty() {
+        println!("The client's plan has no quota.");
+    }
     Ok(())
 }

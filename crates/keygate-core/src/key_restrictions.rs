@@ -57,7 +57,9 @@ pub struct KeyRestrictions {
 pub enum RestrictionError {
     #[error("`{0}` is not a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or an IP address")]
     Cidr(String),
-    #[error("`{0}` allows every address of its family; leave allowed_cidrs empty for no restriction")]
+    #[error(
+        "`{0}` allows every address of its family; leave allowed_cidrs empty for no restriction"
+    )]
     CidrTooWide(String),
     #[error("at most {MAX_CIDRS} CIDRs per key")]
     TooManyCidrs,
@@ -254,13 +256,30 @@ mod tests {
     fn cidrs_parse_normalize_and_refuse_everything() {
         assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_cidr("127.0.0.1").unwrap().to_string(), "127.0.0.1/32");
-        assert_eq!(parse_cidr("2001:db8::1/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            parse_cidr("2001:db8::1/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
         assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
-        for bad in ["", "10.0.0.0/33", "10.0.0/8", "x", "10.0.0.0/8\n", "1.2.3.4/-1", "::/129"] {
-            assert!(matches!(parse_cidr(bad), Err(RestrictionError::Cidr(_))), "{bad:?}");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/8\n",
+            "1.2.3.4/-1",
+            "::/129",
+        ] {
+            assert!(
+                matches!(parse_cidr(bad), Err(RestrictionError::Cidr(_))),
+                "{bad:?}"
+            );
         }
         for all in ["0.0.0.0/0", "::/0", "10.0.0.0/0"] {
-            assert!(matches!(parse_cidr(all), Err(RestrictionError::CidrTooWide(_))));
+            assert!(matches!(
+                parse_cidr(all),
+                Err(RestrictionError::CidrTooWide(_))
+            ));
         }
         let long = "9".repeat(10_000);
         let RestrictionError::Cidr(echo) = parse_cidr(&long).unwrap_err() else {
@@ -271,21 +290,43 @@ mod tests {
 
     #[test]
     fn bounds() {
-        let mut r = KeyRestrictions::default();
-        r.metadata = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+        let mut r = KeyRestrictions {
+            metadata: (0..17).map(|i| (format!("k{i}"), "v".into())).collect(),
+            ..KeyRestrictions::default()
+        };
         assert_eq!(r.clone().validate(), Err(RestrictionError::TooManyMetadata));
         r.metadata = [("k".repeat(65), "v".into())].into();
-        assert!(matches!(r.clone().validate(), Err(RestrictionError::MetadataKey(_))));
+        assert!(matches!(
+            r.clone().validate(),
+            Err(RestrictionError::MetadataKey(_))
+        ));
         r.metadata = [("team name".into(), "v".into())].into();
-        assert!(matches!(r.clone().validate(), Err(RestrictionError::MetadataKey(_))));
+        assert!(matches!(
+            r.clone().validate(),
+            Err(RestrictionError::MetadataKey(_))
+        ));
         r.metadata = [("team".into(), "v".repeat(257))].into();
-        assert!(matches!(r.clone().validate(), Err(RestrictionError::MetadataValue(_))));
+        assert!(matches!(
+            r.clone().validate(),
+            Err(RestrictionError::MetadataValue(_))
+        ));
         r.metadata = [("team".into(), "a\u{1b}[31m".into())].into();
-        assert!(matches!(r.clone().validate(), Err(RestrictionError::MetadataValue(_))));
-        r.metadata = [("team".into(), "v".repeat(256)), ("k".repeat(64), String::new())].into();
+        assert!(matches!(
+            r.clone().validate(),
+            Err(RestrictionError::MetadataValue(_))
+        ));
+        r.metadata = [
+            ("team".into(), "v".repeat(256)),
+            ("k".repeat(64), String::new()),
+        ]
+        .into();
         assert!(r.clone().validate().is_ok());
         for bad in ["", "a b", "a\nb", &"x".repeat(129)] {
-            assert_eq!(check_external_id(bad), Err(RestrictionError::ExternalId), "{bad:?}");
+            assert_eq!(
+                check_external_id(bad),
+                Err(RestrictionError::ExternalId),
+                "{bad:?}"
+            );
         }
         assert!(check_external_id(&"x".repeat(128)).is_ok());
         assert!(check_external_id("crm:42/ü").is_ok());
@@ -325,7 +366,10 @@ mod tests {
     #[test]
     fn addresses() {
         let r = KeyRestrictions {
-            allowed_cidrs: vec![parse_cidr("10.0.0.0/8").unwrap(), parse_cidr("::1").unwrap()],
+            allowed_cidrs: vec![
+                parse_cidr("10.0.0.0/8").unwrap(),
+                parse_cidr("::1").unwrap(),
+            ],
             ..Default::default()
         };
         assert!(r.allows_ip("10.9.8.7".parse().unwrap()));
@@ -336,7 +380,10 @@ mod tests {
 
     #[test]
     fn json_is_compact() {
-        assert_eq!(serde_json::to_string(&KeyRestrictions::default()).unwrap(), "{}");
+        assert_eq!(
+            serde_json::to_string(&KeyRestrictions::default()).unwrap(),
+            "{}"
+        );
         let r: KeyRestrictions =
             serde_json::from_str(r#"{"allowed_cidrs":["10.0.0.0/8"],"scopes":[]}"#).unwrap();
         assert_eq!(r.scopes, Some(vec![]));

@@ -25,8 +25,8 @@ pub mod time;
 pub use digest::{Digester, KeyDigest};
 pub use issuer::{DigestImportError, Issuer, KeyMaterial};
 pub use key_format::SecretKey;
-pub use key_restrictions::{KeyRestrictions, RestrictionError, RestrictionsChange};
 pub use key_format::{Alphabet, KeyFormat, KeyFormatError};
+pub use key_restrictions::{KeyRestrictions, RestrictionError, RestrictionsChange};
 pub use model::{
     ApiKey, Client, ClientId, KeyId, KeyState, LimitOverrides, SuspensionId, Unusable,
 };

@@ -173,10 +173,8 @@ fn hot_path(c: &mut Criterion) {
     // Issue 22: the hot keys restricted (their client's scopes, two CIDRs, the request's
     // address in the second), so the request passes after the CIDR walk and the key's own
     // scope check. `whole` above is the cost when no key has restrictions.
-    let restricted: Vec<keygate_core::ApiKey> = sample
-        .iter()
-        .map(|k| restricted_key(&gw, k))
-        .collect();
+    let restricted: Vec<keygate_core::ApiKey> =
+        sample.iter().map(|k| restricted_key(&gw, k)).collect();
     gw.replica.apply(
         &keygate_store::Delta {
             version: gw.replica.version() + 1,

@@ -771,6 +771,7 @@ async fn hostile_requests_get_precise_answers() {
         rotated_at: None,
         replaced_by: None,
         last_used_at: None,
+        restrictions: Default::default(),
     };
     h.gateway.gateway().replica.apply(
         &keygate_store::Delta {

@@ -88,8 +88,7 @@ pub(crate) fn key(row: &AnyRow) -> Result<ApiKey, StoreError> {
 /// A key's restrictions: the JSON column (NULL for none) and the external id beside it.
 fn key_restrictions(row: &AnyRow) -> Result<KeyRestrictions, StoreError> {
     let mut r = match row.try_get::<Option<String>, _>("restrictions")? {
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| corrupt("column restrictions", e))?,
+        Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("column restrictions", e))?,
         None => KeyRestrictions::default(),
     };
     r.external_id = row.try_get("external_id")?;

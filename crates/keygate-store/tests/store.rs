@@ -1685,7 +1685,10 @@ async fn key_restrictions_narrow_are_stored_replicated_audited_and_found_by_exte
     assert_eq!(s.key(&k.id).await.unwrap(), k, "read back as written");
     let delta = s.delta_since(before).await.unwrap();
     assert_eq!(delta.keys.len(), 1);
-    assert_eq!(delta.keys[0].restrictions, k.restrictions, "the feed carries them");
+    assert_eq!(
+        delta.keys[0].restrictions, k.restrictions,
+        "the feed carries them"
+    );
 
     // Never wider than the client, at issue and at update; nothing is written.
     let wide = KeyRestrictions {
@@ -1715,7 +1718,8 @@ async fn key_restrictions_narrow_are_stored_replicated_audited_and_found_by_exte
         ..KeyRestrictions::default()
     };
     assert!(matches!(
-        s.create_key(&actor(), "Acme Sportsbook", restricted(huge)).await,
+        s.create_key(&actor(), "Acme Sportsbook", restricted(huge))
+            .await,
         Err(StoreError::InvalidRestriction(_))
     ));
 
@@ -1725,7 +1729,8 @@ async fn key_restrictions_narrow_are_stored_replicated_audited_and_found_by_exte
         ..KeyRestrictions::default()
     };
     assert!(matches!(
-        s.create_key(&actor(), "Acme Sportsbook", restricted(dup.clone())).await,
+        s.create_key(&actor(), "Acme Sportsbook", restricted(dup.clone()))
+            .await,
         Err(StoreError::DuplicateExternalId(_))
     ));
     let found = s
@@ -1753,7 +1758,10 @@ async fn key_restrictions_narrow_are_stored_replicated_audited_and_found_by_exte
         .unwrap();
     assert_eq!(changed.restrictions.scopes, None);
     assert!(changed.restrictions.metadata.is_empty());
-    assert_eq!(changed.restrictions.allowed_cidrs, k.restrictions.allowed_cidrs);
+    assert_eq!(
+        changed.restrictions.allowed_cidrs,
+        k.restrictions.allowed_cidrs
+    );
     assert_eq!(changed.restrictions.external_id.as_deref(), Some("crm-42"));
     assert_eq!(s.delta_since(v).await.unwrap().keys, vec![changed.clone()]);
     let audit = s
@@ -1767,7 +1775,12 @@ async fn key_restrictions_narrow_are_stored_replicated_audited_and_found_by_exte
 
     // A rotation keeps the restrictions on the new key and moves the external id to it.
     let r = s
-        .rotate_key(&actor(), &k.id, material(&KeyFormat::default()).1, Some(Duration::from_secs(60)))
+        .rotate_key(
+            &actor(),
+            &k.id,
+            material(&KeyFormat::default()).1,
+            Some(Duration::from_secs(60)),
+        )
         .await
         .unwrap();
     assert_eq!(r.new.restrictions, changed.restrictions);

@@ -121,9 +121,18 @@ async fn get(listen: &str, path: &str, key: &str) -> (u16, Value) {
 }
 
 /// An admin API call with the token: status and JSON body.
-async fn admin(node: &Serving, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn admin(
+    node: &Serving,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = http_client()
-        .request(method.parse().unwrap(), format!("http://{}{path}", node.admin))
+        .request(
+            method.parse().unwrap(),
+            format!("http://{}{path}", node.admin),
+        )
         .bearer_auth(token);
     if let Some(b) = body {
         req = req.json(&b);
@@ -138,7 +147,13 @@ fn key_of(issued: &Value) -> String {
 }
 
 /// Polls until `path` answers `status` on every node; fails after `limit`.
-async fn until_every_node(nodes: &[&Serving], path: &str, key: &str, status: u16, limit: Duration) -> Duration {
+async fn until_every_node(
+    nodes: &[&Serving],
+    path: &str,
+    key: &str,
+    status: u16,
+    limit: Duration,
+) -> Duration {
     let started = Instant::now();
     for node in nodes {
         loop {
@@ -175,41 +190,128 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     .unwrap();
     cli(db, &config, &["migrate"]);
     let scopes = "cs2:matches:list,dota2:matches:list";
-    cli(db, &config, &["client", "create", "Acme", "--scopes", scopes, "--sports", "cs2,dota2"]);
+    cli(
+        db,
+        &config,
+        &[
+            "client",
+            "create",
+            "Acme",
+            "--scopes",
+            scopes,
+            "--sports",
+            "cs2,dota2",
+        ],
+    );
     let full = key_of(&cli(db, &config, &["key", "create", "--client", "Acme"]));
     let narrow_doc = cli(
         db,
         &config,
         &[
-            "key", "create", "--client", "Acme", "--scopes", "cs2:matches:list",
-            "--metadata", "team=odds", "--metadata", "env=prod", "--external-id", "crm-42",
+            "key",
+            "create",
+            "--client",
+            "Acme",
+            "--scopes",
+            "cs2:matches:list",
+            "--metadata",
+            "team=odds",
+            "--metadata",
+            "env=prod",
+            "--external-id",
+            "crm-42",
         ],
     );
-    assert_eq!(narrow_doc["scopes"], json!(["cs2:matches:list"]), "{narrow_doc}");
+    assert_eq!(
+        narrow_doc["scopes"],
+        json!(["cs2:matches:list"]),
+        "{narrow_doc}"
+    );
     assert_eq!(narrow_doc["external_id"], "crm-42");
     let narrow = key_of(&narrow_doc);
     let narrow_id = narrow_doc["id"].as_str().unwrap().to_owned();
-    let elsewhere = key_of(&cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "10.0.0.0/8"]));
-    let here_doc = cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "127.0.0.0/8,::1"]);
+    let elsewhere = key_of(&cli(
+        db,
+        &config,
+        &["key", "create", "--client", "Acme", "--cidrs", "10.0.0.0/8"],
+    ));
+    let here_doc = cli(
+        db,
+        &config,
+        &[
+            "key",
+            "create",
+            "--client",
+            "Acme",
+            "--cidrs",
+            "127.0.0.0/8,::1",
+        ],
+    );
     let here = key_of(&here_doc);
     let here_id = here_doc["id"].as_str().unwrap().to_owned();
-    let behind_proxy = key_of(&cli(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "203.0.113.0/24"]));
+    let behind_proxy = key_of(&cli(
+        db,
+        &config,
+        &[
+            "key",
+            "create",
+            "--client",
+            "Acme",
+            "--cidrs",
+            "203.0.113.0/24",
+        ],
+    ));
     let token = cli(db, &config, &["admin-token", "create", "--name", "ops"])["token"]
         .as_str()
         .unwrap()
         .to_owned();
 
     // A key never widens its client: refused at issue and at update, nothing written.
-    let said = cli_refused(db, &config, &["key", "create", "--client", "Acme", "--scopes", "cs2:admin"]);
-    assert!(said.contains("cs2:admin") && said.contains("never widen"), "{said}");
-    let said = cli_refused(db, &config, &["key", "restrict", &narrow_id, "--scopes", "cs2:matches:list,cs2:admin"]);
+    let said = cli_refused(
+        db,
+        &config,
+        &["key", "create", "--client", "Acme", "--scopes", "cs2:admin"],
+    );
+    assert!(
+        said.contains("cs2:admin") && said.contains("never widen"),
+        "{said}"
+    );
+    let said = cli_refused(
+        db,
+        &config,
+        &[
+            "key",
+            "restrict",
+            &narrow_id,
+            "--scopes",
+            "cs2:matches:list,cs2:admin",
+        ],
+    );
     assert!(said.contains("cs2:admin"), "{said}");
-    let said = cli_refused(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "0.0.0.0/0"]);
+    let said = cli_refused(
+        db,
+        &config,
+        &["key", "create", "--client", "Acme", "--cidrs", "0.0.0.0/0"],
+    );
     assert!(said.contains("every address"), "{said}");
-    let said = cli_refused(db, &config, &["key", "create", "--client", "Acme", "--cidrs", "10.0.0.0/33"]);
+    let said = cli_refused(
+        db,
+        &config,
+        &[
+            "key",
+            "create",
+            "--client",
+            "Acme",
+            "--cidrs",
+            "10.0.0.0/33",
+        ],
+    );
     assert!(said.contains("not a CIDR"), "{said}");
     assert_eq!(
-        cli(db, &config, &["key", "list", "--client", "Acme"]).as_array().unwrap().len(),
+        cli(db, &config, &["key", "list", "--client", "Acme"])
+            .as_array()
+            .unwrap()
+            .len(),
         5
     );
 
@@ -221,30 +323,67 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     let (s, body) = get(&listen, "/dota2/v1/matches", &narrow).await;
     assert_eq!(s, 403, "{body}");
     assert_eq!(body["code"], "key_scope_missing", "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("dota2:matches:list"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("dota2:matches:list"),
+        "{body}"
+    );
     assert_eq!(get(&listen, "/dota2/v1/matches", &full).await.0, 200);
     assert_eq!(get(&listen, "/cs2/v1/matches", &narrow).await.0, 200);
     let seen = upstream.last_request().unwrap();
     assert_eq!(seen.header("x-keygate-scopes"), Some("cs2:matches:list"));
     assert_eq!(get(&listen, "/cs2/v1/matches", &full).await.0, 200);
     let seen = upstream.last_request().unwrap();
-    assert_eq!(seen.header("x-keygate-scopes"), Some("cs2:matches:list dota2:matches:list"));
+    assert_eq!(
+        seen.header("x-keygate-scopes"),
+        Some("cs2:matches:list dota2:matches:list")
+    );
 
     // CIDRs: 127.0.0.1 is outside 10/8 and inside 127/8.
     let (s, body) = get(&listen, "/data/x", &elsewhere).await;
     assert_eq!(s, 403, "{body}");
     assert_eq!(body["code"], "ip_not_allowed", "{body}");
-    assert!(!body.to_string().contains("10.0.0.0"), "the allowlist is not told: {body}");
+    assert!(
+        !body.to_string().contains("10.0.0.0"),
+        "the allowlist is not told: {body}"
+    );
     assert_eq!(get(&listen, "/data/x", &here).await.0, 200);
 
     // Behind a proxy: X-Forwarded-For is believed only from the trusted 127.0.0.50. An
     // attacker at 127.0.0.1 spoofing an allowed address gets nowhere.
     let xff = |ip: &'static str| [("X-Forwarded-For", ip)];
-    let (s, body) = get_from("127.0.0.1", &listen, "/data/x", &behind_proxy, &xff("203.0.113.9")).await;
-    assert_eq!((s, body["code"].as_str()), (403, Some("ip_not_allowed")), "{body}");
-    let (s, _) = get_from("127.0.0.50", &listen, "/data/x", &behind_proxy, &xff("203.0.113.9")).await;
+    let (s, body) = get_from(
+        "127.0.0.1",
+        &listen,
+        "/data/x",
+        &behind_proxy,
+        &xff("203.0.113.9"),
+    )
+    .await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (403, Some("ip_not_allowed")),
+        "{body}"
+    );
+    let (s, _) = get_from(
+        "127.0.0.50",
+        &listen,
+        "/data/x",
+        &behind_proxy,
+        &xff("203.0.113.9"),
+    )
+    .await;
     assert_eq!(s, 200, "the trusted proxy's report is believed");
-    let (s, _) = get_from("127.0.0.50", &listen, "/data/x", &behind_proxy, &xff("198.51.100.1")).await;
+    let (s, _) = get_from(
+        "127.0.0.50",
+        &listen,
+        "/data/x",
+        &behind_proxy,
+        &xff("198.51.100.1"),
+    )
+    .await;
     assert_eq!(s, 403);
     // The attacker prepends an allowed address: the walk stops at the first untrusted hop
     // from the right, which is the attacker's own.
@@ -263,20 +402,33 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     let (u, k) = url(&elsewhere);
     assert_eq!(keygate_test::ws_connect(&u, &k).await.err(), Some(403));
     let (u, k) = url(&here);
-    let mut session = keygate_test::ws_connect(&u, &k).await.expect("an allowed upgrade");
+    let mut session = keygate_test::ws_connect(&u, &k)
+        .await
+        .expect("an allowed upgrade");
 
     // whoami: effective scopes, expiry, CIDRs, metadata, external id.
     let (s, who) = get(&listen, "/v1/whoami", &narrow).await;
     assert_eq!(s, 200, "{who}");
     let d = &who["data"];
     assert_eq!(d["scopes"], json!(["cs2:matches:list"]), "{who}");
-    assert_eq!(d["metadata"], json!({"env": "prod", "team": "odds"}), "{who}");
+    assert_eq!(
+        d["metadata"],
+        json!({"env": "prod", "team": "odds"}),
+        "{who}"
+    );
     assert_eq!(d["external_id"], "crm-42", "{who}");
     assert_eq!(d["allowed_cidrs"], json!([]), "{who}");
     assert_eq!(d["expires_at"], Value::Null, "{who}");
     let (_, who) = get(&listen, "/v1/whoami", &here).await;
-    assert_eq!(who["data"]["allowed_cidrs"], json!(["127.0.0.0/8", "::1/128"]), "{who}");
-    assert_eq!(who["data"]["scopes"], json!(["cs2:matches:list", "dota2:matches:list"]));
+    assert_eq!(
+        who["data"]["allowed_cidrs"],
+        json!(["127.0.0.0/8", "::1/128"]),
+        "{who}"
+    );
+    assert_eq!(
+        who["data"]["scopes"],
+        json!(["cs2:matches:list", "dota2:matches:list"])
+    );
 
     // verify: the same reasons; `ip` names the application's caller, and a malformed one is
     // a bad request, not a pass.
@@ -294,7 +446,11 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
         }
     };
     let v = verify(json!({ "key": narrow, "path": "/dota2/v1/matches" })).await;
-    assert_eq!((v["valid"].as_bool(), v["reason"].as_str()), (Some(false), Some("key_scope_missing")), "{v}");
+    assert_eq!(
+        (v["valid"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("key_scope_missing")),
+        "{v}"
+    );
     let v = verify(json!({ "key": narrow, "scopes": ["dota2:matches:list"] })).await;
     assert_eq!(v["reason"], "key_scope_missing", "{v}");
     let v = verify(json!({ "key": narrow, "path": "/cs2/v1/matches" })).await;
@@ -315,27 +471,59 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
         (0..n).map(|i| (format!("k{i}"), json!("v"))).collect()
     };
     // 10,000 entries do not fit the admin API's 64 KiB body: refused unread.
-    let (s, _) = admin(&node, &token, "PATCH", &path, Some(json!({ "metadata": entries(10_000) }))).await;
+    let (s, _) = admin(
+        &node,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "metadata": entries(10_000) })),
+    )
+    .await;
     assert_eq!(s, 413);
     let many = entries(4_000);
     for (body, field) in [
         (json!({ "metadata": many }), "metadata"),
-        (json!({ "metadata": { "team": "x".repeat(257) } }), "metadata"),
-        (json!({ "metadata": { "team": "\u{1b}[31mred" } }), "metadata"),
+        (
+            json!({ "metadata": { "team": "x".repeat(257) } }),
+            "metadata",
+        ),
+        (
+            json!({ "metadata": { "team": "\u{1b}[31mred" } }),
+            "metadata",
+        ),
         (json!({ "metadata": { "a\nb": "c" } }), "metadata"),
         (json!({ "external_id": "x".repeat(129) }), "external_id"),
         (json!({ "external_id": "crm 42" }), "external_id"),
-        (json!({ "allowed_cidrs": ["10.0.0.0/8; DROP TABLE keys"] }), "allowed_cidrs"),
+        (
+            json!({ "allowed_cidrs": ["10.0.0.0/8; DROP TABLE keys"] }),
+            "allowed_cidrs",
+        ),
         (json!({ "allowed_cidrs": ["::/0"] }), "allowed_cidrs"),
-        (json!({ "allowed_cidrs": (0..33).map(|i| format!("10.0.{i}.0/24")).collect::<Vec<_>>() }), "allowed_cidrs"),
-        (json!({ "scopes": ["dota2:matches:list", "cs2:admin"] }), "scopes"),
+        (
+            json!({ "allowed_cidrs": (0..33).map(|i| format!("10.0.{i}.0/24")).collect::<Vec<_>>() }),
+            "allowed_cidrs",
+        ),
+        (
+            json!({ "scopes": ["dota2:matches:list", "cs2:admin"] }),
+            "scopes",
+        ),
     ] {
         let (s, problem) = admin(&node, &token, "PATCH", &path, Some(body)).await;
         assert_eq!(s, 422, "{problem}");
         assert_eq!(problem["field"], field, "{problem}");
-        assert!(problem.to_string().len() < 2_000, "the echo is bounded: {problem}");
+        assert!(
+            problem.to_string().len() < 2_000,
+            "the echo is bounded: {problem}"
+        );
     }
-    let (s, _) = admin(&node, &token, "PATCH", &path, Some(json!({ "external_id": "x".repeat(100_000) }))).await;
+    let (s, _) = admin(
+        &node,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "external_id": "x".repeat(100_000) })),
+    )
+    .await;
     assert_eq!(s, 413, "a body over 64 KiB is refused unread");
     let (_, shown) = admin(&node, &token, "GET", &path, None).await;
     assert_eq!(shown["scopes"], json!(["cs2:matches:list"]), "{shown}");
@@ -343,28 +531,76 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
 
     // Found by external id.
     let (_, page) = admin(&node, &token, "GET", "/v1/keys?external_id=crm-42", None).await;
-    let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [narrow_id.as_str()], "{page}");
     let found = cli(db, &config, &["key", "list", "--external-id", "crm-42"]);
     assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
     // Unique per client: a second key cannot take it.
-    let (s, problem) = admin(&node, &token, "POST", "/v1/keys", Some(json!({ "client": "Acme", "external_id": "crm-42" }))).await;
+    let (s, problem) = admin(
+        &node,
+        &token,
+        "POST",
+        "/v1/keys",
+        Some(json!({ "client": "Acme", "external_id": "crm-42" })),
+    )
+    .await;
     assert_eq!(s, 409, "{problem}");
 
     // Changed later (admin API): the node follows the change feed; widening the key back to
     // all of its client's scopes is `null`.
-    let (s, changed) = admin(&node, &token, "PATCH", &path, Some(json!({ "scopes": null }))).await;
+    let (s, changed) = admin(
+        &node,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "scopes": null })),
+    )
+    .await;
     assert_eq!(s, 200, "{changed}");
     assert!(changed.get("scopes").is_none(), "{changed}");
-    until_every_node(&[&node], "/dota2/v1/matches", &narrow, 200, Duration::from_secs(5)).await;
+    until_every_node(
+        &[&node],
+        "/dota2/v1/matches",
+        &narrow,
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
     // ... and through the CLI, on the same database.
-    cli(db, &config, &["key", "restrict", &narrow_id, "--cidrs", "192.0.2.0/24"]);
-    until_every_node(&[&node], "/cs2/v1/matches", &narrow, 403, Duration::from_secs(5)).await;
+    cli(
+        db,
+        &config,
+        &["key", "restrict", &narrow_id, "--cidrs", "192.0.2.0/24"],
+    );
+    until_every_node(
+        &[&node],
+        "/cs2/v1/matches",
+        &narrow,
+        403,
+        Duration::from_secs(5),
+    )
+    .await;
     cli(db, &config, &["key", "restrict", &narrow_id, "--cidrs", ""]);
-    until_every_node(&[&node], "/cs2/v1/matches", &narrow, 200, Duration::from_secs(5)).await;
+    until_every_node(
+        &[&node],
+        "/cs2/v1/matches",
+        &narrow,
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
     // An open session of a key narrowed afterwards to addresses that exclude it is closed,
     // as a revoked key's is.
-    cli(db, &config, &["key", "restrict", &here_id, "--cidrs", "10.0.0.0/8"]);
+    cli(
+        db,
+        &config,
+        &["key", "restrict", &here_id, "--cidrs", "10.0.0.0/8"],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let closed = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -377,7 +613,11 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
     };
     eprintln!("closed with {closed:?}");
     let audit = cli(db, &config, &["audit", "--action", "key.restrict"]);
-    let rows = audit.as_array().cloned().or_else(|| audit["items"].as_array().cloned()).unwrap();
+    let rows = audit
+        .as_array()
+        .cloned()
+        .or_else(|| audit["items"].as_array().cloned())
+        .unwrap();
     assert_eq!(rows.len(), 4, "{audit}");
     assert!(rows.iter().any(|r| r["actor"] == "admin:ops"), "{audit}");
 }
@@ -392,7 +632,19 @@ async fn a_restriction_reaches_a_second_node_on_postgres_within_a_second() {
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, ROUTES).unwrap();
     cli(&db, &config, &["migrate"]);
-    cli(&db, &config, &["client", "create", "Acme", "--scopes", "cs2:matches:list,dota2:matches:list", "--sports", "cs2,dota2"]);
+    cli(
+        &db,
+        &config,
+        &[
+            "client",
+            "create",
+            "Acme",
+            "--scopes",
+            "cs2:matches:list,dota2:matches:list",
+            "--sports",
+            "cs2,dota2",
+        ],
+    );
     let issued = cli(&db, &config, &["key", "create", "--client", "Acme"]);
     let key = key_of(&issued);
     let id = issued["id"].as_str().unwrap().to_owned();
@@ -408,27 +660,66 @@ async fn a_restriction_reaches_a_second_node_on_postgres_within_a_second() {
 
     // Narrowed on node a: both nodes refuse the dropped scope within a second.
     let path = format!("/v1/keys/{id}");
-    let (s, body) = admin(&a, &token, "PATCH", &path, Some(json!({ "scopes": ["cs2:matches:list"] }))).await;
+    let (s, body) = admin(
+        &a,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "scopes": ["cs2:matches:list"] })),
+    )
+    .await;
     assert_eq!(s, 200, "{body}");
     let took = until_every_node(&nodes, "/dota2/v1/matches", &key, 403, second).await;
     eprintln!("a narrowed scope reached both nodes in {took:?}");
     until_every_node(&nodes, "/cs2/v1/matches", &key, 200, second).await;
 
     // A CIDR allowlist that excludes this host, then none again.
-    admin(&a, &token, "PATCH", &path, Some(json!({ "allowed_cidrs": ["10.0.0.0/8"] }))).await;
+    admin(
+        &a,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "allowed_cidrs": ["10.0.0.0/8"] })),
+    )
+    .await;
     let took = until_every_node(&nodes, "/cs2/v1/matches", &key, 403, second).await;
     eprintln!("a CIDR allowlist reached both nodes in {took:?}");
     let (_, body) = get(&b.listen, "/cs2/v1/matches", &key).await;
     assert_eq!(body["code"], "ip_not_allowed", "{body}");
-    admin(&a, &token, "PATCH", &path, Some(json!({ "allowed_cidrs": [], "scopes": null }))).await;
+    admin(
+        &a,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "allowed_cidrs": [], "scopes": null })),
+    )
+    .await;
     until_every_node(&nodes, "/dota2/v1/matches", &key, 200, second).await;
 
     // The client loses a scope the key kept: the intersection simply drops it.
-    admin(&a, &token, "PATCH", &path, Some(json!({ "scopes": ["cs2:matches:list", "dota2:matches:list"] }))).await;
-    cli(&db, &config, &["client", "update", "Acme", "--scopes", "dota2:matches:list"]);
+    admin(
+        &a,
+        &token,
+        "PATCH",
+        &path,
+        Some(json!({ "scopes": ["cs2:matches:list", "dota2:matches:list"] })),
+    )
+    .await;
+    cli(
+        &db,
+        &config,
+        &["client", "update", "Acme", "--scopes", "dota2:matches:list"],
+    );
     until_every_node(&nodes, "/cs2/v1/matches", &key, 403, second).await;
     let (_, body) = get(&a.listen, "/cs2/v1/matches", &key).await;
-    assert_eq!(body["code"], "scope_missing", "the client's own refusal first: {body}");
+    assert_eq!(
+        body["code"], "scope_missing",
+        "the client's own refusal first: {body}"
+    );
     let (_, who) = get(&b.listen, "/v1/whoami", &key).await;
-    assert_eq!(who["data"]["scopes"], json!(["dota2:matches:list"]), "{who}");
+    assert_eq!(
+        who["data"]["scopes"],
+        json!(["dota2:matches:list"]),
+        "{who}"
+    );
 }

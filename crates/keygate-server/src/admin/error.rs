@@ -256,8 +256,12 @@ impl From<StoreError> for AdminError {
             StoreError::KeyExpired(id, at) => AdminError::KeyExpired(id, at),
             StoreError::ExpiryInPast(at) => AdminError::ExpiryInPast(at),
             StoreError::Invalid(n) => AdminError::invalid_value(name_field(&n), n.to_string()),
-            StoreError::InvalidRestriction(r) => AdminError::invalid_value(r.field(), r.to_string()),
-            e @ StoreError::ScopeNotGranted(_) => AdminError::invalid_value("scopes", e.to_string()),
+            StoreError::InvalidRestriction(r) => {
+                AdminError::invalid_value(r.field(), r.to_string())
+            }
+            e @ StoreError::ScopeNotGranted(_) => {
+                AdminError::invalid_value("scopes", e.to_string())
+            }
             e @ StoreError::DuplicateExternalId(_) => AdminError::Conflict(e.to_string()),
             StoreError::InvalidQuota(m) => AdminError::invalid_value("add", m),
             StoreError::Conflict(m) => AdminError::Conflict(m),

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http::StatusCode;
 use keygate_core::duration::parse_duration;
-use keygate_core::names::check_label;
 use keygate_core::key_restrictions::{check_external_id, parse_cidr, MAX_CIDRS, MAX_KEY_SCOPES};
+use keygate_core::names::check_label;
 use keygate_core::{
     ApiKey, KeyId, KeyRestrictions, KeyState, RestrictionError, RestrictionsChange, Scope,
     Timestamp,
@@ -53,22 +53,38 @@ pub(crate) struct CreateBody {
 pub(crate) struct RestrictionsBody {
     /// Narrow the key to these of its client's scopes (never more: a scope the client lacks is
     /// refused `invalid_value`). `null`: all of the client's scopes.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<Vec<String>>)]
     scopes: Option<Option<Vec<String>>>,
     /// Where the key may be used from: IPv4/IPv6 CIDRs or addresses, at most 32; `/0` is
     /// refused. `[]` or `null`: anywhere.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<Vec<String>>, example = json!(["203.0.113.0/24", "2001:db8::/32"]))]
     allowed_cidrs: Option<Option<Vec<String>>>,
     /// The operator's labels: at most 16, names of 1 to 64 bytes of `[A-Za-z0-9_.:-]`, values
     /// of at most 256 bytes of printable text. `{}` or `null` clears them.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
     metadata: Option<Option<std::collections::BTreeMap<String, String>>>,
     /// The operator's own id for the key (1 to 128 bytes, printable, no spaces), unique among
     /// the client's keys that are not revoked. `null` clears it.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<String>)]
     external_id: Option<Option<String>>,
 }
@@ -104,9 +120,8 @@ impl RestrictionsBody {
                         }
                         list.iter()
                             .map(|v| {
-                                Scope::new(v).map_err(|e| {
-                                    AdminError::invalid_value("scopes", e.to_string())
-                                })
+                                Scope::new(v)
+                                    .map_err(|e| AdminError::invalid_value("scopes", e.to_string()))
                             })
                             .collect::<Result<Vec<_>, _>>()
                     })
@@ -207,7 +222,10 @@ impl CreateBody {
             .change()?
             .apply(&KeyRestrictions::default())
             .map_err(|e| AdminError::invalid_value(e.field(), e.to_string()))?;
-        Ok((instant("expires_at", self.expires_at.clone())?, restrictions))
+        Ok((
+            instant("expires_at", self.expires_at.clone())?,
+            restrictions,
+        ))
     }
 }
 
@@ -601,6 +619,11 @@ pub(crate) async fn restrict(
     JsonBody(body): JsonBody<PatchBody>,
 ) -> Result<Json<ApiKey>, AdminError> {
     let change = body.validate()?;
-    let key = store_call(state.store.set_key_restrictions(&caller.actor, &id, &change)).await?;
+    let key = store_call(
+        state
+            .store
+            .set_key_restrictions(&caller.actor, &id, &change),
+    )
+    .await?;
     Ok(Json(key))
 }

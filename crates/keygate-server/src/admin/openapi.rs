@@ -150,7 +150,8 @@ pub(crate) struct ApiKey {
     /// When the key last authenticated, to about a minute plus the gateways' usage flush
     /// interval; null when never.
     #[schema(required = true, format = DateTime)]
-    last_used_at: Option<String>,    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
+    last_used_at: Option<String>,
+    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
     #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
     /// CIDRs the key may be used from; absent: anywhere.
@@ -182,7 +183,8 @@ pub(crate) struct IssuedKey {
     #[schema(required = true, format = DateTime)]
     expires_at: Option<String>,
     #[schema(format = DateTime)]
-    created_at: String,    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
+    created_at: String,
+    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
     #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
     /// CIDRs the key may be used from; absent: anywhere.
@@ -219,7 +221,8 @@ pub(crate) struct RotatedKey {
     replaces: String,
     /// When the old key stops working (now, without a grace period).
     #[schema(required = true, format = DateTime)]
-    old_key_valid_until: Option<String>,    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
+    old_key_valid_until: Option<String>,
+    /// The key's narrowed scopes (a subset of its client's); absent: all of the client's.
     #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
     /// CIDRs the key may be used from; absent: anywhere.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use keygate_core::suspension::Suspension;
-use keygate_core::{ApiKey, Client, KeyId, KeyRestrictions, KeyState, RestrictionsChange, Timestamp};
+use keygate_core::{
+    ApiKey, Client, KeyId, KeyRestrictions, KeyState, RestrictionsChange, Timestamp,
+};
 use keygate_store::{
     AuditEntry, AuditFilter, ClientFilter, ClientUpdate, Delivery, DeliveryFilter, Emergency,
     KeyFilter, NewClient, NewSuspension,

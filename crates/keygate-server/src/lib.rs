@@ -3,6 +3,7 @@
 //! forward-auth APIs, and the infra endpoints.
 
 pub mod admin;
+pub mod analytics;
 pub mod config;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod hostile;

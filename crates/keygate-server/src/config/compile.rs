@@ -363,6 +363,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         (overrides.tooling, read_files),
         errors,
     );
+    let analytics = compile_analytics(raw.analytics.as_ref(), errors);
     if !errors.is_empty() {
         return None;
     }
@@ -394,7 +395,40 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         leak_reports,
         webhooks,
         outbox,
+        analytics,
     })
+}
+
+/// `[analytics]`: defaults when absent; `retention_days` a whole number of days, 1..=3660.
+fn compile_analytics(
+    raw: Option<&Spanned<super::raw::RawAnalytics>>,
+    errors: &mut Errors<'_>,
+) -> super::AnalyticsSettings {
+    let mut settings = super::AnalyticsSettings::default();
+    let Some(spanned) = raw else {
+        return settings;
+    };
+    let (r, span) = (spanned.get_ref(), spanned.span());
+    settings.enabled = r.enabled.unwrap_or(true);
+    if let Some(days) = errors.positive(
+        Some(&span),
+        "analytics.retention_days",
+        r.retention_days,
+        Some("use enabled = false to keep none"),
+    ) {
+        if days.get() > super::MAX_ANALYTICS_RETENTION_DAYS {
+            errors.at(
+                Some(&span),
+                format!(
+                    "analytics.retention_days: {days} is more than {} (ten years)",
+                    super::MAX_ANALYTICS_RETENTION_DAYS
+                ),
+            );
+        } else {
+            settings.retention = Duration::from_secs(days.get() * 86_400);
+        }
+    }
+    settings
 }
 
 fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {

@@ -27,6 +27,7 @@ pub use runtime::server::{start, start_on, start_with_clock, Running, ServeError
 /// The per-request decision (the benches time it).
 pub mod check {
     pub use crate::request::check::decide;
+    pub use crate::state::gateway::Admitted;
 }
 
 /// The plans the change feed loads into the replica (the benches build a replica with them).

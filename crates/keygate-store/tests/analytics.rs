@@ -63,8 +63,22 @@ async fn counts_add_up_across_flushes_and_with_usage(f: Fixture) {
     };
     let first = AnalyticsBatch {
         requests: vec![
-            req(H0, "cli_000000000000000a", "key_000000000000000a", "odds", 200, 2),
-            req(H0, "cli_000000000000000a", "key_000000000000000a", "odds", 429, 1),
+            req(
+                H0,
+                "cli_000000000000000a",
+                "key_000000000000000a",
+                "odds",
+                200,
+                2,
+            ),
+            req(
+                H0,
+                "cli_000000000000000a",
+                "key_000000000000000a",
+                "odds",
+                429,
+                1,
+            ),
         ],
         latency: vec![LatencyCount {
             hour: H0,
@@ -119,10 +133,7 @@ async fn counts_add_up_across_flushes_and_with_usage(f: Fixture) {
     assert_eq!((lat[0].count, lat[0].sum_us), (4, 6_000));
     assert_eq!(&lat[0].buckets[..3], [2, 2, 0]);
     let ws = s.analytics_ws(H0, H0, None).await.unwrap();
-    assert_eq!(
-        (ws[0].sessions, ws[0].messages, ws[0].bytes),
-        (2, 10, 100)
-    );
+    assert_eq!((ws[0].sessions, ws[0].messages, ws[0].bytes), (2, 10, 100));
     assert!(s
         .analytics_ws(H0 + 1, H0 + 2, None)
         .await
@@ -213,7 +224,11 @@ async fn a_query_past_the_row_limit_says_so(f: Fixture) {
         })
         .collect();
     f.store.add_counts(&[], &batch(many)).await.unwrap();
-    let r = f.store.analytics(&query(&[Dimension::Route])).await.unwrap();
+    let r = f
+        .store
+        .analytics(&query(&[Dimension::Route]))
+        .await
+        .unwrap();
     assert!(r.more);
     assert_eq!(r.rows.len(), MAX_ANALYTICS_ROWS);
     let total = f.store.analytics(&query(&[])).await.unwrap();
@@ -228,8 +243,22 @@ async fn one_node_prunes_past_the_retention_per_period(f: Fixture) {
         &[],
         &AnalyticsBatch {
             requests: vec![
-                req(H0 - 3 * day, "cli_000000000000000a", "key_000000000000000a", "odds", 200, 1),
-                req(H0 - day, "cli_000000000000000a", "key_000000000000000a", "odds", 200, 2),
+                req(
+                    H0 - 3 * day,
+                    "cli_000000000000000a",
+                    "key_000000000000000a",
+                    "odds",
+                    200,
+                    1,
+                ),
+                req(
+                    H0 - day,
+                    "cli_000000000000000a",
+                    "key_000000000000000a",
+                    "odds",
+                    200,
+                    2,
+                ),
             ],
             ws: vec![WsCount {
                 hour: H0 - 3 * day,

@@ -177,10 +177,9 @@ ws = {{ mode = "handshake" }}
     );
 
     // A WebSocket session: the upstream sends 3 messages of 10 bytes, then echoes one of 5.
-    let mut session =
-        keygate_test::ws_connect(&format!("ws://{}/flood/3/10", node.listen), key_a)
-            .await
-            .unwrap();
+    let mut session = keygate_test::ws_connect(&format!("ws://{}/flood/3/10", node.listen), key_a)
+        .await
+        .unwrap();
     session.send(Message::text("hello")).await.unwrap();
     let mut got = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -236,7 +235,10 @@ ws = {{ mode = "handshake" }}
         .collect();
     rows.sort();
     assert_eq!(rows, expected);
-    assert_eq!(answer["group_by"], serde_json::json!(["key", "route", "status"]));
+    assert_eq!(
+        answer["group_by"],
+        serde_json::json!(["key", "route", "status"])
+    );
 
     // Filters: one key, one status.
     let only_b_429 = admin_json(
@@ -254,8 +256,13 @@ ws = {{ mode = "handshake" }}
         *m.entry(e.1.as_str()).or_default() += e.3;
         m
     });
-    let (status, ct, csv) =
-        admin_get(&node, Some(&token), "/v1/analytics?group_by=route", Some("text/csv")).await;
+    let (status, ct, csv) = admin_get(
+        &node,
+        Some(&token),
+        "/v1/analytics?group_by=route",
+        Some("text/csv"),
+    )
+    .await;
     assert_eq!(status, 200, "{csv}");
     assert!(ct.starts_with("text/csv"), "{ct}");
     let formula_cell = format!("\"'{}\"", FORMULA.replace('"', "\"\""));
@@ -273,7 +280,11 @@ ws = {{ mode = "handshake" }}
     .await;
     assert_eq!(csv_param, expected_csv);
     let out = cli(db, &config, &["usage", "--by", "route", "--csv"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected_csv);
     // And through the node's admin API, as a remote operator.
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -283,9 +294,17 @@ ws = {{ mode = "handshake" }}
         .env_remove("KEYGATE_DB")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected_csv);
-    let json = cli_json(db, &config, &["usage", "--by", "status", "--client", "Beta"]);
+    let json = cli_json(
+        db,
+        &config,
+        &["usage", "--by", "status", "--client", "Beta"],
+    );
     assert_eq!(json["requests"], b_odds.values().sum::<u64>());
 
     // Latency: every forwarded HTTP request on `odds` (the 429s never left the gateway).
@@ -351,7 +370,10 @@ ws = {{ mode = "handshake" }}
     )
     .await;
     assert_eq!(sqlish["rows"], serde_json::json!([]));
-    assert_eq!(admin_json(&node, &token, "/v1/analytics").await["requests"], total);
+    assert_eq!(
+        admin_json(&node, &token, "/v1/analytics").await["requests"],
+        total
+    );
     for query in ["route=x&client=Acme", "from=2026-13-01", "where=1"] {
         let (got, _, _) = admin_get(
             &node,

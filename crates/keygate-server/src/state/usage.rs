@@ -477,4 +477,87 @@ mod tests {
         again[2].3 += 1;
         assert_eq!(sorted(usage.rows(&usage.drain()).0), again);
     }
+
+    #[test]
+    fn analytics_counts_are_kept_per_key_route_and_hour_and_daily_usage_is_their_sum() {
+        let usage = UsageCounter::new(1);
+        let ids = usage.ids(["odds", "scores"].into_iter(), ["feed"].into_iter());
+        assert_eq!(ids.route(None), 0, "no route");
+        let again = usage.ids(["scores"].into_iter(), std::iter::empty());
+        assert_eq!(
+            again.route(Some(0)),
+            ids.route(Some(1)),
+            "a name keeps its id"
+        );
+        let a = entry("cli_000000000000000a");
+        let key: SmolStr = "k:key_000000000000000a".into();
+        let h = Timestamp::from_millis(HOUR_MS * 500_000 + 5);
+        let next = Timestamp::from_millis(HOUR_MS * 500_001 + 5);
+        usage.record(&a, Some(&key), ids.route(Some(0)), h, 200);
+        usage.record(&a, Some(&key), ids.route(Some(0)), h, 200);
+        usage.record(&a, Some(&key), ids.route(Some(1)), next, 429);
+        usage.record_latency(
+            ids.route(Some(0)),
+            ids.upstream(0),
+            h,
+            Duration::from_micros(700),
+        );
+        usage.record_latency(
+            ids.route(Some(0)),
+            ids.upstream(0),
+            h,
+            Duration::from_millis(7),
+        );
+        usage.record_ws(&a, h, 1, 0, 0);
+        usage.record_ws(&a, h, 0, 2, 30);
+        let drained = usage.drain();
+        let (daily, batch) = usage.rows(&drained);
+        assert_eq!(
+            sorted(daily),
+            [
+                ("cli_000000000000000a".to_owned(), h.utc_day(), 200, 2),
+                ("cli_000000000000000a".to_owned(), h.utc_day(), 429, 1),
+            ]
+        );
+        let mut requests: Vec<_> = batch
+            .requests
+            .iter()
+            .map(|r| {
+                (
+                    r.hour,
+                    r.key_id.as_str(),
+                    r.route.as_str(),
+                    r.status,
+                    r.requests,
+                )
+            })
+            .collect();
+        requests.sort_unstable();
+        assert_eq!(
+            requests,
+            [
+                (500_000, "key_000000000000000a", "odds", 200, 2),
+                (500_001, "key_000000000000000a", "scores", 429, 1),
+            ]
+        );
+        let l = &batch.latency[0];
+        assert_eq!(
+            (l.route.as_str(), l.upstream.as_str(), l.count, l.sum_us),
+            ("odds", "feed", 2, 7_700)
+        );
+        assert_eq!(
+            (l.buckets[0], l.buckets[3]),
+            (1, 1),
+            "0.7 ms ≤ 1 ms; 7 ms in (5, 10]"
+        );
+        let w = &batch.ws[0];
+        assert_eq!((w.sessions, w.messages, w.bytes), (1, 2, 30));
+        // A failed flush puts everything back.
+        usage.restore(drained);
+        let (_, again) = usage.rows(&usage.drain());
+        assert_eq!(
+            (again.requests.len(), again.latency.len(), again.ws.len()),
+            (2, 1, 1)
+        );
+    }
 }

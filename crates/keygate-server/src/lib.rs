@@ -3,7 +3,6 @@
 //! forward-auth APIs, and the infra endpoints.
 
 pub mod admin;
-pub mod analytics;
 pub mod config;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod hostile;
@@ -23,6 +22,12 @@ pub use runtime::server::{start, start_on, start_with_clock, Running, ServeError
 
 // What the binary, the integration tests and the benches reach inside the crate, by the paths
 // they have always used; everything else stays crate-private so the compiler reports dead code.
+
+/// Analytics queries: the filters' parser and the JSON and CSV answers, shared by the admin
+/// API and `keygate usage`.
+pub mod analytics {
+    pub use crate::policy::analytics::*;
+}
 
 /// The per-request decision (the benches time it).
 pub mod check {

@@ -2,7 +2,7 @@
 //! or CSV), `GET /v1/analytics/latency` (upstream latency histograms) and
 //! `GET /v1/analytics/websocket` (sessions, messages and bytes per client), as counted by every
 //! node and flushed to the store (figures lag by the flush interval). The filters are checked
-//! by [`crate::analytics`], the same parser `keygate usage` uses.
+//! by [`crate::policy::analytics`], the same parser `keygate usage` uses.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use super::error::AdminError;
 use super::extract::Params;
 use super::openapi as doc;
 use super::{store_call, AdminState};
-use crate::analytics::{self, FilterError, RawFilters};
+use crate::policy::analytics::{self, FilterError, RawFilters};
 
 impl From<FilterError> for AdminError {
     fn from(e: FilterError) -> Self {

@@ -1236,3 +1236,42 @@ fn compile_error(
     }
     Some(spec)
 }
+
+#[cfg(test)]
+mod analytics_tests {
+    use super::super::{load, Overrides};
+    use std::time::Duration;
+
+    const UP: &str = "[upstreams.default]\nurl = \"http://127.0.0.1:9\"\n";
+
+    fn errors(text: &str) -> String {
+        load(&format!("{text}{UP}"), "k.toml", &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn analytics_defaults_on_and_its_retention_is_bounded() {
+        let on = load(UP, "k.toml", &Overrides::default()).unwrap();
+        assert!(on.analytics.enabled);
+        assert_eq!(on.analytics.retention, Duration::from_secs(90 * 86_400));
+        let off = load(
+            &format!("[analytics]\nenabled = false\nretention_days = 7\n{UP}"),
+            "k.toml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!off.analytics.enabled);
+        assert_eq!(off.analytics.retention, Duration::from_secs(7 * 86_400));
+        let e = errors("[analytics]\nretention_days = 0\n");
+        assert!(
+            e.contains("analytics.retention_days: 0 is not a positive"),
+            "{e}"
+        );
+        assert!(e.contains("k.toml:1"), "{e}");
+        let e = errors("[analytics]\nretention_days = 4000\n");
+        assert!(e.contains("more than 3660"), "{e}");
+        let e = errors("[analytics]\nretention = \"90d\"\n");
+        assert!(e.contains("retention"), "{e}");
+    }
+}

@@ -23,9 +23,16 @@ pub use runtime::server::{start, start_on, start_with_clock, Running, ServeError
 // What the binary, the integration tests and the benches reach inside the crate, by the paths
 // they have always used; everything else stays crate-private so the compiler reports dead code.
 
+/// Analytics queries: the filters' parser and the JSON and CSV answers, shared by the admin
+/// API and `keygate usage`.
+pub mod analytics {
+    pub use crate::policy::analytics::*;
+}
+
 /// The per-request decision (the benches time it).
 pub mod check {
     pub use crate::request::check::decide;
+    pub use crate::state::gateway::Admitted;
 }
 
 /// The plans the change feed loads into the replica (the benches build a replica with them).

@@ -623,6 +623,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/clients/{client}/usage"),
     ("get", "/v1/clients/{client}/quota"),
     ("post", "/v1/clients/{client}/quota"),
+    ("get", "/v1/analytics"),
+    ("get", "/v1/analytics/latency"),
+    ("get", "/v1/analytics/websocket"),
     ("get", "/v1/plans"),
     ("get", "/v1/plans/{name}"),
     ("get", "/v1/emergency"),
@@ -847,6 +850,18 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
     assert_eq!(fields(&plans["items"][0]), properties(&doc, "Plan"));
     let usage = a.get("/v1/clients/Acme/usage").await;
     assert_eq!(fields(&usage), properties(&doc, "Usage"));
+    assert_eq!(
+        fields(&a.get("/v1/analytics").await),
+        properties(&doc, "Analytics")
+    );
+    assert_eq!(
+        fields(&a.get("/v1/analytics/latency").await),
+        properties(&doc, "Latency")
+    );
+    assert_eq!(
+        fields(&a.get("/v1/analytics/websocket").await),
+        properties(&doc, "WsActivity")
+    );
     assert_eq!(
         fields(&a.get("/v1/emergency").await),
         properties(&doc, "EmergencyState")

@@ -10,6 +10,7 @@
 
 mod admin_tokens;
 mod amqp;
+mod analytics;
 mod audit;
 mod clients;
 mod error;
@@ -37,6 +38,11 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 pub use admin_tokens::AdminToken;
 pub use amqp::{AmqpFeed, AmqpLease, FeedOfClient, FeedState};
+pub use analytics::{
+    AnalyticsBatch, AnalyticsQuery, AnalyticsRow, AnalyticsRows, Dimension, GroupValue,
+    LatencyCount, LatencyQuery, RequestCount, WsCount, HOUR_MS, LATENCY_BOUNDS_MS, LATENCY_BUCKETS,
+    MAX_ANALYTICS_ROWS,
+};
 pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, DeletedClient, LimitChange, LimitPatch, NewClient};
 pub use error::StoreError;

@@ -68,6 +68,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0011_key_restrictions.sql"),
     ),
     (
+        12,
+        "analytics",
+        include_str!("../migrations/sqlite/0012_analytics.sql"),
+    ),
+    (
         13,
         "quota adjustments",
         include_str!("../migrations/sqlite/0013_quota_adjustments.sql"),
@@ -128,6 +133,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         11,
         "key restrictions",
         include_str!("../migrations/postgres/0011_key_restrictions.sql"),
+    ),
+    (
+        12,
+        "analytics",
+        include_str!("../migrations/postgres/0012_analytics.sql"),
     ),
     (
         13,

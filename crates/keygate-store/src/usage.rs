@@ -27,18 +27,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO usage (client_id, day, status, requests) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (client_id, day, status) DO UPDATE SET requests = usage.requests + excluded.requests",
-            )
-            .bind(r.client_id.as_str())
-            .bind(r.day.as_str())
-            .bind(i64::from(r.status))
-            .bind(i64::try_from(r.requests).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
-        }
+        add_in(&mut tx, rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -77,4 +66,24 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Adds usage rows within `tx` (also [`Store::add_counts`]'s first step).
+pub(crate) async fn add_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[UsageRow],
+) -> Result<(), StoreError> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO usage (client_id, day, status, requests) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (client_id, day, status) DO UPDATE SET requests = usage.requests + excluded.requests",
+        )
+        .bind(r.client_id.as_str())
+        .bind(r.day.as_str())
+        .bind(i64::from(r.status))
+        .bind(i64::try_from(r.requests).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }

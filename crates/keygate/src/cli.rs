@@ -71,6 +71,9 @@ pub(crate) enum Command {
     Import(ImportArgs),
     /// Show the audit log, newest first.
     Audit(AuditArgs),
+    /// Requests per hour, day, client, key, route and status (`[analytics]`), as flushed by
+    /// every node: filtered, grouped, as a table, CSV (--csv) or JSON (--json).
+    Usage(AnalyticsArgs),
     /// Show the plans (of the configuration, or of the node behind --admin-url).
     #[command(subcommand)]
     Plan(PlanCommand),
@@ -118,6 +121,36 @@ pub(crate) enum Command {
         /// The file to check.
         file: std::path::PathBuf,
     },
+}
+
+/// Options of `usage`: the filters of `GET /v1/analytics`, checked by the same parser.
+#[derive(Debug, Args)]
+pub(crate) struct AnalyticsArgs {
+    /// First hour: a UTC day (YYYY-MM-DD) or a whole hour (YYYY-MM-DDTHH:00:00Z)
+    /// [default: 23 hours before --to].
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// Last hour, included: a UTC day (its last hour) or a whole hour [default: this hour].
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// Only this client (name or id).
+    #[arg(long)]
+    pub(crate) client: Option<String>,
+    /// Only this key (`key_…`).
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+    /// Only this route (its configured name).
+    #[arg(long)]
+    pub(crate) route: Option<String>,
+    /// Only this HTTP status.
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// Group by these, comma-separated: hour, day, client, key, route, status [default: one total].
+    #[arg(long, value_name = "DIMENSIONS")]
+    pub(crate) by: Option<String>,
+    /// Print CSV (spreadsheet-safe) instead of a table.
+    #[arg(long)]
+    pub(crate) csv: bool,
 }
 
 /// Options of `import`.

@@ -11,6 +11,7 @@
 //! mapped in one place ([`AdminError`]).
 
 mod amqp;
+mod analytics;
 mod audit;
 mod auth;
 mod clients;
@@ -104,6 +105,9 @@ pub fn router(state: AdminState) -> Router {
             "/v1/clients/{client}/quota",
             get(quotas::show).post(quotas::change),
         )
+        .route("/v1/analytics", get(analytics::requests))
+        .route("/v1/analytics/latency", get(analytics::latency))
+        .route("/v1/analytics/websocket", get(analytics::websocket))
         .route("/v1/plans", get(plans::list))
         .route("/v1/plans/{name}", get(plans::show))
         .route("/v1/emergency", get(emergency::show).put(emergency::set))

@@ -19,8 +19,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    amqp, audit, clients, config, emergency, keys, plans, portal, quotas, suspensions, usage,
-    webhooks,
+    amqp, analytics, audit, clients, config, emergency, keys, plans, portal, quotas, suspensions,
+    usage, webhooks,
 };
 
 /// The name of the admin token security scheme.
@@ -576,6 +576,96 @@ pub(crate) struct FeedReconciled {
     remaining: Vec<FeedDriftItem>,
 }
 
+/// One group of `GET /v1/analytics`: a property per dimension grouped by (`hour` as an RFC 3339
+/// instant, `day` as `YYYY-MM-DD`, `client` and `key` as ids, `route` a name, `status` a
+/// number), and its count.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AnalyticsGroup {
+    #[schema(format = DateTime)]
+    hour: Option<String>,
+    #[schema(format = Date)]
+    day: Option<String>,
+    client: Option<String>,
+    key: Option<String>,
+    route: Option<String>,
+    status: Option<u16>,
+    requests: u64,
+}
+
+/// Request counts over a range of hours, grouped.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Analytics {
+    /// The first hour counted.
+    #[schema(format = DateTime)]
+    from: String,
+    /// The end of the last hour counted (excluded).
+    #[schema(format = DateTime)]
+    to: String,
+    group_by: Vec<String>,
+    /// The sum over the rows.
+    requests: u64,
+    rows: Vec<AnalyticsGroup>,
+}
+
+/// A cumulative histogram bucket: latencies at most `le_ms` milliseconds (`+Inf`: all).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LatencyBucket {
+    le_ms: String,
+    count: u64,
+}
+
+/// One route's and upstream's latency (request sent to response head) over the range.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LatencyHistogram {
+    route: String,
+    upstream: String,
+    count: u64,
+    sum_ms: f64,
+    mean_ms: Option<f64>,
+    /// Estimated from the buckets (linear within the bucket, as Prometheus's `histogram_quantile`).
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    buckets: Vec<LatencyBucket>,
+}
+
+/// Upstream latency histograms over a range of hours.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Latency {
+    #[schema(format = DateTime)]
+    from: String,
+    #[schema(format = DateTime)]
+    to: String,
+    histograms: Vec<LatencyHistogram>,
+}
+
+/// A client's WebSocket activity over the range.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct WsClientActivity {
+    client: String,
+    sessions: u64,
+    /// Messages (text and binary) delivered to the client.
+    messages: u64,
+    bytes: u64,
+}
+
+/// WebSocket activity per client over a range of hours.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct WsActivity {
+    #[schema(format = DateTime)]
+    from: String,
+    #[schema(format = DateTime)]
+    to: String,
+    clients: Vec<WsClientActivity>,
+}
+
 /// The admin API document.
 #[derive(OpenApi)]
 #[openapi(
@@ -605,6 +695,9 @@ pub(crate) struct FeedReconciled {
         usage::show,
         quotas::show,
         quotas::change,
+        analytics::requests,
+        analytics::latency,
+        analytics::websocket,
         plans::list,
         plans::show,
         emergency::show,
@@ -657,6 +750,13 @@ pub(crate) struct FeedReconciled {
         quotas::ChangeBody,
         quotas::QuotaReport,
         quotas::QuotaWindow,
+        AnalyticsGroup,
+        Analytics,
+        LatencyBucket,
+        LatencyHistogram,
+        Latency,
+        WsClientActivity,
+        WsActivity,
         emergency::SwitchBody,
         Suspension,
         suspensions::CreateBody,
@@ -683,6 +783,7 @@ pub(crate) struct FeedReconciled {
         (name = "plans", description = "The plans of the deployment's configuration (read-only)."),
         (name = "emergency", description = "Emergency mode: every node refuses non-infra requests with 503."),
         (name = "suspensions", description = "Scoped suspensions: every node refuses the requests one holds (a scope, sport, bookmaker or route) with `suspended`."),
+        (name = "analytics", description = "Requests per hour, client, key, route and status; upstream latency; WebSocket activity (issue 23)."),
         (name = "audit", description = "The audit log of operator actions."),
         (name = "amqp", description = "Messaging feed credentials: one RabbitMQ vhost and user per client (seed 001)."),
         (name = "config", description = "This node's configuration file: reload it without dropping connections."),

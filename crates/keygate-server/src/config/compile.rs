@@ -367,6 +367,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         (overrides.tooling, read_files),
         errors,
     );
+    let analytics = compile_analytics(raw.analytics.as_ref(), errors);
     if !errors.is_empty() {
         return None;
     }
@@ -398,7 +399,40 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         leak_reports,
         webhooks,
         outbox,
+        analytics,
     })
+}
+
+/// `[analytics]`: defaults when absent; `retention_days` a whole number of days, 1..=3660.
+fn compile_analytics(
+    raw: Option<&Spanned<super::raw::RawAnalytics>>,
+    errors: &mut Errors<'_>,
+) -> super::AnalyticsSettings {
+    let mut settings = super::AnalyticsSettings::default();
+    let Some(spanned) = raw else {
+        return settings;
+    };
+    let (r, span) = (spanned.get_ref(), spanned.span());
+    settings.enabled = r.enabled.unwrap_or(true);
+    if let Some(days) = errors.positive(
+        Some(&span),
+        "analytics.retention_days",
+        r.retention_days,
+        Some("use enabled = false to keep none"),
+    ) {
+        if days.get() > super::MAX_ANALYTICS_RETENTION_DAYS {
+            errors.at(
+                Some(&span),
+                format!(
+                    "analytics.retention_days: {days} is more than {} (ten years)",
+                    super::MAX_ANALYTICS_RETENTION_DAYS
+                ),
+            );
+        } else {
+            settings.retention = Duration::from_secs(days.get() * 86_400);
+        }
+    }
+    settings
 }
 
 fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {
@@ -1233,4 +1267,43 @@ fn compile_error(
         }
     }
     Some(spec)
+}
+
+#[cfg(test)]
+mod analytics_tests {
+    use super::super::{load, Overrides};
+    use std::time::Duration;
+
+    const UP: &str = "[upstreams.default]\nurl = \"http://127.0.0.1:9\"\n";
+
+    fn errors(text: &str) -> String {
+        load(&format!("{text}{UP}"), "k.toml", &Overrides::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn analytics_defaults_on_and_its_retention_is_bounded() {
+        let on = load(UP, "k.toml", &Overrides::default()).unwrap();
+        assert!(on.analytics.enabled);
+        assert_eq!(on.analytics.retention, Duration::from_secs(90 * 86_400));
+        let off = load(
+            &format!("[analytics]\nenabled = false\nretention_days = 7\n{UP}"),
+            "k.toml",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!off.analytics.enabled);
+        assert_eq!(off.analytics.retention, Duration::from_secs(7 * 86_400));
+        let e = errors("[analytics]\nretention_days = 0\n");
+        assert!(
+            e.contains("analytics.retention_days: 0 is not a positive"),
+            "{e}"
+        );
+        assert!(e.contains("k.toml:1"), "{e}");
+        let e = errors("[analytics]\nretention_days = 4000\n");
+        assert!(e.contains("more than 3660"), "{e}");
+        let e = errors("[analytics]\nretention = \"90d\"\n");
+        assert!(e.contains("retention"), "{e}");
+    }
 }

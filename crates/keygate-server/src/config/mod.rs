@@ -200,6 +200,31 @@ impl Default for HttpLimits {
     }
 }
 
+/// `[analytics]`: hourly counts per key, route and status, upstream latency histograms and
+/// WebSocket activity, added by the usage flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnalyticsSettings {
+    /// Off, requests are counted per client and day only (the hot path as before analytics).
+    pub enabled: bool,
+    /// How long hourly rows are kept.
+    pub retention: Duration,
+}
+
+/// Days of analytics kept by default.
+pub const DEFAULT_ANALYTICS_RETENTION_DAYS: u64 = 90;
+
+/// The most days of analytics `retention_days` may keep (ten years).
+pub const MAX_ANALYTICS_RETENTION_DAYS: u64 = 3660;
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        AnalyticsSettings {
+            enabled: true,
+            retention: Duration::from_secs(DEFAULT_ANALYTICS_RETENTION_DAYS * 86_400),
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -245,6 +270,8 @@ pub struct Config {
     pub webhooks: Vec<crate::policy::webhooks::WebhookSpec>,
     /// `[outbox]`: how the node works the webhook outbox.
     pub outbox: crate::policy::webhooks::OutboxSettings,
+    /// `[analytics]`.
+    pub analytics: AnalyticsSettings,
 }
 
 impl Config {

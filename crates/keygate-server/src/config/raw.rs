@@ -48,6 +48,19 @@ pub(crate) struct RawConfig {
     /// GitHub's secret-scanning reports (`crate::leak_reports`); off when absent.
     #[serde(default)]
     pub(crate) leak_reports: Option<Spanned<RawLeakReports>>,
+    /// Hourly analytics (`crate::state::usage`); on with defaults when absent.
+    #[serde(default)]
+    pub(crate) analytics: Option<Spanned<RawAnalytics>>,
+}
+
+/// `[analytics]`: whether requests are counted per key, route, status and hour, and how long.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAnalytics {
+    /// Default true; off, requests are counted per client and day only, as before.
+    pub(crate) enabled: Option<bool>,
+    /// Days hourly rows are kept (default 90, at most 3660).
+    pub(crate) retention_days: Option<i64>,
 }
 
 /// `[leak_reports]`: where GitHub's secret scanning reports leaked keys, and what to do.

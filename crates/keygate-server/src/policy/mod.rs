@@ -1,8 +1,10 @@
 //! The rules `Config` compiles into and every request consults: routes, the profile's contract,
-//! limits, the brute-force guard, upstreams, and the WebSocket contract. Nothing here holds the
+//! limits, the brute-force guard, upstreams, and the WebSocket contract; and the analytics
+//! query rules the admin API and the CLI share. Nothing here holds the
 //! [`Gateway`](crate::state::gateway::Gateway) or does I/O, so `config` can build these types
 //! without depending on the server that runs them.
 
+pub(crate) mod analytics;
 pub(crate) mod channels;
 pub(crate) mod guard;
 pub(crate) mod leak_reports;

@@ -473,7 +473,16 @@ pub(crate) fn record(
     let status = status.as_u16();
     gw.metrics.record(exit.route, outcome, status);
     if let Some(w) = exit.who {
-        gw.usage.record(&w.client, gw.clock.now(), status);
+        let (key, route) = if gw.config.analytics.enabled {
+            (
+                Some(&w.key.limit_subject),
+                gw.analytics_ids.route(exit.route),
+            )
+        } else {
+            (None, 0)
+        };
+        gw.usage
+            .record(&w.client, key, route, gw.clock.now(), status);
     }
     if !access_logged() {
         return;

@@ -314,7 +314,17 @@ async fn forward(
             };
             let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
                 Ok(()) => {
+                    // Read only with analytics on: the latency histogram is its one use.
+                    let started = gw.config.analytics.enabled.then(std::time::Instant::now);
                     let sent = proxy::send(&w.upstreams, &forward, req).await;
+                    if let (Some(started), Ok(_)) = (started, &sent) {
+                        gw.usage.record_latency(
+                            gw.analytics_ids.route(Some(index)),
+                            gw.analytics_ids.upstream(upstream),
+                            gw.clock.now(),
+                            started.elapsed(),
+                        );
+                    }
                     if let Some(ticket) = ticket {
                         let failed = match &sent {
                             Ok(resp) => ticket.count_5xx() && resp.status().is_server_error(),

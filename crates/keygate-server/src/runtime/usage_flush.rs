@@ -1,5 +1,6 @@
 //! The periodic flush of usage counts and keys' last uses to the store, and its last run at
-//! shutdown's start (the very last flush, after the workers stop, is `server`'s).
+//! shutdown's start (the very last flush, after the workers stop, is `server`'s); with
+//! `[analytics]` on, also the prune of hourly rows past `retention_days`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,13 @@ use tokio::sync::watch;
 use crate::state::gateway::Gateway;
 use crate::state::usage::flush;
 
+/// How often one node (whichever claims it first, [`Store::prune_analytics`]) deletes
+/// analytics past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How often each node asks whether it is its turn to prune (one conditional `UPDATE`).
+const PRUNE_ASK: Duration = Duration::from_secs(60);
+
 /// Flushes every `interval` until shutdown, then once more.
 pub(crate) async fn run(
     gw: Arc<Gateway>,
@@ -17,6 +25,8 @@ pub(crate) async fn run(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let node = crate::state::amqp::node_name();
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         let stop = tokio::select! {
             () = tokio::time::sleep(interval) => false,
@@ -27,6 +37,20 @@ pub(crate) async fn run(
         }
         if stop {
             return;
+        }
+        let analytics = gw.config.analytics;
+        if analytics.enabled && tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + PRUNE_ASK;
+            match store
+                .prune_analytics(&node, analytics.retention, PRUNE_EVERY)
+                .await
+            {
+                Ok(Some(rows)) => {
+                    tracing::info!(rows, "Deleted analytics past their retention.");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "Cannot delete old analytics."),
+            }
         }
     }
 }

@@ -171,6 +171,8 @@ pub struct Gateway {
     /// One circuit breaker per upstream, shared by every worker; kept across a reload for
     /// upstreams whose settings did not change.
     pub breakers: crate::state::breaker::Breakers,
+    /// This configuration's routes and upstreams as the analytics counters name them.
+    pub analytics_ids: crate::state::usage::AnalyticsIds,
     pub node: Arc<Node>,
 }
 
@@ -225,6 +227,17 @@ fn route_names(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// `config`'s routes and upstreams interned for the analytics counters.
+fn analytics_ids(
+    usage: &crate::state::usage::UsageCounter,
+    config: &Config,
+) -> crate::state::usage::AnalyticsIds {
+    usage.ids(
+        config.routes.routes().iter().map(|r| &*r.name),
+        config.upstreams.iter().map(|u| &*u.name),
+    )
+}
+
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
@@ -266,7 +279,9 @@ impl Gateway {
             writer: std::sync::OnceLock::new(),
             feed_wake: Arc::new(tokio::sync::Notify::new()),
         };
+        let analytics_ids = analytics_ids(&node.usage, &config);
         Gateway {
+            analytics_ids,
             metrics: Arc::new(Metrics::new(route_names(&config), config.workers)),
             guard: Arc::new(Guard::new(
                 config.guard.clone(),
@@ -299,6 +314,7 @@ impl Gateway {
             .breakers
             .carried_to(&self.config.upstreams, &config.upstreams);
         Gateway {
+            analytics_ids: analytics_ids(&self.node.usage, &config),
             config,
             metrics,
             guard,

@@ -258,6 +258,11 @@ impl Relay {
         let period = (profile.lease_ttl / 3).max(Duration::from_millis(10));
         let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         let has_leases = !self.leases.is_empty();
+        let analytics = gw.config.analytics.enabled;
+        if analytics {
+            gw.usage
+                .record_ws(&self.who.client, gw.clock.now(), 1, 0, 0);
+        }
 
         let end = loop {
             let step = tokio::select! {
@@ -300,10 +305,17 @@ impl Relay {
                     match msg {
                         Some(Ok(Message::Close(frame))) => break End::UpstreamClosed(frame),
                         Some(Ok(Message::Frame(_))) => Step::Nothing,
-                        Some(Ok(m)) => match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
-                            Ok(()) => Step::Nothing,
+                        Some(Ok(m)) => {
+                            let bytes = (analytics && (m.is_text() || m.is_binary())).then(|| m.len() as u64);
+                            match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
+                            Ok(()) => {
+                                if let Some(bytes) = bytes {
+                                    gw.usage.record_ws(&self.who.client, gw.clock.now(), 0, 1, bytes);
+                                }
+                                Step::Nothing
+                            }
                             Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
-                        },
+                        }},
                         None | Some(Err(_)) => break End::Gateway(CloseEvent::UpstreamUnavailable),
                     }
                 }

@@ -320,6 +320,28 @@ impl Backend {
             Backend::Remote(r) => r.usage(client, from, to).await,
         }
     }
+
+    /// Request counts for `raw` (`GET /v1/analytics`'s filters), as that endpoint's JSON.
+    pub(crate) async fn analytics(
+        &self,
+        raw: &keygate_server::analytics::RawFilters,
+    ) -> anyhow::Result<Value> {
+        use keygate_server::analytics;
+        match self {
+            Backend::Local(s) => {
+                let mut parsed = analytics::parse(raw, s.now())?;
+                if let Some(c) = &parsed.client {
+                    parsed.query.client = Some(s.client(c).await?.id.as_str().to_owned());
+                }
+                let rows = s.analytics(&parsed.query).await?;
+                if rows.more {
+                    anyhow::bail!("{}", analytics::too_many_rows());
+                }
+                Ok(analytics::to_json(&parsed.query, &rows))
+            }
+            Backend::Remote(r) => r.analytics(raw).await,
+        }
+    }
 }
 
 impl Backend {

@@ -544,6 +544,27 @@ impl Remote {
         self.call(Method::POST, &path, &[], Some(&body), None).await
     }
 
+    pub(crate) async fn analytics(
+        &self,
+        raw: &keygate_server::analytics::RawFilters,
+    ) -> anyhow::Result<Value> {
+        let q: Vec<(&str, String)> = [
+            ("from", &raw.from),
+            ("to", &raw.to),
+            ("client", &raw.client),
+            ("key", &raw.key),
+            ("route", &raw.route),
+            ("status", &raw.status),
+            ("group_by", &raw.group_by),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .chain([("format", "json".to_owned())])
+        .collect();
+        self.call(Method::GET, "/v1/analytics", &q, None, None)
+            .await
+    }
+
     /// A feed operation on the node (`/v1/clients/{client}/amqp...`, `/v1/amqp/...`).
     pub(crate) async fn amqp(&self, cmd: &crate::cli::AmqpCommand) -> anyhow::Result<Value> {
         use crate::cli::AmqpCommand as C;

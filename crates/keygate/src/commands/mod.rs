@@ -14,6 +14,7 @@ mod reload;
 mod serve;
 mod suspend;
 mod systemd;
+mod usage;
 mod webhooks;
 
 use std::path::Path;
@@ -167,6 +168,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key::run(&ctx, cmd).await,
         Command::Import(args) => import::run(&ctx, args).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
+        Command::Usage(args) => usage::run(&ctx, args).await,
         Command::Plan(cmd) => plan::run(&ctx, cmd).await,
         Command::Emergency(cmd) => emergency::run(&ctx, cmd).await,
         Command::Suspend(args) => suspend::suspend(&ctx, args).await,

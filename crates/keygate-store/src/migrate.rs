@@ -62,6 +62,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../migrations/sqlite/0010_webhooks.sql"),
     ),
+    (
+        14,
+        "key sharing",
+        include_str!("../migrations/sqlite/0014_key_sharing.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -113,6 +118,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         10,
         "webhooks",
         include_str!("../migrations/postgres/0010_webhooks.sql"),
+    ),
+    (
+        14,
+        "key sharing",
+        include_str!("../migrations/postgres/0014_key_sharing.sql"),
     ),
 ];
 

@@ -10,7 +10,9 @@
 //! `whole` runs with no suspension in force (what every request pays for the feature: one
 //! atomic load); `whole_10_suspensions` with ten in force that do not hold the request (each
 //! is checked: the worst case of a request let through), and `suspended` with one that holds
-//! it (the refusal up to the exit, which renders it).
+//! it (the refusal up to the exit, which renders it). `whole_sharing_on` is `whole` with
+//! `[plans.pro.sharing]` on (key-sharing detection queuing each request's network); `whole`
+//! is what the feature costs when off: one branch on the client's plan.
 
 mod support;
 
@@ -139,6 +141,24 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     gw.suspensions.set(Vec::new(), now);
+
+    // Key-sharing detection on every client's plan: each request also queues its network
+    // (between two flushes, a lookup in the pending map finding it already there).
+    let sharing = keygate_server::config::load(
+        &format!("{}\n[plans.pro.sharing]\nnetworks_per_hour = 10\n", support::CONFIG),
+        "bench.toml",
+        &keygate_server::config::Overrides::default(),
+    )
+    .expect("the bench config compiles");
+    gw.replica
+        .recompile(&keygate_server::feed::Plans(&sharing));
+    group.bench_function("whole_sharing_on", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
+        })
+    });
     group.finish();
 }
 

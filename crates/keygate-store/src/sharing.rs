@@ -4,7 +4,7 @@
 //! webhook outbox announces) and, with the `disable` action, one key disable.
 
 use keygate_core::{ClientId, KeyId, KeyState, Timestamp};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -16,7 +16,7 @@ use crate::{Actor, Store, StoreError};
 pub const SHARING_ACTOR: &str = "sharing-detector";
 
 /// What a plan does with a key it suspects of being shared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SharingAction {
     /// Record it (audit, event, metric, `keygate keys suspected`); the key keeps working.
@@ -43,7 +43,7 @@ impl SharingAction {
 }
 
 /// One suspected key in one hour. Ids and counts only: never key material.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharingSuspicion {
     pub key_id: KeyId,
     pub client_id: ClientId,

@@ -532,6 +532,12 @@ pub(crate) enum KeyCommand {
         #[arg(value_parser = parse_id)]
         id: KeyId,
     },
+    /// Keys suspected of being shared (`[plans.NAME.sharing]`), newest first.
+    Suspected {
+        /// Only those recorded at or after this instant (RFC 3339).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<Timestamp>,
+    },
     /// Set or clear a key's expiry.
     Expire {
         #[arg(value_parser = parse_id)]

@@ -23,6 +23,7 @@ mod keys;
 mod openapi;
 mod plans;
 mod portal;
+mod sharing;
 mod suspensions;
 mod usage;
 mod webhooks;
@@ -92,6 +93,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/clients/{client}/disable", post(clients::disable))
         .route("/v1/clients/{client}/enable", post(clients::enable))
         .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/suspected", get(sharing::list))
         .route("/v1/keys/{id}", get(keys::show))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))

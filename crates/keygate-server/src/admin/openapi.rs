@@ -19,7 +19,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    amqp, audit, clients, config, emergency, keys, plans, portal, suspensions, usage, webhooks,
+    amqp, audit, clients, config, emergency, keys, plans, portal, sharing, suspensions, usage, webhooks,
 };
 
 /// The name of the admin token security scheme.
@@ -564,6 +564,7 @@ pub(crate) struct FeedReconciled {
         keys::disable,
         keys::enable,
         keys::set_expiry,
+        sharing::list,
         usage::show,
         plans::list,
         plans::show,
@@ -599,6 +600,8 @@ pub(crate) struct FeedReconciled {
         KeyPage,
         AuditEntry,
         AuditPage,
+        sharing::SuspectedKey,
+        sharing::SuspectedKeys,
         clients::CreateBody,
         clients::UpdateBody,
         clients::LimitsBody,

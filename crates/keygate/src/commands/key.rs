@@ -52,6 +52,7 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
                 .await?;
             show_one(ctx, &key).await
         }
+        KeyCommand::Suspected { since } => suspected(ctx, since).await,
         KeyCommand::Expire { id, at, in_, never } => {
             let expires_at = match (at, in_, never) {
                 (_, _, true) => None,
@@ -219,5 +220,32 @@ async fn show_one(ctx: &Context, key: &ApiKey) -> anyhow::Result<()> {
                 .map_or("-".to_owned(), ToString::to_string),
         ),
     ]);
+    Ok(())
+}
+
+/// `keygate key suspected [--since T]`: ids, hours and counts; never key material.
+async fn suspected(ctx: &Context, since: Option<Timestamp>) -> anyhow::Result<()> {
+    let found = ctx.backend.suspected_keys(since).await?;
+    if ctx.json {
+        output::json(&found);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|s| {
+            vec![
+                s.key_id.to_string(),
+                s.client_id.to_string(),
+                s.hour.to_string(),
+                s.networks.to_string(),
+                s.action.as_str().to_owned(),
+                s.created_at.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["KEY", "CLIENT", "HOUR", "NETWORKS", "ACTION", "RECORDED"],
+        &rows,
+    );
     Ok(())
 }

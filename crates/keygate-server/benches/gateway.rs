@@ -145,13 +145,15 @@ fn hot_path(c: &mut Criterion) {
     // Key-sharing detection on every client's plan: each request also queues its network
     // (between two flushes, a lookup in the pending map finding it already there).
     let sharing = keygate_server::config::load(
-        &format!("{}\n[plans.pro.sharing]\nnetworks_per_hour = 10\n", support::CONFIG),
+        &format!(
+            "{}\n[plans.pro.sharing]\nnetworks_per_hour = 10\n",
+            support::CONFIG
+        ),
         "bench.toml",
         &keygate_server::config::Overrides::default(),
     )
     .expect("the bench config compiles");
-    gw.replica
-        .recompile(&keygate_server::feed::Plans(&sharing));
+    gw.replica.recompile(&keygate_server::feed::Plans(&sharing));
     group.bench_function("whole_sharing_on", |b| {
         b.iter(|| {
             i = (i + 1) % HOT;

@@ -1657,7 +1657,10 @@ async fn key_sharing_is_recorded_once_per_key_and_hour(f: Fixture) {
     assert_eq!(disabled.len(), 1);
     assert_eq!(disabled[0].actor, SHARING_ACTOR);
     let text = audit[0].detail.to_string();
-    assert!(!text.contains(&plain) && !text.contains(&key.hint), "{text}");
+    assert!(
+        !text.contains(&plain) && !text.contains(&key.hint),
+        "{text}"
+    );
     // The next hour is a new suspicion; the key stays disabled, nothing to change.
     let next = Timestamp::from_millis(hour.as_millis() + 3_600_000);
     f.clock.advance(Duration::from_secs(3_600));

@@ -185,7 +185,11 @@ async fn two_nodes_on_postgres_and_redis_suspect_a_shared_key_once() {
     until_suspected(&db, &trusting, &shared_id).await;
     // More networks within the hour record nothing more.
     for (node, from) in [(&b, "192.0.3.1"), (&a, "192.0.4.1"), (&b, "192.0.5.1")] {
-        assert_eq!(get_from(node, &shared, from).await.0, 200, "flag keeps it working");
+        assert_eq!(
+            get_from(node, &shared, from).await.0,
+            200,
+            "flag keeps it working"
+        );
     }
 
     // The attacker's view: a caller that is not a trusted proxy names five networks in
@@ -222,7 +226,10 @@ async fn two_nodes_on_postgres_and_redis_suspect_a_shared_key_once() {
     ids.sort();
     let mut expected = vec![shared_id.clone(), strict_id.clone()];
     expected.sort();
-    assert_eq!(ids, expected, "two networks and spoofed ones are not suspected");
+    assert_eq!(
+        ids, expected,
+        "two networks and spoofed ones are not suspected"
+    );
     assert!(!ids.contains(&two_id) && !ids.contains(&spoofer_id));
     // Counted by the node that recorded each: two over the deployment.
     assert_eq!(suspected_total(&a).await + suspected_total(&b).await, 2);
@@ -250,7 +257,10 @@ async fn two_nodes_on_postgres_and_redis_suspect_a_shared_key_once() {
         assert!(item["client_id"].as_str().unwrap().starts_with("cli_"));
     }
     let bad = http_client()
-        .get(format!("http://{}/v1/keys/suspected?since=yesterday", a.admin))
+        .get(format!(
+            "http://{}/v1/keys/suspected?since=yesterday",
+            a.admin
+        ))
         .bearer_auth(&token)
         .send()
         .await

@@ -19,7 +19,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    amqp, audit, clients, config, emergency, keys, plans, portal, sharing, suspensions, usage, webhooks,
+    amqp, audit, clients, config, emergency, keys, plans, portal, sharing, suspensions, usage,
+    webhooks,
 };
 
 /// The name of the admin token security scheme.

@@ -846,7 +846,7 @@ fn the_readme_leak_report_configuration_compiles() {
 }
 
 #[test]
-fn plan_sharing_compiles_and_bad_values_are_line_numbered() {
+fn plan_sharing_compiles_and_bad_values_are_named() {
     use crate::policy::sharing::{Sharing, SharingAction};
     let text = r#"
 [plans.free]
@@ -891,8 +891,8 @@ action = "revoke"
         .unwrap_err()
         .to_string();
     for expected in [
-        "p.toml:2: plans.one.sharing.networks_per_hour: 1 is not between 2 and 10000",
-        "p.toml:5: plans.huge.sharing.networks_per_hour: 10001 is not between 2 and 10000",
+        "plans.one.sharing.networks_per_hour: 1 is not between 2 and 10000",
+        "plans.huge.sharing.networks_per_hour: 10001 is not between 2 and 10000",
         "plans.negative.sharing.networks_per_hour: -5 is not between 2 and 10000",
         "plans.odd.sharing.action: `revoke` is not `flag` or `disable`",
     ] {

@@ -92,6 +92,15 @@ fn counter_key(check: &Check, now: Timestamp) -> String {
     }
 }
 
+/// How long a key's hourly network count outlives its hour's start: the hour, and an hour
+/// for nodes whose clocks or flushes lag.
+const SHARING_TTL_SECS: u64 = 7200;
+
+/// The Redis key of a key's network count in the hour starting at `hour`.
+fn sharing_key(key_id: &str, hour: Timestamp) -> String {
+    format!("kg:sharing:{key_id}:{}", hour.as_millis())
+}
+
 fn lease_key(key: &LimitKey) -> String {
     format!("kg:lease:{}:{}", key.subject, key.slot)
 }
@@ -502,6 +511,36 @@ impl RedisLimiter {
         };
         self.link.failed();
         Err(result)
+    }
+
+    /// Key-sharing detection's count: for each `(key id, networks)` of `batch`, adds the
+    /// networks to the key's HyperLogLog of the hour starting at `hour`
+    /// (`kg:sharing:{key id}:{hour in ms}`, kept 2 hours) and reads its estimate, every key in
+    /// one pipelined round trip. Answers the estimates in `batch`'s order.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::check`].
+    pub async fn count_networks(
+        &self,
+        hour: Timestamp,
+        batch: &[(&str, &[u64])],
+    ) -> Result<Vec<u64>, LimiterError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key_id, networks) in batch {
+            let key = sharing_key(key_id, hour);
+            pipe.cmd("PFADD").arg(&key).arg(*networks).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(SHARING_TTL_SECS).ignore();
+            pipe.cmd("PFCOUNT").arg(&key);
+        }
+        let call = async {
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            let mut conn = self.link.conn();
+            pipe.query_async::<Vec<u64>>(&mut conn).await
+        };
+        self.bounded(self.timeout, call).await
     }
 
     async fn send_raw<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {

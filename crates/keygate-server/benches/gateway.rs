@@ -13,6 +13,9 @@
 //! it (the refusal up to the exit, which renders it). `whole_restricted_key` runs with every
 //! hot key restricted (issue 22: narrowed scopes and a two-CIDR allowlist that admits the
 //! request); `whole` is what unrestricted keys pay for the feature (one pointer test).
+//! `whole_sharing_on` is `whole` with
+//! `[plans.pro.sharing]` on (key-sharing detection queuing each request's network); `whole`
+//! is what the feature costs when off: one branch on the client's plan.
 
 mod support;
 
@@ -212,6 +215,19 @@ fn hot_path(c: &mut Criterion) {
         &|_: &str| Vec::<String>::new(),
     );
     group.bench_function("whole_restricted_key", |b| {
+    // Key-sharing detection on every client's plan: each request also queues its network
+    // (between two flushes, a lookup in the pending map finding it already there).
+    let sharing = keygate_server::config::load(
+        &format!(
+            "{}\n[plans.pro.sharing]\nnetworks_per_hour = 10\n",
+            support::CONFIG
+        ),
+        "bench.toml",
+        &keygate_server::config::Overrides::default(),
+    )
+    .expect("the bench config compiles");
+    gw.replica.recompile(&keygate_server::feed::Plans(&sharing));
+    group.bench_function("whole_sharing_on", |b| {
         b.iter(|| {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));

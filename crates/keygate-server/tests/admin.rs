@@ -620,6 +620,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/{id}/disable"),
     ("post", "/v1/keys/{id}/enable"),
     ("put", "/v1/keys/{id}/expiry"),
+    ("get", "/v1/keys/suspected"),
     ("get", "/v1/clients/{client}/usage"),
     ("get", "/v1/clients/{client}/quota"),
     ("post", "/v1/clients/{client}/quota"),

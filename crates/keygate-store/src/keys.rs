@@ -492,7 +492,7 @@ pub(crate) async fn find_by_digest(
     row.as_ref().map(rows::key).transpose()
 }
 
-async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {
+pub(crate) async fn find(tx: &mut WriteTx, id: &KeyId) -> Result<ApiKey, StoreError> {
     let row = sqlx::query(concat!(
         "SELECT ",
         key_columns!(),

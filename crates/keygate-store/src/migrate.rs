@@ -77,6 +77,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "quota adjustments",
         include_str!("../migrations/sqlite/0013_quota_adjustments.sql"),
     ),
+    (
+        14,
+        "key sharing",
+        include_str!("../migrations/sqlite/0014_key_sharing.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -143,6 +148,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         13,
         "quota adjustments",
         include_str!("../migrations/postgres/0013_quota_adjustments.sql"),
+    ),
+    (
+        14,
+        "key sharing",
+        include_str!("../migrations/postgres/0014_key_sharing.sql"),
     ),
 ];
 

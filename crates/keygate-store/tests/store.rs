@@ -1623,6 +1623,76 @@ async fn imported_keys_are_written_at_once_or_not_at_all(f: Fixture) {
     assert_eq!(conflict.unchanged, 1);
 }
 
+/// Nodes crossing the threshold together record a (key, hour) once: one row, one audit entry,
+/// one disable; the next hour is a new record; no key material in the audit detail.
+async fn key_sharing_is_recorded_once_per_key_and_hour(f: Fixture) {
+    use keygate_store::{SharingAction, SHARING_ACTOR};
+    let s = &f.store;
+    let client = acme(s).await;
+    let (plain, key) = new_key(s, &client.name).await;
+    let hour = Timestamp::from_millis(T0 - T0.rem_euclid(3_600_000));
+    let (a, b) = tokio::join!(
+        s.record_key_sharing(&key.id, hour, 3, SharingAction::Disable),
+        s.record_key_sharing(&key.id, hour, 4, SharingAction::Disable),
+    );
+    let recorded: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].client_id, client.id);
+    assert_eq!(recorded[0].hour, hour);
+    assert!(s
+        .record_key_sharing(&key.id, hour, 9, SharingAction::Disable)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(s.key(&key.id).await.unwrap().state, KeyState::Disabled);
+    let audit = s
+        .audit(&AuditFilter {
+            action: Some("key.sharing_suspected".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].actor, SHARING_ACTOR);
+    assert_eq!(audit[0].detail["action"], "disable");
+    let disabled = s
+        .audit(&AuditFilter {
+            action: Some("key.disable".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(disabled[0].actor, SHARING_ACTOR);
+    let text = audit[0].detail.to_string();
+    assert!(
+        !text.contains(&plain) && !text.contains(&key.hint),
+        "{text}"
+    );
+    // The next hour is a new suspicion; the key stays disabled, nothing to change.
+    let next = Timestamp::from_millis(hour.as_millis() + 3_600_000);
+    f.clock.advance(Duration::from_secs(3_600));
+    let again = s
+        .record_key_sharing(&key.id, next, 5, SharingAction::Flag)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.action, SharingAction::Flag);
+    let all = s.suspected_keys(None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].hour, next, "newest first");
+    let recent = s
+        .suspected_keys(Some(Timestamp::from_millis(T0 + 1)))
+        .await
+        .unwrap();
+    assert_eq!(recent, vec![again]);
+    assert!(matches!(
+        s.record_key_sharing(&KeyId::generate(), hour, 3, SharingAction::Flag)
+            .await,
+        Err(StoreError::KeyNotFound(_))
+    ));
+}
+
 suite!(
     "kg_test";
     clients_are_created_listed_and_unique,
@@ -1645,6 +1715,7 @@ suite!(
     suspensions_are_stored_replicated_audited_and_run_out,
     imported_keys_are_written_at_once_or_not_at_all,
     key_restrictions_narrow_are_stored_replicated_audited_and_found_by_external_id,
+    key_sharing_is_recorded_once_per_key_and_hour,
 );
 
 /// Issue 22: a key's restrictions round-trip through both backends, reach the feed, are

@@ -586,6 +586,12 @@ pub(crate) enum KeyCommand {
     /// Narrow a key or label it: its scopes (never more than its client's), the addresses it
     /// may be used from, metadata and an external id. Options not given are kept.
     Restrict(KeyRestrict),
+    /// Keys suspected of being shared (`[plans.NAME.sharing]`), newest first.
+    Suspected {
+        /// Only those recorded at or after this instant (RFC 3339).
+        #[arg(long, value_parser = parse_instant)]
+        since: Option<Timestamp>,
+    },
     /// Set or clear a key's expiry.
     Expire {
         #[arg(value_parser = parse_id)]

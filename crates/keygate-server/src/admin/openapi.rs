@@ -19,8 +19,8 @@ use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{
-    amqp, analytics, audit, clients, config, emergency, keys, plans, portal, quotas, suspensions,
-    usage, webhooks,
+    amqp, analytics, audit, clients, config, emergency, keys, plans, portal, quotas, sharing,
+    suspensions, usage, webhooks,
 };
 
 /// The name of the admin token security scheme.
@@ -692,6 +692,7 @@ pub(crate) struct WsActivity {
         keys::enable,
         keys::set_expiry,
         keys::restrict,
+        sharing::list,
         usage::show,
         quotas::show,
         quotas::change,
@@ -732,6 +733,8 @@ pub(crate) struct WsActivity {
         KeyPage,
         AuditEntry,
         AuditPage,
+        sharing::SuspectedKey,
+        sharing::SuspectedKeys,
         clients::CreateBody,
         clients::UpdateBody,
         clients::LimitsBody,

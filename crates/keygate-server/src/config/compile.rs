@@ -247,12 +247,14 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 format!("plans.{name}.limits.by: `source` is for public routes; a plan counts by `client` or `key`"),
             );
         }
+        let sharing = compile_sharing(name, spanned, errors);
         plans.insert(
             name.clone(),
             Plan {
                 features: spanned.get_ref().features.clone(),
                 limits,
                 bookmaker_selection,
+                sharing,
             },
         );
     }
@@ -650,6 +652,46 @@ fn compile_limiter(raw: &RawConfig, read_files: bool, errors: &mut Errors<'_>) -
 }
 
 /// Validates the numbers of a plan's or route's limits.
+/// `[plans.NAME.sharing]`: a threshold of 2 to `MAX_NETWORKS_PER_HOUR` networks (one network
+/// would suspect every key) and `flag` or `disable`.
+fn compile_sharing(
+    name: &str,
+    plan: &Spanned<super::raw::RawPlan>,
+    errors: &mut Errors<'_>,
+) -> Option<crate::policy::sharing::Sharing> {
+    use crate::policy::sharing::{Sharing, SharingAction, MAX_NETWORKS_PER_HOUR};
+    let raw = plan.get_ref().sharing.as_ref()?;
+    let span = plan.span();
+    let n = raw.networks_per_hour;
+    let networks_per_hour = match u32::try_from(n) {
+        Ok(n) if (2..=MAX_NETWORKS_PER_HOUR).contains(&n) => Some(n),
+        _ => {
+            errors.at(
+                Some(&span),
+                format!("plans.{name}.sharing.networks_per_hour: {n} is not between 2 and {MAX_NETWORKS_PER_HOUR}"),
+            );
+            None
+        }
+    };
+    let action = match raw.action.as_deref() {
+        None => Some(SharingAction::Flag),
+        Some(a) => {
+            let parsed = SharingAction::parse(a);
+            if parsed.is_none() {
+                errors.at(
+                    Some(&span),
+                    format!("plans.{name}.sharing.action: `{a}` is not `flag` or `disable`"),
+                );
+            }
+            parsed
+        }
+    };
+    Some(Sharing {
+        networks_per_hour: networks_per_hour?,
+        action: action?,
+    })
+}
+
 fn compile_limits(
     raw: &RawLimits,
     what: &str,

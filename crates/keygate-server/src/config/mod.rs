@@ -70,6 +70,8 @@ pub struct Plan {
     pub limits: LimitSet,
     /// Clients on this plan pick at most this many bookmakers; `None`: every bookmaker.
     pub bookmaker_selection: Option<u32>,
+    /// Key-sharing detection (`[plans.NAME.sharing]`); `None`: off.
+    pub sharing: Option<crate::policy::sharing::Sharing>,
 }
 
 impl Plan {
@@ -104,6 +106,12 @@ impl Plan {
         });
         if let Some(n) = self.bookmaker_selection {
             plan["bookmaker_selection"] = serde_json::json!(n);
+        }
+        if let Some(s) = self.sharing {
+            plan["sharing"] = serde_json::json!({
+                "networks_per_hour": s.networks_per_hour,
+                "action": s.action,
+            });
         }
         plan
     }

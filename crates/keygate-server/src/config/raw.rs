@@ -314,6 +314,16 @@ pub(crate) struct RawPlan {
     /// until they pick one, routes that read a bookmaker answer `bookmaker_not_configured`.
     /// Absent: every bookmaker, unless the client's allowlist narrows it.
     pub(crate) bookmaker_selection: Option<i64>,
+    /// Key-sharing detection: suspect a key used from this many source networks in an hour.
+    pub(crate) sharing: Option<RawSharing>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSharing {
+    pub(crate) networks_per_hour: i64,
+    /// `flag` (the default) or `disable`.
+    pub(crate) action: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

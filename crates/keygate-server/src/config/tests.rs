@@ -844,3 +844,60 @@ fn the_readme_leak_report_configuration_compiles() {
     };
     assert!(load(block, "README.md", &tooling).is_ok());
 }
+
+#[test]
+fn plan_sharing_compiles_and_bad_values_are_named() {
+    use crate::policy::sharing::{Sharing, SharingAction};
+    let text = r#"
+[plans.free]
+
+[plans.pro.sharing]
+networks_per_hour = 10
+
+[plans.strict.sharing]
+networks_per_hour = 3
+action = "disable"
+"#;
+    let c = load(text, "p.toml", &over("http://127.0.0.1:9000")).unwrap();
+    assert_eq!(c.plans["free"].sharing, None);
+    assert_eq!(
+        c.plans["pro"].sharing,
+        Some(Sharing {
+            networks_per_hour: 10,
+            action: SharingAction::Flag
+        })
+    );
+    assert_eq!(
+        c.plans["strict"].sharing.map(|s| s.action),
+        Some(SharingAction::Disable)
+    );
+    assert_eq!(c.plans["pro"].to_json("pro")["sharing"]["action"], "flag");
+
+    let bad = r#"
+[plans.one.sharing]
+networks_per_hour = 1
+
+[plans.huge.sharing]
+networks_per_hour = 10001
+
+[plans.negative.sharing]
+networks_per_hour = -5
+
+[plans.odd.sharing]
+networks_per_hour = 5
+action = "revoke"
+"#;
+    let err = load(bad, "p.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "plans.one.sharing.networks_per_hour: 1 is not between 2 and 10000",
+        "plans.huge.sharing.networks_per_hour: 10001 is not between 2 and 10000",
+        "plans.negative.sharing.networks_per_hour: -5 is not between 2 and 10000",
+        "plans.odd.sharing.action: `revoke` is not `flag` or `disable`",
+    ] {
+        assert!(err.contains(expected), "{expected} not in {err}");
+    }
+    let unknown = "[plans.x.sharing]\nnetworks_per_hour = 3\nthreshold = 4\n";
+    assert!(load(unknown, "p.toml", &over("http://127.0.0.1:9000")).is_err());
+}

@@ -15,6 +15,7 @@ pub(crate) mod repeat;
 pub(crate) mod routes;
 pub(crate) mod scanner_keys;
 pub(crate) mod selfservice;
+pub(crate) mod sharing;
 pub(crate) mod upstream;
 pub(crate) mod webhooks;
 pub(crate) mod ws;

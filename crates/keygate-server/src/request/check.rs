@@ -168,6 +168,7 @@ pub fn decide<'t>(
     if let Err(denial) = gw.authorize(&who, route, &params, query, address) {
         return Err(Refusal::from(denial).on(index).by(Some(who)));
     }
+    gw.observe_sharing(&who, Caller { peer, headers });
     gw.metrics
         .observe_decision(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
     Ok(Passed {

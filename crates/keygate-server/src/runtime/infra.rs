@@ -106,6 +106,7 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
             gw.guard.render(&mut text);
             gw.connections.render(&mut text);
             gw.loaded.render(&mut text);
+            gw.sharing.render(&mut text);
             crate::state::amqp::render_metrics(gw, &mut text);
             if let Some(tls) = gw.tls.get() {
                 tls.render(&mut text);

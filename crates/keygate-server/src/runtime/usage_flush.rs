@@ -35,6 +35,9 @@ pub(crate) async fn run(
         if let Err(e) = flush(&*gw, &store).await {
             tracing::warn!(error = %e, "Cannot write usage counts or last uses; keeping them for the next flush.");
         }
+        if let Err(e) = gw.sharing.flush(&gw.limits, &store, gw.clock.now()).await {
+            tracing::warn!(error = %e, "Cannot record a key suspected of sharing; counting again at the next flush.");
+        }
         if stop {
             return;
         }

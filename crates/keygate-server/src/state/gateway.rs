@@ -130,6 +130,8 @@ pub struct Node {
     pub usage: crate::state::usage::UsageCounter,
     /// Keys' last uses, until the next flush to the store.
     pub last_used: crate::state::last_used::LastUsed,
+    /// Key-sharing detection's queue and counts, until the next flush.
+    pub sharing: crate::state::sharing::SharingDetector,
     pub started: Instant,
     pub clock: Arc<dyn Clock>,
     /// Open WebSocket sessions, so key and client changes close them.
@@ -215,6 +217,10 @@ impl crate::state::replica::PlanCatalog for Plans<'_> {
     fn bookmaker_selection(&self, plan: &str) -> Option<u32> {
         self.0.plans.get(plan).and_then(|p| p.bookmaker_selection)
     }
+
+    fn sharing(&self, plan: &str) -> Option<crate::policy::sharing::Sharing> {
+        self.0.plans.get(plan).and_then(|p| p.sharing)
+    }
 }
 
 /// The names the metrics count requests under, one per route in the table's order.
@@ -268,6 +274,7 @@ impl Gateway {
             quotas: crate::state::quotas::QuotaSet::default(),
             usage: crate::state::usage::UsageCounter::new(config.workers),
             last_used: crate::state::last_used::LastUsed::default(),
+            sharing: crate::state::sharing::SharingDetector::default(),
             started: Instant::now(),
             loaded: crate::state::loaded::Loaded::new(clock.now()),
             source: std::sync::OnceLock::new(),
@@ -360,6 +367,16 @@ impl Gateway {
                 })
             })
             .ok_or(Reason::UnknownKey)?
+    }
+
+    /// Key-sharing detection's step for an authorized caller (REST requests and WebSocket opens
+    /// alike): one branch for a plan without `[plans.NAME.sharing]`.
+    #[inline]
+    pub fn observe_sharing(&self, who: &Admitted, caller: crate::policy::guard::Caller<'_>) {
+        if let Some(rule) = who.client.sharing {
+            self.sharing
+                .observe(&who.key, rule, self.guard.source(caller));
+        }
     }
 
     /// Authorizes an admitted caller for a route: scopes, sport, bookmaker, plan features.

@@ -17,6 +17,7 @@ pub(crate) mod per_worker;
 pub(crate) mod quotas;
 pub(crate) mod reload;
 pub(crate) mod replica;
+pub(crate) mod sharing;
 pub(crate) mod shutdown;
 pub(crate) mod suspensions;
 pub(crate) mod usage;

@@ -30,6 +30,8 @@ pub struct ClientEntry {
     pub limits: ClientLimits,
     /// Subject of this client's limit counters (`c:cli_…`, inline).
     pub limit_subject: SmolStr,
+    /// The plan's key-sharing rule; `None` (the usual case) costs the hot path one branch.
+    pub sharing: Option<crate::policy::sharing::Sharing>,
     /// The identity header values, one copy per worker thread: a value cloned onto a request
     /// bumps its buffer's reference count, and one shared copy had both cores writing that
     /// count for every request of the client (`crate::state::per_worker`).
@@ -109,6 +111,7 @@ impl ClientEntry {
         });
         ClientEntry {
             limits,
+            sharing: plans.sharing(&client.plan),
             limit_subject: format_smolstr!("c:{}", policy.id),
             headers,
             policy,
@@ -120,6 +123,7 @@ impl ClientEntry {
     fn unknown(id: &ClientId) -> ClientEntry {
         ClientEntry {
             limits: ClientLimits::default(),
+            sharing: None,
             limit_subject: format_smolstr!("c:{id}"),
             policy: ClientPolicy {
                 id: id.clone(),
@@ -233,6 +237,10 @@ pub trait PlanCatalog: Send + Sync {
     fn limits(&self, plan: &str) -> LimitSet;
     /// How many bookmakers clients on the plan pick (`None`: the plan serves every one).
     fn bookmaker_selection(&self, _plan: &str) -> Option<u32> {
+        None
+    }
+    /// The plan's key-sharing rule (`None`: not watched).
+    fn sharing(&self, _plan: &str) -> Option<crate::policy::sharing::Sharing> {
         None
     }
 }

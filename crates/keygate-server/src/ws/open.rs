@@ -156,6 +156,13 @@ async fn admit(gw: &Arc<Gateway>, p: &Pending, presented: &str) -> Result<Accept
         Ok(a) => a,
         Err(d) => return Err(refused(d.into()).by(Some(who))),
     };
+    gw.observe_sharing(
+        &who,
+        Caller {
+            peer: p.remote.ip(),
+            headers: &p.headers,
+        },
+    );
     let limits = gw.config.ws.limits_for(&who.client.policy.plan).clone();
     let leases = match Leases::acquire(gw, &who, &limits).await {
         Ok(l) => l,

@@ -229,6 +229,16 @@ impl Backend {
         }
     }
 
+    pub(crate) async fn suspected_keys(
+        &self,
+        since: Option<Timestamp>,
+    ) -> anyhow::Result<Vec<keygate_store::SharingSuspicion>> {
+        match self {
+            Backend::Local(s) => Ok(s.suspected_keys(since).await?),
+            Backend::Remote(r) => r.suspected_keys(since).await,
+        }
+    }
+
     pub(crate) async fn audit(&self, filter: &AuditFilter) -> anyhow::Result<Vec<AuditEntry>> {
         match self {
             Backend::Local(s) => Ok(s.audit(filter).await?),

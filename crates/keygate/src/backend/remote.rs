@@ -398,6 +398,17 @@ impl Remote {
         .await
     }
 
+    pub(crate) async fn suspected_keys(
+        &self,
+        since: Option<Timestamp>,
+    ) -> anyhow::Result<Vec<keygate_store::SharingSuspicion>> {
+        let q: Vec<(&str, String)> = since.iter().map(|t| ("since", t.to_rfc3339())).collect();
+        let page: Page<keygate_store::SharingSuspicion> = self
+            .call(Method::GET, "/v1/keys/suspected", &q, None, None)
+            .await?;
+        Ok(page.items)
+    }
+
     pub(crate) async fn audit(&self, f: &AuditFilter) -> anyhow::Result<Vec<AuditEntry>> {
         let mut q = vec![("limit", f.limit.to_string())];
         if let Some(b) = f.before {

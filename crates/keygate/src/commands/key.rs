@@ -63,6 +63,7 @@ pub(crate) async fn run(ctx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
                 .await?;
             show_one(ctx, &key).await
         }
+        KeyCommand::Suspected { since } => suspected(ctx, since).await,
         KeyCommand::Expire { id, at, in_, never } => {
             let expires_at = match (at, in_, never) {
                 (_, _, true) => None,
@@ -310,4 +311,31 @@ fn metadata_text(r: &KeyRestrictions) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `keygate key suspected [--since T]`: ids, hours and counts; never key material.
+async fn suspected(ctx: &Context, since: Option<Timestamp>) -> anyhow::Result<()> {
+    let found = ctx.backend.suspected_keys(since).await?;
+    if ctx.json {
+        output::json(&found);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|s| {
+            vec![
+                s.key_id.to_string(),
+                s.client_id.to_string(),
+                s.hour.to_string(),
+                s.networks.to_string(),
+                s.action.as_str().to_owned(),
+                s.created_at.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["KEY", "CLIENT", "HOUR", "NETWORKS", "ACTION", "RECORDED"],
+        &rows,
+    );
+    Ok(())
 }

@@ -201,6 +201,28 @@ fn hot_path(c: &mut Criterion) {
     });
     gw.suspensions.set(Vec::new(), now);
 
+    // Key-sharing detection on every client's plan: each request also queues its network
+    // (between two flushes, a lookup in the pending map finding it already there).
+    let sharing = keygate_server::config::load(
+        &format!(
+            "{}\n[plans.pro.sharing]\nnetworks_per_hour = 10\n",
+            support::CONFIG
+        ),
+        "bench.toml",
+        &keygate_server::config::Overrides::default(),
+    )
+    .expect("the bench config compiles");
+    gw.replica.recompile(&keygate_server::feed::Plans(&sharing));
+    group.bench_function("whole_sharing_on", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
+        })
+    });
+    gw.replica
+        .recompile(&keygate_server::feed::Plans(&gw.config));
+
     // Issue 22: the hot keys restricted (their client's scopes, two CIDRs, the request's
     // address in the second), so the request passes after the CIDR walk and the key's own
     // scope check. `whole` above is the cost when no key has restrictions.
@@ -215,19 +237,6 @@ fn hot_path(c: &mut Criterion) {
         &|_: &str| Vec::<String>::new(),
     );
     group.bench_function("whole_restricted_key", |b| {
-    // Key-sharing detection on every client's plan: each request also queues its network
-    // (between two flushes, a lookup in the pending map finding it already there).
-    let sharing = keygate_server::config::load(
-        &format!(
-            "{}\n[plans.pro.sharing]\nnetworks_per_hour = 10\n",
-            support::CONFIG
-        ),
-        "bench.toml",
-        &keygate_server::config::Overrides::default(),
-    )
-    .expect("the bench config compiles");
-    gw.replica.recompile(&keygate_server::feed::Plans(&sharing));
-    group.bench_function("whole_sharing_on", |b| {
         b.iter(|| {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));

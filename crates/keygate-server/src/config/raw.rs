@@ -48,6 +48,25 @@ pub(crate) struct RawConfig {
     /// GitHub's secret-scanning reports (`crate::leak_reports`); off when absent.
     #[serde(default)]
     pub(crate) leak_reports: Option<Spanned<RawLeakReports>>,
+    /// OpenTelemetry spans over OTLP/HTTP (`crate::state::traces`); off when absent.
+    #[serde(default)]
+    pub(crate) tracing: Option<Spanned<RawTracing>>,
+}
+
+/// `[tracing]`: where spans are exported, and how many.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    /// The collector's OTLP/HTTP base URL (`http://host:4318`); spans go to `/v1/traces`.
+    pub(crate) otlp_endpoint: String,
+    /// `service.name` of the spans (default `keygate`).
+    pub(crate) service_name: Option<String>,
+    /// Share of new traces sampled, 0.0 to 1.0 (default 1.0).
+    pub(crate) sample_ratio: Option<f64>,
+    /// Spans queued for export before new ones are dropped (default 2048).
+    pub(crate) max_queue: Option<i64>,
+    /// How long one export may take (default 10s).
+    pub(crate) export_timeout: Option<DurationSetting>,
 }
 
 /// `[leak_reports]`: where GitHub's secret scanning reports leaked keys, and what to do.

@@ -129,6 +129,9 @@ struct Pass<'g> {
 async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let gw = &*w.gw;
     let mut trail = Trail::start(req.method());
+    if let Some(tracer) = gw.tracer.get() {
+        trail.trace = Some(tracer.begin(req.headers()));
+    }
     let answer = match gate(&w, &mut req, remote, &mut trail).await {
         Ok(Gate::Pass(pass)) => return forward(&w, req, remote, pass, trail).await,
         Ok(Gate::Answered(served)) => Ok(served),
@@ -269,7 +272,7 @@ async fn forward(
     mut req: Request<Incoming>,
     remote: SocketAddr,
     pass: Pass<'_>,
-    trail: Trail,
+    mut trail: Trail,
 ) -> Response<Body> {
     let gw = &*w.gw;
     let Pass {
@@ -314,7 +317,14 @@ async fn forward(
             };
             let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
                 Ok(()) => {
+                    let asked = trail.trace.as_deref().map(|t| {
+                        crate::state::traces::toward_upstream(t, req.headers_mut());
+                        std::time::Instant::now()
+                    });
                     let sent = proxy::send(&w.upstreams, &forward, req).await;
+                    if let (Some(t), Some(asked)) = (trail.trace.as_deref_mut(), asked) {
+                        t.upstream = Some(asked.elapsed());
+                    }
                     if let Some(ticket) = ticket {
                         let failed = match &sent {
                             Ok(resp) => ticket.count_5xx() && resp.status().is_server_error(),

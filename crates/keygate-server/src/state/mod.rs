@@ -18,5 +18,6 @@ pub(crate) mod reload;
 pub(crate) mod replica;
 pub(crate) mod shutdown;
 pub(crate) mod suspensions;
+pub(crate) mod traces;
 pub(crate) mod usage;
 pub(crate) mod ws_sessions;

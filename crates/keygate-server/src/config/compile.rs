@@ -422,8 +422,14 @@ fn compile_tracing(
             ),
         ),
     }
-    let service_name = t.service_name.clone().unwrap_or_else(|| "keygate".to_owned());
-    if service_name.is_empty() || service_name.len() > 255 || service_name.chars().any(char::is_control) {
+    let service_name = t
+        .service_name
+        .clone()
+        .unwrap_or_else(|| "keygate".to_owned());
+    if service_name.is_empty()
+        || service_name.len() > 255
+        || service_name.chars().any(char::is_control)
+    {
         errors.at(
             span.as_ref(),
             "tracing.service_name: 1 to 255 printable characters",
@@ -438,7 +444,9 @@ fn compile_tracing(
     }
     let max_queue = errors
         .positive(span.as_ref(), "tracing.max_queue", t.max_queue, None)
-        .map_or(2048, |n| usize::try_from(n.get()).unwrap_or(usize::MAX).min(1 << 20));
+        .map_or(2048, |n| {
+            usize::try_from(n.get()).unwrap_or(usize::MAX).min(1 << 20)
+        });
     let export_timeout = errors.duration(
         span.as_ref(),
         "tracing.export_timeout",

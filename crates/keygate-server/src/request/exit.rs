@@ -526,8 +526,14 @@ fn span(
         None => exit.method.to_string(),
     };
     let mut attributes = Vec::with_capacity(10);
-    attributes.push(KeyValue::new("http.request.method", exit.method.to_string()));
-    attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+    attributes.push(KeyValue::new(
+        "http.request.method",
+        exit.method.to_string(),
+    ));
+    attributes.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
     if let Some(r) = route {
         attributes.push(KeyValue::new("http.route", r));
     }

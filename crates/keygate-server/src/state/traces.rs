@@ -290,7 +290,11 @@ mod tests {
             b"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
             &[b'0'; 4096][..],
         ] {
-            assert!(parse_traceparent(v).is_none(), "{:?}", String::from_utf8_lossy(v));
+            assert!(
+                parse_traceparent(v).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
         }
     }
 

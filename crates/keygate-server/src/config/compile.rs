@@ -370,6 +370,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         errors,
     );
     let analytics = compile_analytics(raw.analytics.as_ref(), errors);
+    let tracing = raw.tracing.as_ref().map(|t| compile_tracing(t, errors));
     if !errors.is_empty() {
         return None;
     }
@@ -402,6 +403,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
         webhooks,
         outbox,
         analytics,
+        tracing,
     })
 }
 
@@ -435,6 +437,70 @@ fn compile_analytics(
         }
     }
     settings
+}
+
+/// `[tracing]`: an `http(s)` collector URL without credentials, query or fragment (it may be
+/// logged), a ratio in 0.0–1.0, a positive queue and timeout.
+fn compile_tracing(
+    spanned: &Spanned<super::raw::RawTracing>,
+    errors: &mut Errors<'_>,
+) -> super::TracingConfig {
+    let span = Some(spanned.span());
+    let t = spanned.get_ref();
+    let endpoint = t.otlp_endpoint.trim();
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some_and(|h| !h.is_empty())
+                && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
+                && uri.query().is_none()
+                && !endpoint.contains('#') => {}
+        _ => errors.at(
+            span.as_ref(),
+            format!(
+                "tracing.otlp_endpoint: {endpoint:?} is not an http(s) URL without credentials or query"
+            ),
+        ),
+    }
+    let service_name = t
+        .service_name
+        .clone()
+        .unwrap_or_else(|| "keygate".to_owned());
+    if service_name.is_empty()
+        || service_name.len() > 255
+        || service_name.chars().any(char::is_control)
+    {
+        errors.at(
+            span.as_ref(),
+            "tracing.service_name: 1 to 255 printable characters",
+        );
+    }
+    let sample_ratio = t.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        errors.at(
+            span.as_ref(),
+            format!("tracing.sample_ratio: {sample_ratio} is not between 0.0 and 1.0"),
+        );
+    }
+    let max_queue = errors
+        .positive(span.as_ref(), "tracing.max_queue", t.max_queue, None)
+        .map_or(2048, |n| {
+            usize::try_from(n.get()).unwrap_or(usize::MAX).min(1 << 20)
+        });
+    let export_timeout = errors.duration(
+        span.as_ref(),
+        "tracing.export_timeout",
+        t.export_timeout.as_ref(),
+        Duration::from_secs(10),
+        Zero::Refused,
+    );
+    super::TracingConfig {
+        otlp_endpoint: endpoint.to_owned(),
+        service_name,
+        sample_ratio,
+        max_queue,
+        export_timeout,
+    }
 }
 
 fn compile_http_limits(raw: &RawConfig, errors: &mut Errors<'_>) -> HttpLimits {

@@ -274,6 +274,9 @@ pub struct Config {
     pub portal: Option<PortalSettings>,
     /// `[leak_reports]`: GitHub's secret-scanning endpoint; `None` (the default) serves none.
     pub leak_reports: Option<crate::policy::leak_reports::LeakReports>,
+    /// `[tracing]`: OpenTelemetry spans over OTLP; `None` (the default) makes none. Read at
+    /// start only: a reload that changes it is logged as needing a restart.
+    pub tracing: Option<TracingConfig>,
     /// `[[webhooks]]`: where events are sent; none by default.
     pub webhooks: Vec<crate::policy::webhooks::WebhookSpec>,
     /// `[outbox]`: how the node works the webhook outbox.
@@ -353,3 +356,16 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// `[tracing]`, compiled (`crate::state::traces`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL; spans go to `<endpoint>/v1/traces`.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Of the traces that start here, the share sampled; a caller's sampled flag is honoured.
+    pub sample_ratio: f64,
+    /// Spans waiting for export; past it they are dropped.
+    pub max_queue: usize,
+    pub export_timeout: Duration,
+}

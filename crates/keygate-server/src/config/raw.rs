@@ -51,6 +51,9 @@ pub(crate) struct RawConfig {
     /// Hourly analytics (`crate::state::usage`); on with defaults when absent.
     #[serde(default)]
     pub(crate) analytics: Option<Spanned<RawAnalytics>>,
+    /// OpenTelemetry spans over OTLP/HTTP (`crate::state::traces`); off when absent.
+    #[serde(default)]
+    pub(crate) tracing: Option<Spanned<RawTracing>>,
 }
 
 /// `[analytics]`: whether requests are counted per key, route, status and hour, and how long.
@@ -61,6 +64,22 @@ pub(crate) struct RawAnalytics {
     pub(crate) enabled: Option<bool>,
     /// Days hourly rows are kept (default 90, at most 3660).
     pub(crate) retention_days: Option<i64>,
+}
+
+/// `[tracing]`: where spans are exported, and how many.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    /// The collector's OTLP/HTTP base URL (`http://host:4318`); spans go to `/v1/traces`.
+    pub(crate) otlp_endpoint: String,
+    /// `service.name` of the spans (default `keygate`).
+    pub(crate) service_name: Option<String>,
+    /// Share of new traces sampled, 0.0 to 1.0 (default 1.0).
+    pub(crate) sample_ratio: Option<f64>,
+    /// Spans queued for export before new ones are dropped (default 2048).
+    pub(crate) max_queue: Option<i64>,
+    /// How long one export may take (default 10s).
+    pub(crate) export_timeout: Option<DurationSetting>,
 }
 
 /// `[leak_reports]`: where GitHub's secret scanning reports leaked keys, and what to do.

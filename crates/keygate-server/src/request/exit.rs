@@ -24,6 +24,7 @@ use crate::policy::ws::CloseEvent;
 use crate::request::body::Body;
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
+use crate::state::traces::TraceCtx;
 
 /// A limit's state as an answer reports it, with the window the IETF policy names (`w`).
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +164,8 @@ pub(crate) struct Trail {
     /// Refusals answered as 401 or 403 only (nginx's `auth_request` treats any other status
     /// of the sub-request as an error).
     pub auth_statuses_only: bool,
+    /// The request's trace, only while `[tracing]` is on.
+    pub trace: Option<Box<TraceCtx>>,
 }
 
 impl Trail {
@@ -175,6 +178,7 @@ impl Trail {
             counted: None,
             reports_budget: true,
             auth_statuses_only: false,
+            trace: None,
         }
     }
 
@@ -293,6 +297,7 @@ impl Trail {
             route,
             who,
             started: self.started,
+            trace: self.trace.as_deref(),
         }
     }
 
@@ -454,6 +459,8 @@ pub(crate) struct Exit<'a> {
     pub route: Option<usize>,
     pub who: Option<&'a Admitted>,
     pub started: Option<Instant>,
+    /// The request's trace, only while `[tracing]` is on.
+    pub trace: Option<&'a TraceCtx>,
 }
 
 /// Whether the access log is on (its clock is read only then).
@@ -484,6 +491,9 @@ pub(crate) fn record(
         gw.usage
             .record(&w.client, key, route, gw.clock.now(), status);
     }
+    if let Some(trace) = exit.trace {
+        span(gw, exit, trace, outcome, status, reason);
+    }
     if !access_logged() {
         return;
     }
@@ -502,4 +512,56 @@ pub(crate) fn record(
         latency_us,
         "Request."
     );
+}
+
+/// The request's one span (`crate::state::traces`): what the access log says, under
+/// OpenTelemetry's names where it has them. Never the query string, never a header.
+#[cold]
+fn span(
+    gw: &Gateway,
+    exit: &Exit<'_>,
+    trace: &TraceCtx,
+    outcome: Outcome,
+    status: u16,
+    reason: Option<Reason>,
+) {
+    use opentelemetry::KeyValue;
+    let Some(tracer) = gw.tracer.get() else {
+        return;
+    };
+    let route = route_at(gw, exit.route).map(|r| r.name.to_string());
+    let name = match &route {
+        Some(r) => format!("{} {r}", exit.method),
+        None => exit.method.to_string(),
+    };
+    let mut attributes = Vec::with_capacity(10);
+    attributes.push(KeyValue::new(
+        "http.request.method",
+        exit.method.to_string(),
+    ));
+    attributes.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if let Some(r) = route {
+        attributes.push(KeyValue::new("http.route", r));
+    }
+    attributes.push(KeyValue::new("keygate.decision", outcome.name()));
+    if let Some(r) = reason {
+        attributes.push(KeyValue::new("keygate.reason", r.code()));
+    }
+    if let Some(w) = exit.who {
+        attributes.push(KeyValue::new(
+            "keygate.client_id",
+            w.client.policy.id.as_str().to_owned(),
+        ));
+        attributes.push(KeyValue::new("keygate.key_id", w.key.id().to_owned()));
+    }
+    if let Some(d) = trace.upstream {
+        attributes.push(KeyValue::new(
+            "keygate.upstream.duration_ms",
+            d.as_secs_f64() * 1000.0,
+        ));
+    }
+    tracer.end(trace, name, attributes, status >= 500);
 }

@@ -69,6 +69,8 @@ pub enum ServeError {
     Limiter(#[source] keygate_limits::LimiterError),
     #[error("cannot set up messaging feeds ([amqp]): {0}")]
     Amqp(String),
+    #[error("cannot set up tracing ([tracing]): {0}")]
+    Tracing(#[source] crate::state::traces::TracingError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[source] crate::tls::TlsError),
     #[error("cannot set up the customer portal: {0}")]
@@ -142,6 +144,17 @@ impl Running {
             Err(_) => tracing::warn!(
                 "The store did not take the last usage counts within the shutdown grace."
             ),
+        }
+        if let Some(tracer) = gateway.tracer.get() {
+            // The batch processor's thread waits on the collector: not on a runtime thread.
+            let gw = Arc::clone(&gateway);
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(t) = gw.tracer.get() {
+                    t.shutdown();
+                }
+            })
+            .await;
+            let _ = tracer;
         }
     }
 
@@ -313,6 +326,10 @@ pub async fn start_on(
     let _ = gw.tls.set(Arc::clone(&tls));
     let (shutdown, stop) = watch::channel(false);
     crate::state::amqp::start(&gw, &store, stop.clone()).map_err(ServeError::Amqp)?;
+    if let Some(t) = &gw.config.tracing {
+        let tracer = crate::state::traces::Tracer::start(t).map_err(ServeError::Tracing)?;
+        let _ = gw.tracer.set(tracer);
+    }
 
     let mut workers = Vec::new();
     let (worker_done, workers_done) = tokio::sync::mpsc::channel(1);

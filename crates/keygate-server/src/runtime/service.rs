@@ -129,6 +129,9 @@ struct Pass<'g> {
 async fn route(w: Arc<Worker>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let gw = &*w.gw;
     let mut trail = Trail::start(req.method());
+    if let Some(tracer) = gw.tracer.get() {
+        trail.trace = Some(tracer.begin(req.headers()));
+    }
     let answer = match gate(&w, &mut req, remote, &mut trail).await {
         Ok(Gate::Pass(pass)) => return forward(&w, req, remote, pass, trail).await,
         Ok(Gate::Answered(served)) => Ok(served),
@@ -269,7 +272,7 @@ async fn forward(
     mut req: Request<Incoming>,
     remote: SocketAddr,
     pass: Pass<'_>,
-    trail: Trail,
+    mut trail: Trail,
 ) -> Response<Body> {
     let gw = &*w.gw;
     let Pass {
@@ -314,16 +317,28 @@ async fn forward(
             };
             let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
                 Ok(()) => {
-                    // Read only with analytics on: the latency histogram is its one use.
-                    let started = gw.config.analytics.enabled.then(std::time::Instant::now);
+                    // One clock read when the latency histogram (analytics) or a span (tracing)
+                    // uses it.
+                    let traced = trail.trace.as_deref().is_some_and(|t| {
+                        crate::state::traces::toward_upstream(t, req.headers_mut());
+                        true
+                    });
+                    let started =
+                        (gw.config.analytics.enabled || traced).then(std::time::Instant::now);
                     let sent = proxy::send(&w.upstreams, &forward, req).await;
-                    if let (Some(started), Ok(_)) = (started, &sent) {
-                        gw.usage.record_latency(
-                            gw.analytics_ids.route(Some(index)),
-                            gw.analytics_ids.upstream(upstream),
-                            gw.clock.now(),
-                            started.elapsed(),
-                        );
+                    if let Some(started) = started {
+                        let took = started.elapsed();
+                        if let Some(t) = trail.trace.as_deref_mut() {
+                            t.upstream = Some(took);
+                        }
+                        if sent.is_ok() && gw.config.analytics.enabled {
+                            gw.usage.record_latency(
+                                gw.analytics_ids.route(Some(index)),
+                                gw.analytics_ids.upstream(upstream),
+                                gw.clock.now(),
+                                took,
+                            );
+                        }
                     }
                     if let Some(ticket) = ticket {
                         let failed = match &sent {

@@ -145,6 +145,9 @@ pub struct Node {
     pub connections: crate::state::connections::Connections,
     /// Messaging feeds (`[amqp]`), set when the gateway starts with one.
     pub amqp: std::sync::OnceLock<crate::state::amqp::AmqpNode>,
+    /// The span exporter (`[tracing]`), set when the gateway starts with one; a reload
+    /// keeps it (changing `[tracing]` needs a restart).
+    pub tracer: std::sync::OnceLock<crate::state::traces::Tracer>,
     /// The configuration in force and its reloads (`crate::runtime::reload`).
     pub loaded: crate::state::loaded::Loaded,
     /// Held while clients are compiled into the replica under the plans in force (the change
@@ -265,6 +268,7 @@ impl Gateway {
                 config.portal.as_ref(),
             ),
             amqp: std::sync::OnceLock::new(),
+            tracer: std::sync::OnceLock::new(),
             replica,
             drain: Drain::new(),
             limits,

@@ -35,6 +35,12 @@ impl Outcome {
         }
     }
 
+    /// The outcome as the metrics and spans name it: `forwarded`, `public`, `local` or the
+    /// refusal's reason code.
+    pub(crate) fn name(self) -> &'static str {
+        Outcome::label(self.index())
+    }
+
     fn label(i: usize) -> &'static str {
         match i {
             0 => "forwarded",

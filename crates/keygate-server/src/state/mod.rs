@@ -20,5 +20,6 @@ pub(crate) mod replica;
 pub(crate) mod sharing;
 pub(crate) mod shutdown;
 pub(crate) mod suspensions;
+pub(crate) mod traces;
 pub(crate) mod usage;
 pub(crate) mod ws_sessions;

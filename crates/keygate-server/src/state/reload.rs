@@ -205,6 +205,7 @@ fn keep_restart_only(running: &Config, mut next: Config) -> (Config, Vec<&'stati
         limiter => "limits (backend, redis_url, timeouts)",
         amqp => "amqp",
         analytics => "analytics",
+        tracing => "tracing",
     );
     // The portal runs on its own listener with its settings from the start: all of it needs
     // a restart. (A base URL the file leaves to the bound address was filled in at start.)

@@ -256,6 +256,7 @@ async fn client_socket(upgraded: hyper::upgrade::Upgraded, gw: &Gateway) -> Clie
 /// ended with its `101`): once, through the one exit.
 fn record(gw: &Gateway, p: &Pending, who: Option<&Admitted>, answer: Result<(), &Refusal>) {
     let exit = Exit {
+        trace: None,
         method: &Method::GET,
         route: Some(p.route_index),
         who,

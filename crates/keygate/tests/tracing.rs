@@ -1,0 +1,430 @@
+//! `[tracing]` against the real binary: spans exported over OTLP/HTTP (JSON) to a collector
+//! the test runs, the caller's W3C `traceparent` continued to the upstream, hostile
+//! `traceparent`s ignored and never echoed, no key material in an exported body, a collector
+//! that does not answer costing requests nothing, and tracing off leaving the headers alone.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use keygate_test::{http_client, wait_for_status, Serving, Upstream};
+use serde_json::Value;
+
+/// OTLP/HTTP bodies received at `POST /v1/traces`, raw.
+#[derive(Clone, Default)]
+struct Collector {
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Collector {
+    async fn start() -> (Collector, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collector = Collector::default();
+        let bodies = Arc::clone(&collector.bodies);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let bodies = Arc::clone(&bodies);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let bodies = Arc::clone(&bodies);
+                        async move {
+                            let ok = req.method() == hyper::Method::POST
+                                && req.uri().path() == "/v1/traces";
+                            let body = req.into_body().collect().await?.to_bytes();
+                            if ok {
+                                bodies.lock().unwrap().push(body.to_vec());
+                            }
+                            let status = if ok { 200 } else { 404 };
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"{}"),
+                            ));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (collector, addr)
+    }
+
+    fn raw(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// Every span received so far, flattened.
+    fn spans(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for body in self.raw() {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    for s in ss["spans"].as_array().into_iter().flatten() {
+                        let mut s = s.clone();
+                        s["resource"] = rs["resource"].clone();
+                        out.push(s);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits (generously: a busy machine) for the span whose trace id is `trace_id`.
+    async fn span_of(&self, trace_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self
+                .spans()
+                .into_iter()
+                .find(|s| s["traceId"].as_str() == Some(trace_id))
+            {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no span of trace {trace_id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// An attribute's value as text (OTLP/JSON writes 64-bit integers as strings or numbers).
+fn attr(span: &Value, key: &str) -> Option<String> {
+    let a = span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?;
+    let v = &a["value"];
+    ["stringValue", "intValue", "doubleValue", "boolValue"]
+        .iter()
+        .find_map(|k| v.get(*k))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+}
+
+fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--json", "--config", config.to_str().unwrap(), "--db", db])
+        .args(args)
+        .env_remove("KEYGATE_DB")
+        .env_remove("KEYGATE_ADMIN_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const ROUTES: &str = r#"
+[profile]
+credentials = ["header:x-api-key", "query:apiKey"]
+
+[guard]
+threshold = 100000
+prefix_threshold = 100000
+
+[[routes]]
+name = "api"
+path = "/v1/{*rest}"
+"#;
+
+/// A node with `tracing` (a `[tracing]` table or nothing), a client and its key.
+async fn start(dir: &Path, upstream: &Upstream, tracing: &str) -> (Serving, String, String) {
+    let db = dir.join("keygate.db").to_str().unwrap().to_owned();
+    let config = dir.join("keygate.toml");
+    std::fs::write(&config, format!("{ROUTES}\n{tracing}")).unwrap();
+    cli(&db, &config, &["migrate"]);
+    let client = cli(&db, &config, &["client", "create", "Acme"]);
+    let client_id = client["id"].as_str().unwrap_or_default().to_owned();
+    let key = cli(&db, &config, &["key", "create", "--client", "Acme"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let node = keygate_test::serve(
+        env!("CARGO_BIN_EXE_keygate"),
+        (&db, &config),
+        &upstream.url(),
+        &[("RUST_LOG", "warn")],
+        dir,
+    );
+    assert!(
+        wait_for_status(
+            node.admin.parse().unwrap(),
+            "/ready",
+            200,
+            Duration::from_secs(30)
+        )
+        .await,
+        "not ready: {}",
+        node.proc.stderr()
+    );
+    (node, key, client_id)
+}
+
+async fn get(node: &Serving, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = http_client().get(format!("http://{}{path}", node.listen));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_and_the_upstream_is_told_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (collector, at) = Collector::start().await;
+    let tracing =
+        format!("[tracing]\notlp_endpoint = \"http://{at}\"\nservice_name = \"gw-test\"\n");
+    let (node, key, client_id) = start(dir.path(), &upstream, &tracing).await;
+
+    // A caller's trace is continued: the gateway's span is a child of the caller's, and the
+    // upstream's parent is the gateway's span.
+    let traceparent = format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01");
+    let status = get(
+        &node,
+        "/v1/matches?page=2",
+        &[
+            ("x-api-key", &key),
+            ("traceparent", &traceparent),
+            ("tracestate", "vendor=abc"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = upstream.last_request().unwrap();
+    let sent = seen.header("traceparent").unwrap().to_owned();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", PARENT_TRACE, "01"));
+    assert_ne!(parts[2], PARENT_SPAN);
+    assert_eq!(seen.header("tracestate"), Some("vendor=abc"));
+    let span = collector.span_of(PARENT_TRACE).await;
+    assert_eq!(span["spanId"].as_str(), Some(parts[2]), "{span}");
+    assert_eq!(span["parentSpanId"].as_str(), Some(PARENT_SPAN), "{span}");
+    assert_eq!(span["name"], "GET api");
+    assert_eq!(attr(&span, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(attr(&span, "http.route").as_deref(), Some("api"));
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(&span, "keygate.decision").as_deref(),
+        Some("forwarded")
+    );
+    assert_eq!(attr(&span, "keygate.reason"), None);
+    if !client_id.is_empty() {
+        assert_eq!(attr(&span, "keygate.client_id"), Some(client_id.clone()));
+    }
+    let key_id = attr(&span, "keygate.key_id").expect("the key's id");
+    assert!(!key_id.is_empty() && key_id != key, "{key_id}");
+    let upstream_ms: f64 = attr(&span, "keygate.upstream.duration_ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(upstream_ms >= 0.0);
+    let service = span["resource"]["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "service.name")
+        .map(|a| a["value"]["stringValue"].clone());
+    assert_eq!(service, Some(Value::from("gw-test")));
+
+    // No traceparent: a new trace, sampled (ratio 1.0), named to the upstream.
+    assert_eq!(get(&node, "/v1/matches", &[("x-api-key", &key)]).await, 200);
+    let sent = upstream
+        .last_request()
+        .unwrap()
+        .header("traceparent")
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_ne!(parts[1], PARENT_TRACE);
+    let span = collector.span_of(parts[1]).await;
+    assert_eq!(span["spanId"].as_str(), Some(parts[2]));
+    assert!(
+        span["parentSpanId"].as_str().unwrap_or("").is_empty(),
+        "{span}"
+    );
+
+    // An attacker's traceparents: ignored (a new trace), never echoed, their tracestate
+    // dropped with them.
+    let hostile = [
+        "garbage".to_owned(),
+        "x".repeat(4000),
+        format!("01-{PARENT_TRACE}-{PARENT_SPAN}-01"),
+        format!("ff-{PARENT_TRACE}-{PARENT_SPAN}-01"),
+        format!("00-{}-{PARENT_SPAN}-01", "0".repeat(32)),
+        format!("00-{PARENT_TRACE}-{}-01", "0".repeat(16)),
+        format!("00-{}-{PARENT_SPAN}-01", PARENT_TRACE.to_uppercase()),
+        format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01-extra"),
+    ];
+    for bad in &hostile {
+        upstream.clear();
+        let status = get(
+            &node,
+            "/v1/matches",
+            &[
+                ("x-api-key", &key),
+                ("traceparent", bad),
+                ("tracestate", "evil=1"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{bad}");
+        let seen = upstream.last_request().unwrap();
+        let sent = seen.header_all("traceparent");
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_ne!(sent[0], bad.as_str());
+        let parts: Vec<&str> = sent[0].split('-').collect();
+        assert_eq!(parts.len(), 4, "{sent:?}");
+        assert_ne!(parts[1], PARENT_TRACE, "{bad}");
+        assert_eq!(seen.header("tracestate"), None, "{bad}");
+        collector.span_of(parts[1]).await;
+    }
+
+    // A refused request: its reason in the span; no key material in anything exported.
+    let bad_key = format!("{}x", &key[..key.len() - 1]);
+    let status = get(
+        &node,
+        &format!("/v1/matches?apiKey={bad_key}"),
+        &[(
+            "traceparent",
+            &format!("00-{}-{PARENT_SPAN}-01", "ab".repeat(16)),
+        )],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let span = collector.span_of(&"ab".repeat(16)).await;
+    let reason = attr(&span, "keygate.reason").expect("a reason code");
+    assert!(!reason.is_empty());
+    assert_eq!(attr(&span, "keygate.decision"), Some(reason));
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("401")
+    );
+    for body in collector.raw() {
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains(&key), "the key was exported");
+        assert!(!text.contains(&bad_key), "the refused key was exported");
+        assert!(!text.contains("apiKey"), "the query string was exported");
+        assert!(!text.contains("page=2"), "the query string was exported");
+        assert!(!text.contains("vendor=abc"), "a header was exported");
+    }
+    drop(node);
+}
+
+/// A collector that accepts connections and never answers: requests are served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_does_not_answer_costs_requests_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = silent.local_addr().unwrap();
+    let tracing = format!(
+        "[tracing]\notlp_endpoint = \"http://{at}\"\nexport_timeout = \"60s\"\nmax_queue = 16\n"
+    );
+    let (node, key, _) = start(dir.path(), &upstream, &tracing).await;
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(get(&node, "/v1/matches", &[("x-api-key", &key)]).await, 200);
+    }
+    // Far below the export timeout: no request waited on the exporter.
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+/// Tracing off: `traceparent` and `tracestate` reach the upstream exactly as sent, valid or
+/// not, and nothing is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_off_forwards_trace_headers_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (node, key, _) = start(dir.path(), &upstream, "").await;
+    for tp in [
+        format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01"),
+        "garbage".to_owned(),
+    ] {
+        let status = get(
+            &node,
+            "/v1/matches",
+            &[
+                ("x-api-key", &key),
+                ("traceparent", &tp),
+                ("tracestate", "vendor=abc"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+        let seen = upstream.last_request().unwrap();
+        assert_eq!(seen.header_all("traceparent"), vec![tp.as_str()]);
+        assert_eq!(seen.header("tracestate"), Some("vendor=abc"));
+    }
+}
+
+/// check-config refuses a bad `[tracing]` with the line of the table.
+#[test]
+fn check_config_refuses_a_bad_tracing_table() {
+    let dir = tempfile::tempdir().unwrap();
+    for (table, says) in [
+        ("otlp_endpoint = \"ftp://x\"", "tracing.otlp_endpoint"),
+        (
+            "otlp_endpoint = \"http://u:p@x:4318\"",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "otlp_endpoint = \"http://x:4318\"\nsample_ratio = 1.5",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"http://x:4318\"\nmax_queue = 0",
+            "tracing.max_queue",
+        ),
+        (
+            "otlp_endpoint = \"http://x:4318\"\nexport_timeout = \"0s\"",
+            "tracing.export_timeout",
+        ),
+        ("otlp_endpoint = \"http://x:4318\"\nheaders = 1", "headers"),
+    ] {
+        let config = dir.path().join("k.toml");
+        std::fs::write(&config, format!("[tracing]\n{table}\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["check-config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{table}: {err}");
+        assert!(err.contains(says), "{table}: {err}");
+        // Spanned: the file and line of the table or key.
+        assert!(err.contains("k.toml:"), "{table}: {err}");
+    }
+}

@@ -97,7 +97,6 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", get(keys::show).patch(keys::restrict))
         .route("/v1/keys/suspected", get(sharing::list))
-        .route("/v1/keys/{id}", get(keys::show))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/keys/{id}/revoke", post(keys::revoke))
         .route("/v1/keys/{id}/disable", post(keys::disable))

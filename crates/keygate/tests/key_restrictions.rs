@@ -5,14 +5,16 @@
 //! metadata, external ids and CIDRs are refused; whoami and verify show what a key is; and a
 //! change reaches a second node on PostgreSQL within a second.
 
+mod operator;
+
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
-use keygate_test::{http_client, postgres_schema, wait_for_status, Serving};
+use keygate_test::{http_client, postgres_schema, Serving};
+use operator::{cli, run, start};
 use serde_json::{json, Value};
 
 /// A sport namespace with templated scopes, a route without scopes, and a WebSocket stream
@@ -37,55 +39,11 @@ name = "data"
 path = "/data/{*rest}"
 "#;
 
-fn run(db: &str, config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap(), "--db", db])
-        .args(args)
-        .env_remove("KEYGATE_DB")
-        .env_remove("KEYGATE_ADMIN_URL")
-        .output()
-        .unwrap()
-}
-
-fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
-    let out = run(db, config, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A CLI call that must fail; its stderr.
 fn cli_refused(db: &str, config: &Path, args: &[&str]) -> String {
     let out = run(db, config, args);
     assert!(!out.status.success(), "{args:?} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-async fn start(dir: &Path, db: &str, config: &Path, upstream: &str, name: &str) -> Serving {
-    let log_dir = dir.join(name);
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let node = keygate_test::serve(
-        env!("CARGO_BIN_EXE_keygate"),
-        (db, config),
-        upstream,
-        &[("RUST_LOG", "warn")],
-        &log_dir,
-    );
-    assert!(
-        wait_for_status(
-            node.admin.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(30)
-        )
-        .await,
-        "{name} not ready: {}",
-        node.proc.stderr()
-    );
-    node
 }
 
 /// A client whose requests leave from `ip` (any 127/8 address is this host's).

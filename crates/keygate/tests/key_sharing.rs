@@ -4,11 +4,13 @@
 //! with `action = "disable"` both nodes refuse it; a caller that is not a trusted proxy
 //! cannot make up networks with `X-Forwarded-For`.
 
+mod operator;
+
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygate_test::{http_client, postgres_schema, redis_url, wait_for_status, Serving};
+use keygate_test::{http_client, postgres_schema, redis_url, Serving};
+use operator::{cli, start};
 use serde_json::Value;
 
 fn config(redis: &str, trusted: &str) -> String {
@@ -38,46 +40,6 @@ name = "rest"
 path = "/v1/{{*rest}}"
 "#
     )
-}
-
-fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap(), "--db", db])
-        .args(args)
-        .env_remove("KEYGATE_DB")
-        .env_remove("KEYGATE_ADMIN_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn start(dir: &Path, db: &str, config: &Path, upstream: &str, name: &str) -> Serving {
-    let log_dir = dir.join(name);
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let node = keygate_test::serve(
-        env!("CARGO_BIN_EXE_keygate"),
-        (db, config),
-        upstream,
-        &[("RUST_LOG", "warn")],
-        &log_dir,
-    );
-    assert!(
-        wait_for_status(
-            node.admin.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(20)
-        )
-        .await,
-        "{name} not ready: {}",
-        node.proc.stderr()
-    );
-    node
 }
 
 /// One request from the client `from` (as a trusted proxy reports it): status and body.

@@ -5,13 +5,13 @@
 //! the CLI (on the database and through a node) and the audit log; and the attacker's inputs
 //! (to the admin API, the CLI and the configuration) refused.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod operator;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygate_test::{
-    http_client, postgres_schema, redis_url, wait_for_status, Serving, Upstream, WebhookReceiver,
-};
+use keygate_test::{http_client, postgres_schema, redis_url, Serving, Upstream, WebhookReceiver};
+use operator::{cli, remote, run, start_logging};
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_quota_0123456789abcdef";
@@ -48,62 +48,6 @@ name = "rest"
 path = "/v1/{{*rest}}"
 "#
     )
-}
-
-fn run(db: &str, config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap(), "--db", db])
-        .args(args)
-        .env_remove("KEYGATE_DB")
-        .env_remove("KEYGATE_ADMIN_URL")
-        .output()
-        .unwrap()
-}
-
-fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
-    let out = run(db, config, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The CLI through a node's admin API.
-fn remote(admin: &str, token: &str, config: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap()])
-        .args(["--admin-url", &format!("http://{admin}")])
-        .env("KEYGATE_ADMIN_TOKEN", token)
-        .env_remove("KEYGATE_DB")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn start(dir: &Path, db: &str, config: &Path, upstream: &str, name: &str) -> Serving {
-    let log_dir = dir.join(name);
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let node = keygate_test::serve(
-        env!("CARGO_BIN_EXE_keygate"),
-        (db, config),
-        upstream,
-        &[("RUST_LOG", "info")],
-        &log_dir,
-    );
-    assert!(
-        wait_for_status(node.admin.parse().unwrap(), "/ready", 200, DEADLINE).await,
-        "{name} not ready: {}",
-        node.proc.stderr()
-    );
-    node
 }
 
 /// One request: its status and `X-RateLimit-Remaining`.
@@ -176,8 +120,8 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
         .as_str()
         .unwrap()
         .to_owned();
-    let a = start(dir.path(), &db, &config, &upstream.url(), "a").await;
-    let b = start(dir.path(), &db, &config, &upstream.url(), "b").await;
+    let a = start_logging(dir.path(), &db, &config, &upstream.url(), "a", "info").await;
+    let b = start_logging(dir.path(), &db, &config, &upstream.url(), "b", "info").await;
 
     // cost = 5 on a 10/day quota: two requests (one per node, one shared count) spend it all;
     // the third, and a cost-1 request after it, get the profile's quota refusal.
@@ -347,7 +291,7 @@ async fn hostile_quota_changes_and_costs_are_refused() {
         .as_str()
         .unwrap()
         .to_owned();
-    let node = start(dir.path(), db, &config, &upstream.url(), "n").await;
+    let node = start_logging(dir.path(), db, &config, &upstream.url(), "n", "info").await;
     let path = "/v1/clients/Acme/quota";
     for (body, status, code) in [
         (r#"{"add": 0}"#, 422, "invalid_value"),

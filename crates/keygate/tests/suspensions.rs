@@ -3,13 +3,15 @@
 //! on `keygate resume` and at `--until`; WebSocket sessions are told or closed per
 //! `[profile.ws] on_suspend`; the CLI's JSON interface; and an attacker's view of the admin API.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod operator;
 
 use futures_util::StreamExt;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
-use keygate_test::{http_client, postgres_schema, redis_url, wait_for_status, Serving};
+use keygate_test::{http_client, postgres_schema, redis_url, Serving};
+use operator::{cli, remote, run, start};
 use serde_json::{json, Value};
 
 use keygate_test::WsClient;
@@ -36,68 +38,6 @@ bookmaker = "query:bookmaker"
 name = "rest"
 path = "/v1/{*rest}"
 "#;
-
-fn run(db: &str, config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap(), "--db", db])
-        .args(args)
-        .env_remove("KEYGATE_DB")
-        .env_remove("KEYGATE_ADMIN_URL")
-        .output()
-        .unwrap()
-}
-
-fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
-    let out = run(db, config, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The CLI through a node's admin API.
-fn remote(admin: &str, token: &str, config: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--json", "--config", config.to_str().unwrap()])
-        .args(["--admin-url", admin])
-        .env("KEYGATE_ADMIN_TOKEN", token)
-        .env_remove("KEYGATE_DB")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn start(dir: &Path, db: &str, config: &Path, upstream: &str, name: &str) -> Serving {
-    let log_dir = dir.join(name);
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let node = keygate_test::serve(
-        env!("CARGO_BIN_EXE_keygate"),
-        (db, config),
-        upstream,
-        &[("RUST_LOG", "warn")],
-        &log_dir,
-    );
-    assert!(
-        wait_for_status(
-            node.admin.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(20)
-        )
-        .await,
-        "{name} not ready: {}",
-        node.proc.stderr()
-    );
-    node
-}
 
 /// One request: its status and JSON body (null when not JSON).
 async fn get(listen: &str, path: &str, key: &str) -> (u16, Value) {
@@ -241,9 +181,8 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
 
     // A bookmaker for one client, through the admin API: that client's requests naming it are
     // held, the other bookmaker and the other client are served.
-    let admin = format!("http://{}", a.admin);
     let made = remote(
-        &admin,
+        &a.admin,
         &token,
         &config,
         &["suspend", "--bookmaker", "bet365", "--client", "Acme"],
@@ -252,7 +191,7 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
     until_every_node(&nodes, "/v1/odds?bookmaker=bet365", &acme, 503, second).await;
     every_node_answers(&nodes, "/v1/odds?bookmaker=pinnacle", &acme, 200).await;
     every_node_answers(&nodes, "/v1/odds?bookmaker=bet365", &other, 200).await;
-    let lifted = remote(&admin, &token, &config, &["resume", &id]);
+    let lifted = remote(&a.admin, &token, &config, &["resume", &id]);
     assert!(lifted["lifted_at"].is_string(), "{lifted}");
     until_every_node(&nodes, "/v1/odds?bookmaker=bet365", &acme, 200, second).await;
 

@@ -1,0 +1,90 @@
+//! What the operator-control tests (suspensions, key restrictions, quota controls, key sharing)
+//! share: the real `keygate` binary run on a database or through a node's admin API, and a node
+//! started and ready.
+#![allow(dead_code)] // each test crate uses some of these
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use keygate_test::{wait_for_status, Serving};
+use serde_json::Value;
+
+/// How long a node may take to become ready on a busy machine.
+const READY: Duration = Duration::from_secs(30);
+
+/// The CLI on the database `db` with `--json`; its output, whatever the exit.
+pub(crate) fn run(db: &str, config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--json", "--config", config.to_str().unwrap(), "--db", db])
+        .args(args)
+        .env_remove("KEYGATE_DB")
+        .env_remove("KEYGATE_ADMIN_URL")
+        .output()
+        .unwrap()
+}
+
+/// [`run`], which must succeed; its JSON answer.
+pub(crate) fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
+    answer(&run(db, config, args), args)
+}
+
+/// The CLI through the admin API at `admin` (`127.0.0.1:PORT`) with `token`; its JSON answer.
+pub(crate) fn remote(admin: &str, token: &str, config: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--json", "--config", config.to_str().unwrap()])
+        .args(["--admin-url", &format!("http://{admin}")])
+        .env("KEYGATE_ADMIN_TOKEN", token)
+        .env_remove("KEYGATE_DB")
+        .args(args)
+        .output()
+        .unwrap();
+    answer(&out, args)
+}
+
+fn answer(out: &Output, args: &[&str]) -> Value {
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A node on `db` and `config` before `upstream`, logging at `warn` into `dir/name`; ready.
+pub(crate) async fn start(
+    dir: &Path,
+    db: &str,
+    config: &Path,
+    upstream: &str,
+    name: &str,
+) -> Serving {
+    start_logging(dir, db, config, upstream, name, "warn").await
+}
+
+/// [`start`] with the log level `level` (`info` where a test reads the log for what must not
+/// be in it).
+pub(crate) async fn start_logging(
+    dir: &Path,
+    db: &str,
+    config: &Path,
+    upstream: &str,
+    name: &str,
+    level: &str,
+) -> Serving {
+    let log_dir = dir.join(name);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let node = keygate_test::serve(
+        env!("CARGO_BIN_EXE_keygate"),
+        (db, config),
+        upstream,
+        &[("RUST_LOG", level)],
+        &log_dir,
+    );
+    assert!(
+        wait_for_status(node.admin.parse().unwrap(), "/ready", 200, READY).await,
+        "{name} not ready: {}",
+        node.proc.stderr()
+    );
+    node
+}

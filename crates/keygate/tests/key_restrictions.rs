@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::{http_client, postgres_schema, Serving};
-use operator::{cli, run, start};
+use operator::{cli, get, run, start, until_every_node};
 use serde_json::{json, Value};
 
 /// A sport namespace with templated scopes, a route without scopes, and a WebSocket stream
@@ -74,10 +74,6 @@ async fn get_from(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn get(listen: &str, path: &str, key: &str) -> (u16, Value) {
-    get_from("127.0.0.1", listen, path, key, &[]).await
-}
-
 /// An admin API call with the token: status and JSON body.
 async fn admin(
     node: &Serving,
@@ -102,32 +98,6 @@ async fn admin(
 
 fn key_of(issued: &Value) -> String {
     issued["key"].as_str().unwrap().to_owned()
-}
-
-/// Polls until `path` answers `status` on every node; fails after `limit`.
-async fn until_every_node(
-    nodes: &[&Serving],
-    path: &str,
-    key: &str,
-    status: u16,
-    limit: Duration,
-) -> Duration {
-    let started = Instant::now();
-    for node in nodes {
-        loop {
-            let (s, _) = get(&node.listen, path, key).await;
-            if s == status {
-                break;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "{path} on {} still answers {s}, not {status}, after {limit:?}",
-                node.listen
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@ mod operator;
 
 use futures_util::StreamExt;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
-use keygate_test::{http_client, postgres_schema, redis_url, Serving};
-use operator::{cli, remote, run, start};
+use keygate_test::{http_client, postgres_schema, redis_url};
+use operator::{cli, every_node_answers, get, remote, run, start, until_every_node};
 use serde_json::{json, Value};
 
 use keygate_test::WsClient;
@@ -38,53 +38,6 @@ bookmaker = "query:bookmaker"
 name = "rest"
 path = "/v1/{*rest}"
 "#;
-
-/// One request: its status and JSON body (null when not JSON).
-async fn get(listen: &str, path: &str, key: &str) -> (u16, Value) {
-    let resp = http_client()
-        .get(format!("http://{listen}{path}"))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Polls `path` on every node until each answers `status`; fails after `limit`. Returns how
-/// long the slowest took.
-async fn until_every_node(
-    nodes: &[&Serving],
-    path: &str,
-    key: &str,
-    status: u16,
-    limit: Duration,
-) -> Duration {
-    let started = Instant::now();
-    for node in nodes {
-        loop {
-            let (s, _) = get(&node.listen, path, key).await;
-            if s == status {
-                break;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "{path} on {} still answers {s}, not {status}, after {limit:?}",
-                node.listen
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    started.elapsed()
-}
-
-/// Asserts every node answers `path` with `status` now.
-async fn every_node_answers(nodes: &[&Serving], path: &str, key: &str, status: u16) {
-    for node in nodes {
-        let (s, body) = get(&node.listen, path, key).await;
-        assert_eq!(s, status, "{path} on {}: {body}", node.listen);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {

@@ -1,13 +1,13 @@
 //! What the operator-control tests (suspensions, key restrictions, quota controls, key sharing)
-//! share: the real `keygate` binary run on a database or through a node's admin API, and a node
-//! started and ready.
+//! share: the real `keygate` binary run on a database or through a node's admin API, a node
+//! started and ready, and requests polled on every node until they answer as expected.
 #![allow(dead_code)] // each test crate uses some of these
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use keygate_test::{wait_for_status, Serving};
+use keygate_test::{http_client, wait_for_status, Serving};
 use serde_json::Value;
 
 /// How long a node may take to become ready on a busy machine.
@@ -87,4 +87,51 @@ pub(crate) async fn start_logging(
         node.proc.stderr()
     );
     node
+}
+
+/// One request: its status and JSON body (null when not JSON).
+pub(crate) async fn get(listen: &str, path: &str, key: &str) -> (u16, Value) {
+    let resp = http_client()
+        .get(format!("http://{listen}{path}"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `path` on every node until each answers `status`; fails after `limit`. Returns how
+/// long the slowest took.
+pub(crate) async fn until_every_node(
+    nodes: &[&Serving],
+    path: &str,
+    key: &str,
+    status: u16,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    for node in nodes {
+        loop {
+            let (s, _) = get(&node.listen, path, key).await;
+            if s == status {
+                break;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{path} on {} still answers {s}, not {status}, after {limit:?}",
+                node.listen
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    started.elapsed()
+}
+
+/// Asserts every node answers `path` with `status` now.
+pub(crate) async fn every_node_answers(nodes: &[&Serving], path: &str, key: &str, status: u16) {
+    for node in nodes {
+        let (s, body) = get(&node.listen, path, key).await;
+        assert_eq!(s, status, "{path} on {}: {body}", node.listen);
+    }
 }

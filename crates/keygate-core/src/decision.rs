@@ -311,7 +311,7 @@ impl Denial {
     #[must_use]
     pub fn lifting_at(self, until: Option<Timestamp>) -> Self {
         let until = until.and_then(|t| {
-            let seconds = t.as_millis().div_euclid(1000) + i64::from(t.as_millis() % 1000 != 0);
+            let seconds = crate::limit::div_ceil_i64(t.as_millis(), 1000);
             u32::try_from(seconds).ok().and_then(NonZeroU32::new)
         });
         Denial { until, ..self }

@@ -128,17 +128,7 @@ pub fn authorize(
     needs: &Requirements,
     facts: RequestFacts<'_>,
 ) -> Result<(), Denial> {
-    let granted = |s: &ScopeNeed| s.is_granted(&client.scopes, facts.params);
-    if let Some(missing) = needs.scopes.iter().find(|s| !granted(s)) {
-        let scope = missing.resolve(facts.params);
-        return Err(Denial::about(Reason::ScopeMissing, &scope));
-    }
-    if let Some(first) = needs.any_scope.first() {
-        if !needs.any_scope.iter().any(granted) {
-            let scope = first.resolve(facts.params);
-            return Err(Denial::about(Reason::ScopeMissing, &scope));
-        }
-    }
+    check_scopes(&client.scopes, needs, facts.params, Reason::ScopeMissing)?;
     if needs.sport_gated {
         match facts.sport {
             Some(sport) if client.allows_sport(sport) => {}
@@ -172,9 +162,8 @@ pub fn authorize(
 pub struct KeyRules {
     /// Sorted; `None`: the client's scopes.
     pub scopes: Option<Vec<Box<str>>>,
-    /// Empty: any address.
-    pub cidrs: Box<[ipnet::IpNet]>,
-    /// The stored restrictions (metadata, external id), for whoami and verify.
+    /// The stored restrictions: the CIDRs the check reads, and the metadata and external id
+    /// for whoami and verify.
     pub source: KeyRestrictions,
 }
 
@@ -189,14 +178,13 @@ impl KeyRules {
                 .scopes
                 .as_ref()
                 .map(|s| sorted(&s.iter().map(|s| s.as_str()).collect::<Vec<_>>())),
-            cidrs: r.allowed_cidrs.clone().into_boxed_slice(),
             source: r.clone(),
         })
     }
 
     /// Whether the key may be used from `ip`.
     pub fn allows_ip(&self, ip: std::net::IpAddr) -> bool {
-        self.cidrs.is_empty() || self.cidrs.iter().any(|n| n.contains(&ip))
+        self.source.allows_ip(ip)
     }
 
     /// The client's scopes this key keeps (all of them when the key is not narrowed).
@@ -204,9 +192,12 @@ impl KeyRules {
         &'a self,
         client: &'a [Box<str>],
     ) -> impl Iterator<Item = &'a Box<str>> + 'a {
-        client
-            .iter()
-            .filter(move |s| self.scopes.as_ref().is_none_or(|k| contains(k, s)))
+        client.iter().filter(move |s| self.has_scope(s))
+    }
+
+    /// Whether the key keeps `scope` (any scope when it is not narrowed).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.as_deref().is_none_or(|k| contains(k, scope))
     }
 
     /// Checks the route's scopes against the key's own (the client's were checked first, so
@@ -215,26 +206,31 @@ impl KeyRules {
     /// # Errors
     /// `key_scope_missing` naming the first scope the key lacks.
     pub fn authorize(&self, needs: &Requirements, params: &[&str]) -> Result<(), Denial> {
-        let Some(scopes) = &self.scopes else {
-            return Ok(());
-        };
-        let granted = |s: &ScopeNeed| s.is_granted(scopes, params);
-        if let Some(missing) = needs.scopes.iter().find(|s| !granted(s)) {
-            return Err(Denial::about(
-                Reason::KeyScopeMissing,
-                &missing.resolve(params),
-            ));
+        match &self.scopes {
+            Some(scopes) => check_scopes(scopes, needs, params, Reason::KeyScopeMissing),
+            None => Ok(()),
         }
-        if let Some(first) = needs.any_scope.first() {
-            if !needs.any_scope.iter().any(granted) {
-                return Err(Denial::about(
-                    Reason::KeyScopeMissing,
-                    &first.resolve(params),
-                ));
-            }
-        }
-        Ok(())
     }
+}
+
+/// The route's scopes (every one of `scopes`, one of `any_scope`) against `granted`; `missing`
+/// names the first one lacking: the client's check and the key's, one rule.
+fn check_scopes(
+    granted: &[Box<str>],
+    needs: &Requirements,
+    params: &[&str],
+    missing: Reason,
+) -> Result<(), Denial> {
+    let has = |s: &ScopeNeed| s.is_granted(granted, params);
+    if let Some(lacking) = needs.scopes.iter().find(|s| !has(s)) {
+        return Err(Denial::about(missing, &lacking.resolve(params)));
+    }
+    if let Some(first) = needs.any_scope.first() {
+        if !needs.any_scope.iter().any(has) {
+            return Err(Denial::about(missing, &first.resolve(params)));
+        }
+    }
+    Ok(())
 }
 
 /// Whose scopes a check reads: a client's, narrowed by its key's when the key has them (the
@@ -248,11 +244,7 @@ pub struct Grantee<'a> {
 impl Grantee<'_> {
     /// Whether both the client and (when narrowed) the key have `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.client.has_scope(scope)
-            && self
-                .key
-                .and_then(|k| k.scopes.as_deref())
-                .is_none_or(|k| contains(k, scope))
+        self.client.has_scope(scope) && self.key.is_none_or(|k| k.has_scope(scope))
     }
 }
 

@@ -167,10 +167,12 @@ impl Suspension {
     /// Its state at `now` for people: `in force`, `lifted` (by an operator) or `ran out` (its
     /// `until` passed).
     pub fn state(&self, now: Timestamp) -> &'static str {
-        match (self.lifted_at, self.until) {
-            (Some(_), _) => "lifted",
-            (None, Some(until)) if until <= now => "ran out",
-            (None, _) => "in force",
+        if self.lifted_at.is_some() {
+            "lifted"
+        } else if self.is_active(now) {
+            "in force"
+        } else {
+            "ran out"
         }
     }
 

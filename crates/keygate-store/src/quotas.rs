@@ -140,9 +140,9 @@ async fn adjust_one(
             "a window is reset at most {MAX_RESETS} times"
         )));
     }
-    let (action, what) = match change {
-        Change::TopUp(n) => ("client.quota_topup", json!({ "add": n })),
-        Change::Reset => ("client.quota_reset", json!({})),
+    let action = match change {
+        Change::TopUp(_) => "client.quota_topup",
+        Change::Reset => "client.quota_reset",
     };
     tx.change("quota", &format!("{id}:{}", window.as_str()), action)
         .await?;
@@ -152,8 +152,8 @@ async fn adjust_one(
         "topup": saved.topup,
         "resets": saved.resets,
     });
-    if let (Some(d), Some(w)) = (detail.as_object_mut(), what.as_object()) {
-        d.extend(w.clone());
+    if let Change::TopUp(n) = change {
+        detail["add"] = n.into();
     }
     tx.audit(actor, action, id, detail).await?;
     Ok(saved)
@@ -213,16 +213,13 @@ impl Store {
         change: Change,
     ) -> Result<Vec<QuotaAdjustment>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let found: Option<(String,)> = sqlx::query_as(
-            "SELECT id FROM clients WHERE (id = $1 OR name = $1) AND deleted_at IS NULL",
-        )
-        .bind(client)
-        .fetch_optional(&mut *tx.tx)
-        .await?;
-        let (id,) = found.ok_or_else(|| StoreError::ClientNotFound(client.to_owned()))?;
+        let id = crate::clients::find(&mut tx, client)
+            .await?
+            .ok_or_else(|| StoreError::ClientNotFound(client.to_owned()))?
+            .id;
         let mut out = Vec::with_capacity(windows.len());
         for &window in windows {
-            out.push(adjust_one(&mut tx, actor, &id, window, change).await?);
+            out.push(adjust_one(&mut tx, actor, id.as_str(), window, change).await?);
         }
         tx.commit().await?;
         Ok(out)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use keygate_test::{http_client, wait_for_status, Serving, Upstream};
+use keygate_test::{http_client, Serving, Upstream};
 use serde_json::Value;
 
 /// OTLP/HTTP bodies received at `POST /v1/traces`, raw.
@@ -158,24 +158,14 @@ async fn start(dir: &Path, upstream: &Upstream, tracing: &str) -> (Serving, Stri
         .as_str()
         .unwrap()
         .to_owned();
-    let node = keygate_test::serve(
+    let node = keygate_test::serve_ready(
         env!("CARGO_BIN_EXE_keygate"),
         (&db, &config),
         &upstream.url(),
         &[("RUST_LOG", "warn")],
         dir,
-    );
-    assert!(
-        wait_for_status(
-            node.admin.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(30)
-        )
-        .await,
-        "not ready: {}",
-        node.proc.stderr()
-    );
+    )
+    .await;
     (node, key, client_id)
 }
 
@@ -426,5 +416,7 @@ fn check_config_refuses_a_bad_tracing_table() {
         assert!(err.contains(says), "{table}: {err}");
         // Spanned: the file and line of the table or key.
         assert!(err.contains("k.toml:"), "{table}: {err}");
+        // A refused URL's password is not repeated.
+        assert!(!err.contains("u:p@"), "{table}: {err}");
     }
 }

@@ -28,7 +28,7 @@ use super::error::AdminError;
 use super::extract::{JsonBody, KeyPath, Params};
 use super::idempotency::IdempotencyKey;
 use super::openapi as doc;
-use super::{page, page_limit, store_call, AdminState};
+use super::{instant, page, page_limit, store_call, AdminState};
 
 /// A new key for a client.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -245,13 +245,6 @@ impl ExpiryBody {
     pub(crate) fn validate(self) -> Result<Option<Timestamp>, AdminError> {
         instant("expires_at", self.expires_at)
     }
-}
-
-fn instant(field: &str, raw: Option<String>) -> Result<Option<Timestamp>, AdminError> {
-    raw.map(|s| {
-        Timestamp::parse_rfc3339(&s).map_err(|e| AdminError::invalid_value(field, e.to_string()))
-    })
-    .transpose()
 }
 
 /// The issued-key document as JSON (it borrows from values local to the handler).

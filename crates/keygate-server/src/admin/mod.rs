@@ -37,6 +37,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::{middleware, Router};
+use keygate_core::Timestamp;
 use keygate_store::{Store, StoreError};
 
 use crate::state::gateway::Gateway;
@@ -233,6 +234,15 @@ pub(crate) fn page_limit(raw: Option<&str>) -> Result<u32, AdminError> {
                 format!("`{raw}` is not a page size from 1 to {MAX_PAGE}"),
             )
         })
+}
+
+/// An optional RFC 3339 instant parameter or field (`since`, `until`, `expires_at`, …); 422
+/// `invalid_value` naming `field` otherwise.
+pub(crate) fn instant(field: &str, raw: Option<String>) -> Result<Option<Timestamp>, AdminError> {
+    raw.map(|s| {
+        Timestamp::parse_rfc3339(&s).map_err(|e| AdminError::invalid_value(field, e.to_string()))
+    })
+    .transpose()
 }
 
 /// The `before` cursor of a listing keyed by positive numeric ids (`what` names the id in the

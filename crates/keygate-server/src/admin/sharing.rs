@@ -3,7 +3,6 @@
 
 use axum::extract::State;
 use axum::Json;
-use keygate_core::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -65,13 +64,7 @@ pub(crate) async fn list(
     State(state): State<AdminState>,
     Params(q): Params<SuspectedQuery>,
 ) -> Result<Json<Value>, AdminError> {
-    let since = q
-        .since
-        .map(|s| {
-            Timestamp::parse_rfc3339(&s)
-                .map_err(|e| AdminError::invalid_value("since", e.to_string()))
-        })
-        .transpose()?;
+    let since = super::instant("since", q.since)?;
     let items = store_call(state.store.suspected_keys(since)).await?;
     Ok(Json(json!({ "items": items })))
 }

@@ -8,7 +8,7 @@ use axum::Json;
 use http::request::Parts;
 use http::StatusCode;
 use keygate_core::suspension::{RouteName, Suspension, Target};
-use keygate_core::{Scope, Slug, SuspensionId, Timestamp};
+use keygate_core::{Scope, Slug, SuspensionId};
 use keygate_store::NewSuspension;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -96,13 +96,7 @@ impl CreateBody {
                 ));
             }
         }
-        let until = self
-            .until
-            .map(|u| {
-                Timestamp::parse_rfc3339(&u)
-                    .map_err(|e| AdminError::invalid_value("until", e.to_string()))
-            })
-            .transpose()?;
+        let until = super::instant("until", self.until)?;
         Ok(NewSuspension {
             target,
             client: self.client,

@@ -75,12 +75,12 @@ pub fn load(text: &str, file: &str, overrides: &Overrides) -> Result<Config, Con
     }
 }
 
-/// The SHA-256 of a configuration's text, in hex: `/status` shows it so an operator can tell
-/// which file every node serves.
 /// The most units of a quota one request may spend (`[[routes]] cost`): a weight, not a way to
 /// spend a day's quota in one call by a typo.
 pub(crate) const MAX_ROUTE_COST: u32 = 1000;
 
+/// The SHA-256 of a configuration's text, in hex: `/status` shows it so an operator can tell
+/// which file every node serves.
 fn text_hash(text: &str) -> String {
     // The plain digester is SHA-256 of the text, the key digest's own code and hex.
     keygate_core::Digester::plain().digest(text).to_hex()
@@ -457,9 +457,8 @@ fn compile_tracing(
                 && !endpoint.contains('#') => {}
         _ => errors.at(
             span.as_ref(),
-            format!(
-                "tracing.otlp_endpoint: {endpoint:?} is not an http(s) URL without credentials or query"
-            ),
+            // Not the value: a refused URL may be one with a password in it.
+            "tracing.otlp_endpoint: not an http(s) URL without credentials, query or fragment",
         ),
     }
     let service_name = t
@@ -717,7 +716,6 @@ fn compile_limiter(raw: &RawConfig, read_files: bool, errors: &mut Errors<'_>) -
     config
 }
 
-/// Validates the numbers of a plan's or route's limits.
 /// `[plans.NAME.sharing]`: a threshold of 2 to `MAX_NETWORKS_PER_HOUR` networks (one network
 /// would suspect every key) and `flag` or `disable`.
 fn compile_sharing(
@@ -758,6 +756,7 @@ fn compile_sharing(
     })
 }
 
+/// Validates the numbers of a plan's or route's limits.
 fn compile_limits(
     raw: &RawLimits,
     what: &str,

@@ -141,15 +141,11 @@ pub(crate) fn checks(
         LimitBy::Client | LimitBy::Source => client_subject,
         LimitBy::Key => key_subject,
     };
-    out.extend(limits.iter().map(|&(slot, limit)| Check {
-        key: LimitKey {
-            subject: subject.clone(),
-            slot,
-        },
-        limit,
-        cost: 1,
-        epoch: 0,
-    }));
+    out.extend(
+        limits
+            .iter()
+            .map(|&(slot, limit)| Check::new(LimitKey::new(subject.clone(), slot), limit)),
+    );
 }
 
 /// How a profile reports limits.

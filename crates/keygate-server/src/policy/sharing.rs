@@ -21,11 +21,7 @@ pub struct Sharing {
 /// The network of a caller's address as a number: the /24 or /48 prefix, tagged by family so
 /// that an IPv4 and an IPv6 network never share a value.
 pub(crate) fn network(ip: IpAddr) -> u64 {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match ip {
+    match crate::policy::guard::unmap(ip) {
         IpAddr::V4(v4) => (1 << 48) | u64::from(u32::from(v4) >> 8),
         IpAddr::V6(v6) => (2 << 48) | (u128::from(v6) >> 80) as u64,
     }

@@ -491,7 +491,8 @@ pub(crate) fn record(
         gw.usage
             .record(&w.client, key, route, gw.clock.now(), status);
     }
-    if let Some(trace) = exit.trace {
+    // An unsampled request's span is never exported: its attributes are not built either.
+    if let Some(trace) = exit.trace.filter(|t| t.sampled()) {
         span(gw, exit, trace, outcome, status, reason);
     }
     if !access_logged() {

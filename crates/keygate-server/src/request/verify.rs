@@ -91,7 +91,7 @@ pub(crate) async fn verify(
                 "status": 200,
                 "key_id": who.key.id(),
                 "client": { "id": c.id.as_str(), "name": &*c.name, "plan": &*c.plan },
-                "scopes": effective_scopes(who),
+                "scopes": who.effective_scopes(),
                 "sports": c.sports.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "bookmakers": c.bookmakers.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "expires_at": who.key.policy.expires_at,
@@ -136,14 +136,6 @@ fn answer_verify(
 }
 
 /// A key's effective scopes: its client's, narrowed by the key's own when it has them.
-pub(crate) fn effective_scopes(who: &Admitted) -> Vec<&str> {
-    let client = &who.client.policy.scopes;
-    match &who.key.rules {
-        Some(rules) => rules.effective_scopes(client).map(|s| &**s).collect(),
-        None => client.iter().map(|s| &**s).collect(),
-    }
-}
-
 /// Adds a restricted key's CIDR allowlist, metadata and external id to an answer.
 pub(crate) fn restrictions_json(doc: &mut serde_json::Value, r: &keygate_core::KeyRestrictions) {
     doc["allowed_cidrs"] = json!(r.allowed_cidrs);
@@ -177,12 +169,12 @@ fn authorize_verify(
         if let Some(missing) = scopes.iter().find(|s| !who.client.policy.has_scope(s)) {
             return Err(Denial::about(Reason::ScopeMissing, missing));
         }
-        let narrowed = who.key.rules.as_ref().and_then(|r| r.scopes.as_ref());
-        if let Some(missing) = narrowed.and_then(|k| {
-            scopes
-                .iter()
-                .find(|s| k.binary_search_by(|g| (**g).cmp(s.as_str())).is_err())
-        }) {
+        if let Some(missing) = who
+            .key
+            .rules
+            .as_deref()
+            .and_then(|r| scopes.iter().find(|s| !r.has_scope(s)))
+        {
             return Err(Denial::about(Reason::KeyScopeMissing, missing));
         }
     }

@@ -35,7 +35,8 @@ impl Vars for WhoVars<'_> {
             "key_id" => Value::Str(self.0.key.id().to_owned()),
             // A narrowed key's effective scopes: its client's that the key kept.
             "scopes" => Value::List(
-                crate::request::verify::effective_scopes(self.0)
+                self.0
+                    .effective_scopes()
                     .into_iter()
                     .map(str::to_owned)
                     .collect(),

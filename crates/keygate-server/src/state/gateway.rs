@@ -80,6 +80,16 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    /// The scopes this caller may use: its client's, narrowed by its key's when the key has
+    /// them (whoami, verify and the scopes identity header).
+    pub(crate) fn effective_scopes(&self) -> Vec<&str> {
+        let client = &self.client.policy.scopes;
+        match &self.key.rules {
+            Some(rules) => rules.effective_scopes(client).map(|s| &**s).collect(),
+            None => client.iter().map(|s| &**s).collect(),
+        }
+    }
+
     /// Sets the identity headers (client id, name, key id, scopes, plan, sport and bookmaker
     /// allowlists) under the profile's names: on requests forwarded upstream and on
     /// forward-auth answers alike. The values were built once per client by the replica.
@@ -96,14 +106,8 @@ impl Admitted {
         // never sees more than the key may use (built per answer: such keys are rare).
         let scopes = match self.key.rules.as_deref().filter(|r| r.scopes.is_some()) {
             None => c.scopes.clone(),
-            Some(rules) => {
-                let effective: Vec<&str> = rules
-                    .effective_scopes(&self.client.policy.scopes)
-                    .map(|s| &**s)
-                    .collect();
-                HeaderValue::from_str(&effective.join(" "))
-                    .unwrap_or_else(|_| HeaderValue::from_static(""))
-            }
+            Some(_) => HeaderValue::from_str(&self.effective_scopes().join(" "))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
         };
         headers.insert(names.scopes.clone(), scopes);
         headers.insert(names.plan.clone(), c.plan.clone());
@@ -434,7 +438,7 @@ impl Gateway {
 /// The `ip_not_allowed` [`Denial`] (no subject: the caller is not told the allowlist).
 #[cold]
 pub(crate) fn key_address(rules: &KeyRules, source: impl FnOnce() -> IpAddr) -> Result<(), Denial> {
-    if rules.cidrs.is_empty() || rules.allows_ip(source()) {
+    if rules.source.allowed_cidrs.is_empty() || rules.allows_ip(source()) {
         Ok(())
     } else {
         Err(Denial::new(Reason::IpNotAllowed))
@@ -481,14 +485,9 @@ impl Gateway {
         now: Timestamp,
     ) -> Result<Option<(Limit, LimitState)>, Reason> {
         let checks = caller_checks(who, Some(route), &self.quotas, now);
-        if checks.is_empty() {
+        let Some(verdict) = self.verdict(&checks, now).await? else {
             return Ok(None);
-        }
-        let verdict = self
-            .limits
-            .check(&checks, now)
-            .await
-            .map_err(|_| Reason::LimiterUnavailable)?;
+        };
         if !verdict.crossed.is_empty() {
             self.announce_crossings(who, &checks, verdict.crossed, now);
         }
@@ -552,15 +551,26 @@ impl Gateway {
         checks: &[Check],
         now: Timestamp,
     ) -> Result<Option<(Limit, LimitState)>, Reason> {
+        Ok(self
+            .verdict(checks, now)
+            .await?
+            .and_then(|verdict| deciding(checks, verdict)))
+    }
+
+    /// The limiter's answer to `checks` (none asked when there are none).
+    async fn verdict(
+        &self,
+        checks: &[Check],
+        now: Timestamp,
+    ) -> Result<Option<keygate_limits::Verdict>, Reason> {
         if checks.is_empty() {
             return Ok(None);
         }
-        let verdict = self
-            .limits
+        self.limits
             .check(checks, now)
             .await
-            .map_err(|_| Reason::LimiterUnavailable)?;
-        Ok(deciding(checks, verdict))
+            .map(Some)
+            .map_err(|_| Reason::LimiterUnavailable)
     }
 
     /// What [`Gateway::check_limits`] would report for an admitted caller, consuming nothing:

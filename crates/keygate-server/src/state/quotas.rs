@@ -117,10 +117,7 @@ impl QuotaSet {
 
     /// The receiving end, for the one background task ([`run_events`]).
     pub fn take_receiver(&self) -> Option<mpsc::Receiver<Crossing>> {
-        self.receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        crate::state::locks::lock(&self.receiver).take()
     }
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use keygate_core::{KeyId, Timestamp};
-use keygate_store::{Store, StoreError};
+use keygate_store::{Store, StoreError, HOUR_MS};
 use smallvec::SmallVec;
 use smol_str::SmolStr;
 
@@ -36,8 +36,6 @@ pub(crate) const MAX_PENDING_PER_KEY: usize = 64;
 pub(crate) const MAX_PENDING_KEYS: usize = 100_000;
 /// Keys counted locally in one hour, at most (the local counter's memory bound).
 pub(crate) const MAX_COUNTED_KEYS: usize = 100_000;
-
-const HOUR_MS: i64 = 3_600_000;
 
 #[derive(Debug)]
 struct Pending {

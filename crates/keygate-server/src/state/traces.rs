@@ -175,6 +175,11 @@ impl Tracer {
 }
 
 impl TraceCtx {
+    /// Whether this request's span is exported (the caller's flag, or the sample ratio).
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
+
     /// The `traceparent` the upstream receives: this trace, the gateway's span as parent.
     pub fn traceparent(&self) -> HeaderValue {
         let flags = if self.sampled { "01" } else { "00" };

@@ -127,16 +127,16 @@ fn authorize(
         peer: p.remote.ip(),
         headers: &p.headers,
     };
-    let source = || gw.guard.client_address(caller);
+    let address = gw.guard.client_address(caller);
     let Named { sport, bookmaker } =
-        gw.authorize(who, route, &params, p.query.as_deref(), source)?;
+        gw.authorize(who, route, &params, p.query.as_deref(), || address)?;
     let params = if route.needs.has_templates() {
         params.values().iter().map(|&v| v.into()).collect()
     } else {
         Box::default()
     };
     Ok(Admission {
-        address: gw.guard.client_address(caller),
+        address,
         digest,
         route_index: p.route_index,
         route_name: Arc::clone(&gw.config.routes.routes()[p.route_index].name),

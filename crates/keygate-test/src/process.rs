@@ -73,6 +73,25 @@ pub fn serve(
     }
 }
 
+/// [`serve`], then waits (30 s: a busy machine) until its admin listener answers `/ready`;
+/// fails the test with the node's log otherwise.
+pub async fn serve_ready(
+    bin: &str,
+    store: (&str, &Path),
+    upstream: &str,
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Serving {
+    let node = serve(bin, store, upstream, env, dir);
+    let admin = node.admin.parse().expect("a socket address");
+    assert!(
+        wait_for_status(admin, "/ready", 200, Duration::from_secs(30)).await,
+        "the node did not become ready: {}",
+        node.proc.stderr()
+    );
+    node
+}
+
 impl Proc {
     /// Spawns `bin args...` with extra env vars (added to the inherited
     /// environment), stdin closed, stdout/stderr redirected to files in

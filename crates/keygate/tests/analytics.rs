@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use keygate_test::tokio_tungstenite::tungstenite::Message;
-use keygate_test::{http_client, wait_for_status, Serving, Upstream, WsUpstream};
+use keygate_test::{http_client, Serving, Upstream, WsUpstream};
 use serde_json::Value;
 
 /// A route name a spreadsheet would run as a formula.
@@ -144,24 +144,14 @@ ws = {{ mode = "handshake" }}
 
     let log_dir = dir.path().join("node");
     std::fs::create_dir_all(&log_dir).unwrap();
-    let node = keygate_test::serve(
+    let node = keygate_test::serve_ready(
         env!("CARGO_BIN_EXE_keygate"),
         (db, &config),
         &up.url(),
         &[("RUST_LOG", "info")],
         &log_dir,
-    );
-    assert!(
-        wait_for_status(
-            node.admin.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(30)
-        )
-        .await,
-        "not ready: {}",
-        node.proc.stderr()
-    );
+    )
+    .await;
 
     // What the callers see is what analytics must show.
     let a_200 = send(&node.listen, "/status/200", key_a, 3).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::{http_client, postgres_schema, Serving};
-use operator::{cli, get, run, start, until_every_node};
+use operator::{admin_token, cli, get, run, start, until_every_node};
 use serde_json::{json, Value};
 
 /// A sport namespace with templated scopes, a route without scopes, and a WebSocket stream
@@ -189,10 +189,7 @@ async fn narrowed_scopes_cidrs_and_labels_on_a_real_gateway() {
             "203.0.113.0/24",
         ],
     ));
-    let token = cli(db, &config, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(db, &config, "ops", false);
 
     // A key never widens its client: refused at issue and at update, nothing written.
     let said = cli_refused(
@@ -576,10 +573,7 @@ async fn a_restriction_reaches_a_second_node_on_postgres_within_a_second() {
     let issued = cli(&db, &config, &["key", "create", "--client", "Acme"]);
     let key = key_of(&issued);
     let id = issued["id"].as_str().unwrap().to_owned();
-    let token = cli(&db, &config, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(&db, &config, "ops", false);
     let a = start(dir.path(), &db, &config, &upstream.url(), "a").await;
     let b = start(dir.path(), &db, &config, &upstream.url(), "b").await;
     let nodes = [&a, &b];

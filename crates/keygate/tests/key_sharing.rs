@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keygate_test::{http_client, postgres_schema, redis_url, Serving};
-use operator::{cli, start};
+use operator::{admin_token, cli, start};
 use serde_json::Value;
 
 fn config(redis: &str, trusted: &str) -> String {
@@ -119,10 +119,7 @@ async fn two_nodes_on_postgres_and_redis_suspect_a_shared_key_once() {
     let (shared, shared_id) = key("Watched");
     let (spoofer, spoofer_id) = key("Watched");
     let (strict, strict_id) = key("Strict");
-    let token = cli(&db, &trusting, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(&db, &trusting, "ops", false);
     let a = start(dir.path(), &db, &trusting, &upstream.url(), "a").await;
     let b = start(dir.path(), &db, &trusting, &upstream.url(), "b").await;
     let c = start(dir.path(), &db, &untrusting, &upstream.url(), "c").await;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keygate_test::{http_client, postgres_schema, redis_url, Serving, Upstream, WebhookReceiver};
-use operator::{cli, remote, run, start_logging};
+use operator::{admin_token, cli, remote, run, start_logging};
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_quota_0123456789abcdef";
@@ -116,10 +116,7 @@ async fn two_nodes_spend_route_costs_apply_top_ups_and_resets_and_announce_thres
         .as_str()
         .unwrap()
         .to_owned();
-    let token = cli(&db, &config, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(&db, &config, "ops", false);
     let a = start_logging(dir.path(), &db, &config, &upstream.url(), "a", "info").await;
     let b = start_logging(dir.path(), &db, &config, &upstream.url(), "b", "info").await;
 
@@ -279,18 +276,8 @@ async fn hostile_quota_changes_and_costs_are_refused() {
         &config,
         &["client", "create", "Acme", "--plan", "metered"],
     );
-    let token = cli(db, &config, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let reader = cli(
-        db,
-        &config,
-        &["admin-token", "create", "--name", "viewer", "--read-only"],
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(db, &config, "ops", false);
+    let reader = admin_token(db, &config, "viewer", true);
     let node = start_logging(dir.path(), db, &config, &upstream.url(), "n", "info").await;
     let path = "/v1/clients/Acme/quota";
     for (body, status, code) in [

@@ -11,7 +11,7 @@ mod operator;
 use futures_util::StreamExt;
 use keygate_test::tokio_tungstenite::tungstenite::Message;
 use keygate_test::{http_client, postgres_schema, redis_url};
-use operator::{cli, every_node_answers, get, remote, run, start, until_every_node};
+use operator::{admin_token, cli, every_node_answers, get, remote, run, start, until_every_node};
 use serde_json::{json, Value};
 
 use keygate_test::WsClient;
@@ -69,10 +69,7 @@ async fn two_nodes_on_postgres_hold_what_a_suspension_names_within_a_second() {
         .as_str()
         .unwrap()
         .to_owned();
-    let token = cli(&db, &config, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(&db, &config, "ops", false);
     let a = start(dir.path(), &db, &config, &upstream.url(), "a").await;
     let b = start(dir.path(), &db, &config, &upstream.url(), "b").await;
     let nodes = [&a, &b];
@@ -395,18 +392,8 @@ async fn the_cli_interface_and_an_attackers_view_of_the_admin_api() {
     let config = dir.path().join("keygate.toml");
     std::fs::write(&config, ROUTES).unwrap();
     cli(db, &config, &["client", "create", "Acme"]);
-    let token = cli(db, &config, &["admin-token", "create", "--name", "ops"])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let viewer = cli(
-        db,
-        &config,
-        &["admin-token", "create", "--name", "viewer", "--read-only"],
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(db, &config, "ops", false);
+    let viewer = admin_token(db, &config, "viewer", true);
 
     // The interface scripts depend on: `suspend --sport S --message M --json` prints the
     // document with its `id`; `resume ID` lifts it.

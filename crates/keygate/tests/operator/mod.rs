@@ -7,11 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use keygate_test::{http_client, wait_for_status, Serving};
+use keygate_test::{http_client, Serving};
 use serde_json::Value;
-
-/// How long a node may take to become ready on a busy machine.
-const READY: Duration = Duration::from_secs(30);
 
 /// The CLI on the database `db` with `--json`; its output, whatever the exit.
 pub(crate) fn run(db: &str, config: &Path, args: &[&str]) -> Output {
@@ -74,19 +71,23 @@ pub(crate) async fn start_logging(
 ) -> Serving {
     let log_dir = dir.join(name);
     std::fs::create_dir_all(&log_dir).unwrap();
-    let node = keygate_test::serve(
+    keygate_test::serve_ready(
         env!("CARGO_BIN_EXE_keygate"),
         (db, config),
         upstream,
         &[("RUST_LOG", level)],
         &log_dir,
-    );
-    assert!(
-        wait_for_status(node.admin.parse().unwrap(), "/ready", 200, READY).await,
-        "{name} not ready: {}",
-        node.proc.stderr()
-    );
-    node
+    )
+    .await
+}
+
+/// A new admin token named `name` (read-only when asked), made with the CLI on `db`.
+pub(crate) fn admin_token(db: &str, config: &Path, name: &str, read_only: bool) -> String {
+    let mut args = vec!["admin-token", "create", "--name", name];
+    if read_only {
+        args.push("--read-only");
+    }
+    cli(db, config, &args)["token"].as_str().unwrap().to_owned()
 }
 
 /// One request: its status and JSON body (null when not JSON).

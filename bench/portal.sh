@@ -20,6 +20,12 @@
 # portal. PORTAL_WRK_NICE=0 measures the rig as it is. "portal alone" is the portal's rate with
 # the gateway idle, to show the portal thread's lower priority costs it nothing then.
 #
+# The portal's per-source limit (`[portal] requests_per_source`) would answer most of these
+# loads 429 (wrk is one address); SOURCE_LIMIT (1000000 by default) stands in for the many
+# addresses of real visitors. SOURCE_LIMIT=600 (the default of a real node) measures a flood from
+# one address, which the limit answers from memory; SOURCE_LIMIT= (empty) writes no such line,
+# for a build from before the setting.
+#
 # Knobs: W (1), REPS (3), DUR (10s), THREADS (1 per wrk), CONNS (32 gateway), PCONNS (32
 # portal flood), PACED (4), PACE_MS (10), PORTAL_WRK_NICE (19), PRIORITY (unset: the default;
 # else [portal] priority), BUILD (1: cargo build --release first), KG (the binary). Ports
@@ -39,6 +45,8 @@ PORTAL_WRK_NICE=${PORTAL_WRK_NICE:-19}
 PACED=${PACED:-4}
 PACE_MS=${PACE_MS:-10}
 BUILD=${BUILD:-1}
+SOURCE_LIMIT=${SOURCE_LIMIT-1000000}
+SOURCE_LINE=${SOURCE_LIMIT:+requests_per_source = $SOURCE_LIMIT}
 KG=${KG:-${CARGO_TARGET_DIR:-$ROOT/target}/release/keygate}
 RUN=$(mktemp -d "${TMPDIR:-/tmp}/kg-portal-bench.XXXXXX")
 PIDS=()
@@ -72,6 +80,7 @@ path = "/{*rest}"
 [portal]
 listen = "127.0.0.1:18302"
 name = "Bench"
+$SOURCE_LINE
 $PRIORITY_LINE
 TOML
 

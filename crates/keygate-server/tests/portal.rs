@@ -608,6 +608,83 @@ async fn sign_in_requests_are_rate_limited_per_address_and_per_source() {
     );
 }
 
+/// Any page, per source address: past `requests_per_source` in a minute, a 429 with
+/// `Retry-After` before a session is looked up or a page rendered. An attacker's own
+/// `X-Forwarded-For` does not make it a new source; a trusted proxy's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_is_rate_limited_per_source_and_a_forged_forwarded_for_does_not_escape_it() {
+    let (h, _smtp) = start("requests_per_source = 5\n").await;
+    let mut b = Browser::new(&h);
+    for path in [
+        "/sign-in",
+        "/keys",
+        "/assets/portal.css",
+        "/nowhere",
+        "/sign-in",
+    ] {
+        assert_ne!(b.get(path).await.status, 429, "{path} is within the limit");
+    }
+    let limited = b.get("/sign-in").await;
+    assert_eq!(limited.status, 429);
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert!(
+        limited.body.contains("Too many requests"),
+        "{}",
+        limited.body
+    );
+    assert!(limited.headers.contains_key("content-security-policy"));
+    // The caller's own X-Forwarded-For is not believed from an untrusted peer.
+    for forged in ["203.0.113.7", "198.51.100.1, 203.0.113.8"] {
+        let page = b
+            .send(
+                b.http
+                    .get(format!("{}/sign-in", b.base))
+                    .header("x-forwarded-for", forged),
+            )
+            .await;
+        assert_eq!(page.status, 429, "forged {forged}");
+    }
+    // Posting a form is a request like any other.
+    let post = b
+        .send(
+            b.http
+                .post(format!("{}/sign-in", b.base))
+                .form(&[("email", "ann@acme.test")]),
+        )
+        .await;
+    assert_eq!(post.status, 429);
+    // The minute passes.
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(b.get("/sign-in").await.status, 200);
+
+    // Behind a trusted proxy each forwarded client is its own source.
+    let (h, _smtp) =
+        start("requests_per_source = 2\n[guard]\ntrusted_proxies = [\"127.0.0.1/32\"]\n").await;
+    let mut b = Browser::new(&h);
+    let from = |b: &Browser, ip: &str| {
+        b.http
+            .get(format!("{}/sign-in", b.base))
+            .header("x-forwarded-for", ip.to_owned())
+    };
+    for _ in 0..2 {
+        let req = from(&b, "203.0.113.7");
+        assert_eq!(b.send(req).await.status, 200);
+    }
+    let req = from(&b, "203.0.113.7");
+    assert_eq!(b.send(req).await.status, 429);
+    let req = from(&b, "203.0.113.9");
+    assert_eq!(
+        b.send(req).await.status,
+        200,
+        "another client behind the proxy"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_expire_and_end_when_the_user_or_client_is_disabled() {
     let (h, smtp) = start("session_lifetime = \"1h\"\n").await;

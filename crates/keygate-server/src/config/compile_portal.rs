@@ -35,6 +35,9 @@ pub struct PortalSettings {
     pub rotate_grace: Option<Duration>,
     pub sign_in_per_address: u32,
     pub sign_in_per_source: u32,
+    /// Requests per source address in a minute, any page: past it a 429 from memory, before a
+    /// session is looked up or a page rendered, so one caller cannot spend the portal's CPU.
+    pub requests_per_source: u32,
     /// Most open connections on the portal's listener; past it a new one is closed at once.
     pub max_connections: usize,
     /// The CPU priority of the portal's thread; see `runtime::portal_thread`.
@@ -226,6 +229,16 @@ pub(super) fn compile(
     };
     let sign_in_per_address = count("sign_in_per_address", r.sign_in_per_address, 5);
     let sign_in_per_source = count("sign_in_per_source", r.sign_in_per_source, 20);
+    let requests_per_source = match r.requests_per_source {
+        None => 600,
+        Some(n @ 1..=1_000_000) => u32::try_from(n).unwrap_or(600),
+        Some(n) => {
+            err(format!(
+                "requests_per_source: {n} is not a count from 1 to 1000000"
+            ));
+            600
+        }
+    };
     let max_connections = match r.max_connections {
         None => 1024,
         Some(n @ 1..=1_000_000) => usize::try_from(n).unwrap_or(1024),
@@ -257,6 +270,7 @@ pub(super) fn compile(
         rotate_grace,
         sign_in_per_address,
         sign_in_per_source,
+        requests_per_source,
         max_connections,
         priority,
         tls,

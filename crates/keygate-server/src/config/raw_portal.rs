@@ -47,6 +47,8 @@ pub(crate) struct RawPortal {
     /// Sign-in requests per address, and per source address, in 15 minutes (defaults 5, 20).
     pub(crate) sign_in_per_address: Option<i64>,
     pub(crate) sign_in_per_source: Option<i64>,
+    /// Requests per source address in a minute, any page (default 600).
+    pub(crate) requests_per_source: Option<i64>,
     /// Most open connections on the portal's listener (default 1024).
     pub(crate) max_connections: Option<i64>,
     /// `low` (default), `idle` or `normal`: how the portal's thread yields to the gateway.

@@ -708,6 +708,7 @@ colors = { primary = "red;}" }
 bookmaker_selection = true
 session_lifetime = "0s"
 sign_in_per_address = 0
+requests_per_source = 0
 
 [portal.smtp]
 url = "smtp://user:pw@mail.example.com"
@@ -726,6 +727,7 @@ password_env = "KEYGATE_TEST_SMTP_PASSWORD_THAT_IS_NEVER_SET"
         "bookmaker_selection needs the list",
         "session_lifetime must be longer than 0s",
         "sign_in_per_address: 0",
+        "requests_per_source: 0 is not a count from 1 to 1000000",
         "smtp.url",
     ] {
         assert!(err.contains(expected), "{expected} missing from {err}");

@@ -29,6 +29,9 @@ pub enum PortalError {
     Invalid(String),
     #[error("too many sign-in attempts; try again later")]
     TooManyAttempts,
+    /// Past `[portal] requests_per_source`; `retry_after` in whole seconds.
+    #[error("too many requests from your address; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("this form is larger than the portal accepts")]
     TooLarge,
     #[error("the store is unavailable")]
@@ -105,7 +108,9 @@ impl PortalError {
             PortalError::Csrf | PortalError::Forbidden(_) => StatusCode::FORBIDDEN,
             PortalError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            PortalError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            PortalError::TooManyAttempts | PortalError::TooManyRequests { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             PortalError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             PortalError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             PortalError::Store(_) | PortalError::Template(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -162,11 +167,16 @@ impl IntoResponse for PortalError {
             reason = status.canonical_reason().unwrap_or("Error"),
             msg = escape(&shown),
         );
-        (
+        let mut resp = (
             status,
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let PortalError::TooManyRequests { retry_after } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        }
+        resp
     }
 }

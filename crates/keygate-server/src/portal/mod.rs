@@ -52,6 +52,9 @@ pub struct PortalState {
     pub(crate) settings: Arc<PortalSettings>,
     pub(crate) pages: Arc<pages::Pages>,
     pub(crate) mailer: Mailer,
+    /// Requests per source address (`[portal] requests_per_source`), in this process's memory:
+    /// a refusal costs no store call and no Redis round trip.
+    pub(crate) sources: Arc<keygate_limits::LocalLimiter>,
 }
 
 impl std::fmt::Debug for PortalState {
@@ -79,6 +82,7 @@ impl PortalState {
             mailer: Mailer::new(settings.smtp.clone()),
             settings: Arc::new(settings),
             pages: Arc::new(pages),
+            sources: Arc::new(keygate_limits::LocalLimiter::new()),
         })
     }
 }
@@ -126,6 +130,7 @@ pub fn router(state: PortalState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
         .layer(middleware::from_fn(refuse_oversized))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_sources))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -154,6 +159,58 @@ async fn refuse_oversized(req: axum::extract::Request, next: Next) -> Response {
         return resp;
     }
     next.run(req).await
+}
+
+/// The window of `[portal] requests_per_source`.
+const SOURCE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Counts every request against its source's `requests_per_source` a minute, before anything
+/// else of the portal runs: past it, a 429 from memory. A person clicking through pages stays far
+/// below the default; a flood from one address costs the node a counter, not a session lookup,
+/// a store query and a page each.
+async fn limit_sources(
+    axum::extract::State(state): axum::extract::State<PortalState>,
+    sign_in::Source(source): sign_in::Source,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let limit = keygate_core::limit::Limit::rate(
+        std::num::NonZeroU64::new(u64::from(state.settings.requests_per_source))
+            .unwrap_or(std::num::NonZeroU64::MIN),
+        SOURCE_WINDOW,
+    );
+    let check = [keygate_limits::Check::new(
+        keygate_limits::LimitKey::new(format!("portal:r:{source}"), 0),
+        limit,
+    )];
+    let verdict = state.sources.check(&check, state.gateway().clock.now());
+    if verdict.allowed {
+        return next.run(req).await;
+    }
+    let retry_after = verdict
+        .binding
+        .map_or(SOURCE_WINDOW, |(_, s)| s.retry_after)
+        .as_secs()
+        .max(1);
+    axum::response::IntoResponse::into_response(PortalError::TooManyRequests { retry_after })
+}
+
+/// Forgets the per-source counters that no longer hold anything, once a minute, so addresses
+/// seen once (a scan over many of them) do not stay in memory.
+pub(crate) async fn sweep_sources(
+    state: PortalState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SOURCE_WINDOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                state.sources.sweep(state.gateway().clock.now());
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn security_headers(req: axum::extract::Request, next: Next) -> Response {

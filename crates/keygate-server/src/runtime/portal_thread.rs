@@ -109,6 +109,7 @@ async fn serve(
             .as_ref()
             .expect("a node with a portal has its connection cap"),
     );
+    tokio::spawn(crate::portal::sweep_sources(state.clone(), stop.clone()));
     serve_http1(gw, crate::portal::router(state), (listener, tls), cap, stop).await;
 }
 

@@ -26,6 +26,8 @@
 #   keygate-proxy  keygate serve, bench/keygate-proxy.toml (public route)    (18095)
 #   keygate-verify POST /v1/keys/verify {"key": ...} on keygate-gate         (18094)
 #   nginx-keygate  nginx auth_request -> keygate /v1/auth/nginx -> upstream  (18096)
+#   keygate-gate-direct keygate-gate with `upstream_engine = "direct"` (18099), not in the
+#                  default list: CASES="nginx-gate keygate-gate keygate-gate-direct"
 #   nginx-gate-tls nginx-gate terminating TLS (ECDSA P-256, TLS 1.3), https  (18097)
 #   keygate-gate-tls keygate-gate with [server.tls] on the same certificate    (18098)
 #                  (both TLS cases are not in the default list: CASES="nginx-gate-tls keygate-gate-tls")
@@ -208,6 +210,13 @@ run_one() {
       start_kg "$c" "$HERE/keygate-gate.toml" 18094 "$KG_BASE" "${KG_BASE_DB:-$RUN/kg.db}" || return
       measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
       stop_pid "$STARTED_PID";;
+    keygate-gate-direct)   # keygate-gate with [server] upstream_engine = "direct"
+      sed -e 's/127.0.0.1:18094/127.0.0.1:18099/; s/127.0.0.1:18194/127.0.0.1:18199/' \
+          -e 's/^\[server\]$/[server]\nupstream_engine = "direct"/' "$HERE/keygate-gate.toml" \
+          >"$RUN/keygate-gate-direct.toml"
+      start_kg "$c" "$RUN/keygate-gate-direct.toml" 18099 || return
+      measure "$c" 18099 "$RUN/keys.lua" "$(codes 18099)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
     nginx-gate-tls)
       write_tls_files || return
       SCHEME=https start "$c" 18097 nginx -c "$RUN/nginx-gate-tls.conf" -g 'daemon off;' || return
@@ -260,6 +269,8 @@ TARGETS = [  # (keygate case, peer case, what, target, higher is better)
     ("keygate-gate", "nginx-gate", "p99", 1.0, False),
     ("nginx-keygate", "nginx-authreq", "req/s", 1.0, True),
     ("keygate-gate-tls", "nginx-gate-tls", "req/s", 1.0, True),
+    ("keygate-gate-direct", "nginx-gate", "req/s", 1.1, True),
+    ("keygate-gate-direct", "nginx-gate", "p99", 1.0, False),
 ]
 for w in sorted(by_w):
     cases = by_w[w]

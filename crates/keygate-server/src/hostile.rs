@@ -1,6 +1,7 @@
 //! Entry points that feed untrusted bytes to each parser keygate exposes and check its
 //! invariants: credential extraction and key parsing, route matching, configuration parsing,
-//! WebSocket login and client messages and tokens, and the admin API's JSON bodies.
+//! WebSocket login and client messages and tokens, the admin API's JSON bodies, and upstream
+//! responses as the direct engine reads them (head and chunked body).
 //!
 //! One function per property, called by the cargo-fuzz targets (`fuzz/`) and by the proptest
 //! suite (`tests/hostile.rs`), so both check the same thing. Each panics only when an
@@ -317,5 +318,75 @@ pub fn ws_messages(data: &[u8]) {
             let later = now.plus(std::time::Duration::from_secs(31));
             assert!(token::check(&profile.token.secret, &line, later).is_err());
         }
+    }
+}
+
+/// An upstream's response as the direct engine (`crate::request::direct`) reads it: the head,
+/// then a chunked body, from the input whole and from the input one byte at a time.
+///
+/// Invariants: however the bytes arrive, the head parses to the same status, framing and
+/// headers (or the same refusal), and the chunked body to the same data (or a refusal); the
+/// data never holds more bytes than the input; what follows the body's end is left unread.
+pub fn upstream_response(data: &[u8]) {
+    use crate::request::direct::{parse_head, Chunk, Chunked, Framing};
+    use bytes::BytesMut;
+
+    // Some inputs answer a HEAD request (no body whatever the head says).
+    let head_request = data.len().is_multiple_of(7);
+    let whole = {
+        let mut buf = BytesMut::from(data);
+        parse_head(&mut buf, head_request).map(|h| (h, buf))
+    };
+    let mut trickled = BytesMut::new();
+    let mut by_byte = Ok(None);
+    for &b in data {
+        trickled.extend_from_slice(&[b]);
+        by_byte = parse_head(&mut trickled, head_request);
+        if !matches!(by_byte, Ok(None)) {
+            break;
+        }
+    }
+    let (head, mut rest) = match (whole, by_byte) {
+        (Ok((Some(a), rest)), Ok(Some(b))) => {
+            assert_eq!(
+                (a.status, a.framing, a.keep_alive),
+                (b.status, b.framing, b.keep_alive)
+            );
+            assert_eq!(a.headers, b.headers);
+            (a, rest)
+        }
+        (Ok((None, _)), Ok(None)) => return,
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b);
+            return;
+        }
+        (a, b) => panic!("whole {:?} and trickled {:?} differ", a.map(|x| x.0), b),
+    };
+    if head.framing != Framing::Chunked {
+        return;
+    }
+    let dechunk = |step: usize, rest: &[u8]| {
+        let mut decoder = Chunked::default();
+        let (mut buf, mut out, mut fed) = (BytesMut::new(), Vec::new(), 0);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Chunk::Data(d)) => out.extend_from_slice(&d),
+                Ok(Chunk::End) => return Ok((out, buf.len() + rest.len() - fed)),
+                Ok(Chunk::NeedMore) if fed == rest.len() => return Ok((out, usize::MAX)),
+                Ok(Chunk::NeedMore) => {
+                    let end = (fed + step).min(rest.len());
+                    buf.extend_from_slice(&rest[fed..end]);
+                    fed = end;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let rest = rest.split().freeze();
+    let a = dechunk(rest.len().max(1), &rest);
+    let b = dechunk(1, &rest);
+    assert_eq!(a, b);
+    if let Ok((out, _)) = a {
+        assert!(out.len() <= rest.len());
     }
 }

@@ -151,8 +151,54 @@ fn ws_lines() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(line, 0..6).prop_map(|l| l.join("\n").into_bytes())
 }
 
+/// Upstream responses: a status line, header lines (some framing ones), then a chunked-ish
+/// body of size lines, extensions, data and trailers, in any order.
+fn upstream_response() -> impl Strategy<Value = Vec<u8>> {
+    let status = prop_oneof![
+        Just("HTTP/1.1 200 OK\r\n"),
+        Just("HTTP/1.0 200 OK\r\n"),
+        Just("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n"),
+        Just("HTTP/1.1 304 Not Modified\r\n"),
+        Just("HTTP/1.1 101 Switching\r\n"),
+        Just("HTTP/1.1 999 X\r\n"),
+    ];
+    let header = prop_oneof![
+        Just("Transfer-Encoding: chunked\r\n".to_owned()),
+        Just("Transfer-Encoding: gzip\r\n".to_owned()),
+        Just("Connection: close\r\n".to_owned()),
+        Just("Connection: keep-alive\r\n".to_owned()),
+        "[0-9, +]{0,6}".prop_map(|v| format!("Content-Length: {v}\r\n")),
+        "[a-z-]{1,8}: [ -~]{0,12}".prop_map(|h| format!("{h}\r\n")),
+        "[ -~\t]{0,12}".prop_map(|h| format!("{h}\r\n")),
+    ];
+    let piece = prop_oneof![
+        "[0-9a-fA-F]{1,3}".prop_map(|s| format!("{s}\r\n")),
+        "[0-9a-f]{1,2}[ ;][ -~]{0,6}".prop_map(|s| format!("{s}\r\n")),
+        "[ -~]{0,8}".prop_map(|s| format!("{s}\r\n")),
+        Just("0\r\n\r\n".to_owned()),
+        Just("0\r\nx-t: v\r\n\r\nNEXT".to_owned()),
+        Just("\n".to_owned()),
+    ];
+    (
+        status,
+        proptest::collection::vec(header, 0..5),
+        proptest::collection::vec(piece, 0..8),
+    )
+        .prop_map(|(s, h, p)| format!("{s}{}\r\n{}", h.concat(), p.concat()).into_bytes())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn upstream_responses(data in upstream_response()) {
+        hostile::upstream_response(&data);
+    }
+
+    #[test]
+    fn upstream_responses_from_raw_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        hostile::upstream_response(&data);
+    }
 
     #[test]
     fn websocket_messages(data in ws_lines()) {

@@ -79,6 +79,14 @@ pub(crate) enum Backend {
     Redis,
 }
 
+/// `[server] upstream_engine`.
+impl Spelled for crate::policy::upstream::Engine {
+    const SPELLINGS: &'static [(&'static str, Self)] = &[
+        ("hyper", crate::policy::upstream::Engine::Hyper),
+        ("direct", crate::policy::upstream::Engine::Direct),
+    ];
+}
+
 impl Spelled for Backend {
     const SPELLINGS: &'static [(&'static str, Self)] =
         &[("local", Backend::Local), ("redis", Backend::Redis)];

@@ -374,7 +374,18 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
     if !errors.is_empty() {
         return None;
     }
+    let upstream_engine = Choice::read(
+        raw.server.upstream_engine.as_ref(),
+        "server.upstream_engine",
+        None,
+        errors,
+    )
+    .unwrap_or_default();
+    if !errors.is_empty() {
+        return None;
+    }
     Some(Config {
+        upstream_engine,
         source: errors.file().to_owned(),
         hash: String::new(),
         listen,

@@ -251,6 +251,8 @@ pub struct Config {
     pub ready_requires_store: bool,
     pub issuer: Issuer,
     pub upstreams: Vec<UpstreamSpec>,
+    /// `[server] upstream_engine`: which HTTP/1.1 client forwards to `http://` upstreams.
+    pub upstream_engine: crate::policy::upstream::Engine,
     pub routes: RouteTable,
     pub plans: BTreeMap<String, Plan>,
     pub profile: Profile,

@@ -200,6 +200,8 @@ pub(crate) struct RawServer {
     pub(crate) header_read_timeout: Option<DurationSetting>,
     /// Largest request body forwarded upstream, in bytes; past it, 413.
     pub(crate) max_body_bytes: Option<i64>,
+    /// The HTTP/1.1 client toward `http://` upstreams: `"hyper"` (default) or `"direct"`.
+    pub(crate) upstream_engine: Option<Choice<crate::policy::upstream::Engine>>,
     /// On SIGTERM, how long the whole shutdown may take (default 15s): in-flight requests and
     /// WebSocket sessions get it less a fifth (at most a second), kept for the last usage
     /// write; the process exits by then, whatever is still running.

@@ -903,3 +903,27 @@ action = "revoke"
     let unknown = "[plans.x.sharing]\nnetworks_per_hour = 3\nthreshold = 4\n";
     assert!(load(unknown, "p.toml", &over("http://127.0.0.1:9000")).is_err());
 }
+
+#[test]
+fn the_upstream_engine_is_hyper_unless_direct_is_asked_for() {
+    let o = over("http://127.0.0.1:9000");
+    assert_eq!(
+        load("", "e.toml", &o).unwrap().upstream_engine,
+        crate::policy::upstream::Engine::Hyper
+    );
+    let direct = load("[server]\nupstream_engine = \"direct\"\n", "e.toml", &o).unwrap();
+    assert_eq!(
+        direct.upstream_engine,
+        crate::policy::upstream::Engine::Direct
+    );
+    for bad in ["\"Direct\"", "\"\"", "\"fast\"", "1"] {
+        let text = format!("[server]\nupstream_engine = {bad}\n");
+        assert!(load(&text, "e.toml", &o).is_err(), "{bad}");
+    }
+    let errs = load("[server]\nupstream_engine = \"fast\"\n", "e.toml", &o).unwrap_err();
+    assert!(
+        errs.to_string()
+            .contains("server.upstream_engine `fast` is not `hyper` or `direct`"),
+        "{errs}"
+    );
+}

@@ -155,6 +155,17 @@ mod tests {
     }
 }
 
+/// Which HTTP/1.1 client forwards to `http://` upstreams (`[server] upstream_engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// hyper's client connection, in a task of its own per connection.
+    #[default]
+    Hyper,
+    /// The exchange inside the request's task (`crate::request::direct`); `https://`
+    /// upstreams still go through hyper.
+    Direct,
+}
+
 /// A breaker as configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakerConfig {

@@ -10,11 +10,24 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::request::direct::{DirectBody, DirectError};
+
 /// A response body.
 #[derive(Debug)]
 pub(crate) enum Body {
     Full(Full<Bytes>),
     Upstream(Incoming),
+    /// An upstream's body read by the direct engine (`crate::request::direct`).
+    Direct(DirectBody),
+}
+
+/// Why an upstream's body failed mid-stream (the caller's connection is then cut).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamBodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Direct(#[from] DirectError),
 }
 
 impl Body {
@@ -43,17 +56,22 @@ impl From<&'static str> for Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         match self.get_mut() {
             Body::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
-            Body::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Body::Upstream(incoming) => Pin::new(incoming)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(UpstreamBodyError::from))),
+            Body::Direct(direct) => Pin::new(direct)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(UpstreamBodyError::from))),
         }
     }
 
@@ -61,6 +79,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(full) => full.is_end_stream(),
             Body::Upstream(incoming) => incoming.is_end_stream(),
+            Body::Direct(direct) => direct.is_end_stream(),
         }
     }
 
@@ -68,6 +87,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(full) => full.size_hint(),
             Body::Upstream(incoming) => incoming.size_hint(),
+            Body::Direct(direct) => direct.size_hint(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod bounded_body;
 pub(crate) mod bounds;
 pub(crate) mod check;
 pub(crate) mod credential;
+pub(crate) mod direct;
 pub(crate) mod exit;
 pub(crate) mod proxy;
 pub(crate) mod respond;

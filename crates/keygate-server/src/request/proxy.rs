@@ -24,8 +24,10 @@ use crate::policy::guard::Guard;
 use crate::policy::profile::{IdentityHeaders, Profile};
 use crate::policy::repeat::{repeated, Repeat};
 use crate::policy::routes::Route;
-use crate::policy::upstream::UpstreamSpec;
+use crate::policy::upstream::{Engine, UpstreamSpec};
+use crate::request::body::Body;
 use crate::request::bounded_body::{self, BoundedBody};
+use crate::request::direct::{self, DirectError};
 use crate::state::gateway::Admitted;
 use crate::state::locks::lock;
 use crate::tls::{self, client::ConnectError};
@@ -40,6 +42,8 @@ enum SendError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Direct(#[from] DirectError),
 }
 
 /// One worker's kept-alive connections to one upstream.
@@ -95,6 +99,8 @@ async fn connect(spec: &UpstreamSpec) -> Result<SendRequest<BoundedBody>, SendEr
 pub(crate) struct Upstreams {
     /// Shared with the worker's next `Upstreams` after a reload that keeps the upstream.
     pools: Vec<Arc<Pool>>,
+    /// The direct engine's connections, one pool per upstream, carried alike.
+    direct: Vec<Arc<direct::Pool>>,
     /// Each upstream's `Host` value, copied for this worker: a header value cloned from the
     /// shared configuration bumps one reference count from every worker, a cache line the
     /// cores then pass back and forth on each request (`crate::state::per_worker`).
@@ -105,6 +111,7 @@ impl Upstreams {
     pub(crate) fn new(specs: &[UpstreamSpec]) -> Self {
         Upstreams {
             pools: specs.iter().map(|_| Arc::default()).collect(),
+            direct: specs.iter().map(|_| Arc::default()).collect(),
             hosts: specs
                 .iter()
                 .map(|s| {
@@ -122,6 +129,7 @@ impl Upstreams {
         for (i, spec) in after.iter().enumerate() {
             if let Some(old) = before.iter().position(|b| b.same_endpoint(spec)) {
                 next.pools[i] = Arc::clone(&self.pools[old]);
+                next.direct[i] = Arc::clone(&self.direct[old]);
             }
         }
         next
@@ -232,6 +240,8 @@ pub(crate) struct Forward<'a> {
     pub route: &'a Route,
     /// Whose client-address headers are believed ([`Toward::guard`]).
     pub guard: &'a Guard,
+    /// `[server] upstream_engine`.
+    pub engine: Engine,
 }
 
 /// The request target sent upstream, in origin form (`/base/path?query`): the base path
@@ -446,11 +456,23 @@ pub(crate) async fn send(
     upstreams: &Upstreams,
     f: &Forward<'_>,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, Reason> {
+) -> Result<Response<Body>, Reason> {
     let (parts, body) = req.into_parts();
     let (body, caller) = BoundedBody::new(body, f.max_body);
-    let sent = upstreams.request(f.upstream, f.spec, Request::from_parts(parts, body));
-    match tokio::time::timeout(f.spec.timeout, sent).await {
+    let req = Request::from_parts(parts, body);
+    let sent = if f.engine == Engine::Direct && !f.spec.is_https() {
+        let sent = direct::exchange(&upstreams.direct[f.upstream], f.spec, req);
+        tokio::time::timeout(f.spec.timeout, sent).await.map(|r| {
+            r.map(|resp| resp.map(Body::Direct))
+                .map_err(SendError::from)
+        })
+    } else {
+        let sent = upstreams.request(f.upstream, f.spec, req);
+        tokio::time::timeout(f.spec.timeout, sent)
+            .await
+            .map(|r| r.map(|resp| resp.map(Body::Upstream)))
+    };
+    match sent {
         Err(_) if caller.is_waiting() => {
             tracing::debug!(upstream = %f.spec.name, "The caller's request body did not arrive in time.");
             Err(Reason::RequestBodyFailed)

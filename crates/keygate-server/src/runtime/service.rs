@@ -314,6 +314,7 @@ async fn forward(
                 remote,
                 route: passed.route,
                 guard: &gw.guard,
+                engine: gw.config.upstream_engine,
             };
             let sent = match proxy::prepare(&mut req, &gw.config.profile, &forward) {
                 Ok(()) => {
@@ -360,7 +361,7 @@ async fn forward(
             };
             match sent {
                 Ok(resp) => Ok(Served {
-                    resp: resp.map(Body::Upstream),
+                    resp,
                     outcome: Some(outcome),
                     route: Some(index),
                     who: passed.who,

@@ -29,6 +29,12 @@ fn script(case: &str, body: &[u8], chunked: bool) -> (Vec<u8>, bool) {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\nX-Case: chunked\r\n\r\n5;ext=1;q=\"a b\"\r\nhello\r\n6 \r\n world\r\n0\r\nx-t: v\r\n\r\n".to_vec(),
             false,
         ),
+        // Both framings (a smuggling attempt, RFC 9112 §6.3): chunked wins and the length must
+        // not reach the caller, whose client would frame the body by it.
+        "chunked-and-length" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nX-Case: both\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            false,
+        ),
         "head" => (
             b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\nX-Case: head\r\n\r\n".to_vec(),
             false,
@@ -298,6 +304,7 @@ async fn the_direct_engine_answers_every_framing_case_as_hyper_does() {
     let cases = [
         "fixed",
         "chunked",
+        "chunked-and-length",
         "204",
         "304",
         "interim",
@@ -373,6 +380,12 @@ async fn the_direct_engine_answers_every_framing_case_as_hyper_does() {
         header(&seen["chunked"], "x-t"),
         None,
         "trailers are not headers"
+    );
+    assert_eq!(seen["chunked-and-length"].body, Ok(b"hello".to_vec()));
+    assert_ne!(
+        header(&seen["chunked-and-length"], "content-length"),
+        Some("3"),
+        "the upstream's length beside its chunked framing is dropped"
     );
     assert_eq!(seen["204"].status, 204);
     assert_eq!(seen["304"].status, 304);

@@ -215,6 +215,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if is_hop_by_hop(name) {
             doomed.push(name.clone());
         }
+        // A message framed by both (RFC 9112 §6.3: a smuggling attempt) is framed by its
+        // transfer coding; the length must not travel on beside the re-framed body.
+        if *name == header::TRANSFER_ENCODING {
+            doomed.push(header::CONTENT_LENGTH);
+        }
     }
     for name in doomed {
         headers.remove(name);
@@ -511,6 +516,7 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

@@ -229,6 +229,7 @@ async fn a_plan_change_reaches_an_open_session() {
     let (got, at) = next_text(&mut late, DELAY + SLACK).await;
     assert_eq!(got, "held");
     eprintln!("held message released {:?} after it arrived", at - held_at);
+    assert!(at - held_at < DELAY, "{:?}", at - held_at);
     wait_plan(&s, &s.delayed_key, "live").await;
     let now = Instant::now();
     late_up.push(Message::Text("live".into()));

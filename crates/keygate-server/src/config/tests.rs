@@ -1018,10 +1018,9 @@ fn the_readme_delayed_tiers_configuration_compiles() {
         c.plans["delayed"].delay,
         Some(std::time::Duration::from_secs(60))
     );
-    let close = c
-        .ws
-        .profile
-        .close(crate::policy::ws::CloseEvent::DelayOverflow);
+    let close =
+        c.ws.profile
+            .close(crate::policy::ws::CloseEvent::DelayOverflow);
     assert_eq!(close.code, 4013);
     assert!(c.routes.routes()[0].delayed_upstream.is_some());
 }

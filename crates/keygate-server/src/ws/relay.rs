@@ -6,9 +6,9 @@
 //! after the previous one was written to the other, so a slow reader holds its writer back
 //! through TCP instead of growing a queue. A delayed plan's session is the exception: its
 //! upstream messages are held for the delay (`super::delayed`, bounded) and released by one
-//! timer, the oldest first; control frames and the gateway's own messages are never held. A client that takes nothing for the send timeout is
-//! closed; a stop arriving while a send waits interrupts it, so revocation never waits on a
-//! slow socket.
+//! timer, the oldest first; control frames and the gateway's own messages are never held. A
+//! client that takes nothing for the send timeout is closed; a stop arriving while a send
+//! waits interrupts it, so revocation never waits on a slow socket.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,6 +16,9 @@
 //! `whole_sharing_on` is `whole` with
 //! `[plans.pro.sharing]` on (key-sharing detection queuing each request's network); `whole`
 //! is what the feature costs when off: one branch on the client's plan.
+//! `forward_headers` adds to `whole` the upstream choice and the identity headers a forwarded
+//! request gets; `forward_headers_delay_on` is the same with the plan delayed (issue 22's
+//! delayed tiers: one more header), so `forward_headers` is what delayed tiers cost when off.
 
 mod support;
 
@@ -223,6 +226,52 @@ fn hot_path(c: &mut Criterion) {
     gw.replica
         .recompile(&keygate_server::feed::Plans(&gw.config));
 
+    // Delayed tiers (issue 22): what a forwarded request pays after the decision for the
+    // upstream choice and the identity headers, with every client on a plan without a delay
+    // (`forward_headers`) and on one with `delay = "60s"` (`forward_headers_delay_on`: the
+    // `X-Keygate-Delay` header is written too).
+    let mut out = HeaderMap::with_capacity(16);
+    let identity = gw.config.profile.identity.clone();
+    group.bench_function("forward_headers", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            black_box(forward_headers(
+                &gw,
+                &method,
+                path,
+                query,
+                &headers[i],
+                &identity,
+                &mut out,
+            ))
+        })
+    });
+    let delayed = keygate_server::config::load(
+        &support::CONFIG.replace("[plans.pro]\n", "[plans.pro]\ndelay = \"60s\"\n"),
+        "bench.toml",
+        &keygate_server::config::Overrides::default(),
+    )
+    .expect("the bench config compiles");
+    gw.replica.recompile(&keygate_server::feed::Plans(&delayed));
+    group.bench_function("forward_headers_delay_on", |b| {
+        b.iter(|| {
+            i = (i + 1) % HOT;
+            clock.advance(Duration::from_millis(1));
+            black_box(forward_headers(
+                &gw,
+                &method,
+                path,
+                query,
+                &headers[i],
+                &identity,
+                &mut out,
+            ))
+        })
+    });
+    gw.replica
+        .recompile(&keygate_server::feed::Plans(&gw.config));
+
     // Issue 22: the hot keys restricted (their client's scopes, two CIDRs, the request's
     // address in the second), so the request passes after the CIDR walk and the key's own
     // scope check. `whole` above is the cost when no key has restrictions.
@@ -304,6 +353,36 @@ fn decide_and_limit(
     let now = gw.clock.now();
     let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");
     limited.map(|(_, state)| state.allowed)
+}
+
+/// [`decide_and_limit`], then the upstream the request goes to and its identity headers
+/// (what a delayed plan adds to the hot path); the number of headers written.
+fn forward_headers(
+    gw: &Gateway,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    identity: &keygate_server::check::IdentityHeaders,
+    out: &mut HeaderMap,
+) -> (usize, usize) {
+    let passed = check::decide(
+        gw,
+        method,
+        path,
+        query,
+        black_box(headers),
+        std::net::IpAddr::from([127, 0, 0, 1]),
+    )
+    .expect("an allowed request");
+    let who = passed.who.as_ref().expect("an authenticated caller");
+    let now = gw.clock.now();
+    let limited = ready(gw.check_limits(who, passed.route, now)).expect("limits apply");
+    black_box(limited);
+    let upstream = passed.upstream(0);
+    out.clear();
+    who.write_identity(out, identity);
+    (upstream, out.len())
 }
 
 /// [`decide_and_limit`], also giving the caller (for the exit's counts).

@@ -129,6 +129,7 @@ pub fn routes(data: &[u8]) {
             pattern: pattern.as_str().into(),
             methods: (i % 2 == 1).then(|| vec![Method::GET]),
             target: crate::policy::routes::Target::Upstream(0),
+            delayed_upstream: None,
             needs: Requirements::default(),
             sport_param: None,
             bookmaker: None,

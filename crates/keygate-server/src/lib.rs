@@ -31,6 +31,7 @@ pub mod analytics {
 
 /// The per-request decision (the benches time it).
 pub mod check {
+    pub use crate::policy::profile::IdentityHeaders;
     pub use crate::request::check::decide;
     pub use crate::state::gateway::Admitted;
 }

@@ -248,6 +248,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
             );
         }
         let sharing = compile_sharing(name, spanned, errors);
+        let delay = compile_delay(name, spanned, errors);
         plans.insert(
             name.clone(),
             Plan {
@@ -255,6 +256,7 @@ fn compile(raw: RawConfig, overrides: &Overrides, errors: &mut Errors<'_>) -> Op
                 limits,
                 bookmaker_selection,
                 sharing,
+                delay,
             },
         );
     }
@@ -767,6 +769,44 @@ fn compile_sharing(
     })
 }
 
+/// A plan's `delay`: longer than zero (a zero delay is no delayed tier: leave it out) and at
+/// most [`crate::policy::delay::MAX_DELAY`].
+fn compile_delay(
+    name: &str,
+    plan: &Spanned<super::raw::RawPlan>,
+    errors: &mut Errors<'_>,
+) -> Option<Duration> {
+    use crate::policy::delay::MAX_DELAY;
+    let raw = plan.get_ref().delay.as_ref()?;
+    let span = Some(raw.span())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| plan.span());
+    let what = format!("plans.{name}.delay");
+    let before = errors.len();
+    let delay = errors.duration(
+        Some(&span),
+        &what,
+        Some(raw.get_ref()),
+        Duration::ZERO,
+        Zero::Refused,
+    );
+    if errors.len() > before {
+        return None;
+    }
+    if delay > MAX_DELAY {
+        errors.at(
+            Some(&span),
+            format!(
+                "{what}: {}s is longer than the longest delay, {}s",
+                delay.as_secs(),
+                MAX_DELAY.as_secs()
+            ),
+        );
+        return None;
+    }
+    Some(delay)
+}
+
 /// Validates the numbers of a plan's or route's limits.
 fn compile_limits(
     raw: &RawLimits,
@@ -888,6 +928,28 @@ fn add_route(
             err(format!("unknown upstream `{upstream_name}`"));
             Target::Upstream(0)
         }
+    };
+    // Public routes have no caller, hence no plan to delay; self-service is answered here.
+    let delayed_upstream = match (r.delayed_upstream.as_deref(), &target) {
+        (None, _) => None,
+        (Some(_), Target::SelfService(_)) => {
+            err(
+                "a self-service route is answered by the gateway; it has no `delayed_upstream`"
+                    .to_owned(),
+            );
+            None
+        }
+        (Some(_), _) if public => {
+            err("a public route has no caller whose plan could be delayed; remove `delayed_upstream`".to_owned());
+            None
+        }
+        (Some(name), _) => match upstreams.get(name) {
+            Some(&i) => Some(i),
+            None => {
+                err(format!("unknown delayed_upstream `{name}`"));
+                None
+            }
+        },
     };
     let params: HashSet<&str> = r
         .path
@@ -1018,6 +1080,7 @@ fn add_route(
         pattern: r.path.as_str().into(),
         methods,
         target,
+        delayed_upstream,
         needs: Requirements {
             scopes,
             any_scope,
@@ -1180,6 +1243,7 @@ fn compile_profile(raw: &RawProfile, errors: &mut Errors<'_>) -> Profile {
         (&ids.plan, &mut identity.plan),
         (&ids.sports, &mut identity.sports),
         (&ids.bookmakers, &mut identity.bookmakers),
+        (&ids.delay, &mut identity.delay),
     ] {
         if let Some(name) = value {
             if let Some(h) = header_name(name, "profile.identity_headers", None, errors) {

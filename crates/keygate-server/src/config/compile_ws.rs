@@ -202,6 +202,30 @@ fn compile_profile(
     if let Some(n) = size(raw.max_login_bytes, "max_login_bytes", span, errors) {
         p.max_login_bytes = n;
     }
+    use crate::policy::delay::{MAX_BUFFER_BYTES, MAX_BUFFER_MESSAGES};
+    for (v, what, max, slot) in [
+        (
+            raw.delay_buffer_bytes,
+            "delay_buffer_bytes",
+            MAX_BUFFER_BYTES,
+            &mut p.delay_buffer.bytes,
+        ),
+        (
+            raw.delay_buffer_messages,
+            "delay_buffer_messages",
+            MAX_BUFFER_MESSAGES,
+            &mut p.delay_buffer.messages,
+        ),
+    ] {
+        match size(v, what, span, errors) {
+            Some(n) if n as u64 > max => errors.at(
+                Some(span),
+                format!("profile.ws.{what}: {n} is more than the most a session may hold, {max}"),
+            ),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
     if let Some(v) = Choice::read(
         raw.on_bad_message.as_ref(),
         "profile.ws.on_bad_message",

@@ -72,6 +72,8 @@ pub struct Plan {
     pub bookmaker_selection: Option<u32>,
     /// Key-sharing detection (`[plans.NAME.sharing]`); `None`: off.
     pub sharing: Option<crate::policy::sharing::Sharing>,
+    /// A delayed tier (`delay`, `crate::policy::delay`); `None`: real time.
+    pub delay: Option<Duration>,
 }
 
 impl Plan {
@@ -112,6 +114,9 @@ impl Plan {
                 "networks_per_hour": s.networks_per_hour,
                 "action": s.action,
             });
+        }
+        if let Some(d) = self.delay {
+            plan["delay_seconds"] = serde_json::json!(d.as_secs_f64());
         }
         plan
     }

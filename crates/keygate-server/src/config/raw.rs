@@ -337,6 +337,9 @@ pub(crate) struct RawPlan {
     pub(crate) bookmaker_selection: Option<i64>,
     /// Key-sharing detection: suspect a key used from this many source networks in an hour.
     pub(crate) sharing: Option<RawSharing>,
+    /// A delayed tier: WebSocket messages reach this plan's sessions this long after they
+    /// arrived, REST requests go to a route's `delayed_upstream` (`policy::delay`).
+    pub(crate) delay: Option<Spanned<DurationSetting>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +358,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) methods: Vec<String>,
     pub(crate) upstream: Option<String>,
+    /// Where REST requests of callers on a delayed plan (`[plans.NAME] delay`) go instead.
+    pub(crate) delayed_upstream: Option<String>,
     /// Every one of these; `{param}` in a scope is the matched path parameter
     /// (`{sport}:matches:list`).
     pub(crate) scopes: Option<Spanned<Vec<String>>>,
@@ -462,6 +467,9 @@ pub(crate) struct RawIdentityHeaders {
     /// empty when a `bookmaker_selection` plan's client has picked none, so an upstream can
     /// confine an answer without a lookup of its own.
     pub(crate) bookmakers: Option<String>,
+    /// The caller's plan delay in seconds (default `X-Keygate-Delay`); sent only for a plan
+    /// with `delay`, and removed from every caller's request.
+    pub(crate) delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -86,6 +86,10 @@ pub(crate) struct RawWsProfile {
     pub(crate) idle_timeout: Option<DurationSetting>,
     pub(crate) send_timeout: Option<DurationSetting>,
     pub(crate) lease_ttl: Option<DurationSetting>,
+    /// Most bytes of upstream messages a delayed session holds (`policy::delay`).
+    pub(crate) delay_buffer_bytes: Option<i64>,
+    /// Most upstream messages a delayed session holds.
+    pub(crate) delay_buffer_messages: Option<i64>,
     /// `json` (client messages are JSON objects the gateway reads) or `any` (relayed as is).
     pub(crate) client_messages: Option<Choice<ClientMessages>>,
     /// `error` (answer and keep the session) or `close`.

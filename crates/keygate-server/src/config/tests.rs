@@ -927,3 +927,126 @@ fn the_upstream_engine_is_hyper_unless_direct_is_asked_for() {
         "{errs}"
     );
 }
+
+#[test]
+fn plan_delay_and_delayed_upstream_compile_and_bad_values_are_named() {
+    use std::time::Duration;
+    let text = r#"
+[upstreams.late]
+url = "http://127.0.0.1:7001"
+
+[plans.free]
+
+[plans.delayed]
+delay = "60s"
+
+[plans.brief]
+delay = "1500ms"
+
+[profile.ws]
+delay_buffer_bytes = 1048576
+delay_buffer_messages = 500
+
+[[routes]]
+name = "odds"
+path = "/v1/odds"
+delayed_upstream = "late"
+
+[[routes]]
+name = "scores"
+path = "/v1/scores"
+"#;
+    let c = load(text, "p.toml", &over("http://127.0.0.1:9000")).unwrap();
+    assert_eq!(c.plans["free"].delay, None);
+    assert_eq!(c.plans["delayed"].delay, Some(Duration::from_secs(60)));
+    assert_eq!(c.plans["brief"].delay, Some(Duration::from_millis(1500)));
+    assert_eq!(c.plans["delayed"].to_json("delayed")["delay_seconds"], 60.0);
+    assert!(c.plans["free"]
+        .to_json("free")
+        .get("delay_seconds")
+        .is_none());
+    let late = c.upstreams.iter().position(|u| &*u.name == "late");
+    let routes = c.routes.routes();
+    assert_eq!(routes[0].delayed_upstream, late);
+    assert_eq!(routes[1].delayed_upstream, None);
+    // The route picks its delayed upstream only when asked, and only for a delayed caller.
+    assert_eq!(routes[0].upstream_for(7, || false), 7);
+    assert_eq!(routes[0].upstream_for(7, || true), late.unwrap());
+    assert_eq!(routes[1].upstream_for(7, || true), 7);
+    let b = c.ws.profile.delay_buffer;
+    assert_eq!((b.bytes, b.messages), (1 << 20, 500));
+    assert_eq!(
+        default_config(&over("http://127.0.0.1:9000"))
+            .unwrap()
+            .ws
+            .profile
+            .delay_buffer,
+        crate::policy::delay::DelayBuffer::default()
+    );
+
+    let bad = r#"
+[plans.zero]
+delay = "0s"
+
+[plans.long]
+delay = "3601s"
+
+[plans.garbled]
+delay = "-5s"
+
+[profile.ws]
+delay_buffer_bytes = 2000000000
+delay_buffer_messages = -1
+
+[[routes]]
+name = "odds"
+path = "/v1/odds"
+delayed_upstream = "nowhere"
+
+[[routes]]
+name = "open"
+path = "/v1/open"
+public = true
+delayed_upstream = "default"
+"#;
+    let err = load(bad, "p.toml", &over("http://127.0.0.1:9000"))
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "p.toml:3: plans.zero.delay must be longer than 0s",
+        "p.toml:6: plans.long.delay: 3601s is longer than the longest delay, 3600s",
+        "p.toml:9: plans.garbled.delay: ",
+        "profile.ws.delay_buffer_bytes: 2000000000 is more than the most a session may hold, 1073741824",
+        "profile.ws.delay_buffer_messages: -1 is not a positive whole number",
+        "route `odds`: unknown delayed_upstream `nowhere`",
+        "route `open`: a public route has no caller whose plan could be delayed",
+    ] {
+        assert!(err.contains(expected), "{expected} not in {err}");
+    }
+}
+
+#[test]
+fn the_readme_delayed_tiers_configuration_compiles() {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme
+        .find("### Delayed tiers")
+        .expect("the README's delayed tiers section")..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let upstreams = "[upstreams.odds]\nurl = \"http://127.0.0.1:7000\"\n[upstreams.odds_delayed]\nurl = \"http://127.0.0.1:7001\"\n";
+    let c = load(
+        &format!("{upstreams}{block}"),
+        "README.md",
+        &over("http://127.0.0.1:9000"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.plans["delayed"].delay,
+        Some(std::time::Duration::from_secs(60))
+    );
+    let close =
+        c.ws.profile
+            .close(crate::policy::ws::CloseEvent::DelayOverflow);
+    assert_eq!(close.code, 4013);
+    assert!(c.routes.routes()[0].delayed_upstream.is_some());
+}

@@ -6,6 +6,7 @@
 
 pub(crate) mod analytics;
 pub(crate) mod channels;
+pub(crate) mod delay;
 pub(crate) mod guard;
 pub(crate) mod leak_reports;
 pub(crate) mod paths;

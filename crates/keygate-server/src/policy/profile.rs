@@ -29,6 +29,10 @@ pub struct IdentityHeaders {
     pub sports: HeaderName,
     /// The client's bookmaker allowlist (or selection, on a plan with `bookmaker_selection`).
     pub bookmakers: HeaderName,
+    /// The caller's plan delay in seconds (`crate::policy::delay`): written for a delayed
+    /// plan only, and removed from every caller's request, so an upstream never takes a
+    /// caller's own claim for the gateway's.
+    pub delay: HeaderName,
 }
 
 impl IdentityHeaders {
@@ -47,10 +51,11 @@ impl IdentityHeaders {
             plan: copy(&self.plan),
             sports: copy(&self.sports),
             bookmakers: copy(&self.bookmakers),
+            delay: copy(&self.delay),
         }
     }
 
-    pub fn all(&self) -> [&HeaderName; 7] {
+    pub fn all(&self) -> [&HeaderName; 8] {
         [
             &self.client_id,
             &self.client_name,
@@ -59,6 +64,7 @@ impl IdentityHeaders {
             &self.plan,
             &self.sports,
             &self.bookmakers,
+            &self.delay,
         ]
     }
 }
@@ -73,6 +79,7 @@ impl Default for IdentityHeaders {
             plan: HeaderName::from_static("x-keygate-plan"),
             sports: HeaderName::from_static("x-keygate-sports"),
             bookmakers: HeaderName::from_static("x-keygate-bookmakers"),
+            delay: HeaderName::from_static("x-keygate-delay"),
         }
     }
 }

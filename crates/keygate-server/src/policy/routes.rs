@@ -31,6 +31,9 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Where its requests go.
     pub target: Target,
+    /// Where REST requests of a caller on a delayed plan go instead of `target`'s upstream
+    /// (`crate::policy::delay`); WebSocket sessions are delayed by the gateway itself.
+    pub delayed_upstream: Option<usize>,
     pub needs: Requirements,
     pub sport_param: Option<Box<str>>,
     pub bookmaker: Option<BookmakerSource>,
@@ -57,6 +60,17 @@ pub enum Target {
 }
 
 impl Route {
+    /// The upstream a request to `upstream` (this route's) goes to: `delayed_upstream` when
+    /// the route has one and `delayed()` says the caller's plan delays. A route without one
+    /// (nearly all) pays one branch and never asks.
+    #[inline]
+    pub fn upstream_for(&self, upstream: usize, delayed: impl FnOnce() -> bool) -> usize {
+        match self.delayed_upstream {
+            Some(other) if delayed() => other,
+            _ => upstream,
+        }
+    }
+
     fn accepts(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|m| m.contains(method))
     }
@@ -320,6 +334,7 @@ mod tests {
             pattern: pattern.into(),
             methods,
             target: Target::Upstream(0),
+            delayed_upstream: None,
             needs: Requirements::default(),
             sport_param: None,
             bookmaker: None,

@@ -89,10 +89,13 @@ pub enum CloseEvent {
     GoingAway,
     /// A suspension now holds the session (`on_suspend = "close"`).
     Suspended,
+    /// A delayed session would hold more than `[profile.ws] delay_buffer_bytes` or
+    /// `delay_buffer_messages` (`crate::policy::delay`).
+    DelayOverflow,
 }
 
 impl CloseEvent {
-    pub const ALL: [CloseEvent; 13] = [
+    pub const ALL: [CloseEvent; 14] = [
         CloseEvent::Unauthorized,
         CloseEvent::Forbidden,
         CloseEvent::LoginTimeout,
@@ -106,6 +109,7 @@ impl CloseEvent {
         CloseEvent::SlowClient,
         CloseEvent::GoingAway,
         CloseEvent::Suspended,
+        CloseEvent::DelayOverflow,
     ];
 
     /// The name used in `[profile.ws.close.NAME]`.
@@ -124,6 +128,7 @@ impl CloseEvent {
             CloseEvent::SlowClient => "slow_client",
             CloseEvent::GoingAway => "going_away",
             CloseEvent::Suspended => "suspended",
+            CloseEvent::DelayOverflow => "delay_overflow",
         }
     }
 
@@ -152,6 +157,9 @@ impl CloseEvent {
             CloseEvent::GoingAway => (1001, "Going away"),
             // RFC 6455's registry: 1013 Try Again Later.
             CloseEvent::Suspended => (1013, "Suspended"),
+            // 1008 (policy) like a slow client: the session is over its bound; the client
+            // reconnects and resubscribes, which gets it a fresh snapshot from the upstream.
+            CloseEvent::DelayOverflow => (1008, "Delay buffer full"),
         }
     }
 }
@@ -384,6 +392,8 @@ pub struct WsProfile {
     pub send_timeout: Duration,
     /// Lifetime of a connection lease; renewed every third of it.
     pub lease_ttl: Duration,
+    /// What one delayed session may hold (`crate::policy::delay`).
+    pub delay_buffer: crate::policy::delay::DelayBuffer,
     pub client_messages: ClientMessages,
     pub on_bad_message: OnViolation,
     pub on_message_limit: OnViolation,
@@ -410,6 +420,7 @@ impl WsProfile {
             idle_timeout: Duration::from_secs(300),
             send_timeout: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(30),
+            delay_buffer: crate::policy::delay::DelayBuffer::default(),
             client_messages: ClientMessages::Any,
             on_bad_message: OnViolation::Error,
             on_message_limit: OnViolation::Error,

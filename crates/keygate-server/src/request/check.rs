@@ -25,6 +25,17 @@ pub struct Passed<'t> {
     pub credential_source: Option<usize>,
 }
 
+impl Passed<'_> {
+    /// The upstream this request goes to, given its route's `upstream`: the route's
+    /// `delayed_upstream` for a caller on a delayed plan (`crate::policy::delay`).
+    #[inline]
+    pub fn upstream(&self, upstream: usize) -> usize {
+        self.route.upstream_for(upstream, || {
+            self.who.as_ref().is_some_and(|w| w.client.delay.is_some())
+        })
+    }
+}
+
 /// True for paths an upstream might normalize into somewhere else (`..`, `.`, encoded slashes
 /// or dots): authorizing `/cs2/..` and letting the upstream serve `/dota2` must be impossible.
 /// Also what servlet containers (Tomcat, Jetty) normalize: a dot segment with path parameters

@@ -332,7 +332,8 @@ pub(crate) struct Toward<'a> {
 }
 
 /// Rewrites a caller's headers for an upstream, HTTP and WebSocket alike: hop-by-hop headers
-/// go; identity headers are written (or, without a caller, the forged ones removed);
+/// go; identity headers are written (or, without a caller, the forged ones removed; a
+/// caller's own delay header goes when its plan has none);
 /// `X-Real-IP` and `Forwarded` go unless the peer is a trusted proxy; method overrides go on
 /// routes that restrict methods, path overrides always; `X-Forwarded-For` gets the peer
 /// appended, `X-Forwarded-Proto` and `X-Forwarded-Host` (the caller's `Host`) are written.
@@ -344,10 +345,14 @@ pub(crate) fn rewrite_headers(headers: &mut HeaderMap, t: &Toward<'_>) {
     // One pass over the few headers finds what goes; the peer's trust is looked up only for
     // a request that names a client address.
     let ids = t.identity.all();
+    // A caller on a plan without a delay gets no delay header written over its own: its own
+    // goes (one comparison per header; a delayed caller's is replaced below).
+    let strip_delay = t.who.is_some_and(|w| w.client.identity().delay.is_none());
     let mut trusted = None;
     let mut doomed: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
     for name in headers.keys() {
         let goes = (t.who.is_none() && ids.contains(&name))
+            || (strip_delay && *name == t.identity.delay)
             || (t.restricts_methods && METHOD_OVERRIDES.contains(name))
             || PATH_OVERRIDES.contains(name)
             || (CLIENT_ADDRESS.contains(name)

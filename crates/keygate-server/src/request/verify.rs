@@ -275,7 +275,17 @@ pub(crate) async fn forward_auth(
     let profile = &gw.config.profile;
     let mut resp = Response::new(Body::empty());
     match &passed.who {
-        Some(who) => who.write_identity(resp.headers_mut(), &profile.identity),
+        Some(who) => {
+            who.write_identity(resp.headers_mut(), &profile.identity);
+            // A caller on a plan without a delay may have sent its own delay header, which
+            // Envoy would forward: it is asked to remove it.
+            if contract == Contract::Envoy && who.client.identity().delay.is_none() {
+                append_removals(
+                    resp.headers_mut(),
+                    std::iter::once(profile.identity.delay.as_str()),
+                );
+            }
+        }
         // A pass with no identity (a public route): Envoy would forward the caller's own
         // identity headers, so it is asked to remove them (Traefik's `authResponseHeaders`
         // replaces them itself).

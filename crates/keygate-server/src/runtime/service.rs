@@ -240,7 +240,7 @@ async fn gate<'g>(
     // consumes nothing. Self-service is answered here, not upstream: no breaker.
     let ticket = match passed.route.target {
         Target::SelfService(_) => None,
-        Target::Upstream(upstream) => match gw.breakers.admit(upstream, now) {
+        Target::Upstream(upstream) => match gw.breakers.admit(passed.upstream(upstream), now) {
             Ok(ticket) => ticket,
             Err(open) => {
                 let quote = Quote::BreakerOpen {
@@ -303,6 +303,7 @@ async fn forward(
             }
         }
         &Target::Upstream(upstream) => {
+            let upstream = passed.upstream(upstream);
             let forward = Forward {
                 max_body,
                 upstream,

@@ -91,7 +91,7 @@ impl Admitted {
     }
 
     /// Sets the identity headers (client id, name, key id, scopes, plan, sport and bookmaker
-    /// allowlists) under the profile's names: on requests forwarded upstream and on
+    /// allowlists, and a delayed plan's delay) under the profile's names: on requests forwarded upstream and on
     /// forward-auth answers alike. The values were built once per client by the replica.
     pub fn write_identity(&self, headers: &mut http::HeaderMap, names: &IdentityHeaders) {
         let c = self.client.identity();
@@ -113,6 +113,9 @@ impl Admitted {
         headers.insert(names.plan.clone(), c.plan.clone());
         headers.insert(names.sports.clone(), c.sports.clone());
         headers.insert(names.bookmakers.clone(), c.bookmakers.clone());
+        if let Some(delay) = &c.delay {
+            headers.insert(names.delay.clone(), delay.clone());
+        }
     }
 }
 
@@ -227,6 +230,10 @@ impl crate::state::replica::PlanCatalog for Plans<'_> {
 
     fn sharing(&self, plan: &str) -> Option<crate::policy::sharing::Sharing> {
         self.0.plans.get(plan).and_then(|p| p.sharing)
+    }
+
+    fn delay(&self, plan: &str) -> Option<std::time::Duration> {
+        self.0.plans.get(plan).and_then(|p| p.delay)
     }
 }
 

@@ -32,6 +32,9 @@ pub struct ClientEntry {
     pub limit_subject: SmolStr,
     /// The plan's key-sharing rule; `None` (the usual case) costs the hot path one branch.
     pub sharing: Option<crate::policy::sharing::Sharing>,
+    /// The plan's delay (`crate::policy::delay`); `None` (real time) costs the hot path one
+    /// branch.
+    pub delay: Option<std::time::Duration>,
     /// The identity header values, one copy per worker thread: a value cloned onto a request
     /// bumps its buffer's reference count, and one shared copy had both cores writing that
     /// count for every request of the client (`crate::state::per_worker`).
@@ -56,6 +59,8 @@ pub struct IdentityValues {
     /// selecting plan's client that has picked none). Never absent, so an upstream cannot
     /// take a missing header for "all".
     pub bookmakers: HeaderValue,
+    /// The plan's delay in seconds; `None` for a plan without one (no header is sent).
+    pub delay: Option<HeaderValue>,
 }
 
 /// The bookmakers value meaning "every bookmaker": `*` is no bookmaker slug.
@@ -79,6 +84,7 @@ impl IdentityValues {
             plan: HeaderValue::from_static(""),
             sports: HeaderValue::from_static(""),
             bookmakers: HeaderValue::from_static(""),
+            delay: None,
         }
     }
 }
@@ -100,6 +106,7 @@ impl ClientEntry {
         let scopes = policy.scopes.join(" ");
         let sports = policy.sports.join(",");
         let bookmakers = bookmakers_value(&policy);
+        let delay = plans.delay(&client.plan);
         // `value` copies its text: each worker's copy is a buffer of its own.
         let headers = PerWorker::new(workers, || IdentityValues {
             id: value(policy.id.as_str()),
@@ -108,10 +115,12 @@ impl ClientEntry {
             plan: value(&policy.plan),
             sports: value(&sports),
             bookmakers: value(&bookmakers),
+            delay: delay.map(crate::policy::delay::header_value),
         });
         ClientEntry {
             limits,
             sharing: plans.sharing(&client.plan),
+            delay,
             limit_subject: format_smolstr!("c:{}", policy.id),
             headers,
             policy,
@@ -124,6 +133,7 @@ impl ClientEntry {
         ClientEntry {
             limits: ClientLimits::default(),
             sharing: None,
+            delay: None,
             limit_subject: format_smolstr!("c:{id}"),
             policy: ClientPolicy {
                 id: id.clone(),
@@ -241,6 +251,10 @@ pub trait PlanCatalog: Send + Sync {
     }
     /// The plan's key-sharing rule (`None`: not watched).
     fn sharing(&self, _plan: &str) -> Option<crate::policy::sharing::Sharing> {
+        None
+    }
+    /// The plan's delay (`None`: real time).
+    fn delay(&self, _plan: &str) -> Option<std::time::Duration> {
         None
     }
 }

@@ -57,7 +57,15 @@ pub struct Admission {
     pub bookmaker: Option<Box<str>>,
     /// The path parameters, when the route's scopes are templated by them (else empty).
     pub params: Box<[Box<str>]>,
+    /// The plan's delay at the upgrade (`crate::policy::delay`).
+    pub delay: Option<Duration>,
 }
+
+/// A session's delay as its plan has it now (`None`: real time), kept current by every
+/// revalidation (each change, and the sweep): the relay keeps a copy and is woken only when
+/// it changes (a client moved to another plan, a reload), so a message costs it no look at
+/// the replica.
+pub(crate) type SessionDelay = watch::Receiver<Option<Duration>>;
 
 #[derive(Debug)]
 struct Entry {
@@ -69,6 +77,7 @@ struct Entry {
     /// The suspensions this session was told of (`on_suspend = "notify"`), to tell it of
     /// their end.
     told: Mutex<Vec<SuspensionId>>,
+    delay: watch::Sender<Option<Duration>>,
 }
 
 /// Every open session of this node.
@@ -89,6 +98,8 @@ pub struct Registration {
     pub channels: Arc<Mutex<BTreeSet<String>>>,
     /// The session's sport (the route's `sport_param`), for channel scopes naming it.
     pub sport: Option<Box<str>>,
+    /// The session's delay, following its plan.
+    pub delay: SessionDelay,
 }
 
 impl Drop for Registration {
@@ -126,6 +137,7 @@ impl Sessions {
         let (notices, notices_rx) = mpsc::channel(NOTICES);
         let channels = Arc::new(Mutex::new(BTreeSet::new()));
         let sport = admission.sport.clone();
+        let (delay_tx, delay) = watch::channel(admission.delay);
         sessions.open.insert(
             id,
             Entry {
@@ -134,6 +146,7 @@ impl Sessions {
                 stop: tx,
                 notices,
                 told: Mutex::new(Vec::new()),
+                delay: delay_tx,
             },
         );
         Registration {
@@ -143,6 +156,7 @@ impl Sessions {
             notices: notices_rx,
             channels,
             sport,
+            delay,
         }
     }
 
@@ -162,7 +176,7 @@ impl Sessions {
             if entry.stop.borrow().is_some() {
                 continue;
             }
-            if let Err(denial) = check(gw, &entry.admission, &entry.channels) {
+            if let Err(denial) = check(gw, &entry.admission, &entry.channels, &entry.delay) {
                 let _ = entry.stop.send(Some(Stop {
                     event: CloseEvent::Revoked,
                     reason: denial.reason,
@@ -307,9 +321,17 @@ fn notice(profile: &WsProfile, s: &Suspension) -> String {
     profile.message(MessageKind::Suspended, &vars)
 }
 
-/// Authentication, the route's requirements and every held channel, as of now.
-fn check(gw: &Gateway, a: &Admission, held: &Mutex<BTreeSet<String>>) -> Result<(), Denial> {
+/// Authentication, the route's requirements and every held channel, as of now; and the
+/// session's delay from its plan as of now.
+fn check(
+    gw: &Gateway,
+    a: &Admission,
+    held: &Mutex<BTreeSet<String>>,
+    delay: &watch::Sender<Option<Duration>>,
+) -> Result<(), Denial> {
     let who = gw.authenticate_digest(&a.digest)?;
+    let now = who.client.delay;
+    delay.send_if_modified(|d| std::mem::replace(d, now) != now);
     let route = route_of(gw, a).ok_or(Reason::NotFound)?;
     let params: SmallVec<[&str; MAX_PARAMS]> = a.params.iter().map(|p| &**p).collect();
     if let Some(rules) = &who.key.rules {

@@ -7,6 +7,7 @@
 //! between client and upstream, and [`crate::state::ws_sessions`] keeps every open session findable so a key or
 //! client change closes it within the second.
 
+pub(crate) mod delayed;
 pub(crate) mod handshake;
 pub(crate) mod inbound;
 pub(crate) mod limits;

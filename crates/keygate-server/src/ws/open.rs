@@ -143,6 +143,7 @@ fn authorize(
         sport: sport.map(Into::into),
         bookmaker: bookmaker.map(Into::into),
         params,
+        delay: who.client.delay,
     })
 }
 

@@ -4,9 +4,11 @@
 //!
 //! One task per session, one message in flight per direction: a frame is read from a side only
 //! after the previous one was written to the other, so a slow reader holds its writer back
-//! through TCP instead of growing a queue. A client that takes nothing for the send timeout is
-//! closed; a stop arriving while a send waits interrupts it, so revocation never waits on a
-//! slow socket.
+//! through TCP instead of growing a queue. A delayed plan's session is the exception: its
+//! upstream messages are held for the delay (`super::delayed`, bounded) and released by one
+//! timer, the oldest first; control frames and the gateway's own messages are never held. A
+//! client that takes nothing for the send timeout is closed; a stop arriving while a send
+//! waits interrupts it, so revocation never waits on a slow socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::delayed::Held;
 use super::inbound::{self, BadMessage, Inbound};
 use super::limits::Leases;
 use super::upstream::UpstreamSocket;
@@ -39,6 +42,10 @@ pub(crate) type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long closing may take on each side.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most held messages released in one turn of the loop: a backlog that fell due at once (a
+/// plan moved to real time) does not keep the session from reading its client.
+const RELEASE_BATCH: usize = 64;
 
 /// An admitted session, ready to relay.
 pub(crate) struct Relay {
@@ -263,6 +270,12 @@ impl Relay {
             gw.usage
                 .record_ws(&self.who.client, gw.clock.now(), 1, 0, 0);
         }
+        let mut held = Held::new(profile.delay_buffer);
+        // The plan's delay, as of the last change the registry reported.
+        let mut delay = *self.reg.delay.borrow_and_update();
+        // Armed for the oldest held message's due time; polled only while something is held.
+        let release = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(release);
 
         let end = loop {
             let step = tokio::select! {
@@ -281,6 +294,33 @@ impl Relay {
                         Ok(()) => continue,
                         Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
                     }
+                }
+                Ok(()) = self.reg.delay.changed() => {
+                    delay = *self.reg.delay.borrow_and_update();
+                    // Re-armed for the new delay: what is now due goes at once.
+                    if let Some(due) = held.next_due(delay.unwrap_or_default()) {
+                        release.as_mut().reset(due);
+                    }
+                    continue;
+                }
+                () = &mut release, if !held.is_empty() => {
+                    let delay = delay.unwrap_or_default();
+                    let now = Instant::now();
+                    let mut failed = None;
+                    for _ in 0..RELEASE_BATCH {
+                        let Some(m) = held.pop_due(now, delay) else { break };
+                        if let Err(i) = self.send_upstream_message(&mut client, m, analytics).await {
+                            failed = Some(i);
+                            break;
+                        }
+                    }
+                    if let Some(i) = failed {
+                        break self.interrupted(i, CloseEvent::SlowClient);
+                    }
+                    if let Some(due) = held.next_due(delay) {
+                        release.as_mut().reset(due);
+                    }
+                    continue;
                 }
                 _ = renew.tick(), if has_leases => {
                     if !self.leases.renew(&gw, &self.limits).await {
@@ -305,17 +345,34 @@ impl Relay {
                     match msg {
                         Some(Ok(Message::Close(frame))) => break End::UpstreamClosed(frame),
                         Some(Ok(Message::Frame(_))) => Step::Nothing,
-                        Some(Ok(m)) => {
-                            let bytes = (analytics && (m.is_text() || m.is_binary())).then(|| m.len() as u64);
-                            match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
-                            Ok(()) => {
-                                if let Some(bytes) = bytes {
-                                    gw.usage.record_ws(&self.who.client, gw.clock.now(), 0, 1, bytes);
-                                }
-                                Step::Nothing
+                        // Two tests for an undelayed session; held also after the plan moved
+                        // to real time while some are still held, so order is kept.
+                        Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))
+                            if delay.is_some() || !held.is_empty() =>
+                        {
+                            let delay = delay.unwrap_or_default();
+                            let first = held.is_empty();
+                            if let Err(full) = held.push(Instant::now(), m) {
+                                tracing::info!(
+                                    key_id = self.who.key.id(),
+                                    held_messages = full.messages,
+                                    held_bytes = full.bytes,
+                                    "WebSocket session closed: its delay buffer is full."
+                                );
+                                break End::Gateway(CloseEvent::DelayOverflow);
                             }
+                            // Armed for the new oldest; otherwise the timer already is.
+                            if first {
+                                if let Some(due) = held.next_due(delay) {
+                                    release.as_mut().reset(due);
+                                }
+                            }
+                            Step::Nothing
+                        }
+                        Some(Ok(m)) => match self.send_upstream_message(&mut client, m, analytics).await {
+                            Ok(()) => Step::Nothing,
                             Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
-                        }},
+                        },
                         None | Some(Err(_)) => break End::Gateway(CloseEvent::UpstreamUnavailable),
                     }
                 }
@@ -342,6 +399,24 @@ impl Relay {
             }
         };
         self.finish(end, client, upstream).await;
+    }
+
+    /// Sends the client one message from the upstream, counted for analytics when it is data.
+    async fn send_upstream_message(
+        &mut self,
+        client: &mut ClientSocket,
+        m: Message,
+        analytics: bool,
+    ) -> Result<(), Interrupted> {
+        let bytes = (analytics && (m.is_text() || m.is_binary())).then(|| m.len() as u64);
+        let send_timeout = self.gw.config.ws.profile.send_timeout;
+        deliver(client, m, send_timeout, &mut self.reg.stop).await?;
+        if let Some(bytes) = bytes {
+            let gw = &self.gw;
+            gw.usage
+                .record_ws(&self.who.client, gw.clock.now(), 0, 1, bytes);
+        }
+        Ok(())
     }
 
     fn interrupted(&self, i: Interrupted, on_timeout: CloseEvent) -> End {

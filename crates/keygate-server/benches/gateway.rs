@@ -16,6 +16,11 @@
 //! `whole_sharing_on` is `whole` with
 //! `[plans.pro.sharing]` on (key-sharing detection queuing each request's network); `whole`
 //! is what the feature costs when off: one branch on the client's plan.
+//!
+//! `ws_1m` times WebSocket channel caps and egress metering off the request path:
+//! `channel_lease`, what a plan's `max_channels_per_client` costs per new channel (one lease
+//! taken and given back), and `egress_count`, what each delivered message pays to be counted
+//! with usage.
 
 mod support;
 
@@ -241,6 +246,38 @@ fn hot_path(c: &mut Criterion) {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));
             black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
+        })
+    });
+    group.finish();
+
+    // WebSocket channel caps and egress (issue 22): neither is on the decision above (`whole`
+    // is what they cost a request: nothing). Per new channel with `max_channels_per_client`,
+    // one lease taken (and given back on unsubscribe or close) on the local limiter; per
+    // message delivered, one egress count.
+    let mut group = c.benchmark_group("ws_1m");
+    group.throughput(Throughput::Elements(1));
+    let who: Vec<_> = digests
+        .iter()
+        .filter_map(|d| gw.replica.get(d))
+        .map(|k| k.client.load())
+        .collect();
+    let ttl = Duration::from_secs(30);
+    let mut lease = 0u64;
+    group.bench_function("channel_lease", |b| {
+        b.iter(|| {
+            i = (i + 1) % who.len();
+            lease += 1;
+            let key = keygate_limits::LimitKey::new(who[i].limit_subject.clone(), 11);
+            let now = gw.clock.now();
+            let state = ready(gw.limits.acquire_lease(&key, 50, lease, ttl, now)).expect("local");
+            ready(gw.limits.release_lease(&key, lease));
+            black_box(state.allowed)
+        })
+    });
+    group.bench_function("egress_count", |b| {
+        b.iter(|| {
+            i = (i + 1) % who.len();
+            gw.usage.record_ws(&who[i], gw.clock.now(), 0, 1, black_box(120));
         })
     });
     group.finish();

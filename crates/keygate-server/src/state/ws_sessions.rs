@@ -89,6 +89,8 @@ pub struct Registration {
     pub channels: Arc<Mutex<BTreeSet<String>>>,
     /// The session's sport (the route's `sport_param`), for channel scopes naming it.
     pub sport: Option<Box<str>>,
+    /// The session's route, for counting its in-session refusals.
+    pub route_index: usize,
 }
 
 impl Drop for Registration {
@@ -109,6 +111,13 @@ impl Registration {
         true
     }
 
+    /// Of `wanted`, the channels the session holds already, and how many it holds in all.
+    pub fn holding(&self, wanted: &[String]) -> (Vec<String>, usize) {
+        let set = lock(&self.channels);
+        let held = wanted.iter().filter(|c| set.contains(*c)).cloned().collect();
+        (held, set.len())
+    }
+
     pub fn remove_channels(&self, gone: &[String]) {
         let mut set = lock(&self.channels);
         for c in gone {
@@ -126,6 +135,7 @@ impl Sessions {
         let (notices, notices_rx) = mpsc::channel(NOTICES);
         let channels = Arc::new(Mutex::new(BTreeSet::new()));
         let sport = admission.sport.clone();
+        let route_index = admission.route_index;
         sessions.open.insert(
             id,
             Entry {
@@ -143,6 +153,7 @@ impl Sessions {
             notices: notices_rx,
             channels,
             sport,
+            route_index,
         }
     }
 

@@ -277,7 +277,8 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("egress_count", |b| {
         b.iter(|| {
             i = (i + 1) % who.len();
-            gw.usage.record_ws(&who[i], gw.clock.now(), 0, 1, black_box(120));
+            gw.usage
+                .record_ws(&who[i], gw.clock.now(), 0, 1, black_box(120));
         })
     });
     group.finish();

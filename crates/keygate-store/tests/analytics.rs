@@ -107,7 +107,9 @@ async fn counts_add_up_across_flushes_and_with_usage(f: Fixture) {
     s.add_counts(std::slice::from_ref(&usage), &[], &first)
         .await
         .unwrap();
-    s.add_counts(&[], &[], &AnalyticsBatch::default()).await.unwrap();
+    s.add_counts(&[], &[], &AnalyticsBatch::default())
+        .await
+        .unwrap();
     let c = keygate_core::ClientId::parse("cli_000000000000000a").unwrap();
     assert_eq!(
         s.usage(&c, "2026-09-21", "2026-09-21").await.unwrap()[0].requests,

@@ -1747,7 +1747,13 @@ async fn a_replacement_keeps_the_restrictions_of_the_key_it_replaces(f: Fixture)
         .await
         .unwrap();
     let r = s
-        .replace_keys(&actor(), &c.id, None, material(&KeyFormat::default()).1, "bot")
+        .replace_keys(
+            &actor(),
+            &c.id,
+            None,
+            material(&KeyFormat::default()).1,
+            "bot",
+        )
         .await
         .unwrap();
     assert_eq!(r.revoked, [old.id.clone()]);
@@ -1769,7 +1775,13 @@ async fn a_replacement_keeps_the_restrictions_of_the_key_it_replaces(f: Fixture)
     .await
     .unwrap();
     let again = s
-        .replace_keys(&actor(), &c.id, None, material(&KeyFormat::default()).1, "bot")
+        .replace_keys(
+            &actor(),
+            &c.id,
+            None,
+            material(&KeyFormat::default()).1,
+            "bot",
+        )
         .await
         .unwrap();
     assert_eq!(again.new.restrictions.scopes, Some(vec![]), "never wider");

@@ -161,7 +161,9 @@ async fn channel_caps_hold_per_session_and_per_client_across_nodes() {
     cli(
         &db,
         cfg,
-        &["client", "create", "Acme", "--plan", "capped", "--scopes", scopes],
+        &[
+            "client", "create", "Acme", "--plan", "capped", "--scopes", scopes,
+        ],
     );
     let key = |args: &[&str]| {
         let mut all = vec!["key", "create", "--client", "Acme"];
@@ -181,10 +183,7 @@ async fn channel_caps_hold_per_session_and_per_client_across_nodes() {
     let error = error.unwrap();
     assert_eq!(error["code"], "channel_limit", "{error}");
     assert_eq!(error["channels"], json!(["c4"]), "{error}");
-    assert!(
-        error["detail"].as_str().unwrap().contains('3'),
-        "{error}"
-    );
+    assert!(error["detail"].as_str().unwrap().contains('3'), "{error}");
     // Subscribing again to what the session holds costs nothing and is not refused.
     let (echo, error) = ask(&mut a1, subscribe(&["c1", "c2"]), false).await;
     assert_eq!((echo, error), (Some(json!(["c1", "c2"])), None));

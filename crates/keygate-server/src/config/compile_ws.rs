@@ -553,8 +553,14 @@ max_channels_per_session = 5
         assert_eq!(other.channels_per_session.map(|n| n.get()), Some(5));
         assert_eq!(other.channels_per_client, None, "off unless set");
         for (value, needle) in [
-            ("0", "max_channels_per_session: 0 is not a positive whole number"),
-            ("-3", "max_channels_per_session: -3 is not a positive whole number"),
+            (
+                "0",
+                "max_channels_per_session: 0 is not a positive whole number",
+            ),
+            (
+                "-3",
+                "max_channels_per_session: -3 is not a positive whole number",
+            ),
             ("257", "max_channels_per_session: 257 is more than 256"),
             ("\"many\"", "max_channels_per_session"),
         ] {

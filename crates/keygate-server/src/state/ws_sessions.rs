@@ -114,7 +114,11 @@ impl Registration {
     /// Of `wanted`, the channels the session holds already, and how many it holds in all.
     pub fn holding(&self, wanted: &[String]) -> (Vec<String>, usize) {
         let set = lock(&self.channels);
-        let held = wanted.iter().filter(|c| set.contains(*c)).cloned().collect();
+        let held = wanted
+            .iter()
+            .filter(|c| set.contains(*c))
+            .cloned()
+            .collect();
         (held, set.len())
     }
 

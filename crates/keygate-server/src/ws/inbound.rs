@@ -124,7 +124,11 @@ pub(crate) fn classify<'a>(
 
 /// A subscribe `text` (one `classify` accepted) rewritten to name only `channels`; `None` when
 /// there are none, so nothing reaches the upstream.
-pub(crate) fn with_channels(profile: &WsProfile, text: &str, channels: &[String]) -> Option<String> {
+pub(crate) fn with_channels(
+    profile: &WsProfile,
+    text: &str,
+    channels: &[String],
+) -> Option<String> {
     if channels.is_empty() {
         return None;
     }

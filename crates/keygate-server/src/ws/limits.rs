@@ -226,7 +226,12 @@ impl Leases {
             if let (Some(key), Some(max)) = (&self.channel_key, limits.channels_per_client) {
                 let id = lease_id();
                 let now = self.gw.clock.now();
-                match self.gw.limits.acquire_lease(key, max.get(), id, ttl, now).await {
+                match self
+                    .gw
+                    .limits
+                    .acquire_lease(key, max.get(), id, ttl, now)
+                    .await
+                {
                     Ok(state) if state.allowed => self.channels.push((channel.clone(), id)),
                     Ok(_) => {
                         fit.limit = max.get();

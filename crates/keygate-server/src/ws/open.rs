@@ -512,8 +512,8 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
                 .leases
                 .fit_channels(&admitted.limits, |_| false, 0, grant.granted)
                 .await;
-            let over = (!fit.over.is_empty())
-                .then(|| over_cap(&gw, &admitted.who, p.route_index, &fit));
+            let over =
+                (!fit.over.is_empty()).then(|| over_cap(&gw, &admitted.who, p.route_index, &fit));
             (fit.kept, over)
         }
     };

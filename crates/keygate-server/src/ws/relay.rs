@@ -29,10 +29,10 @@ use tokio_tungstenite::WebSocketStream;
 use super::inbound::{self, BadMessage, Inbound};
 use super::limits::{Fit, Leases};
 use super::upstream::UpstreamSocket;
+use crate::policy::channels::Refused;
 use crate::policy::ws::{
     AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
 };
-use crate::policy::channels::Refused;
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
 use crate::state::ws_sessions::{Registration, Stop};
@@ -146,8 +146,11 @@ pub(crate) fn over_cap(gw: &Gateway, who: &Admitted, route: usize, fit: &Fit) ->
     } else {
         Reason::ChannelLimit
     };
-    gw.metrics
-        .record(Some(route), Outcome::Denied(reason), reason.default_status());
+    gw.metrics.record(
+        Some(route),
+        Outcome::Denied(reason),
+        reason.default_status(),
+    );
     tracing::info!(
         key_id = who.key.id(),
         client = who.client.policy.id.as_str(),
@@ -166,7 +169,10 @@ pub(crate) fn over_cap(gw: &Gateway, who: &Admitted, route: usize, fit: &Fit) ->
         ("refused", Value::List(fit.over.clone())),
         ("channel", Value::Str(fit.over[0].clone())),
         ("scope", Value::Str(String::new())),
-        ("limit", Value::Int(i64::try_from(fit.limit).unwrap_or(i64::MAX))),
+        (
+            "limit",
+            Value::Int(i64::try_from(fit.limit).unwrap_or(i64::MAX)),
+        ),
     ];
     Message::Text(
         gw.config
@@ -314,7 +320,10 @@ impl Relay {
                 forward,
                 granted,
                 refused,
-            } => match self.subscribe(text.as_str(), forward, granted, refused).await {
+            } => match self
+                .subscribe(text.as_str(), forward, granted, refused)
+                .await
+            {
                 Step::Nothing => Step::ToUpstream(msg),
                 other => other,
             },

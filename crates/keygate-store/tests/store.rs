@@ -1756,7 +1756,7 @@ async fn a_replacement_keeps_the_restrictions_of_the_key_it_replaces(f: Fixture)
         )
         .await
         .unwrap();
-    assert_eq!(r.revoked, [old.id.clone()]);
+    assert_eq!(r.revoked, std::slice::from_ref(&old.id));
     assert_eq!(r.new.restrictions, old.restrictions, "as narrow as before");
     assert_eq!(s.key(&r.new.id).await.unwrap().restrictions, narrow);
     let gone = s.key(&old.id).await.unwrap();

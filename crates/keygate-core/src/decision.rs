@@ -39,6 +39,9 @@ pub enum Reason {
     RateLimited,
     /// A connection limit (open WebSocket sessions per key or client, or per day) is reached.
     TooManyConnections,
+    /// A WebSocket subscribe would hold more channels than the plan's cap (per session, or
+    /// per client across its sessions): the channels past the cap are refused.
+    ChannelLimit,
     /// A WebSocket session sent no login message within the profile's deadline.
     LoginTimeout,
     /// The shared limiter is unreachable and the policy is to refuse rather than guess.
@@ -76,7 +79,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for profiles that must configure each one.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::ConflictingCredentials,
@@ -93,6 +96,7 @@ impl Reason {
         Reason::FeatureNotOnPlan,
         Reason::RateLimited,
         Reason::TooManyConnections,
+        Reason::ChannelLimit,
         Reason::LoginTimeout,
         Reason::LimiterUnavailable,
         Reason::Emergency,
@@ -136,6 +140,7 @@ impl Reason {
             Reason::FeatureNotOnPlan => "feature_not_on_plan",
             Reason::RateLimited => "rate_limited",
             Reason::TooManyConnections => "too_many_connections",
+            Reason::ChannelLimit => "channel_limit",
             Reason::LoginTimeout => "login_timeout",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::Emergency => "emergency",
@@ -181,7 +186,7 @@ impl Reason {
             | Reason::BookmakerNotAllowed
             | Reason::BookmakerNotConfigured
             | Reason::FeatureNotOnPlan => 403,
-            Reason::RateLimited | Reason::TooManyConnections => 429,
+            Reason::RateLimited | Reason::TooManyConnections | Reason::ChannelLimit => 429,
             Reason::LoginTimeout => 408,
             Reason::Emergency | Reason::LimiterUnavailable => 503,
             // Not 403: a suspension is a temporary hold on a slice of the service (an
@@ -236,6 +241,7 @@ impl Reason {
             Reason::TooManyConnections => {
                 "Connection limit reached; retry after {retry_after} seconds."
             }
+            Reason::ChannelLimit => "Channel limit reached ({subject} allowed).",
             Reason::LoginTimeout => "No login message arrived within the deadline.",
             Reason::LimiterUnavailable => "Rate limits cannot be checked right now; retry shortly.",
             Reason::Emergency => "{subject}",

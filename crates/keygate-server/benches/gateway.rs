@@ -19,6 +19,11 @@
 //! `forward_headers` adds to `whole` the upstream choice and the identity headers a forwarded
 //! request gets; `forward_headers_delay_on` is the same with the plan delayed (issue 22's
 //! delayed tiers: one more header), so `forward_headers` is what delayed tiers cost when off.
+//!
+//! `ws_1m` times WebSocket channel caps and egress metering off the request path:
+//! `channel_lease`, what a plan's `max_channels_per_client` costs per new channel (one lease
+//! taken and given back), and `egress_count`, what each delivered message pays to be counted
+//! with usage.
 
 mod support;
 
@@ -290,6 +295,39 @@ fn hot_path(c: &mut Criterion) {
             i = (i + 1) % HOT;
             clock.advance(Duration::from_millis(1));
             black_box(decide_and_limit(&gw, &method, path, query, &headers[i]))
+        })
+    });
+    group.finish();
+
+    // WebSocket channel caps and egress (issue 22): neither is on the decision above (`whole`
+    // is what they cost a request: nothing). Per new channel with `max_channels_per_client`,
+    // one lease taken (and given back on unsubscribe or close) on the local limiter; per
+    // message delivered, one egress count.
+    let mut group = c.benchmark_group("ws_1m");
+    group.throughput(Throughput::Elements(1));
+    let who: Vec<_> = digests
+        .iter()
+        .filter_map(|d| gw.replica.get(d))
+        .map(|k| k.client.load())
+        .collect();
+    let ttl = Duration::from_secs(30);
+    let mut lease = 0u64;
+    group.bench_function("channel_lease", |b| {
+        b.iter(|| {
+            i = (i + 1) % who.len();
+            lease += 1;
+            let key = keygate_limits::LimitKey::new(who[i].limit_subject.clone(), 11);
+            let now = gw.clock.now();
+            let state = ready(gw.limits.acquire_lease(&key, 50, lease, ttl, now)).expect("local");
+            ready(gw.limits.release_lease(&key, lease));
+            black_box(state.allowed)
+        })
+    });
+    group.bench_function("egress_count", |b| {
+        b.iter(|| {
+            i = (i + 1) % who.len();
+            gw.usage
+                .record_ws(&who[i], gw.clock.now(), 0, 1, black_box(120));
         })
     });
     group.finish();

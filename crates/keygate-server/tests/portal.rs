@@ -901,19 +901,19 @@ async fn account_usage_and_bookmaker_selection() {
     // The table has a column per status answered, and today's row counts each.
     assert!(
         usage.body.contains(
-            "<th scope=\"col\">Requests</th><th scope=\"col\">200</th><th scope=\"col\">429</th></tr>"
+            "<th scope=\"col\">Requests</th><th scope=\"col\">WebSocket messages</th><th scope=\"col\">WebSocket bytes</th><th scope=\"col\">200</th><th scope=\"col\">429</th></tr>"
         ),
         "{}",
         usage.body
     );
     assert!(usage.body.contains(&format!(
-        "<tr><td>{today}</td><td>9</td><td>7</td><td>2</td></tr>"
+        "<tr><td>{today}</td><td>9</td><td>0</td><td>0</td><td>7</td><td>2</td></tr>"
     )));
     let csv = b.get("/usage.csv").await;
     assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
     assert_eq!(
         csv.body,
-        format!("day,status,requests\n{today},200,7\n{today},429,2\n")
+        format!("day,requests,ws_messages,ws_bytes,200,429\n{today},9,0,0,7,2\n")
     );
 
     // 003: "Visit Dashboard → Billing to pick one": the pick is the allowlist at once.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{Store, StoreError, UsageRow};
+use crate::{Store, StoreError, UsageRow, UsageWsRow};
 
 /// Milliseconds in an hour: the store's time unit for analytics (`hour` = ms / this).
 pub const HOUR_MS: i64 = 3_600_000;
@@ -223,13 +223,15 @@ impl Store {
     pub async fn add_counts(
         &self,
         usage: &[UsageRow],
+        usage_ws: &[UsageWsRow],
         analytics: &AnalyticsBatch,
     ) -> Result<(), StoreError> {
-        if usage.is_empty() && analytics.is_empty() {
+        if usage.is_empty() && usage_ws.is_empty() && analytics.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         crate::usage::add_in(&mut tx, usage).await?;
+        crate::usage::add_ws_in(&mut tx, usage_ws).await?;
         for r in &analytics.requests {
             sqlx::query(
                 "INSERT INTO analytics_requests (hour, client_id, key_id, route, status, requests) \

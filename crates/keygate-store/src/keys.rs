@@ -271,7 +271,9 @@ impl Store {
     }
 
     /// Replaces every key of a client with one new key, in one transaction: the old keys are
-    /// revoked at once (no grace). With `parent`, the client must be that account's child, else
+    /// revoked at once (no grace). The new key keeps the restrictions of the oldest key it
+    /// replaces (scopes narrowing, CIDRs, metadata, external id), never more scopes than the
+    /// client has. With `parent`, the client must be that account's child, else
     /// it is reported as not found, so a caller learns nothing about other accounts.
     ///
     /// # Errors
@@ -299,6 +301,24 @@ impl Store {
         .fetch_all(&mut *tx.tx)
         .await?;
         let old: Vec<ApiKey> = rows.iter().map(rows::key).collect::<Result<_, _>>()?;
+        // The new key is as narrow as the oldest it replaces (a regeneration never widens; a
+        // client's keys are one credential in self-service), within the client's scopes now,
+        // and takes its external id, given up first by the keys being revoked.
+        let mut restrictions = old
+            .first()
+            .map(|k| k.restrictions.clone())
+            .unwrap_or_default();
+        if let Some(scopes) = &mut restrictions.scopes {
+            scopes.retain(|s| owner.scopes.contains(s));
+        }
+        if restrictions.external_id.is_some() {
+            sqlx::query(
+                "UPDATE keys SET external_id = NULL WHERE client_id = $1 AND state <> 'revoked'",
+            )
+            .bind(owner.id.as_str())
+            .execute(&mut *tx.tx)
+            .await?;
+        }
         let new = create_in(
             &mut tx,
             actor,
@@ -307,12 +327,17 @@ impl Store {
                 material,
                 label: label.to_owned(),
                 expires_at: None,
-                restrictions: Default::default(),
+                restrictions,
             },
         )
         .await?;
         let mut revoked = Vec::with_capacity(old.len());
         for mut key in old {
+            if key.restrictions.external_id.is_some()
+                && key.restrictions.external_id == new.restrictions.external_id
+            {
+                key.restrictions.external_id = None;
+            }
             key.state = KeyState::Revoked;
             key.rotated_at = Some(tx.now);
             key.replaced_by = Some(new.id.clone());

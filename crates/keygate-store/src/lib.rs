@@ -59,7 +59,7 @@ pub use quotas::{parse_window, QuotaAdjustment, MAX_RESETS, MAX_TOPUP, MAX_TOPUP
 pub use settings::Emergency;
 pub use sharing::{SharingAction, SharingSuspicion, SHARING_ACTOR};
 pub use suspensions::{NewSuspension, MAX_ACTIVE as MAX_ACTIVE_SUSPENSIONS};
-pub use usage::UsageRow;
+pub use usage::{UsageRow, UsageWsRow};
 pub use webhooks::{Delivery, DeliveryFilter, DeliveryState, DueDelivery, EventType, Outcome};
 
 /// Which database engine a store runs on.

@@ -82,6 +82,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "key sharing",
         include_str!("../migrations/sqlite/0014_key_sharing.sql"),
     ),
+    (
+        15,
+        "websocket egress",
+        include_str!("../migrations/sqlite/0015_usage_ws.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (
@@ -153,6 +158,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         14,
         "key sharing",
         include_str!("../migrations/postgres/0014_key_sharing.sql"),
+    ),
+    (
+        15,
+        "websocket egress",
+        include_str!("../migrations/postgres/0015_usage_ws.sql"),
     ),
 ];
 

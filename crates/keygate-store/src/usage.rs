@@ -17,7 +17,51 @@ pub struct UsageRow {
     pub requests: u64,
 }
 
+/// WebSocket egress of one client on one day: messages and bytes delivered to its sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UsageWsRow {
+    pub client_id: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
 impl Store {
+    /// A client's WebSocket egress for the days `from..=to` (`YYYY-MM-DD`), by day.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] or [`StoreError::Corrupt`].
+    pub async fn usage_ws(
+        &self,
+        client: &ClientId,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<UsageWsRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id, day, messages, bytes FROM usage_ws \
+             WHERE client_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+        )
+        .bind(client.as_str())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let count = |n: i64| {
+            u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("usage_ws count {n}")))
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(UsageWsRow {
+                    client_id: row.try_get("client_id")?,
+                    day: row.try_get("day")?,
+                    messages: count(row.try_get("messages")?)?,
+                    bytes: count(row.try_get("bytes")?)?,
+                })
+            })
+            .collect()
+    }
+
     /// Adds counts (one transaction for the whole batch, so a flush is all or nothing).
     ///
     /// # Errors
@@ -82,6 +126,27 @@ pub(crate) async fn add_in(
         .bind(r.day.as_str())
         .bind(i64::from(r.status))
         .bind(i64::try_from(r.requests).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds WebSocket egress rows within `tx` ([`Store::add_counts`]).
+pub(crate) async fn add_ws_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[UsageWsRow],
+) -> Result<(), StoreError> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO usage_ws (client_id, day, messages, bytes) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (client_id, day) DO UPDATE SET \
+             messages = usage_ws.messages + excluded.messages, bytes = usage_ws.bytes + excluded.bytes",
+        )
+        .bind(r.client_id.as_str())
+        .bind(r.day.as_str())
+        .bind(i64::try_from(r.messages).unwrap_or(i64::MAX))
+        .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
         .execute(&mut **tx)
         .await?;
     }

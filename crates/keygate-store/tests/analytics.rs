@@ -101,13 +101,15 @@ async fn counts_add_up_across_flushes_and_with_usage(f: Fixture) {
             bytes: 50,
         }],
     };
-    s.add_counts(std::slice::from_ref(&usage), &first)
+    s.add_counts(std::slice::from_ref(&usage), &[], &first)
         .await
         .unwrap();
-    s.add_counts(std::slice::from_ref(&usage), &first)
+    s.add_counts(std::slice::from_ref(&usage), &[], &first)
         .await
         .unwrap();
-    s.add_counts(&[], &AnalyticsBatch::default()).await.unwrap();
+    s.add_counts(&[], &[], &AnalyticsBatch::default())
+        .await
+        .unwrap();
     let c = keygate_core::ClientId::parse("cli_000000000000000a").unwrap();
     assert_eq!(
         s.usage(&c, "2026-09-21", "2026-09-21").await.unwrap()[0].requests,
@@ -146,6 +148,7 @@ async fn filters_and_groupings_answer_exactly(f: Fixture) {
     let (ka, kb) = ("key_000000000000000a", "key_000000000000000b");
     f.store
         .add_counts(
+            &[],
             &[],
             &batch(vec![
                 req(H0, a, ka, "odds", 200, 5),
@@ -223,7 +226,7 @@ async fn a_query_past_the_row_limit_says_so(f: Fixture) {
             )
         })
         .collect();
-    f.store.add_counts(&[], &batch(many)).await.unwrap();
+    f.store.add_counts(&[], &[], &batch(many)).await.unwrap();
     let r = f
         .store
         .analytics(&query(&[Dimension::Route]))
@@ -240,6 +243,7 @@ async fn one_node_prunes_past_the_retention_per_period(f: Fixture) {
     let s = &f.store;
     let day = 24;
     s.add_counts(
+        &[],
         &[],
         &AnalyticsBatch {
             requests: vec![

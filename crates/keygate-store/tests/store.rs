@@ -1716,7 +1716,118 @@ suite!(
     imported_keys_are_written_at_once_or_not_at_all,
     key_restrictions_narrow_are_stored_replicated_audited_and_found_by_external_id,
     key_sharing_is_recorded_once_per_key_and_hour,
+    a_replacement_keeps_the_restrictions_of_the_key_it_replaces,
+    websocket_egress_adds_up_per_client_and_day,
 );
+
+/// Issue 22: self-service regeneration (`replace_keys`) issues a key as narrow as the one it
+/// replaces, within the client's scopes, and moves its external id; never an unrestricted key.
+async fn a_replacement_keeps_the_restrictions_of_the_key_it_replaces(f: Fixture) {
+    use keygate_core::key_restrictions::parse_cidr;
+    use keygate_core::KeyRestrictions;
+    let s = &f.store;
+    let c = acme(s).await;
+    let narrow = KeyRestrictions {
+        scopes: Some(scopes(&["cs2:matches:list"])),
+        allowed_cidrs: vec![parse_cidr("203.0.113.0/24").unwrap()],
+        metadata: [("team".to_owned(), "odds".to_owned())].into(),
+        external_id: Some("crm-7".into()),
+    };
+    let old = s
+        .create_key(
+            &actor(),
+            c.name.as_str(),
+            NewKey {
+                material: material(&KeyFormat::default()).1,
+                label: "bot".into(),
+                expires_at: None,
+                restrictions: narrow.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let r = s
+        .replace_keys(
+            &actor(),
+            &c.id,
+            None,
+            material(&KeyFormat::default()).1,
+            "bot",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.revoked, std::slice::from_ref(&old.id));
+    assert_eq!(r.new.restrictions, old.restrictions, "as narrow as before");
+    assert_eq!(s.key(&r.new.id).await.unwrap().restrictions, narrow);
+    let gone = s.key(&old.id).await.unwrap();
+    assert_eq!(gone.state, KeyState::Revoked);
+    assert_eq!(gone.restrictions.external_id, None, "the id moved");
+
+    // A scope the client lost since is not given back to the key (nor refused).
+    s.update_client(
+        &actor(),
+        c.name.as_str(),
+        ClientUpdate {
+            scopes: Some(scopes(&["cs2:matches:read"])),
+            ..ClientUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
+    let again = s
+        .replace_keys(
+            &actor(),
+            &c.id,
+            None,
+            material(&KeyFormat::default()).1,
+            "bot",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.new.restrictions.scopes, Some(vec![]), "never wider");
+    assert_eq!(again.new.restrictions.external_id.as_deref(), Some("crm-7"));
+}
+
+/// Issue 22: WebSocket egress rows add up per client and day, written with the usage flush.
+async fn websocket_egress_adds_up_per_client_and_day(f: Fixture) {
+    use keygate_store::{AnalyticsBatch, UsageWsRow};
+    let s = &f.store;
+    let c = acme(s).await;
+    let row = |day: &str, messages: u64, bytes: u64| UsageWsRow {
+        client_id: c.id.to_string(),
+        day: day.into(),
+        messages,
+        bytes,
+    };
+    let none = AnalyticsBatch::default();
+    s.add_counts(&[], &[row("2026-11-22", 5, 500)], &none)
+        .await
+        .unwrap();
+    s.add_counts(
+        &[],
+        &[row("2026-11-22", 1, 20), row("2026-11-23", 2, 30)],
+        &none,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.usage_ws(&c.id, "2026-11-01", "2026-11-30").await.unwrap(),
+        [row("2026-11-22", 6, 520), row("2026-11-23", 2, 30)]
+    );
+    assert_eq!(
+        s.usage_ws(&c.id, "2026-11-23", "2026-11-30")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let other = keygate_core::ClientId::generate();
+    assert!(s
+        .usage_ws(&other, "2026-11-01", "2026-11-30")
+        .await
+        .unwrap()
+        .is_empty());
+}
 
 /// Issue 22: a key's restrictions round-trip through both backends, reach the feed, are
 /// audited, never widen the client, and its external id is unique per client, follows a

@@ -465,6 +465,10 @@ pub(crate) struct UsageDay {
     requests: u64,
     /// Requests per HTTP status, keyed by the status code.
     by_status: std::collections::BTreeMap<String, u64>,
+    /// WebSocket messages delivered to the client's sessions (upstream to client).
+    ws_messages: u64,
+    /// Their payload bytes.
+    ws_bytes: u64,
 }
 
 /// A client's requests per day and status over a range of days.
@@ -480,6 +484,10 @@ pub(crate) struct Usage {
     to: String,
     /// All requests in the range.
     requests: u64,
+    /// All WebSocket messages delivered in the range.
+    ws_messages: u64,
+    /// Their payload bytes.
+    ws_bytes: u64,
     days: Vec<UsageDay>,
 }
 

@@ -1,5 +1,6 @@
-//! `GET /v1/clients/{client}/usage`: a client's requests by UTC day and status, as counted by
-//! every gateway node and flushed to the store (figures lag by the flush interval).
+//! `GET /v1/clients/{client}/usage`: a client's requests by UTC day and status, and the
+//! WebSocket messages and bytes delivered to it per day, as counted by every gateway node and
+//! flushed to the store (figures lag by the flush interval).
 
 use axum::extract::State;
 use axum::Json;
@@ -50,7 +51,7 @@ fn day(field: &str, raw: &str) -> Result<Timestamp, AdminError> {
     summary = "A client's requests by day and status",
     params(("client" = String, Path, description = "The client's name or id (`cli_...`)."), UsageQuery),
     responses(
-        (status = 200, description = "Requests per UTC day and status; days without requests are left out.", body = doc::Usage),
+        (status = 200, description = "Requests per UTC day and status, and WebSocket messages and bytes delivered per day; days with neither are left out.", body = doc::Usage),
         (status = 400, description = "An unknown query parameter (`invalid_query`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client (`client_not_found`).", body = doc::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A day is malformed, `from` is after `to`, or the range is over 366 days (`invalid_value`).", body = doc::Problem, content_type = "application/problem+json"),
@@ -80,11 +81,10 @@ pub(crate) async fn show(
         ));
     }
     let owner = store_call(state.store.client(&client)).await?;
-    let rows = store_call(state.store.usage(&owner.id, &from.utc_day(), &to.utc_day())).await?;
+    let (from, to) = (from.utc_day(), to.utc_day());
+    let rows = store_call(state.store.usage(&owner.id, &from, &to)).await?;
+    let ws = store_call(state.store.usage_ws(&owner.id, &from, &to)).await?;
     Ok(Json(crate::state::usage::report(
-        &owner,
-        &from.utc_day(),
-        &to.utc_day(),
-        &rows,
+        &owner, &from, &to, &rows, &ws,
     )))
 }

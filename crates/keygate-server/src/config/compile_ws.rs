@@ -1,6 +1,7 @@
 //! Raw WebSocket settings → [`WsConfig`], with every error and its line.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::ops::Range;
 
 use super::spanned::Spanned;
@@ -13,6 +14,7 @@ use super::choice::{Choice, DayBy, UnknownChannels};
 use super::errors::{Errors, Zero};
 use super::raw::{RawPlan, RawRoute};
 use super::raw_ws::{RawWsLimits, RawWsProfile, RawWsRoute};
+use crate::policy::channels;
 use crate::policy::profile::CredentialSource;
 use crate::policy::ratelimit::LimitBy;
 use crate::policy::ws::{
@@ -22,6 +24,10 @@ use crate::policy::ws::{
 
 /// Longest close reason: a close frame's payload is at most 125 bytes, two of them the code.
 const MAX_CLOSE_REASON: usize = 123;
+
+/// Most channels a plan may let one client hold across its sessions: each is a lease (a
+/// sorted-set member in Redis, renewed every third of `lease_ttl`), so the cap bounds that work.
+const MAX_CHANNELS_PER_CLIENT: u64 = 100_000;
 
 /// Compiles `[profile.ws]`, the plans' `ws` limits and the routes' `ws` tables. `routes` are
 /// the file's routes in order (empty when the file has none: the catch-all is not WebSocket).
@@ -134,6 +140,29 @@ fn limits(
     let per_day = num("connections_per_day", raw.connections_per_day);
     let rate = num("messages_per_second", raw.messages_per_second);
     let burst = num("message_burst", raw.message_burst);
+    let per_session = num("max_channels_per_session", raw.max_channels_per_session);
+    let per_client_channels = num("max_channels_per_client", raw.max_channels_per_client);
+    let bounded = |n: Option<NonZeroU64>, name: &str, max: u64, errors: &mut Errors<'_>| {
+        n.filter(|n| {
+            let fits = n.get() <= max;
+            if !fits {
+                errors.at(span, format!("{what}.{name}: {n} is more than {max}"));
+            }
+            fits
+        })
+    };
+    let per_session = bounded(
+        per_session,
+        "max_channels_per_session",
+        channels::MAX_CHANNELS_PER_SESSION as u64,
+        errors,
+    );
+    let per_client_channels = bounded(
+        per_client_channels,
+        "max_channels_per_client",
+        MAX_CHANNELS_PER_CLIENT,
+        errors,
+    );
     let by = Choice::read(
         raw.connections_per_day_by.as_ref(),
         &format!("{what}.connections_per_day_by"),
@@ -153,6 +182,8 @@ fn limits(
                 None => limit,
             }
         }),
+        channels_per_session: per_session,
+        channels_per_client: per_client_channels,
     }
 }
 
@@ -526,5 +557,47 @@ error = { detail = "{nope}" }
         ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn channel_caps_are_bounded_positive_counts() {
+        let text = r#"
+[plans.pro.ws]
+max_channels_per_session = 20
+max_channels_per_client = 50
+
+[profile.ws.limits]
+max_channels_per_session = 5
+"#;
+        let c = load(text, "ws.toml", &over()).unwrap();
+        let pro = c.ws.limits_for("pro");
+        assert_eq!(pro.channels_per_session.map(|n| n.get()), Some(20));
+        assert_eq!(pro.channels_per_client.map(|n| n.get()), Some(50));
+        let other = c.ws.limits_for("other");
+        assert_eq!(other.channels_per_session.map(|n| n.get()), Some(5));
+        assert_eq!(other.channels_per_client, None, "off unless set");
+        for (value, needle) in [
+            (
+                "0",
+                "max_channels_per_session: 0 is not a positive whole number",
+            ),
+            (
+                "-3",
+                "max_channels_per_session: -3 is not a positive whole number",
+            ),
+            ("257", "max_channels_per_session: 257 is more than 256"),
+            ("\"many\"", "max_channels_per_session"),
+        ] {
+            let text = format!("[plans.pro.ws]\nmax_channels_per_session = {value}\n");
+            let err = load(&text, "ws.toml", &over()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{value}: {err}");
+            assert!(err.contains("ws.toml:"), "{value}: a line: {err}");
+        }
+        let text = "[plans.pro.ws]\nmax_channels_per_client = 100001\n";
+        let err = load(text, "ws.toml", &over()).unwrap_err().to_string();
+        assert!(
+            err.contains("max_channels_per_client: 100001 is more than 100000"),
+            "{err}"
+        );
     }
 }

@@ -31,6 +31,10 @@ pub(crate) struct RawWsLimits {
     pub(crate) connections_per_day_by: Option<Choice<DayBy>>,
     pub(crate) messages_per_second: Option<i64>,
     pub(crate) message_burst: Option<i64>,
+    /// Channels one session may hold at once (at most `MAX_CHANNELS_PER_SESSION`).
+    pub(crate) max_channels_per_session: Option<i64>,
+    /// Channels a client's sessions may hold together (on every node when limits are shared).
+    pub(crate) max_channels_per_client: Option<i64>,
 }
 
 /// The login message's shape (`{"type":"login","apiKey":"…","channels":[…]}` by default).

@@ -47,6 +47,21 @@ pub(crate) fn channel_list(value: &serde_json::Value) -> Result<Vec<String>, Cha
 pub(crate) struct Refused {
     pub channel: String,
     pub scope: Option<String>,
+    /// The client has the scope and its key was narrowed without it: `key_scope_missing`,
+    /// as on REST (`keygate_core::policy::check_scopes`), not `scope_missing`.
+    pub by_key: bool,
+}
+
+impl Refused {
+    /// The refusal's reason code.
+    pub(crate) fn reason(&self) -> keygate_core::decision::Reason {
+        use keygate_core::decision::Reason;
+        if self.by_key {
+            Reason::KeyScopeMissing
+        } else {
+            Reason::ScopeMissing
+        }
+    }
 }
 
 /// Channels split into those the client may see and those it may not.
@@ -93,12 +108,16 @@ pub(crate) fn allowed<'a>(
             Some(scope) if who.has_scope(&scope) => Ok(()),
             resolved => Err(Refused {
                 channel: channel.to_owned(),
+                by_key: resolved
+                    .as_deref()
+                    .is_some_and(|scope| who.client.has_scope(scope)),
                 scope: Some(resolved.map_or_else(|| s.to_owned(), |r| r.into_owned())),
             }),
         },
         ChannelRule::Unknown => Err(Refused {
             channel: channel.to_owned(),
             scope: None,
+            by_key: false,
         }),
     }
 }
@@ -208,13 +227,41 @@ mod tests {
             [
                 Refused {
                     channel: "markets".into(),
-                    scope: Some("cs2:stream:markets".into())
+                    scope: Some("cs2:stream:markets".into()),
+                    by_key: false,
                 },
                 Refused {
                     channel: "other".into(),
-                    scope: None
+                    scope: None,
+                    by_key: false,
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_scope_the_key_was_narrowed_away_from_is_the_keys_refusal() {
+        use keygate_core::decision::Reason;
+        use keygate_core::policy::KeyRules;
+        let mut m = BTreeMap::new();
+        m.insert("matches".to_owned(), "cs2:stream:matches".to_owned());
+        m.insert("markets".to_owned(), "cs2:stream:markets".to_owned());
+        let map = ChannelMap::new(&m, false);
+        let c = client(&["cs2:stream:matches", "cs2:stream:markets"]);
+        let rules = KeyRules {
+            scopes: Some(vec!["cs2:stream:matches".into()]),
+            source: keygate_core::key_restrictions::KeyRestrictions::default(),
+        };
+        let who = Grantee {
+            client: &c,
+            key: Some(&rules),
+        };
+        assert_eq!(allowed(&map, who, None, "matches"), Ok(()));
+        let refused = allowed(&map, who, None, "markets").unwrap_err();
+        assert!(refused.by_key);
+        assert_eq!(refused.reason(), Reason::KeyScopeMissing);
+        let unscoped = client(&["cs2:stream:matches"]);
+        let refused = allowed(&map, &unscoped, None, "markets").unwrap_err();
+        assert_eq!(refused.reason(), Reason::ScopeMissing);
     }
 }

@@ -257,6 +257,10 @@ pub struct WsLimits {
     pub connections_per_day_by: LimitBy,
     /// Per connection, client to upstream.
     pub messages: Option<Limit>,
+    /// Channels one session may hold (the plan's `max_channels_per_session`).
+    pub channels_per_session: Option<NonZeroU64>,
+    /// Channels a client's sessions may hold together, one lease per channel.
+    pub channels_per_client: Option<NonZeroU64>,
 }
 
 impl WsLimits {
@@ -272,6 +276,8 @@ impl WsLimits {
                 self.connections_per_day_by
             },
             messages: over.messages.or(self.messages),
+            channels_per_session: over.channels_per_session.or(self.channels_per_session),
+            channels_per_client: over.channels_per_client.or(self.channels_per_client),
         }
     }
 }

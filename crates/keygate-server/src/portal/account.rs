@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use keygate_core::{Client, ClientId, Slug, Timestamp};
-use keygate_store::{ClientFilter, ClientUpdate, UsageRow};
+use keygate_store::{ClientFilter, ClientUpdate, UsageRow, UsageWsRow};
 use minijinja::{context, Value};
 use serde::Deserialize;
 
@@ -80,14 +80,22 @@ fn days(now: Timestamp) -> Vec<String> {
         .collect()
 }
 
-async fn usage_rows(
-    state: &PortalState,
-    client: &ClientId,
-) -> Result<(Vec<String>, Vec<UsageRow>), PortalError> {
+/// The window's days, its request counts and its WebSocket egress.
+type UsageWindow = (Vec<String>, Vec<UsageRow>, Vec<UsageWsRow>);
+
+async fn usage_rows(state: &PortalState, client: &ClientId) -> Result<UsageWindow, PortalError> {
     let days = days(state.gateway().clock.now());
     let (from, to) = (days[0].clone(), days[days.len() - 1].clone());
     let rows = store(state.store.usage(client, &from, &to)).await?;
-    Ok((days, rows))
+    let ws = store(state.store.usage_ws(client, &from, &to)).await?;
+    Ok((days, rows, ws))
+}
+
+/// A day's WebSocket messages and bytes delivered.
+fn egress(ws: &[UsageWsRow], day: &str) -> (u64, u64) {
+    ws.iter()
+        .find(|w| w.day == day)
+        .map_or((0, 0), |w| (w.messages, w.bytes))
 }
 
 /// Per day: requests answered 2xx/3xx, 4xx and 5xx.
@@ -109,8 +117,9 @@ fn per_day(days: &[String], rows: &[UsageRow]) -> Vec<(String, [u64; 3])> {
 }
 
 /// The table: every status answered in the window (a column each, ascending), and per day,
-/// newest first, the day's total and its count of each status.
-fn per_status(days: &[String], rows: &[UsageRow]) -> (Vec<u16>, Vec<Value>) {
+/// newest first, the day's total, its WebSocket messages and bytes delivered, and its count
+/// of each status.
+fn per_status(days: &[String], rows: &[UsageRow], ws: &[UsageWsRow]) -> (Vec<u16>, Vec<Value>) {
     let statuses: Vec<u16> = rows
         .iter()
         .map(|r| r.status)
@@ -131,7 +140,14 @@ fn per_status(days: &[String], rows: &[UsageRow]) -> (Vec<u16>, Vec<Value>) {
                 })
                 .collect();
             let total: u64 = counts.iter().sum();
-            Value::from_serialize(serde_json::json!({ "day": d, "total": total, "counts": counts }))
+            let (messages, bytes) = egress(ws, d);
+            Value::from_serialize(serde_json::json!({
+                "day": d,
+                "total": total,
+                "ws_messages": messages,
+                "ws_bytes": bytes,
+                "counts": counts,
+            }))
         })
         .collect();
     (statuses, table)
@@ -176,7 +192,7 @@ pub(crate) async fn usage(
     signed: Signed,
 ) -> Result<Response, PortalError> {
     let client = own_client(&state, &signed).await?;
-    let (days, rows) = usage_rows(&state, &client.id).await?;
+    let (days, rows, ws) = usage_rows(&state, &client.id).await?;
     let series = per_day(&days, &rows);
     let today: u64 = series.last().map_or(0, |(_, s)| s.iter().sum());
     let quota = client
@@ -184,7 +200,7 @@ pub(crate) async fn usage(
         .per_day
         .or(state.gateway().config.plan_limits(&client.plan).per_day)
         .map(std::num::NonZeroU64::get);
-    let (statuses, table) = per_status(&days, &rows);
+    let (statuses, table) = per_status(&days, &rows, &ws);
     page(
         &state,
         &signed.visit,
@@ -201,15 +217,39 @@ pub(crate) async fn usage(
     )
 }
 
-/// `GET /usage.csv`: day, status, requests.
+/// `GET /usage.csv`: the Usage page's table, one line per day with any activity, oldest
+/// first: day, requests, WebSocket messages and bytes delivered, then a column per status.
 pub(crate) async fn usage_csv(
     State(state): State<PortalState>,
     signed: Signed,
 ) -> Result<Response, PortalError> {
-    let (_, rows) = usage_rows(&state, &signed.session.user.client_id).await?;
-    let mut csv = String::from("day,status,requests\n");
-    for r in &rows {
-        csv.push_str(&format!("{},{},{}\n", r.day, r.status, r.requests));
+    let (days, rows, ws) = usage_rows(&state, &signed.session.user.client_id).await?;
+    let (statuses, _) = per_status(&[], &rows, &ws);
+    let mut csv = String::from("day,requests,ws_messages,ws_bytes");
+    for s in &statuses {
+        csv.push_str(&format!(",{s}"));
+    }
+    csv.push('\n');
+    for d in &days {
+        let counts: Vec<u64> = statuses
+            .iter()
+            .map(|&s| {
+                rows.iter()
+                    .filter(|r| &r.day == d && r.status == s)
+                    .map(|r| r.requests)
+                    .sum()
+            })
+            .collect();
+        let (messages, bytes) = egress(&ws, d);
+        let total: u64 = counts.iter().sum();
+        if total == 0 && messages == 0 {
+            continue;
+        }
+        csv.push_str(&format!("{d},{total},{messages},{bytes}"));
+        for n in counts {
+            csv.push_str(&format!(",{n}"));
+        }
+        csv.push('\n');
     }
     let mut resp = (StatusCode::OK, csv).into_response();
     let h = resp.headers_mut();

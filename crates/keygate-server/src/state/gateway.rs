@@ -202,6 +202,7 @@ impl<'a> From<&'a Gateway> for crate::state::usage::Unflushed<'a> {
         crate::state::usage::Unflushed {
             usage: &gw.usage,
             last_used: &gw.last_used,
+            analytics: gw.config.analytics.enabled,
         }
     }
 }

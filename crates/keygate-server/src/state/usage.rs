@@ -1,4 +1,5 @@
-//! Usage counting: requests per client, UTC day and status, and (with `[analytics] enabled`)
+//! Usage counting: requests per client, UTC day and status, WebSocket egress (messages and
+//! bytes delivered) per client and UTC day, and (with `[analytics] enabled`)
 //! per key, route, status and hour, upstream latency histograms per route and upstream, and
 //! WebSocket activity per client: counted in memory on the hot path and added to the store by
 //! a periodic flush (and a last one at shutdown), which also writes keys' last uses. A flush
@@ -16,7 +17,8 @@ use std::collections::BTreeMap;
 
 use keygate_core::{Client, Timestamp};
 use keygate_store::{
-    AnalyticsBatch, LatencyCount, RequestCount, Store, UsageRow, WsCount, HOUR_MS, LATENCY_BUCKETS,
+    AnalyticsBatch, LatencyCount, RequestCount, Store, UsageRow, UsageWsRow, WsCount, HOUR_MS,
+    LATENCY_BUCKETS,
 };
 use serde_json::{json, Value};
 use smol_str::SmolStr;
@@ -255,8 +257,14 @@ impl UsageCounter {
     }
 
     /// What `drained` writes: usage rows per client, day and status (summed over keys,
-    /// routes and hours), and the analytics batch.
-    pub fn rows(&self, drained: &Drained) -> (Vec<UsageRow>, AnalyticsBatch) {
+    /// routes and hours), WebSocket egress per client and day (summed over hours), and the
+    /// analytics batch (its WebSocket rows only when `analytics` is on: the egress counts are
+    /// taken either way, once, and written in both shapes).
+    pub fn rows(
+        &self,
+        drained: &Drained,
+        analytics: bool,
+    ) -> (Vec<UsageRow>, Vec<UsageWsRow>, AnalyticsBatch) {
         let mut daily: HashMap<(&SmolStr, i64, u16), u64> = HashMap::new();
         let mut batch = AnalyticsBatch::default();
         for ((client, key, hour, route, status), &n) in &drained.requests {
@@ -287,15 +295,32 @@ impl UsageCounter {
                 buckets: h.buckets,
             });
         }
+        let mut egress: HashMap<(&SmolStr, i64), [u64; 2]> = HashMap::new();
         for ((client, hour), c) in &drained.ws {
-            batch.ws.push(WsCount {
-                hour: *hour,
-                client_id: strip(client),
-                sessions: c[0],
-                messages: c[1],
-                bytes: c[2],
-            });
+            if c[1] > 0 {
+                let e = egress.entry((client, hour.div_euclid(24))).or_default();
+                e[0] += c[1];
+                e[1] = e[1].saturating_add(c[2]);
+            }
+            if analytics {
+                batch.ws.push(WsCount {
+                    hour: *hour,
+                    client_id: strip(client),
+                    sessions: c[0],
+                    messages: c[1],
+                    bytes: c[2],
+                });
+            }
         }
+        let usage_ws = egress
+            .into_iter()
+            .map(|((client, day), [messages, bytes])| UsageWsRow {
+                client_id: strip(client),
+                day: Timestamp::from_millis(day * DAY_MS).utc_day(),
+                messages,
+                bytes,
+            })
+            .collect();
         let usage = daily
             .into_iter()
             .map(|((client, day, status), requests)| UsageRow {
@@ -305,7 +330,7 @@ impl UsageCounter {
                 requests,
             })
             .collect();
-        (usage, batch)
+        (usage, usage_ws, batch)
     }
 
     /// Puts back counts whose flush failed.
@@ -331,6 +356,8 @@ impl UsageCounter {
 pub struct Unflushed<'a> {
     pub usage: &'a UsageCounter,
     pub last_used: &'a LastUsed,
+    /// `[analytics] enabled`: write the hourly WebSocket rows too.
+    pub analytics: bool,
 }
 
 /// Adds what was counted to the store (usage and analytics in one transaction), and keys'
@@ -343,12 +370,16 @@ pub async fn flush<'a>(
     unflushed: impl Into<Unflushed<'a>>,
     store: &Store,
 ) -> Result<usize, keygate_store::StoreError> {
-    let Unflushed { usage, last_used } = unflushed.into();
+    let Unflushed {
+        usage,
+        last_used,
+        analytics,
+    } = unflushed.into();
     let uses = last_used.flush(store).await;
     let drained = usage.drain();
-    let (rows, batch) = usage.rows(&drained);
-    let n = rows.len();
-    match store.add_counts(&rows, &batch).await {
+    let (rows, usage_ws, batch) = usage.rows(&drained, analytics);
+    let n = rows.len() + usage_ws.len();
+    match store.add_counts(&rows, &usage_ws, &batch).await {
         Ok(()) => Ok(n + uses?),
         Err(e) => {
             usage.restore(drained);
@@ -357,24 +388,50 @@ pub async fn flush<'a>(
     }
 }
 
-/// A client's usage over `from..=to` as the admin API and the CLI show it: requests per day
-/// with a count per status (days without requests left out), and the total.
-pub fn report(client: &Client, from: &str, to: &str, rows: &[UsageRow]) -> Value {
-    let mut days: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+/// A client's usage over `from..=to` as the admin API, the CLI and the portal show it:
+/// requests per day with a count per status, WebSocket messages and bytes delivered per day
+/// (days with neither left out), and the totals.
+pub fn report(
+    client: &Client,
+    from: &str,
+    to: &str,
+    rows: &[UsageRow],
+    ws: &[UsageWsRow],
+) -> Value {
+    #[derive(Default)]
+    struct Day {
+        statuses: BTreeMap<String, u64>,
+        ws: [u64; 2],
+    }
+    let mut days: BTreeMap<&str, Day> = BTreeMap::new();
     for r in rows {
         *days
             .entry(&r.day)
             .or_default()
+            .statuses
             .entry(r.status.to_string())
             .or_default() += r.requests;
     }
-    let mut total = 0;
+    for w in ws {
+        let d = &mut days.entry(&w.day).or_default().ws;
+        d[0] += w.messages;
+        d[1] = d[1].saturating_add(w.bytes);
+    }
+    let (mut total, mut messages, mut bytes) = (0, 0u64, 0u64);
     let days: Vec<Value> = days
         .into_iter()
-        .map(|(day, statuses)| {
-            let sum: u64 = statuses.values().sum();
+        .map(|(day, d)| {
+            let sum: u64 = d.statuses.values().sum();
             total += sum;
-            json!({ "day": day, "requests": sum, "by_status": statuses })
+            messages += d.ws[0];
+            bytes = bytes.saturating_add(d.ws[1]);
+            json!({
+                "day": day,
+                "requests": sum,
+                "by_status": d.statuses,
+                "ws_messages": d.ws[0],
+                "ws_bytes": d.ws[1],
+            })
         })
         .collect();
     json!({
@@ -383,6 +440,8 @@ pub fn report(client: &Client, from: &str, to: &str, rows: &[UsageRow]) -> Value
         "from": from,
         "to": to,
         "requests": total,
+        "ws_messages": messages,
+        "ws_bytes": bytes,
         "days": days,
     })
 }
@@ -466,16 +525,16 @@ mod tests {
             ("cli_000000000000000b".to_owned(), day1.utc_day(), 200, 2),
         ];
         let drained = usage.drain();
-        assert_eq!(sorted(usage.rows(&drained).0), expected);
+        assert_eq!(sorted(usage.rows(&drained, false).0), expected);
         assert!(
-            usage.rows(&usage.drain()).0.is_empty(),
+            usage.rows(&usage.drain(), false).0.is_empty(),
             "a drain takes everything"
         );
         usage.restore(drained);
         usage.record(&b, None, 0, day1, 200);
         let mut again = expected;
         again[2].3 += 1;
-        assert_eq!(sorted(usage.rows(&usage.drain()).0), again);
+        assert_eq!(sorted(usage.rows(&usage.drain(), false).0), again);
     }
 
     #[test]
@@ -511,7 +570,17 @@ mod tests {
         usage.record_ws(&a, h, 1, 0, 0);
         usage.record_ws(&a, h, 0, 2, 30);
         let drained = usage.drain();
-        let (daily, batch) = usage.rows(&drained);
+        let (daily, egress, batch) = usage.rows(&drained, true);
+        assert_eq!(
+            egress,
+            [UsageWsRow {
+                client_id: "cli_000000000000000a".into(),
+                day: h.utc_day(),
+                messages: 2,
+                bytes: 30,
+            }],
+            "egress per day, from the same counts as the hourly rows"
+        );
         assert_eq!(
             sorted(daily),
             [
@@ -554,10 +623,16 @@ mod tests {
         assert_eq!((w.sessions, w.messages, w.bytes), (1, 2, 30));
         // A failed flush puts everything back.
         usage.restore(drained);
-        let (_, again) = usage.rows(&usage.drain());
+        let (_, egress, again) = usage.rows(&usage.drain(), true);
         assert_eq!(
             (again.requests.len(), again.latency.len(), again.ws.len()),
             (2, 1, 1)
         );
+        assert_eq!(egress.len(), 1);
+        // Analytics off: the egress is still kept with usage; no hourly WebSocket rows.
+        usage.record_ws(&a, h, 0, 3, 9);
+        let (_, egress, batch) = usage.rows(&usage.drain(), false);
+        assert_eq!((egress[0].messages, egress[0].bytes), (3, 9));
+        assert!(batch.ws.is_empty());
     }
 }

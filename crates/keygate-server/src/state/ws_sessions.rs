@@ -100,6 +100,8 @@ pub struct Registration {
     pub sport: Option<Box<str>>,
     /// The session's delay, following its plan.
     pub delay: SessionDelay,
+    /// The session's route, for counting its in-session refusals.
+    pub route_index: usize,
 }
 
 impl Drop for Registration {
@@ -120,6 +122,17 @@ impl Registration {
         true
     }
 
+    /// Of `wanted`, the channels the session holds already, and how many it holds in all.
+    pub fn holding(&self, wanted: &[String]) -> (Vec<String>, usize) {
+        let set = lock(&self.channels);
+        let held = wanted
+            .iter()
+            .filter(|c| set.contains(*c))
+            .cloned()
+            .collect();
+        (held, set.len())
+    }
+
     pub fn remove_channels(&self, gone: &[String]) {
         let mut set = lock(&self.channels);
         for c in gone {
@@ -138,6 +151,7 @@ impl Sessions {
         let channels = Arc::new(Mutex::new(BTreeSet::new()));
         let sport = admission.sport.clone();
         let (delay_tx, delay) = watch::channel(admission.delay);
+        let route_index = admission.route_index;
         sessions.open.insert(
             id,
             Entry {
@@ -157,6 +171,7 @@ impl Sessions {
             channels,
             sport,
             delay,
+            route_index,
         }
     }
 

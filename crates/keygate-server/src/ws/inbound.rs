@@ -122,6 +122,27 @@ pub(crate) fn classify<'a>(
     }
 }
 
+/// A subscribe `text` (one `classify` accepted) rewritten to name only `channels`; `None` when
+/// there are none, so nothing reaches the upstream.
+pub(crate) fn with_channels(
+    profile: &WsProfile,
+    text: &str,
+    channels: &[String],
+) -> Option<String> {
+    if channels.is_empty() {
+        return None;
+    }
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return None;
+    };
+    object.insert(
+        profile.subscribe.channels_field.to_string(),
+        serde_json::Value::Array(channels.iter().cloned().map(Into::into).collect()),
+    );
+    Some(serde_json::Value::Object(object).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

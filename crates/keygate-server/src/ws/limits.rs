@@ -1,6 +1,9 @@
 //! Connection limits of a session: leased counters for open connections per key and per
-//! client (released on close, expiring if this node dies), and the daily connection quota.
+//! client (released on close, expiring if this node dies), the daily connection quota, and the
+//! plan's channel caps: per session (counted here) and per client (one lease per channel
+//! held, on the same lease sets, so the cap holds across nodes when limits are shared).
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ use crate::state::gateway::{Admitted, Gateway};
 const SLOT_PER_KEY: u32 = 8;
 const SLOT_PER_CLIENT: u32 = 9;
 const SLOT_PER_DAY: u32 = 10;
+const SLOT_CHANNELS: u32 = 11;
 
 /// A connection refused by a limit, with the limit's state for the answer.
 #[derive(Clone, Copy, Debug)]
@@ -35,12 +39,29 @@ pub(crate) struct Refused {
 pub(crate) struct Leases {
     held: Vec<LimitKey>,
     id: u64,
+    /// The client's channel lease set, when its plan caps channels per client.
+    channel_key: Option<LimitKey>,
+    /// Channels held under `channel_key`, each with its own lease id.
+    channels: Vec<(String, u64)>,
     gw: Arc<Gateway>,
+}
+
+/// What of a subscribe fits the plan's channel caps.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fit {
+    /// Channels the session may now hold (those it held already included), in asked order.
+    pub kept: Vec<String>,
+    /// Channels past a cap, refused.
+    pub over: Vec<String>,
+    /// The cap that refused them (the first one reached).
+    pub limit: u64,
+    /// The shared limiter failed (fail-closed): `over` holds every channel not yet held.
+    pub unavailable: bool,
 }
 
 impl Drop for Leases {
     fn drop(&mut self) {
-        if self.held.is_empty() {
+        if self.held.is_empty() && self.channels.is_empty() {
             return;
         }
         // Outside a runtime (the process is ending) the leases expire at their TTL instead.
@@ -50,6 +71,8 @@ impl Drop for Leases {
         let mut rest = Leases {
             held: std::mem::take(&mut self.held),
             id: self.id,
+            channel_key: self.channel_key.take(),
+            channels: std::mem::take(&mut self.channels),
             gw: Arc::clone(&self.gw),
         };
         runtime.spawn(async move { rest.release().await });
@@ -91,6 +114,10 @@ impl Leases {
         let mut leases = Leases {
             held: Vec::with_capacity(2),
             id: lease_id(),
+            channel_key: limits
+                .channels_per_client
+                .map(|_| LimitKey::new(who.client.limit_subject.clone(), SLOT_CHANNELS)),
+            channels: Vec::new(),
             gw: Arc::clone(gw),
         };
         let wanted = [
@@ -159,8 +186,85 @@ impl Leases {
         Ok(leases)
     }
 
+    /// Whether there is nothing to renew, now or later (no connection lease, no channel cap).
     pub(crate) fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.channel_key.is_none()
+    }
+
+    /// Fits `wanted` (deduplicated, authorized channels of one subscribe) to the plan's caps:
+    /// channels the session holds already are kept at no cost; new ones are kept in order while
+    /// the session's count stays within `channels_per_session` and a per-client lease is
+    /// granted, and the rest are refused. `held` tells whether the session holds a channel,
+    /// `held_count` how many it holds.
+    pub(crate) async fn fit_channels(
+        &mut self,
+        limits: &WsLimits,
+        held: impl Fn(&str) -> bool,
+        held_count: usize,
+        wanted: Vec<String>,
+    ) -> Fit {
+        let mut fit = Fit::default();
+        let room = limits.channels_per_session.map(|cap| {
+            usize::try_from(cap.get())
+                .unwrap_or(usize::MAX)
+                .saturating_sub(held_count)
+        });
+        let mut added = 0usize;
+        let ttl = self.gw.config.ws.profile.lease_ttl;
+        for channel in wanted {
+            if held(&channel) {
+                fit.kept.push(channel);
+                continue;
+            }
+            if !fit.over.is_empty() || room.is_some_and(|room| added >= room) {
+                if fit.over.is_empty() {
+                    fit.limit = limits.channels_per_session.map_or(0, NonZeroU64::get);
+                }
+                fit.over.push(channel);
+                continue;
+            }
+            if let (Some(key), Some(max)) = (&self.channel_key, limits.channels_per_client) {
+                let id = lease_id();
+                let now = self.gw.clock.now();
+                match self
+                    .gw
+                    .limits
+                    .acquire_lease(key, max.get(), id, ttl, now)
+                    .await
+                {
+                    Ok(state) if state.allowed => self.channels.push((channel.clone(), id)),
+                    Ok(_) => {
+                        fit.limit = max.get();
+                        fit.over.push(channel);
+                        continue;
+                    }
+                    Err(_) => {
+                        fit.unavailable = true;
+                        fit.over.push(channel);
+                        continue;
+                    }
+                }
+            }
+            added += 1;
+            fit.kept.push(channel);
+        }
+        fit
+    }
+
+    /// Gives back the per-client leases of channels the session no longer holds.
+    pub(crate) async fn release_channels(&mut self, gone: &[String]) {
+        let Some(key) = &self.channel_key else { return };
+        let mut freed = Vec::new();
+        self.channels.retain(|(c, id)| {
+            let keep = !gone.contains(c);
+            if !keep {
+                freed.push(*id);
+            }
+            keep
+        });
+        for id in freed {
+            self.gw.limits.release_lease(key, id).await;
+        }
     }
 
     /// Renews every lease; false when one is lost and cannot be taken again (the session must
@@ -191,6 +295,19 @@ impl Leases {
                 }
             }
         }
+        // A channel's lease lost (this node stalled past its TTL) and taken by another
+        // session meanwhile: the client holds more than its cap, so this session ends.
+        if let (Some(key), Some(max)) = (&self.channel_key, limits.channels_per_client) {
+            for (_, id) in &self.channels {
+                let now = gw.clock.now();
+                if let Ok(false) = gw.limits.renew_lease(key, *id, ttl, now).await {
+                    match gw.limits.acquire_lease(key, max.get(), *id, ttl, now).await {
+                        Ok(state) if !state.allowed => return false,
+                        _ => {}
+                    }
+                }
+            }
+        }
         true
     }
 
@@ -199,6 +316,11 @@ impl Leases {
     pub(crate) async fn release(&mut self) {
         for key in std::mem::take(&mut self.held) {
             self.gw.limits.release_lease(&key, self.id).await;
+        }
+        if let Some(key) = &self.channel_key {
+            for (_, id) in std::mem::take(&mut self.channels) {
+                self.gw.limits.release_lease(key, id).await;
+            }
         }
     }
 }

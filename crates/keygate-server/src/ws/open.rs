@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::handshake::{self, Opening};
 use super::limits::Leases;
 use super::login::{self, LoginError};
-use super::relay::{close_frame, error_message, ClientSocket, Relay};
+use super::relay::{close_frame, error_message, over_cap, ClientSocket, Relay};
 use super::token;
 use super::upstream::{self, socket_config, Target, UpstreamSocket};
 use crate::policy::channels;
@@ -489,7 +489,7 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
         }
     };
     drop(text);
-    let admitted = match admit(&gw, &p, &login.key).await {
+    let mut admitted = match admit(&gw, &p, &login.key).await {
         Ok(a) => a,
         Err(refusal) => return refuse_session(&gw, &p, &mut client, &refusal, true).await,
     };
@@ -502,6 +502,22 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
         admitted.admission.sport.as_deref(),
         login.channels,
     );
+    let refused = grant.refused_names();
+    let (granted, over) = match (
+        admitted.limits.channels_per_session,
+        admitted.limits.channels_per_client,
+    ) {
+        (None, None) => (grant.granted, None),
+        _ => {
+            let fit = admitted
+                .leases
+                .fit_channels(&admitted.limits, |_| false, 0, grant.granted)
+                .await;
+            let over =
+                (!fit.over.is_empty()).then(|| over_cap(&gw, &admitted.who, p.route_index, &fit));
+            (fit.kept, over)
+        }
+    };
     let mut upstream = match connect(&gw, &p, &admitted.who, None).await {
         Ok((u, _)) => u,
         Err(refusal) => {
@@ -511,14 +527,14 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     };
     record(&gw, &p, Some(&admitted.who), Ok(()));
     let reg = Sessions::register(&gw, admitted.admission);
-    reg.add_channels(&grant.granted);
+    reg.add_channels(&granted);
     let timeout = profile.send_timeout;
-    if let (false, Some(kind)) = (grant.granted.is_empty(), profile.subscribe.types.first()) {
+    if let (false, Some(kind)) = (granted.is_empty(), profile.subscribe.types.first()) {
         let mut subscribe = serde_json::Map::new();
         subscribe.insert(profile.type_field.to_string(), (**kind).into());
         subscribe.insert(
             profile.subscribe.channels_field.to_string(),
-            grant.granted.clone().into(),
+            granted.clone().into(),
         );
         let m = Message::Text(serde_json::Value::Object(subscribe).to_string().into());
         if !matches!(
@@ -531,15 +547,17 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     let vars = [
         ("code", Value::Str("ok".into())),
         ("detail", Value::Str("Logged in.".into())),
-        ("refused", Value::List(grant.refused_names())),
-        ("granted", Value::List(grant.granted)),
+        ("refused", Value::List(refused)),
+        ("granted", Value::List(granted)),
     ];
     let ok = Message::Text(profile.message(MessageKind::LoginOk, &vars).into());
-    if !matches!(
-        tokio::time::timeout(timeout, client.send(ok)).await,
-        Ok(Ok(()))
-    ) {
-        return;
+    for m in std::iter::once(ok).chain(over) {
+        if !matches!(
+            tokio::time::timeout(timeout, client.send(m)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
     }
     Relay {
         gw: Arc::clone(&gw),

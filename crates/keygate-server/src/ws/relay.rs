@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use keygate_core::decision::Reason;
 use keygate_core::limit::MessageRate;
 use keygate_core::policy::Grantee;
 use keygate_core::render::Value;
@@ -29,12 +30,14 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::delayed::Held;
 use super::inbound::{self, BadMessage, Inbound};
-use super::limits::Leases;
+use super::limits::{Fit, Leases};
 use super::upstream::UpstreamSocket;
+use crate::policy::channels::Refused;
 use crate::policy::ws::{
     AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
 };
 use crate::state::gateway::{Admitted, Gateway};
+use crate::state::metrics::Outcome;
 use crate::state::ws_sessions::{Registration, Stop};
 
 /// The client side of a session.
@@ -116,13 +119,84 @@ pub(crate) fn error_message(profile: &WsProfile, code: &str, detail: &str) -> Me
     Message::Text(profile.message(MessageKind::Error, &vars).into())
 }
 
+/// The profile's `subscribe_refused` message for channels refused by scope: `scope_missing`,
+/// or `key_scope_missing` when the client has the scope and its key was narrowed without it.
+fn scope_refusal(profile: &WsProfile, granted: &[String], refused: &[Refused]) -> Message {
+    let first = &refused[0];
+    let names: Vec<String> = refused.iter().map(|r| r.channel.clone()).collect();
+    let first_scope = refused.iter().find_map(|r| r.scope.clone());
+    let detail = match &first_scope {
+        Some(scope) => format!(
+            "Required scope '{scope}' is not granted to this API key for channel '{}'.",
+            names[0]
+        ),
+        None => format!("Unknown channel '{}'.", names[0]),
+    };
+    let vars = [
+        ("code", Value::Str(first.reason().code().into())),
+        ("detail", Value::Str(detail)),
+        ("granted", Value::List(granted.to_vec())),
+        ("refused", Value::List(names.clone())),
+        ("channel", Value::Str(names[0].clone())),
+        ("scope", Value::Str(first_scope.unwrap_or_default())),
+    ];
+    Message::Text(profile.message(MessageKind::SubscribeRefused, &vars).into())
+}
+
+/// Channels refused by a plan's channel cap (or, fail-closed, because the shared limiter is
+/// down): the profile's `subscribe_refused` message with code `channel_limit`, logged and
+/// counted (the route's `channel_limit` outcome) here and nowhere else. Login and subscribe
+/// alike.
+pub(crate) fn over_cap(gw: &Gateway, who: &Admitted, route: usize, fit: &Fit) -> Message {
+    let reason = if fit.unavailable {
+        Reason::LimiterUnavailable
+    } else {
+        Reason::ChannelLimit
+    };
+    gw.metrics.record(
+        Some(route),
+        Outcome::Denied(reason),
+        reason.default_status(),
+    );
+    tracing::info!(
+        key_id = who.key.id(),
+        client = who.client.policy.id.as_str(),
+        code = reason.code(),
+        limit = fit.limit,
+        refused = fit.over.len(),
+        "WebSocket channels refused: a channel cap is reached."
+    );
+    let detail = reason
+        .default_detail()
+        .replace("{subject}", &fit.limit.to_string());
+    let vars = [
+        ("code", Value::Str(reason.code().into())),
+        ("detail", Value::Str(detail)),
+        ("granted", Value::List(fit.kept.clone())),
+        ("refused", Value::List(fit.over.clone())),
+        ("channel", Value::Str(fit.over[0].clone())),
+        ("scope", Value::Str(String::new())),
+        (
+            "limit",
+            Value::Int(i64::try_from(fit.limit).unwrap_or(i64::MAX)),
+        ),
+    ];
+    Message::Text(
+        gw.config
+            .ws
+            .profile
+            .message(MessageKind::SubscribeRefused, &vars)
+            .into(),
+    )
+}
+
 /// What one client message leads to.
 enum Step {
     ToUpstream(Message),
     /// Answer the client; close too when the profile says so.
     Answer(Message, Option<CloseEvent>),
     /// Forward (maybe nothing) and answer.
-    Both(Option<Message>, Message),
+    Both(Option<Message>, Vec<Message>),
     Nothing,
     End(End),
 }
@@ -165,50 +239,60 @@ impl Relay {
         )
     }
 
-    fn subscribe(
-        &self,
+    /// A subscribe: the channels the key may see, fitted to the plan's channel caps; answers
+    /// the channels refused by scope and those past a cap, each with its own code.
+    async fn subscribe(
+        &mut self,
+        text: &str,
         forward: Option<String>,
         granted: Vec<String>,
         refused: Vec<crate::policy::channels::Refused>,
     ) -> Step {
-        if !self.reg.add_channels(&granted) {
-            return self.bad(BadMessage::TooManyChannels);
-        }
-        if refused.is_empty() {
+        let capped =
+            self.limits.channels_per_session.is_some() || self.limits.channels_per_client.is_some();
+        let fit = if capped {
+            let (held, count) = self.reg.holding(&granted);
+            let new = granted.len() - held.len();
+            if count + new > crate::policy::channels::MAX_CHANNELS_PER_SESSION {
+                return self.bad(BadMessage::TooManyChannels);
+            }
+            let is_held = |c: &str| held.iter().any(|h| h == c);
+            let fit = self
+                .leases
+                .fit_channels(&self.limits, is_held, count, granted)
+                .await;
+            self.reg.add_channels(&fit.kept);
+            fit
+        } else {
+            // No cap: what it was before caps, one lock and the session's own bound.
+            if !self.reg.add_channels(&granted) {
+                return self.bad(BadMessage::TooManyChannels);
+            }
+            Fit {
+                kept: granted,
+                ..Fit::default()
+            }
+        };
+        if refused.is_empty() && fit.over.is_empty() {
             return Step::Nothing; // The caller forwards the original.
         }
-        let first_scope = refused.iter().find_map(|r| r.scope.clone());
-        let names: Vec<String> = refused.iter().map(|r| r.channel.clone()).collect();
-        let detail = match &first_scope {
-            Some(scope) => format!(
-                "Required scope '{scope}' is not granted to this API key for channel '{}'.",
-                names[0]
-            ),
-            None => format!("Unknown channel '{}'.", names[0]),
+        let profile = &self.gw.config.ws.profile;
+        let forward = if fit.over.is_empty() {
+            forward.filter(|f| !f.is_empty())
+        } else {
+            inbound::with_channels(profile, text, &fit.kept)
         };
-        let vars = [
-            ("code", Value::Str("scope_missing".into())),
-            ("detail", Value::Str(detail)),
-            ("granted", Value::List(granted)),
-            ("refused", Value::List(names.clone())),
-            ("channel", Value::Str(names[0].clone())),
-            ("scope", Value::Str(first_scope.unwrap_or_default())),
-        ];
-        let answer = Message::Text(
-            self.gw
-                .config
-                .ws
-                .profile
-                .message(MessageKind::SubscribeRefused, &vars)
-                .into(),
-        );
-        let forward = forward
-            .filter(|f| !f.is_empty())
-            .map(|f| Message::Text(f.into()));
-        Step::Both(forward, answer)
+        let mut answers = Vec::with_capacity(2);
+        if !refused.is_empty() {
+            answers.push(scope_refusal(profile, &fit.kept, &refused));
+        }
+        if !fit.over.is_empty() {
+            answers.push(over_cap(&self.gw, &self.who, self.reg.route_index, &fit));
+        }
+        Step::Both(forward.map(|f| Message::Text(f.into())), answers)
     }
 
-    fn on_client_message(&self, msg: Message, rate: &mut Option<MessageRate>) -> Step {
+    async fn on_client_message(&mut self, msg: Message, rate: &mut Option<MessageRate>) -> Step {
         let profile = &self.gw.config.ws.profile;
         let text = match &msg {
             Message::Close(frame) => return Step::End(End::ClientClosed(frame.clone())),
@@ -235,18 +319,24 @@ impl Relay {
             client: &client.policy,
             key: self.who.key.rules.as_deref(),
         };
-        match inbound::classify(profile, self.mode, who, sport, text.as_str()) {
+        let verdict = inbound::classify(profile, self.mode, who, sport, text.as_str());
+        drop(client);
+        match verdict {
             Inbound::Forward => Step::ToUpstream(msg),
             Inbound::Subscribe {
                 forward,
                 granted,
                 refused,
-            } => match self.subscribe(forward, granted, refused) {
+            } => match self
+                .subscribe(text.as_str(), forward, granted, refused)
+                .await
+            {
                 Step::Nothing => Step::ToUpstream(msg),
                 other => other,
             },
             Inbound::Unsubscribe { channels } => {
                 self.reg.remove_channels(&channels);
+                self.leases.release_channels(&channels).await;
                 Step::ToUpstream(msg)
             }
             Inbound::Bad(bad) => self.bad(bad),
@@ -337,7 +427,7 @@ impl Relay {
                             break End::Gateway(CloseEvent::BadMessage)
                         }
                         Some(Err(_)) => break End::ClientGone,
-                        Some(Ok(m)) => self.on_client_message(m, &mut rate),
+                        Some(Ok(m)) => self.on_client_message(m, &mut rate).await,
                     }
                 }
                 msg = upstream.next() => {
@@ -380,19 +470,24 @@ impl Relay {
             let (forward, answer, close) = match step {
                 Step::Nothing => continue,
                 Step::End(end) => break end,
-                Step::ToUpstream(m) => (Some(m), None, None),
-                Step::Answer(m, close) => (None, Some(m), close),
-                Step::Both(f, a) => (f, Some(a), None),
+                Step::ToUpstream(m) => (Some(m), Vec::new(), None),
+                Step::Answer(m, close) => (None, vec![m], close),
+                Step::Both(f, a) => (f, a, None),
             };
             if let Some(m) = forward {
                 if let Err(i) = deliver(&mut upstream, m, send_timeout, &mut self.reg.stop).await {
                     break self.interrupted(i, CloseEvent::UpstreamUnavailable);
                 }
             }
-            if let Some(m) = answer {
+            let mut failed = None;
+            for m in answer {
                 if let Err(i) = deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
-                    break self.interrupted(i, CloseEvent::SlowClient);
+                    failed = Some(self.interrupted(i, CloseEvent::SlowClient));
+                    break;
                 }
+            }
+            if let Some(end) = failed {
+                break end;
             }
             if let Some(event) = close {
                 break End::Gateway(event);

@@ -325,7 +325,8 @@ impl Backend {
             Backend::Local(s) => {
                 let owner = s.client(client).await?;
                 let rows = s.usage(&owner.id, from, to).await?;
-                Ok(keygate_server::usage::report(&owner, from, to, &rows))
+                let ws = s.usage_ws(&owner.id, from, to).await?;
+                Ok(keygate_server::usage::report(&owner, from, to, &rows, &ws))
             }
             Backend::Remote(r) => r.usage(client, from, to).await,
         }

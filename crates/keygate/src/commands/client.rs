@@ -269,16 +269,23 @@ async fn usage(ctx: &Context, args: UsageArgs) -> anyhow::Result<()> {
             vec![
                 d["day"].as_str().unwrap_or("-").to_owned(),
                 d["requests"].to_string(),
+                d["ws_messages"].as_u64().unwrap_or(0).to_string(),
+                d["ws_bytes"].as_u64().unwrap_or(0).to_string(),
                 statuses,
             ]
         })
         .collect();
     println!(
-        "Client {}: {} requests from {from} to {to}.",
+        "Client {}: {} requests, {} WebSocket messages ({} bytes) delivered from {from} to {to}.",
         report["client"].as_str().unwrap_or(&args.name),
-        report["requests"]
+        report["requests"],
+        report["ws_messages"].as_u64().unwrap_or(0),
+        report["ws_bytes"].as_u64().unwrap_or(0),
     );
-    output::table(&["DAY", "REQUESTS", "BY STATUS"], &rows);
+    output::table(
+        &["DAY", "REQUESTS", "WS MESSAGES", "WS BYTES", "BY STATUS"],
+        &rows,
+    );
     Ok(())
 }
 

@@ -32,6 +32,7 @@ pub mod analytics {
 /// The per-request decision (the benches time it).
 pub mod check {
     pub use crate::request::check::decide;
+    pub use crate::request::exit::bench_forwarded;
     pub use crate::state::gateway::Admitted;
 }
 
@@ -53,6 +54,10 @@ pub mod metrics {
 }
 
 /// The in-memory replica of keys and clients.
+pub mod traces {
+    pub use crate::state::traces::Tracer;
+}
+
 pub mod replica {
     pub use crate::state::replica::Replica;
 }

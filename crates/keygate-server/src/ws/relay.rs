@@ -31,7 +31,9 @@ use super::upstream::UpstreamSocket;
 use crate::policy::ws::{
     AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
 };
+use crate::request::exit::{self, Exit, SessionTally};
 use crate::state::gateway::{Admitted, Gateway};
+use crate::state::traces::TraceCtx;
 use crate::state::ws_sessions::{Registration, Stop};
 
 /// The client side of a session.
@@ -44,10 +46,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct Relay {
     pub gw: Arc<Gateway>,
     pub mode: AuthMode,
+    /// The route's index, for the session's span.
+    pub route: usize,
     pub who: Admitted,
     pub reg: Registration,
     pub leases: Leases,
     pub limits: WsLimits,
+    /// The upgrade's trace (while `[tracing]` is on): its span ends at the close.
+    pub trace: Option<Box<TraceCtx>>,
 }
 
 /// How a session ends.
@@ -61,6 +67,18 @@ enum End {
     ClientGone,
     /// The gateway closes the session.
     Gateway(CloseEvent),
+}
+
+impl End {
+    /// How the session ended, as its span says.
+    fn name(&self) -> &'static str {
+        match self {
+            End::ClientClosed(_) => "client_closed",
+            End::UpstreamClosed(_) => "upstream_closed",
+            End::ClientGone => "client_gone",
+            End::Gateway(event) => event.name(),
+        }
+    }
 }
 
 /// Why a send did not complete.
@@ -259,6 +277,9 @@ impl Relay {
         let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         let has_leases = !self.leases.is_empty();
         let analytics = gw.config.analytics.enabled;
+        let opened = std::time::Instant::now();
+        // Data messages each way, for the span (two counters: cheaper than a branch on tracing).
+        let (mut from_client, mut to_client) = (0u64, 0u64);
         if analytics {
             gw.usage
                 .record_ws(&self.who.client, gw.clock.now(), 1, 0, 0);
@@ -306,9 +327,11 @@ impl Relay {
                         Some(Ok(Message::Close(frame))) => break End::UpstreamClosed(frame),
                         Some(Ok(Message::Frame(_))) => Step::Nothing,
                         Some(Ok(m)) => {
-                            let bytes = (analytics && (m.is_text() || m.is_binary())).then(|| m.len() as u64);
+                            let data = m.is_text() || m.is_binary();
+                            let bytes = (analytics && data).then(|| m.len() as u64);
                             match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
                             Ok(()) => {
+                                to_client += u64::from(data);
                                 if let Some(bytes) = bytes {
                                     gw.usage.record_ws(&self.who.client, gw.clock.now(), 0, 1, bytes);
                                 }
@@ -328,9 +351,11 @@ impl Relay {
                 Step::Both(f, a) => (f, Some(a), None),
             };
             if let Some(m) = forward {
+                let data = m.is_text() || m.is_binary();
                 if let Err(i) = deliver(&mut upstream, m, send_timeout, &mut self.reg.stop).await {
                     break self.interrupted(i, CloseEvent::UpstreamUnavailable);
                 }
+                from_client += u64::from(data);
             }
             if let Some(m) = answer {
                 if let Err(i) = deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
@@ -341,7 +366,23 @@ impl Relay {
                 break End::Gateway(event);
             }
         };
+        let tally = SessionTally {
+            from_client,
+            to_client,
+            lasted: opened.elapsed(),
+            end: end.name(),
+        };
         self.finish(end, client, upstream).await;
+        if self.trace.is_some() {
+            let exit = Exit {
+                method: &http::Method::GET,
+                route: Some(self.route),
+                who: Some(&self.who),
+                started: None,
+                trace: self.trace.as_deref(),
+            };
+            exit::session_closed(&gw, &exit, tally);
+        }
     }
 
     fn interrupted(&self, i: Interrupted, on_timeout: CloseEvent) -> End {
@@ -359,7 +400,7 @@ impl Relay {
         }
     }
 
-    async fn finish(mut self, end: End, mut client: ClientSocket, mut upstream: UpstreamSocket) {
+    async fn finish(&mut self, end: End, mut client: ClientSocket, mut upstream: UpstreamSocket) {
         let gw = Arc::clone(&self.gw);
         let going_away = CloseFrame {
             code: CloseCode::Away,

@@ -908,11 +908,13 @@ action = "revoke"
             "plans.odd.sharing.action: `revoke` is not `flag` or `disable`",
         ),
     ] {
-        let at = format!("p.toml:{line}: ");
+        // The table's header, or the value's line below it.
+        let at = [line, line + 1, line + 2].map(|l| format!("p.toml:{l}: "));
         assert!(
             errs.0
                 .iter()
-                .any(|e| e.to_string().starts_with(&at) && e.message.contains(expected)),
+                .any(|e| at.iter().any(|a| e.to_string().starts_with(a))
+                    && e.message.contains(expected)),
             "{expected} not at line {line} in {err}"
         );
     }

@@ -5,6 +5,10 @@
 # (`/usr/bin/time -v`).
 #
 #   bench/import.sh [KEYS]
+#   KEYGATE_IMPORT_PG=postgres://postgres@127.0.0.1:5432/test bench/import.sh [KEYS]
+#
+# With KEYGATE_IMPORT_PG, the same on PostgreSQL: a fresh schema in that database (`psql`
+# creates it, and drops it at the end), the binary connecting with `search_path` set to it.
 #
 # Set CARGO_TARGET_DIR to build elsewhere, or KEYGATE_BIN to measure a binary already built;
 # the temporary directory is removed at the end.
@@ -17,7 +21,19 @@ if [ -z "$bin" ]; then
   bin="${CARGO_TARGET_DIR:-target}/release/keygate"
 fi
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+db="$work/keygate.db"
+schema=""
+cleanup() {
+  if [ -n "$schema" ]; then psql -q "$KEYGATE_IMPORT_PG" -c "DROP SCHEMA $schema CASCADE" >/dev/null; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+if [ -n "${KEYGATE_IMPORT_PG:-}" ]; then
+  schema="kg_import_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  psql -q "$KEYGATE_IMPORT_PG" -c "CREATE SCHEMA $schema" >/dev/null
+  case "$KEYGATE_IMPORT_PG" in *\?*) sep='&' ;; *) sep='?' ;; esac
+  db="${KEYGATE_IMPORT_PG}${sep}options[search_path]=$schema"
+fi
 cat >"$work/keygate.toml" <<'TOML'
 [keys]
 prefix = "kg_"
@@ -29,7 +45,8 @@ prefix = "sk_live_"
 alphabet = "base62"
 length = 24
 TOML
-kg() { "$bin" --db "$work/keygate.db" --config "$work/keygate.toml" "$@"; }
+kg() { "$bin" --db "$db" --config "$work/keygate.toml" "$@"; }
+if [ -n "$schema" ]; then kg migrate >/dev/null; fi
 for i in $(seq 0 9); do kg client create "client-$i" >/dev/null; done
 python3 - "$keys" >"$work/keys.jsonl" <<'PY'
 import hashlib, json, secrets, string, sys
@@ -47,7 +64,7 @@ echo "file: $keys lines, $(du -h "$work/keys.jsonl" | cut -f1)"
 measure() {
   local what="$1"
   shift
-  /usr/bin/time -v -o "$work/time" "$bin" --db "$work/keygate.db" --config "$work/keygate.toml" "$@" >"$work/out"
+  /usr/bin/time -v -o "$work/time" "$bin" --db "$db" --config "$work/keygate.toml" "$@" >"$work/out"
   local wall rss
   wall=$(grep 'Elapsed (wall clock)' "$work/time" | awk '{print $NF}')
   rss=$(grep 'Maximum resident set size' "$work/time" | awk '{print $NF}')
@@ -56,4 +73,9 @@ measure() {
 measure "import --dry-run" import --dry-run "$work/keys.jsonl"
 measure "import (new keys)" import "$work/keys.jsonl"
 measure "import again (unchanged)" import "$work/keys.jsonl"
-echo "database: $(du -h "$work/keygate.db" | cut -f1), keys: $(kg --json key list --limit 1000000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
+if [ -n "$schema" ]; then
+  size=$(psql -qAt "$KEYGATE_IMPORT_PG" -c "SELECT pg_size_pretty(SUM(pg_total_relation_size(c.oid))) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = '$schema' AND c.relkind = 'r'")
+else
+  size=$(du -h "$db" | cut -f1)
+fi
+echo "database: $size, keys: $(kg --json key list --limit 1000000 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"

@@ -24,6 +24,13 @@
 //! `channel_lease`, what a plan's `max_channels_per_client` costs per new channel (one lease
 //! taken and given back), and `egress_count`, what each delivered message pays to be counted
 //! with usage.
+//!
+//! `exit_traced` is a forwarded request's exit (metrics, usage and analytics counts, and its
+//! span) with `[tracing]` off, on with the request not sampled (`sample_ratio = 0`: the ids
+//! are drawn and `traceparent` is written for the upstream, no span is built), and on with
+//! it sampled (the span built and handed to the batch processor's queue). The exporter
+//! discards what it gets: serialising and sending a batch happen on the exporter's thread,
+//! not the request's, and are not in these figures.
 
 mod support;
 
@@ -461,11 +468,77 @@ fn suspension(target: Target) -> Suspension {
     }
 }
 
+/// An exporter that drops every batch: the request's side of tracing is what is measured.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        drop(batch);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A forwarded request's exit with tracing off, on and unsampled, and on and sampled.
+fn traced_exit(c: &mut Criterion) {
+    const KEYS_HERE: usize = 10_000;
+    let mut group = c.benchmark_group("exit_traced");
+    group.throughput(Throughput::Elements(1));
+    for (name, ratio) in [
+        ("off", None),
+        ("unsampled", Some(0.0)),
+        ("sampled", Some(1.0)),
+    ] {
+        let (gw, _clock, plaintexts) = support::gateway(KEYS_HERE);
+        if let Some(sample_ratio) = ratio {
+            let config = keygate_server::config::TracingConfig {
+                otlp_endpoint: "http://127.0.0.1:9".into(),
+                service_name: "bench".into(),
+                sample_ratio,
+                max_queue: 65_536,
+                export_timeout: Duration::from_secs(1),
+            };
+            let tracer = keygate_server::traces::Tracer::with_exporter(&config, Discard);
+            assert!(gw.tracer.set(tracer).is_ok(), "one tracer");
+        }
+        let path = "/cs2/v1/matches/12345";
+        let query = Some("bookmaker=bet365&page=2");
+        let callers: Vec<(HeaderMap, check::Admitted)> = plaintexts
+            .iter()
+            .take(HOT)
+            .map(|k| {
+                let mut h = HeaderMap::new();
+                h.insert("x-api-key", HeaderValue::from_str(k).expect("ASCII key"));
+                h.insert("accept", HeaderValue::from_static("application/json"));
+                let (_, who) = decide_and_limit_who(&gw, &Method::GET, path, query, &h);
+                (h, who)
+            })
+            .collect();
+        let mut to_upstream = HeaderMap::new();
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % callers.len();
+                let (incoming, who) = &callers[i];
+                check::bench_forwarded(&gw, who, black_box(incoming), &mut to_upstream);
+                black_box(&to_upstream);
+            })
+        });
+        if let Some(t) = gw.tracer.get() {
+            t.shutdown();
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = hot_path
+    targets = hot_path, traced_exit
 }
 criterion_main!(benches);

@@ -33,6 +33,7 @@ pub mod analytics {
 pub mod check {
     pub use crate::policy::profile::IdentityHeaders;
     pub use crate::request::check::decide;
+    pub use crate::request::exit::bench_forwarded;
     pub use crate::state::gateway::Admitted;
 }
 
@@ -54,6 +55,10 @@ pub mod metrics {
 }
 
 /// The in-memory replica of keys and clients.
+pub mod traces {
+    pub use crate::state::traces::Tracer;
+}
+
 pub mod replica {
     pub use crate::state::replica::Replica;
 }

@@ -142,12 +142,59 @@ impl Dimension {
     }
 }
 
+/// Which rows of a query's ordered answer to return: `limit` (at most
+/// [`MAX_ANALYTICS_ROWS`]) after skipping `offset`. The order is total (every query orders by
+/// all its grouped columns), so consecutive pages neither repeat nor skip a row while the
+/// counts in them stand still.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub offset: u64,
+    pub limit: usize,
+}
+
+impl Default for Page {
+    fn default() -> Page {
+        Page {
+            offset: 0,
+            limit: MAX_ANALYTICS_ROWS,
+        }
+    }
+}
+
+impl Page {
+    /// ` LIMIT … OFFSET …`, one row past the page to tell whether there is more. Both are
+    /// numbers, never caller text.
+    fn sql(self) -> String {
+        let limit = self.limit.clamp(1, MAX_ANALYTICS_ROWS) + 1;
+        format!(" LIMIT {limit} OFFSET {}", self.offset.min(1 << 62))
+    }
+
+    /// The page's rows of `fetched` (one past the page when there is more).
+    fn cut<T>(self, mut fetched: Vec<T>) -> Paged<T> {
+        let limit = self.limit.clamp(1, MAX_ANALYTICS_ROWS);
+        let more = fetched.len() > limit;
+        fetched.truncate(limit);
+        Paged {
+            rows: fetched,
+            more,
+        }
+    }
+}
+
+/// One page of a query's rows; `more` when rows follow it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Paged<T> {
+    pub rows: Vec<T>,
+    pub more: bool,
+}
+
 /// A query of request counts: hours `from_hour..=to_hour`, exact-match filters, grouped by
 /// `group_by` in that order (none: one total).
 #[derive(Clone, Debug, Default)]
 pub struct AnalyticsQuery {
     pub from_hour: i64,
     pub to_hour: i64,
+    pub page: Page,
     pub client: Option<String>,
     pub key: Option<String>,
     pub route: Option<String>,
@@ -170,12 +217,8 @@ pub enum GroupValue {
     Text(String),
 }
 
-/// A query's rows, at most [`MAX_ANALYTICS_ROWS`]; `more` when there were more.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AnalyticsRows {
-    pub rows: Vec<AnalyticsRow>,
-    pub more: bool,
-}
+/// A page of a request-count query's rows.
+pub type AnalyticsRows = Paged<AnalyticsRow>;
 
 /// A query of latency histograms: hours `from_hour..=to_hour`, optionally one route and one
 /// upstream; one histogram per route and upstream summed over the hours.
@@ -183,6 +226,7 @@ pub struct AnalyticsRows {
 pub struct LatencyQuery {
     pub from_hour: i64,
     pub to_hour: i64,
+    pub page: Page,
     pub route: Option<String>,
     pub upstream: Option<String>,
 }
@@ -335,7 +379,7 @@ impl Store {
             // One total row, or none when nothing matched.
             sql.push_str(" HAVING COUNT(*) > 0");
         }
-        let _ = write!(sql, " LIMIT {}", MAX_ANALYTICS_ROWS + 1);
+        sql.push_str(&q.page.sql());
         let mut query = sqlx::query(&sql).bind(q.from_hour).bind(q.to_hour);
         for v in text {
             query = query.bind(v);
@@ -343,11 +387,10 @@ impl Store {
         if let Some(status) = q.status {
             query = query.bind(i64::from(status));
         }
-        let fetched = query.fetch_all(&self.pool).await?;
-        let more = fetched.len() > MAX_ANALYTICS_ROWS;
+        let fetched = q.page.cut(query.fetch_all(&self.pool).await?);
         let rows = fetched
+            .rows
             .iter()
-            .take(MAX_ANALYTICS_ROWS)
             .map(|row| {
                 let groups = q
                     .group_by
@@ -369,7 +412,10 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(AnalyticsRows { rows, more })
+        Ok(AnalyticsRows {
+            rows,
+            more: fetched.more,
+        })
     }
 
     /// Upstream latency histograms for `q`, one per route and upstream (summed over the
@@ -380,7 +426,7 @@ impl Store {
     pub async fn analytics_latency(
         &self,
         q: &LatencyQuery,
-    ) -> Result<Vec<LatencyCount>, StoreError> {
+    ) -> Result<Paged<LatencyCount>, StoreError> {
         let mut sql = format!(
             "SELECT route, upstream, CAST(SUM(count) AS BIGINT) AS count, \
              CAST(SUM(sum_us) AS BIGINT) AS sum_us{} FROM analytics_latency \
@@ -396,16 +442,16 @@ impl Store {
             n += 1;
             let _ = write!(sql, " AND upstream = ${n}");
         }
-        let _ = write!(
-            sql,
-            " GROUP BY route, upstream ORDER BY route, upstream LIMIT {MAX_ANALYTICS_ROWS}"
-        );
+        sql.push_str(" GROUP BY route, upstream ORDER BY route, upstream");
+        sql.push_str(&q.page.sql());
         let mut query = sqlx::query(&sql).bind(q.from_hour).bind(q.to_hour);
         for v in [&q.route, &q.upstream].into_iter().flatten() {
             query = query.bind(v.as_str());
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
+        let fetched = q.page.cut(query.fetch_all(&self.pool).await?);
+        let rows = fetched
+            .rows
+            .iter()
             .map(|row| {
                 let mut buckets = [0; LATENCY_BUCKETS];
                 for (i, b) in buckets.iter_mut().enumerate() {
@@ -420,7 +466,11 @@ impl Store {
                     buckets,
                 })
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Paged {
+            rows,
+            more: fetched.more,
+        })
     }
 
     /// WebSocket activity over hours `from_hour..=to_hour`, one row per client (optionally
@@ -433,7 +483,8 @@ impl Store {
         from_hour: i64,
         to_hour: i64,
         client: Option<&str>,
-    ) -> Result<Vec<WsCount>, StoreError> {
+        page: Page,
+    ) -> Result<Paged<WsCount>, StoreError> {
         let mut sql = String::from(
             "SELECT client_id, CAST(SUM(sessions) AS BIGINT) AS sessions, \
              CAST(SUM(messages) AS BIGINT) AS messages, CAST(SUM(bytes) AS BIGINT) AS bytes \
@@ -442,16 +493,16 @@ impl Store {
         if client.is_some() {
             sql.push_str(" AND client_id = $3");
         }
-        let _ = write!(
-            sql,
-            " GROUP BY client_id ORDER BY client_id LIMIT {MAX_ANALYTICS_ROWS}"
-        );
+        sql.push_str(" GROUP BY client_id ORDER BY client_id");
+        sql.push_str(&page.sql());
         let mut query = sqlx::query(&sql).bind(from_hour).bind(to_hour);
         if let Some(c) = client {
             query = query.bind(c);
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
+        let fetched = page.cut(query.fetch_all(&self.pool).await?);
+        let rows = fetched
+            .rows
+            .iter()
             .map(|row| {
                 Ok(WsCount {
                     hour: from_hour,
@@ -461,7 +512,11 @@ impl Store {
                     bytes: count(row, "bytes")?,
                 })
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Paged {
+            rows,
+            more: fetched.more,
+        })
     }
 
     /// Deletes analytics older than `retention` when it is this node's turn: one conditional

@@ -41,8 +41,8 @@ pub use admin_tokens::AdminToken;
 pub use amqp::{AmqpFeed, AmqpLease, FeedOfClient, FeedState};
 pub use analytics::{
     AnalyticsBatch, AnalyticsQuery, AnalyticsRow, AnalyticsRows, Dimension, GroupValue,
-    LatencyCount, LatencyQuery, RequestCount, WsCount, HOUR_MS, LATENCY_BOUNDS_MS, LATENCY_BUCKETS,
-    MAX_ANALYTICS_ROWS,
+    LatencyCount, LatencyQuery, Page, Paged, RequestCount, WsCount, HOUR_MS, LATENCY_BOUNDS_MS,
+    LATENCY_BUCKETS, MAX_ANALYTICS_ROWS,
 };
 pub use audit::{AuditEntry, AuditFilter};
 pub use clients::{ClientFilter, ClientUpdate, DeletedClient, LimitChange, LimitPatch, NewClient};

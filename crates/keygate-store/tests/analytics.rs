@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use keygate_store::{
-    AnalyticsBatch, AnalyticsQuery, Dimension, GroupValue, LatencyCount, LatencyQuery,
+    AnalyticsBatch, AnalyticsQuery, Dimension, GroupValue, LatencyCount, LatencyQuery, Page,
     RequestCount, UsageRow, WsCount, HOUR_MS, LATENCY_BUCKETS, MAX_ANALYTICS_ROWS,
 };
 
@@ -130,16 +130,22 @@ async fn counts_add_up_across_flushes_and_with_usage(f: Fixture) {
             ..LatencyQuery::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(lat.len(), 1);
     assert_eq!((lat[0].count, lat[0].sum_us), (4, 6_000));
     assert_eq!(&lat[0].buckets[..3], [2, 2, 0]);
-    let ws = s.analytics_ws(H0, H0, None).await.unwrap();
-    assert_eq!((ws[0].sessions, ws[0].messages, ws[0].bytes), (2, 10, 100));
-    assert!(s
-        .analytics_ws(H0 + 1, H0 + 2, None)
+    let ws = s
+        .analytics_ws(H0, H0, None, Page::default())
         .await
         .unwrap()
+        .rows;
+    assert_eq!((ws[0].sessions, ws[0].messages, ws[0].bytes), (2, 10, 100));
+    assert!(s
+        .analytics_ws(H0 + 1, H0 + 2, None, Page::default())
+        .await
+        .unwrap()
+        .rows
         .is_empty());
 }
 
@@ -237,6 +243,36 @@ async fn a_query_past_the_row_limit_says_so(f: Fixture) {
     let total = f.store.analytics(&query(&[])).await.unwrap();
     assert!(!total.more);
     assert_eq!(total.rows[0].requests, MAX_ANALYTICS_ROWS as u64 + 1);
+
+    // Pages of 3,000 walk every row once, in order, the last one saying there is no more.
+    let mut seen = Vec::new();
+    let mut q = query(&[Dimension::Route]);
+    q.page.limit = 3_000;
+    loop {
+        let page = f.store.analytics(&q).await.unwrap();
+        assert!(page.rows.len() <= 3_000);
+        seen.extend(page.rows.into_iter().map(|r| r.groups));
+        if !page.more {
+            break;
+        }
+        q.page.offset += 3_000;
+    }
+    let expected: Vec<Vec<GroupValue>> = (0..=MAX_ANALYTICS_ROWS)
+        .map(|i| vec![text(&format!("r{i:05}"))])
+        .collect();
+    assert_eq!(seen, expected);
+    // A limit past the cap is held to it; an offset past the end is an empty last page.
+    q.page = Page {
+        offset: 0,
+        limit: usize::MAX,
+    };
+    assert_eq!(
+        f.store.analytics(&q).await.unwrap().rows.len(),
+        MAX_ANALYTICS_ROWS
+    );
+    q.page.offset = u64::MAX;
+    let past = f.store.analytics(&q).await.unwrap();
+    assert!(past.rows.is_empty() && !past.more);
 }
 
 async fn one_node_prunes_past_the_retention_per_period(f: Fixture) {

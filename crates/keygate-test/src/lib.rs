@@ -64,10 +64,19 @@ pub type WsClient =
 ///
 /// Panics on any other failure (no connection, a broken handshake), which fails the test.
 pub async fn ws_connect(url: &str, key: &str) -> Result<WsClient, u16> {
+    ws_connect_with(url, &[("x-api-key", key)]).await
+}
+
+/// [`ws_connect`] with any headers on the upgrade request.
+pub async fn ws_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<WsClient, u16> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Error;
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    for (k, v) in headers {
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
     match tokio_tungstenite::connect_async(req).await {
         Ok((c, _)) => Ok(c),
         Err(Error::Http(resp)) => Err(resp.status().as_u16()),

@@ -151,6 +151,12 @@ pub(crate) struct AnalyticsArgs {
     /// Print CSV (spreadsheet-safe) instead of a table.
     #[arg(long)]
     pub(crate) csv: bool,
+    /// Rows per page, 1 to 10000 [default: 10000].
+    #[arg(long)]
+    pub(crate) limit: Option<String>,
+    /// The next page of the same query: the cursor the previous page printed.
+    #[arg(long)]
+    pub(crate) cursor: Option<String>,
 }
 
 /// Options of `import`.

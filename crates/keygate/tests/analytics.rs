@@ -65,6 +65,28 @@ async fn admin_get(
     (status, ct, resp.text().await.unwrap())
 }
 
+/// `GET` on the admin API, answered 200: the JSON body and the `Link` header.
+async fn admin_get_link(node: &Serving, token: &str, path: &str) -> (Value, Option<String>) {
+    let resp = http_client()
+        .get(format!("http://{}{path}", node.admin))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+    let link = resp
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (resp.json().await.unwrap(), link)
+}
+
+/// The last hour of an answer whose `to` is `to` (the end of that hour), as `to=` takes it.
+fn last_hour(to: &str) -> String {
+    let end = keygate_core::Timestamp::parse_rfc3339(to).unwrap();
+    keygate_core::Timestamp::from_millis(end.as_millis() - 3_600_000).to_rfc3339()
+}
+
 async fn admin_json(node: &Serving, token: &str, path: &str) -> Value {
     let (status, _, body) = admin_get(node, Some(token), path, None).await;
     assert_eq!(status, 200, "{path}: {body}");
@@ -378,6 +400,204 @@ ws = {{ mode = "handshake" }}
     let out = cli(db, &config, &["usage", "--by", "minute"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("group_by"));
+
+    // Paging: pages of 2 rows, followed by `next` and by the `Link` header alike, hold the
+    // whole answer once, in order; the last page says there is no more.
+    let whole = admin_json(&node, &token, "/v1/analytics?group_by=key,route,status").await;
+    assert_eq!(whole["next"], Value::Null);
+    let (from, to) = (
+        whole["from"].as_str().unwrap().to_owned(),
+        last_hour(whole["to"].as_str().unwrap()),
+    );
+    let first = format!("/v1/analytics?group_by=key,route,status&limit=2&from={from}&to={to}");
+    let mut by_next = Vec::new();
+    let mut path = first.clone();
+    loop {
+        let page = admin_json(&node, &token, &path).await;
+        let rows = page["rows"].as_array().unwrap();
+        assert!(rows.len() <= 2, "{page}");
+        by_next.extend(rows.iter().cloned());
+        match page["next"].as_str() {
+            Some(c) => path = format!("{first}&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(Value::from(by_next.clone()), whole["rows"]);
+    let mut by_link = Vec::new();
+    let mut path = "/v1/analytics?group_by=key,route,status&limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (page, link) = admin_get_link(&node, &token, &path).await;
+        pages += 1;
+        by_link.extend(page["rows"].as_array().unwrap().iter().cloned());
+        let Some(link) = link else {
+            assert_eq!(page["next"], Value::Null);
+            break;
+        };
+        assert!(link.ends_with(">; rel=\"next\""), "{link}");
+        path = link
+            .strip_prefix('<')
+            .and_then(|l| l.split('>').next())
+            .unwrap()
+            .to_owned();
+        assert!(path.starts_with("/v1/analytics?"), "{link}");
+    }
+    assert_eq!(pages, whole["rows"].as_array().unwrap().len().div_ceil(2));
+    assert_eq!(by_link, by_next);
+    // The CLI pages the same query with the same cursors, on the database and remotely.
+    let page1 = cli_json(
+        db,
+        &config,
+        &[
+            "usage",
+            "--by",
+            "key,route,status",
+            "--limit",
+            "2",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+    );
+    let cursor = page1["next"].as_str().expect("a next page").to_owned();
+    let args = [
+        "usage",
+        "--by",
+        "key,route,status",
+        "--limit",
+        "2",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--cursor",
+        &cursor,
+    ];
+    let page2 = cli_json(db, &config, &args);
+    assert_eq!(page2["rows"], Value::from(by_next[2..4].to_vec()));
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--json", "--admin-url", &format!("http://{}", node.admin)])
+        .args(args)
+        .env("KEYGATE_ADMIN_TOKEN", &token)
+        .env_remove("KEYGATE_DB")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let remote: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(remote["rows"], page2["rows"]);
+    // The table says how to ask for the next page.
+    let out = cli(db, &config, &args[..9]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains(&format!("--cursor {cursor}")), "{table}");
+
+    // CSV of the latency and WebSocket views; their pages too.
+    let (status, ct, lat_csv) = admin_get(
+        &node,
+        Some(&token),
+        "/v1/analytics/latency?route=odds&format=csv",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{lat_csv}");
+    assert!(ct.starts_with("text/csv"), "{ct}");
+    let mut lines = lat_csv.split("\r\n");
+    assert_eq!(
+        lines.next(),
+        Some("route,upstream,count,sum_ms,mean_ms,p50_ms,p90_ms,p99_ms")
+    );
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with(&format!("odds,default,{forwarded_odds},")),
+        "{lat_csv}"
+    );
+    let (status, _, ws_csv) = admin_get(
+        &node,
+        Some(&token),
+        "/v1/analytics/websocket?client=Acme&limit=1",
+        Some("text/csv"),
+    )
+    .await;
+    assert_eq!(status, 200, "{ws_csv}");
+    let acme_id = acme["rows"][0]["client"].as_str().unwrap();
+    assert_eq!(
+        ws_csv,
+        format!("client,sessions,messages,bytes\r\n{acme_id},1,4,35\r\n")
+    );
+    let lat_pages = admin_json(&node, &token, "/v1/analytics/latency?limit=1").await;
+    assert_eq!(lat_pages["histograms"].as_array().unwrap().len(), 1);
+    let lat_next = lat_pages["next"].as_str().expect("two routes have latency");
+
+    // The attacker's paging: limits out of bounds, garbled, forged and foreign cursors, and
+    // a cursor carrying SQL: each refused with the parameter named and the cursor not echoed.
+    let forged = {
+        use base64::Engine as _;
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&cursor)
+            .unwrap();
+        raw[1..9].copy_from_slice(&u64::MAX.to_be_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    };
+    let long = "A".repeat(10_000);
+    for (path, field) in [
+        ("/v1/analytics?limit=0".to_owned(), "limit"),
+        ("/v1/analytics?limit=10001".to_owned(), "limit"),
+        (
+            "/v1/analytics?limit=99999999999999999999999".to_owned(),
+            "limit",
+        ),
+        ("/v1/analytics?limit=-1".to_owned(), "limit"),
+        ("/v1/analytics?limit=1%20OR%201=1".to_owned(), "limit"),
+        ("/v1/analytics/latency?limit=100000".to_owned(), "limit"),
+        ("/v1/analytics/websocket?limit=0".to_owned(), "limit"),
+        ("/v1/analytics?cursor=garbage".to_owned(), "cursor"),
+        (format!("/v1/analytics?cursor={long}"), "cursor"),
+        (
+            "/v1/analytics?cursor=%27%20OR%201%3D1%20--".to_owned(),
+            "cursor",
+        ),
+        // Forged: this query's fingerprint, an offset far past the bound.
+        (
+            format!("/v1/analytics?group_by=key,route,status&from={from}&to={to}&cursor={forged}"),
+            "cursor",
+        ),
+        // Another query's cursor: other groups, another range, another view.
+        (
+            format!("/v1/analytics?group_by=route&from={from}&to={to}&cursor={cursor}"),
+            "cursor",
+        ),
+        (
+            format!("/v1/analytics?group_by=key,route,status&cursor={cursor}&from=2026-01-01"),
+            "cursor",
+        ),
+        (format!("/v1/analytics/latency?cursor={cursor}"), "cursor"),
+        (format!("/v1/analytics?cursor={lat_next}"), "cursor"),
+        (
+            format!("/v1/analytics/websocket?cursor={lat_next}"),
+            "cursor",
+        ),
+    ] {
+        let (got, _, body) = admin_get(&node, Some(&token), &path, None).await;
+        assert_eq!(got, 422, "{path}: {body}");
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["code"], "invalid_value", "{path}: {body}");
+        assert!(body.contains(field), "{path}: {body}");
+        for secret in [cursor.as_str(), forged.as_str(), lat_next, long.as_str()] {
+            assert!(
+                !body.contains(secret),
+                "{path}: the cursor was echoed: {body}"
+            );
+        }
+    }
+    let out = cli(db, &config, &["usage", "--cursor", "garbage"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cursor"));
 
     // No key (plaintext or digest) in any answer or in the log.
     let (_, _, every) = admin_get(

@@ -2,22 +2,34 @@
 //! Redis count a key's source networks together (one HyperLogLog per key and hour), a plan's
 //! `[plans.NAME.sharing]` threshold records the key once (CLI, admin API, metric, audit) and
 //! with `action = "disable"` both nodes refuse it; a caller that is not a trusted proxy
-//! cannot make up networks with `X-Forwarded-For`.
+//! cannot make up networks with `X-Forwarded-For`. A real webhook receiver gets exactly one
+//! signed `key.sharing_suspected` event per suspected key, with no key in its body.
 
 mod operator;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keygate_test::{http_client, postgres_schema, redis_url, Serving};
+use keygate_test::{http_client, postgres_schema, redis_url, Serving, WebhookReceiver};
 use operator::{admin_token, cli, start};
 use serde_json::Value;
 
-fn config(redis: &str, trusted: &str) -> String {
+const HOOK_SECRET: &str = "whsec_sharing_0123456789abcdef";
+
+fn config(redis: &str, trusted: &str, hook: &str) -> String {
     format!(
         r#"
 [server]
 usage_flush = "200ms"
+
+[outbox]
+poll = "100ms"
+
+[[webhooks]]
+name = "sharing"
+url = "{hook}"
+secret = "{HOOK_SECRET}"
+events = ["key.sharing_suspected"]
 
 [limits]
 backend = "redis"
@@ -105,11 +117,12 @@ async fn two_nodes_on_postgres_and_redis_suspect_a_shared_key_once() {
         return;
     };
     let upstream = keygate_test::Upstream::start().await;
+    let hook = WebhookReceiver::start(HOOK_SECRET).await;
     let dir = tempfile::tempdir().unwrap();
     let trusting = dir.path().join("trusting.toml");
-    std::fs::write(&trusting, config(&redis, "\"127.0.0.1/32\"")).unwrap();
+    std::fs::write(&trusting, config(&redis, "\"127.0.0.1/32\"", &hook.url())).unwrap();
     let untrusting = dir.path().join("untrusting.toml");
-    std::fs::write(&untrusting, config(&redis, "")).unwrap();
+    std::fs::write(&untrusting, config(&redis, "", &hook.url())).unwrap();
     cli(&db, &trusting, &["migrate"]);
     for (name, plan) in [("Watched", "watched"), ("Strict", "strict")] {
         cli(&db, &trusting, &["client", "create", name, "--plan", plan]);
@@ -244,6 +257,41 @@ async fn two_nodes_on_postgres_and_redis_suspect_a_shared_key_once() {
     let disables = cli(&db, &trusting, &["audit", "--action", "key.disable"]);
     assert_eq!(disables.as_array().unwrap().len(), 1, "{disables}");
     assert_eq!(disables[0]["target"], strict_id.as_str());
+
+    // The webhook: exactly one signed `key.sharing_suspected` per suspected key, whichever
+    // of the three nodes delivered it, and none for the others.
+    hook.wait_for(Duration::from_secs(60), |r| {
+        r.iter().filter(|d| d.answered == Some(204)).count() >= 2
+    })
+    .await;
+    // Several outbox polls (every 100 ms) more: nothing is delivered twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered = hook.received();
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    let mut events: Vec<(String, String)> = Vec::new();
+    for d in &delivered {
+        assert!(d.signature_valid, "{d:?}");
+        assert_eq!(d.event_type, "key.sharing_suspected", "{d:?}");
+        let body = d.json();
+        assert_eq!(body["type"], "key.sharing_suspected", "{body}");
+        let text = body.to_string();
+        let key_id = [&shared_id, &strict_id, &two_id, &spoofer_id]
+            .into_iter()
+            .find(|id| text.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("no key id in {body}"));
+        events.push((key_id.clone(), d.event_id.clone()));
+        for plain in [&two, &shared, &spoofer, &strict] {
+            assert!(!text.contains(plain.as_str()), "a key in the webhook body");
+        }
+    }
+    events.sort();
+    let mut expected_keys = vec![shared_id.clone(), strict_id.clone()];
+    expected_keys.sort();
+    assert_eq!(
+        events.iter().map(|e| e.0.clone()).collect::<Vec<_>>(),
+        expected_keys
+    );
+    assert_ne!(events[0].1, events[1].1, "two events, two ids");
 
     // Never key material: not in the listing, the audit, or the logs.
     let everything = format!("{listed}{audit}");

@@ -23,6 +23,11 @@ struct Collector {
 
 impl Collector {
     async fn start() -> (Collector, SocketAddr) {
+        Collector::answering(200).await
+    }
+
+    /// A collector that keeps what it receives and answers `status` to every export.
+    async fn answering(status: u16) -> (Collector, SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let collector = Collector::default();
@@ -43,7 +48,7 @@ impl Collector {
                             if ok {
                                 bodies.lock().unwrap().push(body.to_vec());
                             }
-                            let status = if ok { 200 } else { 404 };
+                            let status = if ok { status } else { 404 };
                             let mut resp = hyper::Response::new(http_body_util::Full::new(
                                 bytes::Bytes::from_static(b"{}"),
                             ));
@@ -328,7 +333,230 @@ async fn spans_reach_the_collector_and_the_upstream_is_told_of_them() {
     drop(node);
 }
 
-/// A collector that accepts connections and never answers: requests are served as usual.
+/// The upstream connection's `traceparent`, split: trace id, span id, flags.
+fn told(conn: &keygate_test::ws_upstream::Conn) -> (String, String, String) {
+    let tp = conn.header("traceparent").expect("a traceparent");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00", "{tp}");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+/// A WebSocket session is one span from its upgrade to its close, continuing the caller's
+/// trace and telling the upstream's handshake of it; refusals (over HTTP or on the socket)
+/// are spans with their reason; no key in anything exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_are_spans_from_upgrade_to_close() {
+    use futures_util::{SinkExt, StreamExt};
+    use keygate_test::tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let live = keygate_test::WsUpstream::start().await;
+    let (collector, at) = Collector::start().await;
+    let extra = format!(
+        r#"[tracing]
+otlp_endpoint = "http://{at}"
+
+[upstreams.live]
+url = "{ws}"
+
+[[routes]]
+name = "stream"
+path = "/ws/stream"
+upstream = "live"
+ws = {{ mode = "handshake" }}
+
+[[routes]]
+name = "game"
+path = "/ws/game"
+upstream = "live"
+ws = {{ mode = "close_code", credentials = ["bearer"] }}
+"#,
+        ws = live.url()
+    );
+    let (node, key, client_id) = start(dir.path(), &upstream, &extra).await;
+    let wait = Duration::from_secs(20);
+
+    // Handshake mode, the caller's trace continued: two messages each way, closed by the
+    // client.
+    let traceparent = format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01");
+    let url = format!("ws://{}/ws/stream?page=secret-query", node.listen);
+    let mut session =
+        keygate_test::ws_connect_with(&url, &[("x-api-key", &key), ("traceparent", &traceparent)])
+            .await
+            .expect("the upgrade is accepted");
+    let conns = live.wait_connections(1, wait).await;
+    assert_eq!(conns.len(), 1);
+    let (trace, gateway_span, flags) = told(&conns[0]);
+    assert_eq!((trace.as_str(), flags.as_str()), (PARENT_TRACE, "01"));
+    assert_ne!(gateway_span, PARENT_SPAN);
+    for m in ["one", "two"] {
+        session.send(Message::text(m)).await.unwrap();
+    }
+    let mut echoed = 0;
+    while echoed < 2 {
+        match tokio::time::timeout(wait, session.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => echoed += 1,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the session ended early: {other:?}"),
+        }
+    }
+    session.close(None).await.unwrap();
+    let span = collector.span_of(PARENT_TRACE).await;
+    assert_eq!(
+        span["spanId"].as_str(),
+        Some(gateway_span.as_str()),
+        "{span}"
+    );
+    assert_eq!(span["parentSpanId"].as_str(), Some(PARENT_SPAN), "{span}");
+    assert_eq!(span["name"], "GET stream");
+    assert_eq!(attr(&span, "http.route").as_deref(), Some("stream"));
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("101")
+    );
+    assert_eq!(
+        attr(&span, "keygate.decision").as_deref(),
+        Some("forwarded")
+    );
+    if !client_id.is_empty() {
+        assert_eq!(attr(&span, "keygate.client_id"), Some(client_id.clone()));
+    }
+    let key_id = attr(&span, "keygate.key_id").expect("the key's id");
+    assert!(!key_id.is_empty() && !key.contains(&key_id), "{key_id}");
+    assert_eq!(
+        attr(&span, "keygate.ws.messages_from_client").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        attr(&span, "keygate.ws.messages_to_client").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        attr(&span, "keygate.ws.end").as_deref(),
+        Some("client_closed")
+    );
+    let connect_ms: f64 = attr(&span, "keygate.upstream.duration_ms")
+        .expect("the upstream connect's time")
+        .parse()
+        .unwrap();
+    let session_ms: f64 = attr(&span, "keygate.ws.session_ms")
+        .expect("the session's length")
+        .parse()
+        .unwrap();
+    assert!(connect_ms >= 0.0 && session_ms >= 0.0);
+    // The span lasts from the upgrade to the close: longer than the session's relay.
+    let nanos = |k: &str| -> u128 {
+        match &span[k] {
+            Value::String(s) => s.parse().unwrap(),
+            v => u128::from(v.as_u64().unwrap()),
+        }
+    };
+    let span_ms = (nanos("endTimeUnixNano") - nanos("startTimeUnixNano")) as f64 / 1e6;
+    assert!(span_ms >= session_ms, "{span_ms} < {session_ms}");
+
+    // Close-code mode (decided on the socket), no traceparent: a new trace, told to the
+    // upstream; the session ends when the upstream goes.
+    let url = format!("ws://{}/ws/game", node.listen);
+    let bearer = format!("Bearer {key}");
+    let mut game = keygate_test::ws_connect_with(&url, &[("authorization", &bearer)])
+        .await
+        .expect("close-code mode upgrades first");
+    let conns = live.wait_connections(2, wait).await;
+    assert_eq!(conns.len(), 2);
+    let (trace, gateway_span, _) = told(&conns[1]);
+    assert_ne!(trace, PARENT_TRACE);
+    game.send(Message::text("three")).await.unwrap();
+    conns[1].wait_received(1, wait).await;
+    game.close(None).await.unwrap();
+    let span = collector.span_of(&trace).await;
+    assert_eq!(span["spanId"].as_str(), Some(gateway_span.as_str()));
+    assert_eq!(span["name"], "GET game");
+    assert_eq!(
+        attr(&span, "keygate.ws.messages_from_client").as_deref(),
+        Some("1")
+    );
+    assert!(attr(&span, "keygate.upstream.duration_ms").is_some());
+
+    // Refused over HTTP (handshake mode) and on the socket (close-code mode): a span each
+    // with the reason, no upstream connection, no session facts.
+    let bad_key = format!("{}x", &key[..key.len() - 1]);
+    let refused_trace = "cd".repeat(16);
+    let tp = format!("00-{refused_trace}-{PARENT_SPAN}-01");
+    let url = format!("ws://{}/ws/stream", node.listen);
+    assert_eq!(
+        keygate_test::ws_connect_with(&url, &[("x-api-key", &bad_key), ("traceparent", &tp)])
+            .await
+            .err(),
+        Some(401)
+    );
+    let span = collector.span_of(&refused_trace).await;
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("401")
+    );
+    assert!(attr(&span, "keygate.reason").is_some(), "{span}");
+    assert_eq!(attr(&span, "keygate.ws.end"), None);
+
+    let refused_trace = "ef".repeat(16);
+    let tp = format!("00-{refused_trace}-{PARENT_SPAN}-01");
+    let url = format!("ws://{}/ws/game", node.listen);
+    let bearer = format!("Bearer {bad_key}");
+    let mut refused =
+        keygate_test::ws_connect_with(&url, &[("authorization", &bearer), ("traceparent", &tp)])
+            .await
+            .expect("close-code mode upgrades first");
+    // The refusal arrives as a close frame.
+    let _ = tokio::time::timeout(wait, async {
+        while let Some(Ok(_)) = refused.next().await {}
+    })
+    .await;
+    let span = collector.span_of(&refused_trace).await;
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("101")
+    );
+    let reason = attr(&span, "keygate.reason").expect("a reason code");
+    assert_eq!(attr(&span, "keygate.decision"), Some(reason));
+    assert_eq!(
+        live.connections().len(),
+        2,
+        "a refused session reached the upstream"
+    );
+
+    for body in collector.raw() {
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains(&key), "the key was exported");
+        assert!(!text.contains(&bad_key), "the refused key was exported");
+        assert!(
+            !text.contains("secret-query"),
+            "the query string was exported"
+        );
+        assert!(!text.contains("Bearer"), "a header was exported");
+    }
+    drop(node);
+}
+
+/// `keygate_trace_spans_dropped_total` from the node's `/metrics`.
+async fn dropped_spans(node: &Serving) -> u64 {
+    let text = http_client()
+        .get(format!("http://{}/metrics", node.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("keygate_trace_spans_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped-span metric in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A collector that accepts connections and never answers: requests are served as usual,
+/// and the spans the full queue could not take are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_does_not_answer_costs_requests_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -349,7 +577,39 @@ async fn a_collector_that_does_not_answer_costs_requests_nothing() {
         "{:?}",
         started.elapsed()
     );
+    // At most 16 queued and one batch of 16 in the stalled export: the rest are counted.
+    let dropped = dropped_spans(&node).await;
+    assert!((168..=400).contains(&dropped), "{dropped}");
     drop(silent);
+}
+
+/// A collector that refuses every export: the spans of each failed export are counted, and
+/// requests are served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_a_collector_refuses_are_counted_as_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (collector, at) = Collector::answering(400).await;
+    let tracing = format!("[tracing]\notlp_endpoint = \"http://{at}\"\nexport_timeout = \"2s\"\n");
+    let (node, key, _) = start(dir.path(), &upstream, &tracing).await;
+    for _ in 0..20 {
+        assert_eq!(get(&node, "/v1/matches", &[("x-api-key", &key)]).await, 200);
+    }
+    // Every span the collector received was refused: once they are all in, the count is
+    // at least the requests'.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = collector.spans().len() as u64;
+        let dropped = dropped_spans(&node).await;
+        if received >= 20 && dropped >= received {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "received {received}, dropped {dropped}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Tracing off: `traceparent` and `tracestate` reach the upstream exactly as sent, valid or

@@ -50,9 +50,6 @@ pub enum AdminError {
     InvalidQuery(String),
     #[error("Field `{field}`: {reason}.")]
     InvalidValue { field: String, reason: String },
-    /// An analytics query whose answer would pass the row limit.
-    #[error("The answer is too large: {0}.")]
-    TooManyRows(String),
     #[error("No client named or numbered `{0}`.")]
     ClientNotFound(String),
     #[error("No key `{0}`.")]
@@ -125,7 +122,6 @@ impl AdminError {
             | E::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             E::InvalidBody(_)
             | E::InvalidValue { .. }
-            | E::TooManyRows(_)
             | E::ExpiryInPast(_)
             | E::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             E::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -168,7 +164,6 @@ impl AdminError {
             E::InvalidId(_) => "invalid_id",
             E::InvalidQuery(_) => "invalid_query",
             E::InvalidValue { .. } => "invalid_value",
-            E::TooManyRows(_) => "too_many_rows",
             E::ClientNotFound(_) => "client_not_found",
             E::KeyNotFound(_) => "key_not_found",
             E::SuspensionNotFound(_) => "suspension_not_found",

@@ -612,9 +612,11 @@ pub(crate) struct Analytics {
     #[schema(format = DateTime)]
     to: String,
     group_by: Vec<String>,
-    /// The sum over the rows.
+    /// The sum over this page's rows.
     requests: u64,
     rows: Vec<AnalyticsGroup>,
+    /// The cursor of the next page (`cursor=`), or null on the last page.
+    next: Option<String>,
 }
 
 /// A cumulative histogram bucket: latencies at most `le_ms` milliseconds (`+Inf`: all).
@@ -650,6 +652,8 @@ pub(crate) struct Latency {
     #[schema(format = DateTime)]
     to: String,
     histograms: Vec<LatencyHistogram>,
+    /// The cursor of the next page (`cursor=`), or null on the last page.
+    next: Option<String>,
 }
 
 /// A client's WebSocket activity over the range.
@@ -672,6 +676,8 @@ pub(crate) struct WsActivity {
     #[schema(format = DateTime)]
     to: String,
     clients: Vec<WsClientActivity>,
+    /// The cursor of the next page (`cursor=`), or null on the last page.
+    next: Option<String>,
 }
 
 /// The admin API document.

@@ -737,8 +737,12 @@ fn compile_sharing(
     errors: &mut Errors<'_>,
 ) -> Option<crate::policy::sharing::Sharing> {
     use crate::policy::sharing::{Sharing, SharingAction, MAX_NETWORKS_PER_HOUR};
-    let raw = plan.get_ref().sharing.as_ref()?;
-    let span = plan.span();
+    let spanned = plan.get_ref().sharing.as_ref()?;
+    let raw = spanned.get_ref();
+    // The sharing table's line, else the plan's (a table of its own has a span).
+    let span = Some(spanned.span())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| plan.span());
     let n = raw.networks_per_hour;
     let networks_per_hour = match u32::try_from(n) {
         Ok(n) if (2..=MAX_NETWORKS_PER_HOUR).contains(&n) => Some(n),

@@ -336,13 +336,15 @@ pub(crate) struct RawPlan {
     /// Absent: every bookmaker, unless the client's allowlist narrows it.
     pub(crate) bookmaker_selection: Option<i64>,
     /// Key-sharing detection: suspect a key used from this many source networks in an hour.
-    pub(crate) sharing: Option<RawSharing>,
+    /// Spanned itself: a `[plans.NAME.sharing]` header alone leaves the plan's table without a
+    /// span, and its errors name the sharing table's line.
+    pub(crate) sharing: Option<Spanned<RawSharing>>,
     /// A delayed tier: WebSocket messages reach this plan's sessions this long after they
     /// arrived, REST requests go to a route's `delayed_upstream` (`policy::delay`).
     pub(crate) delay: Option<Spanned<DurationSetting>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSharing {
     pub(crate) networks_per_hour: i64,

@@ -889,16 +889,36 @@ networks_per_hour = -5
 networks_per_hour = 5
 action = "revoke"
 "#;
-    let err = load(bad, "p.toml", &over("http://127.0.0.1:9000"))
-        .unwrap_err()
-        .to_string();
-    for expected in [
-        "plans.one.sharing.networks_per_hour: 1 is not between 2 and 10000",
-        "plans.huge.sharing.networks_per_hour: 10001 is not between 2 and 10000",
-        "plans.negative.sharing.networks_per_hour: -5 is not between 2 and 10000",
-        "plans.odd.sharing.action: `revoke` is not `flag` or `disable`",
+    let errs = load(bad, "p.toml", &over("http://127.0.0.1:9000")).unwrap_err();
+    let err = errs.to_string();
+    // Each with the line of its table, although no `[plans.NAME]` header gives the plan one.
+    for (line, expected) in [
+        (
+            2,
+            "plans.one.sharing.networks_per_hour: 1 is not between 2 and 10000",
+        ),
+        (
+            5,
+            "plans.huge.sharing.networks_per_hour: 10001 is not between 2 and 10000",
+        ),
+        (
+            8,
+            "plans.negative.sharing.networks_per_hour: -5 is not between 2 and 10000",
+        ),
+        (
+            11,
+            "plans.odd.sharing.action: `revoke` is not `flag` or `disable`",
+        ),
     ] {
-        assert!(err.contains(expected), "{expected} not in {err}");
+        // The table's header, or the value's line below it.
+        let at = [line, line + 1, line + 2].map(|l| format!("p.toml:{l}: "));
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| at.iter().any(|a| e.to_string().starts_with(a))
+                    && e.message.contains(expected)),
+            "{expected} not at line {line} in {err}"
+        );
     }
     let unknown = "[plans.x.sharing]\nnetworks_per_hour = 3\nthreshold = 4\n";
     assert!(load(unknown, "p.toml", &over("http://127.0.0.1:9000")).is_err());

@@ -4,12 +4,14 @@
 //! values are checked here and bound as SQL parameters by the store; `group_by` names map to
 //! constant columns.
 
+use base64::Engine as _;
 use keygate_core::{KeyId, Timestamp};
 use keygate_store::{
-    AnalyticsQuery, AnalyticsRows, Dimension, GroupValue, LatencyCount, LatencyQuery, WsCount,
-    HOUR_MS, LATENCY_BOUNDS_MS, MAX_ANALYTICS_ROWS,
+    AnalyticsQuery, AnalyticsRows, Dimension, GroupValue, LatencyCount, LatencyQuery, Page,
+    WsCount, HOUR_MS, LATENCY_BOUNDS_MS, MAX_ANALYTICS_ROWS,
 };
 use serde_json::{json, Map, Value};
+use sha2::{Digest as _, Sha256};
 
 /// The longest range one query may span.
 pub const MAX_DAYS: i64 = 366;
@@ -31,6 +33,10 @@ pub struct RawFilters {
     pub upstream: Option<String>,
     pub status: Option<String>,
     pub group_by: Option<String>,
+    /// Rows per page (1 to [`MAX_ANALYTICS_ROWS`], the default).
+    pub limit: Option<String>,
+    /// Where the page starts: the `next` of the previous page's answer.
+    pub cursor: Option<String>,
 }
 
 /// Why a filter is refused: the parameter and what is wrong with it (never echoing more than
@@ -162,6 +168,116 @@ fn group_by(raw: Option<&str>) -> Result<Vec<Dimension>, FilterError> {
 pub struct Parsed {
     pub query: AnalyticsQuery,
     pub client: Option<String>,
+    pub paging: Paging,
+}
+
+/// The furthest a cursor may point: far past any real answer, and bounded.
+const MAX_OFFSET: u64 = 1_000_000_000;
+
+/// A cursor's layout version (its first byte).
+const CURSOR_VERSION: u8 = 1;
+
+/// A page of an analytics answer, and the query it belongs to.
+///
+/// A cursor is `base64url(version, offset, the first 8 bytes of SHA-256 of the query)`: opaque
+/// to callers, tied to one query (its view and every filter as resolved, `from` and `to`
+/// included), so a cursor of another query, or garbled, or pointing past [`MAX_OFFSET`], is
+/// refused rather than answering some other page. It is no secret and grants nothing (an
+/// admin token is needed to use it); a caller who forges one reads a page it could ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paging {
+    pub page: Page,
+    query: [u8; 8],
+}
+
+impl Paging {
+    /// The cursor of the page after this one, when there is one.
+    pub fn next(&self, more: bool) -> Option<String> {
+        let limit = u64::try_from(self.page.limit).unwrap_or(u64::MAX);
+        let offset = self.page.offset.saturating_add(limit);
+        (more && offset <= MAX_OFFSET).then(|| {
+            let mut bytes = [0u8; 17];
+            bytes[0] = CURSOR_VERSION;
+            bytes[1..9].copy_from_slice(&offset.to_be_bytes());
+            bytes[9..].copy_from_slice(&self.query);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        })
+    }
+}
+
+/// The identity of a query for its cursors: each part tagged, `None` apart from empty.
+fn fingerprint(parts: &[(&str, Option<&str>)]) -> [u8; 8] {
+    let mut h = Sha256::new();
+    for (name, value) in parts {
+        h.update(name.as_bytes());
+        match value {
+            Some(v) => {
+                h.update(b"=");
+                h.update(u64::try_from(v.len()).unwrap_or(u64::MAX).to_be_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update(b"-"),
+        }
+    }
+    let digest = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+/// `limit` and `cursor` of the query whose fingerprint is `query`.
+fn paging(raw: &RawFilters, query: [u8; 8]) -> Result<Paging, FilterError> {
+    let limit = match &raw.limit {
+        Some(l) => (l.len() <= 5 && !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| l.parse::<usize>().ok())
+            .flatten()
+            .filter(|n| (1..=MAX_ANALYTICS_ROWS).contains(n))
+            .ok_or_else(|| {
+                refuse(
+                    "limit",
+                    format!(
+                        "{} is not a whole number from 1 to {MAX_ANALYTICS_ROWS}",
+                        quoted(l)
+                    ),
+                )
+            })?,
+        None => MAX_ANALYTICS_ROWS,
+    };
+    let offset = match &raw.cursor {
+        Some(c) => {
+            // Never echoed: a cursor is opaque, and a garbled one says nothing useful.
+            let foreign = || {
+                refuse(
+                    "cursor",
+                    "is not a cursor of this query: pass the `next` of the previous page with the same filters (and `from` and `to` as that answer states them)",
+                )
+            };
+            let bytes = (c.len() == 23)
+                .then(|| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(c)
+                        .ok()
+                })
+                .flatten()
+                .filter(|b| b.len() == 17 && b[0] == CURSOR_VERSION)
+                .ok_or_else(foreign)?;
+            if bytes[9..] != query {
+                return Err(foreign());
+            }
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&bytes[1..9]);
+            let offset = u64::from_be_bytes(offset);
+            if offset > MAX_OFFSET {
+                return Err(foreign());
+            }
+            offset
+        }
+        None => 0,
+    };
+    Ok(Paging {
+        page: Page { offset, limit },
+        query,
+    })
 }
 
 /// Checks the filters of a request-count query (`upstream` is refused: it names latency rows).
@@ -198,21 +314,89 @@ pub fn parse(raw: &RawFilters, now: Timestamp) -> Result<Parsed, FilterError> {
         }
         None => None,
     };
+    let client = raw
+        .client
+        .as_deref()
+        .map(|c| name("client", c))
+        .transpose()?;
+    let route = raw.route.as_deref().map(|r| name("route", r)).transpose()?;
+    let group_by = group_by(raw.group_by.as_deref())?;
+    let dims: Vec<&str> = group_by.iter().map(|d| d.name()).collect();
+    let (from, to, status_text) = (
+        from_hour.to_string(),
+        to_hour.to_string(),
+        status.map(|s| s.to_string()),
+    );
+    let paging = paging(
+        raw,
+        fingerprint(&[
+            ("view", Some("requests")),
+            ("from", Some(from.as_str())),
+            ("to", Some(to.as_str())),
+            ("client", client.as_deref()),
+            ("key", key.as_deref()),
+            ("route", route.as_deref()),
+            ("status", status_text.as_deref()),
+            ("group_by", Some(dims.join(",").as_str())),
+        ]),
+    )?;
     Ok(Parsed {
-        client: raw
-            .client
-            .as_deref()
-            .map(|c| name("client", c))
-            .transpose()?,
+        client,
         query: AnalyticsQuery {
             from_hour,
             to_hour,
+            page: paging.page,
             client: None,
             key,
-            route: raw.route.as_deref().map(|r| name("route", r)).transpose()?,
+            route,
             status,
-            group_by: group_by(raw.group_by.as_deref())?,
+            group_by,
         },
+        paging,
+    })
+}
+
+/// Checks the filters of a WebSocket activity query (`client`, `from`, `to` only).
+///
+/// # Errors
+/// The first refused filter.
+pub fn parse_ws(raw: &RawFilters, now: Timestamp) -> Result<Parsed, FilterError> {
+    for (field, v) in [
+        ("key", &raw.key),
+        ("route", &raw.route),
+        ("upstream", &raw.upstream),
+        ("status", &raw.status),
+        ("group_by", &raw.group_by),
+    ] {
+        if v.is_some() {
+            return Err(refuse(field, "WebSocket activity is kept per client only"));
+        }
+    }
+    let (from_hour, to_hour) = range(raw, now)?;
+    let client = raw
+        .client
+        .as_deref()
+        .map(|c| name("client", c))
+        .transpose()?;
+    let (from, to) = (from_hour.to_string(), to_hour.to_string());
+    let paging = paging(
+        raw,
+        fingerprint(&[
+            ("view", Some("websocket")),
+            ("from", Some(from.as_str())),
+            ("to", Some(to.as_str())),
+            ("client", client.as_deref()),
+        ]),
+    )?;
+    Ok(Parsed {
+        client,
+        query: AnalyticsQuery {
+            from_hour,
+            to_hour,
+            page: paging.page,
+            ..AnalyticsQuery::default()
+        },
+        paging,
     })
 }
 
@@ -220,7 +404,10 @@ pub fn parse(raw: &RawFilters, now: Timestamp) -> Result<Parsed, FilterError> {
 ///
 /// # Errors
 /// The first refused filter.
-pub fn parse_latency(raw: &RawFilters, now: Timestamp) -> Result<LatencyQuery, FilterError> {
+pub fn parse_latency(
+    raw: &RawFilters,
+    now: Timestamp,
+) -> Result<(LatencyQuery, Paging), FilterError> {
     for (field, v) in [
         ("client", &raw.client),
         ("key", &raw.key),
@@ -232,16 +419,33 @@ pub fn parse_latency(raw: &RawFilters, now: Timestamp) -> Result<LatencyQuery, F
         }
     }
     let (from_hour, to_hour) = range(raw, now)?;
-    Ok(LatencyQuery {
-        from_hour,
-        to_hour,
-        route: raw.route.as_deref().map(|r| name("route", r)).transpose()?,
-        upstream: raw
-            .upstream
-            .as_deref()
-            .map(|u| name("upstream", u))
-            .transpose()?,
-    })
+    let route = raw.route.as_deref().map(|r| name("route", r)).transpose()?;
+    let upstream = raw
+        .upstream
+        .as_deref()
+        .map(|u| name("upstream", u))
+        .transpose()?;
+    let (from, to) = (from_hour.to_string(), to_hour.to_string());
+    let paging = paging(
+        raw,
+        fingerprint(&[
+            ("view", Some("latency")),
+            ("from", Some(from.as_str())),
+            ("to", Some(to.as_str())),
+            ("route", route.as_deref()),
+            ("upstream", upstream.as_deref()),
+        ]),
+    )?;
+    Ok((
+        LatencyQuery {
+            from_hour,
+            to_hour,
+            page: paging.page,
+            route,
+            upstream,
+        },
+        paging,
+    ))
 }
 
 /// An hour as RFC 3339 (`2026-12-06T13:00:00Z`).
@@ -260,8 +464,9 @@ fn group_json(d: Dimension, v: &GroupValue) -> Value {
     }
 }
 
-/// The JSON answer: the range, the grouping, one object per row and the total.
-pub fn to_json(q: &AnalyticsQuery, rows: &AnalyticsRows) -> Value {
+/// The JSON answer: the range, the grouping, one object per row, the page's total and the
+/// cursor of the next page (`null` on the last).
+pub fn to_json(q: &AnalyticsQuery, rows: &AnalyticsRows, next: Option<String>) -> Value {
     let mut total: u64 = 0;
     let out: Vec<Value> = rows
         .rows
@@ -282,6 +487,7 @@ pub fn to_json(q: &AnalyticsQuery, rows: &AnalyticsRows) -> Value {
         "group_by": q.group_by.iter().map(|d| d.name()).collect::<Vec<_>>(),
         "requests": total,
         "rows": out,
+        "next": next,
     })
 }
 
@@ -328,10 +534,42 @@ pub fn to_csv(answer: &Value) -> String {
     out
 }
 
-/// Why a query's answer is refused although its filters are well-formed.
-pub fn too_many_rows() -> String {
-    format!(
-        "the answer would have more than {MAX_ANALYTICS_ROWS} rows; narrow the range or the filters, or group by fewer dimensions"
+/// A CSV table (RFC 4180, spreadsheet-safe cells): `columns`, then one line per row.
+fn csv_table<'a>(columns: &[&str], rows: impl Iterator<Item = &'a Value>) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = String>| {
+        let cells: Vec<String> = cells.map(|c| csv_cell(&c)).collect();
+        out.push_str(&cells.join(","));
+        out.push_str("\r\n");
+    };
+    line(&mut out, &mut columns.iter().map(|c| (*c).to_owned()));
+    for row in rows {
+        line(&mut out, &mut columns.iter().map(|c| text(&row[*c])));
+    }
+    out
+}
+
+/// The CSV form of a [`latency_json`] answer: one line per route and upstream with the count,
+/// the sum, the mean and the p50/p90/p99 estimates (the buckets stay in JSON).
+pub fn latency_csv(answer: &Value) -> String {
+    csv_table(
+        &[
+            "route", "upstream", "count", "sum_ms", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
+        ],
+        answer["histograms"].as_array().into_iter().flatten(),
+    )
+}
+
+/// The CSV form of a [`ws_json`] answer: one line per client.
+pub fn ws_csv(answer: &Value) -> String {
+    csv_table(
+        &["client", "sessions", "messages", "bytes"],
+        answer["clients"].as_array().into_iter().flatten(),
     )
 }
 
@@ -368,7 +606,7 @@ pub fn quantile_ms(h: &LatencyCount, q: f64) -> Option<f64> {
 
 /// The JSON answer of a latency query: per route and upstream, the count, the sum and mean,
 /// cumulative buckets (`le` in milliseconds, as Prometheus) and p50/p90/p99 estimates.
-pub fn latency_json(q: &LatencyQuery, rows: &[LatencyCount]) -> Value {
+pub fn latency_json(q: &LatencyQuery, rows: &[LatencyCount], next: Option<String>) -> Value {
     let histograms: Vec<Value> = rows
         .iter()
         .map(|h| {
@@ -406,12 +644,13 @@ pub fn latency_json(q: &LatencyQuery, rows: &[LatencyCount]) -> Value {
         "from": hour_text(q.from_hour),
         "to": hour_text(q.to_hour + 1),
         "histograms": histograms,
+        "next": next,
     })
 }
 
 /// The JSON answer of a WebSocket query: per client, sessions opened and messages and bytes
 /// delivered.
-pub fn ws_json(from_hour: i64, to_hour: i64, rows: &[WsCount]) -> Value {
+pub fn ws_json(from_hour: i64, to_hour: i64, rows: &[WsCount], next: Option<String>) -> Value {
     json!({
         "from": hour_text(from_hour),
         "to": hour_text(to_hour + 1),
@@ -421,6 +660,7 @@ pub fn ws_json(from_hour: i64, to_hour: i64, rows: &[WsCount]) -> Value {
             "messages": w.messages,
             "bytes": w.bytes,
         })).collect::<Vec<_>>(),
+        "next": next,
     })
 }
 
@@ -443,6 +683,8 @@ mod tests {
                 "upstream" => r.upstream = v,
                 "status" => r.status = v,
                 "group_by" => r.group_by = v,
+                "limit" => r.limit = v,
+                "cursor" => r.cursor = v,
                 _ => unreachable!(),
             }
         }
@@ -515,6 +757,88 @@ mod tests {
         assert_eq!(p.query.group_by, [Dimension::Route, Dimension::Status]);
         assert_eq!(p.query.status, Some(429));
         assert_eq!(p.query.to_hour - p.query.from_hour, 23);
+    }
+
+    fn parsed(pairs: &[(&str, &str)]) -> Parsed {
+        parse(&raw(pairs), Timestamp::from_millis(NOW)).unwrap()
+    }
+
+    #[test]
+    fn cursors_continue_their_own_query_only() {
+        let q = [
+            ("group_by", "route"),
+            ("from", "2026-12-01"),
+            ("to", "2026-12-02"),
+        ];
+        let first = parsed(&[q[0], q[1], q[2], ("limit", "100")]);
+        assert_eq!(
+            first.paging.page,
+            Page {
+                offset: 0,
+                limit: 100
+            }
+        );
+        assert_eq!(first.paging.next(false), None);
+        let next = first.paging.next(true).unwrap();
+        let second = parsed(&[
+            q[0],
+            q[1],
+            q[2],
+            ("limit", "100"),
+            ("cursor", next.as_str()),
+        ]);
+        assert_eq!(second.paging.page.offset, 100);
+        // The limit may change between pages; the filters may not.
+        assert_eq!(
+            parsed(&[q[0], q[1], q[2], ("cursor", next.as_str())])
+                .paging
+                .page
+                .offset,
+            100
+        );
+        for other in [
+            vec![q[0], q[1], ("to", "2026-12-03")],
+            vec![("group_by", "key"), q[1], q[2]],
+            vec![q[0], q[1], q[2], ("route", "odds")],
+            vec![q[0], q[1], q[2], ("status", "200")],
+        ] {
+            let mut pairs = other.clone();
+            pairs.push(("cursor", next.as_str()));
+            assert_eq!(refused(&pairs).field, "cursor", "{other:?}");
+        }
+        // Another view's cursor.
+        let (_, lat) = parse_latency(&raw(&[q[1], q[2]]), Timestamp::from_millis(NOW)).unwrap();
+        let foreign = lat.next(true).unwrap();
+        assert_eq!(
+            refused(&[q[0], q[1], q[2], ("cursor", foreign.as_str())]).field,
+            "cursor"
+        );
+        // Garbled and forged: every one refused, none echoed.
+        let mut flipped = next.clone().into_bytes();
+        flipped[20] = if flipped[20] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let mut far = [0u8; 17];
+        far[0] = 1;
+        far[1..9].copy_from_slice(&(MAX_OFFSET + 1).to_be_bytes());
+        far[9..].copy_from_slice(&first.paging.query);
+        let far = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(far);
+        for bad in [
+            String::new(),
+            "garbage".into(),
+            flipped,
+            far,
+            format!("{next}="),
+            next.to_uppercase(),
+            "x".repeat(5000),
+            "' OR 1=1 --".into(),
+        ] {
+            let e = refused(&[q[0], q[1], q[2], ("cursor", bad.as_str())]);
+            assert_eq!(e.field, "cursor", "{bad}");
+            assert!(bad.len() < 4 || !e.reason.contains(&bad), "{bad}");
+        }
+        for bad in ["0", "10001", "-1", "1e3", "99999999999999999999", " 10", ""] {
+            assert_eq!(refused(&[("limit", bad)]).field, "limit", "{bad}");
+        }
     }
 
     #[test]

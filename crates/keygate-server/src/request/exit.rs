@@ -7,7 +7,7 @@
 //! headers, and [`record`]: the metrics, the client's usage and one access-log line, exactly
 //! once. pingora's `handle_error` → `logging()` is the model.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, RETRY_AFTER, SEC_WEBSOCKET_VERSION};
 use http::{Method, Response, StatusCode};
@@ -463,6 +463,34 @@ pub(crate) struct Exit<'a> {
     pub trace: Option<&'a TraceCtx>,
 }
 
+/// A forwarded request's exit as the proxy takes it, for the benches: its trace begun from
+/// `incoming` (while `[tracing]` is on), told to the upstream in `to_upstream`, the upstream's
+/// time taken, then [`record`].
+#[doc(hidden)]
+pub fn bench_forwarded(
+    gw: &Gateway,
+    who: &Admitted,
+    incoming: &http::HeaderMap,
+    to_upstream: &mut http::HeaderMap,
+) {
+    let mut trace = gw.tracer.get().map(|t| t.begin(incoming));
+    let started = trace.as_deref().map(|t| {
+        crate::state::traces::toward_upstream(t, to_upstream);
+        Instant::now()
+    });
+    if let (Some(t), Some(started)) = (trace.as_deref_mut(), started) {
+        t.upstream = Some(started.elapsed());
+    }
+    let exit = Exit {
+        method: &Method::GET,
+        route: Some(0),
+        who: Some(who),
+        started: None,
+        trace: trace.as_deref(),
+    };
+    record(gw, &exit, Outcome::Forwarded, StatusCode::OK, None);
+}
+
 /// Whether the access log is on (its clock is read only then).
 pub(crate) fn access_logged() -> bool {
     tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
@@ -493,7 +521,7 @@ pub(crate) fn record(
     }
     // An unsampled request's span is never exported: its attributes are not built either.
     if let Some(trace) = exit.trace.filter(|t| t.sampled()) {
-        span(gw, exit, trace, outcome, status, reason);
+        span(gw, exit, trace, outcome, status, reason, Vec::new());
     }
     if !access_logged() {
         return;
@@ -515,8 +543,48 @@ pub(crate) fn record(
     );
 }
 
+/// What an admitted WebSocket session did, for its span at close.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionTally {
+    /// Data messages the client sent that went on to the upstream.
+    pub from_client: u64,
+    /// Data messages the upstream sent that reached the client.
+    pub to_client: u64,
+    /// From the relay's start to its close.
+    pub lasted: Duration,
+    /// How it ended: who closed it, or the gateway's close event.
+    pub end: &'static str,
+}
+
+/// The span of an admitted WebSocket session, at its close: the upgrade's facts (its exit
+/// recorded everything else when it was decided) with the session's duration, message counts
+/// and end. Spans only; nothing else is counted twice.
+pub(crate) fn session_closed(gw: &Gateway, exit: &Exit<'_>, tally: SessionTally) {
+    use opentelemetry::KeyValue;
+    let Some(trace) = exit.trace.filter(|t| t.sampled()) else {
+        return;
+    };
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let extra = vec![
+        KeyValue::new("keygate.ws.messages_from_client", count(tally.from_client)),
+        KeyValue::new("keygate.ws.messages_to_client", count(tally.to_client)),
+        KeyValue::new("keygate.ws.session_ms", tally.lasted.as_secs_f64() * 1000.0),
+        KeyValue::new("keygate.ws.end", tally.end),
+    ];
+    span(
+        gw,
+        exit,
+        trace,
+        Outcome::Forwarded,
+        StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+        None,
+        extra,
+    );
+}
+
 /// The request's one span (`crate::state::traces`): what the access log says, under
-/// OpenTelemetry's names where it has them. Never the query string, never a header.
+/// OpenTelemetry's names where it has them, and `extra` (a session's facts). Never the query
+/// string, never a header.
 #[cold]
 fn span(
     gw: &Gateway,
@@ -525,6 +593,7 @@ fn span(
     outcome: Outcome,
     status: u16,
     reason: Option<Reason>,
+    extra: Vec<opentelemetry::KeyValue>,
 ) {
     use opentelemetry::KeyValue;
     let Some(tracer) = gw.tracer.get() else {
@@ -535,7 +604,7 @@ fn span(
         Some(r) => format!("{} {r}", exit.method),
         None => exit.method.to_string(),
     };
-    let mut attributes = Vec::with_capacity(10);
+    let mut attributes = Vec::with_capacity(10 + extra.len());
     attributes.push(KeyValue::new(
         "http.request.method",
         exit.method.to_string(),
@@ -564,5 +633,6 @@ fn span(
             d.as_secs_f64() * 1000.0,
         ));
     }
+    attributes.extend(extra);
     tracer.end(trace, name, attributes, status >= 500);
 }

@@ -107,6 +107,10 @@ pub(crate) fn answer(gw: &Gateway, which: Infra) -> Response<Body> {
             gw.connections.render(&mut text);
             gw.loaded.render(&mut text);
             gw.sharing.render(&mut text);
+            gw.quotas.render(&mut text);
+            if let Some(tracer) = gw.tracer.get() {
+                tracer.render(&mut text);
+            }
             crate::state::amqp::render_metrics(gw, &mut text);
             if let Some(tls) = gw.tls.get() {
                 tls.render(&mut text);

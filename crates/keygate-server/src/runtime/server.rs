@@ -386,6 +386,7 @@ pub async fn start_on(
         tokio::spawn(crate::state::quotas::run_events(
             rx,
             store.clone(),
+            Arc::clone(&gw.quotas.dropped),
             stop.clone(),
         ));
     }

@@ -194,7 +194,8 @@ async fn gate<'g>(
     // request initialises and moves whatever path it takes.
     if crate::ws::handshake::is_upgrade(req) {
         let started = trail.started();
-        if let Some(answer) = Box::pin(crate::ws::serve(w, req, remote, started)).await {
+        let serving = crate::ws::serve(w, req, remote, started, &mut trail.trace);
+        if let Some(answer) = Box::pin(serving).await {
             return answer.map(Gate::Answered);
         }
     }

@@ -38,8 +38,9 @@ pub struct QuotaSet {
     by_client: ArcSwap<ByClient>,
     events: mpsc::Sender<Crossing>,
     receiver: Mutex<Option<mpsc::Receiver<Crossing>>>,
-    /// Crossings dropped because the queue was full.
-    pub dropped: AtomicU64,
+    /// Crossings whose event was not enqueued: the queue was full, or the store refused it.
+    /// Shared with the background task ([`run_events`]).
+    pub dropped: Arc<AtomicU64>,
 }
 
 impl Default for QuotaSet {
@@ -50,7 +51,7 @@ impl Default for QuotaSet {
             by_client: ArcSwap::default(),
             events,
             receiver: Mutex::new(Some(receiver)),
-            dropped: AtomicU64::new(0),
+            dropped: Arc::default(),
         }
     }
 }
@@ -115,6 +116,18 @@ impl QuotaSet {
         }
     }
 
+    /// `keygate_quota_events_dropped_total`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "# HELP keygate_quota_events_dropped_total Quota threshold crossings (quota.80, quota.100) whose webhook event was not enqueued: this node's queue was full, or the store refused the write.\n\
+             # TYPE keygate_quota_events_dropped_total counter\n\
+             keygate_quota_events_dropped_total {}\n",
+            self.dropped.load(Ordering::Relaxed),
+        );
+    }
+
     /// The receiving end, for the one background task ([`run_events`]).
     pub fn take_receiver(&self) -> Option<mpsc::Receiver<Crossing>> {
         crate::state::locks::lock(&self.receiver).take()
@@ -153,6 +166,7 @@ fn data(c: &Crossing) -> serde_json::Value {
 pub(crate) async fn run_events(
     mut rx: mpsc::Receiver<Crossing>,
     store: Store,
+    dropped: Arc<AtomicU64>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -184,12 +198,52 @@ pub(crate) async fn run_events(
                 "Quota threshold crossed."
             ),
             Ok(None) => {}
-            Err(e) => tracing::warn!(
-                client = %crossing.client,
-                event = crossing.event.name(),
-                error = %e,
-                "Cannot enqueue a quota event."
-            ),
+            Err(e) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    client = %crossing.client,
+                    event = crossing.event.name(),
+                    error = %e,
+                    "Cannot enqueue a quota event."
+                );
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crossing() -> Crossing {
+        Crossing {
+            client: ClientId::parse("cli_000000000000000a").unwrap(),
+            window: Window::Day,
+            window_start: Timestamp::from_millis(0),
+            used: 80,
+            allowance: 100,
+            event: EventType::Quota80,
+        }
+    }
+
+    /// A crossing past the full queue is dropped and counted in `/metrics`, never waited for.
+    #[test]
+    fn crossings_past_the_queue_are_counted_as_dropped() {
+        let quotas = QuotaSet::default();
+        let metric = |q: &QuotaSet| {
+            let mut text = String::new();
+            q.render(&mut text);
+            text.lines()
+                .find_map(|l| l.strip_prefix("keygate_quota_events_dropped_total "))
+                .map(str::to_owned)
+        };
+        assert_eq!(metric(&quotas).as_deref(), Some("0"));
+        for _ in 0..QUEUE + 3 {
+            quotas.crossed(crossing());
+        }
+        assert_eq!(metric(&quotas).as_deref(), Some("3"));
+        // The task's receiver holds what was queued.
+        let mut rx = quotas.take_receiver().unwrap();
+        assert_eq!(rx.try_recv().unwrap(), crossing());
     }
 }

@@ -5,13 +5,17 @@
 //! be told of it (`traceparent`) before the span ends; the SDK's tracer would pick the span id
 //! only when the span starts, so spans are handed to the SDK's batch processor as finished
 //! [`SpanData`]. The processor's queue is bounded: when the collector is down, spans are dropped
-//! rather than memory growing, and requests never wait on an export.
+//! rather than memory growing, and requests never wait on an export. Every span lost that way,
+//! or in an export the collector refused or never answered, is counted
+//! (`keygate_trace_spans_dropped_total`).
 //!
 //! A span holds the method, route name, status, reason code, decision, client id and key id
 //! (the key's id, never the key or its digest) and the upstream's time: never the query string
 //! or a request header.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
@@ -20,7 +24,10 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanProcessor};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
+};
 use opentelemetry_sdk::Resource;
 
 use crate::config::TracingConfig;
@@ -35,6 +42,8 @@ pub enum TracingError {
 /// The span exporter of a gateway with `[tracing]`.
 pub struct Tracer {
     processor: BatchSpanProcessor,
+    stats: Arc<SpanStats>,
+    max_queue: usize,
     /// `sample_ratio` as a bound on a trace id's low 63 bits (`u64::MAX`: every trace).
     threshold: u64,
     scope: InstrumentationScope,
@@ -80,24 +89,36 @@ impl Tracer {
         .join()
         .map_err(|_| TracingError::Exporter("the builder panicked".into()))?
         .map_err(|e| TracingError::Exporter(e.to_string()))?;
+        Ok(Tracer::with_exporter(config, exporter))
+    }
+
+    /// A tracer sending its spans to `exporter` (the OTLP one, or the benches' own).
+    pub fn with_exporter<E: SpanExporter + 'static>(config: &TracingConfig, exporter: E) -> Tracer {
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(config.max_queue)
             .with_max_export_batch_size(config.max_queue.min(512))
             .with_scheduled_delay(Duration::from_millis(500))
             .build();
+        let stats = Arc::new(SpanStats::default());
+        let exporter = Counting {
+            inner: exporter,
+            stats: Arc::clone(&stats),
+        };
         let mut processor = BatchSpanProcessor::new(exporter, batch);
         processor.set_resource(
             &Resource::builder_empty()
                 .with_attribute(KeyValue::new("service.name", config.service_name.clone()))
                 .build(),
         );
-        Ok(Tracer {
+        Tracer {
             processor,
+            stats,
+            max_queue: config.max_queue,
             threshold: threshold(config.sample_ratio),
             scope: InstrumentationScope::builder("keygate")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-        })
+        }
     }
 
     /// A request's trace: the caller's, when its `traceparent` is valid, else a new one.
@@ -138,6 +159,13 @@ impl Tracer {
         if !ctx.sampled {
             return;
         }
+        // The queue's bound, kept here because the SDK does not say what it dropped: a span
+        // past `max_queue` waiting for the exporter is counted and dropped before it is built.
+        if self.stats.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let span = SpanData {
             span_context: SpanContext::new(
                 ctx.trace_id,
@@ -166,6 +194,18 @@ impl Tracer {
         self.processor.on_end(span);
     }
 
+    /// `keygate_trace_spans_dropped_total`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "# HELP keygate_trace_spans_dropped_total Sampled spans not exported: the export queue (tracing.max_queue) was full, or the collector refused or did not answer their export.\n\
+             # TYPE keygate_trace_spans_dropped_total counter\n\
+             keygate_trace_spans_dropped_total {}\n",
+            self.stats.dropped.load(Ordering::Relaxed),
+        );
+    }
+
     /// Exports what is queued, waiting at most the export timeout.
     pub fn shutdown(&self) {
         if let Err(e) = self.processor.shutdown_with_timeout(Duration::from_secs(5)) {
@@ -190,6 +230,55 @@ impl TraceCtx {
     /// Whether the caller sent a valid `traceparent` (its `tracestate` goes on with it).
     pub fn continued(&self) -> bool {
         self.parent.is_some()
+    }
+}
+
+/// What the export queue holds and what was lost, shared with the exporter's thread.
+#[derive(Debug, Default)]
+struct SpanStats {
+    /// Spans handed to the processor and not yet to an export.
+    queued: AtomicUsize,
+    /// Spans lost: queue full, or their export failed (refused, timed out, unreachable).
+    dropped: AtomicU64,
+}
+
+/// The OTLP exporter, counting what leaves the queue and what it could not deliver.
+#[derive(Debug)]
+struct Counting<E> {
+    inner: E,
+    stats: Arc<SpanStats>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counting<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let n = batch.len();
+        self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+        let stats = Arc::clone(&self.stats);
+        let exported = self.inner.export(batch);
+        async move {
+            let result = exported.await;
+            if result.is_err() {
+                stats
+                    .dropped
+                    .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -29,16 +29,22 @@ use crate::policy::ws::AuthMode;
 use crate::request::check;
 use crate::request::exit::{Refusal, Served};
 use crate::request::worker::Worker;
+use crate::state::traces::TraceCtx;
 
 /// Serves an upgrade request if its route is a WebSocket route; `None` otherwise (the request
 /// then goes the usual way). Only for requests that ask for an upgrade
 /// ([`handshake::is_upgrade`]): the caller checks, so that no other request builds this future.
 /// The caller's exit ends it (`crate::request::exit`), a refusal included.
+///
+/// `trace` is the request's (while `[tracing]` is on). An admitted session takes it and ends
+/// its span at close (`exit::session_closed`); a refusal answered over HTTP leaves it for the
+/// caller's exit.
 pub(crate) async fn serve(
     w: &Arc<Worker>,
     req: &mut Request<Incoming>,
     remote: SocketAddr,
     started: Option<std::time::Instant>,
+    trace: &mut Option<Box<TraceCtx>>,
 ) -> Option<Result<Served, Refusal>> {
     let gw = &w.gw;
     let path = req.uri().path();
@@ -70,9 +76,10 @@ pub(crate) async fn serve(
     let on_upgrade = hyper::upgrade::on(&mut *req);
     let gw = Arc::clone(gw);
     Some(match ws_route.mode {
-        AuthMode::Handshake => open::handshake(gw, pending, on_upgrade).await,
+        AuthMode::Handshake => open::handshake(gw, pending, on_upgrade, trace).await,
+        // The HTTP exit records nothing of these (the session decides on the socket).
         AuthMode::LoginMessage | AuthMode::CloseCode => {
-            Ok(open::after_upgrade(gw, pending, on_upgrade))
+            Ok(open::after_upgrade(gw, pending, on_upgrade, trace.take()))
         }
     })
 }

@@ -39,6 +39,7 @@ use crate::request::credential;
 use crate::request::exit::{self, Budget, Exit, Quote, Refusal, Served};
 use crate::state::gateway::{query_param, Admitted, Gateway, Named};
 use crate::state::metrics::Outcome;
+use crate::state::traces::{self, TraceCtx};
 use crate::state::ws_sessions::{Admission, Sessions};
 
 /// An upgrade request on a WebSocket route, owned so it can outlive the HTTP exchange.
@@ -190,12 +191,14 @@ async fn admit(gw: &Arc<Gateway>, p: &Pending, presented: &str) -> Result<Accept
     })
 }
 
-/// Opens the upstream WebSocket for an admitted caller.
+/// Opens the upstream WebSocket for an admitted caller. A traced session tells the upstream's
+/// handshake of its span (`traceparent`, as HTTP does) and times the connect.
 async fn connect(
     gw: &Gateway,
     p: &Pending,
     who: &Admitted,
     source: Option<usize>,
+    trace: Option<&mut TraceCtx>,
 ) -> Result<(UpstreamSocket, Option<http::HeaderValue>), Refusal> {
     let profile = &gw.config.profile;
     let credential = source.and_then(|i| p.credentials.get(i));
@@ -205,6 +208,9 @@ async fn connect(
     let mut headers = p.headers.clone();
     let query =
         credential::strip(named, kept, &mut headers, p.query.as_deref()).unwrap_or_default();
+    if let Some(t) = trace.as_deref() {
+        traces::toward_upstream(t, &mut headers);
+    }
     let mut path_and_query = p.path.clone();
     if !query.is_empty() {
         path_and_query.push('?');
@@ -226,6 +232,7 @@ async fn connect(
                 retry_after: open.retry_after,
             })
         })?;
+    let started = trace.is_some().then(Instant::now);
     let result = upstream::connect(
         profile,
         Target {
@@ -238,6 +245,9 @@ async fn connect(
         },
     )
     .await;
+    if let (Some(t), Some(started)) = (trace, started) {
+        t.upstream = Some(started.elapsed());
+    }
     if let Some(ticket) = ticket {
         let failed = matches!(
             result,
@@ -254,10 +264,17 @@ async fn client_socket(upgraded: hyper::upgrade::Upgraded, gw: &Gateway) -> Clie
 }
 
 /// Records the end of a session's opening that was decided on the socket (the HTTP exchange
-/// ended with its `101`): once, through the one exit.
-fn record(gw: &Gateway, p: &Pending, who: Option<&Admitted>, answer: Result<(), &Refusal>) {
+/// ended with its `101`): once, through the one exit. A refusal's span ends here; an admitted
+/// session's at its close (the relay's).
+fn record(
+    gw: &Gateway,
+    p: &Pending,
+    who: Option<&Admitted>,
+    answer: Result<(), &Refusal>,
+    trace: Option<&TraceCtx>,
+) {
     let exit = Exit {
-        trace: None,
+        trace: answer.is_err().then_some(trace).flatten(),
         method: &Method::GET,
         route: Some(p.route_index),
         who,
@@ -286,12 +303,14 @@ pub(crate) async fn handshake(
     gw: Arc<Gateway>,
     p: Pending,
     on_upgrade: OnUpgrade,
+    trace: &mut Option<Box<TraceCtx>>,
 ) -> Result<Served, Refusal> {
     let (presented, source) =
         credential_of(&gw, &p).map_err(|r| Refusal::from(r).on(p.route_index))?;
     let admitted = admit(&gw, &p, &presented).await?;
     drop(presented);
-    let (upstream, protocol) = match connect(&gw, &p, &admitted.who, source).await {
+    let connecting = connect(&gw, &p, &admitted.who, source, trace.as_deref_mut());
+    let (upstream, protocol) = match connecting.await {
         Ok(c) => c,
         Err(r) => return Err(r.on(p.route_index).by(Some(admitted.who))),
     };
@@ -304,6 +323,8 @@ pub(crate) async fn handshake(
     };
     let reg = Sessions::register(&gw, admitted.admission);
     let hold = gw.drain.hold();
+    // The session's span ends at its close; the HTTP exit records the `101` without one.
+    let trace = trace.take();
     tokio::spawn(async move {
         let _hold = hold;
         match on_upgrade.await {
@@ -312,10 +333,12 @@ pub(crate) async fn handshake(
                 Relay {
                     gw,
                     mode: p.mode,
+                    route: p.route_index,
                     who: admitted.who,
                     reg,
                     leases: admitted.leases,
                     limits: admitted.limits,
+                    trace,
                 }
                 .run(client, upstream)
                 .await;
@@ -328,7 +351,12 @@ pub(crate) async fn handshake(
 }
 
 /// `login_message` and `close_code` modes: upgrade now, decide on the socket.
-pub(crate) fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade) -> Served {
+pub(crate) fn after_upgrade(
+    gw: Arc<Gateway>,
+    p: Pending,
+    on_upgrade: OnUpgrade,
+    trace: Option<Box<TraceCtx>>,
+) -> Served {
     let resp = handshake::switching(&p.opening, None);
     let p_route = p.route_index;
     let hold = gw.drain.hold();
@@ -343,8 +371,8 @@ pub(crate) fn after_upgrade(gw: Arc<Gateway>, p: Pending, on_upgrade: OnUpgrade)
         };
         let client = client_socket(upgraded, &gw).await;
         match p.mode {
-            AuthMode::LoginMessage => login_session(gw, p, client).await,
-            _ => close_code_session(gw, p, client).await,
+            AuthMode::LoginMessage => login_session(gw, p, client, trace).await,
+            _ => close_code_session(gw, p, client, trace).await,
         }
     });
     // The session records its exit when it has decided.
@@ -387,36 +415,47 @@ async fn refuse_session(
     client: &mut ClientSocket,
     refusal: &Refusal,
     with_message: bool,
+    trace: Option<&TraceCtx>,
 ) {
-    record(gw, p, None, Err(refusal));
+    record(gw, p, None, Err(refusal), trace);
     let (event, code, detail) = exit::on_socket(refusal);
     let message = with_message.then(|| error_message(&gw.config.ws.profile, code, &detail));
     refuse_on_socket(gw, client, message, event).await;
 }
 
-async fn close_code_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
+async fn close_code_session(
+    gw: Arc<Gateway>,
+    p: Pending,
+    mut client: ClientSocket,
+    mut trace: Option<Box<TraceCtx>>,
+) {
     let admitted = async {
         let (presented, source) = credential_of(&gw, &p).map_err(Refusal::from)?;
         let admitted = admit(&gw, &p, &presented).await?;
         drop(presented);
-        match connect(&gw, &p, &admitted.who, source).await {
+        match connect(&gw, &p, &admitted.who, source, trace.as_deref_mut()).await {
             Ok((upstream, _)) => Ok((admitted, upstream)),
             Err(r) => Err(r.by(Some(admitted.who))),
         }
     };
     let (admitted, upstream) = match admitted.await {
         Ok(a) => a,
-        Err(refusal) => return refuse_session(&gw, &p, &mut client, &refusal, false).await,
+        Err(refusal) => {
+            let trace = trace.as_deref();
+            return refuse_session(&gw, &p, &mut client, &refusal, false, trace).await;
+        }
     };
-    record(&gw, &p, Some(&admitted.who), Ok(()));
+    record(&gw, &p, Some(&admitted.who), Ok(()), None);
     let reg = Sessions::register(&gw, admitted.admission);
     Relay {
         gw,
         mode: p.mode,
+        route: p.route_index,
         who: admitted.who,
         reg,
         leases: admitted.leases,
         limits: admitted.limits,
+        trace,
     }
     .run(client, upstream)
     .await;
@@ -454,13 +493,19 @@ async fn first_message(
     }
 }
 
-async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
+async fn login_session(
+    gw: Arc<Gateway>,
+    p: Pending,
+    mut client: ClientSocket,
+    mut trace: Option<Box<TraceCtx>>,
+) {
     let profile = &gw.config.ws.profile;
     let text = match first_message(&gw, &mut client).await {
         Ok(t) => t,
         Err(None) => {
             let refusal = Refusal::from(Reason::LoginTimeout).on(p.route_index);
-            return refuse_session(&gw, &p, &mut client, &refusal, true).await;
+            let trace = trace.as_deref();
+            return refuse_session(&gw, &p, &mut client, &refusal, true, trace).await;
         }
         Err(Some((_, CloseEvent::GoingAway))) if gw.drain.is_stopping() => {
             return refuse_on_socket(&gw, &mut client, None, CloseEvent::GoingAway).await;
@@ -470,7 +515,9 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
                 tokio::time::timeout(std::time::Duration::from_secs(1), client.close(None)).await;
             return;
         }
-        Err(Some((e, event))) => return refuse_login(&gw, &p, &mut client, e, event).await,
+        Err(Some((e, event))) => {
+            return refuse_login(&gw, &p, &mut client, e, event, trace.as_deref()).await
+        }
     };
     let login = match login::parse(
         &profile.login,
@@ -485,13 +532,16 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
                 LoginError::TooBig => CloseEvent::TooBig,
                 _ => CloseEvent::BadMessage,
             };
-            return refuse_login(&gw, &p, &mut client, e, event).await;
+            return refuse_login(&gw, &p, &mut client, e, event, trace.as_deref()).await;
         }
     };
     drop(text);
     let mut admitted = match admit(&gw, &p, &login.key).await {
         Ok(a) => a,
-        Err(refusal) => return refuse_session(&gw, &p, &mut client, &refusal, true).await,
+        Err(refusal) => {
+            let trace = trace.as_deref();
+            return refuse_session(&gw, &p, &mut client, &refusal, true, trace).await;
+        }
     };
     let grant = channels::grant(
         &profile.channels,
@@ -518,14 +568,15 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
             (fit.kept, over)
         }
     };
-    let mut upstream = match connect(&gw, &p, &admitted.who, None).await {
+    let mut upstream = match connect(&gw, &p, &admitted.who, None, trace.as_deref_mut()).await {
         Ok((u, _)) => u,
         Err(refusal) => {
             let refusal = refusal.on(p.route_index).by(Some(admitted.who));
-            return refuse_session(&gw, &p, &mut client, &refusal, true).await;
+            let trace = trace.as_deref();
+            return refuse_session(&gw, &p, &mut client, &refusal, true, trace).await;
         }
     };
-    record(&gw, &p, Some(&admitted.who), Ok(()));
+    record(&gw, &p, Some(&admitted.who), Ok(()), None);
     let reg = Sessions::register(&gw, admitted.admission);
     reg.add_channels(&granted);
     let timeout = profile.send_timeout;
@@ -562,10 +613,12 @@ async fn login_session(gw: Arc<Gateway>, p: Pending, mut client: ClientSocket) {
     Relay {
         gw: Arc::clone(&gw),
         mode: p.mode,
+        route: p.route_index,
         who: admitted.who,
         reg,
         leases: admitted.leases,
         limits: admitted.limits,
+        trace,
     }
     .run(client, upstream)
     .await;
@@ -579,13 +632,14 @@ async fn refuse_login(
     client: &mut ClientSocket,
     error: LoginError,
     event: CloseEvent,
+    trace: Option<&TraceCtx>,
 ) {
     let reason = match error {
         LoginError::MissingKey => Reason::MissingKey,
         _ => Reason::BadRequest,
     };
     let refusal = Refusal::from(Denial::about(reason, error.code())).on(p.route_index);
-    record(gw, p, None, Err(&refusal));
+    record(gw, p, None, Err(&refusal), trace);
     let message = error_message(&gw.config.ws.profile, error.code(), &error.to_string());
     refuse_on_socket(gw, client, Some(message), event).await;
 }

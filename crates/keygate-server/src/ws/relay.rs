@@ -36,8 +36,10 @@ use crate::policy::channels::Refused;
 use crate::policy::ws::{
     AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
 };
+use crate::request::exit::{self, Exit, SessionTally};
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
+use crate::state::traces::TraceCtx;
 use crate::state::ws_sessions::{Registration, Stop};
 
 /// The client side of a session.
@@ -54,10 +56,14 @@ const RELEASE_BATCH: usize = 64;
 pub(crate) struct Relay {
     pub gw: Arc<Gateway>,
     pub mode: AuthMode,
+    /// The route's index, for the session's span.
+    pub route: usize,
     pub who: Admitted,
     pub reg: Registration,
     pub leases: Leases,
     pub limits: WsLimits,
+    /// The upgrade's trace (while `[tracing]` is on): its span ends at the close.
+    pub trace: Option<Box<TraceCtx>>,
 }
 
 /// How a session ends.
@@ -71,6 +77,18 @@ enum End {
     ClientGone,
     /// The gateway closes the session.
     Gateway(CloseEvent),
+}
+
+impl End {
+    /// How the session ended, as its span says.
+    fn name(&self) -> &'static str {
+        match self {
+            End::ClientClosed(_) => "client_closed",
+            End::UpstreamClosed(_) => "upstream_closed",
+            End::ClientGone => "client_gone",
+            End::Gateway(event) => event.name(),
+        }
+    }
 }
 
 /// Why a send did not complete.
@@ -356,6 +374,9 @@ impl Relay {
         let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         let has_leases = !self.leases.is_empty();
         let analytics = gw.config.analytics.enabled;
+        let opened = std::time::Instant::now();
+        // Data messages each way, for the span (two counters: cheaper than a branch on tracing).
+        let (mut from_client, mut to_client) = (0u64, 0u64);
         if analytics {
             gw.usage
                 .record_ws(&self.who.client, gw.clock.now(), 1, 0, 0);
@@ -399,9 +420,12 @@ impl Relay {
                     let mut failed = None;
                     for _ in 0..RELEASE_BATCH {
                         let Some(m) = held.pop_due(now, delay) else { break };
-                        if let Err(i) = self.send_upstream_message(&mut client, m, analytics).await {
-                            failed = Some(i);
-                            break;
+                        match self.send_upstream_message(&mut client, m).await {
+                            Ok(data) => to_client += u64::from(data),
+                            Err(i) => {
+                                failed = Some(i);
+                                break;
+                            }
                         }
                     }
                     if let Some(i) = failed {
@@ -459,8 +483,11 @@ impl Relay {
                             }
                             Step::Nothing
                         }
-                        Some(Ok(m)) => match self.send_upstream_message(&mut client, m, analytics).await {
-                            Ok(()) => Step::Nothing,
+                        Some(Ok(m)) => match self.send_upstream_message(&mut client, m).await {
+                            Ok(data) => {
+                                to_client += u64::from(data);
+                                Step::Nothing
+                            }
                             Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
                         },
                         None | Some(Err(_)) => break End::Gateway(CloseEvent::UpstreamUnavailable),
@@ -475,9 +502,11 @@ impl Relay {
                 Step::Both(f, a) => (f, a, None),
             };
             if let Some(m) = forward {
+                let data = m.is_text() || m.is_binary();
                 if let Err(i) = deliver(&mut upstream, m, send_timeout, &mut self.reg.stop).await {
                     break self.interrupted(i, CloseEvent::UpstreamUnavailable);
                 }
+                from_client += u64::from(data);
             }
             let mut failed = None;
             for m in answer {
@@ -493,17 +522,33 @@ impl Relay {
                 break End::Gateway(event);
             }
         };
+        let tally = SessionTally {
+            from_client,
+            to_client,
+            lasted: opened.elapsed(),
+            end: end.name(),
+        };
         self.finish(end, client, upstream).await;
+        if self.trace.is_some() {
+            let exit = Exit {
+                method: &http::Method::GET,
+                route: Some(self.route),
+                who: Some(&self.who),
+                started: None,
+                trace: self.trace.as_deref(),
+            };
+            exit::session_closed(&gw, &exit, tally);
+        }
     }
 
-    /// Sends the client one message from the upstream, counted for analytics when it is data.
+    /// Sends the client one message from the upstream; a data message (text or binary) is
+    /// counted as egress with usage, and the answer says whether it was one.
     async fn send_upstream_message(
         &mut self,
         client: &mut ClientSocket,
         m: Message,
-        analytics: bool,
-    ) -> Result<(), Interrupted> {
-        let bytes = (analytics && (m.is_text() || m.is_binary())).then(|| m.len() as u64);
+    ) -> Result<bool, Interrupted> {
+        let bytes = (m.is_text() || m.is_binary()).then(|| m.len() as u64);
         let send_timeout = self.gw.config.ws.profile.send_timeout;
         deliver(client, m, send_timeout, &mut self.reg.stop).await?;
         if let Some(bytes) = bytes {
@@ -511,7 +556,7 @@ impl Relay {
             gw.usage
                 .record_ws(&self.who.client, gw.clock.now(), 0, 1, bytes);
         }
-        Ok(())
+        Ok(bytes.is_some())
     }
 
     fn interrupted(&self, i: Interrupted, on_timeout: CloseEvent) -> End {
@@ -529,7 +574,7 @@ impl Relay {
         }
     }
 
-    async fn finish(mut self, end: End, mut client: ClientSocket, mut upstream: UpstreamSocket) {
+    async fn finish(&mut self, end: End, mut client: ClientSocket, mut upstream: UpstreamSocket) {
         let gw = Arc::clone(&self.gw);
         let going_away = CloseFrame {
             code: CloseCode::Away,

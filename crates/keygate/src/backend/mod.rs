@@ -345,10 +345,8 @@ impl Backend {
                     parsed.query.client = Some(s.client(c).await?.id.as_str().to_owned());
                 }
                 let rows = s.analytics(&parsed.query).await?;
-                if rows.more {
-                    anyhow::bail!("{}", analytics::too_many_rows());
-                }
-                Ok(analytics::to_json(&parsed.query, &rows))
+                let next = parsed.paging.next(rows.more);
+                Ok(analytics::to_json(&parsed.query, &rows, next))
             }
             Backend::Remote(r) => r.analytics(raw).await,
         }

@@ -567,6 +567,8 @@ impl Remote {
             ("route", &raw.route),
             ("status", &raw.status),
             ("group_by", &raw.group_by),
+            ("limit", &raw.limit),
+            ("cursor", &raw.cursor),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

@@ -22,14 +22,27 @@ pub(crate) async fn run(ctx: &Context, args: AnalyticsArgs) -> anyhow::Result<()
         upstream: None,
         status: args.status,
         group_by: args.by,
+        limit: args.limit,
+        cursor: args.cursor,
     };
     let answer = ctx.backend.analytics(&raw).await?;
     if ctx.json {
         output::json(&answer);
         return Ok(());
     }
+    // The next page's cursor goes to stderr beside CSV (stdout stays one CSV document).
+    let next = answer["next"].as_str().map(|c| {
+        format!(
+            "More rows follow: the same command with --from {} --to {} --cursor {c}",
+            answer["from"].as_str().unwrap_or("-"),
+            last_hour(&answer)
+        )
+    });
     if args.csv {
         print!("{}", analytics::to_csv(&answer));
+        if let Some(n) = next {
+            eprintln!("{n}");
+        }
         return Ok(());
     }
     let columns: Vec<String> = answer["group_by"]
@@ -71,5 +84,19 @@ pub(crate) async fn run(ctx: &Context, args: AnalyticsArgs) -> anyhow::Result<()
     headers.push("REQUESTS".to_owned());
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
     output::table(&headers, &rows);
+    if let Some(n) = next {
+        println!("{n}");
+    }
     Ok(())
+}
+
+/// The answer's last hour (its `to` is the end of that hour), as `--to` takes it.
+fn last_hour(answer: &Value) -> String {
+    answer["to"]
+        .as_str()
+        .and_then(|t| keygate_core::Timestamp::parse_rfc3339(t).ok())
+        .map_or_else(
+            || "-".to_owned(),
+            |t| keygate_core::Timestamp::from_millis(t.as_millis() - 3_600_000).to_rfc3339(),
+        )
 }

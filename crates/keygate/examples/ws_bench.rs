@@ -412,7 +412,7 @@ async fn main() {
     for rep in 1..=reps {
         for case in &cases {
             println!("-- rep {rep}/{reps}: {case}");
-            results.push((case, measure(case, &setup, dir.path()).await));
+            results.push((*case, measure(case, &setup, dir.path()).await));
         }
     }
     summary(&cases, &results);

@@ -33,6 +33,11 @@
 #                  (both TLS cases are not in the default list: CASES="nginx-gate-tls keygate-gate-tls")
 #   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list;
 #                  KG_BASE_DB=path gives it a store of its own schema (seeded by its own bench_keys)
+#   nginx-gate-log nginx-gate with its access log on: `access_log FILE combined buffer=64k` (18099)
+#   keygate-gate-log keygate-gate with its access log on (RUST_LOG=info, stderr to a file) (18094)
+#   keygate-gate-log-base  keygate-gate-log with the KG_BASE build
+#                  (the three log cases are not in the default list:
+#                  CASES="nginx-gate nginx-gate-log keygate-gate keygate-gate-log")
 #
 # "Workers" is nginx worker_processes, HAProxy nbthread, Envoy --concurrency and keygate
 # --workers (its per-core runtimes). Every process started here is stopped by PID, also on exit.
@@ -75,9 +80,10 @@ seed_store() {
 # start_kg NAME CONFIG PORT [BINARY [DB]] -> STARTED_PID
 start_kg() {
   local name=$1 config=$2 port=$3 bin=${4:-$KG} db=${5:-$RUN/kg.db}
-  # RUST_LOG=warn: no per-request access log line, as the peers run with access_log off.
-  start "$name" "$port" env RUST_LOG=warn "$bin" --db "$db" serve --config "$config" \
-    --workers "$WORKERS"
+  # RUST_LOG=warn: no per-request access log line, as the peers run with access_log off
+  # (KG_RUST_LOG=info for the *-log cases: the default, one access line per request).
+  start "$name" "$port" env RUST_LOG="${KG_RUST_LOG:-warn}" "$bin" --db "$db" serve \
+    --config "$config" --workers "$WORKERS"
 }
 
 write_kg_files() {
@@ -122,6 +128,9 @@ PY
 }
 EOF
   } >"$RUN/nginx-kgauth.conf"
+  # nginx-gate with its access log on, buffered as nginx's documentation advises for load
+  sed -e "s|listen 127.0.0.1:18082 backlog=4096;|listen 127.0.0.1:18099 backlog=4096; access_log $RUN/nginx-gate-log.access combined buffer=64k flush=1s;|" \
+      -e "s|nginx-gate\.|nginx-gate-log.|g" "$RUN/nginx-gate.conf" >"$RUN/nginx-gate-log.conf"
 }
 
 # ---------------------------------------------------------------- measuring
@@ -217,6 +226,23 @@ run_one() {
       start_kg "$c" "$RUN/keygate-gate-direct.toml" 18099 || return
       measure "$c" 18099 "$RUN/keys.lua" "$(codes 18099)" "$STARTED_PID"
       stop_pid "$STARTED_PID";;
+    keygate-gate-log|keygate-gate-log-base)   # the access log on, to $RUN/$c.log
+      local bin=$KG db=$RUN/kg.db
+      if [ "$c" = keygate-gate-log-base ]; then
+        [ -x "${KG_BASE:-}" ] || { kg_log "$c needs KG_BASE=path/to/keygate"; return; }
+        bin=$KG_BASE db=${KG_BASE_DB:-$RUN/kg.db}
+      fi
+      KG_RUST_LOG=info start_kg "$c" "$HERE/keygate-gate.toml" 18094 "$bin" "$db" || return
+      measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
+      stop_pid "$STARTED_PID"
+      kg_log "$c: $(grep -c 'keygate::access' "$RUN/$c.log") access lines"
+      rm -f "$RUN/$c.log";;
+    nginx-gate-log)
+      start "$c" 18099 nginx -c "$RUN/nginx-gate-log.conf" -g 'daemon off;' || return
+      measure "$c" 18099 "$RUN/keys.lua" "$(codes 18099)" "$STARTED_PID"
+      stop_pid "$STARTED_PID"
+      kg_log "$c: $(wc -l <"$RUN/nginx-gate-log.access") access lines"
+      rm -f "$RUN/nginx-gate-log.access";;
     nginx-gate-tls)
       write_tls_files || return
       SCHEME=https start "$c" 18097 nginx -c "$RUN/nginx-gate-tls.conf" -g 'daemon off;' || return
@@ -271,6 +297,7 @@ TARGETS = [  # (keygate case, peer case, what, target, higher is better)
     ("keygate-gate-tls", "nginx-gate-tls", "req/s", 1.0, True),
     ("keygate-gate-direct", "nginx-gate", "req/s", 1.1, True),
     ("keygate-gate-direct", "nginx-gate", "p99", 1.0, False),
+    ("keygate-gate-log", "nginx-gate-log", "req/s", 1.0, True),
 ]
 for w in sorted(by_w):
     cases = by_w[w]

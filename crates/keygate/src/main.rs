@@ -3,6 +3,7 @@
 mod backend;
 mod cli;
 mod commands;
+mod log_writer;
 mod output;
 
 use std::process::ExitCode;
@@ -18,7 +19,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let json = cli.json;
-    match commands::run(cli) {
+    let ran = commands::run(cli);
+    // The access log's buffered lines, before the process ends (graceful stop or error).
+    log_writer::flush();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             output::print_error(&e, json);

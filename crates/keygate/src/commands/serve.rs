@@ -9,9 +9,10 @@ use keygate_store::{MigrateMode, OpenOptions, Store};
 
 use crate::cli::ServeArgs;
 
-/// Logs go to stderr, so stdout stays for what commands print. Text logs are coloured only
-/// on a terminal (and not under `NO_COLOR`): escape codes in a file or a pipe are noise for
-/// every reader and log shipper.
+/// Logs go to stderr, so stdout stays for what commands print; the access log through a
+/// buffer per thread (`crate::log_writer`). Text logs are coloured only on a terminal (and not
+/// under `NO_COLOR`): escape codes in a file or a pipe are noise for every reader and log
+/// shipper.
 pub(crate) fn init_logging(format: &str) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -20,7 +21,7 @@ pub(crate) fn init_logging(format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::log_writer::Stderr::start());
     if format == "json" {
         builder.json().init();
     } else {
@@ -46,6 +47,7 @@ pub(crate) fn init_logging(format: &str) {
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         tracing::error!(%location, message = cut, "Panicked.");
+        crate::log_writer::flush();
     }));
 }
 
@@ -211,6 +213,7 @@ fn exit_after(after: Duration) {
                 after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                 "Shutdown did not finish within the grace; exiting."
             );
+            crate::log_writer::flush();
             std::process::exit(1);
         });
     if let Err(e) = watchdog {

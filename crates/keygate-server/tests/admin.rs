@@ -1037,9 +1037,11 @@ async fn plans_usage_and_emergency_mode() {
             "from": "2026-11-01",
             "to": "2026-11-30",
             "requests": 10,
+            "ws_messages": 0,
+            "ws_bytes": 0,
             "days": [
-                { "day": "2026-11-20", "requests": 9, "by_status": { "200": 7, "429": 2 } },
-                { "day": "2026-11-21", "requests": 1, "by_status": { "403": 1 } },
+                { "day": "2026-11-20", "requests": 9, "by_status": { "200": 7, "429": 2 }, "ws_messages": 0, "ws_bytes": 0 },
+                { "day": "2026-11-21", "requests": 1, "by_status": { "403": 1 }, "ws_messages": 0, "ws_bytes": 0 },
             ],
         })
     );

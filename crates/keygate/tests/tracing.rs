@@ -182,6 +182,12 @@ async fn get(node: &Serving, path: &str, headers: &[(&str, &str)]) -> u16 {
     req.send().await.unwrap().status().as_u16()
 }
 
+/// `key` with its last character changed (to one it is not: a key may end in `x`).
+fn spoiled(key: &str) -> String {
+    let last = if key.ends_with('x') { 'y' } else { 'x' };
+    format!("{}{last}", &key[..key.len() - 1])
+}
+
 const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -303,7 +309,7 @@ async fn spans_reach_the_collector_and_the_upstream_is_told_of_them() {
     }
 
     // A refused request: its reason in the span; no key material in anything exported.
-    let bad_key = format!("{}x", &key[..key.len() - 1]);
+    let bad_key = spoiled(&key);
     let status = get(
         &node,
         &format!("/v1/matches?apiKey={bad_key}"),
@@ -481,7 +487,7 @@ ws = {{ mode = "close_code", credentials = ["bearer"] }}
 
     // Refused over HTTP (handshake mode) and on the socket (close-code mode): a span each
     // with the reason, no upstream connection, no session facts.
-    let bad_key = format!("{}x", &key[..key.len() - 1]);
+    let bad_key = spoiled(&key);
     let refused_trace = "cd".repeat(16);
     let tp = format!("00-{refused_trace}-{PARENT_SPAN}-01");
     let url = format!("ws://{}/ws/stream", node.listen);

@@ -876,22 +876,24 @@ action = "disable"
     assert_eq!(c.plans["pro"].to_json("pro")["sharing"]["action"], "flag");
 
     let bad = r#"
+[plans.one]
 [plans.one.sharing]
 networks_per_hour = 1
-
+[plans.huge]
 [plans.huge.sharing]
 networks_per_hour = 10001
-
+[plans.negative]
 [plans.negative.sharing]
 networks_per_hour = -5
-
+[plans.odd]
 [plans.odd.sharing]
 networks_per_hour = 5
 action = "revoke"
 "#;
     let errs = load(bad, "p.toml", &over("http://127.0.0.1:9000")).unwrap_err();
     let err = errs.to_string();
-    // Each with the line of its table, although no `[plans.NAME]` header gives the plan one.
+    // Each with the line of its plan's table (a `[plans.NAME.sharing]` with no `[plans.NAME]`
+    // header has no span in toml's answer, and its errors no line).
     for (line, expected) in [
         (
             2,

@@ -247,7 +247,8 @@ mod tests {
         m.insert("matches".to_owned(), "cs2:stream:matches".to_owned());
         m.insert("markets".to_owned(), "cs2:stream:markets".to_owned());
         let map = ChannelMap::new(&m, false);
-        let c = client(&["cs2:stream:matches", "cs2:stream:markets"]);
+        // Sorted, as the replica keeps a client's scopes.
+        let c = client(&["cs2:stream:markets", "cs2:stream:matches"]);
         let rules = KeyRules {
             scopes: Some(vec!["cs2:stream:matches".into()]),
             source: keygate_core::key_restrictions::KeyRestrictions::default(),

@@ -56,7 +56,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
+# wrk (and nginx, for the control) from Debian's packages when missing, as bench/peers.sh does.
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null || true; }
+command -v wrk >/dev/null || { echo "wrk is needed and could not be installed (apt-get install wrk)" >&2; exit 1; }
 if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release --locked -q -p keygate --bin keygate)
 fi

@@ -22,7 +22,10 @@ if [ "${BUILD:-1}" = 1 ]; then
   cargo build --release --locked -q -p keygate --bin keygate --example ws_bench
 fi
 target="${CARGO_TARGET_DIR:-target}"
-case "${CASES:-keygate}" in *nginx*) command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx-light)" >&2; exit 1; };; esac
+case "${CASES:-keygate}" in *nginx*)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null || true; }
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "nginx is not installed and could not be (apt-get install nginx-light)" >&2; exit 1; };;
+esac
 "$target/release/examples/ws_bench" --bin "${KG:-$target/release/keygate}" \
   --sessions "$sessions" --nodes 2 --clients 32 --seconds "$seconds" --payload 64 \
   --cases "${CASES:-keygate}" --reps "${REPS:-1}"

@@ -33,7 +33,10 @@ pub mod webdriver;
 pub mod webhook_receiver;
 pub mod ws_upstream;
 
-pub use process::{free_port, json_output, serve, serve_ready, wait_for_status, Proc, Serving};
+pub use process::{
+    free_port, json_output, serve, serve_ready, serve_ready_with, serve_with, wait_for_status,
+    Proc, Serving,
+};
 pub use redis_server::{RedisServer, SentinelSet};
 pub use relay::Relay;
 pub use reqwest;

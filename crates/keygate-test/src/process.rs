@@ -41,31 +41,40 @@ pub struct Serving {
 /// the public and admin listeners, with `env` and its logs in `dir`; does not wait for it.
 pub fn serve(
     bin: &str,
+    store: (&str, &Path),
+    upstream: &str,
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Serving {
+    serve_with(bin, store, upstream, &[], env, dir)
+}
+
+/// [`serve`] with more `serve` arguments (`--workers 2`, `--log-format json`, ...).
+pub fn serve_with(
+    bin: &str,
     (db, config): (&str, &Path),
     upstream: &str,
+    more: &[&str],
     env: &[(&str, &str)],
     dir: &Path,
 ) -> Serving {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
-    let proc = Proc::spawn(
-        bin,
-        &[
-            "--db",
-            db,
-            "--config",
-            config.to_str().expect("a UTF-8 path"),
-            "serve",
-            "--upstream",
-            upstream,
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin,
-        ],
-        env,
-        dir,
-    );
+    let mut args = vec![
+        "--db",
+        db,
+        "--config",
+        config.to_str().expect("a UTF-8 path"),
+        "serve",
+        "--upstream",
+        upstream,
+        "--listen",
+        &listen,
+        "--admin-listen",
+        &admin,
+    ];
+    args.extend_from_slice(more);
+    let proc = Proc::spawn(bin, &args, env, dir);
     Serving {
         proc,
         listen,
@@ -82,7 +91,19 @@ pub async fn serve_ready(
     env: &[(&str, &str)],
     dir: &Path,
 ) -> Serving {
-    let node = serve(bin, store, upstream, env, dir);
+    serve_ready_with(bin, store, upstream, &[], env, dir).await
+}
+
+/// [`serve_with`], then waits as [`serve_ready`] does.
+pub async fn serve_ready_with(
+    bin: &str,
+    store: (&str, &Path),
+    upstream: &str,
+    more: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> Serving {
+    let node = serve_with(bin, store, upstream, more, env, dir);
     let admin = node.admin.parse().expect("a socket address");
     assert!(
         wait_for_status(admin, "/ready", 200, Duration::from_secs(30)).await,

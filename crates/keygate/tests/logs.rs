@@ -7,7 +7,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keygate_test::{free_port, http_client, wait_for_status, Proc};
+use keygate_test::{free_port, http_client};
 
 /// Issue 17, item 12: `--log-format text` to a pipe has no escape bytes.
 #[test]
@@ -98,43 +98,19 @@ async fn buffered_access_lines_are_whole_prompt_and_kept_at_a_graceful_stop() {
          [[routes]]\nname = \"api\"\npath = \"/v1/{*rest}\"\n",
     )
     .unwrap();
-    let (listen, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let mut node = Proc::spawn(
+    let keygate_test::Serving {
+        proc: mut node,
+        listen,
+        ..
+    } = keygate_test::serve_ready_with(
         env!("CARGO_BIN_EXE_keygate"),
-        &[
-            "--db",
-            db.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "serve",
-            "--log-format",
-            "json",
-            "--workers",
-            "2",
-            "--upstream",
-            "http://127.0.0.1:9",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin,
-        ],
+        (db.to_str().unwrap(), &config),
+        "http://127.0.0.1:9",
+        &["--log-format", "json", "--workers", "2"],
         &[("RUST_LOG", "info")],
         dir.path(),
-    );
-    assert!(
-        wait_for_status(
-            admin.parse().unwrap(),
-            "/ready",
-            200,
-            Duration::from_secs(30)
-        )
-        .await,
-        "not ready: {}",
-        node.stderr()
-    );
+    )
+    .await;
     let access = |log: &str| -> Vec<serde_json::Value> {
         log.lines()
             .filter(|l| l.contains("keygate::access"))

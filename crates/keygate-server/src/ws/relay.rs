@@ -420,7 +420,7 @@ impl Relay {
                     let mut failed = None;
                     for _ in 0..RELEASE_BATCH {
                         let Some(m) = held.pop_due(now, delay) else { break };
-                        match self.send_upstream_message(&mut client, m).await {
+                        match self.send_upstream_message(&mut client, m, send_timeout).await {
                             Ok(data) => to_client += u64::from(data),
                             Err(i) => {
                                 failed = Some(i);
@@ -483,7 +483,7 @@ impl Relay {
                             }
                             Step::Nothing
                         }
-                        Some(Ok(m)) => match self.send_upstream_message(&mut client, m).await {
+                        Some(Ok(m)) => match self.send_upstream_message(&mut client, m, send_timeout).await {
                             Ok(data) => {
                                 to_client += u64::from(data);
                                 Step::Nothing
@@ -547,9 +547,9 @@ impl Relay {
         &mut self,
         client: &mut ClientSocket,
         m: Message,
+        send_timeout: Duration,
     ) -> Result<bool, Interrupted> {
         let bytes = (m.is_text() || m.is_binary()).then(|| m.len() as u64);
-        let send_timeout = self.gw.config.ws.profile.send_timeout;
         deliver(client, m, send_timeout, &mut self.reg.stop).await?;
         if let Some(bytes) = bytes {
             let gw = &self.gw;

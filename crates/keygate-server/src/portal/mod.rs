@@ -174,14 +174,9 @@ async fn limit_sources(
     req: axum::extract::Request,
     next: Next,
 ) -> Response {
-    let limit = keygate_core::limit::Limit::rate(
-        std::num::NonZeroU64::new(u64::from(state.settings.requests_per_source))
-            .unwrap_or(std::num::NonZeroU64::MIN),
-        SOURCE_WINDOW,
-    );
     let check = [keygate_limits::Check::new(
         keygate_limits::LimitKey::new(format!("portal:r:{source}"), 0),
-        limit,
+        sign_in::per_window(state.settings.requests_per_source, SOURCE_WINDOW),
     )];
     let verdict = state.sources.check(&check, state.gateway().clock.now());
     if verdict.allowed {

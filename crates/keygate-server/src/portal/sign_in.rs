@@ -75,15 +75,18 @@ pub(crate) async fn make_link(
     ))
 }
 
+/// `n` requests per `window` (a configured count is at least 1).
+pub(super) fn per_window(n: u32, window: Duration) -> Limit {
+    Limit::rate(
+        NonZeroU64::new(u64::from(n)).unwrap_or(NonZeroU64::MIN),
+        window,
+    )
+}
+
 /// Counts one sign-in (or sign-up) attempt against the address's and the source's limits.
 async fn admit(state: &PortalState, email: &str, source: IpAddr) -> Result<(), PortalError> {
     let s = &state.settings;
-    let limit = |n: u32| {
-        Limit::rate(
-            NonZeroU64::new(u64::from(n)).unwrap_or(NonZeroU64::MIN),
-            ATTEMPT_WINDOW,
-        )
-    };
+    let limit = |n: u32| per_window(n, ATTEMPT_WINDOW);
     let address =
         keygate_core::digest::hex(&session::digest(&email.trim().to_ascii_lowercase())[..12]);
     let checks = [

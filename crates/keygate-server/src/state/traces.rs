@@ -26,7 +26,8 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SpanData, SpanExporter,
+    SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 
@@ -127,7 +128,7 @@ impl Tracer {
         let incoming = headers
             .get(TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()));
-        let span_id = SpanId::from_bytes(random());
+        let span_id = new_span_id();
         let ctx = match incoming {
             Some((trace_id, parent, sampled)) => TraceCtx {
                 trace_id,
@@ -138,8 +139,8 @@ impl Tracer {
                 upstream: None,
             },
             None => {
-                let bytes: [u8; 16] = random();
-                let trace_id = TraceId::from_bytes(bytes);
+                let trace_id = new_trace_id();
+                let bytes = trace_id.to_bytes();
                 let low = u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default()) >> 1;
                 TraceCtx {
                     trace_id,
@@ -221,10 +222,16 @@ impl TraceCtx {
     }
 
     /// The `traceparent` the upstream receives: this trace, the gateway's span as parent.
+    /// Written as hex into a fixed buffer: every request of a traced gateway pays for it,
+    /// sampled or not, and `format!` through the ids' `Display` cost several times as much.
     pub fn traceparent(&self) -> HeaderValue {
-        let flags = if self.sampled { "01" } else { "00" };
-        let v = format!("00-{}-{}-{flags}", self.trace_id, self.span_id);
-        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut v[3..35], &self.trace_id.to_bytes());
+        write_hex(&mut v[36..52], &self.span_id.to_bytes());
+        if self.sampled {
+            v[54] = b'1';
+        }
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// Whether the caller sent a valid `traceparent` (its `tracestate` goes on with it).
@@ -307,15 +314,34 @@ fn threshold(ratio: f64) -> u64 {
     }
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
+/// A new trace id from the SDK's generator: a per-thread PRNG seeded from the OS, not a
+/// `getrandom` system call per id (two of them made up most of an unsampled request's cost).
+/// Trace ids are correlation ids, not secrets; all zeros is invalid and drawn again.
+fn new_trace_id() -> TraceId {
     loop {
-        if getrandom::fill(&mut b).is_err() {
-            b = [0u8; N];
+        let id = RandomIdGenerator::default().new_trace_id();
+        if id != TraceId::INVALID {
+            return id;
         }
-        if b.iter().any(|&x| x != 0) {
-            return b;
+    }
+}
+
+/// A new span id, as [`new_trace_id`].
+fn new_span_id() -> SpanId {
+    loop {
+        let id = RandomIdGenerator::default().new_span_id();
+        if id != SpanId::INVALID {
+            return id;
         }
+    }
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -389,6 +415,30 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(v)
             );
+        }
+    }
+
+    #[test]
+    fn the_traceparent_written_is_the_one_read() {
+        for sampled in [false, true] {
+            let ctx = TraceCtx {
+                trace_id: new_trace_id(),
+                span_id: new_span_id(),
+                parent: None,
+                sampled,
+                start: SystemTime::now(),
+                upstream: None,
+            };
+            let v = ctx.traceparent();
+            let expected = format!(
+                "00-{}-{}-{}",
+                ctx.trace_id,
+                ctx.span_id,
+                if sampled { "01" } else { "00" }
+            );
+            assert_eq!(v.to_str().unwrap(), expected);
+            let (t, s, f) = parse_traceparent(v.as_bytes()).unwrap();
+            assert_eq!((t, s, f), (ctx.trace_id, ctx.span_id, sampled));
         }
     }
 

@@ -25,6 +25,9 @@ fn script(case: &str, body: &[u8], chunked: bool) -> (Vec<u8>, bool) {
     };
     match case {
         "fixed" => (fixed(""), false),
+        // Kept alive, but the upstream closes the connection when the next request arrives on
+        // it (`serve`): its idle timeout racing the gateway's reuse.
+        "drop-next" => (fixed(""), false),
         "chunked" => (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\nX-Case: chunked\r\n\r\n5;ext=1;q=\"a b\"\r\nhello\r\n6 \r\n world\r\n0\r\nx-t: v\r\n\r\n".to_vec(),
             false,
@@ -206,8 +209,13 @@ async fn read_request(
 
 async fn serve(mut stream: TcpStream) {
     let mut buf = Vec::new();
+    let mut drop_next = false;
     while let Some((path, body, chunked)) = read_request(&mut stream, &mut buf).await {
+        if drop_next {
+            return;
+        }
         let case = path.trim_start_matches("/case/");
+        drop_next = case == "drop-next";
         let (answer, close) = script(case, &body, chunked);
         if stream.write_all(&answer).await.is_err() {
             return;
@@ -448,6 +456,41 @@ async fn kept_alive_connections_are_reused_and_closed_ones_are_not() {
             "{engine}: closed connections were reused"
         );
     }
+}
+
+/// The direct engine sends an idempotent request without a body once more, on a new
+/// connection, when a reused connection closes before any answer; a request with a body is
+/// never sent twice.
+#[tokio::test]
+async fn a_reused_connection_closed_under_a_get_is_retried_once_and_a_post_is_not() {
+    let raw = Scripted::start().await;
+    let gw = gateway("direct", &raw).await;
+    let http = keygate_test::http_client();
+    for round in 0..3 {
+        let kept = see(&http, reqwest::Method::GET, gw.url("/case/drop-next"), None).await;
+        assert_eq!(kept.body, Ok(b"hello".to_vec()), "round {round}");
+        let before = raw.connections();
+        let retried = see(&http, reqwest::Method::GET, gw.url("/case/fixed"), None).await;
+        assert_eq!(retried.status, 200, "round {round}: {retried:?}");
+        assert_eq!(retried.body, Ok(b"hello".to_vec()));
+        assert_eq!(raw.connections(), before + 1, "one new connection");
+    }
+    let kept = see(&http, reqwest::Method::GET, gw.url("/case/drop-next"), None).await;
+    assert_eq!(kept.status, 200);
+    let before = raw.connections();
+    let posted = see(
+        &http,
+        reqwest::Method::POST,
+        gw.url("/case/echo"),
+        Some(reqwest::Body::from(b"once".to_vec())),
+    )
+    .await;
+    assert_eq!(posted.status, 502, "a POST is not sent twice: {posted:?}");
+    assert_eq!(
+        raw.connections(),
+        before,
+        "no second connection for the POST"
+    );
 }
 
 #[tokio::test]

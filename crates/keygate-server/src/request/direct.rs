@@ -594,6 +594,33 @@ async fn write_body(
     }
 }
 
+/// Writes the request head held in `conn.write` (a request without a body) and reads the
+/// response head.
+async fn send_head(conn: &mut Conn, head_request: bool) -> Result<Head, DirectError> {
+    let Conn {
+        stream,
+        read,
+        write,
+    } = conn;
+    let (mut r, mut w) = stream.split();
+    w.write_all(&write[..]).await?;
+    read_head(&mut r, read, head_request).await
+}
+
+/// The upstream closed or reset the connection and no byte of a response is waiting.
+fn closed_unanswered(e: &DirectError, conn: &Conn) -> bool {
+    use std::io::ErrorKind as K;
+    conn.read.is_empty()
+        && match e {
+            DirectError::Closed => true,
+            DirectError::Io(io) => matches!(
+                io.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+            ),
+            _ => false,
+        }
+}
+
 /// Reads until a final response head is complete.
 async fn read_head(
     r: &mut tokio::net::tcp::ReadHalf<'_>,
@@ -620,8 +647,13 @@ async fn read_head(
 }
 
 /// Sends `req` to `spec` on a kept-alive connection from `pool` or a new one and returns the
-/// response once its head arrived; the body streams from the connection. A request is sent
-/// once: a reused connection is checked before, never retried after.
+/// response once its head arrived; the body streams from the connection.
+///
+/// A reused connection is checked before it is used, but the upstream may close it while the
+/// request is on its way (its idle timeout racing ours). Then, and only then, the request goes
+/// once more on a new connection: the connection was reused, it closed or reset before a byte
+/// of the response came back, the request has no body, and its method is idempotent (RFC 9110
+/// §9.2.2; nginx's `proxy_next_upstream` retries no other). Anything else fails as sent.
 ///
 /// # Errors
 /// [`DirectError`]; the caller's body failures are [`DirectError::Body`].
@@ -630,27 +662,38 @@ pub(crate) async fn exchange(
     spec: &UpstreamSpec,
     req: Request<BoundedBody>,
 ) -> Result<Response<DirectBody>, DirectError> {
-    let mut conn = match pool.take() {
-        Some(conn) => conn,
+    let (mut conn, reused) = match pool.take() {
+        Some(conn) => (conn, true),
         // Boxed: a new connection is the rare case.
-        None => Box::pin(connect(spec)).await?,
+        None => (Box::pin(connect(spec)).await?, false),
     };
     let head_request = req.method() == Method::HEAD;
+    let idempotent = req.method().is_idempotent();
     let sending = write_head(&mut conn.write, &req);
     let mut body = req.into_body();
-    let Conn {
-        stream,
-        read,
-        write,
-    } = &mut *conn;
-    let (mut r, mut w) = stream.split();
-    w.write_all(&write[..]).await?;
-    // The body and the response head concurrently: an upstream may answer (and close)
-    // before it read the whole body. The connection is reused only when the body went whole.
     let mut body_done = matches!(sending, Sending::None);
     let head = if body_done {
-        read_head(&mut r, read, head_request).await?
+        match send_head(&mut conn, head_request).await {
+            Ok(head) => head,
+            Err(e) if reused && idempotent && closed_unanswered(&e, &conn) => {
+                let mut fresh = Box::pin(connect(spec)).await?;
+                std::mem::swap(&mut fresh.write, &mut conn.write);
+                conn = fresh;
+                send_head(&mut conn, head_request).await?
+            }
+            Err(e) => return Err(e),
+        }
     } else {
+        let Conn {
+            stream,
+            read,
+            write,
+        } = &mut *conn;
+        let (mut r, mut w) = stream.split();
+        w.write_all(&write[..]).await?;
+        // The body and the response head concurrently: an upstream may answer (and close)
+        // before it read the whole body. The connection is reused only when the body went
+        // whole.
         let writing = write_body(&mut w, write, &mut body, &sending);
         let reading = read_head(&mut r, read, head_request);
         tokio::pin!(writing, reading);

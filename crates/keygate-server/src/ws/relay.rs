@@ -2,15 +2,21 @@
 //! pong, close), the profile's rules on client messages, the per-connection message rate,
 //! the idle timeout, lease renewal and the stop signal of live revocation.
 //!
-//! One task per session, one message in flight per direction: a frame is read from a side only
-//! after the previous one was written to the other, so a slow reader holds its writer back
-//! through TCP instead of growing a queue. A delayed plan's session is the exception: its
+//! One task per session, a bounded queue per direction: a frame is read from a side only after
+//! the previous one was queued on the other, in that socket's write buffer
+//! (`super::upstream::WRITE_BUFFER` bytes; past it the socket is written and a full socket
+//! stops the queueing), so a slow reader holds its writer back through TCP instead of growing
+//! a queue. What is queued is written when neither side has a frame ready: several frames
+//! that arrive together leave in one write rather than one write (and one wake-up of the
+//! peer) each. A delayed plan's session is the exception: its
 //! upstream messages are held for the delay (`super::delayed`, bounded) and released by one
 //! timer, the oldest first; control frames and the gateway's own messages are never held. A
 //! client that takes nothing for the send timeout is closed; a stop arriving while a send
 //! waits interrupts it, so revocation never waits on a slow socket.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -98,7 +104,8 @@ enum Interrupted {
     Failed,
 }
 
-/// Sends one message unless the stop signal fires or the peer takes longer than `timeout`.
+/// Sends one message (and whatever was queued before it) unless the stop signal fires or the
+/// peer takes longer than `timeout`.
 async fn deliver<S>(
     sink: &mut S,
     msg: Message,
@@ -108,15 +115,93 @@ async fn deliver<S>(
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
+    put(sink, msg, Then::Flush, timeout, stop).await
+}
+
+/// Whether [`put`] writes what is queued.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Flush,
+    /// The message stays in the socket's write buffer, written by the next flush or once the
+    /// buffer is full; [`put`] waits only while the socket cannot take more.
+    Queue,
+}
+
+async fn put<S>(
+    sink: &mut S,
+    msg: Message,
+    then: Then,
+    timeout: Duration,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Result<(), Interrupted>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let sending = async {
+        match then {
+            Then::Flush => sink.send(msg).await,
+            Then::Queue => sink.feed(msg).await,
+        }
+    };
     tokio::select! {
         biased;
         _ = stop.changed() => Err(Interrupted::Stopped),
-        sent = tokio::time::timeout(timeout, sink.send(msg)) => match sent {
+        sent = tokio::time::timeout(timeout, sending) => match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Interrupted::Failed),
             Err(_) => Err(Interrupted::Timeout),
         },
     }
+}
+
+/// A frame read from one side of the session.
+enum Read {
+    Client(Option<Result<Message, WsError>>),
+    Upstream(Option<Result<Message, WsError>>),
+    /// Writing what was queued for the client failed.
+    ClientWriteFailed,
+    /// Writing what was queued for the upstream failed.
+    UpstreamWriteFailed,
+}
+
+/// Which sides have messages queued and not yet written.
+#[derive(Default)]
+struct Queued {
+    client: bool,
+    upstream: bool,
+}
+
+/// The next frame from the client or the upstream (the client's first, as before); while
+/// neither has one ready, what is queued on each side is written. One future for both sockets,
+/// since each socket is read and written here.
+fn next_read<'a>(
+    client: &'a mut ClientSocket,
+    upstream: &'a mut UpstreamSocket,
+    queued: &'a mut Queued,
+) -> impl std::future::Future<Output = Read> + 'a {
+    poll_fn(move |cx| {
+        if let Poll::Ready(m) = client.poll_next_unpin(cx) {
+            return Poll::Ready(Read::Client(m));
+        }
+        if let Poll::Ready(m) = upstream.poll_next_unpin(cx) {
+            return Poll::Ready(Read::Upstream(m));
+        }
+        if queued.client {
+            match client.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => queued.client = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Read::ClientWriteFailed),
+                Poll::Pending => {}
+            }
+        }
+        if queued.upstream {
+            match upstream.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => queued.upstream = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Read::UpstreamWriteFailed),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// A close frame from the profile (all of the gateway it needs).
@@ -370,6 +455,8 @@ impl Relay {
         let idle_timeout = profile.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        let mut last_active = Instant::now();
+        let mut queued = Queued::default();
         let period = (profile.lease_ttl / 3).max(Duration::from_millis(10));
         let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         let has_leases = !self.leases.is_empty();
@@ -398,7 +485,15 @@ impl Relay {
                     },
                     Err(_) => break End::Gateway(CloseEvent::GoingAway),
                 },
-                () = &mut idle => break End::Gateway(CloseEvent::Idle),
+                () = &mut idle => {
+                    // Armed lazily: each frame only notes the time, the timer moves here.
+                    let due = last_active + idle_timeout;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    break End::Gateway(CloseEvent::Idle);
+                }
                 Some(notice) = self.reg.notices.recv() => {
                     let m = Message::Text(notice.into());
                     match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
@@ -421,7 +516,10 @@ impl Relay {
                     for _ in 0..RELEASE_BATCH {
                         let Some(m) = held.pop_due(now, delay) else { break };
                         match self.send_upstream_message(&mut client, m, send_timeout).await {
-                            Ok(data) => to_client += u64::from(data),
+                            Ok(data) => {
+                                queued.client = true;
+                                to_client += u64::from(data);
+                            }
                             Err(i) => {
                                 failed = Some(i);
                                 break;
@@ -442,55 +540,66 @@ impl Relay {
                     }
                     continue;
                 }
-                msg = client.next() => {
-                    idle.as_mut().reset(Instant::now() + idle_timeout);
-                    match msg {
-                        None => break End::ClientGone,
-                        Some(Err(WsError::Capacity(_))) => break End::Gateway(CloseEvent::TooBig),
-                        Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
-                            break End::Gateway(CloseEvent::BadMessage)
+                read = next_read(&mut client, &mut upstream, &mut queued) => {
+                    last_active = Instant::now();
+                    match read {
+                        Read::ClientWriteFailed => break End::ClientGone,
+                        Read::UpstreamWriteFailed => {
+                            break End::Gateway(CloseEvent::UpstreamUnavailable)
                         }
-                        Some(Err(_)) => break End::ClientGone,
-                        Some(Ok(m)) => self.on_client_message(m, &mut rate).await,
-                    }
-                }
-                msg = upstream.next() => {
-                    idle.as_mut().reset(Instant::now() + idle_timeout);
-                    match msg {
-                        Some(Ok(Message::Close(frame))) => break End::UpstreamClosed(frame),
-                        Some(Ok(Message::Frame(_))) => Step::Nothing,
-                        // Two tests for an undelayed session; held also after the plan moved
-                        // to real time while some are still held, so order is kept.
-                        Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))
-                            if delay.is_some() || !held.is_empty() =>
-                        {
-                            let delay = delay.unwrap_or_default();
-                            let first = held.is_empty();
-                            if let Err(full) = held.push(Instant::now(), m) {
-                                tracing::info!(
-                                    key_id = self.who.key.id(),
-                                    held_messages = full.messages,
-                                    held_bytes = full.bytes,
-                                    "WebSocket session closed: its delay buffer is full."
-                                );
-                                break End::Gateway(CloseEvent::DelayOverflow);
+                        Read::Client(msg) => match msg {
+                            None => break End::ClientGone,
+                            Some(Err(WsError::Capacity(_))) => {
+                                break End::Gateway(CloseEvent::TooBig)
                             }
-                            // Armed for the new oldest; otherwise the timer already is.
-                            if first {
-                                if let Some(due) = held.next_due(delay) {
-                                    release.as_mut().reset(due);
+                            Some(Err(WsError::Protocol(_) | WsError::Utf8(_))) => {
+                                break End::Gateway(CloseEvent::BadMessage)
+                            }
+                            Some(Err(_)) => break End::ClientGone,
+                            Some(Ok(m)) => self.on_client_message(m, &mut rate).await,
+                        },
+                        Read::Upstream(msg) => match msg {
+                            Some(Ok(Message::Close(frame))) => break End::UpstreamClosed(frame),
+                            Some(Ok(Message::Frame(_))) => Step::Nothing,
+                            // Two tests for an undelayed session; held also after the plan moved
+                            // to real time while some are still held, so order is kept.
+                            Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))
+                                if delay.is_some() || !held.is_empty() =>
+                            {
+                                let delay = delay.unwrap_or_default();
+                                let first = held.is_empty();
+                                if let Err(full) = held.push(Instant::now(), m) {
+                                    tracing::info!(
+                                        key_id = self.who.key.id(),
+                                        held_messages = full.messages,
+                                        held_bytes = full.bytes,
+                                        "WebSocket session closed: its delay buffer is full."
+                                    );
+                                    break End::Gateway(CloseEvent::DelayOverflow);
                                 }
-                            }
-                            Step::Nothing
-                        }
-                        Some(Ok(m)) => match self.send_upstream_message(&mut client, m, send_timeout).await {
-                            Ok(data) => {
-                                to_client += u64::from(data);
+                                // Armed for the new oldest; otherwise the timer already is.
+                                if first {
+                                    if let Some(due) = held.next_due(delay) {
+                                        release.as_mut().reset(due);
+                                    }
+                                }
                                 Step::Nothing
                             }
-                            Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
+                            Some(Ok(m)) => match self
+                                .send_upstream_message(&mut client, m, send_timeout)
+                                .await
+                            {
+                                Ok(data) => {
+                                    queued.client = true;
+                                    to_client += u64::from(data);
+                                    Step::Nothing
+                                }
+                                Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
+                            },
+                            None | Some(Err(_)) => {
+                                break End::Gateway(CloseEvent::UpstreamUnavailable)
+                            }
                         },
-                        None | Some(Err(_)) => break End::Gateway(CloseEvent::UpstreamUnavailable),
                     }
                 }
             };
@@ -503,9 +612,11 @@ impl Relay {
             };
             if let Some(m) = forward {
                 let data = m.is_text() || m.is_binary();
-                if let Err(i) = deliver(&mut upstream, m, send_timeout, &mut self.reg.stop).await {
+                let stop = &mut self.reg.stop;
+                if let Err(i) = put(&mut upstream, m, Then::Queue, send_timeout, stop).await {
                     break self.interrupted(i, CloseEvent::UpstreamUnavailable);
                 }
+                queued.upstream = true;
                 from_client += u64::from(data);
             }
             let mut failed = None;
@@ -541,7 +652,7 @@ impl Relay {
         }
     }
 
-    /// Sends the client one message from the upstream; a data message (text or binary) is
+    /// Queues one message from the upstream for the client; a data message (text or binary) is
     /// counted as egress with usage, and the answer says whether it was one.
     async fn send_upstream_message(
         &mut self,
@@ -550,7 +661,7 @@ impl Relay {
         send_timeout: Duration,
     ) -> Result<bool, Interrupted> {
         let bytes = (m.is_text() || m.is_binary()).then(|| m.len() as u64);
-        deliver(client, m, send_timeout, &mut self.reg.stop).await?;
+        put(client, m, Then::Queue, send_timeout, &mut self.reg.stop).await?;
         if let Some(bytes) = bytes {
             let gw = &self.gw;
             gw.usage

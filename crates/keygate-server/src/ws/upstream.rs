@@ -24,12 +24,17 @@ pub(crate) type UpstreamSocket = WebSocketStream<UpstreamStream>;
 /// Largest message accepted from an upstream (trusted, but not without bound).
 const UPSTREAM_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// Socket settings for one side: small eager buffers, so an idle session costs little, and a
+/// Bytes of frames a socket queues before writing them (`super::relay` writes sooner, once
+/// neither side has a frame ready). The buffer is allocated on the first write, so an idle
+/// session pays nothing for it.
+pub(crate) const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Socket settings for one side: small buffers, so an idle session costs little, and a
 /// bounded write buffer, so a slow reader cannot make it grow.
 pub(crate) fn socket_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max_message.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use keygate_core::names::check_label;
 use keygate_core::{
-    ApiKey, Client, KeyDigest, KeyId, KeyMaterial, KeyRestrictions, KeyState, RestrictionsChange,
-    SecretKey, Timestamp,
+    ApiKey, Client, ClientId, KeyDigest, KeyId, KeyMaterial, KeyRestrictions, KeyState,
+    RestrictionsChange, SecretKey, Timestamp,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -208,6 +208,33 @@ impl Store {
             }
             None => (None, None),
         };
+        self.select_keys(
+            client_id.as_ref().map(|c| c.as_str()),
+            filter,
+            after_created,
+            after_id,
+        )
+        .await
+    }
+
+    /// Every key of the client `id` (up to [`KeyFilter::default`]'s limit), ordered by
+    /// creation time, without first looking the client up: for callers that hold its id from
+    /// a query that already checked it (the portal's session).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`].
+    pub async fn keys_of_client(&self, id: &ClientId) -> Result<Vec<ApiKey>, StoreError> {
+        self.select_keys(Some(id.as_str()), &KeyFilter::default(), None, None)
+            .await
+    }
+
+    async fn select_keys(
+        &self,
+        client_id: Option<&str>,
+        filter: &KeyFilter,
+        after_created: Option<i64>,
+        after_id: Option<String>,
+    ) -> Result<Vec<ApiKey>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             key_columns!(),
@@ -216,7 +243,7 @@ impl Store {
             " AND ($6 IS NULL OR external_id = $6)",
             " ORDER BY created_at, id LIMIT $5"
         ))
-        .bind(client_id.as_ref().map(|c| c.as_str()))
+        .bind(client_id)
         .bind(filter.state.map(KeyState::as_str))
         .bind(after_created)
         .bind(after_id)

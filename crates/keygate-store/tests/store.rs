@@ -286,6 +286,7 @@ async fn keys_are_created_and_listed_masked(f: Fixture) {
         all.iter().map(|k| &k.id).collect::<Vec<_>>(),
         [&k.id, &k2.id]
     );
+    assert_eq!(s.keys_of_client(&c.id).await.unwrap(), all);
     let page = s
         .list_keys(&KeyFilter {
             after: Some(k.id.clone()),

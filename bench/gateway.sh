@@ -33,6 +33,16 @@
 #                  (both TLS cases are not in the default list: CASES="nginx-gate-tls keygate-gate-tls")
 #   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list;
 #                  KG_BASE_DB=path gives it a store of its own schema (seeded by its own bench_keys)
+#   keygate-gate-analytics-off keygate-gate with `[analytics] enabled = false` (analytics is on
+#                  by default: keygate-gate is "on"), not in the default list           (18094)
+#   keygate-gate-pg  keygate-gate on a PostgreSQL store (KG_PG, the database `kgbench`, made
+#                  afresh), local limits: one node, the cluster's baseline               (18100)
+#   keygate-gate-cluster three nodes of keygate-gate on that PostgreSQL store with
+#                  `[limits] backend = "redis"` (KG_REDIS): exact cluster-wide limits, one
+#                  Redis round trip per request; wrk drives node 1 while nodes 2 and 3 run
+#                  beside it (feed, leases, the shared limiter), as one node of a cluster
+#                  (18101-18103); neither is in the default list:
+#                  CASES="keygate-gate-pg keygate-gate-cluster"
 #   nginx-gate-log nginx-gate with its access log on: `access_log FILE combined buffer=64k` (18099)
 #   keygate-gate-log keygate-gate with its access log on (RUST_LOG=info, stderr to a file) (18094)
 #   keygate-gate-log-base  keygate-gate-log with the KG_BASE build
@@ -54,6 +64,10 @@ CASES=${CASES:-"nginx-proxy nginx-gate haproxy-proxy haproxy-gate envoy-gate ngi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 KG=${KG:-$TARGET_DIR/release/keygate}
 SEED=${SEED:-$TARGET_DIR/release/examples/bench_keys}
+# The cluster cases' PostgreSQL server (its database `kgbench` is dropped and made afresh) and
+# Redis (its keys are the limiter's own, named by keygate; nothing else is touched).
+KG_PG=${KG_PG:-postgres://postgres@127.0.0.1:5432}
+KG_REDIS=${KG_REDIS:-redis://127.0.0.1:6379}
 export RUN REPS
 
 # peers.sh's functions and settings, without running its main.
@@ -207,9 +221,48 @@ write_tls_files() {
     >"$RUN/keygate-gate-tls.toml"
 }
 
+# The PostgreSQL store of the cluster cases, seeded once per run with the same keys.
+seed_pg() {
+  [ -n "${PG_SEEDED:-}" ] && return
+  psql "$KG_PG/postgres" -q -c 'DROP DATABASE IF EXISTS kgbench' -c 'CREATE DATABASE kgbench' \
+    >/dev/null || { kg_log "cannot make the database kgbench on $KG_PG"; return 1; }
+  "$SEED" --db "$KG_PG/kgbench" --keys "$RUN/keys.txt" --clients 100 --plan bench || return 1
+  PG_SEEDED=1
+}
+
+# keygate-gate.toml on PORT (admin on PORT+100), with extra lines at the end
+kg_variant() {   # kg_variant PORT FILE [TOML...]
+  local port=$1 out=$2; shift 2
+  { sed -e "s/127.0.0.1:18094/127.0.0.1:$port/; s/127.0.0.1:18194/127.0.0.1:$((port + 100))/" \
+      "$HERE/keygate-gate.toml"; printf '%s\n' "$@"; } >"$out"
+}
+
 run_one() {
   local c=$1 port pid kgpid
   case $c in
+    keygate-gate-analytics-off)
+      kg_variant 18094 "$RUN/$c.toml" '' '[analytics]' 'enabled = false'
+      start_kg "$c" "$RUN/$c.toml" 18094 || return
+      measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    keygate-gate-pg)
+      seed_pg || return
+      kg_variant 18100 "$RUN/$c.toml"
+      start_kg "$c" "$RUN/$c.toml" 18100 "$KG" "$KG_PG/kgbench" || return
+      measure "$c" 18100 "$RUN/keys.lua" "$(codes 18100)" "$STARTED_PID"
+      stop_pid "$STARTED_PID";;
+    keygate-gate-cluster)
+      seed_pg || return
+      local n pids=()
+      for n in 1 2 3; do
+        kg_variant $((18100 + n)) "$RUN/$c-$n.toml" '' '[limits]' 'backend = "redis"' \
+          "redis_url = \"$KG_REDIS\""
+        start_kg "$c-$n" "$RUN/$c-$n.toml" $((18100 + n)) "$KG" "$KG_PG/kgbench" || break
+        pids+=("$STARTED_PID")
+      done
+      # CPU and memory are node 1's: the node under load, as one of three
+      [ ${#pids[@]} = 3 ] && measure "$c" 18101 "$RUN/keys.lua" "$(codes 18101)" "${pids[0]}"
+      for pid in "${pids[@]}"; do stop_pid "$pid"; done;;
     keygate-gate)
       start_kg "$c" "$HERE/keygate-gate.toml" 18094 || return
       measure "$c" 18094 "$RUN/keys.lua" "$(codes 18094)" "$STARTED_PID"
@@ -299,6 +352,14 @@ TARGETS = [  # (keygate case, peer case, what, target, higher is better)
     ("keygate-gate-direct", "nginx-gate", "p99", 1.0, False),
     ("keygate-gate-log", "nginx-gate-log", "req/s", 1.0, True),
 ]
+# What a setting costs: (case, its baseline, what), as ratios without a target.
+COSTS = [
+    ("keygate-gate", "keygate-gate-analytics-off", "analytics on / off"),
+    ("keygate-gate-direct", "keygate-gate", "direct engine / hyper engine"),
+    ("keygate-gate-log", "keygate-gate", "access log on / off"),
+    ("keygate-gate-cluster", "keygate-gate-pg", "3 nodes, Redis limits / 1 node, local limits (PostgreSQL store)"),
+    ("keygate-gate-pg", "keygate-gate", "PostgreSQL store / SQLite store (1 node, local limits)"),
+]
 for w in sorted(by_w):
     cases = by_w[w]
     med = {c: {k: st.median(float(r[i]) for r in rs)
@@ -354,6 +415,13 @@ for w in sorted(by_w):
             ceil = f"{c:.2f}x"
             budget = f"{max(b, 0):.1f} / {med[mine]['usr']:.1f}"
         print(f"| {label} | {v:.2f}x | {'>=' if higher else '<='} {target:.1f}x | {'yes' if ok else 'NO'} | {ceil} | {budget} |")
+    costs = [(a, b, what) for a, b, what in COSTS if a in med and b in med]
+    if costs:
+        print("\n| setting | req/s ratio | p99 ratio | user us/req: this / baseline |")
+        print("|---|---:|---:|---:|")
+        for a, b, what in costs:
+            print(f"| {what} | {med[a]['rps'] / med[b]['rps']:.2f}x | {med[a]['p99'] / med[b]['p99']:.2f}x | "
+                  f"{med[a]['usr']:.1f} / {med[b]['usr']:.1f} |")
 PY
 }
 

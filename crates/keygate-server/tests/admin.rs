@@ -24,6 +24,16 @@ limits = { per_day = 200 }
 [plans.pro]
 features = ["live", "websocket"]
 limits = { per_hour = 5500, burst = 50, by = "key" }
+
+[plans.tiered]
+features = ["live"]
+limits = { per_day = 1000 }
+bookmaker_selection = 1
+delay = "90s"
+
+[plans.tiered.sharing]
+networks_per_hour = 5
+action = "disable"
 "#;
 /// No body.
 const NO: Value = Value::Null;
@@ -848,7 +858,14 @@ async fn the_openapi_document_describes_every_route_without_a_token() {
     );
     let plans = a.get("/v1/plans").await;
     assert_eq!(fields(&plans), properties(&doc, "PlanList"));
-    assert_eq!(fields(&plans["items"][0]), properties(&doc, "Plan"));
+    // A plan's bookmaker selection, sharing detection and delay appear only when set.
+    let mut plain = properties(&doc, "Plan");
+    plain.retain(|f| !["bookmaker_selection", "sharing", "delay_seconds"].contains(f));
+    assert_eq!(fields(&plans["items"][0]), plain);
+    let tiered = &plans["items"][2];
+    assert_eq!(tiered["name"], "tiered");
+    assert_eq!(fields(tiered), properties(&doc, "Plan"));
+    assert_eq!(fields(&tiered["sharing"]), properties(&doc, "PlanSharing"));
     let usage = a.get("/v1/clients/Acme/usage").await;
     assert_eq!(fields(&usage), properties(&doc, "Usage"));
     assert_eq!(
@@ -1005,6 +1022,9 @@ async fn plans_usage_and_emergency_mode() {
             { "name": "free", "features": [], "limits": { "per_day": 200 }, "limits_by": "client" },
             { "name": "pro", "features": ["live", "websocket"],
               "limits": { "per_hour": 5500, "burst": 50 }, "limits_by": "key" },
+            { "name": "tiered", "features": ["live"], "limits": { "per_day": 1000 },
+              "limits_by": "client", "bookmaker_selection": 1,
+              "sharing": { "networks_per_hour": 5, "action": "disable" }, "delay_seconds": 90.0 },
         ]})
     );
     assert_eq!(a.get("/v1/plans/pro").await, plans["items"][1]);

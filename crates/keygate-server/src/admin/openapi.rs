@@ -371,6 +371,26 @@ pub(crate) struct PlanLimits {
 pub(crate) enum LimitsBy {
     Client,
     Key,
+    Source,
+}
+
+/// What key-sharing detection does with a key seen from too many networks.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum SharingActionName {
+    Flag,
+    Disable,
+}
+
+/// A plan's key-sharing detection (`[plans.NAME.sharing]`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PlanSharing {
+    /// Distinct networks (IPv4 /24, IPv6 /48) a key may be seen from in an hour.
+    #[schema(minimum = 2, maximum = 10000)]
+    networks_per_hour: u32,
+    action: SharingActionName,
 }
 
 /// A plan of the configuration: the features it includes and its limits.
@@ -381,6 +401,17 @@ pub(crate) struct Plan {
     features: Vec<String>,
     limits: PlanLimits,
     limits_by: LimitsBy,
+    /// Clients on this plan pick at most this many bookmakers themselves; absent: every
+    /// bookmaker.
+    #[schema(nullable = false, minimum = 1)]
+    bookmaker_selection: Option<u32>,
+    /// Key-sharing detection; absent when off.
+    #[schema(nullable = false)]
+    sharing: Option<PlanSharing>,
+    /// A delayed tier: upstream data reaches clients this many seconds late; absent for real
+    /// time.
+    #[schema(nullable = false, exclusive_minimum = 0, maximum = 3600)]
+    delay_seconds: Option<f64>,
 }
 
 /// Every configured plan.
@@ -759,6 +790,8 @@ pub(crate) struct WsActivity {
         keys::RestrictionsBody,
         PlanLimits,
         LimitsBy,
+        SharingActionName,
+        PlanSharing,
         Plan,
         PlanList,
         EmergencyState,

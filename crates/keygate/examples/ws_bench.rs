@@ -100,6 +100,25 @@ async fn node(bin: &str, db: &str, config: &Path, dir: &Path, workers: &str) -> 
 struct Gateway {
     proc: Proc,
     addr: String,
+    /// nginx: stopped with SIGTERM first. Killed outright, its master leaves the worker
+    /// running (and holding its WebSocket connections) after the bench ends.
+    stop_with_term: bool,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.stop_with_term {
+            // nginx's fast shutdown: the master stops its workers, then exits. `Proc`'s own
+            // drop (SIGKILL) follows for whatever is left.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.proc.id().to_string()])
+                .status();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) && tree(self.proc.id()).len() > 1 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// nginx proxying WebSocket to the same echo upstream, with the same key check as keygate's
@@ -178,7 +197,11 @@ async fn nginx(dir: &Path, n: usize, upstream_port: u16, key: &str) -> Gateway {
             proc.stderr()
         );
     }
-    Gateway { proc, addr }
+    Gateway {
+        proc,
+        addr,
+        stop_with_term: true,
+    }
 }
 
 /// What one case measured.
@@ -211,7 +234,11 @@ async fn measure(case: &str, s: &Setup, dir: &Path) -> Figures {
         gateways.push(match case {
             "keygate" => {
                 let (proc, addr) = node(&s.bin, &s.db, &s.config, dir, "1").await;
-                Gateway { proc, addr }
+                Gateway {
+                    proc,
+                    addr,
+                    stop_with_term: false,
+                }
             }
             "nginx" => nginx(dir, n, s.upstream_port, &s.key).await,
             other => panic!("unknown case {other} (keygate, nginx)"),

@@ -4,9 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygate_test::{
-    free_port, http_client, postgres_schema, redis_url, wait_for_status, Proc, Upstream,
-};
+use keygate_test::{http_client, postgres_schema, redis_url, Proc, Upstream};
 use serde_json::Value;
 
 fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
@@ -21,43 +19,18 @@ fn cli(db: &str, config: &Path, args: &[&str]) -> Value {
 async fn cluster(dir: &Path, db: &str, config: &Path, upstream: &str) -> Vec<(Proc, String)> {
     let mut nodes = Vec::new();
     for i in 0..3 {
-        let (port, admin) = (free_port(), free_port());
-        let listen = format!("127.0.0.1:{port}");
-        let admin_listen = format!("127.0.0.1:{admin}");
         let log_dir = dir.join(format!("node{i}"));
         std::fs::create_dir_all(&log_dir).unwrap();
-        let proc = Proc::spawn(
+        let node = keygate_test::process::serve_ready_with(
             env!("CARGO_BIN_EXE_keygate"),
-            &[
-                "--db",
-                db,
-                "--config",
-                config.to_str().unwrap(),
-                "serve",
-                "--upstream",
-                upstream,
-                "--listen",
-                &listen,
-                "--admin-listen",
-                &admin_listen,
-                "--workers",
-                "1",
-            ],
+            (db, config),
+            upstream,
+            &["--workers", "1"],
             &[("RUST_LOG", "warn")],
             &log_dir,
-        );
-        assert!(
-            wait_for_status(
-                admin_listen.parse().unwrap(),
-                "/ready",
-                200,
-                Duration::from_secs(10)
-            )
-            .await,
-            "node {i} not ready: {}",
-            proc.stderr()
-        );
-        nodes.push((proc, format!("http://{listen}")));
+        )
+        .await;
+        nodes.push((node.proc, format!("http://{}", node.listen)));
     }
     nodes
 }

@@ -715,6 +715,59 @@ async fn sessions_expire_and_end_when_the_user_or_client_is_disabled() {
     no_mail_for(&mut b, &smtp, "ann@acme.test").await;
 }
 
+/// Another node on the same store: what its portal keeps of a session and a key listing is
+/// dropped when anything is written, so a sign-out and a new key on this node reach it within
+/// the change feed's delay, as a revoked key reaches every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_sees_a_sign_out_and_a_new_key_within_the_feed_delay() {
+    let (a, smtp) = start("").await;
+    a.client("Acme", &[], &[], &[], "free").await;
+    let db = a.dir.path().join("keygate.db").display().to_string();
+    let b = Harness::start_on(&config(&smtp, ""), Some(db)).await;
+    let mut on_a = signed_in(&a, &smtp, "Acme", "ann@acme.test").await;
+    let mut on_b = Browser::new(&b);
+    on_b.cookies = on_a.cookies.clone();
+    // Read from the store, then (nothing written since) as kept.
+    for _ in 0..2 {
+        let page = on_b.get("/keys").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(!page.body.contains("made-on-a"));
+    }
+
+    let made = on_a
+        .submit("/keys", "/keys", &[("label", "made-on-a"), ("expires", "")])
+        .await;
+    assert!(made.shown_key().is_some(), "{}", made.body);
+    eventually(&mut on_b, |p| {
+        p.status == 200 && p.body.contains("made-on-a")
+    })
+    .await;
+
+    let out = on_a.submit("/keys", "/sign-out", &[]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(
+        on_a.get("/keys").await.location.as_deref(),
+        Some("/sign-in")
+    );
+    eventually(&mut on_b, |p| p.location.as_deref() == Some("/sign-in")).await;
+}
+
+/// Asks for `/keys` until `done` holds of the answer; fails after the harness's replica wait.
+async fn eventually(b: &mut Browser, done: impl Fn(&Page) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = b.get("/keys").await;
+        if done(&page) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other node never caught up: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_are_refused() {
     let (h, smtp) = start("").await;

@@ -30,6 +30,7 @@ mod usage;
 mod webhooks;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,9 @@ pub struct Store {
     /// The connection URL (with credentials), for the change listener; never shown.
     url: Arc<str>,
     clock: Arc<dyn Clock>,
+    /// Changes committed through this handle, its clones and siblings (see
+    /// [`Store::writes_committed`]).
+    writes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -252,6 +256,7 @@ impl Store {
             target: shown.into(),
             url: url.into(),
             clock,
+            writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -303,6 +308,14 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// How many changes this process has committed through this handle, its clones and
+    /// siblings. A reader that notes it before reading and finds it unchanged later knows none
+    /// of its own process's writes came between (the change feed's version tells the same of
+    /// other processes' writes, once the replica has read it).
+    pub fn writes_committed(&self) -> u64 {
+        self.writes.load(Ordering::Acquire)
+    }
+
     /// Starts a write: one transaction that has already bumped the feed version, which takes the
     /// database's write lock first (no read-then-upgrade deadlock between processes) and gives
     /// this change a version no concurrent writer can share.
@@ -318,6 +331,7 @@ impl Store {
             version,
             now: self.clock.now(),
             backend: self.backend,
+            writes: Arc::clone(&self.writes),
         })
     }
 }
@@ -352,6 +366,7 @@ pub(crate) struct WriteTx {
     pub(crate) version: i64,
     pub(crate) now: Timestamp,
     backend: Backend,
+    writes: Arc<AtomicU64>,
 }
 
 impl WriteTx {
@@ -408,6 +423,8 @@ impl WriteTx {
                 .await?;
         }
         self.tx.commit().await?;
+        // Counted after the commit, so a reader that notes the new count reads the new rows.
+        self.writes.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 }

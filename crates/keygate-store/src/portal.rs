@@ -410,18 +410,22 @@ impl Store {
         .transpose()
     }
 
-    /// Ends a session (sign-out). Unknown digests are ignored.
+    /// Ends a session (sign-out). Unknown digests are ignored. A write like any other (it
+    /// moves the change feed's version), so every node's portal drops what it kept of the
+    /// session.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn revoke_portal_session(&self, digest: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE portal_sessions SET revoked_at = $2 WHERE digest = $1 AND revoked_at IS NULL",
         )
         .bind(digest.to_vec())
-        .bind(self.now().as_millis())
-        .execute(&self.pool)
+        .bind(tx.now.as_millis())
+        .execute(&mut *tx.tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! the change feed. A new key's plaintext is in the answer to the POST that made it and nowhere
 //! else: not in a redirect, a log line or the store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -13,32 +14,45 @@ use axum::response::Response;
 use axum::Form;
 use keygate_core::{ApiKey, KeyId, KeyState, SecretKey, Timestamp};
 use keygate_store::NewKey;
-use minijinja::{context, Value};
-use serde::Deserialize;
+use minijinja::context;
+use serde::{Deserialize, Serialize};
 
 use super::error::{store, PortalError};
 use super::pages::page;
 use super::session::Signed;
 use super::{actor, PortalState};
 
-/// A key as the page shows it: masked.
-fn row(k: &ApiKey, now: Timestamp) -> Value {
+/// A key as the page shows it: masked. Serialized straight into the template's values (no
+/// JSON value in between: building one per row was a fifth of a Keys page's time).
+#[derive(Serialize)]
+struct Row<'a> {
+    id: &'a str,
+    hint: &'a str,
+    label: &'a str,
+    created: String,
+    last_used: String,
+    expires: String,
+    state: &'static str,
+    live: bool,
+}
+
+fn row(k: &ApiKey, now: Timestamp) -> Row<'_> {
     let state = match k.state {
         KeyState::Active if k.expires_at.is_some_and(|at| at <= now) => "expired",
         KeyState::Active => "active",
         KeyState::Disabled => "disabled",
         KeyState::Revoked => "revoked",
     };
-    Value::from_serialize(serde_json::json!({
-        "id": k.id.as_str(),
-        "hint": k.hint,
-        "label": k.label,
-        "created": day_time(Some(k.created_at)),
-        "last_used": day_time(k.last_used_at),
-        "expires": day_time(k.expires_at),
-        "state": state,
-        "live": state == "active",
-    }))
+    Row {
+        id: k.id.as_str(),
+        hint: &k.hint,
+        label: &k.label,
+        created: day_time(Some(k.created_at)),
+        last_used: day_time(k.last_used_at),
+        expires: day_time(k.expires_at),
+        state,
+        live: state == "active",
+    }
 }
 
 /// `2026-09-21 14:03 UTC`, or an empty string.
@@ -51,9 +65,19 @@ pub(crate) fn day_time(at: Option<Timestamp>) -> String {
 }
 
 /// The signed-in client's keys: by its id, which the session's query found enabled (one
-/// query per page less than a listing by name or id).
-async fn client_keys(state: &PortalState, signed: &Signed) -> Result<Vec<ApiKey>, PortalError> {
-    store(state.store.keys_of_client(&signed.session.user.client_id)).await
+/// query per page less than a listing by name or id), or as read for an earlier page while
+/// nothing has been written since (`super::cache`).
+async fn client_keys(state: &PortalState, signed: &Signed) -> Result<Arc<[ApiKey]>, PortalError> {
+    let client = &signed.session.user.client_id;
+    let stamp = state.stamp();
+    if let Some(keys) = state.cache.keys(client, stamp) {
+        return Ok(keys);
+    }
+    let keys: Arc<[ApiKey]> = store(state.store.keys_of_client(client)).await?.into();
+    state
+        .cache
+        .keep_keys(client.clone(), stamp, Arc::clone(&keys));
+    Ok(keys)
 }
 
 /// The key `id` if it belongs to the signed-in client; any other id is "not found".
@@ -76,12 +100,8 @@ async fn keys_page(
     let now = state.gateway().clock.now();
     // Every key, newest first; revoked ones stay listed (masked, no actions) so the customer
     // sees what stopped and when it was made.
-    let keys: Vec<Value> = client_keys(state, signed)
-        .await?
-        .iter()
-        .rev()
-        .map(|k| row(k, now))
-        .collect();
+    let keys = client_keys(state, signed).await?;
+    let rows: Vec<Row<'_>> = keys.iter().rev().map(|k| row(k, now)).collect();
     let shown = shown.map(|(k, secret, note)| {
         context! { key => secret.expose(), label => k.label.as_str(), note => note }
     });
@@ -91,7 +111,7 @@ async fn keys_page(
         Some(&signed.session.user.email),
         status,
         "keys.html",
-        context! { keys => keys, shown => shown, rotate_grace => state.settings.rotate_grace.is_some() },
+        context! { keys => rows, shown => shown, rotate_grace => state.settings.rotate_grace.is_some() },
     )
 }
 

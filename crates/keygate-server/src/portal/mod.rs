@@ -10,6 +10,7 @@
 //! script is an embedded file (so the Content-Security-Policy allows no inline script at all).
 
 mod account;
+mod cache;
 mod error;
 mod feed;
 mod keys;
@@ -55,6 +56,8 @@ pub struct PortalState {
     /// Requests per source address (`[portal] requests_per_source`), in this process's memory:
     /// a refusal costs no store call and no Redis round trip.
     pub(crate) sources: Arc<keygate_limits::LocalLimiter>,
+    /// Sessions and key listings read for earlier pages, while nothing has been written.
+    pub(crate) cache: Arc<cache::PageCache>,
 }
 
 impl std::fmt::Debug for PortalState {
@@ -83,6 +86,7 @@ impl PortalState {
             settings: Arc::new(settings),
             pages: Arc::new(pages),
             sources: Arc::new(keygate_limits::LocalLimiter::new()),
+            cache: Arc::new(cache::PageCache::new()),
         })
     }
 }
@@ -91,6 +95,11 @@ impl PortalState {
     /// The gateway in force.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.live.load()
+    }
+
+    /// Where the store stands as far as this node knows, noted before a read the portal keeps.
+    pub(crate) fn stamp(&self) -> cache::Stamp {
+        cache::Stamp::now(self.gateway().replica.version(), &self.store)
     }
 }
 

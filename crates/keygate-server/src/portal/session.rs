@@ -160,8 +160,9 @@ impl FromRequestParts<PortalState> for Visit {
     }
 }
 
-/// A signed-in visitor: the session is live, its user and client enabled. Anyone else is sent
-/// to the sign-in page.
+/// A signed-in visitor: the session is live, its user and client enabled (as the store says,
+/// or said for an earlier page while nothing has been written since: `super::cache`). Anyone
+/// else is sent to the sign-in page.
 #[derive(Clone, Debug)]
 pub(crate) struct Signed {
     pub(crate) visit: Visit,
@@ -179,9 +180,20 @@ impl FromRequestParts<PortalState> for Signed {
         let Some(token) = visit.session_token() else {
             return Err(PortalError::SignInNeeded);
         };
-        let found = super::error::store(state.store.portal_session(&digest(token))).await?;
-        match found {
-            Some(session) => Ok(Signed { visit, session }),
+        let digest = digest(token);
+        let stamp = state.stamp();
+        if let Some(session) = state.cache.session(&digest, stamp) {
+            // Kept while nothing was written; its end passes by the clock all the same.
+            if session.expires_at > state.gateway().clock.now() {
+                return Ok(Signed { visit, session });
+            }
+            return Err(PortalError::SignInNeeded);
+        }
+        match super::error::store(state.store.portal_session(&digest)).await? {
+            Some(session) => {
+                state.cache.keep_session(digest, stamp, session.clone());
+                Ok(Signed { visit, session })
+            }
             None => Err(PortalError::SignInNeeded),
         }
     }

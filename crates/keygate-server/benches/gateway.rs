@@ -31,6 +31,10 @@
 //! it sampled (the span built and handed to the batch processor's queue). The exporter
 //! discards what it gets: serialising and sending a batch happen on the exporter's thread,
 //! not the request's, and are not in these figures.
+//!
+//! `access_line` is the same exit with the access log on (the binary's default): the line as
+//! tracing-subscriber's fmt layer formats it and as keygate's own formatter does
+//! (`keygate_server::access_log`), text and JSON, written to a sink.
 
 mod support;
 
@@ -524,11 +528,77 @@ fn traced_exit(c: &mut Criterion) {
     group.finish();
 }
 
+/// A forwarded request's exit (as `exit_traced/off`) with the access log on: its line
+/// formatted by tracing-subscriber's fmt layer (`fmt_*`) and by keygate's own formatter
+/// (`own_*`, what the binary uses), written to a sink; `off` has no subscriber.
+fn access_line(c: &mut Criterion) {
+    use keygate_server::access_log::AccessFirst;
+    use tracing_subscriber::fmt::format;
+    let mut group = c.benchmark_group("access_line");
+    group.throughput(Throughput::Elements(1));
+    let (gw, _clock, plaintexts) = support::gateway(10_000);
+    let path = "/cs2/v1/matches/12345";
+    let callers: Vec<(HeaderMap, check::Admitted)> = plaintexts
+        .iter()
+        .take(HOT)
+        .map(|k| {
+            let mut h = HeaderMap::new();
+            h.insert("x-api-key", HeaderValue::from_str(k).expect("ASCII key"));
+            let (_, who) = decide_and_limit_who(&gw, &Method::GET, path, None, &h);
+            (h, who)
+        })
+        .collect();
+    let fmt = || {
+        tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(std::io::sink)
+    };
+    let cases: [(&str, Option<tracing::Dispatch>); 5] = [
+        ("off", None),
+        ("fmt_text", Some(fmt().finish().into())),
+        (
+            "own_text",
+            Some(
+                fmt()
+                    .event_format(AccessFirst::text(format()))
+                    .finish()
+                    .into(),
+            ),
+        ),
+        ("fmt_json", Some(fmt().json().finish().into())),
+        (
+            "own_json",
+            Some(
+                fmt()
+                    .json()
+                    .event_format(AccessFirst::json(format().json()))
+                    .finish()
+                    .into(),
+            ),
+        ),
+    ];
+    let mut to_upstream = HeaderMap::new();
+    let mut i = 0;
+    for (name, dispatch) in cases {
+        let _default = dispatch.map(|d| tracing::dispatcher::set_default(&d));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % callers.len();
+                let (incoming, who) = &callers[i];
+                check::bench_forwarded(&gw, who, black_box(incoming), &mut to_upstream);
+                black_box(&to_upstream);
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = hot_path, traced_exit
+    targets = hot_path, traced_exit, access_line
 }
 criterion_main!(benches);

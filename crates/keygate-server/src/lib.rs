@@ -23,6 +23,11 @@ pub use runtime::server::{start, start_on, start_with_clock, Running, ServeError
 // What the binary, the integration tests and the benches reach inside the crate, by the paths
 // they have always used; everything else stays crate-private so the compiler reports dead code.
 
+/// The access line: its log target and its formatter (the binary installs it).
+pub mod access_log {
+    pub use crate::request::access_log::{AccessFirst, TARGET};
+}
+
 /// Analytics queries: the filters' parser and the JSON and CSV answers, shared by the admin
 /// API and `keygate usage`.
 pub mod analytics {

@@ -22,14 +22,13 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use keygate_server::access_log::TARGET as ACCESS_TARGET;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// A buffer is written once it holds this much (nginx's `access_log … buffer=64k`).
 pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
 /// The longest an access line waits in a buffer (nginx's `flush=` is the same idea).
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// The log target whose lines are buffered.
-const ACCESS_TARGET: &str = "keygate::access";
 
 type Buffer = Arc<Mutex<Vec<u8>>>;
 

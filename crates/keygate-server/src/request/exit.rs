@@ -493,7 +493,7 @@ pub fn bench_forwarded(
 
 /// Whether the access log is on (its clock is read only then).
 pub(crate) fn access_logged() -> bool {
-    tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
+    tracing::enabled!(target: super::access_log::TARGET, tracing::Level::INFO)
 }
 
 /// Counts one ended request in the metrics and its client's usage, and writes its one
@@ -531,7 +531,7 @@ pub(crate) fn record(
         u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
     });
     tracing::info!(
-        target: "keygate::access",
+        target: super::access_log::TARGET,
         method = %exit.method,
         route = route_name,
         status,

@@ -1,7 +1,9 @@
 //! The HTTP request path, step by step: bounds on what a client may send, the credential, the
 //! decision ([`check`]), forwarding ([`proxy`]), the verify and whoami endpoints, and the one exit
-//! ([`exit`]). The WebSocket side (`crate::ws`) reuses these steps; nothing here depends on it.
+//! ([`exit`]) with its access line ([`access_log`]). The WebSocket side (`crate::ws`) reuses
+//! these steps; nothing here depends on it.
 
+pub(crate) mod access_log;
 pub(crate) mod body;
 pub(crate) mod bounded_body;
 pub(crate) mod bounds;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use keygate_server::access_log::AccessFirst;
 use keygate_server::{Config, Overrides};
 use keygate_store::{MigrateMode, OpenOptions, Store};
 
@@ -22,10 +23,16 @@ pub(crate) fn init_logging(format: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(crate::log_writer::Stderr::start());
+    // Access lines by keygate's own formatter (the same bytes, a fraction of the time), the
+    // rest by the fmt layer's.
+    let formatter = tracing_subscriber::fmt::format;
     if format == "json" {
-        builder.json().init();
+        builder
+            .json()
+            .event_format(AccessFirst::json(formatter().json()))
+            .init();
     } else {
-        builder.init();
+        builder.event_format(AccessFirst::text(formatter())).init();
     }
     // Panics go to the log like everything else (JSON when asked), with where they happened.
     // The payload is kept to its first line and 200 bytes: enough to find the bug, and no room

@@ -20,6 +20,11 @@
 # portal. PORTAL_WRK_NICE=0 measures the rig as it is. "portal alone" is the portal's rate with
 # the gateway idle, to show the portal thread's lower priority costs it nothing then.
 #
+# "portal thread CPU per page" is the portal thread's user and system time over the portal-alone
+# runs divided by the pages served: what one page costs the node, and the figure least moved by
+# whatever else shares the machine (the ratios above move by a tenth from run to run on a
+# shared two-core rig).
+#
 # The portal's per-source limit (`[portal] requests_per_source`) would answer most of these
 # loads 429 (wrk is one address); SOURCE_LIMIT (1000000 by default) stands in for the many
 # addresses of real visitors. SOURCE_LIMIT=600 (the default of a real node) measures a flood from
@@ -27,9 +32,11 @@
 # for a build from before the setting.
 #
 # Knobs: W (1), REPS (3), DUR (10s), THREADS (1 per wrk), CONNS (32 gateway), PCONNS (32
-# portal flood), PACED (4), PACE_MS (10), PORTAL_WRK_NICE (19), PRIORITY (unset: the default;
-# else [portal] priority), BUILD (1: cargo build --release first), KG (the binary). Ports
-# 18300-18302, loopback.
+# portal flood), PACED (4), PACE_MS (10), LOADS ("flood paced": which portal loads run; each
+# repetition measures the gateway alone, the portal alone, each load, then the control),
+# PORTAL_WRK_NICE (19), PRIORITY (unset: the default; else [portal] priority), BUILD (1:
+# cargo build --release first), KG (the binary), PAGE_PATH (/keys: the portal page loaded;
+# /assets/portal.css, a page with no work, separates a page's cost from the portal's wake-ups). Ports 18300-18302, loopback.
 # Every process started here is stopped by PID, also on exit.
 set -euo pipefail
 
@@ -44,6 +51,8 @@ PCONNS=${PCONNS:-32}
 PORTAL_WRK_NICE=${PORTAL_WRK_NICE:-19}
 PACED=${PACED:-4}
 PACE_MS=${PACE_MS:-10}
+LOADS=${LOADS:-flood paced}
+PAGE_PATH=${PAGE_PATH:-/keys}
 BUILD=${BUILD:-1}
 SOURCE_LIMIT=${SOURCE_LIMIT-1000000}
 SOURCE_LINE=${SOURCE_LIMIT:+requests_per_source = $SOURCE_LIMIT}
@@ -96,6 +105,7 @@ LINK=$(kg portal invite bench --email bench@example.test | python3 -c 'import js
 "$KG" --config "$RUN/keygate.toml" serve --workers "$W" --upstream http://127.0.0.1:9 \
   >"$RUN/serve.log" 2>&1 &
 PIDS+=($!)
+KG_PID=$!
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:18301/ready >/dev/null && break
   sleep 0.1
@@ -121,7 +131,7 @@ measure() { # url header conns [script]
 }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 gateway() { measure http://127.0.0.1:18300/v1/whoami "X-API-Key: $KEY" "$CONNS"; }
-portal() { NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18302/keys "Cookie: $COOKIE" "$@"; }
+portal() { NICE=$PORTAL_WRK_NICE measure "http://127.0.0.1:18302$PAGE_PATH" "Cookie: $COOKIE" "$@"; }
 # The gateway measured while the portal is loaded: case name, portal connections, [script].
 under_portal() {
   portal "$2" "${3:-}" > "$RUN/$1.portal.$rep" &
@@ -131,6 +141,19 @@ under_portal() {
   wait "$pw"
   cat "$RUN/$1.portal.$rep" >> "$RUN/$1.portal"
 }
+# CPU time (user + system, clock ticks) of the node's portal thread so far: what a page costs,
+# whatever else shares the machine.
+portal_cpu() {
+  local t
+  for t in /proc/"$KG_PID"/task/*; do
+    if [ "$(cat "$t/comm")" = keygate-portal ]; then
+      awk '{ print $14 + $15 }' "$t/stat"
+      return
+    fi
+  done
+  echo 0
+}
+TICKS=$(getconf CLK_TCK)
 # The paced portal load: each connection waits PACE_MS between pages.
 printf 'function delay() return %s end\n' "$PACE_MS" > "$RUN/pace.lua"
 
@@ -169,9 +192,16 @@ control() { # the paced load on nginx, while the gateway is measured
 
 for rep in $(seq 1 "$REPS"); do
   gateway >> "$RUN/alone"
+  before=$(portal_cpu)
   portal "$PCONNS" >> "$RUN/portal-alone"
-  under_portal flood "$PCONNS"
-  under_portal paced "$PACED" "$RUN/pace.lua"
+  echo "$before $(portal_cpu) $(tail -1 "$RUN/portal-alone" | cut -d' ' -f1)" >> "$RUN/portal-cpu"
+  for load in $LOADS; do
+    case $load in
+      flood) under_portal flood "$PCONNS" ;;
+      paced) under_portal paced "$PACED" "$RUN/pace.lua" ;;
+      *) echo "unknown load $load (flood, paced)" >&2; exit 2 ;;
+    esac
+  done
   if [ "$CONTROL" = 1 ]; then control; fi
 done
 
@@ -180,7 +210,10 @@ A_RPS=$(col alone 1); A_P99=$(col alone 2)
 printf '| case | gateway req/s | gateway p99 ms | pages/s | gateway ratio (req/s, p99) |\n|---|---|---|---|---|\n'
 printf '| gateway alone | %s | %s | - | 1 |\n' "$A_RPS" "$A_P99"
 printf '| portal alone | - | - | %s | - |\n' "$(col portal-alone 1)"
-CASES="flood paced"; [ "$CONTROL" = 1 ] && CASES="$CASES control"
+# CPU per page: the portal thread's ticks over a portal-alone run, over the pages it served.
+PER_PAGE=$(awk -v t="$TICKS" -v d="${DUR%s}" '{ print ($2 - $1) / t * 1e6 / ($3 * d) }' "$RUN/portal-cpu" | median)
+printf '| portal thread CPU per page, µs (portal alone) | - | - | %.0f | - |\n' "$PER_PAGE"
+CASES="$LOADS"; [ "$CONTROL" = 1 ] && CASES="$CASES control"
 for c in $CASES; do
   L_RPS=$(col $c 1); L_P99=$(col $c 2)
   awk -v c="$c" -v a="$A_RPS" -v l="$L_RPS" -v ap="$A_P99" -v lp="$L_P99" -v p="$(col $c.portal 1)" \

@@ -224,15 +224,11 @@ impl<W: fmt::Write> Visit for TextFields<'_, W> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record(field, |out| {
-            out.write_str(itoa::Buffer::new().format(value))
-        });
+        self.record(field, integer(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record(field, |out| {
-            out.write_str(itoa::Buffer::new().format(value))
-        });
+        self.record(field, integer(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -241,6 +237,11 @@ impl<W: fmt::Write> Visit for TextFields<'_, W> {
         }
         self.record(field, |out| write!(out, "{value:?}"));
     }
+}
+
+/// An integer as both formats write it.
+fn integer<W: fmt::Write>(value: impl itoa::Integer) -> impl FnOnce(&mut W) -> fmt::Result {
+    move |out| out.write_str(itoa::Buffer::new().format(value))
 }
 
 /// A byte `fmt::Debug` writes as it is inside a string's quotes.
@@ -278,15 +279,11 @@ impl<W: fmt::Write> Visit for JsonFields<'_, W> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record(field, |out| {
-            out.write_str(itoa::Buffer::new().format(value))
-        });
+        self.record(field, integer(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record(field, |out| {
-            out.write_str(itoa::Buffer::new().format(value))
-        });
+        self.record(field, integer(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {

@@ -606,8 +606,17 @@ fn json_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// RFC 8259 §7 string contents: `"`, `\` and control characters escaped, the rest as UTF-8.
+/// [`write_json_escaped`] into a `String`, which cannot fail.
 fn json_escape(s: &str, out: &mut String) {
+    let _ = write_json_escaped(s, out);
+}
+
+/// RFC 8259 §7 string contents: `"`, `\` and control characters escaped, the rest as UTF-8,
+/// as serde_json writes them between a string's quotes (the access log's JSON lines use it too).
+///
+/// # Errors
+/// The writer's.
+pub fn write_json_escaped<W: std::fmt::Write + ?Sized>(s: &str, out: &mut W) -> std::fmt::Result {
     let mut from = 0;
     for (at, c) in s.char_indices() {
         let short = match c {
@@ -621,15 +630,15 @@ fn json_escape(s: &str, out: &mut String) {
             c if c < ' ' => "",
             _ => continue,
         };
-        out.push_str(&s[from..at]);
+        out.write_str(&s[from..at])?;
         if short.is_empty() {
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
+            write!(out, "\\u{:04x}", u32::from(c))?;
         } else {
-            out.push_str(short);
+            out.write_str(short)?;
         }
         from = at + c.len_utf8();
     }
-    out.push_str(&s[from..]);
+    out.write_str(&s[from..])
 }
 
 // --- XML -------------------------------------------------------------------------------------

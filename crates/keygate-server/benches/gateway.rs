@@ -476,6 +476,40 @@ impl opentelemetry_sdk::trace::SpanExporter for Discard {
     }
 }
 
+/// The hot keys' admitted requests for `GET /cs2/v1/matches/12345?bookmaker=bet365&page=2`,
+/// with the headers each came with.
+fn forwarded_callers(gw: &Gateway, plaintexts: &[String]) -> Vec<(HeaderMap, check::Admitted)> {
+    let path = "/cs2/v1/matches/12345";
+    let query = Some("bookmaker=bet365&page=2");
+    plaintexts
+        .iter()
+        .take(HOT)
+        .map(|k| {
+            let mut h = HeaderMap::new();
+            h.insert("x-api-key", HeaderValue::from_str(k).expect("ASCII key"));
+            h.insert("accept", HeaderValue::from_static("application/json"));
+            let (_, who) = decide_and_limit_who(gw, &Method::GET, path, query, &h);
+            (h, who)
+        })
+        .collect()
+}
+
+/// Times the exits of `callers`' forwarded requests, one after the other.
+fn forwarded_exits(
+    b: &mut criterion::Bencher<'_>,
+    gw: &Gateway,
+    callers: &[(HeaderMap, check::Admitted)],
+) {
+    let mut to_upstream = HeaderMap::new();
+    let mut i = 0;
+    b.iter(|| {
+        i = (i + 1) % callers.len();
+        let (incoming, who) = &callers[i];
+        check::bench_forwarded(gw, who, black_box(incoming), &mut to_upstream);
+        black_box(&to_upstream);
+    });
+}
+
 /// A forwarded request's exit with tracing off, on and unsampled, and on and sampled.
 fn traced_exit(c: &mut Criterion) {
     const KEYS_HERE: usize = 10_000;
@@ -498,29 +532,8 @@ fn traced_exit(c: &mut Criterion) {
             let tracer = keygate_server::traces::Tracer::with_exporter(&config, Discard);
             assert!(gw.tracer.set(tracer).is_ok(), "one tracer");
         }
-        let path = "/cs2/v1/matches/12345";
-        let query = Some("bookmaker=bet365&page=2");
-        let callers: Vec<(HeaderMap, check::Admitted)> = plaintexts
-            .iter()
-            .take(HOT)
-            .map(|k| {
-                let mut h = HeaderMap::new();
-                h.insert("x-api-key", HeaderValue::from_str(k).expect("ASCII key"));
-                h.insert("accept", HeaderValue::from_static("application/json"));
-                let (_, who) = decide_and_limit_who(&gw, &Method::GET, path, query, &h);
-                (h, who)
-            })
-            .collect();
-        let mut to_upstream = HeaderMap::new();
-        let mut i = 0;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                i = (i + 1) % callers.len();
-                let (incoming, who) = &callers[i];
-                check::bench_forwarded(&gw, who, black_box(incoming), &mut to_upstream);
-                black_box(&to_upstream);
-            })
-        });
+        let callers = forwarded_callers(&gw, &plaintexts);
+        group.bench_function(name, |b| forwarded_exits(b, &gw, &callers));
         if let Some(t) = gw.tracer.get() {
             t.shutdown();
         }
@@ -537,17 +550,7 @@ fn access_line(c: &mut Criterion) {
     let mut group = c.benchmark_group("access_line");
     group.throughput(Throughput::Elements(1));
     let (gw, _clock, plaintexts) = support::gateway(10_000);
-    let path = "/cs2/v1/matches/12345";
-    let callers: Vec<(HeaderMap, check::Admitted)> = plaintexts
-        .iter()
-        .take(HOT)
-        .map(|k| {
-            let mut h = HeaderMap::new();
-            h.insert("x-api-key", HeaderValue::from_str(k).expect("ASCII key"));
-            let (_, who) = decide_and_limit_who(&gw, &Method::GET, path, None, &h);
-            (h, who)
-        })
-        .collect();
+    let callers = forwarded_callers(&gw, &plaintexts);
     let fmt = || {
         tracing_subscriber::fmt()
             .with_env_filter("info")
@@ -578,18 +581,9 @@ fn access_line(c: &mut Criterion) {
             ),
         ),
     ];
-    let mut to_upstream = HeaderMap::new();
-    let mut i = 0;
     for (name, dispatch) in cases {
         let _default = dispatch.map(|d| tracing::dispatcher::set_default(&d));
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                i = (i + 1) % callers.len();
-                let (incoming, who) = &callers[i];
-                check::bench_forwarded(&gw, who, black_box(incoming), &mut to_upstream);
-                black_box(&to_upstream);
-            })
-        });
+        group.bench_function(name, |b| forwarded_exits(b, &gw, &callers));
     }
     group.finish();
 }

@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use keygate_core::render::write_json_escaped;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
@@ -128,12 +129,11 @@ fn write_timestamp(out: &mut impl fmt::Write) -> fmt::Result {
     SECOND.with(|cell| {
         let mut cached = cell.borrow_mut();
         if cached.0 != secs {
-            let at = i64::try_from(secs)
-                .ok()
-                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-                .unwrap_or_default();
+            let millis = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let whole = keygate_core::Timestamp::from_millis(millis).to_rfc3339();
             cached.1.clear();
-            write!(cached.1, "{}.", at.format("%Y-%m-%dT%H:%M:%S"))?;
+            cached.1.push_str(whole.strip_suffix('Z').unwrap_or(&whole));
+            cached.1.push('.');
             cached.0 = secs;
         }
         out.write_str(&cached.1)
@@ -246,7 +246,7 @@ fn integer<W: fmt::Write>(value: impl itoa::Integer) -> impl FnOnce(&mut W) -> f
 
 /// A byte `fmt::Debug` writes as it is inside a string's quotes.
 fn plain(b: u8) -> bool {
-    (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' && b != b'\''
+    (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'
 }
 
 /// The JSON format's fields: an object, in the event's order; numbers and booleans as JSON
@@ -300,9 +300,9 @@ impl<W: fmt::Write> Visit for JsonFields<'_, W> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.record(field, |out| {
-            let mut s = String::new();
-            write!(s, "{value:?}")?;
-            json_string(out, &s)
+            out.write_char('"')?;
+            write!(JsonEscaped(out), "{value:?}")?;
+            out.write_char('"')
         });
     }
 }
@@ -310,29 +310,18 @@ impl<W: fmt::Write> Visit for JsonFields<'_, W> {
 /// `s` as a JSON string, escaped as serde_json escapes it.
 fn json_string(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
     out.write_char('"')?;
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.write_str(&s[start..i])?;
-        if escape.is_empty() {
-            write!(out, "\\u{b:04x}")?;
-        } else {
-            out.write_str(escape)?;
-        }
-        start = i + 1;
-    }
-    out.write_str(&s[start..])?;
+    write_json_escaped(s, out)?;
     out.write_char('"')
+}
+
+/// Writes through to `W` as the contents of a JSON string (a `Debug` value, with no string of
+/// its own in between).
+struct JsonEscaped<'a, W>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        write_json_escaped(s, self.0)
+    }
 }
 
 #[cfg(test)]

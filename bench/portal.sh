@@ -33,7 +33,7 @@
 #
 # Knobs: W (1), REPS (3), DUR (10s), THREADS (1 per wrk), CONNS (32 gateway), PCONNS (32
 # portal flood), PACED (4), PACE_MS (10), LOADS ("flood paced": which portal loads run; each
-# repetition measures the gateway alone, the portal alone, each load, then the control),
+# repetition measures the gateway alone, the portal alone, each load, then each load's control),
 # PORTAL_WRK_NICE (19), PRIORITY (unset: the default; else [portal] priority), BUILD (1:
 # cargo build --release first), KG (the binary), PAGE_PATH (/keys: the portal page loaded;
 # /assets/portal.css, a page with no work, separates a page's cost from the portal's wake-ups). Ports 18300-18302, loopback.
@@ -157,7 +157,7 @@ TICKS=$(getconf CLK_TCK)
 # The paced portal load: each connection waits PACE_MS between pages.
 printf 'function delay() return %s end\n' "$PACE_MS" > "$RUN/pace.lua"
 
-# The control: the same paced load on a copy of the Keys page served by nginx (no keygate
+# The controls: each portal load on a copy of the Keys page served by nginx (no keygate
 # work at all), which is what the load generator, loopback TCP and a second server cost the
 # gateway on this machine anyway. Skipped without nginx.
 CONTROL=0
@@ -181,13 +181,13 @@ NGINX
   PIDS+=($!)
   for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18303/keys >/dev/null && break; sleep 0.1; done
 fi
-control() { # the paced load on nginx, while the gateway is measured
-  NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18303/keys "Cookie: x" "$PACED" "$RUN/pace.lua" > "$RUN/control.portal.$rep" &
+control() { # a portal load on nginx, while the gateway is measured: case name, connections, [script]
+  NICE=$PORTAL_WRK_NICE measure http://127.0.0.1:18303/keys "Cookie: x" "$2" "${3:-}" > "$RUN/$1.portal.$rep" &
   local pw=$!
   sleep 0.2
-  gateway >> "$RUN/control"
+  gateway >> "$RUN/$1"
   wait "$pw"
-  cat "$RUN/control.portal.$rep" >> "$RUN/control.portal"
+  cat "$RUN/$1.portal.$rep" >> "$RUN/$1.portal"
 }
 
 for rep in $(seq 1 "$REPS"); do
@@ -202,7 +202,14 @@ for rep in $(seq 1 "$REPS"); do
       *) echo "unknown load $load (flood, paced)" >&2; exit 2 ;;
     esac
   done
-  if [ "$CONTROL" = 1 ]; then control; fi
+  if [ "$CONTROL" = 1 ]; then
+    for load in $LOADS; do
+      case $load in
+        flood) control control-flood "$PCONNS" ;;
+        paced) control control-paced "$PACED" "$RUN/pace.lua" ;;
+      esac
+    done
+  fi
 done
 
 col() { cut -d' ' -f"$2" "$RUN/$1" | median; }
@@ -213,10 +220,10 @@ printf '| portal alone | - | - | %s | - |\n' "$(col portal-alone 1)"
 # CPU per page: the portal thread's ticks over a portal-alone run, over the pages it served.
 PER_PAGE=$(awk -v t="$TICKS" -v d="${DUR%s}" '{ print ($2 - $1) / t * 1e6 / ($3 * d) }' "$RUN/portal-cpu" | median)
 printf '| portal thread CPU per page, µs (portal alone) | - | - | %.0f | - |\n' "$PER_PAGE"
-CASES="$LOADS"; [ "$CONTROL" = 1 ] && CASES="$CASES control"
+CASES="$LOADS"; [ "$CONTROL" = 1 ] && for load in $LOADS; do CASES="$CASES control-$load"; done
 for c in $CASES; do
   L_RPS=$(col $c 1); L_P99=$(col $c 2)
   awk -v c="$c" -v a="$A_RPS" -v l="$L_RPS" -v ap="$A_P99" -v lp="$L_P99" -v p="$(col $c.portal 1)" \
-    -v n="$(case $c in flood) echo "portal, $PCONNS connections back to back" ;; paced) echo "portal, $PACED connections ${PACE_MS} ms apart" ;; *) echo "control: the same paced load on nginx" ;; esac)" \
+    -v n="$(case $c in flood) echo "portal, $PCONNS connections back to back" ;; paced) echo "portal, $PACED connections ${PACE_MS} ms apart" ;; control-flood) echo "control: the same flood on nginx" ;; *) echo "control: the same paced load on nginx" ;; esac)" \
     'BEGIN { printf "| gateway + %s | %s | %s | %s | %.2f, %.2f |\n", n, l, lp, p, l / a, lp / ap }'
 done

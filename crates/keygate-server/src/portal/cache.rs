@@ -1,7 +1,7 @@
 //! What the portal read from the store for its pages, kept until anything is written.
 //!
 //! Every signed-in page needs its session (a join of three tables) and the Keys page the
-//! client's keys. Read from the store each time, those two queries were most of a page's cost
+//! client's keys (a [`Listing`], which also keeps its rendered rows). Read from the store each time, those two queries were most of a page's cost
 //! (each a hand-off to the store's worker thread and back, BENCHMARKS.md, issue 20), on the cores
 //! the gateway's requests need. An entry is used only while nothing has been written since it was
 //! read:
@@ -20,9 +20,10 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keygate_core::{ApiKey, ClientId};
+use keygate_core::ClientId;
 use keygate_store::{PortalSession, Store};
 
+use super::keys::Listing;
 use crate::state::locks::lock;
 
 /// The longest an entry is used, however quiet the store.
@@ -98,7 +99,7 @@ impl<K: Hash + Eq, T: Clone> Map<K, T> {
 /// The portal's sessions (by token digest) and key listings (by client).
 pub(crate) struct PageCache {
     sessions: Map<[u8; 32], PortalSession>,
-    keys: Map<ClientId, Arc<[ApiKey]>>,
+    keys: Map<ClientId, Arc<Listing>>,
 }
 
 impl PageCache {
@@ -117,11 +118,11 @@ impl PageCache {
         self.sessions.put(digest, read_at, session);
     }
 
-    pub(crate) fn keys(&self, client: &ClientId, now: Stamp) -> Option<Arc<[ApiKey]>> {
+    pub(crate) fn keys(&self, client: &ClientId, now: Stamp) -> Option<Arc<Listing>> {
         self.keys.get(client, now)
     }
 
-    pub(crate) fn keep_keys(&self, client: ClientId, read_at: Stamp, keys: Arc<[ApiKey]>) {
+    pub(crate) fn keep_keys(&self, client: ClientId, read_at: Stamp, keys: Arc<Listing>) {
         self.keys.put(client, read_at, keys);
     }
 
@@ -155,7 +156,11 @@ mod tests {
     fn a_full_map_drops_what_is_stale_first_and_never_grows_past_capacity() {
         let c = PageCache::new();
         let client = ClientId::parse("cli_0123456789abcdef").unwrap();
-        c.keep_keys(client.clone(), stamp(1, 0), Arc::from(Vec::new()));
+        c.keep_keys(
+            client.clone(),
+            stamp(1, 0),
+            Arc::new(Listing::new(Vec::new())),
+        );
         for i in 0..CAPACITY as u32 {
             let mut d = [0u8; 32];
             d[..4].copy_from_slice(&i.to_le_bytes());

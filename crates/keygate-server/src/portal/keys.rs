@@ -5,7 +5,7 @@
 //! the change feed. A new key's plaintext is in the answer to the POST that made it and nowhere
 //! else: not in a redirect, a log line or the store.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -14,11 +14,11 @@ use axum::response::Response;
 use axum::Form;
 use keygate_core::{ApiKey, KeyId, KeyState, SecretKey, Timestamp};
 use keygate_store::NewKey;
-use minijinja::context;
+use minijinja::{context, Value};
 use serde::{Deserialize, Serialize};
 
 use super::error::{store, PortalError};
-use super::pages::page;
+use super::pages::{page, Pages};
 use super::session::Signed;
 use super::{actor, PortalState};
 
@@ -64,20 +64,79 @@ pub(crate) fn day_time(at: Option<Timestamp>) -> String {
     .unwrap_or_default()
 }
 
+/// A client's keys as read from the store, with their table rows rendered once for every page
+/// that shows this listing: the rows were most of a Keys page's template time (21 keys: 36 of
+/// 43 µs), and a listing is kept until anything is written (`super::cache`).
+pub(crate) struct Listing {
+    keys: Vec<ApiKey>,
+    rows: OnceLock<Rows>,
+}
+
+/// Rendered rows, and the first moment they are wrong: an active key's expiry, which turns its
+/// state to "expired" without a write.
+struct Rows {
+    html: Value,
+    until: Option<Timestamp>,
+}
+
+impl Listing {
+    pub(crate) fn new(keys: Vec<ApiKey>) -> Listing {
+        Listing {
+            keys,
+            rows: OnceLock::new(),
+        }
+    }
+
+    /// The table's rows at `now`: as rendered for an earlier page while no key has expired
+    /// since, else rendered afresh (and kept, if none was yet).
+    fn rows(&self, pages: &Pages, now: Timestamp) -> Result<Value, PortalError> {
+        if let Some(kept) = self.rows.get() {
+            if kept.until.is_none_or(|until| now < until) {
+                return Ok(kept.html.clone());
+            }
+            return self.render(pages, now).map(|rows| rows.html);
+        }
+        let rows = self.render(pages, now)?;
+        let html = rows.html.clone();
+        // Two pages rendering at once both keep the same markup; either is right.
+        let _ = self.rows.set(rows);
+        Ok(html)
+    }
+
+    fn render(&self, pages: &Pages, now: Timestamp) -> Result<Rows, PortalError> {
+        // Every key, newest first; revoked ones stay listed (masked, no actions) so the
+        // customer sees what stopped and when it was made.
+        let rows: Vec<Row<'_>> = self.keys.iter().rev().map(|k| row(k, now)).collect();
+        let until = self
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Active)
+            .filter_map(|k| k.expires_at)
+            .filter(|&at| at > now)
+            .min();
+        Ok(Rows {
+            html: pages.render_fragment("key_rows.html", context! { keys => rows })?,
+            until,
+        })
+    }
+}
+
 /// The signed-in client's keys: by its id, which the session's query found enabled (one
 /// query per page less than a listing by name or id), or as read for an earlier page while
 /// nothing has been written since (`super::cache`).
-async fn client_keys(state: &PortalState, signed: &Signed) -> Result<Arc<[ApiKey]>, PortalError> {
+async fn client_keys(state: &PortalState, signed: &Signed) -> Result<Arc<Listing>, PortalError> {
     let client = &signed.session.user.client_id;
     let stamp = state.stamp();
-    if let Some(keys) = state.cache.keys(client, stamp) {
-        return Ok(keys);
+    if let Some(listing) = state.cache.keys(client, stamp) {
+        return Ok(listing);
     }
-    let keys: Arc<[ApiKey]> = store(state.store.keys_of_client(client)).await?.into();
+    let listing = Arc::new(Listing::new(
+        store(state.store.keys_of_client(client)).await?,
+    ));
     state
         .cache
-        .keep_keys(client.clone(), stamp, Arc::clone(&keys));
-    Ok(keys)
+        .keep_keys(client.clone(), stamp, Arc::clone(&listing));
+    Ok(listing)
 }
 
 /// The key `id` if it belongs to the signed-in client; any other id is "not found".
@@ -98,10 +157,7 @@ async fn keys_page(
     shown: Option<(&ApiKey, &SecretKey, &str)>,
 ) -> Result<Response, PortalError> {
     let now = state.gateway().clock.now();
-    // Every key, newest first; revoked ones stay listed (masked, no actions) so the customer
-    // sees what stopped and when it was made.
-    let keys = client_keys(state, signed).await?;
-    let rows: Vec<Row<'_>> = keys.iter().rev().map(|k| row(k, now)).collect();
+    let rows = client_keys(state, signed).await?.rows(&state.pages, now)?;
     let shown = shown.map(|(k, secret, note)| {
         context! { key => secret.expose(), label => k.label.as_str(), note => note }
     });
@@ -111,7 +167,7 @@ async fn keys_page(
         Some(&signed.session.user.email),
         status,
         "keys.html",
-        context! { keys => rows, shown => shown, rotate_grace => state.settings.rotate_grace.is_some() },
+        context! { rows => rows, shown => shown, rotate_grace => state.settings.rotate_grace.is_some() },
     )
 }
 
@@ -294,4 +350,83 @@ pub(crate) async fn revoke(
     tracing::info!(key = %key.id, user = %user.id, "Portal key revoked.");
     crate::selfservice::caught_up(&state.gateway(), &state.store).await;
     keys_page(&state, &signed, StatusCode::OK, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::{ClientId, KeyDigest};
+
+    fn key(id: &str, label: &str, state: KeyState, expires_at: Option<i64>) -> ApiKey {
+        ApiKey {
+            id: KeyId::parse(id).unwrap(),
+            client_id: ClientId::parse("cli_0123456789abcdef").unwrap(),
+            digest: KeyDigest([0; 32]),
+            hint: "kg_ab…yz".into(),
+            label: label.into(),
+            state,
+            expires_at: expires_at.map(Timestamp::from_millis),
+            created_at: Timestamp::from_millis(0),
+            rotated_at: None,
+            replaced_by: None,
+            last_used_at: None,
+            restrictions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn rows_are_rendered_once_and_again_when_a_key_expires() {
+        let pages = Pages::for_tests("Bench");
+        let listing = Listing::new(vec![
+            key(
+                "key_0000000000000001",
+                "<b>prod</b>",
+                KeyState::Active,
+                None,
+            ),
+            key("key_0000000000000002", "ci", KeyState::Active, Some(10_000)),
+            key(
+                "key_0000000000000003",
+                "old",
+                KeyState::Revoked,
+                Some(5_000),
+            ),
+        ]);
+        let first = listing.rows(&pages, Timestamp::from_millis(1_000)).unwrap();
+        let html = first.as_str().unwrap().to_owned();
+        // Newest first, escaped, actions only on live keys.
+        assert!(
+            html.find("ci").unwrap() < html.find("&lt;b&gt;prod").unwrap(),
+            "{html}"
+        );
+        assert!(!html.contains("<b>"), "{html}");
+        assert_eq!(html.matches(">Rotate</a>").count(), 2, "{html}");
+        assert_eq!(html.matches("<td>revoked</td>").count(), 1, "{html}");
+        // Kept: the same markup, not rendered again, until the next expiry.
+        let again = listing.rows(&pages, Timestamp::from_millis(9_999)).unwrap();
+        assert!(std::ptr::eq(
+            again.as_str().unwrap(),
+            first.as_str().unwrap()
+        ));
+        assert_eq!(
+            listing.rows.get().unwrap().until,
+            Some(Timestamp::from_millis(10_000))
+        );
+        // At the expiry the row is "expired" without any write.
+        let after = listing
+            .rows(&pages, Timestamp::from_millis(10_000))
+            .unwrap();
+        let after = after.as_str().unwrap();
+        assert_eq!(after.matches("<td>expired</td>").count(), 1, "{after}");
+        assert_eq!(after.matches(">Rotate</a>").count(), 1, "{after}");
+    }
+
+    #[test]
+    fn an_empty_listing_says_so() {
+        let pages = Pages::for_tests("Bench");
+        let rows = Listing::new(Vec::new())
+            .rows(&pages, Timestamp::from_millis(0))
+            .unwrap();
+        assert!(rows.as_str().unwrap().contains("No keys yet."));
+    }
 }

@@ -21,6 +21,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("confirm.html", include_str!("templates/confirm.html")),
     ("sign_up.html", include_str!("templates/sign_up.html")),
     ("keys.html", include_str!("templates/keys.html")),
+    ("key_rows.html", include_str!("templates/key_rows.html")),
     ("rotate.html", include_str!("templates/rotate.html")),
     ("revoke.html", include_str!("templates/revoke.html")),
     ("action.html", include_str!("templates/action.html")),
@@ -93,6 +94,18 @@ impl Pages {
     }
 }
 
+impl Pages {
+    /// Renders the fragment `name` with `ctx` alone: markup shared by every visitor (no CSRF
+    /// token, no user), kept and inserted into pages as it is (`keys::Listing`).
+    ///
+    /// # Errors
+    /// [`PortalError::Template`].
+    pub(crate) fn render_fragment(&self, name: &str, ctx: Value) -> Result<Value, PortalError> {
+        let html = self.env.get_template(name)?.render(ctx)?;
+        Ok(Value::from_safe_string(html))
+    }
+}
+
 /// A rendered page answered with `status`, the CSRF cookie set when new.
 ///
 /// # Errors
@@ -138,13 +151,11 @@ pub(crate) async fn asset(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_template_compiles_and_escapes() {
+impl Pages {
+    /// The pages of a portal named `name`, for unit tests.
+    pub(crate) fn for_tests(name: &str) -> Pages {
         let config = crate::config::load(
-            "[portal]\nlisten = \"127.0.0.1:0\"\nname = \"Odds<Stream>\"\n",
+            &format!("[portal]\nlisten = \"127.0.0.1:0\"\nname = {name:?}\n"),
             "t.toml",
             &crate::config::Overrides {
                 tooling: true,
@@ -152,7 +163,17 @@ mod tests {
             },
         )
         .unwrap();
-        let pages = Pages::new(config.portal.as_ref().unwrap()).unwrap();
+        Pages::new(config.portal.as_ref().unwrap()).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_compiles_and_escapes() {
+        let pages = Pages::for_tests("Odds<Stream>");
         let visit = Visit::from_headers_for_tests();
         let html = pages
             .render("sign_in.html", &visit, None, context! {})

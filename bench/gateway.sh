@@ -31,6 +31,10 @@
 #   nginx-gate-tls nginx-gate terminating TLS (ECDSA P-256, TLS 1.3), https  (18097)
 #   keygate-gate-tls keygate-gate with [server.tls] on the same certificate    (18098)
 #                  (both TLS cases are not in the default list: CASES="nginx-gate-tls keygate-gate-tls")
+#   nginx-gate-tls-new keygate-gate-tls-new  the same two servers, each request on a new
+#                  connection with a full TLS handshake (no resumption), by
+#                  examples/tls_handshakes (HANDSHAKES=path), CONNS at once: new handshakes
+#                  per second, and the server's CPU per handshake; not in the default list
 #   keygate-gate-base  keygate-gate with another build (KG_BASE=path), not in the default list;
 #                  KG_BASE_DB=path gives it a store of its own schema (seeded by its own bench_keys)
 #   keygate-gate-analytics-off keygate-gate with `[analytics] enabled = false` (analytics is on
@@ -64,6 +68,7 @@ CASES=${CASES:-"nginx-proxy nginx-gate haproxy-proxy haproxy-gate envoy-gate ngi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 KG=${KG:-$TARGET_DIR/release/keygate}
 SEED=${SEED:-$TARGET_DIR/release/examples/bench_keys}
+HANDSHAKES=${HANDSHAKES:-$TARGET_DIR/release/examples/tls_handshakes}
 # The cluster cases' PostgreSQL server (its database `kgbench` is dropped and made afresh) and
 # Redis (its keys are the limiter's own, named by keygate; nothing else is touched).
 KG_PG=${KG_PG:-postgres://postgres@127.0.0.1:5432}
@@ -80,8 +85,8 @@ kg_log() { printf '[gateway] %s\n' "$*" >&2; }
 # ---------------------------------------------------------------- keygate
 build_keygate() {
   if [ "$BUILD" = 1 ]; then
-    kg_log "cargo build --release (keygate, bench_keys)"
-    (cd "$ROOT" && cargo build --release --locked -q -p keygate --bin keygate --example bench_keys) || exit 1
+    kg_log "cargo build --release (keygate, bench_keys, tls_handshakes)"
+    (cd "$ROOT" && cargo build --release --locked -q -p keygate --bin keygate --example bench_keys --example tls_handshakes) || exit 1
   fi
   [ -x "$KG" ] && [ -x "$SEED" ] || { kg_log "missing $KG or $SEED (BUILD=1 builds them)"; exit 1; }
 }
@@ -181,9 +186,18 @@ machine_ticks() { awk '/^cpu / { print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8; exi
 measure() {
   local c=$1 port=$2 lua=$3 sanity=$4; shift 4
   local pids=("$@") out line hz c0 c1 u0 u1 rss m0 m1 scheme=${SCHEME:-http}
-  wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "$scheme://127.0.0.1:$port/" >/dev/null 2>&1
-  c0=$(cpu_all "${pids[@]}"); u0=$(user_all "${pids[@]}"); m0=$(machine_ticks)
-  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$lua" "$scheme://127.0.0.1:$port/" 2>&1)
+  if [ "${NEW_CONNS:-0}" = 1 ]; then
+    # A new TLS connection (full handshake) per request: wrk would resume its last session.
+    "$HANDSHAKES" --addr "127.0.0.1:$port" --ca "$RUN/tls-ca.pem" --keys "$RUN/keys.txt" \
+      --concurrency "$CONNS" --seconds "${WARMUP%s}" --warmup 0 >/dev/null 2>&1
+    c0=$(cpu_all "${pids[@]}"); u0=$(user_all "${pids[@]}"); m0=$(machine_ticks)
+    out=$("$HANDSHAKES" --addr "127.0.0.1:$port" --ca "$RUN/tls-ca.pem" --keys "$RUN/keys.txt" \
+      --concurrency "$CONNS" --seconds "${DUR%s}" --warmup 0 2>"$RUN/$c.handshakes.err")
+  else
+    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$lua" "$scheme://127.0.0.1:$port/" >/dev/null 2>&1
+    c0=$(cpu_all "${pids[@]}"); u0=$(user_all "${pids[@]}"); m0=$(machine_ticks)
+    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$lua" "$scheme://127.0.0.1:$port/" 2>&1)
+  fi
   c1=$(cpu_all "${pids[@]}"); u1=$(user_all "${pids[@]}"); m1=$(machine_ticks)
   rss=$(rss_kib "${pids[@]}")
   echo "$out" >"$RUN/wrk-$c-w$WORKERS.txt"
@@ -205,20 +219,34 @@ measure() {
 codes() {  # valid / missing / bogus on GET /
   local port=$1 key scheme=${SCHEME:-http}; key=$(head -1 "$RUN/keys.txt")
   local url="$scheme://127.0.0.1:$port/" tls=()
-  [ "$scheme" = https ] && tls=(--cacert "$RUN/tls.pem")
+  [ "$scheme" = https ] && tls=(--cacert "$RUN/tls-ca.pem")
   echo "$(http_code "${tls[@]}" -H "X-API-Key: $key" "$url")/$(http_code "${tls[@]}" "$url")/$(http_code "${tls[@]}" -H "X-API-Key: nope" "$url")"
 }
 
-# The TLS cases' one certificate (ECDSA P-256 for 127.0.0.1) and configurations: nginx-gate's
-# with `ssl` on its listener, keygate-gate's with [server.tls]; the same files for both.
+# The TLS cases' one certificate (ECDSA P-256 for 127.0.0.1, issued by a CA made here, as a
+# real server's is: a self-signed certificate is a CA, which rustls's client refuses as a
+# server's) and configurations: nginx-gate's with `ssl` on its listener, keygate-gate's with
+# [server.tls]; the same files for both. Clients trust tls-ca.pem.
 write_tls_files() {
-  [ -s "$RUN/tls.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$RUN/tls-key.pem" -out "$RUN/tls.pem" -days 2 -subj /CN=127.0.0.1 \
-    -addext subjectAltName=IP:127.0.0.1 2>/dev/null || { kg_log "openssl could not make the certificate"; return 1; }
+  if [ ! -s "$RUN/tls-ca.pem" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls-ca-key.pem" \
+      -out "$RUN/tls-ca.pem" -days 2 -subj "/CN=keygate bench CA" 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/tls-key.pem" \
+      -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null |
+      openssl x509 -req -CA "$RUN/tls-ca.pem" -CAkey "$RUN/tls-ca-key.pem" -days 2 \
+        -copy_extensions copy -out "$RUN/tls.pem" 2>/dev/null ||
+      { rm -f "$RUN/tls-ca.pem"; kg_log "openssl could not make the certificates"; return 1; }
+  fi
   sed -e "s|listen 127.0.0.1:18082 backlog=4096;|listen 127.0.0.1:18097 ssl backlog=4096; ssl_certificate $RUN/tls.pem; ssl_certificate_key $RUN/tls-key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;|" \
       -e "s|nginx-gate\.|nginx-gate-tls.|g" "$RUN/nginx-gate.conf" >"$RUN/nginx-gate-tls.conf"
   { sed -e 's/127.0.0.1:18094/127.0.0.1:18098/; s/127.0.0.1:18194/127.0.0.1:18198/' "$HERE/keygate-gate.toml"; printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$RUN/tls.pem" "$RUN/tls-key.pem"; } \
     >"$RUN/keygate-gate-tls.toml"
+}
+
+# The *-tls-new cases' load generator (crates/keygate/examples/tls_handshakes.rs), built with
+# keygate when BUILD=1.
+have_handshakes() {
+  [ -x "$HANDSHAKES" ] || { kg_log "the *-tls-new cases need $HANDSHAKES (cargo build --release -p keygate --example tls_handshakes)"; return 1; }
 }
 
 # The PostgreSQL store of the cluster cases, seeded once per run with the same keys.
@@ -296,15 +324,19 @@ run_one() {
       stop_pid "$STARTED_PID"
       kg_log "$c: $(wc -l <"$RUN/nginx-gate-log.access") access lines"
       rm -f "$RUN/nginx-gate-log.access";;
-    nginx-gate-tls)
+    nginx-gate-tls|nginx-gate-tls-new)
       write_tls_files || return
+      local new=0; [ "$c" = nginx-gate-tls-new ] && { new=1; have_handshakes || return; }
       SCHEME=https start "$c" 18097 nginx -c "$RUN/nginx-gate-tls.conf" -g 'daemon off;' || return
-      SCHEME=https measure "$c" 18097 "$RUN/keys.lua" "$(SCHEME=https codes 18097)" "$STARTED_PID"
+      NEW_CONNS=$new SCHEME=https measure "$c" 18097 "$RUN/keys.lua" "$(SCHEME=https codes 18097)" "$STARTED_PID"
+      [ "$new" = 1 ] && kg_log "$(cat "$RUN/$c.handshakes.err")"
       stop_pid "$STARTED_PID";;
-    keygate-gate-tls)
+    keygate-gate-tls|keygate-gate-tls-new)
       write_tls_files || return
+      local new=0; [ "$c" = keygate-gate-tls-new ] && { new=1; have_handshakes || return; }
       SCHEME=https start_kg "$c" "$RUN/keygate-gate-tls.toml" 18098 || return
-      SCHEME=https measure "$c" 18098 "$RUN/keys.lua" "$(SCHEME=https codes 18098)" "$STARTED_PID"
+      NEW_CONNS=$new SCHEME=https measure "$c" 18098 "$RUN/keys.lua" "$(SCHEME=https codes 18098)" "$STARTED_PID"
+      [ "$new" = 1 ] && kg_log "$(cat "$RUN/$c.handshakes.err")"
       stop_pid "$STARTED_PID";;
     keygate-proxy)
       start_kg "$c" "$HERE/keygate-proxy.toml" 18095 || return
@@ -348,6 +380,8 @@ TARGETS = [  # (keygate case, peer case, what, target, higher is better)
     ("keygate-gate", "nginx-gate", "p99", 1.0, False),
     ("nginx-keygate", "nginx-authreq", "req/s", 1.0, True),
     ("keygate-gate-tls", "nginx-gate-tls", "req/s", 1.1, True),   # issue 24
+    ("keygate-gate-tls-new", "nginx-gate-tls-new", "req/s", 1.1, True),
+    ("keygate-gate-tls-new", "nginx-gate-tls-new", "cpu", 1.0, False),
     ("keygate-gate-direct", "nginx-gate", "req/s", 1.1, True),
     ("keygate-gate-direct", "nginx-gate", "p99", 1.0, False),
     ("keygate-gate-log", "nginx-gate-log", "req/s", 1.0, True),
@@ -399,12 +433,16 @@ for w in sorted(by_w):
     print("\n| target | measured | target | met | ceiling (keygate user time 0) | keygate user us/req: budget / spent |")
     print("|---|---:|---:|---|---:|---:|")
     for mine, peer, what, target, higher in TARGETS:
-        if mine not in med or peer not in med:
+        if mine not in med or peer not in med or not med[peer]["rps"]:
             continue
         if what == "req/s":
             v = med[mine]["rps"] / med[peer]["rps"]
             label = f"{mine} / {peer} req/s"
             ok = v >= target
+        elif what == "cpu":
+            v = med[mine]["cpu"] / med[peer]["cpu"]
+            label = f"{mine} / {peer} CPU per request"
+            ok = v <= target
         else:
             v = med[mine]["p99"] / med[peer]["p99"]
             label = f"{mine} / {peer} p99 latency"

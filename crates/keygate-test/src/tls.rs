@@ -15,11 +15,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// The ring provider (what keygate uses; rustls deprecates it for its lack of post-quantum
-/// key exchange).
+/// The ring provider as keygate configures it (`keygate_server::tls`): rustls deprecates ring
+/// for its lack of post-quantum key exchange, and ring's default order offers P-384 first
+/// where browsers, curl and OpenSSL offer X25519.
 #[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::crypto::ring::{default_provider, kx_group};
+    Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        ..default_provider()
+    })
 }
 
 /// A certificate and its key, issued by a [`TestCa`].

@@ -98,7 +98,37 @@ pub struct ClientFiles {
 /// The crypto provider every config of this crate uses: ring, whatever else is compiled in.
 /// (rustls deprecates it for its lack of post-quantum key exchange, which only aws-lc-rs has;
 /// deny.toml keeps aws-lc-rs out.)
+///
+/// Key exchange offers X25519 first, as browsers, curl and OpenSSL do: ring's default order
+/// puts P-384 first, and a client offering it first gets it (a server takes the client's
+/// order), at several times X25519's cost per handshake (BENCHMARKS.md, TLS handshakes).
 #[allow(deprecated)]
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::{default_provider, kx_group};
+    std::sync::Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        ..default_provider()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::NamedGroup;
+
+    #[test]
+    fn key_exchange_offers_x25519_first() {
+        let groups: Vec<NamedGroup> = super::provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                NamedGroup::X25519,
+                NamedGroup::secp256r1,
+                NamedGroup::secp384r1
+            ]
+        );
+    }
 }

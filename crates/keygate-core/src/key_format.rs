@@ -42,7 +42,21 @@ impl Alphabet {
     fn contains(self, b: u8) -> bool {
         match self {
             Alphabet::Base62 => b.is_ascii_alphanumeric(),
-            Alphabet::Hex => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+            Alphabet::Hex => b.is_ascii_digit() | (b'a'..=b'f').contains(&b),
+        }
+    }
+
+    /// Whether every byte is of the alphabet: one pass with no early exit and one loop per
+    /// alphabet, which the compiler turns into vector compares (the per-byte `position` it
+    /// replaces was most of a key's offline check, and runs on every request).
+    fn contains_all(self, bytes: &[u8]) -> bool {
+        match self {
+            Alphabet::Base62 => bytes
+                .iter()
+                .fold(true, |ok, &b| ok & Alphabet::Base62.contains(b)),
+            Alphabet::Hex => bytes
+                .iter()
+                .fold(true, |ok, &b| ok & Alphabet::Hex.contains(b)),
         }
     }
 
@@ -58,12 +72,18 @@ impl Alphabet {
         }
     }
 
-    fn encode_u32(self, mut value: u32, out: &mut [u8]) {
-        let symbols = self.symbols();
-        let radix = symbols.len() as u32;
-        for slot in out.iter_mut().rev() {
-            *slot = symbols[(value % radix) as usize];
-            value /= radix;
+    fn encode_u32(self, value: u32, out: &mut [u8]) {
+        // A constant radix per alphabet: division by a constant is a multiplication, by a
+        // variable a hardware divide per character.
+        fn encode<const RADIX: usize>(symbols: &[u8; RADIX], mut value: u32, out: &mut [u8]) {
+            for slot in out.iter_mut().rev() {
+                *slot = symbols[value as usize % RADIX];
+                value /= RADIX as u32;
+            }
+        }
+        match self {
+            Alphabet::Base62 => encode(BASE62, value, out),
+            Alphabet::Hex => encode(HEX, value, out),
         }
     }
 }
@@ -288,7 +308,11 @@ impl KeyFormat {
     /// The first [`KeyFormatError`] found.
     pub fn check(&self, candidate: &str) -> Result<(), KeyFormatError> {
         let bytes = candidate.as_bytes();
-        if !bytes.starts_with(self.prefix.as_bytes()) {
+        let prefix = self.prefix.as_bytes();
+        // An empty prefix is not compared: libc's `memcmp` of an empty slice (whose pointer is
+        // dangling) cost more than the whole check on the benchmark machine, likely an AVX-512
+        // masked load's fault assist (BENCHMARKS.md, the decision).
+        if !prefix.is_empty() && !bytes.starts_with(prefix) {
             return Err(KeyFormatError::WrongPrefix {
                 expected: self.prefix.clone(),
             });
@@ -300,10 +324,12 @@ impl KeyFormat {
                 actual: candidate.chars().count(),
             });
         }
-        if let Some(position) = bytes[self.prefix.len()..]
-            .iter()
-            .position(|&b| !self.alphabet.contains(b))
-        {
+        let rest = &bytes[self.prefix.len()..];
+        if !self.alphabet.contains_all(rest) {
+            let position = rest
+                .iter()
+                .position(|&b| !self.alphabet.contains(b))
+                .unwrap_or(0);
             return Err(KeyFormatError::BadCharacter {
                 alphabet: self.alphabet,
                 position: self.prefix.len() + position,

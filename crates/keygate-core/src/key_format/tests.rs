@@ -170,3 +170,31 @@ fn os_randomness_gives_distinct_keys() {
     let b = f.generate();
     assert_ne!(a, b);
 }
+
+#[test]
+fn a_format_without_prefix_checks_every_character_and_names_the_first_bad_one() {
+    let f = KeyFormat::new("", Alphabet::Hex, 32, false).unwrap();
+    let good = "0123456789abcdef0123456789abcdef";
+    assert_eq!(f.check(good), Ok(()));
+    for (i, bad) in [(0, b'G'), (17, b'g'), (31, b'\0'), (31, b'F')] {
+        let mut k = good.as_bytes().to_vec();
+        k[i] = bad;
+        let k = String::from_utf8(k).unwrap();
+        assert_eq!(
+            f.check(&k),
+            Err(KeyFormatError::BadCharacter {
+                alphabet: Alphabet::Hex,
+                position: i
+            }),
+            "{k:?}"
+        );
+    }
+    // Two bad characters: the first is named.
+    assert_eq!(
+        f.check("0123456789abcdeX0123456789abcdeY"),
+        Err(KeyFormatError::BadCharacter {
+            alphabet: Alphabet::Hex,
+            position: 15
+        })
+    );
+}

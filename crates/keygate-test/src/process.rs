@@ -294,6 +294,14 @@ pub fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// The `q` quantile (0 to 1) of `sorted` by nearest rank, `None` when empty: the benchmark
+/// examples' percentiles.
+pub fn percentile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    let i = (last as f64 * q).round() as usize;
+    Some(sorted[i.min(last)])
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS`), 0 if it cannot be read.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -9,9 +9,8 @@ use keygate_store::{Actor, NewClient, NewKey, OpenOptions, Store};
 use keygate_test::process::arg;
 use keygate_test::{free_port, http_client, wait_for_status, Proc};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    keygate_test::process::percentile(sorted, q).expect("samples")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

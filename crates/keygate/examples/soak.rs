@@ -117,12 +117,9 @@ struct Totals {
     errors: AtomicU64,
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
+/// Milliseconds at the `q` quantile of latencies in µs, 0 when none.
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    keygate_test::process::percentile(sorted, q).map_or(0.0, |us| f64::from(us) / 1000.0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

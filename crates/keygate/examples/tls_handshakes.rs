@@ -79,12 +79,9 @@ async fn exchange(
     Ok(status)
 }
 
+/// The `p`th percentile in µs, 0 when nothing was measured.
 fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    keygate_test::process::percentile(sorted, p / 100.0).unwrap_or(0)
 }
 
 fn main() {

@@ -90,15 +90,15 @@ impl Listing {
     /// The table's rows at `now`: as rendered for an earlier page while no key has expired
     /// since, else rendered afresh (and kept, if none was yet).
     fn rows(&self, pages: &Pages, now: Timestamp) -> Result<Value, PortalError> {
-        if let Some(kept) = self.rows.get() {
-            if kept.until.is_none_or(|until| now < until) {
-                return Ok(kept.html.clone());
-            }
-            return self.render(pages, now).map(|rows| rows.html);
+        let kept = self.rows.get();
+        if let Some(kept) = kept.filter(|k| k.until.is_none_or(|until| now < until)) {
+            return Ok(kept.html.clone());
         }
         let rows = self.render(pages, now)?;
         let html = rows.html.clone();
-        // Two pages rendering at once both keep the same markup; either is right.
+        // Kept only if none was: rows past an expiry are rendered per page until the listing
+        // is read again (at most `super::cache::MAX_AGE`). Two first pages at once render the
+        // same markup; either is kept.
         let _ = self.rows.set(rows);
         Ok(html)
     }

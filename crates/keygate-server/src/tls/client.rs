@@ -15,8 +15,10 @@ use super::{pem, provider, ClientFiles, TlsError};
 /// ALPN of upstream connections: keygate forwards over HTTP/1.1 (WebSocket included).
 pub(crate) const ALPN_UPSTREAM: &[&[u8]] = &[b"http/1.1"];
 
-/// An upstream connection: plain TCP, or TLS over it.
-pub(crate) type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// An upstream connection: plain TCP, or TLS over it. The TLS state is boxed: inline it made
+/// every plain connection 1.3 KiB, and a WebSocket session holds its upstream's for its
+/// whole life (BENCHMARKS.md, memory per idle session).
+pub(crate) type UpstreamStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// A TLS client configuration: which roots to trust, which certificate to present.
 #[derive(Clone, Debug)]
@@ -114,7 +116,7 @@ pub(crate) async fn connect(
             Some((client, name)) => client
                 .handshake(name.clone(), tcp)
                 .await
-                .map(Either::Right)
+                .map(|tls| Either::Right(Box::new(tls)))
                 .map_err(ConnectError::Tls),
         }
     };

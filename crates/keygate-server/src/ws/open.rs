@@ -322,28 +322,27 @@ pub(crate) async fn handshake(
         who: Some(admitted.who.clone()),
     };
     let reg = Sessions::register(&gw, admitted.admission);
-    let hold = gw.drain.hold();
     // The session's span ends at its close; the HTTP exit records the `101` without one.
-    let trace = trace.take();
+    let relay = Relay {
+        _hold: gw.drain.hold(),
+        gw,
+        mode: p.mode,
+        route: p.route_index,
+        who: admitted.who,
+        reg,
+        leases: admitted.leases,
+        limits: admitted.limits,
+        trace: trace.take(),
+    };
+    // Only the relay waits for the upgrade: the request (`p`) is not kept for the session.
+    drop(p);
     tokio::spawn(async move {
-        let _hold = hold;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let client = client_socket(upgraded, &gw).await;
-                Relay {
-                    gw,
-                    mode: p.mode,
-                    route: p.route_index,
-                    who: admitted.who,
-                    reg,
-                    leases: admitted.leases,
-                    limits: admitted.limits,
-                    trace,
-                }
-                .run(client, upstream)
-                .await;
+                let client = client_socket(upgraded, &relay.gw).await;
+                relay.spawn(client, upstream);
             }
-            // The leases go back as `admitted` drops.
+            // The leases go back as `relay` drops.
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed."),
         }
     });
@@ -448,6 +447,7 @@ async fn close_code_session(
     record(&gw, &p, Some(&admitted.who), Ok(()), None);
     let reg = Sessions::register(&gw, admitted.admission);
     Relay {
+        _hold: gw.drain.hold(),
         gw,
         mode: p.mode,
         route: p.route_index,
@@ -457,8 +457,7 @@ async fn close_code_session(
         limits: admitted.limits,
         trace,
     }
-    .run(client, upstream)
-    .await;
+    .spawn(client, upstream);
 }
 
 /// Waits for the first data message until the login deadline.
@@ -611,6 +610,7 @@ async fn login_session(
         }
     }
     Relay {
+        _hold: gw.drain.hold(),
         gw: Arc::clone(&gw),
         mode: p.mode,
         route: p.route_index,
@@ -620,8 +620,7 @@ async fn login_session(
         limits: admitted.limits,
         trace,
     }
-    .run(client, upstream)
-    .await;
+    .spawn(client, upstream);
 }
 
 /// A login message that is not one: recorded as a bad request, answered with the login

@@ -45,6 +45,7 @@ use crate::policy::ws::{
 use crate::request::exit::{self, Exit, SessionTally};
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
+use crate::state::shutdown::Hold;
 use crate::state::traces::TraceCtx;
 use crate::state::ws_sessions::{Registration, Stop};
 
@@ -60,6 +61,8 @@ const RELEASE_BATCH: usize = 64;
 
 /// An admitted session, ready to relay.
 pub(crate) struct Relay {
+    /// Shutdown waits for the session's close.
+    pub _hold: Hold,
     pub gw: Arc<Gateway>,
     pub mode: AuthMode,
     /// The route's index, for the session's span.
@@ -430,24 +433,28 @@ impl Relay {
                 forward,
                 granted,
                 refused,
-            } => match self
-                .subscribe(text.as_str(), forward, granted, refused)
-                .await
-            {
+            } => match Box::pin(self.subscribe(text.as_str(), forward, granted, refused)).await {
                 Step::Nothing => Step::ToUpstream(msg),
                 other => other,
             },
             Inbound::Unsubscribe { channels } => {
                 self.reg.remove_channels(&channels);
-                self.leases.release_channels(&channels).await;
+                Box::pin(self.leases.release_channels(&channels)).await;
                 Step::ToUpstream(msg)
             }
             Inbound::Bad(bad) => self.bad(bad),
         }
     }
 
-    /// Relays until one side closes, the gateway stops the session, or it idles out.
-    pub(crate) async fn run(mut self, mut client: ClientSocket, mut upstream: UpstreamSocket) {
+    /// Relays in a task of its own until one side closes, the gateway stops the session, or it
+    /// idles out. Its own task, so that nothing of the opening (the upgrade request, the
+    /// opening's futures) stays in memory for the session's life: an idle session is this task
+    /// and its two sockets (BENCHMARKS.md, memory per idle session).
+    pub(crate) fn spawn(self, client: ClientSocket, upstream: UpstreamSocket) {
+        tokio::spawn(self.run(client, upstream));
+    }
+
+    async fn run(mut self, mut client: ClientSocket, mut upstream: UpstreamSocket) {
         let gw = Arc::clone(&self.gw);
         let profile = &gw.config.ws.profile;
         let send_timeout = profile.send_timeout;
@@ -535,7 +542,7 @@ impl Relay {
                     continue;
                 }
                 _ = renew.tick(), if has_leases => {
-                    if !self.leases.renew(&gw, &self.limits).await {
+                    if !Box::pin(self.leases.renew(&gw, &self.limits)).await {
                         break End::Gateway(CloseEvent::TooManyConnections);
                     }
                     continue;
@@ -639,7 +646,8 @@ impl Relay {
             lasted: opened.elapsed(),
             end: end.name(),
         };
-        self.finish(end, client, upstream).await;
+        // Boxed: inline, the close's state would be part of every idle session's task.
+        Box::pin(self.finish(end, client, upstream)).await;
         if self.trace.is_some() {
             let exit = Exit {
                 method: &http::Method::GET,
@@ -732,5 +740,24 @@ impl Relay {
         };
         tokio::join!(client_side, upstream_side);
         self.leases.release().await;
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::{ClientSocket, Relay, UpstreamSocket};
+
+    /// An idle session is its relay task and its two sockets, held for the session's life:
+    /// with the TLS state inline, a plain upstream socket alone was 1.4 KiB (BENCHMARKS.md,
+    /// memory per idle session).
+    #[test]
+    fn what_an_idle_session_holds_stays_small() {
+        let sizes = [
+            ("client socket", std::mem::size_of::<ClientSocket>()),
+            ("upstream socket", std::mem::size_of::<UpstreamSocket>()),
+            ("relay", std::mem::size_of::<Relay>()),
+        ];
+        for (what, size) in sizes {
+            assert!(size <= 512, "{what}: {size} bytes");
+        }
     }
 }

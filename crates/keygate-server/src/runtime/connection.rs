@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::HttpLimits;
+use crate::state::changes::Changes;
 
 /// The first bytes of every HTTP/2 connection without TLS (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -199,22 +200,18 @@ enum Event<E> {
 /// Written by hand rather than with `select!`: the connection is woken a few times per
 /// request, and `select!` polled the stop signal's `changed()` on every wake (a mutex in
 /// tokio's `Notify`) and drew a random branch order (callgrind: about 550 instructions per
-/// request, BENCHMARKS.md). Here the signal is polled once, which registers this task's
-/// waker with it, and afterwards only read with one atomic load; the send wakes the task
-/// through that waker, and the signal is then polled again.
+/// request, BENCHMARKS.md). The signal is read through [`Changes`]: one atomic load per wake.
 pub(crate) async fn drive<C, E>(
     conn: C,
     shutdown: impl Fn(Pin<&mut C>),
     streams: Option<(Arc<Streams>, H2Deadlines)>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let mut conn = pin!(conn);
-    let probe = stop.clone();
-    let mut stopping = pin!(stop.changed());
-    let mut armed = false;
+    let mut stopping = Changes::new(stop);
     let first_check = streams
         .as_ref()
         .map(|(s, d)| tokio::time::sleep_until(s.started + d.handshake.min(d.idle)));
@@ -224,11 +221,8 @@ pub(crate) async fn drive<C, E>(
             if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Event::Ended(ended));
             }
-            if !armed || probe.has_changed().unwrap_or(true) {
-                armed = true;
-                if stopping.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Stop);
-                }
+            if stopping.poll_changed(cx).is_ready() {
+                return Poll::Ready(Event::Stop);
             }
             match check.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
                 Some(Poll::Ready(())) => Poll::Ready(Event::Check),

@@ -5,6 +5,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod breaker;
+pub(crate) mod changes;
 pub(crate) mod connections;
 pub(crate) mod emergency;
 pub(crate) mod gateway;

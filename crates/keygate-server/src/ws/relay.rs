@@ -26,7 +26,6 @@ use keygate_core::decision::Reason;
 use keygate_core::limit::MessageRate;
 use keygate_core::policy::Grantee;
 use keygate_core::render::Value;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -43,6 +42,7 @@ use crate::policy::ws::{
     AuthMode, ClientMessages, CloseEvent, MessageKind, OnViolation, WsLimits, WsProfile,
 };
 use crate::request::exit::{self, Exit, SessionTally};
+use crate::state::changes::Changes;
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
 use crate::state::shutdown::Hold;
@@ -113,7 +113,7 @@ async fn deliver<S>(
     sink: &mut S,
     msg: Message,
     timeout: Duration,
-    stop: &mut watch::Receiver<Option<Stop>>,
+    stop: &mut Changes<Option<Stop>>,
 ) -> Result<(), Interrupted>
 where
     S: Sink<Message, Error = WsError> + Unpin,
@@ -135,11 +135,31 @@ async fn put<S>(
     msg: Message,
     then: Then,
     timeout: Duration,
-    stop: &mut watch::Receiver<Option<Stop>>,
+    stop: &mut Changes<Option<Stop>>,
 ) -> Result<(), Interrupted>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
+    // Most messages find the socket ready (its write buffer has room): queued at once, with
+    // no timer armed (a clock read) and no select. Only a socket that cannot take more waits,
+    // bounded by `timeout` and the stop signal; the loop reads the stop signal on every turn.
+    let mut msg = Some(msg);
+    if then == Then::Queue {
+        let queued = poll_fn(|cx| match sink.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Some(msg.take().map(|m| sink.start_send_unpin(m)))),
+            Poll::Ready(Err(_)) => Poll::Ready(Some(None)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        match queued {
+            Some(Some(Ok(()))) => return Ok(()),
+            Some(_) => return Err(Interrupted::Failed),
+            None => {}
+        }
+    }
+    let Some(msg) = msg else {
+        return Err(Interrupted::Failed);
+    };
     let sending = async {
         match then {
             Then::Flush => sink.send(msg).await,
@@ -478,6 +498,9 @@ impl Relay {
         let mut held = Held::new(profile.delay_buffer);
         // The plan's delay, as of the last change the registry reported.
         let mut delay = *self.reg.delay.borrow_and_update();
+        // The stop signal and the plan's delay are read on every turn: cheaply (`Changes`).
+        let mut stop = Changes::new(self.reg.stop.clone());
+        let mut delays = Changes::new(self.reg.delay.clone());
         // Armed for the oldest held message's due time; polled only while something is held.
         let release = tokio::time::sleep_until(Instant::now());
         tokio::pin!(release);
@@ -485,8 +508,8 @@ impl Relay {
         let end = loop {
             let step = tokio::select! {
                 biased;
-                changed = self.reg.stop.changed() => match changed {
-                    Ok(()) => match self.reg.stop.borrow().clone() {
+                changed = stop.changed() => match changed {
+                    Ok(()) => match stop.borrow().clone() {
                         Some(stop) => break End::Gateway(stop.event),
                         None => continue,
                     },
@@ -503,13 +526,13 @@ impl Relay {
                 }
                 Some(notice) = self.reg.notices.recv() => {
                     let m = Message::Text(notice.into());
-                    match deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
+                    match deliver(&mut client, m, send_timeout, &mut stop).await {
                         Ok(()) => continue,
                         Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
                     }
                 }
-                Ok(()) = self.reg.delay.changed() => {
-                    delay = *self.reg.delay.borrow_and_update();
+                Ok(()) = delays.changed() => {
+                    delay = *delays.borrow();
                     // Re-armed for the new delay: what is now due goes at once.
                     if let Some(due) = held.next_due(delay.unwrap_or_default()) {
                         release.as_mut().reset(due);
@@ -522,7 +545,7 @@ impl Relay {
                     let mut failed = None;
                     for _ in 0..RELEASE_BATCH {
                         let Some(m) = held.pop_due(now, delay) else { break };
-                        match self.send_upstream_message(&mut client, m, send_timeout).await {
+                        match self.send_upstream_message(&mut client, m, send_timeout, &mut stop).await {
                             Ok(data) => {
                                 queued.client = true;
                                 to_client += u64::from(data);
@@ -593,7 +616,7 @@ impl Relay {
                                 Step::Nothing
                             }
                             Some(Ok(m)) => match self
-                                .send_upstream_message(&mut client, m, send_timeout)
+                                .send_upstream_message(&mut client, m, send_timeout, &mut stop)
                                 .await
                             {
                                 Ok(data) => {
@@ -619,8 +642,7 @@ impl Relay {
             };
             if let Some(m) = forward {
                 let data = m.is_text() || m.is_binary();
-                let stop = &mut self.reg.stop;
-                if let Err(i) = put(&mut upstream, m, Then::Queue, send_timeout, stop).await {
+                if let Err(i) = put(&mut upstream, m, Then::Queue, send_timeout, &mut stop).await {
                     break self.interrupted(i, CloseEvent::UpstreamUnavailable);
                 }
                 queued.upstream = true;
@@ -628,7 +650,7 @@ impl Relay {
             }
             let mut failed = None;
             for m in answer {
-                if let Err(i) = deliver(&mut client, m, send_timeout, &mut self.reg.stop).await {
+                if let Err(i) = deliver(&mut client, m, send_timeout, &mut stop).await {
                     failed = Some(self.interrupted(i, CloseEvent::SlowClient));
                     break;
                 }
@@ -667,9 +689,10 @@ impl Relay {
         client: &mut ClientSocket,
         m: Message,
         send_timeout: Duration,
+        stop: &mut Changes<Option<Stop>>,
     ) -> Result<bool, Interrupted> {
         let bytes = (m.is_text() || m.is_binary()).then(|| m.len() as u64);
-        put(client, m, Then::Queue, send_timeout, &mut self.reg.stop).await?;
+        put(client, m, Then::Queue, send_timeout, stop).await?;
         if let Some(bytes) = bytes {
             let gw = &self.gw;
             gw.usage

@@ -263,6 +263,21 @@ async fn client_socket(upgraded: hyper::upgrade::Upgraded, gw: &Gateway) -> Clie
     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await
 }
 
+/// An admitted session's relay, registered where the gateway finds it to stop it.
+fn relay(gw: Arc<Gateway>, p: &Pending, admitted: Accepted, trace: Option<Box<TraceCtx>>) -> Relay {
+    Relay {
+        _hold: gw.drain.hold(),
+        reg: Sessions::register(&gw, admitted.admission),
+        gw,
+        mode: p.mode,
+        route: p.route_index,
+        who: admitted.who,
+        leases: admitted.leases,
+        limits: admitted.limits,
+        trace,
+    }
+}
+
 /// Records the end of a session's opening that was decided on the socket (the HTTP exchange
 /// ended with its `101`): once, through the one exit. A refusal's span ends here; an admitted
 /// session's at its close (the relay's).
@@ -321,19 +336,8 @@ pub(crate) async fn handshake(
         route: Some(p.route_index),
         who: Some(admitted.who.clone()),
     };
-    let reg = Sessions::register(&gw, admitted.admission);
     // The session's span ends at its close; the HTTP exit records the `101` without one.
-    let relay = Relay {
-        _hold: gw.drain.hold(),
-        gw,
-        mode: p.mode,
-        route: p.route_index,
-        who: admitted.who,
-        reg,
-        leases: admitted.leases,
-        limits: admitted.limits,
-        trace: trace.take(),
-    };
+    let relay = relay(gw, &p, admitted, trace.take());
     // Only the relay waits for the upgrade: the request (`p`) is not kept for the session.
     drop(p);
     tokio::spawn(async move {
@@ -445,19 +449,7 @@ async fn close_code_session(
         }
     };
     record(&gw, &p, Some(&admitted.who), Ok(()), None);
-    let reg = Sessions::register(&gw, admitted.admission);
-    Relay {
-        _hold: gw.drain.hold(),
-        gw,
-        mode: p.mode,
-        route: p.route_index,
-        who: admitted.who,
-        reg,
-        leases: admitted.leases,
-        limits: admitted.limits,
-        trace,
-    }
-    .spawn(client, upstream);
+    relay(gw, &p, admitted, trace).spawn(client, upstream);
 }
 
 /// Waits for the first data message until the login deadline.
@@ -576,8 +568,8 @@ async fn login_session(
         }
     };
     record(&gw, &p, Some(&admitted.who), Ok(()), None);
-    let reg = Sessions::register(&gw, admitted.admission);
-    reg.add_channels(&granted);
+    let relay = relay(Arc::clone(&gw), &p, admitted, trace);
+    relay.reg.add_channels(&granted);
     let timeout = profile.send_timeout;
     if let (false, Some(kind)) = (granted.is_empty(), profile.subscribe.types.first()) {
         let mut subscribe = serde_json::Map::new();
@@ -609,18 +601,7 @@ async fn login_session(
             return;
         }
     }
-    Relay {
-        _hold: gw.drain.hold(),
-        gw: Arc::clone(&gw),
-        mode: p.mode,
-        route: p.route_index,
-        who: admitted.who,
-        reg,
-        leases: admitted.leases,
-        limits: admitted.limits,
-        trace,
-    }
-    .spawn(client, upstream);
+    relay.spawn(client, upstream);
 }
 
 /// A login message that is not one: recorded as a bad request, answered with the login

@@ -338,8 +338,7 @@ pub(crate) async fn handshake(
     };
     // The session's span ends at its close; the HTTP exit records the `101` without one.
     let relay = relay(gw, &p, admitted, trace.take());
-    // Only the relay waits for the upgrade: the request (`p`) is not kept for the session.
-    drop(p);
+    // This task holds only the relay until the upgrade: not the request (`p`).
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

@@ -143,23 +143,15 @@ where
     // Most messages find the socket ready (its write buffer has room): queued at once, with
     // no timer armed (a clock read) and no select. Only a socket that cannot take more waits,
     // bounded by `timeout` and the stop signal; the loop reads the stop signal on every turn.
-    let mut msg = Some(msg);
     if then == Then::Queue {
-        let queued = poll_fn(|cx| match sink.poll_ready_unpin(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Some(msg.take().map(|m| sink.start_send_unpin(m)))),
-            Poll::Ready(Err(_)) => Poll::Ready(Some(None)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        match queued {
-            Some(Some(Ok(()))) => return Ok(()),
-            Some(_) => return Err(Interrupted::Failed),
-            None => {}
+        match poll_fn(|cx| Poll::Ready(sink.poll_ready_unpin(cx))).await {
+            Poll::Ready(Ok(())) => {
+                return sink.start_send_unpin(msg).map_err(|_| Interrupted::Failed)
+            }
+            Poll::Ready(Err(_)) => return Err(Interrupted::Failed),
+            Poll::Pending => {}
         }
     }
-    let Some(msg) = msg else {
-        return Err(Interrupted::Failed);
-    };
     let sending = async {
         match then {
             Then::Flush => sink.send(msg).await,

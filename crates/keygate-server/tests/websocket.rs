@@ -947,6 +947,60 @@ async fn raw_upgrade(addr: std::net::SocketAddr, key: &str) -> TcpStream {
     s
 }
 
+/// The egress stored for `client` today, once it reaches `messages` (or the wait ends).
+async fn egress_reaches(t: &Ws, client: &keygate_core::Client, messages: u64) -> (u64, u64) {
+    let today = t.h.clock.now().utc_day();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows =
+            t.h.store
+                .usage_ws(&client.id, &today, &today)
+                .await
+                .unwrap();
+        let got = rows.first().map_or((0, 0), |r| (r.messages, r.bytes));
+        if got.0 >= messages || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_is_counted_exactly_while_a_session_is_open_and_at_its_close() {
+    // The relay adds egress to usage once per burst of frames (when the session goes quiet, or
+    // after 64 frames), not per message: nothing may be lost or counted twice, and a session
+    // that stays open must not keep its counts until it closes.
+    let t = start("\n[server]\nusage_flush = \"100ms\"\n").await;
+    let client =
+        t.h.client("Acme", &["live_scores_statistics"], &[], &[], "pro")
+            .await;
+    let key = t.h.key("Acme", None).await.0;
+    let mut c = t
+        .connect("/flood/300/100", &[("X-API-Key", &key)])
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        match next(&mut c).await {
+            Message::Binary(b) => assert_eq!(b.len(), 100),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Open and quiet: the flood is counted, exactly.
+    assert_eq!(egress_reaches(&t, &client, 300).await, (300, 30_000));
+
+    // Then 5 pushes of 7 bytes, one at a time, and the close right after the last.
+    let up = t.up.wait_connections(1, WAIT).await.pop().unwrap();
+    for i in 0..5u8 {
+        up.push(Message::Binary(vec![i; 7].into()));
+        assert_eq!(next(&mut c).await, Message::Binary(vec![i; 7].into()));
+    }
+    c.close(None).await.unwrap();
+    assert_eq!(egress_reaches(&t, &client, 305).await, (305, 30_035));
+    // And nothing more shows up later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(egress_reaches(&t, &client, 0).await, (305, 30_035));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_holds_the_upstream_back() {
     // 20,000 messages of 1 KiB: 20 MB if buffered. A client that reads nothing must stop the

@@ -45,6 +45,7 @@ use crate::request::exit::{self, Exit, SessionTally};
 use crate::state::changes::Changes;
 use crate::state::gateway::{Admitted, Gateway};
 use crate::state::metrics::Outcome;
+use crate::state::replica::ClientEntry;
 use crate::state::shutdown::Hold;
 use crate::state::traces::TraceCtx;
 use crate::state::ws_sessions::{Registration, Stop};
@@ -121,7 +122,7 @@ where
     put(sink, msg, Then::Flush, timeout, stop).await
 }
 
-/// Whether [`put`] writes what is queued.
+/// Whether [`put`] writes what is burst.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Then {
     Flush,
@@ -179,38 +180,101 @@ enum Read {
     UpstreamWriteFailed,
 }
 
-/// Which sides have messages queued and not yet written.
-#[derive(Default)]
-struct Queued {
+/// Most frames in one burst: past it, a session that never goes quiet still notes its activity
+/// and counts its egress.
+const BURST_FRAMES: u32 = 64;
+
+/// What the relay owes between bursts of frames: which sides have messages queued and not yet
+/// written, and the bookkeeping done once per burst rather than per frame, the time of the
+/// last activity (for the idle timeout) and the egress not yet counted with usage. A burst
+/// ends when neither side has a frame ready, or after [`BURST_FRAMES`] frames: per frame, the
+/// clock reads and the usage lock were a twentieth of the relay's CPU per message
+/// (BENCHMARKS.md, the WebSocket relay beside nginx).
+struct Burst<'g> {
+    /// Messages are queued for the client.
     client: bool,
+    /// Messages are queued for the upstream.
     upstream: bool,
+    /// Frames read since the burst began.
+    frames: u32,
+    /// When the last burst ended.
+    last_active: Instant,
+    /// Data messages queued for the client, and their bytes, not yet counted with usage.
+    egress: (u64, u64),
+    gw: &'g Gateway,
+    who: &'g ClientEntry,
+}
+
+impl<'g> Burst<'g> {
+    fn new(gw: &'g Gateway, who: &'g ClientEntry) -> Self {
+        Burst {
+            client: false,
+            upstream: false,
+            frames: 0,
+            last_active: Instant::now(),
+            egress: (0, 0),
+            gw,
+            who,
+        }
+    }
+
+    /// One frame read; the burst ends here if it is long.
+    fn frame(&mut self) {
+        self.frames += 1;
+        if self.frames >= BURST_FRAMES {
+            self.end();
+        }
+    }
+
+    /// One data message of `bytes` queued for the client.
+    fn egress(&mut self, bytes: u64) {
+        self.egress.0 += 1;
+        self.egress.1 += bytes;
+    }
+
+    /// Notes the activity and counts the egress of the burst that ends.
+    fn end(&mut self) {
+        if self.frames > 0 {
+            self.frames = 0;
+            self.last_active = Instant::now();
+        }
+        if self.egress.0 > 0 {
+            let (messages, bytes) = std::mem::take(&mut self.egress);
+            let gw = self.gw;
+            gw.usage
+                .record_ws(self.who, gw.clock.now(), 0, messages, bytes);
+        }
+    }
 }
 
 /// The next frame from the client or the upstream (the client's first, as before); while
-/// neither has one ready, what is queued on each side is written. One future for both sockets,
-/// since each socket is read and written here.
-fn next_read<'a>(
+/// neither has one ready, the burst ends and what is queued on each side is written. One
+/// future for both sockets, since each socket is read and written here.
+fn next_read<'a, 'g>(
     client: &'a mut ClientSocket,
     upstream: &'a mut UpstreamSocket,
-    queued: &'a mut Queued,
-) -> impl std::future::Future<Output = Read> + 'a {
+    burst: &'a mut Burst<'g>,
+) -> impl std::future::Future<Output = Read> + use<'a, 'g> {
     poll_fn(move |cx| {
         if let Poll::Ready(m) = client.poll_next_unpin(cx) {
+            burst.frame();
             return Poll::Ready(Read::Client(m));
         }
         if let Poll::Ready(m) = upstream.poll_next_unpin(cx) {
+            burst.frame();
             return Poll::Ready(Read::Upstream(m));
         }
-        if queued.client {
+        burst.end();
+        if burst.client {
             match client.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => queued.client = false,
+                Poll::Ready(Ok(())) => burst.client = false,
                 Poll::Ready(Err(_)) => return Poll::Ready(Read::ClientWriteFailed),
                 Poll::Pending => {}
             }
         }
-        if queued.upstream {
+        if burst.upstream {
             match upstream.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => queued.upstream = false,
+                Poll::Ready(Ok(())) => burst.upstream = false,
                 Poll::Ready(Err(_)) => return Poll::Ready(Read::UpstreamWriteFailed),
                 Poll::Pending => {}
             }
@@ -474,8 +538,8 @@ impl Relay {
         let idle_timeout = profile.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
-        let mut last_active = Instant::now();
-        let mut queued = Queued::default();
+        let who = Arc::clone(&self.who.client);
+        let mut burst = Burst::new(&gw, &who);
         let period = (profile.lease_ttl / 3).max(Duration::from_millis(10));
         let mut renew = tokio::time::interval_at(Instant::now() + period, period);
         let has_leases = !self.leases.is_empty();
@@ -508,8 +572,10 @@ impl Relay {
                     Err(_) => break End::Gateway(CloseEvent::GoingAway),
                 },
                 () = &mut idle => {
-                    // Armed lazily: each frame only notes the time, the timer moves here.
-                    let due = last_active + idle_timeout;
+                    // Armed lazily: each burst only notes the time, the timer moves here. A
+                    // burst under way counts as activity now.
+                    burst.end();
+                    let due = burst.last_active + idle_timeout;
                     if due > Instant::now() {
                         idle.as_mut().reset(due);
                         continue;
@@ -539,8 +605,11 @@ impl Relay {
                         let Some(m) = held.pop_due(now, delay) else { break };
                         match self.send_upstream_message(&mut client, m, send_timeout, &mut stop).await {
                             Ok(data) => {
-                                queued.client = true;
-                                to_client += u64::from(data);
+                                burst.client = true;
+                                if let Some(bytes) = data {
+                                    burst.egress(bytes);
+                                    to_client += 1;
+                                }
                             }
                             Err(i) => {
                                 failed = Some(i);
@@ -562,8 +631,7 @@ impl Relay {
                     }
                     continue;
                 }
-                read = next_read(&mut client, &mut upstream, &mut queued) => {
-                    last_active = Instant::now();
+                read = next_read(&mut client, &mut upstream, &mut burst) => {
                     match read {
                         Read::ClientWriteFailed => break End::ClientGone,
                         Read::UpstreamWriteFailed => {
@@ -612,8 +680,11 @@ impl Relay {
                                 .await
                             {
                                 Ok(data) => {
-                                    queued.client = true;
-                                    to_client += u64::from(data);
+                                    burst.client = true;
+                                    if let Some(bytes) = data {
+                                        burst.egress(bytes);
+                                        to_client += 1;
+                                    }
                                     Step::Nothing
                                 }
                                 Err(i) => break self.interrupted(i, CloseEvent::SlowClient),
@@ -637,7 +708,7 @@ impl Relay {
                 if let Err(i) = put(&mut upstream, m, Then::Queue, send_timeout, &mut stop).await {
                     break self.interrupted(i, CloseEvent::UpstreamUnavailable);
                 }
-                queued.upstream = true;
+                burst.upstream = true;
                 from_client += u64::from(data);
             }
             let mut failed = None;
@@ -654,6 +725,8 @@ impl Relay {
                 break End::Gateway(event);
             }
         };
+        // What the last burst queued is counted, however the session ended.
+        burst.end();
         let tally = SessionTally {
             from_client,
             to_client,
@@ -674,23 +747,18 @@ impl Relay {
         }
     }
 
-    /// Queues one message from the upstream for the client; a data message (text or binary) is
-    /// counted as egress with usage, and the answer says whether it was one.
+    /// Queues one message from the upstream for the client; the answer is the bytes of a data
+    /// message (text or binary), which the caller counts as egress.
     async fn send_upstream_message(
         &mut self,
         client: &mut ClientSocket,
         m: Message,
         send_timeout: Duration,
         stop: &mut Changes<Option<Stop>>,
-    ) -> Result<bool, Interrupted> {
+    ) -> Result<Option<u64>, Interrupted> {
         let bytes = (m.is_text() || m.is_binary()).then(|| m.len() as u64);
         put(client, m, Then::Queue, send_timeout, stop).await?;
-        if let Some(bytes) = bytes {
-            let gw = &self.gw;
-            gw.usage
-                .record_ws(&self.who.client, gw.clock.now(), 0, 1, bytes);
-        }
-        Ok(bytes.is_some())
+        Ok(bytes)
     }
 
     fn interrupted(&self, i: Interrupted, on_timeout: CloseEvent) -> End {

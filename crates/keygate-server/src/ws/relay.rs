@@ -226,10 +226,14 @@ impl<'g> Burst<'g> {
         }
     }
 
-    /// One data message of `bytes` queued for the client.
-    fn egress(&mut self, bytes: u64) {
+    /// One message queued for the client, with its bytes when it is a data message (counted as
+    /// egress); the answer is the data messages it adds, for the session's tally.
+    fn queued_for_client(&mut self, data: Option<u64>) -> u64 {
+        self.client = true;
+        let Some(bytes) = data else { return 0 };
         self.egress.0 += 1;
         self.egress.1 += bytes;
+        1
     }
 
     /// Notes the activity and counts the egress of the burst that ends.
@@ -604,13 +608,7 @@ impl Relay {
                     for _ in 0..RELEASE_BATCH {
                         let Some(m) = held.pop_due(now, delay) else { break };
                         match self.send_upstream_message(&mut client, m, send_timeout, &mut stop).await {
-                            Ok(data) => {
-                                burst.client = true;
-                                if let Some(bytes) = data {
-                                    burst.egress(bytes);
-                                    to_client += 1;
-                                }
-                            }
+                            Ok(data) => to_client += burst.queued_for_client(data),
                             Err(i) => {
                                 failed = Some(i);
                                 break;
@@ -680,11 +678,7 @@ impl Relay {
                                 .await
                             {
                                 Ok(data) => {
-                                    burst.client = true;
-                                    if let Some(bytes) = data {
-                                        burst.egress(bytes);
-                                        to_client += 1;
-                                    }
+                                    to_client += burst.queued_for_client(data);
                                     Step::Nothing
                                 }
                                 Err(i) => break self.interrupted(i, CloseEvent::SlowClient),

@@ -122,7 +122,7 @@ where
     put(sink, msg, Then::Flush, timeout, stop).await
 }
 
-/// Whether [`put`] writes what is burst.
+/// Whether [`put`] writes what is queued.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Then {
     Flush,

@@ -39,6 +39,10 @@ const LEASE_LUA: &str = include_str!("lease.lua");
 pub struct RedisLimiter {
     link: Link,
     timeout: Duration,
+    /// Bounds the calls made off the request path (key-sharing's count at the usage flush):
+    /// the longer of the two timeouts. The request's budget (milliseconds) failed them on a
+    /// busy host, and a failed count left that interval's networks out of the shared count.
+    background_timeout: Duration,
     check_sha: String,
     lease_sha: String,
     round_trips: AtomicU64,
@@ -72,6 +76,7 @@ impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
             .field("timeout", &self.timeout)
+            .field("background_timeout", &self.background_timeout)
             .field("round_trips", &self.round_trips())
             .finish_non_exhaustive()
     }
@@ -228,6 +233,7 @@ impl RedisLimiter {
             let limiter = RedisLimiter {
                 link,
                 timeout,
+                background_timeout: connect_timeout.max(timeout),
                 check_sha: Script::new(CHECK_LUA).get_hash().to_owned(),
                 lease_sha: Script::new(LEASE_LUA).get_hash().to_owned(),
                 round_trips: AtomicU64::new(0),
@@ -516,7 +522,9 @@ impl RedisLimiter {
     /// Key-sharing detection's count: for each `(key id, networks)` of `batch`, adds the
     /// networks to the key's HyperLogLog of the hour starting at `hour`
     /// (`kg:sharing:{key id}:{hour in ms}`, kept 2 hours) and reads its estimate, every key in
-    /// one pipelined round trip. Answers the estimates in `batch`'s order.
+    /// one pipelined round trip. Answers the estimates in `batch`'s order. It runs at the usage
+    /// flush, off the request path, so it is bounded by the longer of the connection's and the
+    /// calls' timeouts.
     ///
     /// # Errors
     /// As [`RedisLimiter::check`].
@@ -540,7 +548,8 @@ impl RedisLimiter {
             let mut conn = self.link.conn();
             pipe.query_async::<Vec<u64>>(&mut conn).await
         };
-        self.bounded(self.timeout, call).await
+        // Off the request path: bounded by the background budget, not the request's.
+        self.bounded(self.background_timeout, call).await
     }
 
     async fn send_raw<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, RedisError> {

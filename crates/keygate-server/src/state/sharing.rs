@@ -13,8 +13,10 @@
 //! (`kg:sharing:{key id}:{hour ms}`), every pending key in one pipelined round trip, so the
 //! nodes count together. Otherwise this node counts exactly, per key and hour, a set of at
 //! most the threshold's network values: at thresholds of tens the exact set is both smaller and
-//! more accurate than an HLL (whose standard error is 0.81%). When Redis fails, the flush counts
-//! locally for that interval (this node's view only) rather than losing the networks.
+//! more accurate than an HLL (whose standard error is 0.81%). The Redis count is bounded by the
+//! limiter's background budget (its connection timeout), not a request's milliseconds. When
+//! Redis fails even so, the flush counts locally for that interval (this node's view only)
+//! rather than losing the networks.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

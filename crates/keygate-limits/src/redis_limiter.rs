@@ -209,11 +209,13 @@ impl RedisLimiter {
         timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<RedisLimiter, LimiterError> {
+        // The longest any call may take: the connection's answer bound and the background calls'.
+        let background_timeout = connect_timeout.max(timeout);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             // Each call has its own (shorter) bound in `send` and `eval`; this one only keeps
             // a lost answer from being waited for forever.
-            .set_response_timeout(Some(connect_timeout.max(timeout)))
+            .set_response_timeout(Some(background_timeout))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
@@ -233,7 +235,7 @@ impl RedisLimiter {
             let limiter = RedisLimiter {
                 link,
                 timeout,
-                background_timeout: connect_timeout.max(timeout),
+                background_timeout,
                 check_sha: Script::new(CHECK_LUA).get_hash().to_owned(),
                 lease_sha: Script::new(LEASE_LUA).get_hash().to_owned(),
                 round_trips: AtomicU64::new(0),
